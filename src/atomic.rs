@@ -1,0 +1,118 @@
+//! Atomic file writes: a temporary file in the destination directory, synced, then renamed into
+//! place. A crash or a full disk never leaves a half-written file under the final name, and a
+//! failure leaves no stray temporary file (`tempfile` deletes it when the handle drops).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("cannot create a temporary file in {dir:?}: {source}")]
+    CreateTemp {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path:?}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot move the finished file into place at {path:?}: {source}")]
+    Persist {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Writes `bytes` to `path` atomically, with the mode of an ordinary new file (not 0600).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666)); // minus the umask
+    }
+    let mut tmp = builder
+        .tempfile_in(dir)
+        .map_err(|source| WriteError::CreateTemp {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    let write_err = |source| WriteError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    tmp.write_all(bytes).map_err(write_err)?;
+    tmp.as_file().sync_all().map_err(write_err)?;
+    tmp.persist(path).map_err(|e| WriteError::Persist {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn writes_overwrites_and_uses_ordinary_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(entries(dir.path()), vec!["out.bin".to_owned()]);
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), mode(&plain));
+    }
+
+    #[test]
+    fn read_only_or_missing_directories_fail_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        // root ignores directory permissions; then only the missing-dir case is meaningful.
+        if std::fs::File::create(ro.join("probe")).is_err() {
+            let err = write_atomic(&ro.join("x"), b"x").unwrap_err();
+            assert!(matches!(err, WriteError::CreateTemp { .. }), "{err}");
+            assert!(entries(&ro).is_empty());
+        }
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = write_atomic(&dir.path().join("no/such/dir/x"), b"x").unwrap_err();
+        assert!(matches!(err, WriteError::CreateTemp { .. }), "{err}");
+    }
+
+    #[test]
+    fn failed_rename_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("taken");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("keep"), b"x").unwrap();
+        let err = write_atomic(&target, b"x").unwrap_err();
+        assert!(matches!(err, WriteError::Persist { .. }), "{err}");
+        assert_eq!(entries(dir.path()), vec!["taken".to_owned()]);
+    }
+}

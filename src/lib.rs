@@ -1,0 +1,17 @@
+//! tokenlens: see inside visual-token reduction.
+//!
+//! The library is the one inference core that the CLI, the GUI and the tests share:
+//! `model` (our own ViT with inspection points and a token state reducers can change),
+//! `analysis` (attention views computed from traces), `render` (numbers to pictures) and
+//! `session` (the single entry point callers use).
+
+pub mod analysis;
+pub mod atomic;
+pub mod cancel;
+pub mod error;
+pub mod model;
+pub mod render;
+pub mod session;
+
+pub use cancel::Cancel;
+pub use error::{Error, Result};

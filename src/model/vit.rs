@@ -1,0 +1,209 @@
+//! One config-driven ViT encoder with inspection points and a resumable forward.
+//!
+//! DINOv2 (Oquab et al., 2023, <https://arxiv.org/abs/2304.07193>); weights under Hugging Face
+//! `Dinov2Model` names (`transformers/models/dinov2/modeling_dinov2.py`).
+//!
+//! # Design
+//! Question: how can reducers change tokens mid-network, and sliders re-run only what follows?
+//! Decision: the forward is a loop over blocks on a [`TokenState`]; an [`Intervene`] hook is
+//! called between attention and MLP and after each block, and [`VisionTransformer::run_blocks`]
+//! resumes from any state (a `TokenState` is cheap to clone: tensors are reference-counted).
+//! Trade-off: batch size is 1, which is what an interactive tool needs.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder, layer_norm};
+
+use super::config::VitConfig;
+use super::hooks::{HookPoint, Probe, Trace};
+use super::layers::{AttnRecord, Block};
+use super::resize::{Kernel, resize2d};
+use super::state::TokenState;
+use crate::{Cancel, Error, Result};
+
+/// What an intervention needs recorded at a block, computed even when the probe does not ask.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub probs: bool,
+    pub keys: bool,
+}
+
+/// A change to the token state between blocks (the model decides where, the reducer how).
+pub trait Intervene {
+    fn needs(&self, _layer: usize) -> Needs {
+        Needs::default()
+    }
+    /// Between block `layer`'s attention and its MLP (ToMe merges here).
+    fn after_attention(
+        &mut self,
+        _layer: usize,
+        _state: &mut TokenState,
+        _attn: &AttnRecord,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// After block `layer` (pruning methods act here).
+    fn after_block(
+        &mut self,
+        _layer: usize,
+        _state: &mut TokenState,
+        _attn: &AttnRecord,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The full model: no intervention.
+pub struct NoIntervention;
+impl Intervene for NoIntervention {}
+
+/// Patch embedding, CLS token and the position table resized to the grid.
+pub struct Embeddings {
+    patch: Conv2d,
+    cls_token: Tensor,
+    /// `[1, 1 + g*g, dim]` at the training grid `g`.
+    position: Tensor,
+    position_grid: usize,
+}
+
+impl Embeddings {
+    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        let conv = Conv2dConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
+        let g = cfg.position_grid;
+        Ok(Self {
+            patch: candle_nn::conv2d(
+                cfg.num_channels,
+                cfg.hidden_size,
+                cfg.patch_size,
+                conv,
+                vb.pp("patch_embeddings").pp("projection"),
+            )?,
+            cls_token: vb.get((1, 1, cfg.hidden_size), "cls_token")?,
+            position: vb.get((1, 1 + g * g, cfg.hidden_size), "position_embeddings")?,
+            position_grid: g,
+        })
+    }
+
+    /// `[1, 1 + rows*cols, dim]` embeddings and the patch grid (rows, cols).
+    pub fn forward(&self, pixels: &Tensor) -> Result<(Tensor, (usize, usize))> {
+        let patches = self.patch.forward(pixels)?; // [1, dim, rows, cols]
+        let (_, d, rows, cols) = patches.dims4()?;
+        let patches = patches.flatten_from(2)?.transpose(1, 2)?; // [1, rows*cols, dim]
+        let tokens = Tensor::cat(&[&self.cls_token, &patches], 1)?;
+        Ok((
+            tokens.broadcast_add(&self.position_for(rows, cols, d)?)?,
+            (rows, cols),
+        ))
+    }
+
+    /// The position table resized bicubically (a = -0.75, half-pixel) from the training grid,
+    /// exactly as the exported graph's `Resize` does.
+    fn position_for(&self, rows: usize, cols: usize, d: usize) -> Result<Tensor> {
+        let g = self.position_grid;
+        let cls = self.position.narrow(1, 0, 1)?;
+        let table = self
+            .position
+            .narrow(1, 1, g * g)?
+            .reshape((1, g, g, d))?
+            .permute((0, 3, 1, 2))?; // [1, d, g, g]
+        let table = if (rows, cols) == (g, g) {
+            table
+        } else {
+            resize2d(&table.contiguous()?, rows, cols, Kernel::Cubic { a: -0.75 })?
+        };
+        let table = table.permute((0, 2, 3, 1))?.reshape((1, rows * cols, d))?;
+        Ok(Tensor::cat(&[&cls, &table], 1)?)
+    }
+}
+
+pub struct VisionTransformer {
+    pub cfg: VitConfig,
+    embeddings: Embeddings,
+    blocks: Vec<Block>,
+    layernorm: LayerNorm,
+}
+
+impl VisionTransformer {
+    /// `vb` at the encoder's root (`backbone` in the default model).
+    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let blocks = (0..cfg.num_hidden_layers)
+            .map(|i| Block::new(cfg, vb.pp("encoder").pp("layer").pp(i)))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embeddings: Embeddings::new(cfg, vb.pp("embeddings"))?,
+            blocks,
+            layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("layernorm"))?,
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Embeds `[1, channels, h, w]` pixels: the state before block 0.
+    pub fn embed(&self, pixels: &Tensor) -> Result<TokenState> {
+        let (_, c, h, w) = pixels.dims4()?;
+        let p = self.cfg.patch_size;
+        if c != self.cfg.num_channels || h % p != 0 || w % p != 0 {
+            return Err(Error::Config {
+                field: "pixels",
+                reason: format!(
+                    "expected [1, {}, h, w] with h, w multiples of {p}, got [1, {c}, {h}, {w}]",
+                    self.cfg.num_channels
+                ),
+            });
+        }
+        let (tokens, grid) = self.embeddings.forward(pixels)?;
+        Ok(TokenState::fresh(tokens, 1, grid))
+    }
+
+    /// Runs blocks `state.layer..until`, recording what `probe` asks and letting `intervene`
+    /// change the state between blocks. Checks `cancel` before each block.
+    pub fn run_blocks(
+        &self,
+        state: &mut TokenState,
+        until: usize,
+        probe: &Probe,
+        trace: &mut Trace,
+        intervene: &mut dyn Intervene,
+        cancel: &Cancel,
+    ) -> Result<()> {
+        let until = until.min(self.blocks.len());
+        while state.layer < until {
+            cancel.check()?;
+            let l = state.layer;
+            let needs = intervene.needs(l);
+            let want_probs = needs.probs || probe.wants(HookPoint::AttnProbs(l));
+            let want_keys = needs.keys || probe.wants(HookPoint::Keys(l));
+            let bias = state.attention_bias()?;
+            let block = &self.blocks[l];
+            let (hidden, attn) =
+                block.attend(&state.hidden, bias.as_ref(), want_probs, want_keys)?;
+            if let Some(p) = &attn.probs {
+                probe.tap(HookPoint::AttnProbs(l), trace, || Ok(p.clone()))?;
+            }
+            if let Some(k) = &attn.keys {
+                probe.tap(HookPoint::Keys(l), trace, || Ok(k.clone()))?;
+            }
+            state.hidden = hidden;
+            intervene.after_attention(l, state, &attn)?;
+            state.hidden = block.feed_forward(&state.hidden)?;
+            probe.tap(HookPoint::Resid(l), trace, || Ok(state.hidden.clone()))?;
+            probe.tap(HookPoint::TokenNorms(l), trace, || {
+                Ok(state.hidden.sqr()?.sum_keepdim(2)?.sqrt()?.flatten_all()?)
+            })?;
+            state.layer = l + 1;
+            intervene.after_block(l, state, &attn)?;
+        }
+        Ok(())
+    }
+
+    /// The final LayerNorm over all tokens: `[1, tokens, dim]`.
+    pub fn final_norm(&self, state: &TokenState) -> Result<Tensor> {
+        Ok(self.layernorm.forward(&state.hidden)?)
+    }
+}

@@ -1,0 +1,14 @@
+//! Numbers → pictures: colormaps, heatmap-over-photo figures, text, PNG output.
+//!
+//! Deliberately free of egui and candle so figures can be produced (and
+//! tested) headless, and the GUI and CLI export byte-identical images.
+//! [`overlay`] is a pure function; [`write_png_atomic`] is the only I/O.
+
+pub mod colormap;
+pub mod overlay;
+pub mod png;
+pub mod text;
+
+pub use colormap::{Colormap, UnknownColormap};
+pub use overlay::{Heatmap, Norm, OverlayStyle, Placement, overlay, tick_labels};
+pub use png::{RenderError, write_png_atomic};

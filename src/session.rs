@@ -1,0 +1,180 @@
+//! The single entry point the CLI, the GUI and the tests call: a loaded model plus the
+//! operations on an image. Neither front end holds model code.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::attention;
+use crate::model::preprocess::{self, ContentRect, Prepared};
+use crate::model::{
+    FocusModel, HookPoint, ModelSource, NoIntervention, Probe, TokenState, Trace, fetch,
+};
+use crate::{Cancel, Result};
+
+/// A decoded photo and what the model sees of it.
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    pub photo: RgbImage,
+    pub prepared: Prepared,
+    /// sha256 of the file's bytes (or of the decoded pixels when built from memory).
+    pub sha256: String,
+}
+
+/// Model output, in the machine-readable form of `analysis.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Output {
+    pub kind: String,
+    pub shape: [usize; 2],
+    pub values: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Timings {
+    pub preprocess_ms: f64,
+    pub encoder_ms: f64,
+    pub decoder_ms: f64,
+    pub total_ms: f64,
+}
+
+/// Everything `tokenlens analyze` reports about one image on the full model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Analysis {
+    pub model: String,
+    pub weights_sha256: String,
+    pub grid: [usize; 2],
+    /// Per layer, CLS-to-patch attention averaged over heads, raster order.
+    pub cls_attention: Vec<Vec<f32>>,
+    /// Attention rollout through all layers, CLS row over the patches.
+    pub rollout: Vec<f32>,
+    /// Per layer, the L2 norm of each patch token after the block (high-norm outliers are the
+    /// "artifact" tokens that soak up attention).
+    pub token_norms: Vec<Vec<f32>>,
+    pub output: Output,
+    pub timings_ms: Timings,
+}
+
+pub struct Session {
+    pub model: FocusModel,
+}
+
+impl Session {
+    pub fn load(source: &ModelSource, say: &mut dyn FnMut(&str)) -> Result<Self> {
+        Ok(Self {
+            model: FocusModel::load(source, say)?,
+        })
+    }
+
+    /// Decodes and prepares an image file.
+    pub fn open_image(&self, path: &Path) -> Result<ImageInput> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| crate::Error::image(path, format!("cannot read: {e}")))?;
+        let photo =
+            preprocess::decode_image(&bytes).map_err(|reason| crate::Error::image(path, reason))?;
+        let prepared = preprocess::prepare(&photo, self.model.image_size(), &self.model.device)?;
+        Ok(ImageInput {
+            photo,
+            prepared,
+            sha256: fetch::sha256_hex(&bytes),
+        })
+    }
+
+    /// The state before block 0.
+    pub fn embed(&self, prepared: &Prepared) -> Result<TokenState> {
+        self.model.encoder.embed(&prepared.pixels)
+    }
+
+    /// The saliency head on a state that has run all blocks and still holds the full grid.
+    /// Returns `[out, out]` values.
+    pub fn saliency(&self, state: &TokenState) -> Result<Tensor> {
+        let normed = self.model.encoder.final_norm(state)?;
+        let patches =
+            normed.narrow(1, state.num_special, state.num_tokens() - state.num_special)?;
+        Ok(self
+            .model
+            .decoder
+            .forward(&patches, state.grid)?
+            .squeeze(0)?
+            .squeeze(0)?)
+    }
+
+    /// Runs the full model with attention and token norms recorded at every layer.
+    pub fn analyze(&self, prepared: &Prepared, cancel: &Cancel) -> Result<Analysis> {
+        let start = Instant::now();
+        let encoder = &self.model.encoder;
+        let layers = encoder.num_layers();
+        let mut probe = Probe::attention(layers);
+        for l in 0..layers {
+            probe = probe.with(HookPoint::TokenNorms(l));
+        }
+        let mut trace = Trace::default();
+        let mut state = self.embed(prepared)?;
+        encoder.run_blocks(
+            &mut state,
+            layers,
+            &probe,
+            &mut trace,
+            &mut NoIntervention,
+            cancel,
+        )?;
+        let encoder_ms = ms_since(start);
+        let t_dec = Instant::now();
+        let saliency = self.saliency(&state)?;
+        let decoder_ms = ms_since(t_dec);
+
+        let special = state.num_special;
+        let probs: Vec<&Tensor> = (0..layers)
+            .map(|l| trace.require(HookPoint::AttnProbs(l)))
+            .collect::<Result<_>>()?;
+        let cls_attention = probs
+            .iter()
+            .map(|p| attention::cls_attention(p, special))
+            .collect::<Result<_>>()?;
+        let token_norms = (0..layers)
+            .map(|l| {
+                Ok(trace.require(HookPoint::TokenNorms(l))?.to_vec1::<f32>()?[special..].to_vec())
+            })
+            .collect::<Result<_>>()?;
+        let (h, w) = saliency.dims2()?;
+        Ok(Analysis {
+            model: self.model.id.clone(),
+            weights_sha256: self.model.weights_sha256.clone(),
+            grid: [state.grid.0, state.grid.1],
+            cls_attention,
+            rollout: attention::rollout(&probs, special)?,
+            token_norms,
+            output: Output {
+                kind: "saliency".into(),
+                shape: [h, w],
+                values: saliency.flatten_all()?.to_vec1()?,
+            },
+            timings_ms: Timings {
+                preprocess_ms: 0.0,
+                encoder_ms,
+                decoder_ms,
+                total_ms: ms_since(start),
+            },
+        })
+    }
+}
+
+/// The photo-space rectangle the model's square canvas covers (it extends past the photo where
+/// the canvas was padded): `(x0, y0, x1, y1)` in photo pixels.
+pub fn canvas_in_photo(
+    content: &ContentRect,
+    photo: (u32, u32),
+    canvas_side: u32,
+) -> (f32, f32, f32, f32) {
+    let scale = canvas_side as f32 / photo.0.max(photo.1) as f32; // canvas px per photo px
+    let x0 = -(content.left as f32) / scale;
+    let y0 = -(content.top as f32) / scale;
+    let side = canvas_side as f32 / scale;
+    (x0, y0, x0 + side, y0 + side)
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
