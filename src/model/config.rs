@@ -75,7 +75,9 @@ impl VitConfig {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |field, reason: String| Err(Error::Config { field, reason });
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return bad(
                 "num_attention_heads",
                 format!(
