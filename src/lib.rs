@@ -11,6 +11,7 @@ pub mod atomic;
 pub mod cancel;
 pub mod error;
 pub mod model;
+pub mod reduce;
 pub mod render;
 pub mod session;
 

@@ -1,3 +1,5 @@
-//! Traces to plain numbers: attention views and (later) fidelity metrics and cost.
+//! Traces to plain numbers: attention views, fidelity metrics and cost.
 
 pub mod attention;
+pub mod cost;
+pub mod metrics;

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod fetch;
 pub mod hooks;
+pub mod jpeg;
 pub mod layers;
 pub mod onnx;
 pub mod preprocess;

@@ -33,8 +33,18 @@ pub fn decode_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
-    if reader.format().is_none() {
-        return Err("not a PNG or JPEG image".into());
+    match reader.format() {
+        Some(image::ImageFormat::Jpeg) => {
+            return super::jpeg::decode_jpeg(bytes, MAX_SIDE).map_err(|e| {
+                if e.contains("too large") {
+                    e
+                } else {
+                    format!("cannot decode: {e} (the file may be truncated or corrupt)")
+                }
+            });
+        }
+        Some(image::ImageFormat::Png) => {}
+        _ => return Err("not a PNG or JPEG image".into()),
     }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);

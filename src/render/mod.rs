@@ -8,7 +8,11 @@ pub mod colormap;
 pub mod overlay;
 pub mod png;
 pub mod text;
+pub mod tokens;
 
 pub use colormap::{Colormap, UnknownColormap};
 pub use overlay::{Heatmap, Norm, OverlayStyle, Placement, overlay, tick_labels};
 pub use png::{RenderError, write_png_atomic};
+pub use tokens::{
+    GroupStyle, TokenGroups, TokenGroupsError, TokenStats, TokensStyle, tokens_overlay,
+};

@@ -173,9 +173,9 @@ impl Default for OverlayStyle {
     }
 }
 
-const BACKGROUND: [u8; 3] = [255, 255, 255];
-const INK: [u8; 3] = [28, 28, 32];
-const MUTED_INK: [u8; 3] = [100, 100, 108];
+pub(crate) const BACKGROUND: [u8; 3] = [255, 255, 255];
+pub(crate) const INK: [u8; 3] = [28, 28, 32];
+pub(crate) const MUTED_INK: [u8; 3] = [100, 100, 108];
 const FRAME: [u8; 3] = [70, 70, 78];
 const GRID_LINE: [u8; 3] = [255, 255, 255];
 const GRID_ALPHA: f32 = 0.35;
@@ -192,18 +192,10 @@ pub fn overlay(
     let body = blend(photo, heat, place, style);
     let (bw, bh) = body.dimensions();
     let (lo, hi) = style.norm.resolve(heat);
-
-    // Sizes scale with the figure so a 1024 px export isn't tiny-texted.
-    let label_px = (style.max_side as f32 / 512.0 * 13.0).clamp(10.0, 26.0);
-    let title_px = label_px * 1.3;
-    let pad = (label_px * 0.8).round() as u32;
-
-    let title_h = match style.title {
-        Some(_) => (text::line_height(title_px) + label_px * 0.4).ceil() as u32,
-        None => 0,
-    };
+    let frame = Frame::new(style.max_side, style.title.is_some());
+    let (label_px, pad) = (frame.label_px, frame.pad);
     let body_x = pad;
-    let body_y = pad + title_h;
+    let body_y = pad + frame.title_h;
 
     let bar = style
         .colorbar
@@ -216,18 +208,70 @@ pub fn overlay(
     imageops::replace(&mut canvas, &body, i64::from(body_x), i64::from(body_y));
 
     if let Some(title) = &style.title {
+        frame.draw_title(&mut canvas, title, body_x, bw);
+    }
+    if let Some(bar) = bar {
+        bar.draw(&mut canvas, body_x + bw + pad, body_y, style.colormap);
+    }
+    canvas
+}
+
+/// Text sizes and margins shared by the figures in this module and
+/// [`super::tokens`]; they scale with the figure so a 1024 px export isn't tiny-texted.
+pub(crate) struct Frame {
+    pub(crate) label_px: f32,
+    pub(crate) title_px: f32,
+    pub(crate) pad: u32,
+    /// Height of the title strip (0 without a title).
+    pub(crate) title_h: u32,
+}
+
+impl Frame {
+    pub(crate) fn new(max_side: u32, has_title: bool) -> Self {
+        let label_px = (max_side as f32 / 512.0 * 13.0).clamp(10.0, 26.0);
+        let title_px = label_px * 1.3;
+        let pad = (label_px * 0.8).round() as u32;
+        let title_h = if has_title {
+            (text::line_height(title_px) + label_px * 0.4).ceil() as u32
+        } else {
+            0
+        };
+        Frame {
+            label_px,
+            title_px,
+            pad,
+            title_h,
+        }
+    }
+
+    /// Draws `title` in the strip above a body of width `bw` placed at `body_x`,
+    /// shortened with "…" to fit the canvas.
+    pub(crate) fn draw_title(&self, canvas: &mut RgbImage, title: &str, body_x: u32, bw: u32) {
+        let (pad, title_px) = (self.pad, self.title_px);
+        let width = canvas.width();
         let avail = (width - 2 * pad) as f32;
         let shown = text::fit_text(title_px, title, avail);
         let tw = text::text_width(title_px, &shown);
         // Centred over the photo, but never past the canvas edges.
         let x =
             (body_x as f32 + (bw as f32 - tw) / 2.0).clamp(pad as f32, (width - pad) as f32 - tw);
-        text::draw_text(&mut canvas, x.round(), pad as f32, title_px, INK, &shown);
+        text::draw_text(canvas, x.round(), pad as f32, title_px, INK, &shown);
     }
-    if let Some(bar) = bar {
-        bar.draw(&mut canvas, body_x + bw + pad, body_y, style.colormap);
-    }
-    canvas
+}
+
+/// Grid coordinate (in cells) of the centre of each of `n` output pixels along
+/// one axis, preceded by that of the pixel before the first (so borders at the
+/// photo edge can be detected): `n + 1` values. `photo_n` is the photo's size
+/// along the axis, `a0..a1` the grid's extent in photo pixels.
+pub(crate) fn grid_axis(n: u32, photo_n: u32, a0: f32, a1: f32, cells: usize) -> Vec<f64> {
+    let to_photo = f64::from(photo_n) / f64::from(n);
+    let span = f64::from(a1) - f64::from(a0);
+    (-1..i64::from(n))
+        .map(|i| {
+            let p = (i as f64 + 0.5) * to_photo;
+            (p - f64::from(a0)) / span * cells as f64
+        })
+        .collect()
 }
 
 /// The photo scaled to `max_side`, with the heatmap blended in (no margins).
@@ -246,20 +290,9 @@ fn blend(photo: &RgbImage, heat: &Heatmap, place: &Placement, style: &OverlaySty
     let (lo, hi) = style.norm.resolve(heat);
     let lut = style.colormap.lut();
 
-    // Heatmap coordinate (in cells) of each output column/row centre; also for
-    // the pixel before the first, so borders at the photo edge are detected.
-    let axis = |n: u32, photo_n: u32, a0: f32, a1: f32, cells: usize| -> Vec<f64> {
-        let to_photo = f64::from(photo_n) / f64::from(n);
-        let span = f64::from(a1) - f64::from(a0);
-        (-1..i64::from(n))
-            .map(|i| {
-                let p = (i as f64 + 0.5) * to_photo;
-                (p - f64::from(a0)) / span * cells as f64
-            })
-            .collect()
-    };
-    let gx = axis(w, pw, place.x0, place.x1, heat.cols);
-    let gy = axis(h, ph, place.y0, place.y1, heat.rows);
+    // Heatmap coordinate (in cells) of each output column/row centre.
+    let gx = grid_axis(w, pw, place.x0, place.x1, heat.cols);
+    let gy = grid_axis(h, ph, place.y0, place.y1, heat.rows);
     let valid = |g: &[f64]| g.iter().all(|v| v.is_finite());
     if !(valid(&gx) && valid(&gy)) || place.x1 <= place.x0 || place.y1 <= place.y0 {
         return out;
@@ -312,14 +345,14 @@ fn bilinear(heat: &Heatmap, x: f64, y: f64) -> f32 {
     top * (1.0 - wy) + bottom * wy
 }
 
-fn mix(dst: &mut [u8; 3], src: [u8; 3], a: f32) {
+pub(crate) fn mix(dst: &mut [u8; 3], src: [u8; 3], a: f32) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d = (f32::from(*d) + (f32::from(s) - f32::from(*d)) * a).round() as u8;
     }
 }
 
 /// Scales so the longest side is `max_side` (an exact-size photo is copied untouched).
-fn scale_photo(photo: &RgbImage, max_side: u32) -> RgbImage {
+pub(crate) fn scale_photo(photo: &RgbImage, max_side: u32) -> RgbImage {
     let (w, h) = photo.dimensions();
     let longest = w.max(h);
     if longest == 0 || longest == max_side {

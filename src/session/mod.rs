@@ -1,6 +1,10 @@
 //! The single entry point the CLI, the GUI and the tests call: a loaded model plus the
 //! operations on an image. Neither front end holds model code.
 
+mod run;
+
+pub use run::{DropFill, FullRun, RunResult, RunSpec, RunTimings};
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -10,9 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::attention;
 use crate::model::preprocess::{self, ContentRect, Prepared};
-use crate::model::{
-    FocusModel, HookPoint, ModelSource, NoIntervention, Probe, TokenState, Trace, fetch,
-};
+use crate::model::{FocusModel, HookPoint, ModelSource, TokenState, fetch};
 use crate::{Cancel, Result};
 
 /// A decoded photo and what the model sees of it.
@@ -92,75 +94,50 @@ impl Session {
         self.model.encoder.embed(&prepared.pixels)
     }
 
-    /// The saliency head on a state that has run all blocks and still holds the full grid.
-    /// Returns `[out, out]` values.
-    pub fn saliency(&self, state: &TokenState) -> Result<Tensor> {
-        let normed = self.model.encoder.final_norm(state)?;
-        let patches =
-            normed.narrow(1, state.num_special, state.num_tokens() - state.num_special)?;
-        Ok(self
-            .model
-            .decoder
-            .forward(&patches, state.grid)?
-            .squeeze(0)?
-            .squeeze(0)?)
+    /// Runs the full model and summarises it: attention per layer, rollout, token norms and
+    /// the saliency output.
+    pub fn analyze(&self, prepared: &Prepared, cancel: &Cancel) -> Result<Analysis> {
+        let full = self.full_run(&prepared.pixels, cancel)?;
+        self.analysis_of(&full)
     }
 
-    /// Runs the full model with attention and token norms recorded at every layer.
-    pub fn analyze(&self, prepared: &Prepared, cancel: &Cancel) -> Result<Analysis> {
-        let start = Instant::now();
-        let encoder = &self.model.encoder;
-        let layers = encoder.num_layers();
-        let mut probe = Probe::attention(layers);
-        for l in 0..layers {
-            probe = probe.with(HookPoint::TokenNorms(l));
-        }
-        let mut trace = Trace::default();
-        let mut state = self.embed(prepared)?;
-        encoder.run_blocks(
-            &mut state,
-            layers,
-            &probe,
-            &mut trace,
-            &mut NoIntervention,
-            cancel,
-        )?;
-        let encoder_ms = ms_since(start);
-        let t_dec = Instant::now();
-        let saliency = self.saliency(&state)?;
-        let decoder_ms = ms_since(t_dec);
-
-        let special = state.num_special;
+    /// The [`Analysis`] of a full run already computed.
+    pub fn analysis_of(&self, full: &FullRun) -> Result<Analysis> {
+        let layers = full.num_layers();
+        let special = full.states[0].num_special;
         let probs: Vec<&Tensor> = (0..layers)
-            .map(|l| trace.require(HookPoint::AttnProbs(l)))
+            .map(|l| full.trace.require(HookPoint::AttnProbs(l)))
             .collect::<Result<_>>()?;
         let cls_attention = probs
             .iter()
             .map(|p| attention::cls_attention(p, special))
             .collect::<Result<_>>()?;
-        let token_norms = (0..layers)
-            .map(|l| {
-                Ok(trace.require(HookPoint::TokenNorms(l))?.to_vec1::<f32>()?[special..].to_vec())
+        let token_norms = full.states[1..]
+            .iter()
+            .map(|s| {
+                Ok(s.hidden
+                    .sqr()?
+                    .sum(2)?
+                    .sqrt()?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?[special..]
+                    .to_vec())
             })
             .collect::<Result<_>>()?;
-        let (h, w) = saliency.dims2()?;
+        let grid = full.states[0].grid;
         Ok(Analysis {
             model: self.model.id.clone(),
             weights_sha256: self.model.weights_sha256.clone(),
-            grid: [state.grid.0, state.grid.1],
+            grid: [grid.0, grid.1],
             cls_attention,
             rollout: attention::rollout(&probs, special)?,
             token_norms,
-            output: Output {
-                kind: "saliency".into(),
-                shape: [h, w],
-                values: saliency.flatten_all()?.to_vec1()?,
-            },
+            output: full.saliency.clone(),
             timings_ms: Timings {
                 preprocess_ms: 0.0,
-                encoder_ms,
-                decoder_ms,
-                total_ms: ms_since(start),
+                encoder_ms: full.encoder_ms,
+                decoder_ms: full.time_ms - full.encoder_ms,
+                total_ms: full.time_ms,
             },
         })
     }

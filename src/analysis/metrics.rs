@@ -1,0 +1,101 @@
+//! Fidelity: how far a reduced run's output is from the full run's.
+
+use serde::{Deserialize, Serialize};
+
+/// Output drift of a reduced run against the full run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Fidelity {
+    /// Mean absolute difference of the saliency maps.
+    pub saliency_l1: f64,
+    /// Pearson correlation of the saliency maps (1 = same shape).
+    pub saliency_pearson: f64,
+    /// IoU of the top-20 % most salient pixels of each map.
+    pub saliency_iou_top20: f64,
+    /// Cosine similarity of the final CLS embeddings.
+    pub cls_cosine: f64,
+    /// Mean cosine similarity of final patch features over the patches a surviving token covers.
+    pub patch_cosine_mean: f64,
+}
+
+pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from((x - y).abs()))
+        .sum::<f64>()
+        / a.len().max(1) as f64
+}
+
+/// Pearson correlation; 1 when both inputs are identical (even constant), 0 when one is constant.
+pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    if a == b {
+        return 1.0;
+    }
+    let n = a.len() as f64;
+    let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    let (ma, mb) = (mean(a), mean(b));
+    let (mut cov, mut va, mut vb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (dx, dy) = (f64::from(x) - ma, f64::from(y) - mb);
+        cov += dx * dy;
+        va += dx * dx;
+        vb += dy * dy;
+    }
+    if va == 0.0 || vb == 0.0 {
+        0.0
+    } else {
+        cov / (va * vb).sqrt()
+    }
+}
+
+/// Indices of the `fraction` largest values (ties broken by index).
+fn top_set(v: &[f32], fraction: f64) -> Vec<bool> {
+    let k = ((v.len() as f64 * fraction).round() as usize).max(1);
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&i, &j| v[j].total_cmp(&v[i]).then(i.cmp(&j)));
+    let mut mask = vec![false; v.len()];
+    for &i in &idx[..k] {
+        mask[i] = true;
+    }
+    mask
+}
+
+/// IoU of the top-`fraction` regions of two maps.
+pub fn top_iou(a: &[f32], b: &[f32], fraction: f64) -> f64 {
+    let (ma, mb) = (top_set(a, fraction), top_set(b, fraction));
+    let inter = ma.iter().zip(&mb).filter(|(x, y)| **x && **y).count();
+    let union = ma.iter().zip(&mb).filter(|(x, y)| **x || **y).count();
+    inter as f64 / union.max(1) as f64
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_hand() {
+        assert_eq!(mean_abs_diff(&[1.0, 2.0], &[2.0, 2.0]), 0.5);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]) - 1.0).abs() < 1e-12);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert_eq!(pearson(&[1.0, 1.0], &[1.0, 1.0]), 1.0);
+        // Top 2 of 4: {0, 1} vs {1, 2}: IoU 1/3.
+        assert!(
+            (top_iou(&[4.0, 3.0, 1.0, 0.0], &[0.0, 3.0, 4.0, 1.0], 0.5) - 1.0 / 3.0).abs() < 1e-12
+        );
+        assert!((cosine(&[1.0, 0.0], &[1.0, 1.0]) - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,178 @@
+//! HiPrune: training-free visual token pruning via hierarchical attention (2025,
+//! <https://arxiv.org/abs/2508.00553>; reference `Danielement321/HiPrune`).
+//!
+//! CLS-free. Middle ("object") layers attend to object regions, deep layers to global context:
+//! 1. anchors: the round(alpha K / 5) most-attended tokens at the object layer;
+//! 2. buffers: the 4-neighbours of each anchor on the grid (spatial continuity), so anchors and
+//!    buffers take about a share `alpha` of the budget K;
+//! 3. registers: the most-attended remaining tokens at the output layer fill the rest.
+//! "Most attended" = attention received, mean over heads and all queries, as in the reference
+//! (`attn.mean(dim=1).mean(dim=1)[:, 1:]`). Its object layer for CLIP-L/14 (24 blocks) is block
+//! 8, a third of the depth: the default here is a third of the depth too. Registers come from
+//! the layer that feeds the output head (the reference's penultimate layer feeds LLaVA's
+//! projector). DEVIATION: buffers are true grid neighbours; the reference adds flat offsets
+//! (±1, ±24), which wrap across rows at the grid's edges.
+
+use serde::{Deserialize, Serialize};
+
+use super::ops::{argsort_desc, attention_received, patch_tokens, with_special_nan};
+use super::{Context, MethodInfo, Plan, Reducer, Site, SiteView};
+use crate::model::HookPoint;
+use crate::{Error, Result};
+
+pub const INFO: MethodInfo = MethodInfo {
+    name: "hiprune",
+    label: "HiPrune",
+    description: "Anchors (most attended at a middle layer) with their neighbours, plus registers from the last layer.",
+    paper: "HiPrune: Training-Free Visual Token Pruning via Hierarchical Attention, 2025",
+    merges: false,
+    caveat: None,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HipruneConfig {
+    /// The middle layer whose attention finds objects (default: a third of the depth).
+    pub object_layer: Option<usize>,
+    /// Share of the budget for anchors and buffers.
+    pub alpha: f32,
+}
+
+impl Default for HipruneConfig {
+    fn default() -> Self {
+        Self {
+            object_layer: None,
+            alpha: 0.1,
+        }
+    }
+}
+
+pub struct Hiprune {
+    keep: usize,
+    object_layer: usize,
+    output_layer: usize,
+    alpha: f32,
+    grid: (usize, usize),
+}
+
+impl Hiprune {
+    pub fn new(
+        cfg: &HipruneConfig,
+        keep: usize,
+        ctx: &Context,
+        check_layer: impl Fn(&'static str, usize) -> Result<usize>,
+    ) -> Result<Self> {
+        if !(0.0..=1.0).contains(&cfg.alpha) {
+            return Err(Error::Config {
+                field: "alpha",
+                reason: format!("{} is outside 0..1", cfg.alpha),
+            });
+        }
+        Ok(Self {
+            keep,
+            object_layer: check_layer(
+                "object_layer",
+                cfg.object_layer.unwrap_or(ctx.num_layers / 3),
+            )?,
+            output_layer: ctx.num_layers - 1,
+            alpha: cfg.alpha,
+            grid: ctx.grid,
+        })
+    }
+}
+
+/// HiPrune's selection over patch indices (raster), returned sorted: the `num_anchors` most
+/// attended patches at the object layer, their 4-neighbours as buffers, then registers by
+/// `register_score` until `keep`. Anchors and buffers never exceed `keep`.
+pub fn select(
+    object_score: &[f32],
+    register_score: &[f32],
+    grid: (usize, usize),
+    keep: usize,
+    num_anchors: usize,
+) -> Vec<usize> {
+    let (rows, cols) = grid;
+    let mut chosen = vec![false; rows * cols];
+    let mut picked = Vec::with_capacity(keep);
+    let mut take = |p: usize, picked: &mut Vec<usize>| {
+        if !chosen[p] && picked.len() < keep {
+            chosen[p] = true;
+            picked.push(p);
+        }
+    };
+    let anchors: Vec<usize> = argsort_desc(object_score)
+        .into_iter()
+        .take(num_anchors)
+        .collect();
+    for &a in &anchors {
+        take(a, &mut picked);
+    }
+    for &a in &anchors {
+        let (r, c) = (a / cols, a % cols);
+        for (nr, nc) in [
+            (r.wrapping_sub(1), c),
+            (r + 1, c),
+            (r, c.wrapping_sub(1)),
+            (r, c + 1),
+        ] {
+            if nr < rows && nc < cols {
+                take(nr * cols + nc, &mut picked);
+            }
+        }
+    }
+    for p in argsort_desc(register_score) {
+        take(p, &mut picked);
+    }
+    picked.sort_unstable();
+    picked
+}
+
+impl Reducer for Hiprune {
+    fn sites(&self) -> Vec<Site> {
+        vec![Site::EncoderOutput]
+    }
+
+    fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
+        let state = view.state;
+        let s = state.num_special;
+        let received = |l| -> Result<Vec<f32>> {
+            Ok(
+                attention_received(view.full_trace.require(HookPoint::AttnProbs(l))?)?[s..]
+                    .to_vec(),
+            )
+        };
+        let object = received(self.object_layer)?;
+        let output = received(self.output_layer)?;
+        // Each anchor brings up to 4 buffers: round(alpha K / 5) anchors (Python's rounding).
+        let num_anchors =
+            (f64::from(self.alpha) * self.keep as f64 / 5.0).round_ties_even() as usize;
+        let kept = select(&object, &output, self.grid, self.keep, num_anchors);
+        let patches = patch_tokens(s, state.num_tokens());
+        let kept: Vec<usize> = kept.into_iter().map(|p| patches[p]).collect();
+        Ok(Plan::keep(s, &kept).with_scores(with_special_nan(s, object)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchors_buffers_registers_by_hand() {
+        // 3 x 3 grid; the object layer peaks at the centre (4), the output layer at corner 8.
+        let object = [0.0, 0.1, 0.0, 0.1, 0.9, 0.1, 0.0, 0.2, 0.0];
+        let output = [0.1, 0.0, 0.2, 0.0, 0.0, 0.0, 0.3, 0.0, 0.9];
+        // One anchor (4) with its 4 neighbours (1, 3, 5, 7); then registers 8 and 6.
+        assert_eq!(
+            select(&object, &output, (3, 3), 7, 1),
+            [1, 3, 4, 5, 6, 7, 8]
+        );
+        // Two anchors (4, 7): the corner anchor 7 brings only in-grid neighbours (6, 8).
+        assert_eq!(
+            select(&object, &output, (3, 3), 9, 2),
+            (0..9).collect::<Vec<_>>()
+        );
+        // The budget caps anchors and buffers too.
+        assert_eq!(select(&object, &output, (3, 3), 2, 1), [1, 4]);
+    }
+}

@@ -1,0 +1,304 @@
+//! Token reducers behind one interface.
+//!
+//! Every method implements [`Reducer`]: it names the sites where it acts, what it needs
+//! recorded there, and returns a [`Plan`] (data, not action). `plan.rs` applies plans, so
+//! provenance (sizes, source, positions) is shared by all methods. Registration is one variant
+//! of [`ReducerConfig`]; the CLI, the GUI and the tests iterate over [`ReducerConfig::defaults`].
+//! The vocabulary (stage, budget, scores, kept, source) is `shared/REDUCERS.md`'s.
+
+pub mod budget;
+pub mod cls_topk;
+pub mod divprune;
+pub mod evit;
+pub mod hiprune;
+pub mod ops;
+pub mod pitome;
+pub mod plan;
+pub mod pool;
+pub mod random;
+pub mod tome;
+
+use serde::{Deserialize, Serialize};
+
+pub use budget::Budget;
+pub use plan::{Group, Plan, PositionMode};
+
+use crate::model::layers::AttnRecord;
+use crate::model::{Needs, TokenState, Trace};
+use crate::{Error, Result};
+
+/// Where a reducer acts (REDUCERS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Between blocks of the vision encoder, from block `l` on.
+    Encoder(usize),
+    /// After the encoder, before the output head or language model.
+    PreLlm,
+    /// Inside a language model, after decoder layer `k` (vision-language models).
+    Llm(usize),
+}
+
+/// A point in the encoder's forward pass where a plan can be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Site {
+    /// Between block `l`'s attention and its MLP (where ToMe merges).
+    MidBlock(usize),
+    /// After block `l`.
+    AfterBlock(usize),
+    /// After the final norm: the features the output head (or projector) reads.
+    EncoderOutput,
+}
+
+/// The model facts a reducer is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    pub num_layers: usize,
+    pub grid: (usize, usize),
+    pub num_special: usize,
+}
+
+impl Context {
+    pub fn num_patches(&self) -> usize {
+        self.grid.0 * self.grid.1
+    }
+}
+
+/// What a reducer sees at one of its sites.
+pub struct SiteView<'a> {
+    pub site: Site,
+    /// The tokens now. At [`Site::EncoderOutput`], `hidden` holds the final-norm features.
+    pub state: &'a TokenState,
+    /// This block's attention record (what [`Reducer::needs`] asked for); empty at the output.
+    pub attn: &'a AttnRecord,
+    /// The unreduced run's records: attention and keys of every layer. Valid for everything
+    /// before the reducer's first site, where the reduced run equals the full one.
+    pub full_trace: &'a Trace,
+}
+
+pub trait Reducer {
+    /// Sites where [`Reducer::plan`] is called, in forward order.
+    fn sites(&self) -> Vec<Site>;
+    /// What must be recorded at block `layer` (computed even if no one else asks).
+    fn needs(&self, _layer: usize) -> Needs {
+        Needs::default()
+    }
+    /// ToMe's proportional attention for the blocks after a merge.
+    fn proportional_attention(&self) -> bool {
+        false
+    }
+    fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan>;
+}
+
+/// Every method, with its parameters. `serde` tag `method`; unknown fields are rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum ReducerConfig {
+    Tome(tome::TomeConfig),
+    Pitome(pitome::PitomeConfig),
+    Evit(evit::EvitConfig),
+    ClsTopk(cls_topk::ClsTopkConfig),
+    Hiprune(hiprune::HipruneConfig),
+    Divprune(divprune::DivpruneConfig),
+    Random(random::RandomConfig),
+    Pool(pool::PoolConfig),
+}
+
+/// The one-line facts the UI shows for a method.
+#[derive(Debug, Clone, Copy)]
+pub struct MethodInfo {
+    /// CLI value and config tag.
+    pub name: &'static str,
+    /// Legend label.
+    pub label: &'static str,
+    pub description: &'static str,
+    pub paper: &'static str,
+    /// Merges tokens (all patches stay accounted for) rather than dropping them.
+    pub merges: bool,
+    /// A caveat to show beside results.
+    pub caveat: Option<&'static str>,
+}
+
+impl ReducerConfig {
+    /// Every method with its default parameters, in menu order.
+    pub fn defaults() -> Vec<ReducerConfig> {
+        vec![
+            ReducerConfig::Tome(Default::default()),
+            ReducerConfig::Pitome(Default::default()),
+            ReducerConfig::Evit(Default::default()),
+            ReducerConfig::ClsTopk(Default::default()),
+            ReducerConfig::Hiprune(Default::default()),
+            ReducerConfig::Divprune(Default::default()),
+            ReducerConfig::Random(Default::default()),
+            ReducerConfig::Pool(Default::default()),
+        ]
+    }
+
+    pub fn info(&self) -> MethodInfo {
+        match self {
+            ReducerConfig::Tome(_) => tome::INFO,
+            ReducerConfig::Pitome(_) => pitome::INFO,
+            ReducerConfig::Evit(_) => evit::INFO,
+            ReducerConfig::ClsTopk(_) => cls_topk::INFO,
+            ReducerConfig::Hiprune(_) => hiprune::INFO,
+            ReducerConfig::Divprune(_) => divprune::INFO,
+            ReducerConfig::Random(_) => random::INFO,
+            ReducerConfig::Pool(_) => pool::INFO,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.info().name
+    }
+
+    /// The default config of the method called `name`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::defaults()
+            .into_iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| Error::Config {
+                field: "reducer",
+                reason: format!(
+                    "unknown method `{name}`; choose one of {}",
+                    Self::defaults()
+                        .iter()
+                        .map(|c| c.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    }
+
+    /// Sets one parameter from text (`--param k=v`): the value is read as JSON, else as a
+    /// string, and the config is re-validated, so a typo or a wrong type is an error.
+    pub fn set_param(&mut self, key: &str, value: &str) -> Result<()> {
+        let mut json = serde_json::to_value(&*self).expect("configs serialise");
+        let parsed =
+            serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.into()));
+        let obj = json.as_object_mut().expect("configs are JSON objects");
+        if key == "method" || !obj.contains_key(key) {
+            let known: Vec<&str> = obj
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != "method")
+                .collect();
+            return Err(Error::Config {
+                field: "param",
+                reason: format!(
+                    "{} has no parameter `{key}`; it has: {}",
+                    self.name(),
+                    known.join(", ")
+                ),
+            });
+        }
+        obj.insert(key.into(), parsed);
+        *self = serde_json::from_value(json).map_err(|e| Error::Config {
+            field: "param",
+            reason: format!("{key}={value}: {e}"),
+        })?;
+        Ok(())
+    }
+
+    /// The method's main layer (what the layer slider moves), if it has one.
+    pub fn layer(&self, num_layers: usize) -> Option<usize> {
+        let last = num_layers - 1;
+        match self {
+            ReducerConfig::Tome(c) => Some(c.first_layer),
+            ReducerConfig::Pitome(c) => Some(c.first_layer),
+            ReducerConfig::Evit(c) => Some(c.layer),
+            ReducerConfig::ClsTopk(c) => Some(c.layer.unwrap_or(last)),
+            ReducerConfig::Hiprune(c) => Some(c.object_layer.unwrap_or(num_layers / 3)),
+            ReducerConfig::Divprune(_) | ReducerConfig::Random(_) | ReducerConfig::Pool(_) => None,
+        }
+    }
+
+    pub fn set_layer(&mut self, layer: usize) {
+        match self {
+            ReducerConfig::Tome(c) => c.first_layer = layer,
+            ReducerConfig::Pitome(c) => c.first_layer = layer,
+            ReducerConfig::Evit(c) => c.layer = layer,
+            ReducerConfig::ClsTopk(c) => c.layer = Some(layer),
+            ReducerConfig::Hiprune(c) => c.object_layer = Some(layer),
+            ReducerConfig::Divprune(_) | ReducerConfig::Random(_) | ReducerConfig::Pool(_) => {}
+        }
+    }
+
+    /// Builds the reducer for a run keeping `keep` visual tokens.
+    pub fn build(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>> {
+        let check_layer = |field: &'static str, l: usize| {
+            if l < ctx.num_layers {
+                Ok(l)
+            } else {
+                Err(Error::Config {
+                    field,
+                    reason: format!("layer {l} is out of range 0..={}", ctx.num_layers - 1),
+                })
+            }
+        };
+        Ok(match self {
+            ReducerConfig::Tome(c) => Box::new(tome::Tome::new(c, keep, ctx, check_layer)?),
+            ReducerConfig::Pitome(c) => Box::new(pitome::Pitome::new(c, keep, ctx, check_layer)?),
+            ReducerConfig::Evit(c) => {
+                Box::new(evit::Evit::new(c, keep, check_layer("layer", c.layer)?))
+            }
+            ReducerConfig::ClsTopk(c) => {
+                Box::new(cls_topk::ClsTopk::new(c, keep, ctx, check_layer)?)
+            }
+            ReducerConfig::Hiprune(c) => {
+                Box::new(hiprune::Hiprune::new(c, keep, ctx, check_layer)?)
+            }
+            ReducerConfig::Divprune(_) => Box::new(divprune::Divprune::new(keep)),
+            ReducerConfig::Random(c) => Box::new(random::Random::new(c, keep)),
+            ReducerConfig::Pool(_) => Box::new(pool::Pool::new(keep, ctx.grid)),
+        })
+    }
+
+    /// The stage of the method's first action.
+    pub fn stage(&self, ctx: &Context) -> Result<Stage> {
+        let reducer = self.build(ctx.num_patches(), ctx)?;
+        Ok(match reducer.sites().first() {
+            Some(Site::MidBlock(l) | Site::AfterBlock(l)) => Stage::Encoder(*l),
+            _ => Stage::PreLlm,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_round_trip() {
+        let all = ReducerConfig::defaults();
+        for c in &all {
+            assert_eq!(&ReducerConfig::from_name(c.name()).unwrap(), c);
+            let json = serde_json::to_string(c).unwrap();
+            assert_eq!(
+                &serde_json::from_str::<ReducerConfig>(&json).unwrap(),
+                c,
+                "{json}"
+            );
+        }
+        let mut names: Vec<_> = all.iter().map(|c| c.name()).collect();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
+        assert!(ReducerConfig::from_name("nope").is_err());
+    }
+
+    #[test]
+    fn params_are_checked() {
+        let mut c = ReducerConfig::from_name("evit").unwrap();
+        c.set_param("layer", "5").unwrap();
+        assert_eq!(c.layer(12), Some(5));
+        assert!(
+            c.set_param("layr", "5")
+                .unwrap_err()
+                .to_string()
+                .contains("no parameter `layr`")
+        );
+        assert!(c.set_param("layer", "five").is_err());
+        let mut r = ReducerConfig::from_name("random").unwrap();
+        r.set_param("seed", "42").unwrap();
+        assert!(serde_json::to_string(&r).unwrap().contains("42"));
+    }
+}

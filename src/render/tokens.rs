@@ -1,0 +1,606 @@
+//! What a token reducer did, drawn on the image grid.
+//!
+//! A ViT splits the image into a grid of patches (raster order, 0-based). A
+//! reducer keeps, drops or merges them; its result is a list of groups, each
+//! surviving token standing for a set of original patches (a singleton for a
+//! kept patch, several for a merged token). Patches in no group were dropped.
+//!
+//! [`tokens_overlay`] draws that over the photo with the conventions of
+//! [`overlay`](super::overlay()): the same [`Placement`] of the grid, output
+//! scaling, title strip and white margins, crisp cell edges. Groups are
+//! outlined where neighbouring output pixels belong to different groups, and
+//! either show the photo ([`GroupStyle::KeptDropped`]) or are filled with the
+//! mean photo colour of their pixels ([`GroupStyle::MergeGroups`], as in ToMe's
+//! figures). Dropped patches are faded towards a dark grey.
+
+use std::collections::HashMap;
+
+use image::{Rgb, RgbImage, imageops};
+
+use super::overlay::{BACKGROUND, Frame, MUTED_INK, Placement, grid_axis, mix, scale_photo};
+use super::text;
+
+/// Which group each patch of the grid belongs to (`None` = dropped), row-major.
+///
+/// Built with [`TokenGroups::from_groups`], which rejects a patch listed in two
+/// groups. A `group_of_patch` shorter than `rows * cols` (possible only by
+/// building the struct by hand) is treated as dropped past its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGroups {
+    pub rows: usize,
+    pub cols: usize,
+    pub group_of_patch: Vec<Option<u32>>,
+}
+
+/// Why a reducer's groups don't describe a partition of the grid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenGroupsError {
+    #[error(
+        "patch {patch} is in group {first} and in group {second}; a patch belongs to at most one token"
+    )]
+    Overlap { patch: u32, first: u32, second: u32 },
+    #[error("group {group} lists patch {patch}, but a {rows}x{cols} grid has patches 0..{}", rows * cols)]
+    OutOfRange {
+        group: u32,
+        patch: u32,
+        rows: usize,
+        cols: usize,
+    },
+}
+
+/// Counts for the legend: every patch of the grid is kept (a singleton
+/// group), part of a merged group, or dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenStats {
+    /// Singleton groups.
+    pub kept: usize,
+    /// Groups of two or more patches, and how many patches they hold.
+    pub merged_groups: usize,
+    pub merged_patches: usize,
+    pub dropped: usize,
+    /// `rows * cols`.
+    pub total: usize,
+}
+
+impl TokenGroups {
+    /// `groups[i]` lists the patches that token `i` stands for; its group id is `i`.
+    /// Empty groups are allowed (they cover nothing); a patch listed twice in
+    /// the same group counts once.
+    ///
+    /// # Errors
+    /// A patch index `>= rows * cols`, or a patch in two different groups (a
+    /// reducer bug: each patch ends up in at most one token).
+    pub fn from_groups(
+        rows: usize,
+        cols: usize,
+        groups: &[Vec<u32>],
+    ) -> Result<Self, TokenGroupsError> {
+        let mut group_of_patch = vec![None; rows * cols];
+        for (g, patches) in groups.iter().enumerate() {
+            let g = g as u32;
+            for &patch in patches {
+                let slot =
+                    group_of_patch
+                        .get_mut(patch as usize)
+                        .ok_or(TokenGroupsError::OutOfRange {
+                            group: g,
+                            patch,
+                            rows,
+                            cols,
+                        })?;
+                match *slot {
+                    Some(first) if first != g => {
+                        return Err(TokenGroupsError::Overlap {
+                            patch,
+                            first,
+                            second: g,
+                        });
+                    }
+                    _ => *slot = Some(g),
+                }
+            }
+        }
+        Ok(TokenGroups {
+            rows,
+            cols,
+            group_of_patch,
+        })
+    }
+
+    /// Pruning only: each kept patch is its own token, the rest are dropped.
+    ///
+    /// # Errors
+    /// As [`from_groups`](Self::from_groups) (a repeated index is an overlap).
+    pub fn from_kept(rows: usize, cols: usize, kept: &[u32]) -> Result<Self, TokenGroupsError> {
+        let groups: Vec<Vec<u32>> = kept.iter().map(|&p| vec![p]).collect();
+        Self::from_groups(rows, cols, &groups)
+    }
+
+    /// The group of the patch at (`row`, `col`); `None` if dropped or off the grid.
+    pub fn group(&self, row: usize, col: usize) -> Option<u32> {
+        if row < self.rows && col < self.cols {
+            self.group_of_patch
+                .get(row * self.cols + col)
+                .copied()
+                .flatten()
+        } else {
+            None
+        }
+    }
+
+    /// Kept / merged / dropped counts over the `rows * cols` patches.
+    pub fn stats(&self) -> TokenStats {
+        let total = self.rows * self.cols;
+        let mut sizes: HashMap<u32, usize> = HashMap::new();
+        let mut dropped = 0;
+        for i in 0..total {
+            match self.group_of_patch.get(i).copied().flatten() {
+                Some(g) => *sizes.entry(g).or_default() += 1,
+                None => dropped += 1,
+            }
+        }
+        let kept = sizes.values().filter(|&&n| n == 1).count();
+        let merged_groups = sizes.len() - kept;
+        TokenStats {
+            kept,
+            merged_groups,
+            merged_patches: total - dropped - kept,
+            dropped,
+            total,
+        }
+    }
+}
+
+/// How groups are drawn by [`tokens_overlay`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupStyle {
+    /// Kept patches shown as the photo, outlined; dropped patches faded
+    /// (the photo blended 75% towards #202020), so what survives pops out.
+    #[default]
+    KeptDropped,
+    /// Each group filled with the mean photo colour of its pixels and outlined
+    /// by group boundaries (ToMe's visualisation); singletons show as their
+    /// mean colour too; dropped patches faded as in `KeptDropped`.
+    MergeGroups,
+}
+
+/// Appearance of a [`tokens_overlay`] figure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokensStyle {
+    pub style: GroupStyle,
+    /// Colour of group outlines (default white).
+    pub outline_rgb: [u8; 3],
+    /// Drawn in a strip above the photo; shortened with "…" if too long.
+    pub title: Option<String>,
+    /// The photo is scaled so its longest side is this many px in the output.
+    pub max_side: u32,
+    /// A strip under the photo: "kept N · merged M groups (P patches) · dropped D of T patches".
+    pub legend: bool,
+}
+
+impl Default for TokensStyle {
+    fn default() -> Self {
+        TokensStyle {
+            style: GroupStyle::KeptDropped,
+            outline_rgb: [255, 255, 255],
+            title: None,
+            max_side: 512,
+            legend: true,
+        }
+    }
+}
+
+/// What dropped patches fade towards, and how far.
+const FADE_RGB: [u8; 3] = [0x20, 0x20, 0x20];
+const FADE: f32 = 0.75;
+
+/// Per output pixel: off the grid, on a dropped patch, or in group `g` (>= 0).
+const OFF_GRID: i64 = -2;
+const DROPPED: i64 = -1;
+
+/// The photo with the reducer's groups drawn over it (see [`GroupStyle`]),
+/// an optional title strip above and legend strip below. Only the photo area
+/// is drawn: parts of the grid past the photo's edges (letterbox padding) are
+/// cropped away, and photo pixels off the grid are left as they are. Pure
+/// function, deterministic output.
+pub fn tokens_overlay(
+    photo: &RgbImage,
+    groups: &TokenGroups,
+    place: &Placement,
+    style: &TokensStyle,
+) -> RgbImage {
+    let body = draw_groups(photo, groups, place, style);
+    let (bw, bh) = body.dimensions();
+    let frame = Frame::new(style.max_side, style.title.is_some());
+    let (label_px, pad) = (frame.label_px, frame.pad);
+    let body_x = pad;
+    let body_y = pad + frame.title_h;
+    let legend_gap = (label_px * 0.5).round() as u32;
+    let legend_h = if style.legend {
+        legend_gap + text::line_height(label_px).ceil() as u32
+    } else {
+        0
+    };
+    let width = body_x + bw + pad;
+    let height = body_y + bh + legend_h + pad;
+
+    let mut canvas = RgbImage::from_pixel(width, height, Rgb(BACKGROUND));
+    imageops::replace(&mut canvas, &body, i64::from(body_x), i64::from(body_y));
+    if let Some(title) = &style.title {
+        frame.draw_title(&mut canvas, title, body_x, bw);
+    }
+    if style.legend {
+        let avail = (width - 2 * pad) as f32;
+        let lines = legend_lines(&groups.stats());
+        // The longest wording that fits; the shortest one is cut with "…" if even it doesn't.
+        let shown = lines
+            .iter()
+            .find(|l| text::text_width(label_px, l) <= avail)
+            .cloned()
+            .unwrap_or_else(|| text::fit_text(label_px, &lines[lines.len() - 1], avail));
+        let y = (body_y + bh + legend_gap) as f32;
+        text::draw_text(&mut canvas, body_x as f32, y, label_px, MUTED_INK, &shown);
+    }
+    canvas
+}
+
+/// The legend in decreasing length: "kept N · merged M groups (P patches) ·
+/// dropped D of T patches" (the merged part left out when nothing was merged),
+/// then a compact "kept N · merged M (P) · dropped D/T".
+fn legend_lines(s: &TokenStats) -> [String; 2] {
+    let (long_merged, short_merged) = if s.merged_groups > 0 {
+        (
+            format!(
+                " · merged {} groups ({} patches)",
+                s.merged_groups, s.merged_patches
+            ),
+            format!(" · merged {} ({})", s.merged_groups, s.merged_patches),
+        )
+    } else {
+        Default::default()
+    };
+    [
+        format!(
+            "kept {}{long_merged} · dropped {} of {} patches",
+            s.kept, s.dropped, s.total
+        ),
+        format!(
+            "kept {}{short_merged} · dropped {}/{}",
+            s.kept, s.dropped, s.total
+        ),
+    ]
+}
+
+/// The photo scaled to `max_side` with the groups drawn in (no margins).
+fn draw_groups(
+    photo: &RgbImage,
+    groups: &TokenGroups,
+    place: &Placement,
+    style: &TokensStyle,
+) -> RgbImage {
+    let mut out = scale_photo(photo, style.max_side.max(1));
+    let labels = pixel_labels(photo, groups, place, out.dimensions());
+    let Some(labels) = labels else {
+        return out;
+    };
+    let (w, h) = out.dimensions();
+    let (wu, hu) = (w as usize, h as usize);
+
+    // Mean photo colour of each group over its output pixels (sums are exact
+    // integers, so the result doesn't depend on iteration order).
+    let means: HashMap<i64, [u8; 3]> = if style.style == GroupStyle::MergeGroups {
+        let mut sums: HashMap<i64, [u64; 4]> = HashMap::new();
+        for (p, &label) in out.pixels().zip(&labels) {
+            if label >= 0 {
+                let s = sums.entry(label).or_default();
+                for (sum, c) in s.iter_mut().zip(p.0) {
+                    *sum += u64::from(c);
+                }
+                s[3] += 1;
+            }
+        }
+        sums.into_iter()
+            .map(|(g, s)| {
+                let n = s[3];
+                let mean = |c: usize| ((s[c] + n / 2) / n) as u8;
+                (g, [mean(0), mean(1), mean(2)])
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
+
+    // Outlines: a pixel whose neighbour within `reach` px (4-connected
+    // directions) has a different label, unless neither side is a token
+    // (dropped next to dropped or off-grid). Both sides of a boundary get
+    // marked, so lines are 2 * reach px wide and centred on cell edges.
+    let reach = ((style.max_side as f32 / 512.0).round() as usize).max(1);
+    let outlined = |x: usize, y: usize| -> bool {
+        let a = labels[y * wu + x];
+        let differs = |b: i64| a != b && (a >= 0 || b >= 0);
+        (1..=reach).any(|d| {
+            (x >= d && differs(labels[y * wu + x - d]))
+                || (x + d < wu && differs(labels[y * wu + x + d]))
+                || (y >= d && differs(labels[(y - d) * wu + x]))
+                || (y + d < hu && differs(labels[(y + d) * wu + x]))
+        })
+    };
+
+    for y in 0..hu {
+        for x in 0..wu {
+            let label = labels[y * wu + x];
+            let pixel = out.get_pixel_mut(x as u32, y as u32);
+            if outlined(x, y) {
+                pixel.0 = style.outline_rgb;
+                continue;
+            }
+            match label {
+                OFF_GRID => {}
+                DROPPED => mix(&mut pixel.0, FADE_RGB, FADE),
+                g => {
+                    if let Some(&mean) = means.get(&g) {
+                        pixel.0 = mean;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The label of every output pixel (row-major), or `None` when the grid or
+/// placement is degenerate (nothing to draw).
+fn pixel_labels(
+    photo: &RgbImage,
+    groups: &TokenGroups,
+    place: &Placement,
+    (w, h): (u32, u32),
+) -> Option<Vec<i64>> {
+    let (pw, ph) = photo.dimensions();
+    if pw == 0 || ph == 0 || groups.rows == 0 || groups.cols == 0 {
+        return None;
+    }
+    if !(place.x1 > place.x0 && place.y1 > place.y0) {
+        return None;
+    }
+    // Cell coordinate of each output column/row centre; [0] is the pixel before the first.
+    let gx = grid_axis(w, pw, place.x0, place.x1, groups.cols);
+    let gy = grid_axis(h, ph, place.y0, place.y1, groups.rows);
+    if !gx.iter().chain(&gy).all(|v| v.is_finite()) {
+        return None;
+    }
+    let cell = |g: f64, cells: usize| (g >= 0.0 && g < cells as f64).then_some(g as usize);
+    let cols: Vec<Option<usize>> = gx[1..].iter().map(|&g| cell(g, groups.cols)).collect();
+    let mut labels = Vec::with_capacity(w as usize * h as usize);
+    for &y in &gy[1..] {
+        let row = cell(y, groups.rows);
+        labels.extend(cols.iter().map(|&col| match (row, col) {
+            (Some(r), Some(c)) => groups.group(r, c).map_or(DROPPED, i64::from),
+            _ => OFF_GRID,
+        }));
+    }
+    Some(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn photo(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, 120])
+        })
+    }
+
+    /// Top-left of the photo inside the figure.
+    fn body_origin(style: &TokensStyle) -> (u32, u32) {
+        let f = Frame::new(style.max_side, style.title.is_some());
+        (f.pad, f.pad + f.title_h)
+    }
+
+    fn luma(p: &Rgb<u8>) -> u32 {
+        p.0.iter().map(|&c| u32::from(c)).sum()
+    }
+
+    #[test]
+    fn from_groups_rejects_overlaps_and_bad_indices() {
+        let ok = TokenGroups::from_groups(2, 3, &[vec![0, 1], vec![], vec![5, 5]]).unwrap();
+        assert_eq!(
+            ok.group_of_patch,
+            vec![Some(0), Some(0), None, None, None, Some(2)]
+        );
+        assert_eq!(
+            TokenGroups::from_groups(2, 3, &[vec![0, 1], vec![1, 2]]),
+            Err(TokenGroupsError::Overlap {
+                patch: 1,
+                first: 0,
+                second: 1
+            })
+        );
+        let err = TokenGroups::from_groups(2, 3, &[vec![6]]).unwrap_err();
+        assert!(matches!(err, TokenGroupsError::OutOfRange { patch: 6, .. }));
+        assert!(err.to_string().contains("0..6"), "{err}");
+        assert!(TokenGroups::from_kept(2, 3, &[4, 4]).is_err());
+    }
+
+    #[test]
+    fn stats_count_every_patch_once() {
+        let g =
+            TokenGroups::from_groups(4, 4, &[vec![0], vec![1, 2, 3], vec![5], vec![8, 9]]).unwrap();
+        assert_eq!(
+            g.stats(),
+            TokenStats {
+                kept: 2,
+                merged_groups: 2,
+                merged_patches: 5,
+                dropped: 9,
+                total: 16
+            }
+        );
+    }
+
+    #[test]
+    fn legend_wording() {
+        let s = TokenStats {
+            kept: 56,
+            merged_groups: 54,
+            merged_patches: 200,
+            dropped: 0,
+            total: 256,
+        };
+        assert_eq!(
+            legend_lines(&s),
+            [
+                "kept 56 · merged 54 groups (200 patches) · dropped 0 of 256 patches",
+                "kept 56 · merged 54 (200) · dropped 0/256"
+            ]
+        );
+        let pruned = TokenStats {
+            kept: 85,
+            dropped: 171,
+            total: 256,
+            ..Default::default()
+        };
+        assert_eq!(
+            legend_lines(&pruned)[0],
+            "kept 85 · dropped 171 of 256 patches"
+        );
+    }
+
+    #[test]
+    fn kept_patches_show_the_photo_and_dropped_ones_are_darker() {
+        // 4x4 grid over a 64x64 photo: 16 px cells, no scaling.
+        let p = RgbImage::from_fn(64, 64, |x, y| Rgb([100 + x as u8, 150, 90 + y as u8]));
+        let groups = TokenGroups::from_kept(4, 4, &[0, 5, 10]).unwrap();
+        let style = TokensStyle {
+            max_side: 64,
+            title: Some("kept".into()),
+            ..Default::default()
+        };
+        let out = tokens_overlay(&p, &groups, &Placement::full(64, 64), &style);
+        let (ox, oy) = body_origin(&style);
+        // Interior of kept patch 5 (row 1, col 1): pixels 17..=30 both ways.
+        for y in 17..31 {
+            for x in 17..31 {
+                assert_eq!(out.get_pixel(ox + x, oy + y), p.get_pixel(x, y), "{x},{y}");
+            }
+        }
+        // Its edge is outlined in white.
+        assert_eq!(out.get_pixel(ox + 16, oy + 20).0, [255; 3]);
+        assert_eq!(out.get_pixel(ox + 31, oy + 20).0, [255; 3]);
+        // Dropped patch 7 (row 1, col 3) is darker everywhere, and not outlined inside.
+        for y in 18..30 {
+            for x in 50..64 {
+                let (o, i) = (out.get_pixel(ox + x, oy + y), p.get_pixel(x, y));
+                assert!(luma(o) < luma(i) / 2, "{x},{y}: {o:?} vs {i:?}");
+            }
+        }
+        // No line between two dropped patches (patches 6 and 7 meet at x = 48).
+        assert_ne!(out.get_pixel(ox + 48, oy + 20).0, [255; 3]);
+    }
+
+    #[test]
+    fn merge_groups_fill_and_outline() {
+        let p = photo(64, 64);
+        // Group 0 = patches 0 and 1 (top-left, side by side), group 1 = patch 2, rest dropped.
+        let groups = TokenGroups::from_groups(4, 4, &[vec![0, 1], vec![2]]).unwrap();
+        let style = TokensStyle {
+            style: GroupStyle::MergeGroups,
+            max_side: 64,
+            legend: false,
+            ..Default::default()
+        };
+        let out = tokens_overlay(&p, &groups, &Placement::full(64, 64), &style);
+        let (ox, oy) = body_origin(&style);
+        let at = |x: u32, y: u32| out.get_pixel(ox + x, oy + y).0;
+        // One fill colour over both patches of group 0 (away from outlines),
+        // and it is the mean of the photo there.
+        let fill: BTreeSet<[u8; 3]> = (2..14)
+            .flat_map(|y| (0..30).map(move |x| (x, y)))
+            .map(|(x, y)| at(x, y))
+            .collect();
+        assert_eq!(fill.len(), 1, "{fill:?}");
+        let fill = *fill.first().unwrap();
+        assert_ne!(fill, [255; 3]);
+        let n = 32 * 16;
+        let mean_r = (0..16)
+            .flat_map(|y| (0..32).map(move |x| (x, y)))
+            .map(|(x, y)| u32::from(p.get_pixel(x, y).0[0]))
+            .sum::<u32>() as f32
+            / n as f32;
+        assert!((f32::from(fill[0]) - mean_r).abs() <= 0.5);
+        // No outline inside the group (cell edge at x = 16), one between groups (x = 32).
+        for y in 2..14 {
+            assert_eq!(at(15, y), fill);
+            assert_eq!(at(16, y), fill);
+            assert_eq!(at(31, y), [255; 3]);
+            assert_eq!(at(32, y), [255; 3]);
+        }
+        // Group 1 gets its own, different colour.
+        assert_ne!(at(40, 8), fill);
+        assert_ne!(at(40, 8), [255; 3]);
+        // Under group 0, the dropped row is outlined at the boundary, faded below it.
+        assert_eq!(at(8, 16), [255; 3]);
+        assert!(luma(&Rgb(at(8, 24))) < luma(p.get_pixel(8, 24)));
+    }
+
+    #[test]
+    fn deterministic_and_crisp_over_a_letterboxed_photo() {
+        let p = photo(451, 300);
+        let groups: Vec<Vec<u32>> = (0..128u32)
+            .filter(|i| i % 3 != 0)
+            .map(|i| vec![2 * i, 2 * i + 1])
+            .collect();
+        let groups = TokenGroups::from_groups(16, 16, &groups).unwrap();
+        for s in [GroupStyle::KeptDropped, GroupStyle::MergeGroups] {
+            let style = TokensStyle {
+                style: s,
+                title: Some("t".into()),
+                ..Default::default()
+            };
+            let place = Placement::letterbox(451, 300);
+            let a = tokens_overlay(&p, &groups, &place, &style);
+            let b = tokens_overlay(&p, &groups, &place, &style);
+            assert_eq!(a, b);
+            assert!(a.width() > 512 && a.height() > 341);
+        }
+        // Crisp: a merge fill is one colour per group along a row, with only
+        // the outline colour between groups.
+        let p = RgbImage::from_pixel(101, 101, Rgb([40, 90, 200]));
+        let all = TokenGroups::from_groups(2, 2, &[vec![0], vec![1], vec![2], vec![3]]).unwrap();
+        let style = TokensStyle {
+            style: GroupStyle::MergeGroups,
+            max_side: 257,
+            legend: false,
+            ..Default::default()
+        };
+        let out = tokens_overlay(&p, &all, &Placement::full(101, 101), &style);
+        let (ox, oy) = body_origin(&style);
+        let row: BTreeSet<[u8; 3]> = (0..257).map(|x| out.get_pixel(ox + x, oy + 60).0).collect();
+        assert_eq!(row, BTreeSet::from([[40, 90, 200], [255, 255, 255]]));
+    }
+
+    #[test]
+    fn degenerate_inputs_do_not_panic() {
+        let p = photo(30, 20);
+        let style = TokensStyle::default();
+        let empty = TokenGroups::from_groups(0, 0, &[]).unwrap();
+        tokens_overlay(&p, &empty, &Placement::full(30, 20), &style);
+        let one = TokenGroups::from_kept(2, 2, &[3]).unwrap();
+        let flat = Placement {
+            x0: 3.0,
+            y0: 3.0,
+            x1: 3.0,
+            y1: 9.0,
+        };
+        tokens_overlay(&p, &one, &flat, &style);
+        let short = TokenGroups {
+            rows: 3,
+            cols: 3,
+            group_of_patch: vec![Some(7)],
+        };
+        tokens_overlay(&p, &short, &Placement::full(30, 20), &style);
+        tokens_overlay(&RgbImage::new(0, 0), &one, &Placement::full(0, 0), &style);
+    }
+}

@@ -1,0 +1,407 @@
+//! Reduced runs against a cached full run.
+//!
+//! # Design
+//! Question: how can a ratio slider move in well under 100 ms?
+//! Decision: [`Session::full_run`] runs the unreduced model once per image and keeps the state
+//! after every block plus all attention and keys. [`Session::run`] resumes from the state at
+//! the reducer's first site, so changing the ratio or a parameter recomputes only what follows.
+//! Pre-LLM methods (which act on the encoder output) only re-run the output head.
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::{Output, Session, ms_since};
+use crate::analysis::cost::{BlockTokens, encoder_flops};
+use crate::analysis::metrics::{self, Fidelity};
+use crate::model::layers::AttnRecord;
+use crate::model::{HookPoint, Intervene, Needs, NoIntervention, Probe, TokenState, Trace};
+use crate::reduce::{Budget, Context, PositionMode, Reducer, ReducerConfig, Site, SiteView, Stage};
+use crate::{Cancel, Result};
+
+/// What fills the patches no surviving token stands for when the output head needs the full grid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropFill {
+    /// Zero features.
+    #[default]
+    Zeros,
+    /// The mean of the surviving tokens' features.
+    MeanToken,
+}
+
+/// Everything that defines a reduced run: plain data, stored in sidecars and `run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSpec {
+    pub reducer: ReducerConfig,
+    pub budget: Budget,
+    pub fill: DropFill,
+    pub positions: PositionMode,
+}
+
+impl Default for RunSpec {
+    fn default() -> Self {
+        Self {
+            reducer: ReducerConfig::Tome(Default::default()),
+            budget: Budget::default(),
+            fill: DropFill::default(),
+            positions: PositionMode::default(),
+        }
+    }
+}
+
+/// The unreduced run of one image, kept so reduced runs can resume from any block.
+pub struct FullRun {
+    /// `states[l]`: the tokens after `l` blocks (`l = 0..=num_layers`).
+    pub states: Vec<TokenState>,
+    /// Attention probabilities and keys of every block.
+    pub trace: Trace,
+    /// Final-norm features `[1, tokens, dim]`.
+    pub features: Tensor,
+    /// Saliency `[h, w]`, row-major.
+    pub saliency: Output,
+    /// Time of the encoder alone, and of the whole run (encoder + output head).
+    pub encoder_ms: f64,
+    pub time_ms: f64,
+}
+
+impl FullRun {
+    pub fn num_layers(&self) -> usize {
+        self.states.len() - 1
+    }
+
+    fn block_tokens(&self) -> BlockTokens {
+        let n = self.states[0].num_tokens();
+        BlockTokens { attn: n, mlp: n }
+    }
+}
+
+/// A reduced run's results, in the machine-readable form of `run.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub spec: RunSpec,
+    pub stage: Stage,
+    /// Visual tokens kept.
+    pub keep: usize,
+    pub num_patches: usize,
+    /// The method's score per original patch at its first site (null where it has none).
+    pub scores: Option<Vec<Option<f32>>>,
+    /// One entry per surviving visual token, in output order: the patches it stands for.
+    pub groups: Vec<Vec<u32>>,
+    /// Patches that survive as themselves (singleton groups), sorted.
+    pub kept: Vec<u32>,
+    /// Tokens (CLS included) entering each block's attention.
+    pub tokens_per_layer: Vec<usize>,
+    pub flops: f64,
+    pub flops_full: f64,
+    pub output: Output,
+    pub fidelity: Fidelity,
+    /// Per patch, cosine of reduced and full final features (null where dropped).
+    pub patch_cosine: Vec<Option<f32>>,
+    pub timings_ms: RunTimings,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunTimings {
+    /// This reduced run (from the cached prefix).
+    pub run_ms: f64,
+    /// The full run it resumed from.
+    pub full_ms: f64,
+}
+
+impl Session {
+    /// Runs the unreduced model, keeping every intermediate state, attention and keys.
+    pub fn full_run(&self, pixels: &Tensor, cancel: &Cancel) -> Result<FullRun> {
+        let start = Instant::now();
+        let enc = &self.model.encoder;
+        let layers = enc.num_layers();
+        let mut probe = Probe::attention(layers);
+        for l in 0..layers {
+            probe = probe.with(HookPoint::Keys(l));
+        }
+        let mut trace = Trace::default();
+        let mut state = enc.embed(pixels)?;
+        let mut states = vec![state.clone()];
+        for l in 0..layers {
+            enc.run_blocks(
+                &mut state,
+                l + 1,
+                &probe,
+                &mut trace,
+                &mut NoIntervention,
+                cancel,
+            )?;
+            states.push(state.clone());
+        }
+        let features = enc.final_norm(&state)?;
+        let encoder_ms = ms_since(start);
+        let saliency = self.saliency_output(&features, &state)?;
+        Ok(FullRun {
+            states,
+            trace,
+            features,
+            saliency,
+            encoder_ms,
+            time_ms: ms_since(start),
+        })
+    }
+
+    /// Runs `spec` against `full`, re-computing only what follows the reducer's first site.
+    pub fn run(&self, full: &FullRun, spec: &RunSpec, cancel: &Cancel) -> Result<RunResult> {
+        let start = Instant::now();
+        let enc = &self.model.encoder;
+        let layers = full.num_layers();
+        let first = &full.states[0];
+        let ctx = Context {
+            num_layers: layers,
+            grid: first.grid,
+            num_special: first.num_special,
+        };
+        let keep = spec.budget.resolve(ctx.num_patches())?;
+        let mut reducer = spec.reducer.build(keep, &ctx)?;
+        let sites = reducer.sites();
+        let stage = match sites.first() {
+            Some(Site::MidBlock(l) | Site::AfterBlock(l)) => Stage::Encoder(*l),
+            _ => Stage::PreLlm,
+        };
+        let mut apply = Apply::new(reducer.as_mut(), &sites, &full.trace, spec.positions);
+
+        // Resume from the cached state at the first site.
+        let (mut state, resume_at) = match sites.first() {
+            Some(&Site::MidBlock(l)) => (full.states[l].clone(), l),
+            Some(&Site::AfterBlock(l)) => {
+                let mut state = full.states[l + 1].clone();
+                let record = AttnRecord {
+                    probs: full.trace.get(HookPoint::AttnProbs(l)).cloned(),
+                    keys: full.trace.get(HookPoint::Keys(l)).cloned(),
+                };
+                apply.at(Site::AfterBlock(l), &mut state, &record)?;
+                (state, l + 1)
+            }
+            Some(Site::EncoderOutput) | None => (full.states[layers].clone(), layers),
+        };
+        let mut blocks = vec![full.block_tokens(); resume_at];
+        enc.run_blocks(
+            &mut state,
+            layers,
+            &Probe::default(),
+            &mut Trace::default(),
+            &mut apply,
+            cancel,
+        )?;
+        blocks.append(&mut apply.blocks);
+
+        let mut out = state.clone();
+        out.hidden = if resume_at == layers && out.num_tokens() == full.states[layers].num_tokens()
+        {
+            full.features.clone() // nothing changed before the output: reuse the exact features
+        } else {
+            enc.final_norm(&state)?
+        };
+        apply.at(Site::EncoderOutput, &mut out, &AttnRecord::default())?;
+        cancel.check()?;
+
+        let grid_features = scatter(&out, spec.fill)?;
+        let output = self.saliency_output(&grid_features, &out)?;
+        let (fidelity, patch_cosine) = fidelity(full, &out, &grid_features, &output)?;
+        let cfg = &enc.cfg;
+        let groups: Vec<Vec<u32>> = out.source[out.num_special..].to_vec();
+        let mut kept: Vec<u32> = groups
+            .iter()
+            .filter(|g| g.len() == 1)
+            .map(|g| g[0])
+            .collect();
+        kept.sort_unstable();
+        Ok(RunResult {
+            spec: spec.clone(),
+            stage,
+            keep,
+            num_patches: ctx.num_patches(),
+            scores: apply.patch_scores,
+            groups,
+            kept,
+            tokens_per_layer: blocks.iter().map(|b| b.attn).collect(),
+            flops: encoder_flops(&blocks, cfg.hidden_size, cfg.intermediate_size),
+            flops_full: encoder_flops(
+                &vec![full.block_tokens(); layers],
+                cfg.hidden_size,
+                cfg.intermediate_size,
+            ),
+            output,
+            fidelity,
+            patch_cosine,
+            timings_ms: RunTimings {
+                run_ms: ms_since(start),
+                full_ms: full.time_ms,
+            },
+        })
+    }
+
+    /// The saliency head on grid features `[1, special + rows*cols, dim]` (special tokens first).
+    fn saliency_output(&self, features: &Tensor, state: &TokenState) -> Result<Output> {
+        let patches = features.narrow(1, state.num_special, state.num_patches())?;
+        let map = self
+            .model
+            .decoder
+            .forward(&patches, state.grid)?
+            .squeeze(0)?
+            .squeeze(0)?;
+        let (h, w) = map.dims2()?;
+        Ok(Output {
+            kind: "saliency".into(),
+            shape: [h, w],
+            values: map.flatten_all()?.to_vec1()?,
+        })
+    }
+}
+
+/// Puts every surviving token's features back on the patches it stands for:
+/// `[1, special + tokens, d]` -> `[1, special + rows*cols, d]`; uncovered patches get `fill`.
+fn scatter(out: &TokenState, fill: DropFill) -> Result<Tensor> {
+    let (n, s) = (out.num_tokens(), out.num_special);
+    let fill_row = match fill {
+        DropFill::Zeros => out.hidden.narrow(1, 0, 1)?.zeros_like()?,
+        DropFill::MeanToken => out.hidden.narrow(1, s, n - s)?.mean_keepdim(1)?,
+    };
+    let rows = Tensor::cat(&[&out.hidden, &fill_row], 1)?; // row n = the fill
+    let mut index: Vec<u32> = (0..s as u32).collect();
+    let mut patch_row = vec![n as u32; out.num_patches()];
+    for (t, src) in out.source.iter().enumerate().skip(s) {
+        for &p in src {
+            patch_row[p as usize] = t as u32;
+        }
+    }
+    index.extend(patch_row);
+    let index = Tensor::from_vec(index, s + out.num_patches(), out.hidden.device())?;
+    Ok(rows.index_select(&index, 1)?)
+}
+
+fn fidelity(
+    full: &FullRun,
+    out: &TokenState,
+    grid: &Tensor,
+    output: &Output,
+) -> Result<(Fidelity, Vec<Option<f32>>)> {
+    let s = out.num_special;
+    let full_rows = full.features.squeeze(0)?.to_vec2::<f32>()?;
+    let grid_rows = grid.squeeze(0)?.to_vec2::<f32>()?;
+    let mut covered = vec![false; out.num_patches()];
+    for &p in out.source.iter().flatten() {
+        covered[p as usize] = true;
+    }
+    let patch_cosine: Vec<Option<f32>> = (0..out.num_patches())
+        .map(|p| covered[p].then(|| metrics::cosine(&full_rows[s + p], &grid_rows[s + p]) as f32))
+        .collect();
+    let present: Vec<f64> = patch_cosine
+        .iter()
+        .flatten()
+        .map(|&c| f64::from(c))
+        .collect();
+    let (a, b) = (&full.saliency.values, &output.values);
+    let cls_cosine = if s > 0 {
+        metrics::cosine(&full_rows[0], &grid_rows[0])
+    } else {
+        f64::NAN
+    };
+    Ok((
+        Fidelity {
+            saliency_l1: metrics::mean_abs_diff(a, b),
+            saliency_pearson: metrics::pearson(a, b),
+            saliency_iou_top20: metrics::top_iou(a, b, 0.2),
+            cls_cosine,
+            patch_cosine_mean: present.iter().sum::<f64>() / present.len().max(1) as f64,
+        },
+        patch_cosine,
+    ))
+}
+
+/// Bridges a [`Reducer`] to the encoder's [`Intervene`] hook: asks for plans at the reducer's
+/// sites, applies them, and counts the tokens each block saw.
+struct Apply<'a> {
+    reducer: &'a mut dyn Reducer,
+    sites: &'a [Site],
+    full_trace: &'a Trace,
+    positions: PositionMode,
+    /// The first plan's scores, per original patch.
+    patch_scores: Option<Vec<Option<f32>>>,
+    blocks: Vec<BlockTokens>,
+    attn_tokens: usize,
+}
+
+impl<'a> Apply<'a> {
+    fn new(
+        reducer: &'a mut dyn Reducer,
+        sites: &'a [Site],
+        full_trace: &'a Trace,
+        positions: PositionMode,
+    ) -> Self {
+        Self {
+            reducer,
+            sites,
+            full_trace,
+            positions,
+            patch_scores: None,
+            blocks: Vec::new(),
+            attn_tokens: 0,
+        }
+    }
+
+    fn at(&mut self, site: Site, state: &mut TokenState, attn: &AttnRecord) -> Result<()> {
+        if !self.sites.contains(&site) {
+            return Ok(());
+        }
+        let plan = self.reducer.plan(&SiteView {
+            site,
+            state,
+            attn,
+            full_trace: self.full_trace,
+        })?;
+        if self.patch_scores.is_none() {
+            self.patch_scores = plan.scores.as_ref().map(|scores| {
+                let mut per_patch = vec![None; state.num_patches()];
+                for (t, src) in state.source.iter().enumerate() {
+                    for &p in src {
+                        per_patch[p as usize] = Some(scores[t]).filter(|v| v.is_finite());
+                    }
+                }
+                per_patch
+            });
+        }
+        *state = plan.apply(state, self.positions)?;
+        if self.reducer.proportional_attention() {
+            state.proportional_attention = true;
+        }
+        Ok(())
+    }
+}
+
+impl Intervene for Apply<'_> {
+    fn needs(&self, layer: usize) -> Needs {
+        self.reducer.needs(layer)
+    }
+
+    fn after_attention(
+        &mut self,
+        layer: usize,
+        state: &mut TokenState,
+        attn: &AttnRecord,
+    ) -> Result<()> {
+        self.attn_tokens = state.num_tokens();
+        self.at(Site::MidBlock(layer), state, attn)
+    }
+
+    fn after_block(
+        &mut self,
+        layer: usize,
+        state: &mut TokenState,
+        attn: &AttnRecord,
+    ) -> Result<()> {
+        self.blocks.push(BlockTokens {
+            attn: self.attn_tokens,
+            mlp: state.num_tokens(),
+        });
+        self.at(Site::AfterBlock(layer), state, attn)
+    }
+}
