@@ -8,20 +8,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("cannot create a temporary file in {dir:?}: {source}")]
-    CreateTemp {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
+    CreateTemp { dir: PathBuf, source: std::io::Error },
     #[error("cannot write {path:?}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("cannot move the finished file into place at {path:?}: {source}")]
-    Persist {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Persist { path: PathBuf, source: std::io::Error },
 }
 
 /// Writes `bytes` to `path` atomically, with the mode of an ordinary new file (not 0600).
@@ -30,9 +21,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let name = path
-        .file_name()
-        .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());
+    let name = path.file_name().map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());
     let prefix = format!(".{name}.");
     let mut builder = tempfile::Builder::new();
     builder.prefix(&prefix).suffix(".tmp");
@@ -41,22 +30,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(std::fs::Permissions::from_mode(0o666)); // minus the umask
     }
-    let mut tmp = builder
-        .tempfile_in(dir)
-        .map_err(|source| WriteError::CreateTemp {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-    let write_err = |source| WriteError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let mut tmp =
+        builder.tempfile_in(dir).map_err(|source| WriteError::CreateTemp { dir: dir.to_path_buf(), source })?;
+    let write_err = |source| WriteError::Write { path: path.to_path_buf(), source };
     tmp.write_all(bytes).map_err(write_err)?;
     tmp.as_file().sync_all().map_err(write_err)?;
-    tmp.persist(path).map_err(|e| WriteError::Persist {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
+    tmp.persist(path).map_err(|e| WriteError::Persist { path: path.to_path_buf(), source: e.error })?;
     Ok(())
 }
 
@@ -66,10 +45,8 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
     }

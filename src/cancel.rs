@@ -20,10 +20,6 @@ impl Cancel {
 
     /// `Err(Error::Cancelled)` once [`Cancel::cancel`] was called on any clone.
     pub fn check(&self) -> Result<()> {
-        if self.is_cancelled() {
-            Err(Error::Cancelled)
-        } else {
-            Ok(())
-        }
+        if self.is_cancelled() { Err(Error::Cancelled) } else { Ok(()) }
     }
 }

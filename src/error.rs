@@ -28,15 +28,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn weights(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Self::Weights {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        Self::Weights { path: path.into(), reason: reason.into() }
     }
     pub(crate) fn image(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Self::Image {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        Self::Image { path: path.into(), reason: reason.into() }
     }
 }

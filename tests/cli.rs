@@ -15,18 +15,9 @@ fn tokenlens() -> Command {
 fn analyze_writes_json_and_overlays() {
     let out = tempfile::tempdir().unwrap();
     let image = fixture("images/astronaut_crop224.png");
-    let status = tokenlens()
-        .arg("analyze")
-        .arg(&image)
-        .args(["--layer", "7", "--out"])
-        .arg(out.path())
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    let status =
+        tokenlens().arg("analyze").arg(&image).args(["--layer", "7", "--out"]).arg(out.path()).output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
 
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("analysis.json")).unwrap()).unwrap();
@@ -40,27 +31,14 @@ fn analyze_writes_json_and_overlays() {
     assert!(json["timings_ms"]["total_ms"].as_f64().unwrap() > 0.0);
 
     // Numbers in the file are the model's, not rounded away: compare with onnxruntime.
-    let values: Vec<f32> = json["output"]["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
-    let want = reference("astronaut_crop224")["saliency"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let values: Vec<f32> =
+        json["output"]["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let want = reference("astronaut_crop224")["saliency"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert!(common::max_abs_diff(&values, &want) < 1e-3);
 
     for png in ["cls_attention_layer7.png", "rollout.png", "saliency.png"] {
         let img = image::open(out.path().join(png)).unwrap_or_else(|e| panic!("{png}: {e}"));
-        assert!(
-            img.width() >= 224 && img.height() >= 224,
-            "{png} is {}x{}",
-            img.width(),
-            img.height()
-        );
+        assert!(img.width() >= 224 && img.height() >= 224, "{png} is {}x{}", img.width(), img.height());
     }
 }
 
@@ -72,19 +50,10 @@ fn bad_input_exits_non_zero_with_a_message() {
         (fixture("bad/huge_header.png"), "too large"),
         (fixture("bad/does_not_exist.png"), "cannot read"),
     ] {
-        let run = tokenlens()
-            .arg("analyze")
-            .arg(&image)
-            .arg("--out")
-            .arg(out.path())
-            .output()
-            .unwrap();
+        let run = tokenlens().arg("analyze").arg(&image).arg("--out").arg(out.path()).output().unwrap();
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert!(!run.status.success(), "{image:?} should fail");
-        assert!(
-            stderr.contains(expect) && !stderr.contains("panicked"),
-            "{image:?}: {stderr}"
-        );
+        assert!(stderr.contains(expect) && !stderr.contains("panicked"), "{image:?}: {stderr}");
     }
     let run = tokenlens()
         .arg("analyze")

@@ -24,25 +24,13 @@ fn cases() -> Vec<(&'static str, std::path::PathBuf)> {
 /// The reference's own padded canvas, normalised by us (normalisation is checked separately).
 fn prepared_from_reference(stem: &str) -> Prepared {
     let r = reference(stem);
-    let u8s = r["padded_u8"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<u8>()
-        .unwrap();
+    let u8s = r["padded_u8"].flatten_all().unwrap().to_vec1::<u8>().unwrap();
     let canvas = image::RgbImage::from_raw(224, 224, u8s).unwrap();
     let c = r["content"].to_vec1::<i64>().unwrap();
-    let content = preprocess::ContentRect {
-        top: c[0] as u32,
-        left: c[1] as u32,
-        height: c[2] as u32,
-        width: c[3] as u32,
-    };
+    let content =
+        preprocess::ContentRect { top: c[0] as u32, left: c[1] as u32, height: c[2] as u32, width: c[3] as u32 };
     let pixels = preprocess::normalize(&canvas, &candle_core::Device::Cpu).unwrap();
-    Prepared {
-        canvas,
-        content,
-        pixels,
-    }
+    Prepared { canvas, content, pixels }
 }
 
 #[test]
@@ -50,32 +38,17 @@ fn saliency_and_cls_attention_match_onnxruntime() {
     let s = session();
     for (stem, _) in cases() {
         let r = reference(stem);
-        let a = s
-            .analyze(&prepared_from_reference(stem), &Cancel::default())
-            .unwrap();
-        let sal_ref = r["saliency"]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let a = s.analyze(&prepared_from_reference(stem), &Cancel::default()).unwrap();
+        let sal_ref = r["saliency"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let d = max_abs_diff(&a.output.values, &sal_ref);
         assert!(d < 1e-3, "{stem}: saliency max abs diff {d}");
         let cls_ref = r["cls_attn"].to_dtype(DType::F32).unwrap(); // [12, 6, 257]
         for (l, ours) in a.cls_attention.iter().enumerate() {
-            let want = cls_ref
-                .get(l)
-                .unwrap()
-                .mean(0)
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let want = cls_ref.get(l).unwrap().mean(0).unwrap().to_vec1::<f32>().unwrap();
             let d = max_abs_diff(ours, &want[1..]);
             assert!(d < 1e-4, "{stem}: layer {l} CLS attention max abs diff {d}");
         }
-        eprintln!(
-            "{stem}: saliency max diff {:.2e}",
-            max_abs_diff(&a.output.values, &sal_ref)
-        );
+        eprintln!("{stem}: saliency max diff {:.2e}", max_abs_diff(&a.output.values, &sal_ref));
     }
 }
 
@@ -88,23 +61,9 @@ fn every_head_and_the_full_last_layer_match() {
     let probe = Probe::attention(enc.num_layers());
     let mut trace = Trace::default();
     let mut state = s.embed(&prepared).unwrap();
-    enc.run_blocks(
-        &mut state,
-        enc.num_layers(),
-        &probe,
-        &mut trace,
-        &mut NoIntervention,
-        &Cancel::default(),
-    )
-    .unwrap();
+    enc.run_blocks(&mut state, enc.num_layers(), &probe, &mut trace, &mut NoIntervention, &Cancel::default()).unwrap();
     for l in 0..enc.num_layers() {
-        let ours = trace
-            .require(HookPoint::AttnProbs(l))
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .narrow(1, 0, 1)
-            .unwrap();
+        let ours = trace.require(HookPoint::AttnProbs(l)).unwrap().squeeze(0).unwrap().narrow(1, 0, 1).unwrap();
         let want = r["cls_attn"].get(l).unwrap();
         let d = max_abs_diff(
             &ours.flatten_all().unwrap().to_vec1().unwrap(),
@@ -112,29 +71,11 @@ fn every_head_and_the_full_last_layer_match() {
         );
         assert!(d < 1e-4, "layer {l}: per-head CLS rows differ by {d}");
     }
-    let ours = trace
-        .require(HookPoint::AttnProbs(11))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let want = r["attn_l11"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let ours = trace.require(HookPoint::AttnProbs(11)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let want = r["attn_l11"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let d = max_abs_diff(&ours, &want);
     assert!(d < 1e-4, "layer 11 full attention differs by {d}");
-    let cls = enc
-        .final_norm(&state)
-        .unwrap()
-        .get(0)
-        .unwrap()
-        .get(0)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let cls = enc.final_norm(&state).unwrap().get(0).unwrap().get(0).unwrap().to_vec1::<f32>().unwrap();
     let d = max_abs_diff(&cls, &r["cls_final"].to_vec1::<f32>().unwrap());
     assert!(d < 1e-3, "final CLS token differs by {d}");
     // Mean-over-heads helper agrees with the per-head rows it summarises.
@@ -150,46 +91,19 @@ fn preprocessing_matches_the_package_pipeline() {
         let input = s.open_image(&path).unwrap();
         let want = prepared_from_reference(stem);
         assert_eq!(input.prepared.content, want.content, "{stem}: content rect");
-        let ours: Vec<f32> = input
-            .prepared
-            .canvas
-            .as_raw()
-            .iter()
-            .map(|&v| f32::from(v))
-            .collect();
+        let ours: Vec<f32> = input.prepared.canvas.as_raw().iter().map(|&v| f32::from(v)).collect();
         let theirs: Vec<f32> = want.canvas.as_raw().iter().map(|&v| f32::from(v)).collect();
         let d = max_abs_diff(&ours, &theirs);
-        let mean = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| (a - b).abs())
-            .sum::<f32>()
-            / ours.len() as f32;
+        let mean = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
         // PNGs: OpenCV INTER_AREA and ours differ at most by rounding. JPEG: decoders differ too.
-        let (max_ok, mean_ok) = if stem == "rocket" {
-            (12.0, 1.0)
-        } else {
-            (1.0, 0.05)
-        };
-        assert!(
-            d <= max_ok && mean <= mean_ok,
-            "{stem}: canvas max diff {d}, mean {mean}"
-        );
+        let (max_ok, mean_ok) = if stem == "rocket" { (12.0, 1.0) } else { (1.0, 0.05) };
+        assert!(d <= max_ok && mean <= mean_ok, "{stem}: canvas max diff {d}, mean {mean}");
         if let Some(input_ref) = r.get("input") {
             let d = max_abs_diff(
-                &input
-                    .prepared
-                    .pixels
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap(),
+                &input.prepared.pixels.flatten_all().unwrap().to_vec1().unwrap(),
                 &input_ref.flatten_all().unwrap().to_vec1().unwrap(),
             );
-            assert!(
-                d < 1.0 / 255.0 / 0.224 + 1e-4,
-                "{stem}: normalised input differs by {d}"
-            );
+            assert!(d < 1.0 / 255.0 / 0.224 + 1e-4, "{stem}: normalised input differs by {d}");
         }
     }
 }
@@ -201,14 +115,7 @@ fn end_to_end_from_files_matches_for_pngs() {
         let r = reference(stem);
         let input = s.open_image(&path).unwrap();
         let a = s.analyze(&input.prepared, &Cancel::default()).unwrap();
-        let d = max_abs_diff(
-            &a.output.values,
-            &r["saliency"]
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-        );
+        let d = max_abs_diff(&a.output.values, &r["saliency"].flatten_all().unwrap().to_vec1::<f32>().unwrap());
         assert!(d < 1e-3, "{stem}: end-to-end saliency differs by {d}");
     }
 }
@@ -220,44 +127,13 @@ fn resuming_from_a_cached_state_equals_one_pass() {
     let prepared = prepared_from_reference("coffee");
     let (probe, cancel) = (Probe::default(), Cancel::default());
     let mut one = s.embed(&prepared).unwrap();
-    enc.run_blocks(
-        &mut one,
-        12,
-        &probe,
-        &mut Trace::default(),
-        &mut NoIntervention,
-        &cancel,
-    )
-    .unwrap();
+    enc.run_blocks(&mut one, 12, &probe, &mut Trace::default(), &mut NoIntervention, &cancel).unwrap();
     let mut prefix = s.embed(&prepared).unwrap();
-    enc.run_blocks(
-        &mut prefix,
-        5,
-        &probe,
-        &mut Trace::default(),
-        &mut NoIntervention,
-        &cancel,
-    )
-    .unwrap();
+    enc.run_blocks(&mut prefix, 5, &probe, &mut Trace::default(), &mut NoIntervention, &cancel).unwrap();
     assert_eq!(prefix.layer, 5);
     let mut resumed = prefix.clone();
-    enc.run_blocks(
-        &mut resumed,
-        12,
-        &probe,
-        &mut Trace::default(),
-        &mut NoIntervention,
-        &cancel,
-    )
-    .unwrap();
-    let diff = (one.hidden - resumed.hidden)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    enc.run_blocks(&mut resumed, 12, &probe, &mut Trace::default(), &mut NoIntervention, &cancel).unwrap();
+    let diff = (one.hidden - resumed.hidden).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(diff, 0.0);
     // The prefix is untouched by the resumed run, so it can be reused for the next slider move.
     assert_eq!(prefix.layer, 5);

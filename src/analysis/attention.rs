@@ -10,10 +10,14 @@ use crate::Result;
 pub fn cls_attention(probs: &Tensor, num_special: usize) -> Result<Vec<f32>> {
     let n = probs.dim(D::Minus1)?;
     let row = probs.narrow(2, 0, 1)?.mean(1)?; // [1, 1, n]
-    Ok(row
-        .narrow(2, num_special, n - num_special)?
-        .flatten_all()?
-        .to_vec1()?)
+    Ok(row.narrow(2, num_special, n - num_special)?.flatten_all()?.to_vec1()?)
+}
+
+/// CLS-to-patch attention of every head: `[1, heads, n, n]` -> `[heads][patches]`.
+pub fn cls_attention_heads(probs: &Tensor, num_special: usize) -> Result<Vec<Vec<f32>>> {
+    let n = probs.dim(D::Minus1)?;
+    let rows = probs.narrow(2, 0, 1)?.squeeze(2)?.squeeze(0)?; // [heads, n]
+    Ok(rows.narrow(1, num_special, n - num_special)?.to_vec2()?)
 }
 
 /// Attention rollout: per layer, average heads, add the identity for the residual path and
@@ -31,11 +35,7 @@ pub fn rollout(probs_per_layer: &[&Tensor], num_special: usize) -> Result<Vec<f3
         let a = a.broadcast_div(&a.sum_keepdim(1)?)?;
         joint = a.matmul(&joint)?;
     }
-    Ok(joint
-        .narrow(0, 0, 1)?
-        .narrow(1, num_special, n - num_special)?
-        .flatten_all()?
-        .to_vec1()?)
+    Ok(joint.narrow(0, 0, 1)?.narrow(1, num_special, n - num_special)?.flatten_all()?.to_vec1()?)
 }
 
 #[cfg(test)]
@@ -56,8 +56,7 @@ mod tests {
     #[test]
     fn rollout_by_hand_one_layer() {
         // One layer, one head, 2 tokens, attention [[0.2, 0.8], [0.6, 0.4]].
-        let probs =
-            Tensor::from_vec(vec![0.2f32, 0.8, 0.6, 0.4], (1, 1, 2, 2), &Device::Cpu).unwrap();
+        let probs = Tensor::from_vec(vec![0.2f32, 0.8, 0.6, 0.4], (1, 1, 2, 2), &Device::Cpu).unwrap();
         // 0.5 A + 0.5 I = [[0.6, 0.4], [0.3, 0.7]]: rows already sum to 1; CLS -> patch = 0.4.
         let r = rollout(&[&probs], 1).unwrap();
         assert!((r[0] - 0.4).abs() < 1e-6);

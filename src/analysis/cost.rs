@@ -31,14 +31,7 @@ mod tests {
         assert_eq!(block_flops(BlockTokens { attn: 2, mlp: 2 }, 1, 1, 2), 40.0);
         // DINOv2-S at 257 tokens, per block: 2 (4·257·384² + 2·257²·384 + 2·257·384·1536)
         // = 1 010 959 872; twelve blocks: 12.13 GFLOPs.
-        let full = encoder_flops(
-            &[BlockTokens {
-                attn: 257,
-                mlp: 257,
-            }; 12],
-            384,
-            1536,
-        );
+        let full = encoder_flops(&[BlockTokens { attn: 257, mlp: 257 }; 12], 384, 1536);
         assert_eq!(full, 12.0 * 1_010_959_872.0);
     }
 }

@@ -18,11 +18,7 @@ pub struct Fidelity {
 }
 
 pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| f64::from((x - y).abs()))
-        .sum::<f64>()
-        / a.len().max(1) as f64
+    a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())).sum::<f64>() / a.len().max(1) as f64
 }
 
 /// Pearson correlation; 1 when both inputs are identical (even constant), 0 when one is constant.
@@ -40,11 +36,7 @@ pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
         va += dx * dx;
         vb += dy * dy;
     }
-    if va == 0.0 || vb == 0.0 {
-        0.0
-    } else {
-        cov / (va * vb).sqrt()
-    }
+    if va == 0.0 || vb == 0.0 { 0.0 } else { cov / (va * vb).sqrt() }
 }
 
 /// Indices of the `fraction` largest values (ties broken by index).
@@ -68,18 +60,10 @@ pub fn top_iou(a: &[f32], b: &[f32], fraction: f64) -> f64 {
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        dot / (na * nb)
-    }
+    if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
 }
 
 #[cfg(test)]
@@ -93,9 +77,7 @@ mod tests {
         assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
         assert_eq!(pearson(&[1.0, 1.0], &[1.0, 1.0]), 1.0);
         // Top 2 of 4: {0, 1} vs {1, 2}: IoU 1/3.
-        assert!(
-            (top_iou(&[4.0, 3.0, 1.0, 0.0], &[0.0, 3.0, 4.0, 1.0], 0.5) - 1.0 / 3.0).abs() < 1e-12
-        );
+        assert!((top_iou(&[4.0, 3.0, 1.0, 0.0], &[0.0, 3.0, 4.0, 1.0], 0.5) - 1.0 / 3.0).abs() < 1e-12);
         assert!((cosine(&[1.0, 0.0], &[1.0, 1.0]) - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
     }
 }

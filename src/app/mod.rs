@@ -1,102 +1,221 @@
-//! The desktop app (eframe/egui). It draws from state and sends jobs to the worker; the model
-//! lives on the worker thread only, and every picture comes from `render`, the same code the
-//! CLI exports with.
+//! The desktop app (eframe/egui). Panels draw from state and edit [`Settings`]; after drawing,
+//! the app compares the settings with what it last asked for and submits only the work that
+//! changed. The model lives on the worker thread, and every picture comes from `render`
+//! through `figures`, the same code the CLI writes PNGs with.
 
+mod compare;
+mod controls;
+mod output;
+mod textures;
+mod view;
 mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use eframe::egui;
-use egui::{ColorImage, TextureHandle, TextureOptions};
+use serde::{Deserialize, Serialize};
 
 use crate::model::ModelSource;
-use crate::render::{self, Colormap, Heatmap, Norm, OverlayStyle, Placement};
-use crate::session;
-pub use worker::{Analyzed, Event, Job, WorkerHandle};
+use crate::reduce::{Budget, ReducerConfig};
+use crate::render::Colormap;
+use crate::session::{RunResult, RunSpec};
+pub use worker::{Event, ImageSource, Job, Opened, WorkerHandle};
 
 /// The bundled sample photo the app opens with.
 pub const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
 pub const SAMPLE_NAME: &str = "chelsea.png (sample)";
 
-/// Which importance view the main panel shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum View {
-    ClsAttention,
+/// What the main view draws over the photo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Overlay {
+    Attention,
     Rollout,
+    Scores,
+    Tokens,
     TokenNorms,
 }
 
-impl View {
-    const ALL: [View; 3] = [View::ClsAttention, View::Rollout, View::TokenNorms];
+impl Overlay {
+    pub const ALL: [Overlay; 5] =
+        [Overlay::Attention, Overlay::Rollout, Overlay::Scores, Overlay::Tokens, Overlay::TokenNorms];
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
-            View::ClsAttention => "CLS attention",
-            View::Rollout => "Attention rollout",
-            View::TokenNorms => "Token norms",
+            Overlay::Attention => "CLS attention",
+            Overlay::Rollout => "Attention rollout",
+            Overlay::Scores => "Method score",
+            Overlay::Tokens => "Kept / merged tokens",
+            Overlay::TokenNorms => "Token norms",
         }
     }
 
-    fn uses_layer(self) -> bool {
-        self != View::Rollout
+    pub fn uses_layer(self) -> bool {
+        matches!(self, Overlay::Attention | Overlay::TokenNorms)
     }
 }
 
-/// View parameters: changing them re-renders from the cached analysis, never re-runs the model.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ViewParams {
-    pub view: View,
+/// Which attention head the attention view shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Head {
+    Mean,
+    One(usize),
+}
+
+/// Everything the user sets. Run parameters (`spec`, `compare`) submit work when they change;
+/// view parameters re-render from cached results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub spec: RunSpec,
+    pub overlay: Overlay,
     pub layer: usize,
+    pub head: Head,
     pub colormap: Colormap,
     pub opacity: f32,
+    pub dark: bool,
+    pub recent: Vec<PathBuf>,
+    /// Methods of the compare view (2 to 4), all at `spec`'s budget.
+    pub compare: Vec<ReducerConfig>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            spec: RunSpec {
+                reducer: ReducerConfig::from_name("cls_topk").expect("a built-in method"),
+                ..RunSpec::default()
+            },
+            overlay: Overlay::Tokens,
+            layer: 11,
+            head: Head::Mean,
+            colormap: Colormap::Viridis,
+            opacity: 0.6,
+            dark: true,
+            recent: Vec::new(),
+            compare: ["tome", "cls_topk", "divprune", "random"]
+                .iter()
+                .map(|n| ReducerConfig::from_name(n).expect("a built-in method"))
+                .collect(),
+        }
+    }
+}
+
+impl Settings {
+    /// Removes `path` from the recent list and puts it first (at most 8 kept).
+    pub fn remember(&mut self, path: PathBuf) {
+        self.recent.retain(|p| p != &path);
+        self.recent.insert(0, path);
+        self.recent.truncate(8);
+    }
+
+    /// The compare view's runs: each method at the main budget and options.
+    pub fn compare_specs(&self) -> Vec<RunSpec> {
+        self.compare.iter().map(|r| RunSpec { reducer: r.clone(), ..self.spec.clone() }).collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Single,
+    Compare,
+}
+
+/// The newest answer to one kind of request, and whether a newer one is on its way.
+pub struct Slot<T> {
+    pub id: u64,
+    pub value: Option<T>,
+    pub pending: bool,
+    pub sent_at: Option<Instant>,
+    /// Submit-to-answer time of the last answer, in ms.
+    pub latency_ms: Option<f64>,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self { id: 0, value: None, pending: false, sent_at: None, latency_ms: None }
+    }
+}
+
+impl<T> Slot<T> {
+    fn submitted(&mut self, id: u64) {
+        self.id = id;
+        self.pending = true;
+        self.sent_at = Some(Instant::now());
+    }
+
+    /// Stores an answer unless a newer request superseded it.
+    fn answer(&mut self, id: u64, value: T) {
+        if id == self.id {
+            self.value = Some(value);
+            self.pending = false;
+            self.latency_ms = self.sent_at.map(|t| t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
 }
 
 pub struct TokenlensApp {
     worker: WorkerHandle,
-    status: String,
-    error: Option<String>,
-    model_id: Option<String>,
-    busy: bool,
-    current: Option<Arc<Analyzed>>,
-    params: ViewParams,
-    dark: bool,
-    /// Textures keyed by what they show, so unchanged views are not re-rendered.
-    heat_tex: Option<(ViewParams, TextureHandle)>,
-    output_tex: Option<(Colormap, TextureHandle)>,
+    pub settings: Settings,
+    pub status: String,
+    pub error: Option<String>,
+    pub model_id: Option<String>,
+    pub opened: Option<Arc<Opened>>,
+    pub opening: bool,
+    next_id: u64,
+    pub run: Slot<Arc<RunResult>>,
+    sent_spec: Option<RunSpec>,
+    pub compared: Slot<Vec<Arc<RunResult>>>,
+    sent_compare: Option<Vec<RunSpec>>,
+    /// Drift curve points (removed fraction, saliency L1) for `drift_key`.
+    pub drift: Vec<[f64; 2]>,
+    drift_id: u64,
+    drift_key: Option<RunSpec>,
+    pub tab: Tab,
+    textures: textures::Textures,
+    scene_rect: egui::Rect,
+    show_help: bool,
+    /// `--screenshot PATH`: save the first frame that shows a result, then close.
+    screenshot: Option<PathBuf>,
+    screenshot_requested: bool,
+    screenshot_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TokenlensApp {
-    pub fn new(ctx: &egui::Context, model: ModelSource, image: Option<PathBuf>) -> Self {
+    pub fn new(ctx: &egui::Context, model: ModelSource, image: Option<PathBuf>, settings: Settings) -> Self {
         let wake_ctx = ctx.clone();
-        let mut worker = WorkerHandle::spawn(model, move || wake_ctx.request_repaint());
-        worker.submit(match image {
-            Some(path) => Job::Analyze {
-                label: path,
-                bytes: None,
-            },
-            None => Job::Analyze {
-                label: SAMPLE_NAME.into(),
-                bytes: Some(Arc::from(SAMPLE_IMAGE)),
-            },
-        });
-        Self {
+        let worker = WorkerHandle::spawn(model, move || wake_ctx.request_repaint());
+        ctx.set_theme(if settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
+        let mut app = Self {
             worker,
+            settings,
             status: "Loading the model…".into(),
             error: None,
             model_id: None,
-            busy: true,
-            current: None,
-            params: ViewParams {
-                view: View::ClsAttention,
-                layer: 11,
-                colormap: Colormap::Viridis,
-                opacity: 0.6,
-            },
-            dark: true,
-            heat_tex: None,
-            output_tex: None,
+            opened: None,
+            opening: false,
+            next_id: 1,
+            run: Slot::default(),
+            sent_spec: None,
+            compared: Slot::default(),
+            sent_compare: None,
+            drift: Vec::new(),
+            drift_id: 0,
+            drift_key: None,
+            tab: Tab::Single,
+            textures: textures::Textures::default(),
+            scene_rect: egui::Rect::ZERO,
+            show_help: false,
+            screenshot: None,
+            screenshot_requested: false,
+            screenshot_done: Arc::default(),
+        };
+        match image {
+            Some(path) => app.open(path),
+            None => app.open_source(ImageSource { label: SAMPLE_NAME.into(), bytes: Some(Arc::from(SAMPLE_IMAGE)) }),
         }
+        app
     }
 
     /// Applies a worker event to the state.
@@ -107,193 +226,194 @@ impl TokenlensApp {
                 self.status = format!("Model ready: {id}");
                 self.model_id = Some(id);
             }
-            Event::Analyzed(done) => {
-                self.busy = false;
+            Event::Opened(opened) => {
+                self.opening = false;
                 self.error = None;
-                let t = &done.analysis.timings_ms;
-                self.status = format!(
-                    "{}: encoder {:.0} ms, saliency head {:.0} ms",
-                    done.label.display(),
-                    t.encoder_ms,
-                    t.decoder_ms
-                );
-                self.params.layer = self
-                    .params
-                    .layer
-                    .min(done.analysis.cls_attention.len().saturating_sub(1));
-                self.current = Some(done);
-                self.heat_tex = None;
-                self.output_tex = None;
+                let t = &opened.analysis.timings_ms;
+                self.status = format!("{}: full run {:.0} ms", opened.label.display(), t.total_ms);
+                self.settings.layer = self.settings.layer.min(opened.analysis.cls_attention.len().saturating_sub(1));
+                self.opened = Some(opened);
+                // Everything computed for the previous image is stale now.
+                self.run = Slot::default();
+                self.sent_spec = None;
+                self.compared = Slot::default();
+                self.sent_compare = None;
+                self.drift.clear();
+                self.drift_key = None;
+                self.scene_rect = egui::Rect::ZERO;
+            }
+            Event::Reduced { id, result } => {
+                if id == self.run.id {
+                    self.error = None;
+                }
+                self.run.answer(id, result);
+            }
+            Event::Compared { id, results } => self.compared.answer(id, results),
+            Event::DriftPoint { id, removed, l1 } => {
+                if id == self.drift_id {
+                    self.drift.push([100.0 * removed, l1]);
+                    self.drift.sort_by(|a, b| a[0].total_cmp(&b[0]));
+                }
             }
             Event::Failed(message) => {
-                self.busy = false;
+                self.opening = false;
+                self.run.pending = false;
+                self.compared.pending = false;
                 self.error = Some(message);
             }
         }
     }
 
     pub fn open(&mut self, path: PathBuf) {
-        self.busy = true;
-        self.status = format!("Analysing {}…", path.display());
-        self.worker.submit(Job::Analyze {
-            label: path,
-            bytes: None,
-        });
+        self.settings.remember(path.clone());
+        self.open_source(ImageSource { label: path, bytes: None });
     }
 
-    fn open_dialog(&mut self) {
-        let picked = rfd::FileDialog::new()
-            .add_filter("Images", &["png", "jpg", "jpeg"])
-            .pick_file();
+    fn open_source(&mut self, source: ImageSource) {
+        self.opening = true;
+        self.status = format!("Analysing {}…", source.label.display());
+        self.worker.submit(Job::Open(source));
+    }
+
+    pub fn open_dialog(&mut self) {
+        let picked = rfd::FileDialog::new().add_filter("Images", &["png", "jpg", "jpeg"]).pick_file();
         if let Some(path) = picked {
             self.open(path);
         }
     }
 
-    fn controls_ui(&mut self, ui: &mut egui::Ui) {
-        ui.heading("tokenlens");
-        ui.label(
-            egui::RichText::new(self.model_id.as_deref().unwrap_or("loading model…"))
-                .small()
-                .weak(),
-        );
-        ui.separator();
-        if ui.button("Open image…  (Ctrl+O)").clicked() {
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Submits what the settings ask for and was not asked yet.
+    fn submit_changes(&mut self) {
+        if self.opened.is_none() || self.opening {
+            return;
+        }
+        let spec = self.settings.spec.clone();
+        if self.sent_spec.as_ref() != Some(&spec) {
+            let id = self.fresh_id();
+            self.run.submitted(id);
+            self.worker.submit(Job::Reduce { id, spec: spec.clone() });
+            self.sent_spec = Some(spec.clone());
+        }
+        // The drift curve depends on everything but the budget.
+        let key = RunSpec { budget: Budget::Keep(1), ..spec };
+        if self.drift_key.as_ref() != Some(&key) {
+            self.drift_id = self.fresh_id();
+            self.drift.clear();
+            // Popped from the end: coarse presets first, then the rest of the curve.
+            let mut ratios: Vec<f64> = (1..=19).map(|i| f64::from(i) * 0.05).collect();
+            ratios.extend(crate::reduce::budget::PRESETS_REMOVED.iter().rev());
+            self.worker.submit(Job::Drift { id: self.drift_id, spec: key.clone(), ratios });
+            self.drift_key = Some(key);
+        }
+        if self.tab == Tab::Compare {
+            let specs = self.settings.compare_specs();
+            if self.sent_compare.as_ref() != Some(&specs) {
+                let id = self.fresh_id();
+                self.compared.submitted(id);
+                self.worker.submit(Job::Compare { id, specs: specs.clone() });
+                self.sent_compare = Some(specs);
+            }
+        }
+    }
+
+    fn shortcuts(&mut self, ctx: &egui::Context) {
+        use egui::{Key, Modifiers};
+        let pressed = |m, k| ctx.input_mut(|i| i.consume_key(m, k));
+        if pressed(Modifiers::COMMAND, Key::O) {
             self.open_dialog();
         }
-        ui.label(
-            egui::RichText::new("or drop a PNG/JPEG on the window")
-                .small()
-                .weak(),
-        );
-        ui.add_space(8.0);
-        ui.add_enabled(false, egui::TextEdit::singleline(&mut String::new()).hint_text("Prompt"))
-            .on_disabled_hover_text("This vision-only model takes no prompt; text-guided methods and language models use it.");
-        ui.separator();
-
-        ui.strong("View");
-        for view in View::ALL {
-            ui.radio_value(&mut self.params.view, view, view.label());
+        if pressed(Modifiers::NONE, Key::F1) {
+            self.show_help = !self.show_help;
         }
-        let num_layers = self
-            .current
-            .as_ref()
-            .map_or(12, |c| c.analysis.cls_attention.len());
-        ui.add_enabled(
-            self.params.view.uses_layer(),
-            egui::Slider::new(&mut self.params.layer, 0..=num_layers.saturating_sub(1))
-                .text("layer"),
+        if pressed(Modifiers::COMMAND, Key::T) {
+            self.settings.dark = !self.settings.dark;
+            ctx.set_theme(if self.settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
+        }
+        if pressed(Modifiers::NONE, Key::Tab) {
+            self.tab = if self.tab == Tab::Single { Tab::Compare } else { Tab::Single };
+        }
+        // Ratio: step between the presets.
+        if pressed(Modifiers::NONE, Key::ArrowRight) {
+            controls::step_preset(&mut self.settings.spec.budget, 1);
+        }
+        if pressed(Modifiers::NONE, Key::ArrowLeft) {
+            controls::step_preset(&mut self.settings.spec.budget, -1);
+        }
+        let num_layers = self.num_layers();
+        if pressed(Modifiers::NONE, Key::CloseBracket) {
+            self.settings.layer = (self.settings.layer + 1).min(num_layers - 1);
+        }
+        if pressed(Modifiers::NONE, Key::OpenBracket) {
+            self.settings.layer = self.settings.layer.saturating_sub(1);
+        }
+        for (key, overlay) in [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5].into_iter().zip(Overlay::ALL) {
+            if pressed(Modifiers::NONE, key) {
+                self.settings.overlay = overlay;
+            }
+        }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.opened.as_ref().map_or(12, |o| o.analysis.cls_attention.len())
+    }
+
+    fn help_ui(&mut self, ctx: &egui::Context) {
+        egui::Window::new("Keyboard shortcuts").open(&mut self.show_help).resizable(false).collapsible(false).show(
+            ctx,
+            |ui| {
+                egui::Grid::new("shortcuts").num_columns(2).striped(true).show(ui, |ui| {
+                    for (keys, what) in [
+                        ("Ctrl+O", "open an image"),
+                        ("← / →", "previous / next ratio preset"),
+                        ("[ / ]", "previous / next layer"),
+                        ("1 … 5", "overlay: attention, rollout, score, tokens, norms"),
+                        ("Tab", "single / compare view"),
+                        ("Ctrl+T", "light / dark theme"),
+                        ("drag, scroll", "pan and zoom the image; double-click to reset"),
+                        ("F1", "this help"),
+                    ] {
+                        ui.monospace(keys);
+                        ui.label(what);
+                        ui.end_row();
+                    }
+                });
+            },
         );
-        ui.add_space(8.0);
-        egui::ComboBox::from_label("colormap")
-            .selected_text(self.params.colormap.name())
-            .show_ui(ui, |ui| {
-                for cm in Colormap::ALL {
-                    ui.selectable_value(&mut self.params.colormap, cm, cm.name());
+    }
+
+    /// With `--screenshot`: once a reduced result is on screen and no texture changes any more,
+    /// capture the frame, write it, and close.
+    fn screenshot_step(&mut self, ctx: &egui::Context) {
+        let Some(path) = self.screenshot.clone() else { return };
+        if self.screenshot_done.load(std::sync::atomic::Ordering::Acquire) {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        } else if !self.screenshot_requested
+            && self.run.value.is_some()
+            && !self.run.pending
+            && self.textures.is_settled()
+        {
+            self.screenshot_requested = true;
+            let (done, wake) = (self.screenshot_done.clone(), ctx.clone());
+            ctx.request_screenshot(move |image| {
+                let [w, h] = image.size;
+                let rgb: Vec<u8> = image.pixels.iter().flat_map(|c| [c.r(), c.g(), c.b()]).collect();
+                let saved = image::RgbImage::from_raw(w as u32, h as u32, rgb)
+                    .ok_or_else(|| "bad screenshot buffer".to_string())
+                    .and_then(|img| crate::render::write_png_atomic(&path, &img).map_err(|e| e.to_string()));
+                if let Err(e) = saved {
+                    eprintln!("screenshot: {e}");
                 }
-            });
-        ui.add(egui::Slider::new(&mut self.params.opacity, 0.0..=1.0).text("opacity"));
-        ui.separator();
-        if ui.checkbox(&mut self.dark, "dark theme").changed() {
-            ui.ctx().set_theme(if self.dark {
-                egui::Theme::Dark
-            } else {
-                egui::Theme::Light
+                done.store(true, std::sync::atomic::Ordering::Release);
+                wake.request_repaint();
             });
         }
+        ctx.request_repaint();
     }
-
-    /// The overlay for the current view, rendered by `render::overlay` and cached as a texture.
-    fn heat_texture(&mut self, ctx: &egui::Context) -> Option<TextureHandle> {
-        let current = self.current.as_ref()?;
-        if let Some((params, tex)) = &self.heat_tex
-            && *params == self.params
-        {
-            return Some(tex.clone());
-        }
-        let a = &current.analysis;
-        let p = self.params;
-        let (values, title) = match p.view {
-            View::ClsAttention => (
-                &a.cls_attention[p.layer],
-                format!("CLS attention, layer {} (mean of heads)", p.layer),
-            ),
-            View::Rollout => (&a.rollout, "Attention rollout, all layers".to_string()),
-            View::TokenNorms => (
-                &a.token_norms[p.layer],
-                format!("Token norms after layer {}", p.layer),
-            ),
-        };
-        let heat = Heatmap {
-            rows: a.grid[0],
-            cols: a.grid[1],
-            values: values.clone(),
-        };
-        let style = OverlayStyle {
-            colormap: p.colormap,
-            opacity: p.opacity,
-            title: Some(title),
-            max_side: 640,
-            ..OverlayStyle::default()
-        };
-        let tex = to_texture(
-            ctx,
-            "heat",
-            &render::overlay(&current.input.photo, &heat, &placement(current), &style),
-        );
-        self.heat_tex = Some((p, tex.clone()));
-        Some(tex)
-    }
-
-    fn output_texture(&mut self, ctx: &egui::Context) -> Option<TextureHandle> {
-        let current = self.current.as_ref()?;
-        if let Some((cm, tex)) = &self.output_tex
-            && *cm == self.params.colormap
-        {
-            return Some(tex.clone());
-        }
-        let out = &current.analysis.output;
-        let heat = Heatmap {
-            rows: out.shape[0],
-            cols: out.shape[1],
-            values: out.values.clone(),
-        };
-        let style = OverlayStyle {
-            colormap: self.params.colormap,
-            opacity: 0.6,
-            norm: Norm::Range { lo: 0.0, hi: 1.0 },
-            title: Some("Saliency (model output)".into()),
-            max_side: 400,
-            smooth: true,
-            ..OverlayStyle::default()
-        };
-        let tex = to_texture(
-            ctx,
-            "output",
-            &render::overlay(&current.input.photo, &heat, &placement(current), &style),
-        );
-        self.output_tex = Some((self.params.colormap, tex.clone()));
-        Some(tex)
-    }
-}
-
-fn placement(current: &Analyzed) -> Placement {
-    let input = &current.input;
-    let (x0, y0, x1, y1) = session::canvas_in_photo(
-        &input.prepared.content,
-        input.photo.dimensions(),
-        input.prepared.canvas.width(),
-    );
-    Placement { x0, y0, x1, y1 }
-}
-
-fn to_texture(ctx: &egui::Context, name: &str, img: &image::RgbImage) -> TextureHandle {
-    let size = [img.width() as usize, img.height() as usize];
-    ctx.load_texture(
-        name,
-        ColorImage::from_rgb(size, img.as_raw()),
-        TextureOptions::LINEAR,
-    )
 }
 
 impl eframe::App for TokenlensApp {
@@ -302,73 +422,101 @@ impl eframe::App for TokenlensApp {
         while let Ok(event) = self.worker.events.try_recv() {
             self.apply(event);
         }
-        let dropped: Vec<PathBuf> = ctx.input(|i| {
-            i.raw
-                .dropped_files
-                .iter()
-                .map(|f| f.path().to_path_buf())
-                .collect()
-        });
+        let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());
         if let Some(path) = dropped.into_iter().next() {
             self.open(path);
         }
-        if ctx.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::O)) {
-            self.open_dialog();
-        }
+        self.shortcuts(&ctx);
 
-        egui::Panel::bottom("status").show(ui, |ui| {
-            ui.horizontal(|ui| {
-                if self.busy {
-                    ui.spinner();
+        egui::Panel::top("tabs").show(ui, |ui| self.top_bar_ui(ui));
+        egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
+        egui::Panel::left("controls").size_range(260.0..=360.0).default_size(280.0).show(ui, |ui| {
+            egui::ScrollArea::vertical().show(ui, |ui| controls::controls_ui(self, ui));
+        });
+        match self.tab {
+            Tab::Single => {
+                egui::Panel::right("output").size_range(300.0..=520.0).default_size(360.0).show(ui, |ui| {
+                    egui::ScrollArea::vertical().show(ui, |ui| output::output_ui(self, ui));
+                });
+                egui::CentralPanel::default().show(ui, |ui| view::main_view_ui(self, ui));
+            }
+            Tab::Compare => {
+                egui::CentralPanel::default().show(ui, |ui| compare::compare_ui(self, ui));
+            }
+        }
+        self.help_ui(&ctx);
+        self.submit_changes();
+        self.screenshot_step(&ctx);
+        if self.opening || self.run.pending || self.compared.pending {
+            ctx.request_repaint_after(std::time::Duration::from_millis(100)); // spinners
+        }
+    }
+}
+
+impl TokenlensApp {
+    fn top_bar_ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.heading("tokenlens");
+            ui.separator();
+            ui.selectable_value(&mut self.tab, Tab::Single, "Single method");
+            ui.selectable_value(&mut self.tab, Tab::Compare, "Compare methods");
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                if ui.button("?").on_hover_text("Keyboard shortcuts (F1)").clicked() {
+                    self.show_help = !self.show_help;
                 }
-                match &self.error {
-                    Some(e) => ui.colored_label(ui.visuals().error_fg_color, format!("⚠ {e}")),
-                    None => ui.label(&self.status),
-                };
+                let theme = if self.settings.dark { "☀ Light" } else { "🌙 Dark" };
+                if ui.button(theme).on_hover_text("Ctrl+T").clicked() {
+                    self.settings.dark = !self.settings.dark;
+                    ui.ctx().set_theme(if self.settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
+                }
             });
         });
-        egui::Panel::left("controls")
-            .size_range(220.0..=320.0)
-            .show(ui, |ui| self.controls_ui(ui));
-        let output = self.output_texture(&ctx);
-        egui::Panel::right("output")
-            .size_range(320.0..=640.0)
-            .default_size(400.0)
-            .show(ui, |ui| {
-                ui.strong("Output");
-                if let Some(tex) = output {
-                    let width = ui.available_width();
-                    let aspect = tex.size_vec2().y / tex.size_vec2().x;
-                    ui.add(
-                        egui::Image::new(&tex).fit_to_exact_size(egui::vec2(width, width * aspect)),
-                    );
+    }
+
+    fn status_ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            if self.opening || self.run.pending || self.compared.pending {
+                ui.spinner();
+            }
+            match &self.error {
+                Some(e) => {
+                    ui.colored_label(ui.visuals().error_fg_color, format!("⚠ {e}"));
+                    if ui.small_button("dismiss").clicked() {
+                        self.error = None;
+                    }
+                }
+                None => {
+                    ui.label(&self.status);
+                }
+            }
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                if let Some(ms) = self.run.latency_ms {
+                    ui.label(egui::RichText::new(format!("last update {ms:.0} ms")).weak());
                 }
             });
-        let heat = self.heat_texture(&ctx);
-        egui::CentralPanel::default().show(ui, |ui| match heat {
-            Some(tex) => {
-                ui.centered_and_justified(|ui| ui.add(egui::Image::new(&tex).shrink_to_fit()));
-            }
-            None => {
-                ui.centered_and_justified(|ui| ui.spinner());
-            }
         });
     }
 }
 
-/// Opens the window; blocks until it is closed.
-pub fn run(model: ModelSource, image: Option<PathBuf>) -> Result<(), String> {
+/// Opens the window; blocks until it is closed. `screenshot`: save the first finished frame
+/// there and exit (for tests under Xvfb).
+pub fn run(model: ModelSource, image: Option<PathBuf>, screenshot: Option<PathBuf>) -> Result<(), String> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("tokenlens")
-            .with_inner_size([1280.0, 760.0])
+            .with_inner_size([1360.0, 820.0])
+            .with_min_inner_size([900.0, 560.0])
             .with_drag_and_drop(true),
         ..Default::default()
     };
     eframe::run_native(
         "tokenlens",
         options,
-        Box::new(move |cc| Ok(Box::new(TokenlensApp::new(&cc.egui_ctx, model, image)))),
+        Box::new(move |cc| {
+            let mut app = TokenlensApp::new(&cc.egui_ctx, model, image, Settings::default());
+            app.screenshot = screenshot;
+            Ok(Box::new(app))
+        }),
     )
     .map_err(|e| format!("could not open a window: {e}"))
 }

@@ -1,24 +1,49 @@
-//! The worker thread: it owns the [`Session`] (the model never touches the UI thread) and
-//! answers jobs with events. A new job cancels the one running, so stale work is dropped.
+//! The worker thread: it owns the [`Session`] and the current image's cached full run (the
+//! model never touches the UI thread), and answers jobs with events.
+//!
+//! Interactive jobs (open an image, a reduced run, a comparison) are served newest-first: a new
+//! job of a kind replaces a queued one and cancels the running one. The drift curve is
+//! background work done one point at a time between interactive jobs, so moving a slider never
+//! waits for it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use crate::model::ModelSource;
-use crate::session::{Analysis, ImageInput, Session};
+use crate::reduce::Budget;
+use crate::session::{Analysis, FullRun, ImageInput, RunResult, RunSpec, Session};
 use crate::{Cancel, Error};
 
-/// An image to analyse: a file, or bytes already in memory (the bundled sample).
+/// An image to open: a file, or bytes already in memory (the bundled sample).
+#[derive(Clone)]
+pub struct ImageSource {
+    pub label: PathBuf,
+    pub bytes: Option<Arc<[u8]>>,
+}
+
 pub enum Job {
-    Analyze {
-        label: PathBuf,
-        bytes: Option<Arc<[u8]>>,
+    Open(ImageSource),
+    /// One reduced run; `id` lets the UI drop stale answers.
+    Reduce {
+        id: u64,
+        spec: RunSpec,
+    },
+    /// Several methods at one budget.
+    Compare {
+        id: u64,
+        specs: Vec<RunSpec>,
+    },
+    /// Output drift against the ratio, for the plot.
+    Drift {
+        id: u64,
+        spec: RunSpec,
+        ratios: Vec<f64>,
     },
 }
 
-/// One analysed image, shared with the UI.
-pub struct Analyzed {
+/// One opened image, shared with the UI.
+pub struct Opened {
     pub label: PathBuf,
     pub input: ImageInput,
     pub analysis: Analysis,
@@ -26,15 +51,38 @@ pub struct Analyzed {
 
 pub enum Event {
     Status(String),
-    ModelReady { id: String },
-    Analyzed(Arc<Analyzed>),
+    ModelReady {
+        id: String,
+    },
+    Opened(Arc<Opened>),
+    Reduced {
+        id: u64,
+        result: Arc<RunResult>,
+    },
+    Compared {
+        id: u64,
+        results: Vec<Arc<RunResult>>,
+    },
+    /// One more point of the drift curve: (removed fraction, saliency L1).
+    DriftPoint {
+        id: u64,
+        removed: f64,
+        l1: f64,
+    },
     Failed(String),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Open,
+    Reduce,
+    Compare,
 }
 
 pub struct WorkerHandle {
     jobs: Sender<(Job, Cancel)>,
     pub events: Receiver<Event>,
-    cancel: Cancel,
+    cancels: [Cancel; 3],
 }
 
 impl WorkerHandle {
@@ -44,72 +92,169 @@ impl WorkerHandle {
         let (event_tx, events) = channel();
         std::thread::Builder::new()
             .name("tokenlens-worker".into())
-            .spawn(move || {
-                let send = |event| {
-                    event_tx.send(event).ok(); // Err only when the UI has closed
-                    wake();
-                };
-                let session =
-                    match Session::load(&model, &mut |line| send(Event::Status(line.into()))) {
-                        Ok(s) => {
-                            send(Event::ModelReady {
-                                id: s.model.id.clone(),
-                            });
-                            Some(s)
-                        }
-                        Err(e) => {
-                            send(Event::Failed(format!("the model could not be loaded: {e}")));
-                            None
-                        }
-                    };
-                while let Ok(mut next) = job_rx.recv() {
-                    // Sliders and drops can queue several jobs; only the newest matters.
-                    while let Ok(newer) = job_rx.try_recv() {
-                        next = newer;
-                    }
-                    let (job, cancel) = next;
-                    let Some(session) = &session else {
-                        send(Event::Failed(
-                            "no model is loaded (see the message above)".into(),
-                        ));
-                        continue;
-                    };
-                    match run(session, job, &cancel) {
-                        Ok(done) => send(Event::Analyzed(Arc::new(done))),
-                        Err(Error::Cancelled) => {}
-                        Err(e) => send(Event::Failed(e.to_string())),
-                    }
-                }
-            })
+            .spawn(move || Worker::new(model, event_tx, wake).serve(job_rx))
             .expect("spawning the worker thread");
-        Self {
-            jobs,
-            events,
-            cancel: Cancel::default(),
-        }
+        Self { jobs, events, cancels: Default::default() }
     }
 
-    /// Cancels the running job and queues `job`.
+    /// Queues `job`, cancelling the running job of the same kind (its answer is stale now).
     pub fn submit(&mut self, job: Job) {
-        self.cancel.cancel();
-        self.cancel = Cancel::default();
-        self.jobs.send((job, self.cancel.clone())).ok(); // Err only if the worker has exited
+        let slot = match &job {
+            Job::Open(_) => Some(Kind::Open),
+            Job::Reduce { .. } => Some(Kind::Reduce),
+            Job::Compare { .. } => Some(Kind::Compare),
+            Job::Drift { .. } => None,
+        };
+        let cancel = match slot {
+            Some(kind) => {
+                let c = &mut self.cancels[kind as usize];
+                c.cancel();
+                *c = Cancel::default();
+                c.clone()
+            }
+            None => Cancel::default(),
+        };
+        self.jobs.send((job, cancel)).ok(); // Err only if the worker has exited
     }
 }
 
-fn run(session: &Session, job: Job, cancel: &Cancel) -> crate::Result<Analyzed> {
-    match job {
-        Job::Analyze { label, bytes } => {
-            let input = match bytes {
-                Some(bytes) => session.image_from_bytes(&bytes, &label)?,
-                None => session.open_image(&label)?,
+struct Worker<W: Fn()> {
+    session: Option<Session>,
+    full: Option<Arc<FullRun>>,
+    events: Sender<Event>,
+    wake: W,
+    queued: [Option<(Job, Cancel)>; 3],
+    drift: Option<DriftWork>,
+}
+
+struct DriftWork {
+    id: u64,
+    spec: RunSpec,
+    ratios: Vec<f64>,
+}
+
+impl<W: Fn()> Worker<W> {
+    fn new(model: ModelSource, events: Sender<Event>, wake: W) -> Self {
+        let mut worker = Self { session: None, full: None, events, wake, queued: Default::default(), drift: None };
+        let loaded = Session::load(&model, &mut |line| worker_say(&worker.events, &worker.wake, line));
+        match loaded {
+            Ok(s) => {
+                worker.send(Event::ModelReady { id: s.model.id.clone() });
+                worker.session = Some(s);
+            }
+            Err(e) => worker.send(Event::Failed(format!("the model could not be loaded: {e}"))),
+        }
+        worker
+    }
+
+    fn send(&self, event: Event) {
+        self.events.send(event).ok(); // Err only when the UI has closed
+        (self.wake)();
+    }
+
+    fn serve(mut self, jobs: Receiver<(Job, Cancel)>) {
+        loop {
+            // Block only when there is nothing at all to do.
+            let idle = self.queued.iter().all(Option::is_none) && self.drift.is_none();
+            let next = if idle {
+                match jobs.recv() {
+                    Ok(j) => Some(j),
+                    Err(_) => return,
+                }
+            } else {
+                match jobs.try_recv() {
+                    Ok(j) => Some(j),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                }
             };
-            let analysis = session.analyze(&input.prepared, cancel)?;
-            Ok(Analyzed {
-                label,
-                input,
-                analysis,
-            })
+            if let Some((job, cancel)) = next {
+                self.enqueue(job, cancel);
+                continue; // drain everything queued before working
+            }
+            if let Some((job, cancel)) = self.take_next() {
+                if let Err(e) = self.run(job, &cancel)
+                    && !matches!(e, Error::Cancelled)
+                {
+                    self.send(Event::Failed(e.to_string()));
+                }
+            } else if let Err(e) = self.drift_step() {
+                self.drift = None;
+                self.send(Event::Failed(format!("drift curve: {e}")));
+            }
         }
     }
+
+    fn enqueue(&mut self, job: Job, cancel: Cancel) {
+        match job {
+            Job::Drift { id, spec, ratios } => self.drift = Some(DriftWork { id, spec, ratios }),
+            Job::Open(_) => {
+                self.drift = None; // a new image makes the curve meaningless
+                self.queued[Kind::Open as usize] = Some((job, cancel));
+            }
+            Job::Reduce { .. } => self.queued[Kind::Reduce as usize] = Some((job, cancel)),
+            Job::Compare { .. } => self.queued[Kind::Compare as usize] = Some((job, cancel)),
+        }
+    }
+
+    /// Opening first (later jobs need its full run), then the slider's run, then comparisons.
+    fn take_next(&mut self) -> Option<(Job, Cancel)> {
+        self.queued.iter_mut().find_map(Option::take)
+    }
+
+    fn session(&self) -> crate::Result<&Session> {
+        self.session.as_ref().ok_or_else(|| Error::Render("no model is loaded (see the message above)".into()))
+    }
+
+    fn full(&self) -> crate::Result<Arc<FullRun>> {
+        self.full.clone().ok_or_else(|| Error::Render("no image is open".into()))
+    }
+
+    fn run(&mut self, job: Job, cancel: &Cancel) -> crate::Result<()> {
+        match job {
+            Job::Open(source) => {
+                let session = self.session()?;
+                let input = match &source.bytes {
+                    Some(bytes) => session.image_from_bytes(bytes, &source.label)?,
+                    None => session.open_image(&source.label)?,
+                };
+                let full = session.full_run(&input.prepared.pixels, cancel)?;
+                let analysis = session.analysis_of(&full)?;
+                self.full = Some(Arc::new(full));
+                self.send(Event::Opened(Arc::new(Opened { label: source.label, input, analysis })));
+            }
+            Job::Reduce { id, spec } => {
+                let result = self.session()?.run(&*self.full()?, &spec, cancel)?;
+                self.send(Event::Reduced { id, result: Arc::new(result) });
+            }
+            Job::Compare { id, specs } => {
+                let full = self.full()?;
+                let results = specs
+                    .iter()
+                    .map(|spec| Ok(Arc::new(self.session()?.run(&full, spec, cancel)?)))
+                    .collect::<crate::Result<_>>()?;
+                self.send(Event::Compared { id, results });
+            }
+            Job::Drift { .. } => unreachable!("drift work is stepped, not run"),
+        }
+        Ok(())
+    }
+
+    fn drift_step(&mut self) -> crate::Result<()> {
+        let Some(work) = self.drift.as_mut() else { return Ok(()) };
+        let Some(removed) = work.ratios.pop() else {
+            self.drift = None;
+            return Ok(());
+        };
+        let (id, mut spec) = (work.id, work.spec.clone());
+        spec.budget = Budget::RemoveFraction(removed);
+        let result = self.session()?.run(&*self.full()?, &spec, &Cancel::default())?;
+        self.send(Event::DriftPoint { id, removed, l1: result.fidelity.saliency_l1 });
+        Ok(())
+    }
+}
+
+fn worker_say(events: &Sender<Event>, wake: &impl Fn(), line: &str) {
+    events.send(Event::Status(line.into())).ok();
+    wake();
 }

@@ -75,24 +75,16 @@ impl VitConfig {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |field, reason: String| Err(Error::Config { field, reason });
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(
                 "num_attention_heads",
-                format!(
-                    "hidden_size {} is not divisible by {} heads",
-                    self.hidden_size, self.num_attention_heads
-                ),
+                format!("hidden_size {} is not divisible by {} heads", self.hidden_size, self.num_attention_heads),
             );
         }
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return bad(
                 "patch_size",
-                format!(
-                    "image_size {} is not a multiple of patch_size {}",
-                    self.image_size, self.patch_size
-                ),
+                format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size),
             );
         }
         if self.num_hidden_layers == 0 {

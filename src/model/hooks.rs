@@ -46,9 +46,7 @@ impl Probe {
 
     /// Attention probabilities of every block.
     pub fn attention(num_layers: usize) -> Self {
-        Self {
-            points: (0..num_layers).map(HookPoint::AttnProbs).collect(),
-        }
+        Self { points: (0..num_layers).map(HookPoint::AttnProbs).collect() }
     }
 
     pub fn wants(&self, point: HookPoint) -> bool {
@@ -56,12 +54,7 @@ impl Probe {
     }
 
     /// Records the tensor `make` builds, only if `point` was requested.
-    pub fn tap(
-        &self,
-        point: HookPoint,
-        trace: &mut Trace,
-        make: impl FnOnce() -> Result<Tensor>,
-    ) -> Result<()> {
+    pub fn tap(&self, point: HookPoint, trace: &mut Trace, make: impl FnOnce() -> Result<Tensor>) -> Result<()> {
         if self.wants(point) {
             trace.map.insert(point, make()?);
         }
@@ -82,10 +75,7 @@ impl Trace {
 
     /// The tensor at `point`, or an error naming the point that was not captured.
     pub fn require(&self, point: HookPoint) -> Result<&Tensor> {
-        self.get(point).ok_or_else(|| Error::Config {
-            field: "probe",
-            reason: format!("{point} was not captured"),
-        })
+        self.get(point).ok_or_else(|| Error::Config { field: "probe", reason: format!("{point} was not captured") })
     }
 
     pub fn points(&self) -> impl Iterator<Item = &HookPoint> {

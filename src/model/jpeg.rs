@@ -20,10 +20,7 @@ pub fn decode_jpeg(bytes: &[u8], max_side: u32) -> Result<image::RgbImage, Strin
                 f(cinfo, &mut buf);
             }
             let text = buf.split(|&c| c == 0).next().unwrap_or_default();
-            format!(
-                "JPEG decode error: {} (libjpeg code {code})",
-                String::from_utf8_lossy(text)
-            )
+            format!("JPEG decode error: {} (libjpeg code {code})", String::from_utf8_lossy(text))
         }
     }
     // libjpeg fatal errors: unwind (no panic hook, no stderr) to the catch_unwind below.
@@ -59,29 +56,16 @@ pub fn decode_jpeg(bytes: &[u8], max_side: u32) -> Result<image::RgbImage, Strin
             .map_err(|e| format!("JPEG decode error: {e}"))?;
         let (w, h) = dec.size();
         if w == 0 || h == 0 || w > max_side as usize || h > max_side as usize {
-            return Err(format!(
-                "the image is too large ({w}x{h}; the limit is {max_side} px on a side)"
-            ));
+            return Err(format!("the image is too large ({w}x{h}; the limit is {max_side} px on a side)"));
         }
-        let cmyk = matches!(
-            dec.color_space(),
-            ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK
-        );
+        let cmyk = matches!(dec.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
         // Pillow reads Adobe-marked CMYK as inverted ("CMYK;I").
         let adobe = dec.markers().any(|m| m.data.starts_with(b"Adobe"));
-        let mut started = if cmyk {
-            dec.to_colorspace(ColorSpace::JCS_CMYK)
-        } else {
-            dec.rgb()
-        }
-        .map_err(|e| format!("JPEG decode error: {e}"))?;
+        let mut started = if cmyk { dec.to_colorspace(ColorSpace::JCS_CMYK) } else { dec.rgb() }
+            .map_err(|e| format!("JPEG decode error: {e}"))?;
         let (ow, oh) = (started.width() as u32, started.height() as u32);
-        let px: Vec<u8> = started
-            .read_scanlines::<u8>()
-            .map_err(|e| format!("JPEG decode error: {e}"))?;
-        started
-            .finish()
-            .map_err(|e| format!("JPEG decode error: {e}"))?;
+        let px: Vec<u8> = started.read_scanlines::<u8>().map_err(|e| format!("JPEG decode error: {e}"))?;
+        started.finish().map_err(|e| format!("JPEG decode error: {e}"))?;
         let rgb = if cmyk {
             // Pillow's cmyk2rgb: R = clip(255 - C - K), etc.
             px.chunks_exact(4)
@@ -94,8 +78,7 @@ pub fn decode_jpeg(bytes: &[u8], max_side: u32) -> Result<image::RgbImage, Strin
         } else {
             px
         };
-        image::RgbImage::from_raw(ow, oh, rgb)
-            .ok_or_else(|| "JPEG decode error: short pixel buffer".to_string())
+        image::RgbImage::from_raw(ow, oh, rgb).ok_or_else(|| "JPEG decode error: short pixel buffer".to_string())
     };
     match std::panic::catch_unwind(run) {
         Ok(r) => r,

@@ -55,9 +55,7 @@ impl Attention {
     ) -> Result<(Tensor, AttnRecord)> {
         let (b, n, d) = xs.dims3()?;
         let heads = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, n, self.num_heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
+            Ok(t.reshape((b, n, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
         let q = heads(self.query.forward(xs)?)?;
         let k = heads(self.key.forward(xs)?)?;
@@ -69,10 +67,7 @@ impl Attention {
         }
         let probs = candle_nn::ops::softmax_last_dim(&logits)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
-        let record = AttnRecord {
-            probs: want_probs.then_some(probs),
-            keys: want_keys.then_some(k),
-        };
+        let record = AttnRecord { probs: want_probs.then_some(probs), keys: want_keys.then_some(k) };
         Ok((self.output.forward(&ctx)?, record))
     }
 }
@@ -110,11 +105,7 @@ struct LayerScale(Option<Tensor>);
 
 impl LayerScale {
     fn new(enabled: bool, dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self(if enabled {
-            Some(vb.get(dim, "lambda1")?)
-        } else {
-            None
-        }))
+        Ok(Self(if enabled { Some(vb.get(dim, "lambda1")?) } else { None }))
     }
 
     fn forward(&self, xs: Tensor) -> Result<Tensor> {
@@ -157,9 +148,7 @@ impl Block {
         want_probs: bool,
         want_keys: bool,
     ) -> Result<(Tensor, AttnRecord)> {
-        let (branch, record) =
-            self.attention
-                .forward(&self.norm1.forward(xs)?, bias, want_probs, want_keys)?;
+        let (branch, record) = self.attention.forward(&self.norm1.forward(xs)?, bias, want_probs, want_keys)?;
         Ok(((self.layer_scale1.forward(branch)? + xs)?, record))
     }
 

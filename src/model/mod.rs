@@ -59,30 +59,14 @@ impl FocusModel {
         Self::from_weights(weights, sha, &path)
     }
 
-    fn from_weights(
-        weights: HashMap<String, Tensor>,
-        weights_sha256: String,
-        path: &Path,
-    ) -> Result<Self> {
+    fn from_weights(weights: HashMap<String, Tensor>, weights_sha256: String, path: &Path) -> Result<Self> {
         let device = Device::Cpu;
         let cfg = VitConfig::dinov2_small();
         let vb = VarBuilder::from_tensors(weights, DType::F32, &device);
-        let wrong = |e: Error| {
-            Error::weights(
-                path,
-                format!("does not match the DINOv2-S/14 saliency model: {e}"),
-            )
-        };
+        let wrong = |e: Error| Error::weights(path, format!("does not match the DINOv2-S/14 saliency model: {e}"));
         let encoder = VisionTransformer::new(&cfg, vb.pp("backbone")).map_err(wrong)?;
-        let decoder = SaliencyDecoder::new(cfg.hidden_size, cfg.image_size, vb.pp("decoder"))
-            .map_err(wrong)?;
-        Ok(Self {
-            id: DEFAULT_MODEL_ID.into(),
-            weights_sha256,
-            encoder,
-            decoder,
-            device,
-        })
+        let decoder = SaliencyDecoder::new(cfg.hidden_size, cfg.image_size, vb.pp("decoder")).map_err(wrong)?;
+        Ok(Self { id: DEFAULT_MODEL_ID.into(), weights_sha256, encoder, decoder, device })
     }
 
     pub fn image_size(&self) -> u32 {
@@ -93,32 +77,24 @@ impl FocusModel {
 /// Reads `.onnx` (converted in memory) or our `.safetensors`; returns the weights and the
 /// source ONNX checksum.
 fn read_any(path: &Path) -> Result<(HashMap<String, Tensor>, String)> {
-    let is_onnx = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+    let is_onnx = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
     if is_onnx {
-        let bytes =
-            std::fs::read(path).map_err(|e| Error::weights(path, format!("cannot read: {e}")))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::weights(path, format!("cannot read: {e}")))?;
         return Ok((onnx::read_weights(path)?, fetch::sha256_hex(&bytes)));
     }
-    let bytes =
-        std::fs::read(path).map_err(|e| Error::weights(path, format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::weights(path, format!("cannot read: {e}")))?;
     let corrupt = |e: String| {
         Error::weights(
             path,
-            format!(
-                "not a readable safetensors file ({e}); delete it and run `tokenlens fetch-model`"
-            ),
+            format!("not a readable safetensors file ({e}); delete it and run `tokenlens fetch-model`"),
         )
     };
-    let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
     let sha = meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get(fetch::META_SOURCE_SHA256).cloned())
         .unwrap_or_else(|| fetch::sha256_hex(&bytes));
-    let weights = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-        .map_err(|e| corrupt(e.to_string()))?;
+    let weights = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| corrupt(e.to_string()))?;
     Ok((weights, sha))
 }

@@ -72,16 +72,14 @@ struct Initializer {
 
 /// Decodes an ONNX model file and returns its float weights under Hugging Face names.
 pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let bytes =
-        std::fs::read(path).map_err(|e| Error::weights(path, format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::weights(path, format!("cannot read: {e}")))?;
     weights_from_bytes(&bytes).map_err(|reason| Error::weights(path, reason))
 }
 
 fn weights_from_bytes(bytes: &[u8]) -> std::result::Result<HashMap<String, Tensor>, String> {
     use prost::Message;
-    let model = ModelProto::decode(bytes).map_err(|e| {
-        format!("not a readable ONNX file ({e}); it may be truncated or corrupt: fetch it again")
-    })?;
+    let model = ModelProto::decode(bytes)
+        .map_err(|e| format!("not a readable ONNX file ({e}); it may be truncated or corrupt: fetch it again"))?;
     let graph = model.graph.ok_or("the ONNX file has no graph")?;
     if graph.initializer.is_empty() {
         return Err("the ONNX file holds no weights".into());
@@ -89,17 +87,12 @@ fn weights_from_bytes(bytes: &[u8]) -> std::result::Result<HashMap<String, Tenso
 
     let mut inits = HashMap::new();
     // Integer initializers are shape constants: no weights among them.
-    for t in graph
-        .initializer
-        .iter()
-        .filter(|t| t.data_type == ONNX_FLOAT)
-    {
+    for t in graph.initializer.iter().filter(|t| t.data_type == ONNX_FLOAT) {
         inits.insert(t.name.clone(), decode_initializer(t)?);
     }
     let mut named: HashMap<String, Tensor> = HashMap::new();
     let to_tensor = |init: &Initializer| {
-        Tensor::from_slice(&init.values, init.dims.as_slice(), &Device::Cpu)
-            .map_err(|e| e.to_string())
+        Tensor::from_slice(&init.values, init.dims.as_slice(), &Device::Cpu).map_err(|e| e.to_string())
     };
 
     // Which node consumes each value, to walk from a MatMul to its bias Add.
@@ -121,17 +114,9 @@ fn weights_from_bytes(bytes: &[u8]) -> std::result::Result<HashMap<String, Tenso
             .filter(|n| n.op_type == "Add")
             .flat_map(|n| n.input.iter())
             .find(|i| i.ends_with(".bias") && inits.contains_key(i.as_str()))
-            .ok_or_else(|| {
-                format!(
-                    "MatMul {} has no bias Add to name its weight after",
-                    node.name
-                )
-            })?;
+            .ok_or_else(|| format!("MatMul {} has no bias Add to name its weight after", node.name))?;
         let name = format!("{}.weight", bias_name.trim_end_matches(".bias"));
-        let w = to_tensor(&inits[weight_name])?
-            .t()
-            .and_then(|w| w.contiguous())
-            .map_err(|e| e.to_string())?;
+        let w = to_tensor(&inits[weight_name])?.t().and_then(|w| w.contiguous()).map_err(|e| e.to_string())?;
         named.insert(name, w);
         renamed += 1;
     }
@@ -156,18 +141,14 @@ fn weights_from_bytes(bytes: &[u8]) -> std::result::Result<HashMap<String, Tenso
     let (Some(cls_pos), Some(patch_pos)) = (cls_pos, patch_pos) else {
         return Err("position embeddings (CLS row and patch table) not found".into());
     };
-    let pos =
-        Tensor::cat(&[to_tensor(cls_pos)?, to_tensor(patch_pos)?], 1).map_err(|e| e.to_string())?;
+    let pos = Tensor::cat(&[to_tensor(cls_pos)?, to_tensor(patch_pos)?], 1).map_err(|e| e.to_string())?;
     named.insert("backbone.embeddings.position_embeddings".into(), pos);
     Ok(named)
 }
 
 fn decode_initializer(t: &TensorProto) -> std::result::Result<Initializer, String> {
     if t.data_location == ONNX_EXTERNAL {
-        return Err(format!(
-            "weight {} is stored outside the file (external data is not supported)",
-            t.name
-        ));
+        return Err(format!("weight {} is stored outside the file (external data is not supported)", t.name));
     }
     let dims: Vec<usize> = t
         .dims
@@ -185,25 +166,15 @@ fn decode_initializer(t: &TensorProto) -> std::result::Result<Initializer, Strin
                 count * 4
             ));
         }
-        t.raw_data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
+        t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
     } else {
         t.float_data.clone()
     };
     if values.len() != count {
-        return Err(format!(
-            "weight {} holds {} values, expected {count}",
-            t.name,
-            values.len()
-        ));
+        return Err(format!("weight {} holds {} values, expected {count}", t.name, values.len()));
     }
     if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
-        return Err(format!(
-            "weight {} holds a non-finite value at index {bad}",
-            t.name
-        ));
+        return Err(format!("weight {} holds a non-finite value at index {bad}", t.name));
     }
     Ok(Initializer { dims, values })
 }

@@ -30,9 +30,8 @@ pub fn decode_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     if bytes.is_empty() {
         return Err("the file is empty".into());
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read: {e}"))?;
+    let mut reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
     match reader.format() {
         Some(image::ImageFormat::Jpeg) => {
             return super::jpeg::decode_jpeg(bytes, MAX_SIDE).map_err(|e| {
@@ -53,9 +52,7 @@ pub fn decode_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     reader.limits(limits);
     let image = reader.decode().map_err(|e| match e {
         image::ImageError::Limits(_) => {
-            format!(
-                "the image is too large (more than {MAX_SIDE} px on a side or over 1 GiB decoded)"
-            )
+            format!("the image is too large (more than {MAX_SIDE} px on a side or over 1 GiB decoded)")
         }
         other => format!("cannot decode: {other} (the file may be truncated or corrupt)"),
     })?;
@@ -96,11 +93,7 @@ pub struct Prepared {
 pub fn prepare(photo: &RgbImage, size: u32, device: &Device) -> Result<Prepared> {
     let (canvas, content) = letterbox(photo, size);
     let pixels = normalize(&canvas, device)?;
-    Ok(Prepared {
-        canvas,
-        content,
-        pixels,
-    })
+    Ok(Prepared { canvas, content, pixels })
 }
 
 pub fn letterbox(photo: &RgbImage, size: u32) -> (RgbImage, ContentRect) {
@@ -109,24 +102,10 @@ pub fn letterbox(photo: &RgbImage, size: u32) -> (RgbImage, ContentRect) {
     // albumentations rounds the scaled sides (Python's round: half to even).
     let side = |s: u32| ((f64::from(s) * scale).round_ties_even() as u32).clamp(1, size);
     let (rw, rh) = (side(w), side(h));
-    let resized = if (rw, rh) == (w, h) {
-        photo.clone()
-    } else {
-        resize_rgb(photo, rw, rh)
-    };
-    let content = ContentRect {
-        top: (size - rh) / 2,
-        left: (size - rw) / 2,
-        height: rh,
-        width: rw,
-    };
+    let resized = if (rw, rh) == (w, h) { photo.clone() } else { resize_rgb(photo, rw, rh) };
+    let content = ContentRect { top: (size - rh) / 2, left: (size - rw) / 2, height: rh, width: rw };
     let mut canvas = RgbImage::new(size, size);
-    image::imageops::replace(
-        &mut canvas,
-        &resized,
-        i64::from(content.left),
-        i64::from(content.top),
-    );
+    image::imageops::replace(&mut canvas, &resized, i64::from(content.left), i64::from(content.top));
     (canvas, content)
 }
 
@@ -140,11 +119,7 @@ pub fn normalize(canvas: &RgbImage, device: &Device) -> Result<Tensor> {
             data[c * plane + i] = (f32::from(px.0[c]) / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
         }
     }
-    Ok(Tensor::from_vec(
-        data,
-        (1, 3, h as usize, w as usize),
-        device,
-    )?)
+    Ok(Tensor::from_vec(data, (1, 3, h as usize, w as usize), device)?)
 }
 
 /// Area averaging when shrinking, half-pixel bilinear when enlarging; separable, in f32.
@@ -170,10 +145,7 @@ fn resize_rgb(photo: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
     for (oy, taps) in wy.iter().enumerate() {
         for ox in 0..ow {
             for c in 0..3 {
-                let v: f32 = taps
-                    .iter()
-                    .map(|&(y, wt)| wt * tmp[(y * ow + ox) * 3 + c])
-                    .sum();
+                let v: f32 = taps.iter().map(|&(y, wt)| wt * tmp[(y * ow + ox) * 3 + c]).sum();
                 dst[(oy * ow + ox) * 3 + c] = v.round_ties_even().clamp(0.0, 255.0) as u8;
             }
         }
@@ -187,13 +159,7 @@ fn axis_weights(len_in: usize, len_out: usize) -> Vec<Vec<(usize, f32)>> {
         let m = super::resize::interp_matrix(len_in, len_out, super::resize::Kernel::Linear);
         return m
             .chunks(len_in)
-            .map(|row| {
-                row.iter()
-                    .enumerate()
-                    .filter(|(_, w)| **w != 0.0)
-                    .map(|(i, w)| (i, *w))
-                    .collect()
-            })
+            .map(|row| row.iter().enumerate().filter(|(_, w)| **w != 0.0).map(|(i, w)| (i, *w)).collect())
             .collect();
     }
     // Output sample o covers input [o*s, (o+1)*s); each input pixel weighs its overlap.
@@ -230,15 +196,7 @@ mod tests {
     fn letterbox_centres_a_wide_image() {
         let photo = RgbImage::from_pixel(448, 224, image::Rgb([200, 100, 50]));
         let (canvas, content) = letterbox(&photo, 224);
-        assert_eq!(
-            content,
-            ContentRect {
-                top: 56,
-                left: 0,
-                height: 112,
-                width: 224
-            }
-        );
+        assert_eq!(content, ContentRect { top: 56, left: 0, height: 112, width: 224 });
         assert_eq!(canvas.get_pixel(10, 10).0, [0, 0, 0]);
         assert_eq!(canvas.get_pixel(10, 100).0, [200, 100, 50]);
     }
@@ -246,12 +204,7 @@ mod tests {
     #[test]
     fn normalize_by_hand() {
         let canvas = RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 128]));
-        let t = normalize(&canvas, &Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let t = normalize(&canvas, &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!((t[0] - (1.0 - 0.485) / 0.229).abs() < 1e-6);
         assert!((t[4] - (0.0 - 0.456) / 0.224).abs() < 1e-6);
         assert!((t[8] - (128.0 / 255.0 - 0.406) / 0.225).abs() < 1e-6);

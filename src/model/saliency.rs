@@ -39,13 +39,8 @@ impl UpStage {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = xs
-            .conv_transpose2d(&self.weight, 1, 0, 2, 1)?
-            .broadcast_add(&self.bias)?;
-        Ok(ys
-            .broadcast_mul(&self.bn_scale)?
-            .broadcast_add(&self.bn_shift)?
-            .relu()?)
+        let ys = xs.conv_transpose2d(&self.weight, 1, 0, 2, 1)?.broadcast_add(&self.bias)?;
+        Ok(ys.broadcast_mul(&self.bn_scale)?.broadcast_add(&self.bn_shift)?.relu()?)
     }
 }
 
@@ -61,29 +56,18 @@ impl SaliencyDecoder {
         let widths = [dim, 256, 128, 64];
         let stages = (0..3)
             .map(|i| {
-                UpStage::new(
-                    widths[i],
-                    widths[i + 1],
-                    vb.pp(format!("upconv{}", i + 1)),
-                    vb.pp(format!("bn{}", i + 1)),
-                )
+                UpStage::new(widths[i], widths[i + 1], vb.pp(format!("upconv{}", i + 1)), vb.pp(format!("bn{}", i + 1)))
             })
             .collect::<Result<_>>()?;
         let final_conv = candle_nn::conv2d(64, 1, 1, Default::default(), vb.pp("final_conv"))?;
-        Ok(Self {
-            stages,
-            final_conv,
-            out_size,
-        })
+        Ok(Self { stages, final_conv, out_size })
     }
 
     /// `patch_features`: `[1, rows*cols, dim]` after the final LayerNorm, raster order.
     /// Returns `[1, 1, out_size, out_size]` saliency in (0, 1).
     pub fn forward(&self, patch_features: &Tensor, grid: (usize, usize)) -> Result<Tensor> {
         let (_, _, d) = patch_features.dims3()?;
-        let mut xs = patch_features
-            .transpose(1, 2)?
-            .reshape((1, d, grid.0, grid.1))?;
+        let mut xs = patch_features.transpose(1, 2)?.reshape((1, d, grid.0, grid.1))?;
         for stage in &self.stages {
             xs = stage.forward(&xs)?;
         }

@@ -33,10 +33,7 @@ impl TokenState {
     /// The state right after embedding: specials first, then one token per patch in raster order.
     pub fn fresh(hidden: Tensor, num_special: usize, grid: (usize, usize)) -> Self {
         let num_patches = grid.0 * grid.1;
-        let source = (0..num_special)
-            .map(|_| Vec::new())
-            .chain((0..num_patches as u32).map(|p| vec![p]))
-            .collect();
+        let source = (0..num_special).map(|_| Vec::new()).chain((0..num_patches as u32).map(|p| vec![p])).collect();
         Self {
             hidden,
             sizes: vec![1.0; num_special + num_patches],
@@ -65,8 +62,6 @@ impl TokenState {
         }
         let logs: Vec<f32> = self.sizes.iter().map(|s| s.ln()).collect();
         let n = logs.len();
-        Ok(Some(
-            Tensor::from_vec(logs, (1, 1, 1, n), self.hidden.device())?.to_dtype(DType::F32)?,
-        ))
+        Ok(Some(Tensor::from_vec(logs, (1, 1, 1, n), self.hidden.device())?.to_dtype(DType::F32)?))
     }
 }

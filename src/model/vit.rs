@@ -33,21 +33,11 @@ pub trait Intervene {
         Needs::default()
     }
     /// Between block `layer`'s attention and its MLP (ToMe merges here).
-    fn after_attention(
-        &mut self,
-        _layer: usize,
-        _state: &mut TokenState,
-        _attn: &AttnRecord,
-    ) -> Result<()> {
+    fn after_attention(&mut self, _layer: usize, _state: &mut TokenState, _attn: &AttnRecord) -> Result<()> {
         Ok(())
     }
     /// After block `layer` (pruning methods act here).
-    fn after_block(
-        &mut self,
-        _layer: usize,
-        _state: &mut TokenState,
-        _attn: &AttnRecord,
-    ) -> Result<()> {
+    fn after_block(&mut self, _layer: usize, _state: &mut TokenState, _attn: &AttnRecord) -> Result<()> {
         Ok(())
     }
 }
@@ -67,10 +57,7 @@ pub struct Embeddings {
 
 impl Embeddings {
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
-        let conv = Conv2dConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
+        let conv = Conv2dConfig { stride: cfg.patch_size, ..Default::default() };
         let g = cfg.position_grid;
         Ok(Self {
             patch: candle_nn::conv2d(
@@ -92,10 +79,7 @@ impl Embeddings {
         let (_, d, rows, cols) = patches.dims4()?;
         let patches = patches.flatten_from(2)?.transpose(1, 2)?; // [1, rows*cols, dim]
         let tokens = Tensor::cat(&[&self.cls_token, &patches], 1)?;
-        Ok((
-            tokens.broadcast_add(&self.position_for(rows, cols, d)?)?,
-            (rows, cols),
-        ))
+        Ok((tokens.broadcast_add(&self.position_for(rows, cols, d)?)?, (rows, cols)))
     }
 
     /// The position table resized bicubically (a = -0.75, half-pixel) from the training grid,
@@ -103,11 +87,7 @@ impl Embeddings {
     fn position_for(&self, rows: usize, cols: usize, d: usize) -> Result<Tensor> {
         let g = self.position_grid;
         let cls = self.position.narrow(1, 0, 1)?;
-        let table = self
-            .position
-            .narrow(1, 1, g * g)?
-            .reshape((1, g, g, d))?
-            .permute((0, 3, 1, 2))?; // [1, d, g, g]
+        let table = self.position.narrow(1, 1, g * g)?.reshape((1, g, g, d))?.permute((0, 3, 1, 2))?; // [1, d, g, g]
         let table = if (rows, cols) == (g, g) {
             table
         } else {
@@ -181,8 +161,7 @@ impl VisionTransformer {
             let want_keys = needs.keys || probe.wants(HookPoint::Keys(l));
             let bias = state.attention_bias()?;
             let block = &self.blocks[l];
-            let (hidden, attn) =
-                block.attend(&state.hidden, bias.as_ref(), want_probs, want_keys)?;
+            let (hidden, attn) = block.attend(&state.hidden, bias.as_ref(), want_probs, want_keys)?;
             if let Some(p) = &attn.probs {
                 probe.tap(HookPoint::AttnProbs(l), trace, || Ok(p.clone()))?;
             }

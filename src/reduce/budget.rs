@@ -37,26 +37,17 @@ impl Budget {
             Budget::KeepFraction(f) => 1.0 - f,
             Budget::RemoveFraction(f) => f,
         };
-        PRESETS_REMOVED
-            .iter()
-            .copied()
-            .find(|p| (p - raw).abs() < SNAP)
-            .unwrap_or(raw)
+        PRESETS_REMOVED.iter().copied().find(|p| (p - raw).abs() < SNAP).unwrap_or(raw)
     }
 
     /// Visual tokens to keep out of `num_tokens`. An explicit count is taken as given; fractions
     /// (after snapping) round to the nearest count, and at least one token survives.
     pub fn resolve(&self, num_tokens: usize) -> Result<usize> {
-        let bad = |reason: String| {
-            Err(Error::Config {
-                field: "budget",
-                reason,
-            })
-        };
+        let bad = |reason: String| Err(Error::Config { field: "budget", reason });
         match *self {
-            Budget::Keep(k) if k == 0 || k > num_tokens => bad(format!(
-                "keep {k} tokens: must be between 1 and {num_tokens}"
-            )),
+            Budget::Keep(k) if k == 0 || k > num_tokens => {
+                bad(format!("keep {k} tokens: must be between 1 and {num_tokens}"))
+            }
             Budget::Keep(k) => Ok(k),
             Budget::KeepFraction(f) | Budget::RemoveFraction(f) if !(0.0..=1.0).contains(&f) => {
                 bad(format!("fraction {f} is outside 0..1"))
@@ -72,11 +63,7 @@ impl Budget {
     /// `66.7%` (removed), or `keep:0.25` / `remove:0.75` / `tokens:64`.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         let t = text.trim();
-        let num = |s: &str| {
-            s.trim()
-                .parse::<f64>()
-                .map_err(|_| format!("`{text}` is not a budget"))
-        };
+        let num = |s: &str| s.trim().parse::<f64>().map_err(|_| format!("`{text}` is not a budget"));
         if let Some(rest) = t.strip_prefix("keep:") {
             return Ok(Budget::KeepFraction(num(rest)?));
         }
@@ -84,11 +71,7 @@ impl Budget {
             return Ok(Budget::RemoveFraction(num(rest)?));
         }
         if let Some(rest) = t.strip_prefix("tokens:") {
-            return rest
-                .trim()
-                .parse()
-                .map(Budget::Keep)
-                .map_err(|_| format!("`{text}` is not a token count"));
+            return rest.trim().parse().map(Budget::Keep).map_err(|_| format!("`{text}` is not a token count"));
         }
         if let Some(pct) = t.strip_suffix('%') {
             return Ok(Budget::RemoveFraction(num(pct)? / 100.0));
@@ -102,10 +85,7 @@ impl Budget {
     /// "66.7 % removed (85 of 256)".
     pub fn describe(&self, num_tokens: usize) -> String {
         match self.resolve(num_tokens) {
-            Ok(k) => format!(
-                "{:.1} % removed ({k} of {num_tokens})",
-                100.0 * (1.0 - k as f64 / num_tokens as f64)
-            ),
+            Ok(k) => format!("{:.1} % removed ({k} of {num_tokens})", 100.0 * (1.0 - k as f64 / num_tokens as f64)),
             Err(e) => e.to_string(),
         }
     }
@@ -118,16 +98,12 @@ mod tests {
     #[test]
     fn presets_give_the_papers_counts() {
         // LLaVA-1.5: 576 -> 192 / 128 / 64 / 32.
-        let counts: Vec<usize> = PRESETS_REMOVED
-            .iter()
-            .map(|&f| Budget::RemoveFraction(f).resolve(576).unwrap())
-            .collect();
+        let counts: Vec<usize> =
+            PRESETS_REMOVED.iter().map(|&f| Budget::RemoveFraction(f).resolve(576).unwrap()).collect();
         assert_eq!(counts, [192, 128, 64, 32]);
         // DINOv2 at 224 px: 256 patches.
-        let counts: Vec<usize> = PRESETS_REMOVED
-            .iter()
-            .map(|&f| Budget::RemoveFraction(f).resolve(256).unwrap())
-            .collect();
+        let counts: Vec<usize> =
+            PRESETS_REMOVED.iter().map(|&f| Budget::RemoveFraction(f).resolve(256).unwrap()).collect();
         assert_eq!(counts, [85, 57, 28, 14]);
     }
 
@@ -141,14 +117,8 @@ mod tests {
     #[test]
     fn parsing_and_limits() {
         assert_eq!(Budget::parse("64").unwrap(), Budget::Keep(64));
-        assert_eq!(
-            Budget::parse("88.9%").unwrap(),
-            Budget::RemoveFraction(0.889)
-        );
-        assert_eq!(
-            Budget::parse("keep:0.25").unwrap(),
-            Budget::KeepFraction(0.25)
-        );
+        assert_eq!(Budget::parse("88.9%").unwrap(), Budget::RemoveFraction(0.889));
+        assert_eq!(Budget::parse("keep:0.25").unwrap(), Budget::KeepFraction(0.25));
         assert!(Budget::Keep(0).resolve(256).is_err());
         assert!(Budget::Keep(257).resolve(256).is_err());
         assert!(Budget::RemoveFraction(1.5).resolve(256).is_err());

@@ -45,21 +45,12 @@ impl ClsTopk {
         check_layer: impl Fn(&'static str, usize) -> Result<usize>,
     ) -> Result<Self> {
         if ctx.num_special == 0 {
-            return Err(Error::Config {
-                field: "reducer",
-                reason: "this encoder has no CLS token".into(),
-            });
+            return Err(Error::Config { field: "reducer", reason: "this encoder has no CLS token".into() });
         }
         let layers = if cfg.average_layers.is_empty() {
-            vec![check_layer(
-                "layer",
-                cfg.layer.unwrap_or(ctx.num_layers - 1),
-            )?]
+            vec![check_layer("layer", cfg.layer.unwrap_or(ctx.num_layers - 1))?]
         } else {
-            cfg.average_layers
-                .iter()
-                .map(|&l| check_layer("average_layers", l))
-                .collect::<Result<_>>()?
+            cfg.average_layers.iter().map(|&l| check_layer("average_layers", l)).collect::<Result<_>>()?
         };
         Ok(Self { keep, layers })
     }
@@ -81,11 +72,7 @@ impl Reducer for ClsTopk {
         }
         let patches = patch_tokens(state.num_special, state.num_tokens());
         let kept = top_k_in_order(&score, &patches, self.keep);
-        Ok(
-            Plan::keep(state.num_special, &kept).with_scores(with_special_nan(
-                state.num_special,
-                score[state.num_special..].iter().copied(),
-            )),
-        )
+        Ok(Plan::keep(state.num_special, &kept)
+            .with_scores(with_special_nan(state.num_special, score[state.num_special..].iter().copied())))
     }
 }

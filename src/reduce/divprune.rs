@@ -43,10 +43,7 @@ pub fn greedy_max_min(dist: &[Vec<f32>], k: usize) -> Vec<usize> {
     let n = dist.len();
     let argmax = |scores: &[f32]| {
         // torch.argmax returns the first maximal index.
-        scores
-            .iter()
-            .enumerate()
-            .fold(0, |best, (i, &s)| if s > scores[best] { i } else { best })
+        scores.iter().enumerate().fold(0, |best, (i, &s)| if s > scores[best] { i } else { best })
     };
     let first_scores: Vec<f32> = (0..n)
         .map(|j| {
@@ -75,21 +72,13 @@ impl Reducer for Divprune {
     fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
         let state = view.state;
         let patches = patch_tokens(state.num_special, state.num_tokens());
-        let features = state
-            .hidden
-            .squeeze(0)?
-            .narrow(0, state.num_special, patches.len())?;
+        let features = state.hidden.squeeze(0)?.narrow(0, state.num_special, patches.len())?;
         let dist: Vec<Vec<f32>> = cosine_matrix(&features, &features)?
             .into_iter()
             .map(|row| row.into_iter().map(|c| 1.0 - c).collect())
             .collect();
         let mut picked = greedy_max_min(&dist, self.keep);
-        let coverage = (0..patches.len()).map(|j| {
-            picked
-                .iter()
-                .map(|&i| dist[i][j])
-                .fold(f32::INFINITY, f32::min)
-        });
+        let coverage = (0..patches.len()).map(|j| picked.iter().map(|&i| dist[i][j]).fold(f32::INFINITY, f32::min));
         let scores = with_special_nan(state.num_special, coverage);
         picked.sort_unstable();
         let kept: Vec<usize> = picked.into_iter().map(|i| patches[i]).collect();
@@ -105,10 +94,7 @@ mod tests {
     fn greedy_order_by_hand() {
         // Points on a line at 0, 1, 2, 10, 11 (distance = |x - y|).
         let x = [0.0f32, 1.0, 2.0, 10.0, 11.0];
-        let dist: Vec<Vec<f32>> = x
-            .iter()
-            .map(|a| x.iter().map(|b| (a - b).abs()).collect())
-            .collect();
+        let dist: Vec<Vec<f32>> = x.iter().map(|a| x.iter().map(|b| (a - b).abs()).collect()).collect();
         // Nearest-other distances: 1, 1, 1, 1, 1 -> ties: the first (0) wins.
         // Then farthest from {0}: 11 (index 4); then max of min(d0, d4): x=2 -> min(2, 9) = 2,
         // x=10 -> min(10, 1) = 1, x=1 -> 1: index 2. Then ties at 1 (indices 1, 3): index 1.

@@ -37,10 +37,7 @@ pub struct EvitConfig {
 
 impl Default for EvitConfig {
     fn default() -> Self {
-        Self {
-            layer: 3,
-            fuse: true,
-        }
+        Self { layer: 3, fuse: true }
     }
 }
 
@@ -52,11 +49,7 @@ pub struct Evit {
 
 impl Evit {
     pub fn new(cfg: &EvitConfig, keep: usize, layer: usize) -> Self {
-        Self {
-            keep,
-            layer,
-            fuse: cfg.fuse,
-        }
+        Self { keep, layer, fuse: cfg.fuse }
     }
 }
 
@@ -66,42 +59,23 @@ impl Reducer for Evit {
     }
 
     fn needs(&self, layer: usize) -> Needs {
-        Needs {
-            probs: layer == self.layer,
-            keys: false,
-        }
+        Needs { probs: layer == self.layer, keys: false }
     }
 
     fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
         let state = view.state;
-        let probs = view
-            .attn
-            .probs
-            .as_ref()
-            .expect("needs() asked for attention");
+        let probs = view.attn.probs.as_ref().expect("needs() asked for attention");
         let attn = cls_attention_row(probs)?;
         let patches = patch_tokens(state.num_special, state.num_tokens());
         let fuse = self.fuse && self.keep < patches.len();
         let kept = top_k_in_order(&attn, &patches, self.keep - usize::from(fuse));
         let mut plan = Plan::keep(state.num_special, &kept);
         if fuse {
-            let rest: Vec<usize> = patches
-                .iter()
-                .copied()
-                .filter(|p| kept.binary_search(p).is_err())
-                .collect();
+            let rest: Vec<usize> = patches.iter().copied().filter(|p| kept.binary_search(p).is_err()).collect();
             let weights: Vec<f32> = rest.iter().map(|&i| attn[i]).collect();
             let anchor = rest[super::ops::argsort_desc(&weights)[0]];
-            plan.groups.push(Group {
-                members: rest,
-                weights,
-                anchor,
-                normalize: false,
-            });
+            plan.groups.push(Group { members: rest, weights, anchor, normalize: false });
         }
-        Ok(plan.with_scores(with_special_nan(
-            state.num_special,
-            attn[state.num_special..].iter().copied(),
-        )))
+        Ok(plan.with_scores(with_special_nan(state.num_special, attn[state.num_special..].iter().copied())))
     }
 }

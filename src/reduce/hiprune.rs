@@ -6,6 +6,7 @@
 //! 2. buffers: the 4-neighbours of each anchor on the grid (spatial continuity), so anchors and
 //!    buffers take about a share `alpha` of the budget K;
 //! 3. registers: the most-attended remaining tokens at the output layer fill the rest.
+//!
 //! "Most attended" = attention received, mean over heads and all queries, as in the reference
 //! (`attn.mean(dim=1).mean(dim=1)[:, 1:]`). Its object layer for CLIP-L/14 (24 blocks) is block
 //! 8, a third of the depth: the default here is a third of the depth too. Registers come from
@@ -40,10 +41,7 @@ pub struct HipruneConfig {
 
 impl Default for HipruneConfig {
     fn default() -> Self {
-        Self {
-            object_layer: None,
-            alpha: 0.1,
-        }
+        Self { object_layer: None, alpha: 0.1 }
     }
 }
 
@@ -63,17 +61,11 @@ impl Hiprune {
         check_layer: impl Fn(&'static str, usize) -> Result<usize>,
     ) -> Result<Self> {
         if !(0.0..=1.0).contains(&cfg.alpha) {
-            return Err(Error::Config {
-                field: "alpha",
-                reason: format!("{} is outside 0..1", cfg.alpha),
-            });
+            return Err(Error::Config { field: "alpha", reason: format!("{} is outside 0..1", cfg.alpha) });
         }
         Ok(Self {
             keep,
-            object_layer: check_layer(
-                "object_layer",
-                cfg.object_layer.unwrap_or(ctx.num_layers / 3),
-            )?,
+            object_layer: check_layer("object_layer", cfg.object_layer.unwrap_or(ctx.num_layers / 3))?,
             output_layer: ctx.num_layers - 1,
             alpha: cfg.alpha,
             grid: ctx.grid,
@@ -100,21 +92,13 @@ pub fn select(
             picked.push(p);
         }
     };
-    let anchors: Vec<usize> = argsort_desc(object_score)
-        .into_iter()
-        .take(num_anchors)
-        .collect();
+    let anchors: Vec<usize> = argsort_desc(object_score).into_iter().take(num_anchors).collect();
     for &a in &anchors {
         take(a, &mut picked);
     }
     for &a in &anchors {
         let (r, c) = (a / cols, a % cols);
-        for (nr, nc) in [
-            (r.wrapping_sub(1), c),
-            (r + 1, c),
-            (r, c.wrapping_sub(1)),
-            (r, c + 1),
-        ] {
+        for (nr, nc) in [(r.wrapping_sub(1), c), (r + 1, c), (r, c.wrapping_sub(1)), (r, c + 1)] {
             if nr < rows && nc < cols {
                 take(nr * cols + nc, &mut picked);
             }
@@ -136,16 +120,12 @@ impl Reducer for Hiprune {
         let state = view.state;
         let s = state.num_special;
         let received = |l| -> Result<Vec<f32>> {
-            Ok(
-                attention_received(view.full_trace.require(HookPoint::AttnProbs(l))?)?[s..]
-                    .to_vec(),
-            )
+            Ok(attention_received(view.full_trace.require(HookPoint::AttnProbs(l))?)?[s..].to_vec())
         };
         let object = received(self.object_layer)?;
         let output = received(self.output_layer)?;
         // Each anchor brings up to 4 buffers: round(alpha K / 5) anchors (Python's rounding).
-        let num_anchors =
-            (f64::from(self.alpha) * self.keep as f64 / 5.0).round_ties_even() as usize;
+        let num_anchors = (f64::from(self.alpha) * self.keep as f64 / 5.0).round_ties_even() as usize;
         let kept = select(&object, &output, self.grid, self.keep, num_anchors);
         let patches = patch_tokens(s, state.num_tokens());
         let kept: Vec<usize> = kept.into_iter().map(|p| patches[p]).collect();
@@ -163,15 +143,9 @@ mod tests {
         let object = [0.0, 0.1, 0.0, 0.1, 0.9, 0.1, 0.0, 0.2, 0.0];
         let output = [0.1, 0.0, 0.2, 0.0, 0.0, 0.0, 0.3, 0.0, 0.9];
         // One anchor (4) with its 4 neighbours (1, 3, 5, 7); then registers 8 and 6.
-        assert_eq!(
-            select(&object, &output, (3, 3), 7, 1),
-            [1, 3, 4, 5, 6, 7, 8]
-        );
+        assert_eq!(select(&object, &output, (3, 3), 7, 1), [1, 3, 4, 5, 6, 7, 8]);
         // Two anchors (4, 7): the corner anchor 7 brings only in-grid neighbours (6, 8).
-        assert_eq!(
-            select(&object, &output, (3, 3), 9, 2),
-            (0..9).collect::<Vec<_>>()
-        );
+        assert_eq!(select(&object, &output, (3, 3), 9, 2), (0..9).collect::<Vec<_>>());
         // The budget caps anchors and buffers too.
         assert_eq!(select(&object, &output, (3, 3), 2, 1), [1, 4]);
     }

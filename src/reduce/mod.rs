@@ -153,49 +153,31 @@ impl ReducerConfig {
 
     /// The default config of the method called `name`.
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::defaults()
-            .into_iter()
-            .find(|c| c.name() == name)
-            .ok_or_else(|| Error::Config {
-                field: "reducer",
-                reason: format!(
-                    "unknown method `{name}`; choose one of {}",
-                    Self::defaults()
-                        .iter()
-                        .map(|c| c.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            })
+        Self::defaults().into_iter().find(|c| c.name() == name).ok_or_else(|| Error::Config {
+            field: "reducer",
+            reason: format!(
+                "unknown method `{name}`; choose one of {}",
+                Self::defaults().iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
+            ),
+        })
     }
 
     /// Sets one parameter from text (`--param k=v`): the value is read as JSON, else as a
     /// string, and the config is re-validated, so a typo or a wrong type is an error.
     pub fn set_param(&mut self, key: &str, value: &str) -> Result<()> {
         let mut json = serde_json::to_value(&*self).expect("configs serialise");
-        let parsed =
-            serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.into()));
+        let parsed = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.into()));
         let obj = json.as_object_mut().expect("configs are JSON objects");
         if key == "method" || !obj.contains_key(key) {
-            let known: Vec<&str> = obj
-                .keys()
-                .map(String::as_str)
-                .filter(|k| *k != "method")
-                .collect();
+            let known: Vec<&str> = obj.keys().map(String::as_str).filter(|k| *k != "method").collect();
             return Err(Error::Config {
                 field: "param",
-                reason: format!(
-                    "{} has no parameter `{key}`; it has: {}",
-                    self.name(),
-                    known.join(", ")
-                ),
+                reason: format!("{} has no parameter `{key}`; it has: {}", self.name(), known.join(", ")),
             });
         }
         obj.insert(key.into(), parsed);
-        *self = serde_json::from_value(json).map_err(|e| Error::Config {
-            field: "param",
-            reason: format!("{key}={value}: {e}"),
-        })?;
+        *self = serde_json::from_value(json)
+            .map_err(|e| Error::Config { field: "param", reason: format!("{key}={value}: {e}") })?;
         Ok(())
     }
 
@@ -210,6 +192,10 @@ impl ReducerConfig {
             ReducerConfig::Hiprune(c) => Some(c.object_layer.unwrap_or(num_layers / 3)),
             ReducerConfig::Divprune(_) | ReducerConfig::Random(_) | ReducerConfig::Pool(_) => None,
         }
+    }
+
+    pub fn has_layer(&self) -> bool {
+        self.layer(1).is_some()
     }
 
     pub fn set_layer(&mut self, layer: usize) {
@@ -229,24 +215,15 @@ impl ReducerConfig {
             if l < ctx.num_layers {
                 Ok(l)
             } else {
-                Err(Error::Config {
-                    field,
-                    reason: format!("layer {l} is out of range 0..={}", ctx.num_layers - 1),
-                })
+                Err(Error::Config { field, reason: format!("layer {l} is out of range 0..={}", ctx.num_layers - 1) })
             }
         };
         Ok(match self {
             ReducerConfig::Tome(c) => Box::new(tome::Tome::new(c, keep, ctx, check_layer)?),
             ReducerConfig::Pitome(c) => Box::new(pitome::Pitome::new(c, keep, ctx, check_layer)?),
-            ReducerConfig::Evit(c) => {
-                Box::new(evit::Evit::new(c, keep, check_layer("layer", c.layer)?))
-            }
-            ReducerConfig::ClsTopk(c) => {
-                Box::new(cls_topk::ClsTopk::new(c, keep, ctx, check_layer)?)
-            }
-            ReducerConfig::Hiprune(c) => {
-                Box::new(hiprune::Hiprune::new(c, keep, ctx, check_layer)?)
-            }
+            ReducerConfig::Evit(c) => Box::new(evit::Evit::new(c, keep, check_layer("layer", c.layer)?)),
+            ReducerConfig::ClsTopk(c) => Box::new(cls_topk::ClsTopk::new(c, keep, ctx, check_layer)?),
+            ReducerConfig::Hiprune(c) => Box::new(hiprune::Hiprune::new(c, keep, ctx, check_layer)?),
             ReducerConfig::Divprune(_) => Box::new(divprune::Divprune::new(keep)),
             ReducerConfig::Random(c) => Box::new(random::Random::new(c, keep)),
             ReducerConfig::Pool(_) => Box::new(pool::Pool::new(keep, ctx.grid)),
@@ -273,11 +250,7 @@ mod tests {
         for c in &all {
             assert_eq!(&ReducerConfig::from_name(c.name()).unwrap(), c);
             let json = serde_json::to_string(c).unwrap();
-            assert_eq!(
-                &serde_json::from_str::<ReducerConfig>(&json).unwrap(),
-                c,
-                "{json}"
-            );
+            assert_eq!(&serde_json::from_str::<ReducerConfig>(&json).unwrap(), c, "{json}");
         }
         let mut names: Vec<_> = all.iter().map(|c| c.name()).collect();
         names.dedup();
@@ -290,12 +263,7 @@ mod tests {
         let mut c = ReducerConfig::from_name("evit").unwrap();
         c.set_param("layer", "5").unwrap();
         assert_eq!(c.layer(12), Some(5));
-        assert!(
-            c.set_param("layr", "5")
-                .unwrap_err()
-                .to_string()
-                .contains("no parameter `layr`")
-        );
+        assert!(c.set_param("layr", "5").unwrap_err().to_string().contains("no parameter `layr`"));
         assert!(c.set_param("layer", "five").is_err());
         let mut r = ReducerConfig::from_name("random").unwrap();
         r.set_param("seed", "42").unwrap();

@@ -7,11 +7,7 @@ use crate::Result;
 
 /// Rows of a `[n, d]` tensor (a leading batch dim of 1 is dropped).
 pub fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let t = if t.rank() == 3 {
-        t.squeeze(0)?
-    } else {
-        t.clone()
-    };
+    let t = if t.rank() == 3 { t.squeeze(0)? } else { t.clone() };
     Ok(t.to_vec2()?)
 }
 
@@ -22,9 +18,7 @@ pub fn keys_mean_heads(keys: &Tensor) -> Result<Tensor> {
 
 /// Cosine similarity of every row of `a` with every row of `b`: `[n, d] x [m, d] -> [n][m]`.
 pub fn cosine_matrix(a: &Tensor, b: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let norm = |t: &Tensor| -> Result<Tensor> {
-        Ok(t.broadcast_div(&t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?)
-    };
+    let norm = |t: &Tensor| -> Result<Tensor> { Ok(t.broadcast_div(&t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?) };
     Ok(norm(a)?.matmul(&norm(b)?.t()?)?.to_vec2()?)
 }
 
@@ -49,11 +43,7 @@ pub fn argsort_desc(values: &[f32]) -> Vec<usize> {
 /// The `k` highest-scoring of `candidates`, returned in ascending (raster) order.
 pub fn top_k_in_order(scores: &[f32], candidates: &[usize], k: usize) -> Vec<usize> {
     let sub: Vec<f32> = candidates.iter().map(|&c| scores[c]).collect();
-    let mut picked: Vec<usize> = argsort_desc(&sub)
-        .into_iter()
-        .take(k)
-        .map(|i| candidates[i])
-        .collect();
+    let mut picked: Vec<usize> = argsort_desc(&sub).into_iter().take(k).map(|i| candidates[i]).collect();
     picked.sort_unstable();
     picked
 }
@@ -64,13 +54,8 @@ pub fn patch_tokens(num_special: usize, num_tokens: usize) -> Vec<usize> {
 }
 
 /// Per-token scores where only patch tokens have a value: specials get NaN.
-pub fn with_special_nan(
-    num_special: usize,
-    patch_scores: impl IntoIterator<Item = f32>,
-) -> Vec<f32> {
-    std::iter::repeat_n(f32::NAN, num_special)
-        .chain(patch_scores)
-        .collect()
+pub fn with_special_nan(num_special: usize, patch_scores: impl IntoIterator<Item = f32>) -> Vec<f32> {
+    std::iter::repeat_n(f32::NAN, num_special).chain(patch_scores).collect()
 }
 
 #[cfg(test)]
@@ -81,10 +66,7 @@ mod tests {
     #[test]
     fn argsort_is_stable_and_descending() {
         assert_eq!(argsort_desc(&[0.5, 0.9, 0.5, 0.1]), [1, 0, 2, 3]);
-        assert_eq!(
-            top_k_in_order(&[0.5, 0.9, 0.5, 0.1, 0.95], &[1, 2, 3, 4], 2),
-            [1, 4]
-        );
+        assert_eq!(top_k_in_order(&[0.5, 0.9, 0.5, 0.1, 0.95], &[1, 2, 3, 4], 2), [1, 4]);
     }
 
     #[test]

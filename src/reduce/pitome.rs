@@ -8,6 +8,7 @@
 //!    merge candidates, split alternately by energy rank into A and B;
 //! 3. each a in A merges into its most similar b in B (size-weighted mean, as ToMe);
 //!    low-energy (isolated, informative) tokens and CLS are protected.
+//!
 //! The energy map is the score overlay. Details follow `hchautran/PiToMe`
 //! (`algo/pitome/merge.py`, the default `pitome` path; margin m0 (1 - l/L) with m0 = 0.9 as in
 //! its CLIP patch). DEVIATION: protected and merged tokens are emitted in raster order rather
@@ -45,13 +46,7 @@ pub struct PitomeConfig {
 
 impl Default for PitomeConfig {
     fn default() -> Self {
-        Self {
-            first_layer: 0,
-            last_layer: None,
-            margin: None,
-            alpha: 1.0,
-            proportional_attention: true,
-        }
+        Self { first_layer: 0, last_layer: None, margin: None, alpha: 1.0, proportional_attention: true }
     }
 }
 
@@ -73,16 +68,13 @@ impl Pitome {
         let first = check_layer("first_layer", cfg.first_layer)?;
         let last = check_layer("last_layer", cfg.last_layer.unwrap_or(ctx.num_layers - 1))?;
         if last < first {
-            return Err(Error::Config {
-                field: "last_layer",
-                reason: format!("{last} is before first_layer {first}"),
-            });
+            return Err(Error::Config { field: "last_layer", reason: format!("{last} is before first_layer {first}") });
         }
-        let schedule = merge_schedule(ctx.num_patches(), keep, first..=last).map_err(|min| {
-            Error::Config {
-                field: "budget",
-                reason: format!("PiToMe merges at most half the tokens per block, so blocks {first}..={last} keep at least {min}"),
-            }
+        let schedule = merge_schedule(ctx.num_patches(), keep, first..=last).map_err(|min| Error::Config {
+            field: "budget",
+            reason: format!(
+                "PiToMe merges at most half the tokens per block, so blocks {first}..={last} keep at least {min}"
+            ),
         })?;
         Ok(Self {
             schedule,
@@ -94,8 +86,7 @@ impl Pitome {
     }
 
     fn margin(&self, layer: usize) -> f32 {
-        self.margin
-            .unwrap_or(0.9 - 0.9 * layer as f32 / self.num_layers as f32)
+        self.margin.unwrap_or(0.9 - 0.9 * layer as f32 / self.num_layers as f32)
     }
 }
 
@@ -103,27 +94,16 @@ impl Pitome {
 /// `F.elu(sim - margin, alpha).mean(-1)`).
 pub fn energy(cos: &[Vec<f32>], tokens: &[usize], margin: f32, alpha: f32) -> Vec<f32> {
     let elu = |x: f32| if x > 0.0 { x } else { alpha * (x.exp() - 1.0) };
-    tokens
-        .iter()
-        .map(|&i| {
-            tokens.iter().map(|&j| elu(cos[i][j] - margin)).sum::<f32>() / tokens.len() as f32
-        })
-        .collect()
+    tokens.iter().map(|&i| tokens.iter().map(|&j| elu(cos[i][j] - margin)).sum::<f32>() / tokens.len() as f32).collect()
 }
 
 impl Reducer for Pitome {
     fn sites(&self) -> Vec<Site> {
-        self.schedule
-            .iter()
-            .map(|&(l, _)| Site::MidBlock(l))
-            .collect()
+        self.schedule.iter().map(|&(l, _)| Site::MidBlock(l)).collect()
     }
 
     fn needs(&self, layer: usize) -> Needs {
-        Needs {
-            probs: false,
-            keys: self.schedule.iter().any(|&(l, _)| l == layer),
-        }
+        Needs { probs: false, keys: self.schedule.iter().any(|&(l, _)| l == layer) }
     }
 
     fn proportional_attention(&self) -> bool {
@@ -131,42 +111,23 @@ impl Reducer for Pitome {
     }
 
     fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
-        let Site::MidBlock(layer) = view.site else {
-            unreachable!("PiToMe acts mid-block")
-        };
-        let r = self
-            .schedule
-            .iter()
-            .find(|&&(l, _)| l == layer)
-            .map_or(0, |&(_, r)| r);
+        let Site::MidBlock(layer) = view.site else { unreachable!("PiToMe acts mid-block") };
+        let r = self.schedule.iter().find(|&&(l, _)| l == layer).map_or(0, |&(_, r)| r);
         let state = view.state;
         let keys = keys_mean_heads(view.attn.keys.as_ref().expect("needs() asked for keys"))?;
         let cos = super::ops::cosine_matrix(&keys, &keys)?;
         // CLS is neither a candidate nor part of any token's energy (PiToMe strips it first).
         let patches = super::ops::patch_tokens(state.num_special, state.num_tokens());
-        let e = with_special_nan(
-            state.num_special,
-            energy(&cos, &patches, self.margin(layer), self.alpha),
-        );
-        let e: Vec<f32> = e
-            .into_iter()
-            .map(|v| if v.is_nan() { f32::NEG_INFINITY } else { v })
-            .collect();
+        let e = with_special_nan(state.num_special, energy(&cos, &patches, self.margin(layer), self.alpha));
+        let e: Vec<f32> = e.into_iter().map(|v| if v.is_nan() { f32::NEG_INFINITY } else { v }).collect();
         let order = argsort_desc(&e);
         let candidates = &order[..2 * r];
-        let (set_a, set_b): (Vec<usize>, Vec<usize>) = (
-            candidates.iter().step_by(2).copied().collect(),
-            candidates.iter().skip(1).step_by(2).copied().collect(),
-        );
+        let (set_a, set_b): (Vec<usize>, Vec<usize>) =
+            (candidates.iter().step_by(2).copied().collect(), candidates.iter().skip(1).step_by(2).copied().collect());
         let mut into: Vec<Vec<usize>> = vec![Vec::new(); set_b.len()];
         for &a in &set_a {
-            let best = (0..set_b.len()).fold(0, |best, j| {
-                if cos[a][set_b[j]] > cos[a][set_b[best]] {
-                    j
-                } else {
-                    best
-                }
-            });
+            let best =
+                (0..set_b.len()).fold(0, |best, j| if cos[a][set_b[j]] > cos[a][set_b[best]] { j } else { best });
             into[best].push(a);
         }
         let mut protected: Vec<usize> = order[2 * r..].to_vec();
@@ -179,14 +140,8 @@ impl Reducer for Pitome {
             let weights = members.iter().map(|&m| state.sizes[m]).collect();
             groups.push(Group::mean(members, weights, b));
         }
-        let scores = e
-            .iter()
-            .map(|&v| if v.is_finite() { v } else { f32::NAN })
-            .collect();
-        Ok(Plan {
-            groups,
-            scores: Some(scores),
-        })
+        let scores = e.iter().map(|&v| if v.is_finite() { v } else { f32::NAN }).collect();
+        Ok(Plan { groups, scores: Some(scores) })
     }
 }
 
@@ -198,16 +153,9 @@ mod tests {
     fn energy_by_hand() {
         // Two identical tokens and one orthogonal, margin 0.5, alpha 1:
         // token 0: f(0.5) + f(0.5) + f(-0.5) = 1 + (e^-0.5 - 1), over 3.
-        let cos = vec![
-            vec![1.0, 1.0, 0.0],
-            vec![1.0, 1.0, 0.0],
-            vec![0.0, 0.0, 1.0],
-        ];
+        let cos = vec![vec![1.0, 1.0, 0.0], vec![1.0, 1.0, 0.0], vec![0.0, 0.0, 1.0]];
         let e = energy(&cos, &[0, 1, 2], 0.5, 1.0);
         assert!((e[0] - (1.0 + (-0.5f32).exp() - 1.0) / 3.0).abs() < 1e-6);
-        assert!(
-            e[0] > e[2],
-            "the clustered token has more energy than the isolated one"
-        );
+        assert!(e[0] > e[2], "the clustered token has more energy than the isolated one");
     }
 }

@@ -34,22 +34,12 @@ pub struct Group {
 
 impl Group {
     pub fn single(token: usize) -> Self {
-        Self {
-            members: vec![token],
-            weights: vec![1.0],
-            anchor: token,
-            normalize: true,
-        }
+        Self { members: vec![token], weights: vec![1.0], anchor: token, normalize: true }
     }
 
     /// A weighted mean anchored at `anchor`.
     pub fn mean(members: Vec<usize>, weights: Vec<f32>, anchor: usize) -> Self {
-        Self {
-            members,
-            weights,
-            anchor,
-            normalize: true,
-        }
+        Self { members, weights, anchor, normalize: true }
     }
 }
 
@@ -64,22 +54,13 @@ pub struct Plan {
 
 impl Plan {
     pub fn identity(num_tokens: usize) -> Self {
-        Self {
-            groups: (0..num_tokens).map(Group::single).collect(),
-            scores: None,
-        }
+        Self { groups: (0..num_tokens).map(Group::single).collect(), scores: None }
     }
 
     /// Keeps the special tokens and `kept` (input token indices) in the given order.
     pub fn keep(num_special: usize, kept: &[usize]) -> Self {
-        let groups = (0..num_special)
-            .chain(kept.iter().copied())
-            .map(Group::single)
-            .collect();
-        Self {
-            groups,
-            scores: None,
-        }
+        let groups = (0..num_special).chain(kept.iter().copied()).map(Group::single).collect();
+        Self { groups, scores: None }
     }
 
     pub fn with_scores(mut self, scores: Vec<f32>) -> Self {
@@ -89,11 +70,7 @@ impl Plan {
 
     pub fn is_identity(&self, num_tokens: usize) -> bool {
         self.groups.len() == num_tokens
-            && self
-                .groups
-                .iter()
-                .enumerate()
-                .all(|(i, g)| g.members.len() == 1 && g.members[0] == i)
+            && self.groups.iter().enumerate().all(|(i, g)| g.members.len() == 1 && g.members[0] == i)
     }
 
     /// Checks the plan against the state it will be applied to: members in range, each input
@@ -102,10 +79,7 @@ impl Plan {
         let n = state.num_tokens();
         let mut used = vec![false; n];
         for (i, g) in self.groups.iter().enumerate() {
-            if g.members.is_empty()
-                || g.members.len() != g.weights.len()
-                || !g.members.contains(&g.anchor)
-            {
+            if g.members.is_empty() || g.members.len() != g.weights.len() || !g.members.contains(&g.anchor) {
                 return Err(format!("group {i} is malformed"));
             }
             for &m in &g.members {
@@ -137,11 +111,7 @@ impl Plan {
             let n = state.num_tokens();
             let mut w = vec![0f32; self.groups.len() * n];
             for (o, g) in self.groups.iter().enumerate() {
-                let total: f32 = if g.normalize {
-                    g.weights.iter().sum()
-                } else {
-                    1.0
-                };
+                let total: f32 = if g.normalize { g.weights.iter().sum() } else { 1.0 };
                 for (&m, &wt) in g.members.iter().zip(&g.weights) {
                     w[o * n + m] = wt / total;
                 }
@@ -151,30 +121,18 @@ impl Plan {
         };
         let mut out = state.clone();
         out.hidden = hidden;
-        out.sizes = self
-            .groups
-            .iter()
-            .map(|g| g.members.iter().map(|&m| state.sizes[m]).sum())
-            .collect();
+        out.sizes = self.groups.iter().map(|g| g.members.iter().map(|&m| state.sizes[m]).sum()).collect();
         out.source = self
             .groups
             .iter()
             .map(|g| {
-                let mut s: Vec<u32> = g
-                    .members
-                    .iter()
-                    .flat_map(|&m| state.source[m].iter().copied())
-                    .collect();
+                let mut s: Vec<u32> = g.members.iter().flat_map(|&m| state.source[m].iter().copied()).collect();
                 s.sort_unstable();
                 s
             })
             .collect();
         out.positions = match positions {
-            PositionMode::Preserve => self
-                .groups
-                .iter()
-                .map(|g| state.positions[g.anchor])
-                .collect(),
+            PositionMode::Preserve => self.groups.iter().map(|g| state.positions[g.anchor]).collect(),
             PositionMode::Compact => (0..self.groups.len() as u32).collect(),
         };
         Ok(out)
@@ -189,28 +147,17 @@ mod tests {
     fn toy() -> TokenState {
         // CLS + 4 patches on a 2x2 grid; hidden row i = [i, 10 i].
         let h: Vec<f32> = (0..5).flat_map(|i| [i as f32, 10.0 * i as f32]).collect();
-        TokenState::fresh(
-            Tensor::from_vec(h, (1, 5, 2), &Device::Cpu).unwrap(),
-            1,
-            (2, 2),
-        )
+        TokenState::fresh(Tensor::from_vec(h, (1, 5, 2), &Device::Cpu).unwrap(), 1, (2, 2))
     }
 
     #[test]
     fn prune_keeps_rows_and_provenance() {
         let s = toy();
-        let out = Plan::keep(1, &[2, 4])
-            .apply(&s, PositionMode::Preserve)
-            .unwrap();
-        assert_eq!(
-            out.hidden.squeeze(0).unwrap().to_vec2::<f32>().unwrap(),
-            [[0.0, 0.0], [2.0, 20.0], [4.0, 40.0]]
-        );
+        let out = Plan::keep(1, &[2, 4]).apply(&s, PositionMode::Preserve).unwrap();
+        assert_eq!(out.hidden.squeeze(0).unwrap().to_vec2::<f32>().unwrap(), [[0.0, 0.0], [2.0, 20.0], [4.0, 40.0]]);
         assert_eq!(out.source, vec![vec![], vec![1], vec![3]]);
         assert_eq!(out.positions, [0, 2, 4]);
-        let compact = Plan::keep(1, &[2, 4])
-            .apply(&s, PositionMode::Compact)
-            .unwrap();
+        let compact = Plan::keep(1, &[2, 4]).apply(&s, PositionMode::Compact).unwrap();
         assert_eq!(compact.positions, [0, 1, 2]);
     }
 
@@ -239,10 +186,7 @@ mod tests {
     fn identity_is_exact_and_bad_plans_are_caught() {
         let s = toy();
         assert!(Plan::identity(5).is_identity(5));
-        let twice = Plan {
-            groups: vec![Group::single(0), Group::single(1), Group::single(1)],
-            scores: None,
-        };
+        let twice = Plan { groups: vec![Group::single(0), Group::single(1), Group::single(1)], scores: None };
         assert!(twice.validate(&s).is_err());
         let cls_moved = Plan::keep(0, &[1, 0]);
         assert!(cls_moved.validate(&s).is_err());
@@ -252,12 +196,7 @@ mod tests {
     fn an_unnormalised_group_is_a_weighted_sum() {
         let s = toy();
         let mut plan = Plan::keep(1, &[1]);
-        plan.groups.push(Group {
-            members: vec![2, 3],
-            weights: vec![0.25, 0.5],
-            anchor: 3,
-            normalize: false,
-        });
+        plan.groups.push(Group { members: vec![2, 3], weights: vec![0.25, 0.5], anchor: 3, normalize: false });
         let out = plan.apply(&s, PositionMode::Preserve).unwrap();
         let fused = out.hidden.squeeze(0).unwrap().to_vec2::<f32>().unwrap()[2].clone();
         assert_eq!(fused, [0.25 * 2.0 + 0.5 * 3.0, 0.25 * 20.0 + 0.5 * 30.0]);

@@ -38,8 +38,7 @@ pub fn pool_regions(grid: (usize, usize), k: usize) -> Vec<Vec<usize>> {
     let k = k.clamp(1, rows * cols);
     // Bands: about sqrt(k * rows / cols) of them, at most one per row and enough that no band
     // needs more cells than it has columns.
-    let bands = ((k as f64 * rows as f64 / cols as f64).sqrt().round() as usize)
-        .clamp(k.div_ceil(cols), rows.min(k));
+    let bands = ((k as f64 * rows as f64 / cols as f64).sqrt().round() as usize).clamp(k.div_ceil(cols), rows.min(k));
     let split = |len: usize, parts: usize, i: usize| (i * len / parts, (i + 1) * len / parts);
     let mut out = Vec::with_capacity(k);
     for band in 0..bands {
@@ -48,11 +47,7 @@ pub fn pool_regions(grid: (usize, usize), k: usize) -> Vec<Vec<usize>> {
         let cells = c1 - c0;
         for cell in 0..cells {
             let (x0, x1) = split(cols, cells, cell);
-            out.push(
-                (r0..r1)
-                    .flat_map(|r| (x0..x1).map(move |c| r * cols + c))
-                    .collect(),
-            );
+            out.push((r0..r1).flat_map(|r| (x0..x1).map(move |c| r * cols + c)).collect());
         }
     }
     out
@@ -65,18 +60,13 @@ impl Reducer for Pool {
 
     fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
         let state = view.state;
-        assert_eq!(
-            state.num_tokens(),
-            state.num_special + state.num_patches(),
-            "pooling needs the full grid"
-        );
+        assert_eq!(state.num_tokens(), state.num_special + state.num_patches(), "pooling needs the full grid");
         let s = state.num_special;
         let mut plan = Plan::keep(s, &[]);
         for region in pool_regions(self.grid, self.keep) {
             let members: Vec<usize> = region.iter().map(|&p| s + p).collect();
             let weights = members.iter().map(|&m| state.sizes[m]).collect();
-            plan.groups
-                .push(Group::mean(members.clone(), weights, members[0]));
+            plan.groups.push(Group::mean(members.clone(), weights, members[0]));
         }
         Ok(plan)
     }

@@ -30,10 +30,7 @@ pub struct Random {
 
 impl Random {
     pub fn new(cfg: &RandomConfig, keep: usize) -> Self {
-        Self {
-            keep,
-            seed: cfg.seed,
-        }
+        Self { keep, seed: cfg.seed }
     }
 }
 
@@ -47,10 +44,8 @@ impl Reducer for Random {
         let patches = patch_tokens(state.num_special, state.num_tokens());
         // ChaCha8 is a portable, versioned stream: the same seed picks the same patches everywhere.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
-        let mut kept: Vec<usize> = rand::seq::index::sample(&mut rng, patches.len(), self.keep)
-            .into_iter()
-            .map(|i| patches[i])
-            .collect();
+        let mut kept: Vec<usize> =
+            rand::seq::index::sample(&mut rng, patches.len(), self.keep).into_iter().map(|i| patches[i]).collect();
         kept.sort_unstable();
         Ok(Plan::keep(state.num_special, &kept))
     }

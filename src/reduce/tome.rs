@@ -41,11 +41,7 @@ pub struct TomeConfig {
 
 impl Default for TomeConfig {
     fn default() -> Self {
-        Self {
-            first_layer: 0,
-            last_layer: None,
-            proportional_attention: true,
-        }
+        Self { first_layer: 0, last_layer: None, proportional_attention: true }
     }
 }
 
@@ -65,24 +61,16 @@ impl Tome {
         let first = check_layer("first_layer", cfg.first_layer)?;
         let last = check_layer("last_layer", cfg.last_layer.unwrap_or(ctx.num_layers - 1))?;
         if last < first {
-            return Err(Error::Config {
-                field: "last_layer",
-                reason: format!("{last} is before first_layer {first}"),
-            });
+            return Err(Error::Config { field: "last_layer", reason: format!("{last} is before first_layer {first}") });
         }
-        let schedule = merge_schedule(ctx.num_patches(), keep, first..=last).map_err(|min| {
-            Error::Config {
-                field: "budget",
-                reason: format!(
-                    "ToMe merges at most half the tokens per block, so blocks {first}..={last} keep at least {min}; \
+        let schedule = merge_schedule(ctx.num_patches(), keep, first..=last).map_err(|min| Error::Config {
+            field: "budget",
+            reason: format!(
+                "ToMe merges at most half the tokens per block, so blocks {first}..={last} keep at least {min}; \
                      widen the layer range or keep more tokens"
-                ),
-            }
+            ),
         })?;
-        Ok(Self {
-            schedule,
-            proportional_attention: cfg.proportional_attention,
-        })
+        Ok(Self { schedule, proportional_attention: cfg.proportional_attention })
     }
 }
 
@@ -95,11 +83,7 @@ pub fn merge_schedule(
     layers: std::ops::RangeInclusive<usize>,
 ) -> std::result::Result<Vec<(usize, usize)>, usize> {
     // Most merges `blocks` blocks can make starting from `patches` mergeable tokens.
-    let max_removable = |patches: usize, blocks: usize| {
-        (0..blocks)
-            .fold(patches, |p, _| p - p / 2)
-            .abs_diff(patches)
-    };
+    let max_removable = |patches: usize, blocks: usize| (0..blocks).fold(patches, |p, _| p - p / 2).abs_diff(patches);
     let layers: Vec<usize> = layers.collect();
     if max_removable(num_patches, layers.len()) < num_patches.saturating_sub(keep) {
         return Err(num_patches - max_removable(num_patches, layers.len()));
@@ -125,17 +109,11 @@ pub fn merge_schedule(
 
 impl Reducer for Tome {
     fn sites(&self) -> Vec<Site> {
-        self.schedule
-            .iter()
-            .map(|&(l, _)| Site::MidBlock(l))
-            .collect()
+        self.schedule.iter().map(|&(l, _)| Site::MidBlock(l)).collect()
     }
 
     fn needs(&self, layer: usize) -> Needs {
-        Needs {
-            probs: false,
-            keys: self.schedule.iter().any(|&(l, _)| l == layer),
-        }
+        Needs { probs: false, keys: self.schedule.iter().any(|&(l, _)| l == layer) }
     }
 
     fn proportional_attention(&self) -> bool {
@@ -143,14 +121,8 @@ impl Reducer for Tome {
     }
 
     fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
-        let Site::MidBlock(layer) = view.site else {
-            unreachable!("ToMe acts mid-block")
-        };
-        let r = self
-            .schedule
-            .iter()
-            .find(|&&(l, _)| l == layer)
-            .map_or(0, |&(_, r)| r);
+        let Site::MidBlock(layer) = view.site else { unreachable!("ToMe acts mid-block") };
+        let r = self.schedule.iter().find(|&&(l, _)| l == layer).map_or(0, |&(_, r)| r);
         let keys = view.attn.keys.as_ref().expect("needs() asked for keys");
         let metric = rows(&keys_mean_heads(keys)?)?;
         let m = bipartite_soft_matching(&metric, r, view.state.num_special > 0);
@@ -196,10 +168,11 @@ pub fn bipartite_soft_matching(metric: &[Vec<f32>], r: usize, class_token: bool)
             continue;
         }
         // torch.max returns the first maximal index.
-        let (best, score) = b.iter().enumerate().map(|(j, bj)| (j, dot(ai, bj))).fold(
-            (0, f32::NEG_INFINITY),
-            |acc, (j, s)| if s > acc.1 { (j, s) } else { acc },
-        );
+        let (best, score) = b
+            .iter()
+            .enumerate()
+            .map(|(j, bj)| (j, dot(ai, bj)))
+            .fold((0, f32::NEG_INFINITY), |acc, (j, s)| if s > acc.1 { (j, s) } else { acc });
         node_max.push(score);
         node_idx.push(best);
     }
@@ -210,13 +183,7 @@ pub fn bipartite_soft_matching(metric: &[Vec<f32>], r: usize, class_token: bool)
     if class_token {
         unm_idx.sort_unstable();
     }
-    Matching {
-        unm_idx,
-        src_idx,
-        dst_idx,
-        node_max,
-        num_tokens: t,
-    }
+    Matching { unm_idx, src_idx, dst_idx, node_max, num_tokens: t }
 }
 
 impl Matching {
@@ -242,10 +209,7 @@ impl Matching {
                 scores[2 * i] = s;
             }
         }
-        Plan {
-            groups,
-            scores: Some(scores),
-        }
+        Plan { groups, scores: Some(scores) }
     }
 }
 
@@ -289,10 +253,7 @@ mod tests {
         assert!(s.iter().all(|&(_, r)| r == 14 || r == 15));
         assert_eq!(merge_schedule(256, 14, 10..=11), Err(64));
         // 256 -> 128 -> 64 is reachable in two blocks, if the first takes the most.
-        assert_eq!(
-            merge_schedule(256, 64, 10..=11).unwrap(),
-            [(10, 128), (11, 64)]
-        );
+        assert_eq!(merge_schedule(256, 64, 10..=11).unwrap(), [(10, 128), (11, 64)]);
         assert_eq!(merge_schedule(256, 256, 0..=11).unwrap(), []);
     }
 }

@@ -14,9 +14,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Perceptual colormaps; serde/CLI names are lowercase ("viridis", "magma", "inferno", "turbo", "gray").
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Colormap {
     #[default]
@@ -29,13 +27,8 @@ pub enum Colormap {
 
 impl Colormap {
     /// Every colormap, in the order a UI should list them.
-    pub const ALL: [Colormap; 5] = [
-        Colormap::Viridis,
-        Colormap::Magma,
-        Colormap::Inferno,
-        Colormap::Turbo,
-        Colormap::Gray,
-    ];
+    pub const ALL: [Colormap; 5] =
+        [Colormap::Viridis, Colormap::Magma, Colormap::Inferno, Colormap::Turbo, Colormap::Gray];
 
     /// The lowercase name used by serde and the CLI.
     pub fn name(self) -> &'static str {
@@ -134,10 +127,7 @@ impl FromStr for Colormap {
         if lower == "grey" {
             return Ok(Colormap::Gray);
         }
-        Colormap::ALL
-            .into_iter()
-            .find(|c| c.name() == lower)
-            .ok_or_else(|| UnknownColormap(s.to_owned()))
+        Colormap::ALL.into_iter().find(|c| c.name() == lower).ok_or_else(|| UnknownColormap(s.to_owned()))
     }
 }
 
@@ -178,12 +168,7 @@ mod tests {
         ];
         for (cm, t, want) in cases {
             let got = cm.rgb(t);
-            assert!(
-                close(got, want),
-                "{cm}({t}) = {} want {}",
-                hex(got),
-                hex(want)
-            );
+            assert!(close(got, want), "{cm}({t}) = {} want {}", hex(got), hex(want));
         }
     }
 

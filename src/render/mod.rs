@@ -11,8 +11,6 @@ pub mod text;
 pub mod tokens;
 
 pub use colormap::{Colormap, UnknownColormap};
-pub use overlay::{Heatmap, Norm, OverlayStyle, Placement, overlay, tick_labels};
+pub use overlay::{Heatmap, Norm, OverlayStyle, Placement, overlay, overlay_body, tick_labels};
 pub use png::{RenderError, write_png_atomic};
-pub use tokens::{
-    GroupStyle, TokenGroups, TokenGroupsError, TokenStats, TokensStyle, tokens_overlay,
-};
+pub use tokens::{GroupStyle, TokenGroups, TokenGroupsError, TokenStats, TokensStyle, tokens_body, tokens_overlay};

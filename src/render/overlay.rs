@@ -31,10 +31,7 @@ impl Heatmap {
     /// Value at (`row`, `col`); NaN when out of range (drawn untinted).
     pub fn get(&self, row: usize, col: usize) -> f32 {
         if row < self.rows && col < self.cols {
-            self.values
-                .get(row * self.cols + col)
-                .copied()
-                .unwrap_or(f32::NAN)
+            self.values.get(row * self.cols + col).copied().unwrap_or(f32::NAN)
         } else {
             f32::NAN
         }
@@ -42,14 +39,10 @@ impl Heatmap {
 
     /// Smallest and largest finite values, if any.
     pub fn finite_range(&self) -> Option<(f32, f32)> {
-        self.values
-            .iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .fold(None, |acc, v| match acc {
-                None => Some((v, v)),
-                Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
-            })
+        self.values.iter().copied().filter(|v| v.is_finite()).fold(None, |acc, v| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+        })
     }
 }
 
@@ -103,12 +96,7 @@ pub struct Placement {
 impl Placement {
     /// The heatmap covers exactly the photo (plain resize preprocessing).
     pub fn full(photo_w: u32, photo_h: u32) -> Self {
-        Placement {
-            x0: 0.0,
-            y0: 0.0,
-            x1: photo_w as f32,
-            y1: photo_h as f32,
-        }
+        Placement { x0: 0.0, y0: 0.0, x1: photo_w as f32, y1: photo_h as f32 }
     }
 
     /// The model saw the photo scaled to fit a square canvas, centred, with
@@ -128,12 +116,7 @@ impl Placement {
 
     fn centred_square(photo_w: u32, photo_h: u32, side: f32) -> Self {
         let (cx, cy) = (photo_w as f32 / 2.0, photo_h as f32 / 2.0);
-        Placement {
-            x0: cx - side / 2.0,
-            y0: cy - side / 2.0,
-            x1: cx + side / 2.0,
-            y1: cy + side / 2.0,
-        }
+        Placement { x0: cx - side / 2.0, y0: cy - side / 2.0, x1: cx + side / 2.0, y1: cy + side / 2.0 }
     }
 }
 
@@ -183,13 +166,8 @@ const GRID_ALPHA: f32 = 0.35;
 /// Photo + heatmap blended, plus an optional title strip above and a colour
 /// bar with 3-5 numeric tick labels (the real values of the normalisation
 /// range) and the norm name on the right. Pure function, deterministic output.
-pub fn overlay(
-    photo: &RgbImage,
-    heat: &Heatmap,
-    place: &Placement,
-    style: &OverlayStyle,
-) -> RgbImage {
-    let body = blend(photo, heat, place, style);
+pub fn overlay(photo: &RgbImage, heat: &Heatmap, place: &Placement, style: &OverlayStyle) -> RgbImage {
+    let body = overlay_body(photo, heat, place, style);
     let (bw, bh) = body.dimensions();
     let (lo, hi) = style.norm.resolve(heat);
     let frame = Frame::new(style.max_side, style.title.is_some());
@@ -197,9 +175,7 @@ pub fn overlay(
     let body_x = pad;
     let body_y = pad + frame.title_h;
 
-    let bar = style
-        .colorbar
-        .then(|| ColorBar::layout(lo, hi, style.norm.name(), label_px, bh));
+    let bar = style.colorbar.then(|| ColorBar::layout(lo, hi, style.norm.name(), label_px, bh));
     let right_w = bar.as_ref().map_or(0, |b| pad + b.width());
     let width = body_x + bw + right_w + pad;
     let height = body_y + bh + pad;
@@ -231,17 +207,8 @@ impl Frame {
         let label_px = (max_side as f32 / 512.0 * 13.0).clamp(10.0, 26.0);
         let title_px = label_px * 1.3;
         let pad = (label_px * 0.8).round() as u32;
-        let title_h = if has_title {
-            (text::line_height(title_px) + label_px * 0.4).ceil() as u32
-        } else {
-            0
-        };
-        Frame {
-            label_px,
-            title_px,
-            pad,
-            title_h,
-        }
+        let title_h = if has_title { (text::line_height(title_px) + label_px * 0.4).ceil() as u32 } else { 0 };
+        Frame { label_px, title_px, pad, title_h }
     }
 
     /// Draws `title` in the strip above a body of width `bw` placed at `body_x`,
@@ -253,8 +220,7 @@ impl Frame {
         let shown = text::fit_text(title_px, title, avail);
         let tw = text::text_width(title_px, &shown);
         // Centred over the photo, but never past the canvas edges.
-        let x =
-            (body_x as f32 + (bw as f32 - tw) / 2.0).clamp(pad as f32, (width - pad) as f32 - tw);
+        let x = (body_x as f32 + (bw as f32 - tw) / 2.0).clamp(pad as f32, (width - pad) as f32 - tw);
         text::draw_text(canvas, x.round(), pad as f32, title_px, INK, &shown);
     }
 }
@@ -275,18 +241,15 @@ pub(crate) fn grid_axis(n: u32, photo_n: u32, a0: f32, a1: f32, cells: usize) ->
 }
 
 /// The photo scaled to `max_side`, with the heatmap blended in (no margins).
-fn blend(photo: &RgbImage, heat: &Heatmap, place: &Placement, style: &OverlayStyle) -> RgbImage {
+/// The photo with the heatmap blended in, without title or colour bar (what the app shows).
+pub fn overlay_body(photo: &RgbImage, heat: &Heatmap, place: &Placement, style: &OverlayStyle) -> RgbImage {
     let (pw, ph) = photo.dimensions();
     let mut out = scale_photo(photo, style.max_side.max(1));
     if pw == 0 || ph == 0 || heat.rows == 0 || heat.cols == 0 {
         return out;
     }
     let (w, h) = out.dimensions();
-    let alpha = if style.opacity.is_nan() {
-        0.0
-    } else {
-        style.opacity.clamp(0.0, 1.0)
-    };
+    let alpha = if style.opacity.is_nan() { 0.0 } else { style.opacity.clamp(0.0, 1.0) };
     let (lo, hi) = style.norm.resolve(heat);
     let lut = style.colormap.lut();
 
@@ -313,11 +276,7 @@ fn blend(photo: &RgbImage, heat: &Heatmap, place: &Placement, style: &OverlaySty
             if !inside(x, heat.cols) {
                 continue;
             }
-            let v = if style.smooth {
-                bilinear(heat, x, y)
-            } else {
-                heat.get(y as usize, x as usize)
-            };
+            let v = if style.smooth { bilinear(heat, x, y) } else { heat.get(y as usize, x as usize) };
             if !v.is_finite() {
                 continue;
             }
@@ -361,11 +320,7 @@ pub(crate) fn scale_photo(photo: &RgbImage, max_side: u32) -> RgbImage {
     let s = f64::from(max_side) / f64::from(longest);
     let nw = ((f64::from(w) * s).round() as u32).max(1);
     let nh = ((f64::from(h) * s).round() as u32).max(1);
-    let filter = if s < 1.0 {
-        imageops::FilterType::Triangle
-    } else {
-        imageops::FilterType::CatmullRom
-    };
+    let filter = if s < 1.0 { imageops::FilterType::Triangle } else { imageops::FilterType::CatmullRom };
     imageops::resize(photo, nw, nh, filter)
 }
 
@@ -391,19 +346,10 @@ impl ColorBar {
         let bar_h = height.saturating_sub(norm_h).max(8);
         // As many ticks (5..3) as fit with comfortable spacing.
         let spacing = text::line_height(label_px) * 1.4;
-        let n = (3..=5)
-            .rev()
-            .find(|&n| (n - 1) as f32 * spacing <= bar_h as f32)
-            .unwrap_or(3);
-        let values: Vec<f32> = (0..n)
-            .map(|i| lo + (hi - lo) * i as f32 / (n - 1) as f32)
-            .collect();
+        let n = (3..=5).rev().find(|&n| (n - 1) as f32 * spacing <= bar_h as f32).unwrap_or(3);
+        let values: Vec<f32> = (0..n).map(|i| lo + (hi - lo) * i as f32 / (n - 1) as f32).collect();
         let labels = tick_labels(&values);
-        let label_w = labels
-            .iter()
-            .map(|l| text::text_width(label_px, l).ceil() as u32)
-            .max()
-            .unwrap_or(0);
+        let label_w = labels.iter().map(|l| text::text_width(label_px, l).ceil() as u32).max().unwrap_or(0);
         let norm_name = norm.to_owned();
         let bar_w = (label_px * 1.1).round() as u32;
         let norm_w = text::text_width(norm_px, &norm_name).ceil() as u32;
@@ -412,19 +358,7 @@ impl ColorBar {
         let tick_gap = (label_px * 0.25).round() as u32;
         // The norm name sits under the bar and may be wider than bar + labels.
         let label_w = label_w.max(norm_w.saturating_sub(bar_w + tick_len + tick_gap));
-        ColorBar {
-            lo,
-            hi,
-            ticks,
-            norm_name,
-            label_px,
-            bar_w,
-            bar_h,
-            label_w,
-            tick_len,
-            tick_gap,
-            height,
-        }
+        ColorBar { lo, hi, ticks, norm_name, label_px, bar_w, bar_h, label_w, tick_len, tick_gap, height }
     }
 
     fn width(&self) -> u32 {
@@ -465,14 +399,7 @@ impl ColorBar {
         }
         let norm_px = self.label_px * 0.9;
         let norm_top = (y + self.height) as f32 - text::line_height(norm_px);
-        text::draw_text(
-            img,
-            x as f32,
-            norm_top.round(),
-            norm_px,
-            MUTED_INK,
-            &self.norm_name,
-        );
+        text::draw_text(img, x as f32, norm_top.round(), norm_px, MUTED_INK, &self.norm_name);
     }
 }
 
@@ -480,17 +407,10 @@ impl ColorBar {
 /// ("0.000", "0.003", ...), switching to scientific notation for extreme magnitudes.
 pub fn tick_labels(values: &[f32]) -> Vec<String> {
     let max_abs = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let step = values
-        .windows(2)
-        .map(|w| (w[1] - w[0]).abs())
-        .fold(f32::INFINITY, f32::min);
+    let step = values.windows(2).map(|w| (w[1] - w[0]).abs()).fold(f32::INFINITY, f32::min);
     let clean = |s: String| {
         // "-0.000" reads as a sign bug; print it as "0.000".
-        if s.starts_with('-') && s[1..].chars().all(|c| c == '0' || c == '.') {
-            s[1..].to_owned()
-        } else {
-            s
-        }
+        if s.starts_with('-') && s[1..].chars().all(|c| c == '0' || c == '.') { s[1..].to_owned() } else { s }
     };
     if !step.is_finite() || step <= 0.0 {
         return values.iter().map(|v| clean(format!("{v:.3}"))).collect();
@@ -508,10 +428,7 @@ pub fn tick_labels(values: &[f32]) -> Vec<String> {
     if max_abs < 10.0 {
         decimals = decimals.max(3);
     }
-    values
-        .iter()
-        .map(|v| clean(format!("{v:.decimals$}")))
-        .collect()
+    values.iter().map(|v| clean(format!("{v:.decimals$}"))).collect()
 }
 
 #[cfg(test)]
@@ -520,18 +437,15 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn photo(w: u32, h: u32) -> RgbImage {
-        RgbImage::from_fn(w, h, |x, y| {
-            Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, 120])
-        })
+        RgbImage::from_fn(w, h, |x, y| Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, 120]))
     }
 
     /// Finds the photo inside the figure: the top-left offset and size of the body.
     fn body_origin(style: &OverlayStyle) -> (u32, u32) {
         let label_px = (style.max_side as f32 / 512.0 * 13.0).clamp(10.0, 26.0);
         let pad = (label_px * 0.8).round() as u32;
-        let title_h = style.title.as_ref().map_or(0, |_| {
-            (text::line_height(label_px * 1.3) + label_px * 0.4).ceil() as u32
-        });
+        let title_h =
+            style.title.as_ref().map_or(0, |_| (text::line_height(label_px * 1.3) + label_px * 0.4).ceil() as u32);
         (pad, pad + title_h)
     }
 
@@ -539,12 +453,8 @@ mod tests {
     fn opacity_zero_returns_the_photo() {
         let p = photo(64, 40);
         let heat = Heatmap::new(4, 4, (0..16).map(|i| i as f32).collect());
-        let style = OverlayStyle {
-            opacity: 0.0,
-            max_side: 64,
-            title: Some("opacity zero".into()),
-            ..Default::default()
-        };
+        let style =
+            OverlayStyle { opacity: 0.0, max_side: 64, title: Some("opacity zero".into()), ..Default::default() };
         let out = overlay(&p, &heat, &Placement::letterbox(64, 40), &style);
         let (ox, oy) = body_origin(&style);
         for (x, y, px) in p.enumerate_pixels() {
@@ -556,18 +466,8 @@ mod tests {
     fn outside_the_rect_is_untinted() {
         let p = photo(100, 100);
         let heat = Heatmap::new(2, 2, vec![0.0, 1.0, 2.0, 3.0]);
-        let place = Placement {
-            x0: 50.0,
-            y0: 0.0,
-            x1: 100.0,
-            y1: 100.0,
-        };
-        let style = OverlayStyle {
-            opacity: 1.0,
-            max_side: 100,
-            colorbar: false,
-            ..Default::default()
-        };
+        let place = Placement { x0: 50.0, y0: 0.0, x1: 100.0, y1: 100.0 };
+        let style = OverlayStyle { opacity: 1.0, max_side: 100, colorbar: false, ..Default::default() };
         let out = overlay(&p, &heat, &place, &style);
         let (ox, oy) = body_origin(&style);
         for y in 0..100 {
@@ -584,28 +484,16 @@ mod tests {
         let p = RgbImage::from_pixel(101, 101, Rgb([128, 128, 128]));
         let heat = Heatmap::new(2, 2, vec![0.0, 1.0, 0.3, 0.7]);
         for opacity in [1.0, 0.6] {
-            let style = OverlayStyle {
-                opacity,
-                max_side: 257,
-                colorbar: false,
-                ..Default::default()
-            };
+            let style = OverlayStyle { opacity, max_side: 257, colorbar: false, ..Default::default() };
             let out = overlay(&p, &heat, &Placement::full(101, 101), &style);
             let (ox, oy) = body_origin(&style);
             for y in [0, 60, 128, 200, 256] {
-                let row: BTreeSet<[u8; 3]> =
-                    (0..257).map(|x| out.get_pixel(ox + x, oy + y).0).collect();
+                let row: BTreeSet<[u8; 3]> = (0..257).map(|x| out.get_pixel(ox + x, oy + y).0).collect();
                 assert_eq!(row.len(), 2, "row {y}: {row:?}");
             }
         }
         // Smooth mode blends across the boundary instead.
-        let style = OverlayStyle {
-            opacity: 1.0,
-            max_side: 257,
-            smooth: true,
-            colorbar: false,
-            ..Default::default()
-        };
+        let style = OverlayStyle { opacity: 1.0, max_side: 257, smooth: true, colorbar: false, ..Default::default() };
         let out = overlay(&p, &heat, &Placement::full(101, 101), &style);
         let (ox, oy) = body_origin(&style);
         let row: BTreeSet<[u8; 3]> = (0..257).map(|x| out.get_pixel(ox + x, oy + 60).0).collect();
@@ -616,19 +504,12 @@ mod tests {
     fn grid_lines_mark_cell_borders_only() {
         let p = RgbImage::from_pixel(64, 64, Rgb([0, 0, 0]));
         let heat = Heatmap::new(4, 4, vec![0.0; 16]);
-        let style = OverlayStyle {
-            opacity: 1.0,
-            max_side: 64,
-            grid_lines: true,
-            colorbar: false,
-            ..Default::default()
-        };
+        let style =
+            OverlayStyle { opacity: 1.0, max_side: 64, grid_lines: true, colorbar: false, ..Default::default() };
         let out = overlay(&p, &heat, &Placement::full(64, 64), &style);
         let (ox, oy) = body_origin(&style);
         let fill = out.get_pixel(ox + 5, oy + 5).0;
-        let lines: Vec<u32> = (0..64)
-            .filter(|&x| out.get_pixel(ox + x, oy + 5).0 != fill)
-            .collect();
+        let lines: Vec<u32> = (0..64).filter(|&x| out.get_pixel(ox + x, oy + 5).0 != fill).collect();
         assert_eq!(lines, vec![16, 32, 48]);
     }
 
@@ -636,11 +517,7 @@ mod tests {
     fn deterministic_and_sized() {
         let p = photo(451, 300);
         let heat = Heatmap::new(16, 16, (0..256).map(|i| (i as f32 * 0.37).sin()).collect());
-        let style = OverlayStyle {
-            title: Some("t".into()),
-            grid_lines: true,
-            ..Default::default()
-        };
+        let style = OverlayStyle { title: Some("t".into()), grid_lines: true, ..Default::default() };
         let a = overlay(&p, &heat, &Placement::letterbox(451, 300), &style);
         let b = overlay(&p, &heat, &Placement::letterbox(451, 300), &style);
         assert_eq!(a, b);
@@ -651,38 +528,15 @@ mod tests {
     fn degenerate_inputs_do_not_panic() {
         let p = photo(30, 20);
         let style = OverlayStyle::default();
-        let empty = Heatmap {
-            rows: 0,
-            cols: 0,
-            values: vec![],
-        };
+        let empty = Heatmap { rows: 0, cols: 0, values: vec![] };
         overlay(&p, &empty, &Placement::full(30, 20), &style);
         let constant = Heatmap::new(2, 2, vec![5.0; 4]);
         overlay(&p, &constant, &Placement::full(30, 20), &style);
         let nan = Heatmap::new(1, 2, vec![f32::NAN, f32::INFINITY]);
-        overlay(
-            &p,
-            &nan,
-            &Placement {
-                x0: 3.0,
-                y0: 3.0,
-                x1: 3.0,
-                y1: 9.0,
-            },
-            &style,
-        );
-        let short = Heatmap {
-            rows: 3,
-            cols: 3,
-            values: vec![1.0],
-        };
+        overlay(&p, &nan, &Placement { x0: 3.0, y0: 3.0, x1: 3.0, y1: 9.0 }, &style);
+        let short = Heatmap { rows: 3, cols: 3, values: vec![1.0] };
         overlay(&p, &short, &Placement::full(30, 20), &style);
-        overlay(
-            &RgbImage::new(0, 0),
-            &constant,
-            &Placement::full(0, 0),
-            &style,
-        );
+        overlay(&RgbImage::new(0, 0), &constant, &Placement::full(0, 0), &style);
     }
 
     #[test]
@@ -690,14 +544,7 @@ mod tests {
         let heat = Heatmap::new(1, 3, vec![0.5, f32::NAN, 2.0]);
         assert_eq!(Norm::MinMax.resolve(&heat), (0.5, 2.0));
         assert_eq!(Norm::Range { lo: 1.0, hi: 0.0 }.resolve(&heat), (0.0, 1.0));
-        assert_eq!(
-            Norm::Range {
-                lo: f32::NAN,
-                hi: 1.0
-            }
-            .resolve(&heat),
-            (0.5, 2.0)
-        );
+        assert_eq!(Norm::Range { lo: f32::NAN, hi: 1.0 }.resolve(&heat), (0.5, 2.0));
         let (lo, hi) = Norm::MinMax.resolve(&Heatmap::new(1, 1, vec![3.0]));
         assert!(lo < 3.0 && hi > 3.0);
     }
@@ -712,23 +559,11 @@ mod tests {
 
     #[test]
     fn tick_label_formats() {
-        assert_eq!(
-            tick_labels(&[0.0, 0.003, 0.006, 0.009, 0.012]),
-            ["0.000", "0.003", "0.006", "0.009", "0.012"]
-        );
-        assert_eq!(
-            tick_labels(&[0.0, 0.25, 0.5, 0.75, 1.0]),
-            ["0.000", "0.250", "0.500", "0.750", "1.000"]
-        );
+        assert_eq!(tick_labels(&[0.0, 0.003, 0.006, 0.009, 0.012]), ["0.000", "0.003", "0.006", "0.009", "0.012"]);
+        assert_eq!(tick_labels(&[0.0, 0.25, 0.5, 0.75, 1.0]), ["0.000", "0.250", "0.500", "0.750", "1.000"]);
         assert_eq!(tick_labels(&[0.0, 50.0, 100.0]), ["0", "50", "100"]);
-        assert_eq!(
-            tick_labels(&[-0.00001, 0.5, 1.0]),
-            ["0.000", "0.500", "1.000"]
-        );
-        assert_eq!(
-            tick_labels(&[1e-7, 2e-7, 3e-7]),
-            ["1.00e-7", "2.00e-7", "3.00e-7"]
-        );
+        assert_eq!(tick_labels(&[-0.00001, 0.5, 1.0]), ["0.000", "0.500", "1.000"]);
+        assert_eq!(tick_labels(&[1e-7, 2e-7, 3e-7]), ["1.00e-7", "2.00e-7", "3.00e-7"]);
         let odd = tick_labels(&[0.0123, 0.0456, 0.0789]);
         assert_eq!(odd.iter().collect::<BTreeSet<_>>().len(), 3, "{odd:?}");
     }

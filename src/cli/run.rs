@@ -1,0 +1,72 @@
+//! `tokenlens run`: one reducer on one image, with its pictures and `run.json`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use tokenlens::render::Colormap;
+use tokenlens::session::RunSpec;
+use tokenlens::{Cancel, figures};
+
+use super::{ModelArgs, write_json, write_png};
+
+pub fn run(image: &Path, model: &ModelArgs, spec: &RunSpec, colormap: Colormap, out: &Path) -> anyhow::Result<()> {
+    let session = model.load()?;
+    let input = session.open_image(image)?;
+    let full = session.full_run(&input.prepared.pixels, &Cancel::default())?;
+    let result = session.run(&full, spec, &Cancel::default())?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {out:?}"))?;
+
+    let grid = [full.states[0].grid.0, full.states[0].grid.1];
+    let mut json = serde_json::to_value(&result)?;
+    let extra = serde_json::json!({
+        "model": session.model.id,
+        "weights_sha256": session.model.weights_sha256,
+        "image": { "path": image, "sha256": input.sha256 },
+        "grid": grid,
+        "reducer": result.spec.reducer.name(),
+        "paper": result.spec.reducer.info().paper,
+    });
+    json.as_object_mut().expect("a run serialises to an object").extend(extra.as_object().cloned().unwrap_or_default());
+    write_json(&out.join("run.json"), &json)?;
+
+    write_png(&out.join("tokens.png"), &figures::tokens(&input, grid, &result, 512))?;
+    if let Some(scores) = figures::scores(&input, grid, &result, colormap, 512) {
+        write_png(&out.join("scores.png"), &scores)?;
+    }
+    let pair = figures::side_by_side(
+        &[
+            figures::saliency(&input, &full.saliency, "Saliency, full model".into(), colormap, 448),
+            figures::saliency(
+                &input,
+                &result.output,
+                format!("Saliency, {}", figures::run_title(&result)),
+                colormap,
+                448,
+            ),
+        ],
+        16,
+    );
+    write_png(&out.join("saliency_full_vs_reduced.png"), &pair)?;
+
+    let f = &result.fidelity;
+    println!(
+        "{}: kept {} tokens; saliency L1 {:.4}, Pearson {:.3}, top-20% IoU {:.3}; CLS cosine {:.4}; \
+         {:.2} of {:.2} GFLOPs; {:.0} ms (full run {:.0} ms). Wrote run.json, tokens.png, {}saliency_full_vs_reduced.png to {}",
+        figures::run_title(&result),
+        result.groups.len(),
+        f.saliency_l1,
+        f.saliency_pearson,
+        f.saliency_iou_top20,
+        f.cls_cosine,
+        result.flops / 1e9,
+        result.flops_full / 1e9,
+        result.timings_ms.run_ms,
+        result.timings_ms.full_ms,
+        if result.scores.is_some() { "scores.png, " } else { "" },
+        out.display()
+    );
+    if let Some(caveat) = result.spec.reducer.info().caveat {
+        println!("note: {caveat}");
+    }
+    Ok(())
+}

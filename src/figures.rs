@@ -1,0 +1,142 @@
+//! The pictures of an analysis or a reduced run, built from session results with `render`.
+//! The CLI writes them and the app shows them, so both always agree.
+
+use image::RgbImage;
+
+use crate::reduce::ReducerConfig;
+use crate::render::{self, Colormap, GroupStyle, Heatmap, Norm, OverlayStyle, Placement, TokenGroups, TokensStyle};
+use crate::session::{self, ImageInput, Output, RunResult};
+
+/// Where the model's square canvas lies over the photo.
+pub fn placement(input: &ImageInput) -> Placement {
+    let (x0, y0, x1, y1) =
+        session::canvas_in_photo(&input.prepared.content, input.photo.dimensions(), input.prepared.canvas.width());
+    Placement { x0, y0, x1, y1 }
+}
+
+/// A per-patch map (attention, scores, norms) over the photo: crisp cells, min-max colour bar.
+pub fn grid_map(
+    input: &ImageInput,
+    grid: [usize; 2],
+    values: &[f32],
+    title: String,
+    colormap: Colormap,
+    opacity: f32,
+    max_side: u32,
+) -> RgbImage {
+    let heat = Heatmap { rows: grid[0], cols: grid[1], values: values.to_vec() };
+    let style = OverlayStyle { colormap, opacity, title: Some(title), max_side, ..OverlayStyle::default() };
+    render::overlay(&input.photo, &heat, &placement(input), &style)
+}
+
+/// [`grid_map`] without title or colour bar: what the app shows (it draws its own legend).
+pub fn grid_map_body(
+    input: &ImageInput,
+    grid: [usize; 2],
+    values: &[f32],
+    colormap: Colormap,
+    opacity: f32,
+    max_side: u32,
+) -> RgbImage {
+    let heat = Heatmap { rows: grid[0], cols: grid[1], values: values.to_vec() };
+    let style = OverlayStyle { colormap, opacity, title: None, colorbar: false, max_side, ..OverlayStyle::default() };
+    render::overlay_body(&input.photo, &heat, &placement(input), &style)
+}
+
+/// The saliency body on the fixed 0..1 scale, without title or colour bar.
+pub fn saliency_body(input: &ImageInput, output: &Output, colormap: Colormap, max_side: u32) -> RgbImage {
+    let heat = Heatmap { rows: output.shape[0], cols: output.shape[1], values: output.values.clone() };
+    let style = OverlayStyle {
+        colormap,
+        opacity: 0.6,
+        norm: Norm::Range { lo: 0.0, hi: 1.0 },
+        title: None,
+        colorbar: false,
+        max_side,
+        smooth: true,
+        ..OverlayStyle::default()
+    };
+    render::overlay_body(&input.photo, &heat, &placement(input), &style)
+}
+
+/// [`tokens`] without title or legend.
+pub fn tokens_body(input: &ImageInput, grid: [usize; 2], run: &RunResult, max_side: u32) -> RgbImage {
+    let groups =
+        TokenGroups::from_groups(grid[0], grid[1], &run.groups).expect("a run's groups are disjoint and on the grid");
+    let style = if run.spec.reducer.info().merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
+    render::tokens_body(
+        &input.photo,
+        &groups,
+        &placement(input),
+        &TokensStyle { style, max_side, ..TokensStyle::default() },
+    )
+}
+
+/// The saliency output over the photo, on the fixed 0..1 scale so maps compare directly.
+pub fn saliency(input: &ImageInput, output: &Output, title: String, colormap: Colormap, max_side: u32) -> RgbImage {
+    let heat = Heatmap { rows: output.shape[0], cols: output.shape[1], values: output.values.clone() };
+    let style = OverlayStyle {
+        colormap,
+        opacity: 0.6,
+        norm: Norm::Range { lo: 0.0, hi: 1.0 },
+        title: Some(title),
+        max_side,
+        smooth: true,
+        ..OverlayStyle::default()
+    };
+    render::overlay(&input.photo, &heat, &placement(input), &style)
+}
+
+/// "ToMe, 66.7 % removed (85 of 256)".
+pub fn run_title(run: &RunResult) -> String {
+    format!("{}, {}", run.spec.reducer.info().label, run.spec.budget.describe(run.num_patches))
+}
+
+/// Which patches survive and how they group: merge methods as filled groups (ToMe's figure),
+/// pruning methods as kept versus faded dropped patches.
+pub fn tokens(input: &ImageInput, grid: [usize; 2], run: &RunResult, max_side: u32) -> RgbImage {
+    let groups =
+        TokenGroups::from_groups(grid[0], grid[1], &run.groups).expect("a run's groups are disjoint and on the grid");
+    let style = if run.spec.reducer.info().merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
+    let tokens_style = TokensStyle { style, title: Some(run_title(run)), max_side, ..TokensStyle::default() };
+    render::tokens_overlay(&input.photo, &groups, &placement(input), &tokens_style)
+}
+
+/// The method's own score per patch (attention, energy, coverage...), if it has one.
+pub fn scores(
+    input: &ImageInput,
+    grid: [usize; 2],
+    run: &RunResult,
+    colormap: Colormap,
+    max_side: u32,
+) -> Option<RgbImage> {
+    let scores = run.scores.as_ref()?;
+    let values: Vec<f32> = scores.iter().map(|s| s.unwrap_or(f32::NAN)).collect();
+    let title = format!("{} score: {}", run.spec.reducer.info().label, score_name(&run.spec.reducer));
+    Some(grid_map(input, grid, &values, title, colormap, 0.6, max_side))
+}
+
+/// What a method's score means, for legends.
+pub fn score_name(reducer: &ReducerConfig) -> &'static str {
+    match reducer {
+        ReducerConfig::Tome(_) => "best-match key similarity (first merging block)",
+        ReducerConfig::Pitome(_) => "energy (first merging block)",
+        ReducerConfig::Evit(_) | ReducerConfig::ClsTopk(_) => "CLS attention",
+        ReducerConfig::Hiprune(_) => "attention received at the object layer",
+        ReducerConfig::Divprune(_) => "distance to the nearest kept token",
+        ReducerConfig::Random(_) | ReducerConfig::Pool(_) => "none",
+    }
+}
+
+/// Images side by side on white, top-aligned, with a gap.
+pub fn side_by_side(images: &[RgbImage], gap: u32) -> RgbImage {
+    let width = images.iter().map(|i| i.width()).sum::<u32>() + gap * images.len().saturating_sub(1) as u32;
+    let height = images.iter().map(|i| i.height()).max().unwrap_or(0);
+    let mut out = RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    let mut x = 0;
+    for img in images {
+        image::imageops::replace(&mut out, img, i64::from(x), 0);
+        x += img.width() + gap;
+    }
+    out
+}
