@@ -35,7 +35,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                         }
                     }
                 });
-                if n > 2 && ui.small_button("✕").on_hover_text("remove").clicked() {
+                if n > 2 && ui.small_button("remove").on_hover_text("remove this method").clicked() {
                     remove = Some(i);
                 }
             });

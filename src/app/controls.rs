@@ -49,7 +49,7 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         }
         let recent = app.settings.recent.clone();
         ui.add_enabled_ui(!recent.is_empty(), |ui| {
-            ui.menu_button("Recent ▾", |ui| {
+            ui.menu_button("Recent", |ui| {
                 for path in recent {
                     if ui.button(path.display().to_string()).clicked() {
                         app.open(path);
@@ -85,7 +85,7 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let num_layers = app.num_layers();
     params_ui(ui, &mut app.settings.spec.reducer, num_layers);
     ui.horizontal(|ui| {
-        ui.label("Dropped patches →").on_hover_text("What the saliency head sees where no token survives");
+        ui.label("Dropped patches").on_hover_text("What the saliency head sees where no token survives");
         ui.radio_value(&mut app.settings.spec.fill, DropFill::Zeros, "zeros");
         ui.radio_value(&mut app.settings.spec.fill, DropFill::MeanToken, "mean token");
     });
@@ -139,7 +139,7 @@ fn budget_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         for p in PRESETS_REMOVED {
             let label = format!("{:.1}", 100.0 * p);
             let on = (app.settings.spec.budget.removed_fraction(NUM_PATCHES) - p).abs() < 1e-9;
-            if ui.selectable_label(on, label).on_hover_text("preset (← / →)").clicked() {
+            if ui.selectable_label(on, label).on_hover_text("preset (Left / Right arrow)").clicked() {
                 app.settings.spec.budget = Budget::RemoveFraction(p);
             }
         }

