@@ -202,6 +202,8 @@ pub struct TokenlensApp {
     screenshot: Option<PathBuf>,
     screenshot_requested: bool,
     screenshot_done: Arc<std::sync::atomic::AtomicBool>,
+    /// The open file dialog's answer, while it is shown.
+    dialog: Option<std::sync::mpsc::Receiver<Option<PathBuf>>>,
     /// What was last written to the settings file, and when (saves are throttled).
     saved: (Settings, Instant),
     persist: bool,
@@ -236,6 +238,7 @@ impl TokenlensApp {
             screenshot: None,
             screenshot_requested: false,
             screenshot_done: Arc::default(),
+            dialog: None,
             saved: (settings_copy, Instant::now()),
             persist: false,
         };
@@ -303,10 +306,31 @@ impl TokenlensApp {
         self.worker.submit(Job::Open(source));
     }
 
+    /// Shows the file dialog on its own thread (it runs as long as the user looks at it; the
+    /// window keeps drawing meanwhile); the answer is picked up in [`Self::poll_dialog`].
     pub fn open_dialog(&mut self) {
-        let picked = rfd::FileDialog::new().add_filter("Images", &["png", "jpg", "jpeg"]).pick_file();
-        if let Some(path) = picked {
-            self.open(path);
+        if self.dialog.is_some() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let picked = rfd::FileDialog::new().add_filter("Images", &["png", "jpg", "jpeg"]).pick_file();
+            tx.send(picked).ok(); // Err only if the app has closed
+        });
+        self.dialog = Some(rx);
+    }
+
+    fn poll_dialog(&mut self) {
+        let Some(rx) = &self.dialog else { return };
+        match rx.try_recv() {
+            Ok(picked) => {
+                self.dialog = None;
+                if let Some(path) = picked {
+                    self.open(path);
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => self.dialog = None,
         }
     }
 
@@ -459,6 +483,10 @@ impl eframe::App for TokenlensApp {
             self.open(path);
         }
         self.shortcuts(&ctx);
+        self.poll_dialog();
+        if self.dialog.is_some() {
+            ctx.request_repaint_after(std::time::Duration::from_millis(200)); // to see its answer
+        }
 
         egui::Panel::top("tabs").show(ui, |ui| self.top_bar_ui(ui));
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
@@ -571,4 +599,47 @@ pub fn run(
         }),
     )
     .map_err(|e| format!("could not open a window: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_answers_are_dropped() {
+        let mut slot: Slot<u32> = Slot::default();
+        slot.submitted(1);
+        slot.submitted(2); // the slider moved again before the first answer came
+        slot.answer(1, 10);
+        assert_eq!(slot.value, None);
+        assert!(slot.pending);
+        slot.answer(2, 20);
+        assert_eq!(slot.value, Some(20));
+        assert!(!slot.pending && slot.latency_ms.is_some());
+    }
+
+    #[test]
+    fn recent_files_are_unique_newest_first_and_bounded() {
+        let mut s = Settings::default();
+        for i in 0..10 {
+            s.remember(PathBuf::from(format!("/img/{i}.png")));
+        }
+        s.remember(PathBuf::from("/img/5.png"));
+        assert_eq!(s.recent.len(), 8);
+        assert_eq!(s.recent[0], PathBuf::from("/img/5.png"));
+        assert_eq!(s.recent.iter().filter(|p| p.ends_with("5.png")).count(), 1);
+    }
+
+    #[test]
+    fn settings_round_trip_and_compare_shares_the_budget() {
+        let mut s = Settings::default();
+        s.spec.budget = Budget::RemoveFraction(0.5);
+        let back: Settings = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        assert!(s.compare_specs().iter().all(|spec| spec.budget == s.spec.budget && spec.fill == s.spec.fill));
+        // A settings file from an older version still loads: missing fields take defaults.
+        let partial: Settings = serde_json::from_str(r#"{"opacity": 0.25}"#).unwrap();
+        assert_eq!(partial.opacity, 0.25);
+        assert_eq!(partial.compare.len(), 4);
+    }
 }

@@ -249,3 +249,45 @@ pub fn colorbar_ui(ui: &mut egui::Ui, colormap: Colormap, lo: f32, hi: f32) {
     ui.label(egui::RichText::new(format!("{hi:.3}")).small().monospace());
     ui.label(egui::RichText::new("min-max").small().weak());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::preprocess;
+
+    fn input(w: u32, h: u32) -> ImageInput {
+        let photo = image::RgbImage::from_pixel(w, h, image::Rgb([90, 120, 150]));
+        let prepared = preprocess::prepare(&photo, 224, &candle_core::Device::Cpu).unwrap();
+        ImageInput { photo, prepared, sha256: String::new() }
+    }
+
+    #[test]
+    fn the_pointer_maps_to_the_patch_under_it() {
+        // A 448 x 224 photo sits in the middle rows of the canvas: the 16 x 16 grid covers
+        // y from -112 to 336 in photo pixels, so the photo shows grid rows 4..12.
+        let input = input(448, 224);
+        let rect = Rect::from_min_size(Pos2::new(100.0, 50.0), egui::vec2(448.0, 224.0)); // 1 px per photo px
+        let at = |x: f32, y: f32| patch_at(&input, [16, 16], rect, Pos2::new(100.0 + x, 50.0 + y));
+        assert_eq!(at(0.5, 0.5), Some(4 * 16));
+        assert_eq!(at(447.5, 223.5), Some(11 * 16 + 15));
+        assert_eq!(at(28.5, 0.5), Some(4 * 16 + 1)); // 28 photo px = one 14 px canvas cell
+        assert_eq!(at(-1.0, 10.0), None);
+        // And back: a patch's screen rectangle contains the point that found it.
+        let r = patch_rect(&input, [16, 16], rect, 4 * 16 + 1);
+        assert!(r.contains(Pos2::new(128.5, 50.5)), "{r:?}");
+    }
+
+    #[test]
+    fn the_tooltip_tells_value_rank_and_fate() {
+        let map = ValueMap { title: "CLS attention, layer 3".into(), values: vec![0.1, 0.4, 0.2, 0.3] };
+        let text = patch_info(2, [2, 2], Some(&map), None);
+        assert!(text.contains("patch 2  (row 1, col 0)"), "{text}");
+        assert!(text.contains("CLS attention: 0.20000  (rank 3 of 4)"), "{text}");
+    }
+
+    #[test]
+    fn colour_range_ignores_missing_values() {
+        assert_eq!(finite_range(&[f32::NAN, 0.5, -1.0, f32::INFINITY]), Some((-1.0, 0.5)));
+        assert_eq!(finite_range(&[f32::NAN]), None);
+    }
+}
