@@ -10,6 +10,7 @@ pub mod app;
 pub mod atomic;
 pub mod cancel;
 pub mod error;
+pub mod export;
 pub mod figures;
 pub mod model;
 pub mod reduce;

@@ -17,11 +17,18 @@ use std::time::Instant;
 use eframe::egui;
 use serde::{Deserialize, Serialize};
 
+use crate::export::{self, Figure, View};
 use crate::model::ModelSource;
 use crate::reduce::{Budget, ReducerConfig};
 use crate::render::Colormap;
 use crate::session::{RunResult, RunSpec};
-pub use worker::{Event, ImageSource, Job, Opened, WorkerHandle};
+pub use worker::{Event, ImageSource, Job, Look, Opened, WorkerHandle};
+
+/// What the file dialog on screen is for.
+enum Dialog {
+    Open,
+    Export(Figure),
+}
 
 /// The bundled sample photo the app opens with.
 pub const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
@@ -202,8 +209,10 @@ pub struct TokenlensApp {
     screenshot: Option<PathBuf>,
     screenshot_requested: bool,
     screenshot_done: Arc<std::sync::atomic::AtomicBool>,
-    /// The open file dialog's answer, while it is shown.
-    dialog: Option<std::sync::mpsc::Receiver<Option<PathBuf>>>,
+    /// The file dialog on screen (what it is for, and its answer to come).
+    dialog: Option<(Dialog, std::sync::mpsc::Receiver<Option<PathBuf>>)>,
+    /// An export waiting for "replace the existing file?".
+    confirm_overwrite: Option<(Figure, PathBuf)>,
     /// What was last written to the settings file, and when (saves are throttled).
     saved: (Settings, Instant),
     persist: bool,
@@ -239,6 +248,7 @@ impl TokenlensApp {
             screenshot_requested: false,
             screenshot_done: Arc::default(),
             dialog: None,
+            confirm_overwrite: None,
             saved: (settings_copy, Instant::now()),
             persist: false,
         };
@@ -286,6 +296,9 @@ impl TokenlensApp {
                     self.drift.sort_by(|a, b| a[0].total_cmp(&b[0]));
                 }
             }
+            Event::Exported(figure, sidecar) => {
+                self.status = format!("Exported {} (sidecar {})", figure.display(), sidecar.display());
+            }
             Event::Failed(message) => {
                 self.opening = false;
                 self.run.pending = false;
@@ -309,28 +322,114 @@ impl TokenlensApp {
     /// Shows the file dialog on its own thread (it runs as long as the user looks at it; the
     /// window keeps drawing meanwhile); the answer is picked up in [`Self::poll_dialog`].
     pub fn open_dialog(&mut self) {
+        self.show_dialog(Dialog::Open, || {
+            rfd::FileDialog::new().add_filter("Images", &["png", "jpg", "jpeg"]).pick_file()
+        });
+    }
+
+    /// Asks where to save `figure` (a PNG or an SVG, with its sidecar beside it).
+    pub fn export_dialog(&mut self, figure: Figure, default_name: &str) {
+        if self.opened.is_none() {
+            return;
+        }
+        let name = default_name.to_string();
+        self.show_dialog(Dialog::Export(figure), move || {
+            rfd::FileDialog::new()
+                .add_filter("SVG (vector)", &["svg"])
+                .add_filter("PNG", &["png"])
+                .set_file_name(name)
+                .save_file()
+        });
+    }
+
+    fn show_dialog(&mut self, purpose: Dialog, pick: impl FnOnce() -> Option<PathBuf> + Send + 'static) {
         if self.dialog.is_some() {
             return;
         }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let picked = rfd::FileDialog::new().add_filter("Images", &["png", "jpg", "jpeg"]).pick_file();
-            tx.send(picked).ok(); // Err only if the app has closed
+            tx.send(pick()).ok(); // Err only if the app has closed
         });
-        self.dialog = Some(rx);
+        self.dialog = Some((purpose, rx));
+    }
+
+    /// The figure of what the main view shows now.
+    pub fn current_figure(&self) -> Figure {
+        let s = &self.settings;
+        let head = match s.head {
+            Head::Mean => None,
+            Head::One(h) => Some(h),
+        };
+        let (view, needs_run) = match s.overlay {
+            Overlay::Attention => (View::Attention { layer: s.layer, head }, false),
+            Overlay::Rollout => (View::Rollout, false),
+            Overlay::TokenNorms => (View::TokenNorms { layer: s.layer }, false),
+            Overlay::Scores => (View::Scores, true),
+            Overlay::Tokens => (View::Tokens, true),
+        };
+        Figure::Panel { view, run: needs_run.then(|| s.spec.clone()) }
+    }
+
+    /// Rows = the compare view's methods, columns = the presets, with the output rows.
+    pub fn compare_figure(&self) -> Figure {
+        Figure::Grid {
+            methods: self.settings.compare.clone(),
+            budgets: crate::reduce::budget::PRESETS_REMOVED.iter().map(|&f| Budget::RemoveFraction(f)).collect(),
+            output_row: true,
+            fill: self.settings.spec.fill,
+            positions: self.settings.spec.positions,
+        }
+    }
+
+    fn submit_export(&mut self, figure: Figure, path: PathBuf, force: bool) {
+        self.status = format!("Exporting {}…", path.display());
+        let look = Look { colormap: self.settings.colormap, opacity: self.settings.opacity };
+        self.worker.submit(Job::Export { figure, look, path, force });
+    }
+
+    /// Asks before replacing an existing figure or sidecar.
+    fn overwrite_ui(&mut self, ctx: &egui::Context) {
+        let Some((figure, path)) = self.confirm_overwrite.clone() else { return };
+        let mut answer = None;
+        egui::Modal::new(egui::Id::unique("tokenlens-overwrite")).show(ctx, |ui| {
+            ui.heading("Replace the existing figure?");
+            ui.label(format!("{} or its sidecar {} exists.", path.display(), export::sidecar_path(&path).display()));
+            ui.horizontal(|ui| {
+                if ui.button("Replace").clicked() {
+                    answer = Some(true);
+                }
+                if ui.button("Cancel").clicked() {
+                    answer = Some(false);
+                }
+            });
+        });
+        if let Some(replace) = answer {
+            self.confirm_overwrite = None;
+            if replace {
+                self.submit_export(figure, path, true);
+            }
+        }
     }
 
     fn poll_dialog(&mut self) {
-        let Some(rx) = &self.dialog else { return };
-        match rx.try_recv() {
-            Ok(picked) => {
-                self.dialog = None;
-                if let Some(path) = picked {
-                    self.open(path);
+        let Some((_, rx)) = &self.dialog else { return };
+        let picked = match rx.try_recv() {
+            Ok(picked) => picked,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+        };
+        let (purpose, _) = self.dialog.take().expect("checked above");
+        let Some(path) = picked else { return };
+        match purpose {
+            Dialog::Open => self.open(path),
+            Dialog::Export(figure) => {
+                let path = if path.extension().is_none() { path.with_extension("svg") } else { path };
+                if path.exists() || export::sidecar_path(&path).exists() {
+                    self.confirm_overwrite = Some((figure, path));
+                } else {
+                    self.submit_export(figure, path, false);
                 }
             }
-            Err(std::sync::mpsc::TryRecvError::Empty) => {}
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => self.dialog = None,
         }
     }
 
@@ -379,6 +478,12 @@ impl TokenlensApp {
         if pressed(Modifiers::COMMAND, Key::O) {
             self.open_dialog();
         }
+        if pressed(Modifiers::COMMAND, Key::E) {
+            match self.tab {
+                Tab::Single => self.export_dialog(self.current_figure(), "tokenlens-figure.svg"),
+                Tab::Compare => self.export_dialog(self.compare_figure(), "tokenlens-grid.svg"),
+            }
+        }
         if pressed(Modifiers::NONE, Key::F1) {
             self.show_help = !self.show_help;
         }
@@ -426,6 +531,7 @@ impl TokenlensApp {
                         ("1 to 5", "overlay: attention, rollout, score, tokens, norms"),
                         ("F2", "single / compare view"),
                         ("Ctrl+T", "light / dark theme"),
+                        ("Ctrl+E", "export the view (or the compare grid) as SVG or PNG"),
                         ("drag, scroll", "pan and zoom the image; double-click to reset"),
                         ("F1", "this help"),
                     ] {
@@ -505,6 +611,7 @@ impl eframe::App for TokenlensApp {
             }
         }
         self.help_ui(&ctx);
+        self.overwrite_ui(&ctx);
         self.submit_changes();
         self.persist_settings(false);
         self.screenshot_step(&ctx);
@@ -535,6 +642,18 @@ impl TokenlensApp {
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 if ui.button("?").on_hover_text("Keyboard shortcuts (F1)").clicked() {
                     self.show_help = !self.show_help;
+                }
+                let (label, hint) = match self.tab {
+                    Tab::Single => {
+                        ("Export figure…", "The view as SVG or PNG, with a sidecar that re-makes it (Ctrl+E)")
+                    }
+                    Tab::Compare => ("Export grid…", "Methods x presets with their outputs, as SVG or PNG (Ctrl+E)"),
+                };
+                if ui.add_enabled(self.opened.is_some(), egui::Button::new(label)).on_hover_text(hint).clicked() {
+                    match self.tab {
+                        Tab::Single => self.export_dialog(self.current_figure(), "tokenlens-figure.svg"),
+                        Tab::Compare => self.export_dialog(self.compare_figure(), "tokenlens-grid.svg"),
+                    }
                 }
                 let theme = if self.settings.dark { "Light theme" } else { "Dark theme" };
                 if ui.button(theme).on_hover_text("Ctrl+T").clicked() {

@@ -7,10 +7,11 @@
 //! waits for it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
+use crate::export::{self, ExportSpec, Figure, Format};
 use crate::model::ModelSource;
 use crate::reduce::Budget;
 use crate::session::{Analysis, FullRun, ImageInput, RunResult, RunSpec, Session};
@@ -41,6 +42,20 @@ pub enum Job {
         spec: RunSpec,
         ratios: Vec<f64>,
     },
+    /// Write a figure of the current image and its sidecar.
+    Export {
+        figure: Figure,
+        look: Look,
+        path: PathBuf,
+        force: bool,
+    },
+}
+
+/// How an exported figure looks (the rest of its spec comes from the worker's state).
+#[derive(Debug, Clone, Copy)]
+pub struct Look {
+    pub colormap: crate::render::Colormap,
+    pub opacity: f32,
 }
 
 /// One opened image, shared with the UI.
@@ -70,6 +85,8 @@ pub enum Event {
         removed: f64,
         l1: f64,
     },
+    /// A figure was written (figure path, sidecar path).
+    Exported(PathBuf, PathBuf),
     Failed(String),
 }
 
@@ -104,7 +121,7 @@ impl WorkerHandle {
             Job::Open(_) => Some(Kind::Open),
             Job::Reduce { .. } => Some(Kind::Reduce),
             Job::Compare { .. } => Some(Kind::Compare),
-            Job::Drift { .. } => None,
+            Job::Drift { .. } | Job::Export { .. } => None,
         };
         let cancel = match slot {
             Some(kind) => {
@@ -128,6 +145,9 @@ struct Worker<W: Fn()> {
     drift: Option<DriftWork>,
     /// Reduced runs of the current image by (spec with the resolved token count).
     results: HashMap<String, Arc<RunResult>>,
+    /// The current image and its checksum, for export sidecars.
+    source: Option<(ImageSource, String)>,
+    exports: Vec<(Job, Cancel)>,
 }
 
 /// Reduced runs kept per image (each ~0.3 MB).
@@ -149,6 +169,8 @@ impl<W: Fn()> Worker<W> {
             queued: Default::default(),
             drift: None,
             results: HashMap::new(),
+            source: None,
+            exports: Vec::new(),
         };
         let loaded = Session::load(&model, &mut |line| worker_say(&worker.events, &worker.wake, line));
         match loaded {
@@ -169,7 +191,7 @@ impl<W: Fn()> Worker<W> {
     fn serve(mut self, jobs: Receiver<(Job, Cancel)>) {
         loop {
             // Block only when there is nothing at all to do.
-            let idle = self.queued.iter().all(Option::is_none) && self.drift.is_none();
+            let idle = self.queued.iter().all(Option::is_none) && self.drift.is_none() && self.exports.is_empty();
             let next = if idle {
                 match jobs.recv() {
                     Ok(j) => Some(j),
@@ -208,12 +230,17 @@ impl<W: Fn()> Worker<W> {
             }
             Job::Reduce { .. } => self.queued[Kind::Reduce as usize] = Some((job, cancel)),
             Job::Compare { .. } => self.queued[Kind::Compare as usize] = Some((job, cancel)),
+            Job::Export { .. } => self.exports.push((job, cancel)),
         }
     }
 
-    /// Opening first (later jobs need its full run), then the slider's run, then comparisons.
+    /// Opening first (later jobs need its full run), then the slider's run, then comparisons,
+    /// then exports (asked for once, never superseded).
     fn take_next(&mut self) -> Option<(Job, Cancel)> {
-        self.queued.iter_mut().find_map(Option::take)
+        self.queued
+            .iter_mut()
+            .find_map(Option::take)
+            .or_else(|| (!self.exports.is_empty()).then(|| self.exports.remove(0)))
     }
 
     fn session(&self) -> crate::Result<&Session> {
@@ -236,6 +263,7 @@ impl<W: Fn()> Worker<W> {
                 let analysis = session.analysis_of(&full)?;
                 self.full = Some(Arc::new(full));
                 self.results.clear();
+                self.source = Some((source.clone(), input.sha256.clone()));
                 self.send(Event::Opened(Arc::new(Opened { label: source.label, input, analysis })));
             }
             Job::Reduce { id, spec } => {
@@ -246,9 +274,37 @@ impl<W: Fn()> Worker<W> {
                 let results = specs.iter().map(|spec| self.cached_run(spec, cancel)).collect::<crate::Result<_>>()?;
                 self.send(Event::Compared { id, results });
             }
+            Job::Export { figure, look, path, force } => {
+                let (figure_path, sidecar) = self.export(figure, look, &path, force)?;
+                self.send(Event::Exported(figure_path, sidecar));
+            }
             Job::Drift { .. } => unreachable!("drift work is stepped, not run"),
         }
         Ok(())
+    }
+
+    fn export(&self, figure: Figure, look: Look, path: &Path, force: bool) -> crate::Result<(PathBuf, PathBuf)> {
+        let session = self.session()?;
+        let (source, sha) = self.source.as_ref().ok_or_else(|| Error::Render("no image is open".into()))?;
+        // A figure must be re-makeable from its sidecar, so the image must be a file: the
+        // bundled sample is written beside the figure.
+        let image = match &source.bytes {
+            None => source.label.clone(),
+            Some(bytes) => {
+                let copy = path
+                    .with_file_name(format!("{}-image.png", path.file_stem().unwrap_or_default().to_string_lossy()));
+                if std::fs::read(&copy).ok().as_deref() != Some(&bytes[..]) {
+                    crate::atomic::write_atomic(&copy, bytes).map_err(|e| Error::Render(e.to_string()))?;
+                }
+                copy
+            }
+        };
+        let mut spec = ExportSpec::new(session, &image, sha, figure, Format::from_path(path)?);
+        spec.colormap = look.colormap;
+        spec.opacity = look.opacity;
+        let bytes = export::render(session, &spec)?;
+        let sidecar = export::write(path, &bytes, &spec, force)?;
+        Ok((path.to_path_buf(), sidecar))
     }
 
     fn drift_step(&mut self) -> crate::Result<()> {

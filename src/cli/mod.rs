@@ -3,6 +3,7 @@
 
 mod analyze;
 mod bench;
+mod export;
 mod run;
 mod sweep;
 
@@ -67,6 +68,48 @@ impl BudgetArgs {
     }
 }
 
+/// One method's run: method, budget, parameters and options.
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Method: tome, pitome, evit, cls_topk, hiprune, divprune, random, pool.
+    #[arg(long)]
+    reducer: Option<String>,
+    #[command(flatten)]
+    budget: BudgetArgs,
+    /// The method's main layer (ToMe/PiToMe: first merging block; EViT: reduction block;
+    /// ClsTopK: scoring layer; HiPrune: object layer).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// A method parameter, repeatable: --param seed=3 --param fuse=false.
+    #[arg(long = "param", value_name = "K=V")]
+    params: Vec<String>,
+    /// What fills dropped patches for the saliency head: zeros or mean_token.
+    #[arg(long, default_value = "zeros", value_parser = parse_serde::<DropFill>)]
+    fill: DropFill,
+    /// Position ids after pruning: preserve or compact.
+    #[arg(long, default_value = "preserve", value_parser = parse_serde::<PositionMode>)]
+    positions: PositionMode,
+}
+
+impl RunArgs {
+    /// The run these options describe, or `None` without `--reducer`.
+    fn spec(&self) -> anyhow::Result<Option<RunSpec>> {
+        let Some(name) = &self.reducer else { return Ok(None) };
+        let mut config = ReducerConfig::from_name(name)?;
+        if let Some(layer) = self.layer {
+            if !config.has_layer() {
+                bail!("{name} has no layer to set");
+            }
+            config.set_layer(layer);
+        }
+        for kv in &self.params {
+            let (k, v) = kv.split_once('=').with_context(|| format!("--param {kv}: expected KEY=VALUE"))?;
+            config.set_param(k.trim(), v.trim())?;
+        }
+        Ok(Some(RunSpec { reducer: config, budget: self.budget.budget(), fill: self.fill, positions: self.positions }))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Open the desktop app (the default when no command is given).
@@ -113,30 +156,63 @@ enum Command {
     /// map and the reduced saliency beside the full one into DIR.
     Run {
         image: PathBuf,
-        /// Method: tome, pitome, evit, cls_topk, hiprune, divprune, random, pool.
-        #[arg(long)]
-        reducer: String,
         #[command(flatten)]
-        budget: BudgetArgs,
-        /// The method's main layer (ToMe/PiToMe: first merging block; EViT: reduction block;
-        /// ClsTopK: scoring layer; HiPrune: object layer).
-        #[arg(long)]
-        layer: Option<usize>,
-        /// A method parameter, repeatable: --param seed=3 --param fuse=false.
-        #[arg(long = "param", value_name = "K=V")]
-        params: Vec<String>,
-        /// What fills dropped patches for the saliency head: zeros or mean_token.
-        #[arg(long, default_value = "zeros", value_parser = parse_serde::<DropFill>)]
-        fill: DropFill,
-        /// Position ids after pruning: preserve or compact.
-        #[arg(long, default_value = "preserve", value_parser = parse_serde::<PositionMode>)]
-        positions: PositionMode,
+        run: RunArgs,
         #[command(flatten)]
         model: ModelArgs,
         #[arg(long, default_value = "viridis")]
         colormap: Colormap,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Export one figure panel (PNG or SVG, with a NAME.json sidecar), or re-make one from its
+    /// sidecar with --from.
+    Export {
+        /// The image (not with --from).
+        #[arg(required_unless_present = "from")]
+        image: Option<PathBuf>,
+        /// Re-make the figure a sidecar describes, byte for byte.
+        #[arg(long, conflicts_with = "image")]
+        from: Option<PathBuf>,
+        /// The figure: .png or .svg (with --from: default beside the sidecar).
+        #[arg(long, required_unless_present = "from")]
+        out: Option<PathBuf>,
+        /// tokens, scores, attention, rollout, token_norms, saliency (reduced) or saliency_full.
+        #[arg(long, default_value = "tokens")]
+        view: String,
+        /// Layer of the attention or token-norm view (default: the last).
+        #[arg(long)]
+        view_layer: Option<usize>,
+        /// Attention head (default: the mean of heads).
+        #[arg(long)]
+        head: Option<usize>,
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        look: export::LookArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// A figure grid: rows = methods, columns = ratios, with an optional output row per method.
+    Figure {
+        image: PathBuf,
+        /// Comma-separated methods (default: all).
+        #[arg(long, value_delimiter = ',')]
+        reducers: Vec<String>,
+        /// Comma-separated budgets (default: the four presets).
+        #[arg(long, value_delimiter = ',', value_parser = Budget::parse)]
+        ratios: Vec<Budget>,
+        /// Add each method's reduced saliency beside the full model's.
+        #[arg(long)]
+        output_row: bool,
+        #[arg(long, default_value = "zeros", value_parser = parse_serde::<DropFill>)]
+        fill: DropFill,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        look: export::LookArgs,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Time a ratio-only change (resumed from the cached full run) against a full run, per method.
     Bench {
@@ -210,34 +286,35 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Analyze { image, model, layer, colormap, out } => {
             analyze::analyze(&image, &model, layer, colormap, &out)
         }
-        Command::Run { image, reducer, budget, layer, params, fill, positions, model, colormap, out } => {
-            let mut config = ReducerConfig::from_name(&reducer)?;
-            if let Some(layer) = layer {
-                if !config.has_layer() {
-                    bail!("{reducer} has no layer to set");
-                }
-                config.set_layer(layer);
-            }
-            for kv in &params {
-                let (k, v) = kv.split_once('=').with_context(|| format!("--param {kv}: expected KEY=VALUE"))?;
-                config.set_param(k.trim(), v.trim())?;
-            }
-            let spec = RunSpec { reducer: config, budget: budget.budget(), fill, positions };
+        Command::Run { image, run, model, colormap, out } => {
+            let spec = run.spec()?.context("--reducer is required")?;
             run::run(&image, &model, &spec, colormap, &out)
+        }
+        Command::Export { image, from, out, view, view_layer, head, run, look, model } => {
+            if let Some(sidecar) = from {
+                return export::export_from(&sidecar, &model, out, look.force);
+            }
+            let (image, out) = (image.expect("clap requires it"), out.expect("clap requires it"));
+            let view = export::ViewArgs { name: view, layer: view_layer, head };
+            export::export_panel(&image, &model, &view, run.spec()?, &look, &out)
+        }
+        Command::Figure { image, reducers, ratios, output_row, fill, out, look, model } => {
+            let ratios = if ratios.is_empty() { presets() } else { ratios };
+            export::figure_grid(&image, &model, reducer_list(&reducers)?, ratios, output_row, fill, &look, &out)
         }
         Command::Bench { image, reducers, repeats, model } => {
             bench::bench(&image, &model, &reducer_list(&reducers)?, repeats.max(1))
         }
         Command::Sweep { images, reducers, ratios, model, out, force } => {
             let reducers = reducer_list(&reducers)?;
-            let ratios = if ratios.is_empty() {
-                PRESETS_REMOVED.iter().map(|&f| Budget::RemoveFraction(f)).collect()
-            } else {
-                ratios
-            };
+            let ratios = if ratios.is_empty() { presets() } else { ratios };
             sweep::sweep(&images, &model, &reducers, &ratios, &out, force)
         }
     }
+}
+
+fn presets() -> Vec<Budget> {
+    PRESETS_REMOVED.iter().map(|&f| Budget::RemoveFraction(f)).collect()
 }
 
 /// Named methods with default parameters; all of them when `names` is empty.

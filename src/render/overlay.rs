@@ -159,7 +159,7 @@ impl Default for OverlayStyle {
 pub(crate) const BACKGROUND: [u8; 3] = [255, 255, 255];
 pub(crate) const INK: [u8; 3] = [28, 28, 32];
 pub(crate) const MUTED_INK: [u8; 3] = [100, 100, 108];
-const FRAME: [u8; 3] = [70, 70, 78];
+pub(crate) const FRAME: [u8; 3] = [70, 70, 78];
 const GRID_LINE: [u8; 3] = [255, 255, 255];
 const GRID_ALPHA: f32 = 0.35;
 
@@ -325,22 +325,22 @@ pub(crate) fn scale_photo(photo: &RgbImage, max_side: u32) -> RgbImage {
 }
 
 /// The colour bar column: bar, ticks, labels, and the norm name underneath.
-struct ColorBar {
-    lo: f32,
-    hi: f32,
-    ticks: Vec<(f32, String)>,
-    norm_name: String,
-    label_px: f32,
-    bar_w: u32,
-    bar_h: u32,
-    label_w: u32,
-    tick_len: u32,
-    tick_gap: u32,
-    height: u32,
+pub(crate) struct ColorBar {
+    pub(crate) lo: f32,
+    pub(crate) hi: f32,
+    pub(crate) ticks: Vec<(f32, String)>,
+    pub(crate) norm_name: String,
+    pub(crate) label_px: f32,
+    pub(crate) bar_w: u32,
+    pub(crate) bar_h: u32,
+    pub(crate) label_w: u32,
+    pub(crate) tick_len: u32,
+    pub(crate) tick_gap: u32,
+    pub(crate) height: u32,
 }
 
 impl ColorBar {
-    fn layout(lo: f32, hi: f32, norm: &str, label_px: f32, height: u32) -> Self {
+    pub(crate) fn layout(lo: f32, hi: f32, norm: &str, label_px: f32, height: u32) -> Self {
         let norm_px = label_px * 0.9;
         let norm_h = (text::line_height(norm_px) + label_px * 0.6).ceil() as u32;
         let bar_h = height.saturating_sub(norm_h).max(8);
@@ -361,11 +361,11 @@ impl ColorBar {
         ColorBar { lo, hi, ticks, norm_name, label_px, bar_w, bar_h, label_w, tick_len, tick_gap, height }
     }
 
-    fn width(&self) -> u32 {
+    pub(crate) fn width(&self) -> u32 {
         self.bar_w + self.tick_len + self.tick_gap + self.label_w
     }
 
-    fn draw(&self, img: &mut RgbImage, x: u32, y: u32, cmap: Colormap) {
+    pub(crate) fn draw(&self, img: &mut RgbImage, x: u32, y: u32, cmap: Colormap) {
         let (bw, bh) = (self.bar_w, self.bar_h);
         for row in 0..bh {
             // Top is hi; each row shows the colour of its centre.

@@ -160,8 +160,8 @@ impl Default for TokensStyle {
 }
 
 /// What dropped patches fade towards, and how far.
-const FADE_RGB: [u8; 3] = [0x20, 0x20, 0x20];
-const FADE: f32 = 0.75;
+pub(crate) const FADE_RGB: [u8; 3] = [0x20, 0x20, 0x20];
+pub(crate) const FADE: f32 = 0.75;
 
 /// Per output pixel: off the grid, on a dropped patch, or in group `g` (>= 0).
 const OFF_GRID: i64 = -2;
@@ -207,7 +207,7 @@ pub fn tokens_overlay(photo: &RgbImage, groups: &TokenGroups, place: &Placement,
 /// The legend in decreasing length: "kept N · merged M groups (P patches) ·
 /// dropped D of T patches" (the merged part left out when nothing was merged),
 /// then a compact "kept N · merged M (P) · dropped D/T".
-fn legend_lines(s: &TokenStats) -> [String; 2] {
+pub(crate) fn legend_lines(s: &TokenStats) -> [String; 2] {
     let (long_merged, short_merged) = if s.merged_groups > 0 {
         (
             format!(" · merged {} groups ({} patches)", s.merged_groups, s.merged_patches),
@@ -233,29 +233,7 @@ pub fn tokens_body(photo: &RgbImage, groups: &TokenGroups, place: &Placement, st
     let (w, h) = out.dimensions();
     let (wu, hu) = (w as usize, h as usize);
 
-    // Mean photo colour of each group over its output pixels (sums are exact
-    // integers, so the result doesn't depend on iteration order).
-    let means: HashMap<i64, [u8; 3]> = if style.style == GroupStyle::MergeGroups {
-        let mut sums: HashMap<i64, [u64; 4]> = HashMap::new();
-        for (p, &label) in out.pixels().zip(&labels) {
-            if label >= 0 {
-                let s = sums.entry(label).or_default();
-                for (sum, c) in s.iter_mut().zip(p.0) {
-                    *sum += u64::from(c);
-                }
-                s[3] += 1;
-            }
-        }
-        sums.into_iter()
-            .map(|(g, s)| {
-                let n = s[3];
-                let mean = |c: usize| ((s[c] + n / 2) / n) as u8;
-                (g, [mean(0), mean(1), mean(2)])
-            })
-            .collect()
-    } else {
-        HashMap::new()
-    };
+    let means = if style.style == GroupStyle::MergeGroups { group_means(&out, &labels) } else { HashMap::new() };
 
     // Outlines: a pixel whose neighbour within `reach` px (4-connected
     // directions) has a different label, unless neither side is a token
@@ -295,9 +273,37 @@ pub fn tokens_body(photo: &RgbImage, groups: &TokenGroups, place: &Placement, st
     out
 }
 
+/// Mean colour of `img` over the pixels of each group (`labels` as from
+/// [`pixel_labels`], one per pixel of `img`). Sums are exact integers, so the
+/// result doesn't depend on iteration order.
+pub(crate) fn group_means(img: &RgbImage, labels: &[i64]) -> HashMap<i64, [u8; 3]> {
+    let mut sums: HashMap<i64, [u64; 4]> = HashMap::new();
+    for (p, &label) in img.pixels().zip(labels) {
+        if label >= 0 {
+            let s = sums.entry(label).or_default();
+            for (sum, c) in s.iter_mut().zip(p.0) {
+                *sum += u64::from(c);
+            }
+            s[3] += 1;
+        }
+    }
+    sums.into_iter()
+        .map(|(g, s)| {
+            let n = s[3];
+            let mean = |c: usize| ((s[c] + n / 2) / n) as u8;
+            (g, [mean(0), mean(1), mean(2)])
+        })
+        .collect()
+}
+
 /// The label of every output pixel (row-major), or `None` when the grid or
 /// placement is degenerate (nothing to draw).
-fn pixel_labels(photo: &RgbImage, groups: &TokenGroups, place: &Placement, (w, h): (u32, u32)) -> Option<Vec<i64>> {
+pub(crate) fn pixel_labels(
+    photo: &RgbImage,
+    groups: &TokenGroups,
+    place: &Placement,
+    (w, h): (u32, u32),
+) -> Option<Vec<i64>> {
     let (pw, ph) = photo.dimensions();
     if pw == 0 || ph == 0 || groups.rows == 0 || groups.cols == 0 {
         return None;

@@ -1,0 +1,155 @@
+//! `tokenlens export` (one panel, or re-made from a sidecar) and `tokenlens figure` (a method x
+//! ratio grid). Both write the figure and its `NAME.json` sidecar atomically.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use tokenlens::export::{self, ExportSpec, Figure, Format, View};
+use tokenlens::reduce::{Budget, PositionMode, ReducerConfig};
+use tokenlens::render::Colormap;
+use tokenlens::session::{DropFill, RunSpec, Session};
+
+use super::ModelArgs;
+
+/// How a figure looks, shared by `export` and `figure`.
+#[derive(clap::Args, Clone)]
+pub struct LookArgs {
+    #[arg(long, default_value = "viridis")]
+    pub colormap: Colormap,
+    #[arg(long, default_value_t = 0.6)]
+    pub opacity: f32,
+    /// Leave out the title.
+    #[arg(long)]
+    pub no_title: bool,
+    /// Leave out the colour bar.
+    #[arg(long)]
+    pub no_colorbar: bool,
+    /// Longest side of each panel's photo, in pixels (PNG) or units (SVG).
+    #[arg(long, default_value_t = 512)]
+    pub size: u32,
+    /// Dots per inch: sets the size from --width-in and records the DPI in the PNG.
+    #[arg(long)]
+    pub dpi: Option<u32>,
+    /// Physical width of a panel for --dpi, in inches (default: one paper column).
+    #[arg(long, default_value_t = export::COLUMN_WIDTH_IN)]
+    pub width_in: f64,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl LookArgs {
+    fn apply(&self, mut spec: ExportSpec) -> ExportSpec {
+        spec.colormap = self.colormap;
+        spec.opacity = self.opacity.clamp(0.0, 1.0);
+        spec.title = !self.no_title;
+        spec.colorbar = !self.no_colorbar;
+        spec.panel_px = self.size.max(16);
+        match self.dpi {
+            Some(dpi) => spec.with_dpi(dpi, self.width_in),
+            None => spec,
+        }
+    }
+}
+
+/// Renders `spec` and writes it with its sidecar; prints where.
+fn finish(session: &Session, spec: &ExportSpec, out: &Path, force: bool) -> anyhow::Result<()> {
+    let bytes = export::render(session, spec)?;
+    let sidecar = export::write(out, &bytes, spec, force).with_context(|| format!("writing {out:?}"))?;
+    println!("wrote {} and {}", out.display(), sidecar.display());
+    Ok(())
+}
+
+/// The view as given on the command line; layers default to the model's last.
+pub struct ViewArgs {
+    pub name: String,
+    pub layer: Option<usize>,
+    pub head: Option<usize>,
+}
+
+impl ViewArgs {
+    fn view(&self, num_layers: usize) -> anyhow::Result<View> {
+        let layer = self.layer.unwrap_or(num_layers - 1);
+        Ok(match self.name.as_str() {
+            "tokens" => View::Tokens,
+            "scores" => View::Scores,
+            "attention" => View::Attention { layer, head: self.head },
+            "rollout" => View::Rollout,
+            "token_norms" => View::TokenNorms { layer },
+            "saliency" => View::Saliency { reduced: true },
+            "saliency_full" => View::Saliency { reduced: false },
+            other => bail!(
+                "unknown view `{other}`; choose tokens, scores, attention, rollout, token_norms, saliency or saliency_full"
+            ),
+        })
+    }
+}
+
+/// `export IMAGE --out F`: one view of one run.
+pub fn export_panel(
+    image: &Path,
+    model: &ModelArgs,
+    view: &ViewArgs,
+    run: Option<RunSpec>,
+    look: &LookArgs,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let session = model.load()?;
+    let view = view.view(session.model.encoder.num_layers())?;
+    if run.is_none() && matches!(view, View::Tokens | View::Scores | View::Saliency { reduced: true }) {
+        bail!("the {} view needs a method: pass --reducer", view_name(&view));
+    }
+    let input = session.open_image(image)?;
+    let spec = look.apply(ExportSpec::new(
+        &session,
+        image,
+        &input.sha256,
+        Figure::Panel { view, run },
+        Format::from_path(out)?,
+    ));
+    finish(&session, &spec, out, look.force)
+}
+
+fn view_name(view: &View) -> &'static str {
+    match view {
+        View::Tokens => "tokens",
+        View::Scores => "scores",
+        View::Attention { .. } => "attention",
+        View::Rollout => "rollout",
+        View::TokenNorms { .. } => "token_norms",
+        View::Saliency { .. } => "saliency",
+    }
+}
+
+/// `export --from NAME.json [--out F]`: the same figure again.
+pub fn export_from(sidecar: &Path, model: &ModelArgs, out: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
+    let spec = export::read_spec(sidecar)?;
+    // `fig.png.json` -> `fig.png`.
+    let out = match out {
+        Some(o) => o,
+        None => sidecar.with_extension(""),
+    };
+    if Format::from_path(&out)? != spec.format {
+        bail!("{out:?} does not match the sidecar's format ({:?})", spec.format);
+    }
+    finish(&model.load()?, &spec, &out, force)
+}
+
+/// `figure IMAGE --reducers .. --ratios .. --out F`: rows = methods, columns = budgets.
+#[allow(clippy::too_many_arguments)]
+pub fn figure_grid(
+    image: &Path,
+    model: &ModelArgs,
+    methods: Vec<ReducerConfig>,
+    budgets: Vec<Budget>,
+    output_row: bool,
+    fill: DropFill,
+    look: &LookArgs,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let session = model.load()?;
+    let input = session.open_image(image)?;
+    let figure = Figure::Grid { methods, budgets, output_row, fill, positions: PositionMode::default() };
+    let spec = look.apply(ExportSpec::new(&session, image, &input.sha256, figure, Format::from_path(out)?));
+    finish(&session, &spec, out, look.force)
+}

@@ -1,0 +1,454 @@
+//! Figures for papers: single panels and method x ratio grids, as PNG (sharp token cells, DPI
+//! recorded) or SVG (real vector graphics). An [`ExportSpec`] fully determines a figure and is
+//! written beside it as `NAME.json`; [`render`] of the same spec gives the same bytes, so
+//! `tokenlens export --from NAME.json` re-makes a figure exactly (or refuses, if the image or
+//! the weights changed).
+//!
+//! The sidecar is the figure's name plus `.json`: `fig.svg` -> `fig.svg.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::reduce::{Budget, PositionMode, ReducerConfig};
+use crate::render::grid::{GridFigure, grid_png, grid_svg};
+use crate::render::svg::{Panel, PanelContent, panel_svg};
+use crate::render::{self, Colormap, GroupStyle, Heatmap, Norm, OverlayStyle, TokenGroups, TokensStyle};
+use crate::session::{Analysis, DropFill, FullRun, ImageInput, RunResult, RunSpec, Session};
+use crate::{Cancel, Error, Result, figures};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Default physical width of a figure when a DPI is given: one column of a two-column paper.
+pub const COLUMN_WIDTH_IN: f64 = 3.25;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Png,
+    Svg,
+}
+
+impl Format {
+    pub fn from_path(path: &Path) -> Result<Self> {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("png") => Ok(Format::Png),
+            Some("svg") => Ok(Format::Svg),
+            _ => Err(Error::Config { field: "out", reason: format!("{path:?}: the figure must end in .png or .svg") }),
+        }
+    }
+}
+
+/// What a panel shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum View {
+    /// Kept, dropped and merged tokens of the run.
+    Tokens,
+    /// The method's score per patch.
+    Scores,
+    /// CLS attention at a layer: one head, or the mean of heads.
+    Attention {
+        layer: usize,
+        head: Option<usize>,
+    },
+    Rollout,
+    TokenNorms {
+        layer: usize,
+    },
+    /// The saliency output: the full model's, or the run's.
+    Saliency {
+        reduced: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Figure {
+    /// One view, of one run if the view needs one.
+    Panel { view: View, run: Option<RunSpec> },
+    /// Rows = methods, columns = budgets, each panel the run's tokens; with `output_row`, each
+    /// method gets a second row of its reduced saliency, beside the full model's.
+    Grid {
+        methods: Vec<ReducerConfig>,
+        budgets: Vec<Budget>,
+        output_row: bool,
+        fill: DropFill,
+        positions: PositionMode,
+    },
+}
+
+/// Everything that determines a figure; written beside it as its sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSpec {
+    pub tokenlens_version: String,
+    pub model: String,
+    pub weights_sha256: String,
+    pub image: PathBuf,
+    pub image_sha256: String,
+    pub figure: Figure,
+    pub colormap: Colormap,
+    pub opacity: f32,
+    pub title: bool,
+    pub colorbar: bool,
+    /// Longest side of one panel's photo: pixels in a PNG, user units in an SVG.
+    pub panel_px: u32,
+    /// Dots per inch recorded in a PNG.
+    pub dpi: Option<u32>,
+    pub format: Format,
+}
+
+impl ExportSpec {
+    /// A spec for `image` on the session's model, with the usual look.
+    pub fn new(session: &Session, image: &Path, image_sha256: &str, figure: Figure, format: Format) -> Self {
+        Self {
+            tokenlens_version: VERSION.into(),
+            model: session.model.id.clone(),
+            weights_sha256: session.model.weights_sha256.clone(),
+            image: image.to_path_buf(),
+            image_sha256: image_sha256.into(),
+            figure,
+            colormap: Colormap::Viridis,
+            opacity: 0.6,
+            title: true,
+            colorbar: true,
+            panel_px: 512,
+            dpi: None,
+            format,
+        }
+    }
+
+    /// Sets the pixel size from a DPI and a physical width (inches) of the whole panel.
+    pub fn with_dpi(mut self, dpi: u32, width_in: f64) -> Self {
+        self.dpi = Some(dpi);
+        self.panel_px = (f64::from(dpi) * width_in).round().max(16.0) as u32;
+        self
+    }
+}
+
+/// The sidecar path of a figure: `fig.png` -> `fig.png.json` (a PNG and an SVG of the same
+/// name keep their own sidecars).
+pub fn sidecar_path(figure: &Path) -> PathBuf {
+    let mut name = figure.file_name().unwrap_or_default().to_os_string();
+    name.push(".json");
+    figure.with_file_name(name)
+}
+
+/// Renders the figure `spec` describes. Fails if the image or the weights are not the ones
+/// the spec was made with.
+pub fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
+    if spec.weights_sha256 != session.model.weights_sha256 {
+        return Err(Error::Config {
+            field: "weights_sha256",
+            reason: format!(
+                "the figure was made with weights {}, but the loaded model has {}; load the same model to re-make it",
+                short(&spec.weights_sha256),
+                short(&session.model.weights_sha256)
+            ),
+        });
+    }
+    let input = session.open_image(&spec.image)?;
+    if input.sha256 != spec.image_sha256 {
+        return Err(Error::image(
+            &spec.image,
+            format!("the file changed since the figure was made (sha256 {} expected)", short(&spec.image_sha256)),
+        ));
+    }
+    let cancel = Cancel::default();
+    let full = session.full_run(&input.prepared.pixels, &cancel)?;
+    let analysis = session.analysis_of(&full)?;
+    let ctx = Ctx { session, spec, input: &input, full: &full, analysis: &analysis };
+    match &spec.figure {
+        Figure::Panel { view, run } => ctx.panel(view, run.as_ref()),
+        Figure::Grid { methods, budgets, output_row, fill, positions } => {
+            ctx.grid(methods, budgets, *output_row, *fill, *positions)
+        }
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+struct Ctx<'a> {
+    session: &'a Session,
+    spec: &'a ExportSpec,
+    input: &'a ImageInput,
+    full: &'a FullRun,
+    analysis: &'a Analysis,
+}
+
+/// The data one panel draws, before it is drawn as pixels or vectors.
+enum Content {
+    Heat { heat: Heatmap, norm: Norm, title: String, smooth: bool },
+    Tokens { groups: TokenGroups, style: GroupStyle, title: String },
+}
+
+impl Ctx<'_> {
+    fn grid_dims(&self) -> [usize; 2] {
+        self.analysis.grid
+    }
+
+    fn run(&self, spec: &RunSpec) -> Result<RunResult> {
+        self.session.run(self.full, spec, &Cancel::default())
+    }
+
+    fn content(&self, view: &View, run: Option<&RunResult>) -> Result<Content> {
+        let [rows, cols] = self.grid_dims();
+        let a = self.analysis;
+        let grid_heat = |values: Vec<f32>| Heatmap { rows, cols, values };
+        let needs_run =
+            || Error::Config { field: "figure", reason: format!("the {view:?} view needs a run (a method)") };
+        let check_layer = |l: usize| {
+            if l < a.cls_attention.len() {
+                Ok(l)
+            } else {
+                Err(Error::Config {
+                    field: "layer",
+                    reason: format!("layer {l} is out of range 0..{}", a.cls_attention.len()),
+                })
+            }
+        };
+        Ok(match view {
+            View::Tokens => {
+                let run = run.ok_or_else(needs_run)?;
+                let groups = TokenGroups::from_groups(rows, cols, &run.groups).expect("a run's groups are disjoint");
+                let style =
+                    if run.spec.reducer.info().merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
+                Content::Tokens { groups, style, title: figures::run_title(run) }
+            }
+            View::Scores => {
+                let run = run.ok_or_else(needs_run)?;
+                let scores = run.scores.as_ref().ok_or_else(|| Error::Config {
+                    field: "view",
+                    reason: format!("{} has no score map", run.spec.reducer.info().label),
+                })?;
+                Content::Heat {
+                    heat: grid_heat(scores.iter().map(|s| s.unwrap_or(f32::NAN)).collect()),
+                    norm: Norm::MinMax,
+                    title: format!(
+                        "{} score: {}",
+                        run.spec.reducer.info().label,
+                        figures::score_name(&run.spec.reducer)
+                    ),
+                    smooth: false,
+                }
+            }
+            View::Attention { layer, head } => {
+                let l = check_layer(*layer)?;
+                let (values, which) = match head {
+                    None => (a.cls_attention[l].clone(), "mean of heads".to_string()),
+                    Some(h) => (
+                        a.cls_attention_heads[l].get(*h).cloned().ok_or_else(|| Error::Config {
+                            field: "head",
+                            reason: format!("head {h} does not exist"),
+                        })?,
+                        format!("head {h}"),
+                    ),
+                };
+                Content::Heat {
+                    heat: grid_heat(values),
+                    norm: Norm::MinMax,
+                    title: format!("CLS attention, layer {l}, {which}"),
+                    smooth: false,
+                }
+            }
+            View::Rollout => Content::Heat {
+                heat: grid_heat(a.rollout.clone()),
+                norm: Norm::MinMax,
+                title: "Attention rollout".into(),
+                smooth: false,
+            },
+            View::TokenNorms { layer } => {
+                let l = check_layer(*layer)?;
+                Content::Heat {
+                    heat: grid_heat(a.token_norms[l].clone()),
+                    norm: Norm::MinMax,
+                    title: format!("Token norms after layer {l}"),
+                    smooth: false,
+                }
+            }
+            View::Saliency { reduced } => {
+                let (output, title) = if *reduced {
+                    let run = run.ok_or_else(needs_run)?;
+                    (&run.output, format!("Saliency, {}", figures::run_title(run)))
+                } else {
+                    (&a.output, "Saliency, full model".to_string())
+                };
+                Content::Heat {
+                    heat: Heatmap { rows: output.shape[0], cols: output.shape[1], values: output.values.clone() },
+                    norm: Norm::Range { lo: 0.0, hi: 1.0 },
+                    title,
+                    smooth: true,
+                }
+            }
+        })
+    }
+
+    fn panel(&self, view: &View, run_spec: Option<&RunSpec>) -> Result<Vec<u8>> {
+        let run = run_spec.map(|r| self.run(r)).transpose()?;
+        let content = self.content(view, run.as_ref())?;
+        let s = self.spec;
+        let place = figures::placement(self.input);
+        let photo = &self.input.photo;
+        match s.format {
+            Format::Png => {
+                let img = match &content {
+                    Content::Heat { heat, norm, title, smooth } => render::overlay(
+                        photo,
+                        heat,
+                        &place,
+                        &OverlayStyle {
+                            colormap: s.colormap,
+                            opacity: s.opacity,
+                            norm: *norm,
+                            title: s.title.then(|| title.clone()),
+                            colorbar: s.colorbar,
+                            max_side: s.panel_px,
+                            smooth: *smooth,
+                            grid_lines: false,
+                        },
+                    ),
+                    Content::Tokens { groups, style, title } => render::tokens_overlay(
+                        photo,
+                        groups,
+                        &place,
+                        &TokensStyle {
+                            style: *style,
+                            title: s.title.then(|| title.clone()),
+                            max_side: s.panel_px,
+                            ..TokensStyle::default()
+                        },
+                    ),
+                };
+                png_bytes(&img, s.dpi)
+            }
+            Format::Svg => {
+                let panel = self.svg_panel(&content, s.title);
+                Ok(panel_svg(&panel, s.panel_px, s.colorbar && matches!(content, Content::Heat { .. })).into_bytes())
+            }
+        }
+    }
+
+    fn svg_panel<'c>(&'c self, content: &'c Content, with_title: bool) -> Panel<'c> {
+        let s = self.spec;
+        let (content, title) = match content {
+            Content::Heat { heat, norm, title, .. } => {
+                (PanelContent::Heat { heat, norm: *norm, colormap: s.colormap, opacity: s.opacity }, title)
+            }
+            Content::Tokens { groups, style, title } => (PanelContent::Tokens { groups, style: *style }, title),
+        };
+        Panel {
+            photo: &self.input.photo,
+            place: figures::placement(self.input),
+            content,
+            title: with_title.then(|| title.clone()),
+        }
+    }
+
+    fn grid(
+        &self,
+        methods: &[ReducerConfig],
+        budgets: &[Budget],
+        output_row: bool,
+        fill: DropFill,
+        positions: PositionMode,
+    ) -> Result<Vec<u8>> {
+        if methods.is_empty() || budgets.is_empty() {
+            return Err(Error::Config {
+                field: "figure",
+                reason: "a grid needs at least one method and one budget".into(),
+            });
+        }
+        let n = self.full.states[0].num_patches();
+        let mut contents: Vec<Vec<Option<Content>>> = Vec::new();
+        let mut row_labels = Vec::new();
+        for method in methods {
+            let runs = budgets
+                .iter()
+                .map(|&budget| self.run(&RunSpec { reducer: method.clone(), budget, fill, positions }))
+                .collect::<Result<Vec<_>>>()?;
+            let mut tokens_row: Vec<Option<Content>> =
+                runs.iter().map(|r| self.content(&View::Tokens, Some(r)).map(Some)).collect::<Result<_>>()?;
+            if output_row {
+                tokens_row.insert(0, None);
+            }
+            contents.push(tokens_row);
+            row_labels.push(method.info().label.to_string());
+            if output_row {
+                let mut out_row = vec![Some(self.content(&View::Saliency { reduced: false }, None)?)];
+                for r in &runs {
+                    out_row.push(Some(self.content(&View::Saliency { reduced: true }, Some(r))?));
+                }
+                contents.push(out_row);
+                row_labels.push(format!("{} output", method.info().label));
+            }
+        }
+        let mut col_labels: Vec<String> = budgets
+            .iter()
+            .map(|b| {
+                let keep = b.resolve(n).unwrap_or(n);
+                format!("{:.1} % removed ({keep})", 100.0 * b.removed_fraction(n))
+            })
+            .collect();
+        if output_row {
+            col_labels.insert(0, "full model".into());
+        }
+        let rows = contents
+            .iter()
+            .map(|row| row.iter().map(|c| c.as_ref().map(|c| self.svg_panel(c, false))).collect())
+            .collect();
+        let fig = GridFigure {
+            rows,
+            row_labels,
+            col_labels,
+            title: self.spec.title.then(|| format!("{} · {}", self.spec.model, self.spec.image.display())),
+            colorbar: output_row.then_some((self.spec.colormap, 0.0, 1.0, "saliency, fixed range")),
+        };
+        match self.spec.format {
+            Format::Png => png_bytes(&grid_png(&fig, self.spec.panel_px), self.spec.dpi),
+            Format::Svg => Ok(grid_svg(&fig, self.spec.panel_px).into_bytes()),
+        }
+    }
+}
+
+/// PNG bytes, with the DPI recorded (pHYs) when given. Deterministic for the same image.
+pub fn png_bytes(img: &image::RgbImage, dpi: Option<u32>) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, img.width(), img.height());
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    if let Some(dpi) = dpi {
+        let per_metre = (f64::from(dpi) / 0.0254).round() as u32;
+        enc.set_pixel_dims(Some(png::PixelDimensions { xppu: per_metre, yppu: per_metre, unit: png::Unit::Meter }));
+    }
+    let encode = |e: png::EncodingError| Error::Render(format!("PNG encoding failed: {e}"));
+    let mut writer = enc.write_header().map_err(encode)?;
+    writer.write_image_data(img.as_raw()).map_err(encode)?;
+    writer.finish().map_err(encode)?;
+    Ok(out)
+}
+
+/// Writes a figure and its sidecar, atomically. Existing files are kept unless `force`: both
+/// paths are checked before anything is written.
+pub fn write(path: &Path, bytes: &[u8], spec: &ExportSpec, force: bool) -> Result<PathBuf> {
+    let sidecar = sidecar_path(path);
+    if !force && let Some(existing) = [path, sidecar.as_path()].into_iter().find(|p| p.exists()) {
+        return Err(Error::Config {
+            field: "out",
+            reason: format!("{existing:?} exists; pass --force to overwrite it"),
+        });
+    }
+    let json = serde_json::to_vec_pretty(spec).expect("specs serialise");
+    let fail = |e: crate::atomic::WriteError| Error::Render(e.to_string());
+    crate::atomic::write_atomic(path, bytes).map_err(fail)?;
+    crate::atomic::write_atomic(&sidecar, &json).map_err(fail)?;
+    Ok(sidecar)
+}
+
+/// Reads a sidecar.
+pub fn read_spec(path: &Path) -> Result<ExportSpec> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Config { field: "from", reason: format!("{path:?}: {e}") })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Config { field: "from", reason: format!("{path:?} is not a tokenlens sidecar: {e}") })
+}

@@ -1,0 +1,189 @@
+//! Figures for papers: SVG structure and colours, PNG size and DPI, sidecars that re-make a
+//! figure byte for byte, and safe writes.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::asset;
+use tokenlens::Cancel;
+use tokenlens::render::Colormap;
+
+fn tokenlens() -> Command {
+    let _ = common::session();
+    Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn hex(rgb: [u8; 3]) -> String {
+    format!("#{:02x}{:02x}{:02x}", rgb[0], rgb[1], rgb[2])
+}
+
+#[test]
+fn an_attention_svg_has_one_cell_per_patch_in_the_colormap_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg_path = dir.path().join("attn.svg");
+    ok(tokenlens()
+        .arg("export")
+        .arg(asset("astronaut.png")) // square: every cell lies on the photo
+        .args(["--view", "attention", "--view-layer", "5", "--colormap", "magma", "--out"])
+        .arg(&svg_path));
+    let text = std::fs::read_to_string(&svg_path).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("the SVG is well-formed XML");
+    let cells: Vec<_> = doc.descendants().filter(|n| n.attribute("class") == Some("cell")).collect();
+    assert_eq!(cells.len(), 256, "one rectangle per patch");
+    assert_eq!(doc.descendants().filter(|n| n.tag_name().name() == "image").count(), 1, "the photo, embedded once");
+    assert!(doc.descendants().any(|n| n.attribute("class") == Some("colorbar")));
+    assert!(doc.descendants().any(|n| n.tag_name().name() == "text"), "text stays text");
+
+    // The colours are the colormap of the min-max normalised attention, computed here.
+    let s = common::session();
+    let input = s.open_image(&asset("astronaut.png")).unwrap();
+    let full = s.full_run(&input.prepared.pixels, &Cancel::default()).unwrap();
+    let values = &s.analysis_of(&full).unwrap().cls_attention[5];
+    let (lo, hi) = values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    for cell in &cells {
+        let patch: usize = cell.attribute("data-patch").unwrap().parse().unwrap();
+        let want = hex(Colormap::Magma.rgb((values[patch] - lo) / (hi - lo)));
+        assert_eq!(cell.attribute("fill"), Some(want.as_str()), "patch {patch}");
+    }
+}
+
+#[test]
+fn a_tokens_svg_draws_each_group_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg_path = dir.path().join("tome.svg");
+    ok(tokenlens()
+        .arg("export")
+        .arg(asset("chelsea.png"))
+        .args(["--view", "tokens", "--reducer", "tome", "--remove", "0.889", "--out"])
+        .arg(&svg_path));
+    let text = std::fs::read_to_string(&svg_path).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    let groups = doc.descendants().filter(|n| n.attribute("class") == Some("group")).count();
+    assert_eq!(groups, 28, "88.9 % removed from 256 leaves 28 tokens, one path each");
+    assert!(doc.descendants().any(|n| n.attribute("class") == Some("outline")));
+}
+
+/// Pixels per inch recorded in a PNG, and its width.
+fn png_dpi_and_width(path: &Path) -> (Option<f64>, u32) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    let info = reader.info();
+    let dpi = info.pixel_dims.map(|d| f64::from(d.xppu) * 0.0254);
+    (dpi, info.width)
+}
+
+#[test]
+fn png_size_follows_the_dpi_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = |dpi: u32, name: &str| {
+        let path = dir.path().join(name);
+        ok(tokenlens()
+            .arg("export")
+            .arg(asset("astronaut.png"))
+            .args([
+                "--view",
+                "rollout",
+                "--no-title",
+                "--no-colorbar",
+                "--dpi",
+                &dpi.to_string(),
+                "--width-in",
+                "2",
+                "--out",
+            ])
+            .arg(&path));
+        png_dpi_and_width(&path)
+    };
+    let (dpi_a, width_a) = export(100, "a.png");
+    let (dpi_b, width_b) = export(200, "b.png");
+    assert!((dpi_a.unwrap() - 100.0).abs() < 0.5 && (dpi_b.unwrap() - 200.0).abs() < 0.5, "{dpi_a:?} {dpi_b:?}");
+    // The photo is 2 in wide at each DPI (200 and 400 px), plus the same-looking margins.
+    assert!((200..240).contains(&width_a), "{width_a}");
+    assert!((400..460).contains(&width_b), "{width_b}");
+}
+
+#[test]
+fn a_sidecar_re_makes_the_figure_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["fig.png", "fig.svg"] {
+        let path = dir.path().join(name);
+        ok(tokenlens()
+            .arg("export")
+            .arg(asset("coffee.png"))
+            .args(["--view", "tokens", "--reducer", "random", "--param", "seed=7", "--tokens", "40", "--out"])
+            .arg(&path)
+            .arg("--force"));
+        let sidecar = dir.path().join(format!("{name}.json"));
+        let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+        for key in ["tokenlens_version", "model", "weights_sha256", "image_sha256", "figure", "colormap"] {
+            assert!(spec.get(key).is_some(), "sidecar lacks {key}");
+        }
+        assert_eq!(spec["figure"]["run"]["reducer"]["seed"], 7);
+        assert_eq!(spec["figure"]["view"]["name"], "tokens");
+        let again = dir.path().join(format!("again.{}", &name[4..]));
+        ok(tokenlens().arg("export").arg("--from").arg(&sidecar).arg("--out").arg(&again));
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&again).unwrap(), "{name} differs when re-made");
+    }
+}
+
+#[test]
+fn existing_files_need_force_and_unwritable_places_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fig.png");
+    let args = |p: &Path| {
+        let mut c = tokenlens();
+        c.arg("export").arg(asset("coffee.png")).args(["--view", "rollout", "--out"]).arg(p);
+        c
+    };
+    ok(&mut args(&path));
+    let before = std::fs::read(&path).unwrap();
+    let again = args(&path).output().unwrap();
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the existing figure is untouched");
+
+    // /proc refuses new files even for root: the error names the place, nothing is left.
+    let nowhere = Path::new("/proc/tokenlens-test/fig.png");
+    let failed = args(nowhere).output().unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && stderr.contains("tokenlens-test"), "{stderr}");
+    assert!(!nowhere.exists());
+}
+
+#[test]
+fn a_method_by_ratio_grid_embeds_the_photo_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg_path = dir.path().join("grid.svg");
+    ok(tokenlens()
+        .arg("figure")
+        .arg(asset("chelsea.png"))
+        .args(["--reducers", "tome,cls_topk,random", "--output-row", "--out"])
+        .arg(&svg_path));
+    let text = std::fs::read_to_string(&svg_path).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    // Nine panels over one photo: the photo is embedded once and referenced by every panel.
+    assert_eq!(doc.descendants().filter(|n| n.tag_name().name() == "image").count(), 1);
+    assert!(doc.descendants().filter(|n| n.tag_name().name() == "use").count() >= 9);
+    let labels: Vec<&str> =
+        doc.descendants().filter(|n| n.tag_name().name() == "text").filter_map(|n| n.text()).collect();
+    for want in ["ToMe", "ClsTopK", "Random", "66.7 % removed (85)", "94.4 % removed (14)"] {
+        assert!(labels.iter().any(|l| l.contains(want)), "missing label {want}: {labels:?}");
+    }
+    // The PNG of the same grid, and its sidecar re-makes it.
+    let png_path = dir.path().join("grid.png");
+    ok(tokenlens()
+        .arg("figure")
+        .arg(asset("chelsea.png"))
+        .args(["--reducers", "tome,random", "--ratios", "0.667,0.889", "--out"])
+        .arg(&png_path));
+    let again = dir.path().join("again.png");
+    ok(tokenlens().arg("export").arg("--from").arg(dir.path().join("grid.png.json")).arg("--out").arg(&again));
+    assert_eq!(std::fs::read(&png_path).unwrap(), std::fs::read(&again).unwrap());
+}
