@@ -153,6 +153,14 @@ pub(crate) fn photo_image(scaled: &RgbImage) -> Image {
     if scaled.width() == 0 || scaled.height() == 0 { image } else { image.set("xlink:href", png_data_uri(scaled)) }
 }
 
+fn rgba_data_uri(img: &image::RgbaImage) -> String {
+    let mut bytes = Vec::new();
+    let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
+    image::ImageEncoder::write_image(encoder, img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgba8)
+        .expect("PNG encoding of an RGBA buffer");
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(&bytes))
+}
+
 fn png_data_uri(img: &RgbImage) -> String {
     let mut bytes = Vec::new();
     let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
@@ -210,7 +218,12 @@ impl Geometry {
     }
 }
 
-/// One `<rect class="cell">` per finite cell that touches the photo.
+/// Maps with more cells than this (pixel-resolution outputs such as a 224 x 224 saliency map)
+/// are drawn as one image layer: as vectors they would be tens of thousands of elements.
+pub const MAX_VECTOR_CELLS: usize = 4096;
+
+/// One `<rect class="cell">` per finite cell that touches the photo; for a pixel-resolution
+/// map, one semi-transparent `<image class="heat-layer">` over the photo instead.
 fn heat_group(heat: &Heatmap, norm: Norm, colormap: Colormap, opacity: f32, geom: Option<&Geometry>) -> Group {
     // crispEdges: neighbouring cells share edges without anti-aliasing seams, as in the PNG.
     let mut g = Group::new().set("shape-rendering", "crispEdges");
@@ -219,6 +232,28 @@ fn heat_group(heat: &Heatmap, norm: Norm, colormap: Colormap, opacity: f32, geom
     };
     let alpha = if opacity.is_nan() { 0.0 } else { opacity.clamp(0.0, 1.0) };
     let (lo, hi) = norm.resolve(heat);
+    if heat.rows * heat.cols > MAX_VECTOR_CELLS {
+        let layer = image::RgbaImage::from_fn(heat.cols as u32, heat.rows as u32, |c, r| {
+            let v = heat.get(r as usize, c as usize);
+            if !v.is_finite() {
+                return image::Rgba([0, 0, 0, 0]);
+            }
+            let [red, green, blue] = colormap.rgb(((v - lo) / (hi - lo)).clamp(0.0, 1.0));
+            image::Rgba([red, green, blue, (alpha * 255.0).round() as u8])
+        });
+        let (x0, y0) = (e.xs[0], e.ys[0]);
+        let (x1, y1) = (e.xs[heat.cols], e.ys[heat.rows]);
+        return Group::new().add(
+            Image::new()
+                .set("class", "heat-layer")
+                .set("x", num(x0))
+                .set("y", num(y0))
+                .set("width", num(x1 - x0))
+                .set("height", num(y1 - y0))
+                .set("preserveAspectRatio", "none")
+                .set("xlink:href", rgba_data_uri(&layer)),
+        );
+    }
     for r in 0..heat.rows {
         let (y0, y1) = (e.ys[r], e.ys[r + 1]);
         if y1 <= 0.0 || y0 >= e.h {
