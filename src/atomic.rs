@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    #[error("{dir:?} is read-only (no write permission): choose another folder")]
+    ReadOnly { dir: PathBuf },
     #[error("cannot create a temporary file in {dir:?}: {source}")]
     CreateTemp { dir: PathBuf, source: std::io::Error },
     #[error("cannot write {path:?}: {source}")]
@@ -21,6 +23,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    // Respect a folder marked read-only even when running as root (who may write anyway).
+    if std::fs::metadata(dir).is_ok_and(|m| m.permissions().readonly()) {
+        return Err(WriteError::ReadOnly { dir: dir.to_path_buf() });
+    }
     let name = path.file_name().map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());
     let prefix = format!(".{name}.");
     let mut builder = tempfile::Builder::new();
@@ -71,12 +77,11 @@ mod tests {
         let ro = dir.path().join("ro");
         std::fs::create_dir(&ro).unwrap();
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
-        // root ignores directory permissions; then only the missing-dir case is meaningful.
-        if std::fs::File::create(ro.join("probe")).is_err() {
-            let err = write_atomic(&ro.join("x"), b"x").unwrap_err();
-            assert!(matches!(err, WriteError::CreateTemp { .. }), "{err}");
-            assert!(entries(&ro).is_empty());
-        }
+        // Refused from the permission bits, so also for root (who could write anyway).
+        let err = write_atomic(&ro.join("x"), b"x").unwrap_err();
+        assert!(matches!(err, WriteError::ReadOnly { .. }), "{err}");
+        assert!(err.to_string().contains("read-only"), "{err}");
+        assert!(entries(&ro).is_empty());
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
         let err = write_atomic(&dir.path().join("no/such/dir/x"), b"x").unwrap_err();
         assert!(matches!(err, WriteError::CreateTemp { .. }), "{err}");

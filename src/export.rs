@@ -66,11 +66,14 @@ pub enum View {
 pub enum Figure {
     /// One view, of one run if the view needs one.
     Panel { view: View, run: Option<RunSpec> },
-    /// Rows = methods, columns = budgets, each panel the run's tokens; with `output_row`, each
-    /// method gets a second row of its reduced saliency, beside the full model's.
+    /// Rows = methods, columns = budgets (or, with `layers`, each method's main layer at the
+    /// first budget), each panel the run's tokens; with `output_row`, each method gets a second
+    /// row of its reduced saliency, beside the full model's.
     Grid {
         methods: Vec<ReducerConfig>,
         budgets: Vec<Budget>,
+        #[serde(default)]
+        layers: Vec<usize>,
         output_row: bool,
         fill: DropFill,
         positions: PositionMode,
@@ -160,9 +163,26 @@ pub fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
     let ctx = Ctx { session, spec, input: &input, full: &full, analysis: &analysis };
     match &spec.figure {
         Figure::Panel { view, run } => ctx.panel(view, run.as_ref()),
-        Figure::Grid { methods, budgets, output_row, fill, positions } => {
-            ctx.grid(methods, budgets, *output_row, *fill, *positions)
+        Figure::Grid { methods, budgets, layers, output_row, fill, positions } => {
+            ctx.grid(methods, &columns(budgets, layers)?, *output_row, *fill, *positions)
         }
+    }
+}
+
+/// One grid column: a budget, and the method layer it sets (if columns are layers).
+#[derive(Debug, Clone, Copy)]
+struct Column {
+    budget: Budget,
+    layer: Option<usize>,
+}
+
+fn columns(budgets: &[Budget], layers: &[usize]) -> Result<Vec<Column>> {
+    if layers.is_empty() {
+        return Ok(budgets.iter().map(|&budget| Column { budget, layer: None }).collect());
+    }
+    match budgets {
+        [budget] => Ok(layers.iter().map(|&l| Column { budget: *budget, layer: Some(l) }).collect()),
+        _ => Err(Error::Config { field: "figure", reason: "columns of layers need exactly one budget".into() }),
     }
 }
 
@@ -349,24 +369,38 @@ impl Ctx<'_> {
     fn grid(
         &self,
         methods: &[ReducerConfig],
-        budgets: &[Budget],
+        columns: &[Column],
         output_row: bool,
         fill: DropFill,
         positions: PositionMode,
     ) -> Result<Vec<u8>> {
-        if methods.is_empty() || budgets.is_empty() {
+        if methods.is_empty() || columns.is_empty() {
             return Err(Error::Config {
                 field: "figure",
-                reason: "a grid needs at least one method and one budget".into(),
+                reason: "a grid needs at least one method and one column".into(),
+            });
+        }
+        if columns.iter().any(|c| c.layer.is_some())
+            && let Some(m) = methods.iter().find(|m| !m.has_layer())
+        {
+            return Err(Error::Config {
+                field: "figure",
+                reason: format!("columns of layers need methods with a layer; {} has none", m.name()),
             });
         }
         let n = self.full.states[0].num_patches();
         let mut contents: Vec<Vec<Option<Content>>> = Vec::new();
         let mut row_labels = Vec::new();
         for method in methods {
-            let runs = budgets
+            let runs = columns
                 .iter()
-                .map(|&budget| self.run(&RunSpec { reducer: method.clone(), budget, fill, positions }))
+                .map(|c| {
+                    let mut reducer = method.clone();
+                    if let Some(l) = c.layer {
+                        reducer.set_layer(l);
+                    }
+                    self.run(&RunSpec { reducer, budget: c.budget, fill, positions })
+                })
                 .collect::<Result<Vec<_>>>()?;
             let mut tokens_row: Vec<Option<Content>> =
                 runs.iter().map(|r| self.content(&View::Tokens, Some(r)).map(Some)).collect::<Result<_>>()?;
@@ -384,11 +418,14 @@ impl Ctx<'_> {
                 row_labels.push(format!("{} output", method.info().label));
             }
         }
-        let mut col_labels: Vec<String> = budgets
+        let mut col_labels: Vec<String> = columns
             .iter()
-            .map(|b| {
-                let keep = b.resolve(n).unwrap_or(n);
-                format!("{:.1} % removed ({keep})", 100.0 * b.removed_fraction(n))
+            .map(|c| {
+                let keep = c.budget.resolve(n).unwrap_or(n);
+                match c.layer {
+                    None => format!("{:.1} % removed ({keep})", 100.0 * c.budget.removed_fraction(n)),
+                    Some(l) => format!("layer {l}, {keep} kept"),
+                }
             })
             .collect();
         if output_row {

@@ -149,6 +149,16 @@ fn existing_files_need_force_and_unwritable_places_leave_nothing() {
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force"));
     assert_eq!(std::fs::read(&path).unwrap(), before, "the existing figure is untouched");
 
+    // A folder marked read-only: refused with a message, nothing left behind.
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+    let failed = args(&ro.join("fig.png")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && stderr.contains("read-only"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
+    std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
     // /proc refuses new files even for root: the error names the place, nothing is left.
     let nowhere = Path::new("/proc/tokenlens-test/fig.png");
     let failed = args(nowhere).output().unwrap();
@@ -189,4 +199,29 @@ fn a_method_by_ratio_grid_embeds_the_photo_once() {
     let again = dir.path().join("again.png");
     ok(tokenlens().arg("export").arg("--from").arg(dir.path().join("grid.png.json")).arg("--out").arg(&again));
     assert_eq!(std::fs::read(&png_path).unwrap(), std::fs::read(&again).unwrap());
+}
+
+#[test]
+fn grid_columns_can_be_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg_path = dir.path().join("layers.svg");
+    ok(tokenlens()
+        .arg("figure")
+        .arg(asset("astronaut.png"))
+        .args(["--reducers", "evit,cls_topk", "--layers", "2,8", "--ratios", "0.889", "--out"])
+        .arg(&svg_path));
+    let text = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(text.contains("layer 2, 28 kept") && text.contains("layer 8, 28 kept"));
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("layers.svg.json")).unwrap()).unwrap();
+    assert_eq!(spec["figure"]["layers"], serde_json::json!([2, 8]));
+    // A method without a layer cannot make layer columns.
+    let bad = tokenlens()
+        .arg("figure")
+        .arg(asset("astronaut.png"))
+        .args(["--reducers", "random", "--layers", "2,8", "--out"])
+        .arg(dir.path().join("bad.svg"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("random has none"));
 }

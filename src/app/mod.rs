@@ -375,6 +375,7 @@ impl TokenlensApp {
         Figure::Grid {
             methods: self.settings.compare.clone(),
             budgets: crate::reduce::budget::PRESETS_REMOVED.iter().map(|&f| Budget::RemoveFraction(f)).collect(),
+            layers: Vec::new(),
             output_row: true,
             fill: self.settings.spec.fill,
             positions: self.settings.spec.positions,

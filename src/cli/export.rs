@@ -135,13 +135,19 @@ pub fn export_from(sidecar: &Path, model: &ModelArgs, out: Option<PathBuf>, forc
     finish(&model.load()?, &spec, &out, force)
 }
 
-/// `figure IMAGE --reducers .. --ratios .. --out F`: rows = methods, columns = budgets.
+/// A grid's columns: budgets, or layers at one budget.
+pub struct Columns {
+    pub budgets: Vec<Budget>,
+    pub layers: Vec<usize>,
+}
+
+/// `figure IMAGE --reducers .. --ratios .. --out F`: rows = methods, columns = budgets or layers.
 #[allow(clippy::too_many_arguments)]
 pub fn figure_grid(
     image: &Path,
     model: &ModelArgs,
     methods: Vec<ReducerConfig>,
-    budgets: Vec<Budget>,
+    columns: Columns,
     output_row: bool,
     fill: DropFill,
     look: &LookArgs,
@@ -149,7 +155,8 @@ pub fn figure_grid(
 ) -> anyhow::Result<()> {
     let session = model.load()?;
     let input = session.open_image(image)?;
-    let figure = Figure::Grid { methods, budgets, output_row, fill, positions: PositionMode::default() };
+    let Columns { budgets, layers } = columns;
+    let figure = Figure::Grid { methods, budgets, layers, output_row, fill, positions: PositionMode::default() };
     let spec = look.apply(ExportSpec::new(&session, image, &input.sha256, figure, Format::from_path(out)?));
     finish(&session, &spec, out, look.force)
 }

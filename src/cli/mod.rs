@@ -202,6 +202,9 @@ enum Command {
         /// Comma-separated budgets (default: the four presets).
         #[arg(long, value_delimiter = ',', value_parser = Budget::parse)]
         ratios: Vec<Budget>,
+        /// Columns = these values of each method's main layer, at one budget (--ratios X).
+        #[arg(long, value_delimiter = ',')]
+        layers: Vec<usize>,
         /// Add each method's reduced saliency beside the full model's.
         #[arg(long)]
         output_row: bool,
@@ -298,9 +301,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let view = export::ViewArgs { name: view, layer: view_layer, head };
             export::export_panel(&image, &model, &view, run.spec()?, &look, &out)
         }
-        Command::Figure { image, reducers, ratios, output_row, fill, out, look, model } => {
-            let ratios = if ratios.is_empty() { presets() } else { ratios };
-            export::figure_grid(&image, &model, reducer_list(&reducers)?, ratios, output_row, fill, &look, &out)
+        Command::Figure { image, reducers, ratios, layers, output_row, fill, out, look, model } => {
+            let ratios = match (ratios.is_empty(), layers.is_empty()) {
+                (false, _) => ratios,
+                (true, true) => presets(),
+                (true, false) => vec![Budget::default()], // columns are layers: one budget
+            };
+            let columns = export::Columns { budgets: ratios, layers };
+            export::figure_grid(&image, &model, reducer_list(&reducers)?, columns, output_row, fill, &look, &out)
         }
         Command::Bench { image, reducers, repeats, model } => {
             bench::bench(&image, &model, &reducer_list(&reducers)?, repeats.max(1))
