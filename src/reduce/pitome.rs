@@ -17,10 +17,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::ops::{argsort_desc, keys_mean_heads, with_special_nan};
-use super::tome::merge_schedule;
+use super::tome::MergeSchedule;
 use super::{Context, Group, MethodInfo, Plan, Reducer, Site, SiteView};
+use crate::Result;
 use crate::model::Needs;
-use crate::{Error, Result};
 
 pub const INFO: MethodInfo = MethodInfo {
     name: "pitome",
@@ -51,7 +51,7 @@ impl Default for PitomeConfig {
 }
 
 pub struct Pitome {
-    schedule: Vec<(usize, usize)>,
+    schedule: MergeSchedule,
     num_layers: usize,
     margin: Option<f32>,
     alpha: f32,
@@ -65,19 +65,8 @@ impl Pitome {
         ctx: &Context,
         check_layer: impl Fn(&'static str, usize) -> Result<usize>,
     ) -> Result<Self> {
-        let first = check_layer("first_layer", cfg.first_layer)?;
-        let last = check_layer("last_layer", cfg.last_layer.unwrap_or(ctx.num_layers - 1))?;
-        if last < first {
-            return Err(Error::Config { field: "last_layer", reason: format!("{last} is before first_layer {first}") });
-        }
-        let schedule = merge_schedule(ctx.num_patches(), keep, first..=last).map_err(|min| Error::Config {
-            field: "budget",
-            reason: format!(
-                "PiToMe merges at most half the tokens per block, so blocks {first}..={last} keep at least {min}"
-            ),
-        })?;
         Ok(Self {
-            schedule,
+            schedule: MergeSchedule::new("PiToMe", cfg.first_layer, cfg.last_layer, keep, ctx, check_layer)?,
             num_layers: ctx.num_layers,
             margin: cfg.margin,
             alpha: cfg.alpha,
@@ -99,11 +88,11 @@ pub fn energy(cos: &[Vec<f32>], tokens: &[usize], margin: f32, alpha: f32) -> Ve
 
 impl Reducer for Pitome {
     fn sites(&self) -> Vec<Site> {
-        self.schedule.iter().map(|&(l, _)| Site::MidBlock(l)).collect()
+        self.schedule.sites()
     }
 
     fn needs(&self, layer: usize) -> Needs {
-        Needs { probs: false, keys: self.schedule.iter().any(|&(l, _)| l == layer) }
+        self.schedule.needs(layer)
     }
 
     fn proportional_attention(&self) -> bool {
@@ -111,8 +100,8 @@ impl Reducer for Pitome {
     }
 
     fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
+        let r = self.schedule.r_at(view.site);
         let Site::MidBlock(layer) = view.site else { unreachable!("PiToMe acts mid-block") };
-        let r = self.schedule.iter().find(|&&(l, _)| l == layer).map_or(0, |&(_, r)| r);
         let state = view.state;
         let keys = keys_mean_heads(view.attn.keys.as_ref().expect("needs() asked for keys"))?;
         let cos = super::ops::cosine_matrix(&keys, &keys)?;

@@ -46,8 +46,7 @@ impl Default for TomeConfig {
 }
 
 pub struct Tome {
-    /// (block, r) for every block that merges.
-    schedule: Vec<(usize, usize)>,
+    schedule: MergeSchedule,
     proportional_attention: bool,
 }
 
@@ -58,24 +57,60 @@ impl Tome {
         ctx: &Context,
         check_layer: impl Fn(&'static str, usize) -> Result<usize>,
     ) -> Result<Self> {
-        let first = check_layer("first_layer", cfg.first_layer)?;
-        let last = check_layer("last_layer", cfg.last_layer.unwrap_or(ctx.num_layers - 1))?;
-        if last < first {
-            return Err(Error::Config { field: "last_layer", reason: format!("{last} is before first_layer {first}") });
-        }
-        let schedule = merge_schedule(ctx.num_patches(), keep, first..=last).map_err(|min| Error::Config {
-            field: "budget",
-            reason: format!(
-                "ToMe merges at most half the tokens per block, so blocks {first}..={last} keep at least {min}; \
-                     widen the layer range or keep more tokens"
-            ),
-        })?;
+        let schedule = MergeSchedule::new("ToMe", cfg.first_layer, cfg.last_layer, keep, ctx, check_layer)?;
         Ok(Self { schedule, proportional_attention: cfg.proportional_attention })
     }
 }
 
-/// Spreads `num_patches - keep` merges (CLS is protected and never counted) over `layers` as evenly as the half-per-block limit
-/// allows, taking more early only when the remaining blocks could not catch up.
+/// The blocks of a layer range that merge, and how many tokens each merges: shared by the
+/// merge methods (ToMe, PiToMe) that spread a budget over blocks.
+pub struct MergeSchedule {
+    blocks: Vec<(usize, usize)>,
+}
+
+impl MergeSchedule {
+    pub fn new(
+        method: &str,
+        first_layer: usize,
+        last_layer: Option<usize>,
+        keep: usize,
+        ctx: &Context,
+        check_layer: impl Fn(&'static str, usize) -> Result<usize>,
+    ) -> Result<Self> {
+        let first = check_layer("first_layer", first_layer)?;
+        let last = check_layer("last_layer", last_layer.unwrap_or(ctx.num_layers - 1))?;
+        if last < first {
+            return Err(Error::Config { field: "last_layer", reason: format!("{last} is before first_layer {first}") });
+        }
+        let blocks = merge_schedule(ctx.num_patches(), keep, first..=last).map_err(|min| Error::Config {
+            field: "budget",
+            reason: format!(
+                "{method} merges at most half the tokens per block, so blocks {first}..={last} keep at least {min}; \
+                 widen the layer range or keep more tokens"
+            ),
+        })?;
+        Ok(Self { blocks })
+    }
+
+    pub fn sites(&self) -> Vec<Site> {
+        self.blocks.iter().map(|&(l, _)| Site::MidBlock(l)).collect()
+    }
+
+    /// Merging blocks need their keys.
+    pub fn needs(&self, layer: usize) -> Needs {
+        Needs { probs: false, keys: self.blocks.iter().any(|&(l, _)| l == layer) }
+    }
+
+    /// Tokens to merge at `site` (a mid-block site of the schedule).
+    pub fn r_at(&self, site: Site) -> usize {
+        let Site::MidBlock(layer) = site else { unreachable!("merges happen mid-block") };
+        self.blocks.iter().find(|&&(l, _)| l == layer).map_or(0, |&(_, r)| r)
+    }
+}
+
+/// Spreads `num_patches - keep` merges over `layers` (CLS is protected and never counted) as
+/// evenly as the half-per-block limit allows, taking more early only when the remaining blocks
+/// could not catch up.
 /// `Err(fewest reachable)` if the budget cannot be met.
 pub fn merge_schedule(
     num_patches: usize,
@@ -109,11 +144,11 @@ pub fn merge_schedule(
 
 impl Reducer for Tome {
     fn sites(&self) -> Vec<Site> {
-        self.schedule.iter().map(|&(l, _)| Site::MidBlock(l)).collect()
+        self.schedule.sites()
     }
 
     fn needs(&self, layer: usize) -> Needs {
-        Needs { probs: false, keys: self.schedule.iter().any(|&(l, _)| l == layer) }
+        self.schedule.needs(layer)
     }
 
     fn proportional_attention(&self) -> bool {
@@ -121,8 +156,7 @@ impl Reducer for Tome {
     }
 
     fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
-        let Site::MidBlock(layer) = view.site else { unreachable!("ToMe acts mid-block") };
-        let r = self.schedule.iter().find(|&&(l, _)| l == layer).map_or(0, |&(_, r)| r);
+        let r = self.schedule.r_at(view.site);
         let keys = view.attn.keys.as_ref().expect("needs() asked for keys");
         let metric = rows(&keys_mean_heads(keys)?)?;
         let m = bipartite_soft_matching(&metric, r, view.state.num_special > 0);
