@@ -232,9 +232,7 @@ impl Ctx<'_> {
         Ok(match view {
             View::Tokens => {
                 let run = run.ok_or_else(needs_run)?;
-                let groups = TokenGroups::from_groups(rows, cols, &run.groups).expect("a run's groups are disjoint");
-                let style =
-                    if run.spec.reducer.info().merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
+                let (groups, style) = figures::token_groups([rows, cols], run);
                 Content::Tokens { groups, style, title: figures::run_title(run) }
             }
             View::Scores => {

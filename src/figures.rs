@@ -61,9 +61,7 @@ pub fn saliency_body(input: &ImageInput, output: &Output, colormap: Colormap, ma
 
 /// [`tokens`] without title or legend.
 pub fn tokens_body(input: &ImageInput, grid: [usize; 2], run: &RunResult, max_side: u32) -> RgbImage {
-    let groups =
-        TokenGroups::from_groups(grid[0], grid[1], &run.groups).expect("a run's groups are disjoint and on the grid");
-    let style = if run.spec.reducer.info().merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
+    let (groups, style) = token_groups(grid, run);
     render::tokens_body(
         &input.photo,
         &groups,
@@ -87,6 +85,15 @@ pub fn saliency(input: &ImageInput, output: &Output, title: String, colormap: Co
     render::overlay(&input.photo, &heat, &placement(input), &style)
 }
 
+/// A run's groups on the grid, and how to draw them: merge methods as filled groups (ToMe's
+/// figure), pruning methods as kept versus faded dropped patches.
+pub fn token_groups(grid: [usize; 2], run: &RunResult) -> (TokenGroups, GroupStyle) {
+    let groups =
+        TokenGroups::from_groups(grid[0], grid[1], &run.groups).expect("a run's groups are disjoint and on the grid");
+    let style = if run.spec.reducer.info().merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
+    (groups, style)
+}
+
 /// "ToMe, 66.7 % removed (85 of 256)".
 pub fn run_title(run: &RunResult) -> String {
     format!("{}, {}", run.spec.reducer.info().label, run.spec.budget.describe(run.num_patches))
@@ -95,9 +102,7 @@ pub fn run_title(run: &RunResult) -> String {
 /// Which patches survive and how they group: merge methods as filled groups (ToMe's figure),
 /// pruning methods as kept versus faded dropped patches.
 pub fn tokens(input: &ImageInput, grid: [usize; 2], run: &RunResult, max_side: u32) -> RgbImage {
-    let groups =
-        TokenGroups::from_groups(grid[0], grid[1], &run.groups).expect("a run's groups are disjoint and on the grid");
-    let style = if run.spec.reducer.info().merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
+    let (groups, style) = token_groups(grid, run);
     let tokens_style = TokensStyle { style, title: Some(run_title(run)), max_side, ..TokensStyle::default() };
     render::tokens_overlay(&input.photo, &groups, &placement(input), &tokens_style)
 }
