@@ -3,8 +3,8 @@
 //!
 //! Interactive jobs (open an image, a reduced run, a comparison) are served newest-first: a new
 //! job of a kind replaces a queued one and cancels the running one. The drift curve is
-//! background work done one point at a time between interactive jobs, so moving a slider never
-//! waits for it.
+//! background work done one point at a time between interactive jobs; a new request cancels the
+//! point being computed (it is redone later), so moving a slider never waits for it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -97,22 +97,27 @@ enum Kind {
     Compare,
 }
 
+/// A job, its cancel token, and the token for background work from now on.
+type Message = (Job, Cancel, Cancel);
+
 pub struct WorkerHandle {
-    jobs: Sender<(Job, Cancel)>,
+    jobs: Sender<Message>,
     pub events: Receiver<Event>,
     cancels: [Cancel; 3],
+    /// Cancels the running step of background work (the drift curve) when anything is asked.
+    background: Cancel,
 }
 
 impl WorkerHandle {
     /// Starts the worker; it loads the model first. `wake` asks the UI to repaint.
     pub fn spawn(model: ModelSource, wake: impl Fn() + Send + 'static) -> Self {
-        let (jobs, job_rx) = channel::<(Job, Cancel)>();
+        let (jobs, job_rx) = channel::<Message>();
         let (event_tx, events) = channel();
         std::thread::Builder::new()
             .name("tokenlens-worker".into())
             .spawn(move || Worker::new(model, event_tx, wake).serve(job_rx))
             .expect("spawning the worker thread");
-        Self { jobs, events, cancels: Default::default() }
+        Self { jobs, events, cancels: Default::default(), background: Cancel::default() }
     }
 
     /// Queues `job`, cancelling the running job of the same kind (its answer is stale now).
@@ -132,7 +137,10 @@ impl WorkerHandle {
             }
             None => Cancel::default(),
         };
-        self.jobs.send((job, cancel)).ok(); // Err only if the worker has exited
+        // Whatever was asked comes before the background step running now.
+        self.background.cancel();
+        self.background = Cancel::default();
+        self.jobs.send((job, cancel, self.background.clone())).ok(); // Err only if the worker has exited
     }
 }
 
@@ -148,6 +156,8 @@ struct Worker<W: Fn()> {
     /// The current image and its checksum, for export sidecars.
     source: Option<(ImageSource, String)>,
     exports: Vec<(Job, Cancel)>,
+    /// The token background steps run with (replaced with every message).
+    background: Cancel,
 }
 
 /// Reduced runs kept per image (each ~0.3 MB).
@@ -171,6 +181,7 @@ impl<W: Fn()> Worker<W> {
             results: HashMap::new(),
             source: None,
             exports: Vec::new(),
+            background: Cancel::default(),
         };
         let loaded = Session::load(&model, &mut |line| worker_say(&worker.events, &worker.wake, line));
         match loaded {
@@ -188,7 +199,7 @@ impl<W: Fn()> Worker<W> {
         (self.wake)();
     }
 
-    fn serve(mut self, jobs: Receiver<(Job, Cancel)>) {
+    fn serve(mut self, jobs: Receiver<Message>) {
         loop {
             // Block only when there is nothing at all to do.
             let idle = self.queued.iter().all(Option::is_none) && self.drift.is_none() && self.exports.is_empty();
@@ -204,7 +215,8 @@ impl<W: Fn()> Worker<W> {
                     Err(TryRecvError::Disconnected) => return,
                 }
             };
-            if let Some((job, cancel)) = next {
+            if let Some((job, cancel, background)) = next {
+                self.background = background;
                 self.enqueue(job, cancel);
                 continue; // drain everything queued before working
             }
@@ -315,8 +327,12 @@ impl<W: Fn()> Worker<W> {
         };
         let (id, mut spec) = (work.id, work.spec.clone());
         spec.budget = Budget::RemoveFraction(removed);
-        let result = self.cached_run(&spec, &Cancel::default())?;
-        self.send(Event::DriftPoint { id, removed, l1: result.fidelity.saliency_l1 });
+        match self.cached_run(&spec, &self.background.clone()) {
+            Ok(result) => self.send(Event::DriftPoint { id, removed, l1: result.fidelity.saliency_l1 }),
+            // Interrupted for an interactive job: this point is computed later.
+            Err(Error::Cancelled) => self.drift.iter_mut().for_each(|w| w.ratios.push(removed)),
+            Err(e) => return Err(e),
+        }
         Ok(())
     }
 
