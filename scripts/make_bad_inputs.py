@@ -99,6 +99,12 @@ def main():
     else:
         raise AssertionError("expected Pillow to flag huge_header.png as a decompression bomb")
 
+    # What Pillow decodes the convertible images to (Image.open(p).convert("RGB"), as reference
+    # pipelines do): raw 8-bit RGB, row-major, for tokenlens's decoding to match byte for byte.
+    for name in ["rgb16.png", "rgba.png", "gray.png"]:
+        rgb = Image.open(OUT / name).convert("RGB")
+        (OUT / f"{name}.pillow.rgb").write_bytes(rgb.tobytes())
+
     for p in sorted(OUT.iterdir()):
         print(f"{p.relative_to(REPO)}  {p.stat().st_size} bytes")
 

@@ -38,6 +38,12 @@ fn sixteen_bit_grayscale_and_rgba_are_converted() {
     assert!(p[0] == p[1] && p[1] == p[2], "grey stays grey: {p:?}");
     let rgba = load_image(&fixture("bad/rgba.png")).unwrap();
     assert_eq!(rgba.dimensions(), (64, 48));
+    // Byte for byte what Pillow's `convert("RGB")` gives (alpha dropped, 16-bit to high byte),
+    // as reference pipelines decode (scripts/make_bad_inputs.py).
+    for (name, img) in [("rgb16.png", &rgb16), ("rgba.png", &rgba), ("gray.png", &gray)] {
+        let pillow = std::fs::read(fixture(&format!("bad/{name}.pillow.rgb"))).unwrap();
+        assert_eq!(img.as_raw(), &pillow, "{name} decodes differently from Pillow");
+    }
     // Each converts to something the model accepts.
     for img in [rgb16, gray, rgba] {
         let (canvas, content) = tokenlens::model::preprocess::letterbox(&img, 224);

@@ -19,8 +19,8 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 pub const MAX_SIDE: u32 = 16_384;
 const MAX_ALLOC: u64 = 1 << 30;
 
-/// Decodes an image file; any bit depth or colour type becomes 8-bit RGB (alpha is composited
-/// over black, the colour the model's padding uses).
+/// Decodes an image file; any bit depth or colour type becomes 8-bit RGB as Pillow converts it
+/// (alpha dropped, 16-bit samples to their high byte).
 pub fn load_image(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::image(path, format!("cannot read: {e}")))?;
     decode_image(&bytes).map_err(|reason| Error::image(path, reason))
@@ -56,18 +56,33 @@ pub fn decode_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         }
         other => format!("cannot decode: {other} (the file may be truncated or corrupt)"),
     })?;
-    Ok(to_rgb_over_black(image))
+    Ok(to_rgb_like_pillow(image))
 }
 
-fn to_rgb_over_black(image: DynamicImage) -> RgbImage {
-    if !image.color().has_alpha() {
-        return image.into_rgb8();
+/// 8-bit RGB as Pillow's `Image.open(p).convert("RGB")` gives it, since reference pipelines
+/// decode that way: alpha is dropped (not composited), and 16-bit samples keep their high byte.
+fn to_rgb_like_pillow(image: DynamicImage) -> RgbImage {
+    let high_byte = |v: u16| (v >> 8) as u8;
+    match image {
+        DynamicImage::ImageRgb16(img) => {
+            RgbImage::from_fn(img.width(), img.height(), |x, y| image::Rgb(img.get_pixel(x, y).0.map(high_byte)))
+        }
+        DynamicImage::ImageRgba16(img) => RgbImage::from_fn(img.width(), img.height(), |x, y| {
+            let [r, g, b, _] = img.get_pixel(x, y).0;
+            image::Rgb([r, g, b].map(high_byte))
+        }),
+        // DEVIATION(Pillow): 16-bit grey keeps its high byte too; Pillow clips such values to
+        // 0..255, which turns most 16-bit grey photos white.
+        DynamicImage::ImageLuma16(img) => RgbImage::from_fn(img.width(), img.height(), |x, y| {
+            let v = high_byte(img.get_pixel(x, y).0[0]);
+            image::Rgb([v, v, v])
+        }),
+        DynamicImage::ImageLumaA16(img) => RgbImage::from_fn(img.width(), img.height(), |x, y| {
+            let v = high_byte(img.get_pixel(x, y).0[0]);
+            image::Rgb([v, v, v])
+        }),
+        other => other.into_rgb8(), // 8-bit: grey replicated, alpha dropped
     }
-    let rgba = image.into_rgba32f();
-    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        let [r, g, b, a] = rgba.get_pixel(x, y).0;
-        image::Rgb([r, g, b].map(|c| (c * a * 255.0).round().clamp(0.0, 255.0) as u8))
-    })
 }
 
 /// Where the photo sits inside the square canvas the model sees.
