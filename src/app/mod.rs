@@ -613,6 +613,7 @@ impl eframe::App for TokenlensApp {
         }
         self.help_ui(&ctx);
         self.overwrite_ui(&ctx);
+        drop_hint_ui(&ctx);
         self.submit_changes();
         self.persist_settings(false);
         self.screenshot_step(&ctx);
@@ -692,6 +693,25 @@ impl TokenlensApp {
 
 /// Opens the window with `settings`; blocks until it is closed. `screenshot`: save the first
 /// finished frame there and exit (for tests under Xvfb).
+/// While a file is dragged over the window, says that dropping it opens it.
+fn drop_hint_ui(ctx: &egui::Context) {
+    let hovering = ctx.input(|i| !i.raw.hovered_files.is_empty());
+    if !hovering {
+        return;
+    }
+    let painter =
+        ctx.layer_painter(egui::LayerId::new(egui::Order::Foreground, egui::Id::unique("tokenlens-drop-hint")));
+    let rect = ctx.content_rect();
+    painter.rect_filled(rect, 0.0, egui::Color32::from_black_alpha(170));
+    painter.text(
+        rect.center(),
+        egui::Align2::CENTER_CENTER,
+        "Drop the image to open it",
+        egui::FontId::proportional(28.0),
+        egui::Color32::WHITE,
+    );
+}
+
 /// Settings persist between sessions, except in screenshot mode (tests stay reproducible).
 pub fn run(
     model: ModelSource,
