@@ -17,6 +17,18 @@ pub enum Activation {
     QuickGelu,
 }
 
+/// How a family names the parts of a transformer block in its checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockNames {
+    /// `norm1`, `norm2`, `mlp.fc1`, `mlp.fc2`, `layer_scale1/2` (Hugging Face `Dinov2Layer`).
+    #[default]
+    Dinov2,
+    /// `layernorm_before`, `layernorm_after`, `intermediate.dense`, `output.dense`
+    /// (`ViTLayer`, `DeiTLayer`).
+    Vit,
+}
+
 /// One config for every ViT-like encoder; the fields that differ between families are axes
 /// here, not separate model files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +48,12 @@ pub struct VitConfig {
     /// Side of the grid the position table was trained for (DINOv2: 518 / 14 = 37); the table
     /// is resized bicubically to the actual grid.
     pub position_grid: usize,
+    /// Checkpoint names of the block's parts.
+    pub block_names: BlockNames,
+    /// Biases on the query, key and value projections.
+    pub qkv_bias: bool,
+    /// Learned tokens before the patches: CLS (1), CLS + distillation (DeiT, 2).
+    pub num_prefix_tokens: usize,
 }
 
 impl Default for VitConfig {
@@ -60,6 +78,9 @@ impl VitConfig {
             hidden_act: Activation::Gelu,
             layerscale: true,
             position_grid: 37,
+            block_names: BlockNames::Dinov2,
+            qkv_bias: true,
+            num_prefix_tokens: 1,
         }
     }
 

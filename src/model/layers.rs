@@ -3,9 +3,9 @@
 //! MLP (where ToMe merges).
 
 use candle_core::{Module, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear};
+use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_b};
 
-use super::config::{Activation, VitConfig};
+use super::config::{Activation, BlockNames, VitConfig};
 use crate::Result;
 
 /// Multi-head self-attention (Hugging Face `Dinov2Attention` / `ViTAttention` names).
@@ -32,9 +32,9 @@ impl Attention {
         let d = cfg.hidden_size;
         let inner = vb.pp("attention");
         Ok(Self {
-            query: linear(d, d, inner.pp("query"))?,
-            key: linear(d, d, inner.pp("key"))?,
-            value: linear(d, d, inner.pp("value"))?,
+            query: linear_b(d, d, cfg.qkv_bias, inner.pp("query"))?,
+            key: linear_b(d, d, cfg.qkv_bias, inner.pp("key"))?,
+            value: linear_b(d, d, cfg.qkv_bias, inner.pp("value"))?,
             output: linear(d, d, vb.pp("output").pp("dense"))?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
@@ -79,10 +79,11 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+    /// `vb_fc1` / `vb_fc2`: the two projections (`mlp.fc1` or `intermediate.dense`, ...).
+    pub fn new(cfg: &VitConfig, vb_fc1: VarBuilder, vb_fc2: VarBuilder) -> Result<Self> {
         Ok(Self {
-            fc1: linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("fc1"))?,
-            fc2: linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("fc2"))?,
+            fc1: linear(cfg.hidden_size, cfg.intermediate_size, vb_fc1)?,
+            fc2: linear(cfg.intermediate_size, cfg.hidden_size, vb_fc2)?,
             act: cfg.hidden_act,
         })
     }
@@ -129,12 +130,19 @@ pub struct Block {
 impl Block {
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        // The same computation under each family's checkpoint names.
+        let (norm1, norm2, fc1, fc2) = match cfg.block_names {
+            BlockNames::Dinov2 => ("norm1", "norm2", vb.pp("mlp").pp("fc1"), vb.pp("mlp").pp("fc2")),
+            BlockNames::Vit => {
+                ("layernorm_before", "layernorm_after", vb.pp("intermediate").pp("dense"), vb.pp("output").pp("dense"))
+            }
+        };
         Ok(Self {
-            norm1: layer_norm(d, eps, vb.pp("norm1"))?,
+            norm1: layer_norm(d, eps, vb.pp(norm1))?,
             attention: Attention::new(cfg, vb.pp("attention"))?,
             layer_scale1: LayerScale::new(cfg.layerscale, d, vb.pp("layer_scale1"))?,
-            norm2: layer_norm(d, eps, vb.pp("norm2"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            norm2: layer_norm(d, eps, vb.pp(norm2))?,
+            mlp: Mlp::new(cfg, fc1, fc2)?,
             layer_scale2: LayerScale::new(cfg.layerscale, d, vb.pp("layer_scale2"))?,
         })
     }

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod fetch;
+pub mod hf;
 pub mod hooks;
 pub mod jpeg;
 pub mod layers;

@@ -46,11 +46,13 @@ pub trait Intervene {
 pub struct NoIntervention;
 impl Intervene for NoIntervention {}
 
-/// Patch embedding, CLS token and the position table resized to the grid.
+/// Patch embedding, the prefix tokens (CLS, DeiT's distillation token) and the position table
+/// resized to the grid.
 pub struct Embeddings {
     patch: Conv2d,
-    cls_token: Tensor,
-    /// `[1, 1 + g*g, dim]` at the training grid `g`.
+    /// `[1, prefix, dim]`.
+    prefix: Tensor,
+    /// `[1, prefix + g*g, dim]` at the training grid `g`.
     position: Tensor,
     position_grid: usize,
 }
@@ -58,43 +60,48 @@ pub struct Embeddings {
 impl Embeddings {
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
         let conv = Conv2dConfig { stride: cfg.patch_size, ..Default::default() };
-        let g = cfg.position_grid;
+        let (g, d, p) = (cfg.position_grid, cfg.hidden_size, cfg.num_prefix_tokens);
+        let mut prefix = vec![vb.get((1, 1, d), "cls_token")?];
+        if p == 2 {
+            prefix.push(vb.get((1, 1, d), "distillation_token")?);
+        }
         Ok(Self {
             patch: candle_nn::conv2d(
                 cfg.num_channels,
-                cfg.hidden_size,
+                d,
                 cfg.patch_size,
                 conv,
                 vb.pp("patch_embeddings").pp("projection"),
             )?,
-            cls_token: vb.get((1, 1, cfg.hidden_size), "cls_token")?,
-            position: vb.get((1, 1 + g * g, cfg.hidden_size), "position_embeddings")?,
+            prefix: Tensor::cat(&prefix, 1)?,
+            position: vb.get((1, p + g * g, d), "position_embeddings")?,
             position_grid: g,
         })
     }
 
-    /// `[1, 1 + rows*cols, dim]` embeddings and the patch grid (rows, cols).
+    /// `[1, prefix + rows*cols, dim]` embeddings and the patch grid (rows, cols).
     pub fn forward(&self, pixels: &Tensor) -> Result<(Tensor, (usize, usize))> {
         let patches = self.patch.forward(pixels)?; // [1, dim, rows, cols]
         let (_, d, rows, cols) = patches.dims4()?;
         let patches = patches.flatten_from(2)?.transpose(1, 2)?; // [1, rows*cols, dim]
-        let tokens = Tensor::cat(&[&self.cls_token, &patches], 1)?;
+        let tokens = Tensor::cat(&[&self.prefix, &patches], 1)?;
         Ok((tokens.broadcast_add(&self.position_for(rows, cols, d)?)?, (rows, cols)))
     }
 
     /// The position table resized bicubically (a = -0.75, half-pixel) from the training grid,
-    /// exactly as the exported graph's `Resize` does.
-    fn position_for(&self, rows: usize, cols: usize, d: usize) -> Result<Tensor> {
+    /// exactly as the exported graph's `Resize` (and PyTorch's bicubic interpolate) does.
+    pub fn position_for(&self, rows: usize, cols: usize, d: usize) -> Result<Tensor> {
         let g = self.position_grid;
-        let cls = self.position.narrow(1, 0, 1)?;
-        let table = self.position.narrow(1, 1, g * g)?.reshape((1, g, g, d))?.permute((0, 3, 1, 2))?; // [1, d, g, g]
+        let p = self.prefix.dim(1)?;
+        let prefix = self.position.narrow(1, 0, p)?;
+        let table = self.position.narrow(1, p, g * g)?.reshape((1, g, g, d))?.permute((0, 3, 1, 2))?; // [1, d, g, g]
         let table = if (rows, cols) == (g, g) {
             table
         } else {
             resize2d(&table.contiguous()?, rows, cols, Kernel::Cubic { a: -0.75 })?
         };
         let table = table.permute((0, 2, 3, 1))?.reshape((1, rows * cols, d))?;
-        Ok(Tensor::cat(&[&cls, &table], 1)?)
+        Ok(Tensor::cat(&[&prefix, &table], 1)?)
     }
 }
 
@@ -124,6 +131,10 @@ impl VisionTransformer {
         self.blocks.len()
     }
 
+    pub fn embeddings(&self) -> &Embeddings {
+        &self.embeddings
+    }
+
     /// Embeds `[1, channels, h, w]` pixels: the state before block 0.
     pub fn embed(&self, pixels: &Tensor) -> Result<TokenState> {
         let (_, c, h, w) = pixels.dims4()?;
@@ -138,7 +149,7 @@ impl VisionTransformer {
             });
         }
         let (tokens, grid) = self.embeddings.forward(pixels)?;
-        Ok(TokenState::fresh(tokens, 1, grid))
+        Ok(TokenState::fresh(tokens, self.cfg.num_prefix_tokens, grid))
     }
 
     /// Runs blocks `state.layer..until`, recording what `probe` asks and letting `intervene`

@@ -1,0 +1,163 @@
+//! Vision encoders from Hugging Face model folders (`config.json` + `model.safetensors`), run by
+//! the same [`VisionTransformer`] as the default model: ViT (`ViTModel`,
+//! `ViTForImageClassification`), DeiT (with or without the distillation token) and DINOv2.
+//! Families differ only in config axes ([`VitConfig`]: block names, qkv bias, prefix tokens,
+//! layer scale), never in a second forward pass. CLIP and SigLIP towers follow the same route.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Linear, VarBuilder, linear};
+use serde::Deserialize;
+
+use super::config::{Activation, BlockNames, VitConfig};
+use super::vit::VisionTransformer;
+use crate::{Error, Result};
+
+/// The fields of a Hugging Face vision `config.json` we read (the rest is ignored).
+#[derive(Debug, Clone, Deserialize)]
+struct HfConfig {
+    model_type: String,
+    #[serde(default)]
+    architectures: Vec<String>,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: Option<usize>,
+    mlp_ratio: Option<f64>,
+    layer_norm_eps: f64,
+    image_size: usize,
+    patch_size: usize,
+    #[serde(default = "three")]
+    num_channels: usize,
+    hidden_act: String,
+    #[serde(default = "yes")]
+    qkv_bias: bool,
+    #[serde(default)]
+    id2label: BTreeMap<String, String>,
+}
+
+fn three() -> usize {
+    3
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The image classes of a classifier, or none for a bare encoder.
+pub enum Head {
+    None,
+    /// `classifier` on the CLS token.
+    Cls(Linear),
+    /// DeiT with a teacher: the mean of `cls_classifier` on CLS and `distillation_classifier`
+    /// on the distillation token.
+    ClsAndDistillation(Linear, Linear),
+}
+
+/// A loaded Hugging Face vision model.
+pub struct HfVision {
+    pub model_type: String,
+    pub architecture: String,
+    pub encoder: VisionTransformer,
+    pub head: Head,
+    /// Class names, by class index.
+    pub labels: Vec<String>,
+}
+
+impl HfVision {
+    /// Loads `dir/config.json` and `dir/model.safetensors`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let bad = |path: &Path, reason: String| Error::weights(path, reason);
+        let text = std::fs::read_to_string(&config_path).map_err(|e| bad(&config_path, format!("cannot read: {e}")))?;
+        let hf: HfConfig =
+            serde_json::from_str(&text).map_err(|e| bad(&config_path, format!("not a vision config.json: {e}")))?;
+        let architecture = hf.architectures.first().cloned().unwrap_or_else(|| hf.model_type.clone());
+        let cfg = vit_config(&hf).map_err(|reason| bad(&config_path, reason))?;
+
+        let weights_path: PathBuf = dir.join("model.safetensors");
+        let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
+            bad(&weights_path, format!("cannot read the weights ({e}); the folder needs model.safetensors"))
+        })?;
+        // Classifiers keep the encoder under `vit.` / `deit.`; bare models at the root.
+        let root = [hf.model_type.as_str(), "vit", "deit"]
+            .into_iter()
+            .find(|p| weights.contains_key(&format!("{p}.embeddings.cls_token")))
+            .unwrap_or("");
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json ({architecture}): {e}"));
+        let encoder_vb = if root.is_empty() { vb.clone() } else { vb.pp(root) };
+        let encoder = VisionTransformer::new(&cfg, encoder_vb).map_err(mismatch)?;
+        let num_labels = hf.id2label.len();
+        let head = match architecture.as_str() {
+            "DeiTForImageClassificationWithTeacher" => Head::ClsAndDistillation(
+                linear(cfg.hidden_size, num_labels, vb.pp("cls_classifier")).map_err(|e| mismatch(e.into()))?,
+                linear(cfg.hidden_size, num_labels, vb.pp("distillation_classifier"))
+                    .map_err(|e| mismatch(e.into()))?,
+            ),
+            a if a.ends_with("ForImageClassification") => {
+                Head::Cls(linear(cfg.hidden_size, num_labels, vb.pp("classifier")).map_err(|e| mismatch(e.into()))?)
+            }
+            _ => Head::None,
+        };
+        let labels = (0..num_labels).map(|i| hf.id2label.get(&i.to_string()).cloned().unwrap_or_default()).collect();
+        Ok(Self { model_type: hf.model_type, architecture, encoder, head, labels })
+    }
+
+    /// Class logits from the final-norm features `[1, tokens, dim]` (prefix tokens first).
+    pub fn logits(&self, features: &Tensor) -> Result<Option<Tensor>> {
+        let token = |i: usize| features.narrow(1, i, 1).and_then(|t| t.squeeze(1));
+        Ok(match &self.head {
+            Head::None => None,
+            Head::Cls(classifier) => Some(classifier.forward(&token(0)?)?),
+            Head::ClsAndDistillation(cls, dist) => {
+                Some(((cls.forward(&token(0)?)? + dist.forward(&token(1)?)?)? / 2.0)?)
+            }
+        })
+    }
+}
+
+/// Our config axes for a Hugging Face config.
+fn vit_config(hf: &HfConfig) -> std::result::Result<VitConfig, String> {
+    let (block_names, layerscale, num_prefix_tokens) = match hf.model_type.as_str() {
+        "vit" => (BlockNames::Vit, false, 1),
+        // Every DeiT carries the distillation token; the plain classifier reads only CLS.
+        "deit" => (BlockNames::Vit, false, 2),
+        "dinov2" => (BlockNames::Dinov2, true, 1),
+        other => return Err(format!("unsupported model_type `{other}`; tokenlens reads vit, deit and dinov2 folders")),
+    };
+    let hidden_act = match hf.hidden_act.as_str() {
+        "gelu" => Activation::Gelu,
+        "gelu_pytorch_tanh" | "gelu_new" => Activation::GeluPytorchTanh,
+        "quick_gelu" => Activation::QuickGelu,
+        other => return Err(format!("unsupported hidden_act `{other}`")),
+    };
+    let intermediate_size = match (hf.intermediate_size, hf.mlp_ratio) {
+        (Some(n), _) => n,
+        (None, Some(r)) => (hf.hidden_size as f64 * r).round() as usize,
+        (None, None) => return Err("config.json gives neither intermediate_size nor mlp_ratio".into()),
+    };
+    if hf.patch_size == 0 || hf.image_size % hf.patch_size != 0 {
+        return Err(format!("image_size {} is not a multiple of patch_size {}", hf.image_size, hf.patch_size));
+    }
+    let cfg = VitConfig {
+        hidden_size: hf.hidden_size,
+        num_hidden_layers: hf.num_hidden_layers,
+        num_attention_heads: hf.num_attention_heads,
+        intermediate_size,
+        layer_norm_eps: hf.layer_norm_eps,
+        patch_size: hf.patch_size,
+        image_size: hf.image_size,
+        num_channels: hf.num_channels,
+        hidden_act,
+        layerscale,
+        position_grid: hf.image_size / hf.patch_size,
+        block_names,
+        qkv_bias: hf.qkv_bias,
+        num_prefix_tokens,
+    };
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
+}

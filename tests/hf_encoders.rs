@@ -1,0 +1,106 @@
+//! Hugging Face vision folders (ViT, DeiT, DINOv2) through our encoder, against transformers
+//! outputs of tiny random-weight checkpoints (`scripts/make_encoder_fixtures.py`).
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+use tokenlens::Cancel;
+use tokenlens::model::hf::HfVision;
+use tokenlens::model::{HookPoint, NoIntervention, Probe, Trace};
+
+fn folder(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoders").join(name)
+}
+
+fn reference(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(folder(name).join("reference.json")).unwrap()).unwrap()
+}
+
+/// `{shape, data}` as a tensor.
+fn tensor(v: &Value) -> Tensor {
+    let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    let data: Vec<f32> = v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+}
+
+/// Runs the folder's encoder on the reference's pixel values; checks every layer's attention,
+/// the final features and (for classifiers) the logits.
+fn check(name: &str) {
+    let model = HfVision::load(&folder(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let r = reference(name);
+    let pixels = tensor(&r["pixel_values"]);
+    let enc = &model.encoder;
+    let layers = enc.num_layers();
+    let mut trace = Trace::default();
+    let mut state = enc.embed(&pixels).unwrap();
+    enc.run_blocks(&mut state, layers, &Probe::attention(layers), &mut trace, &mut NoIntervention, &Cancel::default())
+        .unwrap();
+    for (l, want) in r["attentions"].as_array().unwrap().iter().enumerate() {
+        let d = max_diff(trace.require(HookPoint::AttnProbs(l)).unwrap(), &tensor(want));
+        assert!(d < 1e-4, "{name}: layer {l} attention differs by {d}");
+    }
+    let features = enc.final_norm(&state).unwrap();
+    let d = max_diff(&features, &tensor(&r["last_hidden_state"]));
+    assert!(d < 1e-4, "{name}: last_hidden_state differs by {d}");
+    match (model.logits(&features).unwrap(), r.get("logits")) {
+        (Some(ours), Some(want)) => {
+            let d = max_diff(&ours, &tensor(want));
+            assert!(d < 1e-4, "{name}: logits differ by {d}");
+            assert_eq!(model.labels.len(), ours.dim(1).unwrap());
+        }
+        (None, None) => {}
+        (ours, want) => panic!("{name}: head mismatch (ours {}, reference {})", ours.is_some(), want.is_some()),
+    }
+}
+
+#[test]
+fn vit_classifier_matches_transformers() {
+    check("vit");
+}
+
+#[test]
+fn vit_without_qkv_bias_matches_transformers() {
+    check("vit_model");
+}
+
+#[test]
+fn deit_matches_transformers() {
+    check("deit");
+}
+
+#[test]
+fn deit_with_a_distillation_token_matches_transformers() {
+    check("deit_distilled");
+}
+
+#[test]
+fn dinov2_at_another_size_interpolates_positions_like_transformers() {
+    check("dinov2");
+    // The position table resized to the 5 x 6 grid, on its own.
+    let model = HfVision::load(&folder("dinov2")).unwrap();
+    let r = reference("dinov2");
+    let want = tensor(&r["interpolated_position_embeddings"]);
+    let ours = model.encoder.embeddings().position_for(5, 6, 32).unwrap();
+    let d = max_diff(&ours, &want);
+    assert!(d < 1e-5, "interpolated positions differ by {d}");
+}
+
+#[test]
+fn unsupported_and_broken_folders_are_clear_errors() {
+    let err = HfVision::load(&folder("clip")).err().expect("CLIP is not read by this loader yet").to_string();
+    assert!(err.contains("not a vision config.json") || err.contains("unsupported model_type"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    assert!(HfVision::load(dir.path()).err().unwrap().to_string().contains("cannot read"));
+    std::fs::copy(folder("vit").join("config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), b"not weights").unwrap();
+    assert!(HfVision::load(dir.path()).err().unwrap().to_string().contains("cannot read the weights"));
+    // Weights that do not fit the config: a ViT config over the DINOv2 weights.
+    std::fs::copy(folder("dinov2").join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+    assert!(HfVision::load(dir.path()).err().unwrap().to_string().contains("does not match config.json"));
+}
