@@ -139,9 +139,6 @@ fn vit_config(hf: &HfConfig) -> std::result::Result<VitConfig, String> {
         (None, Some(r)) => (hf.hidden_size as f64 * r).round() as usize,
         (None, None) => return Err("config.json gives neither intermediate_size nor mlp_ratio".into()),
     };
-    if hf.patch_size == 0 || hf.image_size % hf.patch_size != 0 {
-        return Err(format!("image_size {} is not a multiple of patch_size {}", hf.image_size, hf.patch_size));
-    }
     let cfg = VitConfig {
         hidden_size: hf.hidden_size,
         num_hidden_layers: hf.num_hidden_layers,
@@ -158,6 +155,6 @@ fn vit_config(hf: &HfConfig) -> std::result::Result<VitConfig, String> {
         qkv_bias: hf.qkv_bias,
         num_prefix_tokens,
     };
-    cfg.validate().map_err(|e| e.to_string())?;
+    cfg.validate().map_err(|e| e.to_string())?; // patch size, heads, depth
     Ok(cfg)
 }
