@@ -139,6 +139,9 @@ fn vit_config(hf: &HfConfig) -> std::result::Result<VitConfig, String> {
         (None, Some(r)) => (hf.hidden_size as f64 * r).round() as usize,
         (None, None) => return Err("config.json gives neither intermediate_size nor mlp_ratio".into()),
     };
+    if hf.patch_size == 0 {
+        return Err("patch_size is 0".into()); // before the grid below divides by it
+    }
     let cfg = VitConfig {
         hidden_size: hf.hidden_size,
         num_hidden_layers: hf.num_hidden_layers,
