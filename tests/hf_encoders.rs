@@ -91,10 +91,60 @@ fn dinov2_at_another_size_interpolates_positions_like_transformers() {
     assert!(d < 1e-5, "interpolated positions differ by {d}");
 }
 
+/// The vision tower of a CLIP / SigLIP folder against `reference["vision"]`.
+fn check_tower(name: &str, normed_last_hidden: bool) {
+    let model = HfVision::load(&folder(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let r = reference(name);
+    let v = &r["vision"];
+    let enc = &model.encoder;
+    let layers = enc.num_layers();
+    let mut trace = Trace::default();
+    let mut state = enc.embed(&tensor(&r["pixel_values"])).unwrap();
+    enc.run_blocks(&mut state, layers, &Probe::attention(layers), &mut trace, &mut NoIntervention, &Cancel::default())
+        .unwrap();
+    for (l, want) in v["attentions"].as_array().unwrap().iter().enumerate() {
+        let d = max_diff(trace.require(HookPoint::AttnProbs(l)).unwrap(), &tensor(want));
+        assert!(d < 1e-4, "{name}: layer {l} attention differs by {d}");
+    }
+    let normed = enc.final_norm(&state).unwrap();
+    let last = if normed_last_hidden { &normed } else { &state.hidden };
+    let d = max_diff(last, &tensor(&v["last_hidden_state"]));
+    assert!(d < 1e-4, "{name}: last_hidden_state differs by {d}");
+    if !normed_last_hidden {
+        // CLIP: image features = visual_projection(post_layernorm(CLS)).
+        let weights = candle_core::safetensors::load(folder(name).join("model.safetensors"), &Device::Cpu).unwrap();
+        let projection = &weights["visual_projection.weight"]; // [projection_dim, hidden]
+        let cls = normed.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+        let features = cls.matmul(&projection.t().unwrap()).unwrap();
+        let d = max_diff(&features, &tensor(&r["image_features"]));
+        assert!(d < 1e-4, "{name}: projected CLS differs by {d}");
+    }
+}
+
+#[test]
+fn clip_vision_tower_matches_transformers() {
+    check_tower("clip", false);
+}
+
+#[test]
+fn siglip_vision_tower_without_cls_matches_transformers() {
+    check_tower("siglip", true);
+    let model = HfVision::load(&folder("siglip")).unwrap();
+    let state = model.encoder.embed(&tensor(&reference("siglip")["pixel_values"])).unwrap();
+    assert_eq!((state.num_special, state.num_tokens()), (0, 16), "SigLIP has no CLS token");
+}
+
 #[test]
 fn unsupported_and_broken_folders_are_clear_errors() {
-    let err = HfVision::load(&folder("clip")).err().expect("CLIP is not read by this loader yet").to_string();
-    assert!(err.contains("not a vision config.json") || err.contains("unsupported model_type"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"model_type": "swin", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+           "intermediate_size": 64, "layer_norm_eps": 1e-5, "image_size": 32, "patch_size": 4, "hidden_act": "gelu"}"#,
+    )
+    .unwrap();
+    let err = HfVision::load(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("unsupported model_type `swin`"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     assert!(HfVision::load(dir.path()).err().unwrap().to_string().contains("cannot read"));
     std::fs::copy(folder("vit").join("config.json"), dir.path().join("config.json")).unwrap();

@@ -27,6 +27,10 @@ pub enum BlockNames {
     /// `layernorm_before`, `layernorm_after`, `intermediate.dense`, `output.dense`
     /// (`ViTLayer`, `DeiTLayer`).
     Vit,
+    /// `layer_norm1/2`, `self_attn.{q,k,v,out}_proj`, `mlp.fc1/fc2` under `encoder.layers`;
+    /// embeddings `class_embedding`, `patch_embedding`, `position_embedding`; final
+    /// `post_layernorm` (CLIP and SigLIP vision towers).
+    Clip,
 }
 
 /// One config for every ViT-like encoder; the fields that differ between families are axes
@@ -52,8 +56,12 @@ pub struct VitConfig {
     pub block_names: BlockNames,
     /// Biases on the query, key and value projections.
     pub qkv_bias: bool,
-    /// Learned tokens before the patches: CLS (1), CLS + distillation (DeiT, 2).
+    /// Learned tokens before the patches: none (SigLIP), CLS (1), CLS + distillation (DeiT, 2).
     pub num_prefix_tokens: usize,
+    /// A LayerNorm on the embeddings before block 0 (CLIP's `pre_layrnorm`).
+    pub pre_norm: bool,
+    /// The patch projection has a bias (CLIP's has none).
+    pub patch_bias: bool,
 }
 
 impl Default for VitConfig {
@@ -81,6 +89,8 @@ impl VitConfig {
             block_names: BlockNames::Dinov2,
             qkv_bias: true,
             num_prefix_tokens: 1,
+            pre_norm: false,
+            patch_bias: true,
         }
     }
 

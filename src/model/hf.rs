@@ -1,8 +1,10 @@
 //! Vision encoders from Hugging Face model folders (`config.json` + `model.safetensors`), run by
 //! the same [`VisionTransformer`] as the default model: ViT (`ViTModel`,
-//! `ViTForImageClassification`), DeiT (with or without the distillation token) and DINOv2.
-//! Families differ only in config axes ([`VitConfig`]: block names, qkv bias, prefix tokens,
-//! layer scale), never in a second forward pass. CLIP and SigLIP towers follow the same route.
+//! `ViTForImageClassification`), DeiT (with or without the distillation token), DINOv2, and
+//! the vision towers of CLIP and SigLIP (`CLIPModel`, `SiglipModel` folders). Families differ
+//! only in config axes ([`VitConfig`]: names, qkv bias, prefix tokens, layer scale, pre-norm),
+//! never in a second forward pass. Still to come: CLIP/SigLIP projections, SigLIP's pooling
+//! head and the text towers (zero-shot scores).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -72,8 +74,19 @@ impl HfVision {
         let config_path = dir.join("config.json");
         let bad = |path: &Path, reason: String| Error::weights(path, reason);
         let text = std::fs::read_to_string(&config_path).map_err(|e| bad(&config_path, format!("cannot read: {e}")))?;
-        let hf: HfConfig =
-            serde_json::from_str(&text).map_err(|e| bad(&config_path, format!("not a vision config.json: {e}")))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(&config_path, format!("not JSON: {e}")))?;
+        // CLIP and SigLIP keep the vision tower's config in `vision_config` and its weights under
+        // `vision_model`.
+        let (vision_json, tower_root) = match json.get("vision_config") {
+            Some(v) => (v.clone(), Some("vision_model")),
+            None => (json.clone(), None),
+        };
+        let mut hf: HfConfig = serde_json::from_value(vision_json)
+            .map_err(|e| bad(&config_path, format!("not a vision config.json: {e}")))?;
+        if hf.architectures.is_empty() {
+            hf.architectures = serde_json::from_value(json["architectures"].clone()).unwrap_or_default();
+        }
         let architecture = hf.architectures.first().cloned().unwrap_or_else(|| hf.model_type.clone());
         let cfg = vit_config(&hf).map_err(|reason| bad(&config_path, reason))?;
 
@@ -82,10 +95,12 @@ impl HfVision {
             bad(&weights_path, format!("cannot read the weights ({e}); the folder needs model.safetensors"))
         })?;
         // Classifiers keep the encoder under `vit.` / `deit.`; bare models at the root.
-        let root = [hf.model_type.as_str(), "vit", "deit"]
-            .into_iter()
-            .find(|p| weights.contains_key(&format!("{p}.embeddings.cls_token")))
-            .unwrap_or("");
+        let root = tower_root.unwrap_or_else(|| {
+            [hf.model_type.as_str(), "vit", "deit"]
+                .into_iter()
+                .find(|p| weights.contains_key(&format!("{p}.embeddings.cls_token")))
+                .unwrap_or("")
+        });
         let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
         let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json ({architecture}): {e}"));
         let encoder_vb = if root.is_empty() { vb.clone() } else { vb.pp(root) };
@@ -121,12 +136,19 @@ impl HfVision {
 
 /// Our config axes for a Hugging Face config.
 fn vit_config(hf: &HfConfig) -> std::result::Result<VitConfig, String> {
-    let (block_names, layerscale, num_prefix_tokens) = match hf.model_type.as_str() {
-        "vit" => (BlockNames::Vit, false, 1),
+    // (names, layer scale, prefix tokens, pre-norm, patch bias)
+    let (block_names, layerscale, num_prefix_tokens, pre_norm, patch_bias) = match hf.model_type.as_str() {
+        "vit" => (BlockNames::Vit, false, 1, false, true),
         // Every DeiT carries the distillation token; the plain classifier reads only CLS.
-        "deit" => (BlockNames::Vit, false, 2),
-        "dinov2" => (BlockNames::Dinov2, true, 1),
-        other => return Err(format!("unsupported model_type `{other}`; tokenlens reads vit, deit and dinov2 folders")),
+        "deit" => (BlockNames::Vit, false, 2, false, true),
+        "dinov2" => (BlockNames::Dinov2, true, 1, false, true),
+        "clip_vision_model" => (BlockNames::Clip, false, 1, true, false),
+        "siglip_vision_model" => (BlockNames::Clip, false, 0, false, true),
+        other => {
+            return Err(format!(
+                "unsupported model_type `{other}`; tokenlens reads vit, deit, dinov2, clip and siglip folders"
+            ));
+        }
     };
     let hidden_act = match hf.hidden_act.as_str() {
         "gelu" => Activation::Gelu,
@@ -157,6 +179,8 @@ fn vit_config(hf: &HfConfig) -> std::result::Result<VitConfig, String> {
         block_names,
         qkv_bias: hf.qkv_bias,
         num_prefix_tokens,
+        pre_norm,
+        patch_bias,
     };
     cfg.validate().map_err(|e| e.to_string())?; // patch size, heads, depth
     Ok(cfg)

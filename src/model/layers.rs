@@ -28,14 +28,21 @@ pub struct AttnRecord {
 }
 
 impl Attention {
+    /// `vb` at the attention subtree (`attention` or `self_attn`).
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
-        let inner = vb.pp("attention");
+        let (q, k, v, out) = match cfg.block_names {
+            BlockNames::Clip => (vb.pp("q_proj"), vb.pp("k_proj"), vb.pp("v_proj"), vb.pp("out_proj")),
+            BlockNames::Dinov2 | BlockNames::Vit => {
+                let inner = vb.pp("attention");
+                (inner.pp("query"), inner.pp("key"), inner.pp("value"), vb.pp("output").pp("dense"))
+            }
+        };
         Ok(Self {
-            query: linear_b(d, d, cfg.qkv_bias, inner.pp("query"))?,
-            key: linear_b(d, d, cfg.qkv_bias, inner.pp("key"))?,
-            value: linear_b(d, d, cfg.qkv_bias, inner.pp("value"))?,
-            output: linear(d, d, vb.pp("output").pp("dense"))?,
+            query: linear_b(d, d, cfg.qkv_bias, q)?,
+            key: linear_b(d, d, cfg.qkv_bias, k)?,
+            value: linear_b(d, d, cfg.qkv_bias, v)?,
+            output: linear(d, d, out)?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
         })
@@ -131,15 +138,22 @@ impl Block {
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         // The same computation under each family's checkpoint names.
-        let (norm1, norm2, fc1, fc2) = match cfg.block_names {
-            BlockNames::Dinov2 => ("norm1", "norm2", vb.pp("mlp").pp("fc1"), vb.pp("mlp").pp("fc2")),
-            BlockNames::Vit => {
-                ("layernorm_before", "layernorm_after", vb.pp("intermediate").pp("dense"), vb.pp("output").pp("dense"))
+        let (norm1, attention, norm2, fc1, fc2) = match cfg.block_names {
+            BlockNames::Dinov2 => ("norm1", "attention", "norm2", vb.pp("mlp").pp("fc1"), vb.pp("mlp").pp("fc2")),
+            BlockNames::Vit => (
+                "layernorm_before",
+                "attention",
+                "layernorm_after",
+                vb.pp("intermediate").pp("dense"),
+                vb.pp("output").pp("dense"),
+            ),
+            BlockNames::Clip => {
+                ("layer_norm1", "self_attn", "layer_norm2", vb.pp("mlp").pp("fc1"), vb.pp("mlp").pp("fc2"))
             }
         };
         Ok(Self {
             norm1: layer_norm(d, eps, vb.pp(norm1))?,
-            attention: Attention::new(cfg, vb.pp("attention"))?,
+            attention: Attention::new(cfg, vb.pp(attention))?,
             layer_scale1: LayerScale::new(cfg.layerscale, d, vb.pp("layer_scale1"))?,
             norm2: layer_norm(d, eps, vb.pp(norm2))?,
             mlp: Mlp::new(cfg, fc1, fc2)?,

@@ -13,7 +13,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder, layer_norm};
 
-use super::config::VitConfig;
+use super::config::{BlockNames, VitConfig};
 use super::hooks::{HookPoint, Probe, Trace};
 use super::layers::{AttnRecord, Block};
 use super::resize::{Kernel, resize2d};
@@ -50,8 +50,8 @@ impl Intervene for NoIntervention {}
 /// resized to the grid.
 pub struct Embeddings {
     patch: Conv2d,
-    /// `[1, prefix, dim]`.
-    prefix: Tensor,
+    /// `[1, prefix, dim]`; `None` for encoders without prefix tokens (SigLIP).
+    prefix: Option<Tensor>,
     /// `[1, prefix + g*g, dim]` at the training grid `g`.
     position: Tensor,
     position_grid: usize,
@@ -61,20 +61,33 @@ impl Embeddings {
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
         let conv = Conv2dConfig { stride: cfg.patch_size, ..Default::default() };
         let (g, d, p) = (cfg.position_grid, cfg.hidden_size, cfg.num_prefix_tokens);
-        let mut prefix = vec![vb.get((1, 1, d), "cls_token")?];
+        let clip = cfg.block_names == BlockNames::Clip;
+        let patch_vb = if clip { vb.pp("patch_embedding") } else { vb.pp("patch_embeddings").pp("projection") };
+        let patch = if cfg.patch_bias {
+            candle_nn::conv2d(cfg.num_channels, d, cfg.patch_size, conv, patch_vb)?
+        } else {
+            candle_nn::conv2d_no_bias(cfg.num_channels, d, cfg.patch_size, conv, patch_vb)?
+        };
+        let mut prefix = Vec::new();
+        if p >= 1 {
+            prefix.push(if clip {
+                vb.get(d, "class_embedding")?.reshape((1, 1, d))?
+            } else {
+                vb.get((1, 1, d), "cls_token")?
+            });
+        }
         if p == 2 {
             prefix.push(vb.get((1, 1, d), "distillation_token")?);
         }
+        let position = if clip {
+            vb.pp("position_embedding").get((p + g * g, d), "weight")?.unsqueeze(0)?
+        } else {
+            vb.get((1, p + g * g, d), "position_embeddings")?
+        };
         Ok(Self {
-            patch: candle_nn::conv2d(
-                cfg.num_channels,
-                d,
-                cfg.patch_size,
-                conv,
-                vb.pp("patch_embeddings").pp("projection"),
-            )?,
-            prefix: Tensor::cat(&prefix, 1)?,
-            position: vb.get((1, p + g * g, d), "position_embeddings")?,
+            patch,
+            prefix: if prefix.is_empty() { None } else { Some(Tensor::cat(&prefix, 1)?) },
+            position,
             position_grid: g,
         })
     }
@@ -84,7 +97,10 @@ impl Embeddings {
         let patches = self.patch.forward(pixels)?; // [1, dim, rows, cols]
         let (_, d, rows, cols) = patches.dims4()?;
         let patches = patches.flatten_from(2)?.transpose(1, 2)?; // [1, rows*cols, dim]
-        let tokens = Tensor::cat(&[&self.prefix, &patches], 1)?;
+        let tokens = match &self.prefix {
+            Some(prefix) => Tensor::cat(&[prefix, &patches], 1)?,
+            None => patches,
+        };
         Ok((tokens.broadcast_add(&self.position_for(rows, cols, d)?)?, (rows, cols)))
     }
 
@@ -92,8 +108,7 @@ impl Embeddings {
     /// exactly as the exported graph's `Resize` (and PyTorch's bicubic interpolate) does.
     pub fn position_for(&self, rows: usize, cols: usize, d: usize) -> Result<Tensor> {
         let g = self.position_grid;
-        let p = self.prefix.dim(1)?;
-        let prefix = self.position.narrow(1, 0, p)?;
+        let p = self.prefix.as_ref().map_or(Ok(0), |t| t.dim(1))?;
         let table = self.position.narrow(1, p, g * g)?.reshape((1, g, g, d))?.permute((0, 3, 1, 2))?; // [1, d, g, g]
         let table = if (rows, cols) == (g, g) {
             table
@@ -101,13 +116,17 @@ impl Embeddings {
             resize2d(&table.contiguous()?, rows, cols, Kernel::Cubic { a: -0.75 })?
         };
         let table = table.permute((0, 2, 3, 1))?.reshape((1, rows * cols, d))?;
-        Ok(Tensor::cat(&[&prefix, &table], 1)?)
+        if p == 0 {
+            return Ok(table);
+        }
+        Ok(Tensor::cat(&[&self.position.narrow(1, 0, p)?, &table], 1)?)
     }
 }
 
 pub struct VisionTransformer {
     pub cfg: VitConfig,
     embeddings: Embeddings,
+    pre_norm: Option<LayerNorm>,
     blocks: Vec<Block>,
     layernorm: LayerNorm,
 }
@@ -116,14 +135,16 @@ impl VisionTransformer {
     /// `vb` at the encoder's root (`backbone` in the default model).
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let blocks = (0..cfg.num_hidden_layers)
-            .map(|i| Block::new(cfg, vb.pp("encoder").pp("layer").pp(i)))
-            .collect::<Result<_>>()?;
+        let clip = cfg.block_names == BlockNames::Clip;
+        let layers = vb.pp("encoder").pp(if clip { "layers" } else { "layer" });
+        let blocks = (0..cfg.num_hidden_layers).map(|i| Block::new(cfg, layers.pp(i))).collect::<Result<_>>()?;
+        let norm = |name: &str| layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp(name));
         Ok(Self {
             cfg: cfg.clone(),
             embeddings: Embeddings::new(cfg, vb.pp("embeddings"))?,
+            pre_norm: if cfg.pre_norm { Some(norm("pre_layrnorm")?) } else { None }, // sic, CLIP's name
             blocks,
-            layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("layernorm"))?,
+            layernorm: norm(if clip { "post_layernorm" } else { "layernorm" })?,
         })
     }
 
@@ -149,6 +170,10 @@ impl VisionTransformer {
             });
         }
         let (tokens, grid) = self.embeddings.forward(pixels)?;
+        let tokens = match &self.pre_norm {
+            Some(norm) => norm.forward(&tokens)?,
+            None => tokens,
+        };
         Ok(TokenState::fresh(tokens, self.cfg.num_prefix_tokens, grid))
     }
 
