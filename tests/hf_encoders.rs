@@ -134,6 +134,58 @@ fn siglip_vision_tower_without_cls_matches_transformers() {
     assert_eq!((state.num_special, state.num_tokens()), (0, 16), "SigLIP has no CLS token");
 }
 
+/// Prompts scored against the image: token ids, embeddings, logits and probabilities.
+fn check_zero_shot(name: &str) {
+    let model = HfVision::load(&folder(name)).unwrap();
+    let zs = model.zero_shot.as_ref().expect("a text tower");
+    let r = reference(name);
+    let prompts: Vec<&str> = r["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    // Token ids as the Python tokenizer gives them (SigLIP's are padded to full length there).
+    let ids = tensor(&r["input_ids"]);
+    for (i, p) in prompts.iter().enumerate() {
+        let want: Vec<u32> = ids.get(i).unwrap().to_vec1::<f32>().unwrap().iter().map(|&v| v as u32).collect();
+        let ours = zs.token_ids(p).unwrap();
+        assert_eq!(ours[..], want[..ours.len()], "{name}: ids of {p:?}");
+    }
+    let enc = &model.encoder;
+    let mut state = enc.embed(&tensor(&r["pixel_values"])).unwrap();
+    enc.run_blocks(
+        &mut state,
+        enc.num_layers(),
+        &Probe::default(),
+        &mut Trace::default(),
+        &mut NoIntervention,
+        &Cancel::default(),
+    )
+    .unwrap();
+    let features = enc.final_norm(&state).unwrap();
+    if let Some(pooled) = zs.pooled(&features).unwrap() {
+        let d = max_diff(&pooled, &tensor(&r["vision"]["pooler_output"]));
+        assert!(d < 1e-4, "{name}: pooled image differs by {d}");
+    }
+    let image = zs.image_embedding(&features).unwrap();
+    let d = max_diff(&image.unsqueeze(0).unwrap(), &tensor(&r["image_embeds"]));
+    assert!(d < 1e-4, "{name}: image embedding differs by {d}");
+    let d = max_diff(&zs.text_embeddings(&prompts).unwrap(), &tensor(&r["text_embeds"]));
+    assert!(d < 1e-4, "{name}: text embeddings differ by {d}");
+    let scores = zs.scores(&image, &prompts).unwrap();
+    let as_row = |v: &[f32]| Tensor::from_slice(v, (1, v.len()), &Device::Cpu).unwrap();
+    let d = max_diff(&as_row(&scores.logits), &tensor(&r["logits_per_image"]));
+    assert!(d < 1e-4, "{name}: logits differ by {d}");
+    let d = max_diff(&as_row(&scores.probs), &tensor(&r["probs"]));
+    assert!(d < 1e-4, "{name}: probabilities differ by {d}");
+}
+
+#[test]
+fn clip_zero_shot_matches_transformers() {
+    check_zero_shot("clip");
+}
+
+#[test]
+fn siglip_zero_shot_matches_transformers() {
+    check_zero_shot("siglip");
+}
+
 #[test]
 fn unsupported_and_broken_folders_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::config::{Activation, BlockNames, VitConfig};
 use super::vit::VisionTransformer;
+use super::zero_shot::ZeroShot;
 use crate::{Error, Result};
 
 /// The fields of a Hugging Face vision `config.json` we read (the rest is ignored).
@@ -66,6 +67,8 @@ pub struct HfVision {
     pub head: Head,
     /// Class names, by class index.
     pub labels: Vec<String>,
+    /// CLIP and SigLIP: the text tower and heads that score prompt labels.
+    pub zero_shot: Option<ZeroShot>,
 }
 
 impl HfVision {
@@ -118,7 +121,11 @@ impl HfVision {
             _ => Head::None,
         };
         let labels = (0..num_labels).map(|i| hf.id2label.get(&i.to_string()).cloned().unwrap_or_default()).collect();
-        Ok(Self { model_type: hf.model_type, architecture, encoder, head, labels })
+        let zero_shot = match json.get("text_config") {
+            Some(_) => Some(ZeroShot::load(dir, &json, &cfg, vb).map_err(mismatch)?),
+            None => None,
+        };
+        Ok(Self { model_type: hf.model_type, architecture, encoder, head, labels, zero_shot })
     }
 
     /// Class logits from the final-norm features `[1, tokens, dim]` (prefix tokens first).

@@ -12,6 +12,7 @@ pub mod resize;
 pub mod saliency;
 pub mod state;
 pub mod vit;
+pub mod zero_shot;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
