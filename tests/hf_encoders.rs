@@ -206,3 +206,26 @@ fn unsupported_and_broken_folders_are_clear_errors() {
     std::fs::copy(folder("dinov2").join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
     assert!(HfVision::load(dir.path()).err().unwrap().to_string().contains("does not match config.json"));
 }
+
+/// Resize (Pillow-exact), crop, rescale and normalise from each folder's preprocessor config,
+/// against what the Python processor produced from the same photo.
+#[test]
+fn preprocessing_matches_the_python_processors() {
+    use tokenlens::model::hf_preprocess::HfPreprocessor;
+    let photo =
+        tokenlens::model::preprocess::load_image(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/chelsea.png"))
+            .unwrap();
+    for name in ["vit", "deit", "clip", "siglip", "dinov2"] {
+        let r = reference(name);
+        let pre = HfPreprocessor::load(&folder(name)).unwrap();
+        let img = pre.resize_and_crop(&photo).unwrap();
+        let want = &r["image_u8_hwc"];
+        let dims: Vec<u64> = want["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!([u64::from(img.height()), u64::from(img.width()), 3], dims[..], "{name}: size");
+        let want_px: Vec<u8> = want["data"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
+        let differing = img.as_raw().iter().zip(&want_px).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "{name}: {differing} resized bytes differ from Pillow's");
+        let d = max_diff(&pre.pixels(&img, &Device::Cpu).unwrap(), &tensor(&r["pixel_values"]));
+        assert!(d < 1e-6, "{name}: pixel values differ by {d}");
+    }
+}

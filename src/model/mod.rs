@@ -3,10 +3,12 @@
 pub mod config;
 pub mod fetch;
 pub mod hf;
+pub mod hf_preprocess;
 pub mod hooks;
 pub mod jpeg;
 pub mod layers;
 pub mod onnx;
+pub mod pil_resize;
 pub mod preprocess;
 pub mod resize;
 pub mod saliency;

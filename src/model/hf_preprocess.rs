@@ -1,0 +1,148 @@
+//! Preprocessing from a Hugging Face `preprocessor_config.json` (`ViTImageProcessor`,
+//! `DeiTImageProcessor`, `CLIPImageProcessor`, `SiglipImageProcessor`, `BitImageProcessor`):
+//! resize (to a size, or the shortest edge), centre crop, rescale, normalise, as the Pillow
+//! processors do.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+use serde::Deserialize;
+
+use super::pil_resize::{Filter, resize};
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+struct Size {
+    height: Option<u32>,
+    width: Option<u32>,
+    shortest_edge: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawConfig {
+    #[serde(default = "yes")]
+    do_resize: bool,
+    size: Option<Size>,
+    #[serde(default = "bicubic")]
+    resample: u64,
+    #[serde(default)]
+    do_center_crop: bool,
+    crop_size: Option<Size>,
+    #[serde(default = "yes")]
+    do_rescale: bool,
+    #[serde(default = "one_255th")]
+    rescale_factor: f64,
+    #[serde(default = "yes")]
+    do_normalize: bool,
+    image_mean: Option<[f32; 3]>,
+    image_std: Option<[f32; 3]>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn bicubic() -> u64 {
+    3
+}
+fn one_255th() -> f64 {
+    1.0 / 255.0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Resize {
+    Exact { width: u32, height: u32 },
+    ShortestEdge(u32),
+}
+
+/// A parsed, checked preprocessor.
+#[derive(Debug, Clone)]
+pub struct HfPreprocessor {
+    resize: Option<(Resize, Filter)>,
+    crop: Option<(u32, u32)>,
+    rescale: Option<f64>,
+    normalize: Option<([f32; 3], [f32; 3])>,
+}
+
+impl HfPreprocessor {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("preprocessor_config.json");
+        let bad = |reason: String| Error::weights(&path, reason);
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let raw: RawConfig = serde_json::from_str(&text).map_err(|e| bad(format!("not a preprocessor config: {e}")))?;
+        let resize = if raw.do_resize {
+            let size = raw.size.ok_or_else(|| bad("do_resize without a size".into()))?;
+            let how = match (size.height, size.width, size.shortest_edge) {
+                (Some(height), Some(width), _) => Resize::Exact { width, height },
+                (_, _, Some(edge)) => Resize::ShortestEdge(edge),
+                _ => return Err(bad("size needs height and width, or shortest_edge".into())),
+            };
+            let filter = Filter::from_pil(raw.resample).ok_or_else(|| {
+                bad(format!("resample {} is not supported (bilinear 2, bicubic 3, box 4)", raw.resample))
+            })?;
+            Some((how, filter))
+        } else {
+            None
+        };
+        let crop = if raw.do_center_crop {
+            let c = raw.crop_size.ok_or_else(|| bad("do_center_crop without a crop_size".into()))?;
+            match (c.height, c.width) {
+                (Some(h), Some(w)) => Some((w, h)),
+                _ => return Err(bad("crop_size needs height and width".into())),
+            }
+        } else {
+            None
+        };
+        let normalize =
+            raw.do_normalize.then(|| (raw.image_mean.unwrap_or([0.5; 3]), raw.image_std.unwrap_or([0.5; 3])));
+        Ok(Self { resize, crop, rescale: raw.do_rescale.then_some(raw.rescale_factor), normalize })
+    }
+
+    /// The 8-bit image after resize and crop.
+    pub fn resize_and_crop(&self, photo: &RgbImage) -> Result<RgbImage> {
+        let mut img = match self.resize {
+            Some((Resize::Exact { width, height }, filter)) => resize(photo, width, height, filter),
+            Some((Resize::ShortestEdge(edge), filter)) => {
+                let (w, h) = photo.dimensions();
+                // transformers: the short side becomes `edge`, the long one int(edge * long / short).
+                let (short, long) = (w.min(h), w.max(h));
+                let long_out = (u64::from(edge) * u64::from(long) / u64::from(short)) as u32;
+                let (ow, oh) = if w <= h { (edge, long_out) } else { (long_out, edge) };
+                resize(photo, ow, oh, filter)
+            }
+            None => photo.clone(),
+        };
+        if let Some((cw, ch)) = self.crop {
+            let (w, h) = img.dimensions();
+            if cw > w || ch > h {
+                return Err(Error::Config {
+                    field: "crop_size",
+                    reason: format!("a {cw}x{ch} crop does not fit the resized {w}x{h} image"),
+                });
+            }
+            img = image::imageops::crop_imm(&img, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
+        }
+        Ok(img)
+    }
+
+    /// `[1, 3, h, w]` pixel values, as the processor returns them.
+    pub fn pixels(&self, img: &RgbImage, device: &Device) -> Result<Tensor> {
+        let (w, h) = img.dimensions();
+        let plane = (w * h) as usize;
+        let mut data = vec![0f32; 3 * plane];
+        for (i, px) in img.pixels().enumerate() {
+            for c in 0..3 {
+                // Rescale in float64 then cast, normalise in float32, as the processors do.
+                let mut v = match self.rescale {
+                    Some(f) => (f64::from(px.0[c]) * f) as f32,
+                    None => f32::from(px.0[c]),
+                };
+                if let Some((mean, std)) = self.normalize {
+                    v = (v - mean[c]) / std[c];
+                }
+                data[c * plane + i] = v;
+            }
+        }
+        Ok(Tensor::from_vec(data, (1, 3, h as usize, w as usize), device)?)
+    }
+}
