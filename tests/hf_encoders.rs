@@ -229,3 +229,33 @@ fn preprocessing_matches_the_python_processors() {
         assert!(d < 1e-6, "{name}: pixel values differ by {d}");
     }
 }
+
+#[test]
+fn cls_based_methods_fall_back_to_attention_received_without_cls() {
+    use tokenlens::model::layers::AttnRecord;
+    use tokenlens::reduce::{Context, ReducerConfig, Site, SiteView, ops};
+    let model = HfVision::load(&folder("siglip")).unwrap();
+    let enc = &model.encoder;
+    let layers = enc.num_layers();
+    let mut trace = Trace::default();
+    let mut state = enc.embed(&tensor(&reference("siglip")["pixel_values"])).unwrap();
+    enc.run_blocks(&mut state, layers, &Probe::attention(layers), &mut trace, &mut NoIntervention, &Cancel::default())
+        .unwrap();
+    let mut out = state.clone();
+    out.hidden = enc.final_norm(&state).unwrap();
+    let ctx = Context { num_layers: layers, grid: state.grid, num_special: 0 };
+    let received = ops::attention_received(trace.require(HookPoint::AttnProbs(layers - 1)).unwrap()).unwrap();
+    let mut want: Vec<usize> = ops::argsort_desc(&received).into_iter().take(5).collect();
+    want.sort_unstable();
+    let config = ReducerConfig::from_name("cls_topk").unwrap();
+    assert_eq!(config.note_for(&ctx), Some(ops::NO_CLS_NOTE));
+    let mut reducer = config.build(5, &ctx).unwrap();
+    let view = SiteView { site: Site::EncoderOutput, state: &out, attn: &AttnRecord::default(), full_trace: &trace };
+    let plan = reducer.plan(&view).unwrap();
+    let kept: Vec<usize> = plan.groups.iter().map(|g| g.members[0]).collect();
+    assert_eq!(kept, want, "ClsTopK keeps the 5 most attended tokens");
+    assert_eq!(plan.scores.unwrap(), received);
+    // A CLS-free model keeps a CLS-free state through the plan.
+    let reduced = reducer.plan(&view).unwrap().apply(&out, Default::default()).unwrap();
+    assert_eq!((reduced.num_special, reduced.num_tokens()), (0, 5));
+}

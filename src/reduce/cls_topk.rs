@@ -5,14 +5,15 @@
 //!
 //! Score = mean over heads of attn[CLS, patch] at the layer whose features feed the head
 //! (here the last; LLaVA uses the penultimate). VTC-CLS option: average that score over several
-//! layers. Keep the top K in raster order; drop the rest before the output head.
+//! layers. Keep the top K in raster order; drop the rest before the output head. Encoders
+//! without CLS (SigLIP) score by mean attention received instead.
 
 use serde::{Deserialize, Serialize};
 
-use super::ops::{cls_attention_row, patch_tokens, top_k_in_order, with_special_nan};
+use super::ops::{cls_or_received, patch_tokens, top_k_in_order, with_special_nan};
 use super::{Context, MethodInfo, Plan, Reducer, Site, SiteView};
+use crate::Result;
 use crate::model::HookPoint;
-use crate::{Error, Result};
 
 pub const INFO: MethodInfo = MethodInfo {
     name: "cls_topk",
@@ -44,9 +45,6 @@ impl ClsTopk {
         ctx: &Context,
         check_layer: impl Fn(&'static str, usize) -> Result<usize>,
     ) -> Result<Self> {
-        if ctx.num_special == 0 {
-            return Err(Error::Config { field: "reducer", reason: "this encoder has no CLS token".into() });
-        }
         let layers = if cfg.average_layers.is_empty() {
             vec![check_layer("layer", cfg.layer.unwrap_or(ctx.num_layers - 1))?]
         } else {
@@ -65,7 +63,7 @@ impl Reducer for ClsTopk {
         let state = view.state;
         let mut score = vec![0f32; state.num_tokens()];
         for &l in &self.layers {
-            let row = cls_attention_row(view.full_trace.require(HookPoint::AttnProbs(l))?)?;
+            let row = cls_or_received(view.full_trace.require(HookPoint::AttnProbs(l))?, state.num_special)?;
             for (s, r) in score.iter_mut().zip(row) {
                 *s += r / self.layers.len() as f32;
             }

@@ -1,7 +1,8 @@
 //! EViT-style keep + fuse by [CLS] attention (Liang et al., ICLR 2022, "Not All Patches are
 //! What You Need", <https://arxiv.org/abs/2202.07800>, §3; reference `youweiliang/evit`).
 //!
-//! After block l: score a_i = mean over heads of attn[CLS, i]. Keep the top patches; fuse the
+//! After block l: score a_i = mean over heads of attn[CLS, i] (without CLS: mean attention
+//! received). Keep the top patches; fuse the
 //! rest into one token x_f = Σ a_i x_i, appended after the kept ones. With a budget of K
 //! visual tokens, K-1 are kept and the fused token is the K-th.
 //!
@@ -12,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ops::{cls_attention_row, patch_tokens, top_k_in_order, with_special_nan};
+use super::ops::{cls_or_received, patch_tokens, top_k_in_order, with_special_nan};
 use super::{Group, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::Result;
 use crate::model::Needs;
@@ -65,7 +66,7 @@ impl Reducer for Evit {
     fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
         let state = view.state;
         let probs = view.attn.probs.as_ref().expect("needs() asked for attention");
-        let attn = cls_attention_row(probs)?;
+        let attn = cls_or_received(probs, state.num_special)?;
         let patches = patch_tokens(state.num_special, state.num_tokens());
         let fuse = self.fuse && self.keep < patches.len();
         let kept = top_k_in_order(&attn, &patches, self.keep - usize::from(fuse));

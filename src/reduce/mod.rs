@@ -181,6 +181,12 @@ impl ReducerConfig {
         Ok(())
     }
 
+    /// A note for the UI when the method runs differently on this encoder.
+    pub fn note_for(&self, ctx: &Context) -> Option<&'static str> {
+        let cls_based = matches!(self, ReducerConfig::ClsTopk(_) | ReducerConfig::Evit(_));
+        (cls_based && ctx.num_special == 0).then_some(ops::NO_CLS_NOTE)
+    }
+
     /// The method's main layer (what the layer slider moves), if it has one.
     pub fn layer(&self, num_layers: usize) -> Option<usize> {
         let last = num_layers - 1;

@@ -33,6 +33,15 @@ pub fn attention_received(probs: &Tensor) -> Result<Vec<f32>> {
     Ok(probs.mean(1)?.mean(1)?.flatten_all()?.to_vec1()?)
 }
 
+/// The importance CLS-based methods use: CLS attention, or, for encoders without a CLS token
+/// (SigLIP), the mean attention each token receives (REDUCERS.md's fallback). `[n]`.
+pub fn cls_or_received(probs: &Tensor, num_special: usize) -> Result<Vec<f32>> {
+    if num_special > 0 { cls_attention_row(probs) } else { attention_received(probs) }
+}
+
+/// What the UI says when a CLS-based method runs on an encoder without CLS.
+pub const NO_CLS_NOTE: &str = "This encoder has no CLS token: tokens are scored by the mean attention they receive.";
+
 /// Indices sorted by descending value; ties keep the lower index first (stable).
 pub fn argsort_desc(values: &[f32]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..values.len()).collect();
