@@ -286,6 +286,12 @@ impl Ctx<'_> {
                     smooth: false,
                 }
             }
+            View::Saliency { .. } if !a.output.is_map() => {
+                return Err(Error::Config {
+                    field: "view",
+                    reason: format!("this model's output is {}, not a saliency map", a.output.kind),
+                });
+            }
             View::Saliency { reduced } => {
                 let (output, title) = if *reduced {
                     let run = run.ok_or_else(needs_run)?;

@@ -5,12 +5,11 @@ use image::RgbImage;
 
 use crate::reduce::ReducerConfig;
 use crate::render::{self, Colormap, GroupStyle, Heatmap, Norm, OverlayStyle, Placement, TokenGroups, TokensStyle};
-use crate::session::{self, ImageInput, Output, RunResult};
+use crate::session::{ImageInput, Output, RunResult};
 
 /// Where the model's square canvas lies over the photo.
 pub fn placement(input: &ImageInput) -> Placement {
-    let (x0, y0, x1, y1) =
-        session::canvas_in_photo(&input.prepared.content, input.photo.dimensions(), input.prepared.canvas.width());
+    let [x0, y0, x1, y1] = input.prepared.place;
     Placement { x0, y0, x1, y1 }
 }
 

@@ -5,7 +5,7 @@ mod common;
 use common::fixture;
 use tokenlens::Error;
 use tokenlens::model::preprocess::load_image;
-use tokenlens::model::{FocusModel, ModelSource, fetch};
+use tokenlens::model::{Model, ModelSource, fetch};
 
 fn image_error(name: &str) -> String {
     match load_image(&fixture(&format!("bad/{name}"))) {
@@ -53,7 +53,7 @@ fn sixteen_bit_grayscale_and_rgba_are_converted() {
 }
 
 fn weights_error(path: &std::path::Path) -> String {
-    match FocusModel::load(&ModelSource::File(path.to_path_buf()), &mut |_| {}) {
+    match Model::load(&ModelSource::File(path.to_path_buf()), &mut |_| {}) {
         Err(e @ Error::Weights { .. }) => e.to_string(),
         Err(other) => panic!("wrong error kind: {other}"),
         Ok(_) => panic!("{path:?} loaded but should have failed"),
@@ -98,7 +98,7 @@ fn corrupt_and_mismatched_weights_are_refused() {
 fn the_original_onnx_file_loads_directly() {
     let _ = common::session();
     let onnx = fetch::cache_dir().unwrap().join(fetch::ONNX_FILE);
-    let model = FocusModel::load(&ModelSource::File(onnx), &mut |_| {}).unwrap();
+    let model = Model::load(&ModelSource::File(onnx), &mut |_| {}).unwrap();
     assert_eq!(model.weights_sha256, common::session().model.weights_sha256);
 }
 

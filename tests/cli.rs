@@ -99,7 +99,7 @@ fn run_writes_its_json_and_pictures() {
     let patches: usize = groups.iter().map(|g| g.as_array().unwrap().len()).sum();
     assert_eq!(patches, 256, "ToMe merges: every patch belongs to a group");
     assert_eq!(json["output"]["shape"], serde_json::json!([224, 224]));
-    assert!(json["fidelity"]["saliency_l1"].as_f64().unwrap() > 0.0);
+    assert!(json["fidelity"]["output_l1"].as_f64().unwrap() > 0.0);
     assert!(json["flops"].as_f64().unwrap() < json["flops_full"].as_f64().unwrap());
     assert_eq!(json["tokens_per_layer"][0], 257);
     for png in ["tokens.png", "scores.png", "saliency_full_vs_reduced.png"] {
@@ -138,7 +138,7 @@ fn sweep_writes_one_row_per_run() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let mut reader = csv::Reader::from_path(&csv_path).unwrap();
     let headers = reader.headers().unwrap().clone();
-    for col in ["image", "reducer", "removed_fraction", "keep", "saliency_l1", "gflops", "run_ms"] {
+    for col in ["image", "reducer", "removed_fraction", "keep", "output_l1", "gflops", "run_ms"] {
         assert!(headers.iter().any(|h| h == col), "missing column {col}");
     }
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();

@@ -259,3 +259,42 @@ fn cls_based_methods_fall_back_to_attention_received_without_cls() {
     let reduced = reducer.plan(&view).unwrap().apply(&out, Default::default()).unwrap();
     assert_eq!((reduced.num_special, reduced.num_tokens()), (0, 5));
 }
+
+/// Every method through the session on a CLIP and a SigLIP folder: budgets honoured, the
+/// zero-shot answer reported, nothing changed at 0 % removed.
+#[test]
+fn every_method_runs_on_clip_and_siglip_folders() {
+    use tokenlens::model::ModelSource;
+    use tokenlens::reduce::{Budget, ReducerConfig};
+    use tokenlens::session::{RunSpec, Session};
+    for name in ["clip", "siglip"] {
+        let mut session = Session::load(&ModelSource::File(folder(name)), &mut |_| {}).unwrap();
+        assert!(session.takes_prompt());
+        session.set_prompt("a cat, a dog, a car");
+        let input = session.open_image(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/coffee.png")).unwrap();
+        let full = session.full_run(&input.prepared.pixels, &Cancel::default()).unwrap();
+        assert_eq!((full.output.kind.as_str(), full.output.labels.len()), ("zero_shot", 3));
+        for mut reducer in ReducerConfig::defaults() {
+            if reducer.has_layer() {
+                reducer.set_layer(0); // the tiny towers have two blocks
+            }
+            for removed in [0.0, 0.5] {
+                let spec =
+                    RunSpec { reducer: reducer.clone(), budget: Budget::RemoveFraction(removed), ..RunSpec::default() };
+                let r = session
+                    .run(&full, &spec, &Cancel::default())
+                    .unwrap_or_else(|e| panic!("{name} {}: {e}", reducer.name()));
+                assert_eq!(r.groups.len(), r.keep, "{name} {}", reducer.name());
+                assert!(r.fidelity.top1_agrees.is_some() && r.fidelity.kl_divergence.is_some());
+                if removed == 0.0 {
+                    assert_eq!(r.output.values, full.output.values, "{name} {}: changed at 0 %", reducer.name());
+                }
+            }
+        }
+    }
+    // Without labels, a zero-shot model says what it needs.
+    let session = Session::load(&ModelSource::File(folder("clip")), &mut |_| {}).unwrap();
+    let input = session.open_image(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/coffee.png")).unwrap();
+    let err = session.full_run(&input.prepared.pixels, &Cancel::default()).err().unwrap().to_string();
+    assert!(err.contains("comma-separated"), "{err}");
+}

@@ -59,8 +59,8 @@ fn nothing_removed_reproduces_the_full_output_exactly() {
     let full = full("coffee.png");
     for reducer in ReducerConfig::defaults() {
         let r = s.run(&full, &spec(&reducer, 0.0), &Cancel::default()).unwrap();
-        assert_eq!(r.output.values, full.saliency.values, "{}: output differs at 0 % removed", reducer.name());
-        assert_eq!(r.fidelity.saliency_l1, 0.0);
+        assert_eq!(r.output.values, full.output.values, "{}: output differs at 0 % removed", reducer.name());
+        assert_eq!(r.fidelity.output_l1, 0.0);
         assert!(r.fidelity.cls_cosine > 1.0 - 1e-9 && r.fidelity.patch_cosine_mean > 1.0 - 1e-9);
         assert_eq!(r.flops, r.flops_full);
     }
@@ -92,7 +92,7 @@ fn drift_grows_with_removal() {
         let mean_l1 = |removed: f64| {
             fulls
                 .iter()
-                .map(|f| s.run(f, &spec(&reducer, removed), &Cancel::default()).unwrap().fidelity.saliency_l1)
+                .map(|f| s.run(f, &spec(&reducer, removed), &Cancel::default()).unwrap().fidelity.output_l1)
                 .sum::<f64>()
                 / fulls.len() as f64
         };

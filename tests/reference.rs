@@ -30,7 +30,8 @@ fn prepared_from_reference(stem: &str) -> Prepared {
     let content =
         preprocess::ContentRect { top: c[0] as u32, left: c[1] as u32, height: c[2] as u32, width: c[3] as u32 };
     let pixels = preprocess::normalize(&canvas, &candle_core::Device::Cpu).unwrap();
-    Prepared { canvas, content, pixels }
+    let place = preprocess::letterbox_place(&content, (224, 224), 224); // unused by these tests
+    Prepared { canvas, content, pixels, place }
 }
 
 #[test]

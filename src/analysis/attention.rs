@@ -6,17 +6,19 @@ use candle_core::{D, Tensor};
 use crate::Result;
 
 /// CLS-to-patch attention, mean over heads: `[1, heads, n, n]` -> one value per token after the
-/// `num_special` leading tokens (the patches, in token order).
+/// `num_special` leading tokens (the patches, in token order). Without CLS (`num_special` 0):
+/// the mean attention each token receives.
 pub fn cls_attention(probs: &Tensor, num_special: usize) -> Result<Vec<f32>> {
     let n = probs.dim(D::Minus1)?;
-    let row = probs.narrow(2, 0, 1)?.mean(1)?; // [1, 1, n]
+    let row = if num_special == 0 { probs.mean_keepdim(2)?.mean(1)? } else { probs.narrow(2, 0, 1)?.mean(1)? }; // [1, 1, n]
     Ok(row.narrow(2, num_special, n - num_special)?.flatten_all()?.to_vec1()?)
 }
 
-/// CLS-to-patch attention of every head: `[1, heads, n, n]` -> `[heads][patches]`.
+/// CLS-to-patch attention of every head: `[1, heads, n, n]` -> `[heads][patches]` (without CLS:
+/// the attention each token receives from all queries).
 pub fn cls_attention_heads(probs: &Tensor, num_special: usize) -> Result<Vec<Vec<f32>>> {
     let n = probs.dim(D::Minus1)?;
-    let rows = probs.narrow(2, 0, 1)?.squeeze(2)?.squeeze(0)?; // [heads, n]
+    let rows = if num_special == 0 { probs.mean(2)? } else { probs.narrow(2, 0, 1)?.squeeze(2)? }.squeeze(0)?; // [heads, n]
     Ok(rows.narrow(1, num_special, n - num_special)?.to_vec2()?)
 }
 
@@ -35,7 +37,9 @@ pub fn rollout(probs_per_layer: &[&Tensor], num_special: usize) -> Result<Vec<f3
         let a = a.broadcast_div(&a.sum_keepdim(1)?)?;
         joint = a.matmul(&joint)?;
     }
-    Ok(joint.narrow(0, 0, 1)?.narrow(1, num_special, n - num_special)?.flatten_all()?.to_vec1()?)
+    // Without CLS, the mean row: how much of every token's output each input token reaches.
+    let row = if num_special == 0 { joint.mean_keepdim(0)? } else { joint.narrow(0, 0, 1)? };
+    Ok(row.narrow(1, num_special, n - num_special)?.flatten_all()?.to_vec1()?)
 }
 
 #[cfg(test)]

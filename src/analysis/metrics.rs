@@ -5,16 +5,22 @@ use serde::{Deserialize, Serialize};
 /// Output drift of a reduced run against the full run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Fidelity {
-    /// Mean absolute difference of the saliency maps.
-    pub saliency_l1: f64,
-    /// Pearson correlation of the saliency maps (1 = same shape).
-    pub saliency_pearson: f64,
-    /// IoU of the top-20 % most salient pixels of each map.
-    pub saliency_iou_top20: f64,
+    /// Mean absolute difference of the outputs (saliency pixels or probabilities).
+    pub output_l1: f64,
+    /// Pearson correlation of the outputs (1 = same shape).
+    pub output_pearson: f64,
+    /// IoU of the top-20 % of each output (the most salient pixels, or the top classes).
+    pub output_iou_top20: f64,
     /// Cosine similarity of the final CLS embeddings.
     pub cls_cosine: f64,
     /// Mean cosine similarity of final patch features over the patches a surviving token covers.
     pub patch_cosine_mean: f64,
+    /// Class-like outputs: the most probable label is the full model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top1_agrees: Option<bool>,
+    /// Class-like outputs: KL(full || reduced) of the probabilities, in nats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_divergence: Option<f64>,
 }
 
 pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
@@ -59,6 +65,16 @@ pub fn top_iou(a: &[f32], b: &[f32], fraction: f64) -> f64 {
     inter as f64 / union.max(1) as f64
 }
 
+/// KL(p || q) in nats for probability vectors (zero entries of p add nothing; q is floored at
+/// 1e-12 so a vanished class gives a large but finite value).
+pub fn kl(p: &[f32], q: &[f32]) -> f64 {
+    p.iter()
+        .zip(q)
+        .filter(|(p, _)| **p > 0.0)
+        .map(|(&p, &q)| f64::from(p) * (f64::from(p) / f64::from(q).max(1e-12)).ln())
+        .sum()
+}
+
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
@@ -79,5 +95,8 @@ mod tests {
         // Top 2 of 4: {0, 1} vs {1, 2}: IoU 1/3.
         assert!((top_iou(&[4.0, 3.0, 1.0, 0.0], &[0.0, 3.0, 4.0, 1.0], 0.5) - 1.0 / 3.0).abs() < 1e-12);
         assert!((cosine(&[1.0, 0.0], &[1.0, 1.0]) - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
+        // KL([0.5, 0.5] || [0.25, 0.75]) = 0.5 ln 2 + 0.5 ln(2/3).
+        assert!((kl(&[0.5, 0.5], &[0.25, 0.75]) - (0.5 * 2f64.ln() + 0.5 * (2.0f64 / 3.0).ln())).abs() < 1e-7);
+        assert_eq!(kl(&[0.3, 0.7], &[0.3, 0.7]), 0.0);
     }
 }

@@ -66,9 +66,9 @@ pub fn output_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 pub fn fidelity_ui(ui: &mut egui::Ui, f: &Fidelity) {
     egui::Grid::new(ui.next_auto_id()).num_columns(2).striped(true).show(ui, |ui| {
         for (name, value, hint) in [
-            ("saliency L1", f.saliency_l1, "mean |full − reduced| per pixel (0 = identical)"),
-            ("Pearson r", f.saliency_pearson, "correlation of the two maps (1 = same shape)"),
-            ("top-20 % IoU", f.saliency_iou_top20, "overlap of the most salient fifth"),
+            ("saliency L1", f.output_l1, "mean |full − reduced| per pixel (0 = identical)"),
+            ("Pearson r", f.output_pearson, "correlation of the two maps (1 = same shape)"),
+            ("top-20 % IoU", f.output_iou_top20, "overlap of the most salient fifth"),
             ("CLS cosine", f.cls_cosine, "final CLS embedding, reduced vs full"),
             ("patch cosine", f.patch_cosine_mean, "final features of surviving patches"),
         ] {

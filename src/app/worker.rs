@@ -328,7 +328,7 @@ impl<W: Fn()> Worker<W> {
         let (id, mut spec) = (work.id, work.spec.clone());
         spec.budget = Budget::RemoveFraction(removed);
         match self.cached_run(&spec, &self.background.clone()) {
-            Ok(result) => self.send(Event::DriftPoint { id, removed, l1: result.fidelity.saliency_l1 }),
+            Ok(result) => self.send(Event::DriftPoint { id, removed, l1: result.fidelity.output_l1 }),
             // Interrupted for an interactive job: this point is computed later.
             Err(Error::Cancelled) => self.drift.iter_mut().for_each(|w| w.ratios.push(removed)),
             Err(e) => return Err(e),

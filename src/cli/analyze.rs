@@ -43,14 +43,18 @@ pub fn analyze(
         "timings_ms": analysis.timings_ms,
     });
     write_json(&out.join("analysis.json"), &json)?;
-    let cls = format!("CLS attention, layer {layer} (mean of heads)");
-    let pngs = [
+    let cls = if session.model.encoder.cfg.num_prefix_tokens > 0 {
+        format!("CLS attention, layer {layer} (mean of heads)")
+    } else {
+        format!("Attention received, layer {layer} (no CLS token)")
+    };
+    let mut pngs = vec![
         (
             format!("cls_attention_layer{layer}.png"),
             figures::grid_map(&input, analysis.grid, &analysis.cls_attention[layer], cls, colormap, 0.6, 512),
         ),
         (
-            "rollout.png".into(),
+            "rollout.png".to_string(),
             figures::grid_map(
                 &input,
                 analysis.grid,
@@ -61,17 +65,21 @@ pub fn analyze(
                 512,
             ),
         ),
-        (
-            "saliency.png".into(),
-            figures::saliency(&input, &analysis.output, "Saliency (model output)".into(), colormap, 512),
-        ),
     ];
+    if analysis.output.is_map() {
+        let saliency = figures::saliency(&input, &analysis.output, "Saliency (model output)".into(), colormap, 512);
+        pngs.push(("saliency.png".into(), saliency));
+    } else if !analysis.output.values.is_empty() {
+        let top: Vec<String> = analysis.output.top(5).iter().map(|(l, p)| format!("{l} {p:.3}")).collect();
+        println!("{}: {}", analysis.output.kind, top.join(", "));
+    }
     for (name, png) in &pngs {
         write_png(&out.join(name), png)?;
     }
     let t = &analysis.timings_ms;
     println!(
-        "wrote analysis.json, cls_attention_layer{layer}.png, rollout.png, saliency.png to {} (encoder {:.0} ms, decoder {:.0} ms)",
+        "wrote analysis.json, cls_attention_layer{layer}.png, rollout.png{} to {} (encoder {:.0} ms, head {:.0} ms)",
+        if analysis.output.is_map() { ", saliency.png" } else { "" },
         out.display(),
         t.encoder_ms,
         t.decoder_ms

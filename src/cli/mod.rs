@@ -27,9 +27,13 @@ struct Cli {
 
 #[derive(Args, Clone, Default)]
 struct ModelArgs {
-    /// An .onnx export or converted .safetensors file (default: the cached default model).
+    /// The default model's .onnx or converted .safetensors, or a Hugging Face model folder
+    /// (ViT, DeiT, DINOv2, CLIP, SigLIP; default: the cached default model).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Labels a CLIP or SigLIP model scores, comma-separated: "a cat, a dog, a car".
+    #[arg(long, default_value = "")]
+    prompt: String,
 }
 
 impl ModelArgs {
@@ -38,7 +42,9 @@ impl ModelArgs {
     }
 
     fn load(&self) -> anyhow::Result<Session> {
-        Session::load(&self.source(), &mut say).context("loading the model")
+        let mut session = Session::load(&self.source(), &mut say).context("loading the model")?;
+        session.set_prompt(&self.prompt);
+        Ok(session)
     }
 }
 

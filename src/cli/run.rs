@@ -33,36 +33,44 @@ pub fn run(image: &Path, model: &ModelArgs, spec: &RunSpec, colormap: Colormap, 
     if let Some(scores) = figures::scores(&input, grid, &result, colormap, 512) {
         write_png(&out.join("scores.png"), &scores)?;
     }
-    let pair = figures::side_by_side(
-        &[
-            figures::saliency(&input, &full.saliency, "Saliency, full model".into(), colormap, 448),
-            figures::saliency(
-                &input,
-                &result.output,
-                format!("Saliency, {}", figures::run_title(&result)),
-                colormap,
-                448,
-            ),
-        ],
-        16,
-    );
-    write_png(&out.join("saliency_full_vs_reduced.png"), &pair)?;
+    if result.output.is_map() {
+        let pair = figures::side_by_side(
+            &[
+                figures::saliency(&input, &full.output, "Saliency, full model".into(), colormap, 448),
+                figures::saliency(
+                    &input,
+                    &result.output,
+                    format!("Saliency, {}", figures::run_title(&result)),
+                    colormap,
+                    448,
+                ),
+            ],
+            16,
+        );
+        write_png(&out.join("saliency_full_vs_reduced.png"), &pair)?;
+    } else if !result.output.values.is_empty() {
+        let show = |o: &tokenlens::session::Output| {
+            o.top(5).iter().map(|(l, p)| format!("{l} {p:.3}")).collect::<Vec<_>>().join(", ")
+        };
+        println!("full model: {}\nreduced:    {}", show(&full.output), show(&result.output));
+    }
 
     let f = &result.fidelity;
     println!(
-        "{}: kept {} tokens; saliency L1 {:.4}, Pearson {:.3}, top-20% IoU {:.3}; CLS cosine {:.4}; \
-         {:.2} of {:.2} GFLOPs; {:.0} ms (full run {:.0} ms). Wrote run.json, tokens.png, {}saliency_full_vs_reduced.png to {}",
+        "{}: kept {} tokens; output L1 {:.4}, Pearson {:.3}, top-20% IoU {:.3}; CLS cosine {:.4}; \
+         {:.2} of {:.2} GFLOPs; {:.0} ms (full run {:.0} ms). Wrote run.json, tokens.png, {}{}to {}",
         figures::run_title(&result),
         result.groups.len(),
-        f.saliency_l1,
-        f.saliency_pearson,
-        f.saliency_iou_top20,
+        f.output_l1,
+        f.output_pearson,
+        f.output_iou_top20,
         f.cls_cosine,
         result.flops / 1e9,
         result.flops_full / 1e9,
         result.timings_ms.run_ms,
         result.timings_ms.full_ms,
         if result.scores.is_some() { "scores.png, " } else { "" },
+        if result.output.is_map() { "saliency_full_vs_reduced.png " } else { "" },
         out.display()
     );
     if let Some(caveat) = result.spec.reducer.info().caveat {

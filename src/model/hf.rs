@@ -50,6 +50,7 @@ fn yes() -> bool {
 }
 
 /// The image classes of a classifier, or none for a bare encoder.
+#[derive(Debug)]
 pub enum Head {
     None,
     /// `classifier` on the CLS token.
@@ -130,8 +131,15 @@ impl HfVision {
 
     /// Class logits from the final-norm features `[1, tokens, dim]` (prefix tokens first).
     pub fn logits(&self, features: &Tensor) -> Result<Option<Tensor>> {
+        self.head.logits(features)
+    }
+}
+
+impl Head {
+    /// `[1, classes]` logits from the final-norm features `[1, tokens, dim]`.
+    pub fn logits(&self, features: &Tensor) -> Result<Option<Tensor>> {
         let token = |i: usize| features.narrow(1, i, 1).and_then(|t| t.squeeze(1));
-        Ok(match &self.head {
+        Ok(match self {
             Head::None => None,
             Head::Cls(classifier) => Some(classifier.forward(&token(0)?)?),
             Head::ClsAndDistillation(cls, dist) => {

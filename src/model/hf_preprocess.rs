@@ -98,18 +98,34 @@ impl HfPreprocessor {
         Ok(Self { resize, crop, rescale: raw.do_rescale.then_some(raw.rescale_factor), normalize })
     }
 
+    /// The size of a `w` x `h` photo after the resize step.
+    fn resized_size(&self, w: u32, h: u32) -> (u32, u32) {
+        match self.resize {
+            Some((Resize::Exact { width, height }, _)) => (width, height),
+            Some((Resize::ShortestEdge(edge), _)) => {
+                // transformers: the short side becomes `edge`, the long one int(edge * long / short).
+                let (short, long) = (w.min(h).max(1), w.max(h));
+                let long_out = (u64::from(edge) * u64::from(long) / u64::from(short)) as u32;
+                if w <= h { (edge, long_out) } else { (long_out, edge) }
+            }
+            None => (w, h),
+        }
+    }
+
+    /// The photo-space rectangle `[x0, y0, x1, y1]` the model's input covers.
+    pub fn canvas_in_photo(&self, w: u32, h: u32) -> [f32; 4] {
+        let (ow, oh) = self.resized_size(w, h);
+        let (cw, ch) = self.crop.unwrap_or((ow, oh));
+        let (left, top) = (ow.saturating_sub(cw) / 2, oh.saturating_sub(ch) / 2);
+        let (sx, sy) = (ow as f32 / w as f32, oh as f32 / h as f32);
+        [left as f32 / sx, top as f32 / sy, (left + cw) as f32 / sx, (top + ch) as f32 / sy]
+    }
+
     /// The 8-bit image after resize and crop.
     pub fn resize_and_crop(&self, photo: &RgbImage) -> Result<RgbImage> {
+        let (ow, oh) = self.resized_size(photo.width(), photo.height());
         let mut img = match self.resize {
-            Some((Resize::Exact { width, height }, filter)) => resize(photo, width, height, filter),
-            Some((Resize::ShortestEdge(edge), filter)) => {
-                let (w, h) = photo.dimensions();
-                // transformers: the short side becomes `edge`, the long one int(edge * long / short).
-                let (short, long) = (w.min(h), w.max(h));
-                let long_out = (u64::from(edge) * u64::from(long) / u64::from(short)) as u32;
-                let (ow, oh) = if w <= h { (edge, long_out) } else { (long_out, edge) };
-                resize(photo, ow, oh, filter)
-            }
+            Some((_, filter)) => resize(photo, ow, oh, filter),
             None => photo.clone(),
         };
         if let Some((cw, ch)) = self.crop {

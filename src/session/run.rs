@@ -16,7 +16,7 @@ use super::{Output, Session, ms_since};
 use crate::analysis::cost::{BlockTokens, encoder_flops};
 use crate::analysis::metrics::{self, Fidelity};
 use crate::model::layers::AttnRecord;
-use crate::model::{HookPoint, Intervene, Needs, NoIntervention, Probe, TokenState, Trace};
+use crate::model::{HookPoint, Intervene, Needs, NoIntervention, OutputHead, Probe, TokenState, Trace};
 use crate::reduce::{Budget, Context, PositionMode, Reducer, ReducerConfig, Site, SiteView, Stage};
 use crate::{Cancel, Result};
 
@@ -60,8 +60,8 @@ pub struct FullRun {
     pub trace: Trace,
     /// Final-norm features `[1, tokens, dim]`.
     pub features: Tensor,
-    /// Saliency `[h, w]`, row-major.
-    pub saliency: Output,
+    /// The model's output (saliency map, classes or zero-shot scores).
+    pub output: Output,
     /// Time of the encoder alone, and of the whole run (encoder + output head).
     pub encoder_ms: f64,
     pub time_ms: f64,
@@ -133,8 +133,10 @@ impl Session {
         }
         let features = enc.final_norm(&state)?;
         let encoder_ms = ms_since(start);
-        let saliency = self.saliency_output(&features, &state)?;
-        Ok(FullRun { states, trace, features, saliency, encoder_ms, time_ms: ms_since(start) })
+        let mut normed = state.clone();
+        normed.hidden = features.clone();
+        let output = self.output(&features, &normed)?;
+        Ok(FullRun { states, trace, features, output, encoder_ms, time_ms: ms_since(start) })
     }
 
     /// Runs `spec` against `full`, re-computing only what follows the reducer's first site.
@@ -181,7 +183,7 @@ impl Session {
         cancel.check()?;
 
         let grid_features = scatter(&out, spec.fill)?;
-        let output = self.saliency_output(&grid_features, &out)?;
+        let output = self.output(&grid_features, &out)?;
         let (fidelity, patch_cosine) = fidelity(full, &out, &grid_features, &output)?;
         let cfg = &enc.cfg;
         let groups: Vec<Vec<u32>> = out.source[out.num_special..].to_vec();
@@ -206,12 +208,47 @@ impl Session {
         })
     }
 
-    /// The saliency head on grid features `[1, special + rows*cols, dim]` (special tokens first).
-    fn saliency_output(&self, features: &Tensor, state: &TokenState) -> Result<Output> {
-        let patches = features.narrow(1, state.num_special, state.num_patches())?;
-        let map = self.model.decoder.forward(&patches, state.grid)?.squeeze(0)?.squeeze(0)?;
-        let (h, w) = map.dims2()?;
-        Ok(Output { kind: "saliency".into(), shape: [h, w], values: map.flatten_all()?.to_vec1()? })
+    /// The model's output. The saliency head reads `grid_features` (`[1, special + rows*cols,
+    /// dim]`: every patch, dropped ones filled); the other heads read the final-norm tokens as
+    /// they are (`tokens.hidden`): CLS for classifiers and CLIP, all tokens for SigLIP's pooling.
+    fn output(&self, grid_features: &Tensor, tokens: &TokenState) -> Result<Output> {
+        let probabilities = |kind: &str, probs: Vec<f32>, labels: Vec<String>| Output {
+            kind: kind.into(),
+            shape: [1, probs.len()],
+            values: probs,
+            labels,
+        };
+        match &self.model.head {
+            OutputHead::Saliency(decoder) => {
+                let patches = grid_features.narrow(1, tokens.num_special, tokens.num_patches())?;
+                let map = decoder.forward(&patches, tokens.grid)?.squeeze(0)?.squeeze(0)?;
+                let (h, w) = map.dims2()?;
+                Ok(Output {
+                    kind: "saliency".into(),
+                    shape: [h, w],
+                    values: map.flatten_all()?.to_vec1()?,
+                    labels: vec![],
+                })
+            }
+            OutputHead::Classes { head, labels } => {
+                let logits = head.logits(&tokens.hidden)?.expect("a classifier head");
+                let probs = candle_nn::ops::softmax_last_dim(&logits)?.squeeze(0)?.to_vec1()?;
+                Ok(probabilities("classes", probs, labels.clone()))
+            }
+            OutputHead::ZeroShot(zs) => {
+                if self.labels.is_empty() {
+                    return Err(crate::Error::Config {
+                        field: "prompt",
+                        reason: "this model scores labels: give them in the prompt, comma-separated (\"a cat, a dog\")"
+                            .into(),
+                    });
+                }
+                let image = zs.image_embedding(&tokens.hidden)?;
+                let labels: Vec<&str> = self.labels.iter().map(String::as_str).collect();
+                Ok(probabilities("zero_shot", zs.scores(&image, &labels)?.probs, self.labels.clone()))
+            }
+            OutputHead::None => Ok(Output { kind: "none".into(), shape: [0, 0], values: vec![], labels: vec![] }),
+        }
     }
 }
 
@@ -248,15 +285,20 @@ fn fidelity(full: &FullRun, out: &TokenState, grid: &Tensor, output: &Output) ->
         .map(|p| covered[p].then(|| metrics::cosine(&full_rows[s + p], &grid_rows[s + p]) as f32))
         .collect();
     let present: Vec<f64> = patch_cosine.iter().flatten().map(|&c| f64::from(c)).collect();
-    let (a, b) = (&full.saliency.values, &output.values);
+    let (a, b) = (&full.output.values, &output.values);
+    // For class-like outputs: does the answer stay, and how far did the distribution move.
+    let classes = !output.is_map() && !a.is_empty();
+    let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best });
     let cls_cosine = if s > 0 { metrics::cosine(&full_rows[0], &grid_rows[0]) } else { f64::NAN };
     Ok((
         Fidelity {
-            saliency_l1: metrics::mean_abs_diff(a, b),
-            saliency_pearson: metrics::pearson(a, b),
-            saliency_iou_top20: metrics::top_iou(a, b, 0.2),
+            output_l1: metrics::mean_abs_diff(a, b),
+            output_pearson: metrics::pearson(a, b),
+            output_iou_top20: metrics::top_iou(a, b, 0.2),
             cls_cosine,
             patch_cosine_mean: present.iter().sum::<f64>() / present.len().max(1) as f64,
+            top1_agrees: classes.then(|| argmax(a) == argmax(b)),
+            kl_divergence: classes.then(|| metrics::kl(a, b)),
         },
         patch_cosine,
     ))
