@@ -11,7 +11,7 @@ use crate::reduce::ReducerConfig;
 pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     app.textures.begin_frame();
     ui.horizontal(|ui| {
-        ui.strong(format!("All at {}", app.settings.spec.budget.describe(256)));
+        ui.strong(format!("All at {}", app.settings.spec.budget.describe(app.num_patches())));
         ui.label("· ratio and options come from the left panel");
         if app.settings.compare.len() < 4 && ui.button("+ method").clicked() {
             app.settings.compare.push(ReducerConfig::from_name("random").expect("a built-in method"));
@@ -49,15 +49,21 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                 format!("{:?}|{:?}", opened.label, r.spec),
                 || figures::tokens_body(&opened.input, grid, r, 512),
             );
-            let output = app.textures.get(
-                col.ctx(),
-                &format!("cmp_out_{i}"),
-                format!("{:?}|{:?}|{cm:?}", opened.label, r.spec),
-                || figures::saliency_body(&opened.input, &r.output, cm, 512),
-            );
-            for tex in [tokens, output] {
+            let mut textures = vec![tokens];
+            if r.output.is_map() {
+                textures.push(app.textures.get(
+                    col.ctx(),
+                    &format!("cmp_out_{i}"),
+                    format!("{:?}|{:?}|{cm:?}", opened.label, r.spec),
+                    || figures::saliency_body(&opened.input, &r.output, cm, 512),
+                ));
+            }
+            for tex in textures {
                 let h = width * tex.size_vec2().y / tex.size_vec2().x;
                 col.add(egui::Image::new(&tex).fit_to_exact_size(egui::vec2(width, h)));
+            }
+            if !r.output.is_map() && !r.output.values.is_empty() {
+                super::output::labels_ui(col, &opened.analysis.output, Some(&r.output));
             }
             col.label(egui::RichText::new(figures::run_title(r)).small());
             fidelity_ui(col, &r.fidelity);

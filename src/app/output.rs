@@ -6,22 +6,54 @@ use egui_plot::{Bar, BarChart, Line, Plot, PlotPoints, Points, VLine};
 
 use super::TokenlensApp;
 use super::controls::removed_percent;
+use super::worker::Opened;
 use crate::analysis::metrics::Fidelity;
 use crate::figures;
-use crate::session::RunResult;
+use crate::session::{Output, RunResult};
 
 const THUMB: u32 = 320;
 
 pub fn output_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let Some(opened) = app.opened.clone() else { return };
     let run = app.run.value.clone();
+    let full_output = &opened.analysis.output;
+    if full_output.is_map() {
+        saliency_pair_ui(app, ui, &opened, run.as_deref());
+    } else if full_output.values.is_empty() {
+        ui.strong("Output");
+        ui.label("This encoder has no output head: compare its attention and tokens.");
+    } else {
+        ui.strong(format!("Output: {}, full vs reduced", full_output.kind.replace('_', "-")));
+        labels_ui(ui, full_output, run.as_ref().map(|r| &r.output));
+    }
+    if let Some(r) = &run {
+        ui.add_space(4.0);
+        fidelity_ui(ui, &r.fidelity);
+        if let Some(caveat) = r.spec.reducer.info().caveat {
+            ui.label(egui::RichText::new(caveat).small().color(ui.visuals().warn_fg_color));
+        }
+    }
+
+    ui.add_space(8.0);
+    ui.strong("Drift against the ratio");
+    drift_plot_ui(app, ui);
+
+    if let Some(r) = &run {
+        ui.add_space(8.0);
+        ui.strong("Cost");
+        cost_ui(app, ui, r);
+    }
+}
+
+/// Full and reduced saliency maps side by side.
+fn saliency_pair_ui(app: &mut TokenlensApp, ui: &mut egui::Ui, opened: &Opened, run: Option<&RunResult>) {
     let cm = app.settings.colormap;
     ui.strong("Output: saliency, full vs reduced");
     let width = (ui.available_width() - 8.0) / 2.0;
     let full_tex = app.textures.get(ui.ctx(), "out_full", format!("{:?}|{cm:?}", opened.label), || {
         figures::saliency_body(&opened.input, &opened.analysis.output, cm, THUMB)
     });
-    let reduced_tex = run.as_ref().map(|r| {
+    let reduced_tex = run.map(|r| {
         app.textures.get(ui.ctx(), "out_reduced", format!("{:?}|{cm:?}|{:?}", opened.label, r.spec), || {
             figures::saliency_body(&opened.input, &r.output, cm, THUMB)
         })
@@ -43,37 +75,54 @@ pub fn output_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         }
     });
     ui.label(egui::RichText::new("saliency on a fixed 0–1 scale, same colormap").small().weak());
+}
 
-    if let Some(r) = &run {
-        ui.add_space(4.0);
-        fidelity_ui(ui, &r.fidelity);
-        if let Some(caveat) = r.spec.reducer.info().caveat {
-            ui.label(egui::RichText::new(caveat).small().color(ui.visuals().warn_fg_color));
+/// The most probable labels with the full and the reduced model's probabilities.
+pub fn labels_ui(ui: &mut egui::Ui, full: &Output, reduced: Option<&Output>) {
+    egui::Grid::new(ui.next_auto_id()).num_columns(3).spacing([8.0, 4.0]).show(ui, |ui| {
+        ui.label("");
+        ui.label(egui::RichText::new("full").small());
+        ui.label(egui::RichText::new("reduced").small());
+        ui.end_row();
+        let index = |o: &Output, label: &str| o.labels.iter().position(|l| l == label);
+        for (label, p) in full.top(8) {
+            ui.label(&label);
+            ui.add(egui::ProgressBar::new(p).text(format!("{p:.3}")).desired_width(90.0));
+            match reduced.and_then(|r| index(r, &label).map(|i| r.values[i])) {
+                Some(q) => ui.add(egui::ProgressBar::new(q).text(format!("{q:.3}")).desired_width(90.0)),
+                None => ui.spinner(),
+            };
+            ui.end_row();
         }
-    }
+    });
+}
 
-    ui.add_space(8.0);
-    ui.strong("Drift against the ratio");
-    drift_plot_ui(app, ui);
-
-    if let Some(r) = &run {
-        ui.add_space(8.0);
-        ui.strong("Cost");
-        cost_ui(app, ui, r);
-    }
+/// "12.13 G", "38.2 M".
+fn flops(v: f64) -> String {
+    if v >= 1e9 { format!("{:.2} G", v / 1e9) } else { format!("{:.1} M", v / 1e6) }
 }
 
 pub fn fidelity_ui(ui: &mut egui::Ui, f: &Fidelity) {
     egui::Grid::new(ui.next_auto_id()).num_columns(2).striped(true).show(ui, |ui| {
         for (name, value, hint) in [
-            ("saliency L1", f.output_l1, "mean |full − reduced| per pixel (0 = identical)"),
-            ("Pearson r", f.output_pearson, "correlation of the two maps (1 = same shape)"),
-            ("top-20 % IoU", f.output_iou_top20, "overlap of the most salient fifth"),
+            ("output L1", f.output_l1, "mean |full − reduced| per pixel or label (0 = identical)"),
+            ("Pearson r", f.output_pearson, "correlation of the two outputs (1 = same shape)"),
+            ("top-20 % IoU", f.output_iou_top20, "overlap of the top fifth (pixels or labels)"),
             ("CLS cosine", f.cls_cosine, "final CLS embedding, reduced vs full"),
             ("patch cosine", f.patch_cosine_mean, "final features of surviving patches"),
         ] {
             ui.label(name).on_hover_text(hint);
-            ui.monospace(format!("{value:.4}"));
+            ui.monospace(if value.is_finite() { format!("{value:.4}") } else { "n/a".into() });
+            ui.end_row();
+        }
+        if let Some(same) = f.top1_agrees {
+            ui.label("same answer").on_hover_text("the reduced model's most probable label is the full model's");
+            ui.monospace(if same { "yes" } else { "NO" });
+            ui.end_row();
+        }
+        if let Some(kl) = f.kl_divergence {
+            ui.label("KL(full || reduced)").on_hover_text("how far the probabilities moved, in nats");
+            ui.monospace(format!("{kl:.4}"));
             ui.end_row();
         }
     });
@@ -120,9 +169,9 @@ fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui, r: &RunResult) {
     egui::Grid::new("cost").num_columns(2).striped(true).show(ui, |ui| {
         ui.label("encoder FLOPs");
         ui.monospace(format!(
-            "{:.2} G of {:.2} G ({:.0} %)",
-            r.flops / 1e9,
-            r.flops_full / 1e9,
+            "{} of {} ({:.0} %)",
+            flops(r.flops),
+            flops(r.flops_full),
             100.0 * r.flops / r.flops_full
         ));
         ui.end_row();
@@ -139,7 +188,7 @@ fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui, r: &RunResult) {
         }
     });
     ui.label(
-        egui::RichText::new("FLOPs per block ≈ 2 (4 n d² + 2 n² d + 2 n d m), n tokens, d = 384, m = 1536; summed with each block's own n")
+        egui::RichText::new("FLOPs per block ≈ 2 (4 n d² + 2 n² d + 2 n d m): n tokens, width d, MLP width m; summed with each block's own n")
             .small()
             .weak(),
     );

@@ -24,14 +24,15 @@ pub fn value_map(app: &TokenlensApp) -> Option<ValueMap> {
     let a = &opened.analysis;
     let s = &app.settings;
     let layer = s.layer.min(a.cls_attention.len() - 1);
+    let attention = if a.num_special > 0 { "CLS attention" } else { "Attention received" };
     Some(match s.overlay {
         Overlay::Attention => match s.head {
             Head::Mean => ValueMap {
-                title: format!("CLS attention, layer {layer}, mean of heads"),
+                title: format!("{attention}, layer {layer}, mean of heads"),
                 values: a.cls_attention[layer].clone(),
             },
             Head::One(h) => ValueMap {
-                title: format!("CLS attention, layer {layer}, head {h}"),
+                title: format!("{attention}, layer {layer}, head {h}"),
                 values: a.cls_attention_heads[layer].get(h)?.clone(),
             },
         },

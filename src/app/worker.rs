@@ -25,30 +25,16 @@ pub struct ImageSource {
 }
 
 pub enum Job {
-    Open(ImageSource),
+    /// Open an image; `prompt` sets the labels a zero-shot model scores.
+    Open { source: ImageSource, prompt: String },
     /// One reduced run; `id` lets the UI drop stale answers.
-    Reduce {
-        id: u64,
-        spec: RunSpec,
-    },
+    Reduce { id: u64, spec: RunSpec },
     /// Several methods at one budget.
-    Compare {
-        id: u64,
-        specs: Vec<RunSpec>,
-    },
+    Compare { id: u64, specs: Vec<RunSpec> },
     /// Output drift against the ratio, for the plot.
-    Drift {
-        id: u64,
-        spec: RunSpec,
-        ratios: Vec<f64>,
-    },
+    Drift { id: u64, spec: RunSpec, ratios: Vec<f64> },
     /// Write a figure of the current image and its sidecar.
-    Export {
-        figure: Figure,
-        look: Look,
-        path: PathBuf,
-        force: bool,
-    },
+    Export { figure: Figure, look: Look, path: PathBuf, force: bool },
 }
 
 /// How an exported figure looks (the rest of its spec comes from the worker's state).
@@ -69,6 +55,8 @@ pub enum Event {
     Status(String),
     ModelReady {
         id: String,
+        /// The model scores prompt labels (CLIP, SigLIP).
+        takes_prompt: bool,
     },
     Opened(Arc<Opened>),
     Reduced {
@@ -123,7 +111,7 @@ impl WorkerHandle {
     /// Queues `job`, cancelling the running job of the same kind (its answer is stale now).
     pub fn submit(&mut self, job: Job) {
         let slot = match &job {
-            Job::Open(_) => Some(Kind::Open),
+            Job::Open { .. } => Some(Kind::Open),
             Job::Reduce { .. } => Some(Kind::Reduce),
             Job::Compare { .. } => Some(Kind::Compare),
             Job::Drift { .. } | Job::Export { .. } => None,
@@ -186,7 +174,7 @@ impl<W: Fn()> Worker<W> {
         let loaded = Session::load(&model, &mut |line| worker_say(&worker.events, &worker.wake, line));
         match loaded {
             Ok(s) => {
-                worker.send(Event::ModelReady { id: s.model.id.clone() });
+                worker.send(Event::ModelReady { id: s.model.id.clone(), takes_prompt: s.takes_prompt() });
                 worker.session = Some(s);
             }
             Err(e) => worker.send(Event::Failed(format!("the model could not be loaded: {e}"))),
@@ -236,7 +224,7 @@ impl<W: Fn()> Worker<W> {
     fn enqueue(&mut self, job: Job, cancel: Cancel) {
         match job {
             Job::Drift { id, spec, ratios } => self.drift = Some(DriftWork { id, spec, ratios }),
-            Job::Open(_) => {
+            Job::Open { .. } => {
                 self.drift = None; // a new image makes the curve meaningless
                 self.queued[Kind::Open as usize] = Some((job, cancel));
             }
@@ -265,7 +253,10 @@ impl<W: Fn()> Worker<W> {
 
     fn run(&mut self, job: Job, cancel: &Cancel) -> crate::Result<()> {
         match job {
-            Job::Open(source) => {
+            Job::Open { source, prompt } => {
+                if let Some(session) = self.session.as_mut() {
+                    session.set_prompt(&prompt);
+                }
                 let session = self.session()?;
                 let input = match &source.bytes {
                     Some(bytes) => session.image_from_bytes(bytes, &source.label)?,

@@ -284,6 +284,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 settings.spec.reducer = ReducerConfig::from_name(&name)?;
             }
             settings.overlay = overlay.unwrap_or(settings.overlay);
+            if !model.prompt.is_empty() {
+                settings.prompt = model.prompt.clone();
+            }
             settings.opacity = opacity.map_or(settings.opacity, |o| o.clamp(0.0, 1.0));
             tokenlens::app::run(model.source(), image, settings, screenshot).map_err(anyhow::Error::msg)
         }

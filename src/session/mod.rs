@@ -66,6 +66,9 @@ pub struct Analysis {
     pub model: String,
     pub weights_sha256: String,
     pub grid: [usize; 2],
+    /// Leading special tokens (CLS, distillation); 0 means the attention views show attention
+    /// received instead of CLS attention.
+    pub num_special: usize,
     /// Per layer, CLS-to-patch attention averaged over heads, raster order.
     pub cls_attention: Vec<Vec<f32>>,
     /// Per layer and head, CLS-to-patch attention.
@@ -152,6 +155,7 @@ impl Session {
             model: self.model.id.clone(),
             weights_sha256: self.model.weights_sha256.clone(),
             grid: [grid.0, grid.1],
+            num_special: special,
             cls_attention,
             cls_attention_heads,
             rollout: attention::rollout(&probs, special)?,

@@ -288,6 +288,9 @@ fn fidelity(full: &FullRun, out: &TokenState, grid: &Tensor, output: &Output) ->
     let (a, b) = (&full.output.values, &output.values);
     // For class-like outputs: does the answer stay, and how far did the distribution move.
     let classes = !output.is_map() && !a.is_empty();
+    // KL only between distributions (softmax outputs); SigLIP's labels are independent sigmoids.
+    let distribution = |v: &[f32]| (v.iter().sum::<f32>() - 1.0).abs() < 1e-3;
+    let kl_applies = classes && distribution(a) && distribution(b);
     let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best });
     let cls_cosine = if s > 0 { metrics::cosine(&full_rows[0], &grid_rows[0]) } else { f64::NAN };
     Ok((
@@ -298,7 +301,7 @@ fn fidelity(full: &FullRun, out: &TokenState, grid: &Tensor, output: &Output) ->
             cls_cosine,
             patch_cosine_mean: present.iter().sum::<f64>() / present.len().max(1) as f64,
             top1_agrees: classes.then(|| argmax(a) == argmax(b)),
-            kl_divergence: classes.then(|| metrics::kl(a, b)),
+            kl_divergence: kl_applies.then(|| metrics::kl(a, b)),
         },
         patch_cosine,
     ))
