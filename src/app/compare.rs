@@ -68,7 +68,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             col.label(egui::RichText::new(figures::run_title(r)).small());
             fidelity_ui(col, &r.fidelity);
             col.label(
-                egui::RichText::new(format!("{:.2} GFLOPs, {:.0} ms", r.flops / 1e9, r.timings_ms.run_ms))
+                egui::RichText::new(format!("{} FLOPs, {:.0} ms", super::output::flops(r.flops), r.timings_ms.run_ms))
                     .small()
                     .weak(),
             );

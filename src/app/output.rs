@@ -79,6 +79,7 @@ fn saliency_pair_ui(app: &mut TokenlensApp, ui: &mut egui::Ui, opened: &Opened, 
 
 /// The most probable labels with the full and the reduced model's probabilities.
 pub fn labels_ui(ui: &mut egui::Ui, full: &Output, reduced: Option<&Output>) {
+    let bar = ((ui.available_width() - 110.0) / 2.0).clamp(36.0, 90.0);
     egui::Grid::new(ui.next_auto_id()).num_columns(3).spacing([8.0, 4.0]).show(ui, |ui| {
         ui.label("");
         ui.label(egui::RichText::new("full").small());
@@ -87,9 +88,9 @@ pub fn labels_ui(ui: &mut egui::Ui, full: &Output, reduced: Option<&Output>) {
         let index = |o: &Output, label: &str| o.labels.iter().position(|l| l == label);
         for (label, p) in full.top(8) {
             ui.label(&label);
-            ui.add(egui::ProgressBar::new(p).text(format!("{p:.3}")).desired_width(90.0));
+            ui.add(egui::ProgressBar::new(p).text(format!("{p:.3}")).desired_width(bar));
             match reduced.and_then(|r| index(r, &label).map(|i| r.values[i])) {
-                Some(q) => ui.add(egui::ProgressBar::new(q).text(format!("{q:.3}")).desired_width(90.0)),
+                Some(q) => ui.add(egui::ProgressBar::new(q).text(format!("{q:.3}")).desired_width(bar)),
                 None => ui.spinner(),
             };
             ui.end_row();
@@ -98,7 +99,7 @@ pub fn labels_ui(ui: &mut egui::Ui, full: &Output, reduced: Option<&Output>) {
 }
 
 /// "12.13 G", "38.2 M".
-fn flops(v: f64) -> String {
+pub(super) fn flops(v: f64) -> String {
     if v >= 1e9 { format!("{:.2} G", v / 1e9) } else { format!("{:.1} M", v / 1e6) }
 }
 

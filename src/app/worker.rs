@@ -322,6 +322,8 @@ impl<W: Fn()> Worker<W> {
             Ok(result) => self.send(Event::DriftPoint { id, removed, l1: result.fidelity.output_l1 }),
             // Interrupted for an interactive job: this point is computed later.
             Err(Error::Cancelled) => self.drift.iter_mut().for_each(|w| w.ratios.push(removed)),
+            // A ratio this method cannot reach on this model (ToMe on few blocks): no point.
+            Err(Error::Config { field: "budget", .. }) => {}
             Err(e) => return Err(e),
         }
         Ok(())
