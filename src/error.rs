@@ -14,7 +14,7 @@ pub enum Error {
     Image { path: PathBuf, reason: String },
     #[error("model file {path:?}: {reason}")]
     Weights { path: PathBuf, reason: String },
-    #[error("fetching the default model failed: {0}")]
+    #[error("fetching the model failed: {0}")]
     Fetch(String),
     #[error("invalid config `{field}`: {reason}")]
     Config { field: &'static str, reason: String },

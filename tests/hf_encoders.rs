@@ -300,3 +300,37 @@ fn every_method_runs_on_clip_and_siglip_folders() {
     let err = session.full_run(&input.prepared.pixels, &Cancel::default()).err().unwrap().to_string();
     assert!(err.contains("comma-separated"), "{err}");
 }
+
+/// A hub id resolves through the standard Hugging Face cache (`HF_HOME/hub/models--org--name`);
+/// offline, a cached model loads and a missing one says what to do. (No network is used.)
+#[cfg(feature = "hub")]
+#[test]
+fn hub_ids_load_from_the_hugging_face_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let snapshot = home.path().join("hub/models--tiny--clip/snapshots/0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(home.path().join("hub/models--tiny--clip/refs")).unwrap();
+    std::fs::write(home.path().join("hub/models--tiny--clip/refs/main"), "0123abcd").unwrap();
+    for f in ["config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"] {
+        std::fs::copy(folder("clip").join(f), snapshot.join(f)).unwrap();
+    }
+    let analyze = |id: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+            .env("HF_HOME", home.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .args(["analyze", concat!(env!("CARGO_MANIFEST_DIR"), "/assets/coffee.png"), "--model", id])
+            .args(["--prompt", "a cup, a cat", "--out"])
+            .arg(home.path().join("out"))
+            .output()
+            .unwrap()
+    };
+    let ok = analyze("tiny/clip");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("zero_shot: a "));
+    let missing = analyze("tiny/absent");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && stderr.contains("HF_HUB_OFFLINE") && stderr.contains("--model DIR"),
+        "{stderr}"
+    );
+}

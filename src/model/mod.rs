@@ -5,6 +5,8 @@ pub mod fetch;
 pub mod hf;
 pub mod hf_preprocess;
 pub mod hooks;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod jpeg;
 pub mod layers;
 pub mod onnx;
@@ -81,6 +83,10 @@ impl Model {
         let path = match source {
             ModelSource::Default => fetch::ensure_default_model(say)?,
             ModelSource::File(p) if p.is_dir() => return Self::load_hf(p),
+            #[cfg(feature = "hub")]
+            ModelSource::File(p) if hub::looks_like_hub_id(&p.to_string_lossy()) => {
+                return Self::load_hf(&hub::fetch(&p.to_string_lossy(), say)?);
+            }
             ModelSource::File(p) => p.clone(),
         };
         let (weights, sha) = read_any(&path)?;
