@@ -334,3 +334,34 @@ fn hub_ids_load_from_the_hugging_face_cache() {
         "{stderr}"
     );
 }
+
+/// A `CLIPVisionModel` folder (the tower's config at the top level, weights under
+/// `vision_model.`) loads the same tower as the `CLIPModel` folder it is cut from.
+#[test]
+fn a_standalone_vision_tower_folder_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let full: Value =
+        serde_json::from_str(&std::fs::read_to_string(folder("clip").join("config.json")).unwrap()).unwrap();
+    let mut vision = full["vision_config"].clone();
+    vision["architectures"] = serde_json::json!(["CLIPVisionModel"]);
+    std::fs::write(dir.path().join("config.json"), vision.to_string()).unwrap();
+    std::fs::copy(folder("clip").join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+    let model = HfVision::load(dir.path()).unwrap();
+    assert!(model.zero_shot.is_none());
+    let r = reference("clip");
+    let mut state = model.encoder.embed(&tensor(&r["pixel_values"])).unwrap();
+    let layers = model.encoder.num_layers();
+    model
+        .encoder
+        .run_blocks(
+            &mut state,
+            layers,
+            &Probe::default(),
+            &mut Trace::default(),
+            &mut NoIntervention,
+            &Cancel::default(),
+        )
+        .unwrap();
+    let d = max_diff(&state.hidden, &tensor(&r["vision"]["last_hidden_state"]));
+    assert!(d < 1e-4, "standalone tower differs by {d}");
+}

@@ -82,8 +82,11 @@ impl HfVision {
             serde_json::from_str(&text).map_err(|e| bad(&config_path, format!("not JSON: {e}")))?;
         // CLIP and SigLIP keep the vision tower's config in `vision_config` and its weights under
         // `vision_model`.
+        let standalone_tower = matches!(json["model_type"].as_str(), Some("clip_vision_model" | "siglip_vision_model"));
         let (vision_json, tower_root) = match json.get("vision_config") {
             Some(v) => (v.clone(), Some("vision_model")),
+            // `CLIPVisionModel` / `SiglipVisionModel`: the tower's own config, same weight names.
+            None if standalone_tower => (json.clone(), Some("vision_model")),
             None => (json.clone(), None),
         };
         let mut hf: HfConfig = serde_json::from_value(vision_json)
