@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod hub;
 pub mod jpeg;
 pub mod layers;
+pub mod llama;
 pub mod onnx;
 pub mod pil_resize;
 pub mod preprocess;
