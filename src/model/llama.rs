@@ -25,6 +25,9 @@ pub struct LlamaConfig {
     pub rms_norm_eps: f64,
     #[serde(default = "default_theta")]
     pub rope_theta: f64,
+    /// transformers 5 keeps `rope_theta` here.
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
     pub vocab_size: usize,
     #[serde(default)]
     pub tie_word_embeddings: bool,
@@ -35,6 +38,10 @@ fn default_theta() -> f64 {
 }
 
 impl LlamaConfig {
+    fn theta(&self) -> f64 {
+        self.rope_parameters.as_ref().and_then(|p| p["rope_theta"].as_f64()).unwrap_or(self.rope_theta)
+    }
+
     fn head_dim(&self) -> usize {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }
@@ -145,7 +152,7 @@ impl Llama {
         } else {
             linear_no_bias(d, cfg.vocab_size, vb.pp("lm_head"))?
         };
-        let inv_freq = (0..hd / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64) as f32).collect();
+        let inv_freq = (0..hd / 2).map(|i| 1.0 / cfg.theta().powf(2.0 * i as f64 / hd as f64) as f32).collect();
         Ok(Self {
             cfg: cfg.clone(),
             embed_tokens,
@@ -293,6 +300,7 @@ mod tests {
             head_dim: None,
             rms_norm_eps: 1e-5,
             rope_theta: 10_000.0,
+            rope_parameters: None,
             vocab_size: 40,
             tie_word_embeddings: false,
         };
