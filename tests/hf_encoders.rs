@@ -1,6 +1,9 @@
 //! Hugging Face vision folders (ViT, DeiT, DINOv2) through our encoder, against transformers
 //! outputs of tiny random-weight checkpoints (`scripts/make_encoder_fixtures.py`).
 
+mod common;
+
+use common::{json_tensor, max_diff};
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
@@ -17,24 +20,12 @@ fn reference(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(folder(name).join("reference.json")).unwrap()).unwrap()
 }
 
-/// `{shape, data}` as a tensor.
-fn tensor(v: &Value) -> Tensor {
-    let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-    let data: Vec<f32> = v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
-}
-
 /// Runs the folder's encoder on the reference's pixel values; checks every layer's attention,
 /// the final features and (for classifiers) the logits.
 fn check(name: &str) {
     let model = HfVision::load(&folder(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     let r = reference(name);
-    let pixels = tensor(&r["pixel_values"]);
+    let pixels = json_tensor(&r["pixel_values"]);
     let enc = &model.encoder;
     let layers = enc.num_layers();
     let mut trace = Trace::default();
@@ -42,15 +33,15 @@ fn check(name: &str) {
     enc.run_blocks(&mut state, layers, &Probe::attention(layers), &mut trace, &mut NoIntervention, &Cancel::default())
         .unwrap();
     for (l, want) in r["attentions"].as_array().unwrap().iter().enumerate() {
-        let d = max_diff(trace.require(HookPoint::AttnProbs(l)).unwrap(), &tensor(want));
+        let d = max_diff(trace.require(HookPoint::AttnProbs(l)).unwrap(), &json_tensor(want));
         assert!(d < 1e-4, "{name}: layer {l} attention differs by {d}");
     }
     let features = enc.final_norm(&state).unwrap();
-    let d = max_diff(&features, &tensor(&r["last_hidden_state"]));
+    let d = max_diff(&features, &json_tensor(&r["last_hidden_state"]));
     assert!(d < 1e-4, "{name}: last_hidden_state differs by {d}");
     match (model.logits(&features).unwrap(), r.get("logits")) {
         (Some(ours), Some(want)) => {
-            let d = max_diff(&ours, &tensor(want));
+            let d = max_diff(&ours, &json_tensor(want));
             assert!(d < 1e-4, "{name}: logits differ by {d}");
             assert_eq!(model.labels.len(), ours.dim(1).unwrap());
         }
@@ -85,7 +76,7 @@ fn dinov2_at_another_size_interpolates_positions_like_transformers() {
     // The position table resized to the 5 x 6 grid, on its own.
     let model = HfVision::load(&folder("dinov2")).unwrap();
     let r = reference("dinov2");
-    let want = tensor(&r["interpolated_position_embeddings"]);
+    let want = json_tensor(&r["interpolated_position_embeddings"]);
     let ours = model.encoder.embeddings().position_for(5, 6, 32).unwrap();
     let d = max_diff(&ours, &want);
     assert!(d < 1e-5, "interpolated positions differ by {d}");
@@ -99,16 +90,16 @@ fn check_tower(name: &str, normed_last_hidden: bool) {
     let enc = &model.encoder;
     let layers = enc.num_layers();
     let mut trace = Trace::default();
-    let mut state = enc.embed(&tensor(&r["pixel_values"])).unwrap();
+    let mut state = enc.embed(&json_tensor(&r["pixel_values"])).unwrap();
     enc.run_blocks(&mut state, layers, &Probe::attention(layers), &mut trace, &mut NoIntervention, &Cancel::default())
         .unwrap();
     for (l, want) in v["attentions"].as_array().unwrap().iter().enumerate() {
-        let d = max_diff(trace.require(HookPoint::AttnProbs(l)).unwrap(), &tensor(want));
+        let d = max_diff(trace.require(HookPoint::AttnProbs(l)).unwrap(), &json_tensor(want));
         assert!(d < 1e-4, "{name}: layer {l} attention differs by {d}");
     }
     let normed = enc.final_norm(&state).unwrap();
     let last = if normed_last_hidden { &normed } else { &state.hidden };
-    let d = max_diff(last, &tensor(&v["last_hidden_state"]));
+    let d = max_diff(last, &json_tensor(&v["last_hidden_state"]));
     assert!(d < 1e-4, "{name}: last_hidden_state differs by {d}");
     if !normed_last_hidden {
         // CLIP: image features = visual_projection(post_layernorm(CLS)).
@@ -116,7 +107,7 @@ fn check_tower(name: &str, normed_last_hidden: bool) {
         let projection = &weights["visual_projection.weight"]; // [projection_dim, hidden]
         let cls = normed.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
         let features = cls.matmul(&projection.t().unwrap()).unwrap();
-        let d = max_diff(&features, &tensor(&r["image_features"]));
+        let d = max_diff(&features, &json_tensor(&r["image_features"]));
         assert!(d < 1e-4, "{name}: projected CLS differs by {d}");
     }
 }
@@ -130,7 +121,7 @@ fn clip_vision_tower_matches_transformers() {
 fn siglip_vision_tower_without_cls_matches_transformers() {
     check_tower("siglip", true);
     let model = HfVision::load(&folder("siglip")).unwrap();
-    let state = model.encoder.embed(&tensor(&reference("siglip")["pixel_values"])).unwrap();
+    let state = model.encoder.embed(&json_tensor(&reference("siglip")["pixel_values"])).unwrap();
     assert_eq!((state.num_special, state.num_tokens()), (0, 16), "SigLIP has no CLS token");
 }
 
@@ -141,14 +132,14 @@ fn check_zero_shot(name: &str) {
     let r = reference(name);
     let prompts: Vec<&str> = r["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     // Token ids as the Python tokenizer gives them (SigLIP's are padded to full length there).
-    let ids = tensor(&r["input_ids"]);
+    let ids = json_tensor(&r["input_ids"]);
     for (i, p) in prompts.iter().enumerate() {
         let want: Vec<u32> = ids.get(i).unwrap().to_vec1::<f32>().unwrap().iter().map(|&v| v as u32).collect();
         let ours = zs.token_ids(p).unwrap();
         assert_eq!(ours[..], want[..ours.len()], "{name}: ids of {p:?}");
     }
     let enc = &model.encoder;
-    let mut state = enc.embed(&tensor(&r["pixel_values"])).unwrap();
+    let mut state = enc.embed(&json_tensor(&r["pixel_values"])).unwrap();
     enc.run_blocks(
         &mut state,
         enc.num_layers(),
@@ -160,19 +151,19 @@ fn check_zero_shot(name: &str) {
     .unwrap();
     let features = enc.final_norm(&state).unwrap();
     if let Some(pooled) = zs.pooled(&features).unwrap() {
-        let d = max_diff(&pooled, &tensor(&r["vision"]["pooler_output"]));
+        let d = max_diff(&pooled, &json_tensor(&r["vision"]["pooler_output"]));
         assert!(d < 1e-4, "{name}: pooled image differs by {d}");
     }
     let image = zs.image_embedding(&features).unwrap();
-    let d = max_diff(&image.unsqueeze(0).unwrap(), &tensor(&r["image_embeds"]));
+    let d = max_diff(&image.unsqueeze(0).unwrap(), &json_tensor(&r["image_embeds"]));
     assert!(d < 1e-4, "{name}: image embedding differs by {d}");
-    let d = max_diff(&zs.text_embeddings(&prompts).unwrap(), &tensor(&r["text_embeds"]));
+    let d = max_diff(&zs.text_embeddings(&prompts).unwrap(), &json_tensor(&r["text_embeds"]));
     assert!(d < 1e-4, "{name}: text embeddings differ by {d}");
     let scores = zs.scores(&image, &prompts).unwrap();
     let as_row = |v: &[f32]| Tensor::from_slice(v, (1, v.len()), &Device::Cpu).unwrap();
-    let d = max_diff(&as_row(&scores.logits), &tensor(&r["logits_per_image"]));
+    let d = max_diff(&as_row(&scores.logits), &json_tensor(&r["logits_per_image"]));
     assert!(d < 1e-4, "{name}: logits differ by {d}");
-    let d = max_diff(&as_row(&scores.probs), &tensor(&r["probs"]));
+    let d = max_diff(&as_row(&scores.probs), &json_tensor(&r["probs"]));
     assert!(d < 1e-4, "{name}: probabilities differ by {d}");
 }
 
@@ -225,7 +216,7 @@ fn preprocessing_matches_the_python_processors() {
         let want_px: Vec<u8> = want["data"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
         let differing = img.as_raw().iter().zip(&want_px).filter(|(a, b)| a != b).count();
         assert_eq!(differing, 0, "{name}: {differing} resized bytes differ from Pillow's");
-        let d = max_diff(&pre.pixels(&img, &Device::Cpu).unwrap(), &tensor(&r["pixel_values"]));
+        let d = max_diff(&pre.pixels(&img, &Device::Cpu).unwrap(), &json_tensor(&r["pixel_values"]));
         assert!(d < 1e-6, "{name}: pixel values differ by {d}");
     }
 }
@@ -238,7 +229,7 @@ fn cls_based_methods_fall_back_to_attention_received_without_cls() {
     let enc = &model.encoder;
     let layers = enc.num_layers();
     let mut trace = Trace::default();
-    let mut state = enc.embed(&tensor(&reference("siglip")["pixel_values"])).unwrap();
+    let mut state = enc.embed(&json_tensor(&reference("siglip")["pixel_values"])).unwrap();
     enc.run_blocks(&mut state, layers, &Probe::attention(layers), &mut trace, &mut NoIntervention, &Cancel::default())
         .unwrap();
     let mut out = state.clone();
@@ -349,7 +340,7 @@ fn a_standalone_vision_tower_folder_loads() {
     let model = HfVision::load(dir.path()).unwrap();
     assert!(model.zero_shot.is_none());
     let r = reference("clip");
-    let mut state = model.encoder.embed(&tensor(&r["pixel_values"])).unwrap();
+    let mut state = model.encoder.embed(&json_tensor(&r["pixel_values"])).unwrap();
     let layers = model.encoder.num_layers();
     model
         .encoder
@@ -362,6 +353,6 @@ fn a_standalone_vision_tower_folder_loads() {
             &Cancel::default(),
         )
         .unwrap();
-    let d = max_diff(&state.hidden, &tensor(&r["vision"]["last_hidden_state"]));
+    let d = max_diff(&state.hidden, &json_tensor(&r["vision"]["last_hidden_state"]));
     assert!(d < 1e-4, "standalone tower differs by {d}");
 }

@@ -2,30 +2,18 @@
 //! (`scripts/make_vlm_fixtures.py`): logits, hidden states, every layer's attention, rotary at
 //! position-id gaps (as pruning leaves), greedy decoding, and the tokenizer.
 
+mod common;
+
+use common::{json_ints, json_tensor, max_diff};
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 use tokenlens::model::llama::{KvCache, Llama, LlamaConfig};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vlm/llama")
-}
-
-fn tensor(v: &Value) -> Tensor {
-    let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-    let data: Vec<f32> = v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
-
-fn ints(v: &Value) -> Vec<u32> {
-    v["data"].as_array().unwrap_or_else(|| v.as_array().unwrap()).iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
 }
 
 fn load() -> (Llama, Value) {
@@ -39,21 +27,21 @@ fn load() -> (Llama, Value) {
 #[test]
 fn logits_hidden_states_and_attention_match_transformers() {
     let (model, r) = load();
-    let ids = ints(&r["input_ids"]);
+    let ids = json_ints(&r["input_ids"]);
     let positions: Vec<u32> = (0..ids.len() as u32).collect();
     let layers: Vec<usize> = (0..model.num_layers()).collect();
     let (hidden, trace) =
         model.forward(&model.embed(&ids).unwrap(), &positions, &mut KvCache::default(), &layers, true).unwrap();
-    let d = max_diff(&model.logits(&hidden).unwrap(), &tensor(&r["logits"]));
+    let d = max_diff(&model.logits(&hidden).unwrap(), &json_tensor(&r["logits"]));
     assert!(d < 1e-4, "logits differ by {d}");
     // transformers' hidden_states: the embeddings, layer outputs, and the last one after the norm.
     let want = r["hidden_states"].as_array().unwrap();
     for (i, w) in want.iter().enumerate().take(want.len() - 1) {
-        let d = max_diff(&trace.hidden_states[i], &tensor(w));
+        let d = max_diff(&trace.hidden_states[i], &json_tensor(w));
         assert!(d < 1e-4, "hidden state {i} differs by {d}");
     }
     for (l, w) in r["attentions"].as_array().unwrap().iter().enumerate() {
-        let d = max_diff(&trace.attentions[&l], &tensor(w));
+        let d = max_diff(&trace.attentions[&l], &json_tensor(w));
         assert!(d < 1e-4, "layer {l} attention differs by {d}");
     }
 }
@@ -61,15 +49,15 @@ fn logits_hidden_states_and_attention_match_transformers() {
 #[test]
 fn position_id_gaps_rotate_like_transformers() {
     let (model, r) = load();
-    let ids = ints(&r["input_ids"]);
+    let ids = json_ints(&r["input_ids"]);
     let gap = &r["position_gap"];
-    let positions = ints(&gap["position_ids"]);
+    let positions = json_ints(&gap["position_ids"]);
     let (hidden, trace) =
         model.forward(&model.embed(&ids).unwrap(), &positions, &mut KvCache::default(), &[0, 1], false).unwrap();
-    let d = max_diff(&model.logits(&hidden).unwrap(), &tensor(&gap["logits"]));
+    let d = max_diff(&model.logits(&hidden).unwrap(), &json_tensor(&gap["logits"]));
     assert!(d < 1e-4, "gapped logits differ by {d}");
     for (l, w) in gap["attentions"].as_array().unwrap().iter().enumerate() {
-        let d = max_diff(&trace.attentions[&l], &tensor(w));
+        let d = max_diff(&trace.attentions[&l], &json_tensor(w));
         assert!(d < 1e-4, "gapped layer {l} attention differs by {d}");
     }
 }
@@ -77,9 +65,9 @@ fn position_id_gaps_rotate_like_transformers() {
 #[test]
 fn greedy_decoding_yields_the_same_tokens() {
     let (model, r) = load();
-    let ids = ints(&r["input_ids"]);
+    let ids = json_ints(&r["input_ids"]);
     let g = &r["generate"];
-    let want = ints(&g["generated_ids"]);
+    let want = json_ints(&g["generated_ids"]);
     let out = model.generate_greedy(&ids, want.len(), None, &mut |_| {}).unwrap();
     assert_eq!(out, want);
 }
@@ -90,5 +78,5 @@ fn the_tokenizer_gives_the_same_ids() {
     let tok = tokenizers::Tokenizer::from_file(dir().join("tokenizer.json")).unwrap();
     let prompt = r["prompt"].as_str().unwrap();
     let ids = tok.encode(prompt, true).unwrap().get_ids().to_vec();
-    assert_eq!(ids, ints(&r["input_ids"]));
+    assert_eq!(ids, json_ints(&r["input_ids"]));
 }

@@ -152,6 +152,12 @@ impl Head {
     }
 }
 
+/// Our config axes for a vision tower's Hugging Face config (a VLM's `vision_config`).
+pub(crate) fn vision_config(json: &serde_json::Value) -> std::result::Result<VitConfig, String> {
+    let hf: HfConfig = serde_json::from_value(json.clone()).map_err(|e| format!("not a vision config: {e}"))?;
+    vit_config(&hf)
+}
+
 /// Our config axes for a Hugging Face config.
 fn vit_config(hf: &HfConfig) -> std::result::Result<VitConfig, String> {
     // (names, layer scale, prefix tokens, pre-norm, patch bias)

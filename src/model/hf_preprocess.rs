@@ -66,10 +66,21 @@ pub struct HfPreprocessor {
 
 impl HfPreprocessor {
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join("preprocessor_config.json");
+        // Newer VLM folders (LLaVA, SmolVLM) nest the image processor in `processor_config.json`.
+        let nested = dir.join("processor_config.json");
+        let path = if dir.join("preprocessor_config.json").exists() || !nested.exists() {
+            dir.join("preprocessor_config.json")
+        } else {
+            nested
+        };
         let bad = |reason: String| Error::weights(&path, reason);
         let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        let raw: RawConfig = serde_json::from_str(&text).map_err(|e| bad(format!("not a preprocessor config: {e}")))?;
+        let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        if let Some(inner) = json.get_mut("image_processor") {
+            json = inner.take();
+        }
+        let raw: RawConfig =
+            serde_json::from_value(json).map_err(|e| bad(format!("not a preprocessor config: {e}")))?;
         let resize = if raw.do_resize {
             let size = raw.size.ok_or_else(|| bad("do_resize without a size".into()))?;
             let how = match (size.height, size.width, size.shortest_edge) {

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod jpeg;
 pub mod layers;
 pub mod llama;
+pub mod llava;
 pub mod onnx;
 pub mod pil_resize;
 pub mod preprocess;

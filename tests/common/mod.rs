@@ -41,3 +41,20 @@ pub fn asset(name: &str) -> PathBuf {
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(&root()).join("tests/fixtures").join(rel)
 }
+
+/// An array from a fixture `reference.json`: `{"shape": [...], "data": [...]}`, row-major.
+pub fn json_tensor(v: &serde_json::Value) -> Tensor {
+    let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    let data: Vec<f32> = v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    Tensor::from_vec(data, shape, &candle_core::Device::Cpu).unwrap()
+}
+
+/// Integer ids from a fixture array or a plain JSON list.
+pub fn json_ints(v: &serde_json::Value) -> Vec<u32> {
+    v["data"].as_array().unwrap_or_else(|| v.as_array().unwrap()).iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+}

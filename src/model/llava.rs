@@ -1,0 +1,138 @@
+//! LLaVA (Liu et al., 2023, <https://arxiv.org/abs/2304.08485>; `LlavaForConditionalGeneration`):
+//! a CLIP vision tower read at `vision_feature_layer`, a two-layer GELU projector, and a Llama
+//! decoder whose `<image>` token embeddings are replaced by the projected patches.
+//!
+//! The tower is our [`VisionTransformer`] (so vision-side reducers and probes work unchanged) and
+//! the decoder our [`Llama`] (attention at any layer, explicit position ids for pruning).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Linear, VarBuilder, linear};
+
+use super::hf::vision_config;
+use super::hf_preprocess::HfPreprocessor;
+use super::hooks::{Probe, Trace};
+use super::llama::{Llama, LlamaConfig};
+use super::state::TokenState;
+use super::vit::{NoIntervention, VisionTransformer};
+use crate::{Cancel, Error, Result};
+
+pub struct Llava {
+    pub vision: VisionTransformer,
+    /// The number of vision blocks whose output feeds the projector (`vision_feature_layer`
+    /// counts transformers' hidden states, the embeddings first; -2 skips the last block).
+    pub feature_blocks: usize,
+    /// `"default"` drops CLS before projecting; `"full"` keeps it.
+    pub keep_cls: bool,
+    linear_1: Linear,
+    linear_2: Linear,
+    pub lm: Llama,
+    pub image_token: u32,
+    pub preprocessor: HfPreprocessor,
+}
+
+impl Llava {
+    /// Loads a LLaVA folder: `config.json`, `model.safetensors`, and the image processor.
+    /// Weight names follow the saved LLaVA layout (`language_model.*`, `vision_tower.*`,
+    /// `multi_modal_projector.*`), with or without the `vision_tower.vision_model.` level.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let bad = |path: &Path, reason: String| Error::weights(path, reason);
+        let text = std::fs::read_to_string(&config_path).map_err(|e| bad(&config_path, format!("cannot read: {e}")))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(&config_path, format!("not JSON: {e}")))?;
+        if json["model_type"] != "llava" {
+            return Err(bad(&config_path, format!("model_type is {}, not llava", json["model_type"])));
+        }
+        let vision_cfg = vision_config(&json["vision_config"]).map_err(|r| bad(&config_path, r))?;
+        let text_cfg: LlamaConfig = serde_json::from_value(json["text_config"].clone())
+            .map_err(|e| bad(&config_path, format!("text_config is not a Llama config: {e}")))?;
+        let layers = vision_cfg.num_hidden_layers as i64;
+        let feature_layer = json["vision_feature_layer"].as_i64().unwrap_or(-2);
+        // transformers indexes `hidden_states` (L + 1 entries): negative from the end.
+        let feature_blocks = if feature_layer < 0 { layers + 1 + feature_layer } else { feature_layer };
+        if !(0..=layers).contains(&feature_blocks) {
+            return Err(bad(&config_path, format!("vision_feature_layer {feature_layer} with {layers} vision layers")));
+        }
+        let keep_cls = match json["vision_feature_select_strategy"].as_str().unwrap_or("default") {
+            "default" => false,
+            "full" => true,
+            other => return Err(bad(&config_path, format!("unknown vision_feature_select_strategy `{other}`"))),
+        };
+        if json["projector_hidden_act"].as_str().unwrap_or("gelu") != "gelu" {
+            return Err(bad(
+                &config_path,
+                format!("projector_hidden_act {} is not gelu", json["projector_hidden_act"]),
+            ));
+        }
+        let image_token = json["image_token_index"]
+            .as_u64()
+            .or_else(|| json["image_token_id"].as_u64())
+            .ok_or_else(|| bad(&config_path, "no image_token_index".into()))? as u32;
+
+        let weights_path = dir.join("model.safetensors");
+        let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu)
+            .map_err(|e| bad(&weights_path, format!("cannot read the weights: {e}")))?;
+        let tower = if weights.contains_key("vision_tower.vision_model.embeddings.class_embedding") {
+            "vision_tower.vision_model"
+        } else {
+            "vision_tower"
+        };
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json (llava): {e}"));
+        let projector = vb.pp("multi_modal_projector");
+        let (dv, dt) = (vision_cfg.hidden_size, text_cfg.hidden_size);
+        Ok(Self {
+            vision: VisionTransformer::new(&vision_cfg, vb.pp(tower)).map_err(mismatch)?,
+            feature_blocks: feature_blocks as usize,
+            keep_cls,
+            linear_1: linear(dv, dt, projector.pp("linear_1")).map_err(|e| mismatch(e.into()))?,
+            linear_2: linear(dt, dt, projector.pp("linear_2")).map_err(|e| mismatch(e.into()))?,
+            lm: Llama::new(&text_cfg, vb.pp("language_model")).map_err(mismatch)?,
+            image_token,
+            preprocessor: HfPreprocessor::load(dir)?,
+        })
+    }
+
+    /// The vision state the projector reads: `feature_blocks` blocks run on the pixels.
+    pub fn vision_state(&self, pixels: &Tensor, cancel: &Cancel) -> Result<TokenState> {
+        let mut state = self.vision.embed(pixels)?;
+        let (probe, mut trace) = (Probe::default(), Trace::default());
+        self.vision.run_blocks(&mut state, self.feature_blocks, &probe, &mut trace, &mut NoIntervention, cancel)?;
+        Ok(state)
+    }
+
+    /// Projected image tokens `[n, text_dim]` from a vision state.
+    pub fn project(&self, state: &TokenState) -> Result<Tensor> {
+        let hidden = state.hidden.squeeze(0)?;
+        let skip = if self.keep_cls { 0 } else { self.vision.cfg.num_prefix_tokens };
+        let patches = hidden.narrow(0, skip, hidden.dim(0)? - skip)?;
+        Ok(self.linear_2.forward(&self.linear_1.forward(&patches)?.gelu_erf()?)?)
+    }
+
+    /// The decoder's input `[1, n, d]`: token embeddings with the `<image>` rows replaced by
+    /// `image` (`[count, d]`, in order).
+    pub fn merge(&self, ids: &[u32], image: &Tensor) -> Result<Tensor> {
+        let slots: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == self.image_token).collect();
+        let count = image.dim(0)?;
+        if slots.len() != count {
+            return Err(Error::Config {
+                field: "prompt",
+                reason: format!("the prompt has {} <image> tokens but the image gives {count}", slots.len()),
+            });
+        }
+        let text = self.lm.embed(ids)?.squeeze(0)?;
+        let mut rows = Vec::with_capacity(ids.len());
+        let mut next = 0;
+        for i in 0..ids.len() {
+            if slots.get(next) == Some(&i) {
+                rows.push(image.narrow(0, next, 1)?);
+                next += 1;
+            } else {
+                rows.push(text.narrow(0, i, 1)?);
+            }
+        }
+        Ok(Tensor::cat(&rows, 0)?.unsqueeze(0)?)
+    }
+}

@@ -1,0 +1,133 @@
+//! Our LLaVA assembly against transformers on a tiny random-weight
+//! `LlavaForConditionalGeneration` (`scripts/make_vlm_fixtures.py`): preprocessing, the vision
+//! features the projector reads, the projected image tokens, the decoder's logits and attention
+//! with the image merged in, greedy decoding, and FastV's selection from that attention.
+
+mod common;
+
+use candle_core::{Device, IndexOp, Tensor};
+use common::{fixture, json_ints, json_tensor, max_diff};
+use serde_json::Value;
+use tokenlens::Cancel;
+use tokenlens::model::llama::KvCache;
+use tokenlens::model::llava::Llava;
+
+fn reference(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(&format!("vlm/{name}/reference.json"))).unwrap()).unwrap()
+}
+
+fn load() -> (Llava, Value) {
+    (Llava::load(&fixture("vlm/llava")).unwrap(), reference("llava"))
+}
+
+/// The image tokens for `assets/chelsea.png`, through our preprocessing.
+fn image_tokens(model: &Llava) -> Tensor {
+    let photo = image::open(common::asset("chelsea.png")).unwrap().to_rgb8();
+    let img = model.preprocessor.resize_and_crop(&photo).unwrap();
+    let pixels = model.preprocessor.pixels(&img, &Device::Cpu).unwrap();
+    model.project(&model.vision_state(&pixels, &Cancel::default()).unwrap()).unwrap()
+}
+
+#[test]
+fn preprocessing_and_image_features_match_transformers() {
+    let (model, r) = load();
+    let photo = image::open(common::asset("chelsea.png")).unwrap().to_rgb8();
+    let img = model.preprocessor.resize_and_crop(&photo).unwrap();
+    assert_eq!(img.as_raw().iter().map(|&b| u32::from(b)).collect::<Vec<_>>(), json_ints(&r["image_u8_hwc"]));
+    let pixels = model.preprocessor.pixels(&img, &Device::Cpu).unwrap();
+    let d = max_diff(&pixels, &json_tensor(&r["pixel_values"]));
+    assert!(d < 1e-5, "pixel values differ by {d}");
+    let state = model.vision_state(&pixels, &Cancel::default()).unwrap();
+    // vision_feature_layer -2 with 2 layers: the output of block 0, CLS dropped.
+    assert_eq!(model.feature_blocks, 1);
+    let selected = state.hidden.i((.., 1..)).unwrap().contiguous().unwrap();
+    let d = max_diff(&selected, &json_tensor(&r["selected_vision_features"]));
+    assert!(d < 1e-4, "selected vision features differ by {d}");
+    let d = max_diff(&model.project(&state).unwrap(), &json_tensor(&r["image_features"]));
+    assert!(d < 1e-4, "image features differ by {d}");
+}
+
+#[test]
+fn logits_and_attention_with_the_image_match_transformers() {
+    let (model, r) = load();
+    let ids = json_ints(&r["input_ids"]);
+    let embeds = model.merge(&ids, &image_tokens(&model)).unwrap();
+    let d = max_diff(&embeds, &json_tensor(&r["hidden_states"][0]));
+    assert!(d < 1e-4, "merged embeddings differ by {d}");
+    let positions: Vec<u32> = (0..ids.len() as u32).collect();
+    let layers: Vec<usize> = (0..model.lm.num_layers()).collect();
+    let (hidden, trace) = model.lm.forward(&embeds, &positions, &mut KvCache::default(), &layers, false).unwrap();
+    let d = max_diff(&model.lm.logits(&hidden).unwrap(), &json_tensor(&r["logits"]));
+    assert!(d < 1e-4, "logits differ by {d}");
+    for (l, want) in r["attentions"].as_array().unwrap().iter().enumerate() {
+        let d = max_diff(&trace.attentions[&l], &json_tensor(want));
+        assert!(d < 1e-4, "layer {l} attention differs by {d}");
+    }
+}
+
+#[test]
+fn a_prompt_whose_image_slots_do_not_fit_is_refused() {
+    let (model, r) = load();
+    let mut ids = json_ints(&r["input_ids"]);
+    ids.retain(|&t| t != model.image_token);
+    let err = model.merge(&ids, &image_tokens(&model)).unwrap_err().to_string();
+    assert!(err.contains("0 <image> tokens") && err.contains("16"), "{err}");
+}
+
+#[test]
+fn greedy_decoding_with_the_image_yields_the_same_tokens() {
+    let (model, r) = load();
+    let ids = json_ints(&r["input_ids"]);
+    let mut cache = KvCache::default();
+    let mut x = model.merge(&ids, &image_tokens(&model)).unwrap();
+    let mut pos = 0u32;
+    let mut got = Vec::new();
+    for _ in 0..r["generate"]["max_new_tokens"].as_u64().unwrap() {
+        let n = x.dim(1).unwrap() as u32;
+        let positions: Vec<u32> = (pos..pos + n).collect();
+        let (hidden, _) = model.lm.forward(&x, &positions, &mut cache, &[], false).unwrap();
+        pos += n;
+        let last = model.lm.logits(&hidden.narrow(1, n as usize - 1, 1).unwrap()).unwrap();
+        let next = last.flatten_all().unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        got.push(next);
+        x = model.lm.embed(&[next]).unwrap();
+    }
+    assert_eq!(got, json_ints(&r["generate"]["generated_ids"]));
+}
+
+/// FastV (Chen et al., 2024) scores image token i by the attention the last prompt token pays
+/// it in layer K-1, averaged over heads, and keeps the top half.
+#[test]
+fn fastv_selection_from_our_attention_matches_the_reference() {
+    let (model, r) = load();
+    let fastv = reference("fastv");
+    let ids = json_ints(&r["input_ids"]);
+    let slots: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == model.image_token).collect();
+    let embeds = model.merge(&ids, &image_tokens(&model)).unwrap();
+    let positions: Vec<u32> = (0..ids.len() as u32).collect();
+    let layers: Vec<usize> = (0..model.lm.num_layers()).collect();
+    let (_, trace) = model.lm.forward(&embeds, &positions, &mut KvCache::default(), &layers, false).unwrap();
+    for key in ["K1", "K2"] {
+        let want = &fastv[key];
+        let layer = want["attention_layer"].as_u64().unwrap() as usize;
+        let last = trace.attentions[&layer].i((0, .., ids.len() - 1, ..)).unwrap().mean(0).unwrap();
+        let scores: Vec<f32> = slots.iter().map(|&s| last.i(s).unwrap().to_scalar::<f32>().unwrap()).collect();
+        let d = max_diff(&Tensor::new(scores.as_slice(), &Device::Cpu).unwrap(), &json_tensor(&want["scores"]));
+        assert!(d < 1e-5, "{key} scores differ by {d}");
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        let mut kept: Vec<u32> =
+            order[..want["num_keep"].as_u64().unwrap() as usize].iter().map(|&i| i as u32).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, json_ints(&want["kept_image_indices"]), "{key}");
+    }
+}
+
+#[test]
+fn the_expanded_chat_prompt_tokenizes_to_the_reference_ids() {
+    let (_, r) = load();
+    let tok = tokenizers::Tokenizer::from_file(fixture("vlm/llava/tokenizer.json")).unwrap();
+    // The chat template writes BOS itself, so the processor adds no special tokens.
+    let enc = tok.encode(r["prompt_expanded"].as_str().unwrap(), false).unwrap();
+    assert_eq!(enc.get_ids(), json_ints(&r["input_ids"]).as_slice());
+}
