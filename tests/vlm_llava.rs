@@ -131,3 +131,21 @@ fn the_expanded_chat_prompt_tokenizes_to_the_reference_ids() {
     let enc = tok.encode(r["prompt_expanded"].as_str().unwrap(), false).unwrap();
     assert_eq!(enc.get_ids(), json_ints(&r["input_ids"]).as_slice());
 }
+
+#[test]
+fn a_config_that_does_not_match_the_weights_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(fixture("vlm/llava")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let config = dir.path().join("config.json");
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["text_config"]["intermediate_size"] = 48.into();
+    std::fs::write(&config, json.to_string()).unwrap();
+    let err = Llava::load(dir.path()).err().expect("a mismatched config must not load").to_string();
+    assert!(err.contains("does not match config.json"), "{err}");
+    std::fs::write(dir.path().join("model.safetensors"), b"truncated").unwrap();
+    let err = Llava::load(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+}

@@ -75,11 +75,8 @@ pub struct HfVision {
 impl HfVision {
     /// Loads `dir/config.json` and `dir/model.safetensors`.
     pub fn load(dir: &Path) -> Result<Self> {
-        let config_path = dir.join("config.json");
+        let (config_path, json) = read_config(dir)?;
         let bad = |path: &Path, reason: String| Error::weights(path, reason);
-        let text = std::fs::read_to_string(&config_path).map_err(|e| bad(&config_path, format!("cannot read: {e}")))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(&config_path, format!("not JSON: {e}")))?;
         // CLIP and SigLIP keep the vision tower's config in `vision_config` and its weights under
         // `vision_model`.
         let standalone_tower = matches!(json["model_type"].as_str(), Some("clip_vision_model" | "siglip_vision_model"));
@@ -150,6 +147,14 @@ impl Head {
             }
         })
     }
+}
+
+/// `dir/config.json`, parsed, with its path (for error messages).
+pub(crate) fn read_config(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::weights(&path, format!("cannot read: {e}")))?;
+    let json = serde_json::from_str(&text).map_err(|e| Error::weights(&path, format!("not JSON: {e}")))?;
+    Ok((path, json))
 }
 
 /// Our config axes for a vision tower's Hugging Face config (a VLM's `vision_config`).

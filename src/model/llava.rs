@@ -10,7 +10,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 
-use super::hf::vision_config;
+use super::hf::{read_config, vision_config};
 use super::hf_preprocess::HfPreprocessor;
 use super::hooks::{Probe, Trace};
 use super::llama::{Llama, LlamaConfig};
@@ -37,11 +37,8 @@ impl Llava {
     /// Weight names follow the saved LLaVA layout (`language_model.*`, `vision_tower.*`,
     /// `multi_modal_projector.*`), with or without the `vision_tower.vision_model.` level.
     pub fn load(dir: &Path) -> Result<Self> {
-        let config_path = dir.join("config.json");
+        let (config_path, json) = read_config(dir)?;
         let bad = |path: &Path, reason: String| Error::weights(path, reason);
-        let text = std::fs::read_to_string(&config_path).map_err(|e| bad(&config_path, format!("cannot read: {e}")))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(&config_path, format!("not JSON: {e}")))?;
         if json["model_type"] != "llava" {
             return Err(bad(&config_path, format!("model_type is {}, not llava", json["model_type"])));
         }
