@@ -134,11 +134,7 @@ fn the_expanded_chat_prompt_tokenizes_to_the_reference_ids() {
 
 #[test]
 fn a_config_that_does_not_match_the_weights_is_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(fixture("vlm/llava")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
-    }
+    let dir = common::copy_fixture("vlm/llava");
     let config = dir.path().join("config.json");
     let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     json["text_config"]["intermediate_size"] = 48.into();

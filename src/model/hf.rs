@@ -172,7 +172,8 @@ fn vit_config(hf: &HfConfig) -> std::result::Result<VitConfig, String> {
         "deit" => (BlockNames::Vit, false, 2, false, true),
         "dinov2" => (BlockNames::Dinov2, true, 1, false, true),
         "clip_vision_model" => (BlockNames::Clip, false, 1, true, false),
-        "siglip_vision_model" => (BlockNames::Clip, false, 0, false, true),
+        // Idefics3 (SmolVLM) uses SigLIP's tower.
+        "siglip_vision_model" | "idefics3_vision" => (BlockNames::Clip, false, 0, false, true),
         other => {
             return Err(format!(
                 "unsupported model_type `{other}`; tokenlens reads vit, deit, dinov2, clip and siglip folders"

@@ -89,7 +89,7 @@ impl HfPreprocessor {
                 _ => return Err(bad("size needs height and width, or shortest_edge".into())),
             };
             let filter = Filter::from_pil(raw.resample).ok_or_else(|| {
-                bad(format!("resample {} is not supported (bilinear 2, bicubic 3, box 4)", raw.resample))
+                bad(format!("resample {} is not supported (lanczos 1, bilinear 2, bicubic 3, box 4)", raw.resample))
             })?;
             Some((how, filter))
         } else {
@@ -154,22 +154,32 @@ impl HfPreprocessor {
 
     /// `[1, 3, h, w]` pixel values, as the processor returns them.
     pub fn pixels(&self, img: &RgbImage, device: &Device) -> Result<Tensor> {
-        let (w, h) = img.dimensions();
-        let plane = (w * h) as usize;
-        let mut data = vec![0f32; 3 * plane];
-        for (i, px) in img.pixels().enumerate() {
-            for c in 0..3 {
-                // Rescale in float64 then cast, normalise in float32, as the processors do.
-                let mut v = match self.rescale {
-                    Some(f) => (f64::from(px.0[c]) * f) as f32,
-                    None => f32::from(px.0[c]),
-                };
-                if let Some((mean, std)) = self.normalize {
-                    v = (v - mean[c]) / std[c];
-                }
-                data[c * plane + i] = v;
-            }
-        }
-        Ok(Tensor::from_vec(data, (1, 3, h as usize, w as usize), device)?)
+        to_pixels(img, self.rescale, self.normalize, device)
     }
+}
+
+/// `[1, 3, h, w]` pixel values: rescaled in float64 then cast, normalised in float32, as the
+/// Hugging Face image processors do.
+pub(crate) fn to_pixels(
+    img: &RgbImage,
+    rescale: Option<f64>,
+    normalize: Option<([f32; 3], [f32; 3])>,
+    device: &Device,
+) -> Result<Tensor> {
+    let (w, h) = img.dimensions();
+    let plane = (w * h) as usize;
+    let mut data = vec![0f32; 3 * plane];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            let mut v = match rescale {
+                Some(f) => (f64::from(px.0[c]) * f) as f32,
+                None => f32::from(px.0[c]),
+            };
+            if let Some((mean, std)) = normalize {
+                v = (v - mean[c]) / std[c];
+            }
+            data[c * plane + i] = v;
+        }
+    }
+    Ok(Tensor::from_vec(data, (1, 3, h as usize, w as usize), device)?)
 }

@@ -11,7 +11,7 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder, embedding, linear_no_bias, rms_norm};
 use serde::Deserialize;
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// The fields of a Llama `config.json` we read.
 #[derive(Debug, Clone, Deserialize)]
@@ -119,8 +119,13 @@ impl Llama {
     /// `vb` at the checkpoint root of a `LlamaForCausalLM` (`model.*`, `lm_head`); a VLM passes
     /// its language model's subtree.
     pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        Self::from_parts(cfg, vb.pp("model"), vb.pp("lm_head"))
+    }
+
+    /// `model` at the decoder body (`embed_tokens`, `layers`, `norm`), `head` at `lm_head`, for
+    /// checkpoints that keep them apart (Idefics3: `model.text_model.*` and a root `lm_head`).
+    pub fn from_parts(cfg: &LlamaConfig, model: VarBuilder, head: VarBuilder) -> Result<Self> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
-        let model = vb.pp("model");
         let embed_tokens = embedding(cfg.vocab_size, d, model.pp("embed_tokens"))?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
@@ -150,7 +155,7 @@ impl Llama {
         let lm_head = if cfg.tie_word_embeddings {
             Linear::new(embed_tokens.embeddings().clone(), None)
         } else {
-            linear_no_bias(d, cfg.vocab_size, vb.pp("lm_head"))?
+            linear_no_bias(d, cfg.vocab_size, head)?
         };
         let inv_freq = (0..hd / 2).map(|i| 1.0 / cfg.theta().powf(2.0 * i as f64 / hd as f64) as f32).collect();
         Ok(Self {
@@ -171,6 +176,31 @@ impl Llama {
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         let ids = Tensor::from_slice(ids, ids.len(), self.embed_tokens.embeddings().device())?;
         Ok(self.embed_tokens.forward(&ids)?.unsqueeze(0)?)
+    }
+
+    /// Token embeddings `[1, n, d]` with the `image_token` rows replaced by `image` (`[count, d]`,
+    /// in order): how VLMs feed a projected image to the decoder.
+    pub fn embed_with_image(&self, ids: &[u32], image_token: u32, image: &Tensor) -> Result<Tensor> {
+        let slots: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == image_token).collect();
+        let count = image.dim(0)?;
+        if slots.len() != count {
+            return Err(Error::Config {
+                field: "prompt",
+                reason: format!("the prompt has {} <image> tokens but the image gives {count}", slots.len()),
+            });
+        }
+        let text = self.embed(ids)?.squeeze(0)?;
+        let mut rows = Vec::with_capacity(ids.len());
+        let mut next = 0;
+        for i in 0..ids.len() {
+            if slots.get(next) == Some(&i) {
+                rows.push(image.narrow(0, next, 1)?);
+                next += 1;
+            } else {
+                rows.push(text.narrow(0, i, 1)?);
+            }
+        }
+        Ok(Tensor::cat(&rows, 0)?.unsqueeze(0)?)
     }
 
     /// cos and sin tables `[n, head_dim / 2]` at the given position ids.

@@ -108,28 +108,8 @@ impl Llava {
         Ok(self.linear_2.forward(&self.linear_1.forward(&patches)?.gelu_erf()?)?)
     }
 
-    /// The decoder's input `[1, n, d]`: token embeddings with the `<image>` rows replaced by
-    /// `image` (`[count, d]`, in order).
+    /// The decoder's input `[1, n, d]` with the image tokens in the `<image>` slots.
     pub fn merge(&self, ids: &[u32], image: &Tensor) -> Result<Tensor> {
-        let slots: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == self.image_token).collect();
-        let count = image.dim(0)?;
-        if slots.len() != count {
-            return Err(Error::Config {
-                field: "prompt",
-                reason: format!("the prompt has {} <image> tokens but the image gives {count}", slots.len()),
-            });
-        }
-        let text = self.lm.embed(ids)?.squeeze(0)?;
-        let mut rows = Vec::with_capacity(ids.len());
-        let mut next = 0;
-        for i in 0..ids.len() {
-            if slots.get(next) == Some(&i) {
-                rows.push(image.narrow(0, next, 1)?);
-                next += 1;
-            } else {
-                rows.push(text.narrow(0, i, 1)?);
-            }
-        }
-        Ok(Tensor::cat(&rows, 0)?.unsqueeze(0)?)
+        self.lm.embed_with_image(ids, self.image_token, image)
     }
 }

@@ -7,6 +7,7 @@ pub mod hf_preprocess;
 pub mod hooks;
 #[cfg(feature = "hub")]
 pub mod hub;
+pub mod idefics3;
 pub mod jpeg;
 pub mod layers;
 pub mod llama;

@@ -8,6 +8,8 @@ use image::RgbImage;
 /// Pillow's resampling filters (the numbers are Pillow's `resample` codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
+    /// 1 (a 3-lobed windowed sinc, as Pillow)
+    Lanczos,
     /// 4
     Box,
     /// 2
@@ -20,6 +22,7 @@ impl Filter {
     /// From a `preprocessor_config.json` `resample` code.
     pub fn from_pil(code: u64) -> Option<Self> {
         match code {
+            1 => Some(Filter::Lanczos),
             2 => Some(Filter::Bilinear),
             3 => Some(Filter::Bicubic),
             4 => Some(Filter::Box),
@@ -29,6 +32,7 @@ impl Filter {
 
     fn support(self) -> f64 {
         match self {
+            Filter::Lanczos => 3.0,
             Filter::Box => 0.5,
             Filter::Bilinear => 1.0,
             Filter::Bicubic => 2.0,
@@ -37,6 +41,11 @@ impl Filter {
 
     fn weight(self, x: f64) -> f64 {
         match self {
+            Filter::Lanczos => {
+                let sinc =
+                    |x: f64| if x == 0.0 { 1.0 } else { (x * std::f64::consts::PI).sin() / (x * std::f64::consts::PI) };
+                if (-3.0..3.0).contains(&x) { sinc(x) * sinc(x / 3.0) } else { 0.0 }
+            }
             Filter::Box => f64::from(u8::from(x > -0.5 && x <= 0.5)),
             Filter::Bilinear => (1.0 - x.abs()).max(0.0),
             Filter::Bicubic => {
