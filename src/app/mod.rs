@@ -293,12 +293,7 @@ impl TokenlensApp {
                 self.settings.layer = self.settings.layer.min(opened.analysis.cls_attention.len().saturating_sub(1));
                 self.opened = Some(opened);
                 // Everything computed for the previous image is stale now.
-                self.run = Slot::default();
-                self.sent_spec = None;
-                self.compared = Slot::default();
-                self.sent_compare = None;
-                self.drift.clear();
-                self.drift_key = None;
+                self.forget_results();
                 self.scene_rect = egui::Rect::ZERO;
             }
             Event::Reduced { id, result } => {
@@ -351,6 +346,16 @@ impl TokenlensApp {
         }
     }
 
+    /// Drops the reduced runs, the comparison and the drift curve (and what was asked for them).
+    fn forget_results(&mut self) {
+        self.run = Slot::default();
+        self.sent_spec = None;
+        self.compared = Slot::default();
+        self.sent_compare = None;
+        self.drift.clear();
+        self.drift_key = None;
+    }
+
     /// Loads another model on a fresh worker and opens the current image with it.
     pub fn switch_model(&mut self, source: ModelSource) {
         let wake_ctx = self.ctx.clone();
@@ -359,12 +364,7 @@ impl TokenlensApp {
         self.model_id = None;
         self.takes_prompt = false;
         self.opened = None;
-        self.run = Slot::default();
-        self.sent_spec = None;
-        self.compared = Slot::default();
-        self.sent_compare = None;
-        self.drift.clear();
-        self.drift_key = None;
+        self.forget_results();
         self.error = None;
         self.status = "Loading the model…".into();
         self.reopen();
