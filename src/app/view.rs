@@ -213,7 +213,10 @@ pub fn patch_info(patch: usize, grid: [usize; 2], map: Option<&ValueMap>, run: O
         let fate = match r.groups.iter().position(|g| g.contains(&(patch as u32))) {
             None => "dropped".to_string(),
             Some(i) if r.groups[i].len() == 1 => format!("kept (token {i})"),
-            Some(i) => format!("merged into token {i} with {} other patches", r.groups[i].len() - 1),
+            Some(i) => {
+                let others = r.groups[i].len() - 1;
+                format!("merged into token {i} with {others} other patch{}", if others == 1 { "" } else { "es" })
+            }
         };
         lines.push(format!("{}: {fate}", r.spec.reducer.info().label));
     }
