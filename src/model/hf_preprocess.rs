@@ -64,21 +64,26 @@ pub struct HfPreprocessor {
     normalize: Option<([f32; 3], [f32; 3])>,
 }
 
+/// The image processor's settings and their file: `preprocessor_config.json`, or the
+/// `image_processor` entry of `processor_config.json`, where newer VLM folders (LLaVA, SmolVLM)
+/// nest it.
+pub(crate) fn read_image_processor(dir: &Path) -> Result<(std::path::PathBuf, serde_json::Value)> {
+    let flat = dir.join("preprocessor_config.json");
+    let nested = dir.join("processor_config.json");
+    let path = if flat.exists() || !nested.exists() { flat } else { nested };
+    let bad = |reason: String| Error::weights(&path, reason);
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    if let Some(inner) = json.get_mut("image_processor") {
+        json = inner.take();
+    }
+    Ok((path, json))
+}
+
 impl HfPreprocessor {
     pub fn load(dir: &Path) -> Result<Self> {
-        // Newer VLM folders (LLaVA, SmolVLM) nest the image processor in `processor_config.json`.
-        let nested = dir.join("processor_config.json");
-        let path = if dir.join("preprocessor_config.json").exists() || !nested.exists() {
-            dir.join("preprocessor_config.json")
-        } else {
-            nested
-        };
+        let (path, json) = read_image_processor(dir)?;
         let bad = |reason: String| Error::weights(&path, reason);
-        let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-        if let Some(inner) = json.get_mut("image_processor") {
-            json = inner.take();
-        }
         let raw: RawConfig =
             serde_json::from_value(json).map_err(|e| bad(format!("not a preprocessor config: {e}")))?;
         let resize = if raw.do_resize {

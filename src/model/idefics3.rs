@@ -11,7 +11,7 @@ use candle_nn::{Linear, VarBuilder, linear_no_bias};
 use image::RgbImage;
 
 use super::hf::{read_config, vision_config};
-use super::hf_preprocess::to_pixels;
+use super::hf_preprocess::{read_image_processor, to_pixels};
 use super::hooks::{Probe, Trace};
 use super::llama::{Llama, LlamaConfig};
 use super::pil_resize::{Filter, resize};
@@ -124,12 +124,8 @@ impl Idefics3 {
     }
 
     fn read_preprocessor(dir: &Path) -> Result<Idefics3Preprocessor> {
-        let nested = dir.join("processor_config.json");
-        let path = if nested.exists() { nested } else { dir.join("preprocessor_config.json") };
-        let bad = |reason: String| Error::weights(&path, reason);
-        let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-        Idefics3Preprocessor::from_json(json.get("image_processor").unwrap_or(&json)).map_err(bad)
+        let (path, json) = read_image_processor(dir)?;
+        Idefics3Preprocessor::from_json(&json).map_err(|reason| Error::weights(&path, reason))
     }
 
     /// The tower's output after its final norm, `[1, patches, dim]`.
