@@ -12,10 +12,9 @@ use image::RgbImage;
 
 use super::hf::{read_config, vision_config};
 use super::hf_preprocess::{read_image_processor, to_pixels};
-use super::hooks::{Probe, Trace};
 use super::llama::{Llama, LlamaConfig};
 use super::pil_resize::{Filter, resize};
-use super::vit::{NoIntervention, VisionTransformer};
+use super::vit::VisionTransformer;
 use crate::{Cancel, Error, Result};
 
 /// `Idefics3ImageProcessor` without splitting: the longest edge to `longest_edge` (aspect
@@ -130,17 +129,7 @@ impl Idefics3 {
 
     /// The tower's output after its final norm, `[1, patches, dim]`.
     pub fn vision_features(&self, pixels: &Tensor, cancel: &Cancel) -> Result<Tensor> {
-        let mut state = self.vision.embed(pixels)?;
-        let (probe, mut trace) = (Probe::default(), Trace::default());
-        self.vision.run_blocks(
-            &mut state,
-            self.vision.num_layers(),
-            &probe,
-            &mut trace,
-            &mut NoIntervention,
-            cancel,
-        )?;
-        self.vision.final_norm(&state)
+        self.vision.final_norm(&self.vision.forward_to(pixels, self.vision.num_layers(), cancel)?)
     }
 
     /// The connector: pixel shuffle (transformers' exact reshapes) then the projection, giving

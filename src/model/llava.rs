@@ -12,10 +12,9 @@ use candle_nn::{Linear, VarBuilder, linear};
 
 use super::hf::{read_config, vision_config};
 use super::hf_preprocess::HfPreprocessor;
-use super::hooks::{Probe, Trace};
 use super::llama::{Llama, LlamaConfig};
 use super::state::TokenState;
-use super::vit::{NoIntervention, VisionTransformer};
+use super::vit::VisionTransformer;
 use crate::{Cancel, Error, Result};
 
 pub struct Llava {
@@ -94,10 +93,7 @@ impl Llava {
 
     /// The vision state the projector reads: `feature_blocks` blocks run on the pixels.
     pub fn vision_state(&self, pixels: &Tensor, cancel: &Cancel) -> Result<TokenState> {
-        let mut state = self.vision.embed(pixels)?;
-        let (probe, mut trace) = (Probe::default(), Trace::default());
-        self.vision.run_blocks(&mut state, self.feature_blocks, &probe, &mut trace, &mut NoIntervention, cancel)?;
-        Ok(state)
+        self.vision.forward_to(pixels, self.feature_blocks, cancel)
     }
 
     /// Projected image tokens `[n, text_dim]` from a vision state.

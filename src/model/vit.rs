@@ -217,6 +217,14 @@ impl VisionTransformer {
         Ok(())
     }
 
+    /// Embeds `pixels` and runs blocks `0..until` with nothing recorded or changed (how a VLM
+    /// reads its tower).
+    pub fn forward_to(&self, pixels: &Tensor, until: usize, cancel: &Cancel) -> Result<TokenState> {
+        let mut state = self.embed(pixels)?;
+        self.run_blocks(&mut state, until, &Probe::default(), &mut Trace::default(), &mut NoIntervention, cancel)?;
+        Ok(state)
+    }
+
     /// The final LayerNorm over all tokens: `[1, tokens, dim]`.
     pub fn final_norm(&self, state: &TokenState) -> Result<Tensor> {
         Ok(self.layernorm.forward(&state.hidden)?)
