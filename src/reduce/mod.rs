@@ -11,6 +11,7 @@ pub mod cls_topk;
 pub mod divprune;
 pub mod evit;
 pub mod hiprune;
+pub mod llm;
 pub mod ops;
 pub mod pitome;
 pub mod plan;
