@@ -16,6 +16,7 @@ pub mod model;
 pub mod reduce;
 pub mod render;
 pub mod session;
+pub mod vlm;
 
 pub use cancel::Cancel;
 pub use error::{Error, Result};

@@ -31,6 +31,9 @@ pub struct LlamaConfig {
     pub vocab_size: usize,
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// The context length the model was trained for (prompt + answer must fit).
+    #[serde(default)]
+    pub max_position_embeddings: Option<usize>,
 }
 
 fn default_theta() -> f64 {
@@ -42,11 +45,11 @@ impl LlamaConfig {
         self.rope_parameters.as_ref().and_then(|p| p["rope_theta"].as_f64()).unwrap_or(self.rope_theta)
     }
 
-    fn head_dim(&self) -> usize {
+    pub fn head_dim(&self) -> usize {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
-    fn kv_heads(&self) -> usize {
+    pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 }
@@ -75,15 +78,26 @@ struct Layer {
 }
 
 /// Keys and values of every layer for the tokens seen so far: `[1, kv_heads, seen, head_dim]`.
+/// Layers may hold different counts: tokens pruned after layer k have entries only up to k.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
 }
 
 impl KvCache {
-    /// Tokens cached (per layer they are the same).
+    /// Tokens cached at layer 0.
     pub fn len(&self) -> usize {
-        self.layers.iter().flatten().next().map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+        self.len_at(0)
+    }
+
+    /// Tokens cached at layer `l`.
+    pub fn len_at(&self, l: usize) -> usize {
+        self.layers.get(l).and_then(Option::as_ref).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    /// Tokens cached at each layer.
+    pub fn lens(&self) -> Vec<usize> {
+        (0..self.layers.len()).map(|l| self.len_at(l)).collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,6 +119,9 @@ pub struct DecoderTrace {
     /// norm), when requested: `num_layers + 1` tensors `[1, n, d]`.
     pub hidden_states: Vec<Tensor>,
 }
+
+/// cos and sin tables `[n, head_dim / 2]` for a run of tokens at explicit position ids.
+pub type Rope = (Tensor, Tensor);
 
 pub struct Llama {
     pub cfg: LlamaConfig,
@@ -172,6 +189,10 @@ impl Llama {
         self.layers.len()
     }
 
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.embeddings().device()
+    }
+
     /// Token embeddings `[1, n, d]`.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         let ids = Tensor::from_slice(ids, ids.len(), self.embed_tokens.embeddings().device())?;
@@ -204,7 +225,7 @@ impl Llama {
     }
 
     /// cos and sin tables `[n, head_dim / 2]` at the given position ids.
-    fn rope_tables(&self, positions: &[u32], device: &Device) -> Result<(Tensor, Tensor)> {
+    fn rope_tables(&self, positions: &[u32], device: &Device) -> Result<Rope> {
         let half = self.inv_freq.len();
         let angles: Vec<f32> =
             positions.iter().flat_map(|&p| self.inv_freq.iter().map(move |f| p as f32 * f)).collect();
@@ -223,56 +244,83 @@ impl Llama {
         attend_layers: &[usize],
         want_hidden: bool,
     ) -> Result<(Tensor, DecoderTrace)> {
-        let (_, n, _) = embeds.dims3()?;
-        let device = embeds.device();
-        let past = cache.len();
-        cache.layers.resize(self.layers.len(), None);
-        let (cos, sin) = self.rope_tables(positions, device)?;
-        // Causal over the cached and new tokens: query i (at slot past + i) sees keys 0..=past + i.
-        let mask: Vec<f32> = (0..n)
-            .flat_map(|i| (0..past + n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (1, 1, n, past + n), device)?;
+        let rope = self.rope_tables(positions, embeds.device())?;
         let mut trace = DecoderTrace::default();
         let mut x = embeds.clone();
-        for (l, layer) in self.layers.iter().enumerate() {
+        for l in 0..self.layers.len() {
             if want_hidden {
                 trace.hidden_states.push(x.clone());
             }
-            let a = &layer.self_attn;
-            let h = layer.input_layernorm.forward(&x)?;
-            let heads = |t: Tensor, count: usize| -> Result<Tensor> {
-                Ok(t.reshape((1, n, count, a.head_dim))?.transpose(1, 2)?.contiguous()?)
-            };
-            let q = candle_nn::rotary_emb::rope(&heads(a.q_proj.forward(&h)?, a.num_heads)?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope(&heads(a.k_proj.forward(&h)?, a.num_kv_heads)?, &cos, &sin)?;
-            let v = heads(a.v_proj.forward(&h)?, a.num_kv_heads)?;
-            let (k, v) = match cache.layers[l].take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                None => (k, v),
-            };
-            cache.layers[l] = Some((k.clone(), v.clone()));
-            let rep = a.num_heads / a.num_kv_heads;
-            let (k, v) = (
-                candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?,
-                candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?,
-            );
-            let logits = (q.matmul(&k.t()?)? * (a.head_dim as f64).powf(-0.5))?.broadcast_add(&mask)?;
-            let probs = candle_nn::ops::softmax_last_dim(&logits)?;
-            if attend_layers.contains(&l) {
-                trace.attentions.insert(l, probs.clone());
+            let (out, probs) = self.layer(l, &x, &rope, cache, attend_layers.contains(&l))?;
+            if let Some(probs) = probs {
+                trace.attentions.insert(l, probs);
             }
-            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((1, n, a.num_heads * a.head_dim))?;
-            x = (x + a.o_proj.forward(&ctx)?)?;
-            let h = layer.post_attention_layernorm.forward(&x)?;
-            let m = &layer.mlp;
-            let gated = (candle_nn::ops::silu(&m.gate_proj.forward(&h)?)? * m.up_proj.forward(&h)?)?;
-            x = (x + m.down_proj.forward(&gated)?)?;
+            x = out;
         }
         if want_hidden {
             trace.hidden_states.push(x.clone());
         }
         Ok((x, trace))
+    }
+
+    /// Rotary tables for [`Llama::layer`] at the given position ids.
+    pub fn rope(&self, positions: &[u32], device: &Device) -> Result<Rope> {
+        self.rope_tables(positions, device)
+    }
+
+    /// Decoder layer `l` on `x` (`[1, n, d]`, the tokens after what `cache` holds at this layer,
+    /// causal), appending their keys and values to the cache. Returns the layer's output and,
+    /// if `want_attention`, its post-softmax attention `[1, heads, n, cached + n]`.
+    pub fn layer(
+        &self,
+        l: usize,
+        x: &Tensor,
+        rope: &Rope,
+        cache: &mut KvCache,
+        want_attention: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (_, n, _) = x.dims3()?;
+        let device = x.device();
+        if cache.layers.len() < self.layers.len() {
+            cache.layers.resize(self.layers.len(), None);
+        }
+        let past = cache.len_at(l);
+        let (cos, sin) = rope;
+        let layer = &self.layers[l];
+        let a = &layer.self_attn;
+        let h = layer.input_layernorm.forward(x)?;
+        let heads = |t: Tensor, count: usize| -> Result<Tensor> {
+            Ok(t.reshape((1, n, count, a.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = candle_nn::rotary_emb::rope(&heads(a.q_proj.forward(&h)?, a.num_heads)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&heads(a.k_proj.forward(&h)?, a.num_kv_heads)?, cos, sin)?;
+        let v = heads(a.v_proj.forward(&h)?, a.num_kv_heads)?;
+        let (k, v) = match cache.layers[l].take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        cache.layers[l] = Some((k.clone(), v.clone()));
+        let rep = a.num_heads / a.num_kv_heads;
+        let (k, v) = (
+            candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?,
+            candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?,
+        );
+        let mut logits = (q.matmul(&k.t()?)? * (a.head_dim as f64).powf(-0.5))?;
+        if n > 1 {
+            // Causal over the cached and new tokens: query i (at slot past + i) sees keys 0..=past + i.
+            let mask: Vec<f32> = (0..n)
+                .flat_map(|i| (0..past + n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            logits = logits.broadcast_add(&Tensor::from_vec(mask, (1, 1, n, past + n), device)?)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((1, n, a.num_heads * a.head_dim))?;
+        let x = (x + a.o_proj.forward(&ctx)?)?;
+        let h = layer.post_attention_layernorm.forward(&x)?;
+        let m = &layer.mlp;
+        let gated = (candle_nn::ops::silu(&m.gate_proj.forward(&h)?)? * m.up_proj.forward(&h)?)?;
+        let x = (x + m.down_proj.forward(&gated)?)?;
+        Ok((x, want_attention.then_some(probs)))
     }
 
     /// Logits `[1, n, vocab]` from the last layer's output.
@@ -333,6 +381,7 @@ mod tests {
             rope_parameters: None,
             vocab_size: 40,
             tie_word_embeddings: false,
+            max_position_embeddings: None,
         };
         let map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);

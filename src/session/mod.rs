@@ -4,6 +4,7 @@
 mod run;
 
 pub use run::{DropFill, FullRun, RunResult, RunSpec, RunTimings};
+pub(crate) use run::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
 
 use std::path::Path;
 use std::time::Instant;

@@ -16,7 +16,9 @@ use super::{Output, Session, ms_since};
 use crate::analysis::cost::{BlockTokens, encoder_flops};
 use crate::analysis::metrics::{self, Fidelity};
 use crate::model::layers::AttnRecord;
-use crate::model::{HookPoint, Intervene, Needs, NoIntervention, OutputHead, Probe, TokenState, Trace};
+use crate::model::{
+    HookPoint, Intervene, Needs, NoIntervention, OutputHead, Probe, TokenState, Trace, VisionTransformer,
+};
 use crate::reduce::{Budget, Context, PositionMode, Reducer, ReducerConfig, Site, SiteView, Stage};
 use crate::{Cancel, Result};
 
@@ -119,18 +121,8 @@ impl Session {
     pub fn full_run(&self, pixels: &Tensor, cancel: &Cancel) -> Result<FullRun> {
         let start = Instant::now();
         let enc = &self.model.encoder;
-        let layers = enc.num_layers();
-        let mut probe = Probe::attention(layers);
-        for l in 0..layers {
-            probe = probe.with(HookPoint::Keys(l));
-        }
-        let mut trace = Trace::default();
-        let mut state = enc.embed(pixels)?;
-        let mut states = vec![state.clone()];
-        for l in 0..layers {
-            enc.run_blocks(&mut state, l + 1, &probe, &mut trace, &mut NoIntervention, cancel)?;
-            states.push(state.clone());
-        }
+        let (states, trace) = encoder_states(enc, pixels, enc.num_layers(), cancel)?;
+        let state = states.last().expect("the embedding state").clone();
         let features = enc.final_norm(&state)?;
         let encoder_ms = ms_since(start);
         let mut normed = state.clone();
@@ -148,40 +140,9 @@ impl Session {
         let ctx = Context { num_layers: layers, grid: first.grid, num_special: first.num_special };
         let keep = spec.budget.resolve(ctx.num_patches())?;
         let mut reducer = spec.reducer.build(keep, &ctx)?;
-        let sites = reducer.sites();
-        let stage = match sites.first() {
-            Some(Site::MidBlock(l) | Site::AfterBlock(l)) => Stage::Encoder(*l),
-            _ => Stage::PreLlm,
-        };
-        let mut apply = Apply::new(reducer.as_mut(), &sites, &full.trace, spec.positions);
-
-        // Resume from the cached state at the first site.
-        let (mut state, resume_at) = match sites.first() {
-            Some(&Site::MidBlock(l)) => (full.states[l].clone(), l),
-            Some(&Site::AfterBlock(l)) => {
-                let mut state = full.states[l + 1].clone();
-                let record = AttnRecord {
-                    probs: full.trace.get(HookPoint::AttnProbs(l)).cloned(),
-                    keys: full.trace.get(HookPoint::Keys(l)).cloned(),
-                };
-                apply.at(Site::AfterBlock(l), &mut state, &record)?;
-                (state, l + 1)
-            }
-            Some(Site::EncoderOutput) | None => (full.states[layers].clone(), layers),
-        };
-        let mut blocks = vec![full.block_tokens(); resume_at];
-        enc.run_blocks(&mut state, layers, &Probe::default(), &mut Trace::default(), &mut apply, cancel)?;
-        blocks.append(&mut apply.blocks);
-
-        let mut out = state.clone();
-        out.hidden = if resume_at == layers && out.num_tokens() == full.states[layers].num_tokens() {
-            full.features.clone() // nothing changed before the output: reuse the exact features
-        } else {
-            enc.final_norm(&state)?
-        };
-        apply.at(Site::EncoderOutput, &mut out, &AttnRecord::default())?;
-        cancel.check()?;
-
+        let cached = EncoderCache { states: &full.states, trace: &full.trace, features: &full.features };
+        let reduced = reduce_encoder(enc, &cached, reducer.as_mut(), spec.positions, true, cancel)?;
+        let (out, stage, resume_at, blocks) = (reduced.out, reduced.stage, reduced.resume_at, reduced.blocks);
         let grid_features = scatter(&out, spec.fill)?;
         let output = self.output(&grid_features, &out)?;
         let (fidelity, patch_cosine) = fidelity(full, &out, &grid_features, &output)?;
@@ -194,7 +155,7 @@ impl Session {
             stage,
             keep,
             num_patches: ctx.num_patches(),
-            scores: apply.patch_scores,
+            scores: reduced.patch_scores,
             groups,
             kept,
             tokens_per_layer: blocks.iter().map(|b| b.attn).collect(),
@@ -305,6 +266,100 @@ fn fidelity(full: &FullRun, out: &TokenState, grid: &Tensor, output: &Output) ->
         },
         patch_cosine,
     ))
+}
+
+/// Runs `blocks` blocks of `enc` on `pixels`, keeping the state after each (`blocks + 1`
+/// states, the embedding first) and every block's attention and keys.
+pub(crate) fn encoder_states(
+    enc: &VisionTransformer,
+    pixels: &Tensor,
+    blocks: usize,
+    cancel: &Cancel,
+) -> Result<(Vec<TokenState>, Trace)> {
+    let mut probe = Probe::attention(blocks);
+    for l in 0..blocks {
+        probe = probe.with(HookPoint::Keys(l));
+    }
+    let mut trace = Trace::default();
+    let mut state = enc.embed(pixels)?;
+    let mut states = vec![state.clone()];
+    for l in 0..blocks {
+        enc.run_blocks(&mut state, l + 1, &probe, &mut trace, &mut NoIntervention, cancel)?;
+        states.push(state.clone());
+    }
+    Ok((states, trace))
+}
+
+/// An unreduced encoder run to resume from: `states[l]` after `l` blocks, the attention and keys
+/// of every block, and the output features (`states.last()`, final-normed where the model does).
+pub(crate) struct EncoderCache<'a> {
+    pub states: &'a [TokenState],
+    pub trace: &'a Trace,
+    pub features: &'a Tensor,
+}
+
+/// An encoder run with a vision-side reducer applied.
+pub(crate) struct ReducedEncoder {
+    /// The output tokens (hidden = output features), with provenance.
+    pub out: TokenState,
+    pub stage: Stage,
+    /// The first block re-computed (`num_layers` = none).
+    pub resume_at: usize,
+    /// Tokens each block saw.
+    pub blocks: Vec<BlockTokens>,
+    /// The first plan's scores, per original patch.
+    pub patch_scores: Option<Vec<Option<f32>>>,
+}
+
+/// Runs `reducer` through the encoder, resuming from `cached` at its first site. `final_norm`:
+/// whether the output features are the final norm of the last state (a ViT's head) or the last
+/// state itself (LLaVA reads a middle layer's raw hidden states).
+pub(crate) fn reduce_encoder(
+    enc: &VisionTransformer,
+    cached: &EncoderCache<'_>,
+    reducer: &mut dyn Reducer,
+    positions: PositionMode,
+    final_norm: bool,
+    cancel: &Cancel,
+) -> Result<ReducedEncoder> {
+    let layers = cached.states.len() - 1;
+    let sites = reducer.sites();
+    let stage = match sites.first() {
+        Some(Site::MidBlock(l) | Site::AfterBlock(l)) => Stage::Encoder(*l),
+        _ => Stage::PreLlm,
+    };
+    let mut apply = Apply::new(reducer, &sites, cached.trace, positions);
+    let full_tokens = BlockTokens { attn: cached.states[0].num_tokens(), mlp: cached.states[0].num_tokens() };
+
+    // Resume from the cached state at the first site.
+    let (mut state, resume_at) = match sites.first() {
+        Some(&Site::MidBlock(l)) => (cached.states[l].clone(), l),
+        Some(&Site::AfterBlock(l)) => {
+            let mut state = cached.states[l + 1].clone();
+            let record = AttnRecord {
+                probs: cached.trace.get(HookPoint::AttnProbs(l)).cloned(),
+                keys: cached.trace.get(HookPoint::Keys(l)).cloned(),
+            };
+            apply.at(Site::AfterBlock(l), &mut state, &record)?;
+            (state, l + 1)
+        }
+        Some(Site::EncoderOutput) | None => (cached.states[layers].clone(), layers),
+    };
+    let mut blocks = vec![full_tokens; resume_at];
+    enc.run_blocks(&mut state, layers, &Probe::default(), &mut Trace::default(), &mut apply, cancel)?;
+    blocks.append(&mut apply.blocks);
+
+    let mut out = state.clone();
+    out.hidden = if resume_at == layers && out.num_tokens() == cached.states[layers].num_tokens() {
+        cached.features.clone() // nothing changed before the output: reuse the exact features
+    } else if final_norm {
+        enc.final_norm(&state)?
+    } else {
+        state.hidden.clone()
+    };
+    apply.at(Site::EncoderOutput, &mut out, &AttnRecord::default())?;
+    cancel.check()?;
+    Ok(ReducedEncoder { out, stage, resume_at, blocks, patch_scores: apply.patch_scores })
 }
 
 /// Bridges a [`Reducer`] to the encoder's [`Intervene`] hook: asks for plans at the reducer's

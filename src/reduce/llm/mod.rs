@@ -157,11 +157,16 @@ impl LlmReducerConfig {
         match *self {}
     }
 
+    /// Sets one parameter from text (`--param k=v`).
+    pub fn set_param(&mut self, _key: &str, _value: &str) -> Result<()> {
+        match *self {}
+    }
+
     /// The default config of the method called `name`.
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::defaults().into_iter().find(|c| c.name() == name).ok_or_else(|| Error::Config {
-            field: "reducer",
-            reason: format!("unknown language-side method `{name}`"),
-        })
+        Self::defaults()
+            .into_iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| Error::Config { field: "reducer", reason: format!("unknown language-side method `{name}`") })
     }
 }

@@ -1,0 +1,435 @@
+//! The two VLM architectures behind one shape: image -> vision run -> image tokens on a grid ->
+//! decoder sequence.
+//!
+//! # Design
+//! Question: how do the vision-side methods (written for a ViT's patch tokens) run on SmolVLM,
+//! whose language model sees one token per 4x4 block of patches?
+//! Decision: the image-token grid is what every view and method works on. For LLaVA it is the
+//! patch grid (the tower's states and trace are used as they are). For SmolVLM the pre-LLM
+//! methods see the connector's tokens on their grid, with the tower's attention pooled to it
+//! (`pool_attention`: rows averaged over a block's patches, columns summed, so rows still sum
+//! to one); methods that act inside the tower are refused, since the pixel shuffle needs every
+//! patch.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use image::RgbImage;
+
+use super::Prompt;
+use super::decode::Sequence;
+use crate::analysis::attention;
+use crate::analysis::cost::BlockTokens;
+use crate::model::idefics3::Idefics3;
+use crate::model::llama::Llama;
+use crate::model::llava::Llava;
+use crate::model::{HookPoint, Probe, TokenState, Trace, fetch, preprocess};
+use crate::reduce::llm::Row;
+use crate::reduce::{Context, PositionMode, Reducer, ReducerConfig, Site};
+use crate::session::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
+use crate::{Cancel, Error, Result};
+
+/// `model_type`s this module reads.
+pub const SUPPORTED: [&str; 2] = ["llava", "idefics3"];
+
+pub enum Arch {
+    Llava(Llava),
+    Idefics3(Idefics3),
+}
+
+/// A decoded photo and what the vision tower sees of it.
+#[derive(Debug, Clone)]
+pub struct VlmImage {
+    pub photo: RgbImage,
+    /// The 8-bit image the tower reads (the image-token grid covers it).
+    pub canvas: RgbImage,
+    /// Where the canvas lies in the photo, `[x0, y0, x1, y1]` in photo pixels.
+    pub place: [f32; 4],
+    pub pixels: Tensor,
+    pub sha256: String,
+}
+
+/// The vision side of one image, unreduced, kept so reduced runs resume from it.
+pub struct VisionRun {
+    /// States a vision-side reducer resumes from, on the image-token grid (LLaVA: the tower's
+    /// states up to the layer the projector reads; SmolVLM: the connector's tokens).
+    pub states: Vec<TokenState>,
+    pub trace: Trace,
+    pub features: Tensor,
+    /// Projected image tokens `[n, text_dim]`.
+    pub image_tokens: Tensor,
+    /// The image-token grid (rows, cols).
+    pub grid: (usize, usize),
+    /// Per image token, the tower's importance (CLS attention, or attention received).
+    pub saliency: Vec<f32>,
+    /// Tokens each tower block saw (for the cost).
+    pub tower_blocks: Vec<BlockTokens>,
+    pub tower_dims: (usize, usize),
+    pub time_ms: f64,
+}
+
+impl VisionRun {
+    pub fn num_image_tokens(&self) -> usize {
+        self.grid.0 * self.grid.1
+    }
+
+    pub fn context(&self) -> Context {
+        Context { num_layers: self.states.len() - 1, grid: self.grid, num_special: self.states[0].num_special }
+    }
+
+    pub fn full_blocks(&self) -> Vec<BlockTokens> {
+        self.tower_blocks.clone()
+    }
+
+    pub fn encoder_flops(&self, blocks: &[BlockTokens]) -> f64 {
+        super::encoder_block_flops(blocks, self.tower_dims.0, self.tower_dims.1)
+    }
+}
+
+pub fn model_type(dir: &Path) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
+    json["model_type"].as_str().map(String::from)
+}
+
+/// The folder's `tokenizer.json`, with a plain message when it is missing.
+pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    if !path.is_file() {
+        return Err(Error::weights(
+            &path,
+            "missing: a Hugging Face model folder needs its tokenizer files (tokenizer.json, tokenizer_config.json); \
+             copy them from the model's repository",
+        ));
+    }
+    tokenizers::Tokenizer::from_file(&path)
+        .map_err(|e| Error::weights(&path, format!("cannot read the tokenizer: {e}")))
+}
+
+/// Ids that end an answer: `generation_config.json`'s `eos_token_id` (one or a list), the
+/// tokenizer's EOS and the chat turn end (`<end_of_utterance>`, SmolVLM's).
+pub fn eos_ids(dir: &Path, tokenizer: &tokenizers::Tokenizer) -> Vec<u32> {
+    let mut ids = Vec::new();
+    let read =
+        |name: &str| -> Option<serde_json::Value> { serde_json::from_slice(&std::fs::read(dir.join(name)).ok()?).ok() };
+    if let Some(json) = read("generation_config.json") {
+        match &json["eos_token_id"] {
+            serde_json::Value::Number(n) => ids.extend(n.as_u64().map(|v| v as u32)),
+            serde_json::Value::Array(a) => ids.extend(a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32)),
+            _ => {}
+        }
+    }
+    let eos_token = read("tokenizer_config.json").and_then(|j| match &j["eos_token"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        v => v["content"].as_str().map(String::from),
+    });
+    for token in eos_token.iter().map(String::as_str).chain(["<end_of_utterance>"]) {
+        ids.extend(tokenizer.token_to_id(token));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+impl Arch {
+    pub fn load(dir: &Path) -> Result<Self> {
+        match model_type(dir).as_deref() {
+            Some("llava") => {
+                let m = Llava::load(dir)?;
+                if m.keep_cls {
+                    return Err(Error::weights(
+                        dir.join("config.json"),
+                        "vision_feature_select_strategy \"full\" (CLS as an image token) is not supported",
+                    ));
+                }
+                Ok(Arch::Llava(m))
+            }
+            Some("idefics3") => Ok(Arch::Idefics3(Idefics3::load(dir)?)),
+            other => Err(Error::weights(
+                dir.join("config.json"),
+                format!(
+                    "model_type {other:?} is not a vision-language model tokenlens reads ({})",
+                    SUPPORTED.join(", ")
+                ),
+            )),
+        }
+    }
+
+    pub fn lm(&self) -> &Llama {
+        match self {
+            Arch::Llava(m) => &m.lm,
+            Arch::Idefics3(m) => &m.lm,
+        }
+    }
+
+    pub fn image_token(&self) -> u32 {
+        match self {
+            Arch::Llava(m) => m.image_token,
+            Arch::Idefics3(m) => m.image_token,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Arch::Llava(_) => "LLaVA",
+            Arch::Idefics3(_) => "SmolVLM (Idefics3)",
+        }
+    }
+
+    /// Decodes encoded image bytes and prepares them; `label` names them in errors.
+    pub fn image_from_bytes(&self, bytes: &[u8], label: &Path) -> Result<VlmImage> {
+        let photo = preprocess::decode_image(bytes).map_err(|reason| Error::image(label, reason))?;
+        let device = self.lm().device();
+        let (canvas, place, pixels) = match self {
+            Arch::Llava(m) => {
+                let p = &m.preprocessor;
+                let canvas = p.resize_and_crop(&photo)?;
+                let pixels = p.pixels(&canvas, device)?;
+                (canvas, p.canvas_in_photo(photo.width(), photo.height()), pixels)
+            }
+            Arch::Idefics3(m) => {
+                let canvas = m.preprocessor.resize(&photo);
+                let pixels = m.preprocessor.pixels(&canvas, device)?;
+                (canvas, [0.0, 0.0, photo.width() as f32, photo.height() as f32], pixels)
+            }
+        };
+        Ok(VlmImage { photo, canvas, place, pixels, sha256: fetch::sha256_hex(bytes) })
+    }
+
+    /// The chat prompt for one image and `question`, before the image placeholder is expanded.
+    pub fn render_chat(&self, _dir: &Path, question: &str) -> Result<String> {
+        Ok(match self {
+            Arch::Llava(_) => format!("USER: <image>\n{question} ASSISTANT:"),
+            Arch::Idefics3(_) => format!("User:<image>{question}<end_of_utterance>\nAssistant:"),
+        })
+    }
+
+    /// The prompt with `<image>` expanded to the image's tokens, as the model's processor does.
+    pub fn expand_image(&self, rendered: &str, num_image_tokens: usize) -> String {
+        let tokens = "<image>".repeat(num_image_tokens);
+        let with = match self {
+            Arch::Llava(_) => tokens,
+            Arch::Idefics3(_) => format!("<fake_token_around_image><global-img>{tokens}<fake_token_around_image>"),
+        };
+        rendered.replacen("<image>", &with, 1)
+    }
+
+    /// Runs the vision side unreduced.
+    pub fn vision(&self, image: &VlmImage, cancel: &Cancel) -> Result<VisionRun> {
+        let start = Instant::now();
+        match self {
+            Arch::Llava(m) => {
+                let (states, trace) = encoder_states(&m.vision, &image.pixels, m.feature_blocks, cancel)?;
+                let last = states.last().expect("the embedding state");
+                let features = last.hidden.clone();
+                let image_tokens = m.project(last)?;
+                let special = last.num_special;
+                let saliency = match m.feature_blocks {
+                    0 => vec![1.0; last.num_patches()],
+                    l => attention::cls_attention(trace.require(HookPoint::AttnProbs(l - 1))?, special)?,
+                };
+                let n = states[0].num_tokens();
+                let cfg = &m.vision.cfg;
+                Ok(VisionRun {
+                    grid: last.grid,
+                    tower_blocks: vec![BlockTokens { attn: n, mlp: n }; m.feature_blocks],
+                    tower_dims: (cfg.hidden_size, cfg.intermediate_size),
+                    states,
+                    trace,
+                    features,
+                    image_tokens,
+                    saliency,
+                    time_ms: start.elapsed().as_secs_f64() * 1e3,
+                })
+            }
+            Arch::Idefics3(m) => {
+                let layers = m.vision.num_layers();
+                let (states, tower_trace) = encoder_states(&m.vision, &image.pixels, layers, cancel)?;
+                let last = states.last().expect("the embedding state");
+                let image_tokens = m.connect(&m.vision.final_norm(last)?)?;
+                let s = m.scale_factor;
+                let grid = (last.grid.0 / s, last.grid.1 / s);
+                let pool = BlockPool::new(last.grid, s, image_tokens.device())?;
+                let mut trace = Trace::default();
+                let probe = Probe::attention(layers);
+                for l in 0..layers {
+                    let probs = tower_trace.require(HookPoint::AttnProbs(l))?;
+                    probe.tap(HookPoint::AttnProbs(l), &mut trace, || pool.attention(probs))?;
+                }
+                let saliency = attention::cls_attention(trace.require(HookPoint::AttnProbs(layers - 1))?, 0)?;
+                let tokens = TokenState::fresh(image_tokens.unsqueeze(0)?, 0, grid);
+                let states: Vec<TokenState> = (0..=layers).map(|l| TokenState { layer: l, ..tokens.clone() }).collect();
+                let n = last.num_tokens();
+                let cfg = &m.vision.cfg;
+                Ok(VisionRun {
+                    states,
+                    trace,
+                    features: tokens.hidden.clone(),
+                    image_tokens,
+                    grid,
+                    saliency,
+                    tower_blocks: vec![BlockTokens { attn: n, mlp: n }; layers],
+                    tower_dims: (cfg.hidden_size, cfg.intermediate_size),
+                    time_ms: start.elapsed().as_secs_f64() * 1e3,
+                })
+            }
+        }
+    }
+
+    /// Refuses vision-side methods this architecture cannot run, with the reason.
+    pub fn check_vision_method(&self, cfg: &ReducerConfig, first_site: Option<&Site>) -> Result<()> {
+        match (self, first_site) {
+            (Arch::Idefics3(_), Some(Site::MidBlock(_) | Site::AfterBlock(_))) => Err(Error::Config {
+                field: "reducer",
+                reason: format!(
+                    "{} acts inside the vision tower, but SmolVLM's pixel shuffle needs every patch; on this model \
+                     use a pre-LLM method (cls_topk, hiprune, divprune, random, pool) or a language-side one",
+                    cfg.name()
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs a vision-side reducer against the cached vision run.
+    pub(crate) fn reduce_vision(
+        &self,
+        vision: &VisionRun,
+        reducer: &mut dyn Reducer,
+        cancel: &Cancel,
+    ) -> Result<ReducedEncoder> {
+        let cached = EncoderCache { states: &vision.states, trace: &vision.trace, features: &vision.features };
+        let tower = match self {
+            Arch::Llava(m) => &m.vision,
+            Arch::Idefics3(m) => &m.vision, // no block runs: the states are already at the end
+        };
+        // Preserve: the decoder positions are made from each token's anchor (see `reduced_sequence`).
+        reduce_encoder(tower, &cached, reducer, PositionMode::Preserve, false, cancel)
+    }
+
+    /// The unreduced decoder sequence.
+    pub fn sequence(&self, prompt: &Prompt, vision: &VisionRun) -> Result<Sequence> {
+        let embeds = self.lm().embed_with_image(&prompt.ids, self.image_token(), &vision.image_tokens)?;
+        Ok(Sequence {
+            embeds,
+            rows: super::full_sequence_rows(prompt),
+            positions: (0..prompt.ids.len() as u32).collect(),
+        })
+    }
+
+    /// The decoder sequence after a vision-side reduction, with the tower blocks it ran and the
+    /// rows the projector saw. The image block's rows are the surviving tokens; in `preserve`
+    /// mode each takes the position of its anchor's original slot.
+    pub(crate) fn reduced_sequence(
+        &self,
+        prompt: &Prompt,
+        vision: &VisionRun,
+        reduced: &ReducedEncoder,
+        mode: PositionMode,
+    ) -> Result<(Sequence, Vec<BlockTokens>, usize)> {
+        let out = &reduced.out;
+        let special = out.num_special;
+        let (image, blocks) = match self {
+            Arch::Llava(m) => (m.project(out)?, reduced.blocks.clone()),
+            Arch::Idefics3(_) => (out.hidden.squeeze(0)?, vision.tower_blocks.clone()),
+        };
+        let slots = &prompt.image_slots;
+        let (first, last) = (slots[0], slots[slots.len() - 1]);
+        if last - first + 1 != slots.len() {
+            return Err(Error::Config {
+                field: "reducer",
+                reason: "vision-side methods need the image tokens in one block (turn image splitting off)".into(),
+            });
+        }
+        let text = self.lm().embed(&prompt.ids)?;
+        let count = image.dim(0)?;
+        let embeds = Tensor::cat(
+            &[
+                &text.narrow(1, 0, first)?,
+                &image.unsqueeze(0)?,
+                &text.narrow(1, last + 1, prompt.ids.len() - last - 1)?,
+            ],
+            1,
+        )?;
+        let mut rows = vec![Row::Text; first];
+        let mut positions: Vec<u32> = (0..first as u32).collect();
+        for t in special..out.num_tokens() {
+            rows.push(Row::Image(out.source[t].clone()));
+            let anchor = out.positions[t] as usize - special;
+            positions.push(slots[anchor] as u32);
+        }
+        rows.extend(std::iter::repeat_n(Row::Text, prompt.ids.len() - last - 1));
+        positions.extend(last as u32 + 1..prompt.ids.len() as u32);
+        if mode == PositionMode::Compact {
+            positions = (0..rows.len() as u32).collect();
+        }
+        let projected = match self {
+            Arch::Llava(_) => count,
+            Arch::Idefics3(_) => vision.num_image_tokens(),
+        };
+        Ok((Sequence { embeds, rows, positions }, blocks, projected))
+    }
+
+    /// FLOPs of the projector (LLaVA: two linears) or connector (SmolVLM) on `rows` tokens.
+    pub fn projector_flops(&self, rows: usize) -> f64 {
+        let dt = self.lm().cfg.hidden_size as f64;
+        let n = rows as f64;
+        match self {
+            Arch::Llava(m) => 2.0 * n * (m.vision.cfg.hidden_size as f64 * dt + dt * dt),
+            Arch::Idefics3(m) => {
+                let s = m.scale_factor as f64;
+                2.0 * n * m.vision.cfg.hidden_size as f64 * s * s * dt
+            }
+        }
+    }
+}
+
+/// Pools patch-level attention to SmolVLM's image tokens (one per `s`x`s` block of patches).
+struct BlockPool {
+    /// `[1, 1, tokens, patches]`: 1/s² where the patch is in the token's block.
+    mean: Tensor,
+    /// `[1, 1, patches, tokens]`: 1 where the patch is in the token's block.
+    sum: Tensor,
+}
+
+impl BlockPool {
+    fn new(grid: (usize, usize), s: usize, device: &candle_core::Device) -> Result<Self> {
+        let (rows, cols) = grid;
+        let tokens = (rows / s) * (cols / s);
+        let patches = rows * cols;
+        let mut member = vec![0f32; tokens * patches];
+        for p in 0..patches {
+            let t = (p / cols / s) * (cols / s) + (p % cols) / s;
+            member[t * patches + p] = 1.0;
+        }
+        let member = Tensor::from_vec(member, (1, 1, tokens, patches), device)?;
+        Ok(Self { mean: (&member / (s * s) as f64)?, sum: member.transpose(2, 3)?.contiguous()? })
+    }
+
+    /// `[1, heads, patches, patches]` -> `[1, heads, tokens, tokens]`; rows still sum to one.
+    fn attention(&self, probs: &Tensor) -> Result<Tensor> {
+        Ok(self.mean.broadcast_matmul(&probs.to_dtype(DType::F32)?)?.broadcast_matmul(&self.sum)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn pooled_attention_sums_blocks_and_keeps_rows_stochastic() {
+        // 4x4 patches, s = 2: 4 tokens. Attention: every patch attends only to patch 5 (row 1, col 1).
+        let mut p = vec![0f32; 16 * 16];
+        for q in 0..16 {
+            p[q * 16 + 5] = 1.0;
+        }
+        let probs = Tensor::from_vec(p, (1, 1, 16, 16), &Device::Cpu).unwrap();
+        let pooled = BlockPool::new((4, 4), 2, &Device::Cpu).unwrap().attention(&probs).unwrap();
+        let rows = pooled.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        // Patch 5 is in token 0's block (rows 0-1, cols 0-1): all attention goes to token 0.
+        for row in rows {
+            assert_eq!(row, vec![1.0, 0.0, 0.0, 0.0]);
+        }
+    }
+}

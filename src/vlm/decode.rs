@@ -1,0 +1,342 @@
+//! The decoder side of one VLM run: prefill with a language-side reducer acting between layers,
+//! greedy decoding that records what each new word looked at, and the teacher-forced score of
+//! another answer.
+//!
+//! # Design
+//! Question: where do pruned tokens go inside the language model?
+//! Decision: [`prefill`] runs the layers one at a time. After a reducer's site it gathers the
+//! surviving rows' hidden states and position ids (merged rows are weighted means at their first
+//! member's place), so deeper layers never see, nor cache, the dropped tokens; the layers before
+//! keep their full KV entries, as FastV does. Rows carry the original image tokens they stand
+//! for, so every later view maps back to the image grid.
+
+use std::time::Instant;
+
+use candle_core::{D, DType, Tensor};
+
+use crate::model::llama::{KvCache, Llama};
+use crate::reduce::PositionMode;
+use crate::reduce::llm::{LlmPlan, LlmReducer, LlmSite, LlmView, Row};
+use crate::{Cancel, Result};
+
+/// The sequence entering the decoder.
+pub struct Sequence {
+    /// `[1, n, d]` input embeddings (image rows = projected image tokens).
+    pub embeds: Tensor,
+    pub rows: Vec<Row>,
+    pub positions: Vec<u32>,
+}
+
+/// What a prefill leaves for decoding and for the views.
+#[derive(Clone)]
+pub struct Prefill {
+    pub cache: KvCache,
+    /// The last layer's output for the rows it processed, `[1, n, d]` (before the final norm).
+    pub output: Tensor,
+    /// The rows each layer processed (`num_layers` entries).
+    pub rows_per_layer: Vec<Vec<Row>>,
+    /// The position id of the first generated token.
+    pub next_position: u32,
+    /// The last prompt row's attention at the view layer, mean over heads, per original image
+    /// token (None where no row carries it): what the first answer token looked at.
+    pub first_look: Vec<Option<f32>>,
+    /// The reducer's scores at its first site, per original image token.
+    pub scores: Option<Vec<Option<f32>>>,
+    pub time_ms: f64,
+}
+
+impl Prefill {
+    /// The last prompt row's output, `[1, 1, d]`.
+    pub fn last_hidden(&self) -> Result<Tensor> {
+        let n = self.output.dim(1)?;
+        Ok(self.output.narrow(1, n - 1, 1)?)
+    }
+
+    /// Image rows each layer processed.
+    pub fn image_rows_per_layer(&self) -> Vec<usize> {
+        self.rows_per_layer.iter().map(|rows| rows.iter().filter(|r| r.is_image()).count()).collect()
+    }
+}
+
+/// Per original image token, the value of the row that carries it (None if none does).
+fn per_image_token(rows: &[Row], values: &[f32], num_image_tokens: usize) -> Vec<Option<f32>> {
+    let mut out = vec![None; num_image_tokens];
+    for (row, &v) in rows.iter().zip(values) {
+        if let Row::Image(tokens) = row {
+            for &t in tokens {
+                out[t as usize] = Some(v).filter(|v| v.is_finite());
+            }
+        }
+    }
+    out
+}
+
+/// The last query's attention `[1, heads, q, keys]`, mean over heads, over the first
+/// `rows.len()` keys, per original image token.
+fn look(probs: &Tensor, rows: &[Row], num_image_tokens: usize) -> Result<Vec<Option<f32>>> {
+    let q = probs.dim(2)?;
+    let last = probs.narrow(2, q - 1, 1)?.mean(1)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(per_image_token(rows, &last[..rows.len()], num_image_tokens))
+}
+
+/// Applies `plan` to the rows: text and kept rows stay, merged groups become one row each (the
+/// mean of their members weighted by the image tokens they carry), the rest go.
+pub fn apply_plan(
+    plan: &LlmPlan,
+    x: &Tensor,
+    rows: &[Row],
+    positions: &[u32],
+    mode: PositionMode,
+) -> Result<(Tensor, Vec<Row>, Vec<u32>)> {
+    if let Err(reason) = plan.validate(rows) {
+        panic!("invalid language-side plan: {reason}"); // a reducer bug, not user input
+    }
+    let keep: std::collections::HashSet<usize> = plan.keep.iter().copied().collect();
+    let dest: std::collections::HashMap<usize, usize> =
+        plan.merged.iter().enumerate().map(|(g, members)| (members[0], g)).collect();
+    let n = rows.len();
+    let mut merged_rows = Vec::with_capacity(plan.merged.len());
+    for members in &plan.merged {
+        let weights: Vec<f32> = members.iter().map(|&i| carried(&rows[i]) as f32).collect();
+        let total: f32 = weights.iter().sum();
+        let idx = Tensor::from_vec(members.iter().map(|&i| i as u32).collect::<Vec<_>>(), members.len(), x.device())?;
+        let w =
+            Tensor::from_vec(weights.iter().map(|w| w / total).collect::<Vec<_>>(), (1, members.len(), 1), x.device())?;
+        merged_rows.push(x.index_select(&idx, 1)?.broadcast_mul(&w)?.sum_keepdim(1)?);
+    }
+    let (mut index, mut out_rows, mut out_pos) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        if let Some(&g) = dest.get(&i) {
+            index.push((n + g) as u32);
+            let mut tokens: Vec<u32> = plan.merged[g].iter().flat_map(|&m| image_tokens(&rows[m])).collect();
+            tokens.sort_unstable();
+            out_rows.push(Row::Image(tokens));
+            out_pos.push(positions[i]);
+        } else if !rows[i].is_image() || keep.contains(&i) {
+            index.push(i as u32);
+            out_rows.push(rows[i].clone());
+            out_pos.push(positions[i]);
+        }
+    }
+    if mode == PositionMode::Compact {
+        out_pos = (0..out_rows.len() as u32).collect();
+    }
+    let all = if merged_rows.is_empty() {
+        x.clone()
+    } else {
+        let mut parts = vec![x.clone()];
+        parts.extend(merged_rows);
+        Tensor::cat(&parts, 1)?
+    };
+    let len = index.len();
+    let x = all.index_select(&Tensor::from_vec(index, len, x.device())?, 1)?;
+    Ok((x, out_rows, out_pos))
+}
+
+fn carried(row: &Row) -> usize {
+    match row {
+        Row::Image(tokens) => tokens.len(),
+        Row::Text => 1,
+    }
+}
+
+fn image_tokens(row: &Row) -> Vec<u32> {
+    match row {
+        Row::Image(tokens) => tokens.clone(),
+        Row::Text => Vec::new(),
+    }
+}
+
+/// Whether a plan changes nothing.
+fn is_identity(plan: &LlmPlan, rows: &[Row]) -> bool {
+    plan.merged.is_empty() && plan.keep.len() == rows.iter().filter(|r| r.is_image()).count()
+}
+
+/// A reducer in the prefill loop: asks for plans at its sites and applies them.
+struct Method<'r> {
+    reducer: Option<Box<dyn LlmReducer>>,
+    sites: Vec<LlmSite>,
+    vision_saliency: &'r [f32],
+    /// The first plan's scores, per original image token.
+    scores: Option<Vec<Option<f32>>>,
+}
+
+impl<'r> Method<'r> {
+    fn new(reducer: Option<Box<dyn LlmReducer>>, vision_saliency: &'r [f32]) -> Self {
+        let sites = reducer.as_ref().map(|r| r.sites()).unwrap_or_default();
+        Self { reducer, sites, vision_saliency, scores: None }
+    }
+
+    fn needs_attention(&self, layer: usize) -> bool {
+        self.reducer.as_ref().is_some_and(|r| r.needs_attention(layer))
+    }
+
+    fn at(
+        &mut self,
+        site: LlmSite,
+        x: &mut Tensor,
+        rows: &mut Vec<Row>,
+        positions: &mut Vec<u32>,
+        attn: Option<&Tensor>,
+        mode: PositionMode,
+    ) -> Result<()> {
+        let Some(reducer) = self.reducer.as_deref_mut() else { return Ok(()) };
+        if !self.sites.contains(&site) {
+            return Ok(());
+        }
+        let hidden = x.squeeze(0)?;
+        let attn = attn.map(|a| a.squeeze(0)).transpose()?;
+        let view = LlmView { site, rows, hidden: &hidden, attn: attn.as_ref(), vision_saliency: self.vision_saliency };
+        let plan = reducer.plan(&view)?;
+        if self.scores.is_none() {
+            self.scores = plan.scores.as_ref().map(|s| per_image_token(rows, s, self.vision_saliency.len()));
+        }
+        if !is_identity(&plan, rows) {
+            (*x, *rows, *positions) = apply_plan(&plan, x, rows, positions, mode)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the prompt through the decoder with `reducer` acting at its sites. `pre_llm_positions`
+/// applies to a plan before layer 0; inside the model pruned rows keep their position ids (the
+/// cached keys were rotated with them). `view_layer`: where the first answer token's look over
+/// the image is read.
+pub fn prefill(
+    lm: &Llama,
+    seq: Sequence,
+    reducer: Option<Box<dyn LlmReducer>>,
+    vision_saliency: &[f32],
+    pre_llm_positions: PositionMode,
+    view_layer: usize,
+    cancel: &Cancel,
+) -> Result<Prefill> {
+    let start = Instant::now();
+    let num_image_tokens = vision_saliency.len();
+    let mut method = Method::new(reducer, vision_saliency);
+    let Sequence { embeds: mut x, mut rows, mut positions } = seq;
+    method.at(LlmSite::PreLlm, &mut x, &mut rows, &mut positions, None, pre_llm_positions)?;
+
+    let mut cache = KvCache::default();
+    let mut rows_per_layer = Vec::with_capacity(lm.num_layers());
+    let mut first_look = vec![None; num_image_tokens];
+    let mut rope = lm.rope(&positions, x.device())?;
+    for l in 0..lm.num_layers() {
+        cancel.check()?;
+        let at_site = method.sites.contains(&LlmSite::AfterLayer(l));
+        let wants = l == view_layer || (at_site && method.needs_attention(l));
+        let (out, probs) = lm.layer(l, &x, &rope, &mut cache, wants)?;
+        x = out;
+        rows_per_layer.push(rows.clone());
+        if l == view_layer {
+            first_look = look(probs.as_ref().expect("asked for"), &rows, num_image_tokens)?;
+        }
+        if at_site {
+            let before = rows.len();
+            let site = LlmSite::AfterLayer(l);
+            method.at(site, &mut x, &mut rows, &mut positions, probs.as_ref(), PositionMode::Preserve)?;
+            if rows.len() != before {
+                rope = lm.rope(&positions, x.device())?;
+            }
+        }
+    }
+    Ok(Prefill {
+        cache,
+        output: x,
+        rows_per_layer,
+        next_position: positions.last().map_or(0, |p| p + 1),
+        first_look,
+        scores: method.scores,
+        time_ms: start.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// A greedy answer.
+#[derive(Debug, Clone, Default)]
+pub struct Generated {
+    pub ids: Vec<u32>,
+    /// Log-probability of each chosen token.
+    pub logprobs: Vec<f32>,
+    /// Per answer token, the attention (view layer, mean over heads) of the query that chose it
+    /// over the original image tokens.
+    pub looks: Vec<Vec<Option<f32>>>,
+    pub stopped_at_eos: bool,
+    pub time_ms: f64,
+}
+
+fn log_softmax_last(logits: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::log_softmax(&logits.flatten_to(1)?, D::Minus1)?)
+}
+
+/// Greedy decoding after `prefill` (its cache is extended in place), up to `max_new` tokens or
+/// one of `eos`. `on_token` sees each id as it is chosen.
+pub fn generate(
+    lm: &Llama,
+    prefill: &mut Prefill,
+    max_new: usize,
+    eos: &[u32],
+    view_layer: usize,
+    on_token: &mut dyn FnMut(u32),
+    cancel: &Cancel,
+) -> Result<Generated> {
+    let start = Instant::now();
+    let num_image_tokens = prefill.first_look.len();
+    let mut out = Generated::default();
+    let mut logits = lm.logits(&prefill.last_hidden()?)?;
+    let mut look_now = prefill.first_look.clone();
+    let mut position = prefill.next_position;
+    let view_rows = prefill.rows_per_layer.get(view_layer).cloned().unwrap_or_default();
+    while out.ids.len() < max_new {
+        cancel.check()?;
+        let logp = log_softmax_last(&logits)?.squeeze(0)?;
+        let next = logp.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+        out.logprobs.push(logp.get(next as usize)?.to_scalar::<f32>()?);
+        out.ids.push(next);
+        out.looks.push(look_now);
+        on_token(next);
+        if eos.contains(&next) {
+            out.stopped_at_eos = true;
+            break;
+        }
+        if out.ids.len() == max_new {
+            break;
+        }
+        let rope = lm.rope(&[position], lm.device())?;
+        let mut x = lm.embed(&[next])?;
+        look_now = vec![None; num_image_tokens];
+        for l in 0..lm.num_layers() {
+            let (h, probs) = lm.layer(l, &x, &rope, &mut prefill.cache, l == view_layer)?;
+            x = h;
+            if let Some(probs) = probs {
+                look_now = look(&probs, &view_rows, num_image_tokens)?;
+            }
+        }
+        logits = lm.logits(&x)?;
+        position += 1;
+    }
+    out.time_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok(out)
+}
+
+/// Log-probabilities of `answer` under the model after `prefill`, in one teacher-forced pass:
+/// how likely the reduced model finds the full model's answer.
+pub fn score_answer(lm: &Llama, prefill: &Prefill, answer: &[u32]) -> Result<Vec<f32>> {
+    if answer.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut cache = prefill.cache.clone();
+    let mut logits = vec![lm.logits(&prefill.last_hidden()?)?];
+    if answer.len() > 1 {
+        let fed = &answer[..answer.len() - 1];
+        let positions: Vec<u32> = (0..fed.len() as u32).map(|i| prefill.next_position + i).collect();
+        let rope = lm.rope(&positions, lm.device())?;
+        let mut x = lm.embed(fed)?;
+        for l in 0..lm.num_layers() {
+            x = lm.layer(l, &x, &rope, &mut cache, false)?.0;
+        }
+        logits.push(lm.logits(&x)?);
+    }
+    let logp = candle_nn::ops::log_softmax(&Tensor::cat(&logits, 1)?.squeeze(0)?, D::Minus1)?;
+    let idx = Tensor::from_vec(answer.to_vec(), (answer.len(), 1), logp.device())?;
+    Ok(logp.gather(&idx, 1)?.flatten_all()?.to_vec1()?)
+}

@@ -1,0 +1,471 @@
+//! Vision-language models end to end: an image and a question in, the answer out, with a
+//! reducer acting on the vision side (before the projector or inside the tower) or on the
+//! language side (before or inside the decoder), and everything the views need: what was kept,
+//! what each answer word looked at, the answer diff and the cost.
+//!
+//! `arch` hides the two architectures (LLaVA, Idefics3/SmolVLM) behind one shape: image ->
+//! vision run (cached per image) -> image tokens on a grid -> decoder sequence. `decode` runs the
+//! decoder with reducers between layers; `answer` compares answers.
+
+pub mod answer;
+mod arch;
+pub mod decode;
+
+pub use answer::{Answer, DiffOp, diff_tokens};
+pub use arch::{Arch, VisionRun, VlmImage};
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::cost::{BlockTokens, block_flops};
+use crate::reduce::llm::{LlmContext, LlmReducerConfig, Row};
+use crate::reduce::{Budget, PositionMode, ReducerConfig, Stage};
+use crate::{Cancel, Error, Result};
+use decode::Prefill;
+
+/// A reducer for a VLM run: a vision-side method (encoder or pre-LLM) or a language-side one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VlmMethod {
+    Vision(ReducerConfig),
+    Llm(LlmReducerConfig),
+}
+
+impl VlmMethod {
+    pub fn name(&self) -> &'static str {
+        match self {
+            VlmMethod::Vision(c) => c.name(),
+            VlmMethod::Llm(c) => c.name(),
+        }
+    }
+
+    /// Either kind of method by its name.
+    pub fn from_name(name: &str) -> Result<Self> {
+        ReducerConfig::from_name(name)
+            .map(VlmMethod::Vision)
+            .or_else(|_| LlmReducerConfig::from_name(name).map(VlmMethod::Llm))
+            .map_err(|_| Error::Config { field: "reducer", reason: format!("unknown method `{name}`") })
+    }
+
+    pub fn set_param(&mut self, key: &str, value: &str) -> Result<()> {
+        match self {
+            VlmMethod::Vision(c) => c.set_param(key, value),
+            VlmMethod::Llm(c) => c.set_param(key, value),
+        }
+    }
+
+    /// Every method a VLM can run, in menu order: vision side, then language side.
+    pub fn all() -> Vec<VlmMethod> {
+        ReducerConfig::defaults()
+            .into_iter()
+            .map(VlmMethod::Vision)
+            .chain(LlmReducerConfig::defaults().into_iter().map(VlmMethod::Llm))
+            .collect()
+    }
+}
+
+/// Everything that defines a VLM run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VlmRunSpec {
+    /// None: the full model.
+    pub method: Option<VlmMethod>,
+    pub budget: Budget,
+    /// Position ids of the rows left after a reduction before the decoder (inside the decoder,
+    /// rows always keep theirs: the cached keys were rotated with them).
+    pub positions: PositionMode,
+    pub max_new_tokens: usize,
+    /// The decoder layer whose attention the text-to-image views read (None: the middle one).
+    pub view_layer: Option<usize>,
+}
+
+impl Default for VlmRunSpec {
+    fn default() -> Self {
+        Self {
+            method: None,
+            budget: Budget::default(),
+            positions: PositionMode::default(),
+            max_new_tokens: 32,
+            view_layer: None,
+        }
+    }
+}
+
+/// The prompt as the decoder reads it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prompt {
+    pub question: String,
+    /// The chat template's output with the image placeholders expanded.
+    pub text: String,
+    pub ids: Vec<u32>,
+    /// Indices into `ids` of the image tokens, in order.
+    pub image_slots: Vec<usize>,
+}
+
+/// Theoretical and measured cost of one run (REDUCERS.md, "Cost accounting").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VlmCost {
+    pub encoder_flops: f64,
+    pub projector_flops: f64,
+    /// Prefill FLOPs of each decoder layer, with its own token count.
+    pub decoder_flops: Vec<f64>,
+    /// Tokens each decoder layer processed in the prefill.
+    pub decoder_tokens: Vec<usize>,
+    /// Keys and values cached after the prefill, and at the end of the answer (f32).
+    pub kv_bytes_prefill: usize,
+    pub kv_bytes_end: usize,
+    pub encoder_ms: f64,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    /// Answer tokens per second of decoding.
+    pub tokens_per_s: f64,
+}
+
+impl VlmCost {
+    pub fn total_flops(&self) -> f64 {
+        self.encoder_flops + self.projector_flops + self.decoder_flops.iter().sum::<f64>()
+    }
+}
+
+/// One run's results, in the machine-readable form of `vlm.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VlmRun {
+    pub spec: VlmRunSpec,
+    /// Image tokens the budget keeps.
+    pub keep: usize,
+    pub num_image_tokens: usize,
+    /// Where the method acted (`full` for none).
+    pub stage: String,
+    /// Image rows each decoder layer processed, and their mean over layers.
+    pub image_rows_per_layer: Vec<usize>,
+    pub layer_averaged_image_rows: f64,
+    /// The method's scores per original image token (null where it has none).
+    pub scores: Option<Vec<Option<f32>>>,
+    /// One entry per image row the last decoder layer saw: the original image tokens it carries.
+    pub groups: Vec<Vec<u32>>,
+    /// Image tokens that survive as themselves to the last layer, sorted.
+    pub kept: Vec<u32>,
+    pub answer: Answer,
+    /// Log-probability of the full model's answer under this run (teacher-forced), summed and
+    /// per token; absent for the full run itself.
+    pub full_answer_logprob: Option<f64>,
+    pub full_answer_token_logprobs: Vec<f32>,
+    /// Token-level diff from the full answer to this one.
+    pub diff: Vec<DiffOp>,
+    pub answer_changed: bool,
+    pub cost: VlmCost,
+}
+
+/// A loaded VLM with its tokenizer.
+pub struct Vlm {
+    pub id: String,
+    pub dir: PathBuf,
+    pub arch: Arch,
+    pub tokenizer: tokenizers::Tokenizer,
+    /// Ids that end an answer.
+    pub eos: Vec<u32>,
+}
+
+/// The cached work for one image and question: the vision run and the full answer.
+pub struct VlmFull {
+    pub image: VlmImage,
+    pub prompt: Prompt,
+    pub vision: VisionRun,
+    pub run: VlmRun,
+}
+
+impl Vlm {
+    /// Whether `dir` holds a vision-language model this module reads.
+    pub fn is_vlm_folder(dir: &Path) -> bool {
+        arch::model_type(dir).is_some_and(|t| arch::SUPPORTED.contains(&t.as_str()))
+    }
+
+    pub fn load(dir: &Path) -> Result<Self> {
+        let arch = Arch::load(dir)?;
+        let tokenizer = arch::load_tokenizer(dir)?;
+        let eos = arch::eos_ids(dir, &tokenizer);
+        let id = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+        Ok(Self { id, dir: dir.to_path_buf(), arch, tokenizer, eos })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.arch.lm().num_layers()
+    }
+
+    /// Decodes and prepares an image file.
+    pub fn open_image(&self, path: &Path) -> Result<VlmImage> {
+        let bytes = std::fs::read(path).map_err(|e| Error::image(path, format!("cannot read: {e}")))?;
+        self.arch.image_from_bytes(&bytes, path)
+    }
+
+    /// The chat prompt for `question` about one image, tokenised.
+    pub fn prompt(&self, question: &str, num_image_tokens: usize) -> Result<Prompt> {
+        let text = self.arch.expand_image(&self.arch.render_chat(&self.dir, question)?, num_image_tokens);
+        let enc = self
+            .tokenizer
+            .encode(text.as_str(), true)
+            .map_err(|e| Error::Config { field: "prompt", reason: format!("cannot tokenise: {e}") })?;
+        let ids = enc.get_ids().to_vec();
+        let image_token = self.arch.image_token();
+        let image_slots: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == image_token).collect();
+        if image_slots.len() != num_image_tokens {
+            return Err(Error::Config {
+                field: "prompt",
+                reason: format!(
+                    "the prompt holds {} image tokens but the image gives {num_image_tokens} (does the question contain `<image>`?)",
+                    image_slots.len()
+                ),
+            });
+        }
+        Ok(Prompt { question: question.into(), text, ids, image_slots })
+    }
+
+    /// Runs the vision side and the full model: the reference every reduced run is compared to.
+    pub fn full(
+        &self,
+        image: VlmImage,
+        question: &str,
+        spec: &VlmRunSpec,
+        on_token: &mut dyn FnMut(u32),
+        cancel: &Cancel,
+    ) -> Result<VlmFull> {
+        let vision = self.arch.vision(&image, cancel)?;
+        let prompt = self.prompt(question, vision.num_image_tokens())?;
+        self.check_context(&prompt, spec.max_new_tokens)?;
+        let spec = VlmRunSpec { method: None, ..spec.clone() };
+        let run = self.run_with(&prompt, &vision, &spec, None, on_token, cancel)?;
+        Ok(VlmFull { image, prompt, vision, run })
+    }
+
+    /// A reduced run against `full` (same image, question and answer length).
+    pub fn run(
+        &self,
+        full: &VlmFull,
+        spec: &VlmRunSpec,
+        on_token: &mut dyn FnMut(u32),
+        cancel: &Cancel,
+    ) -> Result<VlmRun> {
+        self.run_with(&full.prompt, &full.vision, spec, Some(&full.run.answer), on_token, cancel)
+    }
+
+    fn check_context(&self, prompt: &Prompt, max_new: usize) -> Result<()> {
+        let Some(context) = self.arch.lm().cfg.max_position_embeddings else { return Ok(()) };
+        if prompt.ids.len() + max_new > context {
+            return Err(Error::Config {
+                field: "prompt",
+                reason: format!(
+                    "the prompt is {} tokens ({} of them image tokens) and the answer may take {max_new} more: \
+                     together more than the model's context of {context}; shorten the question or the answer limit",
+                    prompt.ids.len(),
+                    prompt.image_slots.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn view_layer(&self, spec: &VlmRunSpec) -> Result<usize> {
+        let layers = self.num_layers();
+        let l = spec.view_layer.unwrap_or(layers / 2);
+        if l >= layers {
+            return Err(Error::Config {
+                field: "view_layer",
+                reason: format!("layer {l} is out of range 0..={}", layers - 1),
+            });
+        }
+        Ok(l)
+    }
+
+    fn run_with(
+        &self,
+        prompt: &Prompt,
+        vision: &VisionRun,
+        spec: &VlmRunSpec,
+        full_answer: Option<&Answer>,
+        on_token: &mut dyn FnMut(u32),
+        cancel: &Cancel,
+    ) -> Result<VlmRun> {
+        let lm = self.arch.lm();
+        let n = vision.num_image_tokens();
+        let keep = spec.budget.resolve(n)?;
+        let view_layer = self.view_layer(spec)?;
+        let (seq, blocks, projected, mut stage, vision_scores, llm_reducer) = match &spec.method {
+            None => (self.arch.sequence(prompt, vision)?, vision.full_blocks(), n, "full".to_string(), None, None),
+            Some(VlmMethod::Vision(cfg)) => {
+                let mut reducer = cfg.build(keep, &vision.context())?;
+                self.arch.check_vision_method(cfg, reducer.sites().first())?;
+                let reduced = self.arch.reduce_vision(vision, reducer.as_mut(), cancel)?;
+                let stage = match reduced.stage {
+                    Stage::Encoder(l) => format!("encoder({l})"),
+                    _ => "pre_llm".into(),
+                };
+                let (seq, blocks, projected) = self.arch.reduced_sequence(prompt, vision, &reduced, spec.positions)?;
+                (seq, blocks, projected, stage, reduced.patch_scores, None)
+            }
+            Some(VlmMethod::Llm(cfg)) => {
+                let ctx = LlmContext { num_layers: lm.num_layers(), num_image_tokens: n, grid: vision.grid };
+                let reducer = cfg.build(keep, &ctx)?;
+                let seq = self.arch.sequence(prompt, vision)?;
+                (seq, vision.full_blocks(), n, String::new(), None, Some(reducer))
+            }
+        };
+        let mut prefill: Prefill =
+            decode::prefill(lm, seq, llm_reducer, &vision.saliency, spec.positions, view_layer, cancel)?;
+        if stage.is_empty() {
+            stage = llm_stage(&spec.method, &prefill, n);
+        }
+        let kv_bytes_prefill = prefill.cache.bytes();
+        let decoder_tokens: Vec<usize> = prefill.rows_per_layer.iter().map(Vec::len).collect();
+        let scores = prefill.scores.clone().or(vision_scores);
+        let scoring = prefill.clone();
+        let generated =
+            decode::generate(lm, &mut prefill, spec.max_new_tokens, &self.eos, view_layer, on_token, cancel)?;
+        let answer =
+            Answer::new(&self.tokenizer, generated.ids, generated.logprobs, generated.looks, generated.stopped_at_eos);
+        let (full_answer_logprob, full_answer_token_logprobs, diff) = match full_answer {
+            Some(full) => {
+                let lp = decode::score_answer(lm, &scoring, &full.ids)?;
+                (Some(lp.iter().map(|&v| f64::from(v)).sum()), lp, diff_tokens(&full.ids, &answer.ids))
+            }
+            None => (None, Vec::new(), diff_tokens(&answer.ids, &answer.ids)),
+        };
+        let answer_changed = full_answer.is_some_and(|f| f.ids != answer.ids);
+        let image_rows_per_layer = prefill.image_rows_per_layer();
+        let last_rows = prefill.rows_per_layer.last().cloned().unwrap_or_default();
+        let groups: Vec<Vec<u32>> = last_rows
+            .iter()
+            .filter_map(|r| match r {
+                Row::Image(t) => Some(t.clone()),
+                Row::Text => None,
+            })
+            .collect();
+        let mut kept: Vec<u32> = groups.iter().filter(|g| g.len() == 1).map(|g| g[0]).collect();
+        kept.sort_unstable();
+        let cfg = &lm.cfg;
+        let kv_dim = cfg.kv_heads() * cfg.head_dim();
+        let decoder_flops = decoder_tokens
+            .iter()
+            .map(|&t| decoder_layer_flops(t, cfg.hidden_size, kv_dim, cfg.intermediate_size))
+            .collect();
+        let decode_s = generated.time_ms / 1e3;
+        Ok(VlmRun {
+            spec: spec.clone(),
+            keep,
+            num_image_tokens: n,
+            stage,
+            layer_averaged_image_rows: image_rows_per_layer.iter().sum::<usize>() as f64
+                / image_rows_per_layer.len().max(1) as f64,
+            image_rows_per_layer,
+            scores,
+            groups,
+            kept,
+            full_answer_logprob,
+            full_answer_token_logprobs,
+            diff,
+            answer_changed,
+            cost: VlmCost {
+                encoder_flops: vision.encoder_flops(&blocks),
+                projector_flops: self.arch.projector_flops(projected),
+                decoder_flops,
+                decoder_tokens,
+                kv_bytes_prefill,
+                kv_bytes_end: prefill.cache.bytes(),
+                encoder_ms: vision.time_ms,
+                prefill_ms: scoring.time_ms,
+                decode_ms: generated.time_ms,
+                tokens_per_s: if decode_s > 0.0 { answer.ids.len() as f64 / decode_s } else { 0.0 },
+            },
+            answer,
+        })
+    }
+}
+
+/// Rows of the unreduced sequence.
+fn full_sequence_rows(prompt: &Prompt) -> Vec<Row> {
+    let mut rows = vec![Row::Text; prompt.ids.len()];
+    for (k, &slot) in prompt.image_slots.iter().enumerate() {
+        rows[slot] = Row::Image(vec![k as u32]);
+    }
+    rows
+}
+
+/// `pre_llm` or `llm(k)` from where the language-side method first changed the rows.
+fn llm_stage(method: &Option<VlmMethod>, prefill: &Prefill, num_image_tokens: usize) -> String {
+    let Some(VlmMethod::Llm(_)) = method else { return "full".into() };
+    let counts = prefill.image_rows_per_layer();
+    if counts.first().is_some_and(|&c| c != num_image_tokens) {
+        return "pre_llm".into();
+    }
+    match counts.windows(2).position(|w| w[1] != w[0]) {
+        Some(k) => format!("llm({k})"),
+        None => "none (nothing removed)".into(),
+    }
+}
+
+/// FLOPs of one Llama layer on `n` tokens (REDUCERS.md's formula with the key/value projections
+/// at their grouped-query width `kv_dim` and a gated, three-matrix MLP).
+pub fn decoder_layer_flops(n: usize, d: usize, kv_dim: usize, m: usize) -> f64 {
+    let (n, d, kv, m) = (n as f64, d as f64, kv_dim as f64, m as f64);
+    2.0 * (2.0 * n * d * d + 2.0 * n * d * kv + 2.0 * n * n * d) + 2.0 * 3.0 * n * d * m
+}
+
+pub(crate) fn encoder_block_flops(blocks: &[BlockTokens], d: usize, m: usize) -> f64 {
+    blocks.iter().map(|&t| block_flops(t, d, m, 2)).sum()
+}
+
+/// One budget of a ratio sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepPoint {
+    pub removed: f64,
+    pub keep: usize,
+    pub answer: String,
+    pub ids: Vec<u32>,
+    pub changed: bool,
+    /// Where the answer first departs from the full one (token index).
+    pub first_difference: Option<usize>,
+    pub full_answer_logprob: Option<f64>,
+}
+
+/// The removed fractions a sweep visits by default: 0 %, then the shared presets in between.
+pub fn sweep_fractions() -> Vec<f64> {
+    let mut f = vec![0.0, 0.25, 0.5];
+    f.extend(crate::reduce::budget::PRESETS_REMOVED);
+    f
+}
+
+impl Vlm {
+    /// Runs `spec`'s method at each removed fraction (ascending), reporting each point as it
+    /// lands. The answer's first change is the first point with `changed`.
+    pub fn sweep(
+        &self,
+        full: &VlmFull,
+        spec: &VlmRunSpec,
+        fractions: &[f64],
+        on_point: &mut dyn FnMut(&SweepPoint),
+        cancel: &Cancel,
+    ) -> Result<Vec<SweepPoint>> {
+        let mut points = Vec::with_capacity(fractions.len());
+        for &removed in fractions {
+            let s = VlmRunSpec { budget: Budget::RemoveFraction(removed), ..spec.clone() };
+            let run = self.run(full, &s, &mut |_| {}, cancel)?;
+            let point = SweepPoint {
+                removed,
+                keep: run.keep,
+                first_difference: answer::first_difference(&full.run.answer.ids, &run.answer.ids),
+                changed: run.answer_changed,
+                answer: run.answer.text,
+                ids: run.answer.ids,
+                full_answer_logprob: run.full_answer_logprob,
+            };
+            on_point(&point);
+            points.push(point);
+        }
+        Ok(points)
+    }
+}
+
+/// The smallest removed fraction at which the answer changed.
+pub fn first_change(points: &[SweepPoint]) -> Option<f64> {
+    points.iter().filter(|p| p.changed).map(|p| p.removed).reduce(f64::min)
+}

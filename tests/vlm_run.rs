@@ -1,0 +1,180 @@
+//! The VLM core end to end on the tiny fixtures (tests/fixtures/vlm): full answers equal
+//! transformers' greedy ids, the decoder's pruning reproduces the independent FastV forward,
+//! vision-side methods honour their budgets and change nothing at 0 % removed, and bad input
+//! gives clear errors.
+
+mod common;
+
+use common::{fixture, json_ints, json_tensor, max_diff};
+use serde_json::Value;
+use tokenlens::Cancel;
+use tokenlens::model::llama::KvCache;
+use tokenlens::reduce::llm::{LlmPlan, LlmReducer, LlmSite, LlmView};
+use tokenlens::reduce::{Budget, ReducerConfig};
+use tokenlens::vlm::decode;
+use tokenlens::vlm::{Vlm, VlmFull, VlmMethod, VlmRunSpec};
+
+const QUESTION: &str = "what is in the image?";
+
+fn reference(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(&format!("vlm/{name}/reference.json"))).unwrap()).unwrap()
+}
+
+fn spec() -> VlmRunSpec {
+    VlmRunSpec { max_new_tokens: 8, ..Default::default() }
+}
+
+fn full(name: &str) -> (Vlm, VlmFull) {
+    let vlm = Vlm::load(&fixture(&format!("vlm/{name}"))).unwrap();
+    let image = vlm.open_image(&common::asset("chelsea.png")).unwrap();
+    let full = vlm.full(image, QUESTION, &spec(), &mut |_| {}, &Cancel::default()).unwrap();
+    (vlm, full)
+}
+
+#[test]
+fn full_answers_match_transformers_greedy_ids() {
+    for name in ["llava", "idefics3"] {
+        let r = reference(name);
+        let mut streamed = Vec::new();
+        let vlm = Vlm::load(&fixture(&format!("vlm/{name}"))).unwrap();
+        let image = vlm.open_image(&common::asset("chelsea.png")).unwrap();
+        let full = vlm.full(image, QUESTION, &spec(), &mut |t| streamed.push(t), &Cancel::default()).unwrap();
+        assert_eq!(full.prompt.ids, json_ints(&r["input_ids"]), "{name}: prompt ids");
+        assert_eq!(full.run.answer.ids, json_ints(&r["generate"]["generated_ids"]), "{name}: greedy ids");
+        assert_eq!(streamed, full.run.answer.ids, "{name}: streamed");
+        // Each chosen token's log-probability is the log-softmax of transformers' step logits.
+        let step = json_tensor(&r["generate"]["step_logits"]).squeeze(0).unwrap();
+        let logp = candle_nn::ops::log_softmax(&step, 1).unwrap().to_vec2::<f32>().unwrap();
+        for (i, (&id, &lp)) in full.run.answer.ids.iter().zip(&full.run.answer.logprobs).enumerate() {
+            assert!((logp[i][id as usize] - lp).abs() < 1e-4, "{name} token {i}: {lp} vs {}", logp[i][id as usize]);
+        }
+        assert_eq!(full.run.image_rows_per_layer, vec![full.vision.num_image_tokens(); vlm.num_layers()]);
+        assert!(!full.run.answer_changed);
+    }
+}
+
+/// Keeps the given image tokens after one decoder layer: the decoder's gather, tested on its own.
+struct KeepAfter {
+    layer: usize,
+    kept: Vec<u32>,
+}
+
+impl LlmReducer for KeepAfter {
+    fn sites(&self) -> Vec<LlmSite> {
+        vec![LlmSite::AfterLayer(self.layer)]
+    }
+
+    fn plan(&mut self, view: &LlmView<'_>) -> tokenlens::Result<LlmPlan> {
+        let keep = view
+            .image_rows()
+            .into_iter()
+            .filter(|&i| matches!(&view.rows[i], tokenlens::reduce::llm::Row::Image(t) if self.kept.contains(&t[0])))
+            .collect();
+        Ok(LlmPlan { scores: None, keep, merged: vec![] })
+    }
+}
+
+#[test]
+fn pruning_inside_the_decoder_matches_the_independent_fastv_forward() {
+    let (vlm, full) = full("llava");
+    let r = reference("fastv")["K1"].clone();
+    let kept = json_ints(&r["kept_image_indices"]);
+    let seq = vlm.arch.sequence(&full.prompt, &full.vision).unwrap();
+    let reducer = Box::new(KeepAfter { layer: 0, kept });
+    let prefill = decode::prefill(
+        vlm.arch.lm(),
+        seq,
+        Some(reducer),
+        &full.vision.saliency,
+        Default::default(),
+        1,
+        &Cancel::default(),
+    )
+    .unwrap();
+    let want = json_tensor(&r["pruned_forward"]["logits"]);
+    let got = vlm.arch.lm().logits(&prefill.output).unwrap();
+    assert_eq!(got.dims(), want.dims());
+    let d = max_diff(&got, &want);
+    assert!(d < 1e-4, "pruned logits differ by {d}");
+    // Layer 0 cached every token; layer 1 only the survivors.
+    assert_eq!(prefill.cache.lens(), vec![33, 25]);
+    assert_eq!(prefill.image_rows_per_layer(), vec![16, 8]);
+    assert_eq!(prefill.next_position, 33);
+}
+
+#[test]
+fn teacher_forcing_scores_an_answer_as_generation_did() {
+    let (vlm, full) = full("idefics3");
+    let seq = vlm.arch.sequence(&full.prompt, &full.vision).unwrap();
+    let prefill =
+        decode::prefill(vlm.arch.lm(), seq, None, &full.vision.saliency, Default::default(), 0, &Cancel::default())
+            .unwrap();
+    let lp = decode::score_answer(vlm.arch.lm(), &prefill, &full.run.answer.ids).unwrap();
+    for (a, b) in lp.iter().zip(&full.run.answer.logprobs) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    let _ = KvCache::default();
+}
+
+#[test]
+fn vision_side_methods_keep_their_budget_and_change_nothing_at_zero() {
+    for name in ["llava", "idefics3"] {
+        let (vlm, full) = full(name);
+        let n = full.vision.num_image_tokens();
+        let tower_layers = full.vision.context().num_layers;
+        for mut cfg in ReducerConfig::defaults() {
+            // The tiny towers have one or two blocks: bring default layers into range.
+            if let Some(l) = cfg.layer(tower_layers) {
+                cfg.set_layer(l.min(tower_layers - 1));
+            }
+            let method = VlmMethod::Vision(cfg.clone());
+            let zero = VlmRunSpec { method: Some(method.clone()), budget: Budget::Keep(n), ..spec() };
+            let run = match vlm.run(&full, &zero, &mut |_| {}, &Cancel::default()) {
+                Ok(run) => run,
+                Err(e) => {
+                    // Only SmolVLM refuses, and only methods inside the tower.
+                    assert_eq!(name, "idefics3", "{}: {e}", cfg.name());
+                    assert!(e.to_string().contains("pixel shuffle"), "{e}");
+                    continue;
+                }
+            };
+            assert_eq!(run.answer.ids, full.run.answer.ids, "{name} {} at 0 %", cfg.name());
+            let lp = run.full_answer_logprob.unwrap();
+            let own: f64 = full.run.answer.logprobs.iter().map(|&v| f64::from(v)).sum();
+            assert!((lp - own).abs() < 1e-3, "{name} {}: {lp} vs {own}", cfg.name());
+            for keep in [n / 2, n / 4] {
+                let s = VlmRunSpec { method: Some(method.clone()), budget: Budget::Keep(keep), ..spec() };
+                let run = match vlm.run(&full, &s, &mut |_| {}, &Cancel::default()) {
+                    Ok(run) => run,
+                    // LLaVA's tower feeds the projector after one block here: ToMe-style
+                    // merging halves at most once.
+                    Err(e) if e.to_string().contains("at most half") && keep < n / 2 => continue,
+                    Err(e) if name == "idefics3" && e.to_string().contains("pixel shuffle") => continue,
+                    Err(e) => panic!("{name} {}: {e}", cfg.name()),
+                };
+                assert_eq!(run.image_rows_per_layer, vec![keep; vlm.num_layers()], "{name} {}", cfg.name());
+                let covered: usize = run.groups.iter().map(Vec::len).sum();
+                assert!(covered >= keep && covered <= n);
+                assert!(run.cost.decoder_tokens[0] < full.run.cost.decoder_tokens[0]);
+                assert!(run.cost.kv_bytes_prefill < full.run.cost.kv_bytes_prefill);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_a_clear_error() {
+    let vlm = Vlm::load(&fixture("vlm/llava")).unwrap();
+    let image = vlm.open_image(&common::asset("chelsea.png")).unwrap();
+    let long = "tell me more ".repeat(20);
+    let err = vlm.full(image, &long, &spec(), &mut |_| {}, &Cancel::default()).err().unwrap().to_string();
+    assert!(err.contains("context of 64"), "{err}");
+}
+
+#[test]
+fn a_folder_without_its_tokenizer_is_a_clear_error() {
+    let dir = common::copy_fixture("vlm/idefics3");
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    let err = Vlm::load(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("tokenizer.json") && err.contains("missing"), "{err}");
+}
