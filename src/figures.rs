@@ -144,3 +144,49 @@ pub fn side_by_side(images: &[RgbImage], gap: u32) -> RgbImage {
     }
     out
 }
+
+/// Where a VLM's canvas lies over the photo.
+pub fn vlm_placement(image: &crate::vlm::VlmImage) -> Placement {
+    let [x0, y0, x1, y1] = image.place;
+    Placement { x0, y0, x1, y1 }
+}
+
+/// A VLM run's surviving image tokens on the image-token grid (each token drawn over the patches
+/// it covers: SmolVLM's tokens are blocks of patches).
+pub fn vlm_tokens(
+    image: &crate::vlm::VlmImage,
+    grid: (usize, usize),
+    run: &crate::vlm::VlmRun,
+    max_side: u32,
+) -> RgbImage {
+    let groups =
+        TokenGroups::from_groups(grid.0, grid.1, &run.groups).expect("a run's groups are disjoint and on the grid");
+    let merges = run.groups.iter().any(|g| g.len() > 1);
+    let style = if merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
+    let title = format!("{}: {} of {} image tokens", vlm_run_title(run), run.groups.len(), run.num_image_tokens);
+    let tokens_style = TokensStyle { style, title: Some(title), max_side, ..TokensStyle::default() };
+    render::tokens_overlay(&image.photo, &groups, &vlm_placement(image), &tokens_style)
+}
+
+/// A per-image-token map over a VLM's photo (null values drawn as missing).
+pub fn vlm_map(
+    image: &crate::vlm::VlmImage,
+    grid: (usize, usize),
+    values: &[Option<f32>],
+    title: String,
+    colormap: Colormap,
+    max_side: u32,
+) -> RgbImage {
+    let values = values.iter().map(|v| v.unwrap_or(f32::NAN)).collect();
+    let heat = Heatmap { rows: grid.0, cols: grid.1, values };
+    let style = OverlayStyle { colormap, opacity: 0.6, title: Some(title), max_side, ..OverlayStyle::default() };
+    render::overlay(&image.photo, &heat, &vlm_placement(image), &style)
+}
+
+/// "FastV, 66.7 % removed" for a VLM run ("Full model" without a method).
+pub fn vlm_run_title(run: &crate::vlm::VlmRun) -> String {
+    match &run.spec.method {
+        None => "Full model".into(),
+        Some(m) => format!("{}, {}", m.label(), run.spec.budget.describe(run.num_image_tokens)),
+    }
+}

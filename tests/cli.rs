@@ -180,3 +180,66 @@ fn fetching_without_python_or_network_says_what_to_do() {
     assert!(!offline.status.success() && stderr.contains("network"), "{stderr}");
     assert!(!stderr.contains("panicked"));
 }
+
+#[test]
+fn vlm_answers_diffs_and_sweeps_on_the_tiny_smolvlm() {
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+        .args(["vlm", "--model"])
+        .arg(fixture("vlm/idefics3"))
+        .arg(asset("chelsea.png"))
+        .args(["--question", "what is in the image?", "--reducer", "divprune", "--tokens", "3"])
+        .args(["--max-tokens", "8", "--sweep", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("log-prob of the full answer") && stdout.contains("sweep (divprune)"), "{stdout}");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("vlm.json")).unwrap()).unwrap();
+    // transformers' greedy ids for this fixture (tests/fixtures/vlm/idefics3/reference.json).
+    let want = common::json_ints(
+        &serde_json::from_str::<serde_json::Value>(
+            &std::fs::read_to_string(fixture("vlm/idefics3/reference.json")).unwrap(),
+        )
+        .unwrap()["generate"]["generated_ids"],
+    );
+    let ids: Vec<u32> = serde_json::from_value(json["full"]["answer"]["ids"].clone()).unwrap();
+    assert_eq!(ids, want);
+    assert_eq!(json["reduced"]["image_rows_per_layer"], serde_json::json!([3, 3]));
+    assert_eq!(json["grid"], serde_json::json!([3, 3]));
+    let points = json["sweep"]["points"].as_array().unwrap();
+    assert_eq!(points[0]["removed"], 0.0);
+    assert_eq!(points[0]["changed"], false, "nothing removed, nothing changes");
+    for png in ["tokens.png", "vision_saliency.png", "look_token1.png"] {
+        assert!(image::open(out.path().join(png)).is_ok(), "{png}");
+    }
+}
+
+#[test]
+fn vlm_reports_bad_input_and_exits_non_zero() {
+    let out = tempfile::tempdir().unwrap();
+    let not_an_image = out.path().join("notes.png");
+    std::fs::write(&not_an_image, b"not a picture").unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+        .args(["vlm", "--model"])
+        .arg(fixture("vlm/llava"))
+        .arg(&not_an_image)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("error:") && stderr.contains("notes.png"), "{stderr}");
+    let run = Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+        .args(["vlm", "--model"])
+        .arg(fixture("vlm/llava"))
+        .arg(asset("chelsea.png"))
+        .args(["--reducer", "no_such_method", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("unknown method `no_such_method`"));
+}

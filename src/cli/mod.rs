@@ -6,6 +6,7 @@ mod bench;
 mod export;
 mod run;
 mod sweep;
+mod vlm;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -236,6 +237,44 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Ask a vision-language model (a LLaVA or SmolVLM folder) a question about an image: the full
+    /// answer, the reduced answer with a token diff, the cost, and with --sweep the removed
+    /// fraction where the answer first changes; writes vlm.json and pictures into DIR.
+    Vlm {
+        image: PathBuf,
+        /// The model folder (config.json, model.safetensors, tokenizer.json, processor files).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "What is in this image?")]
+        question: String,
+        /// Method: a vision-side one (tome ... pool) or a language-side one (fastv, ...).
+        #[arg(long)]
+        reducer: Option<String>,
+        #[command(flatten)]
+        budget: BudgetArgs,
+        /// The method's main layer (vision tower or decoder layer, by method).
+        #[arg(long)]
+        layer: Option<usize>,
+        /// A method parameter, repeatable: --param query=text.
+        #[arg(long = "param", value_name = "K=V")]
+        params: Vec<String>,
+        /// Position ids of the tokens left before the decoder: preserve or compact.
+        #[arg(long, default_value = "preserve", value_parser = parse_serde::<PositionMode>)]
+        positions: PositionMode,
+        /// Most answer tokens.
+        #[arg(long, default_value_t = 32)]
+        max_tokens: usize,
+        /// Decoder layer whose attention the text-to-image maps read (default: the middle).
+        #[arg(long)]
+        view_layer: Option<usize>,
+        /// Also sweep the removed fraction and report where the answer first changes.
+        #[arg(long)]
+        sweep: bool,
+        #[arg(long, default_value = "viridis")]
+        colormap: Colormap,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run methods x ratios x images and write one row per run to a .csv or .jsonl file.
     Sweep {
         #[arg(required = true)]
@@ -321,6 +360,44 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench { image, reducers, repeats, model } => {
             bench::bench(&image, &model, &reducer_list(&reducers)?, repeats.max(1))
+        }
+        Command::Vlm {
+            image,
+            model,
+            question,
+            reducer,
+            budget,
+            layer,
+            params,
+            positions,
+            max_tokens,
+            view_layer,
+            sweep,
+            colormap,
+            out,
+        } => {
+            let method = match reducer {
+                None => None,
+                Some(name) => {
+                    let mut method = tokenlens::vlm::VlmMethod::from_name(&name)?;
+                    if let Some(layer) = layer {
+                        method.set_layer(layer);
+                    }
+                    for kv in &params {
+                        let (k, v) = kv.split_once('=').with_context(|| format!("--param {kv}: expected KEY=VALUE"))?;
+                        method.set_param(k.trim(), v.trim())?;
+                    }
+                    Some(method)
+                }
+            };
+            let spec = tokenlens::vlm::VlmRunSpec {
+                method,
+                budget: budget.budget(),
+                positions,
+                max_new_tokens: max_tokens,
+                view_layer,
+            };
+            vlm::run(&vlm::VlmArgs { image, model, question, spec, sweep, colormap, out })
         }
         Command::Sweep { images, reducers, ratios, model, out, force } => {
             let reducers = reducer_list(&reducers)?;

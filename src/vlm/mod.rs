@@ -40,6 +40,14 @@ impl VlmMethod {
         }
     }
 
+    /// The legend label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            VlmMethod::Vision(c) => c.info().label,
+            VlmMethod::Llm(c) => c.name(),
+        }
+    }
+
     /// Either kind of method by its name.
     pub fn from_name(name: &str) -> Result<Self> {
         ReducerConfig::from_name(name)
@@ -52,6 +60,14 @@ impl VlmMethod {
         match self {
             VlmMethod::Vision(c) => c.set_param(key, value),
             VlmMethod::Llm(c) => c.set_param(key, value),
+        }
+    }
+
+    /// Sets the method's main layer (vision tower or decoder, by the method's kind).
+    pub fn set_layer(&mut self, layer: usize) {
+        match self {
+            VlmMethod::Vision(c) => c.set_layer(layer),
+            VlmMethod::Llm(c) => c.set_layer(layer),
         }
     }
 

@@ -162,6 +162,11 @@ impl LlmReducerConfig {
         match *self {}
     }
 
+    /// Sets the method's main decoder layer.
+    pub fn set_layer(&mut self, _layer: usize) {
+        match *self {}
+    }
+
     /// The default config of the method called `name`.
     pub fn from_name(name: &str) -> Result<Self> {
         Self::defaults()
