@@ -243,3 +243,35 @@ fn vlm_reports_bad_input_and_exits_non_zero() {
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("unknown method `no_such_method`"));
 }
+
+/// A VLM by hub id, read offline from the standard Hugging Face cache (no network is used).
+#[cfg(feature = "hub")]
+#[test]
+fn vlm_hub_ids_load_from_the_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub/models--tiny--smolvlm");
+    let snapshot = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    for entry in std::fs::read_dir(fixture("vlm/idefics3")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, snapshot.join(path.file_name().unwrap())).unwrap();
+    }
+    let run = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+            .env("HF_HOME", home.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .args(["vlm", "--model", id, "--max-tokens", "4", "--out"])
+            .arg(home.path().join("out"))
+            .arg(asset("chelsea.png"))
+            .output()
+            .unwrap()
+    };
+    let ok = run("tiny/smolvlm");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("full model: "));
+    let missing = run("tiny/absent");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && stderr.contains("HF_HUB_OFFLINE"), "{stderr}");
+}

@@ -178,3 +178,32 @@ fn a_folder_without_its_tokenizer_is_a_clear_error() {
     let err = Vlm::load(dir.path()).err().unwrap().to_string();
     assert!(err.contains("tokenizer.json") && err.contains("missing"), "{err}");
 }
+
+#[test]
+fn sharded_weights_load_as_one_file_does() {
+    // Big checkpoints (LLaVA-1.5-7B) come as shards listed in model.safetensors.index.json.
+    let dir = common::copy_fixture("vlm/llava");
+    let single = dir.path().join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&single, &candle_core::Device::Cpu).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (shard, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
+        let subset: std::collections::HashMap<String, candle_core::Tensor> =
+            part.iter().map(|&n| (n.clone(), tensors[n].clone())).collect();
+        candle_core::safetensors::save(&subset, dir.path().join(shard)).unwrap();
+        map.extend(part.iter().map(|&n| (n.clone(), Value::String(shard.into()))));
+    }
+    std::fs::remove_file(&single).unwrap();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let vlm = Vlm::load(dir.path()).unwrap();
+    let image = vlm.open_image(&common::asset("chelsea.png")).unwrap();
+    let full = vlm.full(image, QUESTION, &spec(), &mut |_| {}, &Cancel::default()).unwrap();
+    assert_eq!(full.run.answer.ids, json_ints(&reference("llava")["generate"]["generated_ids"]));
+    // A missing shard names itself.
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let err = Vlm::load(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
+}

@@ -242,7 +242,8 @@ enum Command {
     /// fraction where the answer first changes; writes vlm.json and pictures into DIR.
     Vlm {
         image: PathBuf,
-        /// The model folder (config.json, model.safetensors, tokenizer.json, processor files).
+        /// The model folder (config.json, model.safetensors or its shards, tokenizer.json,
+        /// processor files), or a hub id such as HuggingFaceTB/SmolVLM-256M-Instruct.
         #[arg(long)]
         model: PathBuf,
         #[arg(long, default_value = "What is in this image?")]

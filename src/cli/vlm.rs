@@ -3,7 +3,7 @@
 //! `vlm.json` plus pictures.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tokenlens::render::Colormap;
@@ -30,8 +30,18 @@ fn streamer(vlm: &Vlm) -> impl FnMut(u32) + '_ {
     }
 }
 
+/// The model folder: a path, or a hub id fetched into the Hugging Face cache.
+fn model_folder(model: &Path) -> anyhow::Result<PathBuf> {
+    #[cfg(feature = "hub")]
+    if tokenlens::model::hub::looks_like_hub_id(&model.to_string_lossy()) {
+        return Ok(tokenlens::model::hub::fetch(&model.to_string_lossy(), &mut |line| eprintln!("{line}"))?);
+    }
+    Ok(model.to_path_buf())
+}
+
 pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
-    let vlm = Vlm::load(&args.model).with_context(|| format!("loading the model folder {:?}", args.model))?;
+    let folder = model_folder(&args.model)?;
+    let vlm = Vlm::load(&folder).with_context(|| format!("loading the model folder {folder:?}"))?;
     eprintln!("{} ({}), {} decoder layers", vlm.id, vlm.arch.name(), vlm.num_layers());
     let image = vlm.open_image(&args.image)?;
     let cancel = Cancel::default();

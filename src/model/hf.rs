@@ -94,10 +94,7 @@ impl HfVision {
         let architecture = hf.architectures.first().cloned().unwrap_or_else(|| hf.model_type.clone());
         let cfg = vit_config(&hf).map_err(|reason| bad(&config_path, reason))?;
 
-        let weights_path: PathBuf = dir.join("model.safetensors");
-        let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
-            bad(&weights_path, format!("cannot read the weights ({e}); the folder needs model.safetensors"))
-        })?;
+        let (weights_path, weights) = read_weights(dir)?;
         // Classifiers keep the encoder under `vit.` / `deit.`; bare models at the root.
         let root = tower_root.unwrap_or_else(|| {
             [hf.model_type.as_str(), "vit", "deit"]
@@ -155,6 +152,38 @@ pub(crate) fn read_config(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
     let text = std::fs::read_to_string(&path).map_err(|e| Error::weights(&path, format!("cannot read: {e}")))?;
     let json = serde_json::from_str(&text).map_err(|e| Error::weights(&path, format!("not JSON: {e}")))?;
     Ok((path, json))
+}
+
+/// The folder's weights: `model.safetensors`, or the shards `model.safetensors.index.json` lists
+/// (how big checkpoints such as LLaVA-1.5-7B are saved). Returns the path errors should name.
+pub(crate) fn read_weights(dir: &Path) -> Result<(PathBuf, std::collections::HashMap<String, candle_core::Tensor>)> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.is_file() || !index.is_file() {
+        let weights = candle_core::safetensors::load(&single, &Device::Cpu).map_err(|e| {
+            Error::weights(&single, format!("cannot read the weights ({e}); the folder needs model.safetensors"))
+        })?;
+        return Ok((single, weights));
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| Error::weights(&index, format!("cannot read: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::weights(&index, format!("not JSON: {e}")))?;
+    let mut shards: Vec<&str> = json["weight_map"]
+        .as_object()
+        .ok_or_else(|| Error::weights(&index, "no weight_map"))?
+        .values()
+        .filter_map(|v| v.as_str())
+        .collect();
+    shards.sort_unstable();
+    shards.dedup();
+    let mut weights = std::collections::HashMap::new();
+    for shard in shards {
+        let path = dir.join(shard);
+        let part = candle_core::safetensors::load(&path, &Device::Cpu)
+            .map_err(|e| Error::weights(&path, format!("cannot read this shard of the weights ({e})")))?;
+        weights.extend(part);
+    }
+    Ok((index, weights))
 }
 
 /// Our config axes for a vision tower's Hugging Face config (a VLM's `vision_config`).

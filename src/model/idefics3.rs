@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear_no_bias};
 use image::RgbImage;
 
-use super::hf::{read_config, vision_config};
+use super::hf::{read_config, read_weights, vision_config};
 use super::hf_preprocess::{read_image_processor, to_pixels};
 use super::llama::{Llama, LlamaConfig};
 use super::pil_resize::{Filter, resize};
@@ -104,9 +104,7 @@ impl Idefics3 {
             json["image_token_id"].as_u64().ok_or_else(|| bad(&config_path, "no image_token_id".into()))? as u32;
         let preprocessor = Self::read_preprocessor(dir)?;
 
-        let weights_path = dir.join("model.safetensors");
-        let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu)
-            .map_err(|e| bad(&weights_path, format!("cannot read the weights: {e}")))?;
+        let (weights_path, weights) = read_weights(dir)?;
         let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
         let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json (idefics3): {e}"));
         let model = vb.pp("model");

@@ -10,7 +10,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 
-use super::hf::{read_config, vision_config};
+use super::hf::{read_config, read_weights, vision_config};
 use super::hf_preprocess::HfPreprocessor;
 use super::llama::{Llama, LlamaConfig};
 use super::state::TokenState;
@@ -67,9 +67,7 @@ impl Llava {
             .or_else(|| json["image_token_id"].as_u64())
             .ok_or_else(|| bad(&config_path, "no image_token_index".into()))? as u32;
 
-        let weights_path = dir.join("model.safetensors");
-        let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu)
-            .map_err(|e| bad(&weights_path, format!("cannot read the weights: {e}")))?;
+        let (weights_path, weights) = read_weights(dir)?;
         let tower = if weights.contains_key("vision_tower.vision_model.embeddings.class_embedding") {
             "vision_tower.vision_model"
         } else {
