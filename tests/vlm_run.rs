@@ -207,3 +207,33 @@ fn sharded_weights_load_as_one_file_does() {
     let err = Vlm::load(dir.path()).err().unwrap().to_string();
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
 }
+
+#[test]
+fn the_position_switch_keeps_original_slots_or_compacts() {
+    let (vlm, full) = full("llava");
+    let slots = &full.prompt.image_slots; // 4..=19
+    let mut cfg = ReducerConfig::from_name("cls_topk").unwrap();
+    cfg.set_layer(0);
+    let reduced = |positions| {
+        let spec =
+            VlmRunSpec { method: Some(VlmMethod::Vision(cfg.clone())), budget: Budget::Keep(8), positions, ..spec() };
+        vlm.sequence(&full, &spec, &Cancel::default()).unwrap()
+    };
+    let seq = reduced(tokenlens::reduce::PositionMode::Preserve);
+    let kept: Vec<u32> = seq
+        .rows
+        .iter()
+        .filter_map(|r| match r {
+            tokenlens::reduce::llm::Row::Image(t) => Some(t[0]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kept.len(), 8);
+    let n = full.prompt.ids.len();
+    let mut want: Vec<u32> = (0..slots[0] as u32).collect();
+    want.extend(kept.iter().map(|&t| slots[t as usize] as u32));
+    want.extend(slots[15] as u32 + 1..n as u32);
+    assert_eq!(seq.positions, want, "preserve: text keeps its ids, image tokens their slots");
+    let seq = reduced(tokenlens::reduce::PositionMode::Compact);
+    assert_eq!(seq.positions, (0..(n - 8) as u32).collect::<Vec<_>>());
+}

@@ -35,6 +35,8 @@ pub struct Prefill {
     pub output: Tensor,
     /// The rows each layer processed (`num_layers` entries).
     pub rows_per_layer: Vec<Vec<Row>>,
+    /// Position ids of the rows the last layer processed.
+    pub positions: Vec<u32>,
     /// The position id of the first generated token.
     pub next_position: u32,
     /// The last prompt row's attention at the view layer, mean over heads, per original image
@@ -245,6 +247,7 @@ pub fn prefill(
         output: x,
         rows_per_layer,
         next_position: positions.last().map_or(0, |p| p + 1),
+        positions,
         first_look,
         scores: method.scores,
         time_ms: start.elapsed().as_secs_f64() * 1e3,

@@ -22,7 +22,7 @@ use crate::analysis::cost::{BlockTokens, block_flops};
 use crate::reduce::llm::{LlmContext, LlmReducerConfig, Row};
 use crate::reduce::{Budget, PositionMode, ReducerConfig, Stage};
 use crate::{Cancel, Error, Result};
-use decode::Prefill;
+use decode::{Prefill, Sequence};
 
 /// A reducer for a VLM run: a vision-side method (encoder or pre-LLM) or a language-side one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -306,26 +306,8 @@ impl Vlm {
         let n = vision.num_image_tokens();
         let keep = spec.budget.resolve(n)?;
         let view_layer = self.view_layer(spec)?;
-        let (seq, blocks, projected, mut stage, vision_scores, llm_reducer) = match &spec.method {
-            None => (self.arch.sequence(prompt, vision)?, vision.full_blocks(), n, "full".to_string(), None, None),
-            Some(VlmMethod::Vision(cfg)) => {
-                let mut reducer = cfg.build(keep, &vision.context())?;
-                self.arch.check_vision_method(cfg, reducer.sites().first())?;
-                let reduced = self.arch.reduce_vision(vision, reducer.as_mut(), cancel)?;
-                let stage = match reduced.stage {
-                    Stage::Encoder(l) => format!("encoder({l})"),
-                    _ => "pre_llm".into(),
-                };
-                let (seq, blocks, projected) = self.arch.reduced_sequence(prompt, vision, &reduced, spec.positions)?;
-                (seq, blocks, projected, stage, reduced.patch_scores, None)
-            }
-            Some(VlmMethod::Llm(cfg)) => {
-                let ctx = LlmContext { num_layers: lm.num_layers(), num_image_tokens: n, grid: vision.grid };
-                let reducer = cfg.build(keep, &ctx)?;
-                let seq = self.arch.sequence(prompt, vision)?;
-                (seq, vision.full_blocks(), n, String::new(), None, Some(reducer))
-            }
-        };
+        let Start { seq, blocks, projected, mut stage, vision_scores, llm_reducer } =
+            self.start(prompt, vision, spec, keep, cancel)?;
         let mut prefill: Prefill =
             decode::prefill(lm, seq, llm_reducer, &vision.saliency, spec.positions, view_layer, cancel)?;
         if stage.is_empty() {
@@ -393,6 +375,70 @@ impl Vlm {
                 tokens_per_s: if decode_s > 0.0 { answer.ids.len() as f64 / decode_s } else { 0.0 },
             },
             answer,
+        })
+    }
+}
+
+/// A run up to the decoder: the sequence it reads and what the vision side cost.
+struct Start {
+    seq: Sequence,
+    blocks: Vec<BlockTokens>,
+    /// Rows the projector (or connector) ran on.
+    projected: usize,
+    /// Empty when a language-side method will tell.
+    stage: String,
+    vision_scores: Option<Vec<Option<f32>>>,
+    llm_reducer: Option<Box<dyn crate::reduce::llm::LlmReducer>>,
+}
+
+impl Vlm {
+    /// The decoder's input for `spec` (after any vision-side reduction): rows, embeddings and
+    /// position ids, for inspection.
+    pub fn sequence(&self, full: &VlmFull, spec: &VlmRunSpec, cancel: &Cancel) -> Result<Sequence> {
+        let keep = spec.budget.resolve(full.vision.num_image_tokens())?;
+        Ok(self.start(&full.prompt, &full.vision, spec, keep, cancel)?.seq)
+    }
+
+    fn start(
+        &self,
+        prompt: &Prompt,
+        vision: &VisionRun,
+        spec: &VlmRunSpec,
+        keep: usize,
+        cancel: &Cancel,
+    ) -> Result<Start> {
+        let n = vision.num_image_tokens();
+        Ok(match &spec.method {
+            None => Start {
+                seq: self.arch.sequence(prompt, vision)?,
+                blocks: vision.full_blocks(),
+                projected: n,
+                stage: "full".into(),
+                vision_scores: None,
+                llm_reducer: None,
+            },
+            Some(VlmMethod::Vision(cfg)) => {
+                let mut reducer = cfg.build(keep, &vision.context())?;
+                self.arch.check_vision_method(cfg, reducer.sites().first())?;
+                let reduced = self.arch.reduce_vision(vision, reducer.as_mut(), cancel)?;
+                let stage = match reduced.stage {
+                    Stage::Encoder(l) => format!("encoder({l})"),
+                    _ => "pre_llm".into(),
+                };
+                let (seq, blocks, projected) = self.arch.reduced_sequence(prompt, vision, &reduced, spec.positions)?;
+                Start { seq, blocks, projected, stage, vision_scores: reduced.patch_scores, llm_reducer: None }
+            }
+            Some(VlmMethod::Llm(cfg)) => {
+                let ctx = LlmContext { num_layers: self.num_layers(), num_image_tokens: n, grid: vision.grid };
+                Start {
+                    seq: self.arch.sequence(prompt, vision)?,
+                    blocks: vision.full_blocks(),
+                    projected: n,
+                    stage: String::new(),
+                    vision_scores: None,
+                    llm_reducer: Some(cfg.build(keep, &ctx)?),
+                }
+            }
         })
     }
 }
