@@ -9,6 +9,7 @@ use tokenlens::reduce::budget::PRESETS_REMOVED;
 use tokenlens::reduce::{Budget, ReducerConfig};
 use tokenlens::render::Colormap;
 use tokenlens::session::RunSpec;
+use tokenlens::vlm::{Vlm, VlmMethod, VlmRunSpec};
 use tokenlens::{Cancel, figures};
 
 use super::ModelArgs;
@@ -79,6 +80,66 @@ pub fn bench(image: &Path, model: &ModelArgs, reducers: &[ReducerConfig], repeat
             fp95,
             med / full_med,
             from_block
+        );
+    }
+    Ok(())
+}
+
+/// The VLM bench: per method at the default budget, prefill and decode time against the full
+/// model's (medians over `repeats`, same process), with the KV cache and FLOPs ratios.
+pub fn bench_vlm(image: &Path, folder: &Path, methods: &[VlmMethod], repeats: usize) -> anyhow::Result<()> {
+    let vlm = Vlm::load(folder)?;
+    let cancel = Cancel::default();
+    let spec = VlmRunSpec { max_new_tokens: 16, ..VlmRunSpec::default() };
+    let question = "What is in this image?";
+    let full = vlm.full(vlm.open_image(image)?, question, &spec, &mut |_| {}, &cancel)?;
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        let run = vlm.run(&full, &VlmRunSpec { method: None, ..spec.clone() }, &mut |_| {}, &cancel)?;
+        prefill.push(run.cost.prefill_ms);
+        decode.push(run.cost.decode_ms / run.answer.ids.len().max(1) as f64);
+    }
+    let (full_prefill, _) = summary(prefill);
+    let (full_decode, _) = summary(decode);
+    println!(
+        "{} on {}, {repeats} repeats; full model: prefill {full_prefill:.1} ms, decode {full_decode:.2} ms/token, \
+         KV {:.1} KiB, {:.2} GFLOPs",
+        vlm.id,
+        image.display(),
+        full.run.cost.kv_bytes_prefill as f64 / 1024.0,
+        full.run.cost.total_flops() / 1e9
+    );
+    println!(
+        "{:<12} {:>10} {:>12} {:>9} {:>14} {:>9} {:>9}",
+        "method", "stage", "prefill ms", "vs full", "decode ms/tok", "KV", "FLOPs"
+    );
+    for method in methods {
+        let s = VlmRunSpec { method: Some(method.clone()), ..spec.clone() };
+        let (mut prefill, mut decode, mut last) = (Vec::new(), Vec::new(), None);
+        for _ in 0..repeats {
+            let run = match vlm.run(&full, &s, &mut |_| {}, &cancel) {
+                Ok(run) => run,
+                Err(e) => {
+                    println!("{:<12} skipped: {e}", method.name());
+                    break;
+                }
+            };
+            prefill.push(run.cost.prefill_ms);
+            decode.push(run.cost.decode_ms / run.answer.ids.len().max(1) as f64);
+            last = Some(run);
+        }
+        let Some(run) = last else { continue };
+        let (p, _) = summary(prefill);
+        let (d, _) = summary(decode);
+        println!(
+            "{:<12} {:>10} {:>12.1} {:>8.2}x {:>14.2} {:>8.2}x {:>8.2}x",
+            method.name(),
+            run.stage,
+            p,
+            p / full_prefill,
+            d,
+            run.cost.kv_bytes_prefill as f64 / full.run.cost.kv_bytes_prefill as f64,
+            run.cost.total_flops() / full.run.cost.total_flops()
         );
     }
     Ok(())

@@ -225,6 +225,8 @@ enum Command {
         model: ModelArgs,
     },
     /// Time a ratio-only change (resumed from the cached full run) against a full run, per method.
+    /// With a VLM folder as --model: prefill and decode time, KV cache and FLOPs per method
+    /// against the full model.
     Bench {
         /// Image to time on (default: assets/chelsea.png).
         #[arg(default_value = "assets/chelsea.png")]
@@ -359,9 +361,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let columns = export::Columns { budgets: ratios, layers };
             export::figure_grid(&image, &model, reducer_list(&reducers)?, columns, output_row, fill, &look, &out)
         }
-        Command::Bench { image, reducers, repeats, model } => {
-            bench::bench(&image, &model, &reducer_list(&reducers)?, repeats.max(1))
-        }
+        Command::Bench { image, reducers, repeats, model } => match &model.model {
+            Some(dir) if tokenlens::vlm::Vlm::is_vlm_folder(dir) => {
+                let methods = if reducers.is_empty() {
+                    tokenlens::vlm::VlmMethod::all()
+                } else {
+                    reducers.iter().map(|r| tokenlens::vlm::VlmMethod::from_name(r.trim())).collect::<Result<_, _>>()?
+                };
+                bench::bench_vlm(&image, dir, &methods, repeats.max(1))
+            }
+            _ => bench::bench(&image, &model, &reducer_list(&reducers)?, repeats.max(1)),
+        },
         Command::Vlm {
             image,
             model,
