@@ -8,7 +8,6 @@ mod common;
 use common::{fixture, json_ints, json_tensor, max_diff};
 use serde_json::Value;
 use tokenlens::Cancel;
-use tokenlens::model::llama::KvCache;
 use tokenlens::reduce::llm::{LlmPlan, LlmReducer, LlmSite, LlmView};
 use tokenlens::reduce::{Budget, ReducerConfig};
 use tokenlens::vlm::decode;
@@ -113,7 +112,6 @@ fn teacher_forcing_scores_an_answer_as_generation_did() {
     for (a, b) in lp.iter().zip(&full.run.answer.logprobs) {
         assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     }
-    let _ = KvCache::default();
 }
 
 #[test]

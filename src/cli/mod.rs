@@ -75,45 +75,80 @@ impl BudgetArgs {
     }
 }
 
-/// One method's run: method, budget, parameters and options.
+/// A method with its budget, main layer, parameters and position ids (shared by `run`-like
+/// commands and `vlm`).
 #[derive(Args, Clone)]
-struct RunArgs {
-    /// Method: tome, pitome, evit, cls_topk, hiprune, divprune, random, pool.
+struct MethodArgs {
+    /// Method: tome, pitome, evit, cls_topk, hiprune, divprune, random, pool (with `vlm` also
+    /// the language-side ones: fastv, ...).
     #[arg(long)]
     reducer: Option<String>,
     #[command(flatten)]
     budget: BudgetArgs,
     /// The method's main layer (ToMe/PiToMe: first merging block; EViT: reduction block;
-    /// ClsTopK: scoring layer; HiPrune: object layer).
+    /// ClsTopK: scoring layer; HiPrune: object layer; FastV: decoder layer K).
     #[arg(long)]
     layer: Option<usize>,
     /// A method parameter, repeatable: --param seed=3 --param fuse=false.
     #[arg(long = "param", value_name = "K=V")]
     params: Vec<String>,
-    /// What fills dropped patches for the saliency head: zeros or mean_token.
-    #[arg(long, default_value = "zeros", value_parser = parse_serde::<DropFill>)]
-    fill: DropFill,
     /// Position ids after pruning: preserve or compact.
     #[arg(long, default_value = "preserve", value_parser = parse_serde::<PositionMode>)]
     positions: PositionMode,
 }
 
+impl MethodArgs {
+    /// `--param` pairs, split.
+    fn params(&self) -> anyhow::Result<Vec<(&str, &str)>> {
+        self.params
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').with_context(|| format!("--param {kv}: expected KEY=VALUE"))?;
+                Ok((k.trim(), v.trim()))
+            })
+            .collect()
+    }
+
+    /// The VLM method these options name, or `None` without `--reducer`.
+    fn vlm_method(&self) -> anyhow::Result<Option<tokenlens::vlm::VlmMethod>> {
+        let Some(name) = &self.reducer else { return Ok(None) };
+        let mut method = tokenlens::vlm::VlmMethod::from_name(name)?;
+        if let Some(layer) = self.layer {
+            method.set_layer(layer);
+        }
+        for (k, v) in self.params()? {
+            method.set_param(k, v)?;
+        }
+        Ok(Some(method))
+    }
+}
+
+/// One method's run on a vision model: the method options and what fills dropped patches.
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    method: MethodArgs,
+    /// What fills dropped patches for the saliency head: zeros or mean_token.
+    #[arg(long, default_value = "zeros", value_parser = parse_serde::<DropFill>)]
+    fill: DropFill,
+}
+
 impl RunArgs {
     /// The run these options describe, or `None` without `--reducer`.
     fn spec(&self) -> anyhow::Result<Option<RunSpec>> {
-        let Some(name) = &self.reducer else { return Ok(None) };
+        let m = &self.method;
+        let Some(name) = &m.reducer else { return Ok(None) };
         let mut config = ReducerConfig::from_name(name)?;
-        if let Some(layer) = self.layer {
+        if let Some(layer) = m.layer {
             if !config.has_layer() {
                 bail!("{name} has no layer to set");
             }
             config.set_layer(layer);
         }
-        for kv in &self.params {
-            let (k, v) = kv.split_once('=').with_context(|| format!("--param {kv}: expected KEY=VALUE"))?;
-            config.set_param(k.trim(), v.trim())?;
+        for (k, v) in m.params()? {
+            config.set_param(k, v)?;
         }
-        Ok(Some(RunSpec { reducer: config, budget: self.budget.budget(), fill: self.fill, positions: self.positions }))
+        Ok(Some(RunSpec { reducer: config, budget: m.budget.budget(), fill: self.fill, positions: m.positions }))
     }
 }
 
@@ -250,20 +285,8 @@ enum Command {
         model: PathBuf,
         #[arg(long, default_value = "What is in this image?")]
         question: String,
-        /// Method: a vision-side one (tome ... pool) or a language-side one (fastv, ...).
-        #[arg(long)]
-        reducer: Option<String>,
         #[command(flatten)]
-        budget: BudgetArgs,
-        /// The method's main layer (vision tower or decoder layer, by method).
-        #[arg(long)]
-        layer: Option<usize>,
-        /// A method parameter, repeatable: --param query=text.
-        #[arg(long = "param", value_name = "K=V")]
-        params: Vec<String>,
-        /// Position ids of the tokens left before the decoder: preserve or compact.
-        #[arg(long, default_value = "preserve", value_parser = parse_serde::<PositionMode>)]
-        positions: PositionMode,
+        method: MethodArgs,
         /// Most answer tokens.
         #[arg(long, default_value_t = 32)]
         max_tokens: usize,
@@ -372,39 +395,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             _ => bench::bench(&image, &model, &reducer_list(&reducers)?, repeats.max(1)),
         },
-        Command::Vlm {
-            image,
-            model,
-            question,
-            reducer,
-            budget,
-            layer,
-            params,
-            positions,
-            max_tokens,
-            view_layer,
-            sweep,
-            colormap,
-            out,
-        } => {
-            let method = match reducer {
-                None => None,
-                Some(name) => {
-                    let mut method = tokenlens::vlm::VlmMethod::from_name(&name)?;
-                    if let Some(layer) = layer {
-                        method.set_layer(layer);
-                    }
-                    for kv in &params {
-                        let (k, v) = kv.split_once('=').with_context(|| format!("--param {kv}: expected KEY=VALUE"))?;
-                        method.set_param(k.trim(), v.trim())?;
-                    }
-                    Some(method)
-                }
-            };
+        Command::Vlm { image, model, question, method, max_tokens, view_layer, sweep, colormap, out } => {
             let spec = tokenlens::vlm::VlmRunSpec {
-                method,
-                budget: budget.budget(),
-                positions,
+                method: method.vlm_method()?,
+                budget: method.budget.budget(),
+                positions: method.positions,
                 max_new_tokens: max_tokens,
                 view_layer,
             };
