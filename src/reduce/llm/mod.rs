@@ -20,7 +20,7 @@ pub mod todre;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::MethodInfo;
+use super::{MethodInfo, Stage};
 use crate::{Error, Result};
 
 /// Where a language-side reducer acts.
@@ -294,6 +294,14 @@ impl LlmReducerConfig {
         Ok(self.build(ctx.num_image_tokens, ctx)?.sites())
     }
 
+    /// The stage of the method's first action, in the shared vocabulary (`pre_llm` or `llm(k)`).
+    pub fn stage(&self, ctx: &LlmContext) -> Result<Stage> {
+        Ok(match self.sites(ctx)?.first() {
+            Some(LlmSite::AfterLayer(k)) => Stage::Llm(*k),
+            _ => Stage::PreLlm,
+        })
+    }
+
     /// The layer-averaged image-row count a run keeping `keep` will have (an upper bound for
     /// ToDRE, whose stage 2 depends on the data); see [`layer_averaged_rows`].
     pub fn layer_averaged(&self, keep: usize, ctx: &LlmContext) -> Result<f64> {
@@ -355,6 +363,12 @@ mod tests {
         t.set_layer(30, 32);
         assert_eq!(t.sites(&ctx).unwrap(), [LlmSite::PreLlm, LlmSite::AfterLayer(30)]);
         assert_eq!(LlmReducerConfig::from_name("mmtok").unwrap().sites(&ctx).unwrap(), [LlmSite::PreLlm]);
+        assert_eq!(f.stage(&ctx).unwrap(), Stage::Llm(2));
+        assert_eq!(t.stage(&ctx).unwrap(), Stage::PreLlm);
+        assert_eq!(s.stage(&ctx).unwrap(), Stage::Llm(4));
+        // Out of range: a clear error.
+        f.set_layer(33, 32);
+        assert!(f.stage(&ctx).unwrap_err().to_string().contains("1..=32"));
     }
 
     #[test]
