@@ -214,8 +214,11 @@ impl LlmReducerConfig {
         self.info().name
     }
 
-    /// Builds the reducer for a run keeping `keep` image tokens (layer-averaged for methods
-    /// that prune at several layers; see each method's docs).
+    /// Builds the reducer for a run keeping `keep` image tokens: the image rows left after the
+    /// site for FastV, text-guided and MMTok; the layer-averaged image-row count for SparseVLM
+    /// (see [`LlmReducerConfig::layer_averaged`] for what it achieves when `keep` is too small);
+    /// ToDRE's stage 1 count (stage 2 may drop the rest later). `keep == num_image_tokens` gives
+    /// identity plans at every site.
     pub fn build(&self, keep: usize, ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
         if keep > ctx.num_image_tokens {
             return Err(Error::Config {
