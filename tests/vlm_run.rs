@@ -235,3 +235,47 @@ fn the_position_switch_keeps_original_slots_or_compacts() {
     let seq = reduced(tokenlens::reduce::PositionMode::Compact);
     assert_eq!(seq.positions, (0..(n - 8) as u32).collect::<Vec<_>>());
 }
+
+#[test]
+fn language_side_methods_keep_their_budget_and_change_nothing_at_zero() {
+    use tokenlens::reduce::llm::{LlmContext, LlmReducerConfig};
+    for name in ["llava", "idefics3"] {
+        let (vlm, full) = full(name);
+        let n = full.vision.num_image_tokens();
+        let layers = vlm.num_layers();
+        let ctx = LlmContext { num_layers: layers, num_image_tokens: n, grid: full.vision.grid };
+        for mut cfg in LlmReducerConfig::defaults() {
+            if cfg.name() == "fastv" {
+                cfg.set_layer(1, layers); // K = 1: prune after layer 0 of the two
+            }
+            let label = format!("{name} {}", cfg.name());
+            let method = VlmMethod::Llm(cfg.clone());
+            let zero = VlmRunSpec { method: Some(method.clone()), budget: Budget::Keep(n), ..spec() };
+            let run = vlm.run(&full, &zero, &mut |_| {}, &Cancel::default()).unwrap();
+            assert_eq!(run.answer.ids, full.run.answer.ids, "{label} at 0 %");
+            assert_eq!(run.image_rows_per_layer, vec![n; layers], "{label} at 0 %");
+            let own: f64 = full.run.answer.logprobs.iter().map(|&v| f64::from(v)).sum();
+            assert!((run.full_answer_logprob.unwrap() - own).abs() < 1e-3, "{label}");
+            for keep in [n / 2, n / 3] {
+                let s = VlmRunSpec { method: Some(method.clone()), budget: Budget::Keep(keep), ..spec() };
+                let run = vlm.run(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
+                let predicted = cfg.layer_averaged(keep, &ctx).unwrap();
+                let got = run.layer_averaged_image_rows;
+                if cfg.name() == "todre" {
+                    assert!(got <= predicted + 1e-9, "{label} keep {keep}: {got} > {predicted}");
+                } else {
+                    assert!((got - predicted).abs() < 1e-9, "{label} keep {keep}: {got} vs {predicted}");
+                }
+                match cfg.name() {
+                    "sparsevlm" => assert!((got - keep as f64).abs() <= 0.5 || got > keep as f64, "{label}: {got}"),
+                    "fastv" => assert_eq!(run.image_rows_per_layer, vec![n, keep], "{label}"),
+                    _ => assert_eq!(run.image_rows_per_layer[0], keep, "{label}"),
+                }
+                assert!(run.stage == "pre_llm" || run.stage.starts_with("llm("), "{label}: {}", run.stage);
+                if let Some(scores) = &run.scores {
+                    assert_eq!(scores.len(), n);
+                }
+            }
+        }
+    }
+}

@@ -109,12 +109,13 @@ impl MethodArgs {
             .collect()
     }
 
-    /// The VLM method these options name, or `None` without `--reducer`.
-    fn vlm_method(&self) -> anyhow::Result<Option<tokenlens::vlm::VlmMethod>> {
+    /// The VLM method these options name (for a model with `decoder_layers`), or `None`
+    /// without `--reducer`.
+    fn vlm_method(&self, decoder_layers: usize) -> anyhow::Result<Option<tokenlens::vlm::VlmMethod>> {
         let Some(name) = &self.reducer else { return Ok(None) };
         let mut method = tokenlens::vlm::VlmMethod::from_name(name)?;
         if let Some(layer) = self.layer {
-            method.set_layer(layer);
+            method.set_layer(layer, decoder_layers);
         }
         for (k, v) in self.params()? {
             method.set_param(k, v)?;
@@ -396,14 +397,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             _ => bench::bench(&image, &model, &reducer_list(&reducers)?, repeats.max(1)),
         },
         Command::Vlm { image, model, question, method, max_tokens, view_layer, sweep, colormap, out } => {
-            let spec = tokenlens::vlm::VlmRunSpec {
-                method: method.vlm_method()?,
-                budget: method.budget.budget(),
-                positions: method.positions,
-                max_new_tokens: max_tokens,
-                view_layer,
-            };
-            vlm::run(&vlm::VlmArgs { image, model, question, spec, sweep, colormap, out })
+            vlm::run(&vlm::VlmArgs { image, model, question, method, max_tokens, view_layer, sweep, colormap, out })
         }
         Command::Sweep { images, reducers, ratios, model, out, force } => {
             let reducers = reducer_list(&reducers)?;

@@ -10,13 +10,15 @@ use tokenlens::render::Colormap;
 use tokenlens::vlm::{DiffOp, Vlm, VlmRun, VlmRunSpec, first_change, sweep_fractions};
 use tokenlens::{Cancel, figures};
 
-use super::{write_json, write_png};
+use super::{MethodArgs, write_json, write_png};
 
 pub struct VlmArgs {
     pub image: PathBuf,
     pub model: PathBuf,
     pub question: String,
-    pub spec: VlmRunSpec,
+    pub method: MethodArgs,
+    pub max_tokens: usize,
+    pub view_layer: Option<usize>,
     pub sweep: bool,
     pub colormap: Colormap,
     pub out: PathBuf,
@@ -43,10 +45,17 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
     let folder = model_folder(&args.model)?;
     let vlm = Vlm::load(&folder).with_context(|| format!("loading the model folder {folder:?}"))?;
     eprintln!("{} ({}), {} decoder layers", vlm.id, vlm.arch.name(), vlm.num_layers());
+    let spec = VlmRunSpec {
+        method: args.method.vlm_method(vlm.num_layers())?,
+        budget: args.method.budget.budget(),
+        positions: args.method.positions,
+        max_new_tokens: args.max_tokens,
+        view_layer: args.view_layer,
+    };
     let image = vlm.open_image(&args.image)?;
     let cancel = Cancel::default();
     print!("full model: ");
-    let full = vlm.full(image, &args.question, &args.spec, &mut streamer(&vlm), &cancel)?;
+    let full = vlm.full(image, &args.question, &spec, &mut streamer(&vlm), &cancel)?;
     println!();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {:?}", args.out))?;
     let grid = full.vision.grid;
@@ -72,9 +81,9 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
         ),
     )?;
     let mut wrote = vec!["vlm.json", "vision_saliency.png"];
-    if let Some(method) = &args.spec.method {
-        print!("{} ({}): ", method.label(), args.spec.budget.describe(full.run.num_image_tokens));
-        let run = vlm.run(&full, &args.spec, &mut streamer(&vlm), &cancel)?;
+    if let Some(method) = &spec.method {
+        print!("{} ({}): ", method.label(), spec.budget.describe(full.run.num_image_tokens));
+        let run = vlm.run(&full, &spec, &mut streamer(&vlm), &cancel)?;
         println!();
         print_diff(&vlm, &full.run, &run);
         write_png(&args.out.join("tokens.png"), &figures::vlm_tokens(&full.image, grid, &run, 512))?;
@@ -102,7 +111,7 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
             println!("sweep ({}):", method.name());
             let points = vlm.sweep(
                 &full,
-                &args.spec,
+                &spec,
                 &sweep_fractions(),
                 &mut |p| {
                     println!(

@@ -44,7 +44,7 @@ impl VlmMethod {
     pub fn label(&self) -> &'static str {
         match self {
             VlmMethod::Vision(c) => c.info().label,
-            VlmMethod::Llm(c) => c.name(),
+            VlmMethod::Llm(c) => c.info().label,
         }
     }
 
@@ -63,12 +63,26 @@ impl VlmMethod {
         }
     }
 
-    /// Sets the method's main layer (vision tower or decoder, by the method's kind).
-    pub fn set_layer(&mut self, layer: usize) {
+    /// Sets the method's main layer: a vision-tower block, or for a language-side method a
+    /// decoder layer (FastV: K) of `decoder_layers`.
+    pub fn set_layer(&mut self, layer: usize, decoder_layers: usize) {
         match self {
             VlmMethod::Vision(c) => c.set_layer(layer),
-            VlmMethod::Llm(c) => c.set_layer(layer),
+            VlmMethod::Llm(c) => c.set_layer(layer, decoder_layers),
         }
+    }
+
+    /// The method's main layer, if it has one (`tower_layers` / `decoder_layers` give defaults).
+    pub fn layer(&self, tower_layers: usize, decoder_layers: usize) -> Option<usize> {
+        match self {
+            VlmMethod::Vision(c) => c.layer(tower_layers),
+            VlmMethod::Llm(c) => c.layer(decoder_layers),
+        }
+    }
+
+    /// Whether the method acts in the language model.
+    pub fn is_language_side(&self) -> bool {
+        matches!(self, VlmMethod::Llm(_))
     }
 
     /// Every method a VLM can run, in menu order: vision side, then language side.

@@ -10,9 +10,17 @@
 //! rows stay, which are averaged into one). `vlm::prefill` alone gathers hidden states, position
 //! ids and rows, so provenance is kept the same way for every method. Text rows always stay.
 
+pub mod fastv;
+pub mod mmtok;
+pub mod ops;
+pub mod sparsevlm;
+pub mod text_guided;
+pub mod todre;
+
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::{MethodInfo, Stage};
 use crate::{Error, Result};
 
 /// Where a language-side reducer acts.
@@ -123,6 +131,33 @@ impl LlmPlan {
         }
         Ok(())
     }
+
+    /// The plan that changes nothing: every image row of `rows` kept, no merges.
+    pub fn identity(rows: &[Row]) -> Self {
+        LlmPlan { scores: None, keep: (0..rows.len()).filter(|&i| rows[i].is_image()).collect(), merged: Vec::new() }
+    }
+}
+
+/// The layer-averaged number of image rows: the mean over the `num_layers` decoder layers of the
+/// image rows each layer processes, when the sequence starts with `num_image_rows` and
+/// `schedule` lists the image rows left after each site (a [`LlmSite::PreLlm`] plan counts for
+/// every layer, an [`LlmSite::AfterLayer`]`(k)` plan for layers `k + 1..`).
+pub fn layer_averaged_rows(num_layers: usize, num_image_rows: usize, schedule: &[(LlmSite, usize)]) -> f64 {
+    if num_layers == 0 {
+        return num_image_rows as f64;
+    }
+    let mut sorted = schedule.to_vec();
+    sorted.sort_by_key(|&(site, _)| site);
+    let total: usize = (0..num_layers)
+        .map(|l| {
+            let applies = |site: LlmSite| match site {
+                LlmSite::PreLlm => true,
+                LlmSite::AfterLayer(k) => k < l,
+            };
+            sorted.iter().rev().find(|&&(site, _)| applies(site)).map_or(num_image_rows, |&(_, n)| n)
+        })
+        .sum();
+    total as f64 / num_layers as f64
 }
 
 pub trait LlmReducer {
@@ -133,45 +168,220 @@ pub trait LlmReducer {
         false
     }
     fn plan(&mut self, view: &LlmView<'_>) -> Result<LlmPlan>;
+    /// The image rows left after each site, as planned when the reducer was built. Sites whose
+    /// count depends on the data (ToDRE's stage 2) are left out, so [`layer_averaged_rows`] of
+    /// this schedule is an upper bound for such methods and exact for the others.
+    fn schedule(&self) -> Vec<(LlmSite, usize)> {
+        Vec::new()
+    }
 }
 
 /// Every language-side method, with its parameters. `serde` tag `method` (names distinct from
 /// the vision-side methods'); unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
-pub enum LlmReducerConfig {}
+pub enum LlmReducerConfig {
+    Fastv(fastv::FastvConfig),
+    TextGuided(text_guided::TextGuidedConfig),
+    Sparsevlm(sparsevlm::SparsevlmConfig),
+    Mmtok(mmtok::MmtokConfig),
+    Todre(todre::TodreConfig),
+}
 
 impl LlmReducerConfig {
     /// Every method with its default parameters, in menu order.
     pub fn defaults() -> Vec<LlmReducerConfig> {
-        vec![]
+        vec![
+            LlmReducerConfig::Fastv(Default::default()),
+            LlmReducerConfig::TextGuided(Default::default()),
+            LlmReducerConfig::Sparsevlm(Default::default()),
+            LlmReducerConfig::Mmtok(Default::default()),
+            LlmReducerConfig::Todre(Default::default()),
+        ]
+    }
+
+    pub fn info(&self) -> MethodInfo {
+        match self {
+            LlmReducerConfig::Fastv(_) => fastv::INFO,
+            LlmReducerConfig::TextGuided(_) => text_guided::INFO,
+            LlmReducerConfig::Sparsevlm(_) => sparsevlm::INFO,
+            LlmReducerConfig::Mmtok(_) => mmtok::INFO,
+            LlmReducerConfig::Todre(_) => todre::INFO,
+        }
     }
 
     pub fn name(&self) -> &'static str {
-        match *self {}
+        self.info().name
     }
 
-    /// Builds the reducer for a run keeping `keep` image tokens (layer-averaged for methods
-    /// that prune at several layers).
-    pub fn build(&self, _keep: usize, _ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
-        match *self {}
-    }
-
-    /// Sets one parameter from text (`--param k=v`).
-    pub fn set_param(&mut self, _key: &str, _value: &str) -> Result<()> {
-        match *self {}
-    }
-
-    /// Sets the method's main decoder layer.
-    pub fn set_layer(&mut self, _layer: usize) {
-        match *self {}
+    /// Builds the reducer for a run keeping `keep` image tokens: the image rows left after the
+    /// site for FastV, text-guided and MMTok; the layer-averaged image-row count for SparseVLM
+    /// (see [`LlmReducerConfig::layer_averaged`] for what it achieves when `keep` is too small);
+    /// ToDRE's stage 1 count (stage 2 may drop the rest later). `keep == num_image_tokens` gives
+    /// identity plans at every site.
+    pub fn build(&self, keep: usize, ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
+        if keep > ctx.num_image_tokens {
+            return Err(Error::Config {
+                field: "budget",
+                reason: format!("keep {keep} of {} image tokens", ctx.num_image_tokens),
+            });
+        }
+        Ok(match self {
+            LlmReducerConfig::Fastv(c) => Box::new(fastv::Fastv::new(c, keep, ctx)?),
+            LlmReducerConfig::TextGuided(c) => Box::new(text_guided::TextGuided::new(c, keep)?),
+            LlmReducerConfig::Sparsevlm(c) => Box::new(sparsevlm::Sparsevlm::new(c, keep, ctx)?),
+            LlmReducerConfig::Mmtok(c) => Box::new(mmtok::Mmtok::new(c, keep)?),
+            LlmReducerConfig::Todre(c) => Box::new(todre::Todre::new(c, keep, ctx)?),
+        })
     }
 
     /// The default config of the method called `name`.
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::defaults()
-            .into_iter()
-            .find(|c| c.name() == name)
-            .ok_or_else(|| Error::Config { field: "reducer", reason: format!("unknown language-side method `{name}`") })
+        Self::defaults().into_iter().find(|c| c.name() == name).ok_or_else(|| Error::Config {
+            field: "reducer",
+            reason: format!(
+                "unknown language-side method `{name}`; choose one of {}",
+                Self::defaults().iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    /// Sets one parameter from text (`--param k=v`): the value is read as JSON, else as a
+    /// string, and the config is re-validated, so a typo or a wrong type is an error.
+    pub fn set_param(&mut self, key: &str, value: &str) -> Result<()> {
+        let mut json = serde_json::to_value(&*self).expect("configs serialise");
+        let parsed = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.into()));
+        let obj = json.as_object_mut().expect("configs are JSON objects");
+        if key == "method" || !obj.contains_key(key) {
+            let known: Vec<&str> = obj.keys().map(String::as_str).filter(|k| *k != "method").collect();
+            return Err(Error::Config {
+                field: "param",
+                reason: format!("{} has no parameter `{key}`; it has: {}", self.name(), known.join(", ")),
+            });
+        }
+        obj.insert(key.into(), parsed);
+        *self = serde_json::from_value(json)
+            .map_err(|e| Error::Config { field: "param", reason: format!("{key}={value}: {e}") })?;
+        Ok(())
+    }
+
+    /// The method's main decoder layer (what the layer slider moves), if it has one: FastV's K
+    /// (it prunes after layer K - 1), SparseVLM's first site, ToDRE's `start_layer`.
+    pub fn layer(&self, num_layers: usize) -> Option<usize> {
+        match self {
+            LlmReducerConfig::Fastv(c) => Some(c.layer),
+            LlmReducerConfig::Sparsevlm(c) => c.layers_for(num_layers).first().copied(),
+            LlmReducerConfig::Todre(c) => Some(c.start(num_layers)),
+            LlmReducerConfig::TextGuided(_) | LlmReducerConfig::Mmtok(_) => None,
+        }
+    }
+
+    pub fn has_layer(&self) -> bool {
+        !matches!(self, LlmReducerConfig::TextGuided(_) | LlmReducerConfig::Mmtok(_))
+    }
+
+    /// Moves the main layer (see [`LlmReducerConfig::layer`]). SparseVLM shifts its whole
+    /// schedule (its default one for `num_layers` when none is set) so that it starts at `layer`,
+    /// keeping the gaps and dropping sites past `num_layers - 2`.
+    pub fn set_layer(&mut self, layer: usize, num_layers: usize) {
+        match self {
+            LlmReducerConfig::Fastv(c) => c.layer = layer,
+            LlmReducerConfig::Sparsevlm(c) => c.shift_to(layer, num_layers),
+            LlmReducerConfig::Todre(c) => c.start_layer = Some(layer),
+            LlmReducerConfig::TextGuided(_) | LlmReducerConfig::Mmtok(_) => {}
+        }
+    }
+
+    /// Where the method acts, in forward order (its first site is its stage).
+    pub fn sites(&self, ctx: &LlmContext) -> Result<Vec<LlmSite>> {
+        Ok(self.build(ctx.num_image_tokens, ctx)?.sites())
+    }
+
+    /// The stage of the method's first action, in the shared vocabulary (`pre_llm` or `llm(k)`).
+    pub fn stage(&self, ctx: &LlmContext) -> Result<Stage> {
+        Ok(match self.sites(ctx)?.first() {
+            Some(LlmSite::AfterLayer(k)) => Stage::Llm(*k),
+            _ => Stage::PreLlm,
+        })
+    }
+
+    /// The layer-averaged image-row count a run keeping `keep` will have (an upper bound for
+    /// ToDRE, whose stage 2 depends on the data); see [`layer_averaged_rows`].
+    pub fn layer_averaged(&self, keep: usize, ctx: &LlmContext) -> Result<f64> {
+        let schedule = self.build(keep, ctx)?.schedule();
+        Ok(layer_averaged_rows(ctx.num_layers, ctx.num_image_tokens, &schedule))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_distinct_from_vision_side_and_round_trip() {
+        let all = LlmReducerConfig::defaults();
+        let vision: Vec<&str> = crate::reduce::ReducerConfig::defaults().iter().map(|c| c.name()).collect();
+        let mut names: Vec<_> = all.iter().map(|c| c.name()).collect();
+        for c in &all {
+            assert_eq!(&LlmReducerConfig::from_name(c.name()).unwrap(), c);
+            let json = serde_json::to_string(c).unwrap();
+            assert!(json.contains(&format!("\"method\":\"{}\"", c.name())), "{json}");
+            assert_eq!(&serde_json::from_str::<LlmReducerConfig>(&json).unwrap(), c, "{json}");
+            assert!(!vision.contains(&c.name()), "{} is also a vision-side name", c.name());
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
+        assert!(LlmReducerConfig::from_name("tome").is_err());
+        assert!(serde_json::from_str::<LlmReducerConfig>(r#"{"method":"fastv","layr":2}"#).is_err());
+    }
+
+    #[test]
+    fn params_are_checked() {
+        let mut c = LlmReducerConfig::from_name("fastv").unwrap();
+        c.set_param("layer", "5").unwrap();
+        assert_eq!(c.layer(32), Some(5));
+        c.set_param("query", "text").unwrap();
+        assert!(serde_json::to_string(&c).unwrap().contains(r#""query":"text""#));
+        assert!(c.set_param("query", "everything").is_err());
+        assert!(c.set_param("layr", "5").unwrap_err().to_string().contains("no parameter `layr`"));
+        let mut m = LlmReducerConfig::from_name("mmtok").unwrap();
+        m.set_param("lambda", "0.25").unwrap();
+        assert_eq!(m, LlmReducerConfig::Mmtok(mmtok::MmtokConfig { lambda: 0.25 }));
+        assert_eq!(m.layer(32), None);
+    }
+
+    #[test]
+    fn layers_move() {
+        let ctx = LlmContext { num_layers: 32, num_image_tokens: 576, grid: (24, 24) };
+        let mut s = LlmReducerConfig::from_name("sparsevlm").unwrap();
+        assert_eq!(s.layer(32), Some(2));
+        s.set_layer(4, 32);
+        assert_eq!(s.sites(&ctx).unwrap(), [LlmSite::AfterLayer(4), LlmSite::AfterLayer(8), LlmSite::AfterLayer(17)]);
+        let mut f = LlmReducerConfig::from_name("fastv").unwrap();
+        assert_eq!(f.sites(&ctx).unwrap(), [LlmSite::AfterLayer(1)]);
+        f.set_layer(3, 32);
+        assert_eq!(f.sites(&ctx).unwrap(), [LlmSite::AfterLayer(2)]);
+        let mut t = LlmReducerConfig::from_name("todre").unwrap();
+        t.set_layer(30, 32);
+        assert_eq!(t.sites(&ctx).unwrap(), [LlmSite::PreLlm, LlmSite::AfterLayer(30)]);
+        assert_eq!(LlmReducerConfig::from_name("mmtok").unwrap().sites(&ctx).unwrap(), [LlmSite::PreLlm]);
+        assert_eq!(f.stage(&ctx).unwrap(), Stage::Llm(2));
+        assert_eq!(t.stage(&ctx).unwrap(), Stage::PreLlm);
+        assert_eq!(s.stage(&ctx).unwrap(), Stage::Llm(4));
+        // Out of range: a clear error.
+        f.set_layer(33, 32);
+        assert!(f.stage(&ctx).unwrap_err().to_string().contains("1..=32"));
+    }
+
+    #[test]
+    fn layer_average_by_hand() {
+        // 4 layers, 10 rows; 6 after layer 0, 2 after layer 2: (10 + 6 + 6 + 2) / 4 = 6.
+        let s = [(LlmSite::AfterLayer(0), 6), (LlmSite::AfterLayer(2), 2)];
+        assert_eq!(layer_averaged_rows(4, 10, &s), 6.0);
+        assert_eq!(layer_averaged_rows(4, 10, &[(LlmSite::PreLlm, 3)]), 3.0);
+        assert_eq!(layer_averaged_rows(4, 10, &[]), 10.0);
+        // After the last layer: nothing follows.
+        assert_eq!(layer_averaged_rows(4, 10, &[(LlmSite::AfterLayer(3), 0)]), 10.0);
     }
 }
