@@ -159,9 +159,9 @@ impl LlmReducerConfig {
 
     /// The default config of the method called `name`.
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::defaults().into_iter().find(|c| c.name() == name).ok_or_else(|| Error::Config {
-            field: "reducer",
-            reason: format!("unknown language-side method `{name}`"),
-        })
+        Self::defaults()
+            .into_iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| Error::Config { field: "reducer", reason: format!("unknown language-side method `{name}`") })
     }
 }
