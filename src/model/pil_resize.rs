@@ -71,14 +71,16 @@ fn coefficients(len_in: usize, len_out: usize, filter: Filter) -> Vec<(usize, Ve
     let scale = len_in as f64 / len_out as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
+    // Pillow multiplies by the reciprocal (`ss` in `precompute_coeffs`); dividing can differ in
+    // the last bit.
+    let ss = 1.0 / filterscale;
     (0..len_out)
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
             // C's (int) truncates toward zero; negative values are clamped to 0 anyway.
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = (((center + support + 0.5) as i64).min(len_in as i64) as usize).saturating_sub(xmin);
-            let w: Vec<f64> =
-                (0..xmax).map(|x| filter.weight((x as f64 + xmin as f64 - center + 0.5) / filterscale)).collect();
+            let w: Vec<f64> = (0..xmax).map(|x| filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
             let total: f64 = w.iter().sum();
             let fixed = w
                 .iter()
