@@ -209,17 +209,22 @@ impl Idefics3 {
                 ),
             ));
         }
-        let (processor_path, processor) = read_image_processor(dir)?;
-        // `image_seq_len` sits next to the image processor in processor_config.json.
-        let outer = std::fs::read_to_string(&processor_path)
+        // `image_seq_len` is the processor's (processor_config.json, next to or around the image
+        // processor's settings); folders with a flat preprocessor_config.json may repeat it there.
+        let processor_path = dir.join("processor_config.json");
+        let processor: serde_json::Value = std::fs::read_to_string(&processor_path)
             .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
-        if let Some(n) = outer["image_seq_len"].as_u64().or_else(|| processor["image_seq_len"].as_u64())
+        let (image_path, image_json) = read_image_processor(dir)?;
+        let stated = [(&processor_path, &processor), (&image_path, &image_json)]
+            .into_iter()
+            .find_map(|(path, json)| json["image_seq_len"].as_u64().map(|n| (path, n)));
+        if let Some((path, n)) = stated
             && n as usize != image_seq_len
         {
             return Err(bad(
-                &processor_path,
+                path,
                 format!("image_seq_len {n} does not match the {image_seq_len} tokens the connector makes per tile"),
             ));
         }
