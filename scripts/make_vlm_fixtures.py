@@ -6,6 +6,7 @@ Writes tests/fixtures/vlm/<name>/ (see tests/fixtures/vlm/README.md for the layo
     llama     LlamaForCausalLM (GQA 4 query / 2 KV heads)       + byte-level BPE tokenizer
     idefics3  Idefics3ForConditionalGeneration (SmolVLM layout:  + Idefics3Processor (no image splitting)
               SigLIP vision, pixel-shuffle connector, Llama LM)
+    idefics3_split  the same with 32x32 tiles and image splitting  + Idefics3Processor (2x2 tiles + global)
     llava     LlavaForConditionalGeneration (CLIP vision,        + LlavaProcessor
               layer -2, drop CLS, 2-layer GELU MLP, Llama LM)
     fastv     (no model) the FastV image-token selection at K=2, keep 50 %, on the llava fixture
@@ -827,6 +828,192 @@ def make_idefics3(seed):
 
 
 # ----------------------------------------------------------------------------
+# Idefics3 with image splitting (SmolVLM's tiles)
+
+SPLIT_TILE = 32  # vision image_size = max_image_size; patch 8 -> 4x4 grid -> 2x2 = 4 image tokens per tile
+SPLIT_LONGEST = 64  # size.longest_edge: 451x300 -> 64x42 -> 64x64 -> 2x2 tiles + the global image
+# Synthetic images (pattern_image) at extreme sizes, for the resize/split path only.
+SPLIT_EXTREMES = [(1, 1), (3, 3), (4000, 1), (1, 4000), (4000, 3), (5, 4000), (33, 32), (32, 32), (97, 31)]
+
+
+def pattern_image(w, h):
+    """RGB pixel (x, y) = ((7x + 13y) % 256, 3x % 256, 5y % 256): easy to rebuild in a test."""
+    y, x = np.mgrid[0:h, 0:w]
+    a = np.stack([(x * 7 + y * 13) % 256, (x * 3) % 256, (y * 5) % 256], -1).astype(np.uint8)
+    return Image.fromarray(a, "RGB")
+
+
+def make_idefics3_split(seed):
+    import hashlib
+
+    from transformers import AutoProcessor, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    folder = reset("idefics3_split")
+    row_col = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+    extra = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] + row_col
+    tok, vocab_size, sp = make_tokenizer(folder, extra_special=extra, chat_template=IDEFICS3_CHAT_TEMPLATE,
+                                         model_max_length=128)
+    grid = SPLIT_TILE // 8
+    g2 = grid // IDEFICS3_SCALE
+    image_seq_len = g2 * g2
+    config = Idefics3Config(
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_channels=3,
+            image_size=SPLIT_TILE, patch_size=8, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
+        ),
+        text_config=text_config_dict(vocab_size, sp),
+        scale_factor=IDEFICS3_SCALE, image_token_id=sp["<image>"], tie_word_embeddings=False,
+        pad_token_id=sp["<pad>"],
+    )
+    model = build(Idefics3ForConditionalGeneration, config, seed)
+    model.generation_config.do_sample = False
+    save_model(model, folder)
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=True, size={"longest_edge": SPLIT_LONGEST}, max_image_size={"longest_edge": SPLIT_TILE},
+    )
+    proc = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=image_seq_len,
+                             chat_template=IDEFICS3_CHAT_TEMPLATE)
+    proc.save_pretrained(folder)
+
+    check_tokenizer(folder, ["a\n\nb\n"])
+    proc2 = AutoProcessor.from_pretrained(folder)
+    assert type(proc2).__name__ == "Idefics3Processor", type(proc2)
+    assert type(proc2.image_processor).__name__.endswith("Pil"), type(proc2.image_processor)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": VLM_QUESTION}]}]
+    prompt = proc2.apply_chat_template(messages, add_generation_prompt=True)
+    img = load_image()
+    inputs = proc2(text=prompt, images=[img], return_tensors="pt")
+    inputs_mem = proc(text=prompt, images=[img], return_tensors="pt")
+    for k in inputs:
+        assert torch.equal(inputs[k], inputs_mem[k]), k
+    inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")}
+    info = proc2.image_processor(images=img, return_tensors="np", return_row_col_info=True)
+    rows, cols = int(info["rows"][0][0]), int(info["cols"][0][0])
+    assert rows * cols > 1, (rows, cols)
+    tiles = rows * cols + 1
+    pv = inputs["pixel_values"]
+    assert pv.shape == (1, tiles, 3, SPLIT_TILE, SPLIT_TILE), pv.shape
+    assert bool(inputs["pixel_attention_mask"].all())
+    # the uint8 tiles are exactly round(pv * 127.5 + 127.5) (mean = std = 0.5)
+    raw = proc2.image_processor(images=img, do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"]
+    raw = np.asarray(raw)[0]
+    assert np.array_equal(np.round(pv[0].numpy().astype(np.float64) * 127.5 + 127.5), raw)
+    check_pixels(proc2.image_processor, img, pv)
+    input_ids = inputs["input_ids"]
+    n = input_ids.shape[1]
+    image_pos = (input_ids[0] == sp["<image>"]).nonzero()[:, 0]
+    assert len(image_pos) == image_seq_len * tiles
+    rs = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert rs.encode(proc2.tokenizer.decode(input_ids[0, 1:])).ids == input_ids[0].tolist(), "tokenizer.json ids"
+    from transformers.models.idefics3.image_processing_pil_idefics3 import get_resize_output_image_size
+
+    mid = get_resize_output_image_size(np.zeros((3, img.height, img.width)), resolution_max_side=SPLIT_LONGEST)
+
+    def run(m):
+        with torch.no_grad():
+            feats = m.model.get_image_features(
+                pixel_values=pv, pixel_attention_mask=inputs["pixel_attention_mask"],
+            )
+            o = m(**inputs)
+        return feats, o, vlm_generate(m, inputs)
+
+    feats, o, gen = run(model)
+    reloaded = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="eager").eval()
+    assert type(reloaded) is Idefics3ForConditionalGeneration
+    feats2, o2, gen2 = run(reloaded)
+    assert_same(o.logits, o2.logits, "logits")
+    assert_same(feats.pooler_output, feats2.pooler_output, "image features")
+    assert_same(gen.sequences, gen2.sequences, "generate")
+    image_features = torch.cat([t.reshape(-1, 32) for t in feats.pooler_output])
+    assert image_features.shape == (image_seq_len * tiles, 32)
+    # tile by tile (batch 1 each) gives the same features as the batched call
+    with torch.no_grad():
+        for t in range(tiles):
+            one = model.model.get_image_features(pixel_values=pv[:, t : t + 1]).pooler_output[0].reshape(-1, 32)
+            assert torch.allclose(one, image_features[t * image_seq_len : (t + 1) * image_seq_len], atol=1e-6)
+    new_ids, margins = check_generation(model, inputs, gen, n)
+
+    extremes = []
+    for w, h in SPLIT_EXTREMES:
+        for split in (True, False):
+            e = proc2.image_processor(images=pattern_image(w, h), do_image_splitting=split, do_rescale=False,
+                                      do_normalize=False, return_tensors="np", return_row_col_info=True)
+            u8 = np.asarray(e["pixel_values"])[0]
+            assert np.all(u8 == np.round(u8))
+            hwc = u8.astype(np.uint8).transpose(0, 2, 3, 1)  # tiles, h, w, 3
+            extremes.append({
+                "width": w, "height": h, "split": split, "rows": int(e["rows"][0][0]), "cols": int(e["cols"][0][0]),
+                "tiles": int(hwc.shape[0]),
+                "sha256_u8_hwc": [hashlib.sha256(t.tobytes()).hexdigest() for t in hwc],
+            })
+
+    ref = {
+        "meta": {
+            "model_class": "Idefics3ForConditionalGeneration",
+            "seed": seed,
+            "config": {
+                "image_token_id": config.image_token_id, "scale_factor": config.scale_factor,
+                "tie_word_embeddings": config.tie_word_embeddings,
+                "vision_config": sub_config(config.vision_config, VISION_CONFIG_KEYS),
+                "text_config": sub_config(config.text_config, LM_CONFIG_KEYS),
+            },
+            "processor": {
+                "class": "Idefics3Processor", "image_seq_len": image_seq_len,
+                "image_processor": processor_summary(proc2.image_processor),
+                "resize": f"PIL LANCZOS: longest edge to {SPLIT_LONGEST} keeping aspect ({img.width}x{img.height} -> "
+                f"{mid[1]}x{mid[0]} (w x h)), then resize_for_vision_encoder: each side up to a multiple of "
+                f"{SPLIT_TILE} (-> {cols * SPLIT_TILE}x{rows * SPLIT_TILE}), cut into {rows}x{cols} tiles of "
+                f"{SPLIT_TILE}x{SPLIT_TILE} (row-major), then the global image = that resized image resized to "
+                f"{SPLIT_TILE}x{SPLIT_TILE}, LAST; x/255, (x - 0.5) / 0.5.",
+                "image_expansion": "<image> -> for each row r, each col c: <fake_token_around_image><row_r_col_c>"
+                "<image> x image_seq_len; then '\\n' after each row; then '\\n<fake_token_around_image><global-img>"
+                "<image> x image_seq_len<fake_token_around_image>'",
+            },
+            "tokenizer": {
+                "class": "PreTrainedTokenizerFast", "vocab_size": vocab_size, "special_tokens": sp,
+                "add_special_tokens": "prepends <|begin_of_text|>",
+            },
+            "chat_template": IDEFICS3_CHAT_TEMPLATE,
+            "messages": messages,
+            "image_token_positions": image_pos.tolist(),
+            "notes": [
+                "Same architecture as ../idefics3 with a 32x32 tile (4x4 patches, 4 image tokens per tile), 36 "
+                "<row_r_col_c> special tokens (ids after <end_of_utterance>) and do_image_splitting true.",
+                "Each tile (the global image too) runs through the vision tower and connector on its own; "
+                "image_features are the tiles' tokens in tile order (row-major tiles, global last); they replace "
+                "the <image> embeddings in order.",
+                "extreme_sizes: pattern_image(w, h) (pixel (x, y) = ((7x + 13y) % 256, 3x % 256, 5y % 256)) "
+                "through this image processor with and without splitting, do_rescale/do_normalize off: rows, cols "
+                "and the sha256 of each uint8 tile in HWC order.",
+                "For size: pixel_values_u8 (tiles, 3, 32, 32) holds the uint8 tiles (transformers' pixel_values "
+                "with do_rescale/do_normalize off); pixel_values = (float32(u8 * rescale_factor) - 0.5) / 0.5 "
+                "bit-exactly (checked), i.e. round(pixel_values * 127.5 + 127.5) = u8; pixel_values_tile0 is the "
+                "float pixel_values of tile 0 as transformers returns them. Logits only (no hidden states or "
+                "attentions); generate: greedy ids only.",
+            ],
+        },
+        "prompt": prompt,
+        "prompt_expanded": tok.decode(input_ids[0]),
+        "rows": rows,
+        "cols": cols,
+        "resized_size": [mid[1], mid[0]],
+        "pixel_values_u8": arr(raw.astype(np.uint8)),
+        "pixel_values_tile0": arr(pv[0, 0]),
+        "input_ids": arr(input_ids),
+        "image_features": arr(image_features),
+        "logits": arr(o.logits),
+        "generate": {
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "generated_ids": arr(new_ids),
+            "greedy_margins": [r7(m) for m in margins],
+        },
+        "extreme_sizes": extremes,
+    }
+    finish(folder, ref, "Idefics3ForConditionalGeneration")
+
+
+# ----------------------------------------------------------------------------
 # LLaVA
 
 LLAVA_CHAT_TEMPLATE = (
@@ -1115,6 +1302,7 @@ def folder_size(p):
 MAKERS = {
     "llama": (make_llama, 5001),
     "idefics3": (make_idefics3, 6001),
+    "idefics3_split": (make_idefics3_split, 6501),
     "llava": (make_llava, 7001),
     "fastv": (lambda seed: make_fastv(), 0),  # reads ../llava: run after it
 }

@@ -9,6 +9,7 @@ use candle_core::{Device, IndexOp, Tensor};
 use common::{fixture, json_ints, json_tensor, max_diff};
 use serde_json::Value;
 use tokenlens::Cancel;
+use tokenlens::model::chat::{ChatTemplate, encode_prompt, load_tokenizer};
 use tokenlens::model::llama::KvCache;
 use tokenlens::model::llava::Llava;
 
@@ -144,4 +145,74 @@ fn a_config_that_does_not_match_the_weights_is_a_clear_error() {
     std::fs::write(dir.path().join("model.safetensors"), b"truncated").unwrap();
     let err = Llava::load(dir.path()).err().unwrap().to_string();
     assert!(err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn the_rendered_and_expanded_chat_prompt_gives_the_reference_ids() {
+    let (model, r) = load();
+    let dir = fixture("vlm/llava");
+    let prompt = ChatTemplate::load(&dir).unwrap().unwrap().render_image_question("what is in the image?").unwrap();
+    assert_eq!(prompt, r["prompt"].as_str().unwrap());
+    assert_eq!(model.image_seq_len, 16);
+    let expanded = model.expand_image(&prompt);
+    assert_eq!(r["prompt_expanded"].as_str().unwrap().strip_prefix("<|begin_of_text|>"), Some(expanded.as_str()));
+    let ids = encode_prompt(&load_tokenizer(&dir).unwrap(), &expanded).unwrap();
+    assert_eq!(ids, json_ints(&r["input_ids"]));
+}
+
+/// The fixture's weights renamed into transformers 5's module tree (`model.language_model.*`,
+/// `lm_head`, `model.vision_tower[.vision_model].*`, `model.multi_modal_projector.*`).
+fn module_tree_copy(vision_model_level: bool) -> tempfile::TempDir {
+    let dir = common::copy_fixture("vlm/llava");
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tower = if vision_model_level { "model.vision_tower.vision_model." } else { "model.vision_tower." };
+    let renamed: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let new = if let Some(rest) = name.strip_prefix("language_model.model.") {
+                format!("model.language_model.{rest}")
+            } else if name == "language_model.lm_head.weight" {
+                "lm_head.weight".to_string()
+            } else if let Some(rest) = name.strip_prefix("vision_tower.") {
+                format!("{tower}{rest}")
+            } else if let Some(rest) = name.strip_prefix("multi_modal_projector.") {
+                format!("model.multi_modal_projector.{rest}")
+            } else {
+                panic!("unexpected weight {name}")
+            };
+            (new, view)
+        })
+        .collect();
+    let out = safetensors::serialize(renamed, None).unwrap();
+    std::fs::write(&path, out).unwrap();
+    dir
+}
+
+#[test]
+fn module_tree_weight_names_load_and_give_the_same_logits() {
+    let r = reference("llava");
+    for level in [false, true] {
+        let dir = module_tree_copy(level);
+        let model = Llava::load(dir.path()).unwrap();
+        let ids = json_ints(&r["input_ids"]);
+        let embeds = model.merge(&ids, &image_tokens(&model)).unwrap();
+        let positions: Vec<u32> = (0..ids.len() as u32).collect();
+        let (hidden, _) = model.lm.forward(&embeds, &positions, &mut KvCache::default(), &[], false).unwrap();
+        let d = max_diff(&model.lm.logits(&hidden).unwrap(), &json_tensor(&r["logits"]));
+        assert!(d < 1e-4, "logits differ by {d} (vision_model level: {level})");
+    }
+}
+
+#[test]
+fn tiny_empty_and_extreme_images_do_not_panic() {
+    let (model, _) = load();
+    let err = model.preprocessor.resize_and_crop(&image::RgbImage::new(0, 3)).unwrap_err().to_string();
+    assert!(err.contains("0x3"), "{err}");
+    for (w, h) in [(1, 1), (4000, 1), (1, 4000), (3, 2)] {
+        let img = model.preprocessor.resize_and_crop(&image::RgbImage::new(w, h)).unwrap();
+        assert_eq!(img.dimensions(), (32, 32), "{w}x{h}");
+    }
 }

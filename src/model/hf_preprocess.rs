@@ -137,8 +137,12 @@ impl HfPreprocessor {
         [left as f32 / sx, top as f32 / sy, (left + cw) as f32 / sx, (top + ch) as f32 / sy]
     }
 
-    /// The 8-bit image after resize and crop.
+    /// The 8-bit image after resize and crop; an empty image is an error.
     pub fn resize_and_crop(&self, photo: &RgbImage) -> Result<RgbImage> {
+        if photo.width() == 0 || photo.height() == 0 {
+            let (w, h) = photo.dimensions();
+            return Err(Error::Config { field: "image", reason: format!("the image is {w}x{h} pixels") });
+        }
         let (ow, oh) = self.resized_size(photo.width(), photo.height());
         let mut img = match self.resize {
             Some((_, filter)) => resize(photo, ow, oh, filter),

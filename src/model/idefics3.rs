@@ -2,7 +2,9 @@
 //! `Idefics3ForConditionalGeneration`): a SigLIP tower, a pixel-shuffle connector that folds
 //! each `s`x`s` block of patches into one token, and a Llama decoder.
 //!
-//! Image splitting (SmolVLM's tiles) is not read yet: one global image per prompt.
+//! Images are read as one global square, or (SmolVLM's image splitting) as a grid of square
+//! tiles followed by the global square, each tile through the tower and connector on its own;
+//! the prompt then spells the tiles out (`<row_r_col_c>` markers), as `Idefics3Processor` does.
 
 use std::path::Path;
 
@@ -17,31 +19,57 @@ use super::pil_resize::{Filter, resize};
 use super::vit::VisionTransformer;
 use crate::{Cancel, Error, Result};
 
-/// `Idefics3ImageProcessor` without splitting: the longest edge to `longest_edge` (aspect
-/// kept), then a square of `max_edge` (aspect not kept), rescaled to [-1, 1] by mean/std.
+/// transformers' `MAX_IMAGE_SIZE`: the first resize never makes a side longer than this.
+const MAX_IMAGE_SIZE: u32 = 4096;
+
+/// `Idefics3ImageProcessor` (Pillow backend): the longest edge to `longest_edge` (aspect kept),
+/// then either a square of `max_edge` (aspect not kept), or, with image splitting, each side up
+/// to a multiple of `max_edge`, cut into `max_edge` tiles, plus the whole resized to the square;
+/// rescaled to [-1, 1] by mean/std.
 #[derive(Debug, Clone)]
 pub struct Idefics3Preprocessor {
     pub longest_edge: u32,
     pub max_edge: u32,
+    /// `do_image_splitting` in the folder: what the model was trained with. Callers choose per
+    /// image ([`Idefics3Preprocessor::tiles`]); this is only the folder's default.
+    pub split: bool,
     filter: Filter,
     rescale: f64,
     mean: [f32; 3],
     std: [f32; 3],
 }
 
+/// The square images the tower sees for one photo, in the order transformers feeds them: the
+/// `rows` x `cols` tiles row by row, then the global image; without splitting (`rows == cols
+/// == 0`), the global image alone.
+#[derive(Debug, Clone)]
+pub struct Tiles {
+    pub images: Vec<RgbImage>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Tiles {
+    /// Whether the photo was split (transformers' `rows == cols == 0` means it was not).
+    pub fn is_split(&self) -> bool {
+        self.rows * self.cols > 0
+    }
+}
+
 impl Idefics3Preprocessor {
     fn from_json(json: &serde_json::Value) -> std::result::Result<Self, String> {
-        let edge = |key: &str| {
-            json[key]["longest_edge"].as_u64().map(|e| e as u32).ok_or_else(|| format!("no {key}.longest_edge"))
+        let edge = |key: &str| match json[key]["longest_edge"].as_u64() {
+            Some(0) => Err(format!("{key}.longest_edge is 0")),
+            Some(e) => Ok(e as u32),
+            None => Err(format!("no {key}.longest_edge")),
         };
-        if json["do_image_splitting"].as_bool() == Some(true) {
-            return Err("do_image_splitting is not supported yet".into());
-        }
         let resample = json["resample"].as_u64().unwrap_or(1);
         let triple = |key: &str| -> [f32; 3] { serde_json::from_value(json[key].clone()).unwrap_or([0.5; 3]) };
         Ok(Self {
             longest_edge: edge("size")?,
             max_edge: edge("max_image_size")?,
+            // transformers' default is true.
+            split: json["do_image_splitting"].as_bool().unwrap_or(true),
             filter: Filter::from_pil(resample).ok_or_else(|| format!("resample {resample} is not supported"))?,
             rescale: json["rescale_factor"].as_f64().unwrap_or(1.0 / 255.0),
             mean: triple("image_mean"),
@@ -49,25 +77,91 @@ impl Idefics3Preprocessor {
         })
     }
 
-    /// The 8-bit square the tower sees.
-    pub fn resize(&self, photo: &RgbImage) -> RgbImage {
-        let (w, h) = photo.dimensions();
+    /// The size `(w, h)` after the first resize: transformers' `get_resize_output_image_size`
+    /// (the longest edge to `longest_edge`, the other truncated then rounded up to even, at
+    /// least 1; then both kept within 4096).
+    pub fn resized_size(&self, w: u32, h: u32) -> (u32, u32) {
+        let (fw, fh) = (f64::from(w), f64::from(h));
         let edge = self.longest_edge;
-        // transformers' `_resize_output_size_rescale_to_max_len`: the short side truncated, then
-        // rounded up to even.
         let even = |v: u32| (v + v % 2).max(1);
-        let (ow, oh) = if w >= h {
-            (edge, even((f64::from(edge) / (f64::from(w) / f64::from(h))) as u32))
+        let (w1, h1) = if w >= h {
+            (edge, even((f64::from(edge) / (fw / fh)) as u32))
         } else {
-            (even((f64::from(edge) * (f64::from(w) / f64::from(h))) as u32), edge)
+            (even((f64::from(edge) * (fw / fh)) as u32), edge)
         };
+        // `_resize_output_size_scale_below_upper_bound`
+        let aspect = f64::from(w1) / f64::from(h1);
+        let (w2, h2) = if w1 >= h1 && w1 > MAX_IMAGE_SIZE {
+            (MAX_IMAGE_SIZE, (f64::from(MAX_IMAGE_SIZE) / aspect) as u32)
+        } else if h1 > w1 && h1 > MAX_IMAGE_SIZE {
+            ((f64::from(MAX_IMAGE_SIZE) * aspect) as u32, MAX_IMAGE_SIZE)
+        } else {
+            (w1, h1)
+        };
+        (w2.max(1), h2.max(1))
+    }
+
+    /// The 8-bit square the tower sees without splitting.
+    pub fn resize(&self, photo: &RgbImage) -> RgbImage {
+        let (ow, oh) = self.resized_size(photo.width(), photo.height());
         let first = resize(photo, ow, oh, self.filter);
         resize(&first, self.max_edge, self.max_edge, self.filter)
+    }
+
+    /// The squares the tower sees, with (`split`) or without image splitting, exactly as
+    /// `Idefics3ImageProcessor` (Pillow backend) makes them. An empty image is an error.
+    pub fn tiles(&self, photo: &RgbImage, split: bool) -> Result<Tiles> {
+        let (w, h) = photo.dimensions();
+        if w == 0 || h == 0 {
+            return Err(Error::Config { field: "image", reason: format!("the image is {w}x{h} pixels") });
+        }
+        if !split {
+            return Ok(Tiles { images: vec![self.resize(photo)], rows: 0, cols: 0 });
+        }
+        let (ow, oh) = self.resized_size(w, h);
+        let first = resize(photo, ow, oh, self.filter);
+        // `resize_for_vision_encoder`: the long side up to a multiple of the tile, the other
+        // side from the aspect ratio (truncated), then up to a multiple too.
+        let m = self.max_edge;
+        let up = |v: u32| v.div_ceil(m) * m;
+        let aspect = f64::from(ow) / f64::from(oh);
+        let (tw, th) = if ow >= oh {
+            let tw = up(ow);
+            (tw, up((f64::from(tw) / aspect) as u32))
+        } else {
+            let th = up(oh);
+            (up((f64::from(th) * aspect) as u32), th)
+        };
+        if tw == 0 || th == 0 {
+            return Err(Error::Config {
+                field: "image",
+                reason: format!("a {w}x{h} image cannot be split into {m}x{m} tiles (it would be {tw}x{th})"),
+            });
+        }
+        let grid = resize(&first, tw, th, self.filter);
+        if tw <= m && th <= m {
+            // One tile: transformers feeds it as it is, as an unsplit image.
+            return Ok(Tiles { images: vec![grid], rows: 0, cols: 0 });
+        }
+        let (rows, cols) = ((th - m) / m + 1, (tw - m) / m + 1);
+        let mut images = Vec::with_capacity((rows * cols + 1) as usize);
+        for r in 0..rows {
+            for c in 0..cols {
+                images.push(image::imageops::crop_imm(&grid, c * m, r * m, m, m).to_image());
+            }
+        }
+        images.push(resize(&grid, m, m, self.filter));
+        Ok(Tiles { images, rows: rows as usize, cols: cols as usize })
     }
 
     /// `[1, 3, h, w]` pixel values.
     pub fn pixels(&self, img: &RgbImage, device: &Device) -> Result<Tensor> {
         to_pixels(img, Some(self.rescale), Some((self.mean, self.std)), device)
+    }
+
+    /// `[1, 3, h, w]` pixel values of each tile, in order.
+    pub fn tile_pixels(&self, tiles: &Tiles, device: &Device) -> Result<Vec<Tensor>> {
+        tiles.images.iter().map(|img| self.pixels(img, device)).collect()
     }
 }
 
@@ -78,6 +172,8 @@ pub struct Idefics3 {
     pub lm: Llama,
     pub image_token: u32,
     pub preprocessor: Idefics3Preprocessor,
+    /// `<image>` tokens per tile: `(image_size / patch_size / scale_factor)²`.
+    pub image_seq_len: usize,
 }
 
 impl Idefics3 {
@@ -103,6 +199,35 @@ impl Idefics3 {
         let image_token =
             json["image_token_id"].as_u64().ok_or_else(|| bad(&config_path, "no image_token_id".into()))? as u32;
         let preprocessor = Self::read_preprocessor(dir)?;
+        let image_seq_len = (grid / scale_factor) * (grid / scale_factor);
+        if preprocessor.max_edge as usize != vision_cfg.image_size {
+            return Err(bad(
+                &config_path,
+                format!(
+                    "the image processor's max_image_size {} is not the vision tower's image_size {}",
+                    preprocessor.max_edge, vision_cfg.image_size
+                ),
+            ));
+        }
+        // `image_seq_len` is the processor's (processor_config.json, next to or around the image
+        // processor's settings); folders with a flat preprocessor_config.json may repeat it there.
+        let processor_path = dir.join("processor_config.json");
+        let processor: serde_json::Value = std::fs::read_to_string(&processor_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let (image_path, image_json) = read_image_processor(dir)?;
+        let stated = [(&processor_path, &processor), (&image_path, &image_json)]
+            .into_iter()
+            .find_map(|(path, json)| json["image_seq_len"].as_u64().map(|n| (path, n)));
+        if let Some((path, n)) = stated
+            && n as usize != image_seq_len
+        {
+            return Err(bad(
+                path,
+                format!("image_seq_len {n} does not match the {image_seq_len} tokens the connector makes per tile"),
+            ));
+        }
 
         let (weights_path, weights) = read_weights(dir)?;
         let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
@@ -117,6 +242,7 @@ impl Idefics3 {
             lm: Llama::from_parts(&text_cfg, model.pp("text_model"), vb.pp("lm_head")).map_err(mismatch)?,
             image_token,
             preprocessor,
+            image_seq_len,
         })
     }
 
@@ -146,5 +272,46 @@ impl Idefics3 {
         let x = x.reshape((1, side / s, side / s, d * s * s))?.permute((0, 2, 1, 3))?.contiguous()?;
         let x = x.reshape((seq / (s * s), d * s * s))?;
         Ok(self.proj.forward(&x)?)
+    }
+
+    /// Image tokens `[tiles * image_seq_len, text_dim]` for the tiles' pixels (each `[1, 3, s, s]`,
+    /// in [`Tiles`] order): each tile through the tower and the connector on its own.
+    pub fn image_features_tiles(&self, tiles: &[Tensor], cancel: &Cancel) -> Result<Tensor> {
+        let parts = tiles
+            .iter()
+            .map(|pixels| {
+                cancel.check()?;
+                self.connect(&self.vision_features(pixels, cancel)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// The text that stands for one image of `rows` x `cols` tiles (0 x 0: not split), as
+    /// `Idefics3Processor` writes it: per tile `<fake_token_around_image><row_r_col_c>` and
+    /// `image_seq_len` `<image>`, a newline after each row, then a newline and the global image
+    /// `<fake_token_around_image><global-img>` `<image>`... `<fake_token_around_image>`.
+    pub fn image_prompt(&self, rows: usize, cols: usize) -> String {
+        const FAKE: &str = "<fake_token_around_image>";
+        let image = "<image>".repeat(self.image_seq_len);
+        let global = format!("{FAKE}<global-img>{image}{FAKE}");
+        if rows == 0 && cols == 0 {
+            return global;
+        }
+        let mut out = String::new();
+        for r in 1..=rows {
+            for c in 1..=cols {
+                out.push_str(&format!("{FAKE}<row_{r}_col_{c}>{image}"));
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+        out.push_str(&global);
+        out
+    }
+
+    /// `rendered` (a chat prompt) with every `<image>` replaced by [`Idefics3::image_prompt`].
+    pub fn expand_image(&self, rendered: &str, rows: usize, cols: usize) -> String {
+        rendered.replace("<image>", &self.image_prompt(rows, cols))
     }
 }

@@ -29,12 +29,17 @@ pub struct Llava {
     pub lm: Llama,
     pub image_token: u32,
     pub preprocessor: HfPreprocessor,
+    /// `<image>` tokens per image: the patches, plus CLS with strategy `"full"` (what
+    /// `LlavaProcessor` counts, and what [`Llava::project`] returns).
+    pub image_seq_len: usize,
 }
 
 impl Llava {
     /// Loads a LLaVA folder: `config.json`, `model.safetensors`, and the image processor.
-    /// Weight names follow the saved LLaVA layout (`language_model.*`, `vision_tower.*`,
-    /// `multi_modal_projector.*`), with or without the `vision_tower.vision_model.` level.
+    /// Weight names follow either the saved LLaVA layout (`language_model.model.*`,
+    /// `language_model.lm_head`, `vision_tower.*`, `multi_modal_projector.*`) or transformers 5's
+    /// module tree (`model.language_model.*`, `lm_head`, `model.vision_tower.*`,
+    /// `model.multi_modal_projector.*`), with or without the tower's `vision_model.` level.
     pub fn load(dir: &Path) -> Result<Self> {
         let (config_path, json) = read_config(dir)?;
         let bad = |path: &Path, reason: String| Error::weights(path, reason);
@@ -68,14 +73,23 @@ impl Llava {
             .ok_or_else(|| bad(&config_path, "no image_token_index".into()))? as u32;
 
         let (weights_path, weights) = read_weights(dir)?;
-        let tower = if weights.contains_key("vision_tower.vision_model.embeddings.class_embedding") {
-            "vision_tower.vision_model"
+        // The module tree keeps everything under `model.` but `lm_head`.
+        let root = if weights.contains_key("model.language_model.embed_tokens.weight") { "model." } else { "" };
+        let tower = if weights.contains_key(&format!("{root}vision_tower.vision_model.embeddings.class_embedding")) {
+            format!("{root}vision_tower.vision_model")
         } else {
-            "vision_tower"
+            format!("{root}vision_tower")
         };
         let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
         let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json (llava): {e}"));
-        let projector = vb.pp("multi_modal_projector");
+        let lm = if root.is_empty() {
+            Llama::new(&text_cfg, vb.pp("language_model"))
+        } else {
+            Llama::from_parts(&text_cfg, vb.pp("model.language_model"), vb.pp("lm_head"))
+        };
+        let projector = vb.pp(format!("{root}multi_modal_projector"));
+        let grid = vision_cfg.image_size / vision_cfg.patch_size;
+        let image_seq_len = grid * grid + if keep_cls { vision_cfg.num_prefix_tokens } else { 0 };
         let (dv, dt) = (vision_cfg.hidden_size, text_cfg.hidden_size);
         Ok(Self {
             vision: VisionTransformer::new(&vision_cfg, vb.pp(tower)).map_err(mismatch)?,
@@ -83,9 +97,10 @@ impl Llava {
             keep_cls,
             linear_1: linear(dv, dt, projector.pp("linear_1")).map_err(|e| mismatch(e.into()))?,
             linear_2: linear(dt, dt, projector.pp("linear_2")).map_err(|e| mismatch(e.into()))?,
-            lm: Llama::new(&text_cfg, vb.pp("language_model")).map_err(mismatch)?,
+            lm: lm.map_err(mismatch)?,
             image_token,
             preprocessor: HfPreprocessor::load(dir)?,
+            image_seq_len,
         })
     }
 
@@ -105,5 +120,11 @@ impl Llava {
     /// The decoder's input `[1, n, d]` with the image tokens in the `<image>` slots.
     pub fn merge(&self, ids: &[u32], image: &Tensor) -> Result<Tensor> {
         self.lm.embed_with_image(ids, self.image_token, image)
+    }
+
+    /// `rendered` (a chat prompt) with every `<image>` repeated `image_seq_len` times, as
+    /// `LlavaProcessor` expands it.
+    pub fn expand_image(&self, rendered: &str) -> String {
+        rendered.replace("<image>", &"<image>".repeat(self.image_seq_len))
     }
 }

@@ -1,5 +1,6 @@
 //! Models: weights, preprocessing, our ViT with inspection points, and output heads.
 
+pub mod chat;
 pub mod config;
 pub mod fetch;
 pub mod hf;

@@ -1,7 +1,7 @@
 //! Image resizing exactly as Pillow's `Image.resize` does it (libImaging `Resample.c`), because
 //! Hugging Face image processors resize with Pillow: a separable convolution whose support
-//! grows with the downscale factor, 8-bit fixed-point coefficients (22 fractional bits), the
-//! horizontal pass rounded to 8 bits before the vertical one.
+//! grows with the downscale factor, 8-bit fixed-point coefficients (22 fractional bits), each
+//! pass rounded to 8 bits before the next, in Pillow's order.
 
 use image::RgbImage;
 
@@ -71,14 +71,16 @@ fn coefficients(len_in: usize, len_out: usize, filter: Filter) -> Vec<(usize, Ve
     let scale = len_in as f64 / len_out as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
+    // Pillow multiplies by the reciprocal (`ss` in `precompute_coeffs`); dividing can differ in
+    // the last bit.
+    let ss = 1.0 / filterscale;
     (0..len_out)
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
             // C's (int) truncates toward zero; negative values are clamped to 0 anyway.
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = (((center + support + 0.5) as i64).min(len_in as i64) as usize).saturating_sub(xmin);
-            let w: Vec<f64> =
-                (0..xmax).map(|x| filter.weight((x as f64 + xmin as f64 - center + 0.5) / filterscale)).collect();
+            let w: Vec<f64> = (0..xmax).map(|x| filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
             let total: f64 = w.iter().sum();
             let fixed = w
                 .iter()
@@ -97,50 +99,73 @@ fn clip8(v: i64) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// `img.resize((width, height), filter)` as Pillow computes it.
+/// `img.resize((width, height), filter)` as Pillow computes it: two 8-bit passes, the horizontal
+/// one first unless the height shrinks by more than twice as many pixels as the width does
+/// (then Pillow 13, the version pinned in `scripts/requirements-vlm.txt`, runs the vertical pass
+/// first; the two orders round differently).
 pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let (ow, oh) = (width as usize, height as usize);
-    let round = 1i64 << (PRECISION_BITS - 1);
+    let shrink_y = i64::from(img.height()) - i64::from(height);
+    let shrink_x = i64::from(img.width()) - i64::from(width);
+    let vertical_first = shrink_y > 0 && shrink_y > shrink_x * 2;
     let src = img.as_raw();
-    // Horizontal pass (skipped when the width does not change), rounded to 8 bits.
-    let horizontal: Vec<u8> = if ow == w {
-        src.clone()
+    let out = if vertical_first {
+        let tmp = vertical(src, w, h, oh, filter);
+        horizontal(&tmp, w, oh, ow, filter)
     } else {
-        let coeffs = coefficients(w, ow, filter);
-        let mut out = vec![0u8; h * ow * 3];
-        for y in 0..h {
-            for (ox, (xmin, k)) in coeffs.iter().enumerate() {
-                for c in 0..3 {
-                    let acc: i64 = k
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &kk)| i64::from(src[(y * w + xmin + i) * 3 + c]) * i64::from(kk))
-                        .sum();
-                    out[(y * ow + ox) * 3 + c] = clip8(acc + round);
-                }
-            }
-        }
-        out
+        let tmp = horizontal(src, w, h, ow, filter);
+        vertical(&tmp, ow, h, oh, filter)
     };
-    if oh == h {
-        return RgbImage::from_raw(width, height, horizontal).expect("sized buffer");
+    RgbImage::from_raw(width, height, out).expect("sized buffer")
+}
+
+/// One horizontal pass over `w` x `h` RGB bytes to width `ow`, rounded to 8 bits (skipped when
+/// the width does not change).
+fn horizontal(src: &[u8], w: usize, h: usize, ow: usize, filter: Filter) -> Vec<u8> {
+    if ow == w {
+        return src.to_vec();
     }
-    let coeffs = coefficients(h, oh, filter);
-    let mut out = vec![0u8; oh * ow * 3];
-    for (oy, (ymin, k)) in coeffs.iter().enumerate() {
-        for x in 0..ow {
+    let round = 1i64 << (PRECISION_BITS - 1);
+    let coeffs = coefficients(w, ow, filter);
+    let mut out = vec![0u8; h * ow * 3];
+    for y in 0..h {
+        for (ox, (xmin, k)) in coeffs.iter().enumerate() {
             for c in 0..3 {
                 let acc: i64 = k
                     .iter()
                     .enumerate()
-                    .map(|(i, &kk)| i64::from(horizontal[((ymin + i) * ow + x) * 3 + c]) * i64::from(kk))
+                    .map(|(i, &kk)| i64::from(src[(y * w + xmin + i) * 3 + c]) * i64::from(kk))
                     .sum();
-                out[(oy * ow + x) * 3 + c] = clip8(acc + round);
+                out[(y * ow + ox) * 3 + c] = clip8(acc + round);
             }
         }
     }
-    RgbImage::from_raw(width, height, out).expect("sized buffer")
+    out
+}
+
+/// One vertical pass over `w` x `h` RGB bytes to height `oh`, rounded to 8 bits (skipped when
+/// the height does not change).
+fn vertical(src: &[u8], w: usize, h: usize, oh: usize, filter: Filter) -> Vec<u8> {
+    if oh == h {
+        return src.to_vec();
+    }
+    let round = 1i64 << (PRECISION_BITS - 1);
+    let coeffs = coefficients(h, oh, filter);
+    let mut out = vec![0u8; oh * w * 3];
+    for (oy, (ymin, k)) in coeffs.iter().enumerate() {
+        for x in 0..w {
+            for c in 0..3 {
+                let acc: i64 = k
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &kk)| i64::from(src[((ymin + i) * w + x) * 3 + c]) * i64::from(kk))
+                    .sum();
+                out[(oy * w + x) * 3 + c] = clip8(acc + round);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
