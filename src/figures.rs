@@ -159,8 +159,15 @@ pub fn vlm_tokens(
     run: &crate::vlm::VlmRun,
     max_side: u32,
 ) -> RgbImage {
-    let groups =
-        TokenGroups::from_groups(grid.0, grid.1, &run.groups).expect("a run's groups are disjoint and on the grid");
+    // Tokens off the grid (SmolVLM's global image when split) are not drawn.
+    let cells = (grid.0 * grid.1) as u32;
+    let on_grid: Vec<Vec<u32>> = run
+        .groups
+        .iter()
+        .map(|g| g.iter().copied().filter(|&t| t < cells).collect::<Vec<_>>())
+        .filter(|g| !g.is_empty())
+        .collect();
+    let groups = TokenGroups::from_groups(grid.0, grid.1, &on_grid).expect("a run's groups are disjoint");
     let merges = run.groups.iter().any(|g| g.len() > 1);
     let style = if merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
     let title = format!("{}: {} of {} image tokens", vlm_run_title(run), run.groups.len(), run.num_image_tokens);
@@ -177,7 +184,7 @@ pub fn vlm_map(
     colormap: Colormap,
     max_side: u32,
 ) -> RgbImage {
-    let values = values.iter().map(|v| v.unwrap_or(f32::NAN)).collect();
+    let values = values.iter().take(grid.0 * grid.1).map(|v| v.unwrap_or(f32::NAN)).collect();
     let heat = Heatmap { rows: grid.0, cols: grid.1, values };
     let style = OverlayStyle { colormap, opacity: 0.6, title: Some(title), max_side, ..OverlayStyle::default() };
     render::overlay(&image.photo, &heat, &vlm_placement(image), &style)

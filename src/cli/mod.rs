@@ -297,6 +297,10 @@ enum Command {
         /// Also sweep the removed fraction and report where the answer first changes.
         #[arg(long)]
         sweep: bool,
+        /// SmolVLM: split the image into tiles plus a global image, as the model's processor
+        /// does by default (off: one tile).
+        #[arg(long)]
+        split_image: bool,
         #[arg(long, default_value = "viridis")]
         colormap: Colormap,
         #[arg(long)]
@@ -396,8 +400,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             _ => bench::bench(&image, &model, &reducer_list(&reducers)?, repeats.max(1)),
         },
-        Command::Vlm { image, model, question, method, max_tokens, view_layer, sweep, colormap, out } => {
-            vlm::run(&vlm::VlmArgs { image, model, question, method, max_tokens, view_layer, sweep, colormap, out })
+        Command::Vlm { image, model, question, method, max_tokens, view_layer, sweep, split_image, colormap, out } => {
+            let options = vlm::Options { max_tokens, view_layer, sweep, split_image };
+            vlm::run(&vlm::VlmArgs { image, model, question, method, options, colormap, out })
         }
         Command::Sweep { images, reducers, ratios, model, out, force } => {
             let reducers = reducer_list(&reducers)?;

@@ -12,14 +12,19 @@ use tokenlens::{Cancel, figures};
 
 use super::{MethodArgs, write_json, write_png};
 
+pub struct Options {
+    pub max_tokens: usize,
+    pub view_layer: Option<usize>,
+    pub sweep: bool,
+    pub split_image: bool,
+}
+
 pub struct VlmArgs {
     pub image: PathBuf,
     pub model: PathBuf,
     pub question: String,
     pub method: MethodArgs,
-    pub max_tokens: usize,
-    pub view_layer: Option<usize>,
-    pub sweep: bool,
+    pub options: Options,
     pub colormap: Colormap,
     pub out: PathBuf,
 }
@@ -43,14 +48,15 @@ fn model_folder(model: &Path) -> anyhow::Result<PathBuf> {
 
 pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
     let folder = model_folder(&args.model)?;
-    let vlm = Vlm::load(&folder).with_context(|| format!("loading the model folder {folder:?}"))?;
+    let mut vlm = Vlm::load(&folder).with_context(|| format!("loading the model folder {folder:?}"))?;
+    vlm.split_image = args.options.split_image;
     eprintln!("{} ({}), {} decoder layers", vlm.id, vlm.arch.name(), vlm.num_layers());
     let spec = VlmRunSpec {
         method: args.method.vlm_method(vlm.num_layers())?,
         budget: args.method.budget.budget(),
         positions: args.method.positions,
-        max_new_tokens: args.max_tokens,
-        view_layer: args.view_layer,
+        max_new_tokens: args.options.max_tokens,
+        view_layer: args.options.view_layer,
     };
     let image = vlm.open_image(&args.image)?;
     let cancel = Cancel::default();
@@ -107,7 +113,7 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
         }
         print_cost(&full.run, &run);
         json["reduced"] = serde_json::to_value(&run)?;
-        if args.sweep {
+        if args.options.sweep {
             println!("sweep ({}):", method.name());
             let points = vlm.sweep(
                 &full,

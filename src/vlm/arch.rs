@@ -24,7 +24,7 @@ use crate::analysis::cost::BlockTokens;
 use crate::model::idefics3::Idefics3;
 use crate::model::llama::Llama;
 use crate::model::llava::Llava;
-use crate::model::{HookPoint, Probe, TokenState, Trace, fetch, preprocess};
+use crate::model::{HookPoint, Probe, TokenState, Trace, chat, fetch, preprocess};
 use crate::reduce::llm::Row;
 use crate::reduce::{Context, PositionMode, Reducer, ReducerConfig, Site};
 use crate::session::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
@@ -46,7 +46,10 @@ pub struct VlmImage {
     pub canvas: RgbImage,
     /// Where the canvas lies in the photo, `[x0, y0, x1, y1]` in photo pixels.
     pub place: [f32; 4],
-    pub pixels: Tensor,
+    /// `[1, 3, h, w]` per tower input: one, or SmolVLM's tiles then its global image.
+    pub pixels: Vec<Tensor>,
+    /// SmolVLM's tile rows and columns (0 x 0: one image, not split).
+    pub tiles: (usize, usize),
     pub sha256: String,
 }
 
@@ -59,8 +62,14 @@ pub struct VisionRun {
     pub features: Tensor,
     /// Projected image tokens `[n, text_dim]`.
     pub image_tokens: Tensor,
-    /// The image-token grid (rows, cols).
+    /// The image-token grid (rows, cols) drawn over the canvas. With SmolVLM's image splitting:
+    /// the tiles' tokens side by side; the global image's tokens follow it, off the grid.
     pub grid: (usize, usize),
+    /// Image tokens in all (the grid's, then any off it).
+    pub num_tokens: usize,
+    /// For each image slot of the prompt, in order, the image token it holds (raster order on
+    /// the grid; the identity unless the image is split into tiles).
+    pub slot_token: Vec<u32>,
     /// Per image token, the tower's importance (CLS attention, or attention received).
     pub saliency: Vec<f32>,
     /// Tokens each tower block saw (for the cost).
@@ -71,7 +80,12 @@ pub struct VisionRun {
 
 impl VisionRun {
     pub fn num_image_tokens(&self) -> usize {
-        self.grid.0 * self.grid.1
+        self.num_tokens
+    }
+
+    /// Whether the image was split into tiles (the vision-side methods need one image).
+    pub fn is_split(&self) -> bool {
+        self.num_tokens != self.grid.0 * self.grid.1
     }
 
     pub fn context(&self) -> Context {
@@ -90,20 +104,6 @@ impl VisionRun {
 pub fn model_type(dir: &Path) -> Option<String> {
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
     json["model_type"].as_str().map(String::from)
-}
-
-/// The folder's `tokenizer.json`, with a plain message when it is missing.
-pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
-    let path = dir.join("tokenizer.json");
-    if !path.is_file() {
-        return Err(Error::weights(
-            &path,
-            "missing: a Hugging Face model folder needs its tokenizer files (tokenizer.json, tokenizer_config.json); \
-             copy them from the model's repository",
-        ));
-    }
-    tokenizers::Tokenizer::from_file(&path)
-        .map_err(|e| Error::weights(&path, format!("cannot read the tokenizer: {e}")))
 }
 
 /// Ids that end an answer: `generation_config.json`'s `eos_token_id` (one or a list), the
@@ -176,42 +176,48 @@ impl Arch {
         }
     }
 
-    /// Decodes encoded image bytes and prepares them; `label` names them in errors.
-    pub fn image_from_bytes(&self, bytes: &[u8], label: &Path) -> Result<VlmImage> {
+    /// Decodes encoded image bytes and prepares them; `label` names them in errors. `split`:
+    /// SmolVLM's image splitting (tiles plus a global image); other models ignore it.
+    pub fn image_from_bytes(&self, bytes: &[u8], label: &Path, split: bool) -> Result<VlmImage> {
         let photo = preprocess::decode_image(bytes).map_err(|reason| Error::image(label, reason))?;
         let device = self.lm().device();
-        let (canvas, place, pixels) = match self {
+        let image_error = |e: Error| Error::image(label, e.to_string());
+        let (canvas, place, pixels, tiles) = match self {
             Arch::Llava(m) => {
                 let p = &m.preprocessor;
-                let canvas = p.resize_and_crop(&photo)?;
-                let pixels = p.pixels(&canvas, device)?;
-                (canvas, p.canvas_in_photo(photo.width(), photo.height()), pixels)
+                let canvas = p.resize_and_crop(&photo).map_err(image_error)?;
+                let pixels = vec![p.pixels(&canvas, device)?];
+                (canvas, p.canvas_in_photo(photo.width(), photo.height()), pixels, (0, 0))
             }
             Arch::Idefics3(m) => {
-                let canvas = m.preprocessor.resize(&photo);
-                let pixels = m.preprocessor.pixels(&canvas, device)?;
-                (canvas, [0.0, 0.0, photo.width() as f32, photo.height() as f32], pixels)
+                let tiles = m.preprocessor.tiles(&photo, split).map_err(image_error)?;
+                let pixels = m.preprocessor.tile_pixels(&tiles, device)?;
+                let canvas = tiles.images.last().expect("the global image").clone();
+                let whole = [0.0, 0.0, photo.width() as f32, photo.height() as f32];
+                (canvas, whole, pixels, (tiles.rows, tiles.cols))
             }
         };
-        Ok(VlmImage { photo, canvas, place, pixels, sha256: fetch::sha256_hex(bytes) })
+        Ok(VlmImage { photo, canvas, place, pixels, tiles, sha256: fetch::sha256_hex(bytes) })
     }
 
-    /// The chat prompt for one image and `question`, before the image placeholder is expanded.
-    pub fn render_chat(&self, _dir: &Path, question: &str) -> Result<String> {
-        Ok(match self {
-            Arch::Llava(_) => format!("USER: <image>\n{question} ASSISTANT:"),
-            Arch::Idefics3(_) => format!("User:<image>{question}<end_of_utterance>\nAssistant:"),
-        })
-    }
-
-    /// The prompt with `<image>` expanded to the image's tokens, as the model's processor does.
-    pub fn expand_image(&self, rendered: &str, num_image_tokens: usize) -> String {
-        let tokens = "<image>".repeat(num_image_tokens);
-        let with = match self {
-            Arch::Llava(_) => tokens,
-            Arch::Idefics3(_) => format!("<fake_token_around_image><global-img>{tokens}<fake_token_around_image>"),
+    /// The chat prompt for one image and `question` (the folder's chat template, else the
+    /// family's published prompt), with the image placeholder expanded as the processor does.
+    pub fn prompt_text(&self, dir: &Path, question: &str, tiles: (usize, usize)) -> Result<String> {
+        let model_type = match self {
+            Arch::Llava(_) => "llava",
+            Arch::Idefics3(_) => "idefics3",
         };
-        rendered.replacen("<image>", &with, 1)
+        let rendered = chat::image_question_prompt(dir, model_type, question)?;
+        if rendered.matches("<image>").count() != 1 {
+            return Err(Error::Config {
+                field: "prompt",
+                reason: "the question must not contain `<image>`: the prompt holds exactly one image".into(),
+            });
+        }
+        Ok(match self {
+            Arch::Llava(m) => m.expand_image(&rendered),
+            Arch::Idefics3(m) => m.expand_image(&rendered, tiles.0, tiles.1),
+        })
     }
 
     /// Runs the vision side unreduced.
@@ -219,7 +225,7 @@ impl Arch {
         let start = Instant::now();
         match self {
             Arch::Llava(m) => {
-                let (states, trace) = encoder_states(&m.vision, &image.pixels, m.feature_blocks, cancel)?;
+                let (states, trace) = encoder_states(&m.vision, &image.pixels[0], m.feature_blocks, cancel)?;
                 let last = states.last().expect("the embedding state");
                 let features = last.hidden.clone();
                 let image_tokens = m.project(last)?;
@@ -230,8 +236,11 @@ impl Arch {
                 };
                 let n = states[0].num_tokens();
                 let cfg = &m.vision.cfg;
+                let num_tokens = last.num_patches();
                 Ok(VisionRun {
                     grid: last.grid,
+                    num_tokens,
+                    slot_token: (0..num_tokens as u32).collect(),
                     tower_blocks: vec![BlockTokens { attn: n, mlp: n }; m.feature_blocks],
                     tower_dims: (cfg.hidden_size, cfg.intermediate_size),
                     states,
@@ -242,9 +251,10 @@ impl Arch {
                     time_ms: start.elapsed().as_secs_f64() * 1e3,
                 })
             }
+            Arch::Idefics3(m) if image.tiles != (0, 0) => split_vision(m, image, start, cancel),
             Arch::Idefics3(m) => {
                 let layers = m.vision.num_layers();
-                let (states, tower_trace) = encoder_states(&m.vision, &image.pixels, layers, cancel)?;
+                let (states, tower_trace) = encoder_states(&m.vision, &image.pixels[0], layers, cancel)?;
                 let last = states.last().expect("the embedding state");
                 let image_tokens = m.connect(&m.vision.final_norm(last)?)?;
                 let s = m.scale_factor;
@@ -261,12 +271,15 @@ impl Arch {
                 let states: Vec<TokenState> = (0..=layers).map(|l| TokenState { layer: l, ..tokens.clone() }).collect();
                 let n = last.num_tokens();
                 let cfg = &m.vision.cfg;
+                let num_tokens = grid.0 * grid.1;
                 Ok(VisionRun {
                     states,
                     trace,
                     features: tokens.hidden.clone(),
                     image_tokens,
                     grid,
+                    num_tokens,
+                    slot_token: (0..num_tokens as u32).collect(),
                     saliency,
                     tower_blocks: vec![BlockTokens { attn: n, mlp: n }; layers],
                     tower_dims: (cfg.hidden_size, cfg.intermediate_size),
@@ -277,8 +290,18 @@ impl Arch {
     }
 
     /// Refuses vision-side methods this architecture cannot run, with the reason.
-    pub fn check_vision_method(&self, cfg: &ReducerConfig, first_site: Option<&Site>) -> Result<()> {
-        match (self, first_site) {
+    pub fn check_vision_method(&self, cfg: &ReducerConfig, vision: &VisionRun) -> Result<()> {
+        if vision.is_split() {
+            return Err(Error::Config {
+                field: "reducer",
+                reason: format!(
+                    "{} is a vision-side method and needs one image: turn image splitting off, or use a language-side method",
+                    cfg.name()
+                ),
+            });
+        }
+        let first_site = cfg.build(vision.num_image_tokens(), &vision.context())?.sites().first().copied();
+        match (self, first_site.as_ref()) {
             (Arch::Idefics3(_), Some(Site::MidBlock(_) | Site::AfterBlock(_))) => Err(Error::Config {
                 field: "reducer",
                 reason: format!(
@@ -312,7 +335,7 @@ impl Arch {
         let embeds = self.lm().embed_with_image(&prompt.ids, self.image_token(), &vision.image_tokens)?;
         Ok(Sequence {
             embeds,
-            rows: super::full_sequence_rows(prompt),
+            rows: super::full_sequence_rows(prompt, &vision.slot_token),
             positions: (0..prompt.ids.len() as u32).collect(),
         })
     }
@@ -382,6 +405,60 @@ impl Arch {
             }
         }
     }
+}
+
+/// SmolVLM with image splitting: every tile, then the global image, through the tower and the
+/// connector. The tiles' tokens form one grid over the image; the global image's follow.
+fn split_vision(m: &Idefics3, image: &VlmImage, start: Instant, cancel: &Cancel) -> Result<VisionRun> {
+    let layers = m.vision.num_layers();
+    let s = m.scale_factor;
+    let (rows, cols) = image.tiles;
+    let (mut parts, mut saliency_parts) = (Vec::new(), Vec::new());
+    let mut side = 0;
+    for pixels in &image.pixels {
+        let (states, trace) = encoder_states(&m.vision, pixels, layers, cancel)?;
+        let last = states.last().expect("the embedding state");
+        parts.push(m.connect(&m.vision.final_norm(last)?)?);
+        let pool = BlockPool::new(last.grid, s, pixels.device())?;
+        let pooled = pool.attention(trace.require(HookPoint::AttnProbs(layers - 1))?)?;
+        saliency_parts.push(attention::cls_attention(&pooled, 0)?);
+        side = last.grid.0 / s;
+    }
+    let image_tokens = Tensor::cat(&parts, 0)?;
+    let per_tile = side * side;
+    let grid = (rows * side, cols * side);
+    let on_grid = grid.0 * grid.1;
+    // Slot k of tile (r, c), local cell (i, j) -> grid cell (r*side + i, c*side + j).
+    let slot_token: Vec<u32> = (0..image_tokens.dim(0)?)
+        .map(|k| {
+            let (tile, local) = (k / per_tile, k % per_tile);
+            if tile == rows * cols {
+                return k as u32; // the global image: after the grid
+            }
+            let (r, c, i, j) = (tile / cols, tile % cols, local / side, local % side);
+            ((r * side + i) * grid.1 + c * side + j) as u32
+        })
+        .collect();
+    let mut saliency = vec![0.0; on_grid + per_tile];
+    for (k, v) in saliency_parts.concat().into_iter().enumerate() {
+        saliency[slot_token[k] as usize] = v;
+    }
+    let tokens = TokenState::fresh(image_tokens.unsqueeze(0)?, 0, (1, image_tokens.dim(0)?));
+    let n = m.vision.embed(&image.pixels[0])?.num_tokens();
+    let cfg = &m.vision.cfg;
+    Ok(VisionRun {
+        states: vec![tokens.clone()],
+        trace: Trace::default(),
+        features: tokens.hidden,
+        num_tokens: on_grid + per_tile,
+        image_tokens,
+        grid,
+        slot_token,
+        saliency,
+        tower_blocks: vec![BlockTokens { attn: n, mlp: n }; layers * image.pixels.len()],
+        tower_dims: (cfg.hidden_size, cfg.intermediate_size),
+        time_ms: start.elapsed().as_secs_f64() * 1e3,
+    })
 }
 
 /// Pools patch-level attention to SmolVLM's image tokens (one per `s`x`s` block of patches).

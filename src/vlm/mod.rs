@@ -195,6 +195,9 @@ pub struct Vlm {
     pub tokenizer: tokenizers::Tokenizer,
     /// Ids that end an answer.
     pub eos: Vec<u32>,
+    /// SmolVLM's image splitting (tiles plus the global image) for images opened from now on;
+    /// off by default (one 512 tile), as the issue asks. Other models ignore it.
+    pub split_image: bool,
 }
 
 /// The cached work for one image and question: the vision run and the full answer.
@@ -213,10 +216,10 @@ impl Vlm {
 
     pub fn load(dir: &Path) -> Result<Self> {
         let arch = Arch::load(dir)?;
-        let tokenizer = arch::load_tokenizer(dir)?;
+        let tokenizer = crate::model::chat::load_tokenizer(dir)?;
         let eos = arch::eos_ids(dir, &tokenizer);
         let id = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
-        Ok(Self { id, dir: dir.to_path_buf(), arch, tokenizer, eos })
+        Ok(Self { id, dir: dir.to_path_buf(), arch, tokenizer, eos, split_image: false })
     }
 
     pub fn num_layers(&self) -> usize {
@@ -226,17 +229,18 @@ impl Vlm {
     /// Decodes and prepares an image file.
     pub fn open_image(&self, path: &Path) -> Result<VlmImage> {
         let bytes = std::fs::read(path).map_err(|e| Error::image(path, format!("cannot read: {e}")))?;
-        self.arch.image_from_bytes(&bytes, path)
+        self.image_from_bytes(&bytes, path)
     }
 
-    /// The chat prompt for `question` about one image, tokenised.
-    pub fn prompt(&self, question: &str, num_image_tokens: usize) -> Result<Prompt> {
-        let text = self.arch.expand_image(&self.arch.render_chat(&self.dir, question)?, num_image_tokens);
-        let enc = self
-            .tokenizer
-            .encode(text.as_str(), true)
-            .map_err(|e| Error::Config { field: "prompt", reason: format!("cannot tokenise: {e}") })?;
-        let ids = enc.get_ids().to_vec();
+    /// Decodes and prepares encoded image bytes; `label` names them in errors.
+    pub fn image_from_bytes(&self, bytes: &[u8], label: &Path) -> Result<VlmImage> {
+        self.arch.image_from_bytes(bytes, label, self.split_image)
+    }
+
+    /// The chat prompt for `question` about one image (`tiles`: SmolVLM's split), tokenised.
+    pub fn prompt(&self, question: &str, tiles: (usize, usize), num_image_tokens: usize) -> Result<Prompt> {
+        let text = self.arch.prompt_text(&self.dir, question, tiles)?;
+        let ids = crate::model::chat::encode_prompt(&self.tokenizer, &text)?;
         let image_token = self.arch.image_token();
         let image_slots: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == image_token).collect();
         if image_slots.len() != num_image_tokens {
@@ -261,7 +265,7 @@ impl Vlm {
         cancel: &Cancel,
     ) -> Result<VlmFull> {
         let vision = self.arch.vision(&image, cancel)?;
-        let prompt = self.prompt(question, vision.num_image_tokens())?;
+        let prompt = self.prompt(question, image.tiles, vision.num_image_tokens())?;
         self.check_context(&prompt, spec.max_new_tokens)?;
         let spec = VlmRunSpec { method: None, ..spec.clone() };
         let run = self.run_with(&prompt, &vision, &spec, None, on_token, cancel)?;
@@ -432,8 +436,8 @@ impl Vlm {
                 llm_reducer: None,
             },
             Some(VlmMethod::Vision(cfg)) => {
+                self.arch.check_vision_method(cfg, vision)?;
                 let mut reducer = cfg.build(keep, &vision.context())?;
-                self.arch.check_vision_method(cfg, reducer.sites().first())?;
                 let reduced = self.arch.reduce_vision(vision, reducer.as_mut(), cancel)?;
                 let stage = match reduced.stage {
                     Stage::Encoder(l) => format!("encoder({l})"),
@@ -457,11 +461,11 @@ impl Vlm {
     }
 }
 
-/// Rows of the unreduced sequence.
-fn full_sequence_rows(prompt: &Prompt) -> Vec<Row> {
+/// Rows of the unreduced sequence (`slot_token`: the image token each image slot holds).
+fn full_sequence_rows(prompt: &Prompt, slot_token: &[u32]) -> Vec<Row> {
     let mut rows = vec![Row::Text; prompt.ids.len()];
-    for (k, &slot) in prompt.image_slots.iter().enumerate() {
-        rows[slot] = Row::Image(vec![k as u32]);
+    for (&slot, &token) in prompt.image_slots.iter().zip(slot_token) {
+        rows[slot] = Row::Image(vec![token]);
     }
     rows
 }
