@@ -10,9 +10,17 @@ use hf_hub::{Cache, Repo};
 
 use crate::{Error, Result};
 
-/// Files a vision folder needs, and those it uses when present.
+/// Files a vision folder needs, and those it uses when present (the tokenizer's settings, the
+/// processor and the generation settings are a vision-language model's).
 const REQUIRED: [&str; 2] = ["config.json", "model.safetensors"];
-const OPTIONAL: [&str; 2] = ["preprocessor_config.json", "tokenizer.json"];
+const OPTIONAL: [&str; 6] = [
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "processor_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+];
 
 /// Whether `text` looks like a hub id (`org/name`) rather than a path on this machine.
 pub fn looks_like_hub_id(text: &str) -> bool {
