@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::asset;
 
@@ -17,19 +16,19 @@ struct Xvfb {
 }
 
 impl Xvfb {
+    /// Xvfb picks a free display itself (`-displayfd`) and says which once it accepts
+    /// connections: no clash with other servers, no race with its start-up.
     fn start() -> Option<Self> {
-        let n = 90 + std::process::id() % 100;
-        let child = Command::new("Xvfb")
-            .args([format!(":{n}").as_str(), "-screen", "0", "1400x900x24", "-nolisten", "tcp"])
-            .stdout(Stdio::null())
+        use std::io::BufRead;
+        let mut child = Command::new("Xvfb")
+            .args(["-displayfd", "1", "-screen", "0", "1400x900x24", "-nolisten", "tcp"])
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
-        let start = Instant::now();
-        while !socket.exists() && start.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take()?).read_line(&mut line).ok()?;
+        let n: u32 = line.trim().parse().ok()?;
         Some(Self { child, display: format!(":{n}") })
     }
 }
@@ -91,4 +90,61 @@ fn the_window_draws_the_attention_overlay() {
     // The window itself rendered: not a blank frame.
     let distinct: std::collections::HashSet<[u8; 3]> = heat.pixels().map(|p| p.0).collect();
     assert!(distinct.len() > 1000, "the window looks blank ({} colours)", distinct.len());
+}
+
+/// Runs the app on a tiny VLM fixture until the full answer, a reduced run and the whole ratio
+/// sweep are on screen; returns the frame and what the answer panels showed.
+fn vlm_screenshot(x: &Xvfb, model: &str, out: &Path) -> (image::RgbImage, serde_json::Value) {
+    let run = Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+        .env("DISPLAY", &x.display)
+        .arg("gui")
+        .arg(asset("chelsea.png"))
+        .arg("--model")
+        .arg(common::fixture(&format!("vlm/{model}")))
+        .args(["--reducer", "random", "--max-answer-tokens", "12", "--screenshot"])
+        .arg(out)
+        .output()
+        .expect("the app starts");
+    assert!(run.status.success(), "app failed: {}", String::from_utf8_lossy(&run.stderr));
+    let frame = image::open(out).unwrap_or_else(|e| panic!("{out:?}: {e}")).to_rgb8();
+    let summary = serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
+    (frame, summary)
+}
+
+#[test]
+fn the_vlm_answer_diff_and_sweep_appear() {
+    let Some(x) = Xvfb::start() else {
+        assert!(std::env::var_os("CI").is_none(), "CI must install Xvfb (see .ci/run)");
+        eprintln!("Xvfb not installed: skipping the screenshot test");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for model in ["llava", "idefics3"] {
+        let out = dir.path().join(format!("vlm-{model}.png"));
+        let (frame, s) = vlm_screenshot(&x, model, &out);
+        if std::env::var_os("TOKENLENS_KEEP_SHOTS").is_some() {
+            let keep = std::env::temp_dir().join("tokenlens-shots");
+            std::fs::create_dir_all(&keep).unwrap();
+            std::fs::copy(&out, keep.join(format!("vlm-{model}.png"))).unwrap();
+        }
+        // Both answers and their diff, the log-probability, and every sweep point.
+        let full = s["full_answer"].as_array().expect("a full answer");
+        let reduced = s["reduced_answer"].as_array().expect("a reduced answer");
+        assert!(!full.is_empty() && !reduced.is_empty(), "{model}: {s}");
+        assert!(s["diff"].as_array().is_some_and(|d| d.len() >= full.len().max(reduced.len())), "{model}: {s}");
+        assert!(s["full_answer_logprob"].is_number(), "{model}: {s}");
+        let sweep = s["sweep"].as_array().unwrap();
+        assert_eq!(sweep.len(), tokenlens::vlm::sweep_fractions().len(), "{model}: {s}");
+        assert_eq!(sweep[0]["changed"], false, "{model}: nothing removed, the same answer");
+        // On screen: the sweep's green "same answer" markers (and any green added tokens) in the
+        // right panel.
+        let (w, h) = frame.dimensions();
+        let count = |rgb: [u8; 3]| {
+            (0..h)
+                .flat_map(|y| (w * 60 / 100..w).map(move |x| (x, y)))
+                .filter(|&(x, y)| frame.get_pixel(x, y).0.iter().zip(rgb).all(|(a, b)| a.abs_diff(b) < 12))
+                .count()
+        };
+        assert!(count([60, 200, 90]) > 20, "{model}: no sweep markers on screen");
+    }
 }
