@@ -1,6 +1,7 @@
 //! The app in a real window under Xvfb: it opens an image, draws the overlay, and captures its
 //! own frame (`--screenshot`). Two captures that differ only in the heatmap's opacity must
-//! differ exactly where the heatmap is: in the central view.
+//! differ exactly where the heatmap is: in the central view. With a tiny vision-language model,
+//! the answer diff and the ratio sweep must be on screen.
 
 mod common;
 
@@ -31,6 +32,16 @@ impl Xvfb {
         let n: u32 = line.trim().parse().ok()?;
         Some(Self { child, display: format!(":{n}") })
     }
+
+    /// A server, or None where Xvfb is not installed (never on CI).
+    fn start_or_skip() -> Option<Self> {
+        let x = Self::start();
+        if x.is_none() {
+            assert!(std::env::var_os("CI").is_none(), "CI must install Xvfb (see .ci/run)");
+            eprintln!("Xvfb not installed: skipping the screenshot test");
+        }
+        x
+    }
 }
 
 impl Drop for Xvfb {
@@ -40,27 +51,36 @@ impl Drop for Xvfb {
     }
 }
 
-fn screenshot(x: &Xvfb, image: &Path, opacity: f32, out: &Path) -> image::RgbImage {
-    let _ = common::session(); // the model is cached before the app starts
+/// `tokenlens gui IMAGE ARGS --screenshot OUT` on the server; the captured frame.
+fn run_app(x: &Xvfb, image: &Path, args: &[&std::ffi::OsStr], out: &Path) -> image::RgbImage {
     let run = Command::new(env!("CARGO_BIN_EXE_tokenlens"))
         .env("DISPLAY", &x.display)
         .arg("gui")
         .arg(image)
-        .args(["--overlay", "attention", "--opacity", &opacity.to_string(), "--screenshot"])
+        .args(args)
+        .arg("--screenshot")
         .arg(out)
         .output()
         .expect("the app starts");
     assert!(run.status.success(), "app failed: {}", String::from_utf8_lossy(&run.stderr));
+    if std::env::var_os("TOKENLENS_KEEP_SHOTS").is_some() {
+        let keep = std::env::temp_dir().join("tokenlens-shots");
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(out, keep.join(out.file_name().unwrap())).unwrap();
+    }
     image::open(out).unwrap_or_else(|e| panic!("{out:?}: {e}")).to_rgb8()
+}
+
+fn screenshot(x: &Xvfb, image: &Path, opacity: f32, out: &Path) -> image::RgbImage {
+    let _ = common::session(); // the model is cached before the app starts
+    let opacity = opacity.to_string();
+    let args = ["--overlay", "attention", "--opacity", &opacity].map(std::ffi::OsStr::new);
+    run_app(x, image, &args, out)
 }
 
 #[test]
 fn the_window_draws_the_attention_overlay() {
-    let Some(x) = Xvfb::start() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must install Xvfb (see .ci/run)");
-        eprintln!("Xvfb not installed: skipping the screenshot test");
-        return;
-    };
+    let Some(x) = Xvfb::start_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     let image = asset("coffee.png");
     let plain = screenshot(&x, &image, 0.0, &dir.path().join("plain.png"));
@@ -79,13 +99,6 @@ fn the_window_draws_the_attention_overlay() {
         }
     }
     let area = (x1 - x0) * (y1 - y0);
-    if std::env::var_os("TOKENLENS_KEEP_SHOTS").is_some() {
-        let keep = std::env::temp_dir().join("tokenlens-shots");
-        std::fs::create_dir_all(&keep).unwrap();
-        for f in ["plain.png", "heat.png"] {
-            std::fs::copy(dir.path().join(f), keep.join(f)).unwrap();
-        }
-    }
     assert!(changed > area / 5, "only {changed} of {area} central pixels changed: no overlay drawn?");
     // The window itself rendered: not a blank frame.
     let distinct: std::collections::HashSet<[u8; 3]> = heat.pixels().map(|p| p.0).collect();
@@ -95,38 +108,23 @@ fn the_window_draws_the_attention_overlay() {
 /// Runs the app on a tiny VLM fixture until the full answer, a reduced run and the whole ratio
 /// sweep are on screen; returns the frame and what the answer panels showed.
 fn vlm_screenshot(x: &Xvfb, model: &str, out: &Path) -> (image::RgbImage, serde_json::Value) {
-    let run = Command::new(env!("CARGO_BIN_EXE_tokenlens"))
-        .env("DISPLAY", &x.display)
-        .arg("gui")
-        .arg(asset("chelsea.png"))
-        .arg("--model")
-        .arg(common::fixture(&format!("vlm/{model}")))
-        .args(["--reducer", "random", "--max-answer-tokens", "12", "--screenshot"])
-        .arg(out)
-        .output()
-        .expect("the app starts");
-    assert!(run.status.success(), "app failed: {}", String::from_utf8_lossy(&run.stderr));
-    let frame = image::open(out).unwrap_or_else(|e| panic!("{out:?}: {e}")).to_rgb8();
+    let model = common::fixture(&format!("vlm/{model}"));
+    let args = ["--model".as_ref(), model.as_os_str()]
+        .into_iter()
+        .chain(["--reducer", "random", "--max-answer-tokens", "12"].map(std::ffi::OsStr::new))
+        .collect::<Vec<_>>();
+    let frame = run_app(x, &asset("chelsea.png"), &args, out);
     let summary = serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
     (frame, summary)
 }
 
 #[test]
 fn the_vlm_answer_diff_and_sweep_appear() {
-    let Some(x) = Xvfb::start() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must install Xvfb (see .ci/run)");
-        eprintln!("Xvfb not installed: skipping the screenshot test");
-        return;
-    };
+    let Some(x) = Xvfb::start_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     for model in ["llava", "idefics3"] {
         let out = dir.path().join(format!("vlm-{model}.png"));
         let (frame, s) = vlm_screenshot(&x, model, &out);
-        if std::env::var_os("TOKENLENS_KEEP_SHOTS").is_some() {
-            let keep = std::env::temp_dir().join("tokenlens-shots");
-            std::fs::create_dir_all(&keep).unwrap();
-            std::fs::copy(&out, keep.join(format!("vlm-{model}.png"))).unwrap();
-        }
         // Both answers and their diff, the log-probability, and every sweep point.
         let full = s["full_answer"].as_array().expect("a full answer");
         let reduced = s["reduced_answer"].as_array().expect("a reduced answer");

@@ -36,7 +36,7 @@ pub fn side_of_diff(diff: &[DiffOp], reduced: bool) -> Vec<(usize, Mark)> {
 
 /// A token as shown: line breaks and tabs made visible, an empty piece as a middle dot.
 pub fn shown_piece(piece: &str) -> String {
-    let s = piece.replace('\n', "⏎").replace('\t', "⇥");
+    let s = piece.replace('\n', "\\n").replace('\t', "\\t");
     if s.is_empty() { "·".into() } else { s }
 }
 
@@ -50,6 +50,8 @@ pub fn answers_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                 ui.spinner();
                 ui.label(vlm.full_stream.concat());
             });
+        } else if app.error.is_some() {
+            ui.label("No answer: see the error below (a shorter question or answer limit may help).");
         } else {
             ui.label("Open an image: the model answers the question about it.");
         }
@@ -153,7 +155,7 @@ fn tokens_ui(
             }
         }
         if run.answer.stopped_at_eos {
-            ui.label(RichText::new("⏹").weak()).on_hover_text("the model ended its answer");
+            ui.label(RichText::new("(end)").weak()).on_hover_text("the model ended its answer");
         }
     });
 }
@@ -274,7 +276,7 @@ mod tests {
 
     #[test]
     fn pieces_stay_visible() {
-        assert_eq!(shown_piece("\n"), "⏎");
+        assert_eq!(shown_piece("\n"), "\\n");
         assert_eq!(shown_piece(""), "·");
         assert_eq!(shown_piece(" cat"), " cat");
     }

@@ -115,7 +115,8 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                 )
                 .clicked();
             ui.separator();
-            ui.label(egui::RichText::new(super::vlm::HOW_TO_GET).small());
+            ui.set_max_width(420.0);
+            ui.add(egui::Label::new(egui::RichText::new(super::vlm::HOW_TO_GET).small()).wrap());
         });
     });
     if to_default {

@@ -15,11 +15,11 @@ use crate::vlm::{SweepPoint, VlmMethod, VlmRun, VlmRunSpec, sweep_fractions};
 
 /// How to get a vision-language model: the app cannot download one on every machine.
 pub const HOW_TO_GET: &str = "Vision-language models are opened from a local Hugging Face folder:\n\
-    • SmolVLM-256M-Instruct (hub id HuggingFaceTB/SmolVLM-256M-Instruct): about 1 GB in f32, runs on a CPU;\n\
-    • LLaVA-1.5-7B (hub id llava-hf/llava-1.5-7b-hf): needs about 28 GB of RAM in f32; its weights \
+    - SmolVLM-256M-Instruct (hub id HuggingFaceTB/SmolVLM-256M-Instruct): about 1 GB in f32, runs on a CPU;\n\
+    - LLaVA-1.5-7B (hub id llava-hf/llava-1.5-7b-hf): needs about 28 GB of RAM in f32; its weights \
     come in shards, which must be merged into one model.safetensors for now.\n\
     On a machine with network: huggingface-cli download <hub id> --local-dir <folder>, \
-    then open the folder here (Model ▸ Hugging Face folder…). \
+    then open the folder here (Model > Hugging Face folder…). \
     With network on this machine, `--model <hub id>` also fetches SmolVLM into the Hugging Face cache.";
 
 /// What the VLM view draws over the photo, on the image-token grid.
@@ -187,6 +187,10 @@ impl VlmState {
     }
 
     pub fn failed(&mut self) {
+        if self.full.pending && !self.sweep_done() {
+            // The worker dropped the sweep when the full run was asked for: ask for it again.
+            self.sweep_key = None;
+        }
         self.full.pending = false;
         self.run.pending = false;
     }

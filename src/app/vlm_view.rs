@@ -49,7 +49,10 @@ pub fn value_map(vlm: &VlmState, opened: &VlmOpened, overlay: VlmOverlay, method
             let side = if pick.reduced { "reduced" } else { "full" };
             let layer = run.spec.view_layer.unwrap_or(vlm.num_layers / 2);
             Some(ValueMap {
-                title: format!("“{piece}” ({side} answer, token {}) → image, decoder layer {layer}", pick.index),
+                title: format!(
+                    "“{piece}” ({side} answer, token {}): its attention to the image, decoder layer {layer}",
+                    pick.index
+                ),
                 values: attention.iter().map(|v| v.unwrap_or(f32::NAN)).collect(),
             })
         }
@@ -63,6 +66,8 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         ui.centered_and_justified(|ui| {
             if vlm.full.pending {
                 ui.spinner();
+            } else if app.error.is_some() {
+                ui.label(egui::RichText::new("No answer: see the error below").heading().weak());
             } else {
                 ui.label(egui::RichText::new("Open an image (Ctrl+O) or drop a PNG or JPEG here").heading().weak());
             }
