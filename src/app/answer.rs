@@ -88,8 +88,11 @@ pub fn answers_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                     ui.label(vlm.run_stream.iter().map(|p| shown_piece(p)).collect::<Vec<_>>().join(" "));
                 });
             }
-            None => {
+            None if vlm.full.pending || vlm.full.value.is_none() => {
                 cols[1].label(RichText::new("waiting for the full answer…").weak());
+            }
+            None => {
+                cols[1].label(RichText::new("no reduced answer: see the error below").weak());
             }
         }
     });
@@ -251,6 +254,7 @@ fn sweep_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
     let method = method_label(&app.settings.vlm.method);
     let total = crate::vlm::sweep_fractions().len();
     let status = match (vlm.sweep_done(), first) {
+        _ if vlm.sweep_stopped => format!("{method}: the sweep stopped on an error (see below)"),
         (false, _) => format!("{method}: {} of {total} ratios, computing in the background…", points.len()),
         (true, Some(f)) => format!("{method}: the answer first changes at {:.1} % removed (red line)", 100.0 * f),
         (true, None) => format!("{method}: the answer never changes over the sweep"),

@@ -312,7 +312,8 @@ impl TokenlensApp {
             Event::VlmToken { .. }
             | Event::VlmOpened { .. }
             | Event::VlmReduced { .. }
-            | Event::VlmSweepPoint { .. } => {}
+            | Event::VlmSweepPoint { .. }
+            | Event::VlmSweepStopped { .. } => {}
             Event::Status(line) => self.status = line,
             Event::ModelReady { id, takes_prompt } => {
                 self.status = format!("Model ready: {id}");
@@ -816,7 +817,7 @@ impl TokenlensApp {
             }
             match &self.error {
                 Some(e) => {
-                    ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}"));
+                    ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}")).on_hover_text(e);
                     if ui.small_button("dismiss").clicked() {
                         self.error = None;
                     }

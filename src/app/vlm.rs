@@ -104,6 +104,8 @@ pub struct VlmState {
     pub sweep: Vec<SweepPoint>,
     sweep_id: u64,
     sweep_key: Option<VlmRunSpec>,
+    /// The sweep stopped on an error (shown in the status bar).
+    pub sweep_stopped: bool,
     /// The answer token the text-to-image map shows: hovered this frame, or clicked.
     pub hovered: Option<Pick>,
     pub picked: Option<Pick>,
@@ -124,9 +126,9 @@ impl VlmState {
         self.full.pending || self.run.pending
     }
 
-    /// The sweep has all its points (those a method cannot reach are skipped).
+    /// The sweep has all its points (those a method cannot reach are skipped), or stopped.
     pub fn sweep_done(&self) -> bool {
-        self.sweep.len() >= sweep_fractions().len()
+        self.sweep_stopped || self.sweep.len() >= sweep_fractions().len()
     }
 
     /// The token the text-to-image map shows: the hovered one, else the clicked one.
@@ -156,6 +158,7 @@ impl VlmState {
                 self.full.answer(*id, opened.clone());
             }
             Event::VlmReduced { id, run } => self.run.answer(*id, run.clone()),
+            Event::VlmSweepStopped { id } => self.sweep_stopped |= *id == self.sweep_id,
             Event::VlmSweepPoint { id, point } => {
                 if *id == self.sweep_id {
                     self.sweep.push(point.clone());
@@ -187,7 +190,7 @@ impl VlmState {
     }
 
     pub fn failed(&mut self) {
-        if self.full.pending && !self.sweep_done() {
+        if self.full.pending && self.sweep.len() < sweep_fractions().len() {
             // The worker dropped the sweep when the full run was asked for: ask for it again.
             self.sweep_key = None;
         }
@@ -268,6 +271,7 @@ impl TokenlensApp {
             let vlm = self.vlm.as_mut().expect("checked above");
             vlm.sweep_id = id;
             vlm.sweep.clear();
+            vlm.sweep_stopped = false;
             vlm.sweep_key = Some(key.clone());
             // Popped from the end: the presets first, then 50 %, 25 % and the full model.
             self.worker.submit(Job::VlmSweep { id, spec: key, fractions: sweep_fractions() });
@@ -343,7 +347,7 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 /// The method menu: vision side, then language side.
 fn method_menu(ui: &mut egui::Ui, method: &mut VlmMethod) {
     let label = method_label(method);
-    egui::ComboBox::from_id_salt("vlm_method").selected_text(label).width(200.0).show_ui(ui, |ui| {
+    egui::ComboBox::from_id_salt("vlm_method").selected_text(label).width(200.0).height(480.0).show_ui(ui, |ui| {
         let all = VlmMethod::all();
         for (title, vision) in [("Vision side", true), ("Language side", false)] {
             ui.label(egui::RichText::new(title).strong().small());
@@ -410,6 +414,10 @@ mod tests {
         let removed: Vec<f64> = v.sweep.iter().map(|p| p.removed).collect();
         assert_eq!(removed, vec![0.0, 0.5, 0.9]);
         assert!(!v.sweep_done());
+        v.apply(&Event::VlmSweepStopped { id: 6 });
+        assert!(!v.sweep_done(), "an old sweep's stop");
+        v.apply(&Event::VlmSweepStopped { id: 7 });
+        assert!(v.sweep_done());
     }
 
     #[test]

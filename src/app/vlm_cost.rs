@@ -49,7 +49,7 @@ pub fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
             .push(BarChart::new("reduced", layer_bars(&r.cost, 0.2, "reduced")).color(Color32::from_rgb(80, 160, 255)));
     }
     Plot::new("vlm_layer_flops")
-        .height(130.0)
+        .height(150.0)
         .include_y(0.0)
         .x_axis_label("decoder layer")
         .y_axis_label("prefill MFLOPs")
@@ -63,9 +63,9 @@ pub fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
             }
         });
     let tokens = |r: &VlmRun| r.cost.decoder_tokens.iter().map(usize::to_string).collect::<Vec<_>>().join(" ");
-    ui.label(RichText::new(format!("tokens per layer, full: {}", tokens(full))).small().monospace());
+    ui.label(RichText::new(format!("tokens per layer, full: {}", tokens(full))).small());
     if let Some(r) = reduced {
-        ui.label(RichText::new(format!("tokens per layer, reduced: {}", tokens(r))).small().monospace());
+        ui.label(RichText::new(format!("tokens per layer, reduced: {}", tokens(r))).small());
         ui.label(
             RichText::new(format!(
                 "image rows, layer-averaged: {:.1} of {} (stage {})",

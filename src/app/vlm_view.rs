@@ -77,6 +77,7 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let s = app.settings.clone();
     let method = method_label(&s.vlm.method);
     let run = vlm.run.value.clone();
+    let run_pending = vlm.run.pending;
     let map = value_map(vlm, &opened, s.vlm.overlay, &method);
     let frame = frame(&opened);
 
@@ -105,8 +106,11 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         (None, VlmOverlay::TextToImage, _) => {
             ui.strong("Hover or click a token of an answer to see what it looked at");
         }
-        _ => {
+        _ if run_pending => {
             ui.label("waiting for the reduced run…");
+        }
+        _ => {
+            ui.label("no reduced run: see the error below");
         }
     });
 

@@ -102,6 +102,10 @@ pub enum Event {
         id: u64,
         point: SweepPoint,
     },
+    /// The sweep `id` stopped on an error (sent after the error itself).
+    VlmSweepStopped {
+        id: u64,
+    },
     ModelReady {
         id: String,
         /// The model scores prompt labels (CLIP, SigLIP).
@@ -308,8 +312,9 @@ impl<W: Fn()> Worker<W> {
                     self.send(Event::Failed(format!("drift curve: {e}")));
                 }
             } else if let Err(e) = self.sweep_step() {
-                self.sweep = None;
+                let id = self.sweep.take().map(|w| w.id);
                 self.send(Event::Failed(format!("ratio sweep: {e}")));
+                id.into_iter().for_each(|id| self.send(Event::VlmSweepStopped { id }));
             }
         }
     }
