@@ -1,0 +1,128 @@
+//! The app's worker with a tiny vision-language model (tests/fixtures/vlm): it says the model is
+//! a VLM, streams every answer token before the answer itself, runs reduced runs and the ratio
+//! sweep against the full answer, and reports a question that overflows the context as an
+//! error without stopping.
+
+mod common;
+
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
+
+use common::{asset, fixture};
+use tokenlens::app::{Event, ImageSource, Job, WorkerHandle};
+use tokenlens::model::ModelSource;
+use tokenlens::reduce::{Budget, ReducerConfig};
+use tokenlens::vlm::{VlmMethod, VlmRunSpec, sweep_fractions};
+
+fn next(worker: &WorkerHandle) -> Event {
+    match worker.events.recv_timeout(Duration::from_secs(120)) {
+        Ok(e) => e,
+        Err(RecvTimeoutError::Timeout) => panic!("the worker said nothing for 2 minutes"),
+        Err(RecvTimeoutError::Disconnected) => panic!("the worker stopped"),
+    }
+}
+
+fn spec() -> VlmRunSpec {
+    VlmRunSpec {
+        method: Some(VlmMethod::Vision(ReducerConfig::from_name("random").unwrap())),
+        budget: Budget::RemoveFraction(0.5),
+        max_new_tokens: 8,
+        ..VlmRunSpec::default()
+    }
+}
+
+fn image() -> ImageSource {
+    ImageSource { label: asset("chelsea.png"), bytes: None }
+}
+
+#[test]
+fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
+    for model in ["llava", "idefics3"] {
+        let mut worker = WorkerHandle::spawn(ModelSource::File(fixture(&format!("vlm/{model}"))), || {});
+        loop {
+            match next(&worker) {
+                Event::VlmReady { num_layers, context, .. } => {
+                    assert_eq!((num_layers, context), (2, Some(64)), "{model}");
+                    break;
+                }
+                Event::Status(_) => {}
+                Event::Failed(e) => panic!("{model}: {e}"),
+                _ => panic!("{model}: an event before the model is ready"),
+            }
+        }
+
+        // The full answer: its tokens stream in first, one event each.
+        let question = "what is in the image?".to_string();
+        worker.submit(Job::VlmFull { id: 1, source: image(), question, spec: VlmRunSpec { method: None, ..spec() } });
+        let mut streamed = Vec::new();
+        let opened = loop {
+            match next(&worker) {
+                Event::VlmToken { id: 1, piece } => streamed.push(piece),
+                Event::VlmOpened { id: 1, opened } => break opened,
+                Event::Failed(e) => panic!("{model}: {e}"),
+                _ => {}
+            }
+        };
+        assert_eq!(streamed, opened.run.answer.pieces, "{model}: streamed pieces");
+        assert!(!streamed.is_empty());
+        assert_eq!(opened.grid[0] * opened.grid[1], opened.saliency.len());
+
+        // A reduced run, superseded by another before it could finish: the newest answers.
+        worker.submit(Job::VlmRun { id: 2, spec: spec() });
+        let keep_more = VlmRunSpec { budget: Budget::RemoveFraction(0.25), ..spec() };
+        worker.submit(Job::VlmRun { id: 3, spec: keep_more });
+        let mut streamed = Vec::new();
+        let run = loop {
+            match next(&worker) {
+                Event::VlmToken { id: 3, piece } => streamed.push(piece),
+                Event::VlmReduced { id: 3, run } => break run,
+                Event::Failed(e) => panic!("{model}: {e}"),
+                _ => {}
+            }
+        };
+        assert_eq!(streamed, run.answer.pieces, "{model}: streamed reduced pieces");
+        assert!(run.full_answer_logprob.is_some());
+        let n = opened.grid[0] * opened.grid[1];
+        assert_eq!(run.keep, Budget::RemoveFraction(0.25).resolve(n).unwrap());
+
+        // The sweep: one point per fraction, in the background.
+        let fractions = sweep_fractions();
+        worker.submit(Job::VlmSweep { id: 4, spec: spec(), fractions: fractions.clone() });
+        let mut points = Vec::new();
+        while points.len() < fractions.len() {
+            match next(&worker) {
+                Event::VlmSweepPoint { id: 4, point } => points.push(point),
+                Event::Failed(e) => panic!("{model}: {e}"),
+                _ => {}
+            }
+        }
+        let zero = points.iter().find(|p| p.removed == 0.0).expect("the full model's point");
+        assert!(!zero.changed, "{model}: nothing removed, the same answer");
+
+        // A question far past the 64-token context: a clear error, and the worker goes on.
+        let long = "please describe every detail of this picture ".repeat(8);
+        worker.submit(Job::VlmFull { id: 5, source: image(), question: long, spec: spec() });
+        loop {
+            match next(&worker) {
+                Event::Failed(e) => {
+                    assert!(e.contains("context of 64"), "{model}: {e}");
+                    break;
+                }
+                Event::VlmOpened { id: 5, .. } => panic!("{model}: the long question was answered"),
+                _ => {}
+            }
+        }
+        worker.submit(Job::VlmRun { id: 6, spec: spec() });
+        loop {
+            match next(&worker) {
+                Event::VlmReduced { id: 6, run } => {
+                    let half = Budget::RemoveFraction(0.5).resolve(n).unwrap();
+                    assert_eq!((run.num_image_tokens, run.keep), (n, half), "{model}: against the last full run");
+                    break;
+                }
+                Event::Failed(e) => panic!("{model}: {e}"),
+                _ => {}
+            }
+        }
+    }
+}
