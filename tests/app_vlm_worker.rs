@@ -22,6 +22,22 @@ fn next(worker: &WorkerHandle) -> Event {
     }
 }
 
+/// The pieces streamed for request `id` until `done` picks its answer out of an event.
+fn streamed_until<T>(worker: &WorkerHandle, id: u64, done: impl Fn(Event) -> Option<T>) -> (Vec<String>, T) {
+    let mut streamed = Vec::new();
+    loop {
+        match next(worker) {
+            Event::VlmToken { id: i, piece } if i == id => streamed.push(piece),
+            Event::Failed(e) => panic!("{e}"),
+            event => {
+                if let Some(answer) = done(event) {
+                    return (streamed, answer);
+                }
+            }
+        }
+    }
+}
+
 fn spec() -> VlmRunSpec {
     VlmRunSpec {
         method: Some(VlmMethod::Vision(ReducerConfig::from_name("random").unwrap())),
@@ -54,15 +70,10 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         // The full answer: its tokens stream in first, one event each.
         let question = "what is in the image?".to_string();
         worker.submit(Job::VlmFull { id: 1, source: image(), question, spec: VlmRunSpec { method: None, ..spec() } });
-        let mut streamed = Vec::new();
-        let opened = loop {
-            match next(&worker) {
-                Event::VlmToken { id: 1, piece } => streamed.push(piece),
-                Event::VlmOpened { id: 1, opened } => break opened,
-                Event::Failed(e) => panic!("{model}: {e}"),
-                _ => {}
-            }
-        };
+        let (streamed, opened) = streamed_until(&worker, 1, |e| match e {
+            Event::VlmOpened { id: 1, opened } => Some(opened),
+            _ => None,
+        });
         assert_eq!(streamed, opened.run.answer.pieces, "{model}: streamed pieces");
         assert!(!streamed.is_empty());
         assert_eq!(opened.grid[0] * opened.grid[1], opened.saliency.len());
@@ -71,15 +82,10 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         worker.submit(Job::VlmRun { id: 2, spec: spec() });
         let keep_more = VlmRunSpec { budget: Budget::RemoveFraction(0.25), ..spec() };
         worker.submit(Job::VlmRun { id: 3, spec: keep_more });
-        let mut streamed = Vec::new();
-        let run = loop {
-            match next(&worker) {
-                Event::VlmToken { id: 3, piece } => streamed.push(piece),
-                Event::VlmReduced { id: 3, run } => break run,
-                Event::Failed(e) => panic!("{model}: {e}"),
-                _ => {}
-            }
-        };
+        let (streamed, run) = streamed_until(&worker, 3, |e| match e {
+            Event::VlmReduced { id: 3, run } => Some(run),
+            _ => None,
+        });
         assert_eq!(streamed, run.answer.pieces, "{model}: streamed reduced pieces");
         assert!(run.full_answer_logprob.is_some());
         let n = opened.grid[0] * opened.grid[1];
