@@ -22,12 +22,16 @@ fn next(worker: &WorkerHandle) -> Event {
     }
 }
 
-/// The pieces streamed for request `id` until `done` picks its answer out of an event.
-fn streamed_until<T>(worker: &WorkerHandle, id: u64, done: impl Fn(Event) -> Option<T>) -> (Vec<String>, T) {
-    let mut streamed = Vec::new();
+/// The pieces streamed for request `id` and the last text so far, until `done` picks its
+/// answer out of an event.
+fn streamed_until<T>(worker: &WorkerHandle, id: u64, done: impl Fn(Event) -> Option<T>) -> ((Vec<String>, String), T) {
+    let mut streamed = (Vec::new(), String::new());
     loop {
         match next(worker) {
-            Event::VlmToken { id: i, piece } if i == id => streamed.push(piece),
+            Event::VlmToken { id: i, piece, text } if i == id => {
+                streamed.0.push(piece);
+                streamed.1 = text;
+            }
             Event::Failed(e) => panic!("{e}"),
             event => {
                 if let Some(answer) = done(event) {
@@ -70,11 +74,12 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         // The full answer: its tokens stream in first, one event each.
         let question = "what is in the image?".to_string();
         worker.submit(Job::VlmFull { id: 1, source: image(), question, spec: VlmRunSpec { method: None, ..spec() } });
-        let (streamed, opened) = streamed_until(&worker, 1, |e| match e {
+        let ((streamed, text), opened) = streamed_until(&worker, 1, |e| match e {
             Event::VlmOpened { id: 1, opened } => Some(opened),
             _ => None,
         });
         assert_eq!(streamed, opened.run.answer.pieces, "{model}: streamed pieces");
+        assert_eq!(text, opened.run.answer.text, "{model}: the answer so far, at the end");
         assert!(!streamed.is_empty());
         assert_eq!(opened.grid[0] * opened.grid[1], opened.saliency.len());
 
@@ -82,7 +87,7 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         worker.submit(Job::VlmRun { id: 2, spec: spec() });
         let keep_more = VlmRunSpec { budget: Budget::RemoveFraction(0.25), ..spec() };
         worker.submit(Job::VlmRun { id: 3, spec: keep_more });
-        let (streamed, run) = streamed_until(&worker, 3, |e| match e {
+        let ((streamed, _), run) = streamed_until(&worker, 3, |e| match e {
             Event::VlmReduced { id: 3, run } => Some(run),
             _ => None,
         });

@@ -48,7 +48,7 @@ pub fn answers_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         if vlm.full.pending {
             ui.horizontal_wrapped(|ui| {
                 ui.spinner();
-                ui.label(vlm.full_stream.concat());
+                ui.label(&vlm.full_text);
             });
         } else if app.error.is_some() {
             ui.label("No answer: see the error below (a shorter question or answer limit may help).");
@@ -61,7 +61,7 @@ pub fn answers_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     if vlm.full.pending {
         ui.horizontal_wrapped(|ui| {
             ui.spinner();
-            ui.label(RichText::new(format!("new full answer: {}", vlm.full_stream.concat())).weak());
+            ui.label(RichText::new(format!("new full answer: {}", vlm.full_text)).weak());
         });
     }
     let full = &opened.run;
@@ -85,7 +85,7 @@ pub fn answers_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             None if vlm.run.pending => {
                 cols[1].horizontal_wrapped(|ui| {
                     ui.spinner();
-                    ui.label(vlm.run_stream.iter().map(|p| shown_piece(p)).collect::<Vec<_>>().join(" "));
+                    ui.label(&vlm.run_text);
                 });
             }
             None if vlm.full.pending || vlm.full.value.is_none() => {

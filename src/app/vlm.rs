@@ -95,11 +95,14 @@ pub struct VlmState {
     /// The full run of the current image and question.
     pub full: Slot<Arc<VlmOpened>>,
     sent_full: Option<FullKey>,
-    /// Tokens of the full answer (`full.id`) and the reduced one (`run.id`) as they stream in.
+    /// Tokens of the full answer (`full.id`) and the reduced one (`run.id`) as they stream in,
+    /// and each answer so far as text.
     pub full_stream: Vec<String>,
+    pub full_text: String,
     pub run: Slot<Arc<VlmRun>>,
     sent_run: Option<VlmRunSpec>,
     pub run_stream: Vec<String>,
+    pub run_text: String,
     /// Points of the ratio sweep of `sweep_key`'s method, sorted by removed fraction.
     pub sweep: Vec<SweepPoint>,
     sweep_id: u64,
@@ -139,11 +142,13 @@ impl VlmState {
     /// Applies a VLM event; false if `event` is not one.
     pub fn apply(&mut self, event: &Event) -> bool {
         match event {
-            Event::VlmToken { id, piece } => {
+            Event::VlmToken { id, piece, text } => {
                 if *id == self.full.id && self.full.pending {
                     self.full_stream.push(piece.clone());
+                    self.full_text.clone_from(text);
                 } else if *id == self.run.id && self.run.pending {
                     self.run_stream.push(piece.clone());
+                    self.run_text.clone_from(text);
                 }
             }
             Event::VlmOpened { id, opened } => {
@@ -246,6 +251,7 @@ impl TokenlensApp {
             let vlm = self.vlm.as_mut().expect("checked above");
             vlm.full.submitted(id);
             vlm.full_stream.clear();
+            vlm.full_text.clear();
             vlm.sent_full = Some(key);
             self.status = format!("Answering about {}…", source.label.display());
             let full_spec = VlmRunSpec { method: None, ..spec };
@@ -260,6 +266,7 @@ impl TokenlensApp {
             let vlm = self.vlm.as_mut().expect("checked above");
             vlm.run.submitted(id);
             vlm.run_stream.clear();
+            vlm.run_text.clear();
             vlm.sent_run = Some(spec.clone());
             self.worker.submit(Job::VlmRun { id, spec: spec.clone() });
         }
@@ -384,11 +391,13 @@ mod tests {
     fn tokens_stream_into_the_request_they_belong_to() {
         let mut v = VlmState::new("tiny".into(), 2, Some(64));
         v.full.submitted(3);
-        v.apply(&Event::VlmToken { id: 3, piece: "a".into() });
-        v.apply(&Event::VlmToken { id: 2, piece: "stale".into() });
+        let token = |id, piece: &str| Event::VlmToken { id, piece: piece.into(), text: format!("so far {piece}") };
+        v.apply(&token(3, "a"));
+        v.apply(&token(2, "stale"));
         assert_eq!(v.full_stream, vec!["a".to_string()]);
+        assert_eq!(v.full_text, "so far a");
         v.run.submitted(5);
-        v.apply(&Event::VlmToken { id: 5, piece: "b".into() });
+        v.apply(&token(5, "b"));
         assert_eq!(v.run_stream, vec!["b".to_string()]);
         assert!(v.busy());
         v.failed();

@@ -85,10 +85,12 @@ pub enum Event {
         num_layers: usize,
         context: Option<usize>,
     },
-    /// One answer token of the VLM request `id` (full or reduced), decoded on its own.
+    /// One answer token of the VLM request `id` (full or reduced), decoded on its own, and the
+    /// answer so far decoded whole (what a reader sees, spaces and all).
     VlmToken {
         id: u64,
         piece: String,
+        text: String,
     },
     VlmOpened {
         id: u64,
@@ -362,7 +364,7 @@ impl<W: Fn()> Worker<W> {
             Job::VlmFull { id, source, question, spec } => self.answer_full(id, source, &question, &spec, cancel)?,
             Job::VlmRun { id, spec } => {
                 let (vlm, full) = (self.vlm()?, self.current_vlm_full()?);
-                let run = vlm.run(&full, &spec, &mut |t| self.stream(id, vlm, t), cancel)?;
+                let run = vlm.run(&full, &spec, &mut self.streamer(id, vlm), cancel)?;
                 self.send(Event::VlmReduced { id, run: Arc::new(run) });
             }
             Job::Open { source, prompt } => {
@@ -449,10 +451,15 @@ impl<W: Fn()> Worker<W> {
         self.vlm_full.clone().ok_or_else(|| Error::Render("no image is open".into()))
     }
 
-    /// Sends one streamed answer token.
-    fn stream(&self, id: u64, vlm: &Vlm, token: u32) {
-        let piece = vlm.tokenizer.decode(&[token], false).unwrap_or_default();
-        self.send(Event::VlmToken { id, piece });
+    /// Sends each answer token of request `id` as it comes, with the answer so far.
+    fn streamer<'a>(&'a self, id: u64, vlm: &'a Vlm) -> impl FnMut(u32) + 'a {
+        let mut ids = Vec::new();
+        move |token| {
+            ids.push(token);
+            let piece = vlm.tokenizer.decode(&[token], false).unwrap_or_default();
+            let text = vlm.tokenizer.decode(&ids, true).unwrap_or_default().trim().to_string();
+            self.send(Event::VlmToken { id, piece, text });
+        }
     }
 
     fn answer_full(
@@ -468,7 +475,7 @@ impl<W: Fn()> Worker<W> {
             Some(bytes) => vlm.arch.image_from_bytes(bytes, &source.label)?,
             None => vlm.open_image(&source.label)?,
         };
-        let full = vlm.full(image, question, spec, &mut |t| self.stream(id, vlm, t), cancel)?;
+        let full = vlm.full(image, question, spec, &mut self.streamer(id, vlm), cancel)?;
         let grid = [full.vision.grid.0, full.vision.grid.1];
         let opened = VlmOpened {
             label: source.label,
