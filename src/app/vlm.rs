@@ -295,9 +295,10 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 
     super::controls::section(ui, "Method");
     method_menu(ui, &mut s.method);
-    let mut vision_side = false;
+    let mut tower_layer_param = false;
     if let VlmMethod::Vision(c) = &s.method {
-        vision_side = true;
+        let json = serde_json::to_value(c).unwrap_or_default();
+        tower_layer_param = json.as_object().is_some_and(|o| o.keys().any(|k| k.contains("layer")));
         let info = c.info();
         ui.label(egui::RichText::new(info.description).small());
         ui.label(egui::RichText::new(info.paper).small().weak().italics());
@@ -313,8 +314,8 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         VlmMethod::Vision(c) => params_ui(ui, c, tower_layers),
         VlmMethod::Llm(c) => params_ui(ui, c, decoder_layers),
     }
-    if vision_side {
-        ui.label(egui::RichText::new("layers: vision tower").small().weak());
+    if tower_layer_param {
+        ui.label(egui::RichText::new("layers: of the vision tower").small().weak());
     }
     ui.horizontal(|ui| {
         ui.label("Positions").on_hover_text(

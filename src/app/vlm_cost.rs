@@ -4,7 +4,7 @@
 
 use eframe::egui;
 use egui::{Color32, RichText};
-use egui_plot::{Bar, BarChart, Legend, Plot};
+use egui_plot::{Bar, BarChart, Plot};
 
 use super::TokenlensApp;
 use super::output::flops;
@@ -53,7 +53,6 @@ pub fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
         .include_y(0.0)
         .x_axis_label("decoder layer")
         .y_axis_label("prefill MFLOPs")
-        .legend(Legend::default())
         .allow_zoom(false)
         .allow_drag(false)
         .allow_scroll(false)
@@ -62,6 +61,9 @@ pub fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
                 plot.bar_chart(chart);
             }
         });
+    ui.label(
+        RichText::new("grey: full model · blue: reduced · hover a bar for its layer's token count").small().weak(),
+    );
     let tokens = |r: &VlmRun| r.cost.decoder_tokens.iter().map(usize::to_string).collect::<Vec<_>>().join(" ");
     ui.label(RichText::new(format!("tokens per layer, full: {}", tokens(full))).small());
     if let Some(r) = reduced {

@@ -154,6 +154,6 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             score: r.scores.as_ref().and_then(|s| s.get(token).copied().flatten()),
             groups: &r.groups,
         });
-        patch_info(token, grid, map.as_ref(), fate).replacen("patch", "image token", 1)
+        patch_info(token, grid, map.as_ref(), fate).replace("patches", "image tokens").replace("patch", "image token")
     });
 }
