@@ -2,6 +2,10 @@
 //! the app compares the settings with what it last asked for and submits only the work that
 //! changed. The model lives on the worker thread, and every picture comes from `render`
 //! through `figures`, the same code the CLI writes PNGs with.
+//!
+//! A vision-language model folder switches the app to VLM mode (`vlm`): the prompt box takes the
+//! question, the right panel shows the answers with their diff and the ratio sweep (`answer`)
+//! and the cost (`vlm_cost`), and the view draws on the image-token grid (`vlm_view`).
 
 mod answer;
 mod compare;
