@@ -205,6 +205,8 @@ struct Worker<W: Fn()> {
     exports: Vec<(Job, Cancel)>,
     /// The token background steps run with (replaced with every message).
     background: Cancel,
+    /// Why no model is loaded, repeated to every job that needs one.
+    unloaded: String,
 }
 
 /// Reduced runs kept per image (each ~0.3 MB).
@@ -238,6 +240,7 @@ impl<W: Fn()> Worker<W> {
             source: None,
             exports: Vec::new(),
             background: Cancel::default(),
+            unloaded: "no model is loaded".into(),
         };
         let mut say = |line: &str| worker_say(&worker.events, &worker.wake, line);
         match vlm_folder(&model, &mut say) {
@@ -253,12 +256,12 @@ impl<W: Fn()> Worker<W> {
                         });
                         worker.vlm = Some(vlm);
                     }
-                    Err(e) => worker.send(Event::Failed(format!("the model could not be loaded: {e}"))),
+                    Err(e) => worker.load_failed(&e),
                 }
                 return worker;
             }
             Err(e) => {
-                worker.send(Event::Failed(format!("the model could not be loaded: {e}")));
+                worker.load_failed(&e);
                 return worker;
             }
         }
@@ -268,9 +271,14 @@ impl<W: Fn()> Worker<W> {
                 worker.send(Event::ModelReady { id: s.model.id.clone(), takes_prompt: s.takes_prompt() });
                 worker.session = Some(s);
             }
-            Err(e) => worker.send(Event::Failed(format!("the model could not be loaded: {e}"))),
+            Err(e) => worker.load_failed(&e),
         }
         worker
+    }
+
+    fn load_failed(&mut self, e: &Error) {
+        self.unloaded = format!("the model could not be loaded: {e}");
+        self.send(Event::Failed(self.unloaded.clone()));
     }
 
     fn send(&self, event: Event) {
@@ -350,7 +358,7 @@ impl<W: Fn()> Worker<W> {
     }
 
     fn session(&self) -> crate::Result<&Session> {
-        self.session.as_ref().ok_or_else(|| Error::Render("no model is loaded (see the message above)".into()))
+        self.session.as_ref().ok_or_else(|| Error::Render(self.unloaded.clone()))
     }
 
     fn full(&self) -> crate::Result<Arc<FullRun>> {
@@ -444,7 +452,7 @@ impl<W: Fn()> Worker<W> {
     }
 
     fn vlm(&self) -> crate::Result<&Vlm> {
-        self.vlm.as_ref().ok_or_else(|| Error::Render("no vision-language model is loaded".into()))
+        self.vlm.as_ref().ok_or_else(|| Error::Render(self.unloaded.clone()))
     }
 
     fn current_vlm_full(&self) -> crate::Result<Arc<VlmFull>> {
