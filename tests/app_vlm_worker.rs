@@ -137,3 +137,27 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         }
     }
 }
+
+#[test]
+fn a_folder_without_its_tokenizer_says_so_to_every_job() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("vlm/llava")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "tokenizer.json" {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut worker = WorkerHandle::spawn(ModelSource::File(dir.path().to_path_buf()), || {});
+    worker.submit(Job::VlmRun { id: 1, spec: spec() });
+    let mut failures = Vec::new();
+    while failures.len() < 2 {
+        match next(&worker) {
+            Event::Failed(e) => failures.push(e),
+            Event::VlmReady { .. } => panic!("loaded without a tokenizer"),
+            _ => {}
+        }
+    }
+    for e in failures {
+        assert!(e.contains("could not be loaded") && e.contains("tokenizer.json"), "{e}");
+    }
+}
