@@ -37,9 +37,22 @@ pub fn grid_map_body(
     opacity: f32,
     max_side: u32,
 ) -> RgbImage {
+    grid_map_body_at(&input.photo, placement(input), grid, values, colormap, opacity, max_side)
+}
+
+/// A per-token map on any grid placed over `photo` (the app's VLM view uses the image-token grid).
+pub fn grid_map_body_at(
+    photo: &RgbImage,
+    place: Placement,
+    grid: [usize; 2],
+    values: &[f32],
+    colormap: Colormap,
+    opacity: f32,
+    max_side: u32,
+) -> RgbImage {
     let heat = Heatmap { rows: grid[0], cols: grid[1], values: values.to_vec() };
     let style = OverlayStyle { colormap, opacity, title: None, colorbar: false, max_side, ..OverlayStyle::default() };
-    render::overlay_body(&input.photo, &heat, &placement(input), &style)
+    render::overlay_body(photo, &heat, &place, &style)
 }
 
 /// The saliency body on the fixed 0..1 scale, without title or colour bar.
@@ -60,13 +73,24 @@ pub fn saliency_body(input: &ImageInput, output: &Output, colormap: Colormap, ma
 
 /// [`tokens`] without title or legend.
 pub fn tokens_body(input: &ImageInput, grid: [usize; 2], run: &RunResult, max_side: u32) -> RgbImage {
-    let (groups, style) = token_groups(grid, run);
-    render::tokens_body(
-        &input.photo,
-        &groups,
-        &placement(input),
-        &TokensStyle { style, max_side, ..TokensStyle::default() },
-    )
+    let merges = run.spec.reducer.info().merges;
+    groups_body_at(&input.photo, placement(input), grid, &run.groups, merges, max_side)
+}
+
+/// Surviving tokens (`groups`: the original tokens each carries) on any grid over `photo`:
+/// merge methods as filled groups, pruning methods as kept versus faded dropped cells.
+pub fn groups_body_at(
+    photo: &RgbImage,
+    place: Placement,
+    grid: [usize; 2],
+    groups: &[Vec<u32>],
+    merges: bool,
+    max_side: u32,
+) -> RgbImage {
+    let groups =
+        TokenGroups::from_groups(grid[0], grid[1], groups).expect("a run's groups are disjoint and on the grid");
+    let style = if merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
+    render::tokens_body(photo, &groups, &place, &TokensStyle { style, max_side, ..TokensStyle::default() })
 }
 
 /// The saliency output over the photo, on the fixed 0..1 scale so maps compare directly.

@@ -1,12 +1,12 @@
 //! The app in a real window under Xvfb: it opens an image, draws the overlay, and captures its
 //! own frame (`--screenshot`). Two captures that differ only in the heatmap's opacity must
-//! differ exactly where the heatmap is: in the central view.
+//! differ exactly where the heatmap is: in the central view. With a tiny vision-language model,
+//! the answer diff and the ratio sweep must be on screen.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::asset;
 
@@ -17,20 +17,30 @@ struct Xvfb {
 }
 
 impl Xvfb {
+    /// Xvfb picks a free display itself (`-displayfd`) and says which once it accepts
+    /// connections: no clash with other servers, no race with its start-up.
     fn start() -> Option<Self> {
-        let n = 90 + std::process::id() % 100;
-        let child = Command::new("Xvfb")
-            .args([format!(":{n}").as_str(), "-screen", "0", "1400x900x24", "-nolisten", "tcp"])
-            .stdout(Stdio::null())
+        use std::io::BufRead;
+        let mut child = Command::new("Xvfb")
+            .args(["-displayfd", "1", "-screen", "0", "1400x900x24", "-nolisten", "tcp"])
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
-        let start = Instant::now();
-        while !socket.exists() && start.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take()?).read_line(&mut line).ok()?;
+        let n: u32 = line.trim().parse().ok()?;
         Some(Self { child, display: format!(":{n}") })
+    }
+
+    /// A server, or None where Xvfb is not installed (never on CI).
+    fn start_or_skip() -> Option<Self> {
+        let x = Self::start();
+        if x.is_none() {
+            assert!(std::env::var_os("CI").is_none(), "CI must install Xvfb (see .ci/run)");
+            eprintln!("Xvfb not installed: skipping the screenshot test");
+        }
+        x
     }
 }
 
@@ -41,27 +51,36 @@ impl Drop for Xvfb {
     }
 }
 
-fn screenshot(x: &Xvfb, image: &Path, opacity: f32, out: &Path) -> image::RgbImage {
-    let _ = common::session(); // the model is cached before the app starts
+/// `tokenlens gui IMAGE ARGS --screenshot OUT` on the server; the captured frame.
+fn run_app(x: &Xvfb, image: &Path, args: &[&std::ffi::OsStr], out: &Path) -> image::RgbImage {
     let run = Command::new(env!("CARGO_BIN_EXE_tokenlens"))
         .env("DISPLAY", &x.display)
         .arg("gui")
         .arg(image)
-        .args(["--overlay", "attention", "--opacity", &opacity.to_string(), "--screenshot"])
+        .args(args)
+        .arg("--screenshot")
         .arg(out)
         .output()
         .expect("the app starts");
     assert!(run.status.success(), "app failed: {}", String::from_utf8_lossy(&run.stderr));
+    if std::env::var_os("TOKENLENS_KEEP_SHOTS").is_some() {
+        let keep = std::env::temp_dir().join("tokenlens-shots");
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(out, keep.join(out.file_name().unwrap())).unwrap();
+    }
     image::open(out).unwrap_or_else(|e| panic!("{out:?}: {e}")).to_rgb8()
+}
+
+fn screenshot(x: &Xvfb, image: &Path, opacity: f32, out: &Path) -> image::RgbImage {
+    let _ = common::session(); // the model is cached before the app starts
+    let opacity = opacity.to_string();
+    let args = ["--overlay", "attention", "--opacity", &opacity].map(std::ffi::OsStr::new);
+    run_app(x, image, &args, out)
 }
 
 #[test]
 fn the_window_draws_the_attention_overlay() {
-    let Some(x) = Xvfb::start() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must install Xvfb (see .ci/run)");
-        eprintln!("Xvfb not installed: skipping the screenshot test");
-        return;
-    };
+    let Some(x) = Xvfb::start_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     let image = asset("coffee.png");
     let plain = screenshot(&x, &image, 0.0, &dir.path().join("plain.png"));
@@ -80,15 +99,50 @@ fn the_window_draws_the_attention_overlay() {
         }
     }
     let area = (x1 - x0) * (y1 - y0);
-    if std::env::var_os("TOKENLENS_KEEP_SHOTS").is_some() {
-        let keep = std::env::temp_dir().join("tokenlens-shots");
-        std::fs::create_dir_all(&keep).unwrap();
-        for f in ["plain.png", "heat.png"] {
-            std::fs::copy(dir.path().join(f), keep.join(f)).unwrap();
-        }
-    }
     assert!(changed > area / 5, "only {changed} of {area} central pixels changed: no overlay drawn?");
     // The window itself rendered: not a blank frame.
     let distinct: std::collections::HashSet<[u8; 3]> = heat.pixels().map(|p| p.0).collect();
     assert!(distinct.len() > 1000, "the window looks blank ({} colours)", distinct.len());
+}
+
+/// Runs the app on a tiny VLM fixture until the full answer, a reduced run and the whole ratio
+/// sweep are on screen; returns the frame and what the answer panels showed.
+fn vlm_screenshot(x: &Xvfb, model: &str, out: &Path) -> (image::RgbImage, serde_json::Value) {
+    let model = common::fixture(&format!("vlm/{model}"));
+    let args = ["--model".as_ref(), model.as_os_str()]
+        .into_iter()
+        .chain(["--reducer", "random", "--max-answer-tokens", "12"].map(std::ffi::OsStr::new))
+        .collect::<Vec<_>>();
+    let frame = run_app(x, &asset("chelsea.png"), &args, out);
+    let summary = serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
+    (frame, summary)
+}
+
+#[test]
+fn the_vlm_answer_diff_and_sweep_appear() {
+    let Some(x) = Xvfb::start_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for model in ["llava", "idefics3"] {
+        let out = dir.path().join(format!("vlm-{model}.png"));
+        let (frame, s) = vlm_screenshot(&x, model, &out);
+        // Both answers and their diff, the log-probability, and every sweep point.
+        let full = s["full_answer"].as_array().expect("a full answer");
+        let reduced = s["reduced_answer"].as_array().expect("a reduced answer");
+        assert!(!full.is_empty() && !reduced.is_empty(), "{model}: {s}");
+        assert!(s["diff"].as_array().is_some_and(|d| d.len() >= full.len().max(reduced.len())), "{model}: {s}");
+        assert!(s["full_answer_logprob"].is_number(), "{model}: {s}");
+        let sweep = s["sweep"].as_array().unwrap();
+        assert_eq!(sweep.len(), tokenlens::vlm::sweep_fractions().len(), "{model}: {s}");
+        assert_eq!(sweep[0]["changed"], false, "{model}: nothing removed, the same answer");
+        // On screen: the sweep's green "same answer" markers (and any green added tokens) in the
+        // right panel.
+        let (w, h) = frame.dimensions();
+        let count = |rgb: [u8; 3]| {
+            (0..h)
+                .flat_map(|y| (w * 60 / 100..w).map(move |x| (x, y)))
+                .filter(|&(x, y)| frame.get_pixel(x, y).0.iter().zip(rgb).all(|(a, b)| a.abs_diff(b) < 12))
+                .count()
+        };
+        assert!(count([60, 200, 90]) > 20, "{model}: no sweep markers on screen");
+    }
 }

@@ -66,6 +66,10 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         ui.label(egui::RichText::new(format!("{}  ·  {w}×{h}", short_name(&opened.label))).small());
     }
     model_ui(app, ui);
+    if app.vlm.is_some() {
+        super::vlm::controls_ui(app, ui);
+        return;
+    }
 
     section(ui, "Method");
     method_ui(app, ui);
@@ -106,9 +110,13 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                 .button("Hugging Face folder…")
                 .on_hover_text(
                     "config.json + model.safetensors + preprocessor_config.json (+ tokenizer.json for CLIP/SigLIP): \
-                     ViT, DeiT, DINOv2, CLIP and SigLIP",
+                     ViT, DeiT, DINOv2, CLIP and SigLIP; or a vision-language model (LLaVA, SmolVLM) with its \
+                     tokenizer files",
                 )
                 .clicked();
+            ui.separator();
+            ui.set_max_width(420.0);
+            ui.add(egui::Label::new(egui::RichText::new(super::vlm::HOW_TO_GET).small()).wrap());
         });
     });
     if to_default {
@@ -116,6 +124,17 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     }
     if pick_folder {
         app.model_dialog();
+    }
+    if let Some(vlm) = app.vlm.as_mut() {
+        // The question: the full model runs again when editing ends.
+        let question =
+            egui::TextEdit::multiline(&mut vlm.draft).hint_text("a question about the image").desired_rows(2);
+        let response =
+            ui.add(question).on_hover_text("The question about the image; the answers update when you leave the box");
+        if response.lost_focus() && vlm.draft != app.settings.vlm.question {
+            app.settings.vlm.question = vlm.draft.clone();
+        }
+        return;
     }
     let prompt = egui::TextEdit::singleline(&mut app.settings.prompt).hint_text("labels, comma-separated");
     let response = ui.add_enabled(app.takes_prompt, prompt);
@@ -129,7 +148,7 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     }
 }
 
-fn section(ui: &mut egui::Ui, title: &str) {
+pub(super) fn section(ui: &mut egui::Ui, title: &str) {
     ui.add_space(6.0);
     ui.label(egui::RichText::new(title).strong());
     ui.separator();
@@ -167,7 +186,7 @@ fn method_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     }
 }
 
-fn budget_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+pub(super) fn budget_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let mut percent = removed_percent(&app.settings.spec.budget);
     let slider = egui::Slider::new(&mut percent, 0.0..=98.0).suffix(" % removed").max_decimals(1);
     if ui.add(slider).changed() {
@@ -187,7 +206,11 @@ fn budget_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 
 /// A generic editor over the method's serde fields: booleans, numbers, optional numbers ("auto"),
 /// and lists of layers. Layer fields get sliders over the model's depth.
-pub fn params_ui(ui: &mut egui::Ui, reducer: &mut ReducerConfig, num_layers: usize) {
+pub fn params_ui<T: serde::Serialize + serde::de::DeserializeOwned>(
+    ui: &mut egui::Ui,
+    reducer: &mut T,
+    num_layers: usize,
+) {
     let mut json = serde_json::to_value(&*reducer).expect("configs serialise");
     let Some(obj) = json.as_object_mut() else { return };
     let keys: Vec<String> = obj.keys().filter(|k| *k != "method").cloned().collect();
@@ -287,6 +310,11 @@ fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                 }
             });
     });
+    look_ui(s, ui);
+}
+
+/// The colormap and the heatmap's opacity.
+pub(super) fn look_ui(s: &mut super::Settings, ui: &mut egui::Ui) {
     egui::ComboBox::from_label("colormap").selected_text(s.colormap.name()).show_ui(ui, |ui| {
         for cm in Colormap::ALL {
             ui.selectable_value(&mut s.colormap, cm, cm.name());

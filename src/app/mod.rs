@@ -2,12 +2,20 @@
 //! the app compares the settings with what it last asked for and submits only the work that
 //! changed. The model lives on the worker thread, and every picture comes from `render`
 //! through `figures`, the same code the CLI writes PNGs with.
+//!
+//! A vision-language model folder switches the app to VLM mode (`vlm`): the prompt box takes the
+//! question, the right panel shows the answers with their diff and the ratio sweep (`answer`)
+//! and the cost (`vlm_cost`), and the view draws on the image-token grid (`vlm_view`).
 
+mod answer;
 mod compare;
 mod controls;
 mod output;
 mod textures;
 mod view;
+mod vlm;
+mod vlm_cost;
+mod vlm_view;
 mod worker;
 
 use std::path::PathBuf;
@@ -22,7 +30,8 @@ use crate::model::ModelSource;
 use crate::reduce::{Budget, ReducerConfig};
 use crate::render::Colormap;
 use crate::session::{RunResult, RunSpec};
-pub use worker::{Event, ImageSource, Job, Look, Opened, WorkerHandle};
+pub use vlm::{Pick, VlmOverlay, VlmSettings, VlmState};
+pub use worker::{Event, ImageSource, Job, Look, Opened, VlmOpened, WorkerHandle};
 
 /// What the file dialog on screen is for.
 enum Dialog {
@@ -89,6 +98,8 @@ pub struct Settings {
     pub compare: Vec<ReducerConfig>,
     /// The labels a CLIP or SigLIP model scores, comma-separated.
     pub prompt: String,
+    /// The question, method and views of a vision-language model.
+    pub vlm: VlmSettings,
 }
 
 impl Default for Settings {
@@ -110,6 +121,7 @@ impl Default for Settings {
                 .map(|n| ReducerConfig::from_name(n).expect("a built-in method"))
                 .collect(),
             prompt: "a cat, a dog, a car, a cup of coffee, a rocket, a person".into(),
+            vlm: VlmSettings::default(),
         }
     }
 }
@@ -172,14 +184,14 @@ impl<T> Default for Slot<T> {
 }
 
 impl<T> Slot<T> {
-    fn submitted(&mut self, id: u64) {
+    pub(crate) fn submitted(&mut self, id: u64) {
         self.id = id;
         self.pending = true;
         self.sent_at = Some(Instant::now());
     }
 
     /// Stores an answer unless a newer request superseded it.
-    fn answer(&mut self, id: u64, value: T) {
+    pub(crate) fn answer(&mut self, id: u64, value: T) {
         if id == self.id {
             self.value = Some(value);
             self.pending = false;
@@ -214,6 +226,8 @@ pub struct TokenlensApp {
     drift_id: u64,
     drift_key: Option<RunSpec>,
     pub tab: Tab,
+    /// VLM mode: present while a vision-language model is loaded.
+    pub vlm: Option<VlmState>,
     textures: textures::Textures,
     scene_rect: egui::Rect,
     show_help: bool,
@@ -258,6 +272,7 @@ impl TokenlensApp {
             drift_id: 0,
             drift_key: None,
             tab: Tab::Single,
+            vlm: None,
             textures: textures::Textures::default(),
             scene_rect: egui::Rect::ZERO,
             show_help: false,
@@ -278,7 +293,31 @@ impl TokenlensApp {
 
     /// Applies a worker event to the state.
     pub fn apply(&mut self, event: Event) {
+        if let Some(vlm) = self.vlm.as_mut()
+            && vlm.apply(&event)
+        {
+            if let Event::VlmOpened { id, opened } = &event
+                && *id == vlm.full.id
+            {
+                self.error = None;
+                let r = &opened.run;
+                self.status = format!(
+                    "{}: full answer in {:.0} ms ({:.1} tokens/s)",
+                    opened.label.display(),
+                    r.cost.encoder_ms + r.cost.prefill_ms + r.cost.decode_ms,
+                    r.cost.tokens_per_s
+                );
+                self.scene_rect = egui::Rect::ZERO;
+            }
+            return;
+        }
         match event {
+            Event::VlmReady { id, num_layers, context } => self.vlm_ready(id, num_layers, context),
+            Event::VlmToken { .. }
+            | Event::VlmOpened { .. }
+            | Event::VlmReduced { .. }
+            | Event::VlmSweepPoint { .. }
+            | Event::VlmSweepStopped { .. } => {}
             Event::Status(line) => self.status = line,
             Event::ModelReady { id, takes_prompt } => {
                 self.status = format!("Model ready: {id}");
@@ -313,6 +352,9 @@ impl TokenlensApp {
                 self.status = format!("Exported {} (sidecar {})", figure.display(), sidecar.display());
             }
             Event::Failed(message) => {
+                if let Some(vlm) = self.vlm.as_mut() {
+                    vlm.failed();
+                }
                 self.opening = false;
                 self.run.pending = false;
                 self.compared.pending = false;
@@ -327,6 +369,11 @@ impl TokenlensApp {
     }
 
     fn open_source(&mut self, source: ImageSource) {
+        if self.vlm.is_some() {
+            // VLM mode: the full run is submitted with the question (see `submit_vlm_changes`).
+            self.image_source = Some(source);
+            return;
+        }
         self.opening = true;
         self.status = format!("Analysing {}…", source.label.display());
         self.image_source = Some(source.clone());
@@ -362,6 +409,7 @@ impl TokenlensApp {
         self.worker = WorkerHandle::spawn(source.clone(), move || wake_ctx.request_repaint());
         self.model_source = source;
         self.model_id = None;
+        self.vlm = None;
         self.takes_prompt = false;
         self.opened = None;
         self.forget_results();
@@ -499,6 +547,10 @@ impl TokenlensApp {
 
     /// Submits what the settings ask for and was not asked yet.
     fn submit_changes(&mut self) {
+        if self.vlm.is_some() {
+            self.submit_vlm_changes();
+            return;
+        }
         if self.opened.is_none() || self.opening {
             return;
         }
@@ -576,6 +628,9 @@ impl TokenlensApp {
 
     /// Patches on the current model's grid (256 for the default model).
     pub fn num_patches(&self) -> usize {
+        if let Some(o) = self.vlm.as_ref().and_then(VlmState::opened) {
+            return o.grid[0] * o.grid[1];
+        }
         self.opened.as_ref().map_or(256, |o| o.analysis.grid[0] * o.analysis.grid[1])
     }
 
@@ -614,12 +669,15 @@ impl TokenlensApp {
         let Some(path) = self.screenshot.clone() else { return };
         if self.screenshot_done.load(std::sync::atomic::Ordering::Acquire) {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
-        } else if !self.screenshot_requested
-            && self.run.value.is_some()
-            && !self.run.pending
-            && self.textures.is_settled()
-        {
+        } else if !self.screenshot_requested && self.result_on_screen() && self.textures.is_settled() {
             self.screenshot_requested = true;
+            if let Some(summary) = self.vlm.as_ref().map(VlmState::summary) {
+                // What the VLM panels show, for tests to read beside the picture.
+                let json = serde_json::to_vec_pretty(&summary).expect("json values serialise");
+                if let Err(e) = crate::atomic::write_atomic(&path.with_extension("json"), &json) {
+                    eprintln!("screenshot summary: {e}");
+                }
+            }
             let (done, wake) = (self.screenshot_done.clone(), ctx.clone());
             ctx.request_screenshot(move |image| {
                 let [w, h] = image.size;
@@ -635,6 +693,20 @@ impl TokenlensApp {
             });
         }
         ctx.request_repaint();
+    }
+}
+
+impl TokenlensApp {
+    /// A reduced result is on screen and nothing is on its way (VLM: the sweep is complete too).
+    fn result_on_screen(&self) -> bool {
+        match &self.vlm {
+            Some(v) => v.run.value.is_some() && !v.busy() && v.sweep_done(),
+            None => self.run.value.is_some() && !self.run.pending,
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.opening || self.run.pending || self.compared.pending || self.vlm.as_ref().is_some_and(VlmState::busy)
     }
 }
 
@@ -664,6 +736,15 @@ impl eframe::App for TokenlensApp {
             egui::ScrollArea::vertical().show(ui, |ui| controls::controls_ui(self, ui));
         });
         match self.tab {
+            _ if self.vlm.is_some() => {
+                egui::Panel::right("output").size_range(340.0..=620.0).default_size(460.0).show(ui, |ui| {
+                    egui::ScrollArea::vertical().show(ui, |ui| {
+                        answer::answers_ui(self, ui);
+                        vlm_cost::cost_ui(self, ui);
+                    });
+                });
+                egui::CentralPanel::default().show(ui, |ui| vlm_view::view_ui(self, ui));
+            }
             Tab::Single => {
                 egui::Panel::right("output").size_range(300.0..=520.0).default_size(360.0).show(ui, |ui| {
                     egui::ScrollArea::vertical().show(ui, |ui| output::output_ui(self, ui));
@@ -680,7 +761,7 @@ impl eframe::App for TokenlensApp {
         self.submit_changes();
         self.persist_settings(false);
         self.screenshot_step(&ctx);
-        if self.opening || self.run.pending || self.compared.pending {
+        if self.busy() {
             ctx.request_repaint_after(std::time::Duration::from_millis(100)); // spinners
         }
     }
@@ -702,8 +783,12 @@ impl TokenlensApp {
         ui.horizontal(|ui| {
             ui.heading("tokenlens");
             ui.separator();
-            ui.selectable_value(&mut self.tab, Tab::Single, "Single method");
-            ui.selectable_value(&mut self.tab, Tab::Compare, "Compare methods");
+            if let Some(vlm) = &self.vlm {
+                ui.label(egui::RichText::new(format!("vision-language model: {}", vlm.model_id)).strong());
+            } else {
+                ui.selectable_value(&mut self.tab, Tab::Single, "Single method");
+                ui.selectable_value(&mut self.tab, Tab::Compare, "Compare methods");
+            }
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 if ui.button("?").on_hover_text("Keyboard shortcuts (F1)").clicked() {
                     self.show_help = !self.show_help;
@@ -731,12 +816,12 @@ impl TokenlensApp {
 
     fn status_ui(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
-            if self.opening || self.run.pending || self.compared.pending {
+            if self.busy() {
                 ui.spinner();
             }
             match &self.error {
                 Some(e) => {
-                    ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}"));
+                    ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}")).on_hover_text(e);
                     if ui.small_button("dismiss").clicked() {
                         self.error = None;
                     }

@@ -6,8 +6,8 @@ use egui::{Color32, Pos2, Rect, Stroke};
 
 use super::{Head, Overlay, TokenlensApp};
 use crate::figures;
-use crate::render::Colormap;
-use crate::session::{ImageInput, RunResult};
+use crate::render::{Colormap, Placement};
+use crate::session::ImageInput;
 
 /// Longest side of the on-screen overlay, in texture pixels.
 const VIEW_SIDE: u32 = 768;
@@ -117,14 +117,50 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         return;
     };
 
+    let frame = GridFrame::of(&opened.input, grid);
+    let groups = run.as_ref().map(|r| r.groups.as_slice());
+    image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, |patch| {
+        let fate = run.as_deref().map(|r| Fate {
+            method: r.spec.reducer.info().label.to_string(),
+            score: r.scores.as_ref().and_then(|s| s.get(patch).copied().flatten()),
+            groups: &r.groups,
+        });
+        patch_info(patch, grid, map.as_ref(), fate)
+    });
+}
+
+/// A grid of tokens over a photo: the photo's size, where the grid's canvas lies, its shape.
+#[derive(Debug, Clone, Copy)]
+pub struct GridFrame {
+    pub photo: (u32, u32),
+    pub place: Placement,
+    pub grid: [usize; 2],
+}
+
+impl GridFrame {
+    pub fn of(input: &ImageInput, grid: [usize; 2]) -> Self {
+        Self { photo: input.photo.dimensions(), place: figures::placement(input), grid }
+    }
+}
+
+/// The image in a pan-and-zoom scene; under the pointer, the token's outline (and its merge
+/// group's) and a tooltip with `info(token)`. A double-click fits the image again.
+pub fn image_scene_ui(
+    ui: &mut egui::Ui,
+    scene_rect: &mut Rect,
+    tex: &egui::TextureHandle,
+    frame: &GridFrame,
+    groups: Option<&[Vec<u32>]>,
+    info: impl Fn(usize) -> String,
+) {
     let size = tex.size_vec2();
-    let response = egui::Scene::new().zoom_range(0.2..=12.0).show(ui, &mut app.scene_rect, |ui| {
-        let img = ui.add(egui::Image::new(&tex).fit_to_exact_size(size).sense(egui::Sense::click()));
+    let response = egui::Scene::new().zoom_range(0.2..=12.0).show(ui, scene_rect, |ui| {
+        let img = ui.add(egui::Image::new(tex).fit_to_exact_size(size).sense(egui::Sense::click()));
         if let Some(pos) = img.hover_pos()
-            && let Some(patch) = patch_at(&opened.input, grid, img.rect, pos)
+            && let Some(patch) = patch_at(frame, img.rect, pos)
         {
-            highlight(ui, &opened.input, grid, img.rect, patch, run.as_deref());
-            let info = patch_info(patch, grid, map.as_ref(), run.as_deref());
+            highlight(ui, frame, img.rect, patch, groups);
+            let info = info(patch);
             img.clone().on_hover_ui_at_pointer(|ui| {
                 ui.label(info);
             });
@@ -132,14 +168,13 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         img.double_clicked()
     });
     if response.inner {
-        app.scene_rect = Rect::ZERO; // fit again
+        *scene_rect = Rect::ZERO; // fit again
     }
 }
 
 /// The patch under `pos`, if the point is on the model's grid.
-pub fn patch_at(input: &ImageInput, grid: [usize; 2], image_rect: Rect, pos: Pos2) -> Option<usize> {
-    let (pw, ph) = input.photo.dimensions();
-    let place = figures::placement(input);
+pub fn patch_at(frame: &GridFrame, image_rect: Rect, pos: Pos2) -> Option<usize> {
+    let ((pw, ph), place, grid) = (frame.photo, frame.place, frame.grid);
     // Screen -> photo pixels -> grid cell.
     let x = (pos.x - image_rect.left()) / image_rect.width() * pw as f32;
     let y = (pos.y - image_rect.top()) / image_rect.height() * ph as f32;
@@ -150,9 +185,8 @@ pub fn patch_at(input: &ImageInput, grid: [usize; 2], image_rect: Rect, pos: Pos
 }
 
 /// The screen rectangle of a patch (clipped to the photo).
-fn patch_rect(input: &ImageInput, grid: [usize; 2], image_rect: Rect, patch: usize) -> Rect {
-    let (pw, ph) = input.photo.dimensions();
-    let place = figures::placement(input);
+fn patch_rect(frame: &GridFrame, image_rect: Rect, patch: usize) -> Rect {
+    let ((pw, ph), place, grid) = (frame.photo, frame.place, frame.grid);
     let (row, col) = ((patch / grid[1]) as f32, (patch % grid[1]) as f32);
     let cell_w = (place.x1 - place.x0) / grid[1] as f32;
     let cell_h = (place.y1 - place.y0) / grid[0] as f32;
@@ -167,21 +201,14 @@ fn patch_rect(input: &ImageInput, grid: [usize; 2], image_rect: Rect, patch: usi
 }
 
 /// Outlines the hovered patch and, if it was merged, every patch of its group.
-fn highlight(
-    ui: &egui::Ui,
-    input: &ImageInput,
-    grid: [usize; 2],
-    image_rect: Rect,
-    patch: usize,
-    run: Option<&RunResult>,
-) {
+fn highlight(ui: &egui::Ui, frame: &GridFrame, image_rect: Rect, patch: usize, groups: Option<&[Vec<u32>]>) {
     let painter = ui.painter();
-    if let Some(group) = run.and_then(|r| r.groups.iter().find(|g| g.contains(&(patch as u32))))
+    if let Some(group) = groups.and_then(|gs| gs.iter().find(|g| g.contains(&(patch as u32))))
         && group.len() > 1
     {
         for &p in group {
             painter.rect_stroke(
-                patch_rect(input, grid, image_rect, p as usize),
+                patch_rect(frame, image_rect, p as usize),
                 0.0,
                 Stroke::new(1.5, Color32::from_rgb(255, 200, 0)),
                 egui::StrokeKind::Inside,
@@ -189,15 +216,23 @@ fn highlight(
         }
     }
     painter.rect_stroke(
-        patch_rect(input, grid, image_rect, patch),
+        patch_rect(frame, image_rect, patch),
         0.0,
         Stroke::new(2.0, Color32::WHITE),
         egui::StrokeKind::Outside,
     );
 }
 
+/// What a reduced run did to the tokens: the method, its score per token, and the original
+/// tokens each surviving token carries.
+pub struct Fate<'a> {
+    pub method: String,
+    pub score: Option<f32>,
+    pub groups: &'a [Vec<u32>],
+}
+
 /// "patch 37 (row 2, col 5) · value 0.0123, rank 4 of 256 · merged with 3 other patches".
-pub fn patch_info(patch: usize, grid: [usize; 2], map: Option<&ValueMap>, run: Option<&RunResult>) -> String {
+pub fn patch_info(patch: usize, grid: [usize; 2], map: Option<&ValueMap>, fate: Option<Fate>) -> String {
     let mut lines = vec![format!("patch {patch}  (row {}, col {})", patch / grid[1], patch % grid[1])];
     if let Some(m) = map
         && let Some(&v) = m.values.get(patch)
@@ -206,19 +241,19 @@ pub fn patch_info(patch: usize, grid: [usize; 2], map: Option<&ValueMap>, run: O
         let rank = 1 + m.values.iter().filter(|&&o| o > v).count();
         lines.push(format!("{}: {v:.5}  (rank {rank} of {})", short_title(&m.title), m.values.len()));
     }
-    if let Some(r) = run {
-        if let Some(Some(score)) = r.scores.as_ref().and_then(|s| s.get(patch)) {
-            lines.push(format!("{} score: {score:.5}", r.spec.reducer.info().label));
+    if let Some(f) = fate {
+        if let Some(score) = f.score {
+            lines.push(format!("{} score: {score:.5}", f.method));
         }
-        let fate = match r.groups.iter().position(|g| g.contains(&(patch as u32))) {
+        let what = match f.groups.iter().position(|g| g.contains(&(patch as u32))) {
             None => "dropped".to_string(),
-            Some(i) if r.groups[i].len() == 1 => format!("kept (token {i})"),
+            Some(i) if f.groups[i].len() == 1 => format!("kept (token {i})"),
             Some(i) => {
-                let others = r.groups[i].len() - 1;
+                let others = f.groups[i].len() - 1;
                 format!("merged into token {i} with {others} other patch{}", if others == 1 { "" } else { "es" })
             }
         };
-        lines.push(format!("{}: {fate}", r.spec.reducer.info().label));
+        lines.push(format!("{}: {what}", f.method));
     }
     lines.join("\n")
 }
@@ -271,13 +306,14 @@ mod tests {
         // y from -112 to 336 in photo pixels, so the photo shows grid rows 4..12.
         let input = input(448, 224);
         let rect = Rect::from_min_size(Pos2::new(100.0, 50.0), egui::vec2(448.0, 224.0)); // 1 px per photo px
-        let at = |x: f32, y: f32| patch_at(&input, [16, 16], rect, Pos2::new(100.0 + x, 50.0 + y));
+        let frame = GridFrame::of(&input, [16, 16]);
+        let at = |x: f32, y: f32| patch_at(&frame, rect, Pos2::new(100.0 + x, 50.0 + y));
         assert_eq!(at(0.5, 0.5), Some(4 * 16));
         assert_eq!(at(447.5, 223.5), Some(11 * 16 + 15));
         assert_eq!(at(28.5, 0.5), Some(4 * 16 + 1)); // 28 photo px = one 14 px canvas cell
         assert_eq!(at(-1.0, 10.0), None);
         // And back: a patch's screen rectangle contains the point that found it.
-        let r = patch_rect(&input, [16, 16], rect, 4 * 16 + 1);
+        let r = patch_rect(&frame, rect, 4 * 16 + 1);
         assert!(r.contains(Pos2::new(128.5, 50.5)), "{r:?}");
     }
 

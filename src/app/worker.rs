@@ -5,6 +5,10 @@
 //! job of a kind replaces a queued one and cancels the running one. The drift curve is
 //! background work done one point at a time between interactive jobs; a new request cancels the
 //! point being computed (it is redone later), so moving a slider never waits for it.
+//!
+//! A vision-language model folder loads a [`Vlm`] instead of a session: its jobs are the full
+//! answer (per image and question), reduced runs, and the ratio sweep (background, stepped like
+//! the drift curve); answer tokens stream back one event each.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +19,7 @@ use crate::export::{self, ExportSpec, Figure, Format};
 use crate::model::ModelSource;
 use crate::reduce::Budget;
 use crate::session::{Analysis, FullRun, ImageInput, RunResult, RunSpec, Session};
+use crate::vlm::{SweepPoint, Vlm, VlmFull, VlmImage, VlmRun, VlmRunSpec};
 use crate::{Cancel, Error};
 
 /// An image to open: a file, or bytes already in memory (the bundled sample).
@@ -35,6 +40,13 @@ pub enum Job {
     Drift { id: u64, spec: RunSpec, ratios: Vec<f64> },
     /// Write a figure of the current image and its sidecar.
     Export { figure: Figure, look: Look, path: PathBuf, force: bool },
+    /// A VLM's vision run and full answer for an image and a question (tokens stream as
+    /// [`Event::VlmToken`] with this `id`).
+    VlmFull { id: u64, source: ImageSource, question: String, spec: VlmRunSpec },
+    /// A reduced VLM run against the current full answer.
+    VlmRun { id: u64, spec: VlmRunSpec },
+    /// The ratio sweep of a method: one reduced run per removed fraction (popped from the end).
+    VlmSweep { id: u64, spec: VlmRunSpec, fractions: Vec<f64> },
 }
 
 /// How an exported figure looks (the rest of its spec comes from the worker's state).
@@ -51,8 +63,51 @@ pub struct Opened {
     pub analysis: Analysis,
 }
 
+/// A VLM's full run of one image and question, shared with the UI.
+pub struct VlmOpened {
+    pub label: PathBuf,
+    pub question: String,
+    pub image: VlmImage,
+    /// The image-token grid (rows, cols) and the tower's importance of each image token.
+    pub grid: [usize; 2],
+    pub saliency: Vec<f32>,
+    /// Layers of the vision tower (for the layer slider of methods acting inside it).
+    pub tower_layers: usize,
+    pub prompt_tokens: usize,
+    pub run: VlmRun,
+}
+
 pub enum Event {
     Status(String),
+    /// A vision-language model is loaded (the app switches to its VLM mode).
+    VlmReady {
+        id: String,
+        num_layers: usize,
+        context: Option<usize>,
+    },
+    /// One answer token of the VLM request `id` (full or reduced), decoded on its own, and the
+    /// answer so far decoded whole (what a reader sees, spaces and all).
+    VlmToken {
+        id: u64,
+        piece: String,
+        text: String,
+    },
+    VlmOpened {
+        id: u64,
+        opened: Arc<VlmOpened>,
+    },
+    VlmReduced {
+        id: u64,
+        run: Arc<VlmRun>,
+    },
+    VlmSweepPoint {
+        id: u64,
+        point: SweepPoint,
+    },
+    /// The sweep `id` stopped on an error (sent after the error itself).
+    VlmSweepStopped {
+        id: u64,
+    },
     ModelReady {
         id: String,
         /// The model scores prompt labels (CLIP, SigLIP).
@@ -111,10 +166,10 @@ impl WorkerHandle {
     /// Queues `job`, cancelling the running job of the same kind (its answer is stale now).
     pub fn submit(&mut self, job: Job) {
         let slot = match &job {
-            Job::Open { .. } => Some(Kind::Open),
-            Job::Reduce { .. } => Some(Kind::Reduce),
+            Job::Open { .. } | Job::VlmFull { .. } => Some(Kind::Open),
+            Job::Reduce { .. } | Job::VlmRun { .. } => Some(Kind::Reduce),
             Job::Compare { .. } => Some(Kind::Compare),
-            Job::Drift { .. } | Job::Export { .. } => None,
+            Job::Drift { .. } | Job::Export { .. } | Job::VlmSweep { .. } => None,
         };
         let cancel = match slot {
             Some(kind) => {
@@ -135,6 +190,10 @@ impl WorkerHandle {
 struct Worker<W: Fn()> {
     session: Option<Session>,
     full: Option<Arc<FullRun>>,
+    /// A vision-language model, its current full run and the sweep to do.
+    vlm: Option<Vlm>,
+    vlm_full: Option<Arc<VlmFull>>,
+    sweep: Option<SweepWork>,
     events: Sender<Event>,
     wake: W,
     queued: [Option<(Job, Cancel)>; 3],
@@ -146,10 +205,18 @@ struct Worker<W: Fn()> {
     exports: Vec<(Job, Cancel)>,
     /// The token background steps run with (replaced with every message).
     background: Cancel,
+    /// Why no model is loaded, repeated to every job that needs one.
+    unloaded: String,
 }
 
 /// Reduced runs kept per image (each ~0.3 MB).
 const CACHE_RUNS: usize = 128;
+
+struct SweepWork {
+    id: u64,
+    spec: VlmRunSpec,
+    fractions: Vec<f64>,
+}
 
 struct DriftWork {
     id: u64,
@@ -162,6 +229,9 @@ impl<W: Fn()> Worker<W> {
         let mut worker = Self {
             session: None,
             full: None,
+            vlm: None,
+            vlm_full: None,
+            sweep: None,
             events,
             wake,
             queued: Default::default(),
@@ -170,16 +240,45 @@ impl<W: Fn()> Worker<W> {
             source: None,
             exports: Vec::new(),
             background: Cancel::default(),
+            unloaded: "no model is loaded".into(),
         };
+        let mut say = |line: &str| worker_say(&worker.events, &worker.wake, line);
+        match vlm_folder(&model, &mut say) {
+            Ok(None) => {}
+            Ok(Some(dir)) => {
+                say(&format!("Loading the vision-language model in {}…", dir.display()));
+                match Vlm::load(&dir) {
+                    Ok(vlm) => {
+                        worker.send(Event::VlmReady {
+                            id: vlm.id.clone(),
+                            num_layers: vlm.num_layers(),
+                            context: vlm.arch.lm().cfg.max_position_embeddings,
+                        });
+                        worker.vlm = Some(vlm);
+                    }
+                    Err(e) => worker.load_failed(&e),
+                }
+                return worker;
+            }
+            Err(e) => {
+                worker.load_failed(&e);
+                return worker;
+            }
+        }
         let loaded = Session::load(&model, &mut |line| worker_say(&worker.events, &worker.wake, line));
         match loaded {
             Ok(s) => {
                 worker.send(Event::ModelReady { id: s.model.id.clone(), takes_prompt: s.takes_prompt() });
                 worker.session = Some(s);
             }
-            Err(e) => worker.send(Event::Failed(format!("the model could not be loaded: {e}"))),
+            Err(e) => worker.load_failed(&e),
         }
         worker
+    }
+
+    fn load_failed(&mut self, e: &Error) {
+        self.unloaded = format!("the model could not be loaded: {e}");
+        self.send(Event::Failed(self.unloaded.clone()));
     }
 
     fn send(&self, event: Event) {
@@ -190,7 +289,10 @@ impl<W: Fn()> Worker<W> {
     fn serve(mut self, jobs: Receiver<Message>) {
         loop {
             // Block only when there is nothing at all to do.
-            let idle = self.queued.iter().all(Option::is_none) && self.drift.is_none() && self.exports.is_empty();
+            let idle = self.queued.iter().all(Option::is_none)
+                && self.drift.is_none()
+                && self.sweep.is_none()
+                && self.exports.is_empty();
             let next = if idle {
                 match jobs.recv() {
                     Ok(j) => Some(j),
@@ -214,9 +316,15 @@ impl<W: Fn()> Worker<W> {
                 {
                     self.send(Event::Failed(e.to_string()));
                 }
-            } else if let Err(e) = self.drift_step() {
-                self.drift = None;
-                self.send(Event::Failed(format!("drift curve: {e}")));
+            } else if self.drift.is_some() {
+                if let Err(e) = self.drift_step() {
+                    self.drift = None;
+                    self.send(Event::Failed(format!("drift curve: {e}")));
+                }
+            } else if let Err(e) = self.sweep_step() {
+                let id = self.sweep.take().map(|w| w.id);
+                self.send(Event::Failed(format!("ratio sweep: {e}")));
+                id.into_iter().for_each(|id| self.send(Event::VlmSweepStopped { id }));
             }
         }
     }
@@ -231,6 +339,12 @@ impl<W: Fn()> Worker<W> {
             Job::Reduce { .. } => self.queued[Kind::Reduce as usize] = Some((job, cancel)),
             Job::Compare { .. } => self.queued[Kind::Compare as usize] = Some((job, cancel)),
             Job::Export { .. } => self.exports.push((job, cancel)),
+            Job::VlmFull { .. } => {
+                self.sweep = None; // its full answer is about to change
+                self.queued[Kind::Open as usize] = Some((job, cancel));
+            }
+            Job::VlmRun { .. } => self.queued[Kind::Reduce as usize] = Some((job, cancel)),
+            Job::VlmSweep { id, spec, fractions } => self.sweep = Some(SweepWork { id, spec, fractions }),
         }
     }
 
@@ -244,7 +358,7 @@ impl<W: Fn()> Worker<W> {
     }
 
     fn session(&self) -> crate::Result<&Session> {
-        self.session.as_ref().ok_or_else(|| Error::Render("no model is loaded (see the message above)".into()))
+        self.session.as_ref().ok_or_else(|| Error::Render(self.unloaded.clone()))
     }
 
     fn full(&self) -> crate::Result<Arc<FullRun>> {
@@ -253,6 +367,14 @@ impl<W: Fn()> Worker<W> {
 
     fn run(&mut self, job: Job, cancel: &Cancel) -> crate::Result<()> {
         match job {
+            // The app asks for an encoder run before it knows the model is a VLM: nothing to do.
+            Job::Open { .. } if self.vlm.is_some() => {}
+            Job::VlmFull { id, source, question, spec } => self.answer_full(id, source, &question, &spec, cancel)?,
+            Job::VlmRun { id, spec } => {
+                let (vlm, full) = (self.vlm()?, self.current_vlm_full()?);
+                let run = vlm.run(&full, &spec, &mut self.streamer(id, vlm), cancel)?;
+                self.send(Event::VlmReduced { id, run: Arc::new(run) });
+            }
             Job::Open { source, prompt } => {
                 if let Some(session) = self.session.as_mut() {
                     session.set_prompt(&prompt);
@@ -281,7 +403,7 @@ impl<W: Fn()> Worker<W> {
                 let (figure_path, sidecar) = self.export(figure, look, &path, force)?;
                 self.send(Event::Exported(figure_path, sidecar));
             }
-            Job::Drift { .. } => unreachable!("drift work is stepped, not run"),
+            Job::Drift { .. } | Job::VlmSweep { .. } => unreachable!("background work is stepped, not run"),
         }
         Ok(())
     }
@@ -329,6 +451,74 @@ impl<W: Fn()> Worker<W> {
         Ok(())
     }
 
+    fn vlm(&self) -> crate::Result<&Vlm> {
+        self.vlm.as_ref().ok_or_else(|| Error::Render(self.unloaded.clone()))
+    }
+
+    fn current_vlm_full(&self) -> crate::Result<Arc<VlmFull>> {
+        self.vlm_full.clone().ok_or_else(|| Error::Render("no image is open".into()))
+    }
+
+    /// Sends each answer token of request `id` as it comes, with the answer so far.
+    fn streamer<'a>(&'a self, id: u64, vlm: &'a Vlm) -> impl FnMut(u32) + 'a {
+        let mut ids = Vec::new();
+        move |token| {
+            ids.push(token);
+            let piece = vlm.tokenizer.decode(&[token], false).unwrap_or_default();
+            let text = vlm.tokenizer.decode(&ids, true).unwrap_or_default().trim().to_string();
+            self.send(Event::VlmToken { id, piece, text });
+        }
+    }
+
+    fn answer_full(
+        &mut self,
+        id: u64,
+        source: ImageSource,
+        question: &str,
+        spec: &VlmRunSpec,
+        cancel: &Cancel,
+    ) -> crate::Result<()> {
+        let vlm = self.vlm()?;
+        let image = match &source.bytes {
+            Some(bytes) => vlm.image_from_bytes(bytes, &source.label)?,
+            None => vlm.open_image(&source.label)?,
+        };
+        let full = vlm.full(image, question, spec, &mut self.streamer(id, vlm), cancel)?;
+        let grid = [full.vision.grid.0, full.vision.grid.1];
+        let opened = VlmOpened {
+            label: source.label,
+            question: question.into(),
+            image: full.image.clone(),
+            grid,
+            saliency: full.vision.saliency.clone(),
+            tower_layers: full.vision.context().num_layers,
+            prompt_tokens: full.prompt.ids.len(),
+            run: full.run.clone(),
+        };
+        self.vlm_full = Some(Arc::new(full));
+        self.send(Event::VlmOpened { id, opened: Arc::new(opened) });
+        Ok(())
+    }
+
+    /// One point of the ratio sweep (the core's sweep over one fraction).
+    fn sweep_step(&mut self) -> crate::Result<()> {
+        let Some(work) = self.sweep.as_mut() else { return Ok(()) };
+        let Some(removed) = work.fractions.pop() else {
+            self.sweep = None;
+            return Ok(());
+        };
+        let (id, spec) = (work.id, work.spec.clone());
+        let full = self.current_vlm_full()?;
+        let swept = self.vlm()?.sweep(&full, &spec, &[removed], &mut |_| {}, &self.background.clone());
+        match swept {
+            Ok(points) => points.into_iter().for_each(|point| self.send(Event::VlmSweepPoint { id, point })),
+            Err(Error::Cancelled) => self.sweep.iter_mut().for_each(|w| w.fractions.push(removed)),
+            Err(Error::Config { field: "budget", .. }) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
     /// A reduced run of the current image, from the cache when the same method, parameters and
     /// token count ran before (the drift curve fills it with the presets first).
     fn cached_run(&mut self, spec: &RunSpec, cancel: &Cancel) -> crate::Result<Arc<RunResult>> {
@@ -347,6 +537,21 @@ impl<W: Fn()> Worker<W> {
         self.results.insert(key, result.clone());
         Ok(result)
     }
+}
+
+/// The folder of a vision-language model, if `model` names one (a hub id is fetched first).
+fn vlm_folder(model: &ModelSource, say: &mut dyn FnMut(&str)) -> crate::Result<Option<PathBuf>> {
+    let ModelSource::File(path) = model else { return Ok(None) };
+    if path.is_dir() {
+        return Ok(Vlm::is_vlm_folder(path).then(|| path.clone()));
+    }
+    #[cfg(feature = "hub")]
+    if crate::model::hub::looks_like_hub_id(&path.to_string_lossy()) {
+        let dir = crate::model::hub::fetch(&path.to_string_lossy(), say)?;
+        return Ok(Vlm::is_vlm_folder(&dir).then_some(dir));
+    }
+    let _ = say;
+    Ok(None)
 }
 
 fn worker_say(events: &Sender<Event>, wake: &impl Fn(), line: &str) {

@@ -29,10 +29,12 @@ struct Cli {
 #[derive(Args, Clone, Default)]
 struct ModelArgs {
     /// The default model's .onnx or converted .safetensors, or a Hugging Face model folder
-    /// (ViT, DeiT, DINOv2, CLIP, SigLIP; default: the cached default model).
+    /// (ViT, DeiT, DINOv2, CLIP, SigLIP; in the app also LLaVA and SmolVLM; default: the cached
+    /// default model).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Labels a CLIP or SigLIP model scores, comma-separated: "a cat, a dog, a car".
+    /// Labels a CLIP or SigLIP model scores, comma-separated: "a cat, a dog, a car" (in the app
+    /// with a vision-language model: the question).
     #[arg(long, default_value = "")]
     prompt: String,
 }
@@ -170,6 +172,9 @@ enum Command {
         /// Heatmap opacity, 0 to 1.
         #[arg(long)]
         opacity: Option<f32>,
+        /// A vision-language model's longest answer, in tokens (default: the last session's).
+        #[arg(long)]
+        max_answer_tokens: Option<usize>,
         /// Save a screenshot of the first finished frame to this PNG and exit (for tests).
         #[arg(long, hide = true)]
         screenshot: Option<PathBuf>,
@@ -343,7 +348,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         .command
         .unwrap_or_else(|| Cli::parse_from(["tokenlens", "gui"]).command.expect("`gui` parses with its defaults"));
     match command {
-        Command::Gui { image, model, reducer, overlay, opacity, screenshot } => {
+        Command::Gui { image, model, reducer, overlay, opacity, max_answer_tokens, screenshot } => {
             // Tests (screenshot mode) start from the defaults, users from their last session.
             let mut settings = if screenshot.is_some() {
                 tokenlens::app::Settings::default()
@@ -351,12 +356,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 tokenlens::app::Settings::load()
             };
             if let Some(name) = reducer {
-                settings.spec.reducer = ReducerConfig::from_name(&name)?;
+                // A vision-side method serves both modes; a language-side one only VLMs.
+                settings.vlm.method = tokenlens::vlm::VlmMethod::from_name(&name)?;
+                if let Ok(config) = ReducerConfig::from_name(&name) {
+                    settings.spec.reducer = config;
+                }
             }
             settings.overlay = overlay.unwrap_or(settings.overlay);
             if !model.prompt.is_empty() {
+                // Labels for CLIP and SigLIP, the question for a vision-language model.
                 settings.prompt = model.prompt.clone();
+                settings.vlm.question = model.prompt.clone();
             }
+            settings.vlm.max_new_tokens = max_answer_tokens.unwrap_or(settings.vlm.max_new_tokens).max(1);
             settings.opacity = opacity.map_or(settings.opacity, |o| o.clamp(0.0, 1.0));
             tokenlens::app::run(model.source(), image, settings, screenshot).map_err(anyhow::Error::msg)
         }

@@ -1,0 +1,450 @@
+//! VLM mode: the app's state for a vision-language model (the question, the full answer and the
+//! reduced run as they stream in, the ratio sweep, the answer token picked for the text-to-image
+//! map), what it submits to the worker, and the left panel's VLM controls.
+
+use std::sync::Arc;
+
+use eframe::egui;
+use serde::{Deserialize, Serialize};
+
+use super::controls::params_ui;
+use super::worker::{Event, Job, VlmOpened};
+use super::{Slot, TokenlensApp};
+use crate::reduce::{Budget, ReducerConfig};
+use crate::vlm::{SweepPoint, VlmMethod, VlmRun, VlmRunSpec, sweep_fractions};
+
+/// How to get a vision-language model: the app cannot download one on every machine.
+pub const HOW_TO_GET: &str = "Vision-language models are opened from a local Hugging Face folder:\n\
+    - SmolVLM-256M-Instruct (hub id HuggingFaceTB/SmolVLM-256M-Instruct): about 1 GB in f32, runs on a CPU;\n\
+    - LLaVA-1.5-7B (hub id llava-hf/llava-1.5-7b-hf): needs about 28 GB of RAM in f32 (sharded \
+    weights are read as they come).\n\
+    On a machine with network: huggingface-cli download <hub id> --local-dir <folder>, \
+    then open the folder here (Model > Hugging Face folder…). \
+    With network on this machine, `--model <hub id>` fetches the folder into the Hugging Face cache.";
+
+/// What the VLM view draws over the photo, on the image-token grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VlmOverlay {
+    Tokens,
+    Scores,
+    Saliency,
+    TextToImage,
+}
+
+impl VlmOverlay {
+    pub const ALL: [VlmOverlay; 4] =
+        [VlmOverlay::Tokens, VlmOverlay::Scores, VlmOverlay::Saliency, VlmOverlay::TextToImage];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            VlmOverlay::Tokens => "Kept / merged tokens",
+            VlmOverlay::Scores => "Method score",
+            VlmOverlay::Saliency => "Vision saliency",
+            VlmOverlay::TextToImage => "Text-to-image (answer token)",
+        }
+    }
+}
+
+/// The VLM settings (the budget and position ids are the main ones, shared with encoders).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VlmSettings {
+    pub question: String,
+    pub method: VlmMethod,
+    pub max_new_tokens: usize,
+    /// The decoder layer the text-to-image maps read (None: the middle one).
+    pub view_layer: Option<usize>,
+    pub overlay: VlmOverlay,
+}
+
+impl Default for VlmSettings {
+    fn default() -> Self {
+        Self {
+            question: "What is in the image?".into(),
+            method: VlmMethod::Vision(ReducerConfig::from_name("cls_topk").expect("a built-in method")),
+            max_new_tokens: 32,
+            view_layer: None,
+            overlay: VlmOverlay::Tokens,
+        }
+    }
+}
+
+/// An answer token: of the full answer or of the reduced one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    pub reduced: bool,
+    pub index: usize,
+}
+
+/// What the full run depends on: changing any of it runs the full model again.
+#[derive(Debug, Clone, PartialEq)]
+struct FullKey {
+    image: std::path::PathBuf,
+    question: String,
+    max_new_tokens: usize,
+    view_layer: Option<usize>,
+}
+
+/// The state of VLM mode (present while a vision-language model is loaded).
+#[derive(Default)]
+pub struct VlmState {
+    pub model_id: String,
+    pub num_layers: usize,
+    pub context: Option<usize>,
+    /// The full run of the current image and question.
+    pub full: Slot<Arc<VlmOpened>>,
+    sent_full: Option<FullKey>,
+    /// Tokens of the full answer (`full.id`) and the reduced one (`run.id`) as they stream in,
+    /// and each answer so far as text.
+    pub full_stream: Vec<String>,
+    pub full_text: String,
+    pub run: Slot<Arc<VlmRun>>,
+    sent_run: Option<VlmRunSpec>,
+    pub run_stream: Vec<String>,
+    pub run_text: String,
+    /// Points of the ratio sweep of `sweep_key`'s method, sorted by removed fraction.
+    pub sweep: Vec<SweepPoint>,
+    sweep_id: u64,
+    sweep_key: Option<VlmRunSpec>,
+    /// The sweep stopped on an error (shown in the status bar).
+    pub sweep_stopped: bool,
+    /// The answer token the text-to-image map shows: hovered this frame, or clicked.
+    pub hovered: Option<Pick>,
+    pub picked: Option<Pick>,
+    /// The question box's text (it becomes the question when editing ends).
+    pub draft: String,
+}
+
+impl VlmState {
+    pub fn new(model_id: String, num_layers: usize, context: Option<usize>) -> Self {
+        Self { model_id, num_layers, context, ..Self::default() }
+    }
+
+    pub fn opened(&self) -> Option<&Arc<VlmOpened>> {
+        self.full.value.as_ref()
+    }
+
+    pub fn busy(&self) -> bool {
+        self.full.pending || self.run.pending
+    }
+
+    /// The sweep has all its points (those a method cannot reach are skipped), or stopped.
+    pub fn sweep_done(&self) -> bool {
+        self.sweep_stopped || self.sweep.len() >= sweep_fractions().len()
+    }
+
+    /// The token the text-to-image map shows: the hovered one, else the clicked one.
+    pub fn shown_pick(&self) -> Option<Pick> {
+        self.hovered.or(self.picked)
+    }
+
+    /// Applies a VLM event; false if `event` is not one.
+    pub fn apply(&mut self, event: &Event) -> bool {
+        match event {
+            Event::VlmToken { id, piece, text } => {
+                if *id == self.full.id && self.full.pending {
+                    self.full_stream.push(piece.clone());
+                    self.full_text.clone_from(text);
+                } else if *id == self.run.id && self.run.pending {
+                    self.run_stream.push(piece.clone());
+                    self.run_text.clone_from(text);
+                }
+            }
+            Event::VlmOpened { id, opened } => {
+                if *id == self.full.id {
+                    // Runs against the previous full answer are stale now.
+                    self.run = Slot::default();
+                    self.sent_run = None;
+                    self.sweep.clear();
+                    self.sweep_key = None;
+                    self.picked = None;
+                }
+                self.full.answer(*id, opened.clone());
+            }
+            Event::VlmReduced { id, run } => self.run.answer(*id, run.clone()),
+            Event::VlmSweepStopped { id } => self.sweep_stopped |= *id == self.sweep_id,
+            Event::VlmSweepPoint { id, point } => {
+                if *id == self.sweep_id {
+                    self.sweep.push(point.clone());
+                    self.sweep.sort_by(|a, b| a.removed.total_cmp(&b.removed));
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// What the answer and sweep panels show now (written beside a `--screenshot`).
+    pub fn summary(&self) -> serde_json::Value {
+        let opened = self.opened();
+        let run = self.run.value.as_deref();
+        serde_json::json!({
+            "model": self.model_id,
+            "question": opened.map(|o| o.question.clone()),
+            "full_answer": opened.map(|o| o.run.answer.pieces.clone()),
+            "reduced_answer": run.map(|r| r.answer.pieces.clone()),
+            "diff": run.map(|r| r.diff.clone()),
+            "answer_changed": run.map(|r| r.answer_changed),
+            "full_answer_logprob": run.and_then(|r| r.full_answer_logprob),
+            "sweep": self.sweep.iter().map(|p| serde_json::json!({
+                "removed": p.removed, "changed": p.changed, "full_answer_logprob": p.full_answer_logprob,
+            })).collect::<Vec<_>>(),
+            "first_change": crate::vlm::first_change(&self.sweep),
+        })
+    }
+
+    pub fn failed(&mut self) {
+        if self.full.pending && self.sweep.len() < sweep_fractions().len() {
+            // The worker dropped the sweep when the full run was asked for: ask for it again.
+            self.sweep_key = None;
+        }
+        self.full.pending = false;
+        self.run.pending = false;
+    }
+}
+
+impl VlmSettings {
+    /// The reduced run these settings ask for, at the shared budget and position mode.
+    pub fn spec(&self, budget: Budget, positions: crate::reduce::PositionMode) -> VlmRunSpec {
+        VlmRunSpec {
+            method: Some(self.method.clone()),
+            budget,
+            positions,
+            max_new_tokens: self.max_new_tokens,
+            view_layer: self.view_layer,
+        }
+    }
+}
+
+impl TokenlensApp {
+    /// A vision-language model is loaded: the app switches to VLM mode.
+    pub(super) fn vlm_ready(&mut self, id: String, num_layers: usize, context: Option<usize>) {
+        self.status = format!("Vision-language model ready: {id}");
+        self.model_id = Some(id.clone());
+        self.opening = false;
+        self.opened = None;
+        self.forget_results();
+        if let Some(l) = self.settings.vlm.view_layer {
+            self.settings.vlm.view_layer = Some(l.min(num_layers.saturating_sub(1)));
+        }
+        let mut state = VlmState::new(id, num_layers, context);
+        state.draft = self.settings.vlm.question.clone();
+        self.vlm = Some(state);
+    }
+
+    /// Submits the full run, the reduced run and the sweep the settings ask for and were not
+    /// asked yet (the full run first: the others compare against it).
+    pub(super) fn submit_vlm_changes(&mut self) {
+        let Some(source) = self.image_source.clone() else { return };
+        let settings = self.settings.vlm.clone();
+        let spec = settings.spec(self.settings.spec.budget, self.settings.spec.positions);
+        let key = FullKey {
+            image: source.label.clone(),
+            question: settings.question.clone(),
+            max_new_tokens: settings.max_new_tokens,
+            view_layer: settings.view_layer,
+        };
+        let Some(vlm) = self.vlm.as_ref() else { return };
+        if vlm.sent_full.as_ref() != Some(&key) {
+            let id = self.fresh_id();
+            let vlm = self.vlm.as_mut().expect("checked above");
+            vlm.full.submitted(id);
+            vlm.full_stream.clear();
+            vlm.full_text.clear();
+            vlm.sent_full = Some(key);
+            self.status = format!("Answering about {}…", source.label.display());
+            let full_spec = VlmRunSpec { method: None, ..spec };
+            self.worker.submit(Job::VlmFull { id, source, question: settings.question, spec: full_spec });
+            return;
+        }
+        if vlm.full.pending || vlm.full.value.is_none() {
+            return;
+        }
+        if vlm.sent_run.as_ref() != Some(&spec) {
+            let id = self.fresh_id();
+            let vlm = self.vlm.as_mut().expect("checked above");
+            vlm.run.submitted(id);
+            vlm.run_stream.clear();
+            vlm.run_text.clear();
+            vlm.sent_run = Some(spec.clone());
+            self.worker.submit(Job::VlmRun { id, spec: spec.clone() });
+        }
+        // The sweep depends on everything but the budget.
+        let key = VlmRunSpec { budget: Budget::Keep(1), ..spec };
+        let vlm = self.vlm.as_ref().expect("checked above");
+        if vlm.sweep_key.as_ref() != Some(&key) {
+            let id = self.fresh_id();
+            let vlm = self.vlm.as_mut().expect("checked above");
+            vlm.sweep_id = id;
+            vlm.sweep.clear();
+            vlm.sweep_stopped = false;
+            vlm.sweep_key = Some(key.clone());
+            // Popped from the end: the presets first, then 50 %, 25 % and the full model.
+            self.worker.submit(Job::VlmSweep { id, spec: key, fractions: sweep_fractions() });
+        }
+    }
+}
+
+/// The left panel's method, parameters, answer and view settings in VLM mode.
+pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+    let Some(vlm) = app.vlm.as_ref() else { return };
+    let decoder_layers = vlm.num_layers;
+    let tower_layers = vlm.opened().map_or(1, |o| o.tower_layers);
+    let s = &mut app.settings.vlm;
+
+    super::controls::section(ui, "Method");
+    method_menu(ui, &mut s.method);
+    let mut tower_layer_param = false;
+    if let VlmMethod::Vision(c) = &s.method {
+        let json = serde_json::to_value(c).unwrap_or_default();
+        tower_layer_param = json.as_object().is_some_and(|o| o.keys().any(|k| k.contains("layer")));
+        let info = c.info();
+        ui.label(egui::RichText::new(info.description).small());
+        ui.label(egui::RichText::new(info.paper).small().weak().italics());
+        if let Some(caveat) = info.caveat {
+            ui.label(egui::RichText::new(format!("Note: {caveat}")).small().color(ui.visuals().warn_fg_color));
+        }
+    }
+    super::controls::section(ui, "Budget");
+    super::controls::budget_ui(app, ui);
+    let s = &mut app.settings.vlm;
+    super::controls::section(ui, "Parameters");
+    match &mut s.method {
+        VlmMethod::Vision(c) => params_ui(ui, c, tower_layers),
+        VlmMethod::Llm(c) => params_ui(ui, c, decoder_layers),
+    }
+    if tower_layer_param {
+        ui.label(egui::RichText::new("layers: of the vision tower").small().weak());
+    }
+    ui.horizontal(|ui| {
+        ui.label("Positions").on_hover_text(
+            "Position ids of the tokens left before the decoder: preserve keeps each token's original id \
+             (gaps remain), compact renumbers them. This changes the rotary angles, so it can change the answer.",
+        );
+        ui.radio_value(&mut app.settings.spec.positions, crate::reduce::PositionMode::Preserve, "preserve");
+        ui.radio_value(&mut app.settings.spec.positions, crate::reduce::PositionMode::Compact, "compact");
+    });
+
+    super::controls::section(ui, "Answer");
+    let s = &mut app.settings.vlm;
+    ui.horizontal(|ui| {
+        ui.label("max answer tokens").on_hover_text("greedy decoding stops here or at the end-of-answer token");
+        ui.add(egui::DragValue::new(&mut s.max_new_tokens).range(1..=512));
+    });
+    let mut layer = s.view_layer.unwrap_or(decoder_layers / 2);
+    let slider = egui::Slider::new(&mut layer, 0..=decoder_layers.saturating_sub(1)).text("view layer");
+    if ui
+        .add(slider)
+        .on_hover_text("The decoder layer whose attention the text-to-image maps read (runs the full model again)")
+        .changed()
+    {
+        s.view_layer = Some(layer);
+    }
+
+    super::controls::section(ui, "View");
+    for overlay in VlmOverlay::ALL {
+        ui.radio_value(&mut s.overlay, overlay, overlay.label());
+    }
+    if s.overlay == VlmOverlay::TextToImage {
+        ui.label(egui::RichText::new("hover or click a token of an answer (right panel)").small().weak());
+    }
+    super::controls::look_ui(&mut app.settings, ui);
+}
+
+/// The method menu: vision side, then language side.
+fn method_menu(ui: &mut egui::Ui, method: &mut VlmMethod) {
+    let label = method_label(method);
+    egui::ComboBox::from_id_salt("vlm_method").selected_text(label).width(200.0).height(480.0).show_ui(ui, |ui| {
+        let all = VlmMethod::all();
+        for (title, vision) in [("Vision side", true), ("Language side", false)] {
+            ui.label(egui::RichText::new(title).strong().small());
+            let side: Vec<&VlmMethod> = all.iter().filter(|m| matches!(m, VlmMethod::Vision(_)) == vision).collect();
+            if side.is_empty() {
+                ui.label(egui::RichText::new("  none yet").weak().small());
+            }
+            for m in side {
+                let chosen = m.name() == method.name();
+                let hint = match m {
+                    VlmMethod::Vision(c) => c.info().description,
+                    VlmMethod::Llm(_) => "acts inside the language model, on the image tokens' rows",
+                };
+                if ui.selectable_label(chosen, method_label(m)).on_hover_text(hint).clicked() && !chosen {
+                    *method = m.clone();
+                }
+            }
+        }
+    });
+}
+
+pub fn method_label(method: &VlmMethod) -> String {
+    match method {
+        VlmMethod::Vision(c) => c.info().label.to_string(),
+        VlmMethod::Llm(c) => c.name().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_stream_into_the_request_they_belong_to() {
+        let mut v = VlmState::new("tiny".into(), 2, Some(64));
+        v.full.submitted(3);
+        let token = |id, piece: &str| Event::VlmToken { id, piece: piece.into(), text: format!("so far {piece}") };
+        v.apply(&token(3, "a"));
+        v.apply(&token(2, "stale"));
+        assert_eq!(v.full_stream, vec!["a".to_string()]);
+        assert_eq!(v.full_text, "so far a");
+        v.run.submitted(5);
+        v.apply(&token(5, "b"));
+        assert_eq!(v.run_stream, vec!["b".to_string()]);
+        assert!(v.busy());
+        v.failed();
+        assert!(!v.busy());
+    }
+
+    #[test]
+    fn sweep_points_of_an_old_request_are_dropped_and_the_rest_sorted() {
+        let mut v = VlmState::new("tiny".into(), 2, None);
+        v.sweep_id = 7;
+        let point = |removed: f64| SweepPoint {
+            removed,
+            keep: 1,
+            answer: String::new(),
+            ids: vec![],
+            changed: removed > 0.5,
+            first_difference: None,
+            full_answer_logprob: Some(-removed),
+        };
+        for (id, r) in [(7, 0.9), (6, 0.1), (7, 0.0), (7, 0.5)] {
+            v.apply(&Event::VlmSweepPoint { id, point: point(r) });
+        }
+        let removed: Vec<f64> = v.sweep.iter().map(|p| p.removed).collect();
+        assert_eq!(removed, vec![0.0, 0.5, 0.9]);
+        assert!(!v.sweep_done());
+        v.apply(&Event::VlmSweepStopped { id: 6 });
+        assert!(!v.sweep_done(), "an old sweep's stop");
+        v.apply(&Event::VlmSweepStopped { id: 7 });
+        assert!(v.sweep_done());
+    }
+
+    #[test]
+    fn a_hovered_token_wins_over_the_clicked_one() {
+        let mut v = VlmState { picked: Some(Pick { reduced: false, index: 2 }), ..VlmState::default() };
+        assert_eq!(v.shown_pick(), v.picked);
+        v.hovered = Some(Pick { reduced: true, index: 0 });
+        assert_eq!(v.shown_pick(), Some(Pick { reduced: true, index: 0 }));
+    }
+
+    #[test]
+    fn vlm_settings_round_trip() {
+        let s = VlmSettings { max_new_tokens: 7, view_layer: Some(1), ..VlmSettings::default() };
+        let back: VlmSettings = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let spec = s.spec(Budget::RemoveFraction(0.5), Default::default());
+        assert_eq!(spec.max_new_tokens, 7);
+        assert_eq!(spec.method.as_ref().map(VlmMethod::name), Some("cls_topk"));
+    }
+}

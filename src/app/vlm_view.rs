@@ -1,0 +1,159 @@
+//! VLM mode's main view: the photo with the image-token grid (each language-model image token
+//! over the patches it came from) and the chosen overlay: kept / merged tokens, the method's
+//! scores, the vision saliency, or what one answer token looked at.
+
+use eframe::egui;
+
+use super::TokenlensApp;
+use super::answer::shown_piece;
+use super::view::{Fate, GridFrame, ValueMap, colorbar_ui, finite_range, image_scene_ui, patch_info};
+use super::vlm::{Pick, VlmOverlay, VlmState, method_label};
+use super::worker::VlmOpened;
+use crate::figures;
+use crate::render::Placement;
+use crate::vlm::VlmRun;
+
+const VIEW_SIDE: u32 = 768;
+
+/// The image-token grid over the photo.
+pub fn frame(opened: &VlmOpened) -> GridFrame {
+    let [x0, y0, x1, y1] = opened.image.place;
+    GridFrame { photo: opened.image.photo.dimensions(), place: Placement { x0, y0, x1, y1 }, grid: opened.grid }
+}
+
+/// The answer token `pick` refers to, and the run it belongs to.
+fn picked_run<'a>(vlm: &'a VlmState, opened: &'a VlmOpened, pick: Pick) -> Option<&'a VlmRun> {
+    if pick.reduced { vlm.run.value.as_deref().filter(|_| !vlm.run.pending) } else { Some(&opened.run) }
+}
+
+/// The per-token values the overlay shows (none for the token view), with a legend title.
+pub fn value_map(vlm: &VlmState, opened: &VlmOpened, overlay: VlmOverlay, method: &str) -> Option<ValueMap> {
+    match overlay {
+        VlmOverlay::Tokens => None,
+        VlmOverlay::Saliency => Some(ValueMap {
+            title: "Vision saliency (the tower's attention to each image token)".into(),
+            values: opened.saliency.clone(),
+        }),
+        VlmOverlay::Scores => {
+            let scores = vlm.run.value.as_ref()?.scores.as_ref()?;
+            Some(ValueMap {
+                title: format!("{method} score per image token"),
+                values: scores.iter().map(|v| v.unwrap_or(f32::NAN)).collect(),
+            })
+        }
+        VlmOverlay::TextToImage => {
+            let pick = vlm.shown_pick()?;
+            let run = picked_run(vlm, opened, pick)?;
+            let attention = run.answer.image_attention.get(pick.index)?;
+            let piece = run.answer.pieces.get(pick.index).map_or(String::new(), |p| shown_piece(p));
+            let side = if pick.reduced { "reduced" } else { "full" };
+            let layer = run.spec.view_layer.unwrap_or(vlm.num_layers / 2);
+            Some(ValueMap {
+                title: format!(
+                    "“{piece}” ({side} answer, token {}): its attention to the image, decoder layer {layer}",
+                    pick.index
+                ),
+                values: attention.iter().map(|v| v.unwrap_or(f32::NAN)).collect(),
+            })
+        }
+    }
+}
+
+pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+    app.textures.begin_frame();
+    let Some(vlm) = app.vlm.as_ref() else { return };
+    let Some(opened) = vlm.opened().cloned() else {
+        ui.centered_and_justified(|ui| {
+            if vlm.full.pending {
+                ui.spinner();
+            } else if app.error.is_some() {
+                ui.label(egui::RichText::new("No answer: see the error below").heading().weak());
+            } else {
+                ui.label(egui::RichText::new("Open an image (Ctrl+O) or drop a PNG or JPEG here").heading().weak());
+            }
+        });
+        return;
+    };
+    let s = app.settings.clone();
+    let method = method_label(&s.vlm.method);
+    let run = vlm.run.value.clone();
+    let run_pending = vlm.run.pending;
+    let map = value_map(vlm, &opened, s.vlm.overlay, &method);
+    let frame = frame(&opened);
+
+    ui.horizontal(|ui| match (&map, s.vlm.overlay, &run) {
+        (Some(m), _, _) => {
+            ui.strong(&m.title);
+            if let Some((lo, hi)) = finite_range(&m.values) {
+                colorbar_ui(ui, s.colormap, lo, hi);
+            }
+        }
+        (None, VlmOverlay::Tokens, Some(r)) => {
+            let merged = r.groups.iter().filter(|g| g.len() > 1).count();
+            let dropped = r.num_image_tokens - r.groups.iter().map(Vec::len).sum::<usize>();
+            ui.strong(format!("{method}, {}", r.spec.budget.describe(r.num_image_tokens)));
+            ui.label(format!(
+                "· {}×{} image tokens · kept {} · merged {merged} groups · dropped {dropped} · stage {}",
+                opened.grid[0],
+                opened.grid[1],
+                r.kept.len(),
+                r.stage
+            ));
+        }
+        (None, VlmOverlay::Scores, Some(_)) => {
+            ui.strong(format!("{method} has no score map"));
+        }
+        (None, VlmOverlay::TextToImage, _) => {
+            ui.strong("Hover or click a token of an answer to see what it looked at");
+        }
+        _ if run_pending => {
+            ui.label("waiting for the reduced run…");
+        }
+        _ => {
+            ui.label("no reduced run: see the error below");
+        }
+    });
+
+    let key_common = format!("{:?}|{}|{:?}|{}", opened.label, opened.question, s.colormap, s.opacity);
+    let tex = match (&map, &run) {
+        (Some(m), _) => Some(app.textures.get(
+            ui.ctx(),
+            "vlm_main",
+            format!("{key_common}|{}|{:?}", m.title, run.as_ref().map(|r| r.spec.clone())),
+            || {
+                figures::grid_map_body_at(
+                    &opened.image.photo,
+                    frame.place,
+                    opened.grid,
+                    &m.values,
+                    s.colormap,
+                    s.opacity,
+                    VIEW_SIDE,
+                )
+            },
+        )),
+        (None, Some(r)) => {
+            let merges = matches!(&r.spec.method, Some(crate::vlm::VlmMethod::Vision(c)) if c.info().merges)
+                || r.groups.iter().any(|g| g.len() > 1);
+            Some(app.textures.get(ui.ctx(), "vlm_main", format!("{key_common}|tokens|{:?}", r.spec), || {
+                figures::groups_body_at(&opened.image.photo, frame.place, opened.grid, &r.groups, merges, VIEW_SIDE)
+            }))
+        }
+        // No reduced run yet (or no token picked): the plain photo under the grid.
+        (None, None) => Some(app.textures.get(ui.ctx(), "vlm_main", format!("{key_common}|plain"), || {
+            let nan = vec![f32::NAN; opened.grid[0] * opened.grid[1]];
+            figures::grid_map_body_at(&opened.image.photo, frame.place, opened.grid, &nan, s.colormap, 0.0, VIEW_SIDE)
+        })),
+    };
+    let Some(tex) = tex else { return };
+    let groups = run.as_ref().map(|r| r.groups.as_slice());
+    let grid = opened.grid;
+    image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, |token| {
+        let fate = run.as_deref().map(|r| Fate {
+            method: method.clone(),
+            score: r.scores.as_ref().and_then(|s| s.get(token).copied().flatten()),
+            groups: &r.groups,
+        });
+        patch_info(token, grid, map.as_ref(), fate).replace("patches", "image tokens").replace("patch", "image token")
+    });
+}

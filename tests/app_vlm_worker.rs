@@ -1,0 +1,163 @@
+//! The app's worker with a tiny vision-language model (tests/fixtures/vlm): it says the model is
+//! a VLM, streams every answer token before the answer itself, runs reduced runs and the ratio
+//! sweep against the full answer, and reports a question that overflows the context as an
+//! error without stopping.
+
+mod common;
+
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
+
+use common::{asset, fixture};
+use tokenlens::app::{Event, ImageSource, Job, WorkerHandle};
+use tokenlens::model::ModelSource;
+use tokenlens::reduce::{Budget, ReducerConfig};
+use tokenlens::vlm::{VlmMethod, VlmRunSpec, sweep_fractions};
+
+fn next(worker: &WorkerHandle) -> Event {
+    match worker.events.recv_timeout(Duration::from_secs(120)) {
+        Ok(e) => e,
+        Err(RecvTimeoutError::Timeout) => panic!("the worker said nothing for 2 minutes"),
+        Err(RecvTimeoutError::Disconnected) => panic!("the worker stopped"),
+    }
+}
+
+/// The pieces streamed for request `id` and the last text so far, until `done` picks its
+/// answer out of an event.
+fn streamed_until<T>(worker: &WorkerHandle, id: u64, done: impl Fn(Event) -> Option<T>) -> ((Vec<String>, String), T) {
+    let mut streamed = (Vec::new(), String::new());
+    loop {
+        match next(worker) {
+            Event::VlmToken { id: i, piece, text } if i == id => {
+                streamed.0.push(piece);
+                streamed.1 = text;
+            }
+            Event::Failed(e) => panic!("{e}"),
+            event => {
+                if let Some(answer) = done(event) {
+                    return (streamed, answer);
+                }
+            }
+        }
+    }
+}
+
+fn spec() -> VlmRunSpec {
+    VlmRunSpec {
+        method: Some(VlmMethod::Vision(ReducerConfig::from_name("random").unwrap())),
+        budget: Budget::RemoveFraction(0.5),
+        max_new_tokens: 8,
+        ..VlmRunSpec::default()
+    }
+}
+
+fn image() -> ImageSource {
+    ImageSource { label: asset("chelsea.png"), bytes: None }
+}
+
+#[test]
+fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
+    for model in ["llava", "idefics3"] {
+        let mut worker = WorkerHandle::spawn(ModelSource::File(fixture(&format!("vlm/{model}"))), || {});
+        loop {
+            match next(&worker) {
+                Event::VlmReady { num_layers, context, .. } => {
+                    assert_eq!((num_layers, context), (2, Some(64)), "{model}");
+                    break;
+                }
+                Event::Status(_) => {}
+                Event::Failed(e) => panic!("{model}: {e}"),
+                _ => panic!("{model}: an event before the model is ready"),
+            }
+        }
+
+        // The full answer: its tokens stream in first, one event each.
+        let question = "what is in the image?".to_string();
+        worker.submit(Job::VlmFull { id: 1, source: image(), question, spec: VlmRunSpec { method: None, ..spec() } });
+        let ((streamed, text), opened) = streamed_until(&worker, 1, |e| match e {
+            Event::VlmOpened { id: 1, opened } => Some(opened),
+            _ => None,
+        });
+        assert_eq!(streamed, opened.run.answer.pieces, "{model}: streamed pieces");
+        assert_eq!(text, opened.run.answer.text, "{model}: the answer so far, at the end");
+        assert!(!streamed.is_empty());
+        assert_eq!(opened.grid[0] * opened.grid[1], opened.saliency.len());
+
+        // A reduced run, superseded by another before it could finish: the newest answers.
+        worker.submit(Job::VlmRun { id: 2, spec: spec() });
+        let keep_more = VlmRunSpec { budget: Budget::RemoveFraction(0.25), ..spec() };
+        worker.submit(Job::VlmRun { id: 3, spec: keep_more });
+        let ((streamed, _), run) = streamed_until(&worker, 3, |e| match e {
+            Event::VlmReduced { id: 3, run } => Some(run),
+            _ => None,
+        });
+        assert_eq!(streamed, run.answer.pieces, "{model}: streamed reduced pieces");
+        assert!(run.full_answer_logprob.is_some());
+        let n = opened.grid[0] * opened.grid[1];
+        assert_eq!(run.keep, Budget::RemoveFraction(0.25).resolve(n).unwrap());
+
+        // The sweep: one point per fraction, in the background.
+        let fractions = sweep_fractions();
+        worker.submit(Job::VlmSweep { id: 4, spec: spec(), fractions: fractions.clone() });
+        let mut points = Vec::new();
+        while points.len() < fractions.len() {
+            match next(&worker) {
+                Event::VlmSweepPoint { id: 4, point } => points.push(point),
+                Event::Failed(e) => panic!("{model}: {e}"),
+                _ => {}
+            }
+        }
+        let zero = points.iter().find(|p| p.removed == 0.0).expect("the full model's point");
+        assert!(!zero.changed, "{model}: nothing removed, the same answer");
+
+        // A question far past the 64-token context: a clear error, and the worker goes on.
+        let long = "please describe every detail of this picture ".repeat(8);
+        worker.submit(Job::VlmFull { id: 5, source: image(), question: long, spec: spec() });
+        loop {
+            match next(&worker) {
+                Event::Failed(e) => {
+                    assert!(e.contains("context of 64"), "{model}: {e}");
+                    break;
+                }
+                Event::VlmOpened { id: 5, .. } => panic!("{model}: the long question was answered"),
+                _ => {}
+            }
+        }
+        worker.submit(Job::VlmRun { id: 6, spec: spec() });
+        loop {
+            match next(&worker) {
+                Event::VlmReduced { id: 6, run } => {
+                    let half = Budget::RemoveFraction(0.5).resolve(n).unwrap();
+                    assert_eq!((run.num_image_tokens, run.keep), (n, half), "{model}: against the last full run");
+                    break;
+                }
+                Event::Failed(e) => panic!("{model}: {e}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn a_folder_without_its_tokenizer_says_so_to_every_job() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("vlm/llava")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "tokenizer.json" {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut worker = WorkerHandle::spawn(ModelSource::File(dir.path().to_path_buf()), || {});
+    worker.submit(Job::VlmRun { id: 1, spec: spec() });
+    let mut failures = Vec::new();
+    while failures.len() < 2 {
+        match next(&worker) {
+            Event::Failed(e) => failures.push(e),
+            Event::VlmReady { .. } => panic!("loaded without a tokenizer"),
+            _ => {}
+        }
+    }
+    for e in failures {
+        assert!(e.contains("could not be loaded") && e.contains("tokenizer.json"), "{e}");
+    }
+}
