@@ -154,32 +154,13 @@ impl ReducerConfig {
 
     /// The default config of the method called `name`.
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::defaults().into_iter().find(|c| c.name() == name).ok_or_else(|| Error::Config {
-            field: "reducer",
-            reason: format!(
-                "unknown method `{name}`; choose one of {}",
-                Self::defaults().iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
-            ),
-        })
+        by_name(Self::defaults(), Self::name, name, "method")
     }
 
     /// Sets one parameter from text (`--param k=v`): the value is read as JSON, else as a
     /// string, and the config is re-validated, so a typo or a wrong type is an error.
     pub fn set_param(&mut self, key: &str, value: &str) -> Result<()> {
-        let mut json = serde_json::to_value(&*self).expect("configs serialise");
-        let parsed = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.into()));
-        let obj = json.as_object_mut().expect("configs are JSON objects");
-        if key == "method" || !obj.contains_key(key) {
-            let known: Vec<&str> = obj.keys().map(String::as_str).filter(|k| *k != "method").collect();
-            return Err(Error::Config {
-                field: "param",
-                reason: format!("{} has no parameter `{key}`; it has: {}", self.name(), known.join(", ")),
-            });
-        }
-        obj.insert(key.into(), parsed);
-        *self = serde_json::from_value(json)
-            .map_err(|e| Error::Config { field: "param", reason: format!("{key}={value}: {e}") })?;
-        Ok(())
+        set_param_json(self, self.name(), key, value)
     }
 
     /// A note for the UI when the method runs differently on this encoder.
@@ -245,6 +226,40 @@ impl ReducerConfig {
             _ => Stage::PreLlm,
         })
     }
+}
+
+/// The config called `name` among `all` (`kind` names the list in the error).
+pub(crate) fn by_name<T>(all: Vec<T>, name_of: impl Fn(&T) -> &'static str, name: &str, kind: &str) -> Result<T> {
+    let names: Vec<&str> = all.iter().map(&name_of).collect();
+    let list = names.join(", ");
+    all.into_iter().find(|c| name_of(c) == name).ok_or_else(|| Error::Config {
+        field: "reducer",
+        reason: format!("unknown {kind} `{name}`; choose one of {list}"),
+    })
+}
+
+/// Sets one field of a `method`-tagged config from text: the value is read as JSON, else as a
+/// string, and the whole config is deserialised again, so a typo or a wrong type is an error.
+pub(crate) fn set_param_json<T: Serialize + serde::de::DeserializeOwned>(
+    config: &mut T,
+    method: &str,
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    let mut json = serde_json::to_value(&*config).expect("configs serialise");
+    let parsed = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.into()));
+    let obj = json.as_object_mut().expect("configs are JSON objects");
+    if key == "method" || !obj.contains_key(key) {
+        let known: Vec<&str> = obj.keys().map(String::as_str).filter(|k| *k != "method").collect();
+        return Err(Error::Config {
+            field: "param",
+            reason: format!("{method} has no parameter `{key}`; it has: {}", known.join(", ")),
+        });
+    }
+    obj.insert(key.into(), parsed);
+    *config = serde_json::from_value(json)
+        .map_err(|e| Error::Config { field: "param", reason: format!("{key}={value}: {e}") })?;
+    Ok(())
 }
 
 #[cfg(test)]

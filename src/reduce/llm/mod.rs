@@ -237,32 +237,12 @@ impl LlmReducerConfig {
 
     /// The default config of the method called `name`.
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::defaults().into_iter().find(|c| c.name() == name).ok_or_else(|| Error::Config {
-            field: "reducer",
-            reason: format!(
-                "unknown language-side method `{name}`; choose one of {}",
-                Self::defaults().iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
-            ),
-        })
+        crate::reduce::by_name(Self::defaults(), Self::name, name, "language-side method")
     }
 
-    /// Sets one parameter from text (`--param k=v`): the value is read as JSON, else as a
-    /// string, and the config is re-validated, so a typo or a wrong type is an error.
+    /// Sets one parameter from text (`--param k=v`), re-validating the config.
     pub fn set_param(&mut self, key: &str, value: &str) -> Result<()> {
-        let mut json = serde_json::to_value(&*self).expect("configs serialise");
-        let parsed = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.into()));
-        let obj = json.as_object_mut().expect("configs are JSON objects");
-        if key == "method" || !obj.contains_key(key) {
-            let known: Vec<&str> = obj.keys().map(String::as_str).filter(|k| *k != "method").collect();
-            return Err(Error::Config {
-                field: "param",
-                reason: format!("{} has no parameter `{key}`; it has: {}", self.name(), known.join(", ")),
-            });
-        }
-        obj.insert(key.into(), parsed);
-        *self = serde_json::from_value(json)
-            .map_err(|e| Error::Config { field: "param", reason: format!("{key}={value}: {e}") })?;
-        Ok(())
+        crate::reduce::set_param_json(self, self.name(), key, value)
     }
 
     /// The method's main decoder layer (what the layer slider moves), if it has one: FastV's K
