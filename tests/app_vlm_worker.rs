@@ -73,7 +73,8 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
 
         // The full answer: its tokens stream in first, one event each.
         let question = "what is in the image?".to_string();
-        worker.submit(Job::VlmFull { id: 1, source: image(), question, spec: VlmRunSpec { method: None, ..spec() } });
+        let full_spec = VlmRunSpec { method: None, ..spec() };
+        worker.submit(Job::VlmFull { id: 1, source: image(), question, spec: full_spec, split: false });
         let ((streamed, text), opened) = streamed_until(&worker, 1, |e| match e {
             Event::VlmOpened { id: 1, opened } => Some(opened),
             _ => None,
@@ -112,7 +113,7 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
 
         // A question far past the 64-token context: a clear error, and the worker goes on.
         let long = "please describe every detail of this picture ".repeat(8);
-        worker.submit(Job::VlmFull { id: 5, source: image(), question: long, spec: spec() });
+        worker.submit(Job::VlmFull { id: 5, source: image(), question: long, spec: spec(), split: false });
         loop {
             match next(&worker) {
                 Event::Failed(e) => {

@@ -56,6 +56,8 @@ pub struct VlmSettings {
     /// The decoder layer the text-to-image maps read (None: the middle one).
     pub view_layer: Option<usize>,
     pub overlay: VlmOverlay,
+    /// SmolVLM's image splitting (tiles plus the global image); off: one tile.
+    pub split_image: bool,
 }
 
 impl Default for VlmSettings {
@@ -66,6 +68,7 @@ impl Default for VlmSettings {
             max_new_tokens: 32,
             view_layer: None,
             overlay: VlmOverlay::Tokens,
+            split_image: false,
         }
     }
 }
@@ -84,6 +87,7 @@ struct FullKey {
     question: String,
     max_new_tokens: usize,
     view_layer: Option<usize>,
+    split_image: bool,
 }
 
 /// The state of VLM mode (present while a vision-language model is loaded).
@@ -244,6 +248,7 @@ impl TokenlensApp {
             question: settings.question.clone(),
             max_new_tokens: settings.max_new_tokens,
             view_layer: settings.view_layer,
+            split_image: settings.split_image,
         };
         let Some(vlm) = self.vlm.as_ref() else { return };
         if vlm.sent_full.as_ref() != Some(&key) {
@@ -255,7 +260,8 @@ impl TokenlensApp {
             vlm.sent_full = Some(key);
             self.status = format!("Answering about {}…", source.label.display());
             let full_spec = VlmRunSpec { method: None, ..spec };
-            self.worker.submit(Job::VlmFull { id, source, question: settings.question, spec: full_spec });
+            let (question, split) = (settings.question, settings.split_image);
+            self.worker.submit(Job::VlmFull { id, source, question, spec: full_spec, split });
             return;
         }
         if vlm.full.pending || vlm.full.value.is_none() {
@@ -332,6 +338,10 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         ui.label("max answer tokens").on_hover_text("greedy decoding stops here or at the end-of-answer token");
         ui.add(egui::DragValue::new(&mut s.max_new_tokens).range(1..=512));
     });
+    ui.checkbox(&mut s.split_image, "split the image into tiles").on_hover_text(
+        "SmolVLM: tiles plus a global image, as its processor does by default (more image tokens; only the \
+         language-side methods run on a split image). Off: one 512 tile. Other models ignore it.",
+    );
     let mut layer = s.view_layer.unwrap_or(decoder_layers / 2);
     let slider = egui::Slider::new(&mut layer, 0..=decoder_layers.saturating_sub(1)).text("view layer");
     if ui

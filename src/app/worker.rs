@@ -42,7 +42,8 @@ pub enum Job {
     Export { figure: Figure, look: Look, path: PathBuf, force: bool },
     /// A VLM's vision run and full answer for an image and a question (tokens stream as
     /// [`Event::VlmToken`] with this `id`).
-    VlmFull { id: u64, source: ImageSource, question: String, spec: VlmRunSpec },
+    /// `split`: SmolVLM's image splitting.
+    VlmFull { id: u64, source: ImageSource, question: String, spec: VlmRunSpec, split: bool },
     /// A reduced VLM run against the current full answer.
     VlmRun { id: u64, spec: VlmRunSpec },
     /// The ratio sweep of a method: one reduced run per removed fraction (popped from the end).
@@ -369,7 +370,9 @@ impl<W: Fn()> Worker<W> {
         match job {
             // The app asks for an encoder run before it knows the model is a VLM: nothing to do.
             Job::Open { .. } if self.vlm.is_some() => {}
-            Job::VlmFull { id, source, question, spec } => self.answer_full(id, source, &question, &spec, cancel)?,
+            Job::VlmFull { id, source, question, spec, split } => {
+                self.answer_full(id, source, &question, &spec, split, cancel)?
+            }
             Job::VlmRun { id, spec } => {
                 let (vlm, full) = (self.vlm()?, self.current_vlm_full()?);
                 let run = vlm.run(&full, &spec, &mut self.streamer(id, vlm), cancel)?;
@@ -476,13 +479,17 @@ impl<W: Fn()> Worker<W> {
         source: ImageSource,
         question: &str,
         spec: &VlmRunSpec,
+        split: bool,
         cancel: &Cancel,
     ) -> crate::Result<()> {
         let vlm = self.vlm()?;
-        let image = match &source.bytes {
-            Some(bytes) => vlm.image_from_bytes(bytes, &source.label)?,
-            None => vlm.open_image(&source.label)?,
+        let read =
+            || std::fs::read(&source.label).map_err(|e| Error::image(&source.label, format!("cannot read: {e}")));
+        let bytes = match &source.bytes {
+            Some(bytes) => bytes.clone(),
+            None => read()?.into(),
         };
+        let image = vlm.arch.image_from_bytes(&bytes, &source.label, split)?;
         let full = vlm.full(image, question, spec, &mut self.streamer(id, vlm), cancel)?;
         let grid = [full.vision.grid.0, full.vision.grid.1];
         let opened = VlmOpened {
