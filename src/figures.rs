@@ -50,9 +50,22 @@ pub fn grid_map_body_at(
     opacity: f32,
     max_side: u32,
 ) -> RgbImage {
-    let heat = Heatmap { rows: grid[0], cols: grid[1], values: values.to_vec() };
+    // Values past the grid (SmolVLM's global image when split) are not drawn.
+    let values = values.iter().copied().take(grid[0] * grid[1]).collect();
+    let heat = Heatmap { rows: grid[0], cols: grid[1], values };
     let style = OverlayStyle { colormap, opacity, title: None, colorbar: false, max_side, ..OverlayStyle::default() };
     render::overlay_body(photo, &heat, &place, &style)
+}
+
+/// `groups` restricted to the tokens on a `rows` x `cols` grid (SmolVLM's split image puts its
+/// global image's tokens after the grid); groups left empty are dropped.
+fn on_grid(groups: &[Vec<u32>], rows: usize, cols: usize) -> Vec<Vec<u32>> {
+    let cells = (rows * cols) as u32;
+    groups
+        .iter()
+        .map(|g| g.iter().copied().filter(|&t| t < cells).collect::<Vec<_>>())
+        .filter(|g| !g.is_empty())
+        .collect()
 }
 
 /// The saliency body on the fixed 0..1 scale, without title or colour bar.
@@ -87,8 +100,8 @@ pub fn groups_body_at(
     merges: bool,
     max_side: u32,
 ) -> RgbImage {
-    let groups =
-        TokenGroups::from_groups(grid[0], grid[1], groups).expect("a run's groups are disjoint and on the grid");
+    let groups = TokenGroups::from_groups(grid[0], grid[1], &on_grid(groups, grid[0], grid[1]))
+        .expect("a run's groups are disjoint");
     let style = if merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
     render::tokens_body(photo, &groups, &place, &TokensStyle { style, max_side, ..TokensStyle::default() })
 }
@@ -183,15 +196,8 @@ pub fn vlm_tokens(
     run: &crate::vlm::VlmRun,
     max_side: u32,
 ) -> RgbImage {
-    // Tokens off the grid (SmolVLM's global image when split) are not drawn.
-    let cells = (grid.0 * grid.1) as u32;
-    let on_grid: Vec<Vec<u32>> = run
-        .groups
-        .iter()
-        .map(|g| g.iter().copied().filter(|&t| t < cells).collect::<Vec<_>>())
-        .filter(|g| !g.is_empty())
-        .collect();
-    let groups = TokenGroups::from_groups(grid.0, grid.1, &on_grid).expect("a run's groups are disjoint");
+    let groups = TokenGroups::from_groups(grid.0, grid.1, &on_grid(&run.groups, grid.0, grid.1))
+        .expect("a run's groups are disjoint");
     let merges = run.groups.iter().any(|g| g.len() > 1);
     let style = if merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
     let title = format!("{}: {} of {} image tokens", vlm_run_title(run), run.groups.len(), run.num_image_tokens);

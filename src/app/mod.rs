@@ -629,7 +629,7 @@ impl TokenlensApp {
     /// Patches on the current model's grid (256 for the default model).
     pub fn num_patches(&self) -> usize {
         if let Some(o) = self.vlm.as_ref().and_then(VlmState::opened) {
-            return o.grid[0] * o.grid[1];
+            return o.run.num_image_tokens; // a split image's global tokens are off the grid
         }
         self.opened.as_ref().map_or(256, |o| o.analysis.grid[0] * o.analysis.grid[1])
     }
