@@ -302,6 +302,24 @@ fn smolvlm_image_splitting_matches_transformers_and_runs_language_side_methods()
     let s = VlmRunSpec { method: Some(VlmMethod::Llm(cfg)), budget: Budget::Keep(10), ..spec() };
     let run = vlm.run(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
     assert_eq!(run.image_rows_per_layer, vec![20, 10]);
+    // The pictures draw the grid's 16 tokens; the global image's 4 are off the grid.
+    let grid = full.vision.grid;
+    let place = tokenlens::figures::vlm_placement(&full.image);
+    let tokens = tokenlens::figures::groups_body_at(&full.image.photo, place, [4, 4], &run.groups, false, 128);
+    assert!(tokens.width() > 0);
+    let look: Vec<f32> = run.answer.image_attention[0].iter().map(|v| v.unwrap_or(f32::NAN)).collect();
+    assert_eq!(look.len(), 20);
+    let map = tokenlens::figures::grid_map_body_at(
+        &full.image.photo,
+        place,
+        [grid.0, grid.1],
+        &look,
+        tokenlens::render::Colormap::Viridis,
+        0.6,
+        128,
+    );
+    assert!(map.width() > 0);
+    let _ = tokenlens::figures::vlm_tokens(&full.image, grid, &run, 128);
     let vision = VlmRunSpec { method: Some(VlmMethod::from_name("divprune").unwrap()), ..spec() };
     let err = vlm.run(&full, &vision, &mut |_| {}, &Cancel::default()).err().unwrap().to_string();
     assert!(err.contains("splitting off"), "{err}");
