@@ -147,13 +147,25 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     };
     let Some(tex) = tex else { return };
     let groups = run.as_ref().map(|r| r.groups.as_slice());
-    let grid = opened.grid;
+    let (grid, block) = (opened.grid, opened.patch_block);
     image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, |token| {
         let fate = run.as_deref().map(|r| Fate {
             method: method.clone(),
             score: r.scores.as_ref().and_then(|s| s.get(token).copied().flatten()),
             groups: &r.groups,
         });
-        patch_info(token, grid, map.as_ref(), fate).replace("patches", "image tokens").replace("patch", "image token")
+        let info = patch_info(token, grid, map.as_ref(), fate)
+            .replace("patches", "image tokens")
+            .replace("patch", "image token");
+        match block {
+            1 => info,
+            b => {
+                // SmolVLM: one language-model token per b x b block of the tower's patches.
+                let (r, c) = (token / grid[1], token % grid[1]);
+                let covers =
+                    format!("vision patches rows {}-{}, cols {}-{}", r * b, r * b + b - 1, c * b, c * b + b - 1);
+                format!("{info}\n{covers}")
+            }
+        }
     });
 }

@@ -74,6 +74,8 @@ pub struct VlmOpened {
     pub saliency: Vec<f32>,
     /// Layers of the vision tower (for the layer slider of methods acting inside it).
     pub tower_layers: usize,
+    /// Each image token covers a square of this many vision patches a side (SmolVLM: 4).
+    pub patch_block: usize,
     pub prompt_tokens: usize,
     pub run: VlmRun,
 }
@@ -499,6 +501,7 @@ impl<W: Fn()> Worker<W> {
             grid,
             saliency: full.vision.saliency.clone(),
             tower_layers: full.vision.context().num_layers,
+            patch_block: full.vision.patch_block,
             prompt_tokens: full.prompt.ids.len(),
             run: full.run.clone(),
         };

@@ -67,6 +67,9 @@ pub struct VisionRun {
     pub grid: (usize, usize),
     /// Image tokens in all (the grid's, then any off it).
     pub num_tokens: usize,
+    /// Each image token covers a `patch_block` x `patch_block` square of the tower's patches
+    /// (LLaVA 1; SmolVLM its pixel-shuffle scale, 4).
+    pub patch_block: usize,
     /// For each image slot of the prompt, in order, the image token it holds (raster order on
     /// the grid; the identity unless the image is split into tiles).
     pub slot_token: Vec<u32>,
@@ -240,6 +243,7 @@ impl Arch {
                 Ok(VisionRun {
                     grid: last.grid,
                     num_tokens,
+                    patch_block: 1,
                     slot_token: (0..num_tokens as u32).collect(),
                     tower_blocks: vec![BlockTokens { attn: n, mlp: n }; m.feature_blocks],
                     tower_dims: (cfg.hidden_size, cfg.intermediate_size),
@@ -279,6 +283,7 @@ impl Arch {
                     image_tokens,
                     grid,
                     num_tokens,
+                    patch_block: s,
                     slot_token: (0..num_tokens as u32).collect(),
                     saliency,
                     tower_blocks: vec![BlockTokens { attn: n, mlp: n }; layers],
@@ -451,6 +456,7 @@ fn split_vision(m: &Idefics3, image: &VlmImage, start: Instant, cancel: &Cancel)
         trace: Trace::default(),
         features: tokens.hidden,
         num_tokens: on_grid + per_tile,
+        patch_block: s,
         image_tokens,
         grid,
         slot_token,
