@@ -79,7 +79,7 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 
     section(ui, "Parameters");
     let num_layers = app.num_layers();
-    params_ui(ui, &mut app.settings.spec.reducer, num_layers);
+    params_ui(ui, &mut app.settings.spec.reducer, 0..=num_layers - 1);
     ui.horizontal(|ui| {
         ui.label("Dropped patches").on_hover_text("What the saliency head sees where no token survives");
         ui.radio_value(&mut app.settings.spec.fill, DropFill::Zeros, "zeros");
@@ -209,7 +209,7 @@ pub(super) fn budget_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 pub fn params_ui<T: serde::Serialize + serde::de::DeserializeOwned>(
     ui: &mut egui::Ui,
     reducer: &mut T,
-    num_layers: usize,
+    layers: std::ops::RangeInclusive<usize>,
 ) {
     let mut json = serde_json::to_value(&*reducer).expect("configs serialise");
     let Some(obj) = json.as_object_mut() else { return };
@@ -223,7 +223,7 @@ pub fn params_ui<T: serde::Serialize + serde::de::DeserializeOwned>(
         for key in keys {
             ui.label(key.replace('_', " "));
             let value = obj.get_mut(&key).expect("key from the map");
-            changed |= value_ui(ui, &key, value, num_layers);
+            changed |= value_ui(ui, &key, value, &layers);
             ui.end_row();
         }
     });
@@ -232,13 +232,14 @@ pub fn params_ui<T: serde::Serialize + serde::de::DeserializeOwned>(
     }
 }
 
-fn value_ui(ui: &mut egui::Ui, key: &str, value: &mut Value, num_layers: usize) -> bool {
+/// One parameter's editor; `layers`: the values a layer parameter may take.
+fn value_ui(ui: &mut egui::Ui, key: &str, value: &mut Value, layers: &std::ops::RangeInclusive<usize>) -> bool {
     let is_layer = key.contains("layer");
     match value {
         Value::Bool(b) => ui.checkbox(b, "").changed(),
         Value::Number(n) if n.is_u64() && is_layer => {
             let mut v = n.as_u64().unwrap_or(0) as usize;
-            let changed = ui.add(egui::Slider::new(&mut v, 0..=num_layers - 1)).changed();
+            let changed = ui.add(egui::Slider::new(&mut v, layers.clone())).changed();
             *value = Value::from(v);
             changed
         }
@@ -259,7 +260,7 @@ fn value_ui(ui: &mut egui::Ui, key: &str, value: &mut Value, num_layers: usize) 
             let mut auto = true;
             ui.horizontal(|ui| {
                 if ui.checkbox(&mut auto, "auto").changed() && !auto {
-                    *value = if is_layer { Value::from(num_layers - 1) } else { Value::from(0.5) };
+                    *value = if is_layer { Value::from(*layers.end()) } else { Value::from(0.5) };
                     return true;
                 }
                 false
@@ -274,7 +275,7 @@ fn value_ui(ui: &mut egui::Ui, key: &str, value: &mut Value, num_layers: usize) 
                 let layers: Vec<Value> = text
                     .split(',')
                     .filter_map(|t| t.trim().parse::<usize>().ok())
-                    .filter(|&l| l < num_layers)
+                    .filter(|l| layers.contains(l))
                     .map(Value::from)
                     .collect();
                 *items = layers;

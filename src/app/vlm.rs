@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::controls::params_ui;
 use super::worker::{Event, Job, VlmOpened};
 use super::{Slot, TokenlensApp};
+use crate::reduce::llm::LlmReducerConfig;
 use crate::reduce::{Budget, ReducerConfig};
 use crate::vlm::{SweepPoint, VlmMethod, VlmRun, VlmRunSpec, sweep_fractions};
 
@@ -317,8 +318,10 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let s = &mut app.settings.vlm;
     super::controls::section(ui, "Parameters");
     match &mut s.method {
-        VlmMethod::Vision(c) => params_ui(ui, c, tower_layers),
-        VlmMethod::Llm(c) => params_ui(ui, c, decoder_layers),
+        VlmMethod::Vision(c) => params_ui(ui, c, 0..=tower_layers.saturating_sub(1)),
+        // FastV's `layer` is K: it prunes after layer K - 1, so K runs 1..=L.
+        VlmMethod::Llm(c @ LlmReducerConfig::Fastv(_)) => params_ui(ui, c, 1..=decoder_layers),
+        VlmMethod::Llm(c) => params_ui(ui, c, 0..=decoder_layers.saturating_sub(1)),
     }
     if tower_layer_param {
         ui.label(egui::RichText::new("layers: of the vision tower").small().weak());
