@@ -205,7 +205,7 @@ pub(super) fn budget_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 }
 
 /// A generic editor over the method's serde fields: booleans, numbers, optional numbers ("auto"),
-/// and lists of layers. Layer fields get sliders over the model's depth.
+/// lists of layers and enum choices. Layer fields get sliders over the model's depth.
 pub fn params_ui<T: serde::Serialize + serde::de::DeserializeOwned>(
     ui: &mut egui::Ui,
     reducer: &mut T,
@@ -219,17 +219,48 @@ pub fn params_ui<T: serde::Serialize + serde::de::DeserializeOwned>(
         return;
     }
     let mut changed = false;
+    let probe = json.clone();
+    let obj = json.as_object_mut().expect("checked above");
     egui::Grid::new("params").num_columns(2).spacing([8.0, 4.0]).show(ui, |ui| {
         for key in keys {
             ui.label(key.replace('_', " "));
             let value = obj.get_mut(&key).expect("key from the map");
-            changed |= value_ui(ui, &key, value, &layers);
+            changed |= match value {
+                Value::String(current) => choice_ui(ui, &key, current, &variants::<T>(&probe, &key)),
+                _ => value_ui(ui, &key, value, &layers),
+            };
             ui.end_row();
         }
     });
     if changed && let Ok(updated) = serde_json::from_value(json) {
         *reducer = updated;
     }
+}
+
+/// The values an enum field `key` of `T` accepts, read from serde's "expected one of" message
+/// (empty when the field is free text).
+fn variants<T: serde::de::DeserializeOwned>(json: &Value, key: &str) -> Vec<String> {
+    let mut probe = json.clone();
+    probe[key] = Value::from("\u{1}");
+    let Err(e) = serde_json::from_value::<T>(probe) else { return Vec::new() };
+    let message = e.to_string();
+    let Some(list) = message.split("expected one of ").nth(1) else { return Vec::new() };
+    list.split(',').map(|v| v.trim().trim_matches('`').to_string()).filter(|v| !v.is_empty()).collect()
+}
+
+/// A choice among an enum field's values (or the value as text when there is no list).
+fn choice_ui(ui: &mut egui::Ui, key: &str, current: &mut String, choices: &[String]) -> bool {
+    if choices.is_empty() {
+        ui.label(current.as_str());
+        return false;
+    }
+    let before = current.clone();
+    egui::ComboBox::from_id_salt(("param", key)).selected_text(current.as_str()).show_ui(ui, |ui| {
+        for choice in choices {
+            ui.selectable_value(current, choice.clone(), choice);
+        }
+    });
+    *current != before
 }
 
 /// One parameter's editor; `layers`: the values a layer parameter may take.
@@ -348,5 +379,19 @@ mod tests {
         let mut top = Budget::RemoveFraction(17.0 / 18.0);
         step_preset(&mut top, 1);
         assert_eq!(top, Budget::RemoveFraction(17.0 / 18.0));
+    }
+}
+
+#[cfg(test)]
+mod param_tests {
+    use super::*;
+    use crate::reduce::llm::LlmReducerConfig;
+
+    #[test]
+    fn enum_fields_offer_their_values_and_free_fields_none() {
+        let fastv = serde_json::to_value(LlmReducerConfig::from_name("fastv").unwrap()).unwrap();
+        assert_eq!(variants::<LlmReducerConfig>(&fastv, "query"), ["last", "text", "all"]);
+        let random = serde_json::to_value(crate::reduce::ReducerConfig::from_name("random").unwrap()).unwrap();
+        assert!(variants::<crate::reduce::ReducerConfig>(&random, "seed").is_empty());
     }
 }
