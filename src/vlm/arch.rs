@@ -294,8 +294,8 @@ impl Arch {
         }
     }
 
-    /// Refuses vision-side methods this architecture cannot run, with the reason.
-    pub fn check_vision_method(&self, cfg: &ReducerConfig, vision: &VisionRun) -> Result<()> {
+    /// Refuses a vision-side method on a split image (its tokens are not one grid), with the reason.
+    pub fn check_unsplit(&self, cfg: &ReducerConfig, vision: &VisionRun) -> Result<()> {
         if vision.is_split() {
             return Err(Error::Config {
                 field: "reducer",
@@ -305,8 +305,13 @@ impl Arch {
                 ),
             });
         }
-        let first_site = cfg.build(vision.num_image_tokens(), &vision.context())?.sites().first().copied();
-        match (self, first_site.as_ref()) {
+        Ok(())
+    }
+
+    /// Refuses a built vision-side reducer this architecture cannot run (judged by where the
+    /// reducer will act at this budget), with the reason.
+    pub fn check_vision_reducer(&self, cfg: &ReducerConfig, reducer: &dyn Reducer) -> Result<()> {
+        match (self, reducer.sites().first()) {
             (Arch::Idefics3(_), Some(Site::MidBlock(_) | Site::AfterBlock(_))) => Err(Error::Config {
                 field: "reducer",
                 reason: format!(

@@ -436,8 +436,9 @@ impl Vlm {
                 llm_reducer: None,
             },
             Some(VlmMethod::Vision(cfg)) => {
-                self.arch.check_vision_method(cfg, vision)?;
+                self.arch.check_unsplit(cfg, vision)?;
                 let mut reducer = cfg.build(keep, &vision.context())?;
+                self.arch.check_vision_reducer(cfg, reducer.as_ref())?;
                 let reduced = self.arch.reduce_vision(vision, reducer.as_mut(), cancel)?;
                 let stage = match reduced.stage {
                     Stage::Encoder(l) => format!("encoder({l})"),
