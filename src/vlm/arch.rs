@@ -223,6 +223,14 @@ impl Arch {
         })
     }
 
+    /// Image tokens one image gives (`tiles`: SmolVLM's split, 0 x 0 for one image).
+    pub fn num_image_tokens(&self, tiles: (usize, usize)) -> usize {
+        match self {
+            Arch::Llava(m) => m.image_seq_len,
+            Arch::Idefics3(m) => m.image_seq_len * (tiles.0 * tiles.1 + 1),
+        }
+    }
+
     /// Runs the vision side unreduced.
     pub fn vision(&self, image: &VlmImage, cancel: &Cancel) -> Result<VisionRun> {
         let start = Instant::now();

@@ -50,10 +50,7 @@ impl VlmMethod {
 
     /// Either kind of method by its name.
     pub fn from_name(name: &str) -> Result<Self> {
-        ReducerConfig::from_name(name)
-            .map(VlmMethod::Vision)
-            .or_else(|_| LlmReducerConfig::from_name(name).map(VlmMethod::Llm))
-            .map_err(|_| Error::Config { field: "reducer", reason: format!("unknown method `{name}`") })
+        crate::reduce::by_name(Self::all(), Self::name, name, "method")
     }
 
     pub fn set_param(&mut self, key: &str, value: &str) -> Result<()> {
@@ -264,9 +261,11 @@ impl Vlm {
         on_token: &mut dyn FnMut(u32),
         cancel: &Cancel,
     ) -> Result<VlmFull> {
-        let vision = self.arch.vision(&image, cancel)?;
-        let prompt = self.prompt(question, image.tiles, vision.num_image_tokens())?;
+        // The prompt and its length first: an overflow is refused before the tower runs.
+        let prompt = self.prompt(question, image.tiles, self.arch.num_image_tokens(image.tiles))?;
         self.check_context(&prompt, spec.max_new_tokens)?;
+        let vision = self.arch.vision(&image, cancel)?;
+        debug_assert_eq!(vision.num_image_tokens(), prompt.image_slots.len());
         let spec = VlmRunSpec { method: None, ..spec.clone() };
         let run = self.run_with(&prompt, &vision, &spec, None, on_token, cancel)?;
         Ok(VlmFull { image, prompt, vision, run })
