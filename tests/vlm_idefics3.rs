@@ -53,17 +53,7 @@ fn logits_and_greedy_tokens_with_the_image_match_transformers() {
         assert!(d < 1e-4, "layer {l} attention differs by {d}");
     }
     // Greedy continuation with the cache.
-    let n = ids.len();
-    let mut next = model.lm.logits(&hidden.narrow(1, n - 1, 1).unwrap()).unwrap();
-    let mut got = Vec::new();
-    for step in 0..r["generate"]["max_new_tokens"].as_u64().unwrap() as u32 {
-        let id = next.flatten_all().unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
-        got.push(id);
-        let (h, _) =
-            model.lm.forward(&model.lm.embed(&[id]).unwrap(), &[n as u32 + step], &mut cache, &[], false).unwrap();
-        next = model.lm.logits(&h).unwrap();
-    }
-    assert_eq!(got, json_ints(&r["generate"]["generated_ids"]));
+    assert_eq!(greedy(&model, &hidden, &mut cache, &r), json_ints(&r["generate"]["generated_ids"]));
 }
 
 #[test]
@@ -164,17 +154,7 @@ fn split_prompt_ids_features_and_logits_match_transformers() {
     let (hidden, _) = model.lm.forward(&embeds, &positions, &mut cache, &[], false).unwrap();
     let d = max_diff(&model.lm.logits(&hidden).unwrap(), &json_tensor(&r["logits"]));
     assert!(d < 1e-4, "logits differ by {d}");
-    let n = ids.len();
-    let mut next = model.lm.logits(&hidden.narrow(1, n - 1, 1).unwrap()).unwrap();
-    let mut got = Vec::new();
-    for step in 0..r["generate"]["max_new_tokens"].as_u64().unwrap() as u32 {
-        let id = next.flatten_all().unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
-        got.push(id);
-        let (h, _) =
-            model.lm.forward(&model.lm.embed(&[id]).unwrap(), &[n as u32 + step], &mut cache, &[], false).unwrap();
-        next = model.lm.logits(&h).unwrap();
-    }
-    assert_eq!(got, json_ints(&r["generate"]["generated_ids"]));
+    assert_eq!(greedy(&model, &hidden, &mut cache, &r), json_ints(&r["generate"]["generated_ids"]));
 }
 
 /// The fixture's synthetic image: pixel (x, y) = ((7x + 13y) % 256, 3x % 256, 5y % 256).
@@ -221,4 +201,19 @@ fn an_empty_image_is_an_error_not_a_panic() {
         let tiles = model.preprocessor.tiles(&pattern(w, h), true).unwrap();
         assert!(tiles.images.iter().all(|t| t.dimensions() == (32, 32)));
     }
+}
+
+/// Plain argmax decoding after a prefill whose last layer output is `hidden`, continuing the
+/// cache, for as many tokens as the reference generated.
+fn greedy(model: &Idefics3, hidden: &Tensor, cache: &mut KvCache, r: &Value) -> Vec<u32> {
+    let n = hidden.dim(1).unwrap();
+    let mut next = model.lm.logits(&hidden.narrow(1, n - 1, 1).unwrap()).unwrap();
+    let mut got = Vec::new();
+    for step in 0..r["generate"]["max_new_tokens"].as_u64().unwrap() as u32 {
+        let id = next.flatten_all().unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        got.push(id);
+        let (h, _) = model.lm.forward(&model.lm.embed(&[id]).unwrap(), &[n as u32 + step], cache, &[], false).unwrap();
+        next = model.lm.logits(&h).unwrap();
+    }
+    got
 }
