@@ -6,6 +6,7 @@ mod common;
 
 use common::{json_ints, json_tensor, max_diff};
 use std::path::PathBuf;
+use tokenlens::vlm::decode;
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -68,8 +69,15 @@ fn greedy_decoding_yields_the_same_tokens() {
     let ids = json_ints(&r["input_ids"]);
     let g = &r["generate"];
     let want = json_ints(&g["generated_ids"]);
-    let out = model.generate_greedy(&ids, want.len(), None, &mut |_| {}).unwrap();
-    assert_eq!(out, want);
+    // The VLM core's decoder loop, on a text-only prompt.
+    let cancel = tokenlens::Cancel::default();
+    let seq = decode::Sequence::text(&model, &ids).unwrap();
+    let mut prefill = decode::prefill(&model, seq, None, &[], Default::default(), 0, &cancel).unwrap();
+    let mut streamed = Vec::new();
+    let out = decode::generate(&model, &mut prefill, want.len(), &[], 0, &mut |t| streamed.push(t), &cancel).unwrap();
+    assert_eq!(out.ids, want);
+    assert_eq!(streamed, want);
+    assert_eq!(prefill.cache.len(), ids.len() + want.len() - 1);
 }
 
 #[test]

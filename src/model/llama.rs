@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder, embedding, linear_no_bias, rms_norm};
 use serde::Deserialize;
 
@@ -327,45 +327,12 @@ impl Llama {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(self.lm_head.forward(&self.norm.forward(hidden)?)?)
     }
-
-    /// Greedy decoding of up to `max_new` tokens after `prompt` (ids), stopping at `eos`.
-    /// `on_token` sees each new id as it is chosen (the UI streams them).
-    pub fn generate_greedy(
-        &self,
-        prompt: &[u32],
-        max_new: usize,
-        eos: Option<u32>,
-        on_token: &mut dyn FnMut(u32),
-    ) -> Result<Vec<u32>> {
-        let mut cache = KvCache::default();
-        let positions: Vec<u32> = (0..prompt.len() as u32).collect();
-        let (hidden, _) = self.forward(&self.embed(prompt)?, &positions, &mut cache, &[], false)?;
-        let mut next = argmax_last(&self.logits(&hidden)?)?;
-        let mut out = Vec::with_capacity(max_new);
-        let mut position = prompt.len() as u32;
-        while out.len() < max_new {
-            out.push(next);
-            on_token(next);
-            if Some(next) == eos {
-                break;
-            }
-            let (hidden, _) = self.forward(&self.embed(&[next])?, &[position], &mut cache, &[], false)?;
-            next = argmax_last(&self.logits(&hidden)?)?;
-            position += 1;
-        }
-        Ok(out)
-    }
-}
-
-/// The most probable token at the last position of `[1, n, vocab]` logits.
-fn argmax_last(logits: &Tensor) -> Result<u32> {
-    let n = logits.dim(1)?;
-    Ok(logits.narrow(1, n - 1, 1)?.flatten_all()?.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_scalar::<u32>()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
     use candle_nn::VarMap;
 
     fn tiny() -> Llama {
@@ -428,19 +395,5 @@ mod tests {
                 assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
             }
         }
-    }
-
-    #[test]
-    fn greedy_decoding_follows_the_argmax() {
-        let model = tiny();
-        let prompt = [5u32, 9, 13];
-        let mut streamed = Vec::new();
-        let out = model.generate_greedy(&prompt, 4, None, &mut |t| streamed.push(t)).unwrap();
-        assert_eq!(out, streamed);
-        assert_eq!(out.len(), 4);
-        // The first generated token is the argmax after the prompt in a full pass.
-        let (h, _) =
-            model.forward(&model.embed(&prompt).unwrap(), &[0, 1, 2], &mut KvCache::default(), &[], false).unwrap();
-        assert_eq!(out[0], argmax_last(&model.logits(&h).unwrap()).unwrap());
     }
 }

@@ -27,6 +27,17 @@ pub struct Sequence {
     pub positions: Vec<u32>,
 }
 
+impl Sequence {
+    /// A text-only prompt (`ids`) at positions 0..n.
+    pub fn text(lm: &Llama, ids: &[u32]) -> Result<Self> {
+        Ok(Self {
+            embeds: lm.embed(ids)?,
+            rows: vec![Row::Text; ids.len()],
+            positions: (0..ids.len() as u32).collect(),
+        })
+    }
+}
+
 /// What a prefill leaves for decoding and for the views.
 #[derive(Clone)]
 pub struct Prefill {
