@@ -100,7 +100,7 @@ impl VisionRun {
     }
 
     pub fn encoder_flops(&self, blocks: &[BlockTokens]) -> f64 {
-        super::encoder_block_flops(blocks, self.tower_dims.0, self.tower_dims.1)
+        crate::analysis::cost::encoder_flops(blocks, self.tower_dims.0, self.tower_dims.1)
     }
 }
 
@@ -432,7 +432,7 @@ fn split_vision(m: &Idefics3, image: &VlmImage, start: Instant, cancel: &Cancel)
     let s = m.scale_factor;
     let (rows, cols) = image.tiles;
     let (mut parts, mut saliency_parts) = (Vec::new(), Vec::new());
-    let mut side = 0;
+    let (mut side, mut n) = (0, 0);
     for pixels in &image.pixels {
         let (states, trace) = encoder_states(&m.vision, pixels, layers, cancel)?;
         let last = states.last().expect("the embedding state");
@@ -441,6 +441,7 @@ fn split_vision(m: &Idefics3, image: &VlmImage, start: Instant, cancel: &Cancel)
         let pooled = pool.attention(trace.require(HookPoint::AttnProbs(layers - 1))?)?;
         saliency_parts.push(attention::cls_attention(&pooled, 0)?);
         side = last.grid.0 / s;
+        n = last.num_tokens();
     }
     let image_tokens = Tensor::cat(&parts, 0)?;
     let per_tile = side * side;
@@ -462,7 +463,6 @@ fn split_vision(m: &Idefics3, image: &VlmImage, start: Instant, cancel: &Cancel)
         saliency[slot_token[k] as usize] = v;
     }
     let tokens = TokenState::fresh(image_tokens.unsqueeze(0)?, 0, (1, image_tokens.dim(0)?));
-    let n = m.vision.embed(&image.pixels[0])?.num_tokens();
     let cfg = &m.vision.cfg;
     Ok(VisionRun {
         states: vec![tokens.clone()],

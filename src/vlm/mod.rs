@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::cost::{BlockTokens, block_flops};
+use crate::analysis::cost::{BlockTokens, decoder_layer_flops};
 use crate::reduce::llm::{LlmContext, LlmReducerConfig, Row};
 use crate::reduce::{Budget, PositionMode, ReducerConfig, Stage};
 use crate::{Cancel, Error, Result};
@@ -481,17 +481,6 @@ fn llm_stage(method: &Option<VlmMethod>, prefill: &Prefill, num_image_tokens: us
         Some(k) => format!("llm({k})"),
         None => "none (nothing removed)".into(),
     }
-}
-
-/// FLOPs of one Llama layer on `n` tokens (REDUCERS.md's formula with the key/value projections
-/// at their grouped-query width `kv_dim` and a gated, three-matrix MLP).
-pub fn decoder_layer_flops(n: usize, d: usize, kv_dim: usize, m: usize) -> f64 {
-    let (n, d, kv, m) = (n as f64, d as f64, kv_dim as f64, m as f64);
-    2.0 * (2.0 * n * d * d + 2.0 * n * d * kv + 2.0 * n * n * d) + 2.0 * 3.0 * n * d * m
-}
-
-pub(crate) fn encoder_block_flops(blocks: &[BlockTokens], d: usize, m: usize) -> f64 {
-    blocks.iter().map(|&t| block_flops(t, d, m, 2)).sum()
 }
 
 /// One budget of a ratio sweep.
