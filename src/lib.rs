@@ -12,6 +12,7 @@ pub mod cancel;
 pub mod error;
 pub mod export;
 pub mod figures;
+pub mod guard;
 pub mod model;
 pub mod reduce;
 pub mod render;

@@ -3,7 +3,14 @@
 //! against decode with it, and a one-level difference per pixel moves a saliency map by 1e-2.
 //! Pure-Rust decoders (zune-jpeg, jpeg-decoder) differ by up to 6 levels on 4:2:0 files.
 
-pub fn decode_jpeg(bytes: &[u8], max_side: u32) -> Result<image::RgbImage, String> {
+use image::metadata::Orientation;
+
+/// The decoded pixels and the EXIF orientation. `check_size(w, h)` sees the header's size
+/// before any pixel buffer exists and may refuse it.
+pub fn decode_jpeg(
+    bytes: &[u8],
+    check_size: impl Fn(u64, u64) -> Result<(), String>,
+) -> Result<(image::RgbImage, Orientation), String> {
     use mozjpeg::{ColorSpace, Decompress, Marker};
     use mozjpeg_sys as sys;
     use std::os::raw::c_int;
@@ -41,7 +48,7 @@ pub fn decode_jpeg(bytes: &[u8], max_side: u32) -> Result<image::RgbImage, Strin
         }
     }
 
-    let run = || -> Result<image::RgbImage, String> {
+    let run = || -> Result<(image::RgbImage, Orientation), String> {
         // SAFETY: jpeg_std_error fully initialises a zeroed jpeg_error_mgr.
         let mut err: sys::jpeg_error_mgr = unsafe { std::mem::zeroed() };
         unsafe { sys::jpeg_std_error(&mut err) };
@@ -51,13 +58,16 @@ pub fn decode_jpeg(bytes: &[u8], max_side: u32) -> Result<image::RgbImage, Strin
         // Reads the header only (jpeg_read_header); no pixel buffers yet.
         let dec = Decompress::builder()
             .with_err(err)
-            .with_markers(&[Marker::APP(14)])
+            .with_markers(&[Marker::APP(1), Marker::APP(14)])
             .from_mem(bytes)
             .map_err(|e| format!("JPEG decode error: {e}"))?;
         let (w, h) = dec.size();
-        if w == 0 || h == 0 || w > max_side as usize || h > max_side as usize {
-            return Err(format!("the image is too large ({w}x{h}; the limit is {max_side} px on a side)"));
-        }
+        check_size(w as u64, h as u64)?;
+        // APP1 "Exif\0\0" then a TIFF block; a missing or unreadable one means "as stored".
+        let orientation = dec
+            .markers()
+            .find_map(|m| m.data.strip_prefix(b"Exif\0\0").and_then(Orientation::from_exif_chunk))
+            .unwrap_or(Orientation::NoTransforms);
         let cmyk = matches!(dec.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
         // Pillow reads Adobe-marked CMYK as inverted ("CMYK;I").
         let adobe = dec.markers().any(|m| m.data.starts_with(b"Adobe"));
@@ -78,9 +88,10 @@ pub fn decode_jpeg(bytes: &[u8], max_side: u32) -> Result<image::RgbImage, Strin
         } else {
             px
         };
-        image::RgbImage::from_raw(ow, oh, rgb).ok_or_else(|| "JPEG decode error: short pixel buffer".to_string())
+        let img = image::RgbImage::from_raw(ow, oh, rgb).ok_or("JPEG decode error: short pixel buffer")?;
+        Ok((img, orientation))
     };
-    match std::panic::catch_unwind(run) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         Ok(r) => r,
         Err(payload) => Err(payload
             .downcast_ref::<String>()

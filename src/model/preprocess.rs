@@ -7,56 +7,105 @@
 
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
-use image::{DynamicImage, ImageReader, RgbImage};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
 use crate::{Error, Result};
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// Longest side we decode. Bigger files are refused from their header, before any allocation.
-pub const MAX_SIDE: u32 = 16_384;
-const MAX_ALLOC: u64 = 1 << 30;
+/// Pillow's `Image.MAX_IMAGE_PIXELS`: it warns above this many pixels and refuses an image
+/// above twice it as a decompression bomb.
+pub const PILLOW_MAX_IMAGE_PIXELS: u64 = 89_478_485;
+/// Decoded pixels accepted by default: where Pillow refuses (2 x `MAX_IMAGE_PIXELS`).
+pub const DEFAULT_MAX_PIXELS: u64 = 2 * PILLOW_MAX_IMAGE_PIXELS;
+/// The environment variable that raises (or lowers) the limit, as `--max-image-pixels` does.
+pub const MAX_PIXELS_ENV: &str = "TOKENLENS_MAX_IMAGE_PIXELS";
+/// Bytes per decoded pixel at most (16-bit RGBA), to bound the decoder's own buffers.
+const MAX_BYTES_PER_PIXEL: u64 = 8;
+
+static MAX_PIXELS: AtomicU64 = AtomicU64::new(DEFAULT_MAX_PIXELS);
+
+/// Sets the decompression-bomb limit for this process, like Pillow's module-level
+/// `Image.MAX_IMAGE_PIXELS` (the CLI's `--max-image-pixels` and `TOKENLENS_MAX_IMAGE_PIXELS`).
+pub fn set_max_pixels(pixels: u64) {
+    MAX_PIXELS.store(pixels.max(1), Ordering::Relaxed);
+}
+
+/// The current decompression-bomb limit, in decoded pixels.
+pub fn max_pixels() -> u64 {
+    MAX_PIXELS.load(Ordering::Relaxed)
+}
+
+/// Refuses a `w` x `h` image over the pixel limit, from its header, before any pixel buffer.
+fn check_pixels(w: u64, h: u64) -> std::result::Result<(), String> {
+    let limit = max_pixels();
+    if w == 0 || h == 0 {
+        return Err(format!("the image is {w}x{h} pixels"));
+    }
+    if w.saturating_mul(h) > limit {
+        return Err(format!(
+            "the image is too large: {w}x{h} = {} pixels, over the limit of {limit} (a decompression-bomb \
+             guard, as in Pillow); if you trust the file, raise it with --max-image-pixels or {MAX_PIXELS_ENV}",
+            w * h
+        ));
+    }
+    Ok(())
+}
 
 /// Decodes an image file; any bit depth or colour type becomes 8-bit RGB as Pillow converts it
-/// (alpha dropped, 16-bit samples to their high byte).
+/// (alpha dropped, 16-bit samples to their high byte), turned upright as its EXIF orientation
+/// says.
 pub fn load_image(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::image(path, format!("cannot read: {e}")))?;
     decode_image(&bytes).map_err(|reason| Error::image(path, reason))
 }
 
+/// Decodes PNG or JPEG bytes as [`load_image`] does. Every decoder runs behind one guard: a
+/// panic inside it (the `png` crate panics on some malformed palettes) becomes an error.
 pub fn decode_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     if bytes.is_empty() {
         return Err("the file is empty".into());
     }
-    let mut reader =
-        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
-    match reader.format() {
-        Some(image::ImageFormat::Jpeg) => {
-            return super::jpeg::decode_jpeg(bytes, MAX_SIDE).map_err(|e| {
-                if e.contains("too large") {
-                    e
-                } else {
-                    format!("cannot decode: {e} (the file may be truncated or corrupt)")
-                }
-            });
-        }
-        Some(image::ImageFormat::Png) => {}
-        _ => return Err("not a PNG or JPEG image".into()),
+    match crate::guard::quietly(|| decode_upright(bytes)) {
+        Ok(result) => result,
+        Err(panic) => Err(format!(
+            "cannot decode: the decoder failed ({panic}); the file is corrupt or uses a feature the decoder mishandles"
+        )),
     }
+}
+
+/// As Pillow's `ImageOps.exif_transpose(Image.open(p)).convert("RGB")`.
+fn decode_upright(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
+    let (photo, orientation) = match reader.format() {
+        Some(image::ImageFormat::Jpeg) => super::jpeg::decode_jpeg(bytes, check_pixels).map_err(|e| {
+            if e.contains("too large") { e } else { format!("cannot decode: {e} (the file may be truncated or corrupt)") }
+        })?,
+        Some(image::ImageFormat::Png) => decode_png(reader)?,
+        _ => return Err("not a PNG or JPEG image".into()),
+    };
+    let mut photo = DynamicImage::ImageRgb8(photo);
+    photo.apply_orientation(orientation);
+    Ok(photo.into_rgb8())
+}
+
+fn decode_png(reader: ImageReader<Cursor<&[u8]>>) -> std::result::Result<(RgbImage, Orientation), String> {
+    let corrupt = |e: image::ImageError| format!("cannot decode: {e} (the file may be truncated or corrupt)");
     let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_ALLOC);
-    reader.limits(limits);
-    let image = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => {
-            format!("the image is too large (more than {MAX_SIDE} px on a side or over 1 GiB decoded)")
-        }
-        other => format!("cannot decode: {other} (the file may be truncated or corrupt)"),
-    })?;
-    Ok(to_rgb_like_pillow(image))
+    limits.max_alloc = Some(max_pixels().saturating_mul(MAX_BYTES_PER_PIXEL));
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let (w, h) = decoder.dimensions();
+    check_pixels(u64::from(w), u64::from(h))?;
+    decoder.set_limits(limits).map_err(corrupt)?;
+    // An unreadable EXIF block leaves the image as stored, as Pillow does.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    Ok((to_rgb_like_pillow(image), orientation))
 }
 
 /// 8-bit RGB as Pillow's `Image.open(p).convert("RGB")` gives it, since reference pipelines
@@ -141,7 +190,7 @@ pub fn letterbox(photo: &RgbImage, size: u32) -> (RgbImage, ContentRect) {
 /// `[1, 3, h, w]` float tensor, `(x / 255 - mean) / std` per channel.
 pub fn normalize(canvas: &RgbImage, device: &Device) -> Result<Tensor> {
     let (w, h) = canvas.dimensions();
-    let plane = (w * h) as usize;
+    let plane = w as usize * h as usize;
     let mut data = vec![0f32; 3 * plane];
     for (i, px) in canvas.pixels().enumerate() {
         for c in 0..3 {
