@@ -12,6 +12,23 @@ use serde::Deserialize;
 use super::pil_resize::{Filter, resize};
 use crate::{Error, Result};
 
+/// Largest side a processor may resize or crop to. Published processors use 224 to 2048;
+/// transformers' Idefics3 processor caps its resize at 4096 too. Checked before any buffer is
+/// sized from the config.
+pub const MAX_PROCESSOR_SIDE: u32 = 4096;
+/// Most pixels the resize step may produce: a shortest-edge resize of a very thin photo grows
+/// its long side without bound (16 x `MAX_PROCESSOR_SIDE`^2 / 4, 64 Mpx, 768 MB as f32).
+pub const MAX_RESIZED_PIXELS: u64 = 4 * (MAX_PROCESSOR_SIDE as u64) * (MAX_PROCESSOR_SIDE as u64);
+
+/// A processor side (`size.height`, `crop_size.width`, `longest_edge`, ...), checked to be
+/// 1..=[`MAX_PROCESSOR_SIDE`].
+pub(crate) fn checked_side(key: &str, value: u64) -> std::result::Result<u32, String> {
+    match u32::try_from(value) {
+        Ok(side) if (1..=MAX_PROCESSOR_SIDE).contains(&side) => Ok(side),
+        _ => Err(format!("{key} is {value}; a processor side must be 1 to {MAX_PROCESSOR_SIDE} pixels")),
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 struct Size {
     height: Option<u32>,
@@ -86,11 +103,14 @@ impl HfPreprocessor {
         let bad = |reason: String| Error::weights(&path, reason);
         let raw: RawConfig =
             serde_json::from_value(json).map_err(|e| bad(format!("not a preprocessor config: {e}")))?;
+        let side = |key: &str, v: u32| checked_side(key, v.into()).map_err(bad);
         let resize = if raw.do_resize {
             let size = raw.size.ok_or_else(|| bad("do_resize without a size".into()))?;
             let how = match (size.height, size.width, size.shortest_edge) {
-                (Some(height), Some(width), _) => Resize::Exact { width, height },
-                (_, _, Some(edge)) => Resize::ShortestEdge(edge),
+                (Some(height), Some(width), _) => {
+                    Resize::Exact { width: side("size.width", width)?, height: side("size.height", height)? }
+                }
+                (_, _, Some(edge)) => Resize::ShortestEdge(side("size.shortest_edge", edge)?),
                 _ => return Err(bad("size needs height and width, or shortest_edge".into())),
             };
             let filter = Filter::from_pil(raw.resample).ok_or_else(|| {
@@ -103,7 +123,7 @@ impl HfPreprocessor {
         let crop = if raw.do_center_crop {
             let c = raw.crop_size.ok_or_else(|| bad("do_center_crop without a crop_size".into()))?;
             match (c.height, c.width) {
-                (Some(h), Some(w)) => Some((w, h)),
+                (Some(h), Some(w)) => Some((side("crop_size.width", w)?, side("crop_size.height", h)?)),
                 _ => return Err(bad("crop_size needs height and width".into())),
             }
         } else {
@@ -114,15 +134,17 @@ impl HfPreprocessor {
         Ok(Self { resize, crop, rescale: raw.do_rescale.then_some(raw.rescale_factor), normalize })
     }
 
-    /// The size of a `w` x `h` photo after the resize step.
-    fn resized_size(&self, w: u32, h: u32) -> (u32, u32) {
+    /// The size of a `w` x `h` photo after the resize step, in u64: a thin photo's long side
+    /// can outgrow u32.
+    fn resized_size(&self, w: u32, h: u32) -> (u64, u64) {
+        let (w, h) = (u64::from(w), u64::from(h));
         match self.resize {
-            Some((Resize::Exact { width, height }, _)) => (width, height),
+            Some((Resize::Exact { width, height }, _)) => (width.into(), height.into()),
             Some((Resize::ShortestEdge(edge), _)) => {
                 // transformers: the short side becomes `edge`, the long one int(edge * long / short).
                 let (short, long) = (w.min(h).max(1), w.max(h));
-                let long_out = (u64::from(edge) * u64::from(long) / u64::from(short)) as u32;
-                if w <= h { (edge, long_out) } else { (long_out, edge) }
+                let long_out = u64::from(edge) * long / short;
+                if w <= h { (edge.into(), long_out) } else { (long_out, edge.into()) }
             }
             None => (w, h),
         }
@@ -131,7 +153,7 @@ impl HfPreprocessor {
     /// The photo-space rectangle `[x0, y0, x1, y1]` the model's input covers.
     pub fn canvas_in_photo(&self, w: u32, h: u32) -> [f32; 4] {
         let (ow, oh) = self.resized_size(w, h);
-        let (cw, ch) = self.crop.unwrap_or((ow, oh));
+        let (cw, ch) = self.crop.map_or((ow, oh), |(cw, ch)| (cw.into(), ch.into()));
         let (left, top) = (ow.saturating_sub(cw) / 2, oh.saturating_sub(ch) / 2);
         let (sx, sy) = (ow as f32 / w as f32, oh as f32 / h as f32);
         [left as f32 / sx, top as f32 / sy, (left + cw) as f32 / sx, (top + ch) as f32 / sy]
@@ -145,7 +167,18 @@ impl HfPreprocessor {
         }
         let (ow, oh) = self.resized_size(photo.width(), photo.height());
         let mut img = match self.resize {
-            Some((_, filter)) => resize(photo, ow, oh, filter),
+            Some(_) if ow.saturating_mul(oh) > MAX_RESIZED_PIXELS => {
+                let (w, h) = photo.dimensions();
+                return Err(Error::Config {
+                    field: "image",
+                    reason: format!(
+                        "a {w}x{h} photo would be resized to {ow}x{oh}, over {MAX_RESIZED_PIXELS} pixels: \
+                         crop it to a less extreme aspect ratio"
+                    ),
+                });
+            }
+            // Both sides fit u32: their product is at most MAX_RESIZED_PIXELS and each is >= 1.
+            Some((_, filter)) => resize(photo, ow as u32, oh as u32, filter),
             None => photo.clone(),
         };
         if let Some((cw, ch)) = self.crop {
@@ -176,7 +209,7 @@ pub(crate) fn to_pixels(
     device: &Device,
 ) -> Result<Tensor> {
     let (w, h) = img.dimensions();
-    let plane = (w * h) as usize;
+    let plane = w as usize * h as usize;
     let mut data = vec![0f32; 3 * plane];
     for (i, px) in img.pixels().enumerate() {
         for c in 0..3 {

@@ -59,8 +59,7 @@ impl Tiles {
 impl Idefics3Preprocessor {
     fn from_json(json: &serde_json::Value) -> std::result::Result<Self, String> {
         let edge = |key: &str| match json[key]["longest_edge"].as_u64() {
-            Some(0) => Err(format!("{key}.longest_edge is 0")),
-            Some(e) => Ok(e as u32),
+            Some(e) => super::hf_preprocess::checked_side(&format!("{key}.longest_edge"), e),
             None => Err(format!("no {key}.longest_edge")),
         };
         let resample = json["resample"].as_u64().unwrap_or(1);
