@@ -107,8 +107,9 @@ fn weights_from_bytes(bytes: &[u8]) -> std::result::Result<HashMap<String, Tenso
         let Some(weight_name) = node.input.get(1).filter(|n| inits.contains_key(n.as_str())) else {
             continue; // activation x activation (attention scores)
         };
+        let output = node.output.first().ok_or_else(|| format!("MatMul {} has no output", node.name))?;
         let bias_name = consumers
-            .get(node.output[0].as_str())
+            .get(output.as_str())
             .into_iter()
             .flatten()
             .filter(|n| n.op_type == "Add")
@@ -156,7 +157,13 @@ fn decode_initializer(t: &TensorProto) -> std::result::Result<Initializer, Strin
         .map(|&d| usize::try_from(d))
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| format!("weight {} has a negative dimension", t.name))?;
-    let count: usize = dims.iter().product();
+    // Checked: the dimensions come from the file, and a product that wraps would pass the
+    // length checks below with the wrong shape.
+    let count = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_mul(4).map(|_| n))
+        .ok_or_else(|| format!("weight {} has an impossible shape {dims:?} (its size overflows)", t.name))?;
     let values: Vec<f32> = if !t.raw_data.is_empty() {
         if t.raw_data.len() != count * 4 {
             return Err(format!(
@@ -177,4 +184,50 @@ fn decode_initializer(t: &TensorProto) -> std::result::Result<Initializer, Strin
         return Err(format!("weight {} holds a non-finite value at index {bad}", t.name));
     }
     Ok(Initializer { dims, values })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn weight(name: &str, dims: Vec<i64>, values: &[f32]) -> TensorProto {
+        let raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        TensorProto { dims, data_type: ONNX_FLOAT, name: name.into(), raw_data, ..Default::default() }
+    }
+
+    fn node(op: &str, input: &[&str], output: &[&str]) -> NodeProto {
+        NodeProto {
+            input: input.iter().map(|s| s.to_string()).collect(),
+            output: output.iter().map(|s| s.to_string()).collect(),
+            name: format!("{op}_0"),
+            op_type: op.into(),
+        }
+    }
+
+    fn model(node: Vec<NodeProto>, initializer: Vec<TensorProto>) -> Vec<u8> {
+        ModelProto { graph: Some(GraphProto { node, initializer }) }.encode_to_vec()
+    }
+
+    #[test]
+    fn a_matmul_without_an_output_is_an_error() {
+        let bytes = model(vec![node("MatMul", &["x", "onnx::MatMul_1"], &[])], vec![weight(
+            "onnx::MatMul_1",
+            vec![1, 1],
+            &[1.0],
+        )]);
+        let err = weights_from_bytes(&bytes).unwrap_err();
+        assert!(err.contains("MatMul_0 has no output"), "{err}");
+    }
+
+    #[test]
+    fn a_shape_whose_size_wraps_is_refused() {
+        // 7 * 0x6db6db6db6db6db7 = 1 (mod 2^64): unchecked, the product says "one value" and
+        // a 4-byte tensor would pass as a [7, 7.9e18] weight.
+        let t = weight("w", vec![7, 0x6db6_db6d_b6db_6db7], &[1.0]);
+        let err = decode_initializer(&t).err().unwrap();
+        assert!(err.contains("overflows"), "{err}");
+        let ok = decode_initializer(&weight("w", vec![2, 1], &[1.0, 2.0])).unwrap();
+        assert_eq!((ok.dims, ok.values), (vec![2, 1], vec![1.0, 2.0]));
+    }
 }
