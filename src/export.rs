@@ -20,6 +20,15 @@ use crate::{Cancel, Error, Result, figures};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Default physical width of a figure when a DPI is given: one column of a two-column paper.
 pub const COLUMN_WIDTH_IN: f64 = 3.25;
+/// The sizes a panel may be drawn at (its photo's longest side): pixels in a PNG, user units
+/// in an SVG. 8192 px is a 27-inch panel at 300 DPI; a bigger one is a typo.
+pub const MIN_PANEL_PX: u32 = 16;
+pub const MAX_PANEL_PX: u32 = 8192;
+/// The DPIs a PNG may record: 1 to 2400 (the finest print resolution journals ask for is 1200).
+pub const MAX_DPI: u32 = 2400;
+/// Most pixels in one figure, a grid's panels counted at full size: 2^28 (268 Mpx, 805 MB as
+/// RGB), e.g. 8 methods x 4 ratios with output rows at 2048 px.
+pub const MAX_FIGURE_PIXELS: u64 = 1 << 28;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -121,11 +130,54 @@ impl ExportSpec {
         }
     }
 
-    /// Sets the pixel size from a DPI and a physical width (inches) of the whole panel.
-    pub fn with_dpi(mut self, dpi: u32, width_in: f64) -> Self {
+    /// Sets the pixel size from a DPI and a physical width (inches) of the whole panel; refuses
+    /// a DPI, a width or a product out of range.
+    pub fn with_dpi(mut self, dpi: u32, width_in: f64) -> Result<Self> {
+        check_dpi(dpi)?;
+        if !(width_in.is_finite() && width_in > 0.0) {
+            return Err(Error::Config { field: "width_in", reason: format!("{width_in}: a width must be over 0 inches") });
+        }
+        let px = (f64::from(dpi) * width_in).round();
+        if !(f64::from(MIN_PANEL_PX)..=f64::from(MAX_PANEL_PX)).contains(&px) {
+            return Err(Error::Config {
+                field: "width_in",
+                reason: format!(
+                    "{dpi} DPI x {width_in} in = {px} px; a panel is {MIN_PANEL_PX} to {MAX_PANEL_PX} px \
+                     (at {dpi} DPI: {:.2} to {:.2} in)",
+                    f64::from(MIN_PANEL_PX) / f64::from(dpi),
+                    f64::from(MAX_PANEL_PX) / f64::from(dpi)
+                ),
+            });
+        }
         self.dpi = Some(dpi);
-        self.panel_px = (f64::from(dpi) * width_in).round().max(16.0) as u32;
-        self
+        self.panel_px = px as u32;
+        Ok(self)
+    }
+
+    /// Every size and value the figure is drawn with, in range: checked before anything is
+    /// rendered, for a spec from flags, the app or a sidecar alike.
+    pub fn validate(&self) -> Result<()> {
+        if !(MIN_PANEL_PX..=MAX_PANEL_PX).contains(&self.panel_px) {
+            return Err(Error::Config {
+                field: "panel_px",
+                reason: format!("{}: a panel is {MIN_PANEL_PX} to {MAX_PANEL_PX} px", self.panel_px),
+            });
+        }
+        if let Some(dpi) = self.dpi {
+            check_dpi(dpi)?;
+        }
+        if !(0.0..=1.0).contains(&self.opacity) {
+            return Err(Error::Config { field: "opacity", reason: format!("{}: opacity is 0 to 1", self.opacity) });
+        }
+        Ok(())
+    }
+}
+
+fn check_dpi(dpi: u32) -> Result<()> {
+    if (1..=MAX_DPI).contains(&dpi) {
+        Ok(())
+    } else {
+        Err(Error::Config { field: "dpi", reason: format!("{dpi}: a DPI is 1 to {MAX_DPI}") })
     }
 }
 
@@ -140,6 +192,7 @@ pub fn sidecar_path(figure: &Path) -> PathBuf {
 /// Renders the figure `spec` describes. Fails if the image or the weights are not the ones
 /// the spec was made with.
 pub fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
+    spec.validate()?;
     if spec.weights_sha256 != session.model.weights_sha256 {
         return Err(Error::Config {
             field: "weights_sha256",
@@ -392,6 +445,18 @@ impl Ctx<'_> {
                 reason: format!("columns of layers need methods with a layer; {} has none", m.name()),
             });
         }
+        let (num_rows, num_cols) = (methods.len() * (1 + usize::from(output_row)), columns.len() + usize::from(output_row));
+        let panel_px = u64::from(self.spec.panel_px);
+        let pixels = (num_rows * num_cols) as u64 * panel_px * panel_px;
+        if pixels > MAX_FIGURE_PIXELS {
+            return Err(Error::Config {
+                field: "figure",
+                reason: format!(
+                    "{num_rows} x {num_cols} panels of {panel_px} px are {pixels} pixels, over the limit of \
+                     {MAX_FIGURE_PIXELS}: use a smaller --size or fewer methods or columns"
+                ),
+            });
+        }
         let n = self.full.states[0].num_patches();
         let mut contents: Vec<Vec<Option<Content>>> = Vec::new();
         let mut row_labels = Vec::new();
@@ -470,7 +535,7 @@ pub fn png_bytes(img: &image::RgbImage, dpi: Option<u32>) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes a figure and its sidecar, atomically. Existing files are kept unless `force`: both
+/// Writes a figure and its sidecar, atomically and together. Existing files are kept unless `force`: both
 /// paths are checked before anything is written.
 pub fn write(path: &Path, bytes: &[u8], spec: &ExportSpec, force: bool) -> Result<PathBuf> {
     let sidecar = sidecar_path(path);
@@ -480,10 +545,14 @@ pub fn write(path: &Path, bytes: &[u8], spec: &ExportSpec, force: bool) -> Resul
             reason: format!("{existing:?} exists; pass --force to overwrite it"),
         });
     }
-    let json = serde_json::to_vec_pretty(spec).expect("specs serialise");
-    let fail = |e: crate::atomic::WriteError| Error::Render(e.to_string());
-    crate::atomic::write_atomic(path, bytes).map_err(fail)?;
-    crate::atomic::write_atomic(&sidecar, &json).map_err(fail)?;
+    // Only a non-UTF-8 image path fails to serialise: a sidecar must name the image exactly.
+    let json = serde_json::to_vec_pretty(spec).map_err(|e| Error::Config {
+        field: "image",
+        reason: format!("{:?} cannot be recorded in the sidecar ({e}): rename it to a UTF-8 name", spec.image),
+    })?;
+    // One unit: a figure without its sidecar cannot be re-made, a sidecar without its figure
+    // describes nothing.
+    crate::atomic::write_atomic_all(&[(path, bytes), (&sidecar, &json)]).map_err(|e| Error::Render(e.to_string()))?;
     Ok(sidecar)
 }
 

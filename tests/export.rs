@@ -225,3 +225,71 @@ fn grid_columns_can_be_layers() {
         .unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("random has none"));
 }
+
+#[test]
+fn every_figure_size_is_checked_before_drawing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fig = dir.path().join("fig.png");
+    for (args, expect) in [
+        (&["--dpi", "100000"][..], "a DPI is 1 to 2400"),
+        (&["--dpi", "0"], "a DPI is 1 to 2400"),
+        (&["--dpi", "300", "--width-in", "1000"], "300000 px; a panel is 16 to 8192 px"),
+        (&["--dpi", "300", "--width-in", "inf"], "a width must be over 0 inches"),
+        (&["--dpi", "300", "--width-in", "NaN"], "a width must be over 0 inches"),
+        (&["--dpi", "300", "--width-in", "0"], "a width must be over 0 inches"),
+        (&["--size", "100000"], "100000: a panel is 16 to 8192 px"),
+        (&["--size", "0"], "0: a panel is 16 to 8192 px"),
+        (&["--opacity", "NaN"], "opacity is 0 to 1"),
+    ] {
+        for cmd in [&["export", "--view", "rollout"][..], &["figure", "--reducers", "tome", "--ratios", "0.5"]] {
+            let run = tokenlens().args(cmd).arg(asset("coffee.png")).args(args).arg("--out").arg(&fig).output();
+            let run = run.unwrap();
+            let stderr = String::from_utf8_lossy(&run.stderr);
+            assert!(!run.status.success() && stderr.contains(expect), "{cmd:?} {args:?}: {stderr}");
+            assert!(!fig.exists());
+        }
+    }
+    // A grid too big as a whole, though each panel is in range.
+    let run = tokenlens()
+        .args(["figure", "--ratios", "0.5,0.6,0.7,0.8", "--output-row", "--size", "4096"])
+        .arg(asset("coffee.png"))
+        .arg("--out")
+        .arg(&fig)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("over the limit of 268435456"), "{stderr}");
+
+    // A tampered sidecar: its panel_px is refused before anything is drawn.
+    ok(tokenlens().args(["export", "--view", "rollout"]).arg(asset("coffee.png")).arg("--out").arg(&fig));
+    let sidecar = dir.path().join("fig.png.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+    spec["panel_px"] = serde_json::json!(4_000_000_000u32);
+    std::fs::write(&sidecar, spec.to_string()).unwrap();
+    let run = tokenlens().arg("export").arg("--from").arg(&sidecar).arg("--out").arg(dir.path().join("b.png")).output();
+    let stderr = String::from_utf8_lossy(&run.as_ref().unwrap().stderr).into_owned();
+    assert!(!run.unwrap().status.success() && stderr.contains("4000000000: a panel is 16 to 8192 px"), "{stderr}");
+}
+
+#[test]
+fn a_figure_and_its_sidecar_are_written_together_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let fig = dir.path().join("fig.png");
+    // The sidecar cannot be put in place (a folder holds its name): no figure is left either.
+    let blocked = dir.path().join("fig.png.json");
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("keep"), b"x").unwrap();
+    let run = tokenlens()
+        .args(["export", "--view", "rollout", "--force"])
+        .arg(asset("coffee.png"))
+        .arg("--out")
+        .arg(&fig)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("fig.png.json"), "{stderr}");
+    assert!(!fig.exists(), "the figure was left without its sidecar");
+    let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["fig.png.json"], "temporary files were left");
+}

@@ -39,16 +39,19 @@ pub struct LookArgs {
 }
 
 impl LookArgs {
-    fn apply(&self, mut spec: ExportSpec) -> ExportSpec {
+    /// The look applied to `spec`; a size, DPI, width or opacity out of range is refused here,
+    /// before the model runs.
+    fn apply(&self, mut spec: ExportSpec) -> anyhow::Result<ExportSpec> {
         spec.colormap = self.colormap;
-        spec.opacity = self.opacity.clamp(0.0, 1.0);
+        spec.opacity = self.opacity;
         spec.title = !self.no_title;
         spec.colorbar = !self.no_colorbar;
-        spec.panel_px = self.size.max(16);
-        match self.dpi {
-            Some(dpi) => spec.with_dpi(dpi, self.width_in),
-            None => spec,
+        spec.panel_px = self.size;
+        if let Some(dpi) = self.dpi {
+            spec = spec.with_dpi(dpi, self.width_in).context("--dpi and --width-in")?;
         }
+        spec.validate().context("--size and --opacity")?;
+        Ok(spec)
     }
 }
 
@@ -106,7 +109,7 @@ pub fn export_panel(
         &input.sha256,
         Figure::Panel { view, run },
         Format::from_path(out)?,
-    ));
+    ))?;
     finish(&session, &spec, out, look.force)
 }
 
@@ -157,6 +160,6 @@ pub fn figure_grid(
     let input = session.open_image(image)?;
     let Columns { budgets, layers } = columns;
     let figure = Figure::Grid { methods, budgets, layers, output_row, fill, positions: PositionMode::default() };
-    let spec = look.apply(ExportSpec::new(&session, image, &input.sha256, figure, Format::from_path(out)?));
+    let spec = look.apply(ExportSpec::new(&session, image, &input.sha256, figure, Format::from_path(out)?))?;
     finish(&session, &spec, out, look.force)
 }
