@@ -146,3 +146,41 @@ fn the_vlm_answer_diff_and_sweep_appear() {
         assert!(count([60, 200, 90]) > 20, "{model}: no sweep markers on screen");
     }
 }
+
+/// `--press BUTTON` with no desktop portal (no session bus) and no zenity (an empty PATH): the
+/// in-app browser must take over, and the status bar must say why.
+#[test]
+fn open_and_export_fall_back_to_the_in_app_browser() {
+    let Some(x) = Xvfb::start_or_skip() else { return };
+    let _ = common::session();
+    let dir = tempfile::tempdir().unwrap();
+    let empty_path = dir.path().join("bin");
+    std::fs::create_dir(&empty_path).unwrap();
+    for press in ["open", "export"] {
+        let out = dir.path().join(format!("{press}.png"));
+        let run = Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+            .env("DISPLAY", &x.display)
+            .env("PATH", &empty_path)
+            .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent/bus")
+            .arg("gui")
+            .arg(asset("chelsea.png"))
+            .args(["--press", press, "--screenshot"])
+            .arg(&out)
+            .output()
+            .expect("the app starts");
+        assert!(run.status.success(), "{press}: {}", String::from_utf8_lossy(&run.stderr));
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
+        assert_eq!(summary["in_app_browser"], true, "{press}: {summary}");
+        assert!(summary["status"].as_str().unwrap().contains("No system file dialog"), "{press}: {summary}");
+        if std::env::var_os("TOKENLENS_KEEP_SHOTS").is_some() {
+            let keep = std::env::temp_dir().join("tokenlens-shots");
+            std::fs::create_dir_all(&keep).unwrap();
+            std::fs::copy(&out, keep.join(out.file_name().unwrap())).unwrap();
+        }
+        // The browser window is drawn over the view: its title is on screen.
+        let frame = image::open(&out).unwrap().to_rgb8();
+        let distinct: std::collections::HashSet<[u8; 3]> = frame.pixels().map(|p| p.0).collect();
+        assert!(distinct.len() > 1000, "{press}: the window looks blank");
+    }
+}

