@@ -275,3 +275,70 @@ fn vlm_hub_ids_load_from_the_cache() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success() && stderr.contains("HF_HUB_OFFLINE"), "{stderr}");
 }
+
+/// A copy of `src` in `dir` under a file name that is not UTF-8.
+fn non_utf8_copy(dir: &std::path::Path, src: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let path = dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
+    std::fs::copy(src, &path).unwrap();
+    path
+}
+
+#[test]
+fn non_utf8_file_names_are_reported_not_panicked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = non_utf8_copy(dir.path(), &fixture("images/astronaut_crop224.png"));
+    let out = dir.path().join("out");
+    for cmd in [&["analyze"][..], &["run", "--reducer", "tome"]] {
+        let run = tokenlens().args(cmd).arg(&image).arg("--out").arg(&out).output().unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success() && !stderr.contains("panicked"), "{cmd:?}: {stderr}");
+        let file = if cmd[0] == "analyze" { "analysis.json" } else { "run.json" };
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(file)).unwrap()).unwrap();
+        assert!(json["image"]["path"].as_str().unwrap().ends_with("caf\u{fffd}.png"), "{json:?}");
+    }
+    let run = Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+        .args(["vlm", "--model"])
+        .arg(fixture("vlm/llava"))
+        .arg(&image)
+        .args(["--max-tokens", "2", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && !stderr.contains("panicked"), "vlm: {stderr}");
+    // A sidecar must name the image exactly: refused with a reason, and no figure is left.
+    for cmd in [&["export", "--view", "rollout"][..], &["figure", "--reducers", "tome", "--ratios", "0.5"]] {
+        let fig = dir.path().join("fig.png");
+        let run = tokenlens().args(cmd).arg(&image).arg("--out").arg(&fig).output().unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success() && stderr.contains("rename it to a UTF-8 name"), "{cmd:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !fig.exists(), "{cmd:?}: {stderr}");
+    }
+}
+
+#[test]
+fn the_pixel_limit_can_be_lowered_and_raised() {
+    let out = tempfile::tempdir().unwrap();
+    let image = fixture("images/astronaut_crop224.png"); // 224 x 224 = 50176 px
+    let analyze = || {
+        let mut c = tokenlens();
+        c.arg("analyze").arg(&image).arg("--out").arg(out.path());
+        c
+    };
+    let run = analyze().args(["--max-image-pixels", "50000"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("over the limit of 50000"), "{stderr}");
+    let run = analyze().env("TOKENLENS_MAX_IMAGE_PIXELS", "50000").output().unwrap();
+    assert!(!run.status.success() && String::from_utf8_lossy(&run.stderr).contains("over the limit of 50000"));
+    let run = analyze().env("TOKENLENS_MAX_IMAGE_PIXELS", "lots").output().unwrap();
+    assert!(!run.status.success() && String::from_utf8_lossy(&run.stderr).contains("TOKENLENS_MAX_IMAGE_PIXELS"));
+    // The flag wins over the variable.
+    let run = analyze().env("TOKENLENS_MAX_IMAGE_PIXELS", "50000").args(["--max-image-pixels", "50176"]).output();
+    let run = run.unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    // The bomb fixture is refused by default, with the way out named.
+    let run = tokenlens().arg("analyze").arg(fixture("bad/bomb_1bit.png")).arg("--out").arg(out.path()).output();
+    let stderr = String::from_utf8_lossy(&run.as_ref().unwrap().stderr).into_owned();
+    assert!(!run.unwrap().status.success() && stderr.contains("--max-image-pixels"), "{stderr}");
+}

@@ -32,7 +32,7 @@ pub fn analyze(
     let json = serde_json::json!({
         "model": analysis.model,
         "weights_sha256": analysis.weights_sha256,
-        "image": { "path": image, "sha256": input.sha256, "width": input.photo.width(), "height": input.photo.height() },
+        "image": { "path": super::path_text(image), "sha256": input.sha256, "width": input.photo.width(), "height": input.photo.height() },
         "content": input.prepared.content,
         "grid": analysis.grid,
         "layer": layer,

@@ -21,7 +21,7 @@ pub fn run(image: &Path, model: &ModelArgs, spec: &RunSpec, colormap: Colormap, 
     let extra = serde_json::json!({
         "model": session.model.id,
         "weights_sha256": session.model.weights_sha256,
-        "image": { "path": image, "sha256": input.sha256 },
+        "image": { "path": super::path_text(image), "sha256": input.sha256 },
         "grid": grid,
         "reducer": result.spec.reducer.name(),
         "paper": result.spec.reducer.info().paper,

@@ -68,7 +68,7 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
     let mut json = serde_json::json!({
         "model": vlm.id,
         "architecture": vlm.arch.name(),
-        "image": { "path": args.image, "sha256": full.image.sha256 },
+        "image": { "path": super::path_text(&args.image), "sha256": full.image.sha256 },
         "question": args.question,
         "prompt": full.prompt,
         "grid": [grid.0, grid.1],
