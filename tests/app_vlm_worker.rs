@@ -162,3 +162,25 @@ fn a_folder_without_its_tokenizer_says_so_to_every_job() {
         assert!(e.contains("could not be loaded") && e.contains("tokenizer.json"), "{e}");
     }
 }
+
+#[test]
+fn the_default_answer_limit_is_fitted_to_the_context() {
+    // The app's defaults (32 answer tokens) on the LLaVA fixture, whose prompt leaves fewer of
+    // its 64 positions: the full run answers within the room left instead of failing.
+    let mut worker = WorkerHandle::spawn(ModelSource::File(fixture("vlm/llava")), || {});
+    let settings = tokenlens::app::VlmSettings::default();
+    assert_eq!(settings.max_new_tokens, 32);
+    let full_spec = VlmRunSpec { method: None, ..settings.spec(Budget::default(), Default::default()) };
+    worker.submit(Job::VlmFull { id: 1, source: image(), question: settings.question, spec: full_spec, split: false });
+    let opened = loop {
+        match next(&worker) {
+            Event::VlmOpened { id: 1, opened } => break opened,
+            Event::Failed(e) => panic!("{e}"),
+            _ => {}
+        }
+    };
+    let fitted = opened.run.spec.max_new_tokens;
+    assert!(fitted < 32, "{fitted}");
+    assert_eq!(opened.prompt_tokens + fitted, 64, "the answer may use exactly the room the prompt leaves");
+    assert!(opened.run.answer.ids.len() <= fitted);
+}

@@ -8,7 +8,7 @@ use egui_plot::{HoverPosition, Line, Plot, PlotPoints, Points, VLine};
 
 use super::TokenlensApp;
 use super::controls::removed_percent;
-use super::vlm::{Pick, method_label};
+use super::vlm::{Pick, method_label, run_label};
 use crate::vlm::{DiffOp, SweepPoint, VlmRun, first_change};
 
 /// How a token of one answer relates to the other answer.
@@ -65,13 +65,23 @@ pub fn answers_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         });
     }
     let full = &opened.run;
-    let run = vlm.run.value.clone().filter(|_| !vlm.run.pending);
-    let method = method_label(&app.settings.vlm.method);
+    let (run, stale_note) = vlm.shown_run().map_or((None, None), |(r, note)| (Some(r), note));
     let mut hovered = None;
     let mut clicked = None;
     ui.columns(2, |cols| {
         cols[0].strong("Full model");
-        cols[1].strong(format!("Reduced: {method}, {}", app.settings.spec.budget.describe(full.num_image_tokens)));
+        match &run {
+            Some(r) => cols[1].strong(format!("Reduced: {}", run_label(r))),
+            // What is being computed: the request, from the settings.
+            None => cols[1].strong(format!(
+                "Reduced: {}, {}",
+                method_label(&app.settings.vlm.method),
+                app.settings.spec.budget.describe(full.num_image_tokens)
+            )),
+        };
+        if let Some(note) = &stale_note {
+            cols[1].label(RichText::new(note).small().color(cols[1].visuals().warn_fg_color));
+        }
         let full_marks = match &run {
             Some(r) => side_of_diff(&r.diff, false),
             None => (0..full.answer.ids.len()).map(|i| (i, Mark::Same)).collect(),
@@ -251,7 +261,8 @@ fn sweep_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
             }
             plot.vline(VLine::new("current", now).color(Color32::from_rgb(255, 170, 0)).width(1.5));
         });
-    let method = method_label(&app.settings.vlm.method);
+    // The sweep's own method (the one it was asked for), not the settings'.
+    let method = vlm.sweep_method().map_or_else(|| method_label(&app.settings.vlm.method), method_label);
     let total = crate::vlm::sweep_fractions().len();
     let status = match (vlm.sweep_done(), first) {
         _ if vlm.sweep_stopped => format!("{method}: the sweep stopped on an error (see below)"),

@@ -189,6 +189,7 @@ impl VlmState {
             "question": opened.map(|o| o.question.clone()),
             "full_answer": opened.map(|o| o.run.answer.pieces.clone()),
             "reduced_answer": run.map(|r| r.answer.pieces.clone()),
+            "reduced_label": run.map(run_label),
             "diff": run.map(|r| r.diff.clone()),
             "answer_changed": run.map(|r| r.answer_changed),
             "full_answer_logprob": run.and_then(|r| r.full_answer_logprob),
@@ -197,6 +198,34 @@ impl VlmState {
             })).collect::<Vec<_>>(),
             "first_change": crate::vlm::first_change(&self.sweep),
         })
+    }
+
+    /// The worker shortened the answer limit to fit the context: the full run it answered is
+    /// the one for the shortened limit (no second full run).
+    pub fn answer_limit_fitted(&mut self, max_new_tokens: usize) {
+        if let Some(key) = self.sent_full.as_mut() {
+            key.max_new_tokens = max_new_tokens;
+        }
+    }
+
+    /// The method the sweep on screen was asked for.
+    pub fn sweep_method(&self) -> Option<&VlmMethod> {
+        self.sweep_key.as_ref()?.method.as_ref()
+    }
+
+    /// The reduced run on screen, and a note when it is not the one last asked for (that one
+    /// failed or is still running): after a method is refused, the last good run stays, under its
+    /// own name.
+    pub fn shown_run(&self) -> Option<(Arc<VlmRun>, Option<String>)> {
+        let run = self.run.value.clone().filter(|_| !self.run.pending)?;
+        let note = match &self.sent_run {
+            Some(asked) if *asked != run.spec => {
+                let what = asked.method.as_ref().map_or_else(|| "the full model".to_string(), method_label);
+                Some(format!("the last good run: {what} gave no result (see the error)"))
+            }
+            _ => None,
+        };
+        Some((run, note))
     }
 
     pub fn failed(&mut self) {
@@ -390,6 +419,13 @@ fn method_menu(ui: &mut egui::Ui, method: &mut VlmMethod) {
     });
 }
 
+/// What a run was, from the run itself: its method and budget (never the settings', which may
+/// ask for something else by now).
+pub fn run_label(run: &VlmRun) -> String {
+    let method = run.spec.method.as_ref().map_or_else(|| "full model".to_string(), method_label);
+    format!("{method}, {}", run.spec.budget.describe(run.num_image_tokens))
+}
+
 pub fn method_label(method: &VlmMethod) -> String {
     match method {
         VlmMethod::Vision(c) => c.info().label.to_string(),
@@ -459,5 +495,29 @@ mod tests {
         let spec = s.spec(Budget::RemoveFraction(0.5), Default::default());
         assert_eq!(spec.max_new_tokens, 7);
         assert_eq!(spec.method.as_ref().map(VlmMethod::name), Some("cls_topk"));
+    }
+
+    #[test]
+    fn a_run_is_labelled_by_itself_not_by_the_settings() {
+        let spec = |name: &str, removed: f64| VlmRunSpec {
+            method: Some(VlmMethod::from_name(name).unwrap()),
+            budget: Budget::RemoveFraction(removed),
+            ..VlmRunSpec::default()
+        };
+        let fastv = VlmRun { spec: spec("fastv", 0.5), num_image_tokens: 64, ..VlmRun::default() };
+        let mut v = VlmState::default();
+        v.run.submitted(1);
+        v.sent_run = Some(fastv.spec.clone());
+        v.run.answer(1, Arc::new(fastv));
+        let (shown, note) = v.shown_run().unwrap();
+        assert_eq!(run_label(&shown), "fastv, 50.0 % removed (32 of 64 kept)");
+        assert_eq!(note, None);
+        // ToMe is asked for and refused: FastV's run stays, named FastV, with a note.
+        v.run.submitted(2);
+        v.sent_run = Some(spec("tome", 0.75));
+        v.failed();
+        let (shown, note) = v.shown_run().unwrap();
+        assert_eq!(run_label(&shown), "fastv, 50.0 % removed (32 of 64 kept)");
+        assert!(note.unwrap().contains("ToMe gave no result"));
     }
 }

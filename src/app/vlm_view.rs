@@ -7,7 +7,7 @@ use eframe::egui;
 use super::TokenlensApp;
 use super::answer::shown_piece;
 use super::view::{Fate, GridFrame, ValueMap, colorbar_ui, finite_range, image_scene_ui, patch_info};
-use super::vlm::{Pick, VlmOverlay, VlmState, method_label};
+use super::vlm::{Pick, VlmOverlay, VlmState, method_label, run_label};
 use super::worker::VlmOpened;
 use crate::figures;
 use crate::render::Placement;
@@ -75,8 +75,9 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         return;
     };
     let s = app.settings.clone();
-    let method = method_label(&s.vlm.method);
+    // Every label names the run it describes (the settings may ask for another by now).
     let run = vlm.run.value.clone();
+    let method = run.as_ref().and_then(|r| r.spec.method.as_ref()).map_or_else(|| "full model".into(), method_label);
     let run_pending = vlm.run.pending;
     let map = value_map(vlm, &opened, s.vlm.overlay, &method);
     let frame = frame(&opened);
@@ -91,7 +92,7 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         (None, VlmOverlay::Tokens, Some(r)) => {
             let merged = r.groups.iter().filter(|g| g.len() > 1).count();
             let dropped = r.num_image_tokens - r.groups.iter().map(Vec::len).sum::<usize>();
-            ui.strong(format!("{method}, {}", r.spec.budget.describe(r.num_image_tokens)));
+            ui.strong(run_label(r));
             ui.label(format!(
                 "· {}×{} image tokens · kept {} · merged {merged} groups · dropped {dropped} · stage {}",
                 opened.grid[0],

@@ -156,7 +156,7 @@ impl VlmCost {
 }
 
 /// One run's results, in the machine-readable form of `vlm.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VlmRun {
     pub spec: VlmRunSpec,
     /// Image tokens the budget keeps.
@@ -280,6 +280,15 @@ impl Vlm {
         cancel: &Cancel,
     ) -> Result<VlmRun> {
         self.run_with(&full.prompt, &full.vision, spec, Some(&full.run.answer), on_token, cancel)
+    }
+
+    /// The answer length that fits the model's context after this image's prompt: `max_new`, or
+    /// less where the prompt leaves less room (at least 1: a prompt that fills the context is
+    /// refused by [`Self::full`], with its length).
+    pub fn fit_answer(&self, question: &str, image: &VlmImage, max_new: usize) -> Result<usize> {
+        let Some(context) = self.arch.lm().cfg.max_position_embeddings else { return Ok(max_new) };
+        let prompt = self.prompt(question, image.tiles, self.arch.num_image_tokens(image.tiles))?;
+        Ok(max_new.min(context.saturating_sub(prompt.ids.len())).max(1))
     }
 
     fn check_context(&self, prompt: &Prompt, max_new: usize) -> Result<()> {
