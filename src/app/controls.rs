@@ -201,7 +201,15 @@ pub(super) fn budget_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             }
         }
     });
-    ui.label(egui::RichText::new(app.settings.spec.budget.describe(app.num_patches())).small());
+    // The count comes from what is on screen; none is known before the first result (a guess
+    // from another model would be stale).
+    let text = match app.known_num_patches() {
+        Some(n) => app.settings.spec.budget.describe(n),
+        None => {
+            format!("{:.1} % removed (token count: with the first result)", removed_percent(&app.settings.spec.budget))
+        }
+    };
+    ui.label(egui::RichText::new(text).small());
 }
 
 /// A generic editor over the method's serde fields: booleans, numbers, optional numbers ("auto"),

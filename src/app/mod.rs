@@ -35,7 +35,6 @@ use file_dialog::{FileDialogs, Outcome, Purpose, Request};
 pub use vlm::{Pick, VlmOverlay, VlmSettings, VlmState};
 pub use worker::{Event, ImageSource, Job, Look, Opened, VlmOpened, WorkerHandle};
 
-
 /// The bundled sample photo the app opens with.
 pub const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
 pub const SAMPLE_NAME: &str = "chelsea.png (sample)";
@@ -631,6 +630,14 @@ impl TokenlensApp {
             return o.run.num_image_tokens; // a split image's global tokens are off the grid
         }
         self.opened.as_ref().map_or(256, |o| o.analysis.grid[0] * o.analysis.grid[1])
+    }
+
+    /// Patches (VLM: image tokens) of the result on screen; none before the first one.
+    pub fn known_num_patches(&self) -> Option<usize> {
+        match &self.vlm {
+            Some(vlm) => vlm.opened().map(|o| o.run.num_image_tokens),
+            None => self.opened.as_ref().map(|o| o.analysis.grid[0] * o.analysis.grid[1]),
+        }
     }
 
     pub fn num_layers(&self) -> usize {
