@@ -135,7 +135,10 @@ impl ExportSpec {
     pub fn with_dpi(mut self, dpi: u32, width_in: f64) -> Result<Self> {
         check_dpi(dpi)?;
         if !(width_in.is_finite() && width_in > 0.0) {
-            return Err(Error::Config { field: "width_in", reason: format!("{width_in}: a width must be over 0 inches") });
+            return Err(Error::Config {
+                field: "width_in",
+                reason: format!("{width_in}: a width must be over 0 inches"),
+            });
         }
         let px = (f64::from(dpi) * width_in).round();
         if !(f64::from(MIN_PANEL_PX)..=f64::from(MAX_PANEL_PX)).contains(&px) {
@@ -445,7 +448,8 @@ impl Ctx<'_> {
                 reason: format!("columns of layers need methods with a layer; {} has none", m.name()),
             });
         }
-        let (num_rows, num_cols) = (methods.len() * (1 + usize::from(output_row)), columns.len() + usize::from(output_row));
+        let (num_rows, num_cols) =
+            (methods.len() * (1 + usize::from(output_row)), columns.len() + usize::from(output_row));
         let panel_px = u64::from(self.spec.panel_px);
         let pixels = (num_rows * num_cols) as u64 * panel_px * panel_px;
         if pixels > MAX_FIGURE_PIXELS {

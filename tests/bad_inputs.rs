@@ -198,7 +198,10 @@ fn integer_weights_are_refused_by_name() {
     let ints = dir.path().join("ints.safetensors");
     with_integer_tensor(&cached, "backbone.embeddings.cls_token", &ints);
     let msg = weights_error(&ints);
-    assert!(msg.contains("`backbone.embeddings.cls_token` is stored as u32") && msg.contains("floating point"), "{msg}");
+    assert!(
+        msg.contains("`backbone.embeddings.cls_token` is stored as u32") && msg.contains("floating point"),
+        "{msg}"
+    );
 
     // A Hugging Face folder.
     let folder = dir.path().join("vit");

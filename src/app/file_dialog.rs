@@ -148,13 +148,13 @@ impl FileDialogs {
     pub fn ask_in_app(&mut self, request: Request) {
         let Request { purpose, start, name } = request;
         let mut dialog = match purpose {
-            Purpose::Open => egui_file::FileDialog::open_file()
-                .title("Open an image (PNG or JPEG)")
-                .show_files_filter(Box::new(|p: &Path| {
-                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                        IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e))
-                    })
-                })),
+            Purpose::Open => egui_file::FileDialog::open_file().title("Open an image (PNG or JPEG)").show_files_filter(
+                Box::new(|p: &Path| {
+                    p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+                }),
+            ),
             Purpose::Model => egui_file::FileDialog::select_folder().title("Open a Hugging Face model folder"),
             Purpose::Export(_) => {
                 egui_file::FileDialog::save_file().title("Export as .svg or .png").default_filename(name)

@@ -494,7 +494,8 @@ impl<W: Fn()> Worker<W> {
         let image = vlm.arch.image_from_bytes(&bytes, &source.label, split)?;
         // An answer limit past the context is shortened to fit (the app says so), not refused:
         // the limit is a setting, the context a property of the model.
-        let spec = VlmRunSpec { max_new_tokens: vlm.fit_answer(question, &image, spec.max_new_tokens)?, ..spec.clone() };
+        let spec =
+            VlmRunSpec { max_new_tokens: vlm.fit_answer(question, &image, spec.max_new_tokens)?, ..spec.clone() };
         let full = vlm.full(image, question, &spec, &mut self.streamer(id, vlm), cancel)?;
         let grid = [full.vision.grid.0, full.vision.grid.1];
         let opened = VlmOpened {

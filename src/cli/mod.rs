@@ -353,9 +353,10 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let env_limit = std::env::var_os(preprocess::MAX_PIXELS_ENV)
         .map(|v| {
-            v.to_str().and_then(|v| v.trim().parse::<u64>().ok()).filter(|&n| n > 0).with_context(|| {
-                format!("{}={v:?}: expected a positive number of pixels", preprocess::MAX_PIXELS_ENV)
-            })
+            v.to_str()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|&n| n > 0)
+                .with_context(|| format!("{}={v:?}: expected a positive number of pixels", preprocess::MAX_PIXELS_ENV))
         })
         .transpose()?;
     if let Some(limit) = cli.max_image_pixels.or(env_limit) {

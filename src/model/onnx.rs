@@ -211,11 +211,10 @@ mod tests {
 
     #[test]
     fn a_matmul_without_an_output_is_an_error() {
-        let bytes = model(vec![node("MatMul", &["x", "onnx::MatMul_1"], &[])], vec![weight(
-            "onnx::MatMul_1",
-            vec![1, 1],
-            &[1.0],
-        )]);
+        let bytes = model(
+            vec![node("MatMul", &["x", "onnx::MatMul_1"], &[])],
+            vec![weight("onnx::MatMul_1", vec![1, 1], &[1.0])],
+        );
         let err = weights_from_bytes(&bytes).unwrap_err();
         assert!(err.contains("MatMul_0 has no output"), "{err}");
     }

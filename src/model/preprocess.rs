@@ -80,11 +80,14 @@ pub fn decode_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
 
 /// As Pillow's `ImageOps.exif_transpose(Image.open(p)).convert("RGB")`.
 fn decode_upright(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
-    let reader =
-        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
     let (photo, orientation) = match reader.format() {
         Some(image::ImageFormat::Jpeg) => super::jpeg::decode_jpeg(bytes, check_pixels).map_err(|e| {
-            if e.contains("too large") { e } else { format!("cannot decode: {e} (the file may be truncated or corrupt)") }
+            if e.contains("too large") {
+                e
+            } else {
+                format!("cannot decode: {e} (the file may be truncated or corrupt)")
+            }
         })?,
         Some(image::ImageFormat::Png) => decode_png(reader)?,
         _ => return Err("not a PNG or JPEG image".into()),
