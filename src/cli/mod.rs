@@ -25,7 +25,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Decompression-bomb guard: the most pixels an image may decode to (default 178956970,
-    /// where Pillow refuses). Also read from TOKENLENS_MAX_IMAGE_PIXELS.
+    /// where Pillow refuses).
     #[arg(long, global = true, value_name = "PIXELS")]
     max_image_pixels: Option<u64>,
 }
@@ -351,15 +351,7 @@ pub fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let env_limit = std::env::var_os(preprocess::MAX_PIXELS_ENV)
-        .map(|v| {
-            v.to_str()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .filter(|&n| n > 0)
-                .with_context(|| format!("{}={v:?}: expected a positive number of pixels", preprocess::MAX_PIXELS_ENV))
-        })
-        .transpose()?;
-    if let Some(limit) = cli.max_image_pixels.or(env_limit) {
+    if let Some(limit) = cli.max_image_pixels {
         anyhow::ensure!(limit > 0, "--max-image-pixels must be positive");
         preprocess::set_max_pixels(limit);
     }

@@ -22,15 +22,13 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 pub const PILLOW_MAX_IMAGE_PIXELS: u64 = 89_478_485;
 /// Decoded pixels accepted by default: where Pillow refuses (2 x `MAX_IMAGE_PIXELS`).
 pub const DEFAULT_MAX_PIXELS: u64 = 2 * PILLOW_MAX_IMAGE_PIXELS;
-/// The environment variable that raises (or lowers) the limit, as `--max-image-pixels` does.
-pub const MAX_PIXELS_ENV: &str = "TOKENLENS_MAX_IMAGE_PIXELS";
 /// Bytes per decoded pixel at most (16-bit RGBA), to bound the decoder's own buffers.
 const MAX_BYTES_PER_PIXEL: u64 = 8;
 
 static MAX_PIXELS: AtomicU64 = AtomicU64::new(DEFAULT_MAX_PIXELS);
 
 /// Sets the decompression-bomb limit for this process, like Pillow's module-level
-/// `Image.MAX_IMAGE_PIXELS` (the CLI's `--max-image-pixels` and `TOKENLENS_MAX_IMAGE_PIXELS`).
+/// `Image.MAX_IMAGE_PIXELS` (the CLI's `--max-image-pixels`).
 pub fn set_max_pixels(pixels: u64) {
     MAX_PIXELS.store(pixels.max(1), Ordering::Relaxed);
 }
@@ -49,7 +47,7 @@ fn check_pixels(w: u64, h: u64) -> std::result::Result<(), String> {
     if w.saturating_mul(h) > limit {
         return Err(format!(
             "the image is too large: {w}x{h} = {} pixels, over the limit of {limit} (a decompression-bomb \
-             guard, as in Pillow); if you trust the file, raise it with --max-image-pixels or {MAX_PIXELS_ENV}",
+             guard, as in Pillow); if you trust the file, raise it with --max-image-pixels",
             w * h
         ));
     }
