@@ -112,11 +112,8 @@ impl VitConfig {
     /// width, the patch dividing the image, a positive finite norm epsilon: checked before
     /// anything is allocated from the config. The error names the field and its value.
     pub fn check(&self) -> std::result::Result<(), String> {
+        check_stack(self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.num_attention_heads)?;
         check_sizes(&[
-            ("hidden_size", self.hidden_size, MAX_WIDTH),
-            ("intermediate_size", self.intermediate_size, MAX_WIDTH * 8),
-            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
-            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
             ("patch_size", self.patch_size, MAX_IMAGE_SIDE),
             ("image_size", self.image_size, MAX_IMAGE_SIDE),
             ("num_channels", self.num_channels, 4),
@@ -142,6 +139,16 @@ pub const MAX_HEADS: usize = 4096;
 pub const MAX_IMAGE_SIDE: usize = 8192;
 pub const MAX_VOCAB: usize = 1 << 22;
 pub const MAX_POSITIONS: usize = 1 << 24;
+
+/// The sizes of a transformer stack, each in range.
+pub fn check_stack(hidden: usize, intermediate: usize, layers: usize, heads: usize) -> std::result::Result<(), String> {
+    check_sizes(&[
+        ("hidden_size", hidden, MAX_WIDTH),
+        ("intermediate_size", intermediate, MAX_WIDTH * 8),
+        ("num_hidden_layers", layers, MAX_LAYERS),
+        ("num_attention_heads", heads, MAX_HEADS),
+    ])
+}
 
 /// Each `(field, value, max)` must be in `1..=max`; the error names the first that is not.
 pub fn check_sizes(sizes: &[(&str, usize, usize)]) -> std::result::Result<(), String> {

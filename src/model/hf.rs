@@ -3,8 +3,17 @@
 //! `ViTForImageClassification`), DeiT (with or without the distillation token), DINOv2, and
 //! the vision towers of CLIP and SigLIP (`CLIPModel`, `SiglipModel` folders). Families differ
 //! only in config axes ([`VitConfig`]: names, qkv bias, prefix tokens, layer scale, pre-norm),
-//! never in a second forward pass. Still to come: CLIP/SigLIP projections, SigLIP's pooling
-//! head and the text towers (zero-shot scores).
+//! never in a second forward pass. Zero-shot scores (CLIP/SigLIP text towers and heads) are in
+//! [`super::zero_shot`].
+//!
+//! `config.json` is read as transformers reads it ([`super::hf_config`]: class defaults, `null`
+//! as absent). Honoured: `model_type` (vit, deit, dinov2, clip, siglip, clip_vision_model,
+//! siglip_vision_model; idefics3_vision inside SmolVLM), `architectures`, `hidden_size`,
+//! `num_hidden_layers`, `num_attention_heads`, `intermediate_size` (DINOv2: `mlp_ratio`),
+//! `layer_norm_eps`, `image_size`, `patch_size`, `num_channels` (3 only), `hidden_act` (gelu,
+//! gelu_pytorch_tanh, gelu_new, quick_gelu), `qkv_bias`, `id2label`. Refused: other activations
+//! and model types, DINOv2's `use_swiglu_ffn: true`, sizes out of range. Ignored (they do not
+//! change the features): dropouts, initialisers, pooler and backbone settings, dtypes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,21 +22,14 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 use serde::Deserialize;
 
-use super::config::{
-    Activation, BlockNames, MAX_HEADS, MAX_IMAGE_SIDE, MAX_LAYERS, MAX_WIDTH, VitConfig, check_sizes, unsupported,
-};
+use super::config::{Activation, BlockNames, VitConfig, unsupported};
 use super::hf_config::{Class, resolve, resolve_section};
 use super::vit::VisionTransformer;
 use super::zero_shot::ZeroShot;
 use crate::{Error, Result};
 
-/// The fields of a vision config we read, after [`resolve`] filled in its class's defaults.
-/// Honoured: `model_type`, `architectures`, `hidden_size`, `num_hidden_layers`,
-/// `num_attention_heads`, `intermediate_size` (DINOv2: `mlp_ratio`), `layer_norm_eps`,
-/// `image_size`, `patch_size`, `num_channels` (3 only), `hidden_act` (gelu, gelu_pytorch_tanh,
-/// gelu_new, quick_gelu), `qkv_bias`, `id2label`. Refused: DINOv2's `use_swiglu_ffn: true`.
-/// Everything else (dropouts, initialisers, pooler and backbone settings) does not change the
-/// features we compute and is ignored.
+/// The fields of a vision config we read (the module doc lists what they mean to us), after
+/// [`resolve`] filled in its class's defaults.
 #[derive(Debug, Clone, Deserialize)]
 struct HfConfig {
     model_type: String,
@@ -254,15 +256,6 @@ fn vit_config(hf: &HfConfig) -> std::result::Result<VitConfig, String> {
         (None, Some(r)) => return Err(unsupported("mlp_ratio", r, "a ratio in (0, 64)")),
         (None, None) => return Err("config.json gives neither intermediate_size nor mlp_ratio".into()),
     };
-    // Sizes first: the grid below divides by the patch size.
-    check_sizes(&[
-        ("hidden_size", hf.hidden_size, MAX_WIDTH),
-        ("intermediate_size", intermediate_size, MAX_WIDTH * 8),
-        ("num_hidden_layers", hf.num_hidden_layers, MAX_LAYERS),
-        ("num_attention_heads", hf.num_attention_heads, MAX_HEADS),
-        ("patch_size", hf.patch_size, MAX_IMAGE_SIDE),
-        ("image_size", hf.image_size, MAX_IMAGE_SIDE),
-    ])?;
     let cfg = VitConfig {
         hidden_size: hf.hidden_size,
         num_hidden_layers: hf.num_hidden_layers,
@@ -274,7 +267,7 @@ fn vit_config(hf: &HfConfig) -> std::result::Result<VitConfig, String> {
         num_channels: hf.num_channels,
         hidden_act,
         layerscale,
-        position_grid: hf.image_size / hf.patch_size,
+        position_grid: hf.image_size.checked_div(hf.patch_size).unwrap_or(0), // a 0 patch is refused below
         block_names,
         qkv_bias: hf.qkv_bias,
         num_prefix_tokens,

@@ -240,9 +240,8 @@ pub fn resolve_section(parent: Class, json: &Value, key: &str) -> Result<(Class,
         Some(other) => return Err(format!("{key} is {other}, not an object")),
         None => overlay(class.defaults(), &absent, class),
     };
-    if let Some(Value::Object(update)) = json.get(&format!("{key}_dict")) {
-        let updated = overlay(resolved, &Value::Object(update.clone()), class);
-        resolved = updated;
+    if let Some(Value::Object(update)) = json.get(format!("{key}_dict")) {
+        resolved = overlay(resolved, &Value::Object(update.clone()), class);
     }
     Ok((class, resolved))
 }

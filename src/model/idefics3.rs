@@ -5,6 +5,10 @@
 //! Images are read as one global square, or (SmolVLM's image splitting) as a grid of square
 //! tiles followed by the global square, each tile through the tower and connector on its own;
 //! the prompt then spells the tiles out (`<row_r_col_c>` markers), as `Idefics3Processor` does.
+//! Whether to split starts from the folder (`do_image_splitting`, default true as in
+//! transformers); callers may override it per image.
+//!
+//! Config: see [`Idefics3Settings`] for the fields honoured and refused.
 
 use std::path::Path;
 

@@ -4,6 +4,15 @@
 //! positions are compacted: the caller decides), a KV cache, and attention probabilities
 //! materialised only at the layers asked for. Weights under `LlamaForCausalLM` names
 //! (`model.layers.N.self_attn.q_proj`, ...; `lm_head`).
+//!
+//! Config ([`LlamaConfig::from_hf`], transformers' `LlamaConfig` defaults): honoured
+//! `hidden_size`, `intermediate_size`, `num_hidden_layers`, `num_attention_heads`,
+//! `num_key_value_heads`, `head_dim`, `rms_norm_eps`, `vocab_size`, `tie_word_embeddings`,
+//! `max_position_embeddings`, `hidden_act` (silu, gelu, gelu_pytorch_tanh, gelu_new),
+//! `attention_bias`, `mlp_bias`, `rope_theta`, rope scaling default or linear (`rope_scaling` in
+//! transformers 4, `rope_parameters` in 5). Refused when on: other rope types,
+//! `partial_rotary_factor`, `sliding_window`, `use_sliding_window`, `qk_layer_norms`,
+//! `rope_interleaved`, `use_resampler`.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +20,7 @@ use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder, embedding, linear_b, linear_no_bias, rms_norm};
 use serde::Deserialize;
 
-use super::config::{MAX_HEADS, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, check_eps, check_sizes, unsupported};
+use super::config::{MAX_HEADS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, check_eps, check_sizes, check_stack, unsupported};
 use super::hf_config::{Class, resolve};
 use crate::{Error, Result};
 
@@ -107,11 +116,8 @@ impl LlamaConfig {
     /// Sizes, divisibility, epsilon, activation and rotary settings (the error starts with the
     /// field's name).
     pub fn check(&self) -> std::result::Result<(), String> {
+        check_stack(self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.num_attention_heads)?;
         check_sizes(&[
-            ("hidden_size", self.hidden_size, MAX_WIDTH),
-            ("intermediate_size", self.intermediate_size, MAX_WIDTH * 8),
-            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
-            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
             ("num_key_value_heads", self.num_key_value_heads.unwrap_or(self.num_attention_heads), MAX_HEADS),
             ("vocab_size", self.vocab_size, MAX_VOCAB),
             ("max_position_embeddings", self.max_position_embeddings.unwrap_or(1), MAX_POSITIONS),

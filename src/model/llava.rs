@@ -4,6 +4,8 @@
 //!
 //! The tower is our [`VisionTransformer`] (so vision-side reducers and probes work unchanged) and
 //! the decoder our [`Llama`] (attention at any layer, explicit position ids for pruning).
+//!
+//! Config: see [`LlavaSettings`] for the fields honoured and refused.
 
 use std::path::Path;
 

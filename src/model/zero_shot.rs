@@ -10,6 +10,11 @@
 //!   label's sigmoid is its own probability.
 //!
 //! The text tower reuses our [`Block`] under CLIP's names.
+//!
+//! Config: `text_config` resolved with `CLIPTextConfig` / `SiglipTextConfig` defaults; honoured
+//! are the sizes, `hidden_act`, `layer_norm_eps`, `eos_token_id` (CLIP pools there; configs with
+//! the old value 2 pool at the highest id, as transformers does), `pad_token_id` (SigLIP pads
+//! with it), `projection_dim` (CLIP) / `projection_size` (SigLIP).
 
 use std::path::Path;
 
@@ -18,9 +23,7 @@ use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_no_bia
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
-use super::config::{
-    Activation, BlockNames, MAX_HEADS, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, VitConfig, check_sizes,
-};
+use super::config::{Activation, BlockNames, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, VitConfig, check_sizes, check_stack};
 use super::hf_config::{Class, resolve, resolve_section};
 use super::layers::{Block, Mlp};
 use crate::{Error, Result};
@@ -235,25 +238,21 @@ impl ZeroShot {
         let parent = if family == Family::Clip { Class::Clip } else { Class::Siglip };
         let (_, text_json) = resolve_section(parent, config, "text_config").map_err(bad)?;
         let tc: TextConfig = serde_json::from_value(text_json.clone()).map_err(|e| bad(format!("text_config: {e}")))?;
-        check_sizes(&[
-            ("text_config.vocab_size", tc.vocab_size, MAX_VOCAB),
-            ("text_config.hidden_size", tc.hidden_size, MAX_WIDTH),
-            ("text_config.intermediate_size", tc.intermediate_size, MAX_WIDTH * 8),
-            ("text_config.num_hidden_layers", tc.num_hidden_layers, MAX_LAYERS),
-            ("text_config.num_attention_heads", tc.num_attention_heads, MAX_HEADS),
-            ("text_config.max_position_embeddings", tc.max_position_embeddings, MAX_POSITIONS),
-        ])
-        .and_then(|()| {
-            if tc.hidden_size.is_multiple_of(tc.num_attention_heads) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "text_config.num_attention_heads {} does not divide text_config.hidden_size {}",
+        check_stack(tc.hidden_size, tc.intermediate_size, tc.num_hidden_layers, tc.num_attention_heads)
+            .and_then(|()| {
+                check_sizes(&[
+                    ("vocab_size", tc.vocab_size, MAX_VOCAB),
+                    ("max_position_embeddings", tc.max_position_embeddings, MAX_POSITIONS),
+                ])
+            })
+            .and_then(|()| match tc.hidden_size % tc.num_attention_heads {
+                0 => Ok(()),
+                _ => Err(format!(
+                    "num_attention_heads {} does not divide hidden_size {}",
                     tc.num_attention_heads, tc.hidden_size
-                ))
-            }
-        })
-        .map_err(bad)?;
+                )),
+            })
+            .map_err(|e| bad(format!("text_config.{e}")))?;
         let top = resolve(config, parent);
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| {
