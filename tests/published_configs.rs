@@ -177,3 +177,53 @@ fn published_folders_with_tiny_weights_answer_as_transformers_does() {
         }
     }
 }
+
+/// Drops from `section` every field equal to transformers' default for `class` (what a writer
+/// that saves only non-defaults leaves) and writes `null` for a few that remain unset, as
+/// transformers 4 full dumps do.
+fn as_published(section: &mut Value, class: &str, defaults: &Value) {
+    let theirs = &defaults[class];
+    let map = section.as_object_mut().unwrap();
+    map.retain(|k, v| k == "model_type" || !same(v, &theirs[k.as_str()]));
+    for k in ["architectures", "torch_dtype", "bad_words_ids"] {
+        map.entry(k).or_insert(Value::Null);
+    }
+}
+
+#[test]
+fn encoder_folders_written_with_defaults_left_out_load_the_same_model() {
+    let defaults = read("published/class_defaults.json");
+    let classes = [("vit", "ViTConfig"), ("deit", "DeiTConfig"), ("dinov2", "Dinov2Config")];
+    for name in ["vit", "vit_model", "deit", "deit_distilled", "dinov2", "clip", "siglip"] {
+        let rel = format!("encoders/{name}");
+        let dir = common::copy_fixture(&rel);
+        let mut json = read(&format!("{rel}/config.json"));
+        let before = json.to_string();
+        match json["model_type"].as_str().unwrap() {
+            "clip" | "siglip" => {
+                let prefix = if json["model_type"] == "clip" { "CLIP" } else { "Siglip" };
+                as_published(&mut json["vision_config"], &format!("{prefix}VisionConfig"), &defaults);
+                as_published(&mut json["text_config"], &format!("{prefix}TextConfig"), &defaults);
+            }
+            t => {
+                let class = classes.iter().find(|(m, _)| *m == t).unwrap().1;
+                as_published(&mut json, class, &defaults);
+            }
+        }
+        assert_ne!(json.to_string(), before, "{name}: nothing was left out");
+        std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+        let full = tokenlens::model::hf::HfVision::load(&fixture(&rel)).unwrap();
+        let sparse = tokenlens::model::hf::HfVision::load(dir.path()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(sparse.encoder.cfg, full.encoder.cfg, "{name}: vision config");
+        assert_eq!(
+            (sparse.architecture.as_str(), sparse.labels.len()),
+            (full.architecture.as_str(), full.labels.len())
+        );
+        if let (Some(a), Some(b)) = (&full.zero_shot, &sparse.zero_shot) {
+            let prompts = ["a cat", "a dog"];
+            let d = common::max_diff(&a.text_embeddings(&prompts).unwrap(), &b.text_embeddings(&prompts).unwrap());
+            assert_eq!(d, 0.0, "{name}: text tower");
+        }
+        assert_eq!(full.zero_shot.is_some(), sparse.zero_shot.is_some(), "{name}");
+    }
+}
