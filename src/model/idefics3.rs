@@ -195,7 +195,7 @@ impl Idefics3Settings {
         let vision = vision_config(Class::Idefics3, json)?;
         let (_, text_json) = resolve_section(Class::Idefics3, json, "text_config")?;
         let text = LlamaConfig::from_hf(&text_json, "text_config")?;
-        check_tied(&top, &text)?;
+        check_tied(json, &text)?; // only what the file states
         let scale_factor = top["scale_factor"].as_u64().unwrap_or(0) as usize;
         let grid = vision.image_size / vision.patch_size;
         if scale_factor == 0 || !grid.is_multiple_of(scale_factor) {

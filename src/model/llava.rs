@@ -44,7 +44,7 @@ impl LlavaSettings {
         let vision = vision_config(Class::Llava, json)?;
         let (_, text_json) = super::hf_config::resolve_section(Class::Llava, json, "text_config")?;
         let text = LlamaConfig::from_hf(&text_json, "text_config")?;
-        check_tied(&top, &text)?;
+        check_tied(json, &text)?; // only what the file states
         let layers = vision.num_hidden_layers as i64;
         let feature_layer = top["vision_feature_layer"]
             .as_i64()
@@ -85,7 +85,7 @@ impl LlavaSettings {
     }
 }
 
-/// The composite config's `tie_word_embeddings` (when the file gives it) must agree with the
+/// The composite config's `tie_word_embeddings`, when the file states it, must agree with the
 /// text config's, which decides whether `lm_head` is its own matrix.
 pub(crate) fn check_tied(top: &serde_json::Value, text: &LlamaConfig) -> std::result::Result<(), String> {
     match top["tie_word_embeddings"].as_bool() {
