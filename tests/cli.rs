@@ -242,6 +242,17 @@ fn vlm_reports_bad_input_and_exits_non_zero() {
         .unwrap();
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("unknown method `no_such_method`"));
+    // Image splitting is on or off (default: the folder's processor), nothing else.
+    let run = Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+        .args(["vlm", "--model"])
+        .arg(fixture("vlm/idefics3"))
+        .arg(asset("chelsea.png"))
+        .args(["--split-image", "yes", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("use on or off"));
 }
 
 /// A VLM by hub id, read offline from the standard Hugging Face cache (no network is used).

@@ -18,7 +18,8 @@ fn dir() -> PathBuf {
 }
 
 fn load() -> (Llama, Value) {
-    let cfg: LlamaConfig = serde_json::from_str(&std::fs::read_to_string(dir().join("config.json")).unwrap()).unwrap();
+    let json = serde_json::from_str(&std::fs::read_to_string(dir().join("config.json")).unwrap()).unwrap();
+    let cfg = LlamaConfig::from_hf(&json, "").unwrap();
     let weights = candle_core::safetensors::load(dir().join("model.safetensors"), &Device::Cpu).unwrap();
     let model = Llama::new(&cfg, VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu)).unwrap();
     let r = serde_json::from_str(&std::fs::read_to_string(dir().join("reference.json")).unwrap()).unwrap();

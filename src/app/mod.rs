@@ -327,7 +327,9 @@ impl TokenlensApp {
             return;
         }
         match event {
-            Event::VlmReady { id, num_layers, context } => self.vlm_ready(id, num_layers, context),
+            Event::VlmReady { id, num_layers, context, split_image } => {
+                self.vlm_ready(id, num_layers, context, split_image)
+            }
             Event::VlmToken { .. }
             | Event::VlmOpened { .. }
             | Event::VlmReduced { .. }

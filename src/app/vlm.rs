@@ -57,7 +57,8 @@ pub struct VlmSettings {
     /// The decoder layer the text-to-image maps read (None: the middle one).
     pub view_layer: Option<usize>,
     pub overlay: VlmOverlay,
-    /// SmolVLM's image splitting (tiles plus the global image); off: one tile.
+    /// SmolVLM's image splitting (tiles plus the global image); off: one tile. Set from the
+    /// folder's processor when a model loads.
     pub split_image: bool,
 }
 
@@ -253,7 +254,9 @@ impl VlmSettings {
 
 impl TokenlensApp {
     /// A vision-language model is loaded: the app switches to VLM mode.
-    pub(super) fn vlm_ready(&mut self, id: String, num_layers: usize, context: Option<usize>) {
+    /// The image-splitting switch starts from the folder's setting.
+    pub(super) fn vlm_ready(&mut self, id: String, num_layers: usize, context: Option<usize>, split_image: bool) {
+        self.settings.vlm.split_image = split_image;
         self.status = format!("Vision-language model ready: {id}");
         self.model_id = Some(id.clone());
         self.opening = false;

@@ -87,6 +87,8 @@ pub enum Event {
         id: String,
         num_layers: usize,
         context: Option<usize>,
+        /// The folder's image-splitting setting (SmolVLM's `do_image_splitting`).
+        split_image: bool,
     },
     /// One answer token of the VLM request `id` (full or reduced), decoded on its own, and the
     /// answer so far decoded whole (what a reader sees, spaces and all).
@@ -256,6 +258,7 @@ impl<W: Fn()> Worker<W> {
                             id: vlm.id.clone(),
                             num_layers: vlm.num_layers(),
                             context: vlm.arch.lm().cfg.max_position_embeddings,
+                            split_image: vlm.split_image,
                         });
                         worker.vlm = Some(vlm);
                     }

@@ -309,10 +309,10 @@ enum Command {
         /// Also sweep the removed fraction and report where the answer first changes.
         #[arg(long)]
         sweep: bool,
-        /// SmolVLM: split the image into tiles plus a global image, as the model's processor
-        /// does by default (off: one tile).
-        #[arg(long)]
-        split_image: bool,
+        /// SmolVLM: split the image into tiles plus a global image (`on`) or not (`off`; one
+        /// tile). Default: the folder's processor setting (`do_image_splitting`).
+        #[arg(long, value_parser = parse_on_off)]
+        split_image: Option<bool>,
         #[arg(long, default_value = "viridis")]
         colormap: Colormap,
         #[arg(long)]
@@ -452,6 +452,15 @@ fn say(line: &str) {
 }
 
 /// Parses a snake_case serde enum name from the command line.
+/// `on` / `off` for a switch that otherwise follows the model folder.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("`{other}`: use on or off")),
+    }
+}
+
 fn parse_serde<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     serde_json::from_value(serde_json::Value::String(text.into())).map_err(|e| e.to_string())
 }

@@ -16,7 +16,8 @@ pub struct Options {
     pub max_tokens: usize,
     pub view_layer: Option<usize>,
     pub sweep: bool,
-    pub split_image: bool,
+    /// SmolVLM's image splitting; `None`: the folder's processor setting.
+    pub split_image: Option<bool>,
 }
 
 pub struct VlmArgs {
@@ -49,7 +50,9 @@ fn model_folder(model: &Path) -> anyhow::Result<PathBuf> {
 pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
     let folder = model_folder(&args.model)?;
     let mut vlm = Vlm::load(&folder).with_context(|| format!("loading the model folder {folder:?}"))?;
-    vlm.split_image = args.options.split_image;
+    if let Some(split) = args.options.split_image {
+        vlm.split_image = split;
+    }
     eprintln!("{} ({}), {} decoder layers", vlm.id, vlm.arch.name(), vlm.num_layers());
     let spec = VlmRunSpec {
         method: args.method.vlm_method(vlm.num_layers())?,

@@ -161,6 +161,9 @@ fn find_template(dir: &Path) -> Result<Option<(PathBuf, String)>> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
         let text = std::fs::read_to_string(&jinja).map_err(|e| Error::weights(&jinja, format!("cannot read: {e}")))?;
+        // Python reads the file with universal newlines: a copy saved with CRLF line ends
+        // (git on Windows) renders `\n`, not `\r\n`, in transformers.
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
         return Ok(Some((jinja, text)));
     }
     for name in ["chat_template.json", "tokenizer_config.json", "processor_config.json"] {

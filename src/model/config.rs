@@ -105,22 +105,72 @@ impl VitConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, reason: String| Err(Error::Config { field, reason });
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return bad(
-                "num_attention_heads",
-                format!("hidden_size {} is not divisible by {} heads", self.hidden_size, self.num_attention_heads),
-            );
-        }
-        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
-            return bad(
-                "patch_size",
-                format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size),
-            );
-        }
-        if self.num_hidden_layers == 0 {
-            return bad("num_hidden_layers", "must be at least 1".into());
-        }
-        Ok(())
+        self.check().map_err(|reason| Error::Config { field: "config", reason })
     }
+
+    /// Every size non-zero and within [`MAX_WIDTH`] and the other bounds, heads dividing the
+    /// width, the patch dividing the image, a positive finite norm epsilon: checked before
+    /// anything is allocated from the config. The error names the field and its value.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        check_stack(self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.num_attention_heads)?;
+        check_sizes(&[
+            ("patch_size", self.patch_size, MAX_IMAGE_SIDE),
+            ("image_size", self.image_size, MAX_IMAGE_SIDE),
+            ("num_channels", self.num_channels, 4),
+        ])?;
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(format!(
+                "num_attention_heads {} does not divide hidden_size {}",
+                self.num_attention_heads, self.hidden_size
+            ));
+        }
+        if !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(format!("patch_size {} does not divide image_size {}", self.patch_size, self.image_size));
+        }
+        check_eps("layer_norm_eps", self.layer_norm_eps)
+    }
+}
+
+/// Bounds on config sizes, each far above any published model (LLaVA-13B: width 5120, 40
+/// layers), so that a corrupt or hostile config is refused before it sizes an allocation.
+pub const MAX_WIDTH: usize = 1 << 16;
+pub const MAX_LAYERS: usize = 1024;
+pub const MAX_HEADS: usize = 4096;
+pub const MAX_IMAGE_SIDE: usize = 8192;
+pub const MAX_VOCAB: usize = 1 << 22;
+pub const MAX_POSITIONS: usize = 1 << 24;
+
+/// The sizes of a transformer stack, each in range.
+pub fn check_stack(hidden: usize, intermediate: usize, layers: usize, heads: usize) -> std::result::Result<(), String> {
+    check_sizes(&[
+        ("hidden_size", hidden, MAX_WIDTH),
+        ("intermediate_size", intermediate, MAX_WIDTH * 8),
+        ("num_hidden_layers", layers, MAX_LAYERS),
+        ("num_attention_heads", heads, MAX_HEADS),
+    ])
+}
+
+/// Each `(field, value, max)` must be in `1..=max`; the error names the first that is not.
+pub fn check_sizes(sizes: &[(&str, usize, usize)]) -> std::result::Result<(), String> {
+    for &(field, value, max) in sizes {
+        if value == 0 || value > max {
+            return Err(format!("{field} = {value} is out of range (supported: 1 to {max})"));
+        }
+    }
+    Ok(())
+}
+
+/// A normalisation epsilon must be positive and finite.
+pub fn check_eps(field: &str, eps: f64) -> std::result::Result<(), String> {
+    if eps.is_finite() && eps > 0.0 && eps < 1.0 {
+        Ok(())
+    } else {
+        Err(format!("{field} = {eps} is out of range (supported: 0 < eps < 1)"))
+    }
+}
+
+/// The refusal of a setting that would change the computation and is not implemented:
+/// `field = value is not supported (supported: ...)`.
+pub fn unsupported(field: &str, value: impl std::fmt::Display, supported: &str) -> String {
+    format!("{field} = {value} is not supported (supported: {supported})")
 }

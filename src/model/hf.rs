@@ -3,8 +3,17 @@
 //! `ViTForImageClassification`), DeiT (with or without the distillation token), DINOv2, and
 //! the vision towers of CLIP and SigLIP (`CLIPModel`, `SiglipModel` folders). Families differ
 //! only in config axes ([`VitConfig`]: names, qkv bias, prefix tokens, layer scale, pre-norm),
-//! never in a second forward pass. Still to come: CLIP/SigLIP projections, SigLIP's pooling
-//! head and the text towers (zero-shot scores).
+//! never in a second forward pass. Zero-shot scores (CLIP/SigLIP text towers and heads) are in
+//! [`super::zero_shot`].
+//!
+//! `config.json` is read as transformers reads it ([`super::hf_config`]: class defaults, `null`
+//! as absent). Honoured: `model_type` (vit, deit, dinov2, clip, siglip, clip_vision_model,
+//! siglip_vision_model; idefics3_vision inside SmolVLM), `architectures`, `hidden_size`,
+//! `num_hidden_layers`, `num_attention_heads`, `intermediate_size` (DINOv2: `mlp_ratio`),
+//! `layer_norm_eps`, `image_size`, `patch_size`, `num_channels` (3 only), `hidden_act` (gelu,
+//! gelu_pytorch_tanh, gelu_new, quick_gelu), `qkv_bias`, `id2label`. Refused: other activations
+//! and model types, DINOv2's `use_swiglu_ffn: true`, sizes out of range. Ignored (they do not
+//! change the features): dropouts, initialisers, pooler and backbone settings, dtypes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,12 +22,14 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 use serde::Deserialize;
 
-use super::config::{Activation, BlockNames, VitConfig};
+use super::config::{Activation, BlockNames, VitConfig, unsupported};
+use super::hf_config::{Class, resolve, resolve_section};
 use super::vit::VisionTransformer;
 use super::zero_shot::ZeroShot;
 use crate::{Error, Result};
 
-/// The fields of a Hugging Face vision `config.json` we read (the rest is ignored).
+/// The fields of a vision config we read (the module doc lists what they mean to us), after
+/// [`resolve`] filled in its class's defaults.
 #[derive(Debug, Clone, Deserialize)]
 struct HfConfig {
     model_type: String,
@@ -32,21 +43,14 @@ struct HfConfig {
     layer_norm_eps: f64,
     image_size: usize,
     patch_size: usize,
-    #[serde(default = "three")]
     num_channels: usize,
     hidden_act: String,
-    #[serde(default = "yes")]
     qkv_bias: bool,
+    /// Dinov2Config only.
+    #[serde(default)]
+    use_swiglu_ffn: bool,
     #[serde(default)]
     id2label: BTreeMap<String, String>,
-}
-
-fn three() -> usize {
-    3
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// The image classes of a classifier, or none for a bare encoder.
@@ -77,14 +81,31 @@ impl HfVision {
     pub fn load(dir: &Path) -> Result<Self> {
         let (config_path, json) = read_config(dir)?;
         let bad = |path: &Path, reason: String| Error::weights(path, reason);
+        let model_type = json["model_type"].as_str().unwrap_or_default();
+        let class = Class::for_model_type(model_type).ok_or_else(|| {
+            bad(
+                &config_path,
+                format!(
+                    "unsupported model_type `{model_type}`; tokenlens reads vit, deit, dinov2, clip and siglip folders"
+                ),
+            )
+        })?;
         // CLIP and SigLIP keep the vision tower's config in `vision_config` and its weights under
-        // `vision_model`.
-        let standalone_tower = matches!(json["model_type"].as_str(), Some("clip_vision_model" | "siglip_vision_model"));
-        let (vision_json, tower_root) = match json.get("vision_config") {
-            Some(v) => (v.clone(), Some("vision_model")),
-            // `CLIPVisionModel` / `SiglipVisionModel`: the tower's own config, same weight names.
-            None if standalone_tower => (json.clone(), Some("vision_model")),
-            None => (json.clone(), None),
+        // `vision_model`; `CLIPVisionModel` / `SiglipVisionModel` folders hold the tower's own
+        // config, with the same weight names.
+        let (vision_json, tower_root) = match class {
+            Class::Clip | Class::Siglip => {
+                let (_, v) = resolve_section(class, &json, "vision_config").map_err(|r| bad(&config_path, r))?;
+                (v, Some("vision_model"))
+            }
+            Class::ClipVision | Class::SiglipVision => (resolve(&json, class), Some("vision_model")),
+            Class::Vit | Class::Deit | Class::Dinov2 => (resolve(&json, class), None),
+            _ => {
+                return Err(bad(
+                    &config_path,
+                    format!("model_type `{model_type}` is not a vision encoder; open it as a vision-language model"),
+                ));
+            }
         };
         let mut hf: HfConfig = serde_json::from_value(vision_json)
             .map_err(|e| bad(&config_path, format!("not a vision config.json: {e}")))?;
@@ -212,10 +233,13 @@ pub(crate) fn keep_float_weights(
     }
 }
 
-/// Our config axes for a vision tower's Hugging Face config (a VLM's `vision_config`).
-pub(crate) fn vision_config(json: &serde_json::Value) -> std::result::Result<VitConfig, String> {
-    let hf: HfConfig = serde_json::from_value(json.clone()).map_err(|e| format!("not a vision config: {e}"))?;
-    vit_config(&hf)
+/// Our config axes for a VLM's vision tower: `parent`'s `vision_config`, resolved as
+/// transformers resolves it. Errors name the field.
+pub(crate) fn vision_config(parent: Class, json: &serde_json::Value) -> std::result::Result<VitConfig, String> {
+    let (_, resolved) = resolve_section(parent, json, "vision_config")?;
+    let hf: HfConfig =
+        serde_json::from_value(resolved).map_err(|e| format!("vision_config is not a vision config: {e}"))?;
+    vit_config(&hf).map_err(|e| format!("vision_config.{e}"))
 }
 
 /// Our config axes for a Hugging Face config.
@@ -230,8 +254,10 @@ fn vit_config(hf: &HfConfig) -> std::result::Result<VitConfig, String> {
         // Idefics3 (SmolVLM) uses SigLIP's tower.
         "siglip_vision_model" | "idefics3_vision" => (BlockNames::Clip, false, 0, false, true),
         other => {
-            return Err(format!(
-                "unsupported model_type `{other}`; tokenlens reads vit, deit, dinov2, clip and siglip folders"
+            return Err(unsupported(
+                "model_type",
+                other,
+                "vit, deit, dinov2, clip_vision_model, siglip_vision_model, idefics3_vision",
             ));
         }
     };
@@ -239,16 +265,23 @@ fn vit_config(hf: &HfConfig) -> std::result::Result<VitConfig, String> {
         "gelu" => Activation::Gelu,
         "gelu_pytorch_tanh" | "gelu_new" => Activation::GeluPytorchTanh,
         "quick_gelu" => Activation::QuickGelu,
-        other => return Err(format!("unsupported hidden_act `{other}`")),
+        other => {
+            return Err(unsupported("hidden_act", other, "gelu, gelu_pytorch_tanh, gelu_new, quick_gelu"));
+        }
     };
+    if hf.use_swiglu_ffn {
+        return Err(unsupported("use_swiglu_ffn", true, "false (DINOv2's GELU MLP)"));
+    }
+    if hf.num_channels != 3 {
+        return Err(unsupported("num_channels", hf.num_channels, "3 (RGB)"));
+    }
     let intermediate_size = match (hf.intermediate_size, hf.mlp_ratio) {
         (Some(n), _) => n,
-        (None, Some(r)) => (hf.hidden_size as f64 * r).round() as usize,
+        // `Dinov2MLP`: `int(hidden_size * mlp_ratio)`.
+        (None, Some(r)) if r.is_finite() && r > 0.0 && r < 64.0 => (hf.hidden_size as f64 * r) as usize,
+        (None, Some(r)) => return Err(unsupported("mlp_ratio", r, "a ratio in (0, 64)")),
         (None, None) => return Err("config.json gives neither intermediate_size nor mlp_ratio".into()),
     };
-    if hf.patch_size == 0 {
-        return Err("patch_size is 0".into()); // before the grid below divides by it
-    }
     let cfg = VitConfig {
         hidden_size: hf.hidden_size,
         num_hidden_layers: hf.num_hidden_layers,
@@ -260,13 +293,13 @@ fn vit_config(hf: &HfConfig) -> std::result::Result<VitConfig, String> {
         num_channels: hf.num_channels,
         hidden_act,
         layerscale,
-        position_grid: hf.image_size / hf.patch_size,
+        position_grid: hf.image_size.checked_div(hf.patch_size).unwrap_or(0), // a 0 patch is refused below
         block_names,
         qkv_bias: hf.qkv_bias,
         num_prefix_tokens,
         pre_norm,
         patch_bias,
     };
-    cfg.validate().map_err(|e| e.to_string())?; // patch size, heads, depth
+    cfg.check()?; // patch size divides the image, heads divide the width, eps
     Ok(cfg)
 }

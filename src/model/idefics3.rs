@@ -5,6 +5,10 @@
 //! Images are read as one global square, or (SmolVLM's image splitting) as a grid of square
 //! tiles followed by the global square, each tile through the tower and connector on its own;
 //! the prompt then spells the tiles out (`<row_r_col_c>` markers), as `Idefics3Processor` does.
+//! Whether to split starts from the folder (`do_image_splitting`, default true as in
+//! transformers); callers may override it per image.
+//!
+//! Config: see [`Idefics3Settings`] for the fields honoured and refused.
 
 use std::path::Path;
 
@@ -12,9 +16,12 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear_no_bias};
 use image::RgbImage;
 
+use super::config::{VitConfig, unsupported};
 use super::hf::{read_config, read_weights, vision_config};
+use super::hf_config::{Class, resolve, resolve_section};
 use super::hf_preprocess::{read_image_processor, to_pixels};
 use super::llama::{Llama, LlamaConfig};
+use super::llava::check_tied;
 use super::pil_resize::{Filter, resize};
 use super::vit::VisionTransformer;
 use crate::{Cancel, Error, Result};
@@ -164,6 +171,49 @@ impl Idefics3Preprocessor {
     }
 }
 
+/// An Idefics3 / SmolVLM `config.json` (`Idefics3Config`) resolved and checked, before any
+/// weight is read.
+///
+/// Honoured: `vision_config` (always an `Idefics3VisionConfig`, whatever its `model_type` says:
+/// SmolVLM's files say `idefics3`), `text_config` (see [`LlamaConfig::from_hf`]; SmolVLM's
+/// `VLlama3` fields `qk_layer_norms`, `rope_interleaved`, `use_resampler` are refused when
+/// on), `scale_factor`, `image_token_id`, `tie_word_embeddings` (must agree with the text
+/// config's). Ignored: `pixel_shuffle_factor` (transformers reads `scale_factor`),
+/// `perceiver_config` (only used with the resampler), the vision config's processor sizes.
+#[derive(Debug, Clone)]
+pub struct Idefics3Settings {
+    pub vision: VitConfig,
+    pub text: LlamaConfig,
+    pub scale_factor: usize,
+    pub image_token: u32,
+}
+
+impl Idefics3Settings {
+    pub fn from_hf(json: &serde_json::Value) -> std::result::Result<Self, String> {
+        let top = resolve(json, Class::Idefics3);
+        let vision = vision_config(Class::Idefics3, json)?;
+        let (_, text_json) = resolve_section(Class::Idefics3, json, "text_config")?;
+        let text = LlamaConfig::from_hf(&text_json, "text_config")?;
+        check_tied(json, &text)?; // only what the file states
+        let scale_factor = top["scale_factor"].as_u64().unwrap_or(0) as usize;
+        let grid = vision.image_size / vision.patch_size;
+        if scale_factor == 0 || !grid.is_multiple_of(scale_factor) {
+            return Err(unsupported(
+                "scale_factor",
+                &top["scale_factor"],
+                &format!("a divisor of the {grid}x{grid} patch grid"),
+            ));
+        }
+        let image_token = top["image_token_id"].as_u64().filter(|&t| t < text.vocab_size as u64).ok_or_else(|| {
+            format!(
+                "image_token_id = {} is not a token of the {}-token vocabulary",
+                top["image_token_id"], text.vocab_size
+            )
+        })? as u32;
+        Ok(Self { vision, text, scale_factor, image_token })
+    }
+}
+
 pub struct Idefics3 {
     pub vision: VisionTransformer,
     pub scale_factor: usize,
@@ -184,19 +234,9 @@ impl Idefics3 {
         if json["model_type"] != "idefics3" {
             return Err(bad(&config_path, format!("model_type is {}, not idefics3", json["model_type"])));
         }
-        let vision_cfg = vision_config(&json["vision_config"]).map_err(|r| bad(&config_path, r))?;
-        let text_cfg: LlamaConfig = serde_json::from_value(json["text_config"].clone())
-            .map_err(|e| bad(&config_path, format!("text_config is not a Llama config: {e}")))?;
-        let scale_factor = json["scale_factor"].as_u64().unwrap_or(2) as usize;
+        let c = Idefics3Settings::from_hf(&json).map_err(|r| bad(&config_path, r))?;
+        let (vision_cfg, text_cfg, scale_factor, image_token) = (c.vision, c.text, c.scale_factor, c.image_token);
         let grid = vision_cfg.image_size / vision_cfg.patch_size;
-        if scale_factor == 0 || !grid.is_multiple_of(scale_factor) {
-            return Err(bad(
-                &config_path,
-                format!("scale_factor {scale_factor} does not divide the {grid}x{grid} grid"),
-            ));
-        }
-        let image_token =
-            json["image_token_id"].as_u64().ok_or_else(|| bad(&config_path, "no image_token_id".into()))? as u32;
         let preprocessor = Self::read_preprocessor(dir)?;
         let image_seq_len = (grid / scale_factor) * (grid / scale_factor);
         if preprocessor.max_edge as usize != vision_cfg.image_size {

@@ -4,16 +4,27 @@
 //! positions are compacted: the caller decides), a KV cache, and attention probabilities
 //! materialised only at the layers asked for. Weights under `LlamaForCausalLM` names
 //! (`model.layers.N.self_attn.q_proj`, ...; `lm_head`).
+//!
+//! Config ([`LlamaConfig::from_hf`], transformers' `LlamaConfig` defaults): honoured
+//! `hidden_size`, `intermediate_size`, `num_hidden_layers`, `num_attention_heads`,
+//! `num_key_value_heads`, `head_dim`, `rms_norm_eps`, `vocab_size`, `tie_word_embeddings`,
+//! `max_position_embeddings`, `hidden_act` (silu, gelu, gelu_pytorch_tanh, gelu_new),
+//! `attention_bias`, `mlp_bias`, `rope_theta`, rope scaling default or linear (`rope_scaling` in
+//! transformers 4, `rope_parameters` in 5). Refused when on: other rope types,
+//! `partial_rotary_factor`, `sliding_window`, `use_sliding_window`, `qk_layer_norms`,
+//! `rope_interleaved`, `use_resampler`.
 
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder, embedding, linear_no_bias, rms_norm};
+use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder, embedding, linear_b, linear_no_bias, rms_norm};
 use serde::Deserialize;
 
+use super::config::{MAX_HEADS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, check_eps, check_sizes, check_stack, unsupported};
+use super::hf_config::{Class, resolve};
 use crate::{Error, Result};
 
-/// The fields of a Llama `config.json` we read.
+/// A Llama `config.json` (`LlamaConfig`), as [`LlamaConfig::from_hf`] resolves it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LlamaConfig {
     pub hidden_size: usize,
@@ -23,30 +34,153 @@ pub struct LlamaConfig {
     pub num_key_value_heads: Option<usize>,
     pub head_dim: Option<usize>,
     pub rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    pub rope_theta: f64,
-    /// transformers 5 keeps `rope_theta` here.
+    /// transformers 4's name; 5 keeps it in `rope_parameters`.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// transformers 5: `rope_type`, `rope_theta` and the scaling's parameters.
     #[serde(default)]
     pub rope_parameters: Option<serde_json::Value>,
+    /// transformers 4: `type` or `rope_type`, and the scaling's parameters.
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
     pub vocab_size: usize,
     #[serde(default)]
     pub tie_word_embeddings: bool,
     /// The context length the model was trained for (prompt + answer must fit).
     #[serde(default)]
     pub max_position_embeddings: Option<usize>,
+    #[serde(default = "silu")]
+    pub hidden_act: String,
+    /// Biases on the q, k, v and o projections.
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Biases on the gate, up and down projections.
+    #[serde(default)]
+    pub mlp_bias: bool,
 }
 
-fn default_theta() -> f64 {
-    10_000.0
+fn silu() -> String {
+    "silu".into()
+}
+
+/// Settings of Llama-family files that change the computation and are not implemented, with
+/// the value that is (SmolVLM's `VLlama3` files carry several, all at the supported value).
+const REFUSED: &[(&str, &str)] = &[
+    ("sliding_window", "null (full causal attention)"),
+    ("use_sliding_window", "false"),
+    ("qk_layer_norms", "false"),
+    ("rope_interleaved", "false"),
+    ("use_resampler", "false"),
+];
+
+/// The decoder's MLP activation (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderAct {
+    Silu,
+    /// Exact GELU.
+    Gelu,
+    /// `gelu_pytorch_tanh` / `gelu_new`: the tanh approximation.
+    GeluTanh,
 }
 
 impl LlamaConfig {
-    fn theta(&self) -> f64 {
-        self.rope_parameters.as_ref().and_then(|p| p["rope_theta"].as_f64()).unwrap_or(self.rope_theta)
+    /// A `text_config` or Llama `config.json` read as transformers' `LlamaConfig` reads it
+    /// (missing fields take its defaults, `null` is absent), then checked: sizes before anything
+    /// is allocated, and every setting that would change the computation and is not
+    /// implemented refused by name. `section` prefixes field names in errors (`text_config`).
+    ///
+    /// Honoured: `hidden_size`, `intermediate_size`, `num_hidden_layers`, `num_attention_heads`,
+    /// `num_key_value_heads`, `head_dim`, `rms_norm_eps`, `vocab_size`, `tie_word_embeddings`,
+    /// `max_position_embeddings`, `hidden_act` (silu, gelu, gelu_pytorch_tanh, gelu_new),
+    /// `attention_bias`, `mlp_bias`, `rope_theta` and rope scaling (`rope_scaling` /
+    /// `rope_parameters`: default and linear). Refused when set otherwise: other rope types,
+    /// `partial_rotary_factor`, `sliding_window`, `use_sliding_window`, `qk_layer_norms`,
+    /// `rope_interleaved`, `use_resampler`. The rest (dropouts, token ids, `pretraining_tp`,
+    /// generation defaults) does not change the logits and is ignored.
+    pub fn from_hf(json: &serde_json::Value, section: &str) -> std::result::Result<Self, String> {
+        let field = |f: &str| if section.is_empty() { f.to_string() } else { format!("{section}.{f}") };
+        let resolved = resolve(json, Class::Llama);
+        for &(name, supported) in REFUSED {
+            let value = &resolved[name];
+            let off = value.is_null() || *value == false || (name == "sliding_window" && *value == 0);
+            if !off {
+                return Err(unsupported(&field(name), value, supported));
+            }
+        }
+        let cfg: Self =
+            serde_json::from_value(resolved).map_err(|e| format!("{section} is not a Llama config: {e}"))?;
+        cfg.check().map_err(|e| field(&e))?;
+        Ok(cfg)
+    }
+
+    /// Sizes, divisibility, epsilon, activation and rotary settings (the error starts with the
+    /// field's name).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        check_stack(self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.num_attention_heads)?;
+        check_sizes(&[
+            ("num_key_value_heads", self.num_key_value_heads.unwrap_or(self.num_attention_heads), MAX_HEADS),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("max_position_embeddings", self.max_position_embeddings.unwrap_or(1), MAX_POSITIONS),
+        ])?;
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(format!(
+                "num_attention_heads {} does not divide hidden_size {} (and no head_dim is given)",
+                self.num_attention_heads, self.hidden_size
+            ));
+        }
+        let hd = self.head_dim();
+        if hd == 0 || hd % 2 == 1 || hd > MAX_WIDTH {
+            return Err(format!("head_dim = {hd} is out of range (supported: even, 2 to {MAX_WIDTH})"));
+        }
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
+            return Err(format!(
+                "num_key_value_heads {} does not divide num_attention_heads {}",
+                self.kv_heads(),
+                self.num_attention_heads
+            ));
+        }
+        check_eps("rms_norm_eps", self.rms_norm_eps)?;
+        self.act()?;
+        self.rope()?;
+        Ok(())
+    }
+
+    /// The MLP activation.
+    pub fn act(&self) -> std::result::Result<DecoderAct, String> {
+        match self.hidden_act.as_str() {
+            "silu" | "swish" => Ok(DecoderAct::Silu),
+            "gelu" => Ok(DecoderAct::Gelu),
+            "gelu_pytorch_tanh" | "gelu_new" => Ok(DecoderAct::GeluTanh),
+            other => Err(unsupported("hidden_act", other, "silu, gelu, gelu_pytorch_tanh, gelu_new")),
+        }
+    }
+
+    /// Rotary base and the linear scaling factor positions are divided by (1: none), from
+    /// transformers 5's `rope_parameters` or 4's `rope_theta` + `rope_scaling`.
+    pub fn rope(&self) -> std::result::Result<(f64, f64), String> {
+        let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref()).filter(|p| !p.is_null());
+        let name = if self.rope_parameters.is_some() { "rope_parameters" } else { "rope_scaling" };
+        let theta = params.and_then(|p| p["rope_theta"].as_f64()).or(self.rope_theta).unwrap_or(10_000.0);
+        if !(theta.is_finite() && theta > 1.0) {
+            return Err(format!("rope_theta = {theta} is out of range (supported: > 1)"));
+        }
+        let Some(p) = params else { return Ok((theta, 1.0)) };
+        if let Some(f) = p.get("partial_rotary_factor").filter(|f| f.as_f64() != Some(1.0)) {
+            return Err(unsupported(&format!("{name}.partial_rotary_factor"), f, "1.0"));
+        }
+        let kind = p["rope_type"].as_str().or_else(|| p["type"].as_str()).unwrap_or("default");
+        match kind {
+            "default" => Ok((theta, 1.0)),
+            "linear" => match p["factor"].as_f64() {
+                Some(f) if f.is_finite() && f >= 1.0 => Ok((theta, f)),
+                _ => Err(unsupported(&format!("{name}.factor"), &p["factor"], "a number >= 1")),
+            },
+            other => Err(unsupported(&format!("{name}.rope_type"), other, "default, linear")),
+        }
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     pub fn kv_heads(&self) -> usize {
@@ -68,6 +202,7 @@ struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+    act: DecoderAct,
 }
 
 struct Layer {
@@ -142,7 +277,12 @@ impl Llama {
     /// `model` at the decoder body (`embed_tokens`, `layers`, `norm`), `head` at `lm_head`, for
     /// checkpoints that keep them apart (Idefics3: `model.text_model.*` and a root `lm_head`).
     pub fn from_parts(cfg: &LlamaConfig, model: VarBuilder, head: VarBuilder) -> Result<Self> {
+        // Checked again here for configs built in code; `from_hf` has checked files already.
+        cfg.check().map_err(|reason| Error::Config { field: "text_config", reason })?;
+        let (theta, factor) = cfg.rope().map_err(|reason| Error::Config { field: "text_config", reason })?;
+        let act = cfg.act().map_err(|reason| Error::Config { field: "text_config", reason })?;
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
         let embed_tokens = embedding(cfg.vocab_size, d, model.pp("embed_tokens"))?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
@@ -152,19 +292,20 @@ impl Llama {
                 Ok(Layer {
                     input_layernorm: rms_norm(d, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
                     self_attn: Attention {
-                        q_proj: linear_no_bias(d, cfg.num_attention_heads * hd, attn.pp("q_proj"))?,
-                        k_proj: linear_no_bias(d, cfg.kv_heads() * hd, attn.pp("k_proj"))?,
-                        v_proj: linear_no_bias(d, cfg.kv_heads() * hd, attn.pp("v_proj"))?,
-                        o_proj: linear_no_bias(cfg.num_attention_heads * hd, d, attn.pp("o_proj"))?,
+                        q_proj: linear_b(d, cfg.num_attention_heads * hd, ab, attn.pp("q_proj"))?,
+                        k_proj: linear_b(d, cfg.kv_heads() * hd, ab, attn.pp("k_proj"))?,
+                        v_proj: linear_b(d, cfg.kv_heads() * hd, ab, attn.pp("v_proj"))?,
+                        o_proj: linear_b(cfg.num_attention_heads * hd, d, ab, attn.pp("o_proj"))?,
                         num_heads: cfg.num_attention_heads,
                         num_kv_heads: cfg.kv_heads(),
                         head_dim: hd,
                     },
                     post_attention_layernorm: rms_norm(d, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
                     mlp: Mlp {
-                        gate_proj: linear_no_bias(d, cfg.intermediate_size, mlp.pp("gate_proj"))?,
-                        up_proj: linear_no_bias(d, cfg.intermediate_size, mlp.pp("up_proj"))?,
-                        down_proj: linear_no_bias(cfg.intermediate_size, d, mlp.pp("down_proj"))?,
+                        gate_proj: linear_b(d, cfg.intermediate_size, mb, mlp.pp("gate_proj"))?,
+                        up_proj: linear_b(d, cfg.intermediate_size, mb, mlp.pp("up_proj"))?,
+                        down_proj: linear_b(cfg.intermediate_size, d, mb, mlp.pp("down_proj"))?,
+                        act,
                     },
                 })
             })
@@ -174,7 +315,8 @@ impl Llama {
         } else {
             linear_no_bias(d, cfg.vocab_size, head)?
         };
-        let inv_freq = (0..hd / 2).map(|i| 1.0 / cfg.theta().powf(2.0 * i as f64 / hd as f64) as f32).collect();
+        // Linear rope scaling divides the positions by `factor`, i.e. the frequencies.
+        let inv_freq = (0..hd / 2).map(|i| (1.0 / (theta.powf(2.0 * i as f64 / hd as f64) * factor)) as f32).collect();
         Ok(Self {
             cfg: cfg.clone(),
             embed_tokens,
@@ -318,7 +460,13 @@ impl Llama {
         let x = (x + a.o_proj.forward(&ctx)?)?;
         let h = layer.post_attention_layernorm.forward(&x)?;
         let m = &layer.mlp;
-        let gated = (candle_nn::ops::silu(&m.gate_proj.forward(&h)?)? * m.up_proj.forward(&h)?)?;
+        let gate = m.gate_proj.forward(&h)?;
+        let gate = match m.act {
+            DecoderAct::Silu => candle_nn::ops::silu(&gate)?,
+            DecoderAct::Gelu => gate.gelu_erf()?,
+            DecoderAct::GeluTanh => gate.gelu()?,
+        };
+        let gated = (gate * m.up_proj.forward(&h)?)?;
         let x = (x + m.down_proj.forward(&gated)?)?;
         Ok((x, want_attention.then_some(probs)))
     }
@@ -344,11 +492,15 @@ mod tests {
             num_key_value_heads: Some(2),
             head_dim: None,
             rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
+            rope_theta: None,
             rope_parameters: None,
+            rope_scaling: None,
             vocab_size: 40,
             tie_word_embeddings: false,
             max_position_embeddings: None,
+            hidden_act: "silu".into(),
+            attention_bias: false,
+            mlp_bias: false,
         };
         let map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);

@@ -4,18 +4,98 @@
 //!
 //! The tower is our [`VisionTransformer`] (so vision-side reducers and probes work unchanged) and
 //! the decoder our [`Llama`] (attention at any layer, explicit position ids for pruning).
+//!
+//! Config: see [`LlavaSettings`] for the fields honoured and refused.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 
+use super::config::{VitConfig, unsupported};
 use super::hf::{read_config, read_weights, vision_config};
+use super::hf_config::{Class, resolve};
 use super::hf_preprocess::HfPreprocessor;
 use super::llama::{Llama, LlamaConfig};
 use super::state::TokenState;
 use super::vit::VisionTransformer;
 use crate::{Cancel, Error, Result};
+
+/// A LLaVA `config.json` (`LlavaConfig`) resolved and checked, before any weight is read.
+///
+/// Honoured: `vision_config` (a CLIP or SigLIP tower, see [`super::hf`]), `text_config` (see
+/// [`LlamaConfig::from_hf`]), `image_token_index` (or `image_token_id`), `vision_feature_layer`
+/// (one layer), `vision_feature_select_strategy` (`default`, `full`), `projector_hidden_act`
+/// (gelu only), `multimodal_projector_bias` (true only), `tie_word_embeddings` (must agree with
+/// the text config's). Refused otherwise, by name. Ignored: `image_seq_length` (derived from the
+/// tower), `ignore_index`, `pad_token_id`, dtypes.
+#[derive(Debug, Clone)]
+pub struct LlavaSettings {
+    pub vision: VitConfig,
+    pub text: LlamaConfig,
+    pub image_token: u32,
+    pub feature_blocks: usize,
+    pub keep_cls: bool,
+}
+
+impl LlavaSettings {
+    pub fn from_hf(json: &serde_json::Value) -> std::result::Result<Self, String> {
+        let top = resolve(json, Class::Llava);
+        let vision = vision_config(Class::Llava, json)?;
+        let (_, text_json) = super::hf_config::resolve_section(Class::Llava, json, "text_config")?;
+        let text = LlamaConfig::from_hf(&text_json, "text_config")?;
+        check_tied(json, &text)?; // only what the file states
+        let layers = vision.num_hidden_layers as i64;
+        let feature_layer = top["vision_feature_layer"]
+            .as_i64()
+            .ok_or_else(|| unsupported("vision_feature_layer", &top["vision_feature_layer"], "one layer index"))?;
+        // transformers indexes `hidden_states` (L + 1 entries): negative from the end.
+        let feature_blocks = if feature_layer < 0 { layers + 1 + feature_layer } else { feature_layer };
+        if !(0..=layers).contains(&feature_blocks) {
+            return Err(format!("vision_feature_layer = {feature_layer} is out of range for {layers} vision layers"));
+        }
+        let keep_cls = match top["vision_feature_select_strategy"].as_str() {
+            Some("default") => false,
+            Some("full") => true,
+            _ => {
+                return Err(unsupported(
+                    "vision_feature_select_strategy",
+                    &top["vision_feature_select_strategy"],
+                    "default, full",
+                ));
+            }
+        };
+        if top["projector_hidden_act"] != "gelu" {
+            return Err(unsupported("projector_hidden_act", &top["projector_hidden_act"], "gelu"));
+        }
+        if top["multimodal_projector_bias"] != true {
+            return Err(unsupported("multimodal_projector_bias", &top["multimodal_projector_bias"], "true"));
+        }
+        let image_token = top["image_token_id"]
+            .as_u64()
+            .or_else(|| top["image_token_index"].as_u64())
+            .filter(|&t| t < text.vocab_size as u64)
+            .ok_or_else(|| {
+                format!(
+                    "image_token_index = {} is not a token of the {}-token vocabulary",
+                    top["image_token_index"], text.vocab_size
+                )
+            })? as u32;
+        Ok(Self { vision, text, image_token, feature_blocks: feature_blocks as usize, keep_cls })
+    }
+}
+
+/// The composite config's `tie_word_embeddings`, when the file states it, must agree with the
+/// text config's, which decides whether `lm_head` is its own matrix.
+pub(crate) fn check_tied(top: &serde_json::Value, text: &LlamaConfig) -> std::result::Result<(), String> {
+    match top["tie_word_embeddings"].as_bool() {
+        Some(t) if t != text.tie_word_embeddings => Err(format!(
+            "tie_word_embeddings = {t} but text_config.tie_word_embeddings = {}; tokenlens needs them to agree",
+            text.tie_word_embeddings
+        )),
+        _ => Ok(()),
+    }
+}
 
 pub struct Llava {
     pub vision: VisionTransformer,
@@ -46,31 +126,9 @@ impl Llava {
         if json["model_type"] != "llava" {
             return Err(bad(&config_path, format!("model_type is {}, not llava", json["model_type"])));
         }
-        let vision_cfg = vision_config(&json["vision_config"]).map_err(|r| bad(&config_path, r))?;
-        let text_cfg: LlamaConfig = serde_json::from_value(json["text_config"].clone())
-            .map_err(|e| bad(&config_path, format!("text_config is not a Llama config: {e}")))?;
-        let layers = vision_cfg.num_hidden_layers as i64;
-        let feature_layer = json["vision_feature_layer"].as_i64().unwrap_or(-2);
-        // transformers indexes `hidden_states` (L + 1 entries): negative from the end.
-        let feature_blocks = if feature_layer < 0 { layers + 1 + feature_layer } else { feature_layer };
-        if !(0..=layers).contains(&feature_blocks) {
-            return Err(bad(&config_path, format!("vision_feature_layer {feature_layer} with {layers} vision layers")));
-        }
-        let keep_cls = match json["vision_feature_select_strategy"].as_str().unwrap_or("default") {
-            "default" => false,
-            "full" => true,
-            other => return Err(bad(&config_path, format!("unknown vision_feature_select_strategy `{other}`"))),
-        };
-        if json["projector_hidden_act"].as_str().unwrap_or("gelu") != "gelu" {
-            return Err(bad(
-                &config_path,
-                format!("projector_hidden_act {} is not gelu", json["projector_hidden_act"]),
-            ));
-        }
-        let image_token = json["image_token_index"]
-            .as_u64()
-            .or_else(|| json["image_token_id"].as_u64())
-            .ok_or_else(|| bad(&config_path, "no image_token_index".into()))? as u32;
+        let c = LlavaSettings::from_hf(&json).map_err(|r| bad(&config_path, r))?;
+        let (vision_cfg, text_cfg, image_token) = (c.vision, c.text, c.image_token);
+        let (feature_blocks, keep_cls) = (c.feature_blocks, c.keep_cls);
 
         let (weights_path, weights) = read_weights(dir)?;
         // The module tree keeps everything under `model.` but `lm_head`.
@@ -93,7 +151,7 @@ impl Llava {
         let (dv, dt) = (vision_cfg.hidden_size, text_cfg.hidden_size);
         Ok(Self {
             vision: VisionTransformer::new(&vision_cfg, vb.pp(tower)).map_err(mismatch)?,
-            feature_blocks: feature_blocks as usize,
+            feature_blocks,
             keep_cls,
             linear_1: linear(dv, dt, projector.pp("linear_1")).map_err(|e| mismatch(e.into()))?,
             linear_2: linear(dt, dt, projector.pp("linear_2")).map_err(|e| mismatch(e.into()))?,

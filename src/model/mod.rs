@@ -4,6 +4,7 @@ pub mod chat;
 pub mod config;
 pub mod fetch;
 pub mod hf;
+pub mod hf_config;
 pub mod hf_preprocess;
 pub mod hooks;
 #[cfg(feature = "hub")]

@@ -10,6 +10,11 @@
 //!   label's sigmoid is its own probability.
 //!
 //! The text tower reuses our [`Block`] under CLIP's names.
+//!
+//! Config: `text_config` resolved with `CLIPTextConfig` / `SiglipTextConfig` defaults; honoured
+//! are the sizes, `hidden_act`, `layer_norm_eps`, `eos_token_id` (CLIP pools there; configs with
+//! the old value 2 pool at the highest id, as transformers does), `pad_token_id` (SigLIP pads
+//! with it), `projection_dim` (CLIP) / `projection_size` (SigLIP).
 
 use std::path::Path;
 
@@ -18,11 +23,16 @@ use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_no_bia
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
-use super::config::{Activation, BlockNames, VitConfig};
+use super::config::{Activation, BlockNames, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, VitConfig, check_sizes, check_stack};
+use super::hf_config::{Class, resolve, resolve_section};
 use super::layers::{Block, Mlp};
 use crate::{Error, Result};
 
-/// The `text_config` fields we read.
+/// The `text_config` fields we read, after [`resolve_section`] filled in `CLIPTextConfig`'s or
+/// `SiglipTextConfig`'s defaults. Honoured: the sizes below, `hidden_act` (gelu,
+/// gelu_pytorch_tanh, gelu_new, quick_gelu), `eos_token_id` (CLIP pools there), `pad_token_id`
+/// (SigLIP pads with it), and the top level's `projection_dim` (CLIP) or the text config's
+/// `projection_size` (SigLIP). Dropouts and initialisers are ignored.
 #[derive(Debug, Deserialize)]
 struct TextConfig {
     vocab_size: usize,
@@ -33,8 +43,8 @@ struct TextConfig {
     max_position_embeddings: usize,
     layer_norm_eps: f64,
     hidden_act: String,
-    eos_token_id: Option<u32>,
-    pad_token_id: Option<u32>,
+    eos_token_id: u32,
+    pad_token_id: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,8 +144,8 @@ impl TextTower {
                 Family::Siglip => linear(d, projection_dim, text.pp("head"))?,
             },
             family,
-            eos: tc.eos_token_id.unwrap_or(2),
-            pad: tc.pad_token_id.or(tc.eos_token_id).unwrap_or(1),
+            eos: tc.eos_token_id,
+            pad: tc.pad_token_id,
             max_len: tc.max_position_embeddings,
         })
     }
@@ -168,6 +178,9 @@ impl TextTower {
         }
         let x = self.final_norm.forward(&x)?.squeeze(0)?;
         let pool = match self.family {
+            // `CLIPTextTransformer`: configs from before the fix say eos 2 and pool at the
+            // highest id (end-of-text); newer ones pool at the first `eos_token_id`.
+            Family::Clip if self.eos == 2 => (0..n).max_by_key(|&i| (ids[i], std::cmp::Reverse(i))).unwrap_or(n - 1),
             Family::Clip => ids.iter().position(|&t| t == self.eos).unwrap_or(n - 1),
             Family::Siglip => n - 1,
         };
@@ -222,19 +235,42 @@ impl ZeroShot {
             }
         };
         let bad = |reason: String| Error::weights(dir.join("config.json"), reason);
-        let tc: TextConfig =
-            serde_json::from_value(config["text_config"].clone()).map_err(|e| bad(format!("text_config: {e}")))?;
+        let parent = if family == Family::Clip { Class::Clip } else { Class::Siglip };
+        let (_, text_json) = resolve_section(parent, config, "text_config").map_err(bad)?;
+        let tc: TextConfig = serde_json::from_value(text_json.clone()).map_err(|e| bad(format!("text_config: {e}")))?;
+        check_stack(tc.hidden_size, tc.intermediate_size, tc.num_hidden_layers, tc.num_attention_heads)
+            .and_then(|()| {
+                check_sizes(&[
+                    ("vocab_size", tc.vocab_size, MAX_VOCAB),
+                    ("max_position_embeddings", tc.max_position_embeddings, MAX_POSITIONS),
+                ])
+            })
+            .and_then(|()| match tc.hidden_size % tc.num_attention_heads {
+                0 => Ok(()),
+                _ => Err(format!(
+                    "num_attention_heads {} does not divide hidden_size {}",
+                    tc.num_attention_heads, tc.hidden_size
+                )),
+            })
+            .map_err(|e| bad(format!("text_config.{e}")))?;
+        let top = resolve(config, parent);
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| {
             Error::weights(&tokenizer_path, format!("cannot read the tokenizer ({e}); the folder needs tokenizer.json"))
         })?;
         let (image_out, projection_dim) = match family {
             Family::Clip => {
-                let dim = config["projection_dim"].as_u64().ok_or_else(|| bad("no projection_dim".into()))? as usize;
+                let dim =
+                    top["projection_dim"].as_u64().filter(|&d| d > 0 && d as usize <= MAX_WIDTH).ok_or_else(|| {
+                        bad(format!(
+                            "projection_dim = {} is out of range (supported: 1 to {MAX_WIDTH})",
+                            top["projection_dim"]
+                        ))
+                    })? as usize;
                 (ImageOut::Projection(linear_no_bias(vision.hidden_size, dim, vb.pp("visual_projection"))?), dim)
             }
             Family::Siglip => {
-                let dim = config["text_config"]["projection_size"].as_u64().map_or(tc.hidden_size, |d| d as usize);
+                let dim = text_json["projection_size"].as_u64().map_or(tc.hidden_size, |d| d as usize);
                 (ImageOut::Map(MapHead::new(vision, vb.pp("vision_model").pp("head"))?), dim)
             }
         };

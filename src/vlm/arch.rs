@@ -165,6 +165,14 @@ impl Arch {
         }
     }
 
+    /// Whether the folder's processor splits images (SmolVLM's `do_image_splitting`).
+    pub fn default_split(&self) -> bool {
+        match self {
+            Arch::Llava(_) => false,
+            Arch::Idefics3(m) => m.preprocessor.split,
+        }
+    }
+
     pub fn image_token(&self) -> u32 {
         match self {
             Arch::Llava(m) => m.image_token,

@@ -193,7 +193,8 @@ pub struct Vlm {
     /// Ids that end an answer.
     pub eos: Vec<u32>,
     /// SmolVLM's image splitting (tiles plus the global image) for images opened from now on;
-    /// off by default (one 512 tile), as the issue asks. Other models ignore it.
+    /// starts as the folder's processor says (`do_image_splitting`, on in the published
+    /// SmolVLM folders). Other models ignore it.
     pub split_image: bool,
 }
 
@@ -216,7 +217,8 @@ impl Vlm {
         let tokenizer = crate::model::chat::load_tokenizer(dir)?;
         let eos = arch::eos_ids(dir, &tokenizer);
         let id = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
-        Ok(Self { id, dir: dir.to_path_buf(), arch, tokenizer, eos, split_image: false })
+        let split_image = arch.default_split();
+        Ok(Self { id, dir: dir.to_path_buf(), arch, tokenizer, eos, split_image })
     }
 
     pub fn num_layers(&self) -> usize {

@@ -1,0 +1,201 @@
+#!/usr/bin/env python
+"""References for the published model folders in tests/fixtures/published/.
+
+The folders hold config, processor, generation and tokenizer files exactly as their publishers
+wrote them (tests/fixtures/published/README.md says where each came from); no weights. This
+script writes, next to them:
+
+- resolved/<folder>.json: `AutoConfig.from_pretrained(folder).to_dict()`, what transformers
+  resolves each config to (tests/published_configs.rs compares our resolution field by field);
+- class_defaults.json: `Class().to_dict()` of every config class we mirror (our default tables
+  are checked against it);
+- tiny/<folder>/: a random-weight checkpoint that keeps every setting of the published config but
+  the sizes (config.json is the published dict with only size fields changed, nulls and missing
+  fields kept; the processor configs likewise; weights stored in the published dtype), and
+  reference.json: the prompt ids transformers' processor makes from the published tokenizer and
+  chat template for QUESTION about assets/chelsea.png, the greedy answer ids and their
+  log-probabilities. The Rust test assembles the published folder + tiny/<folder> and runs it.
+
+Run: /opt/pyenv/bin/python scripts/make_published_fixtures.py (CPU, about a minute).
+"""
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_vlm_fixtures as vf  # noqa: E402  (reinit_, r7, greedy_margins, VERSIONS)
+
+import transformers  # noqa: E402
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+PUB = REPO / "tests" / "fixtures" / "published"
+QUESTION = "What is in the image?"
+MAX_NEW_TOKENS = 6
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+CLASSES = [
+    "ViTConfig", "DeiTConfig", "Dinov2Config", "CLIPVisionConfig", "SiglipVisionConfig", "Idefics3VisionConfig",
+    "CLIPTextConfig", "SiglipTextConfig", "LlamaConfig", "CLIPConfig", "SiglipConfig", "LlavaConfig",
+    "Idefics3Config",
+]
+
+# The tiny checkpoints: name -> (published folder, {file: {section: {field: value}}}), "" being
+# the top level. Only size fields change, except in `llava-variants`, which also turns on the
+# decoder settings implemented beyond the published ones (biases, linear rope scaling in the v4
+# spelling, the tanh GELU), so that they are checked against transformers too.
+LLAVA_SIZES = {
+    "text_config": {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2},
+    "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 3,
+                      "num_attention_heads": 2, "image_size": 28},
+}
+LLAVA_PREPROCESSOR = {"": {"crop_size": {"height": 28, "width": 28}, "size": {"shortest_edge": 28}}}
+TINY = {
+    "SmolVLM-256M-Instruct": ("SmolVLM-256M-Instruct", {
+        "config.json": {
+            # head_dim 4 with hidden 9: the explicit head_dim is what sizes the heads.
+            "text_config": {"hidden_size": 9, "intermediate_size": 16, "num_hidden_layers": 2,
+                            "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 4},
+            "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+                              "num_attention_heads": 2, "image_size": 32, "patch_size": 4,
+                              "max_image_size": {"longest_edge": 32}, "size": {"longest_edge": 128}},
+        },
+        "preprocessor_config.json": {"": {"max_image_size": {"longest_edge": 32}, "size": {"longest_edge": 128}}},
+        "processor_config.json": {"": {"image_seq_len": 4}},
+    }),
+    "llava-1.5-7b-hf": ("llava-1.5-7b-hf", {
+        "config.json": LLAVA_SIZES,
+        "preprocessor_config.json": LLAVA_PREPROCESSOR,
+    }),
+    "llava-variants": ("llava-1.5-7b-hf", {
+        "config.json": {
+            "text_config": {**LLAVA_SIZES["text_config"], "attention_bias": True, "mlp_bias": True,
+                            "rope_scaling": {"type": "linear", "factor": 4.0}, "hidden_act": "gelu_pytorch_tanh"},
+            "vision_config": LLAVA_SIZES["vision_config"],
+        },
+        "preprocessor_config.json": LLAVA_PREPROCESSOR,
+    }),
+}
+
+
+def write_json(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, default=str)
+        f.write("\n")
+
+
+def dump_resolved():
+    for folder in sorted(p for p in PUB.iterdir() if (p / "config.json").is_file()):
+        resolved = AutoConfig.from_pretrained(folder).to_dict()
+        resolved.pop("_name_or_path", None)  # this machine's path
+        write_json(PUB / "resolved" / f"{folder.name}.json", resolved)
+    write_json(PUB / "class_defaults.json", {c: getattr(transformers, c)().to_dict() for c in CLASSES})
+
+
+def shrink(published, changes):
+    out = json.loads(json.dumps(published))
+    for section, fields in changes.items():
+        (out[section] if section else out).update(fields)
+    return out
+
+
+def assemble(source, tiny, into):
+    """The published folder with the tiny checkpoint's files over it (what the Rust test builds)."""
+    for f in (PUB / source).iterdir():
+        if f.is_file():
+            shutil.copy(f, into / f.name)
+    for f in tiny.iterdir():
+        if f.name != "reference.json":
+            shutil.copy(f, into / f.name)
+
+
+def make_tiny(name, seed):
+    source, files = TINY[name]
+    src = PUB / source
+    tiny = PUB / "tiny" / name
+    if tiny.exists():
+        shutil.rmtree(tiny)
+    tiny.mkdir(parents=True)
+    for file, changes in files.items():
+        published = json.loads((src / file).read_text())
+        write_json(tiny / file, shrink(published, changes))
+    published_cfg = json.loads((src / "config.json").read_text())
+    dtype = DTYPES[published_cfg.get("dtype") or published_cfg["torch_dtype"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "folder"
+        folder.mkdir()
+        assemble(source, tiny, folder)
+        config = AutoConfig.from_pretrained(folder)
+        for attempt in range(40):
+            torch.manual_seed(seed + attempt)
+            model = AutoModelForImageTextToText.from_config(config, attn_implementation="eager",
+                                                            dtype=torch.float32)
+            vf.reinit_(model, seed + attempt)
+            # Stored in the published dtype; the reference runs the stored values in float32.
+            model = model.to(dtype).eval()
+            saved = tmp / "saved"
+            model.save_pretrained(saved)
+            shutil.copy(saved / "model.safetensors", folder / "model.safetensors")
+            ref = reference(folder)
+            if ref is not None:
+                shutil.copy(saved / "model.safetensors", tiny / "model.safetensors")
+                ref["meta"].update({"seed": seed + attempt, "published_folder": source})
+                break
+        else:
+            raise RuntimeError(f"{name}: no seed gave clear greedy margins without an end token")
+    write_json(tiny / "reference.json", ref)
+
+
+def reference(folder):
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32,
+                                                        attn_implementation="eager").eval()
+    processor = AutoProcessor.from_pretrained(folder, backend="pil")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    image = Image.open(REPO / "assets" / "chelsea.png").convert("RGB")
+    inputs = processor(text=prompt, images=[image], return_tensors="pt")
+    n = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        gen = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW_TOKENS,
+                             min_new_tokens=MAX_NEW_TOKENS, return_dict_in_generate=True, output_logits=True)
+    ids = gen.sequences[0, n:].tolist()
+    margins = vf.greedy_margins(gen.logits)
+    gc = json.loads((folder / "generation_config.json").read_text())
+    tok = processor.tokenizer
+    ends = {gc.get("eos_token_id"), tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_utterance>")}
+    if min(margins) < vf.MIN_GREEDY_MARGIN or ends & set(ids):
+        return None
+    logp = torch.stack(gen.logits, 1)[0].log_softmax(-1)
+    return {
+        "meta": {
+            "what": "transformers' greedy answer on the published folder's files with tiny random weights",
+            "versions": vf.VERSIONS,
+            "image_processor": type(processor.image_processor).__name__,
+            "prompt": prompt,
+            "question": QUESTION,
+            "greedy_margins": [vf.r7(m) for m in margins],
+        },
+        "input_ids": inputs["input_ids"][0].tolist(),
+        "generated_ids": ids,
+        "logprobs": [vf.r7(logp[i, t]) for i, t in enumerate(ids)],
+    }
+
+
+def main():
+    torch.set_num_threads(2)
+    dump_resolved()
+    for i, name in enumerate(TINY):
+        make_tiny(name, 1000 + 100 * i)
+    print("wrote", PUB)
+
+
+if __name__ == "__main__":
+    main()
