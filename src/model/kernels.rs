@@ -108,6 +108,22 @@ pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<
     f(&values[start..end])
 }
 
+/// Runs `f` on a scratch buffer of `len` values from this thread's pool, so the temporaries of
+/// every block reuse memory instead of faulting in fresh pages. The contents are unspecified
+/// (whatever the last user left): callers overwrite before reading.
+pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut buf = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    POOL.with(|p| p.borrow_mut().push(buf));
+    r
+}
+
 /// Rows per rayon task for an element-wise pass over rows of `width` values: enough work per
 /// task (~16k values) that scheduling costs little.
 fn rows_per_task(width: usize) -> usize {

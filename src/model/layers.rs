@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::config::{Activation, BlockNames, VitConfig};
-use super::kernels::{self, Act, View, gemm, with_slice};
+use super::kernels::{self, Act, View, gemm, with_scratch, with_slice};
 use crate::{Error, Result};
 
 /// A linear layer's weight `[out, in]` (row-major, as checkpoints store it) and bias `[out]`.
@@ -25,11 +25,15 @@ impl Dense {
         Ok(Self { weight, bias, out, inp })
     }
 
-    /// `x · Wᵀ` for `rows` rows of `x`, without the bias (the caller's epilogue adds it).
+    /// `x · Wᵀ` for `rows` rows of `x` into `y`, without the bias (the caller's epilogue adds it).
+    fn matmul_into(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        let w = View::rows(&self.weight, self.out, self.inp).t();
+        gemm(y, self.out, View::rows(x, rows, self.inp), w, false, kernels::threads());
+    }
+
     fn matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let mut y = vec![0f32; rows * self.out];
-        let w = View::rows(&self.weight, self.out, self.inp).t();
-        gemm(&mut y, self.out, View::rows(x, rows, self.inp), w, false, kernels::threads());
+        self.matmul_into(x, rows, &mut y);
         y
     }
 }
@@ -46,10 +50,12 @@ impl Norm {
         Ok(Self { weight: vb.get(d, "weight")?.to_vec1()?, bias: vb.get(d, "bias")?.to_vec1()?, eps: eps as f32 })
     }
 
-    fn forward(&self, x: &[f32]) -> Vec<f32> {
-        let mut out = vec![0f32; x.len()];
-        kernels::layer_norm(x, &self.weight, &self.bias, self.eps, &mut out);
-        out
+    /// `f` on the normalised rows of `x` (in a scratch buffer).
+    fn with<R>(&self, x: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
+        with_scratch(x.len(), |out| {
+            kernels::layer_norm(x, &self.weight, &self.bias, self.eps, out);
+            f(out)
+        })
     }
 }
 
@@ -118,13 +124,43 @@ impl Attention {
     ) -> Result<(Vec<f32>, AttnRecord)> {
         let (h, hd) = (self.num_heads, self.head_dim);
         let d = h * hd;
-        let mut qkv = self.qkv.matmul(x, n);
-        kernels::bias_activation(&mut qkv, &self.qkv.bias, Act::None);
+        let (want_probs, want_keys) = want;
         let bias = match bias {
             Some(b) => Some(attention_bias(b, n)?),
             None => None,
         };
-        let mut probs = vec![0f32; h * n * n];
+        with_scratch(n * 3 * d, |qkv| {
+            self.qkv.matmul_into(x, n, qkv);
+            kernels::bias_activation(qkv, &self.qkv.bias, Act::None);
+            let qkv = &*qkv;
+            // Recorded probabilities become a tensor; otherwise they live in scratch.
+            let mut recorded = want_probs.then(|| vec![0f32; h * n * n]);
+            let branch = with_scratch(n * d, |ctx| {
+                match recorded.as_mut() {
+                    Some(p) => self.heads(qkv, n, bias.as_ref(), p, ctx),
+                    None => with_scratch(h * n * n, |p| self.heads(qkv, n, bias.as_ref(), p, ctx)),
+                }
+                self.output.matmul(ctx, n)
+            });
+            let keys = want_keys.then(|| {
+                let mut k = Vec::with_capacity(n * d);
+                for head in 0..h {
+                    for row in qkv.chunks(3 * d) {
+                        k.extend_from_slice(&row[d + head * hd..][..hd]);
+                    }
+                }
+                Tensor::from_vec(k, (1, h, n, hd), &candle_core::Device::Cpu)
+            });
+            let probs = recorded.map(|p| Tensor::from_vec(p, (1, h, n, n), &candle_core::Device::Cpu));
+            Ok((branch, AttnRecord { probs: probs.transpose()?, keys: keys.transpose()? }))
+        })
+    }
+
+    /// Per head, in parallel: logits `q kᵀ` into `probs` (`[heads, n, n]`), softmax with `bias`
+    /// in place, then `P v` into the head's columns of `ctx` (`[n, d]`).
+    fn heads(&self, qkv: &[f32], n: usize, bias: Option<&(Vec<f32>, usize)>, probs: &mut [f32], ctx: &mut [f32]) {
+        let (h, hd) = (self.num_heads, self.head_dim);
+        let d = h * hd;
         let heads: Vec<Vec<f32>> = probs
             .par_chunks_mut(n * n)
             .enumerate()
@@ -132,39 +168,19 @@ impl Attention {
                 let at = |part: usize| View::new(&qkv[part * d + head * hd..], n, hd, 3 * d, 1);
                 gemm(p, n, at(0), at(1).t(), false, 1);
                 for (i, row) in p.chunks_mut(n).enumerate() {
-                    let b = bias.as_ref().map(|(values, rs)| &values[i * rs..][..n]);
-                    kernels::softmax_row(row, b);
+                    kernels::softmax_row(row, bias.map(|(values, rs)| &values[i * rs..][..n]));
                 }
-                let mut ctx = vec![0f32; n * hd];
-                gemm(&mut ctx, hd, View::rows(p, n, n), at(2), false, 1);
-                ctx
+                let mut out = vec![0f32; n * hd];
+                gemm(&mut out, hd, View::rows(p, n, n), at(2), false, 1);
+                out
             })
             .collect();
-        let mut ctx = vec![0f32; n * d];
+        debug_assert_eq!(heads.len(), h);
         for (head, values) in heads.iter().enumerate() {
             for (dst, src) in ctx.chunks_mut(d).zip(values.chunks(hd)) {
                 dst[head * hd..][..hd].copy_from_slice(src);
             }
         }
-        let (want_probs, want_keys) = want;
-        let keys = want_keys.then(|| {
-            let mut k = Vec::with_capacity(n * d);
-            for head in 0..h {
-                for row in qkv.chunks(3 * d) {
-                    k.extend_from_slice(&row[d + head * hd..][..hd]);
-                }
-            }
-            Tensor::from_vec(k, (1, h, n, hd), &candle_core::Device::Cpu)
-        });
-        let record = AttnRecord {
-            probs: if want_probs {
-                Some(Tensor::from_vec(probs, (1, h, n, n), &candle_core::Device::Cpu)?)
-            } else {
-                None
-            },
-            keys: keys.transpose()?,
-        };
-        Ok((self.output.matmul(&ctx, n), record))
     }
 }
 
@@ -207,9 +223,11 @@ impl Mlp {
 
     /// `fc2(act(fc1(x)))` on `rows` rows, without fc2's bias.
     fn forward_rows(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let mut h = self.fc1.matmul(x, rows);
-        kernels::bias_activation(&mut h, &self.fc1.bias, self.act);
-        self.fc2.matmul(&h, rows)
+        with_scratch(rows * self.fc1.out, |h| {
+            self.fc1.matmul_into(x, rows, h);
+            kernels::bias_activation(h, &self.fc1.bias, self.act);
+            self.fc2.matmul(h, rows)
+        })
     }
 }
 
@@ -284,7 +302,7 @@ impl Block {
         let n = tokens(xs, self.norm1.weight.len())?;
         let (hidden, record) = with_slice(xs, |x| {
             let (mut branch, record) =
-                self.attention.forward(&self.norm1.forward(x), n, bias, (want_probs, want_keys))?;
+                self.norm1.with(x, |normed| self.attention.forward(normed, n, bias, (want_probs, want_keys)))?;
             kernels::residual(&mut branch, &self.attention.output.bias, self.layer_scale1.as_deref(), x);
             Ok((branch, record))
         })?;
@@ -295,7 +313,7 @@ impl Block {
     pub fn feed_forward(&self, xs: &Tensor) -> Result<Tensor> {
         let n = tokens(xs, self.norm2.weight.len())?;
         let hidden = with_slice(xs, |x| {
-            let mut branch = self.mlp.forward_rows(&self.norm2.forward(x), n);
+            let mut branch = self.norm2.with(x, |normed| self.mlp.forward_rows(normed, n));
             kernels::residual(&mut branch, &self.mlp.fc2.bias, self.layer_scale2.as_deref(), x);
             Ok(branch)
         })?;
