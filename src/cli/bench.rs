@@ -81,7 +81,8 @@ pub fn bench(
     let full = session.full_run(&input.prepared.pixels, &cancel)?;
     let grid = [full.states[0].grid.0, full.states[0].grid.1];
     for reducer in reducers {
-        let mut m = MethodSamples { name: reducer.name().into(), run: Vec::new(), run_figures: Vec::new(), from_block: 0 };
+        let mut m =
+            MethodSamples { name: reducer.name().into(), run: Vec::new(), run_figures: Vec::new(), from_block: 0 };
         for i in 0..repeats {
             // Alternate presets, as a slider moving between them does.
             let budget = Budget::RemoveFraction(PRESETS_REMOVED[i % PRESETS_REMOVED.len()]);
