@@ -27,36 +27,73 @@ fn time_ms(f: impl FnOnce()) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-pub fn bench(image: &Path, model: &ModelArgs, reducers: &[ReducerConfig], repeats: usize) -> anyhow::Result<()> {
+/// The samples of one `bench` invocation (milliseconds), as `--json` prints them for
+/// `scripts/bench_vs_onnxruntime.py`.
+#[derive(serde::Serialize)]
+struct EncoderSamples {
+    image: String,
+    threads: usize,
+    /// Full run: every block with attention and keys recorded, final norm, output head.
+    full: Vec<f64>,
+    /// The encoder part of each full run (embedding, blocks, final norm).
+    encoder: Vec<f64>,
+    /// The output head part of each full run.
+    head: Vec<f64>,
+    methods: Vec<MethodSamples>,
+}
+
+#[derive(serde::Serialize)]
+struct MethodSamples {
+    name: String,
+    /// Ratio change: the reduced run resumed from the cached full run.
+    run: Vec<f64>,
+    /// Ratio change plus the two figures the app redraws.
+    run_figures: Vec<f64>,
+    from_block: usize,
+}
+
+pub fn bench(
+    image: &Path,
+    model: &ModelArgs,
+    reducers: &[ReducerConfig],
+    repeats: usize,
+    json: bool,
+) -> anyhow::Result<()> {
     let session = model.load()?;
     let input = session.open_image(image)?;
     let cancel = Cancel::default();
-    let full_ms: Vec<f64> = (0..repeats)
-        .map(|_| time_ms(|| drop(session.full_run(&input.prepared.pixels, &cancel).expect("full run"))))
-        .collect();
-    let (full_med, full_p95) = summary(full_ms);
+    drop(session.full_run(&input.prepared.pixels, &cancel)?); // warm-up: first-touch allocations, thread pool
+    let mut samples = EncoderSamples {
+        image: image.display().to_string(),
+        threads: candle_core::utils::get_num_threads(),
+        full: Vec::new(),
+        encoder: Vec::new(),
+        head: Vec::new(),
+        methods: Vec::new(),
+    };
+    for _ in 0..repeats {
+        let mut run = None;
+        samples.full.push(time_ms(|| run = Some(session.full_run(&input.prepared.pixels, &cancel))));
+        let run = run.expect("timed")?;
+        samples.encoder.push(run.encoder_ms);
+        samples.head.push(run.time_ms - run.encoder_ms);
+    }
     let full = session.full_run(&input.prepared.pixels, &cancel)?;
     let grid = [full.states[0].grid.0, full.states[0].grid.1];
-    println!(
-        "image {}, {repeats} repeats per row; full run (all blocks + head): median {full_med:.1} ms, p95 {full_p95:.1} ms",
-        image.display()
-    );
-    println!(
-        "{:<10} {:>16} {:>16} {:>22} {:>9} {:>10}",
-        "method", "ratio-only med", "ratio-only p95", "ratio+figures med/p95", "vs full", "from block"
-    );
     for reducer in reducers {
-        let (mut run_ms, mut fig_ms, mut from_block) = (Vec::new(), Vec::new(), 0);
+        let mut m =
+            MethodSamples { name: reducer.name().into(), run: Vec::new(), run_figures: Vec::new(), from_block: 0 };
         for i in 0..repeats {
             // Alternate presets, as a slider moving between them does.
             let budget = Budget::RemoveFraction(PRESETS_REMOVED[i % PRESETS_REMOVED.len()]);
             let spec = RunSpec { reducer: reducer.clone(), budget, ..RunSpec::default() };
             let mut result = None;
-            run_ms.push(time_ms(|| result = Some(session.run(&full, &spec, &cancel))));
+            let run_ms = time_ms(|| result = Some(session.run(&full, &spec, &cancel)));
             let result = result.expect("timed")?;
-            from_block = result.recomputed_from_block;
-            fig_ms.push(
-                run_ms.last().copied().unwrap_or(0.0)
+            m.from_block = result.recomputed_from_block;
+            m.run.push(run_ms);
+            m.run_figures.push(
+                run_ms
                     + time_ms(|| {
                         let _ = figures::tokens(&input, grid, &result, 640);
                         let _ = figures::saliency(
@@ -69,17 +106,37 @@ pub fn bench(image: &Path, model: &ModelArgs, reducers: &[ReducerConfig], repeat
                     }),
             );
         }
-        let (med, p95) = summary(run_ms);
-        let (fmed, fp95) = summary(fig_ms);
+        samples.methods.push(m);
+    }
+    if json {
+        println!("{}", serde_json::to_string(&samples)?);
+        return Ok(());
+    }
+    let (full_med, full_p95) = summary(samples.full);
+    let (enc_med, _) = summary(samples.encoder);
+    let (head_med, _) = summary(samples.head);
+    println!(
+        "image {}, {repeats} repeats per row, {} threads; full run (all blocks + head): median {full_med:.1} ms \
+         (encoder {enc_med:.1}, head {head_med:.1}), p95 {full_p95:.1} ms",
+        image.display(),
+        samples.threads
+    );
+    println!(
+        "{:<10} {:>16} {:>16} {:>22} {:>9} {:>10}",
+        "method", "ratio-only med", "ratio-only p95", "ratio+figures med/p95", "vs full", "from block"
+    );
+    for m in samples.methods {
+        let (med, p95) = summary(m.run);
+        let (fmed, fp95) = summary(m.run_figures);
         println!(
             "{:<10} {:>13.1} ms {:>13.1} ms {:>12.1} / {:>5.1} ms {:>8.2}x {:>10}",
-            reducer.name(),
+            m.name,
             med,
             p95,
             fmed,
             fp95,
             med / full_med,
-            from_block
+            m.from_block
         );
     }
     Ok(())

@@ -284,6 +284,9 @@ enum Command {
         reducers: Vec<String>,
         #[arg(long, default_value_t = 20)]
         repeats: usize,
+        /// Print every sample as one JSON object (for scripts/bench_vs_onnxruntime.py).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -412,7 +415,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let columns = export::Columns { budgets: ratios, layers };
             export::figure_grid(&image, &model, reducer_list(&reducers)?, columns, output_row, fill, &look, &out)
         }
-        Command::Bench { image, reducers, repeats, model } => match &model.model {
+        Command::Bench { image, reducers, repeats, json, model } => match &model.model {
             Some(dir) if tokenlens::vlm::Vlm::is_vlm_folder(dir) => {
                 let methods = if reducers.is_empty() {
                     tokenlens::vlm::VlmMethod::all()
@@ -421,7 +424,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 };
                 bench::bench_vlm(&image, dir, &methods, repeats.max(1))
             }
-            _ => bench::bench(&image, &model, &reducer_list(&reducers)?, repeats.max(1)),
+            _ => bench::bench(&image, &model, &reducer_list(&reducers)?, repeats.max(1), json),
         },
         Command::Vlm { image, model, question, method, max_tokens, view_layer, sweep, split_image, colormap, out } => {
             let options = vlm::Options { max_tokens, view_layer, sweep, split_image };

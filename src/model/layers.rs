@@ -3,17 +3,72 @@
 //! MLP (where ToMe merges).
 
 use candle_core::{Module, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_b};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use super::config::{Activation, BlockNames, VitConfig};
-use crate::Result;
+use super::kernels::{self, Act, View, gemm, with_scratch, with_slice};
+use crate::{Error, Result};
+
+/// A linear layer's weight `[out, in]` (row-major, as checkpoints store it) and bias `[out]`.
+struct Dense {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    out: usize,
+    inp: usize,
+}
+
+impl Dense {
+    fn load(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out, inp), "weight")?.flatten_all()?.to_vec1()?;
+        let bias = if bias { vb.get(out, "bias")?.to_vec1()? } else { vec![0.0; out] };
+        Ok(Self { weight, bias, out, inp })
+    }
+
+    /// `x · Wᵀ` for `rows` rows of `x` into `y`, without the bias (the caller's epilogue adds it).
+    fn matmul_into(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        let w = View::rows(&self.weight, self.out, self.inp).t();
+        gemm(y, self.out, View::rows(x, rows, self.inp), w, false, kernels::threads());
+    }
+
+    fn matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = vec![0f32; rows * self.out];
+        self.matmul_into(x, rows, &mut y);
+        y
+    }
+}
+
+/// LayerNorm weights (`weight`, `bias`) and epsilon.
+struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    fn load(d: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get(d, "weight")?.to_vec1()?, bias: vb.get(d, "bias")?.to_vec1()?, eps: eps as f32 })
+    }
+
+    /// `f` on the normalised rows of `x` (in a scratch buffer).
+    fn with<R>(&self, x: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
+        with_scratch(x.len(), |out| {
+            kernels::layer_norm(x, &self.weight, &self.bias, self.eps, out);
+            f(out)
+        })
+    }
+}
 
 /// Multi-head self-attention (Hugging Face `Dinov2Attention` / `ViTAttention` names).
+///
+/// # Design
+/// Q, K and V are one `[3d, d]` projection with Q's rows pre-scaled by `1/sqrt(head_dim)` (exact
+/// for head_dim 64, a power of two). Each head reads its Q, K and V in place from the `[n, 3d]`
+/// output through strides, and runs logits, softmax and `P·V` as one task; heads run in
+/// parallel.
 pub struct Attention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    output: Linear,
+    qkv: Dense,
+    output: Dense,
     num_heads: usize,
     head_dim: usize,
 }
@@ -38,100 +93,171 @@ impl Attention {
                 (inner.pp("query"), inner.pp("key"), inner.pp("value"), vb.pp("output").pp("dense"))
             }
         };
+        let scale = (cfg.head_dim() as f64).powf(-0.5) as f32;
+        let mut qkv =
+            Dense { weight: Vec::with_capacity(3 * d * d), bias: Vec::with_capacity(3 * d), out: 3 * d, inp: d };
+        for (i, vb) in [q, k, v].into_iter().enumerate() {
+            let part = Dense::load(d, d, cfg.qkv_bias, vb)?;
+            let s = if i == 0 { scale } else { 1.0 };
+            qkv.weight.extend(part.weight.iter().map(|w| w * s));
+            qkv.bias.extend(part.bias.iter().map(|b| b * s));
+        }
         Ok(Self {
-            query: linear_b(d, d, cfg.qkv_bias, q)?,
-            key: linear_b(d, d, cfg.qkv_bias, k)?,
-            value: linear_b(d, d, cfg.qkv_bias, v)?,
-            output: linear(d, d, out)?,
+            qkv,
+            output: Dense::load(d, d, true, out)?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
         })
     }
 
-    /// `softmax(q kᵀ / sqrt(head_dim) + bias) v` through the output projection, with `bias`
-    /// broadcast over the logits.
+    /// `softmax(q kᵀ / sqrt(head_dim) + bias) v` through the output projection, without the
+    /// output bias (the residual epilogue adds it).
     ///
     /// # Shapes
-    /// `xs`: `[1, tokens, dim]` -> `[1, tokens, dim]`; `bias`: `[1, 1, 1, tokens]`.
-    pub fn forward(
+    /// `x`: `[n, d]` -> `[n, d]`; `bias`: `[1, 1, 1, n]` or `[1, 1, n, n]`.
+    fn forward(
         &self,
-        xs: &Tensor,
+        x: &[f32],
+        n: usize,
         bias: Option<&Tensor>,
-        want_probs: bool,
-        want_keys: bool,
-    ) -> Result<(Tensor, AttnRecord)> {
-        let (b, n, d) = xs.dims3()?;
-        let heads = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, n, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        want: (bool, bool),
+    ) -> Result<(Vec<f32>, AttnRecord)> {
+        let (h, hd) = (self.num_heads, self.head_dim);
+        let d = h * hd;
+        let (want_probs, want_keys) = want;
+        let bias = match bias {
+            Some(b) => Some(attention_bias(b, n)?),
+            None => None,
         };
-        let q = heads(self.query.forward(xs)?)?;
-        let k = heads(self.key.forward(xs)?)?;
-        let v = heads(self.value.forward(xs)?)?;
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let mut logits = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(bias) = bias {
-            logits = logits.broadcast_add(bias)?;
+        with_scratch(n * 3 * d, |qkv| {
+            self.qkv.matmul_into(x, n, qkv);
+            kernels::bias_activation(qkv, &self.qkv.bias, Act::None);
+            let qkv = &*qkv;
+            // Recorded probabilities become a tensor; otherwise they live in scratch.
+            let mut recorded = want_probs.then(|| vec![0f32; h * n * n]);
+            let branch = with_scratch(n * d, |ctx| {
+                match recorded.as_mut() {
+                    Some(p) => self.heads(qkv, n, bias.as_ref(), p, ctx),
+                    None => with_scratch(h * n * n, |p| self.heads(qkv, n, bias.as_ref(), p, ctx)),
+                }
+                self.output.matmul(ctx, n)
+            });
+            let keys = want_keys.then(|| {
+                let mut k = Vec::with_capacity(n * d);
+                for head in 0..h {
+                    for row in qkv.chunks(3 * d) {
+                        k.extend_from_slice(&row[d + head * hd..][..hd]);
+                    }
+                }
+                Tensor::from_vec(k, (1, h, n, hd), &candle_core::Device::Cpu)
+            });
+            let probs = recorded.map(|p| Tensor::from_vec(p, (1, h, n, n), &candle_core::Device::Cpu));
+            Ok((branch, AttnRecord { probs: probs.transpose()?, keys: keys.transpose()? }))
+        })
+    }
+
+    /// Per head, in parallel: logits `q kᵀ` into `probs` (`[heads, n, n]`), softmax with `bias`
+    /// in place, then `P v` into the head's columns of `ctx` (`[n, d]`).
+    fn heads(&self, qkv: &[f32], n: usize, bias: Option<&(Vec<f32>, usize)>, probs: &mut [f32], ctx: &mut [f32]) {
+        let (h, hd) = (self.num_heads, self.head_dim);
+        let d = h * hd;
+        let heads: Vec<Vec<f32>> = probs
+            .par_chunks_mut(n * n)
+            .enumerate()
+            .map(|(head, p)| {
+                let at = |part: usize| View::new(&qkv[part * d + head * hd..], n, hd, 3 * d, 1);
+                gemm(p, n, at(0), at(1).t(), false, 1);
+                for (i, row) in p.chunks_mut(n).enumerate() {
+                    kernels::softmax_row(row, bias.map(|(values, rs)| &values[i * rs..][..n]));
+                }
+                let mut out = vec![0f32; n * hd];
+                gemm(&mut out, hd, View::rows(p, n, n), at(2), false, 1);
+                out
+            })
+            .collect();
+        debug_assert_eq!(heads.len(), h);
+        for (head, values) in heads.iter().enumerate() {
+            for (dst, src) in ctx.chunks_mut(d).zip(values.chunks(hd)) {
+                dst[head * hd..][..hd].copy_from_slice(src);
+            }
         }
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
-        let record = AttnRecord { probs: want_probs.then_some(probs), keys: want_keys.then_some(k) };
-        Ok((self.output.forward(&ctx)?, record))
     }
 }
 
+/// The additive attention bias as values and a row stride (0: one row for every query).
+fn attention_bias(bias: &Tensor, n: usize) -> Result<(Vec<f32>, usize)> {
+    let dims = bias.dims();
+    let (q, k) = match dims {
+        [1, 1, q, k] => (*q, *k),
+        _ => (0, 0),
+    };
+    if k != n || (q != 1 && q != n) {
+        return Err(Error::Config {
+            field: "attention bias",
+            reason: format!("expected [1, 1, 1 or {n}, {n}], got {dims:?}"),
+        });
+    }
+    Ok((bias.flatten_all()?.to_vec1()?, if q == 1 { 0 } else { n }))
+}
+
 pub struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-    act: Activation,
+    fc1: Dense,
+    fc2: Dense,
+    act: Act,
 }
 
 impl Mlp {
     /// `vb_fc1` / `vb_fc2`: the two projections (`mlp.fc1` or `intermediate.dense`, ...).
     pub fn new(cfg: &VitConfig, vb_fc1: VarBuilder, vb_fc2: VarBuilder) -> Result<Self> {
+        let act = match cfg.hidden_act {
+            Activation::Gelu => Act::GeluErf,
+            Activation::GeluPytorchTanh => Act::GeluTanh,
+            Activation::QuickGelu => Act::QuickGelu,
+        };
         Ok(Self {
-            fc1: linear(cfg.hidden_size, cfg.intermediate_size, vb_fc1)?,
-            fc2: linear(cfg.intermediate_size, cfg.hidden_size, vb_fc2)?,
-            act: cfg.hidden_act,
+            fc1: Dense::load(cfg.hidden_size, cfg.intermediate_size, true, vb_fc1)?,
+            fc2: Dense::load(cfg.intermediate_size, cfg.hidden_size, true, vb_fc2)?,
+            act,
+        })
+    }
+
+    /// `fc2(act(fc1(x)))` on `rows` rows, without fc2's bias.
+    fn forward_rows(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        with_scratch(rows * self.fc1.out, |h| {
+            self.fc1.matmul_into(x, rows, h);
+            kernels::bias_activation(h, &self.fc1.bias, self.act);
+            self.fc2.matmul(h, rows)
         })
     }
 }
 
 impl Module for Mlp {
+    /// `[..., d]` -> `[..., d]`.
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.fc1.forward(xs)?;
-        let h = match self.act {
-            Activation::Gelu => h.gelu_erf()?,
-            Activation::GeluPytorchTanh => h.gelu()?,
-            Activation::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
-        };
-        self.fc2.forward(&h)
+        let rows = xs.elem_count() / self.fc1.inp;
+        let y = with_slice(xs, |x| {
+            let mut y = self.forward_rows(x, rows);
+            kernels::bias_activation(&mut y, &self.fc2.bias, Act::None);
+            Ok(y)
+        })
+        .map_err(candle_core::Error::wrap)?;
+        Tensor::from_vec(y, xs.shape(), xs.device())
     }
 }
 
-/// DINOv2's learned per-channel residual scale (`layer_scale*.lambda1`); identity when absent.
-struct LayerScale(Option<Tensor>);
-
-impl LayerScale {
-    fn new(enabled: bool, dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self(if enabled { Some(vb.get(dim, "lambda1")?) } else { None }))
-    }
-
-    fn forward(&self, xs: Tensor) -> Result<Tensor> {
-        Ok(match &self.0 {
-            Some(lambda) => xs.broadcast_mul(lambda)?,
-            None => xs,
-        })
-    }
+/// DINOv2's learned per-channel residual scale (`layer_scale*.lambda1`); `None` when absent.
+fn layer_scale(enabled: bool, dim: usize, vb: VarBuilder) -> Result<Option<Vec<f32>>> {
+    Ok(if enabled { Some(vb.get(dim, "lambda1")?.to_vec1()?) } else { None })
 }
 
 /// A pre-norm transformer block: `x + ls1·attn(norm1(x))`, then `x + ls2·mlp(norm2(x))`.
 pub struct Block {
-    norm1: LayerNorm,
+    norm1: Norm,
     attention: Attention,
-    layer_scale1: LayerScale,
-    norm2: LayerNorm,
+    layer_scale1: Option<Vec<f32>>,
+    norm2: Norm,
     mlp: Mlp,
-    layer_scale2: LayerScale,
+    layer_scale2: Option<Vec<f32>>,
 }
 
 impl Block {
@@ -152,17 +278,20 @@ impl Block {
             }
         };
         Ok(Self {
-            norm1: layer_norm(d, eps, vb.pp(norm1))?,
+            norm1: Norm::load(d, eps, vb.pp(norm1))?,
             attention: Attention::new(cfg, vb.pp(attention))?,
-            layer_scale1: LayerScale::new(cfg.layerscale, d, vb.pp("layer_scale1"))?,
-            norm2: layer_norm(d, eps, vb.pp(norm2))?,
+            layer_scale1: layer_scale(cfg.layerscale, d, vb.pp("layer_scale1"))?,
+            norm2: Norm::load(d, eps, vb.pp(norm2))?,
             mlp: Mlp::new(cfg, fc1, fc2)?,
-            layer_scale2: LayerScale::new(cfg.layerscale, d, vb.pp("layer_scale2"))?,
+            layer_scale2: layer_scale(cfg.layerscale, d, vb.pp("layer_scale2"))?,
         })
     }
 
     /// First half: the attention residual branch. Returns the new hidden states and what the
     /// attention recorded.
+    ///
+    /// # Shapes
+    /// `xs`: `[1, tokens, dim]`.
     pub fn attend(
         &self,
         xs: &Tensor,
@@ -170,13 +299,34 @@ impl Block {
         want_probs: bool,
         want_keys: bool,
     ) -> Result<(Tensor, AttnRecord)> {
-        let (branch, record) = self.attention.forward(&self.norm1.forward(xs)?, bias, want_probs, want_keys)?;
-        Ok(((self.layer_scale1.forward(branch)? + xs)?, record))
+        let n = tokens(xs, self.norm1.weight.len())?;
+        let (hidden, record) = with_slice(xs, |x| {
+            let (mut branch, record) =
+                self.norm1.with(x, |normed| self.attention.forward(normed, n, bias, (want_probs, want_keys)))?;
+            kernels::residual(&mut branch, &self.attention.output.bias, self.layer_scale1.as_deref(), x);
+            Ok((branch, record))
+        })?;
+        Ok((Tensor::from_vec(hidden, xs.shape(), xs.device())?, record))
     }
 
     /// Second half: the MLP residual branch.
     pub fn feed_forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let branch = self.mlp.forward(&self.norm2.forward(xs)?)?;
-        Ok((self.layer_scale2.forward(branch)? + xs)?)
+        let n = tokens(xs, self.norm2.weight.len())?;
+        let hidden = with_slice(xs, |x| {
+            let mut branch = self.norm2.with(x, |normed| self.mlp.forward_rows(normed, n));
+            kernels::residual(&mut branch, &self.mlp.fc2.bias, self.layer_scale2.as_deref(), x);
+            Ok(branch)
+        })?;
+        Ok(Tensor::from_vec(hidden, xs.shape(), xs.device())?)
+    }
+}
+
+/// The token count of `[1, tokens, d]` hidden states.
+fn tokens(xs: &Tensor, d: usize) -> Result<usize> {
+    match xs.dims() {
+        [1, n, dd] if *dd == d => Ok(*n),
+        dims => {
+            Err(Error::Config { field: "hidden states", reason: format!("expected [1, tokens, {d}], got {dims:?}") })
+        }
     }
 }

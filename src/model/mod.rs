@@ -11,6 +11,7 @@ pub mod hooks;
 pub mod hub;
 pub mod idefics3;
 pub mod jpeg;
+pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod llava;

@@ -1,0 +1,481 @@
+//! CPU kernels for the encoder's hot path: a strided GEMM (the `gemm` crate, as candle uses)
+//! and the element-wise work around it (softmax, exact GELU, LayerNorm, bias and residual
+//! epilogues) fused into single passes, with AVX2+FMA versions picked at run time.
+//!
+//! # Design
+//! Question: the matmuls of a DINOv2-S forward are a third of candle's time; the rest is
+//! element-wise passes, copies for transposes, fresh allocations and scalar `erf`/`exp`.
+//! Decision: a block runs on plain `f32` slices. Heads are read in place from the fused QKV
+//! output through strides (no transposes), each element-wise step is one pass fused into the
+//! step before it, and `exp`/`erf` are vectorised (8 lanes).
+//! Trade-off: f32 on the CPU only, which is all tokenlens runs.
+
+use candle_core::{Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::{Error, Result};
+
+/// A strided read-only matrix: element `(r, c)` is `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// Panics if the last element lies outside `data` (a programming error, not an input error).
+    pub fn new(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        if rows > 0 && cols > 0 {
+            assert!((rows - 1) * rs + (cols - 1) * cs < data.len(), "matrix view out of bounds");
+        }
+        Self { data, rows, cols, rs, cs }
+    }
+
+    /// A row-major `[rows, cols]` matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::new(data, rows, cols, cols, 1)
+    }
+
+    /// The transpose (a different reading of the same memory).
+    pub fn t(self) -> Self {
+        Self { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+}
+
+/// `dst[i * dst_rs + j] (+)= Σ_k a[i, k] · b[k, j]`; accumulates into `dst` when `accumulate`.
+/// `threads > 1` lets gemm split the work over the rayon pool.
+pub fn gemm(dst: &mut [f32], dst_rs: usize, a: View<'_>, b: View<'_>, accumulate: bool, threads: usize) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "gemm: inner dimensions differ");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst_rs >= n && (m - 1) * dst_rs + n <= dst.len(), "gemm: destination out of bounds");
+    if k == 0 {
+        if !accumulate {
+            for row in dst.chunks_mut(dst_rs).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the asserts above keep every index of all three matrices inside its slice, and
+    // `dst` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The threads the heavy kernels use: candle's own count (`RAYON_NUM_THREADS`, else the
+/// physical cores).
+pub fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// The contiguous `f32` values of a CPU tensor, without copying when it is contiguous.
+pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::Config { field: "device", reason: "the encoder kernels run on the CPU only".into() });
+    };
+    let values = cpu.as_slice::<f32>()?;
+    let (start, end) = layout.contiguous_offsets().expect("contiguous after .contiguous()");
+    f(&values[start..end])
+}
+
+/// Runs `f` on a scratch buffer of `len` values from this thread's pool, so the temporaries of
+/// every block reuse memory instead of faulting in fresh pages. The contents are unspecified
+/// (whatever the last user left): callers overwrite before reading.
+pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut buf = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    POOL.with(|p| p.borrow_mut().push(buf));
+    r
+}
+
+/// Rows per rayon task for an element-wise pass over rows of `width` values: enough work per
+/// task (~16k values) that scheduling costs little.
+fn rows_per_task(width: usize) -> usize {
+    (16_384 / width.max(1)).max(1)
+}
+
+/// LayerNorm of each row of `x` (`[rows, d]`) into `out`: `(x - mean) / sqrt(var + eps) · w + b`.
+pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    let chunk = rows_per_task(d) * d;
+    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(out, x)| {
+        for (o, x) in out.chunks_mut(d).zip(x.chunks(d)) {
+            let mean = x.iter().sum::<f32>() / d as f32;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                *o = (x - mean) * inv * w + b;
+            }
+        }
+    });
+}
+
+/// `x[r, c] += bias[c]` for each row, then the activation, in one pass.
+pub fn bias_activation(x: &mut [f32], bias: &[f32], act: Act) {
+    let d = bias.len();
+    x.par_chunks_mut(rows_per_task(d) * d).for_each(|x| {
+        for row in x.chunks_mut(d) {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+            match act {
+                Act::None => {}
+                Act::GeluErf => gelu_erf(row),
+                Act::GeluTanh => row.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
+                Act::QuickGelu => row.iter_mut().for_each(|v| *v /= 1.0 + (-1.702 * *v).exp()),
+            }
+        }
+    });
+}
+
+/// The activation applied after a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    None,
+    /// Exact GELU (erf).
+    GeluErf,
+    /// PyTorch's tanh approximation.
+    GeluTanh,
+    /// `x · sigmoid(1.702 x)`.
+    QuickGelu,
+}
+
+fn gelu_tanh(x: f32) -> f32 {
+    let c = (2.0 / std::f32::consts::PI).sqrt();
+    0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// The residual epilogue: `resid[r, c] + scale[c] · (branch[r, c] + bias[c])` into `branch`
+/// (`scale` absent = 1).
+pub fn residual(branch: &mut [f32], bias: &[f32], scale: Option<&[f32]>, resid: &[f32]) {
+    let d = bias.len();
+    let chunk = rows_per_task(d) * d;
+    branch.par_chunks_mut(chunk).zip(resid.par_chunks(chunk)).for_each(|(br, re)| {
+        for (row, re) in br.chunks_mut(d).zip(re.chunks(d)) {
+            match scale {
+                Some(s) => {
+                    for (((v, &b), &s), &r) in row.iter_mut().zip(bias).zip(s).zip(re) {
+                        *v = r + s * (*v + b);
+                    }
+                }
+                None => {
+                    for ((v, &b), &r) in row.iter_mut().zip(bias).zip(re) {
+                        *v = r + (*v + b);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Softmax of one row in place, after adding `bias` (when given) to the logits.
+pub fn softmax_row(row: &mut [f32], bias: Option<&[f32]>) {
+    if let Some(bias) = bias {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        // Every key masked: PyTorch gives NaN; keep it visible rather than inventing weights.
+        row.fill(f32::NAN);
+        return;
+    }
+    let sum = exp_shifted(row, max);
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `x = exp(x - shift)` over `x`; returns the sum of the results.
+fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { x86::exp_shifted(x, shift) };
+    }
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = exp_scalar(*v - shift);
+        sum += *v;
+    }
+    sum
+}
+
+/// Exact GELU in place: `x · (1 + erf(x / √2)) / 2`.
+fn gelu_erf(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { x86::gelu_erf(x) };
+    }
+    for v in x.iter_mut() {
+        *v = 0.5 * *v * (1.0 + erf_scalar(*v * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    use std::sync::OnceLock;
+    static AVX2: OnceLock<bool> = OnceLock::new();
+    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+// exp: x = n·ln2 + r with |r| <= ln2/2 (ln2 split in two parts for an exact product), then
+// e^r by its Taylor polynomial of degree 7 (truncation < 6e-9 relative, under half an f32 ulp)
+// and 2^n through the exponent bits. Inputs below -87.3 give 0 (softmax's masked keys).
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const EXP_LO: f32 = -87.336_55;
+const EXP_HI: f32 = 88.0;
+/// Taylor coefficients from r⁷/7! down to 1, in Horner order.
+const EXP_P: [f32; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
+
+fn exp_scalar(x: f32) -> f32 {
+    if x < EXP_LO {
+        return 0.0;
+    }
+    let x = x.min(EXP_HI);
+    let n = (x * LOG2E).round();
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
+    let mut p = EXP_P[0];
+    for c in &EXP_P[1..] {
+        p = p.mul_add(r, *c);
+    }
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+// erf: the split polynomials of Njuffa's faithfully-rounded erff (the algorithm and the
+// coefficients onnxruntime's MLAS uses for Erf and Gelu): for |x| < 0.921875 an odd polynomial
+// x + x·P(x²); above, 1 - exp(-(t + t·Q(t))) with t = |x| clamped at 3.925 (erf = 1 in f32
+// beyond). With our exp, the error against f64 erf is below 2.4e-7 absolute over [-6, 6]
+// (`tests::erf_error_bound`), under 2 f32 ulps of 1.
+const ERF_SPLIT: f32 = 0.921_875;
+const ERF_CLAMP: f32 = 3.925;
+const ERF_SMALL: [f32; 6] =
+    [-5.991_049_7e-4, 4.993_396e-3, -2.676_673_4e-2, 1.128_180_3e-1, -3.761_248_6e-1, 1.283_791_5e-1];
+const ERF_BIG: [f32; 7] =
+    [1.729_489_3e-5, -3.832_086_8e-4, 3.883_934_4e-3, -2.425_456e-2, 1.067_778_5e-1, 6.348_467e-1, 1.287_175_1e-1];
+
+fn erf_scalar(x: f32) -> f32 {
+    let t = x.abs();
+    if t < ERF_SPLIT {
+        let s = x * x;
+        let p = ERF_SMALL[1..].iter().fold(ERF_SMALL[0], |p, &c| p.mul_add(s, c));
+        return p.mul_add(x, x);
+    }
+    let t = t.min(ERF_CLAMP);
+    let q = ERF_BIG[1..].iter().fold(ERF_BIG[0], |p, &c| p.mul_add(t, c));
+    let r = 1.0 - exp_scalar(-q.mul_add(t, t));
+    r.copysign(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_LO));
+        let x = _mm256_min_ps(_mm256_set1_ps(EXP_HI), x); // NaN stays NaN
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            _mm256_set1_ps(LOG2E),
+        ));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(EXP_P[0]);
+        for c in &EXP_P[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+        }
+        // n in [-126, 128]: clamp to keep the exponent field valid (inputs below EXP_LO are
+        // zeroed afterwards).
+        let n = _mm256_max_ps(_mm256_set1_ps(-126.0), n);
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        let y = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+        _mm256_andnot_ps(below, y)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
+        let s = _mm256_set1_ps(shift);
+        let mut acc = _mm256_setzero_ps();
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: `c` holds exactly 8 values.
+            unsafe {
+                let y = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), s));
+                _mm256_storeu_ps(c.as_mut_ptr(), y);
+                acc = _mm256_add_ps(acc, y);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 values.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        let mut sum: f32 = lanes.iter().sum();
+        for v in chunks.into_remainder() {
+            *v = exp_scalar(*v - shift);
+            sum += *v;
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn erf8(x: __m256) -> __m256 {
+        let sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0));
+        let t = _mm256_andnot_ps(_mm256_set1_ps(-0.0), x);
+        // Small branch: x + x·P(x²).
+        let s = _mm256_mul_ps(x, x);
+        let mut p = _mm256_set1_ps(ERF_SMALL[0]);
+        for c in &ERF_SMALL[1..] {
+            p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(*c));
+        }
+        let small = _mm256_fmadd_ps(p, x, x);
+        // Big branch: sign · (1 - exp(-(t + t·Q(t)))).
+        let tc = _mm256_min_ps(t, _mm256_set1_ps(ERF_CLAMP));
+        let mut q = _mm256_set1_ps(ERF_BIG[0]);
+        for c in &ERF_BIG[1..] {
+            q = _mm256_fmadd_ps(q, tc, _mm256_set1_ps(*c));
+        }
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_fmadd_ps(q, tc, tc)));
+        let big = _mm256_or_ps(_mm256_sub_ps(_mm256_set1_ps(1.0), e), sign);
+        let is_small = _mm256_cmp_ps::<_CMP_LT_OQ>(t, _mm256_set1_ps(ERF_SPLIT));
+        _mm256_blendv_ps(big, small, is_small)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn gelu_erf(x: &mut [f32]) {
+        let half = _mm256_set1_ps(0.5);
+        let inv_sqrt2 = _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2);
+        let one = _mm256_set1_ps(1.0);
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: `c` holds exactly 8 values.
+            unsafe {
+                let v = _mm256_loadu_ps(c.as_ptr());
+                let e = erf8(_mm256_mul_ps(v, inv_sqrt2));
+                _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, e)));
+            }
+        }
+        for v in chunks.into_remainder() {
+            *v = 0.5 * *v * (1.0 + erf_scalar(*v * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference erf in f64 (Abramowitz-Stegun would be too coarse): the Taylor series near 0,
+    /// the continued fraction of erfc beyond.
+    fn erf64(x: f64) -> f64 {
+        let t = x.abs();
+        let r = if t < 2.5 {
+            let (mut term, mut sum, mut n) = (t, t, 0.0);
+            while term.abs() > 1e-18 {
+                n += 1.0;
+                term *= -t * t / n;
+                sum += term / (2.0 * n + 1.0);
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            // erfc(t) = exp(-t²)/√π · 1/(t + 1/2/(t + 1/(t + 3/2/(t + ...)))).
+            let mut f = t;
+            for k in (1..60).rev() {
+                f = t + (k as f64 / 2.0) / f;
+            }
+            1.0 - (-t * t).exp() / (std::f64::consts::PI.sqrt() * f)
+        };
+        r.copysign(x)
+    }
+
+    #[test]
+    fn erf_error_bound() {
+        let xs: Vec<f32> = (-600_000..=600_000).map(|i| i as f32 * 1e-5).collect();
+        let mut gelu = xs.clone();
+        gelu_erf(&mut gelu);
+        let (mut worst_erf, mut worst_gelu) = (0f64, 0f64);
+        for (&x, &g) in xs.iter().zip(&gelu) {
+            let want = erf64(f64::from(x));
+            worst_erf = worst_erf.max((f64::from(erf_scalar(x)) - want).abs());
+            let want_gelu = 0.5 * f64::from(x) * (1.0 + erf64(f64::from(x) / std::f64::consts::SQRT_2));
+            worst_gelu = worst_gelu.max((f64::from(g) - want_gelu).abs() / f64::from(x).abs().max(1.0));
+        }
+        assert!(worst_erf < 2.4e-7, "erf max abs error {worst_erf:e}");
+        assert!(worst_gelu < 4e-7, "gelu max error {worst_gelu:e}");
+    }
+
+    #[test]
+    fn exp_and_softmax_match_f64() {
+        let mut row: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin() * 30.0).collect();
+        let want: Vec<f64> = {
+            let max = row.iter().copied().fold(f32::MIN, f32::max) as f64;
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|v| v / s).collect()
+        };
+        softmax_row(&mut row, None);
+        for (g, w) in row.iter().zip(&want) {
+            assert!((f64::from(*g) - w).abs() <= 1e-6 * w.max(1e-30) + 1e-12, "{g} vs {w}");
+        }
+        for x in [-100.0f32, -87.0, -20.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 20.0, 80.0] {
+            let rel = (f64::from(exp_scalar(x)) - f64::from(x).exp()).abs() / f64::from(x).exp();
+            assert!(x < EXP_LO || rel < 3e-7, "exp({x}): relative error {rel:e}");
+        }
+    }
+
+    #[test]
+    fn strided_gemm_matches_naive() {
+        let (m, k, n) = (7, 5, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| (i as f32).cos()).collect(); // stored [n, k]
+        let mut dst = vec![1.0; m * 4];
+        gemm(&mut dst, 4, View::rows(&a, m, k), View::rows(&b, n, k).t(), false, 2);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|t| a[i * k + t] * b[j * k + t]).sum();
+                assert!((dst[i * 4 + j] - want).abs() < 1e-4);
+            }
+            assert_eq!(dst[i * 4 + 3], 1.0, "the padding column is untouched");
+        }
+    }
+}
