@@ -137,3 +137,60 @@ fn vlm_splits_the_image_compacts_positions_and_reads_the_view_layer() {
     assert_eq!(reduced["layer_averaged_image_rows"], 15.0);
     assert_eq!(reduced["kept"].as_array().unwrap().len(), 10);
 }
+
+/// `export --from` re-makes a figure only from the same image and weights: after either
+/// changed it says which, and exits non-zero.
+#[test]
+fn export_from_refuses_a_changed_image_or_changed_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("photo.png");
+    std::fs::copy(asset("chelsea.png"), &image).unwrap();
+    let model = dir.path().join("vit");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(fixture("encoders/vit")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let fig = dir.path().join("fig.png");
+    ok(tokenlens()
+        .arg("export")
+        .arg(&image)
+        .args(["--view", "tokens", "--reducer", "random", "--tokens", "8", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&fig)
+        .output()
+        .unwrap());
+    let sidecar = dir.path().join("fig.png.json");
+    // The sidecar records the weights' hash, not where they were: --model names them again.
+    let remake = |name: &str| {
+        let out = dir.path().join(name);
+        tokenlens()
+            .arg("export")
+            .arg("--from")
+            .arg(&sidecar)
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    ok(remake("same.png"));
+    assert_eq!(std::fs::read(&fig).unwrap(), std::fs::read(dir.path().join("same.png")).unwrap());
+
+    std::fs::copy(asset("coffee.png"), &image).unwrap();
+    let out = remake("image.png");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("the file changed since the figure was made"), "{err}");
+    std::fs::copy(asset("chelsea.png"), &image).unwrap();
+
+    // One weight changed (the last byte of the data, past the safetensors header).
+    let weights = model.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    std::fs::write(&weights, bytes).unwrap();
+    let out = remake("weights.png");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("the figure was made with weights"), "{err}");
+}
