@@ -868,6 +868,66 @@ def proportional_attention_case():
     }
 
 
+def evit_run_case(tokens=7, evit_layer=1):
+    """EViT through the whole vit fixture (ViTForImageClassification, 2 blocks): block
+    `evit_layer` runs the authors' selection and fusion (the lines of evit.py's Attention.forward
+    and Block.forward, on this block's transformers weights) between its attention and its MLP;
+    the classifier reads the final norm of CLS. Blocks written out with the transformers
+    modules (ours; checked against the fixture's recorded logits without EViT)."""
+    from transformers import ViTForImageClassification
+    model = ViTForImageClassification.from_pretrained(ROOT / "tests/fixtures/encoders/vit").eval()
+    ref = json.loads((ROOT / "tests/fixtures/encoders/vit/reference.json").read_text())
+    pixels = torch.tensor(np.asarray(ref["pixel_values"]["data"], dtype=np.float32).reshape(ref["pixel_values"]["shape"]))
+    heads = model.config.num_attention_heads
+
+    def block(layer, x, evit_tokens):
+        B, N, C = x.shape
+        h = layer.layernorm_before(x)
+        split = lambda t: t.reshape(B, N, heads, C // heads).transpose(1, 2)
+        q, k, v = split(layer.attention.q_proj(h)), split(layer.attention.k_proj(h)), split(layer.attention.v_proj(h))
+        attn = ((q @ k.transpose(-2, -1)) * (C // heads) ** -0.5).softmax(dim=-1)
+        x = x + layer.attention.o_proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+        idx = None
+        if evit_tokens is not None:
+            # evit.py Attention.forward (tokens given) and Block.forward with fuse_token, verbatim:
+            left_tokens = evit_tokens
+            cls_attn = attn[:, :, 0, 1:]  # [B, H, N-1]
+            cls_attn = cls_attn.mean(dim=1)  # [B, N-1]
+            _, idx = torch.topk(cls_attn, left_tokens, dim=1, largest=True, sorted=True)  # [B, left_tokens]
+            index = idx.unsqueeze(-1).expand(-1, -1, C)  # [B, left_tokens, C]
+            non_cls = x[:, 1:]
+            x_others = torch.gather(non_cls, dim=1, index=index)  # [B, left_tokens, C]
+            compl = complement_idx(idx, N - 1)  # [B, N-1-left_tokens]
+            non_topk = torch.gather(non_cls, dim=1, index=compl.unsqueeze(-1).expand(-1, -1, C))  # [B, N-1-left_tokens, C]
+            non_topk_attn = torch.gather(cls_attn, dim=1, index=compl)  # [B, N-1-left_tokens]
+            extra_token = torch.sum(non_topk * non_topk_attn.unsqueeze(-1), dim=1, keepdim=True)  # [B, 1, C]
+            x = torch.cat([x[:, 0:1], x_others, extra_token], dim=1)
+        x = x + layer.mlp(layer.layernorm_after(x))
+        return x, idx
+
+    def run(evit):
+        with torch.no_grad():
+            x = model.vit.embeddings(pixels)
+            kept = None
+            for l, layer in enumerate(model.vit.layers):
+                x, idx = block(layer, x, tokens if evit and l == evit_layer else None)
+                kept = idx if idx is not None else kept
+            logits = model.classifier(model.vit.layernorm(x)[:, 0])
+        return logits, kept
+
+    plain, _ = run(False)
+    want = np.asarray(ref["logits"]["data"], dtype=np.float32)
+    assert np.abs(plain.numpy().reshape(-1) - want).max() < 1e-4, "the written-out blocks are not the model"
+    logits, idx = run(True)
+    return {
+        "note": f"vit fixture, EViT in block {evit_layer} keeping {tokens} patches + the fused token",
+        "layer": evit_layer,
+        "tokens": tokens,
+        "kept": sorted(idx[0].tolist()),
+        "probs": f32s(logits.softmax(-1)[0].numpy()),
+    }
+
+
 def main():
     cls_topk, random_cls = cls_topk_cases()
     doc = {
@@ -919,6 +979,7 @@ def main():
         "hiprune": hiprune_cases(),
         "fastv": fastv_cases(),
         "proportional_attention": proportional_attention_case(),
+        "evit_run": evit_run_case(),
     }
     text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     OUT.write_text(text + "\n")

@@ -321,3 +321,28 @@ fn proportional_attention_matches_tomes_attention() {
     let d = common::max_diff(&unbiased, &json_tensor(&case["probs"]));
     assert!(d > 1e-2, "sizes 1..n should change the attention ({d})");
 }
+
+/// EViT through a whole model: the vit fixture with EViT in block 1 (between its attention and
+/// MLP, as evit.py's Block), against the authors' lines run on the transformers blocks. The
+/// class probabilities would differ if the fused token skipped the MLP.
+#[test]
+fn evit_run_matches_the_authors_block_in_the_model() {
+    use tokenlens::Cancel;
+    use tokenlens::model::ModelSource;
+    use tokenlens::reduce::Budget;
+    use tokenlens::session::{RunSpec, Session};
+    let fx = fixture();
+    let case = &fx["evit_run"];
+    let folder = common::fixture("encoders/vit");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(folder.join("reference.json")).unwrap()).unwrap();
+    let session = Session::load(&ModelSource::File(folder), &mut |_| {}).unwrap();
+    let full = session.full_run(&json_tensor(&r["pixel_values"]), &Cancel::default()).unwrap();
+    let mut evit = ReducerConfig::from_name("evit").unwrap();
+    evit.set_layer(case["layer"].as_u64().unwrap() as usize);
+    let tokens = case["tokens"].as_u64().unwrap() as usize;
+    let spec = RunSpec { reducer: evit, budget: Budget::Keep(tokens + 1), ..RunSpec::default() };
+    let run = session.run(&full, &spec, &Cancel::default()).unwrap();
+    let kept: Vec<usize> = run.kept.iter().map(|&p| p as usize).collect();
+    assert_eq!(kept, indices(&case["kept"]), "kept patches");
+    assert_close(&run.output.values, &floats(&case["probs"]), "class probabilities");
+}
