@@ -868,9 +868,9 @@ def proportional_attention_case():
     }
 
 
-def evit_run_case(tokens=7, evit_layer=1):
-    """EViT through the whole vit fixture (ViTForImageClassification, 2 blocks): block
-    `evit_layer` runs the authors' selection and fusion (the lines of evit.py's Attention.forward
+def evit_run_case(tokens=7, evit_layer=0):
+    """EViT through the whole vit fixture (ViTForImageClassification, 2 blocks; EViT in block 0,
+    so block 1 reads the fused token): block `evit_layer` runs the authors' selection and fusion (the lines of evit.py's Attention.forward
     and Block.forward, on this block's transformers weights) between its attention and its MLP;
     the classifier reads the final norm of CLS. Blocks written out with the transformers
     modules (ours; checked against the fixture's recorded logits without EViT)."""

@@ -322,9 +322,10 @@ fn proportional_attention_matches_tomes_attention() {
     assert!(d > 1e-2, "sizes 1..n should change the attention ({d})");
 }
 
-/// EViT through a whole model: the vit fixture with EViT in block 1 (between its attention and
-/// MLP, as evit.py's Block), against the authors' lines run on the transformers blocks. The
-/// class probabilities would differ if the fused token skipped the MLP.
+/// EViT through a whole model: the vit fixture with EViT in block 0 (between its attention and
+/// MLP, as evit.py's Block), against the authors' lines run on the transformers blocks. Block 1
+/// reads the fused token, so the class probabilities tell whether block 0's MLP ran on it
+/// (EViT in the last block could not: the classifier reads CLS, which the MLP treats alone).
 #[test]
 fn evit_run_matches_the_authors_block_in_the_model() {
     use tokenlens::Cancel;
@@ -344,5 +345,8 @@ fn evit_run_matches_the_authors_block_in_the_model() {
     let run = session.run(&full, &spec, &Cancel::default()).unwrap();
     let kept: Vec<usize> = run.kept.iter().map(|&p| p as usize).collect();
     assert_eq!(kept, indices(&case["kept"]), "kept patches");
-    assert_close(&run.output.values, &floats(&case["probs"]), "class probabilities");
+    // Tighter than 1e-4: fusing after the MLP moves these probabilities by about 1.5e-4.
+    let want = floats(&case["probs"]);
+    let d = run.output.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
+    assert!(d < 2e-5, "class probabilities differ by {d}");
 }
