@@ -84,14 +84,28 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         assert!(!streamed.is_empty());
         assert_eq!(opened.grid[0] * opened.grid[1], opened.saliency.len());
 
-        // A reduced run, superseded by another before it could finish: the newest answers.
+        // A reduced run superseded by another: the newest answers. The first is cancelled (or
+        // dropped from the queue) when the second is submitted, unless it already finished; so
+        // whatever it sent comes before any of the newest run's events, never interleaved.
         worker.submit(Job::VlmRun { id: 2, spec: spec() });
         let keep_more = VlmRunSpec { budget: Budget::RemoveFraction(0.25), ..spec() };
         worker.submit(Job::VlmRun { id: 3, spec: keep_more });
-        let ((streamed, _), run) = streamed_until(&worker, 3, |e| match e {
-            Event::VlmReduced { id: 3, run } => Some(run),
-            _ => None,
-        });
+        let mut newest_started = false;
+        let mut streamed = Vec::new();
+        let run = loop {
+            match next(&worker) {
+                Event::VlmToken { id: 2, .. } | Event::VlmReduced { id: 2, .. } => {
+                    assert!(!newest_started, "{model}: the superseded run reported after the newest started");
+                }
+                Event::VlmToken { id: 3, piece, .. } => {
+                    newest_started = true;
+                    streamed.push(piece);
+                }
+                Event::VlmReduced { id: 3, run } => break run,
+                Event::Failed(e) => panic!("{model}: {e}"),
+                _ => {}
+            }
+        };
         assert_eq!(streamed, run.answer.pieces, "{model}: streamed reduced pieces");
         assert!(run.full_answer_logprob.is_some());
         let n = opened.grid[0] * opened.grid[1];

@@ -18,29 +18,45 @@ struct Xvfb {
 
 impl Xvfb {
     /// Xvfb picks a free display itself (`-displayfd`) and says which once it accepts
-    /// connections: no clash with other servers, no race with its start-up.
-    fn start() -> Option<Self> {
+    /// connections: no clash with other servers, no race with its start-up. `Ok(None)` only
+    /// where Xvfb is not installed; an installed Xvfb that fails to start is an error.
+    fn start() -> Result<Option<Self>, String> {
         use std::io::BufRead;
-        let mut child = Command::new("Xvfb")
+        let spawned = Command::new("Xvfb")
             .args(["-displayfd", "1", "-screen", "0", "1400x900x24", "-nolisten", "tcp"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("Xvfb is installed but could not be started: {e}")),
+        };
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take()?).read_line(&mut line).ok()?;
-        let n: u32 = line.trim().parse().ok()?;
-        Some(Self { child, display: format!(":{n}") })
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let read = std::io::BufReader::new(stdout).read_line(&mut line);
+        match (read, line.trim().parse::<u32>()) {
+            (Ok(_), Ok(n)) => Ok(Some(Self { child, display: format!(":{n}") })),
+            (read, _) => {
+                child.kill().ok();
+                let status = child.wait().ok();
+                Err(format!("Xvfb started but gave no display number (read {read:?}, line {line:?}, exit {status:?})"))
+            }
+        }
     }
 
-    /// A server, or None where Xvfb is not installed (never on CI).
+    /// A server, or None where Xvfb is not installed outside CI. On CI (`CI` set, as CI
+    /// systems do) a missing Xvfb fails the test; a failed start fails it everywhere.
     fn start_or_skip() -> Option<Self> {
-        let x = Self::start();
-        if x.is_none() {
-            assert!(std::env::var_os("CI").is_none(), "CI must install Xvfb (see .ci/run)");
-            eprintln!("Xvfb not installed: skipping the screenshot test");
+        match Self::start() {
+            Ok(Some(x)) => Some(x),
+            Ok(None) => {
+                assert!(std::env::var_os("CI").is_none(), "CI must install Xvfb (see .ci/run)");
+                eprintln!("Xvfb not installed: skipping the screenshot test");
+                None
+            }
+            Err(e) => panic!("{e}"),
         }
-        x
     }
 }
 

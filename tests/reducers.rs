@@ -45,8 +45,14 @@ fn every_method_honours_every_preset_with_consistent_provenance() {
                 assert_eq!(seen.len(), 256, "{name}: a merge method must account for every patch");
             }
             assert!(r.kept.windows(2).all(|w| w[0] < w[1]), "{name}: kept not sorted and unique");
-            // CLS survives: the reduced run still has a CLS embedding close to the full one.
-            assert!(r.fidelity.cls_cosine > 0.0, "{name}: CLS lost ({})", r.fidelity.cls_cosine);
+            // Methods acting after the encoder leave CLS untouched; inside the encoder CLS is
+            // never merged or dropped, but it reads fewer tokens (EViT at 94 %: cosine 0.25).
+            let cos = r.fidelity.cls_cosine;
+            if ["tome", "pitome", "evit"].contains(&name) {
+                assert!(cos.is_finite() && cos > 0.0 && cos <= 1.0 + 1e-9, "{name}: CLS cosine {cos}");
+            } else {
+                assert!(cos > 1.0 - 1e-9, "{name}: CLS changed by a method after the encoder ({cos})");
+            }
             assert_eq!(r.tokens_per_layer.len(), 12);
             assert!(r.flops <= r.flops_full);
         }
@@ -110,7 +116,7 @@ fn a_ratio_change_recomputes_only_what_follows_the_stage() {
         let r = s.run(&full, &spec(&ReducerConfig::from_name(name).unwrap(), 0.5), &Cancel::default()).unwrap();
         r.recomputed_from_block
     };
-    assert_eq!(at("evit"), 4); // acts after block 3: blocks 0..=3 come from the cache
+    assert_eq!(at("evit"), 3); // acts inside block 3, before its MLP: blocks 0..=2 come from the cache
     assert_eq!(at("tome"), 0); // merges from block 0
     for pre_llm in ["cls_topk", "hiprune", "divprune", "random", "pool"] {
         assert_eq!(at(pre_llm), 12, "{pre_llm}: only the output head should run");

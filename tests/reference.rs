@@ -79,9 +79,14 @@ fn every_head_and_the_full_last_layer_match() {
     let cls = enc.final_norm(&state).unwrap().get(0).unwrap().get(0).unwrap().to_vec1::<f32>().unwrap();
     let d = max_abs_diff(&cls, &r["cls_final"].to_vec1::<f32>().unwrap());
     assert!(d < 1e-3, "final CLS token differs by {d}");
-    // Mean-over-heads helper agrees with the per-head rows it summarises.
+    // Mean-over-heads helper agrees with the per-head rows it summarises (onnxruntime's).
     let mean = cls_attention(trace.require(HookPoint::AttnProbs(3)).unwrap(), 1).unwrap();
+    let rows = r["cls_attn"].get(3).unwrap().to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap(); // [heads][tokens]
     assert_eq!(mean.len(), 256);
+    for (p, got) in mean.iter().enumerate() {
+        let want = rows.iter().map(|h| h[1 + p]).sum::<f32>() / rows.len() as f32;
+        assert!((got - want).abs() < 1e-5, "patch {p}: mean over heads {got} vs {want}");
+    }
 }
 
 #[test]
@@ -149,4 +154,16 @@ fn cancelled_runs_stop_between_blocks() {
     cancel.cancel();
     let err = s.analyze(&prepared, &cancel).unwrap_err();
     assert!(matches!(err, tokenlens::Error::Cancelled), "{err}");
+}
+
+/// The README's claim that JPEGs decode byte-identical to Pillow: `assets/rocket.jpg` decoded,
+/// against the SHA-256 of `numpy.asarray(Image.open(path).convert("RGB"))` from Pillow 13.0.0
+/// (libjpeg-turbo 6.2 API), the version `scripts/make_reference.py` used.
+#[test]
+fn jpeg_decoding_is_byte_identical_to_pillow() {
+    use sha2::{Digest, Sha256};
+    let img = preprocess::load_image(&asset("rocket.jpg")).unwrap();
+    assert_eq!((img.width(), img.height()), (640, 427));
+    let digest: String = Sha256::digest(img.as_raw()).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(digest, "3d4435cc745752b7f9724df88c6e18817de3ce7e3d2d71c55f85f7831e68f197");
 }

@@ -97,9 +97,12 @@ fn greedy_decoding_with_the_image_yields_the_same_tokens() {
 }
 
 /// FastV (Chen et al., 2024) scores image token i by the attention the last prompt token pays
-/// it in layer K-1, averaged over heads, and keeps the top half.
+/// it in layer K-1, averaged over heads, and keeps the top half: the crate's reducer on our
+/// decoder's attention, against the scores and selection computed from transformers'.
 #[test]
-fn fastv_selection_from_our_attention_matches_the_reference() {
+fn fastv_reducer_on_our_attention_matches_the_reference() {
+    use tokenlens::reduce::llm::fastv::{Fastv, FastvConfig};
+    use tokenlens::reduce::llm::{LlmContext, LlmReducer, LlmSite, LlmView, Row};
     let (model, r) = load();
     let fastv = reference("fastv");
     let ids = json_ints(&r["input_ids"]);
@@ -107,19 +110,35 @@ fn fastv_selection_from_our_attention_matches_the_reference() {
     let embeds = model.merge(&ids, &image_tokens(&model)).unwrap();
     let positions: Vec<u32> = (0..ids.len() as u32).collect();
     let layers: Vec<usize> = (0..model.lm.num_layers()).collect();
-    let (_, trace) = model.lm.forward(&embeds, &positions, &mut KvCache::default(), &layers, false).unwrap();
+    let (hidden, trace) = model.lm.forward(&embeds, &positions, &mut KvCache::default(), &layers, false).unwrap();
+    let rows: Vec<Row> = (0..ids.len())
+        .map(|i| match slots.binary_search(&i) {
+            Ok(t) => Row::Image(vec![t as u32]),
+            Err(_) => Row::Text,
+        })
+        .collect();
+    let ctx = LlmContext { num_layers: model.lm.num_layers(), num_image_tokens: slots.len(), grid: (1, slots.len()) };
+    let hidden = hidden.squeeze(0).unwrap();
     for key in ["K1", "K2"] {
         let want = &fastv[key];
         let layer = want["attention_layer"].as_u64().unwrap() as usize;
-        let last = trace.attentions[&layer].i((0, .., ids.len() - 1, ..)).unwrap().mean(0).unwrap();
-        let scores: Vec<f32> = slots.iter().map(|&s| last.i(s).unwrap().to_scalar::<f32>().unwrap()).collect();
+        let attn = trace.attentions[&layer].squeeze(0).unwrap();
+        let view = LlmView {
+            site: LlmSite::AfterLayer(layer),
+            rows: &rows,
+            hidden: &hidden,
+            attn: Some(&attn),
+            vision_saliency: &[],
+        };
+        let cfg = FastvConfig { layer: layer + 1, ..Default::default() };
+        let mut reducer = Fastv::new(&cfg, want["num_keep"].as_u64().unwrap() as usize, &ctx).unwrap();
+        assert_eq!(reducer.sites(), [LlmSite::AfterLayer(layer)], "{key}");
+        let plan = reducer.plan(&view).unwrap();
+        let all = plan.scores.unwrap();
+        let scores: Vec<f32> = slots.iter().map(|&s| all[s]).collect();
         let d = max_diff(&Tensor::new(scores.as_slice(), &Device::Cpu).unwrap(), &json_tensor(&want["scores"]));
         assert!(d < 1e-5, "{key} scores differ by {d}");
-        let mut order: Vec<usize> = (0..scores.len()).collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-        let mut kept: Vec<u32> =
-            order[..want["num_keep"].as_u64().unwrap() as usize].iter().map(|&i| i as u32).collect();
-        kept.sort_unstable();
+        let kept: Vec<u32> = plan.keep.iter().map(|&row| slots.binary_search(&row).unwrap() as u32).collect();
         assert_eq!(kept, json_ints(&want["kept_image_indices"]), "{key}");
     }
 }

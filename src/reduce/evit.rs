@@ -1,10 +1,11 @@
 //! EViT-style keep + fuse by [CLS] attention (Liang et al., ICLR 2022, "Not All Patches are
 //! What You Need", <https://arxiv.org/abs/2202.07800>, §3; reference `youweiliang/evit`).
 //!
-//! After block l: score a_i = mean over heads of attn[CLS, i] (without CLS: mean attention
-//! received). Keep the top patches; fuse the
-//! rest into one token x_f = Σ a_i x_i, appended after the kept ones. With a budget of K
-//! visual tokens, K-1 are kept and the fused token is the K-th.
+//! Inside block l, after attention and before the MLP (as `evit.py`'s `Block.forward` does, so
+//! the MLP runs on the kept and fused tokens): score a_i = mean over heads of this block's
+//! attn[CLS, i] (without CLS: mean attention received). Keep the top patches; fuse the rest
+//! into one token x_f = Σ a_i x_i, appended after the kept ones. With a budget of K visual
+//! tokens, K-1 are kept and the fused token is the K-th.
 //!
 //! DEVIATION(REDUCERS.md): the fused token is the attention-weighted *sum*, as in EViT's code
 //! (`evit.py`: `extra_token = torch.sum(non_topk * non_topk_attn, ...)`), not a normalised mean.
@@ -30,7 +31,8 @@ pub const INFO: MethodInfo = MethodInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvitConfig {
-    /// The block after which tokens are reduced (EViT's first reduction is after the 4th block).
+    /// The block inside which tokens are reduced, between attention and MLP (EViT's first
+    /// reduction is in the 4th block).
     pub layer: usize,
     /// Fuse the inattentive tokens into one (else drop them).
     pub fuse: bool,
@@ -56,7 +58,7 @@ impl Evit {
 
 impl Reducer for Evit {
     fn sites(&self) -> Vec<Site> {
-        vec![Site::AfterBlock(self.layer)]
+        vec![Site::MidBlock(self.layer)]
     }
 
     fn needs(&self, layer: usize) -> Needs {

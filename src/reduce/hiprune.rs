@@ -11,8 +11,16 @@
 //! (`attn.mean(dim=1).mean(dim=1)[:, 1:]`). Its object layer for CLIP-L/14 (24 blocks) is block
 //! 8, a third of the depth: the default here is a third of the depth too. Registers come from
 //! the layer that feeds the output head (the reference's penultimate layer feeds LLaVA's
-//! projector). DEVIATION: buffers are true grid neighbours; the reference adds flat offsets
-//! (±1, ±24), which wrap across rows at the grid's edges.
+//! projector).
+//!
+//! Buffers ([`Buffers`]): the reference (`Danielement321/HiPrune`, `LLaVA/llava/model/
+//! llava_arch.py`, `encode_images`) adds flat offsets ±1 and ±24 (its 24 x 24 grid) to each
+//! anchor's raster index and clamps the result to 0..=575. `flat` reproduces that; the
+//! default, DEVIATION `grid`, takes true 4-neighbours instead. They differ only for anchors on
+//! the grid's border: there the reference's -1 / +1 reaches the previous row's last patch or
+//! the next row's first, and an offset past the first or last row is clamped onto patch 0 or
+//! the last patch (which thus join the buffers); `grid` takes no token for a missing
+//! neighbour, leaving that share of the budget to registers.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,12 +45,25 @@ pub struct HipruneConfig {
     pub object_layer: Option<usize>,
     /// Share of the budget for anchors and buffers.
     pub alpha: f32,
+    /// How an anchor's buffers are found.
+    pub buffers: Buffers,
 }
 
 impl Default for HipruneConfig {
     fn default() -> Self {
-        Self { object_layer: None, alpha: 0.1 }
+        Self { object_layer: None, alpha: 0.1, buffers: Buffers::Grid }
     }
+}
+
+/// An anchor's buffers: its true grid neighbours, or the reference's clamped flat offsets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Buffers {
+    /// Up, down, left and right on the grid; none past an edge.
+    #[default]
+    Grid,
+    /// The reference's raster offsets -1, +1, -cols, +cols, clamped to the first and last patch.
+    Flat,
 }
 
 pub struct Hiprune {
@@ -51,6 +72,7 @@ pub struct Hiprune {
     output_layer: usize,
     alpha: f32,
     grid: (usize, usize),
+    buffers: Buffers,
 }
 
 impl Hiprune {
@@ -69,19 +91,21 @@ impl Hiprune {
             output_layer: ctx.num_layers - 1,
             alpha: cfg.alpha,
             grid: ctx.grid,
+            buffers: cfg.buffers,
         })
     }
 }
 
 /// HiPrune's selection over patch indices (raster), returned sorted: the `num_anchors` most
-/// attended patches at the object layer, their 4-neighbours as buffers, then registers by
-/// `register_score` until `keep`. Anchors and buffers never exceed `keep`.
+/// attended patches at the object layer, their buffers, then registers by `register_score`
+/// until `keep`. Anchors and buffers never exceed `keep`.
 pub fn select(
     object_score: &[f32],
     register_score: &[f32],
     grid: (usize, usize),
     keep: usize,
     num_anchors: usize,
+    buffers: Buffers,
 ) -> Vec<usize> {
     let (rows, cols) = grid;
     let mut chosen = vec![false; rows * cols];
@@ -96,11 +120,21 @@ pub fn select(
     for &a in &anchors {
         take(a, &mut picked);
     }
+    let last = rows * cols - 1;
     for &a in &anchors {
-        let (r, c) = (a / cols, a % cols);
-        for (nr, nc) in [(r.wrapping_sub(1), c), (r + 1, c), (r, c.wrapping_sub(1)), (r, c + 1)] {
-            if nr < rows && nc < cols {
-                take(nr * cols + nc, &mut picked);
+        match buffers {
+            Buffers::Grid => {
+                let (r, c) = (a / cols, a % cols);
+                for (nr, nc) in [(r.wrapping_sub(1), c), (r + 1, c), (r, c.wrapping_sub(1)), (r, c + 1)] {
+                    if nr < rows && nc < cols {
+                        take(nr * cols + nc, &mut picked);
+                    }
+                }
+            }
+            Buffers::Flat => {
+                for p in [a.saturating_sub(1), a + 1, a.saturating_sub(cols), a + cols] {
+                    take(p.min(last), &mut picked);
+                }
             }
         }
     }
@@ -109,6 +143,15 @@ pub fn select(
     }
     picked.sort_unstable();
     picked
+}
+
+/// Each anchor brings up to 4 buffers: `round(K * alpha / 5)` anchors, as the reference computes
+/// it from the decimal `alpha` (a Python float; Python rounds half to even). `alpha` goes
+/// through its shortest decimal text, so 0.1 is the double 0.1 and K = 25 gives 0 anchors as
+/// there, not the 1 that 0.1f32 widened to f64 would give.
+pub fn num_anchors(alpha: f32, keep: usize) -> usize {
+    let alpha: f64 = alpha.to_string().parse().expect("an f32 prints as a number");
+    (keep as f64 * alpha / 5.0).round_ties_even() as usize
 }
 
 impl Reducer for Hiprune {
@@ -124,9 +167,8 @@ impl Reducer for Hiprune {
         };
         let object = received(self.object_layer)?;
         let output = received(self.output_layer)?;
-        // Each anchor brings up to 4 buffers: round(alpha K / 5) anchors (Python's rounding).
-        let num_anchors = (f64::from(self.alpha) * self.keep as f64 / 5.0).round_ties_even() as usize;
-        let kept = select(&object, &output, self.grid, self.keep, num_anchors);
+        let num_anchors = num_anchors(self.alpha, self.keep);
+        let kept = select(&object, &output, self.grid, self.keep, num_anchors, self.buffers);
         let patches = patch_tokens(s, state.num_tokens());
         let kept: Vec<usize> = kept.into_iter().map(|p| patches[p]).collect();
         Ok(Plan::keep(s, &kept).with_scores(with_special_nan(s, object)))
@@ -143,10 +185,22 @@ mod tests {
         let object = [0.0, 0.1, 0.0, 0.1, 0.9, 0.1, 0.0, 0.2, 0.0];
         let output = [0.1, 0.0, 0.2, 0.0, 0.0, 0.0, 0.3, 0.0, 0.9];
         // One anchor (4) with its 4 neighbours (1, 3, 5, 7); then registers 8 and 6.
-        assert_eq!(select(&object, &output, (3, 3), 7, 1), [1, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(select(&object, &output, (3, 3), 7, 1, Buffers::Grid), [1, 3, 4, 5, 6, 7, 8]);
         // Two anchors (4, 7): the corner anchor 7 brings only in-grid neighbours (6, 8).
-        assert_eq!(select(&object, &output, (3, 3), 9, 2), (0..9).collect::<Vec<_>>());
+        assert_eq!(select(&object, &output, (3, 3), 9, 2, Buffers::Grid), (0..9).collect::<Vec<_>>());
         // The budget caps anchors and buffers too.
-        assert_eq!(select(&object, &output, (3, 3), 2, 1), [1, 4]);
+        assert_eq!(select(&object, &output, (3, 3), 2, 1, Buffers::Grid), [1, 4]);
+        // Flat offsets from corner anchor 6 (object peak moved there): 5 (previous row's last),
+        // 7, 3 and 9 -> clamped to 8; then register 2 (8 is taken).
+        let corner = [0.0, 0.1, 0.0, 0.1, 0.2, 0.1, 0.9, 0.2, 0.0];
+        assert_eq!(select(&corner, &output, (3, 3), 6, 1, Buffers::Flat), [2, 3, 5, 6, 7, 8]);
+        assert_eq!(select(&corner, &output, (3, 3), 6, 1, Buffers::Grid), [0, 2, 3, 6, 7, 8]);
+    }
+
+    #[test]
+    fn anchor_count_rounds_as_python() {
+        assert_eq!(num_anchors(0.1, 25), 0); // round(2.5 / 5) = round(0.5) = 0
+        assert_eq!(num_anchors(0.1, 75), 2); // round(1.5) = 2
+        assert_eq!(num_anchors(0.1, 576), 12); // round(11.52)
     }
 }

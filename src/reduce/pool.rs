@@ -95,4 +95,25 @@ mod tests {
             assert!(regions.iter().all(|r| !r.is_empty()));
         }
     }
+
+    #[test]
+    fn pooled_tokens_are_size_weighted_means_by_hand() {
+        use crate::model::TokenState;
+        use crate::reduce::{Context, PositionMode, ReducerConfig, SiteView};
+        use candle_core::{Device, Tensor};
+        // CLS + a 2 x 2 grid of one-dim features, pooled to 1: (1*1 + 2*2 + 1*3 + 3*4) / 7.
+        let hidden = Tensor::new(&[[[9f32], [1.0], [2.0], [3.0], [4.0]]], &Device::Cpu).unwrap();
+        let mut state = TokenState::fresh(hidden, 1, (2, 2));
+        state.sizes = vec![1.0, 1.0, 2.0, 1.0, 3.0];
+        let ctx = Context { num_layers: 1, grid: (2, 2), num_special: 1 };
+        let mut pool = ReducerConfig::from_name("pool").unwrap().build(1, &ctx).unwrap();
+        let empty = crate::model::Trace::default();
+        let attn = crate::model::layers::AttnRecord::default();
+        let view = SiteView { site: Site::EncoderOutput, state: &state, attn: &attn, full_trace: &empty };
+        let out = pool.plan(&view).unwrap().apply(&state, PositionMode::Preserve).unwrap();
+        let got = out.hidden.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got[0], 9.0, "CLS untouched");
+        assert!((got[1] - 20.0 / 7.0).abs() < 1e-6, "{got:?}");
+        assert_eq!(out.sizes, [1.0, 7.0]);
+    }
 }

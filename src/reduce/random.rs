@@ -50,3 +50,34 @@ impl Reducer for Random {
         Ok(Plan::keep(state.num_special, &kept))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed decides the sample, as `rand`'s `index::sample` on ChaCha8 draws it (the
+    /// reference is the crate's documented stream, not our code), and seeds differ.
+    #[test]
+    fn the_seed_picks_rands_sample() {
+        use crate::model::TokenState;
+        use crate::reduce::{Context, ReducerConfig, SiteView};
+        use candle_core::{DType, Device, Tensor};
+        let state = TokenState::fresh(Tensor::zeros((1, 17, 2), DType::F32, &Device::Cpu).unwrap(), 1, (4, 4));
+        let ctx = Context { num_layers: 1, grid: (4, 4), num_special: 1 };
+        let (empty, attn) = (crate::model::Trace::default(), crate::model::layers::AttnRecord::default());
+        let view = SiteView { site: Site::EncoderOutput, state: &state, attn: &attn, full_trace: &empty };
+        let kept = |seed: u64| {
+            let mut cfg = ReducerConfig::from_name("random").unwrap();
+            cfg.set_param("seed", &seed.to_string()).unwrap();
+            let plan = cfg.build(5, &ctx).unwrap().plan(&view).unwrap();
+            plan.groups[1..].iter().map(|g| g.members[0] - 1).collect::<Vec<_>>()
+        };
+        for seed in [0, 7] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut want = rand::seq::index::sample(&mut rng, 16, 5).into_vec();
+            want.sort_unstable();
+            assert_eq!(kept(seed), want, "seed {seed}");
+        }
+        assert_ne!(kept(0), kept(7));
+    }
+}
