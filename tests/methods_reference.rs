@@ -7,6 +7,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::json_tensor;
+use common::{json_fixture, json_floats as floats, json_indices as indices, json_matrix as matrix};
 use serde_json::Value;
 use tokenlens::model::layers::AttnRecord;
 use tokenlens::model::{HookPoint, Probe, TokenState, Trace};
@@ -16,24 +17,7 @@ use tokenlens::reduce::pitome::{self, Matching, Pitome, PitomeConfig};
 use tokenlens::reduce::{Context, Plan, PositionMode, ReducerConfig, Site, SiteView};
 
 fn fixture() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/methods_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn matrix(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn indices(v: &Value) -> Vec<usize> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+    json_fixture("methods_reference.json")
 }
 
 fn tensor(rows: &[Vec<f32>]) -> Tensor {

@@ -1,7 +1,10 @@
 //! ToMe's matching and DivPrune's selection against the original Python code
 //! (`tests/fixtures/reducers_reference.json`, from `scripts/make_reducer_reference.py`).
 
+mod common;
+
 use candle_core::{Device, Tensor};
+use common::{json_fixture, json_indices as indices, json_matrix as matrix};
 use serde_json::Value;
 use tokenlens::model::TokenState;
 use tokenlens::reduce::PositionMode;
@@ -10,20 +13,7 @@ use tokenlens::reduce::ops::cosine_matrix;
 use tokenlens::reduce::tome::bipartite_soft_matching;
 
 fn fixture() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reducers_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn matrix(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        .collect()
-}
-
-fn indices(v: &Value) -> Vec<usize> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+    json_fixture("reducers_reference.json")
 }
 
 #[test]

@@ -313,8 +313,9 @@ enum Command {
         #[arg(long)]
         sweep: bool,
         /// SmolVLM: split the image into tiles plus a global image (`on`) or not (`off`; one
-        /// tile). Default: the folder's processor setting (`do_image_splitting`).
-        #[arg(long, value_parser = parse_on_off)]
+        /// tile); a bare `--split-image` means `on`. Default: the folder's processor setting
+        /// (`do_image_splitting`).
+        #[arg(long, value_parser = parse_on_off, num_args = 0..=1, default_missing_value = "on")]
         split_image: Option<bool>,
         #[arg(long, default_value = "viridis")]
         colormap: Colormap,

@@ -68,3 +68,23 @@ pub fn copy_fixture(rel: &str) -> tempfile::TempDir {
     }
     dir
 }
+
+/// A committed JSON fixture (`tests/fixtures/REL`), parsed.
+pub fn json_fixture(rel: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(rel)).unwrap()).unwrap()
+}
+
+/// A JSON array of arrays of numbers as f32 rows.
+pub fn json_matrix(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v.as_array().unwrap().iter().map(json_floats).collect()
+}
+
+/// A JSON array of numbers as f32.
+pub fn json_floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+/// A JSON array of non-negative integers as indices.
+pub fn json_indices(v: &serde_json::Value) -> Vec<usize> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+}
