@@ -84,10 +84,10 @@ pub fn saliency_body(input: &ImageInput, output: &Output, colormap: Colormap, ma
     render::overlay_body(&input.photo, &heat, &placement(input), &style)
 }
 
-/// [`tokens`] without title or legend.
-pub fn tokens_body(input: &ImageInput, grid: [usize; 2], run: &RunResult, max_side: u32) -> RgbImage {
+/// [`tokens`] without title or legend; `opacity` is the merged groups' fill opacity.
+pub fn tokens_body(input: &ImageInput, grid: [usize; 2], run: &RunResult, opacity: f32, max_side: u32) -> RgbImage {
     let merges = run.spec.reducer.info().merges;
-    groups_body_at(&input.photo, placement(input), grid, &run.groups, merges, max_side)
+    groups_body_at(&input.photo, placement(input), grid, &run.groups, merges, opacity, max_side)
 }
 
 /// Surviving tokens (`groups`: the original tokens each carries) on any grid over `photo`:
@@ -98,12 +98,14 @@ pub fn groups_body_at(
     grid: [usize; 2],
     groups: &[Vec<u32>],
     merges: bool,
+    opacity: f32,
     max_side: u32,
 ) -> RgbImage {
     let groups = TokenGroups::from_groups(grid[0], grid[1], &on_grid(groups, grid[0], grid[1]))
         .expect("a run's groups are disjoint");
     let style = if merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
-    render::tokens_body(photo, &groups, &place, &TokensStyle { style, max_side, ..TokensStyle::default() })
+    let tokens_style = TokensStyle { style, max_side, fill_opacity: opacity, ..TokensStyle::default() };
+    render::tokens_body(photo, &groups, &place, &tokens_style)
 }
 
 /// The saliency output over the photo, on the fixed 0..1 scale so maps compare directly.

@@ -105,7 +105,7 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         )),
         (None, Some(r)) => {
             Some(app.textures.get(ui.ctx(), "main", format!("{key_common}|tokens|{:?}", r.spec), || {
-                figures::tokens_body(&opened.input, grid, r, VIEW_SIDE)
+                figures::tokens_body(&opened.input, grid, r, s.opacity, VIEW_SIDE)
             }))
         }
         _ => None,
@@ -117,6 +117,11 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         return;
     };
 
+    if map.is_none()
+        && let Some(r) = &run
+    {
+        token_legend(ui, !r.spec.reducer.info().merges);
+    }
     let frame = GridFrame::of(&opened.input, grid);
     let groups = run.as_ref().map(|r| r.groups.as_slice());
     image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, |patch| {
@@ -126,6 +131,41 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             groups: &r.groups,
         });
         patch_info(patch, grid, map.as_ref(), fate)
+    });
+}
+
+/// What each way of drawing a token means, as a row of swatches drawn like the figure draws it:
+/// kept (the photo, outlined), merged (tinted) or, for pruning methods, fused (tinted, hatched),
+/// and dropped (faded).
+pub fn token_legend(ui: &mut egui::Ui, fused: bool) {
+    let photo = egui::Color32::from_rgb(150, 130, 100);
+    let tint = egui::Color32::from_rgb(110, 120, 160);
+    let faded = egui::Color32::from_rgb(62, 57, 49); // `photo` 75 % towards #202020
+    let white = egui::Stroke::new(1.5, egui::Color32::WHITE);
+    let swatch = |ui: &mut egui::Ui, fill: egui::Color32, outline: bool, hatch: bool, label: &str, tip: &str| {
+        let (rect, _) = ui.allocate_exact_size(egui::vec2(14.0, 14.0), egui::Sense::hover());
+        let painter = ui.painter();
+        painter.rect_filled(rect, 0.0, fill);
+        if hatch {
+            for i in 0..4 {
+                let x = rect.left() + i as f32 * 5.0;
+                painter.line_segment([Pos2::new(x, rect.bottom()), Pos2::new(x + 14.0, rect.top())], white);
+            }
+        }
+        if outline {
+            painter.rect_stroke(rect, 0.0, white, egui::StrokeKind::Inside);
+        }
+        ui.label(label).on_hover_text(tip);
+    };
+    ui.horizontal(|ui| {
+        ui.spacing_mut().item_spacing.x = 4.0;
+        swatch(ui, photo, true, false, "kept  ", "a patch kept as itself: the photo, outlined");
+        if fused {
+            swatch(ui, tint, true, true, "fused  ", "patches fused into one token: tinted by opacity, hatched");
+        } else {
+            swatch(ui, tint, true, false, "merged  ", "patches merged into one token: tinted by opacity, outlined");
+        }
+        swatch(ui, faded, false, false, "dropped", "a patch no token carries: faded");
     });
 }
 

@@ -137,7 +137,15 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             let merges = matches!(&r.spec.method, Some(crate::vlm::VlmMethod::Vision(c)) if c.info().merges)
                 || r.groups.iter().any(|g| g.len() > 1);
             Some(app.textures.get(ui.ctx(), "vlm_main", format!("{key_common}|tokens|{:?}", r.spec), || {
-                figures::groups_body_at(&opened.image.photo, frame.place, opened.grid, &r.groups, merges, VIEW_SIDE)
+                figures::groups_body_at(
+                    &opened.image.photo,
+                    frame.place,
+                    opened.grid,
+                    &r.groups,
+                    merges,
+                    s.opacity,
+                    VIEW_SIDE,
+                )
             }))
         }
         // No reduced run yet (or no token picked): the plain photo under the grid.
@@ -147,6 +155,13 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         })),
     };
     let Some(tex) = tex else { return };
+    if map.is_none()
+        && let Some(r) = &run
+    {
+        let merges = matches!(&r.spec.method, Some(crate::vlm::VlmMethod::Vision(c)) if c.info().merges)
+            || r.groups.iter().any(|g| g.len() > 1);
+        super::view::token_legend(ui, !merges);
+    }
     let groups = run.as_ref().map(|r| r.groups.as_slice());
     let (grid, block) = (opened.grid, opened.patch_block);
     image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, |token| {
