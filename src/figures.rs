@@ -34,10 +34,11 @@ pub fn grid_map_body(
     grid: [usize; 2],
     values: &[f32],
     colormap: Colormap,
+    norm: Norm,
     opacity: f32,
     max_side: u32,
 ) -> RgbImage {
-    grid_map_body_at(&input.photo, placement(input), grid, values, colormap, opacity, max_side)
+    grid_map_body_at(&input.photo, placement(input), grid, values, colormap, norm, opacity, max_side)
 }
 
 /// A per-token map on any grid placed over `photo` (the app's VLM view uses the image-token grid).
@@ -47,13 +48,15 @@ pub fn grid_map_body_at(
     grid: [usize; 2],
     values: &[f32],
     colormap: Colormap,
+    norm: Norm,
     opacity: f32,
     max_side: u32,
 ) -> RgbImage {
     // Values past the grid (SmolVLM's global image when split) are not drawn.
     let values = values.iter().copied().take(grid[0] * grid[1]).collect();
     let heat = Heatmap { rows: grid[0], cols: grid[1], values };
-    let style = OverlayStyle { colormap, opacity, title: None, colorbar: false, max_side, ..OverlayStyle::default() };
+    let style =
+        OverlayStyle { colormap, opacity, norm, title: None, colorbar: false, max_side, ..OverlayStyle::default() };
     render::overlay_body(photo, &heat, &place, &style)
 }
 

@@ -324,6 +324,7 @@ fn smolvlm_image_splitting_matches_transformers_and_runs_language_side_methods()
         [grid.0, grid.1],
         &look,
         tokenlens::render::Colormap::Viridis,
+        tokenlens::render::Norm::MinMax,
         0.6,
         128,
     );

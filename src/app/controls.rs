@@ -353,7 +353,7 @@ fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     look_ui(s, ui);
 }
 
-/// The colormap and the heatmap's opacity.
+/// The colormap, the heatmap's opacity and the maps' scale.
 pub(super) fn look_ui(s: &mut super::Settings, ui: &mut egui::Ui) {
     egui::ComboBox::from_label("colormap").selected_text(s.colormap.name()).show_ui(ui, |ui| {
         for cm in Colormap::ALL {
@@ -361,6 +361,11 @@ pub(super) fn look_ui(s: &mut super::Settings, ui: &mut egui::Ui) {
         }
     });
     ui.add(egui::Slider::new(&mut s.opacity, 0.0..=1.0).text("opacity"));
+    egui::ComboBox::from_label("map scale").selected_text(s.scale.label()).show_ui(ui, |ui| {
+        for scale in super::MapScale::ALL {
+            ui.selectable_value(&mut s.scale, scale, scale.label());
+        }
+    });
 }
 
 #[cfg(test)]

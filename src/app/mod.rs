@@ -39,6 +39,37 @@ pub use worker::{Event, ImageSource, Job, Look, Opened, VlmOpened, WorkerHandle}
 pub const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
 pub const SAMPLE_NAME: &str = "chelsea.png (sample)";
 
+/// How a map's values are spread over the colormap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapScale {
+    #[default]
+    MinMax,
+    /// min..99th percentile: one outlier token (DINOv2's artifacts) no longer swamps the map.
+    P99,
+    Log,
+}
+
+impl MapScale {
+    pub const ALL: [MapScale; 3] = [MapScale::MinMax, MapScale::P99, MapScale::Log];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            MapScale::MinMax => "min-max",
+            MapScale::P99 => "99th percentile",
+            MapScale::Log => "log",
+        }
+    }
+
+    pub fn norm(self) -> crate::render::Norm {
+        match self {
+            MapScale::MinMax => crate::render::Norm::MinMax,
+            MapScale::P99 => crate::render::Norm::Percentile(99.0),
+            MapScale::Log => crate::render::Norm::Log,
+        }
+    }
+}
+
 /// What the main view draws over the photo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,6 +118,8 @@ pub struct Settings {
     pub head: Head,
     pub colormap: Colormap,
     pub opacity: f32,
+    /// How maps (attention, rollout, norms, scores) are scaled.
+    pub scale: MapScale,
     pub dark: bool,
     pub recent: Vec<PathBuf>,
     /// Methods of the compare view (2 to 4), all at `spec`'s budget.
@@ -109,6 +142,7 @@ impl Default for Settings {
             head: Head::Mean,
             colormap: Colormap::Viridis,
             opacity: 0.6,
+            scale: MapScale::MinMax,
             dark: true,
             recent: Vec::new(),
             compare: ["tome", "cls_topk", "divprune", "random"]

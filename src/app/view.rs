@@ -28,18 +28,21 @@ pub fn value_map(app: &TokenlensApp) -> Option<ValueMap> {
     Some(match s.overlay {
         Overlay::Attention => match s.head {
             Head::Mean => ValueMap {
-                title: format!("{attention}, layer {layer}, mean of heads"),
+                title: format!("{attention}, layer {layer}, mean of heads (full model)"),
                 values: a.cls_attention[layer].clone(),
             },
             Head::One(h) => ValueMap {
-                title: format!("{attention}, layer {layer}, head {h}"),
+                title: format!("{attention}, layer {layer}, head {h} (full model)"),
                 values: a.cls_attention_heads[layer].get(h)?.clone(),
             },
         },
-        Overlay::Rollout => ValueMap { title: "Attention rollout, all layers".into(), values: a.rollout.clone() },
-        Overlay::TokenNorms => {
-            ValueMap { title: format!("Token norms after layer {layer}"), values: a.token_norms[layer].clone() }
+        Overlay::Rollout => {
+            ValueMap { title: "Attention rollout, all layers (full model)".into(), values: a.rollout.clone() }
         }
+        Overlay::TokenNorms => ValueMap {
+            title: format!("Token norms after layer {layer} (full model)"),
+            values: a.token_norms[layer].clone(),
+        },
         Overlay::Scores => {
             let run = app.run.value.as_ref()?;
             let scores = run.scores.as_ref()?;
@@ -73,9 +76,7 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| match (&map, s.overlay, &run) {
         (Some(m), _, _) => {
             ui.strong(&m.title);
-            if let Some((lo, hi)) = finite_range(&m.values) {
-                colorbar_ui(ui, s.colormap, lo, hi);
-            }
+            colorbar_ui(ui, s.colormap, s.scale, &m.values);
         }
         (None, Overlay::Tokens, Some(r)) => {
             ui.strong(figures::run_title(r));
@@ -95,13 +96,13 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         }
     });
 
-    let key_common = format!("{:?}|{:?}|{}", opened.label, s.colormap, s.opacity);
+    let key_common = format!("{:?}|{:?}|{}|{:?}", opened.label, s.colormap, s.opacity, s.scale);
     let tex = match (&map, &run) {
         (Some(m), _) => Some(app.textures.get(
             ui.ctx(),
             "main",
             format!("{key_common}|{}|{:?}", m.title, run.as_ref().map(|r| r.spec.clone())),
-            || figures::grid_map_body(&opened.input, grid, &m.values, s.colormap, s.opacity, VIEW_SIDE),
+            || figures::grid_map_body(&opened.input, grid, &m.values, s.colormap, s.scale.norm(), s.opacity, VIEW_SIDE),
         )),
         (None, Some(r)) => {
             Some(app.textures.get(ui.ctx(), "main", format!("{key_common}|tokens|{:?}", r.spec), || {
@@ -310,7 +311,13 @@ pub fn finite_range(values: &[f32]) -> Option<(f32, f32)> {
 }
 
 /// A horizontal colour bar with its end values (min-max normalisation, as the overlay).
-pub fn colorbar_ui(ui: &mut egui::Ui, colormap: Colormap, lo: f32, hi: f32) {
+/// The colour scale of a map of `values` under `scale`: the range it spans, its colours, its name.
+pub fn colorbar_ui(ui: &mut egui::Ui, colormap: Colormap, scale: super::MapScale, values: &[f32]) {
+    if finite_range(values).is_none() {
+        return;
+    }
+    let heat = crate::render::Heatmap::new(1, values.len(), values.to_vec());
+    let (lo, hi) = scale.norm().resolve(&heat);
     ui.label(egui::RichText::new(format!("{lo:.3}")).small().monospace());
     let (rect, _) = ui.allocate_exact_size(egui::vec2(160.0, 12.0), egui::Sense::hover());
     let steps = 64;
@@ -326,7 +333,7 @@ pub fn colorbar_ui(ui: &mut egui::Ui, colormap: Colormap, lo: f32, hi: f32) {
         );
     }
     ui.label(egui::RichText::new(format!("{hi:.3}")).small().monospace());
-    ui.label(egui::RichText::new("min-max").small().weak());
+    ui.label(egui::RichText::new(scale.label()).small().weak());
 }
 
 #[cfg(test)]

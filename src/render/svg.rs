@@ -242,7 +242,7 @@ fn heat_group(heat: &Heatmap, norm: Norm, colormap: Colormap, opacity: f32, geom
             if !v.is_finite() {
                 return image::Rgba([0, 0, 0, 0]);
             }
-            let [red, green, blue] = colormap.rgb(((v - lo) / (hi - lo)).clamp(0.0, 1.0));
+            let [red, green, blue] = colormap.rgb(norm.unit(v, lo, hi));
             image::Rgba([red, green, blue, (alpha * 255.0).round() as u8])
         });
         let (x0, y0) = (e.xs[0], e.ys[0]);
