@@ -357,6 +357,7 @@ impl TokenlensApp {
                     self.settings.vlm.max_new_tokens = fitted;
                 }
                 self.scene_rect = egui::Rect::ZERO;
+                self.remember_opened(&opened.label);
             }
             return;
         }
@@ -378,6 +379,7 @@ impl TokenlensApp {
                 self.error = None;
                 let t = &opened.analysis.timings_ms;
                 self.status = format!("{}: full run {:.0} ms", opened.label.display(), t.total_ms);
+                self.remember_opened(&opened.label.clone()); // `opened` moves below
                 self.settings.layer = self.settings.layer.min(opened.analysis.cls_attention.len().saturating_sub(1));
                 self.opened = Some(opened);
                 // Everything computed for the previous image is stale now.
@@ -412,9 +414,19 @@ impl TokenlensApp {
         }
     }
 
+    /// Opens an image file; it joins Recent once it has opened (a file that fails does not).
     pub fn open(&mut self, path: PathBuf) {
-        self.settings.remember(path.clone());
         self.open_source(ImageSource { label: path, bytes: None });
+    }
+
+    /// Puts the file just opened (`label`) first in Recent, if it came from a file.
+    fn remember_opened(&mut self, label: &Path) {
+        if let Some(source) = &self.image_source
+            && source.bytes.is_none()
+            && source.label == label
+        {
+            self.settings.remember(label.to_path_buf());
+        }
     }
 
     fn open_source(&mut self, source: ImageSource) {
@@ -691,7 +703,7 @@ impl TokenlensApp {
                         ("F2", "single / compare view"),
                         ("Ctrl+T", "light / dark theme"),
                         ("Ctrl+E", "export the view (or the compare grid) as SVG or PNG"),
-                        ("drag, scroll", "pan and zoom the image; double-click to reset"),
+                        ("drag / scroll", "pan / zoom the image; double-click to reset"),
                         ("F1", "this help"),
                     ] {
                         ui.monospace(keys);
@@ -986,6 +998,15 @@ mod tests {
         slot.answer(2, 20);
         assert_eq!(slot.value, Some(20));
         assert!(!slot.pending && slot.latency_ms.is_some());
+    }
+
+    #[test]
+    fn a_file_that_fails_to_open_is_not_remembered() {
+        let ctx = egui::Context::default();
+        let mut app = TokenlensApp::new(&ctx, ModelSource::Default, None, Settings::default());
+        app.open(PathBuf::from("/img/broken.png"));
+        app.apply(Event::Failed("broken.png: not an image".into()));
+        assert!(app.settings.recent.is_empty(), "{:?}", app.settings.recent);
     }
 
     #[test]

@@ -195,7 +195,8 @@ pub fn image_scene_ui(
     info: impl Fn(usize) -> String,
 ) {
     let size = tex.size_vec2();
-    let response = egui::Scene::new().zoom_range(0.2..=12.0).show(ui, scene_rect, |ui| {
+    // The scroll wheel zooms, as the help says (egui's default pans; drag pans).
+    let response = egui::Scene::new().zoom_range(0.2..=12.0).scroll_zooms(true).show(ui, scene_rect, |ui| {
         let img = ui.add(egui::Image::new(tex).fit_to_exact_size(size).sense(egui::Sense::click()));
         if let Some(pos) = img.hover_pos()
             && let Some(patch) = patch_at(frame, img.rect, pos)
