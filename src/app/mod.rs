@@ -219,6 +219,11 @@ impl<T> Slot<T> {
         self.sent_at = Some(Instant::now());
     }
 
+    /// The value shown belongs to an older request than the one computing now.
+    pub fn is_stale(&self) -> bool {
+        self.pending && self.value.is_some()
+    }
+
     /// Stores an answer unless a newer request superseded it.
     pub(crate) fn answer(&mut self, id: u64, value: T) {
         if id == self.id {
@@ -998,6 +1003,21 @@ mod tests {
         slot.answer(2, 20);
         assert_eq!(slot.value, Some(20));
         assert!(!slot.pending && slot.latency_ms.is_some());
+    }
+
+    #[test]
+    fn a_result_is_stale_while_a_newer_request_computes() {
+        let mut slot: Slot<u32> = Slot::default();
+        slot.submitted(1);
+        assert!(!slot.is_stale(), "nothing shown yet");
+        slot.answer(1, 10);
+        assert!(!slot.is_stale());
+        slot.submitted(2);
+        assert!(slot.is_stale(), "the answer to 1 is on screen while 2 computes");
+        slot.answer(1, 11); // a late answer to the superseded request changes nothing
+        assert!(slot.is_stale());
+        slot.answer(2, 20);
+        assert!(!slot.is_stale());
     }
 
     #[test]

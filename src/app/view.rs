@@ -118,6 +118,20 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         return;
     };
 
+    // A slow run: the last result stays on screen, marked as such, until the new one lands.
+    let shows_run = matches!(s.overlay, Overlay::Tokens | Overlay::Scores);
+    if shows_run
+        && app.run.is_stale()
+        && let Some(r) = &run
+    {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.colored_label(
+                ui.visuals().warn_fg_color,
+                format!("stale: showing the last run ({}) while the new one computes", figures::run_title(r)),
+            );
+        });
+    }
     if map.is_none()
         && let Some(r) = &run
     {
