@@ -135,7 +135,7 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     if map.is_none()
         && let Some(r) = &run
     {
-        token_legend(ui, !r.spec.reducer.info().merges);
+        token_legend(ui, r.spec.reducer.info().merges, &r.groups);
     }
     let frame = GridFrame::of(&opened.input, grid);
     let groups = run.as_ref().map(|r| r.groups.as_slice());
@@ -152,7 +152,10 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 /// What each way of drawing a token means, as a row of swatches drawn like the figure draws it:
 /// kept (the photo, outlined), merged (tinted) or, for pruning methods, fused (tinted, hatched),
 /// and dropped (faded).
-pub fn token_legend(ui: &mut egui::Ui, fused: bool) {
+/// The middle swatch only where it applies: merge methods, or a run that fused some patches.
+pub fn token_legend(ui: &mut egui::Ui, merges: bool, groups: &[Vec<u32>]) {
+    let fused = !merges;
+    let shows_groups = merges || groups.iter().any(|g| g.len() > 1);
     let photo = egui::Color32::from_rgb(150, 130, 100);
     let tint = egui::Color32::from_rgb(110, 120, 160);
     let faded = egui::Color32::from_rgb(62, 57, 49); // `photo` 75 % towards #202020
@@ -175,9 +178,9 @@ pub fn token_legend(ui: &mut egui::Ui, fused: bool) {
     ui.horizontal(|ui| {
         ui.spacing_mut().item_spacing.x = 4.0;
         swatch(ui, photo, true, false, "kept  ", "a patch kept as itself: the photo, outlined");
-        if fused {
+        if shows_groups && fused {
             swatch(ui, tint, true, true, "fused  ", "patches fused into one token: tinted by opacity, hatched");
-        } else {
+        } else if shows_groups {
             swatch(ui, tint, true, false, "merged  ", "patches merged into one token: tinted by opacity, outlined");
         }
         swatch(ui, faded, false, false, "dropped", "a patch no token carries: faded");

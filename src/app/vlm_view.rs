@@ -168,7 +168,7 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     {
         let merges = matches!(&r.spec.method, Some(crate::vlm::VlmMethod::Vision(c)) if c.info().merges)
             || r.groups.iter().any(|g| g.len() > 1);
-        super::view::token_legend(ui, !merges);
+        super::view::token_legend(ui, merges, &r.groups);
     }
     let groups = run.as_ref().map(|r| r.groups.as_slice());
     let (grid, block) = (opened.grid, opened.patch_block);
