@@ -397,6 +397,7 @@ impl Ctx<'_> {
                             style: *style,
                             title: s.title.then(|| title.clone()),
                             max_side: s.panel_px,
+                            fill_opacity: s.opacity,
                             ..TokensStyle::default()
                         },
                     ),
@@ -416,7 +417,9 @@ impl Ctx<'_> {
             Content::Heat { heat, norm, title, .. } => {
                 (PanelContent::Heat { heat, norm: *norm, colormap: s.colormap, opacity: s.opacity }, title)
             }
-            Content::Tokens { groups, style, title } => (PanelContent::Tokens { groups, style: *style }, title),
+            Content::Tokens { groups, style, title } => {
+                (PanelContent::Tokens { groups, style: *style, opacity: s.opacity }, title)
+            }
         };
         Panel {
             photo: &self.input.photo,

@@ -34,26 +34,30 @@ pub fn grid_map_body(
     grid: [usize; 2],
     values: &[f32],
     colormap: Colormap,
+    norm: Norm,
     opacity: f32,
     max_side: u32,
 ) -> RgbImage {
-    grid_map_body_at(&input.photo, placement(input), grid, values, colormap, opacity, max_side)
+    grid_map_body_at(&input.photo, placement(input), grid, values, colormap, norm, opacity, max_side)
 }
 
 /// A per-token map on any grid placed over `photo` (the app's VLM view uses the image-token grid).
+#[allow(clippy::too_many_arguments)] // the look's three knobs, as the callers hold them
 pub fn grid_map_body_at(
     photo: &RgbImage,
     place: Placement,
     grid: [usize; 2],
     values: &[f32],
     colormap: Colormap,
+    norm: Norm,
     opacity: f32,
     max_side: u32,
 ) -> RgbImage {
     // Values past the grid (SmolVLM's global image when split) are not drawn.
     let values = values.iter().copied().take(grid[0] * grid[1]).collect();
     let heat = Heatmap { rows: grid[0], cols: grid[1], values };
-    let style = OverlayStyle { colormap, opacity, title: None, colorbar: false, max_side, ..OverlayStyle::default() };
+    let style =
+        OverlayStyle { colormap, opacity, norm, title: None, colorbar: false, max_side, ..OverlayStyle::default() };
     render::overlay_body(photo, &heat, &place, &style)
 }
 
@@ -84,10 +88,10 @@ pub fn saliency_body(input: &ImageInput, output: &Output, colormap: Colormap, ma
     render::overlay_body(&input.photo, &heat, &placement(input), &style)
 }
 
-/// [`tokens`] without title or legend.
-pub fn tokens_body(input: &ImageInput, grid: [usize; 2], run: &RunResult, max_side: u32) -> RgbImage {
+/// [`tokens`] without title or legend; `opacity` is the merged groups' fill opacity.
+pub fn tokens_body(input: &ImageInput, grid: [usize; 2], run: &RunResult, opacity: f32, max_side: u32) -> RgbImage {
     let merges = run.spec.reducer.info().merges;
-    groups_body_at(&input.photo, placement(input), grid, &run.groups, merges, max_side)
+    groups_body_at(&input.photo, placement(input), grid, &run.groups, merges, opacity, max_side)
 }
 
 /// Surviving tokens (`groups`: the original tokens each carries) on any grid over `photo`:
@@ -98,12 +102,14 @@ pub fn groups_body_at(
     grid: [usize; 2],
     groups: &[Vec<u32>],
     merges: bool,
+    opacity: f32,
     max_side: u32,
 ) -> RgbImage {
     let groups = TokenGroups::from_groups(grid[0], grid[1], &on_grid(groups, grid[0], grid[1]))
         .expect("a run's groups are disjoint");
     let style = if merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
-    render::tokens_body(photo, &groups, &place, &TokensStyle { style, max_side, ..TokensStyle::default() })
+    let tokens_style = TokensStyle { style, max_side, fill_opacity: opacity, ..TokensStyle::default() };
+    render::tokens_body(photo, &groups, &place, &tokens_style)
 }
 
 /// The saliency output over the photo, on the fixed 0..1 scale so maps compare directly.

@@ -200,3 +200,28 @@ fn open_and_export_fall_back_to_the_in_app_browser() {
         assert!(distinct.len() > 1000, "{press}: the window looks blank");
     }
 }
+
+/// ToMe's merge view keeps the photo: the groups' tint follows the opacity slider (it painted
+/// every token one flat colour whatever the opacity), and the legend is on screen.
+#[test]
+fn merge_groups_follow_the_opacity() {
+    let Some(x) = Xvfb::start_or_skip() else { return };
+    let _ = common::session();
+    let dir = tempfile::tempdir().unwrap();
+    let shot = |opacity: &str, name: &str| {
+        let args = ["--reducer", "tome", "--overlay", "tokens", "--opacity", opacity].map(std::ffi::OsStr::new);
+        run_app(&x, &asset("coffee.png"), &args, &dir.path().join(name))
+    };
+    let (clear, tinted) = (shot("0", "tome-clear.png"), shot("0.9", "tome-tinted.png"));
+    let (w, h) = clear.dimensions();
+    let (x0, x1, y0, y1) = (w * 25 / 100, w * 74 / 100, h * 10 / 100, h * 90 / 100);
+    let changed = (y0..y1)
+        .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+        .filter(|&(x, y)| {
+            let (a, b) = (clear.get_pixel(x, y).0, tinted.get_pixel(x, y).0);
+            a.iter().zip(b).map(|(p, q)| p.abs_diff(q) as u32).sum::<u32>() > 30
+        })
+        .count();
+    let area = ((x1 - x0) * (y1 - y0)) as usize;
+    assert!(changed > area / 20, "only {changed} of {area} central pixels changed with the opacity");
+}

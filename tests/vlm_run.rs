@@ -331,7 +331,7 @@ fn smolvlm_image_splitting_matches_transformers_and_runs_language_side_methods()
     // The pictures draw the grid's 16 tokens; the global image's 4 are off the grid.
     let grid = full.vision.grid;
     let place = tokenlens::figures::vlm_placement(&full.image);
-    let tokens = tokenlens::figures::groups_body_at(&full.image.photo, place, [4, 4], &run.groups, false, 128);
+    let tokens = tokenlens::figures::groups_body_at(&full.image.photo, place, [4, 4], &run.groups, false, 0.6, 128);
     assert!(tokens.width() > 0);
     let look: Vec<f32> = run.answer.image_attention[0].iter().map(|v| v.unwrap_or(f32::NAN)).collect();
     assert_eq!(look.len(), 20);
@@ -341,6 +341,7 @@ fn smolvlm_image_splitting_matches_transformers_and_runs_language_side_methods()
         [grid.0, grid.1],
         &look,
         tokenlens::render::Colormap::Viridis,
+        tokenlens::render::Norm::MinMax,
         0.6,
         128,
     );

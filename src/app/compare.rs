@@ -23,6 +23,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let width = (ui.available_width() - 12.0 * (n as f32 - 1.0)) / n as f32;
     let grid = opened.analysis.grid;
     let cm = app.settings.colormap;
+    let s_opacity = app.settings.opacity;
     let mut remove = None;
     ui.columns(n, |cols| {
         for (i, col) in cols.iter_mut().enumerate() {
@@ -46,8 +47,8 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             let tokens = app.textures.get(
                 col.ctx(),
                 &format!("cmp_tokens_{i}"),
-                format!("{:?}|{:?}", opened.label, r.spec),
-                || figures::tokens_body(&opened.input, grid, r, 512),
+                format!("{:?}|{:?}|{}", opened.label, r.spec, s_opacity),
+                || figures::tokens_body(&opened.input, grid, r, s_opacity, 512),
             );
             let mut textures = vec![tokens];
             if r.output.is_map() {

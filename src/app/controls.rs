@@ -126,13 +126,8 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         app.model_dialog();
     }
     if let Some(vlm) = app.vlm.as_mut() {
-        // The question: the full model runs again when editing ends.
-        let question =
-            egui::TextEdit::multiline(&mut vlm.draft).hint_text("a question about the image").desired_rows(2);
-        let response =
-            ui.add(question).on_hover_text("The question about the image; the answers update when you leave the box");
-        if response.lost_focus() && vlm.draft != app.settings.vlm.question {
-            app.settings.vlm.question = vlm.draft.clone();
+        if let Some(q) = question_box(ui, &mut vlm.draft, &app.settings.vlm.question) {
+            app.settings.vlm.question = q;
         }
         return;
     }
@@ -353,7 +348,32 @@ fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     look_ui(s, ui);
 }
 
-/// The colormap and the heatmap's opacity.
+/// The question box and its Ask button; the new question when it is sent (Enter, Ask, or leaving
+/// the box) and differs from `asked`. Shift+Enter is a newline.
+fn question_box(ui: &mut egui::Ui, draft: &mut String, asked: &str) -> Option<String> {
+    let id = ui.make_persistent_id("vlm_question");
+    // Taken before the text edit sees it, which would insert a newline.
+    // (`consume_key` matches Shift+Enter too: it ignores Shift for keys that have no shifted form.)
+    let plain_enter = |e: &egui::Event| matches!(e, egui::Event::Key { key: egui::Key::Enter, pressed: true, modifiers, .. } if modifiers.is_none());
+    let enter = ui.memory(|m| m.has_focus(id))
+        && ui.input_mut(|i| {
+            let before = i.events.len();
+            i.events.retain(|e| !plain_enter(e));
+            i.events.len() < before
+        });
+    let question = egui::TextEdit::multiline(draft).id(id).hint_text("a question about the image").desired_rows(2);
+    let response = ui.add(question).on_hover_text("Enter asks the question; Shift+Enter starts a new line");
+    let ask = ui.button("Ask").on_hover_text("run the model on this question").clicked();
+    ((enter || ask || response.lost_focus()) && question_to_send(draft, asked)).then(|| draft.trim_end().to_owned())
+}
+
+/// The question box's text is a new question: not blank and not the one already asked.
+fn question_to_send(draft: &str, asked: &str) -> bool {
+    let draft = draft.trim_end();
+    !draft.trim().is_empty() && draft != asked
+}
+
+/// The colormap, the heatmap's opacity and the maps' scale.
 pub(super) fn look_ui(s: &mut super::Settings, ui: &mut egui::Ui) {
     egui::ComboBox::from_label("colormap").selected_text(s.colormap.name()).show_ui(ui, |ui| {
         for cm in Colormap::ALL {
@@ -361,6 +381,11 @@ pub(super) fn look_ui(s: &mut super::Settings, ui: &mut egui::Ui) {
         }
     });
     ui.add(egui::Slider::new(&mut s.opacity, 0.0..=1.0).text("opacity"));
+    egui::ComboBox::from_label("map scale").selected_text(s.scale.label()).show_ui(ui, |ui| {
+        for scale in super::MapScale::ALL {
+            ui.selectable_value(&mut s.scale, scale, scale.label());
+        }
+    });
 }
 
 #[cfg(test)]
@@ -387,6 +412,46 @@ mod tests {
         let mut top = Budget::RemoveFraction(17.0 / 18.0);
         step_preset(&mut top, 1);
         assert_eq!(top, Budget::RemoveFraction(17.0 / 18.0));
+    }
+}
+
+#[cfg(test)]
+mod question_tests {
+    use super::*;
+
+    /// One frame of the question box with `events`; what it sent, and the box's text.
+    fn frame(ctx: &egui::Context, draft: &mut String, events: Vec<egui::Event>) -> Option<String> {
+        let input = egui::RawInput { events, ..Default::default() };
+        let mut sent = None;
+        let _ = ctx.run_ui(input, |ui| {
+            sent = question_box(ui, draft, "What is in the image?");
+        });
+        sent
+    }
+
+    fn key(key: egui::Key, modifiers: egui::Modifiers) -> egui::Event {
+        egui::Event::Key { key, physical_key: None, pressed: true, repeat: false, modifiers }
+    }
+
+    #[test]
+    fn enter_sends_and_shift_enter_adds_a_line() {
+        let ctx = egui::Context::default();
+        let mut draft = "What is in the image?".to_owned();
+        frame(&ctx, &mut draft, vec![]);
+        // Focus the box by its id as the box makes it.
+        let _ = ctx.run_ui(Default::default(), |ui| {
+            let id = ui.make_persistent_id("vlm_question");
+            ui.memory_mut(|m| m.request_focus(id));
+        });
+        frame(&ctx, &mut draft, vec![]);
+        let typed = frame(&ctx, &mut draft, vec![egui::Event::Text(" Why".into())]);
+        assert_eq!(typed, None, "typing sends nothing");
+        let newline = frame(&ctx, &mut draft, vec![key(egui::Key::Enter, egui::Modifiers::SHIFT)]);
+        assert_eq!(newline, None);
+        assert!(draft.contains('\n'), "{draft:?}");
+        let sent = frame(&ctx, &mut draft, vec![key(egui::Key::Enter, egui::Modifiers::NONE)]);
+        assert_eq!(sent.as_deref(), Some(draft.trim_end()));
+        assert!(question_to_send("a new one", "asked") && !question_to_send("  \n", "asked"));
     }
 }
 

@@ -39,6 +39,37 @@ pub use worker::{Event, ImageSource, Job, Look, Opened, VlmOpened, WorkerHandle}
 pub const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
 pub const SAMPLE_NAME: &str = "chelsea.png (sample)";
 
+/// How a map's values are spread over the colormap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapScale {
+    #[default]
+    MinMax,
+    /// min..99th percentile: one outlier token (DINOv2's artifacts) no longer swamps the map.
+    P99,
+    Log,
+}
+
+impl MapScale {
+    pub const ALL: [MapScale; 3] = [MapScale::MinMax, MapScale::P99, MapScale::Log];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            MapScale::MinMax => "min-max",
+            MapScale::P99 => "99th percentile",
+            MapScale::Log => "log",
+        }
+    }
+
+    pub fn norm(self) -> crate::render::Norm {
+        match self {
+            MapScale::MinMax => crate::render::Norm::MinMax,
+            MapScale::P99 => crate::render::Norm::Percentile(99.0),
+            MapScale::Log => crate::render::Norm::Log,
+        }
+    }
+}
+
 /// What the main view draws over the photo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,6 +118,8 @@ pub struct Settings {
     pub head: Head,
     pub colormap: Colormap,
     pub opacity: f32,
+    /// How maps (attention, rollout, norms, scores) are scaled.
+    pub scale: MapScale,
     pub dark: bool,
     pub recent: Vec<PathBuf>,
     /// Methods of the compare view (2 to 4), all at `spec`'s budget.
@@ -109,6 +142,7 @@ impl Default for Settings {
             head: Head::Mean,
             colormap: Colormap::Viridis,
             opacity: 0.6,
+            scale: MapScale::MinMax,
             dark: true,
             recent: Vec::new(),
             compare: ["tome", "cls_topk", "divprune", "random"]
@@ -183,6 +217,11 @@ impl<T> Slot<T> {
         self.id = id;
         self.pending = true;
         self.sent_at = Some(Instant::now());
+    }
+
+    /// The value shown belongs to an older request than the one computing now.
+    pub fn is_stale(&self) -> bool {
+        self.pending && self.value.is_some()
     }
 
     /// Stores an answer unless a newer request superseded it.
@@ -323,6 +362,7 @@ impl TokenlensApp {
                     self.settings.vlm.max_new_tokens = fitted;
                 }
                 self.scene_rect = egui::Rect::ZERO;
+                self.remember_opened(&opened.label);
             }
             return;
         }
@@ -346,6 +386,7 @@ impl TokenlensApp {
                 self.error = None;
                 let t = &opened.analysis.timings_ms;
                 self.status = format!("{}: full run {:.0} ms", opened.label.display(), t.total_ms);
+                self.remember_opened(&opened.label.clone()); // `opened` moves below
                 self.settings.layer = self.settings.layer.min(opened.analysis.cls_attention.len().saturating_sub(1));
                 self.opened = Some(opened);
                 // Everything computed for the previous image is stale now.
@@ -380,9 +421,19 @@ impl TokenlensApp {
         }
     }
 
+    /// Opens an image file; it joins Recent once it has opened (a file that fails does not).
     pub fn open(&mut self, path: PathBuf) {
-        self.settings.remember(path.clone());
         self.open_source(ImageSource { label: path, bytes: None });
+    }
+
+    /// Puts the file just opened (`label`) first in Recent, if it came from a file.
+    fn remember_opened(&mut self, label: &Path) {
+        if let Some(source) = &self.image_source
+            && source.bytes.is_none()
+            && source.label == label
+        {
+            self.settings.remember(label.to_path_buf());
+        }
     }
 
     fn open_source(&mut self, source: ImageSource) {
@@ -659,7 +710,7 @@ impl TokenlensApp {
                         ("F2", "single / compare view"),
                         ("Ctrl+T", "light / dark theme"),
                         ("Ctrl+E", "export the view (or the compare grid) as SVG or PNG"),
-                        ("drag, scroll", "pan and zoom the image; double-click to reset"),
+                        ("drag / scroll", "pan / zoom the image; double-click to reset"),
                         ("F1", "this help"),
                     ] {
                         ui.monospace(keys);
@@ -954,6 +1005,30 @@ mod tests {
         slot.answer(2, 20);
         assert_eq!(slot.value, Some(20));
         assert!(!slot.pending && slot.latency_ms.is_some());
+    }
+
+    #[test]
+    fn a_result_is_stale_while_a_newer_request_computes() {
+        let mut slot: Slot<u32> = Slot::default();
+        slot.submitted(1);
+        assert!(!slot.is_stale(), "nothing shown yet");
+        slot.answer(1, 10);
+        assert!(!slot.is_stale());
+        slot.submitted(2);
+        assert!(slot.is_stale(), "the answer to 1 is on screen while 2 computes");
+        slot.answer(1, 11); // a late answer to the superseded request changes nothing
+        assert!(slot.is_stale());
+        slot.answer(2, 20);
+        assert!(!slot.is_stale());
+    }
+
+    #[test]
+    fn a_file_that_fails_to_open_is_not_remembered() {
+        let ctx = egui::Context::default();
+        let mut app = TokenlensApp::new(&ctx, ModelSource::Default, None, Settings::default());
+        app.open(PathBuf::from("/img/broken.png"));
+        app.apply(Event::Failed("broken.png: not an image".into()));
+        assert!(app.settings.recent.is_empty(), "{:?}", app.settings.recent);
     }
 
     #[test]

@@ -28,18 +28,21 @@ pub fn value_map(app: &TokenlensApp) -> Option<ValueMap> {
     Some(match s.overlay {
         Overlay::Attention => match s.head {
             Head::Mean => ValueMap {
-                title: format!("{attention}, layer {layer}, mean of heads"),
+                title: format!("{attention}, layer {layer}, mean of heads (full model)"),
                 values: a.cls_attention[layer].clone(),
             },
             Head::One(h) => ValueMap {
-                title: format!("{attention}, layer {layer}, head {h}"),
+                title: format!("{attention}, layer {layer}, head {h} (full model)"),
                 values: a.cls_attention_heads[layer].get(h)?.clone(),
             },
         },
-        Overlay::Rollout => ValueMap { title: "Attention rollout, all layers".into(), values: a.rollout.clone() },
-        Overlay::TokenNorms => {
-            ValueMap { title: format!("Token norms after layer {layer}"), values: a.token_norms[layer].clone() }
+        Overlay::Rollout => {
+            ValueMap { title: "Attention rollout, all layers (full model)".into(), values: a.rollout.clone() }
         }
+        Overlay::TokenNorms => ValueMap {
+            title: format!("Token norms after layer {layer} (full model)"),
+            values: a.token_norms[layer].clone(),
+        },
         Overlay::Scores => {
             let run = app.run.value.as_ref()?;
             let scores = run.scores.as_ref()?;
@@ -73,9 +76,7 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| match (&map, s.overlay, &run) {
         (Some(m), _, _) => {
             ui.strong(&m.title);
-            if let Some((lo, hi)) = finite_range(&m.values) {
-                colorbar_ui(ui, s.colormap, lo, hi);
-            }
+            colorbar_ui(ui, s.colormap, s.scale, &m.values);
         }
         (None, Overlay::Tokens, Some(r)) => {
             ui.strong(figures::run_title(r));
@@ -95,17 +96,17 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         }
     });
 
-    let key_common = format!("{:?}|{:?}|{}", opened.label, s.colormap, s.opacity);
+    let key_common = format!("{:?}|{:?}|{}|{:?}", opened.label, s.colormap, s.opacity, s.scale);
     let tex = match (&map, &run) {
         (Some(m), _) => Some(app.textures.get(
             ui.ctx(),
             "main",
             format!("{key_common}|{}|{:?}", m.title, run.as_ref().map(|r| r.spec.clone())),
-            || figures::grid_map_body(&opened.input, grid, &m.values, s.colormap, s.opacity, VIEW_SIDE),
+            || figures::grid_map_body(&opened.input, grid, &m.values, s.colormap, s.scale.norm(), s.opacity, VIEW_SIDE),
         )),
         (None, Some(r)) => {
             Some(app.textures.get(ui.ctx(), "main", format!("{key_common}|tokens|{:?}", r.spec), || {
-                figures::tokens_body(&opened.input, grid, r, VIEW_SIDE)
+                figures::tokens_body(&opened.input, grid, r, s.opacity, VIEW_SIDE)
             }))
         }
         _ => None,
@@ -117,6 +118,25 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         return;
     };
 
+    // A slow run: the last result stays on screen, marked as such, until the new one lands.
+    let shows_run = matches!(s.overlay, Overlay::Tokens | Overlay::Scores);
+    if shows_run
+        && app.run.is_stale()
+        && let Some(r) = &run
+    {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.colored_label(
+                ui.visuals().warn_fg_color,
+                format!("stale: showing the last run ({}) while the new one computes", figures::run_title(r)),
+            );
+        });
+    }
+    if map.is_none()
+        && let Some(r) = &run
+    {
+        token_legend(ui, r.spec.reducer.info().merges, &r.groups);
+    }
     let frame = GridFrame::of(&opened.input, grid);
     let groups = run.as_ref().map(|r| r.groups.as_slice());
     image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, |patch| {
@@ -126,6 +146,44 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             groups: &r.groups,
         });
         patch_info(patch, grid, map.as_ref(), fate)
+    });
+}
+
+/// What each way of drawing a token means, as a row of swatches drawn like the figure draws it:
+/// kept (the photo, outlined), merged (tinted) or, for pruning methods, fused (tinted, hatched),
+/// and dropped (faded).
+/// The middle swatch only where it applies: merge methods, or a run that fused some patches.
+pub fn token_legend(ui: &mut egui::Ui, merges: bool, groups: &[Vec<u32>]) {
+    let fused = !merges;
+    let shows_groups = merges || groups.iter().any(|g| g.len() > 1);
+    let photo = egui::Color32::from_rgb(150, 130, 100);
+    let tint = egui::Color32::from_rgb(110, 120, 160);
+    let faded = egui::Color32::from_rgb(62, 57, 49); // `photo` 75 % towards #202020
+    let white = egui::Stroke::new(1.5, egui::Color32::WHITE);
+    let swatch = |ui: &mut egui::Ui, fill: egui::Color32, outline: bool, hatch: bool, label: &str, tip: &str| {
+        let (rect, _) = ui.allocate_exact_size(egui::vec2(14.0, 14.0), egui::Sense::hover());
+        let painter = ui.painter();
+        painter.rect_filled(rect, 0.0, fill);
+        if hatch {
+            for i in 0..4 {
+                let x = rect.left() + i as f32 * 5.0;
+                painter.line_segment([Pos2::new(x, rect.bottom()), Pos2::new(x + 14.0, rect.top())], white);
+            }
+        }
+        if outline {
+            painter.rect_stroke(rect, 0.0, white, egui::StrokeKind::Inside);
+        }
+        ui.label(label).on_hover_text(tip);
+    };
+    ui.horizontal(|ui| {
+        ui.spacing_mut().item_spacing.x = 4.0;
+        swatch(ui, photo, true, false, "kept  ", "a patch kept as itself: the photo, outlined");
+        if shows_groups && fused {
+            swatch(ui, tint, true, true, "fused  ", "patches fused into one token: tinted by opacity, hatched");
+        } else if shows_groups {
+            swatch(ui, tint, true, false, "merged  ", "patches merged into one token: tinted by opacity, outlined");
+        }
+        swatch(ui, faded, false, false, "dropped", "a patch no token carries: faded");
     });
 }
 
@@ -154,7 +212,8 @@ pub fn image_scene_ui(
     info: impl Fn(usize) -> String,
 ) {
     let size = tex.size_vec2();
-    let response = egui::Scene::new().zoom_range(0.2..=12.0).show(ui, scene_rect, |ui| {
+    // The scroll wheel zooms, as the help says (egui's default pans; drag pans).
+    let response = egui::Scene::new().zoom_range(0.2..=12.0).scroll_zooms(true).show(ui, scene_rect, |ui| {
         let img = ui.add(egui::Image::new(tex).fit_to_exact_size(size).sense(egui::Sense::click()));
         if let Some(pos) = img.hover_pos()
             && let Some(patch) = patch_at(frame, img.rect, pos)
@@ -270,7 +329,13 @@ pub fn finite_range(values: &[f32]) -> Option<(f32, f32)> {
 }
 
 /// A horizontal colour bar with its end values (min-max normalisation, as the overlay).
-pub fn colorbar_ui(ui: &mut egui::Ui, colormap: Colormap, lo: f32, hi: f32) {
+/// The colour scale of a map of `values` under `scale`: the range it spans, its colours, its name.
+pub fn colorbar_ui(ui: &mut egui::Ui, colormap: Colormap, scale: super::MapScale, values: &[f32]) {
+    if finite_range(values).is_none() {
+        return;
+    }
+    let heat = crate::render::Heatmap::new(1, values.len(), values.to_vec());
+    let (lo, hi) = scale.norm().resolve(&heat);
     ui.label(egui::RichText::new(format!("{lo:.3}")).small().monospace());
     let (rect, _) = ui.allocate_exact_size(egui::vec2(160.0, 12.0), egui::Sense::hover());
     let steps = 64;
@@ -286,7 +351,7 @@ pub fn colorbar_ui(ui: &mut egui::Ui, colormap: Colormap, lo: f32, hi: f32) {
         );
     }
     ui.label(egui::RichText::new(format!("{hi:.3}")).small().monospace());
-    ui.label(egui::RichText::new("min-max").small().weak());
+    ui.label(egui::RichText::new(scale.label()).small().weak());
 }
 
 #[cfg(test)]

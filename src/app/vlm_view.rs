@@ -6,7 +6,7 @@ use eframe::egui;
 
 use super::TokenlensApp;
 use super::answer::shown_piece;
-use super::view::{Fate, GridFrame, ValueMap, colorbar_ui, finite_range, image_scene_ui, patch_info};
+use super::view::{Fate, GridFrame, ValueMap, colorbar_ui, image_scene_ui, patch_info};
 use super::vlm::{Pick, VlmOverlay, VlmState, method_label, run_label};
 use super::worker::VlmOpened;
 use crate::figures;
@@ -85,9 +85,7 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| match (&map, s.vlm.overlay, &run) {
         (Some(m), _, _) => {
             ui.strong(&m.title);
-            if let Some((lo, hi)) = finite_range(&m.values) {
-                colorbar_ui(ui, s.colormap, lo, hi);
-            }
+            colorbar_ui(ui, s.colormap, s.scale, &m.values);
         }
         (None, VlmOverlay::Tokens, Some(r)) => {
             let merged = r.groups.iter().filter(|g| g.len() > 1).count();
@@ -115,7 +113,7 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         }
     });
 
-    let key_common = format!("{:?}|{}|{:?}|{}", opened.label, opened.question, s.colormap, s.opacity);
+    let key_common = format!("{:?}|{}|{:?}|{}|{:?}", opened.label, opened.question, s.colormap, s.opacity, s.scale);
     let tex = match (&map, &run) {
         (Some(m), _) => Some(app.textures.get(
             ui.ctx(),
@@ -128,6 +126,7 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                     opened.grid,
                     &m.values,
                     s.colormap,
+                    s.scale.norm(),
                     s.opacity,
                     VIEW_SIDE,
                 )
@@ -137,16 +136,40 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             let merges = matches!(&r.spec.method, Some(crate::vlm::VlmMethod::Vision(c)) if c.info().merges)
                 || r.groups.iter().any(|g| g.len() > 1);
             Some(app.textures.get(ui.ctx(), "vlm_main", format!("{key_common}|tokens|{:?}", r.spec), || {
-                figures::groups_body_at(&opened.image.photo, frame.place, opened.grid, &r.groups, merges, VIEW_SIDE)
+                figures::groups_body_at(
+                    &opened.image.photo,
+                    frame.place,
+                    opened.grid,
+                    &r.groups,
+                    merges,
+                    s.opacity,
+                    VIEW_SIDE,
+                )
             }))
         }
         // No reduced run yet (or no token picked): the plain photo under the grid.
         (None, None) => Some(app.textures.get(ui.ctx(), "vlm_main", format!("{key_common}|plain"), || {
             let nan = vec![f32::NAN; opened.grid[0] * opened.grid[1]];
-            figures::grid_map_body_at(&opened.image.photo, frame.place, opened.grid, &nan, s.colormap, 0.0, VIEW_SIDE)
+            figures::grid_map_body_at(
+                &opened.image.photo,
+                frame.place,
+                opened.grid,
+                &nan,
+                s.colormap,
+                s.scale.norm(),
+                0.0,
+                VIEW_SIDE,
+            )
         })),
     };
     let Some(tex) = tex else { return };
+    if map.is_none()
+        && let Some(r) = &run
+    {
+        let merges = matches!(&r.spec.method, Some(crate::vlm::VlmMethod::Vision(c)) if c.info().merges)
+            || r.groups.iter().any(|g| g.len() > 1);
+        super::view::token_legend(ui, merges, &r.groups);
+    }
     let groups = run.as_ref().map(|r| r.groups.as_slice());
     let (grid, block) = (opened.grid, opened.patch_block);
     image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, |token| {

@@ -187,8 +187,14 @@ pub fn grid_png(fig: &GridFigure, cell_px: u32) -> RgbImage {
                 };
                 overlay_body(panel.photo, heat, &panel.place, &style)
             }
-            PanelContent::Tokens { groups, style } => {
-                let style = TokensStyle { style: *style, max_side: cell_px, legend: false, ..Default::default() };
+            PanelContent::Tokens { groups, style, opacity } => {
+                let style = TokensStyle {
+                    style: *style,
+                    max_side: cell_px,
+                    legend: false,
+                    fill_opacity: *opacity,
+                    ..Default::default()
+                };
                 tokens_body(panel.photo, groups, &panel.place, &style)
             }
         };
@@ -292,8 +298,14 @@ mod tests {
 
     fn figure<'a>(p: &'a RgbImage, groups: &'a [TokenGroups], heat: &'a Heatmap) -> GridFigure<'a> {
         let place = Placement::letterbox(p.width(), p.height());
-        let tokens =
-            |g, style| Some(Panel { photo: p, place, content: PanelContent::Tokens { groups: g, style }, title: None });
+        let tokens = |g, style| {
+            Some(Panel {
+                photo: p,
+                place,
+                content: PanelContent::Tokens { groups: g, style, opacity: 0.6 },
+                title: None,
+            })
+        };
         let heat_panel = Some(Panel {
             photo: p,
             place,

@@ -37,6 +37,17 @@ impl Heatmap {
         }
     }
 
+    /// The `p`-th percentile (0..=100, nearest rank) of the finite values; NaN if none.
+    pub fn percentile(&self, p: f32) -> f32 {
+        let mut v: Vec<f32> = self.values.iter().copied().filter(|v| v.is_finite()).collect();
+        if v.is_empty() {
+            return f32::NAN;
+        }
+        v.sort_by(f32::total_cmp);
+        let rank = (p.clamp(0.0, 100.0) / 100.0 * (v.len() - 1) as f32).round() as usize;
+        v[rank]
+    }
+
     /// Smallest and largest finite values, if any.
     pub fn finite_range(&self) -> Option<(f32, f32)> {
         self.values.iter().copied().filter(|v| v.is_finite()).fold(None, |acc, v| match acc {
@@ -54,7 +65,16 @@ pub enum Norm {
     MinMax,
     /// A fixed range, e.g. shared across layers so figures are comparable.
     Range { lo: f32, hi: f32 },
+    /// min..the given percentile (e.g. 99): a few outliers (DINOv2's artifact tokens) saturate at
+    /// the top colour instead of squashing everything else to the bottom.
+    Percentile(f32),
+    /// Logarithmic between the largest value and the smallest positive one (at most four decades
+    /// below it); zero and negative values get the bottom colour.
+    Log,
 }
+
+/// The decades a [`Norm::Log`] map spans at most.
+const LOG_DECADES: f32 = 4.0;
 
 impl Norm {
     /// Label for the legend.
@@ -62,7 +82,18 @@ impl Norm {
         match self {
             Norm::MinMax => "min-max",
             Norm::Range { .. } => "fixed range",
+            Norm::Percentile(_) => "percentile",
+            Norm::Log => "log",
         }
+    }
+
+    /// Where `v` falls on the colour scale, 0..=1, given [`resolve`](Self::resolve)'s `(lo, hi)`.
+    pub fn unit(&self, v: f32, lo: f32, hi: f32) -> f32 {
+        let t = match self {
+            Norm::Log if lo > 0.0 => (v.max(lo) / lo).ln() / (hi / lo).ln(),
+            _ => (v - lo) / (hi - lo),
+        };
+        t.clamp(0.0, 1.0)
     }
 
     /// The `(lo, hi)` actually used, with `lo < hi` guaranteed. A constant
@@ -71,6 +102,19 @@ impl Norm {
     pub fn resolve(&self, heat: &Heatmap) -> (f32, f32) {
         let (lo, hi) = match *self {
             Norm::Range { lo, hi } if lo.is_finite() && hi.is_finite() => (lo.min(hi), lo.max(hi)),
+            Norm::Percentile(p) => match heat.finite_range() {
+                Some((lo, _)) => (lo, heat.percentile(p)),
+                None => (0.0, 1.0),
+            },
+            Norm::Log => match heat.finite_range() {
+                Some((_, hi)) if hi > 0.0 => {
+                    let floor = hi * 10f32.powf(-LOG_DECADES);
+                    let min_pos = heat.values.iter().copied().filter(|v| v.is_finite() && *v > 0.0).fold(hi, f32::min);
+                    (min_pos.max(floor), hi)
+                }
+                // Nothing positive to take a log of: linear, as min-max.
+                other => other.unwrap_or((0.0, 1.0)),
+            },
             _ => heat.finite_range().unwrap_or((0.0, 1.0)),
         };
         if hi > lo {
@@ -280,7 +324,7 @@ pub fn overlay_body(photo: &RgbImage, heat: &Heatmap, place: &Placement, style: 
             if !v.is_finite() {
                 continue;
             }
-            let t = ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
+            let t = style.norm.unit(v, lo, hi);
             let colour = lut[(t * 255.0).round() as usize];
             let pixel = out.get_pixel_mut(px as u32, py as u32);
             mix(&mut pixel.0, colour, alpha);
@@ -547,6 +591,33 @@ mod tests {
         assert_eq!(Norm::Range { lo: f32::NAN, hi: 1.0 }.resolve(&heat), (0.5, 2.0));
         let (lo, hi) = Norm::MinMax.resolve(&Heatmap::new(1, 1, vec![3.0]));
         assert!(lo < 3.0 && hi > 3.0);
+    }
+
+    #[test]
+    fn one_outlier_does_not_swamp_percentile_or_log() {
+        // 99 tokens spread over 0..1 and one artifact token at 100 (DINOv2's high-norm tokens).
+        let mut values: Vec<f32> = (0..99).map(|i| i as f32 / 98.0).collect();
+        values.push(100.0);
+        let heat = Heatmap::new(10, 10, values);
+        let mid = 0.5;
+        // Min-max puts the middle token at the bottom of the scale.
+        let (lo, hi) = Norm::MinMax.resolve(&heat);
+        assert!(Norm::MinMax.unit(mid, lo, hi) < 0.01);
+        // The 99th percentile ends at the largest ordinary token: the middle one is mid-scale,
+        // the outlier saturates.
+        let p99 = Norm::Percentile(99.0);
+        let (lo, hi) = p99.resolve(&heat);
+        assert_eq!((lo, hi), (0.0, 1.0));
+        assert!((p99.unit(mid, lo, hi) - 0.5).abs() < 1e-6);
+        assert_eq!(p99.unit(100.0, lo, hi), 1.0);
+        // Log: from the smallest positive value (1/98) to 100; 1.0 sits at log(98)/log(9800).
+        let (lo, hi) = Norm::Log.resolve(&heat);
+        assert_eq!((lo, hi), (1.0 / 98.0, 100.0));
+        let want = 98f32.ln() / 9800f32.ln();
+        assert!((Norm::Log.unit(1.0, lo, hi) - want).abs() < 1e-5);
+        assert_eq!(Norm::Log.unit(0.0, lo, hi), 0.0);
+        // No positive value: log falls back to the linear range.
+        assert_eq!(Norm::Log.resolve(&Heatmap::new(1, 2, vec![-2.0, -1.0])), (-2.0, -1.0));
     }
 
     #[test]

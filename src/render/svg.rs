@@ -19,20 +19,24 @@ use image::RgbImage;
 use svg::Document;
 use svg::Node;
 use svg::node::element::path::Data;
-use svg::node::element::{ClipPath, Definitions, Element, Group, Image, Path, Rectangle};
+use svg::node::element::{ClipPath, Definitions, Element, Group, Image, Path, Pattern, Rectangle};
 
 use super::colormap::Colormap;
 use super::overlay::{BACKGROUND, ColorBar, FRAME, Frame, Heatmap, INK, MUTED_INK, Norm, Placement, scale_photo};
 use super::text;
-use super::tokens::{FADE, FADE_RGB, GroupStyle, TokenGroups, group_means, legend_lines, pixel_labels};
+use super::tokens::{
+    FADE, FADE_RGB, GroupStyle, HATCH_ALPHA, HATCH_PERIOD, HATCH_WIDTH, TokenGroups, group_means, group_sizes,
+    legend_lines, pixel_labels, reach_scale,
+};
 
 /// What one panel draws over the photo.
 #[derive(Debug, Clone)]
 pub enum PanelContent<'a> {
     /// A heatmap, one flat-coloured cell per grid cell (NaN cells left out).
     Heat { heat: &'a Heatmap, norm: Norm, colormap: Colormap, opacity: f32 },
-    /// A reducer's token groups, drawn as by [`super::tokens_overlay`].
-    Tokens { groups: &'a TokenGroups, style: GroupStyle },
+    /// A reducer's token groups, drawn as by [`super::tokens_overlay`]; `opacity` is the
+    /// merged/fused groups' fill opacity.
+    Tokens { groups: &'a TokenGroups, style: GroupStyle, opacity: f32 },
 }
 
 /// One photo with something drawn over it; the unit of [`panel_svg`] and of grids.
@@ -73,7 +77,7 @@ pub fn panel_svg(panel: &Panel, body_px: u32, colorbar: bool) -> String {
         _ => None,
     };
     let legend = match (&panel.content, colorbar) {
-        (PanelContent::Tokens { groups, .. }, true) => Some(legend_lines(&groups.stats())),
+        (PanelContent::Tokens { groups, style, .. }, true) => Some(legend_lines(&groups.stats(), *style)),
         _ => None,
     };
     let legend_gap = (label_px * 0.5).round() as u32;
@@ -133,8 +137,8 @@ pub(crate) fn panel_group(
         PanelContent::Heat { heat, norm, colormap, opacity } => {
             heat_group(heat, *norm, *colormap, *opacity, geom.as_ref()).set("class", "heat")
         }
-        PanelContent::Tokens { groups, style } => {
-            tokens_group(panel, groups, *style, scaled, body_px, geom.as_ref()).set("class", "tokens")
+        PanelContent::Tokens { groups, style, opacity } => {
+            tokens_group(panel, groups, *style, *opacity, scaled, body_px, geom.as_ref()).set("class", "tokens")
         }
     };
     Group::new().set("class", "panel").add(photo).add(content.set("clip-path", format!("url(#{clip_id})")))
@@ -238,7 +242,7 @@ fn heat_group(heat: &Heatmap, norm: Norm, colormap: Colormap, opacity: f32, geom
             if !v.is_finite() {
                 return image::Rgba([0, 0, 0, 0]);
             }
-            let [red, green, blue] = colormap.rgb(((v - lo) / (hi - lo)).clamp(0.0, 1.0));
+            let [red, green, blue] = colormap.rgb(norm.unit(v, lo, hi));
             image::Rgba([red, green, blue, (alpha * 255.0).round() as u8])
         });
         let (x0, y0) = (e.xs[0], e.ys[0]);
@@ -288,6 +292,7 @@ fn tokens_group(
     panel: &Panel,
     groups: &TokenGroups,
     style: GroupStyle,
+    opacity: f32,
     scaled: &RgbImage,
     body_px: u32,
     geom: Option<&Geometry>,
@@ -334,16 +339,50 @@ fn tokens_group(
         }
     }
 
-    let means = if style == GroupStyle::MergeGroups {
-        pixel_labels(panel.photo, groups, &panel.place, scaled.dimensions())
-            .map(|labels| group_means(scaled, &labels))
-            .unwrap_or_default()
-    } else {
-        Default::default()
-    };
+    // As the PNG: kept singletons show the photo (no fill), merged groups their mean colour at
+    // `opacity`, fused groups (pruning style) the same plus a hatch pattern.
+    let means = pixel_labels(panel.photo, groups, &panel.place, scaled.dimensions())
+        .map(|labels| group_means(scaled, &labels))
+        .unwrap_or_default();
+    let sizes = group_sizes(groups);
+    let alpha = if opacity.is_nan() { 0.0 } else { opacity.clamp(0.0, 1.0) };
+    let fused = style == GroupStyle::KeptDropped;
+    let mut any_fused = false;
     for (id, d) in fills {
-        let fill = means.get(&i64::from(id)).map_or_else(|| "none".to_owned(), |&c| hex(c));
-        g = g.add(Path::new().set("class", "group").set("data-group", id).set("fill", fill).set("d", d));
+        let many = sizes.get(&i64::from(id)).is_some_and(|&n| n > 1);
+        let fill = match means.get(&i64::from(id)) {
+            Some(&c) if many => hex(c),
+            _ => "none".to_owned(),
+        };
+        let kind = match (many, fused) {
+            (false, _) => "kept",
+            (true, false) => "merged",
+            (true, true) => "fused",
+        };
+        let path = Path::new().set("class", "group").set("data-group", id).set("data-kind", kind).set("fill", fill);
+        let path = if many { path.set("fill-opacity", num(f64::from(alpha))) } else { path };
+        g = g.add(path.set("d", d.clone()));
+        if many && fused {
+            any_fused = true;
+            g = g.add(Path::new().set("class", "hatch").set("fill", "url(#tokens-hatch)").set("d", d));
+        }
+    }
+    if any_fused {
+        let period = (HATCH_PERIOD * reach_scale(body_px)) as f64;
+        let width = (HATCH_WIDTH * reach_scale(body_px)) as f64;
+        let stripe = Rectangle::new()
+            .set("width", num(width))
+            .set("height", num(period))
+            .set("fill", "#ffffff")
+            .set("fill-opacity", num(f64::from(HATCH_ALPHA)));
+        let pattern = Pattern::new()
+            .set("id", "tokens-hatch")
+            .set("patternUnits", "userSpaceOnUse")
+            .set("width", num(period))
+            .set("height", num(period))
+            .set("patternTransform", "rotate(-45)")
+            .add(stripe);
+        g = g.add(pattern);
     }
     if any_dropped {
         g = g.add(
@@ -625,7 +664,7 @@ mod tests {
         Panel {
             photo: p,
             place: Placement::full(p.width(), p.height()),
-            content: PanelContent::Tokens { groups, style },
+            content: PanelContent::Tokens { groups, style, opacity: 1.0 },
             title: None,
         }
     }
@@ -643,9 +682,22 @@ mod tests {
             let ids: Vec<&str> = paths.iter().map(|g| g.attribute("data-group").unwrap()).collect();
             assert_eq!(ids, ["0", "1"]);
             let fills: Vec<&str> = paths.iter().map(|g| g.attribute("fill").unwrap()).collect();
+            let kinds: Vec<&str> = paths.iter().map(|g| g.attribute("data-kind").unwrap()).collect();
+            // The singleton (a kept patch) shows the photo; the pair is tinted at the opacity,
+            // and hatched as a fused token under the pruning style.
+            assert_eq!(fills, ["#640064", "none"]);
+            assert_eq!(paths[0].attribute("fill-opacity"), Some("1"));
+            let hatch = with_class(&doc, "path", "hatch");
             match style {
-                GroupStyle::MergeGroups => assert_eq!(fills, ["#640064", "#0000c8"]),
-                GroupStyle::KeptDropped => assert_eq!(fills, ["none", "none"]),
+                GroupStyle::MergeGroups => {
+                    assert_eq!(kinds, ["merged", "kept"]);
+                    assert!(hatch.is_empty());
+                }
+                GroupStyle::KeptDropped => {
+                    assert_eq!(kinds, ["fused", "kept"]);
+                    assert_eq!(hatch.len(), 1);
+                    assert_eq!(hatch[0].attribute("d"), paths[0].attribute("d"));
+                }
             }
             let dropped = with_class(&doc, "path", "dropped");
             assert_eq!(dropped.len(), 1);
@@ -658,7 +710,8 @@ mod tests {
             assert_eq!(outline[0].attribute("d"), Some("M32,32 V64 M0,32 H64"));
             assert_eq!(outline[0].attribute("stroke"), Some("#ffffff"));
             let legend = with_class(&doc, "text", "legend");
-            assert!(legend[0].text().unwrap().starts_with("kept 1 · merg"), "{:?}", legend[0].text());
+            let word = if style == GroupStyle::MergeGroups { "merg" } else { "fused" };
+            assert!(legend[0].text().unwrap().starts_with(&format!("kept 1 · {word}")), "{:?}", legend[0].text());
         }
     }
 

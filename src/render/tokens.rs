@@ -8,10 +8,14 @@
 //! [`tokens_overlay`] draws that over the photo with the conventions of
 //! [`overlay`](super::overlay()): the same [`Placement`] of the grid, output
 //! scaling, title strip and white margins, crisp cell edges. Groups are
-//! outlined where neighbouring output pixels belong to different groups, and
-//! either show the photo ([`GroupStyle::KeptDropped`]) or are filled with the
-//! mean photo colour of their pixels ([`GroupStyle::MergeGroups`], as in ToMe's
-//! figures). Dropped patches are faded towards a dark grey.
+//! outlined where neighbouring output pixels belong to different groups, so the
+//! photo stays visible under every token:
+//! - kept (a singleton group): the photo itself, outlined;
+//! - merged (a group of two or more under [`GroupStyle::MergeGroups`]): the
+//!   group's mean photo colour blended over the photo at the fill opacity;
+//! - fused (a group of two or more under [`GroupStyle::KeptDropped`], EViT's
+//!   one token for all inattentive patches): the same tint, hatched;
+//! - dropped: faded towards a dark grey.
 
 use std::collections::HashMap;
 
@@ -123,13 +127,15 @@ impl TokenGroups {
 /// How groups are drawn by [`tokens_overlay`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GroupStyle {
-    /// Kept patches shown as the photo, outlined; dropped patches faded
-    /// (the photo blended 75% towards #202020), so what survives pops out.
+    /// Pruning: kept patches shown as the photo, outlined; dropped patches
+    /// faded (the photo blended 75% towards #202020), so what survives pops
+    /// out. A multi-patch group is a fused token (EViT): tinted and hatched.
     #[default]
     KeptDropped,
-    /// Each group filled with the mean photo colour of its pixels and outlined
-    /// by group boundaries (ToMe's visualisation); singletons show as their
-    /// mean colour too; dropped patches faded as in `KeptDropped`.
+    /// Merging: each multi-patch group tinted with the mean photo colour of
+    /// its pixels at the fill opacity and outlined by group boundaries (ToMe's
+    /// visualisation, photo kept visible); singletons show the photo; dropped
+    /// patches faded as in `KeptDropped`.
     MergeGroups,
 }
 
@@ -145,6 +151,9 @@ pub struct TokensStyle {
     pub max_side: u32,
     /// A strip under the photo: "kept N · merged M groups (P patches) · dropped D of T patches".
     pub legend: bool,
+    /// How strongly a merged or fused group's mean colour covers the photo (0 = photo only);
+    /// the app's opacity slider.
+    pub fill_opacity: f32,
 }
 
 impl Default for TokensStyle {
@@ -155,9 +164,19 @@ impl Default for TokensStyle {
             title: None,
             max_side: 512,
             legend: true,
+            fill_opacity: DEFAULT_FILL_OPACITY,
         }
     }
 }
+
+/// The fill opacity of merged groups unless told (the app's default opacity).
+pub const DEFAULT_FILL_OPACITY: f32 = 0.6;
+
+/// Fused groups are hatched: a diagonal stripe `HATCH_WIDTH` of every
+/// `HATCH_PERIOD` px (at 512 px), the outline colour blended in at `HATCH_ALPHA`.
+pub(crate) const HATCH_PERIOD: usize = 8;
+pub(crate) const HATCH_WIDTH: usize = 2;
+pub(crate) const HATCH_ALPHA: f32 = 0.6;
 
 /// What dropped patches fade towards, and how far.
 pub(crate) const FADE_RGB: [u8; 3] = [0x20, 0x20, 0x20];
@@ -191,7 +210,7 @@ pub fn tokens_overlay(photo: &RgbImage, groups: &TokenGroups, place: &Placement,
     }
     if style.legend {
         let avail = (width - 2 * pad) as f32;
-        let lines = legend_lines(&groups.stats());
+        let lines = legend_lines(&groups.stats(), style.style);
         // The longest wording that fits; the shortest one is cut with "…" if even it doesn't.
         let shown = lines
             .iter()
@@ -207,11 +226,16 @@ pub fn tokens_overlay(photo: &RgbImage, groups: &TokenGroups, place: &Placement,
 /// The legend in decreasing length: "kept N · merged M groups (P patches) ·
 /// dropped D of T patches" (the merged part left out when nothing was merged),
 /// then a compact "kept N · merged M (P) · dropped D/T".
-pub(crate) fn legend_lines(s: &TokenStats) -> [String; 2] {
+/// Multi-patch groups are "fused" under [`GroupStyle::KeptDropped`] (EViT).
+pub(crate) fn legend_lines(s: &TokenStats, style: GroupStyle) -> [String; 2] {
+    let word = match style {
+        GroupStyle::MergeGroups => "merged",
+        GroupStyle::KeptDropped => "fused",
+    };
     let (long_merged, short_merged) = if s.merged_groups > 0 {
         (
-            format!(" · merged {} groups ({} patches)", s.merged_groups, s.merged_patches),
-            format!(" · merged {} ({})", s.merged_groups, s.merged_patches),
+            format!(" · {word} {} groups ({} patches)", s.merged_groups, s.merged_patches),
+            format!(" · {word} {} ({})", s.merged_groups, s.merged_patches),
         )
     } else {
         Default::default()
@@ -233,13 +257,18 @@ pub fn tokens_body(photo: &RgbImage, groups: &TokenGroups, place: &Placement, st
     let (w, h) = out.dimensions();
     let (wu, hu) = (w as usize, h as usize);
 
-    let means = if style.style == GroupStyle::MergeGroups { group_means(&out, &labels) } else { HashMap::new() };
+    let means = group_means(&out, &labels);
+    let sizes = group_sizes(groups);
+    let alpha = if style.fill_opacity.is_nan() { 0.0 } else { style.fill_opacity.clamp(0.0, 1.0) };
+    let fused = style.style == GroupStyle::KeptDropped;
+    let scale = reach_scale(style.max_side);
+    let (period, width) = (HATCH_PERIOD * scale, HATCH_WIDTH * scale);
 
     // Outlines: a pixel whose neighbour within `reach` px (4-connected
     // directions) has a different label, unless neither side is a token
     // (dropped next to dropped or off-grid). Both sides of a boundary get
     // marked, so lines are 2 * reach px wide and centred on cell edges.
-    let reach = ((style.max_side as f32 / 512.0).round() as usize).max(1);
+    let reach = scale;
     let outlined = |x: usize, y: usize| -> bool {
         let a = labels[y * wu + x];
         let differs = |b: i64| a != b && (a >= 0 || b >= 0);
@@ -263,14 +292,34 @@ pub fn tokens_body(photo: &RgbImage, groups: &TokenGroups, place: &Placement, st
                 OFF_GRID => {}
                 DROPPED => mix(&mut pixel.0, FADE_RGB, FADE),
                 g => {
-                    if let Some(&mean) = means.get(&g) {
-                        pixel.0 = mean;
+                    // Singletons (kept patches) show the photo untouched.
+                    if sizes.get(&g).is_some_and(|&n| n > 1) {
+                        if let Some(&mean) = means.get(&g) {
+                            mix(&mut pixel.0, mean, alpha);
+                        }
+                        if fused && (x + y) % period < width {
+                            mix(&mut pixel.0, style.outline_rgb, HATCH_ALPHA);
+                        }
                     }
                 }
             }
         }
     }
     out
+}
+
+/// Line widths grow with the output: 1 per 512 px of `max_side`, at least 1.
+pub(crate) fn reach_scale(max_side: u32) -> usize {
+    ((max_side as f32 / 512.0).round() as usize).max(1)
+}
+
+/// Patches per group id (as pixel labels), over the grid.
+pub(crate) fn group_sizes(groups: &TokenGroups) -> HashMap<i64, usize> {
+    let mut sizes: HashMap<i64, usize> = HashMap::new();
+    for g in groups.group_of_patch.iter().take(groups.rows * groups.cols).flatten() {
+        *sizes.entry(i64::from(*g)).or_default() += 1;
+    }
+    sizes
 }
 
 /// Mean colour of `img` over the pixels of each group (`labels` as from
@@ -373,14 +422,16 @@ mod tests {
     fn legend_wording() {
         let s = TokenStats { kept: 56, merged_groups: 54, merged_patches: 200, dropped: 0, total: 256 };
         assert_eq!(
-            legend_lines(&s),
+            legend_lines(&s, GroupStyle::MergeGroups),
             [
                 "kept 56 · merged 54 groups (200 patches) · dropped 0 of 256 patches",
                 "kept 56 · merged 54 (200) · dropped 0/256"
             ]
         );
         let pruned = TokenStats { kept: 85, dropped: 171, total: 256, ..Default::default() };
-        assert_eq!(legend_lines(&pruned)[0], "kept 85 · dropped 171 of 256 patches");
+        assert_eq!(legend_lines(&pruned, GroupStyle::KeptDropped)[0], "kept 85 · dropped 171 of 256 patches");
+        let evit = TokenStats { kept: 20, merged_groups: 1, merged_patches: 236, dropped: 0, total: 256 };
+        assert_eq!(legend_lines(&evit, GroupStyle::KeptDropped)[1], "kept 20 · fused 1 (236) · dropped 0/256");
     }
 
     #[test]
@@ -416,11 +467,17 @@ mod tests {
         let p = photo(64, 64);
         // Group 0 = patches 0 and 1 (top-left, side by side), group 1 = patch 2, rest dropped.
         let groups = TokenGroups::from_groups(4, 4, &[vec![0, 1], vec![2]]).unwrap();
-        let style = TokensStyle { style: GroupStyle::MergeGroups, max_side: 64, legend: false, ..Default::default() };
+        let style = TokensStyle {
+            style: GroupStyle::MergeGroups,
+            max_side: 64,
+            legend: false,
+            fill_opacity: 1.0,
+            ..Default::default()
+        };
         let out = tokens_overlay(&p, &groups, &Placement::full(64, 64), &style);
         let (ox, oy) = body_origin(&style);
         let at = |x: u32, y: u32| out.get_pixel(ox + x, oy + y).0;
-        // One fill colour over both patches of group 0 (away from outlines),
+        // At full opacity, one fill colour over both patches of group 0 (away from outlines),
         // and it is the mean of the photo there.
         let fill: BTreeSet<[u8; 3]> =
             (2..14).flat_map(|y| (0..30).map(move |x| (x, y))).map(|(x, y)| at(x, y)).collect();
@@ -441,12 +498,45 @@ mod tests {
             assert_eq!(at(31, y), [255; 3]);
             assert_eq!(at(32, y), [255; 3]);
         }
-        // Group 1 gets its own, different colour.
-        assert_ne!(at(40, 8), fill);
-        assert_ne!(at(40, 8), [255; 3]);
+        // Group 1 is a singleton (a kept patch): the photo, not a flat colour.
+        for (x, y) in [(36, 4), (40, 8), (44, 12)] {
+            assert_eq!(at(x, y), p.get_pixel(x, y).0);
+        }
         // Under group 0, the dropped row is outlined at the boundary, faded below it.
         assert_eq!(at(8, 16), [255; 3]);
         assert!(luma(&Rgb(at(8, 24))) < luma(p.get_pixel(8, 24)));
+    }
+
+    #[test]
+    fn merge_fill_follows_the_opacity_and_keeps_the_photo() {
+        let p = photo(64, 64);
+        let groups = TokenGroups::from_groups(4, 4, &[vec![0, 1], vec![2]]).unwrap();
+        let draw = |fill_opacity: f32, style: GroupStyle| {
+            let s = TokensStyle { style, max_side: 64, legend: false, fill_opacity, ..Default::default() };
+            tokens_body(&p, &groups, &Placement::full(64, 64), &s)
+        };
+        // Opacity 0: merged patches show the photo exactly (away from outlines).
+        let clear = draw(0.0, GroupStyle::MergeGroups);
+        for (x, y) in [(4, 4), (20, 8), (28, 12)] {
+            assert_eq!(clear.get_pixel(x, y), p.get_pixel(x, y), "{x},{y}");
+        }
+        // Half opacity: halfway between the photo and the full fill.
+        let full = draw(1.0, GroupStyle::MergeGroups);
+        let half = draw(0.5, GroupStyle::MergeGroups);
+        for (x, y) in [(4, 4), (20, 8)] {
+            for c in 0..3 {
+                let want = (f32::from(p.get_pixel(x, y).0[c]) + f32::from(full.get_pixel(x, y).0[c])) / 2.0;
+                assert!((f32::from(half.get_pixel(x, y).0[c]) - want).abs() <= 1.0, "{x},{y}");
+            }
+        }
+        // The same group as a fused token (pruning style) is hatched: along a
+        // row inside it, some pixels are the merge tint and some are lighter stripes.
+        let fused = draw(0.5, GroupStyle::KeptDropped);
+        let row: Vec<[u8; 3]> = (2..30).map(|x| fused.get_pixel(x, 8).0).collect();
+        let tinted = (2..30).filter(|&x| fused.get_pixel(x, 8) == half.get_pixel(x, 8)).count();
+        assert!(tinted > 10 && tinted < 28, "{row:?}");
+        // The singleton is the photo in both styles.
+        assert_eq!(fused.get_pixel(40, 8), p.get_pixel(40, 8));
     }
 
     #[test]
