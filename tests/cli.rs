@@ -349,3 +349,31 @@ fn the_pixel_limit_can_be_lowered_and_raised() {
     let stderr = String::from_utf8_lossy(&run.as_ref().unwrap().stderr).into_owned();
     assert!(!run.unwrap().status.success() && stderr.contains("--max-image-pixels"), "{stderr}");
 }
+
+/// FastV at K = L prunes after the last decoder layer: the run changes nothing, and the CLI
+/// says so instead of only echoing the budget it was asked for.
+#[test]
+fn vlm_says_when_a_method_removed_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let run = |layer: &str| {
+        tokenlens()
+            .arg("vlm")
+            .arg(asset("chelsea.png"))
+            .arg("--model")
+            .arg(fixture("vlm/llava"))
+            .args(["--question", "What is it?", "--reducer", "fastv", "--remove", "0.5", "--max-tokens", "2"])
+            .args(["--layer", layer, "--out"])
+            .arg(out.path())
+            .output()
+            .unwrap()
+    };
+    let past = run("2");
+    let stderr = String::from_utf8_lossy(&past.stderr);
+    assert!(past.status.success(), "{stderr}");
+    assert!(stderr.contains("FastV removed nothing") && stderr.contains("2 decoder layers"), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("vlm.json")).unwrap()).unwrap();
+    assert_eq!(json["reduced"]["image_rows_per_layer"], serde_json::json!([16, 16]));
+    let pruned = run("1");
+    assert!(pruned.status.success() && !String::from_utf8_lossy(&pruned.stderr).contains("removed nothing"));
+}

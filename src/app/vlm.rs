@@ -426,7 +426,15 @@ fn method_menu(ui: &mut egui::Ui, method: &mut VlmMethod) {
 /// ask for something else by now).
 pub fn run_label(run: &VlmRun) -> String {
     let method = run.spec.method.as_ref().map_or_else(|| "full model".to_string(), method_label);
-    format!("{method}, {}", run.spec.budget.describe(run.num_image_tokens))
+    let asked = run.spec.budget.describe(run.num_image_tokens);
+    // Say so when the method's site lies past the model's last layer, instead of the budget it
+    // was asked for.
+    if run.removed_nothing() {
+        let layers = run.image_rows_per_layer.len();
+        format!("{method}: nothing removed in any of the {layers} decoder layers (asked: {asked})")
+    } else {
+        format!("{method}, {asked}")
+    }
 }
 
 pub fn method_label(method: &VlmMethod) -> String {
@@ -522,5 +530,24 @@ mod tests {
         let (shown, note) = v.shown_run().unwrap();
         assert_eq!(run_label(&shown), "fastv, 50.0 % removed (32 of 64 kept)");
         assert!(note.unwrap().contains("ToMe gave no result"));
+    }
+
+    #[test]
+    fn a_method_that_removed_nothing_does_not_claim_its_budget() {
+        // FastV at K = 2 on a 2-layer decoder prunes after the last layer: both saw all 64 rows.
+        let spec = VlmRunSpec {
+            method: Some(VlmMethod::from_name("fastv").unwrap()),
+            budget: Budget::RemoveFraction(0.5),
+            ..VlmRunSpec::default()
+        };
+        let mut run = VlmRun { spec, keep: 32, num_image_tokens: 64, ..VlmRun::default() };
+        run.image_rows_per_layer = vec![64, 64];
+        assert_eq!(
+            run_label(&run),
+            "fastv: nothing removed in any of the 2 decoder layers (asked: 50.0 % removed (32 of 64 kept))"
+        );
+        // Pruned after layer 0: the budget is what happened.
+        run.image_rows_per_layer = vec![64, 32];
+        assert_eq!(run_label(&run), "fastv, 50.0 % removed (32 of 64 kept)");
     }
 }

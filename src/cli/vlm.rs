@@ -94,6 +94,13 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
         print!("{} ({}): ", method.label(), spec.budget.describe(full.run.num_image_tokens));
         let run = vlm.run(&full, &spec, &mut streamer(&vlm), &cancel)?;
         println!();
+        if run.removed_nothing() {
+            eprintln!(
+                "note: {} removed nothing: its site lies past the last of the {} decoder layers",
+                method.label(),
+                run.image_rows_per_layer.len()
+            );
+        }
         print_diff(&vlm, &full.run, &run);
         write_png(&args.out.join("tokens.png"), &figures::vlm_tokens(&full.image, grid, &run, 512))?;
         wrote.push("tokens.png");

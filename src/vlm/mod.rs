@@ -184,6 +184,18 @@ pub struct VlmRun {
     pub cost: VlmCost,
 }
 
+impl VlmRun {
+    /// A method ran with a budget that removes tokens, yet every decoder layer saw every image
+    /// row: its site lies past the model's last layer (FastV with K equal to the depth).
+    pub fn removed_nothing(&self) -> bool {
+        let rows = &self.image_rows_per_layer;
+        self.spec.method.is_some()
+            && self.keep < self.num_image_tokens
+            && !rows.is_empty()
+            && rows.iter().all(|&n| n >= self.num_image_tokens)
+    }
+}
+
 /// A loaded VLM with its tokenizer.
 pub struct Vlm {
     pub id: String,
