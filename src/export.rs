@@ -115,8 +115,8 @@ impl ExportSpec {
     pub fn new(session: &Session, image: &Path, image_sha256: &str, figure: Figure, format: Format) -> Self {
         Self {
             tokenlens_version: VERSION.into(),
-            model: session.model.id.clone(),
-            weights_sha256: session.model.weights_sha256.clone(),
+            model: session.id.clone(),
+            weights_sha256: session.model().map(|m| m.weights_sha256.clone()).unwrap_or_default(),
             image: image.to_path_buf(),
             image_sha256: image_sha256.into(),
             figure,
@@ -196,13 +196,14 @@ pub fn sidecar_path(figure: &Path) -> PathBuf {
 /// the spec was made with.
 pub fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
     spec.validate()?;
-    if spec.weights_sha256 != session.model.weights_sha256 {
+    let weights_sha256 = &session.model()?.weights_sha256;
+    if spec.weights_sha256 != *weights_sha256 {
         return Err(Error::Config {
             field: "weights_sha256",
             reason: format!(
                 "the figure was made with weights {}, but the loaded model has {}; load the same model to re-make it",
                 short(&spec.weights_sha256),
-                short(&session.model.weights_sha256)
+                short(weights_sha256)
             ),
         });
     }

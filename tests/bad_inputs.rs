@@ -99,7 +99,7 @@ fn the_original_onnx_file_loads_directly() {
     let _ = common::session();
     let onnx = fetch::cache_dir().unwrap().join(fetch::ONNX_FILE);
     let model = Model::load(&ModelSource::File(onnx), &mut |_| {}).unwrap();
-    assert_eq!(model.weights_sha256, common::session().model.weights_sha256);
+    assert_eq!(model.weights_sha256, common::session().model().unwrap().weights_sha256);
 }
 
 #[test]

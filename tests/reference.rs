@@ -58,7 +58,7 @@ fn every_head_and_the_full_last_layer_match() {
     let s = session();
     let r = reference("chelsea");
     let prepared = prepared_from_reference("chelsea");
-    let enc = &s.model.encoder;
+    let enc = &s.model().unwrap().encoder;
     let probe = Probe::attention(enc.num_layers());
     let mut trace = Trace::default();
     let mut state = s.embed(&prepared).unwrap();
@@ -129,7 +129,7 @@ fn end_to_end_from_files_matches_for_pngs() {
 #[test]
 fn resuming_from_a_cached_state_equals_one_pass() {
     let s = session();
-    let enc = &s.model.encoder;
+    let enc = &s.model().unwrap().encoder;
     let prepared = prepared_from_reference("coffee");
     let (probe, cancel) = (Probe::default(), Cancel::default());
     let mut one = s.embed(&prepared).unwrap();

@@ -7,8 +7,8 @@ use egui::{Color32, RichText};
 use egui_plot::{HoverPosition, Line, Plot, PlotPoints, Points, VLine};
 
 use super::TokenlensApp;
-use super::controls::removed_percent;
 use super::vlm::{Pick, method_label, run_label};
+use super::widgets::removed_percent;
 use crate::vlm::{DiffOp, SweepPoint, VlmRun, first_change};
 
 /// How a token of one answer relates to the other answer.

@@ -17,6 +17,7 @@ mod view;
 mod vlm;
 mod vlm_cost;
 mod vlm_view;
+mod widgets;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -658,10 +659,10 @@ impl TokenlensApp {
         }
         // Ratio: step between the presets.
         if pressed(Modifiers::NONE, Key::ArrowRight) {
-            controls::step_preset(&mut self.settings.spec.budget, 1);
+            widgets::step_preset(&mut self.settings.spec.budget, 1);
         }
         if pressed(Modifiers::NONE, Key::ArrowLeft) {
-            controls::step_preset(&mut self.settings.spec.budget, -1);
+            widgets::step_preset(&mut self.settings.spec.budget, -1);
         }
         let num_layers = self.num_layers();
         if pressed(Modifiers::NONE, Key::CloseBracket) {

@@ -5,7 +5,7 @@ use eframe::egui;
 use egui_plot::{Bar, BarChart, Line, Plot, PlotPoints, Points, VLine};
 
 use super::TokenlensApp;
-use super::controls::removed_percent;
+use super::widgets::removed_percent;
 use super::worker::Opened;
 use crate::analysis::metrics::Fidelity;
 use crate::figures;
@@ -23,7 +23,7 @@ pub fn output_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         ui.strong("Output");
         ui.label("This encoder has no output head: compare its attention and tokens.");
     } else {
-        ui.strong(format!("Output: {}, full vs reduced", full_output.kind.replace('_', "-")));
+        ui.strong(format!("Output: {}, full vs reduced", full_output.kind.name().replace('_', "-")));
         labels_ui(ui, full_output, run.as_ref().map(|r| &r.output));
     }
     if let Some(r) = &run {

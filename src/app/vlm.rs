@@ -7,7 +7,7 @@ use std::sync::Arc;
 use eframe::egui;
 use serde::{Deserialize, Serialize};
 
-use super::controls::params_ui;
+use super::widgets::{self, params_ui};
 use super::worker::{Event, Job, VlmOpened};
 use super::{Slot, TokenlensApp};
 use crate::reduce::llm::LlmReducerConfig;
@@ -332,7 +332,7 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let tower_layers = vlm.opened().map_or(1, |o| o.tower_layers);
     let s = &mut app.settings.vlm;
 
-    super::controls::section(ui, "Method");
+    widgets::section(ui, "Method");
     method_menu(ui, &mut s.method);
     let mut tower_layer_param = false;
     if let VlmMethod::Vision(c) = &s.method {
@@ -345,10 +345,10 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             ui.label(egui::RichText::new(format!("Note: {caveat}")).small().color(ui.visuals().warn_fg_color));
         }
     }
-    super::controls::section(ui, "Budget");
-    super::controls::budget_ui(app, ui);
+    widgets::section(ui, "Budget");
+    widgets::budget_ui(app, ui);
     let s = &mut app.settings.vlm;
-    super::controls::section(ui, "Parameters");
+    widgets::section(ui, "Parameters");
     match &mut s.method {
         VlmMethod::Vision(c) => params_ui(ui, c, 0..=tower_layers.saturating_sub(1)),
         // FastV's `layer` is K: it prunes after layer K - 1, so K runs 1..=L.
@@ -367,7 +367,7 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         ui.radio_value(&mut app.settings.spec.positions, crate::reduce::PositionMode::Compact, "compact");
     });
 
-    super::controls::section(ui, "Answer");
+    widgets::section(ui, "Answer");
     let s = &mut app.settings.vlm;
     ui.horizontal(|ui| {
         ui.label("max answer tokens").on_hover_text("greedy decoding stops here or at the end-of-answer token");
@@ -387,14 +387,14 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         s.view_layer = Some(layer);
     }
 
-    super::controls::section(ui, "View");
+    widgets::section(ui, "View");
     for overlay in VlmOverlay::ALL {
         ui.radio_value(&mut s.overlay, overlay, overlay.label());
     }
     if s.overlay == VlmOverlay::TextToImage {
         ui.label(egui::RichText::new("hover or click a token of an answer (right panel)").small().weak());
     }
-    super::controls::look_ui(&mut app.settings, ui);
+    widgets::look_ui(&mut app.settings, ui);
 }
 
 /// The method menu: vision side, then language side.

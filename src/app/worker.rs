@@ -1,16 +1,15 @@
-//! The worker thread: it owns the [`Session`] and the current image's cached full run (the
-//! model never touches the UI thread), and answers jobs with events.
+//! The worker thread: it owns the [`Session`] (the model and its cached runs never touch the UI
+//! thread), and answers jobs with events.
 //!
 //! Interactive jobs (open an image, a reduced run, a comparison) are served newest-first: a new
 //! job of a kind replaces a queued one and cancels the running one. The drift curve is
 //! background work done one point at a time between interactive jobs; a new request cancels the
 //! point being computed (it is redone later), so moving a slider never waits for it.
 //!
-//! A vision-language model folder loads a [`Vlm`] instead of a session: its jobs are the full
-//! answer (per image and question), reduced runs, and the ratio sweep (background, stepped like
-//! the drift curve); answer tokens stream back one event each.
+//! With a vision-language model the jobs are the full answer (per image and question), reduced
+//! runs, and the ratio sweep (background, stepped like the drift curve); answer tokens stream
+//! back one event each. The session holds every cached run; the worker only schedules.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
@@ -18,8 +17,8 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use crate::export::{self, ExportSpec, Figure, Format};
 use crate::model::ModelSource;
 use crate::reduce::Budget;
-use crate::session::{Analysis, FullRun, ImageInput, RunResult, RunSpec, Session};
-use crate::vlm::{SweepPoint, Vlm, VlmFull, VlmImage, VlmRun, VlmRunSpec};
+use crate::session::{Analysis, ImageInput, RunResult, RunSpec, Session};
+use crate::vlm::{SweepPoint, VlmImage, VlmRun, VlmRunSpec};
 use crate::{Cancel, Error};
 
 /// An image to open: a file, or bytes already in memory (the bundled sample).
@@ -194,17 +193,12 @@ impl WorkerHandle {
 
 struct Worker<W: Fn()> {
     session: Option<Session>,
-    full: Option<Arc<FullRun>>,
-    /// A vision-language model, its current full run and the sweep to do.
-    vlm: Option<Vlm>,
-    vlm_full: Option<Arc<VlmFull>>,
+    /// The VLM ratio sweep to do.
     sweep: Option<SweepWork>,
     events: Sender<Event>,
     wake: W,
     queued: [Option<(Job, Cancel)>; 3],
     drift: Option<DriftWork>,
-    /// Reduced runs of the current image by (spec with the resolved token count).
-    results: HashMap<String, Arc<RunResult>>,
     /// The current image and its checksum, for export sidecars.
     source: Option<(ImageSource, String)>,
     exports: Vec<(Job, Cancel)>,
@@ -213,9 +207,6 @@ struct Worker<W: Fn()> {
     /// Why no model is loaded, repeated to every job that needs one.
     unloaded: String,
 }
-
-/// Reduced runs kept per image (each ~0.3 MB).
-const CACHE_RUNS: usize = 128;
 
 struct SweepWork {
     id: u64,
@@ -233,48 +224,27 @@ impl<W: Fn()> Worker<W> {
     fn new(model: ModelSource, events: Sender<Event>, wake: W) -> Self {
         let mut worker = Self {
             session: None,
-            full: None,
-            vlm: None,
-            vlm_full: None,
             sweep: None,
             events,
             wake,
             queued: Default::default(),
             drift: None,
-            results: HashMap::new(),
             source: None,
             exports: Vec::new(),
             background: Cancel::default(),
             unloaded: "no model is loaded".into(),
         };
-        let mut say = |line: &str| worker_say(&worker.events, &worker.wake, line);
-        match vlm_folder(&model, &mut say) {
-            Ok(None) => {}
-            Ok(Some(dir)) => {
-                say(&format!("Loading the vision-language model in {}…", dir.display()));
-                match Vlm::load(&dir) {
-                    Ok(vlm) => {
-                        worker.send(Event::VlmReady {
-                            id: vlm.id.clone(),
-                            num_layers: vlm.num_layers(),
-                            context: vlm.arch.lm().cfg.max_position_embeddings,
-                            split_image: vlm.split_image,
-                        });
-                        worker.vlm = Some(vlm);
-                    }
-                    Err(e) => worker.load_failed(&e),
-                }
-                return worker;
-            }
-            Err(e) => {
-                worker.load_failed(&e);
-                return worker;
-            }
-        }
-        let loaded = Session::load(&model, &mut |line| worker_say(&worker.events, &worker.wake, line));
-        match loaded {
+        match Session::load(&model, &mut |line| worker_say(&worker.events, &worker.wake, line)) {
             Ok(s) => {
-                worker.send(Event::ModelReady { id: s.model.id.clone(), takes_prompt: s.takes_prompt() });
+                worker.send(match s.vlm() {
+                    Ok(vlm) => Event::VlmReady {
+                        id: s.id.clone(),
+                        num_layers: vlm.num_layers(),
+                        context: vlm.arch.lm().cfg.max_position_embeddings,
+                        split_image: vlm.split_image,
+                    },
+                    Err(_) => Event::ModelReady { id: s.id.clone(), takes_prompt: s.takes_prompt() },
+                });
                 worker.session = Some(s);
             }
             Err(e) => worker.load_failed(&e),
@@ -364,47 +334,43 @@ impl<W: Fn()> Worker<W> {
     }
 
     fn session(&self) -> crate::Result<&Session> {
-        self.session.as_ref().ok_or_else(|| Error::Render(self.unloaded.clone()))
+        self.session.as_ref().ok_or_else(|| Error::NotReady(self.unloaded.clone()))
     }
 
-    fn full(&self) -> crate::Result<Arc<FullRun>> {
-        self.full.clone().ok_or_else(|| Error::Render("no image is open".into()))
+    fn session_mut(&mut self) -> crate::Result<&mut Session> {
+        self.session.as_mut().ok_or_else(|| Error::NotReady(self.unloaded.clone()))
     }
 
     fn run(&mut self, job: Job, cancel: &Cancel) -> crate::Result<()> {
         match job {
             // The app asks for an encoder run before it knows the model is a VLM: nothing to do.
-            Job::Open { .. } if self.vlm.is_some() => {}
+            Job::Open { .. } if self.session.as_ref().is_some_and(Session::is_vlm) => {}
             Job::VlmFull { id, source, question, spec, split } => {
                 self.answer_full(id, source, &question, &spec, split, cancel)?
             }
             Job::VlmRun { id, spec } => {
-                let (vlm, full) = (self.vlm()?, self.current_vlm_full()?);
-                let run = vlm.run(&full, &spec, &mut self.streamer(id, vlm), cancel)?;
+                let session = self.session()?;
+                let run = session.answer_reduced(&spec, &mut self.streamer(id, session.vlm()?), cancel)?;
                 self.send(Event::VlmReduced { id, run: Arc::new(run) });
             }
             Job::Open { source, prompt } => {
-                if let Some(session) = self.session.as_mut() {
-                    session.set_prompt(&prompt);
-                }
-                let session = self.session()?;
+                let session = self.session_mut()?;
+                session.set_prompt(&prompt);
                 let input = match &source.bytes {
                     Some(bytes) => session.image_from_bytes(bytes, &source.label)?,
                     None => session.open_image(&source.label)?,
                 };
-                let full = session.full_run(&input.prepared.pixels, cancel)?;
-                let analysis = session.analysis_of(&full)?;
-                self.full = Some(Arc::new(full));
-                self.results.clear();
+                let analysis = session.open(&input, cancel)?;
                 self.source = Some((source.clone(), input.sha256.clone()));
                 self.send(Event::Opened(Arc::new(Opened { label: source.label, input, analysis })));
             }
             Job::Reduce { id, spec } => {
-                let result = self.cached_run(&spec, cancel)?;
+                let result = self.session_mut()?.reduce(&spec, cancel)?;
                 self.send(Event::Reduced { id, result });
             }
             Job::Compare { id, specs } => {
-                let results = specs.iter().map(|spec| self.cached_run(spec, cancel)).collect::<crate::Result<_>>()?;
+                let session = self.session_mut()?;
+                let results = specs.iter().map(|spec| session.reduce(spec, cancel)).collect::<crate::Result<_>>()?;
                 self.send(Event::Compared { id, results });
             }
             Job::Export { figure, look, path, force } => {
@@ -418,7 +384,7 @@ impl<W: Fn()> Worker<W> {
 
     fn export(&self, figure: Figure, look: Look, path: &Path, force: bool) -> crate::Result<(PathBuf, PathBuf)> {
         let session = self.session()?;
-        let (source, sha) = self.source.as_ref().ok_or_else(|| Error::Render("no image is open".into()))?;
+        let (source, sha) = self.source.as_ref().ok_or_else(|| Error::NotReady("no image is open".into()))?;
         // A figure must be re-makeable from its sidecar, so the image must be a file: the
         // bundled sample is written beside the figure.
         let image = match &source.bytes {
@@ -448,7 +414,8 @@ impl<W: Fn()> Worker<W> {
         };
         let (id, mut spec) = (work.id, work.spec.clone());
         spec.budget = Budget::RemoveFraction(removed);
-        match self.cached_run(&spec, &self.background.clone()) {
+        let background = self.background.clone();
+        match self.session_mut()?.reduce(&spec, &background) {
             Ok(result) => self.send(Event::DriftPoint { id, removed, l1: result.fidelity.output_l1 }),
             // Interrupted for an interactive job: this point is computed later.
             Err(Error::Cancelled) => self.drift.iter_mut().for_each(|w| w.ratios.push(removed)),
@@ -459,23 +426,9 @@ impl<W: Fn()> Worker<W> {
         Ok(())
     }
 
-    fn vlm(&self) -> crate::Result<&Vlm> {
-        self.vlm.as_ref().ok_or_else(|| Error::Render(self.unloaded.clone()))
-    }
-
-    fn current_vlm_full(&self) -> crate::Result<Arc<VlmFull>> {
-        self.vlm_full.clone().ok_or_else(|| Error::Render("no image is open".into()))
-    }
-
     /// Sends each answer token of request `id` as it comes, with the answer so far.
-    fn streamer<'a>(&'a self, id: u64, vlm: &'a Vlm) -> impl FnMut(u32) + 'a {
-        let mut ids = Vec::new();
-        move |token| {
-            ids.push(token);
-            let piece = vlm.tokenizer.decode(&[token], false).unwrap_or_default();
-            let text = vlm.tokenizer.decode(&ids, true).unwrap_or_default().trim().to_string();
-            self.send(Event::VlmToken { id, piece, text });
-        }
+    fn streamer<'a>(&'a self, id: u64, vlm: &'a crate::vlm::Vlm) -> impl FnMut(u32) + 'a {
+        streamer(&self.events, &self.wake, id, vlm)
     }
 
     fn answer_full(
@@ -487,19 +440,18 @@ impl<W: Fn()> Worker<W> {
         split: bool,
         cancel: &Cancel,
     ) -> crate::Result<()> {
-        let vlm = self.vlm()?;
         let read =
             || std::fs::read(&source.label).map_err(|e| Error::image(&source.label, format!("cannot read: {e}")));
         let bytes = match &source.bytes {
             Some(bytes) => bytes.clone(),
             None => read()?.into(),
         };
-        let image = vlm.arch.image_from_bytes(&bytes, &source.label, split)?;
-        // An answer limit past the context is shortened to fit (the app says so), not refused:
-        // the limit is a setting, the context a property of the model.
-        let spec =
-            VlmRunSpec { max_new_tokens: vlm.fit_answer(question, &image, spec.max_new_tokens)?, ..spec.clone() };
-        let full = vlm.full(image, question, &spec, &mut self.streamer(id, vlm), cancel)?;
+        let Self { session, events, wake, unloaded, .. } = self;
+        let session = session.as_mut().ok_or_else(|| Error::NotReady(unloaded.clone()))?;
+        let image = session.vlm_image(&bytes, &source.label, split)?;
+        // The token stream borrows a copy of the tokenizer: the session is borrowed mutably.
+        let tokenizer = session.vlm()?.tokenizer.clone();
+        let full = session.answer(image, question, spec, &mut stream(events, &*wake, id, &tokenizer), cancel)?;
         let grid = [full.vision.grid.0, full.vision.grid.1];
         let opened = VlmOpened {
             label: source.label,
@@ -512,7 +464,6 @@ impl<W: Fn()> Worker<W> {
             prompt_tokens: full.prompt.ids.len(),
             run: full.run.clone(),
         };
-        self.vlm_full = Some(Arc::new(full));
         self.send(Event::VlmOpened { id, opened: Arc::new(opened) });
         Ok(())
     }
@@ -525,8 +476,7 @@ impl<W: Fn()> Worker<W> {
             return Ok(());
         };
         let (id, spec) = (work.id, work.spec.clone());
-        let full = self.current_vlm_full()?;
-        let swept = self.vlm()?.sweep(&full, &spec, &[removed], &mut |_| {}, &self.background.clone());
+        let swept = self.session()?.answer_sweep(&spec, &[removed], &self.background.clone());
         match swept {
             Ok(points) => points.into_iter().for_each(|point| self.send(Event::VlmSweepPoint { id, point })),
             Err(Error::Cancelled) => self.sweep.iter_mut().for_each(|w| w.fractions.push(removed)),
@@ -535,40 +485,32 @@ impl<W: Fn()> Worker<W> {
         }
         Ok(())
     }
-
-    /// A reduced run of the current image, from the cache when the same method, parameters and
-    /// token count ran before (the drift curve fills it with the presets first).
-    fn cached_run(&mut self, spec: &RunSpec, cancel: &Cancel) -> crate::Result<Arc<RunResult>> {
-        let full = self.full()?;
-        let keep = spec.budget.resolve(full.states[0].num_patches())?;
-        let key =
-            serde_json::to_string(&RunSpec { budget: Budget::Keep(keep), ..spec.clone() }).expect("specs serialise");
-        if let Some(hit) = self.results.get(&key) {
-            // Same tokens, maybe asked as another fraction: answer with the spec as asked.
-            return Ok(Arc::new(RunResult { spec: spec.clone(), ..(**hit).clone() }));
-        }
-        let result = Arc::new(self.session()?.run(&full, spec, cancel)?);
-        if self.results.len() >= CACHE_RUNS {
-            self.results.clear(); // simple and bounded: a new method or image refills it quickly
-        }
-        self.results.insert(key, result.clone());
-        Ok(result)
-    }
 }
 
-/// The folder of a vision-language model, if `model` names one (a hub id is fetched first).
-fn vlm_folder(model: &ModelSource, say: &mut dyn FnMut(&str)) -> crate::Result<Option<PathBuf>> {
-    let ModelSource::File(path) = model else { return Ok(None) };
-    if path.is_dir() {
-        return Ok(Vlm::is_vlm_folder(path).then(|| path.clone()));
+/// Sends each answer token of request `id` as it comes, with the answer so far.
+fn streamer<'a>(
+    events: &'a Sender<Event>,
+    wake: &'a impl Fn(),
+    id: u64,
+    vlm: &'a crate::vlm::Vlm,
+) -> impl FnMut(u32) + 'a {
+    stream(events, wake, id, &vlm.tokenizer)
+}
+
+fn stream<'a>(
+    events: &'a Sender<Event>,
+    wake: &'a impl Fn(),
+    id: u64,
+    tokenizer: &'a tokenizers::Tokenizer,
+) -> impl FnMut(u32) + 'a {
+    let mut ids = Vec::new();
+    move |token| {
+        ids.push(token);
+        let piece = tokenizer.decode(&[token], false).unwrap_or_default();
+        let text = tokenizer.decode(&ids, true).unwrap_or_default().trim().to_string();
+        events.send(Event::VlmToken { id, piece, text }).ok();
+        wake();
     }
-    #[cfg(feature = "hub")]
-    if crate::model::hub::looks_like_hub_id(&path.to_string_lossy()) {
-        let dir = crate::model::hub::fetch(&path.to_string_lossy(), say)?;
-        return Ok(Vlm::is_vlm_folder(&dir).then_some(dir));
-    }
-    let _ = say;
-    Ok(None)
 }
 
 fn worker_say(events: &Sender<Event>, wake: &impl Fn(), line: &str) {

@@ -16,7 +16,7 @@ pub fn analyze(
     out: &Path,
 ) -> anyhow::Result<()> {
     let session = model.load()?;
-    let num_layers = session.model.encoder.num_layers();
+    let num_layers = session.model()?.encoder.num_layers();
     let layer = layer.unwrap_or(num_layers - 1);
     if layer >= num_layers {
         bail!("--layer {layer} is out of range: the model has layers 0..={}", num_layers - 1);
@@ -43,7 +43,7 @@ pub fn analyze(
         "timings_ms": analysis.timings_ms,
     });
     write_json(&out.join("analysis.json"), &json)?;
-    let cls = if session.model.encoder.cfg.num_prefix_tokens > 0 {
+    let cls = if session.model()?.encoder.cfg.num_prefix_tokens > 0 {
         format!("CLS attention, layer {layer} (mean of heads)")
     } else {
         format!("Attention received, layer {layer} (no CLS token)")

@@ -8,11 +8,9 @@ use std::time::Instant;
 use tokenlens::reduce::budget::PRESETS_REMOVED;
 use tokenlens::reduce::{Budget, ReducerConfig};
 use tokenlens::render::Colormap;
-use tokenlens::session::RunSpec;
-use tokenlens::vlm::{Vlm, VlmMethod, VlmRunSpec};
+use tokenlens::session::{RunSpec, Session};
+use tokenlens::vlm::{VlmMethod, VlmRunSpec};
 use tokenlens::{Cancel, figures};
-
-use super::ModelArgs;
 
 /// Median and 95th percentile of `samples` (milliseconds).
 fn summary(mut samples: Vec<f64>) -> (f64, f64) {
@@ -54,12 +52,11 @@ struct MethodSamples {
 
 pub fn bench(
     image: &Path,
-    model: &ModelArgs,
+    session: &Session,
     reducers: &[ReducerConfig],
     repeats: usize,
     json: bool,
 ) -> anyhow::Result<()> {
-    let session = model.load()?;
     let input = session.open_image(image)?;
     let cancel = Cancel::default();
     drop(session.full_run(&input.prepared.pixels, &cancel)?); // warm-up: first-touch allocations, thread pool
@@ -144,8 +141,8 @@ pub fn bench(
 
 /// The VLM bench: per method at the default budget, prefill and decode time against the full
 /// model's (medians over `repeats`, same process), with the KV cache and FLOPs ratios.
-pub fn bench_vlm(image: &Path, folder: &Path, methods: &[VlmMethod], repeats: usize) -> anyhow::Result<()> {
-    let vlm = Vlm::load(folder)?;
+pub fn bench_vlm(image: &Path, session: &Session, methods: &[VlmMethod], repeats: usize) -> anyhow::Result<()> {
+    let vlm = session.vlm()?;
     let cancel = Cancel::default();
     let spec = VlmRunSpec { max_new_tokens: 16, ..VlmRunSpec::default() };
     let question = "What is in this image?";

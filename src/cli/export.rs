@@ -98,7 +98,7 @@ pub fn export_panel(
     out: &Path,
 ) -> anyhow::Result<()> {
     let session = model.load()?;
-    let view = view.view(session.model.encoder.num_layers())?;
+    let view = view.view(session.model()?.encoder.num_layers())?;
     if run.is_none() && matches!(view, View::Tokens | View::Scores | View::Saliency { reduced: true }) {
         bail!("the {} view needs a method: pass --reducer", view_name(&view));
     }

@@ -416,16 +416,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let columns = export::Columns { budgets: ratios, layers };
             export::figure_grid(&image, &model, reducer_list(&reducers)?, columns, output_row, fill, &look, &out)
         }
-        Command::Bench { image, reducers, repeats, json, model } => match &model.model {
-            Some(dir) if tokenlens::vlm::Vlm::is_vlm_folder(dir) => {
+        Command::Bench { image, reducers, repeats, json, model } => match model.load()? {
+            session if session.is_vlm() => {
                 let methods = if reducers.is_empty() {
                     tokenlens::vlm::VlmMethod::all()
                 } else {
                     reducers.iter().map(|r| tokenlens::vlm::VlmMethod::from_name(r.trim())).collect::<Result<_, _>>()?
                 };
-                bench::bench_vlm(&image, dir, &methods, repeats.max(1))
+                bench::bench_vlm(&image, &session, &methods, repeats.max(1))
             }
-            _ => bench::bench(&image, &model, &reducer_list(&reducers)?, repeats.max(1), json),
+            session => bench::bench(&image, &session, &reducer_list(&reducers)?, repeats.max(1), json),
         },
         Command::Vlm { image, model, question, method, max_tokens, view_layer, sweep, split_image, colormap, out } => {
             let options = vlm::Options { max_tokens, view_layer, sweep, split_image };

@@ -19,8 +19,8 @@ pub fn run(image: &Path, model: &ModelArgs, spec: &RunSpec, colormap: Colormap, 
     let grid = [full.states[0].grid.0, full.states[0].grid.1];
     let mut json = serde_json::to_value(&result)?;
     let extra = serde_json::json!({
-        "model": session.model.id,
-        "weights_sha256": session.model.weights_sha256,
+        "model": session.id,
+        "weights_sha256": session.model()?.weights_sha256,
         "image": { "path": super::path_text(image), "sha256": input.sha256 },
         "grid": grid,
         "reducer": result.spec.reducer.name(),

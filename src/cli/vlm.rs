@@ -3,10 +3,12 @@
 //! `vlm.json` plus pictures.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
+use tokenlens::model::ModelSource;
 use tokenlens::render::Colormap;
+use tokenlens::session::Session;
 use tokenlens::vlm::{DiffOp, Vlm, VlmRun, VlmRunSpec, first_change, sweep_fractions};
 use tokenlens::{Cancel, figures};
 
@@ -38,21 +40,14 @@ fn streamer(vlm: &Vlm) -> impl FnMut(u32) + '_ {
     }
 }
 
-/// The model folder: a path, or a hub id fetched into the Hugging Face cache.
-fn model_folder(model: &Path) -> anyhow::Result<PathBuf> {
-    #[cfg(feature = "hub")]
-    if tokenlens::model::hub::looks_like_hub_id(&model.to_string_lossy()) {
-        return Ok(tokenlens::model::hub::fetch(&model.to_string_lossy(), &mut |line| eprintln!("{line}"))?);
-    }
-    Ok(model.to_path_buf())
-}
-
 pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
-    let folder = model_folder(&args.model)?;
-    let mut vlm = Vlm::load(&folder).with_context(|| format!("loading the model folder {folder:?}"))?;
+    let source = ModelSource::File(args.model.clone());
+    let mut session = Session::load(&source, &mut |line| eprintln!("{line}"))
+        .with_context(|| format!("loading the model folder {:?}", args.model))?;
     if let Some(split) = args.options.split_image {
-        vlm.split_image = split;
+        session.vlm_mut()?.split_image = split;
     }
+    let vlm = session.vlm()?;
     eprintln!("{} ({}), {} decoder layers", vlm.id, vlm.arch.name(), vlm.num_layers());
     let spec = VlmRunSpec {
         method: args.method.vlm_method(vlm.num_layers())?,
@@ -64,7 +59,7 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
     let image = vlm.open_image(&args.image)?;
     let cancel = Cancel::default();
     print!("full model: ");
-    let full = vlm.full(image, &args.question, &spec, &mut streamer(&vlm), &cancel)?;
+    let full = vlm.full(image, &args.question, &spec, &mut streamer(vlm), &cancel)?;
     println!();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {:?}", args.out))?;
     let grid = full.vision.grid;
@@ -92,7 +87,7 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
     let mut wrote = vec!["vlm.json", "vision_saliency.png"];
     if let Some(method) = &spec.method {
         print!("{} ({}): ", method.label(), spec.budget.describe(full.run.num_image_tokens));
-        let run = vlm.run(&full, &spec, &mut streamer(&vlm), &cancel)?;
+        let run = vlm.run(&full, &spec, &mut streamer(vlm), &cancel)?;
         println!();
         if run.removed_nothing() {
             eprintln!(
@@ -101,7 +96,7 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
                 run.image_rows_per_layer.len()
             );
         }
-        print_diff(&vlm, &full.run, &run);
+        print_diff(vlm, &full.run, &run);
         write_png(&args.out.join("tokens.png"), &figures::vlm_tokens(&full.image, grid, &run, 512))?;
         wrote.push("tokens.png");
         if let Some(scores) = &run.scores {

@@ -1,12 +1,18 @@
-//! The single entry point the CLI, the GUI and the tests call: a loaded model plus the
-//! operations on an image. Neither front end holds model code.
+//! The single entry point the CLI, the GUI and the tests call, for every model: [`Session::load`]
+//! decides once whether a source is an image encoder (ViT, DeiT, DINOv2, CLIP, SigLIP, the
+//! default saliency model) or a vision-language model (LLaVA, SmolVLM), and the session owns the
+//! work worth keeping between requests: the open image's unreduced run and its recent reduced
+//! runs (encoders), the open image's vision run and full answer (VLMs). Neither front end holds
+//! model code or caches of its own.
 
 mod run;
 
 pub use run::{DropFill, FullRun, RunResult, RunSpec, RunTimings};
 pub(crate) use run::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -16,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::analysis::attention;
 use crate::model::preprocess::{self, Prepared};
 use crate::model::{HookPoint, Model, ModelSource, OutputHead, Preprocessor, TokenState, fetch};
-use crate::{Cancel, Result};
+use crate::reduce::Budget;
+use crate::vlm::{SweepPoint, Vlm, VlmFull, VlmImage, VlmRun, VlmRunSpec};
+use crate::{Cancel, Error, Result};
 
 /// A decoded photo and what the model sees of it.
 #[derive(Debug, Clone)]
@@ -32,7 +40,7 @@ pub struct ImageInput {
 /// probabilities (`zero_shot`, `[1, labels]`), or nothing (`none`) for a bare encoder.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Output {
-    pub kind: String,
+    pub kind: OutputKind,
     pub shape: [usize; 2],
     pub values: Vec<f32>,
     /// Names of the values, for `classes` and `zero_shot`.
@@ -40,9 +48,37 @@ pub struct Output {
     pub labels: Vec<String>,
 }
 
+/// What an [`Output`] holds (its `kind` in `analysis.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    Saliency,
+    Classes,
+    ZeroShot,
+    None,
+}
+
+impl OutputKind {
+    /// The name `analysis.json` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Saliency => "saliency",
+            Self::Classes => "classes",
+            Self::ZeroShot => "zero_shot",
+            Self::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for OutputKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Output {
     pub fn is_map(&self) -> bool {
-        self.kind == "saliency"
+        self.kind == OutputKind::Saliency
     }
 
     /// The `n` most probable labels with their probabilities (for class-like outputs).
@@ -83,15 +119,89 @@ pub struct Analysis {
     pub timings_ms: Timings,
 }
 
-pub struct Session {
-    pub model: Model,
-    /// The labels a zero-shot model scores (the prompt box, comma-separated).
-    pub labels: Vec<String>,
+/// What a loaded source is: an image encoder with its output head, or a vision-language model.
+#[allow(clippy::large_enum_variant)] // one per session, never moved in a loop
+pub enum Backend {
+    Encoder(Model),
+    Vlm(Vlm),
 }
 
+/// A loaded model and the cached work of the image open in it.
+pub struct Session {
+    /// The model's name (file or folder name, or the default model's id).
+    pub id: String,
+    backend: Backend,
+    /// The labels a zero-shot model scores (the prompt box, comma-separated).
+    pub labels: Vec<String>,
+    /// Encoders: the open image's unreduced run and the reduced runs made from it.
+    opened: Option<OpenedRuns>,
+    /// VLMs: the open image's vision run and full answer.
+    answered: Option<Arc<VlmFull>>,
+}
+
+/// The unreduced run of the open image and its reduced runs, by spec at a resolved token count.
+struct OpenedRuns {
+    full: Arc<FullRun>,
+    runs: HashMap<String, Arc<RunResult>>,
+}
+
+/// Reduced runs kept per image (each ~0.3 MB); past that the cache starts over.
+const CACHE_RUNS: usize = 128;
+
 impl Session {
+    /// Loads `source`: the default model, a model file, or a Hugging Face folder (or hub id,
+    /// fetched first) of an encoder or a vision-language model.
     pub fn load(source: &ModelSource, say: &mut dyn FnMut(&str)) -> Result<Self> {
-        Ok(Self { model: Model::load(source, say)?, labels: Vec::new() })
+        let backend = match local_folder(source, say)? {
+            Some(dir) if Vlm::is_vlm_folder(&dir) => {
+                say(&format!("Loading the vision-language model in {}…", dir.display()));
+                Backend::Vlm(Vlm::load(&dir)?)
+            }
+            Some(dir) => Backend::Encoder(Model::load(&ModelSource::File(dir), say)?),
+            None => Backend::Encoder(Model::load(source, say)?),
+        };
+        let id = match &backend {
+            Backend::Encoder(m) => m.id.clone(),
+            Backend::Vlm(v) => v.id.clone(),
+        };
+        Ok(Self { id, backend, labels: Vec::new(), opened: None, answered: None })
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The image encoder, or an error saying this is a vision-language model.
+    pub fn model(&self) -> Result<&Model> {
+        match &self.backend {
+            Backend::Encoder(m) => Ok(m),
+            Backend::Vlm(v) => Err(Error::Config {
+                field: "model",
+                reason: format!(
+                    "{} is a vision-language model; this needs an image encoder (ask it with `tokenlens vlm`)",
+                    v.id
+                ),
+            }),
+        }
+    }
+
+    /// The vision-language model, or an error saying this is an image encoder.
+    pub fn vlm(&self) -> Result<&Vlm> {
+        match &self.backend {
+            Backend::Vlm(v) => Ok(v),
+            Backend::Encoder(m) => Err(not_a_vlm(m)),
+        }
+    }
+
+    pub fn vlm_mut(&mut self) -> Result<&mut Vlm> {
+        match &mut self.backend {
+            Backend::Vlm(v) => Ok(v),
+            Backend::Encoder(m) => Err(not_a_vlm(m)),
+        }
+    }
+
+    pub fn is_vlm(&self) -> bool {
+        matches!(self.backend, Backend::Vlm(_))
     }
 
     /// Sets the zero-shot labels from a prompt like "a cat, a dog, a car".
@@ -99,9 +209,83 @@ impl Session {
         self.labels = prompt.split(',').map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     }
 
-    /// Whether this model reads the prompt.
+    /// Whether this model reads the prompt as labels.
     pub fn takes_prompt(&self) -> bool {
-        matches!(self.model.head, OutputHead::ZeroShot(_))
+        self.model().is_ok_and(|m| matches!(m.head, OutputHead::ZeroShot(_)))
+    }
+
+    /// Runs the full model on `input` and keeps the run as the open image's: the reduced runs
+    /// asked next ([`Self::reduce`]) resume from it. On failure the image open before stays.
+    pub fn open(&mut self, input: &ImageInput, cancel: &Cancel) -> Result<Analysis> {
+        let full = self.full_run(&input.prepared.pixels, cancel)?;
+        let analysis = self.analysis_of(&full)?;
+        self.opened = Some(OpenedRuns { full: Arc::new(full), runs: HashMap::new() });
+        Ok(analysis)
+    }
+
+    /// The open image's unreduced run.
+    pub fn opened_full(&self) -> Result<Arc<FullRun>> {
+        self.opened.as_ref().map(|o| o.full.clone()).ok_or_else(|| Error::NotReady("no image is open".into()))
+    }
+
+    /// A reduced run of the open image, from the cache when the same method, parameters and
+    /// token count ran before (asked as another fraction, it answers with the spec as asked).
+    pub fn reduce(&mut self, spec: &RunSpec, cancel: &Cancel) -> Result<Arc<RunResult>> {
+        let full = self.opened_full()?;
+        let keep = spec.budget.resolve(full.states[0].num_patches())?;
+        let key =
+            serde_json::to_string(&RunSpec { budget: Budget::Keep(keep), ..spec.clone() }).expect("specs serialise");
+        if let Some(hit) = self.opened.as_ref().and_then(|o| o.runs.get(&key)) {
+            return Ok(Arc::new(RunResult { spec: spec.clone(), ..(**hit).clone() }));
+        }
+        let result = Arc::new(self.run(&full, spec, cancel)?);
+        if let Some(opened) = self.opened.as_mut() {
+            if opened.runs.len() >= CACHE_RUNS {
+                opened.runs.clear(); // simple and bounded: a new method or image refills it quickly
+            }
+            opened.runs.insert(key, result.clone());
+        }
+        Ok(result)
+    }
+
+    /// Prepares `bytes` (an image file's) for the VLM; `split`: SmolVLM's image splitting.
+    pub fn vlm_image(&self, bytes: &[u8], label: &Path, split: bool) -> Result<VlmImage> {
+        self.vlm()?.arch.image_from_bytes(bytes, label, split)
+    }
+
+    /// The VLM's vision run and full answer for `image` and `question`, kept as the open
+    /// image's: reduced runs ([`Self::answer_reduced`]) compare with it (on failure the one
+    /// before stays). An answer limit past the context is shortened to fit, not refused: the
+    /// limit is a setting, the context a property of the model.
+    pub fn answer(
+        &mut self,
+        image: VlmImage,
+        question: &str,
+        spec: &VlmRunSpec,
+        on_token: &mut dyn FnMut(u32),
+        cancel: &Cancel,
+    ) -> Result<Arc<VlmFull>> {
+        let vlm = self.vlm()?;
+        let spec =
+            VlmRunSpec { max_new_tokens: vlm.fit_answer(question, &image, spec.max_new_tokens)?, ..spec.clone() };
+        let full = Arc::new(vlm.full(image, question, &spec, on_token, cancel)?);
+        self.answered = Some(full.clone());
+        Ok(full)
+    }
+
+    /// The open image's full VLM run.
+    pub fn answered(&self) -> Result<Arc<VlmFull>> {
+        self.answered.clone().ok_or_else(|| Error::NotReady("no image is open".into()))
+    }
+
+    /// A reduced VLM run against the open image's full answer.
+    pub fn answer_reduced(&self, spec: &VlmRunSpec, on_token: &mut dyn FnMut(u32), cancel: &Cancel) -> Result<VlmRun> {
+        self.vlm()?.run(&*self.answered()?, spec, on_token, cancel)
+    }
+
+    /// `spec`'s method at each removed fraction against the open image's full answer.
+    pub fn answer_sweep(&self, spec: &VlmRunSpec, fractions: &[f64], cancel: &Cancel) -> Result<Vec<SweepPoint>> {
+        self.vlm()?.sweep(&*self.answered()?, spec, fractions, &mut |_| {}, cancel)
     }
 
     /// Decodes and prepares an image file.
@@ -113,11 +297,12 @@ impl Session {
     /// Decodes and prepares encoded image bytes; `label` names them in errors.
     pub fn image_from_bytes(&self, bytes: &[u8], label: &Path) -> Result<ImageInput> {
         let photo = preprocess::decode_image(bytes).map_err(|reason| crate::Error::image(label, reason))?;
-        let prepared = match &self.model.preprocessor {
-            Preprocessor::Letterbox { size } => preprocess::prepare(&photo, *size, &self.model.device)?,
+        let model = self.model()?;
+        let prepared = match &model.preprocessor {
+            Preprocessor::Letterbox { size } => preprocess::prepare(&photo, *size, &model.device)?,
             Preprocessor::Hf(p) => {
                 let canvas = p.resize_and_crop(&photo)?;
-                let pixels = p.pixels(&canvas, &self.model.device)?;
+                let pixels = p.pixels(&canvas, &model.device)?;
                 let (w, h) = canvas.dimensions();
                 let content = preprocess::ContentRect { top: 0, left: 0, height: h, width: w };
                 Prepared { place: p.canvas_in_photo(photo.width(), photo.height()), canvas, content, pixels }
@@ -128,7 +313,7 @@ impl Session {
 
     /// The state before block 0.
     pub fn embed(&self, prepared: &Prepared) -> Result<TokenState> {
-        self.model.encoder.embed(&prepared.pixels)
+        self.model()?.encoder.embed(&prepared.pixels)
     }
 
     /// Runs the full model and summarises it: attention per layer, rollout, token norms and
@@ -153,8 +338,8 @@ impl Session {
             .collect::<Result<_>>()?;
         let grid = full.states[0].grid;
         Ok(Analysis {
-            model: self.model.id.clone(),
-            weights_sha256: self.model.weights_sha256.clone(),
+            model: self.id.clone(),
+            weights_sha256: self.model()?.weights_sha256.clone(),
             grid: [grid.0, grid.1],
             num_special: special,
             cls_attention,
@@ -170,6 +355,24 @@ impl Session {
             },
         })
     }
+}
+
+fn not_a_vlm(m: &Model) -> Error {
+    Error::Config { field: "model", reason: format!("{} is an image encoder, not a vision-language model", m.id) }
+}
+
+/// The local folder `source` names, if it names one (a hub id is fetched first).
+fn local_folder(source: &ModelSource, say: &mut dyn FnMut(&str)) -> Result<Option<PathBuf>> {
+    let ModelSource::File(path) = source else { return Ok(None) };
+    if path.is_dir() {
+        return Ok(Some(path.clone()));
+    }
+    #[cfg(feature = "hub")]
+    if crate::model::hub::looks_like_hub_id(&path.to_string_lossy()) {
+        return Ok(Some(crate::model::hub::fetch(&path.to_string_lossy(), say)?));
+    }
+    let _ = say;
+    Ok(None)
 }
 
 fn ms_since(t: Instant) -> f64 {

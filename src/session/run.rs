@@ -12,7 +12,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{Output, Session, ms_since};
+use super::{Output, OutputKind, Session, ms_since};
 use crate::analysis::cost::{BlockTokens, encoder_flops};
 use crate::analysis::metrics::{self, Fidelity};
 use crate::model::layers::AttnRecord;
@@ -120,7 +120,7 @@ impl Session {
     /// Runs the unreduced model, keeping every intermediate state, attention and keys.
     pub fn full_run(&self, pixels: &Tensor, cancel: &Cancel) -> Result<FullRun> {
         let start = Instant::now();
-        let enc = &self.model.encoder;
+        let enc = &self.model()?.encoder;
         let (states, trace) = encoder_states(enc, pixels, enc.num_layers(), cancel)?;
         let state = states.last().expect("the embedding state").clone();
         let features = enc.final_norm(&state)?;
@@ -134,7 +134,7 @@ impl Session {
     /// Runs `spec` against `full`, re-computing only what follows the reducer's first site.
     pub fn run(&self, full: &FullRun, spec: &RunSpec, cancel: &Cancel) -> Result<RunResult> {
         let start = Instant::now();
-        let enc = &self.model.encoder;
+        let enc = &self.model()?.encoder;
         let layers = full.num_layers();
         let first = &full.states[0];
         let ctx = Context { num_layers: layers, grid: first.grid, num_special: first.num_special };
@@ -173,19 +173,19 @@ impl Session {
     /// dim]`: every patch, dropped ones filled); the other heads read the final-norm tokens as
     /// they are (`tokens.hidden`): CLS for classifiers and CLIP, all tokens for SigLIP's pooling.
     fn output(&self, grid_features: &Tensor, tokens: &TokenState) -> Result<Output> {
-        let probabilities = |kind: &str, probs: Vec<f32>, labels: Vec<String>| Output {
-            kind: kind.into(),
+        let probabilities = |kind: OutputKind, probs: Vec<f32>, labels: Vec<String>| Output {
+            kind,
             shape: [1, probs.len()],
             values: probs,
             labels,
         };
-        match &self.model.head {
+        match &self.model()?.head {
             OutputHead::Saliency(decoder) => {
                 let patches = grid_features.narrow(1, tokens.num_special, tokens.num_patches())?;
                 let map = decoder.forward(&patches, tokens.grid)?.squeeze(0)?.squeeze(0)?;
                 let (h, w) = map.dims2()?;
                 Ok(Output {
-                    kind: "saliency".into(),
+                    kind: OutputKind::Saliency,
                     shape: [h, w],
                     values: map.flatten_all()?.to_vec1()?,
                     labels: vec![],
@@ -194,7 +194,7 @@ impl Session {
             OutputHead::Classes { head, labels } => {
                 let logits = head.logits(&tokens.hidden)?.expect("a classifier head");
                 let probs = candle_nn::ops::softmax_last_dim(&logits)?.squeeze(0)?.to_vec1()?;
-                Ok(probabilities("classes", probs, labels.clone()))
+                Ok(probabilities(OutputKind::Classes, probs, labels.clone()))
             }
             OutputHead::ZeroShot(zs) => {
                 if self.labels.is_empty() {
@@ -206,9 +206,9 @@ impl Session {
                 }
                 let image = zs.image_embedding(&tokens.hidden)?;
                 let labels: Vec<&str> = self.labels.iter().map(String::as_str).collect();
-                Ok(probabilities("zero_shot", zs.scores(&image, &labels)?.probs, self.labels.clone()))
+                Ok(probabilities(OutputKind::ZeroShot, zs.scores(&image, &labels)?.probs, self.labels.clone()))
             }
-            OutputHead::None => Ok(Output { kind: "none".into(), shape: [0, 0], values: vec![], labels: vec![] }),
+            OutputHead::None => Ok(Output { kind: OutputKind::None, shape: [0, 0], values: vec![], labels: vec![] }),
         }
     }
 }
