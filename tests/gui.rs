@@ -163,6 +163,37 @@ fn the_vlm_answer_diff_and_sweep_appear() {
     }
 }
 
+/// The compare view with a VLM: the full model and the four default methods at one budget, each
+/// with its answer and the full answer's log-probability under it, drawn side by side.
+#[test]
+fn the_vlm_compare_view_answers_every_method() {
+    let Some(x) = Xvfb::start_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::fixture("vlm/llava");
+    let out = dir.path().join("vlm-compare.png");
+    let args = ["--model".as_ref(), model.as_os_str()]
+        .into_iter()
+        .chain(["--tab", "compare", "--max-answer-tokens", "8"].map(std::ffi::OsStr::new))
+        .collect::<Vec<_>>();
+    let frame = run_app(&x, &asset("chelsea.png"), &args, &out);
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
+    let compared = s["compared"].as_array().expect("the compare runs");
+    let labels: Vec<&str> = compared.iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert_eq!(compared.len(), 4, "{s}");
+    for (run, method) in compared.iter().zip(["FastV", "SparseVLM", "DivPrune", "Random"]) {
+        assert!(run["label"].as_str().unwrap().contains(method), "{labels:?}");
+        assert!(!run["answer"].as_array().unwrap().is_empty(), "{s}");
+        assert!(run["full_answer_logprob"].is_number(), "{s}");
+    }
+    if std::env::var_os("TOKENLENS_KEEP_SHOTS").is_some() {
+        let keep = std::env::temp_dir().join("tokenlens-shots");
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(&out, keep.join("vlm-compare.png")).unwrap();
+    }
+    let distinct: std::collections::HashSet<[u8; 3]> = frame.pixels().map(|p| p.0).collect();
+    assert!(distinct.len() > 1000, "the window looks blank ({} colours)", distinct.len());
+}
+
 /// `--press BUTTON` with no desktop portal (no session bus) and no zenity (an empty PATH): the
 /// in-app browser must take over, and the status bar must say why.
 #[test]

@@ -31,7 +31,7 @@ fn load_tells_encoders_from_vlms_and_each_refuses_the_others_work() {
         let err = vlm.model().err().expect("a VLM is not an encoder").to_string();
         assert!(err.contains(&format!("{name} is a vision-language model")), "{err}");
         // Encoder work on a VLM fails with that message, not a panic or a wrong answer.
-        let image = vlm.open_image(&common::asset("chelsea.png")).err().expect("no encoder preprocessing");
+        let image = vlm.open_image(&common::asset("chelsea.png")).expect_err("no encoder preprocessing");
         assert!(image.to_string().contains("vision-language model"), "{image}");
     }
 }
@@ -56,7 +56,7 @@ fn reduced_runs_are_cached_per_token_count_and_cleared_by_a_new_image() {
     let patches = full.states[0].num_patches();
 
     let fraction = RunSpec {
-        reducer: ReducerConfig::from_name("evit").unwrap(),
+        reducer: ReducerConfig::from_name("divprune").unwrap(),
         budget: Budget::RemoveFraction(0.5),
         ..RunSpec::default()
     };

@@ -126,7 +126,7 @@ pub fn answers_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 }
 
 /// One answer's tokens, each hoverable and clickable, coloured by its diff mark.
-fn tokens_ui(
+pub(super) fn tokens_ui(
     ui: &mut egui::Ui,
     run: &VlmRun,
     marks: &[(usize, Mark)],

@@ -15,6 +15,7 @@ mod output;
 mod textures;
 mod view;
 mod vlm;
+mod vlm_compare;
 mod vlm_cost;
 mod vlm_view;
 mod widgets;
@@ -129,6 +130,8 @@ pub struct Settings {
     pub prompt: String,
     /// The question, method and views of a vision-language model.
     pub vlm: VlmSettings,
+    /// The view the app opens in (the last one used).
+    pub tab: Tab,
 }
 
 impl Default for Settings {
@@ -152,6 +155,7 @@ impl Default for Settings {
                 .collect(),
             prompt: "a cat, a dog, a car, a cup of coffee, a rocket, a person".into(),
             vlm: VlmSettings::default(),
+            tab: Tab::Single,
         }
     }
 }
@@ -191,8 +195,11 @@ impl Settings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The main view: one method in depth, or several side by side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Tab {
+    #[default]
     Single,
     Compare,
 }
@@ -260,7 +267,6 @@ pub struct TokenlensApp {
     pub drift: Vec<[f64; 2]>,
     drift_id: u64,
     drift_key: Option<RunSpec>,
-    pub tab: Tab,
     /// VLM mode: present while a vision-language model is loaded.
     pub vlm: Option<VlmState>,
     textures: textures::Textures,
@@ -310,7 +316,6 @@ impl TokenlensApp {
             drift: Vec::new(),
             drift_id: 0,
             drift_key: None,
-            tab: Tab::Single,
             vlm: None,
             textures: textures::Textures::default(),
             scene_rect: egui::Rect::ZERO,
@@ -374,6 +379,7 @@ impl TokenlensApp {
             Event::VlmToken { .. }
             | Event::VlmOpened { .. }
             | Event::VlmReduced { .. }
+            | Event::VlmCompared { .. }
             | Event::VlmSweepPoint { .. }
             | Event::VlmSweepStopped { .. } => {}
             Event::Status(line) => self.status = line,
@@ -624,7 +630,7 @@ impl TokenlensApp {
             self.worker.submit(Job::Drift { id: self.drift_id, spec: key.clone(), ratios });
             self.drift_key = Some(key);
         }
-        if self.tab == Tab::Compare {
+        if self.settings.tab == Tab::Compare {
             let specs = self.settings.compare_specs();
             if self.sent_compare.as_ref() != Some(&specs) {
                 let id = self.fresh_id();
@@ -642,7 +648,7 @@ impl TokenlensApp {
             self.open_dialog();
         }
         if pressed(Modifiers::COMMAND, Key::E) {
-            match self.tab {
+            match self.settings.tab {
                 Tab::Single => self.export_dialog(self.current_figure(), "tokenlens-figure.svg"),
                 Tab::Compare => self.export_dialog(self.compare_figure(), "tokenlens-grid.svg"),
             }
@@ -655,7 +661,7 @@ impl TokenlensApp {
             ctx.set_theme(if self.settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
         }
         if pressed(Modifiers::NONE, Key::F2) {
-            self.tab = if self.tab == Tab::Single { Tab::Compare } else { Tab::Single };
+            self.settings.tab = if self.settings.tab == Tab::Single { Tab::Compare } else { Tab::Single };
         }
         // Ratio: step between the presets.
         if pressed(Modifiers::NONE, Key::ArrowRight) {
@@ -800,12 +806,16 @@ impl TokenlensApp {
         !self.dialogs.is_open() && at.elapsed().as_secs_f32() > 0.5
     }
 
-    /// A reduced result is on screen and nothing is on its way (VLM: the sweep is complete too).
+    /// A reduced result is on screen and nothing is on its way (VLM: the sweep is complete too;
+    /// the compare view: its runs too).
     fn result_on_screen(&self) -> bool {
-        match &self.vlm {
-            Some(v) => v.run.value.is_some() && !v.busy() && v.sweep_done(),
-            None => self.run.value.is_some() && !self.run.pending,
-        }
+        let compared = self.settings.tab == Tab::Single
+            || self.vlm.as_ref().map_or(self.compared.value.is_some(), |v| v.compared.value.is_some());
+        compared
+            && match &self.vlm {
+                Some(v) => v.run.value.is_some() && !v.busy() && v.sweep_done(),
+                None => self.run.value.is_some() && !self.run.pending && !self.compared.pending,
+            }
     }
 
     fn busy(&self) -> bool {
@@ -834,7 +844,10 @@ impl eframe::App for TokenlensApp {
         egui::Panel::left("controls").size_range(260.0..=360.0).default_size(280.0).show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| controls::controls_ui(self, ui));
         });
-        match self.tab {
+        match self.settings.tab {
+            Tab::Compare if self.vlm.is_some() => {
+                egui::CentralPanel::default().show(ui, |ui| vlm_compare::compare_ui(self, ui));
+            }
             _ if self.vlm.is_some() => {
                 egui::Panel::right("output").size_range(340.0..=620.0).default_size(460.0).show(ui, |ui| {
                     egui::ScrollArea::vertical().show(ui, |ui| {
@@ -885,22 +898,22 @@ impl TokenlensApp {
             ui.separator();
             if let Some(vlm) = &self.vlm {
                 ui.label(egui::RichText::new(format!("vision-language model: {}", vlm.model_id)).strong());
-            } else {
-                ui.selectable_value(&mut self.tab, Tab::Single, "Single method");
-                ui.selectable_value(&mut self.tab, Tab::Compare, "Compare methods");
+                ui.separator();
             }
+            ui.selectable_value(&mut self.settings.tab, Tab::Single, "Single method");
+            ui.selectable_value(&mut self.settings.tab, Tab::Compare, "Compare methods");
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 if ui.button("?").on_hover_text("Keyboard shortcuts (F1)").clicked() {
                     self.show_help = !self.show_help;
                 }
-                let (label, hint) = match self.tab {
+                let (label, hint) = match self.settings.tab {
                     Tab::Single => {
                         ("Export figure…", "The view as SVG or PNG, with a sidecar that re-makes it (Ctrl+E)")
                     }
                     Tab::Compare => ("Export grid…", "Methods x presets with their outputs, as SVG or PNG (Ctrl+E)"),
                 };
                 if ui.add_enabled(self.opened.is_some(), egui::Button::new(label)).on_hover_text(hint).clicked() {
-                    match self.tab {
+                    match self.settings.tab {
                         Tab::Single => self.export_dialog(self.current_figure(), "tokenlens-figure.svg"),
                         Tab::Compare => self.export_dialog(self.compare_figure(), "tokenlens-grid.svg"),
                     }

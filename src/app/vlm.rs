@@ -60,6 +60,8 @@ pub struct VlmSettings {
     /// SmolVLM's image splitting (tiles plus the global image); off: one tile. Set from the
     /// folder's processor when a model loads.
     pub split_image: bool,
+    /// Methods of the compare view (2 to 4), all at the shared budget.
+    pub compare: Vec<VlmMethod>,
 }
 
 impl Default for VlmSettings {
@@ -71,6 +73,10 @@ impl Default for VlmSettings {
             view_layer: None,
             overlay: VlmOverlay::Tokens,
             split_image: false,
+            compare: ["fastv", "sparsevlm", "divprune", "random"]
+                .iter()
+                .map(|n| VlmMethod::from_name(n).expect("a built-in method"))
+                .collect(),
         }
     }
 }
@@ -107,6 +113,9 @@ pub struct VlmState {
     pub full_text: String,
     pub run: Slot<Arc<VlmRun>>,
     sent_run: Option<VlmRunSpec>,
+    /// The compare view's runs, in the order of the settings' methods.
+    pub compared: Slot<Vec<Arc<VlmRun>>>,
+    sent_compare: Option<Vec<VlmRunSpec>>,
     pub run_stream: Vec<String>,
     pub run_text: String,
     /// Points of the ratio sweep of `sweep_key`'s method, sorted by removed fraction.
@@ -132,7 +141,7 @@ impl VlmState {
     }
 
     pub fn busy(&self) -> bool {
-        self.full.pending || self.run.pending
+        self.full.pending || self.run.pending || self.compared.pending
     }
 
     /// The sweep has all its points (those a method cannot reach are skipped), or stopped.
@@ -162,6 +171,8 @@ impl VlmState {
                     // Runs against the previous full answer are stale now.
                     self.run = Slot::default();
                     self.sent_run = None;
+                    self.compared = Slot::default();
+                    self.sent_compare = None;
                     self.sweep.clear();
                     self.sweep_key = None;
                     self.picked = None;
@@ -169,6 +180,7 @@ impl VlmState {
                 self.full.answer(*id, opened.clone());
             }
             Event::VlmReduced { id, run } => self.run.answer(*id, run.clone()),
+            Event::VlmCompared { id, runs } => self.compared.answer(*id, runs.clone()),
             Event::VlmSweepStopped { id } => self.sweep_stopped |= *id == self.sweep_id,
             Event::VlmSweepPoint { id, point } => {
                 if *id == self.sweep_id {
@@ -198,6 +210,10 @@ impl VlmState {
                 "removed": p.removed, "changed": p.changed, "full_answer_logprob": p.full_answer_logprob,
             })).collect::<Vec<_>>(),
             "first_change": crate::vlm::first_change(&self.sweep),
+            "compared": self.compared.value.iter().flatten().map(|r| serde_json::json!({
+                "label": run_label(r), "answer": r.answer.pieces, "answer_changed": r.answer_changed,
+                "full_answer_logprob": r.full_answer_logprob, "image_rows": r.image_rows_per_layer.first(),
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -236,14 +252,24 @@ impl VlmState {
         }
         self.full.pending = false;
         self.run.pending = false;
+        self.compared.pending = false;
     }
 }
 
 impl VlmSettings {
     /// The reduced run these settings ask for, at the shared budget and position mode.
     pub fn spec(&self, budget: Budget, positions: crate::reduce::PositionMode) -> VlmRunSpec {
+        self.spec_for(&self.method, budget, positions)
+    }
+
+    /// The compare view's runs: each of its methods with everything else as [`Self::spec`].
+    pub fn compare_specs(&self, budget: Budget, positions: crate::reduce::PositionMode) -> Vec<VlmRunSpec> {
+        self.compare.iter().map(|m| self.spec_for(m, budget, positions)).collect()
+    }
+
+    fn spec_for(&self, method: &VlmMethod, budget: Budget, positions: crate::reduce::PositionMode) -> VlmRunSpec {
         VlmRunSpec {
-            method: Some(self.method.clone()),
+            method: Some(method.clone()),
             budget,
             positions,
             max_new_tokens: self.max_new_tokens,
@@ -309,6 +335,17 @@ impl TokenlensApp {
             vlm.sent_run = Some(spec.clone());
             self.worker.submit(Job::VlmRun { id, spec: spec.clone() });
         }
+        if self.settings.tab == super::Tab::Compare {
+            let specs = settings.compare_specs(self.settings.spec.budget, self.settings.spec.positions);
+            let vlm = self.vlm.as_ref().expect("checked above");
+            if vlm.sent_compare.as_ref() != Some(&specs) {
+                let id = self.fresh_id();
+                let vlm = self.vlm.as_mut().expect("checked above");
+                vlm.compared.submitted(id);
+                vlm.sent_compare = Some(specs.clone());
+                self.worker.submit(Job::VlmCompare { id, specs });
+            }
+        }
         // The sweep depends on everything but the budget.
         let key = VlmRunSpec { budget: Budget::Keep(1), ..spec };
         let vlm = self.vlm.as_ref().expect("checked above");
@@ -333,7 +370,7 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let s = &mut app.settings.vlm;
 
     widgets::section(ui, "Method");
-    method_menu(ui, &mut s.method);
+    method_menu(ui, "main", 200.0, &mut s.method);
     let mut tower_layer_param = false;
     if let VlmMethod::Vision(c) = &s.method {
         let json = serde_json::to_value(c).unwrap_or_default();
@@ -398,28 +435,34 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 }
 
 /// The method menu: vision side, then language side.
-fn method_menu(ui: &mut egui::Ui, method: &mut VlmMethod) {
+/// The method picker (`id`: one per picker on screen; `width` of its button), vision side then
+/// language side.
+pub fn method_menu(ui: &mut egui::Ui, id: impl std::hash::Hash + std::fmt::Debug, width: f32, method: &mut VlmMethod) {
     let label = method_label(method);
-    egui::ComboBox::from_id_salt("vlm_method").selected_text(label).width(200.0).height(480.0).show_ui(ui, |ui| {
-        let all = VlmMethod::all();
-        for (title, vision) in [("Vision side", true), ("Language side", false)] {
-            ui.label(egui::RichText::new(title).strong().small());
-            let side: Vec<&VlmMethod> = all.iter().filter(|m| matches!(m, VlmMethod::Vision(_)) == vision).collect();
-            if side.is_empty() {
-                ui.label(egui::RichText::new("  none yet").weak().small());
-            }
-            for m in side {
-                let chosen = m.name() == method.name();
-                let hint = match m {
-                    VlmMethod::Vision(c) => c.info().description,
-                    VlmMethod::Llm(_) => "acts inside the language model, on the image tokens' rows",
-                };
-                if ui.selectable_label(chosen, method_label(m)).on_hover_text(hint).clicked() && !chosen {
-                    *method = m.clone();
+    egui::ComboBox::from_id_salt(("vlm_method", id)).selected_text(label).width(width).height(480.0).show_ui(
+        ui,
+        |ui| {
+            let all = VlmMethod::all();
+            for (title, vision) in [("Vision side", true), ("Language side", false)] {
+                ui.label(egui::RichText::new(title).strong().small());
+                let side: Vec<&VlmMethod> =
+                    all.iter().filter(|m| matches!(m, VlmMethod::Vision(_)) == vision).collect();
+                if side.is_empty() {
+                    ui.label(egui::RichText::new("  none yet").weak().small());
+                }
+                for m in side {
+                    let chosen = m.name() == method.name();
+                    let hint = match m {
+                        VlmMethod::Vision(c) => c.info().description,
+                        VlmMethod::Llm(c) => c.info().description,
+                    };
+                    if ui.selectable_label(chosen, method_label(m)).on_hover_text(hint).clicked() && !chosen {
+                        *method = m.clone();
+                    }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 /// What a run was, from the run itself: its method and budget (never the settings', which may
@@ -437,11 +480,9 @@ pub fn run_label(run: &VlmRun) -> String {
     }
 }
 
+/// The method's name as its paper writes it (FastV, SparseVLM, DivPrune).
 pub fn method_label(method: &VlmMethod) -> String {
-    match method {
-        VlmMethod::Vision(c) => c.info().label.to_string(),
-        VlmMethod::Llm(c) => c.name().to_string(),
-    }
+    method.label().to_string()
 }
 
 #[cfg(test)]
@@ -521,14 +562,14 @@ mod tests {
         v.sent_run = Some(fastv.spec.clone());
         v.run.answer(1, Arc::new(fastv));
         let (shown, note) = v.shown_run().unwrap();
-        assert_eq!(run_label(&shown), "fastv, 50.0 % removed (32 of 64 kept)");
+        assert_eq!(run_label(&shown), "FastV, 50.0 % removed (32 of 64 kept)");
         assert_eq!(note, None);
         // ToMe is asked for and refused: FastV's run stays, named FastV, with a note.
         v.run.submitted(2);
         v.sent_run = Some(spec("tome", 0.75));
         v.failed();
         let (shown, note) = v.shown_run().unwrap();
-        assert_eq!(run_label(&shown), "fastv, 50.0 % removed (32 of 64 kept)");
+        assert_eq!(run_label(&shown), "FastV, 50.0 % removed (32 of 64 kept)");
         assert!(note.unwrap().contains("ToMe gave no result"));
     }
 
@@ -544,10 +585,10 @@ mod tests {
         run.image_rows_per_layer = vec![64, 64];
         assert_eq!(
             run_label(&run),
-            "fastv: nothing removed in any of the 2 decoder layers (asked: 50.0 % removed (32 of 64 kept))"
+            "FastV: nothing removed in any of the 2 decoder layers (asked: 50.0 % removed (32 of 64 kept))"
         );
         // Pruned after layer 0: the budget is what happened.
         run.image_rows_per_layer = vec![64, 32];
-        assert_eq!(run_label(&run), "fastv, 50.0 % removed (32 of 64 kept)");
+        assert_eq!(run_label(&run), "FastV, 50.0 % removed (32 of 64 kept)");
     }
 }

@@ -45,6 +45,8 @@ pub enum Job {
     VlmFull { id: u64, source: ImageSource, question: String, spec: VlmRunSpec, split: bool },
     /// A reduced VLM run against the current full answer.
     VlmRun { id: u64, spec: VlmRunSpec },
+    /// Several methods at one budget against the current full answer (no token stream).
+    VlmCompare { id: u64, specs: Vec<VlmRunSpec> },
     /// The ratio sweep of a method: one reduced run per removed fraction (popped from the end).
     VlmSweep { id: u64, spec: VlmRunSpec, fractions: Vec<f64> },
 }
@@ -103,6 +105,10 @@ pub enum Event {
     VlmReduced {
         id: u64,
         run: Arc<VlmRun>,
+    },
+    VlmCompared {
+        id: u64,
+        runs: Vec<Arc<VlmRun>>,
     },
     VlmSweepPoint {
         id: u64,
@@ -172,7 +178,7 @@ impl WorkerHandle {
         let slot = match &job {
             Job::Open { .. } | Job::VlmFull { .. } => Some(Kind::Open),
             Job::Reduce { .. } | Job::VlmRun { .. } => Some(Kind::Reduce),
-            Job::Compare { .. } => Some(Kind::Compare),
+            Job::Compare { .. } | Job::VlmCompare { .. } => Some(Kind::Compare),
             Job::Drift { .. } | Job::Export { .. } | Job::VlmSweep { .. } => None,
         };
         let cancel = match slot {
@@ -313,7 +319,7 @@ impl<W: Fn()> Worker<W> {
                 self.queued[Kind::Open as usize] = Some((job, cancel));
             }
             Job::Reduce { .. } => self.queued[Kind::Reduce as usize] = Some((job, cancel)),
-            Job::Compare { .. } => self.queued[Kind::Compare as usize] = Some((job, cancel)),
+            Job::Compare { .. } | Job::VlmCompare { .. } => self.queued[Kind::Compare as usize] = Some((job, cancel)),
             Job::Export { .. } => self.exports.push((job, cancel)),
             Job::VlmFull { .. } => {
                 self.sweep = None; // its full answer is about to change
@@ -372,6 +378,14 @@ impl<W: Fn()> Worker<W> {
                 let session = self.session_mut()?;
                 let results = specs.iter().map(|spec| session.reduce(spec, cancel)).collect::<crate::Result<_>>()?;
                 self.send(Event::Compared { id, results });
+            }
+            Job::VlmCompare { id, specs } => {
+                let session = self.session()?;
+                let runs = specs
+                    .iter()
+                    .map(|spec| session.answer_reduced(spec, &mut |_| {}, cancel).map(Arc::new))
+                    .collect::<crate::Result<_>>()?;
+                self.send(Event::VlmCompared { id, runs });
             }
             Job::Export { figure, look, path, force } => {
                 let (figure_path, sidecar) = self.export(figure, look, &path, force)?;

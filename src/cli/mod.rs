@@ -176,6 +176,9 @@ enum Command {
         /// Heatmap opacity, 0 to 1.
         #[arg(long)]
         opacity: Option<f32>,
+        /// The view to open in: single or compare (default: the last session's).
+        #[arg(long, value_parser = parse_serde::<tokenlens::app::Tab>)]
+        tab: Option<tokenlens::app::Tab>,
         /// A vision-language model's longest answer, in tokens (default: the last session's).
         #[arg(long)]
         max_answer_tokens: Option<usize>,
@@ -363,7 +366,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         .command
         .unwrap_or_else(|| Cli::parse_from(["tokenlens", "gui"]).command.expect("`gui` parses with its defaults"));
     match command {
-        Command::Gui { image, model, reducer, overlay, opacity, max_answer_tokens, screenshot, press } => {
+        Command::Gui { image, model, reducer, overlay, tab, opacity, max_answer_tokens, screenshot, press } => {
             // Tests (screenshot mode) start from the defaults, users from their last session.
             let mut settings = if screenshot.is_some() {
                 tokenlens::app::Settings::default()
@@ -378,6 +381,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             settings.overlay = overlay.unwrap_or(settings.overlay);
+            settings.tab = tab.unwrap_or(settings.tab);
             if !model.prompt.is_empty() {
                 // Labels for CLIP and SigLIP, the question for a vision-language model.
                 settings.prompt = model.prompt.clone();
