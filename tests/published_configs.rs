@@ -135,23 +135,6 @@ fn published_vlm_configs_resolve_as_transformers_resolves_them() {
     }
 }
 
-/// The published folder with the tiny checkpoint's files (config, processor configs, weights)
-/// over it, as the script assembled it for transformers.
-fn assemble(tiny: &str) -> (tempfile::TempDir, Value) {
-    let r = read(&format!("published/tiny/{tiny}/reference.json"));
-    let source = r["meta"]["published_folder"].as_str().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    for from in [fixture(&format!("published/{source}")), fixture(&format!("published/tiny/{tiny}"))] {
-        for f in std::fs::read_dir(from).unwrap() {
-            let f = f.unwrap().path();
-            if f.is_file() && !f.ends_with("reference.json") {
-                std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
-            }
-        }
-    }
-    (dir, r)
-}
-
 #[test]
 fn published_folders_with_tiny_weights_answer_as_transformers_does() {
     // `llava-variants` turns on attention and MLP biases, linear rope scaling (factor 4, v4
@@ -161,7 +144,7 @@ fn published_folders_with_tiny_weights_answer_as_transformers_does() {
     assert!(text.attention_bias && text.mlp_bias && text.hidden_act == "gelu_pytorch_tanh");
     assert_eq!(text.rope().unwrap().1, 4.0);
     for (tiny, split) in [("SmolVLM-256M-Instruct", true), ("llava-1.5-7b-hf", false), ("llava-variants", false)] {
-        let (dir, r) = assemble(tiny);
+        let (dir, r) = common::assemble_tiny(tiny);
         let vlm = Vlm::load(dir.path()).unwrap_or_else(|e| panic!("{tiny}: {e}"));
         // SmolVLM's published processor splits images; the switch starts there.
         assert_eq!(vlm.split_image, split, "{tiny}: image splitting follows the folder");

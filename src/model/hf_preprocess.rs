@@ -1,7 +1,7 @@
 //! Preprocessing from a Hugging Face `preprocessor_config.json` (`ViTImageProcessor`,
 //! `DeiTImageProcessor`, `CLIPImageProcessor`, `SiglipImageProcessor`, `BitImageProcessor`):
 //! resize (to a size, or the shortest edge), centre crop, rescale, normalise, as the Pillow
-//! processors do.
+//! processors do; and how each processor turns transparency into RGB ([`alpha_rule`]).
 
 use std::path::Path;
 
@@ -10,6 +10,7 @@ use image::RgbImage;
 use serde::Deserialize;
 
 use super::pil_resize::{Filter, resize};
+use super::preprocess::Alpha;
 use crate::{Error, Result};
 
 /// Largest side a processor may resize or crop to. Published processors use 224 to 2048;
@@ -72,9 +73,55 @@ enum Resize {
     ShortestEdge(u32),
 }
 
+/// Image processor classes whose `do_convert_rgb` defaults to true in transformers (their
+/// Pillow-backend classes set it), each composites transparency onto white; the rest named
+/// here leave it unset, so a transparent or grey image reaches them unconverted (transformers
+/// raises). Checked against transformers by `tests/alpha_compositing.rs`.
+pub const CONVERT_RGB_DEFAULTS: [(&str, bool); 7] = [
+    ("CLIPImageProcessor", true),
+    ("SiglipImageProcessor", true),
+    ("BitImageProcessor", true),
+    ("LlavaImageProcessor", true),
+    ("Idefics3ImageProcessor", true),
+    ("ViTImageProcessor", false),
+    ("DeiTImageProcessor", false),
+];
+
+/// The image processor class an image processor config names (`image_processor_type`, or the
+/// older `feature_extractor_type`, whose `…FeatureExtractor` is the same class), without
+/// transformers' backend suffixes.
+fn processor_class(json: &serde_json::Value) -> Option<String> {
+    let named = json["image_processor_type"]
+        .as_str()
+        .map(String::from)
+        .or_else(|| json["feature_extractor_type"].as_str().map(|n| n.replace("FeatureExtractor", "ImageProcessor")))?;
+    let bare = named.strip_suffix("Fast").or_else(|| named.strip_suffix("Pil")).unwrap_or(&named);
+    Some(bare.to_string())
+}
+
+/// How the processor described by `json` turns transparency into RGB: transformers'
+/// `do_convert_rgb` as the file sets it (`null` is transformers' `None`: no conversion), else
+/// its class's default ([`CONVERT_RGB_DEFAULTS`]). With conversion the image is composited onto
+/// white ([`Alpha::OntoWhite`]). Without it transformers refuses any image that is not already
+/// RGB, so the image is made RGB as transformers' `load_image` makes it before a processor
+/// ([`Alpha::Drop`], Pillow's `convert("RGB")`); an unknown class without the field does the same.
+pub fn alpha_rule(json: &serde_json::Value) -> std::result::Result<Alpha, String> {
+    let convert = match json.get("do_convert_rgb") {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::Null) => false,
+        Some(other) => return Err(format!("do_convert_rgb is {other}; it must be true, false or null")),
+        None => processor_class(json)
+            .and_then(|class| CONVERT_RGB_DEFAULTS.iter().find(|(c, _)| *c == class).map(|(_, d)| *d))
+            .unwrap_or(false),
+    };
+    Ok(if convert { Alpha::OntoWhite } else { Alpha::Drop })
+}
+
 /// A parsed, checked preprocessor.
 #[derive(Debug, Clone)]
 pub struct HfPreprocessor {
+    /// How transparency becomes RGB before the resize.
+    pub alpha: Alpha,
     resize: Option<(Resize, Filter)>,
     crop: Option<(u32, u32)>,
     rescale: Option<f64>,
@@ -101,6 +148,7 @@ impl HfPreprocessor {
     pub fn load(dir: &Path) -> Result<Self> {
         let (path, json) = read_image_processor(dir)?;
         let bad = |reason: String| Error::weights(&path, reason);
+        let alpha = alpha_rule(&json).map_err(bad)?;
         let raw: RawConfig =
             serde_json::from_value(json).map_err(|e| bad(format!("not a preprocessor config: {e}")))?;
         let side = |key: &str, v: u32| checked_side(key, v.into()).map_err(bad);
@@ -131,7 +179,7 @@ impl HfPreprocessor {
         };
         let normalize =
             raw.do_normalize.then(|| (raw.image_mean.unwrap_or([0.5; 3]), raw.image_std.unwrap_or([0.5; 3])));
-        Ok(Self { resize, crop, rescale: raw.do_rescale.then_some(raw.rescale_factor), normalize })
+        Ok(Self { alpha, resize, crop, rescale: raw.do_rescale.then_some(raw.rescale_factor), normalize })
     }
 
     /// The size of a `w` x `h` photo after the resize step, in u64: a thin photo's long side

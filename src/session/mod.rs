@@ -112,7 +112,8 @@ impl Session {
 
     /// Decodes and prepares encoded image bytes; `label` names them in errors.
     pub fn image_from_bytes(&self, bytes: &[u8], label: &Path) -> Result<ImageInput> {
-        let photo = preprocess::decode_image(bytes).map_err(|reason| crate::Error::image(label, reason))?;
+        let photo = preprocess::decode_image_as(bytes, self.model.preprocessor.alpha())
+            .map_err(|reason| crate::Error::image(label, reason))?;
         let prepared = match &self.model.preprocessor {
             Preprocessor::Letterbox { size } => preprocess::prepare(&photo, *size, &self.model.device)?,
             Preprocessor::Hf(p) => {
