@@ -37,16 +37,43 @@ struct Size {
     shortest_edge: Option<u32>,
 }
 
+/// `size` or `crop_size`: a dict, or in older files one number, whose meaning depends on the
+/// processor class ([`size_from_number`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum SizeSpec {
+    Side(u32),
+    Dict(Size),
+}
+
+/// What transformers' `get_size_dict` makes of a `size` given as one number: a square for ViT and
+/// DeiT (`default_to_square`), the shortest edge for CLIP, SigLIP, Bit and LLaVA. A `crop_size`
+/// number is always a square.
+fn size_from_number(class: Option<&str>, n: u32) -> std::result::Result<Size, String> {
+    let square = Size { height: Some(n), width: Some(n), shortest_edge: None };
+    match class {
+        Some("ViTImageProcessor" | "DeiTImageProcessor") => Ok(square),
+        Some("CLIPImageProcessor" | "SiglipImageProcessor" | "BitImageProcessor" | "LlavaImageProcessor") => {
+            Ok(Size { height: None, width: None, shortest_edge: Some(n) })
+        }
+        other => Err(format!(
+            "size is the number {n}, whose meaning depends on the processor class, and the class {} is not one \
+             tokenlens knows (ViT, DeiT, CLIP, SigLIP, Bit, LLaVA image processors): give size as a dict",
+            other.map_or_else(|| "(none named)".to_string(), |c| format!("`{c}`"))
+        )),
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 struct RawConfig {
     #[serde(default = "yes")]
     do_resize: bool,
-    size: Option<Size>,
+    size: Option<SizeSpec>,
     #[serde(default = "bicubic")]
     resample: u64,
     #[serde(default)]
     do_center_crop: bool,
-    crop_size: Option<Size>,
+    crop_size: Option<SizeSpec>,
     #[serde(default = "yes")]
     do_rescale: bool,
     #[serde(default = "one_255th")]
@@ -150,10 +177,13 @@ impl HfPreprocessor {
         let bad = |reason: String| Error::weights(&path, reason);
         let alpha = alpha_rule(&json).map_err(bad)?;
         let raw: RawConfig =
-            serde_json::from_value(json).map_err(|e| bad(format!("not a preprocessor config: {e}")))?;
+            serde_json::from_value(json.clone()).map_err(|e| bad(format!("not a preprocessor config: {e}")))?;
         let side = |key: &str, v: u32| checked_side(key, v.into()).map_err(bad);
         let resize = if raw.do_resize {
-            let size = raw.size.ok_or_else(|| bad("do_resize without a size".into()))?;
+            let size = match raw.size.ok_or_else(|| bad("do_resize without a size".into()))? {
+                SizeSpec::Dict(size) => size,
+                SizeSpec::Side(n) => size_from_number(processor_class(&json).as_deref(), n).map_err(bad)?,
+            };
             let how = match (size.height, size.width, size.shortest_edge) {
                 (Some(height), Some(width), _) => {
                     Resize::Exact { width: side("size.width", width)?, height: side("size.height", height)? }
@@ -169,7 +199,10 @@ impl HfPreprocessor {
             None
         };
         let crop = if raw.do_center_crop {
-            let c = raw.crop_size.ok_or_else(|| bad("do_center_crop without a crop_size".into()))?;
+            let c = match raw.crop_size.ok_or_else(|| bad("do_center_crop without a crop_size".into()))? {
+                SizeSpec::Dict(c) => c,
+                SizeSpec::Side(n) => Size { height: Some(n), width: Some(n), shortest_edge: None },
+            };
             match (c.height, c.width) {
                 (Some(h), Some(w)) => Some((side("crop_size.width", w)?, side("crop_size.height", h)?)),
                 _ => return Err(bad("crop_size needs height and width".into())),
@@ -272,4 +305,26 @@ pub(crate) fn to_pixels(
         }
     }
     Ok(Tensor::from_vec(data, (1, 3, h as usize, w as usize), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_number_size_means_what_transformers_makes_of_it() {
+        // transformers 5.23, `AutoImageProcessor` on `{"size": 224}` per class.
+        let vit = size_from_number(Some("ViTImageProcessor"), 224).unwrap();
+        assert_eq!((vit.height, vit.width, vit.shortest_edge), (Some(224), Some(224), None));
+        for class in ["CLIPImageProcessor", "SiglipImageProcessor", "BitImageProcessor", "LlavaImageProcessor"] {
+            let s = size_from_number(Some(class), 224).unwrap();
+            assert_eq!((s.height, s.width, s.shortest_edge), (None, None, Some(224)), "{class}");
+        }
+        let e = size_from_number(Some("ConvNextImageProcessor"), 224).unwrap_err();
+        assert!(e.contains("`ConvNextImageProcessor`") && e.contains("give size as a dict"), "{e}");
+        assert_eq!(
+            processor_class(&serde_json::json!({"feature_extractor_type": "DeiTFeatureExtractor"})).as_deref(),
+            Some("DeiTImageProcessor")
+        );
+    }
 }
