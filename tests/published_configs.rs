@@ -161,6 +161,61 @@ fn published_folders_with_tiny_weights_answer_as_transformers_does() {
     }
 }
 
+#[test]
+fn published_encoder_configs_resolve_as_transformers_resolves_them() {
+    use tokenlens::model::hf::vision_config;
+    use tokenlens::model::hf_config::resolve_section;
+    for (name, class) in [("clip-vit-base-patch16", Class::Clip)] {
+        let file = read(&format!("published/{name}/config.json"));
+        let t = read(&format!("published/resolved/{name}.json"));
+        assert_eq!(dtype(&file), t["dtype"].as_str(), "{name} dtype");
+        let vision = vision_config(class, &file).unwrap_or_else(|e| panic!("{name}: {e}"));
+        check_vision(name, &vision, &t["vision_config"]);
+        // The text tower reads these fields of the resolved section (`zero_shot::TextConfig`).
+        let (_, text) = resolve_section(class, &file, "text_config").unwrap();
+        for key in [
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "max_position_embeddings",
+            "layer_norm_eps",
+            "hidden_act",
+            "eos_token_id",
+            "pad_token_id",
+        ] {
+            let theirs = &t["text_config"][key];
+            assert!(same(&text[key], theirs), "{name} text_config.{key}: ours {}, transformers {theirs}", text[key]);
+        }
+        assert!(same(&file["projection_dim"], &t["projection_dim"]), "{name} projection_dim");
+    }
+}
+
+#[test]
+fn published_clip_folder_with_tiny_weights_scores_as_transformers_does() {
+    use tokenlens::model::{ModelSource, OutputHead};
+    use tokenlens::session::Session;
+    let (dir, r) = common::assemble_tiny("clip-vit-base-patch16");
+    // The published preprocessor gives `size` and `crop_size` as numbers (CLIP: the shortest
+    // edge, and a square crop).
+    let mut session = Session::load(&ModelSource::File(dir.path().into()), &mut |_| {}).unwrap();
+    let labels: Vec<&str> = r["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let OutputHead::ZeroShot(zs) = &session.model.head else { panic!("a CLIP folder scores labels") };
+    for (label, want) in labels.iter().zip(r["input_ids"].as_array().unwrap()) {
+        assert_eq!(zs.token_ids(label).unwrap(), common::json_ints(want), "{label}: token ids");
+    }
+    session.set_prompt(&labels.join(", "));
+    let input = session.open_image(&common::asset("chelsea.png")).unwrap();
+    let pixels = input.prepared.pixels.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let d = common::max_abs_diff(&pixels, &common::json_floats(&r["pixel_values"]));
+    assert!(d < 1e-5, "pixel values differ from transformers' by {d}");
+    let full = session.full_run(&input.prepared.pixels, &Cancel::default()).unwrap();
+    assert_eq!(full.output.labels, labels);
+    let d = common::max_abs_diff(&full.output.values, &common::json_floats(&r["probs"]));
+    assert!(d < 1e-5, "zero-shot probabilities differ from transformers' by {d}");
+}
+
 /// Drops from `section` every field equal to transformers' default for `class` (what a writer
 /// that saves only non-defaults leaves) and writes `null` for a few that remain unset, as
 /// transformers 4 full dumps do.
