@@ -144,18 +144,22 @@ def assemble(source, tiny, into):
             shutil.copy(f, into / f.name)
 
 
-def make_tiny(name, seed):
-    source, files = TINY[name]
+def start_tiny(name, source, files):
+    """A fresh tiny/<name>/ with the shrunk config files; the published weights' dtype."""
     src = PUB / source
     tiny = PUB / "tiny" / name
     if tiny.exists():
         shutil.rmtree(tiny)
     tiny.mkdir(parents=True)
     for file, changes in files.items():
-        published = json.loads((src / file).read_text())
-        write_json(tiny / file, shrink(published, changes))
+        write_json(tiny / file, shrink(json.loads((src / file).read_text()), changes))
     published_cfg = json.loads((src / "config.json").read_text())
-    dtype = DTYPES[published_cfg.get("dtype") or published_cfg["torch_dtype"]]
+    return tiny, DTYPES[published_cfg.get("dtype") or published_cfg["torch_dtype"]]
+
+
+def make_tiny(name, seed):
+    source, files = TINY[name]
+    tiny, dtype = start_tiny(name, source, files)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = tmp / "folder"
@@ -184,15 +188,7 @@ def make_tiny(name, seed):
 
 def make_tiny_encoder(name, seed):
     source, files = ENCODER_TINY[name]
-    src = PUB / source
-    tiny = PUB / "tiny" / name
-    if tiny.exists():
-        shutil.rmtree(tiny)
-    tiny.mkdir(parents=True)
-    for file, changes in files.items():
-        write_json(tiny / file, shrink(json.loads((src / file).read_text()), changes))
-    published_cfg = json.loads((src / "config.json").read_text())
-    dtype = DTYPES[published_cfg.get("dtype") or published_cfg["torch_dtype"]]
+    tiny, dtype = start_tiny(name, source, files)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         assemble(source, tiny, folder)
