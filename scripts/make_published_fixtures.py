@@ -16,7 +16,11 @@ script writes, next to them:
   chat template for QUESTION about assets/chelsea.png, the greedy answer ids and their
   log-probabilities. The Rust test assembles the published folder + tiny/<folder> and runs it.
 
-Run: /opt/pyenv/bin/python scripts/make_published_fixtures.py (CPU, about a minute).
+- tiny/<encoder folder>/ likewise for CLIP, with transformers' zero-shot scores (token ids of
+  LABELS, pixel values of assets/chelsea.png, logits and probabilities).
+
+Run: /opt/pyenv/bin/python scripts/make_published_fixtures.py [TINY NAME ...] (CPU, about a
+minute; names limit which tiny checkpoints are remade, resolved configs are always rewritten).
 """
 
 import json
@@ -29,10 +33,11 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_encoder_fixtures as ef  # noqa: E402  (reinit_ for the encoder towers)
 import make_vlm_fixtures as vf  # noqa: E402  (reinit_, r7, greedy_margins, VERSIONS)
 
 import transformers  # noqa: E402
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PUB = REPO / "tests" / "fixtures" / "published"
@@ -83,6 +88,29 @@ TINY = {
     }),
 }
 
+# Encoder folders: a tiny CLIPModel keeping every published setting but the sizes (the patch size
+# and the old `vision_config_dict` too; the image is 64 px, a 4 x 4 grid); sizes stay numbers in
+# the preprocessor config, as published. The reference is zero-shot: LABELS against
+# assets/chelsea.png.
+CLIP_VISION_SIZES = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "image_size": 64, "projection_dim": 8}
+ENCODER_TINY = {
+    "clip-vit-base-patch16": ("clip-vit-base-patch16", {
+        "config.json": {
+            "": {"projection_dim": 8},
+            # text 8 wide: the 49408-token embedding is most of the checkpoint.
+            "text_config": {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+                            "num_attention_heads": 2, "projection_dim": 8},
+            "vision_config": CLIP_VISION_SIZES,
+            # transformers replaces vision_config's values with this dict completed by the class
+            # defaults, so the sizes go here too.
+            "vision_config_dict": CLIP_VISION_SIZES,
+        },
+        "preprocessor_config.json": {"": {"size": 64, "crop_size": 64}},
+    }),
+}
+LABELS = ["a photo of a cat", "a photo of a dog", "a diagram"]
+
 
 def write_json(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,18 +144,22 @@ def assemble(source, tiny, into):
             shutil.copy(f, into / f.name)
 
 
-def make_tiny(name, seed):
-    source, files = TINY[name]
+def start_tiny(name, source, files):
+    """A fresh tiny/<name>/ with the shrunk config files; the published weights' dtype."""
     src = PUB / source
     tiny = PUB / "tiny" / name
     if tiny.exists():
         shutil.rmtree(tiny)
     tiny.mkdir(parents=True)
     for file, changes in files.items():
-        published = json.loads((src / file).read_text())
-        write_json(tiny / file, shrink(published, changes))
+        write_json(tiny / file, shrink(json.loads((src / file).read_text()), changes))
     published_cfg = json.loads((src / "config.json").read_text())
-    dtype = DTYPES[published_cfg.get("dtype") or published_cfg["torch_dtype"]]
+    return tiny, DTYPES[published_cfg.get("dtype") or published_cfg["torch_dtype"]]
+
+
+def make_tiny(name, seed):
+    source, files = TINY[name]
+    tiny, dtype = start_tiny(name, source, files)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = tmp / "folder"
@@ -151,6 +183,43 @@ def make_tiny(name, seed):
                 break
         else:
             raise RuntimeError(f"{name}: no seed gave clear greedy margins without an end token")
+    write_json(tiny / "reference.json", ref)
+
+
+def make_tiny_encoder(name, seed):
+    source, files = ENCODER_TINY[name]
+    tiny, dtype = start_tiny(name, source, files)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        assemble(source, tiny, folder)
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(AutoConfig.from_pretrained(folder), attn_implementation="eager",
+                                      dtype=torch.float32)
+        ef.reinit_(model, seed)  # logit_scale keeps the config's logit_scale_init_value
+        model.to(dtype).save_pretrained(folder / "saved")
+        shutil.copy(folder / "saved" / "model.safetensors", tiny / "model.safetensors")
+        shutil.copy(folder / "saved" / "model.safetensors", folder / "model.safetensors")
+        model = AutoModel.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+        processor = AutoProcessor.from_pretrained(folder, backend="pil")
+        image = Image.open(REPO / "assets" / "chelsea.png").convert("RGB")
+        inputs = processor(text=LABELS, images=[image], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model(**inputs)
+        ref = {
+            "meta": {
+                "what": "transformers' zero-shot scores on the published folder's files with tiny random weights",
+                "versions": vf.VERSIONS,
+                "model": type(model).__name__,
+                "image_processor": type(processor.image_processor).__name__,
+                "seed": seed,
+                "published_folder": source,
+            },
+            "labels": LABELS,
+            "input_ids": [processor.tokenizer(label)["input_ids"] for label in LABELS],
+            "pixel_values": [vf.r7(v) for v in inputs["pixel_values"].flatten().tolist()],
+            "logits_per_image": [vf.r7(v) for v in out.logits_per_image[0].tolist()],
+            "probs": [vf.r7(v) for v in out.logits_per_image[0].softmax(-1).tolist()],
+        }
     write_json(tiny / "reference.json", ref)
 
 
@@ -192,8 +261,13 @@ def reference(folder):
 def main():
     torch.set_num_threads(2)
     dump_resolved()
+    only = sys.argv[1:]  # names of tiny checkpoints to remake; all by default
     for i, name in enumerate(TINY):
-        make_tiny(name, 1000 + 100 * i)
+        if not only or name in only:
+            make_tiny(name, 1000 + 100 * i)
+    for i, name in enumerate(ENCODER_TINY):
+        if not only or name in only:
+            make_tiny_encoder(name, 5000 + 100 * i)
     print("wrote", PUB)
 
 

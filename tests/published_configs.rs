@@ -135,23 +135,6 @@ fn published_vlm_configs_resolve_as_transformers_resolves_them() {
     }
 }
 
-/// The published folder with the tiny checkpoint's files (config, processor configs, weights)
-/// over it, as the script assembled it for transformers.
-fn assemble(tiny: &str) -> (tempfile::TempDir, Value) {
-    let r = read(&format!("published/tiny/{tiny}/reference.json"));
-    let source = r["meta"]["published_folder"].as_str().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    for from in [fixture(&format!("published/{source}")), fixture(&format!("published/tiny/{tiny}"))] {
-        for f in std::fs::read_dir(from).unwrap() {
-            let f = f.unwrap().path();
-            if f.is_file() && !f.ends_with("reference.json") {
-                std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
-            }
-        }
-    }
-    (dir, r)
-}
-
 #[test]
 fn published_folders_with_tiny_weights_answer_as_transformers_does() {
     // `llava-variants` turns on attention and MLP biases, linear rope scaling (factor 4, v4
@@ -161,7 +144,7 @@ fn published_folders_with_tiny_weights_answer_as_transformers_does() {
     assert!(text.attention_bias && text.mlp_bias && text.hidden_act == "gelu_pytorch_tanh");
     assert_eq!(text.rope().unwrap().1, 4.0);
     for (tiny, split) in [("SmolVLM-256M-Instruct", true), ("llava-1.5-7b-hf", false), ("llava-variants", false)] {
-        let (dir, r) = assemble(tiny);
+        let (dir, r) = common::assemble_tiny(tiny);
         let vlm = Vlm::load(dir.path()).unwrap_or_else(|e| panic!("{tiny}: {e}"));
         // SmolVLM's published processor splits images; the switch starts there.
         assert_eq!(vlm.split_image, split, "{tiny}: image splitting follows the folder");
@@ -176,6 +159,61 @@ fn published_folders_with_tiny_weights_answer_as_transformers_does() {
             assert!((want - got).abs() < 1e-4, "{tiny} token {i}: log p {got}, transformers {want}");
         }
     }
+}
+
+#[test]
+fn published_encoder_configs_resolve_as_transformers_resolves_them() {
+    use tokenlens::model::hf::vision_config;
+    use tokenlens::model::hf_config::resolve_section;
+    for (name, class) in [("clip-vit-base-patch16", Class::Clip)] {
+        let file = read(&format!("published/{name}/config.json"));
+        let t = read(&format!("published/resolved/{name}.json"));
+        assert_eq!(dtype(&file), t["dtype"].as_str(), "{name} dtype");
+        let vision = vision_config(class, &file).unwrap_or_else(|e| panic!("{name}: {e}"));
+        check_vision(name, &vision, &t["vision_config"]);
+        // The text tower reads these fields of the resolved section (`zero_shot::TextConfig`).
+        let (_, text) = resolve_section(class, &file, "text_config").unwrap();
+        for key in [
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "max_position_embeddings",
+            "layer_norm_eps",
+            "hidden_act",
+            "eos_token_id",
+            "pad_token_id",
+        ] {
+            let theirs = &t["text_config"][key];
+            assert!(same(&text[key], theirs), "{name} text_config.{key}: ours {}, transformers {theirs}", text[key]);
+        }
+        assert!(same(&file["projection_dim"], &t["projection_dim"]), "{name} projection_dim");
+    }
+}
+
+#[test]
+fn published_clip_folder_with_tiny_weights_scores_as_transformers_does() {
+    use tokenlens::model::{ModelSource, OutputHead};
+    use tokenlens::session::Session;
+    let (dir, r) = common::assemble_tiny("clip-vit-base-patch16");
+    // The published preprocessor gives `size` and `crop_size` as numbers (CLIP: the shortest
+    // edge, and a square crop).
+    let mut session = Session::load(&ModelSource::File(dir.path().into()), &mut |_| {}).unwrap();
+    let labels: Vec<&str> = r["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let OutputHead::ZeroShot(zs) = &session.model.head else { panic!("a CLIP folder scores labels") };
+    for (label, want) in labels.iter().zip(r["input_ids"].as_array().unwrap()) {
+        assert_eq!(zs.token_ids(label).unwrap(), common::json_ints(want), "{label}: token ids");
+    }
+    session.set_prompt(&labels.join(", "));
+    let input = session.open_image(&common::asset("chelsea.png")).unwrap();
+    let pixels = input.prepared.pixels.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let d = common::max_abs_diff(&pixels, &common::json_floats(&r["pixel_values"]));
+    assert!(d < 1e-5, "pixel values differ from transformers' by {d}");
+    let full = session.full_run(&input.prepared.pixels, &Cancel::default()).unwrap();
+    assert_eq!(full.output.labels, labels);
+    let d = common::max_abs_diff(&full.output.values, &common::json_floats(&r["probs"]));
+    assert!(d < 1e-5, "zero-shot probabilities differ from transformers' by {d}");
 }
 
 /// Drops from `section` every field equal to transformers' default for `class` (what a writer

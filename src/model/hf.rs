@@ -233,9 +233,9 @@ pub(crate) fn keep_float_weights(
     }
 }
 
-/// Our config axes for a VLM's vision tower: `parent`'s `vision_config`, resolved as
-/// transformers resolves it. Errors name the field.
-pub(crate) fn vision_config(parent: Class, json: &serde_json::Value) -> std::result::Result<VitConfig, String> {
+/// Our config axes for a composite model's vision tower (CLIP, SigLIP, a VLM): `parent`'s
+/// `vision_config`, resolved as transformers resolves it. Errors name the field.
+pub fn vision_config(parent: Class, json: &serde_json::Value) -> std::result::Result<VitConfig, String> {
     let (_, resolved) = resolve_section(parent, json, "vision_config")?;
     let hf: HfConfig =
         serde_json::from_value(resolved).map_err(|e| format!("vision_config is not a vision config: {e}"))?;

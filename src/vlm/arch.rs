@@ -187,10 +187,15 @@ impl Arch {
         }
     }
 
-    /// Decodes encoded image bytes and prepares them; `label` names them in errors. `split`:
-    /// SmolVLM's image splitting (tiles plus a global image); other models ignore it.
+    /// Decodes encoded image bytes, transparency as the folder's processor treats it, and
+    /// prepares them; `label` names them in errors. `split`: SmolVLM's image splitting (tiles
+    /// plus a global image); other models ignore it.
     pub fn image_from_bytes(&self, bytes: &[u8], label: &Path, split: bool) -> Result<VlmImage> {
-        let photo = preprocess::decode_image(bytes).map_err(|reason| Error::image(label, reason))?;
+        let alpha = match self {
+            Arch::Llava(m) => m.preprocessor.alpha,
+            Arch::Idefics3(m) => m.preprocessor.alpha,
+        };
+        let photo = preprocess::decode_image_as(bytes, alpha).map_err(|reason| Error::image(label, reason))?;
         let device = self.lm().device();
         let image_error = |e: Error| Error::image(label, e.to_string());
         let (canvas, place, pixels, tiles) = match self {

@@ -88,3 +88,21 @@ pub fn json_floats(v: &serde_json::Value) -> Vec<f32> {
 pub fn json_indices(v: &serde_json::Value) -> Vec<usize> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
 }
+
+/// A published folder (`tests/fixtures/published/<source>`) with its tiny checkpoint's files
+/// (config, processor configs, weights) over it, as `scripts/make_published_fixtures.py`
+/// assembled it for transformers; with the checkpoint's `reference.json`.
+pub fn assemble_tiny(tiny: &str) -> (tempfile::TempDir, serde_json::Value) {
+    let r = json_fixture(&format!("published/tiny/{tiny}/reference.json"));
+    let source = r["meta"]["published_folder"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for from in [fixture(&format!("published/{source}")), fixture(&format!("published/tiny/{tiny}"))] {
+        for f in std::fs::read_dir(from).unwrap() {
+            let f = f.unwrap().path();
+            if f.is_file() && !f.ends_with("reference.json") {
+                std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    (dir, r)
+}
