@@ -195,6 +195,13 @@ impl Sparsevlm {
     /// One pruning site keeping the `kept` best-scored image rows (the rest of the site's count
     /// is recycled clusters); the reducer's own plan uses its schedule's `kept`.
     pub fn prune(&self, view: &LlmView<'_>, kept: usize) -> Result<LlmPlan> {
+        let pruned = view.image_rows().len().saturating_sub(kept);
+        self.site_plan(view, kept, self.recycled(pruned).1)
+    }
+
+    /// [`Sparsevlm::prune`] with `clusters` merged rows (more than the recycling rule gives only
+    /// in the fallback of [`Sparsevlm::split`]; the recycled rows are then at least as many).
+    fn site_plan(&self, view: &LlmView<'_>, kept: usize, clusters: usize) -> Result<LlmPlan> {
         let Some(raters) = &self.raters else {
             return Err(Error::Config {
                 field: "site",
@@ -212,7 +219,7 @@ impl Sparsevlm {
         let order = argsort_desc(&score);
         let keep: Vec<usize> = order[..kept].iter().map(|&i| image[i]).collect();
         let pruned = &order[kept..];
-        let (r, clusters) = self.recycled(pruned.len());
+        let r = self.recycled(pruned.len()).0.max(clusters).min(pruned.len());
         let recycled: Vec<usize> = pruned[..r].iter().map(|&i| image[i]).collect();
         let merged = if clusters == 0 {
             Vec::new()
@@ -306,8 +313,8 @@ impl LlmReducer for Sparsevlm {
         };
         let n = view.image_rows().len();
         let target = self.counts[site];
-        let kept = if target >= n { n } else { self.split(n, target).0 };
-        self.prune(view, kept)
+        let (kept, clusters) = if target >= n { (n, 0) } else { self.split(n, target) };
+        self.site_plan(view, kept, clusters)
     }
 
     fn schedule(&self) -> Vec<(LlmSite, usize)> {
