@@ -443,3 +443,36 @@ fn sparsevlm_matches_the_authors_sites() {
         }
     }
 }
+
+/// MMTok against the authors' `mm_coverage_selection` (Ironieser/MMTok; its plain greedy and
+/// its JIT kernel both exercised): the kept image rows, and the greedy order against the same
+/// formula in float64. Image-image coverage on the decoder input rows (our DEVIATION; the
+/// reference was run with those rows as its CLIP features).
+#[test]
+fn mmtok_matches_the_authors_selection() {
+    use tokenlens::reduce::llm::mmtok::{Coverage, Mmtok, MmtokConfig, coverage_matrix};
+    use tokenlens::reduce::llm::{LlmReducer, LlmSite, LlmView};
+    let fx = llm_fixture();
+    for case in fx["mmtok"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (inp, out) = (&case["inputs"], &case["outputs"]);
+        let (text, image) = (matrix(&inp["text"]), matrix(&inp["image"]));
+        let (m, n) = (text.len(), image.len());
+        let rows = llm_rows(m, n, 0);
+        let hidden = matrix_tensor(&[text, image].concat());
+        let cfg = MmtokConfig {
+            lambda: inp["alpha"].as_f64().unwrap() as f32,
+            tv_temperature: inp["tv_temperature"].as_f64().unwrap() as f32,
+            vv_temperature: inp["vv_temperature"].as_f64().unwrap() as f32,
+        };
+        let keep = inp["keep"].as_u64().unwrap() as usize;
+        let view = LlmView { site: LlmSite::PreLlm, rows: &rows, hidden: &hidden, attn: None, vision_saliency: &[] };
+        let plan = Mmtok::new(&cfg, keep).unwrap().plan(&view).unwrap();
+        let kept: Vec<usize> = plan.keep.iter().map(|r| r - m).collect();
+        assert_eq!(kept, indices(&out["kept"]), "{name}: kept");
+        let w = coverage_matrix(&hidden, &(0..m).collect::<Vec<_>>(), &(m..m + n).collect::<Vec<_>>(), &cfg).unwrap();
+        let ones = vec![1f32; m + n];
+        let order = Coverage { w: &w, target_weight: &ones }.lazy_greedy(keep);
+        assert_eq!(order, indices(&out["order_float64"]), "{name}: greedy order");
+    }
+}

@@ -330,7 +330,7 @@ mod tests {
         assert!(c.set_param("layr", "5").unwrap_err().to_string().contains("no parameter `layr`"));
         let mut m = LlmReducerConfig::from_name("mmtok").unwrap();
         m.set_param("lambda", "0.25").unwrap();
-        assert_eq!(m, LlmReducerConfig::Mmtok(mmtok::MmtokConfig { lambda: 0.25 }));
+        assert_eq!(m, LlmReducerConfig::Mmtok(mmtok::MmtokConfig { lambda: 0.25, ..Default::default() }));
         assert_eq!(m.layer(32), None);
     }
 
