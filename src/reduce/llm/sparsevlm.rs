@@ -382,9 +382,8 @@ pub fn dpc_knn(x: &[&[f32]], c: usize) -> Vec<Vec<usize>> {
         .collect();
     let denser = |j: usize, i: usize| density[j] > density[i] || (density[j] == density[i] && j < i);
     let d_max = d.iter().flatten().copied().fold(0f32, f32::max);
-    let score: Vec<f32> = (0..n)
-        .map(|i| (0..n).filter(|&j| denser(j, i)).map(|j| d[i][j]).fold(d_max, f32::min) * density[i])
-        .collect();
+    let score: Vec<f32> =
+        (0..n).map(|i| (0..n).filter(|&j| denser(j, i)).map(|j| d[i][j]).fold(d_max, f32::min) * density[i]).collect();
     let centres: Vec<usize> = argsort_desc(&score).into_iter().take(c).collect();
     let mut groups: Vec<Vec<usize>> = centres.iter().map(|&k| vec![k]).collect();
     for j in (0..n).filter(|j| !centres.contains(j)) {
@@ -436,8 +435,11 @@ mod tests {
         // Image rows (1,0), (0,1); text rows (2,0), (0,0), (0,2). Softmax over text of the dot
         // products: (e^2, 1, 1) / (e^2 + 2) and (1, 1, e^2) / (e^2 + 2); means 0.447, 0.107,
         // 0.447 against their mean 1/3: rows 2 and 4 rate.
-        let h = candle_core::Tensor::new(&[[1f32, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 0.0], [0.0, 2.0]], &candle_core::Device::Cpu)
-            .unwrap();
+        let h = candle_core::Tensor::new(
+            &[[1f32, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 0.0], [0.0, 2.0]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(rater_rows(&h, &[0, 1], &[2, 3, 4]).unwrap(), [2, 4]);
     }
 
