@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """Authors'-code references for tokenlens' selections: PiToMe, EViT, CLS top-K
-(FasterVLM), HiPrune and FastV.
+(FasterVLM), HiPrune and FastV; on the language side SparseVLM and MMTok.
 
-Writes tests/fixtures/methods_reference.json, read by tests/methods_reference.rs.
-Needs numpy and torch (CPU). Built like make_reducer_reference.py: each method's
+Writes tests/fixtures/methods_reference.json and (the language side)
+tests/fixtures/llm_methods_reference.json, read by tests/methods_reference.rs;
+`--llm` writes only the second. Needs numpy, torch (CPU) and einops (SparseVLM). Built like make_reducer_reference.py: each method's
 function is copied from the authors' repository with its body unchanged (the
 commit, file and licence are named above it); everything else (inputs, shims,
 JSON) is ours. Inputs are rounded to 4 decimals and cast to float32 (or, for
 attention, recorded as the float32 values the authors' code produced), so the
 Rust side reads exactly what the reference was fed. Every selection is computed
 in float32 and float64 and the script aborts if they differ, so no recorded
-selection hinges on rounding (ties: none are allowed; see `min_gap` fields).
+selection hinges on rounding (ties: none are allowed, see `min_gap` fields,
+except where a tie rule is written down: SparseVLM's density ties, MMTok's zero gains).
 
 Run from the repository root:  python3 scripts/make_method_reference.py
 """
