@@ -1,6 +1,8 @@
-//! PiToMe, EViT, CLS top-K (FasterVLM) and HiPrune against their authors' code
-//! (`tests/fixtures/methods_reference.json`, from `scripts/make_method_reference.py`, which
-//! runs the authors' functions verbatim). Selections are asserted exactly: the script checks
+//! PiToMe, EViT, CLS top-K (FasterVLM), HiPrune and FastV, and on the language side SparseVLM and
+//! MMTok, against their authors' code (`tests/fixtures/methods_reference.json` and
+//! `llm_methods_reference.json`, from `scripts/make_method_reference.py`, which runs the authors'
+//! functions verbatim). ToDRE and text-guided have no released code to check against (see their
+//! module docs). Selections are asserted exactly: the script checks
 //! that float32 and float64 agree, so no case is a near-tie; merged and fused tokens within 1e-4.
 
 mod common;
