@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """Authors'-code references for tokenlens' selections: PiToMe, EViT, CLS top-K
-(FasterVLM), HiPrune and FastV.
+(FasterVLM), HiPrune and FastV; on the language side SparseVLM and MMTok.
 
-Writes tests/fixtures/methods_reference.json, read by tests/methods_reference.rs.
-Needs numpy and torch (CPU). Built like make_reducer_reference.py: each method's
+Writes tests/fixtures/methods_reference.json and (the language side)
+tests/fixtures/llm_methods_reference.json, read by tests/methods_reference.rs;
+`--llm` writes only the second. Needs numpy, torch (CPU) and einops (SparseVLM). Built like make_reducer_reference.py: each method's
 function is copied from the authors' repository with its body unchanged (the
 commit, file and licence are named above it); everything else (inputs, shims,
 JSON) is ours. Inputs are rounded to 4 decimals and cast to float32 (or, for
 attention, recorded as the float32 values the authors' code produced), so the
 Rust side reads exactly what the reference was fed. Every selection is computed
 in float32 and float64 and the script aborts if they differ, so no recorded
-selection hinges on rounding (ties: none are allowed; see `min_gap` fields).
+selection hinges on rounding (ties: none are allowed, see `min_gap` fields,
+except where a tie rule is written down: SparseVLM's density ties, MMTok's zero gains).
 
 Run from the repository root:  python3 scripts/make_method_reference.py
 """
@@ -22,7 +24,7 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -483,6 +485,399 @@ def fastv_mask(layer_outputs, SYS_LENGTH, IMAGE_TOKEN_LENGTH, ATTENTION_RANK, ba
 
 
 # ---------------------------------------------------------------------------
+# SparseVLM
+# Source: Gumpest/SparseVLMs @ 26a5f48813c46cd1c7364160354e7fdd3febaa67 (HEAD,
+# version 1_0, the default USE_VERSION). Licence: Apache-2.0.
+# - llava/model/language_model/score.py: attn_postprocess_topk (verbatim; its
+#   sparse_token_dict / layer_dict tables are module globals, set per case by
+#   sparsevlm_tables() below to the case's kept counts and sites).
+# - llava/model/language_model/utils.py: batch_index_select, index_points,
+#   cluster_and_merge (verbatim).
+# - llava/model/language_model/modelling_sparse_llama.py, LlamaDynamicvitModel.forward:
+#   the rater lines ("Select Text Raters") and the pruning-site lines from
+#   `pred_score_vis, s_flag, ...` to the two `v_token_num = ...` updates, verbatim
+#   inside sparsevlm_raters() / sparsevlm_site() (the decoder layer around them
+#   is replaced by the case's recorded attention and layer output).
+# cluster_and_merge adds torch.rand noise (1e-6) to its densities; every case is
+# run under two seeds and in float64, and must agree (where a cluster has one
+# centre by noise alone, i.e. cluster_num == 1, only its members are recorded).
+# ---------------------------------------------------------------------------
+
+import einops as ein  # noqa: E402  (cluster_and_merge uses it)
+
+RETAIN_TOKN = 0
+layer_dict = {}
+sparse_token_dict = {}
+
+
+def sparsevlm_tables(sites, kept):
+    """The score.py globals for one case (ours): sites -> slot, RETAIN_TOKN -> kept list."""
+    layer_dict.clear()
+    layer_dict.update({l: i for i, l in enumerate(sites)})
+    sparse_token_dict.clear()
+    sparse_token_dict[RETAIN_TOKN] = list(kept)
+
+
+def attn_postprocess_topk(self_attn_weights, v_token_start, v_token_num, text_token_start, t_token_idx, layer_idx):
+    '''
+    self_attn_weights: [B, H, L, L]
+    '''
+    self_attn_weights = self_attn_weights.mean(1) # B, L[Q], L[K]
+
+    t_token_idx = t_token_idx[1] + text_token_start
+    relation_vis_text = self_attn_weights[:, t_token_idx , v_token_start: v_token_start+v_token_num] # B, L2, L1
+
+    relation_vis_text = relation_vis_text.mean(1) # B, L1
+
+    relation_vis = relation_vis_text
+    s_flag = True       # s_flag controls whether token merge is needed.
+
+    sparse_token_list = sparse_token_dict[RETAIN_TOKN]
+
+    if v_token_num != 0:
+        mask = torch.zeros_like(relation_vis, dtype=bool)
+        _, indices = torch.topk(relation_vis, min(sparse_token_list[layer_dict[layer_idx]], v_token_num - 1), dim=1)
+        mask[0][indices] = 1
+    else:
+        mask = torch.ones_like(relation_vis_text, dtype=bool)
+        s_flag = False
+    return mask, s_flag, relation_vis_text
+
+
+def batch_index_select(x, idx):
+
+    if len(x.size()) == 4:
+        B, H, N, C = x.size()
+        N_new = idx.size(1)
+        offset = torch.arange(B, dtype=torch.long, device=x.device).view(B, 1) * N
+        idx = idx + offset
+        out = x.reshape(B*N, H, C)[idx.reshape(-1)].reshape(B, H, N_new, C)
+        return out
+    elif len(x.size()) == 3:
+        # in this condition
+        B, N, C = x.size()
+        N_new = idx.size(1)
+        offset = torch.arange(B, dtype=torch.long, device=x.device).view(B, 1) * N
+        idx = idx + offset
+        out = x.reshape(B*N, C)[idx.reshape(-1)].reshape(B, N_new, C)
+        return out
+    elif len(x.size()) == 2:
+        B, N = x.size()
+        N_new = idx.size(1)
+        offset = torch.arange(B, dtype=torch.long, device=x.device).view(B, 1) * N
+        idx = idx + offset
+        out = x.reshape(B*N)[idx.reshape(-1)].reshape(B, N_new)
+        return out
+    else:
+        raise NotImplementedError
+
+
+def index_points(points, idx):
+    """Sample features following the index.
+    Returns:
+        new_points:, indexed points data, [B, S, C]
+
+    Args:
+        points: input points data, [B, N, C]
+        idx: sample index data, [B, S]
+    """
+    device = points.device
+    B = points.shape[0]
+    view_shape = list(idx.shape)
+    view_shape[1:] = [1] * (len(view_shape) - 1)
+    repeat_shape = list(idx.shape)
+    repeat_shape[0] = 1
+    batch_indices = torch.arange(B, dtype=torch.long).to(device).view(view_shape).repeat(repeat_shape)
+    new_points = points[batch_indices, idx, :]
+    return new_points
+
+
+def cluster_and_merge(x, cluster_num):
+    
+    B, N, C = x.shape
+
+    x1 = ein.rearrange(x, "b l r -> b l () r")
+    x2 = ein.rearrange(x, "b l r -> b () l r")
+    distance = (x1 - x2).norm(dim=-1, p=2)
+    dist_matrix = distance / (C ** 0.5)        
+    # get local density
+    dist_nearest, index_nearest = torch.topk(dist_matrix, k=cluster_num, dim=-1, largest=False)
+    density = (-(dist_nearest ** 2).mean(dim=-1)).exp()
+    # add a little noise to ensure no tokens have the same density.
+    density = density + torch.rand(
+        density.shape, device=density.device, dtype=density.dtype) * 1e-6
+
+    # get distance indicator
+    mask = density[:, None, :] > density[:, :, None]
+    mask = mask.type(x.dtype)
+    dist_max = dist_matrix.flatten(1).max(dim=-1)[0][:, None, None]
+    dist, index_parent = (dist_matrix * mask + dist_max * (1 - mask)).min(dim=-1)
+
+    # select clustering center according to score
+    score = dist * density
+    _, index_down = torch.topk(score, k=cluster_num, dim=-1)        
+
+    # assign tokens to the nearest center
+    dist_matrix = index_points(dist_matrix, index_down)     
+
+    idx_cluster = dist_matrix.argmin(dim=1)    
+
+    # make sure cluster center merge to itself 
+    idx_batch = torch.arange(B, device=x.device)[:, None].expand(B, cluster_num)
+    idx_tmp = torch.arange(cluster_num, device=x.device)[None, :].expand(B, cluster_num)
+    idx_cluster[idx_batch.reshape(-1), index_down.reshape(-1)] = idx_tmp.reshape(-1)
+
+    # merge tokens
+
+    B, N, C = x.shape
+    device = dist_matrix.device
+    idx_token = torch.arange(N)[None, :].repeat(B, 1).to(device)
+    agg_weight = x.new_ones(B, N, 1)
+    
+    token_weight = x.new_ones(B, N, 1)
+    
+    idx_batch = torch.arange(B, device=x.device)[:, None]
+    idx = idx_cluster + idx_batch * cluster_num     
+
+    all_weight = token_weight.new_zeros(B * cluster_num, 1)
+    all_weight.index_add_(dim=0, index=idx.reshape(B * N),      
+                            source=token_weight.reshape(B * N, 1))      
+    all_weight = all_weight + 1e-6
+    norm_weight = token_weight / all_weight[idx]       
+
+    # average token features
+    x_merged = x.new_zeros(B * cluster_num, C)
+    source = x * norm_weight
+    x_merged.index_add_(dim=0, index=idx.reshape(B * N),        
+                        source=source.reshape(B * N, C).type(x.dtype))
+    x_merged = x_merged.reshape(B, cluster_num, C)
+    
+    return x_merged
+
+
+def sparsevlm_raters(hidden_states, v_token_start, text_token_start):
+    """modelling_sparse_llama.py, "Select Text Raters, from SparseVLM 3.2" (verbatim body)."""
+    v_t = hidden_states[:, v_token_start: text_token_start, :]
+    t_t = hidden_states[:, text_token_start: , :]
+    m_v_t = v_t @ t_t.transpose(1, 2) # [1, 576, 53]
+    m_v_t = m_v_t.softmax(2).mean(1) # [1, 53]
+    t_token_idx = torch.where(m_v_t > m_v_t.mean())
+    return t_token_idx, m_v_t
+
+
+def sparsevlm_site(attn_logits, layer_outputs, position_ids, layer_idx, v_token_start, v_token_num, text_token_start,
+                   t_token_idx, image_shape, pre_prompt_length_list, hidden_states):
+    """One pruning site of LlamaDynamicvitModel.forward (inference, version 1_0): the lines from
+    attn_postprocess_topk to the `v_token_num` update, verbatim; `attn_logits` (the layer's
+    softmax attention) and `layer_outputs` (the layer's output) come from the case. Returns what
+    the lines computed, plus the locals the reference records (ours)."""
+    B = 1
+    V2_0 = False
+    cluster_num = 0
+    merge_token_stage2_idx = None
+    pred_score_vis, s_flag, relation_vis_text = attn_postprocess_topk(attn_logits, v_token_start, v_token_num, text_token_start, t_token_idx, layer_idx) # B, L_v
+    policy = torch.ones(B, hidden_states.shape[1], dtype=hidden_states.dtype, device=hidden_states.device)
+    policy[:, v_token_start:text_token_start] = pred_score_vis.type(dtype = hidden_states.dtype)
+
+    for batch in range(len(pre_prompt_length_list)):
+        # keep pre prompt     
+        prompt_length = pre_prompt_length_list[batch]
+        policy[batch,:prompt_length,] = 1
+        # keep question
+        text_token_start = prompt_length + image_shape
+        policy[batch, text_token_start:,] = 1
+
+    total_sparse_token_idx = torch.where(policy == 0)[1].unsqueeze(0)  
+    # merge and cluster
+    if V2_0:
+        s_flag = False # idea1: Cancel Merge
+    if s_flag and total_sparse_token_idx.shape[1]>0:
+
+        total_sparse_token_idx = torch.where(policy == 0)[1].unsqueeze(0)  
+        total_sparse_token = batch_index_select(layer_outputs[0], total_sparse_token_idx) 
+        
+        merge_token_idx_stage1 = torch.where(pred_score_vis==0)[1]
+        merge_token_stage1 = relation_vis_text[0][merge_token_idx_stage1]
+        merge_token_num_stage1 = int(merge_token_idx_stage1.shape[0] * 0.3 ) + 1 # Top 30%
+        merge_token_stage2_idx = merge_token_stage1.topk(merge_token_num_stage1)[1]
+       
+        merge_token_stage2 = total_sparse_token[:,merge_token_stage2_idx,:]
+        cluster_num = int(merge_token_stage2.shape[1] / 10) + 1       
+        if (cluster_num == 0) :
+            cluster_num = merge_token_stage2.shape[1]
+        
+        merge_sparse_token = cluster_and_merge(merge_token_stage2, cluster_num)  
+
+        select_token_idx = torch.where(policy == 1)[1].unsqueeze(0)  # B, L_new
+        select_token = batch_index_select(layer_outputs[0], select_token_idx)
+        select_vis_token_num = pred_score_vis.sum()
+        select_and_merge_token = torch.cat((select_token[:,:v_token_start+select_vis_token_num,:] ,
+                merge_sparse_token,
+                select_token[:,v_token_start+select_vis_token_num:,:])
+                ,dim=1
+        )
+
+        layer_outputs = (select_and_merge_token, layer_outputs[1])  # B, L, C
+        position_ids = position_ids[:, :len(select_token_idx[0]) + cluster_num]
+        prev_decision = policy
+        # update
+        v_token_num = pred_score_vis.sum() + cluster_num # B == 1
+        # print(layer_idx, v_token_num)
+        text_token_start = v_token_start + v_token_num
+    else:
+        select_token_idx = torch.where(policy == 1)[1].unsqueeze(0)  # B, L_new
+        layer_outputs = (batch_index_select(layer_outputs[0], select_token_idx), layer_outputs[1])  # B, L, C
+        if V2_0:
+            position_ids = batch_index_select(position_ids, select_token_idx) # idea1: Keep Position ID
+        else:
+            position_ids = position_ids[:, :len(select_token_idx[0])]   
+        prev_decision = policy
+        
+        # update
+        v_token_num = pred_score_vis.sum() # B == 1
+        # print(layer_idx, v_token_num)
+        text_token_start = v_token_start + v_token_num
+    return {
+        "layer_outputs": layer_outputs, "v_token_num": int(v_token_num), "text_token_start": int(text_token_start),
+        "pred_score_vis": pred_score_vis, "relation_vis_text": relation_vis_text,
+        "merge_token_stage2_idx": merge_token_stage2_idx, "cluster_num": cluster_num,
+        "merge_token_idx_stage1": torch.where(pred_score_vis == 0)[1],
+    }
+
+
+# ---------------------------------------------------------------------------
+# MMTok
+# Source: Ironieser/MMTok @ d1522cda0ac4470589446b5f220534d892db4c62 (HEAD),
+# mmtok/core/semantic_selector.py: greedy_merged_jit_kernel and
+# SemanticTokenSelector.mm_coverage_selection (verbatim; the class keeps only
+# what the method reads). Licence: Apache-2.0 (Copyright (c) 2025 Zoom
+# Communications, Inc.). Defaults from mmtok/llava/llava_inject.py: alpha 0.5,
+# softmax_tv_temperature 0.02, softmax_vv_temperature 0.2. eval_logger (loguru)
+# is not used by these lines.
+# ---------------------------------------------------------------------------
+
+@torch.jit.script
+def greedy_merged_jit_kernel(
+    Combined: torch.Tensor,
+    k_max: int,
+    exclude_indices: torch.Tensor,
+) -> torch.Tensor:
+    """
+    Greedy maximum-coverage selection (JIT). Combined = [P; Q*alpha]:
+    P = text–vision coverage, Q = vision–vision coverage (diversity).
+
+    Args:
+        Combined: [m+n, n] Float32, rows = text tokens + vision tokens, cols = vision tokens
+        k_max: Number of vision tokens to select
+        exclude_indices: 1D Long tensor of indices to exclude (e.g. padding); use empty tensor if none
+    Returns:
+        selected_indices: [k_max] Long, indices of selected vision tokens
+    """
+    total_rows, n = Combined.shape
+    device = Combined.device
+    dtype = Combined.dtype
+
+    best_Combined = torch.zeros(total_rows, device=device, dtype=dtype)
+    score_mask = torch.zeros(n, device=device, dtype=dtype)
+
+    neg_inf_tensor = torch.tensor(float('-inf'), dtype=dtype, device=device)
+
+    if exclude_indices.numel() > 0:
+        score_mask.index_fill_(0, exclude_indices, neg_inf_tensor.item())
+
+    selected_indices = torch.zeros(k_max, dtype=torch.long, device=device)
+
+    for i in range(k_max):
+        delta = (Combined - best_Combined.unsqueeze(1)).clamp_min_(0).sum(dim=0)
+        delta.add_(score_mask)
+        best_idx = torch.argmax(delta)
+        idx_1d = best_idx.view(1)
+        selected_indices[i] = best_idx
+    
+        current_col = Combined.index_select(1, idx_1d).squeeze(1)
+        score_mask.scatter_(0, idx_1d, neg_inf_tensor)
+        best_Combined = torch.maximum(best_Combined, current_col)
+
+    return selected_indices
+
+
+class SemanticTokenSelector:
+    def __init__(
+        self,
+        target_vision_tokens: int = 32,
+        alpha: float = 0.5,
+    ):
+        self.target_vision_tokens = target_vision_tokens
+        self.alpha: float = alpha
+
+    @staticmethod
+    def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
+        return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    
+    def mm_coverage_selection(
+        self,
+        text_token_embedding: torch.Tensor,
+        vision_tokens: torch.Tensor,
+        vision_tokens_clip: torch.Tensor,
+            tv_temp: float = 0.01,
+            vv_temp: float = 0.2,
+        padding_patch_indices: Optional[List[int]] = None,
+    ) -> Tuple[List[int], torch.Tensor]:
+        """
+        Greedy maximum-coverage subset selection.
+        Combined = [P; Q*alpha]: cover text tokens (P) and vision tokens (Q).
+        Uses JIT kernel for large n/k_max; optional padding exclusion via exclude_indices.
+        Returns (selected_indices, selected_vision_tokens).
+        """
+        device = vision_tokens.device
+        x_norm = self._l2_normalize(vision_tokens).float()
+        x_clip_norm = self._l2_normalize(vision_tokens_clip).float()
+        z_norm = self._l2_normalize(text_token_embedding).float()  # question/keywords embedding
+
+        P = z_norm @ x_norm.T   # text–vision coverage [m, n]
+        Q = x_clip_norm @ x_clip_norm.T   # vision–vision coverage [n, n]
+        m, n = P.shape
+        inv_tv_temp = 1.0 / tv_temp
+        inv_vv_temp = 1.0 / vv_temp
+        P = F.softmax(P * inv_tv_temp, dim=1) / m
+        Q = F.softmax(Q * inv_vv_temp, dim=1) / n
+        k_max = min(self.target_vision_tokens, n)
+        alpha = getattr(self, "alpha", 0.5)
+        Q_weighted = Q * alpha
+        Combined = torch.cat([P, Q_weighted], dim=0)   # [m+n, n] for maximum-coverage greedy
+        
+        n_threshold = int(os.getenv("MMTok_JIT_N_THRESHOLD", "500"))
+        k_max_threshold = int(os.getenv("MMTok_JIT_K_MAX_THRESHOLD", "20"))
+  
+        use_jit = (n >= n_threshold) or (k_max >= k_max_threshold)
+        if padding_patch_indices is not None:
+            exclude_indices = torch.tensor(padding_patch_indices, device=device, dtype=torch.long)
+        else:
+            exclude_indices = torch.empty(0, dtype=torch.long, device=device)
+
+        if use_jit:
+            selected_indices = greedy_merged_jit_kernel(Combined, k_max, exclude_indices)
+        else:
+            best_Combined = torch.zeros(m + n, device=device, dtype=torch.float32)
+            score_mask = torch.zeros(n, device=device, dtype=torch.float32)
+            if padding_patch_indices is not None:
+                score_mask[exclude_indices] = float("-inf")
+            selected_indices = torch.empty(k_max, dtype=torch.long, device=device)
+            neg_inf = float("-inf")
+            for i in range(k_max):
+                delta = (Combined - best_Combined.unsqueeze(1)).clamp_min_(0).sum(0)
+                delta.add_(score_mask)
+                best_idx = torch.argmax(delta)
+                selected_indices[i] = best_idx
+                torch.maximum(best_Combined, Combined[:, best_idx], out=best_Combined) 
+                score_mask[best_idx] = neg_inf
+        
+        selected_indices, _ = selected_indices.sort()
+        selected_tokens = vision_tokens[selected_indices]
+        return selected_indices.tolist(), selected_tokens
+
+
+# ---------------------------------------------------------------------------
 # Fixture drivers (ours)
 # ---------------------------------------------------------------------------
 
@@ -928,7 +1323,254 @@ def evit_run_case(tokens=7, evit_layer=0):
     }
 
 
+
+# ---------------------------------------------------------------------------
+# Language-side drivers (ours): fixed inputs as tokenlens' LlmView gives them,
+# the authors' lines above on them, and the JSON for tests/methods_reference.rs.
+# ---------------------------------------------------------------------------
+
+LLM_OUT = ROOT / "tests" / "fixtures" / "llm_methods_reference.json"
+
+
+def causal_attention(rng, heads, n, scale=2.0):
+    logits = rng.standard_normal((1, heads, n, n)) * scale
+    logits = np.where(np.tril(np.ones((n, n), dtype=bool)), logits, -np.inf)
+    return torch.tensor(logits).softmax(-1).numpy().astype(np.float32)
+
+
+def traced(fn, code, *args, **kwargs):
+    """Runs fn and returns (result, the locals of the last frame of `code` at its return):
+    how the reference reads cluster_and_merge's clusters without changing its text."""
+    seen = {}
+
+    def prof(frame, event, arg):
+        if event == "return" and frame.f_code is code:
+            seen.clear()
+            seen.update(frame.f_locals)
+
+    sys.setprofile(prof)
+    try:
+        out = fn(*args, **kwargs)
+    finally:
+        sys.setprofile(None)
+    return out, seen
+
+
+def fixed_noise(size, device=None, dtype=None):
+    """Stands for torch.rand in cluster_and_merge (ours): 1 - i/N for the i-th recycled row, so
+    among equal densities the earlier row (higher score) counts as denser, the fixed order
+    tokenlens uses. Exact density ties are common there (with k = 2 neighbours, two rows that
+    are each other's nearest have the same density), and the authors' random noise then decides."""
+    n = size[-1]
+    return (1.0 - torch.arange(n, dtype=dtype) / n).expand(size)
+
+
+def sparsevlm_run(case, dtype, seed):
+    """The authors' rater selection, then every site in turn, on the case's recorded inputs
+    (torch.rand -> fixed_noise while they run)."""
+    torch.manual_seed(seed)
+    real_rand, torch.rand = torch.rand, fixed_noise
+    try:
+        return sparsevlm_sites(case, dtype)
+    finally:
+        torch.rand = real_rand
+
+
+def sparsevlm_sites(case, dtype):
+    pre, image, sites, kept = case["pre"], case["image"], case["sites"], case["kept"]
+    sparsevlm_tables(sites, kept)
+    emb = torch.tensor(case["embeds"], dtype=dtype)[None]
+    t_token_idx, m_v_t = sparsevlm_raters(emb, pre, pre + image)
+    v_token_num, text_token_start = image, pre + image
+    out = {"raters": t_token_idx[1].tolist(), "rater_relevance": m_v_t[0].double().numpy(), "sites": []}
+    for j, layer in enumerate(sites[:len(case["attn"])]):  # the sites built so far
+        attn = torch.tensor(case["attn"][j], dtype=dtype)
+        hidden = torch.tensor(case["hidden"][j], dtype=dtype)[None]
+        n = hidden.shape[1]
+        position_ids = torch.arange(n)[None]
+        res, loc = traced(sparsevlm_site, cluster_and_merge.__code__, attn, (hidden, None), position_ids, layer, pre,
+                          v_token_num, text_token_start, t_token_idx, image, [pre], hidden)
+        keep_mask = res["pred_score_vis"][0].numpy().astype(bool)
+        site = {
+            "kept": np.nonzero(keep_mask)[0].tolist(),
+            "relation": res["relation_vis_text"][0].double().numpy(),
+            "groups": [],
+            "merged": None,
+            "rows_after": res["v_token_num"],
+        }
+        if res["cluster_num"]:
+            pruned = res["merge_token_idx_stage1"].tolist()
+            stage2 = [pruned[i] for i in res["merge_token_stage2_idx"].tolist()]
+            idx_cluster = loc["idx_cluster"][0].tolist()
+            centres = loc["index_down"][0].tolist()
+            for c, centre in enumerate(centres):
+                members = sorted(stage2[i] for i in range(len(stage2)) if idx_cluster[i] == c)
+                site["groups"].append({"centre": stage2[centre], "members": members})
+            site["recycled"] = stage2
+            # Density gaps (float64 run): exact ties differ by the noise alone (< 1e-6); any other
+            # pair must differ by far more, or float rounding could reorder them.
+            d = np.sort(loc["density"][0].double().numpy())
+            site["density_gaps"] = [float(g) for g in np.diff(d) if g > 1.01e-6]
+            site["merged"] = res["layer_outputs"][0][0, pre + len(site["kept"]):pre + res["v_token_num"]].double().numpy()
+        out["sites"].append(site)
+        v_token_num, text_token_start = res["v_token_num"], res["text_token_start"]
+    return out
+
+
+def sparsevlm_gaps(run):
+    """Smallest margins the float64 run decided by (raters, kept cut, recycled cut)."""
+    rel = run["rater_relevance"]
+    gaps = [float(np.abs(rel - rel.mean()).min())]
+    for s in run["sites"]:
+        gaps.extend(s.get("density_gaps", []))
+        r = np.sort(s["relation"])[::-1]
+        k = len(s["kept"])
+        gaps.append(float(r[k - 1] - r[k]))
+        if s["groups"]:
+            nr = len(s["recycled"])
+            pr = np.sort(np.delete(s["relation"], s["kept"]))[::-1]
+            if nr < len(pr):
+                gaps.append(float(pr[nr - 1] - pr[nr]))
+    return min(gaps)
+
+
+def sparsevlm_cases():
+    cases = []
+    for name, seed, pre, image, text, heads, dim, sites, kept in [
+        ("p3_v64_t9_sites1_3_5", 9064, 3, 64, 9, 2, 16, [1, 3, 5], [24, 12, 6]),
+        ("p5_v90_t8_sites2_6_15", 9090, 5, 90, 8, 2, 16, [2, 6, 15], [24, 12, 6]),
+        ("p4_v36_t7_site0", 9036, 4, 36, 7, 2, 8, [0], [4]),
+    ]:
+        rng = np.random.default_rng(seed)
+        case = {"pre": pre, "image": image, "sites": sites, "kept": kept,
+                "embeds": rounded(rng.standard_normal((pre + image + text, dim)) * 0.5), "attn": [], "hidden": []}
+        v = image
+        for j in range(len(sites)):
+            n = pre + v + text
+            case["attn"].append(causal_attention(rng, heads, n))
+            case["hidden"].append(rounded(rng.standard_normal((n, dim))))
+            # The next site's image rows: what this one leaves (run once to know it).
+            v = sparsevlm_run(case, torch.float64, 0)["sites"][j]["rows_after"]
+        runs = [sparsevlm_run(case, torch.float32, 0), sparsevlm_run(case, torch.float32, 1),
+                sparsevlm_run(case, torch.float64, 2)]
+        strip = lambda r: json.dumps({"raters": r["raters"], "sites": [
+            {k: s[k] for k in ("kept", "groups", "rows_after")} for s in r["sites"]]})
+        if len({strip(r) for r in runs}) != 1:
+            raise SystemExit(f"sparsevlm {name}: selection differs between seeds or float32/float64")
+        ref = runs[0]
+        cases.append({
+            "name": name,
+            "note": f"numpy default_rng({seed}): embeds = round(0.5 N(0,1),4); per site attn = causal softmax(2 N(0,1)), "
+                    "hidden = round(N(0,1),4); kept = the authors' sparse_token_list for these sites",
+            "inputs": {
+                "pre_prompt": pre, "image": image, "text": text, "sites": sites, "kept": kept,
+                "embeds": f32s(case["embeds"]),
+                "attn": [tensor_json(a[0]) for a in case["attn"]],
+                "hidden": [f32s(h) for h in case["hidden"]],
+            },
+            "outputs": {
+                "raters": ref["raters"],
+                "sites": [{
+                    "kept": s["kept"],
+                    "relation": f32s(s["relation"]),
+                    "recycled": s.get("recycled", []),
+                    "groups": s["groups"],
+                    "merged": None if s["merged"] is None else f32s(s["merged"]),
+                    "rows_after": s["rows_after"],
+                } for s in ref["sites"]],
+                "min_gap": sparsevlm_gaps(runs[2]),
+            },
+        })
+    return cases
+
+
+def mmtok_greedy64(text, vision, clip, k, alpha, tv, vv):
+    """The same formula in float64 numpy (ours), to reject near-ties."""
+    nz = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+    sm = lambda x: np.exp(x - x.max(1, keepdims=True)) / np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)
+    z, x, xc = nz(text.astype(np.float64)), nz(vision.astype(np.float64)), nz(clip.astype(np.float64))
+    P = sm(z @ x.T / tv) / len(z)
+    Q = sm(xc @ xc.T / vv) / len(x)
+    C = np.concatenate([P, alpha * Q])
+    best, picked, gap = np.zeros(len(C)), [], np.inf
+    for _ in range(k):
+        delta = np.clip(C - best[:, None], 0, None).sum(0)
+        delta[picked] = -np.inf
+        order = np.argsort(-delta, kind="stable")
+        gap = min(gap, delta[order[0]] - delta[order[1]]) if len(order) > len(picked) + 1 else gap
+        picked.append(int(order[0]))
+        best = np.maximum(best, C[:, order[0]])
+    return picked, float(gap)
+
+
+def mmtok_cases():
+    cases = []
+    for name, seed, text_rows, image, dim, keep, alpha, tv, vv, jit_env in [
+        ("t6_v48_keep8", 10048, 6, 48, 16, 8, 0.5, 0.02, 0.2, False),
+        ("t11_v96_keep24_jit", 10096, 11, 96, 24, 24, 0.5, 0.02, 0.2, True),
+        ("t4_v64_keep12_alpha2", 10064, 4, 64, 16, 12, 2.0, 0.05, 0.3, False),
+        ("t9_v40_keep30_alpha0", 10040, 9, 40, 8, 30, 0.0, 0.02, 0.2, True),
+    ]:
+        rng = np.random.default_rng(seed)
+        text = rounded(rng.standard_normal((text_rows, dim)))
+        # Image rows in a few clusters, so coverage has structure.
+        centres = rng.standard_normal((6, dim)) * 1.5
+        vision = rounded(centres[rng.integers(0, 6, size=image)] + rng.standard_normal((image, dim)))
+        sel = SemanticTokenSelector(target_vision_tokens=keep, alpha=alpha)
+        # DEVIATION (ours, see src/reduce/llm/mmtok.rs): vision-vision coverage on the decoder
+        # input embeddings, as tokenlens' LlmView has no tower features: clip = the same rows.
+        kept, _ = sel.mm_coverage_selection(torch.tensor(text), torch.tensor(vision), torch.tensor(vision),
+                                            tv_temp=tv, vv_temp=vv)
+        assert (keep >= 20) == jit_env, "the case should exercise the path it names"
+        order64, gap = mmtok_greedy64(text, vision, vision, keep, alpha, tv, vv)
+        if sorted(order64) != kept:
+            raise SystemExit(f"mmtok {name}: selection differs between float32 and float64")
+        cases.append({
+            "name": name,
+            "note": f"numpy default_rng({seed}): text = round(N(0,1),4); image rows = round(one of 6 centres "
+                    "1.5 N(0,1) + N(0,1), 4)",
+            "inputs": {"text": f32s(text), "image": f32s(vision), "keep": keep, "alpha": alpha,
+                       "tv_temperature": tv, "vv_temperature": vv},
+            "outputs": {"kept": kept, "order_float64": order64, "min_gain_gap": gap},
+        })
+    return cases
+
+
+def llm_main():
+    doc = {
+        "format": "tokenlens language-side methods reference v1",
+        "generator": "scripts/make_method_reference.py",
+        "torch": torch.__version__.split("+")[0],
+        "numpy": np.__version__,
+        "conventions": {
+            "indices": "0-based",
+            "sparsevlm": (
+                "Sequence = pre_prompt text rows, image rows, text rows (the authors' layout, one image block). "
+                "embeds = decoder input embeddings (raters are chosen on them: indices into the text rows after "
+                "the image). Per site j: attn [h,n,n] = that layer's softmax attention, hidden [n,d] = the layer's "
+                "output, kept[j] = the authors' sparse_token_list entry. Indices in outputs are into the site's "
+                "image block. Site j+1's image block is the authors' order after site j: the kept rows "
+                "(ascending), then the merged rows (cluster order). groups: clusters of the recycled rows in "
+                "cluster_and_merge's centre order, torch.rand replaced by fixed_noise (ties: the earlier recycled row is denser). "
+                "merged = the authors' merged rows; relation = the per-image-row score."
+            ),
+            "mmtok": (
+                "text [m,d] and image [n,d]: decoder input embeddings of the text and image rows; kept = the "
+                "authors' selection (ascending), with the image rows also as their clip features (our DEVIATION). "
+                "order_float64 = greedy order in float64 (ours)."
+            ),
+        },
+        "sparsevlm": sparsevlm_cases(),
+        "mmtok": mmtok_cases(),
+    }
+    text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    LLM_OUT.write_text(text + "\n")
+    print(f"wrote {LLM_OUT} ({len(text)} bytes)")
+
+
 def main():
+    if "--llm" in sys.argv[1:]:
+        return llm_main()
     cls_topk, random_cls = cls_topk_cases()
     doc = {
         "format": "tokenlens methods reference v1",
@@ -984,6 +1626,7 @@ def main():
     text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     OUT.write_text(text + "\n")
     print(f"wrote {OUT} ({len(text)} bytes)")
+    llm_main()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-//! PiToMe, EViT, CLS top-K (FasterVLM) and HiPrune against their authors' code
-//! (`tests/fixtures/methods_reference.json`, from `scripts/make_method_reference.py`, which
-//! runs the authors' functions verbatim). Selections are asserted exactly: the script checks
+//! PiToMe, EViT, CLS top-K (FasterVLM), HiPrune and FastV, and on the language side SparseVLM and
+//! MMTok, against their authors' code (`tests/fixtures/methods_reference.json` and
+//! `llm_methods_reference.json`, from `scripts/make_method_reference.py`, which runs the authors'
+//! functions verbatim). ToDRE and text-guided have no released code to check against (see their
+//! module docs). Selections are asserted exactly: the script checks
 //! that float32 and float64 agree, so no case is a near-tie; merged and fused tokens within 1e-4.
 
 mod common;
@@ -333,4 +335,146 @@ fn evit_run_matches_the_authors_block_in_the_model() {
     let want = floats(&case["probs"]);
     let d = run.output.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
     assert!(d < 2e-5, "class probabilities differ by {d}");
+}
+
+/// The language-side references (`tests/fixtures/llm_methods_reference.json`).
+fn llm_fixture() -> Value {
+    json_fixture("llm_methods_reference.json")
+}
+
+/// Rows `pre` text, `image` image (one token each), `text` text.
+fn llm_rows(pre: usize, image: usize, text: usize) -> Vec<tokenlens::reduce::llm::Row> {
+    use tokenlens::reduce::llm::Row;
+    let mut rows = vec![Row::Text; pre];
+    rows.extend((0..image as u32).map(|i| Row::Image(vec![i])));
+    rows.extend(std::iter::repeat_n(Row::Text, text));
+    rows
+}
+
+fn matrix_tensor(rows: &[Vec<f32>]) -> Tensor {
+    tensor(rows).squeeze(0).unwrap()
+}
+
+/// SparseVLM against the authors' code (Gumpest/SparseVLMs, version 1_0): the raters picked on
+/// the decoder input embeddings, then at every site the scores, the kept rows (the authors'
+/// count), the recycled rows and their density-peak clusters (centre and members), site after
+/// site on the authors' sequence (kept rows, then the merged ones). Each merged row, as the
+/// decoder averages the members (every member one token here), within 1e-4 of the authors'.
+#[test]
+fn sparsevlm_matches_the_authors_sites() {
+    use tokenlens::reduce::llm::sparsevlm::{Sparsevlm, SparsevlmConfig};
+    use tokenlens::reduce::llm::{LlmContext, LlmReducer, LlmSite, LlmView};
+    let fx = llm_fixture();
+    for case in fx["sparsevlm"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (inp, out) = (&case["inputs"], &case["outputs"]);
+        let (pre, image, text) = (
+            inp["pre_prompt"].as_u64().unwrap() as usize,
+            inp["image"].as_u64().unwrap() as usize,
+            inp["text"].as_u64().unwrap() as usize,
+        );
+        let sites = indices(&inp["sites"]);
+        let kept = indices(&inp["kept"]);
+        let ctx = LlmContext { num_layers: sites.last().unwrap() + 2, num_image_tokens: image, grid: (1, image) };
+        let cfg = SparsevlmConfig { layers: Some(sites.clone()), ..Default::default() };
+        let mut sv = Sparsevlm::new(&cfg, image / 2, &ctx).unwrap();
+        assert_eq!(sv.sites()[0], LlmSite::PreLlm, "{name}: raters are picked before layer 0");
+        // Pre-LLM: the raters; nothing changes.
+        let rows = llm_rows(pre, image, text);
+        let embeds = matrix_tensor(&matrix(&inp["embeds"]));
+        let view = LlmView { site: LlmSite::PreLlm, rows: &rows, hidden: &embeds, attn: None, vision_saliency: &[] };
+        let p = sv.plan(&view).unwrap();
+        assert_eq!((p.keep.len(), p.merged.len()), (image, 0), "{name}: the pre-LLM site only picks raters");
+        let raters: Vec<usize> = sv.raters().unwrap().iter().map(|&k| k - pre).collect();
+        assert_eq!(raters, indices(&out["raters"]), "{name}: raters (text rows after the image)");
+        let mut v = image;
+        for (j, site) in out["sites"].as_array().unwrap().iter().enumerate() {
+            let rows = llm_rows(pre, v, text);
+            let attn = json_tensor(&inp["attn"][j]);
+            let hidden_rows = matrix(&inp["hidden"][j]);
+            let hidden = matrix_tensor(&hidden_rows);
+            let view = LlmView {
+                site: LlmSite::AfterLayer(sites[j]),
+                rows: &rows,
+                hidden: &hidden,
+                attn: Some(&attn),
+                vision_saliency: &[],
+            };
+            let plan = sv.prune(&view, kept[j]).unwrap();
+            plan.validate(&rows).unwrap();
+            let what = format!("{name}, site {j} (after layer {})", sites[j]);
+            let scores: Vec<f32> = plan.scores.as_ref().unwrap()[pre..pre + v].to_vec();
+            assert_close(&scores, &floats(&site["relation"]), &format!("{what}: scores"));
+            let got_kept: Vec<usize> = plan.keep.iter().map(|r| r - pre).collect();
+            assert_eq!(got_kept, indices(&site["kept"]), "{what}: kept");
+            let mut got: Vec<(usize, Vec<usize>)> = plan
+                .merged
+                .iter()
+                .map(|g| {
+                    let mut m: Vec<usize> = g.iter().map(|r| r - pre).collect();
+                    m.sort_unstable();
+                    (g[0] - pre, m)
+                })
+                .collect();
+            let want: Vec<(usize, Vec<usize>)> = site["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| (g["centre"].as_u64().unwrap() as usize, indices(&g["members"])))
+                .collect();
+            let mut recycled: Vec<usize> = got.iter().flat_map(|(_, m)| m.clone()).collect();
+            recycled.sort_unstable();
+            let mut want_recycled = indices(&site["recycled"]);
+            want_recycled.sort_unstable();
+            assert_eq!(recycled, want_recycled, "{what}: recycled rows");
+            // The authors' merged rows are in centre order; ours sit at their centres.
+            let merged_want = if want.is_empty() { Vec::new() } else { matrix(&site["merged"]) };
+            for ((centre, members), authors) in want.iter().zip(&merged_want) {
+                let mean: Vec<f32> = (0..authors.len())
+                    .map(|d| members.iter().map(|&m| hidden_rows[pre + m][d]).sum::<f32>() / members.len() as f32)
+                    .collect();
+                assert_close(&mean, authors, &format!("{what}: merged row of centre {centre}"));
+            }
+            got.sort();
+            let mut want = want;
+            want.sort();
+            assert_eq!(got, want, "{what}: clusters (centre, members)");
+            let after = plan.keep.len() + plan.merged.len();
+            assert_eq!(after, site["rows_after"].as_u64().unwrap() as usize, "{what}: rows after");
+            v = after;
+        }
+    }
+}
+
+/// MMTok against the authors' `mm_coverage_selection` (Ironieser/MMTok; its plain greedy and
+/// its JIT kernel both exercised): the kept image rows, and the greedy order against the same
+/// formula in float64. Image-image coverage on the decoder input rows (our DEVIATION; the
+/// reference was run with those rows as its CLIP features).
+#[test]
+fn mmtok_matches_the_authors_selection() {
+    use tokenlens::reduce::llm::mmtok::{Coverage, Mmtok, MmtokConfig, coverage_matrix};
+    use tokenlens::reduce::llm::{LlmReducer, LlmSite, LlmView};
+    let fx = llm_fixture();
+    for case in fx["mmtok"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (inp, out) = (&case["inputs"], &case["outputs"]);
+        let (text, image) = (matrix(&inp["text"]), matrix(&inp["image"]));
+        let (m, n) = (text.len(), image.len());
+        let rows = llm_rows(m, n, 0);
+        let hidden = matrix_tensor(&[text, image].concat());
+        let cfg = MmtokConfig {
+            lambda: inp["alpha"].as_f64().unwrap() as f32,
+            tv_temperature: inp["tv_temperature"].as_f64().unwrap() as f32,
+            vv_temperature: inp["vv_temperature"].as_f64().unwrap() as f32,
+        };
+        let keep = inp["keep"].as_u64().unwrap() as usize;
+        let view = LlmView { site: LlmSite::PreLlm, rows: &rows, hidden: &hidden, attn: None, vision_saliency: &[] };
+        let plan = Mmtok::new(&cfg, keep).unwrap().plan(&view).unwrap();
+        let kept: Vec<usize> = plan.keep.iter().map(|r| r - m).collect();
+        assert_eq!(kept, indices(&out["kept"]), "{name}: kept");
+        let w = coverage_matrix(&hidden, &(0..m).collect::<Vec<_>>(), &(m..m + n).collect::<Vec<_>>(), &cfg).unwrap();
+        let ones = vec![1f32; m + n];
+        let order = Coverage { w: &w, target_weight: &ones }.lazy_greedy(keep);
+        assert_eq!(order, indices(&out["order_float64"]), "{name}: greedy order");
+    }
 }

@@ -1,16 +1,27 @@
-//! MMTok: multimodal coverage maximisation (MMTok: Multimodal Coverage Maximization for
-//! Efficient Inference of VLMs, 2025). Before layer 0, pick the image rows S (|S| = keep) that
-//! best cover both the prompt's text rows and all the image rows:
+//! MMTok: multimodal coverage maximisation (Dong et al., 2025, "MMTok: Multimodal Coverage
+//! Maximization for Efficient Inference of VLMs", <https://arxiv.org/abs/2508.18264>), following
+//! the authors' released code (Ironieser/MMTok @ d1522cd, `SemanticTokenSelector
+//! .mm_coverage_selection`; checked against it by `tests/methods_reference.rs`). Before layer 0,
+//! pick the image rows S (|S| = keep) that best cover both the prompt's text rows and all the
+//! image rows:
 //!
 //! ```text
-//! f(S) = mean_t max_{i in S} w(i, t) + lambda * mean_u max_{i in S} w(i, u),   w = (1 + cos) / 2
+//! P[t][i] = softmax_i(cos(t, v_i) / tv_temperature) / m      (m text rows t)
+//! Q[u][i] = softmax_i(cos(v_u, v_i) / vv_temperature) / n    (n image rows u)
+//! f(S) = sum_t max_{i in S} P[t][i] + alpha * sum_u max_{i in S} Q[u][i]
 //! ```
 //!
-//! over text rows t and image rows u (cosine on the decoder input embeddings), a facility-location
-//! function: monotone and submodular, so greedy selection is within 1 - 1/e of the optimum.
-//! Solved by lazy greedy (a priority queue of stale marginal gains, which can only shrink), which
-//! picks exactly what plain greedy picks (ties: the lower row). Score map: f({i}), how much a row
-//! covers on its own.
+//! (cosine on the decoder input embeddings), a facility-location function: monotone and
+//! submodular, so greedy selection is within 1 - 1/e of the optimum. Solved by lazy greedy (a
+//! priority queue of stale marginal gains, which can only shrink), which picks exactly what the
+//! authors' plain greedy picks (ties: the lower row, as `torch.argmax`). Score map: f({i}), how
+//! much a row covers on its own.
+//!
+//! DEVIATIONs from the authors' code:
+//! - Q: the authors measure image-image similarity on the vision tower's features (CLIP, before
+//!   the projector); the decoder sequence carries only the projected rows, so Q uses those.
+//! - The text: the authors embed the question's keywords (stopwords dropped, no chat template);
+//!   the decoder sequence does not mark the question, so every text row counts.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -25,8 +36,8 @@ use crate::{Error, Result};
 pub const INFO: MethodInfo = MethodInfo {
     name: "mmtok",
     label: "MMTok",
-    description: "Before the LLM: greedily picks the image tokens that best cover the prompt's embeddings and all image tokens (submodular coverage, lazy greedy).",
-    paper: "MMTok: Multimodal Coverage Maximization for Efficient Inference of VLMs, 2025",
+    description: "Before the LLM: greedily picks the image tokens that best cover the prompt's embeddings and all image tokens (softmax-similarity coverage, lazy greedy).",
+    paper: "Dong et al., MMTok: Multimodal Coverage Maximization for Efficient Inference of VLMs, 2025",
     merges: false,
     caveat: None,
 };
@@ -34,18 +45,23 @@ pub const INFO: MethodInfo = MethodInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MmtokConfig {
-    /// Weight of the image-coverage term against the text-coverage term (>= 0).
+    /// Weight of the image-coverage term against the text-coverage term (>= 0; the authors'
+    /// `alpha`, 0.5).
     pub lambda: f32,
+    /// Softmax temperature of the text-image similarities (> 0; the authors' 0.02).
+    pub tv_temperature: f32,
+    /// Softmax temperature of the image-image similarities (> 0; the authors' 0.2).
+    pub vv_temperature: f32,
 }
 
 impl Default for MmtokConfig {
     fn default() -> Self {
-        Self { lambda: 0.5 }
+        Self { lambda: 0.5, tv_temperature: 0.02, vv_temperature: 0.2 }
     }
 }
 
 pub struct Mmtok {
-    lambda: f32,
+    cfg: MmtokConfig,
     keep: usize,
 }
 
@@ -54,8 +70,40 @@ impl Mmtok {
         if !(cfg.lambda >= 0.0 && cfg.lambda.is_finite()) {
             return Err(Error::Config { field: "lambda", reason: "must be a non-negative number".into() });
         }
-        Ok(Self { lambda: cfg.lambda, keep })
+        for (field, t) in [("tv_temperature", cfg.tv_temperature), ("vv_temperature", cfg.vv_temperature)] {
+            if !(t > 0.0 && t.is_finite()) {
+                return Err(Error::Config { field, reason: "must be a positive number".into() });
+            }
+        }
+        Ok(Self { cfg: cfg.clone(), keep })
     }
+}
+
+/// The authors' coverage matrix, candidate-major: `w[i]` = column i of `[P; alpha Q]` (module
+/// docs), from `text` and `image` rows of `hidden`.
+pub fn coverage_matrix(
+    hidden: &candle_core::Tensor,
+    text: &[usize],
+    image: &[usize],
+    cfg: &MmtokConfig,
+) -> Result<Vec<Vec<f32>>> {
+    let n = image.len();
+    let mut w = vec![Vec::with_capacity(text.len() + n); n];
+    let rows = |targets: &[usize], temperature: f32, weight: f32, w: &mut Vec<Vec<f32>>| -> Result<()> {
+        // One softmax over the candidates per target row.
+        for sims in cosine_rows(hidden, targets, image)? {
+            let max = sims.iter().copied().fold(f32::NEG_INFINITY, f32::max) / temperature;
+            let e: Vec<f32> = sims.iter().map(|c| (c / temperature - max).exp()).collect();
+            let total: f32 = e.iter().sum();
+            for (wi, x) in w.iter_mut().zip(&e) {
+                wi.push(x / total / targets.len() as f32 * weight);
+            }
+        }
+        Ok(())
+    };
+    rows(text, cfg.tv_temperature, 1.0, &mut w)?;
+    rows(image, cfg.vv_temperature, cfg.lambda, &mut w)?;
+    Ok(w)
 }
 
 /// A weighted coverage problem: `w[i][t]` >= 0 is how well candidate i covers target t, and
@@ -158,21 +206,10 @@ impl LlmReducer for Mmtok {
 
     fn plan(&mut self, view: &LlmView<'_>) -> Result<LlmPlan> {
         let (image, text) = (view.image_rows(), view.text_rows());
-        // Targets: text rows, then image rows.
-        let targets: Vec<usize> = text.iter().chain(&image).copied().collect();
-        // DEVIATION: the abstract's sim is mapped to (1 + cos) / 2 in [0, 1], so that coverage
-        // starts from the least similar possible (cos = -1) and f stays monotone with negative
-        // cosines (raw cosines would make f(S) depend on where an empty max starts); each term is
-        // a mean rather than a sum, so lambda means the same for 20- and 2000-row sequences.
-        let w: Vec<Vec<f32>> = cosine_rows(view.hidden, &image, &targets)?
-            .into_iter()
-            .map(|r| r.into_iter().map(|c| (1.0 + c) / 2.0).collect())
-            .collect();
-        let target_weight: Vec<f32> = std::iter::repeat_n(1.0 / text.len().max(1) as f32, text.len())
-            .chain(std::iter::repeat_n(self.lambda / image.len().max(1) as f32, image.len()))
-            .collect();
+        let w = coverage_matrix(view.hidden, &text, &image, &self.cfg)?;
+        let target_weight = vec![1f32; text.len() + image.len()];
         let cov = Coverage { w: &w, target_weight: &target_weight };
-        let zero = vec![0f32; targets.len()];
+        let zero = vec![0f32; target_weight.len()];
         let single: Vec<f32> = (0..image.len()).map(|i| cov.gain(i, &zero)).collect();
         let all_rows = scores_on_rows(view.rows.len(), &image, &single);
         if self.keep >= image.len() {
@@ -194,28 +231,31 @@ mod tests {
     use candle_core::{Device, Tensor};
     use rand::{Rng, SeedableRng};
 
-    fn run(lambda: f32, keep: usize) -> Vec<usize> {
+    fn run(cfg: MmtokConfig, keep: usize) -> Vec<usize> {
         // T(1,0) I(1,0) I(0.8,0.6) I(0,1) I(-1,0).
         let rows = [Row::Text, Row::Image(vec![0]), Row::Image(vec![1]), Row::Image(vec![2]), Row::Image(vec![3])];
         let h = Tensor::new(&[[1f32, 0.0], [1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]], &Device::Cpu).unwrap();
         let view = LlmView { site: LlmSite::PreLlm, rows: &rows, hidden: &h, attn: None, vision_saliency: &[] };
-        let p = Mmtok::new(&MmtokConfig { lambda }, keep).unwrap().plan(&view).unwrap();
+        let p = Mmtok::new(&cfg, keep).unwrap().plan(&view).unwrap();
         p.validate(&rows).unwrap();
         p.keep
     }
 
     #[test]
     fn greedy_by_hand() {
-        // w to the text row: 1, 0.9, 0.5, 0. w between images (rows v0..v3):
-        // v0: 1 .9 .5 0 (sum 2.4); v1: .9 1 .8 .1 (2.8); v2: .5 .8 1 .5 (2.8); v3: 0 .1 .5 1 (1.6).
-        // lambda 0.5 (image term / 4 * 0.5): f({v0}) = 1 + 0.3 = 1.3 beats f({v1}) = 0.9 + 0.35.
-        assert_eq!(run(0.5, 1), [1]);
-        // lambda 2: f({v1}) = 0.9 + 1.4 = 2.3 beats f({v0}) = 1 + 1.2. Then, covered (.9 | .9 1 .8 .1):
-        // v0 gains 0.1 + 0.5 * 0.1 = 0.15, v2 0.5 * (0.2 + 0.4) = 0.3, v3 0.5 * 0.9 = 0.45.
-        assert_eq!(run(2.0, 2), [2, 4]);
-        // Text only: v0, then v1 (0.9 is covered by v0 already: v1 gains 0, as all do; lowest index).
-        assert_eq!(run(0.0, 2), [1, 2]);
-        assert_eq!(run(0.5, 4), [1, 2, 3, 4]);
+        // Temperatures 1 keep the softmaxes soft enough to work by hand. Cosines to the text
+        // row: 1, 0.8, 0, -1 -> P = softmax = (.479, .393, .176, .065) (sum 1; m = 1).
+        let soft = MmtokConfig { lambda: 0.0, tv_temperature: 1.0, vv_temperature: 1.0 };
+        // Text only: v0 covers the text row best; every other row then gains 0 (lowest index).
+        assert_eq!(run(soft.clone(), 1), [1]);
+        assert_eq!(run(soft.clone(), 2), [1, 2]);
+        // Image coverage alone (lambda large): Q rows are softmaxes of the image cosines; v1 and v2
+        // (cosine sums 2.4 and 1.4 from the middle) cover most: v1 = (0.8, 0.6) first.
+        let image = MmtokConfig { lambda: 1000.0, ..soft.clone() };
+        assert_eq!(run(image, 1), [2]);
+        // A sharp text softmax (0.02) puts all of P on v0.
+        assert_eq!(run(MmtokConfig { lambda: 0.5, ..Default::default() }, 1), [1]);
+        assert_eq!(run(soft, 4), [1, 2, 3, 4]);
     }
 
     #[test]

@@ -279,7 +279,10 @@ impl LlmReducerConfig {
 
     /// The stage of the method's first action, in the shared vocabulary (`pre_llm` or `llm(k)`).
     pub fn stage(&self, ctx: &LlmContext) -> Result<Stage> {
-        Ok(match self.sites(ctx)?.first() {
+        let sites = self.sites(ctx)?;
+        // SparseVLM's pre-LLM site only picks its raters; it first prunes after a layer.
+        let acts = |s: &&LlmSite| !matches!(self, LlmReducerConfig::Sparsevlm(_)) || **s != LlmSite::PreLlm;
+        Ok(match sites.iter().find(acts) {
             Some(LlmSite::AfterLayer(k)) => Stage::Llm(*k),
             _ => Stage::PreLlm,
         })
@@ -327,7 +330,7 @@ mod tests {
         assert!(c.set_param("layr", "5").unwrap_err().to_string().contains("no parameter `layr`"));
         let mut m = LlmReducerConfig::from_name("mmtok").unwrap();
         m.set_param("lambda", "0.25").unwrap();
-        assert_eq!(m, LlmReducerConfig::Mmtok(mmtok::MmtokConfig { lambda: 0.25 }));
+        assert_eq!(m, LlmReducerConfig::Mmtok(mmtok::MmtokConfig { lambda: 0.25, ..Default::default() }));
         assert_eq!(m.layer(32), None);
     }
 
@@ -337,7 +340,10 @@ mod tests {
         let mut s = LlmReducerConfig::from_name("sparsevlm").unwrap();
         assert_eq!(s.layer(32), Some(2));
         s.set_layer(4, 32);
-        assert_eq!(s.sites(&ctx).unwrap(), [LlmSite::AfterLayer(4), LlmSite::AfterLayer(8), LlmSite::AfterLayer(17)]);
+        assert_eq!(
+            s.sites(&ctx).unwrap(),
+            [LlmSite::PreLlm, LlmSite::AfterLayer(4), LlmSite::AfterLayer(8), LlmSite::AfterLayer(17)]
+        );
         let mut f = LlmReducerConfig::from_name("fastv").unwrap();
         assert_eq!(f.sites(&ctx).unwrap(), [LlmSite::AfterLayer(1)]);
         f.set_layer(3, 32);

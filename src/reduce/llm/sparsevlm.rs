@@ -1,25 +1,43 @@
-//! SparseVLM-style progressive pruning with token recycling (Zhang et al., 2024, "SparseVLM:
+//! SparseVLM: progressive pruning with token recycling (Zhang et al., 2024, "SparseVLM:
 //! Visual Token Sparsification for Efficient Vision-Language Model Inference",
-//! <https://arxiv.org/abs/2410.04417>).
+//! <https://arxiv.org/abs/2410.04417>), following the authors' released code (Gumpest/SparseVLMs
+//! @ 26a5f48, version 1_0; checked against it by `tests/methods_reference.rs`).
 //!
-//! At several decoder layers (LLaVA: after layers 2, 6 and 15 of 32; scaled to the model's
-//! depth here), text "raters" score the image rows: the raters are the text rows whose
-//! attention to the image rows (summed over image rows, mean over heads) is at least the mean
-//! over text rows, and an image row's score is the attention it receives, averaged over heads
-//! and raters. Each site leaves fewer image rows than the one before. Of the rows a site prunes,
-//! the `recycle` share with the highest scores is clustered (k-centre on the hidden states'
-//! cosine distance, `recycle_group` rows per cluster, rounded up) and every cluster is averaged
-//! into one row; the recycled rows count toward the site's image-row count.
+//! Before layer 0 ([`LlmSite::PreLlm`], no rows change) the text raters are chosen once, on the
+//! decoder input embeddings: for every image row, a softmax over the text rows after the image
+//! of the dot products with them; averaged over the image rows, a text row is a rater when its
+//! value is above the mean. After each site layer (LLaVA: 2, 6 and 15 of 32; scaled to the
+//! model's depth here), an image row's score is the attention it receives from the raters
+//! (mean over heads, then over raters) and the top `kept` rows stay. Of the pruned rows, the
+//! `floor(recycle * pruned) + 1` highest-scored are recycled: clustered by density peaks
+//! (DPC-kNN on their hidden states, `floor(recycled / recycle_group) + 1` clusters) and each
+//! cluster averaged into one row, so a site leaves `kept + clusters` image rows.
 //!
-//! Budget: `keep` is the layer-averaged number of image rows over all decoder layers. The
-//! counts after the sites follow `decay` (each site `decay` times the previous one, before
-//! rounding), scaled so that the layer average is `keep` within rounding. Layers up to the first
-//! site always see every image row, so a small `keep` can be infeasible: the schedule then keeps
-//! one row after every site and [`Sparsevlm::layer_averaged`] reports the average it gets.
+//! Budget: `keep` is the layer-averaged number of image rows over all decoder layers. The rows
+//! after the sites follow `decay` (each site `decay` times the previous one, before rounding),
+//! scaled so that the layer average is `keep` within rounding; each site's `kept` is the largest
+//! whose clusters make up its count. Layers up to the first site always see every image row, so
+//! a small `keep` can be infeasible: the schedule then keeps one row after every site and
+//! [`Sparsevlm::layer_averaged`] reports the average it gets.
+//!
+//! DEVIATIONs from the authors' code, each also marked where it is made:
+//! - The counts: the authors' code reads `kept` per site from a table for four LLaVA budgets
+//!   (192: 300, 200, 110); here they are fitted to any budget and depth (`schedule_counts`).
+//! - Placement: the authors append the merged rows after the kept image rows and renumber
+//!   position ids; here (the decoder's plan) a merged row takes its centre's place and position.
+//! - A merged row is the mean of its members weighted by the image tokens each carries (the
+//!   authors weigh every row 1: the same at the first site, where every row is one token).
+//! - `cluster_and_merge` adds random noise (1e-6) to the densities; here equal densities are
+//!   ordered by recycling order instead (the earlier, higher-scored row counts as denser).
+//! - Raters come from the text rows after the last image row; with interleaved image tiles
+//!   (SmolVLM) the text between tiles is not a rater candidate, as in the authors' one-block
+//!   layout.
 
 use serde::{Deserialize, Serialize};
 
-use super::ops::{argsort_desc, cluster, cosine_rows, plan, received_from, required_attention, scores_on_rows};
+use candle_core::DType;
+
+use super::ops::{argsort_desc, plan, received_from, required_attention, scores_on_rows};
 use super::{LlmContext, LlmPlan, LlmReducer, LlmSite, LlmView, layer_averaged_rows};
 use crate::reduce::MethodInfo;
 use crate::{Error, Result};
@@ -27,7 +45,7 @@ use crate::{Error, Result};
 pub const INFO: MethodInfo = MethodInfo {
     name: "sparsevlm",
     label: "SparseVLM",
-    description: "Inside the LLM: text raters score image tokens at several layers with a decreasing schedule; part of each pruned set is clustered and merged back (recycled).",
+    description: "Inside the LLM: text raters (picked on the prompt's embeddings) score image tokens at several layers with a decreasing schedule; the best-scored pruned ones are clustered by density peaks and merged back (recycled).",
     paper: "Zhang et al., SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model Inference, 2024",
     merges: true,
     caveat: Some(
@@ -46,15 +64,17 @@ pub struct SparsevlmConfig {
     pub layers: Option<Vec<usize>>,
     /// Each site's count relative to the previous site's, in (0, 1].
     pub decay: f32,
-    /// Share of each site's pruned rows (the highest-scored) recycled as merged rows, in 0..=1.
+    /// Share of each site's pruned rows (the highest-scored) recycled: `floor(recycle * pruned) +
+    /// 1` of them, as the authors' code (0.3); 0 recycles nothing. In 0..=1.
     pub recycle: f32,
-    /// Recycled rows per merged row (rounded up to whole clusters).
+    /// Recycled rows per cluster: `floor(recycled / recycle_group) + 1` clusters, as the
+    /// authors' code (10).
     pub recycle_group: usize,
 }
 
 impl Default for SparsevlmConfig {
     fn default() -> Self {
-        Self { layers: None, decay: 0.5, recycle: 0.3, recycle_group: 4 }
+        Self { layers: None, decay: 0.5, recycle: 0.3, recycle_group: 10 }
     }
 }
 
@@ -95,6 +115,8 @@ pub struct Sparsevlm {
     counts: Vec<usize>,
     num_layers: usize,
     num_image_tokens: usize,
+    /// The raters (ordinals among the text rows, which never move), chosen at the pre-LLM site.
+    raters: Option<Vec<usize>>,
 }
 
 impl Sparsevlm {
@@ -123,7 +145,13 @@ impl Sparsevlm {
             counts,
             num_layers: ctx.num_layers,
             num_image_tokens: ctx.num_image_tokens,
+            raters: None,
         })
+    }
+
+    /// The raters picked at the pre-LLM site, as ordinals among the text rows (None before).
+    pub fn raters(&self) -> Option<&[usize]> {
+        self.raters.as_deref()
     }
 
     /// The image rows after each site (see the module docs).
@@ -136,14 +164,72 @@ impl Sparsevlm {
         layer_averaged_rows(self.num_layers, self.num_image_tokens, &self.schedule())
     }
 
-    /// Kept rows and recycled clusters for a site leaving `target` of `n` rows: the largest
-    /// kept count k whose recycled clusters make up the rest (see the module docs).
+    /// Recycled rows and clusters when `pruned` rows are pruned (the authors' `int(p * 0.3) + 1`
+    /// and `int(r / 10) + 1`, with this config's share and group).
+    pub fn recycled(&self, pruned: usize) -> (usize, usize) {
+        if pruned == 0 || self.cfg.recycle == 0.0 {
+            return (0, 0);
+        }
+        let r = (((self.cfg.recycle * pruned as f32).floor() as usize) + 1).min(pruned);
+        (r, (r / self.cfg.recycle_group + 1).min(r))
+    }
+
+    /// Kept rows and clusters for a site leaving `target` of `n` rows: the largest kept count k
+    /// whose clusters make up the rest (k + clusters grows by 0 or 1 with k, so every target from
+    /// the k = 0 one up is met); below that, `target` clusters and nothing kept.
     fn split(&self, n: usize, target: usize) -> (usize, usize) {
-        let groups = |k: usize| {
-            let recycled = (self.cfg.recycle * (n - k) as f32).round() as usize;
-            recycled.div_ceil(self.cfg.recycle_group)
+        (0..=target).rev().find(|&k| k + self.recycled(n - k).1 == target).map_or((0, target), |k| (k, target - k))
+    }
+
+    /// Picks the raters (the pre-LLM site): see the module docs.
+    fn choose_raters(&mut self, view: &LlmView<'_>) -> Result<()> {
+        let image = view.image_rows();
+        let last_image = image.last().copied().unwrap_or(0);
+        let text_after: Vec<usize> = view.text_rows().into_iter().filter(|&t| t > last_image).collect();
+        let raters = rater_rows(view.hidden, &image, &text_after)?;
+        let ordinal = |row: usize| view.rows[..row].iter().filter(|r| !r.is_image()).count();
+        self.raters = Some(raters.into_iter().map(ordinal).collect());
+        Ok(())
+    }
+
+    /// One pruning site keeping the `kept` best-scored image rows (the rest of the site's count
+    /// is recycled clusters); the reducer's own plan uses its schedule's `kept`.
+    pub fn prune(&self, view: &LlmView<'_>, kept: usize) -> Result<LlmPlan> {
+        let pruned = view.image_rows().len().saturating_sub(kept);
+        self.site_plan(view, kept, self.recycled(pruned).1)
+    }
+
+    /// [`Sparsevlm::prune`] with `clusters` merged rows (more than the recycling rule gives only
+    /// in the fallback of [`Sparsevlm::split`]; the recycled rows are then at least as many).
+    fn site_plan(&self, view: &LlmView<'_>, kept: usize, clusters: usize) -> Result<LlmPlan> {
+        let Some(raters) = &self.raters else {
+            return Err(Error::Config {
+                field: "site",
+                reason: "SparseVLM picks its raters before layer 0; its pre-LLM site did not run".into(),
+            });
         };
-        (0..=target).rev().find(|&k| k + groups(k) == target).map_or((0, target), |k| (k, target - k))
+        let a = required_attention(view, "SparseVLM")?;
+        let (image, text) = (view.image_rows(), view.text_rows());
+        let rater_rows: Vec<usize> = raters.iter().filter_map(|&k| text.get(k).copied()).collect();
+        let score = received_from(&a, &rater_rows, &image);
+        let all_rows = scores_on_rows(view.rows.len(), &image, &score);
+        if kept >= image.len() {
+            return Ok(plan(all_rows, image, Vec::new()));
+        }
+        let order = argsort_desc(&score);
+        let keep: Vec<usize> = order[..kept].iter().map(|&i| image[i]).collect();
+        let pruned = &order[kept..];
+        let r = self.recycled(pruned.len()).0.max(clusters).min(pruned.len());
+        let recycled: Vec<usize> = pruned[..r].iter().map(|&i| image[i]).collect();
+        let merged = if clusters == 0 {
+            Vec::new()
+        } else {
+            let h = if view.hidden.rank() == 3 { view.hidden.squeeze(0)? } else { view.hidden.clone() };
+            let h = h.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let x: Vec<&[f32]> = recycled.iter().map(|&row| h[row].as_slice()).collect();
+            dpc_knn(&x, clusters).into_iter().map(|g| g.into_iter().map(|i| recycled[i]).collect()).collect()
+        };
+        Ok(plan(all_rows, keep, merged))
     }
 }
 
@@ -210,7 +296,7 @@ pub fn schedule_counts(num_layers: usize, n: usize, layers: &[usize], keep: usiz
 
 impl LlmReducer for Sparsevlm {
     fn sites(&self) -> Vec<LlmSite> {
-        self.layers.iter().map(|&l| LlmSite::AfterLayer(l)).collect()
+        std::iter::once(LlmSite::PreLlm).chain(self.layers.iter().map(|&l| LlmSite::AfterLayer(l))).collect()
     }
 
     fn needs_attention(&self, layer: usize) -> bool {
@@ -219,50 +305,95 @@ impl LlmReducer for Sparsevlm {
 
     fn plan(&mut self, view: &LlmView<'_>) -> Result<LlmPlan> {
         let LlmSite::AfterLayer(layer) = view.site else {
-            return Err(Error::Config { field: "site", reason: "SparseVLM acts after decoder layers only".into() });
+            self.choose_raters(view)?;
+            return Ok(LlmPlan::identity(view.rows));
         };
         let Some(site) = self.layers.iter().position(|&l| l == layer) else {
             return Err(Error::Config { field: "site", reason: format!("SparseVLM has no site after layer {layer}") });
         };
-        let a = required_attention(view, "SparseVLM")?;
-        let (image, text) = (view.image_rows(), view.text_rows());
-        let score = rater_scores(&a, &text, &image);
-        let all_rows = scores_on_rows(view.rows.len(), &image, &score);
+        let n = view.image_rows().len();
         let target = self.counts[site];
-        if target >= image.len() {
-            return Ok(plan(all_rows, image, Vec::new()));
-        }
-        let (kept, groups) = self.split(image.len(), target);
-        let order = argsort_desc(&score);
-        let keep: Vec<usize> = order[..kept].iter().map(|&i| image[i]).collect();
-        let pruned = &order[kept..];
-        let recycled =
-            &pruned[..groups.max(((self.cfg.recycle * pruned.len() as f32).round() as usize).min(pruned.len()))];
-        let merged = if groups == 0 || recycled.is_empty() {
-            Vec::new()
-        } else {
-            let rows: Vec<usize> = recycled.iter().map(|&i| image[i]).collect();
-            // DEVIATION: the paper clusters recycled tokens with density-peak kNN clustering; k-centre
-            // (seeded with the densest row) gives a fixed cluster count, which the budget needs.
-            let sim = cosine_rows(view.hidden, &rows, &rows)?;
-            cluster(&sim, groups).into_iter().map(|g| g.into_iter().map(|i| rows[i]).collect()).collect()
-        };
-        Ok(plan(all_rows, keep, merged))
+        let (kept, clusters) = if target >= n { (n, 0) } else { self.split(n, target) };
+        self.site_plan(view, kept, clusters)
     }
 
     fn schedule(&self) -> Vec<(LlmSite, usize)> {
-        self.sites().into_iter().zip(self.counts.iter().copied()).collect()
+        self.layers.iter().map(|&l| LlmSite::AfterLayer(l)).zip(self.counts.iter().copied()).collect()
     }
 }
 
-/// SparseVLM's rater scores (head-averaged attention `a`): the raters are the text rows whose
-/// summed attention to the image rows is at least the mean over text rows; an image row's score
-/// is the mean over raters of the attention it receives. One per image row.
-pub fn rater_scores(a: &[Vec<f32>], text: &[usize], image: &[usize]) -> Vec<f32> {
-    let relevance: Vec<f32> = text.iter().map(|&t| image.iter().map(|&j| a[t][j]).sum()).collect();
-    let mean = relevance.iter().sum::<f32>() / relevance.len().max(1) as f32;
-    let raters: Vec<usize> = text.iter().zip(&relevance).filter(|&(_, &r)| r >= mean).map(|(&t, _)| t).collect();
-    received_from(a, &raters, image)
+/// SparseVLM's raters (the authors' "Select Text Raters"): of the `text` rows, those whose
+/// mean over the `image` rows of softmax-over-text of the dot products is above the mean
+/// (strictly). `hidden`: the decoder input embeddings. All of `text` when none qualifies.
+pub fn rater_rows(hidden: &candle_core::Tensor, image: &[usize], text: &[usize]) -> Result<Vec<usize>> {
+    if image.is_empty() || text.is_empty() {
+        return Ok(text.to_vec());
+    }
+    let h = if hidden.rank() == 3 { hidden.squeeze(0)? } else { hidden.clone() };
+    let h = h.to_dtype(DType::F32)?;
+    let pick = |idx: &[usize]| -> Result<candle_core::Tensor> {
+        let ids = candle_core::Tensor::new(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), h.device())?;
+        Ok(h.index_select(&ids, 0)?)
+    };
+    let dots = pick(image)?.matmul(&pick(text)?.t()?)?.to_vec2::<f32>()?;
+    let mut relevance = vec![0f32; text.len()];
+    for row in &dots {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = row.iter().map(|d| (d - max).exp()).collect();
+        let total: f32 = e.iter().sum();
+        relevance.iter_mut().zip(&e).for_each(|(r, x)| *r += x / total);
+    }
+    relevance.iter_mut().for_each(|r| *r /= image.len() as f32);
+    let mean = relevance.iter().sum::<f32>() / text.len() as f32;
+    let raters: Vec<usize> = text.iter().zip(&relevance).filter(|&(_, &r)| r > mean).map(|(&t, _)| t).collect();
+    Ok(if raters.is_empty() { text.to_vec() } else { raters })
+}
+
+/// The clustering of the authors' `cluster_and_merge` (DPC-kNN) of the rows `x` into `c`
+/// clusters: distances |xi - xj| / sqrt(dim); density exp(-mean of the c smallest squared
+/// distances, self included); each row's distance to the nearest denser row (the largest
+/// distance for the densest); the `c` rows with the largest distance x density are the centres,
+/// and every row joins its nearest centre (ties: the earlier centre). Clusters in centre order,
+/// each centre first, then its members ascending.
+// DEVIATION: the authors add random noise (1e-6) to the densities; equal densities (common: two
+// rows that are each other's nearest have the same one) are ordered by index here, the lower
+// index counting as denser.
+pub fn dpc_knn(x: &[&[f32]], c: usize) -> Vec<Vec<usize>> {
+    let n = x.len();
+    if n == 0 || c == 0 {
+        return Vec::new();
+    }
+    let c = c.min(n);
+    let scale = (x[0].len() as f32).sqrt();
+    let mut d = vec![vec![0f32; n]; n];
+    for i in 0..n {
+        for j in i + 1..n {
+            let v = x[i].iter().zip(x[j]).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt() / scale;
+            (d[i][j], d[j][i]) = (v, v);
+        }
+    }
+    let density: Vec<f32> = d
+        .iter()
+        .map(|row| {
+            let mut r = row.clone();
+            r.sort_by(f32::total_cmp);
+            (-(r[..c].iter().map(|v| v * v).sum::<f32>() / c as f32)).exp()
+        })
+        .collect();
+    let denser = |j: usize, i: usize| density[j] > density[i] || (density[j] == density[i] && j < i);
+    let d_max = d.iter().flatten().copied().fold(0f32, f32::max);
+    let score: Vec<f32> =
+        (0..n).map(|i| (0..n).filter(|&j| denser(j, i)).map(|j| d[i][j]).fold(d_max, f32::min) * density[i]).collect();
+    let centres: Vec<usize> = argsort_desc(&score).into_iter().take(c).collect();
+    let mut groups: Vec<Vec<usize>> = centres.iter().map(|&k| vec![k]).collect();
+    for j in (0..n).filter(|j| !centres.contains(j)) {
+        let best = (0..c).fold(0, |b, k| if d[j][centres[k]] < d[j][centres[b]] { k } else { b });
+        groups[best].push(j);
+    }
+    for g in &mut groups {
+        g[1..].sort_unstable();
+    }
+    groups
 }
 
 #[cfg(test)]
@@ -301,16 +432,40 @@ mod tests {
 
     #[test]
     fn raters_by_hand() {
-        // Rows: T I I T T. Text relevance to images: row 0 -> 0, row 3 -> 0.9, row 4 -> 0.3;
-        // mean 0.4: the only rater is row 3.
-        let a = vec![
-            vec![1.0, 0.0, 0.0, 0.0, 0.0],
-            vec![0.5, 0.5, 0.0, 0.0, 0.0],
-            vec![0.3, 0.3, 0.4, 0.0, 0.0],
-            vec![0.1, 0.6, 0.3, 0.0, 0.0],
-            vec![0.2, 0.1, 0.2, 0.2, 0.3],
-        ];
-        let s = rater_scores(&a, &[0, 3, 4], &[1, 2]);
-        assert_eq!(s, [0.6, 0.3]);
+        // Image rows (1,0), (0,1); text rows (2,0), (0,0), (0,2). Softmax over text of the dot
+        // products: (e^2, 1, 1) / (e^2 + 2) and (1, 1, e^2) / (e^2 + 2); means 0.447, 0.107,
+        // 0.447 against their mean 1/3: rows 2 and 4 rate.
+        let h = candle_core::Tensor::new(
+            &[[1f32, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 0.0], [0.0, 2.0]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(rater_rows(&h, &[0, 1], &[2, 3, 4]).unwrap(), [2, 4]);
+    }
+
+    #[test]
+    fn dpc_knn_by_hand() {
+        // On a line: 0, 0.1, 5, 5.2, 10; two clusters (density from the nearest other row).
+        // Densities: 0 and 1 tie (0 counts as denser), 2 and 3 tie, 4 is sparse. Distance to a
+        // denser row: 10 (the largest), 0.1, 4.9, 0.2, 4.8; times density, the centres are 0 and
+        // 2; 4 is nearer 2 (5) than 0 (10).
+        let x: Vec<[f32; 1]> = vec![[0.0], [0.1], [5.0], [5.2], [10.0]];
+        let rows: Vec<&[f32]> = x.iter().map(|r| r.as_slice()).collect();
+        assert_eq!(dpc_knn(&rows, 2), vec![vec![0, 1], vec![2, 3, 4]]);
+        assert_eq!(dpc_knn(&rows, 1), vec![vec![0, 1, 2, 3, 4]]);
+    }
+
+    #[test]
+    fn recycling_counts_follow_the_authors() {
+        let ctx = LlmContext { num_layers: 32, num_image_tokens: 576, grid: (24, 24) };
+        let s = Sparsevlm::new(&SparsevlmConfig::default(), 192, &ctx).unwrap();
+        // int(276 * 0.3) + 1 = 83 recycled, int(83 / 10) + 1 = 9 clusters (576 - 300 pruned).
+        assert_eq!(s.recycled(276), (83, 9));
+        assert_eq!(s.recycled(1), (1, 1));
+        assert_eq!(s.recycled(0), (0, 0));
+        // A site leaving 309 of 576 rows keeps 300 and adds 9 clusters.
+        assert_eq!(s.split(576, 309), (300, 9));
+        let off = Sparsevlm::new(&SparsevlmConfig { recycle: 0.0, ..Default::default() }, 192, &ctx).unwrap();
+        assert_eq!((off.recycled(276), off.split(576, 309)), ((0, 0), (309, 0)));
     }
 }

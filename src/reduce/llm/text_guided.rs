@@ -21,6 +21,16 @@
 //! (greedy max-min cosine distance to everything selected so far, as DivPrune). With
 //! `merge_rest`, `merged_tokens` of the `keep` rows are instead merged rows: the dropped rows are
 //! clustered (k-centre on cosine distance, each joining its most similar centre) and averaged.
+//!
+//! Authors' code: FlashVLM's is not released (a repository of the same name in the stored public
+//! repositories is an unrelated framework), so there is no authors'-code reference; this follows
+//! the FlashVLM abstract, checked by hand-worked tests only. Recoverable Compression's code (in
+//! the fork DamonZhao-sfu/RecoverableCompression of the authors' repository, `clip_encoder.py`)
+//! works in CLIP space, not the language model's: a CLIP text tower embeds the question, CLS
+//! similarity and text similarity each keep the outliers a LocalOutlierFactor finds, and the rest
+//! are merged by k-NN clustering. The decoder view has neither the CLIP text tower nor the
+//! tower's CLS similarity, so that recipe is not reproduced here; only its idea (merge the rest)
+//! is kept as `merge_rest`.
 
 use serde::{Deserialize, Serialize};
 

@@ -11,6 +11,15 @@
 //! Budget: stage 1 keeps `keep` image rows, so the layer-averaged count is at most `keep` (less
 //! when stage 2 fires; how much depends on the data, so [`LlmReducer::schedule`] lists stage 1
 //! only).
+//!
+//! Authors' code: none released (searched the stored public repositories and issue threads for
+//! the paper's title, arXiv id 2505.18757 and the method's name; a survey lists its code as not
+//! public), so no authors'-code reference is possible and this follows the v1 abstract, checked
+//! by hand-worked tests only. A third-party summary of the paper's v2 describes stage 1 as greedy
+//! max-sum diversification from a pivot chosen by CLS attention, and stage 2 as one check at
+//! layer 7L/8 with threshold 0.10 on the attention both ways between text and image; unverified
+//! against the paper itself, so our choices (k-centre as the v1 abstract says, every layer from
+//! `start_layer`, the last row's mass) are kept and marked DEVIATION where made.
 
 use serde::{Deserialize, Serialize};
 
