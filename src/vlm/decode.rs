@@ -3,13 +3,21 @@
 //! another answer.
 //!
 //! # Design
-//! Question: where do pruned tokens go inside the language model?
+//! Question: where do pruned tokens go inside the language model, and how does a ratio change
+//! avoid re-running the layers it cannot have changed?
 //! Decision: the reducer acts through the decoder's [`LayerIntervene`] hook ([`Llama::run_layers`],
 //! the ViT's mechanism). After a reducer's site it gathers the surviving rows' hidden states and
 //! position ids (merged rows are weighted means at their first member's place), so deeper layers
 //! never see, nor cache, the dropped tokens; the layers before keep their full KV entries, as
 //! FastV does. Rows carry the original image tokens they stand for, so every later view maps
-//! back to the image grid.
+//! back to the image grid. The unreduced prefill ([`full_prefill`]) keeps the hidden states
+//! entering every layer and the KV cache; [`resume`] starts a method whose first site is after
+//! layer k from there and reruns only layers k+1.. (layer k's attention, if the method reads it,
+//! is recomputed from its cached input and keys: [`Llama::attention_from_cache`]). A method that
+//! acts before layer 0 changes every layer's input and reruns them all. [`prefill`] is the run
+//! from scratch that resuming must equal bit for bit.
+//! Trade-off: the full prefill holds `num_layers` hidden-state tensors besides its KV cache
+//! (SmolVLM-256M, 1,000 rows: about 70 MB); no layer's full attention is stored.
 
 use std::time::Instant;
 
@@ -20,7 +28,7 @@ use crate::model::llama::{DecoderState, KvCache, LayerIntervene, Llama};
 use crate::model::{HookPoint, Needs, NoIntervention, Probe, Trace};
 use crate::reduce::PositionMode;
 use crate::reduce::llm::{LlmPlan, LlmReducer, LlmSite, LlmView, Row};
-use crate::{Cancel, Result};
+use crate::{Cancel, Error, Result};
 
 /// The sequence entering the decoder.
 pub struct Sequence {
@@ -78,6 +86,26 @@ impl Prefill {
     /// Image rows each layer processed.
     pub fn image_rows_per_layer(&self) -> Vec<usize> {
         self.rows_per_layer.iter().map(|rows| rows.iter().filter(|r| r.is_image()).count()).collect()
+    }
+}
+
+/// The unreduced prefill, kept with what a resumed run needs.
+#[derive(Clone)]
+pub struct FullPrefill {
+    pub prefill: Prefill,
+    /// Hidden states entering each layer, `[1, n, d]` (`num_layers` entries; `[0]` is the input
+    /// embeddings).
+    pub inputs: Vec<Tensor>,
+    /// The rows entering layer 0 (every layer's, unreduced).
+    pub rows: Vec<Row>,
+    /// The layer whose attention `prefill.first_look` read.
+    pub view_layer: usize,
+}
+
+impl FullPrefill {
+    /// The sequence the full prefill read.
+    pub fn sequence(&self) -> Sequence {
+        Sequence { embeds: self.inputs[0].clone(), rows: self.rows.clone(), positions: self.prefill.positions.clone() }
     }
 }
 
@@ -330,6 +358,71 @@ fn traced_prefill(
     let mut state = DecoderState::fresh(embeds, positions);
     method.at(LlmSite::PreLlm, &mut state, None, pre_llm_positions)?;
     run(lm, state, KvCache::default(), method, view_layer, None, probe, cancel)
+}
+
+/// The unreduced prefill, keeping the hidden states entering every layer for [`resume`].
+pub fn full_prefill(
+    lm: &Llama,
+    seq: Sequence,
+    vision_saliency: &[f32],
+    view_layer: usize,
+    cancel: &Cancel,
+) -> Result<FullPrefill> {
+    let layers = lm.num_layers();
+    let rows = seq.rows.clone();
+    let probe = Probe::default().with_all((0..layers).map(HookPoint::LlmResidPre));
+    let (prefill, mut trace) =
+        traced_prefill(lm, seq, None, vision_saliency, PositionMode::Preserve, view_layer, probe, cancel)?;
+    let inputs = (0..layers)
+        .map(|l| trace.take(HookPoint::LlmResidPre(l)).expect("every layer's input was asked for"))
+        .collect();
+    Ok(FullPrefill { prefill, inputs, rows, view_layer })
+}
+
+/// The prefill of `reducer` resumed from `full`: a method whose first site is after layer k
+/// reruns layers k+1.. only (layers 0..=k read the unreduced rows, as in the full prefill); one
+/// acting before layer 0 reruns every layer. Equal, bit for bit, to [`prefill`] from scratch.
+pub fn resume(
+    lm: &Llama,
+    full: &FullPrefill,
+    reducer: Box<dyn LlmReducer>,
+    vision_saliency: &[f32],
+    pre_llm_positions: PositionMode,
+    view_layer: usize,
+    cancel: &Cancel,
+) -> Result<Prefill> {
+    let layers = lm.num_layers();
+    let k = match reducer.sites().first() {
+        Some(&LlmSite::AfterLayer(k)) if k < layers => k,
+        _ => {
+            let seq = full.sequence();
+            return prefill(lm, seq, Some(reducer), vision_saliency, pre_llm_positions, view_layer, cancel);
+        }
+    };
+    let base = &full.prefill;
+    if base.rows_per_layer.len() != layers || full.inputs.len() != layers || view_layer >= layers {
+        return Err(Error::Config {
+            field: "view_layer",
+            reason: format!("the full prefill has {} layers; view layer {view_layer}", base.rows_per_layer.len()),
+        });
+    }
+    let cache = base.cache.truncated(k + 1);
+    let mut method = Method::new(Some(reducer), vision_saliency, full.rows.clone(), base.layer_end_ms[k]);
+    method.rows_per_layer = base.rows_per_layer[..k].to_vec();
+    method.layer_end_ms = base.layer_end_ms[..k].to_vec();
+    // Where layer k left the rows, and its attention if the plan reads it (not stored: made
+    // again from its cached input and keys).
+    let output_k = full.inputs.get(k + 1).unwrap_or(&base.output).clone();
+    let mut state = DecoderState { hidden: output_k, positions: base.positions.clone(), layer: k + 1 };
+    let attention = |l: usize| lm.attention_from_cache(l, &full.inputs[l], &base.positions, &cache);
+    let probs = if method.needs_attention(k) { Some(attention(k)?) } else { None };
+    method.after_layer(k, &mut state, &AttnRecord { probs, keys: None })?;
+    let first_look = match view_layer {
+        l if l > k => None,
+        l if l == full.view_layer => Some(base.first_look.clone()),
+        l => Some(look(&attention(l)?, &full.rows, vision_saliency.len())?),
+    };
+    Ok(run(lm, state, cache, method, view_layer, first_look, Probe::default(), cancel)?.0)
 }
 
 /// A greedy answer.
