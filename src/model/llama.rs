@@ -727,7 +727,8 @@ mod tests {
             Needs { probs: layer == 0, keys: false }
         }
         fn after_layer(&mut self, layer: usize, state: &mut DecoderState, attn: &AttnRecord) -> Result<()> {
-            assert_eq!(attn.probs.is_some(), layer == 0, "attention only where the hook asked");
+            // Layer 0's because the hook asked, layer 1's because the probe did.
+            assert!(attn.probs.is_some(), "layer {layer}");
             if layer == 0 {
                 let idx = Tensor::new(&[0u32, 2, 4], state.hidden.device())?;
                 state.hidden = state.hidden.index_select(&idx, 1)?;
