@@ -215,13 +215,21 @@ struct Method<'r> {
     rows: Vec<Row>,
     rows_per_layer: Vec<Vec<Row>>,
     layer_end_ms: Vec<f64>,
+    /// Where the first answer token's look over the image is read.
+    view_layer: usize,
     /// Time already spent before `start` (a resumed prefill: the cached layers' time).
     offset_ms: f64,
     start: Instant,
 }
 
 impl<'r> Method<'r> {
-    fn new(reducer: Option<Box<dyn LlmReducer>>, vision_saliency: &'r [f32], rows: Vec<Row>, offset_ms: f64) -> Self {
+    fn new(
+        reducer: Option<Box<dyn LlmReducer>>,
+        vision_saliency: &'r [f32],
+        rows: Vec<Row>,
+        view_layer: usize,
+        offset_ms: f64,
+    ) -> Self {
         let sites = reducer.as_ref().map(|r| r.sites()).unwrap_or_default();
         Self {
             reducer,
@@ -231,6 +239,7 @@ impl<'r> Method<'r> {
             rows,
             rows_per_layer: Vec::new(),
             layer_end_ms: Vec::new(),
+            view_layer,
             offset_ms,
             start: Instant::now(),
         }
@@ -284,18 +293,17 @@ impl LayerIntervene for Method<'_> {
 
 /// Runs the layers from `state.layer` on with `method` acting after each, recording what
 /// `probe` asks, and collects the prefill. `first_look`: already known (the view layer lies
-/// before `state.layer`), else read at `view_layer` on the way.
+/// before `state.layer`), else read at the method's view layer on the way.
 fn run(
     lm: &Llama,
     mut state: DecoderState,
     mut cache: KvCache,
     mut method: Method<'_>,
-    view_layer: usize,
     first_look: Option<Vec<Option<f32>>>,
     probe: Probe,
     cancel: &Cancel,
 ) -> Result<(Prefill, Trace)> {
-    let num_image_tokens = method.vision_saliency.len();
+    let (num_image_tokens, view_layer) = (method.vision_saliency.len(), method.view_layer);
     let recomputed_from = state.layer;
     let probe = if first_look.is_none() { probe.with(HookPoint::LlmAttnProbs(view_layer)) } else { probe };
     let mut trace = Trace::default();
@@ -354,10 +362,10 @@ fn traced_prefill(
     cancel: &Cancel,
 ) -> Result<(Prefill, Trace)> {
     let Sequence { embeds, rows, positions } = seq;
-    let mut method = Method::new(reducer, vision_saliency, rows, 0.0);
+    let mut method = Method::new(reducer, vision_saliency, rows, view_layer, 0.0);
     let mut state = DecoderState::fresh(embeds, positions);
     method.at(LlmSite::PreLlm, &mut state, None, pre_llm_positions)?;
-    run(lm, state, KvCache::default(), method, view_layer, None, probe, cancel)
+    run(lm, state, KvCache::default(), method, None, probe, cancel)
 }
 
 /// The unreduced prefill, keeping the hidden states entering every layer for [`resume`].
@@ -407,7 +415,7 @@ pub fn resume(
         });
     }
     let cache = base.cache.truncated(k + 1);
-    let mut method = Method::new(Some(reducer), vision_saliency, full.rows.clone(), base.layer_end_ms[k]);
+    let mut method = Method::new(Some(reducer), vision_saliency, full.rows.clone(), view_layer, base.layer_end_ms[k]);
     method.rows_per_layer = base.rows_per_layer[..k].to_vec();
     method.layer_end_ms = base.layer_end_ms[..k].to_vec();
     // Where layer k left the rows, and its attention if the plan reads it (not stored: made
@@ -422,7 +430,7 @@ pub fn resume(
         l if l == full.view_layer => Some(base.first_look.clone()),
         l => Some(look(&attention(l)?, &full.rows, vision_saliency.len())?),
     };
-    Ok(run(lm, state, cache, method, view_layer, first_look, Probe::default(), cancel)?.0)
+    Ok(run(lm, state, cache, method, first_look, Probe::default(), cancel)?.0)
 }
 
 /// A greedy answer.
