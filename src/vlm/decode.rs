@@ -347,25 +347,11 @@ pub fn prefill(
     view_layer: usize,
     cancel: &Cancel,
 ) -> Result<Prefill> {
-    Ok(traced_prefill(lm, seq, reducer, vision_saliency, pre_llm_positions, view_layer, Probe::default(), cancel)?.0)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn traced_prefill(
-    lm: &Llama,
-    seq: Sequence,
-    reducer: Option<Box<dyn LlmReducer>>,
-    vision_saliency: &[f32],
-    pre_llm_positions: PositionMode,
-    view_layer: usize,
-    probe: Probe,
-    cancel: &Cancel,
-) -> Result<(Prefill, Trace)> {
     let Sequence { embeds, rows, positions } = seq;
     let mut method = Method::new(reducer, vision_saliency, rows, view_layer, 0.0);
     let mut state = DecoderState::fresh(embeds, positions);
     method.at(LlmSite::PreLlm, &mut state, None, pre_llm_positions)?;
-    run(lm, state, KvCache::default(), method, None, probe, cancel)
+    Ok(run(lm, state, KvCache::default(), method, None, Probe::default(), cancel)?.0)
 }
 
 /// The unreduced prefill, keeping the hidden states entering every layer for [`resume`].
@@ -377,10 +363,11 @@ pub fn full_prefill(
     cancel: &Cancel,
 ) -> Result<FullPrefill> {
     let layers = lm.num_layers();
-    let rows = seq.rows.clone();
+    let Sequence { embeds, rows, positions } = seq;
+    let method = Method::new(None, vision_saliency, rows.clone(), view_layer, 0.0);
     let probe = Probe::default().with_all((0..layers).map(HookPoint::LlmResidPre));
-    let (prefill, mut trace) =
-        traced_prefill(lm, seq, None, vision_saliency, PositionMode::Preserve, view_layer, probe, cancel)?;
+    let state = DecoderState::fresh(embeds, positions);
+    let (prefill, mut trace) = run(lm, state, KvCache::default(), method, None, probe, cancel)?;
     let inputs = (0..layers)
         .map(|l| trace.take(HookPoint::LlmResidPre(l)).expect("every layer's input was asked for"))
         .collect();
