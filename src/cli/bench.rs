@@ -9,7 +9,7 @@ use tokenlens::reduce::budget::PRESETS_REMOVED;
 use tokenlens::reduce::{Budget, ReducerConfig};
 use tokenlens::render::Colormap;
 use tokenlens::session::{RunSpec, Session};
-use tokenlens::vlm::{VlmMethod, VlmRunSpec};
+use tokenlens::vlm::{VlmMethod, VlmRun, VlmRunSpec};
 use tokenlens::{Cancel, figures};
 
 /// Median and 95th percentile of `samples` (milliseconds).
@@ -139,62 +139,112 @@ pub fn bench(
     Ok(())
 }
 
-/// The VLM bench: per method at the default budget, prefill and decode time against the full
-/// model's (medians over `repeats`, same process), with the KV cache and FLOPs ratios.
-pub fn bench_vlm(image: &Path, session: &Session, methods: &[VlmMethod], repeats: usize) -> anyhow::Result<()> {
-    let vlm = session.vlm()?;
+/// One method's row of the VLM bench.
+struct VlmRow {
+    method: VlmMethod,
+    /// Wall time of the ratio change (`Vlm::run`, resumed) and of the same run prefilled from
+    /// layer 0 (`Vlm::run_from_scratch`), ms.
+    change: Vec<f64>,
+    scratch: Vec<f64>,
+    last: Option<VlmRun>,
+    skipped: Option<String>,
+}
+
+/// The VLM bench: per method at the default budget, what a ratio change costs (`Vlm::run`,
+/// resumed from the cached full run) against the full prefill (the unreduced decoder from layer
+/// 0), both timed as whole runs with a one-token answer (picked from the prefill's logits: no
+/// decoding step), alternating in one process; medians over `repeats`.
+pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[VlmMethod], repeats: usize) -> anyhow::Result<()> {
+    let vlm = session.vlm_mut()?;
+    let split = std::mem::replace(&mut vlm.split_image, false); // vision-side methods need one image
     let cancel = Cancel::default();
-    let spec = VlmRunSpec { max_new_tokens: 16, ..VlmRunSpec::default() };
+    let spec = VlmRunSpec { max_new_tokens: 1, ..VlmRunSpec::default() };
     let question = "What is in this image?";
     let full = vlm.full(vlm.open_image(image)?, question, &spec, &mut |_| {}, &cancel)?;
-    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    let full_spec = VlmRunSpec { method: None, ..spec.clone() };
+    drop(vlm.run_from_scratch(&full, &full_spec, &mut |_| {}, &cancel)?); // warm-up
+    let mut rows: Vec<VlmRow> = methods
+        .iter()
+        .map(|m| VlmRow { method: m.clone(), change: Vec::new(), scratch: Vec::new(), last: None, skipped: None })
+        .collect();
+    let mut full_ms = Vec::new();
     for _ in 0..repeats {
-        let run = vlm.run(&full, &VlmRunSpec { method: None, ..spec.clone() }, &mut |_| {}, &cancel)?;
-        prefill.push(run.cost.prefill_ms);
-        decode.push(run.cost.decode_ms / run.answer.ids.len().max(1) as f64);
+        let mut run = None;
+        full_ms.push(time_ms(|| run = Some(vlm.run_from_scratch(&full, &full_spec, &mut |_| {}, &cancel))));
+        run.expect("timed")?;
+        for row in rows.iter_mut().filter(|r| r.skipped.is_none()) {
+            let s = VlmRunSpec { method: Some(row.method.clone()), ..spec.clone() };
+            let mut run = None;
+            let change = time_ms(|| run = Some(vlm.run(&full, &s, &mut |_| {}, &cancel)));
+            match run.expect("timed") {
+                Ok(run) => row.last = Some(run),
+                Err(e) => {
+                    row.skipped = Some(e.to_string());
+                    continue;
+                }
+            }
+            row.change.push(change);
+            row.scratch.push(time_ms(|| drop(vlm.run_from_scratch(&full, &s, &mut |_| {}, &cancel))));
+        }
     }
-    let (full_prefill, _) = summary(prefill);
-    let (full_decode, _) = summary(decode);
+    let (full_med, full_p95) = summary(full_ms);
+    let layers = vlm.num_layers();
     println!(
-        "{} on {}, {repeats} repeats; full model: prefill {full_prefill:.1} ms, decode {full_decode:.2} ms/token, \
-         KV {:.1} KiB, {:.2} GFLOPs",
+        "{} on {}, {} image tokens{}, {} decoder layers, {repeats} repeats, {} threads, default budget; \
+         full prefill (the unreduced decoder from layer 0): median {full_med:.1} ms, p95 {full_p95:.1} ms; \
+         full model KV {:.1} KiB, {:.2} GFLOPs",
         vlm.id,
         image.display(),
+        full.vision.num_image_tokens(),
+        if split { " (image splitting off: vision-side methods need one image)" } else { "" },
+        layers,
+        candle_core::utils::get_num_threads(),
         full.run.cost.kv_bytes_prefill as f64 / 1024.0,
         full.run.cost.total_flops() / 1e9
     );
     println!(
-        "{:<12} {:>10} {:>12} {:>9} {:>14} {:>9} {:>9}",
-        "method", "stage", "prefill ms", "vs full", "decode ms/tok", "KV", "FLOPs"
+        "timed: ratio change = Vlm::run against the cached full run (vision side from its cache, decoder resumed \
+         from the first layer whose input changes), from scratch = the same run prefilled from layer 0; both whole \
+         runs with a one-token answer, as the full prefill; medians"
     );
-    for method in methods {
-        let s = VlmRunSpec { method: Some(method.clone()), ..spec.clone() };
-        let (mut prefill, mut decode, mut last) = (Vec::new(), Vec::new(), None);
-        for _ in 0..repeats {
-            let run = match vlm.run(&full, &s, &mut |_| {}, &cancel) {
-                Ok(run) => run,
-                Err(e) => {
-                    println!("{:<12} skipped: {e}", method.name());
-                    break;
-                }
-            };
-            prefill.push(run.cost.prefill_ms);
-            decode.push(run.cost.decode_ms / run.answer.ids.len().max(1) as f64);
-            last = Some(run);
-        }
-        let Some(run) = last else { continue };
-        let (p, _) = summary(prefill);
-        let (d, _) = summary(decode);
+    println!(
+        "{:<12} {:>10} {:>6} {:>6} {:>13} {:>8} {:>13} {:>8} {:>7} {:>7}",
+        "method", "stage", "tower", "layer", "ratio change", "vs full", "from scratch", "vs full", "KV", "FLOPs"
+    );
+    for row in rows {
+        let name = row.method.name();
+        let (Some(run), None) = (&row.last, &row.skipped) else {
+            println!("{name:<12} skipped: {}", row.skipped.unwrap_or_default());
+            continue;
+        };
+        let (change, _) = summary(row.change);
+        let (scratch, _) = summary(row.scratch);
+        let tower = run.tower_recomputed_from.map_or_else(|| "-".into(), |b| b.to_string());
         println!(
-            "{:<12} {:>10} {:>12.1} {:>8.2}x {:>14.2} {:>8.2}x {:>8.2}x",
-            method.name(),
+            "{:<12} {:>10} {:>6} {:>6} {:>10.1} ms {:>7.3}x {:>10.1} ms {:>7.3}x {:>6.2}x {:>6.2}x",
+            name,
             run.stage,
-            p,
-            p / full_prefill,
-            d,
+            tower,
+            run.recomputed_from_layer,
+            change,
+            change / full_med,
+            scratch,
+            scratch / full_med,
             run.cost.kv_bytes_prefill as f64 / full.run.cost.kv_bytes_prefill as f64,
             run.cost.total_flops() / full.run.cost.total_flops()
         );
+        if name == "fastv" && run.recomputed_from_layer < layers {
+            let ideal = (layers - run.recomputed_from_layer) as f64 / layers as f64;
+            println!(
+                "{:<12} target: ratio change <= 1.1 x {}/{layers} = {:.3}x of the full prefill: {:.3}x ({})",
+                "",
+                layers - run.recomputed_from_layer,
+                1.1 * ideal,
+                change / full_med,
+                if change / full_med <= 1.1 * ideal { "met" } else { "NOT met" }
+            );
+        }
     }
+    println!("tower: first vision-tower block rerun (- none); layer: first decoder layer rerun ({layers}: none)");
     Ok(())
 }

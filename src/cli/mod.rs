@@ -421,13 +421,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             export::figure_grid(&image, &model, reducer_list(&reducers)?, columns, output_row, fill, &look, &out)
         }
         Command::Bench { image, reducers, repeats, json, model } => match model.load()? {
-            session if session.is_vlm() => {
+            mut session if session.is_vlm() => {
                 let methods = if reducers.is_empty() {
                     tokenlens::vlm::VlmMethod::all()
                 } else {
                     reducers.iter().map(|r| tokenlens::vlm::VlmMethod::from_name(r.trim())).collect::<Result<_, _>>()?
                 };
-                bench::bench_vlm(&image, &session, &methods, repeats.max(1))
+                bench::bench_vlm(&image, &mut session, &methods, repeats.max(1))
             }
             session => bench::bench(&image, &session, &reducer_list(&reducers)?, repeats.max(1), json),
         },

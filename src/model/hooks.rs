@@ -8,7 +8,8 @@ use candle_core::Tensor;
 
 use crate::{Error, Result};
 
-/// A place inside the encoder where a tensor can be recorded.
+/// A place inside the encoder (`blocks.*`) or a VLM's decoder (`llm.*`) where a tensor can be
+/// recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HookPoint {
     /// Post-softmax attention of block `i`, `[1, heads, q, k]` (`blocks.{i}.attn.probs`).
@@ -19,6 +20,14 @@ pub enum HookPoint {
     Resid(usize),
     /// L2 norm of each token after block `i`, `[tokens]` (`blocks.{i}.token_norms`).
     TokenNorms(usize),
+    /// Hidden states entering decoder layer `i`, `[1, n, d]` (`llm.{i}.resid_pre`; layer 0's are
+    /// the input embeddings).
+    LlmResidPre(usize),
+    /// Post-softmax attention of decoder layer `i`, `[1, heads, n, cached + n]` (`llm.{i}.attn.probs`).
+    LlmAttnProbs(usize),
+    /// Hidden states leaving decoder layer `i`, before any reduction after it, `[1, n, d]`
+    /// (`llm.{i}.resid_post`).
+    LlmResid(usize),
 }
 
 impl fmt::Display for HookPoint {
@@ -28,6 +37,9 @@ impl fmt::Display for HookPoint {
             Self::Keys(i) => write!(f, "blocks.{i}.attn.keys"),
             Self::Resid(i) => write!(f, "blocks.{i}.resid_post"),
             Self::TokenNorms(i) => write!(f, "blocks.{i}.token_norms"),
+            Self::LlmResidPre(i) => write!(f, "llm.{i}.resid_pre"),
+            Self::LlmAttnProbs(i) => write!(f, "llm.{i}.attn.probs"),
+            Self::LlmResid(i) => write!(f, "llm.{i}.resid_post"),
         }
     }
 }
@@ -41,6 +53,12 @@ pub struct Probe {
 impl Probe {
     pub fn with(mut self, point: HookPoint) -> Self {
         self.points.insert(point);
+        self
+    }
+
+    /// Every point of `points` too.
+    pub fn with_all(mut self, points: impl IntoIterator<Item = HookPoint>) -> Self {
+        self.points.extend(points);
         self
     }
 
@@ -80,6 +98,11 @@ impl Trace {
 
     pub fn points(&self) -> impl Iterator<Item = &HookPoint> {
         self.map.keys()
+    }
+
+    /// Moves the tensor at `point` out of the trace.
+    pub fn take(&mut self, point: HookPoint) -> Option<Tensor> {
+        self.map.remove(&point)
     }
 
     /// Keeps the records of `other` too (a resumed run adds to the prefix's trace).

@@ -5,6 +5,18 @@
 //! materialised only at the layers asked for. Weights under `LlamaForCausalLM` names
 //! (`model.layers.N.self_attn.q_proj`, ...; `lm_head`).
 //!
+//! # Design
+//! Question: how do reducers change the decoder's rows mid-network, and the views read any
+//! layer, without a second inspection mechanism beside the ViT's?
+//! Decision: the decoder mirrors [`super::vit`]: [`Llama::run_layers`] loops over layers on a
+//! [`DecoderState`] (rows, position ids, layers done), records the `llm.*` [`HookPoint`]s a
+//! [`Probe`] names into a [`Trace`], and calls a [`LayerIntervene`] hook after each layer (the
+//! language-side reducers act there). It resumes from any state given the KV cache of the layers
+//! before it ([`KvCache::truncated`]); [`Llama::attention_from_cache`] recomputes a layer's
+//! attention from its cached input and keys, so a resumed run need not rerun that layer.
+//! Trade-off: batch size 1; attention is computed in full (no fused kernel) and only kept where
+//! asked.
+//!
 //! Config ([`LlamaConfig::from_hf`], transformers' `LlamaConfig` defaults): honoured
 //! `hidden_size`, `intermediate_size`, `num_hidden_layers`, `num_attention_heads`,
 //! `num_key_value_heads`, `head_dim`, `rms_norm_eps`, `vocab_size`, `tie_word_embeddings`,
@@ -22,7 +34,10 @@ use serde::Deserialize;
 
 use super::config::{MAX_HEADS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, check_eps, check_sizes, check_stack, unsupported};
 use super::hf_config::{Class, resolve};
-use crate::{Error, Result};
+use super::hooks::{HookPoint, Probe, Trace};
+use super::layers::AttnRecord;
+use super::vit::{Needs, NoIntervention};
+use crate::{Cancel, Error, Result};
 
 /// A Llama `config.json` (`LlamaConfig`), as [`LlamaConfig::from_hf`] resolves it.
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +213,34 @@ struct Attention {
     head_dim: usize,
 }
 
+impl Attention {
+    /// `[1, n, count * head_dim]` -> `[1, count, n, head_dim]`.
+    fn heads(&self, t: Tensor, count: usize) -> Result<Tensor> {
+        let n = t.dim(1)?;
+        Ok(t.reshape((1, n, count, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+    }
+
+    /// Rotated queries `[1, heads, n, head_dim]` of the normed input `h`.
+    fn queries(&self, h: &Tensor, (cos, sin): &Rope) -> Result<Tensor> {
+        Ok(candle_nn::rotary_emb::rope(&self.heads(self.q_proj.forward(h)?, self.num_heads)?, cos, sin)?)
+    }
+
+    /// Post-softmax attention `[1, heads, n, past + n]` of queries `q` over keys `k` (repeated
+    /// to every head), causal over the `past` cached and the `n` new tokens.
+    fn probs(&self, q: &Tensor, k: &Tensor, past: usize) -> Result<Tensor> {
+        let n = q.dim(2)?;
+        let mut logits = (q.matmul(&k.t()?)? * (self.head_dim as f64).powf(-0.5))?;
+        if n > 1 {
+            // Query i (at slot past + i) sees keys 0..=past + i.
+            let mask: Vec<f32> = (0..n)
+                .flat_map(|i| (0..past + n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            logits = logits.broadcast_add(&Tensor::from_vec(mask, (1, 1, n, past + n), q.device())?)?;
+        }
+        Ok(candle_nn::ops::softmax_last_dim(&logits)?)
+    }
+}
+
 struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
@@ -239,13 +282,19 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// The entries of layers `0..layers` only: where a resumed prefill starts, the layers from
+    /// `layers` on being recomputed.
+    pub fn truncated(&self, layers: usize) -> KvCache {
+        KvCache { layers: self.layers.iter().take(layers).cloned().collect() }
+    }
+
     /// Bytes held by the cache (keys and values, f32).
     pub fn bytes(&self) -> usize {
         self.layers.iter().flatten().map(|(k, v)| (k.elem_count() + v.elem_count()) * 4).sum()
     }
 }
 
-/// What a decoder pass recorded.
+/// What [`Llama::forward`] recorded (its [`Trace`] in the older shape the tests read).
 #[derive(Debug, Default)]
 pub struct DecoderTrace {
     /// Post-softmax attention `[1, heads, queries, keys]` at the requested layers.
@@ -257,6 +306,41 @@ pub struct DecoderTrace {
 
 /// cos and sin tables `[n, head_dim / 2]` for a run of tokens at explicit position ids.
 pub type Rope = (Tensor, Tensor);
+
+/// The decoder's rows in flight: what a [`LayerIntervene`] hook changes between layers (the
+/// decoder's [`super::TokenState`]).
+#[derive(Debug, Clone)]
+pub struct DecoderState {
+    /// `[1, n, d]`: the input embeddings before layer 0, then each layer's output.
+    pub hidden: Tensor,
+    /// Position ids of the rows (rotary): pruned rows leave gaps unless the caller compacts them.
+    pub positions: Vec<u32>,
+    /// Layers already applied: a state with `layer == l` resumes at layer `l`.
+    pub layer: usize,
+}
+
+impl DecoderState {
+    /// Rows entering layer 0.
+    pub fn fresh(embeds: Tensor, positions: Vec<u32>) -> Self {
+        Self { hidden: embeds, positions, layer: 0 }
+    }
+}
+
+/// A change to the decoder's rows after a layer: the decoder's [`super::vit::Intervene`] (the model decides
+/// where, the reducer how). `Needs::keys` gives the layer's whole cached keys
+/// `[1, kv_heads, cached + n, head_dim]`, rotated.
+pub trait LayerIntervene {
+    fn needs(&self, _layer: usize) -> Needs {
+        Needs::default()
+    }
+    /// After decoder layer `layer` (`state.layer` is `layer + 1`); `attn` holds what
+    /// [`LayerIntervene::needs`] asked for.
+    fn after_layer(&mut self, _layer: usize, _state: &mut DecoderState, _attn: &AttnRecord) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl LayerIntervene for NoIntervention {}
 
 pub struct Llama {
     pub cfg: LlamaConfig,
@@ -377,7 +461,8 @@ impl Llama {
 
     /// Runs `embeds` (`[1, n, d]`) at `positions` after what `cache` holds, appending to it.
     /// Records attention at `attend_layers` and, if `want_hidden`, every layer's input.
-    /// Returns the last layer's output `[1, n, d]` (before the final norm).
+    /// Returns the last layer's output `[1, n, d]` (before the final norm). A convenience over
+    /// [`Llama::run_layers`] with no intervention.
     pub fn forward(
         &self,
         embeds: &Tensor,
@@ -386,43 +471,102 @@ impl Llama {
         attend_layers: &[usize],
         want_hidden: bool,
     ) -> Result<(Tensor, DecoderTrace)> {
-        let rope = self.rope_tables(positions, embeds.device())?;
-        let mut trace = DecoderTrace::default();
-        let mut x = embeds.clone();
-        for l in 0..self.layers.len() {
-            if want_hidden {
-                trace.hidden_states.push(x.clone());
-            }
-            let (out, probs) = self.layer(l, &x, &rope, cache, attend_layers.contains(&l))?;
-            if let Some(probs) = probs {
-                trace.attentions.insert(l, probs);
-            }
-            x = out;
+        let layers = self.layers.len();
+        let mut probe = Probe::default().with_all(attend_layers.iter().map(|&l| HookPoint::LlmAttnProbs(l)));
+        if want_hidden {
+            probe = probe.with_all((0..layers).map(HookPoint::LlmResidPre));
+        }
+        let mut state = DecoderState::fresh(embeds.clone(), positions.to_vec());
+        let mut trace = Trace::default();
+        self.run_layers(&mut state, cache, layers, &probe, &mut trace, &mut NoIntervention, &Cancel::default())?;
+        let mut out = DecoderTrace::default();
+        for l in 0..layers {
+            out.attentions.extend(trace.take(HookPoint::LlmAttnProbs(l)).map(|p| (l, p)));
+            out.hidden_states.extend(trace.take(HookPoint::LlmResidPre(l)));
         }
         if want_hidden {
-            trace.hidden_states.push(x.clone());
+            out.hidden_states.push(state.hidden.clone());
         }
-        Ok((x, trace))
+        Ok((state.hidden, out))
     }
 
-    /// Rotary tables for [`Llama::layer`] at the given position ids.
-    pub fn rope(&self, positions: &[u32], device: &Device) -> Result<Rope> {
-        self.rope_tables(positions, device)
+    /// Runs layers `state.layer..until` on the rows after what `cache` holds (appending their
+    /// keys and values), recording what `probe` asks and letting `intervene` change the rows
+    /// after each layer. Attention is materialised only where the probe or the hook asks.
+    /// Checks `cancel` before each layer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_layers(
+        &self,
+        state: &mut DecoderState,
+        cache: &mut KvCache,
+        until: usize,
+        probe: &Probe,
+        trace: &mut Trace,
+        intervene: &mut dyn LayerIntervene,
+        cancel: &Cancel,
+    ) -> Result<()> {
+        let until = until.min(self.layers.len());
+        // The rotary tables of the positions they were made for (remade when a hook moved rows).
+        let mut rope: Option<(Vec<u32>, Rope)> = None;
+        while state.layer < until {
+            cancel.check()?;
+            let l = state.layer;
+            if rope.as_ref().is_none_or(|(at, _)| *at != state.positions) {
+                rope = Some((state.positions.clone(), self.rope_tables(&state.positions, state.hidden.device())?));
+            }
+            let tables = &rope.as_ref().expect("made above").1;
+            probe.tap(HookPoint::LlmResidPre(l), trace, || Ok(state.hidden.clone()))?;
+            let hook = intervene.needs(l);
+            let needs = Needs { probs: hook.probs || probe.wants(HookPoint::LlmAttnProbs(l)), keys: hook.keys };
+            let (out, attn) = self.layer(l, &state.hidden, tables, cache, needs)?;
+            if let Some(p) = &attn.probs {
+                probe.tap(HookPoint::LlmAttnProbs(l), trace, || Ok(p.clone()))?;
+            }
+            state.hidden = out;
+            probe.tap(HookPoint::LlmResid(l), trace, || Ok(state.hidden.clone()))?;
+            state.layer = l + 1;
+            intervene.after_layer(l, state, &attn)?;
+        }
+        Ok(())
+    }
+
+    /// Layer `l`'s post-softmax attention `[1, heads, n, cached]` for the rows `x` (`[1, n, d]`,
+    /// that layer's input at `positions`, the last `n` rows `cache` holds at `l`), recomputed
+    /// from the cached keys: what [`Llama::run_layers`] would have recorded there, bit for bit,
+    /// at the cost of the query projection. How a resumed prefill gets the attention of a layer
+    /// it does not rerun.
+    pub fn attention_from_cache(&self, l: usize, x: &Tensor, positions: &[u32], cache: &KvCache) -> Result<Tensor> {
+        let (_, n, _) = x.dims3()?;
+        let seen = cache.len_at(l);
+        let keys = cache.layers.get(l).and_then(Option::as_ref).filter(|_| l < self.layers.len());
+        let Some((k, _)) = keys.filter(|_| seen >= n && positions.len() == n) else {
+            return Err(Error::Config {
+                field: "cache",
+                reason: format!(
+                    "layer {l}'s cache holds {seen} tokens; {n} rows at {} positions asked",
+                    positions.len()
+                ),
+            });
+        };
+        let rope = self.rope_tables(positions, x.device())?;
+        let layer = &self.layers[l];
+        let a = &layer.self_attn;
+        let q = a.queries(&layer.input_layernorm.forward(x)?, &rope)?;
+        let k = candle_transformers::utils::repeat_kv(k.clone(), a.num_heads / a.num_kv_heads)?.contiguous()?;
+        a.probs(&q, &k, seen - n)
     }
 
     /// Decoder layer `l` on `x` (`[1, n, d]`, the tokens after what `cache` holds at this layer,
-    /// causal), appending their keys and values to the cache. Returns the layer's output and,
-    /// if `want_attention`, its post-softmax attention `[1, heads, n, cached + n]`.
-    pub fn layer(
+    /// causal), appending their keys and values to the cache. Returns the layer's output and
+    /// what `needs` asked for: its post-softmax attention `[1, heads, n, cached + n]`, its keys.
+    fn layer(
         &self,
         l: usize,
         x: &Tensor,
         rope: &Rope,
         cache: &mut KvCache,
-        want_attention: bool,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let (_, n, _) = x.dims3()?;
-        let device = x.device();
+        needs: Needs,
+    ) -> Result<(Tensor, AttnRecord)> {
         if cache.layers.len() < self.layers.len() {
             cache.layers.resize(self.layers.len(), None);
         }
@@ -431,31 +575,22 @@ impl Llama {
         let layer = &self.layers[l];
         let a = &layer.self_attn;
         let h = layer.input_layernorm.forward(x)?;
-        let heads = |t: Tensor, count: usize| -> Result<Tensor> {
-            Ok(t.reshape((1, n, count, a.head_dim))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = candle_nn::rotary_emb::rope(&heads(a.q_proj.forward(&h)?, a.num_heads)?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&heads(a.k_proj.forward(&h)?, a.num_kv_heads)?, cos, sin)?;
-        let v = heads(a.v_proj.forward(&h)?, a.num_kv_heads)?;
+        let q = a.queries(&h, rope)?;
+        let k = candle_nn::rotary_emb::rope(&a.heads(a.k_proj.forward(&h)?, a.num_kv_heads)?, cos, sin)?;
+        let v = a.heads(a.v_proj.forward(&h)?, a.num_kv_heads)?;
         let (k, v) = match cache.layers[l].take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
             None => (k, v),
         };
         cache.layers[l] = Some((k.clone(), v.clone()));
+        let keys = needs.keys.then(|| k.clone());
         let rep = a.num_heads / a.num_kv_heads;
         let (k, v) = (
             candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?,
             candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?,
         );
-        let mut logits = (q.matmul(&k.t()?)? * (a.head_dim as f64).powf(-0.5))?;
-        if n > 1 {
-            // Causal over the cached and new tokens: query i (at slot past + i) sees keys 0..=past + i.
-            let mask: Vec<f32> = (0..n)
-                .flat_map(|i| (0..past + n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-                .collect();
-            logits = logits.broadcast_add(&Tensor::from_vec(mask, (1, 1, n, past + n), device)?)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        let probs = a.probs(&q, &k, past)?;
+        let n = q.dim(2)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((1, n, a.num_heads * a.head_dim))?;
         let x = (x + a.o_proj.forward(&ctx)?)?;
         let h = layer.post_attention_layernorm.forward(&x)?;
@@ -468,7 +603,7 @@ impl Llama {
         };
         let gated = (gate * m.up_proj.forward(&h)?)?;
         let x = (x + m.down_proj.forward(&gated)?)?;
-        Ok((x, want_attention.then_some(probs)))
+        Ok((x, AttnRecord { probs: needs.probs.then_some(probs), keys }))
     }
 
     /// Logits `[1, n, vocab]` from the last layer's output.
@@ -547,5 +682,74 @@ mod tests {
                 assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
             }
         }
+    }
+    #[test]
+    fn hook_points_are_named_like_the_encoders() {
+        assert_eq!(HookPoint::LlmAttnProbs(3).to_string(), "llm.3.attn.probs");
+        assert_eq!(HookPoint::LlmResidPre(0).to_string(), "llm.0.resid_pre");
+        assert_eq!(HookPoint::LlmResid(1).to_string(), "llm.1.resid_post");
+    }
+
+    #[test]
+    fn a_run_resumed_from_a_cached_layer_input_is_bit_identical() {
+        let model = tiny();
+        let ids = [5u32, 9, 1, 30, 7];
+        let positions: Vec<u32> = (0..ids.len() as u32).collect();
+        let mut cache = KvCache::default();
+        let (out, trace) = model.forward(&model.embed(&ids).unwrap(), &positions, &mut cache, &[0, 1], true).unwrap();
+        for l in 0..2 {
+            // Attention made again from the layer's cached input and keys: exactly what was recorded.
+            let again = model.attention_from_cache(l, &trace.hidden_states[l], &positions, &cache).unwrap();
+            let recorded = &trace.attentions[&l];
+            assert_eq!(
+                again.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                recorded.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+        }
+        // Layer 1 again from its cached input and layer 0's cache: the same output, bit for bit.
+        let mut resumed = cache.truncated(1);
+        assert_eq!(resumed.lens(), [ids.len()]);
+        let mut state = DecoderState { hidden: trace.hidden_states[1].clone(), positions: positions.clone(), layer: 1 };
+        let probe = Probe::default().with(HookPoint::LlmResid(1)).with(HookPoint::LlmResidPre(0));
+        let mut t = Trace::default();
+        model.run_layers(&mut state, &mut resumed, 2, &probe, &mut t, &mut NoIntervention, &Cancel::default()).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&state.hidden), flat(&out));
+        assert_eq!(flat(t.require(HookPoint::LlmResid(1)).unwrap()), flat(&out));
+        assert!(t.get(HookPoint::LlmResidPre(0)).is_none(), "layer 0 did not run");
+        assert!(model.attention_from_cache(1, &trace.hidden_states[1], &positions[..2], &cache).is_err());
+    }
+
+    /// Drops every other row after layer 0, as a pruning method does through the hook.
+    struct DropOdd;
+    impl LayerIntervene for DropOdd {
+        fn needs(&self, layer: usize) -> Needs {
+            Needs { probs: layer == 0, keys: false }
+        }
+        fn after_layer(&mut self, layer: usize, state: &mut DecoderState, attn: &AttnRecord) -> Result<()> {
+            // Layer 0's because the hook asked, layer 1's because the probe did.
+            assert!(attn.probs.is_some(), "layer {layer}");
+            if layer == 0 {
+                let idx = Tensor::new(&[0u32, 2, 4], state.hidden.device())?;
+                state.hidden = state.hidden.index_select(&idx, 1)?;
+                state.positions = vec![0, 2, 4];
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_hook_that_drops_rows_leaves_later_layers_with_the_survivors() {
+        let model = tiny();
+        let ids = [5u32, 9, 1, 30, 7];
+        let mut state = DecoderState::fresh(model.embed(&ids).unwrap(), (0..5).collect());
+        let mut cache = KvCache::default();
+        let probe = Probe::default().with(HookPoint::LlmAttnProbs(1));
+        let mut trace = Trace::default();
+        model.run_layers(&mut state, &mut cache, 2, &probe, &mut trace, &mut DropOdd, &Cancel::default()).unwrap();
+        assert_eq!(cache.lens(), [5, 3]);
+        assert_eq!(trace.require(HookPoint::LlmAttnProbs(1)).unwrap().dims(), [1, 4, 3, 3]);
+        assert!(trace.get(HookPoint::LlmAttnProbs(0)).is_none(), "the probe did not ask for layer 0");
+        assert_eq!(state.hidden.dims(), [1, 3, 16]);
     }
 }

@@ -6,6 +6,19 @@
 //! `arch` hides the two architectures (LLaVA, Idefics3/SmolVLM) behind one shape: image ->
 //! vision run (cached per image) -> image tokens on a grid -> decoder sequence. `decode` runs the
 //! decoder with reducers between layers; `answer` compares answers.
+//!
+//! # Design
+//! Question: how does a ratio change rerun only what follows the method's stage?
+//! Decision: [`Vlm::full`] keeps the vision run (the tower's states and trace) and the full
+//! prefill (the hidden states entering every decoder layer, the KV cache, rows and positions).
+//! [`Vlm::run`] resumes from them: a vision-side method inside the tower (LLaVA) reruns the tower
+//! from its block, then the projector and every decoder layer; a pre-LLM method (vision-side, or
+//! language-side acting before layer 0) reruns only the projector (SmolVLM's connector output is
+//! reused as it is) and the decoder, never the tower; a language-side method first acting after
+//! decoder layer k reruns layers k+1.. only. [`VlmRun::recomputed_from_layer`] and
+//! [`VlmRun::tower_recomputed_from`] say where a run started. [`Vlm::run_from_scratch`]
+//! prefills from layer 0; resumed answers equal it bit for bit (tests/vlm_resume.rs).
+//! Trade-off: the full prefill's per-layer hidden states stay in memory with the image.
 
 pub mod answer;
 mod arch;
@@ -22,7 +35,7 @@ use crate::analysis::cost::{BlockTokens, decoder_layer_flops};
 use crate::reduce::llm::{LlmContext, LlmReducerConfig, Row};
 use crate::reduce::{Budget, PositionMode, ReducerConfig, Stage};
 use crate::{Cancel, Error, Result};
-use decode::{Prefill, Sequence};
+use decode::{FullPrefill, Prefill, Sequence};
 
 /// A reducer for a VLM run: a vision-side method (encoder or pre-LLM) or a language-side one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,6 +195,15 @@ pub struct VlmRun {
     pub diff: Vec<DiffOp>,
     pub answer_changed: bool,
     pub cost: VlmCost,
+    /// The first decoder layer this run computed; earlier layers came from the cached full
+    /// prefill (`num_layers`: none did). 0 for the full run and for every method acting before
+    /// the decoder.
+    #[serde(default)]
+    pub recomputed_from_layer: usize,
+    /// The first vision-tower block this run computed (a vision-side method inside the tower);
+    /// None where the tower's cached run served (every other method).
+    #[serde(default)]
+    pub tower_recomputed_from: Option<usize>,
 }
 
 impl VlmRun {
@@ -210,11 +232,13 @@ pub struct Vlm {
     pub split_image: bool,
 }
 
-/// The cached work for one image and question: the vision run and the full answer.
+/// The cached work for one image and question: the vision run, the full prefill (what a
+/// language-side method resumes from) and the full answer.
 pub struct VlmFull {
     pub image: VlmImage,
     pub prompt: Prompt,
     pub vision: VisionRun,
+    pub prefill: FullPrefill,
     pub run: VlmRun,
 }
 
@@ -281,11 +305,14 @@ impl Vlm {
         let vision = self.arch.vision(&image, cancel)?;
         debug_assert_eq!(vision.num_image_tokens(), prompt.image_slots.len());
         let spec = VlmRunSpec { method: None, ..spec.clone() };
-        let run = self.run_with(&prompt, &vision, &spec, None, on_token, cancel)?;
-        Ok(VlmFull { image, prompt, vision, run })
+        let (run, prefill) = self.run_with(&prompt, &vision, &spec, Against::Nothing, on_token, cancel)?;
+        let prefill = prefill.expect("the full run keeps its prefill");
+        Ok(VlmFull { image, prompt, vision, prefill, run })
     }
 
-    /// A reduced run against `full` (same image, question and answer length).
+    /// A reduced run against `full` (same image, question and answer length), resumed from its
+    /// cached work: the tower never reruns for a pre-LLM method, and a language-side method
+    /// whose first site is after decoder layer k reruns layers k+1.. only.
     pub fn run(
         &self,
         full: &VlmFull,
@@ -293,7 +320,21 @@ impl Vlm {
         on_token: &mut dyn FnMut(u32),
         cancel: &Cancel,
     ) -> Result<VlmRun> {
-        self.run_with(&full.prompt, &full.vision, spec, Some(&full.run.answer), on_token, cancel)
+        let against = Against::Full { full, resume: true };
+        Ok(self.run_with(&full.prompt, &full.vision, spec, against, on_token, cancel)?.0)
+    }
+
+    /// [`Self::run`] with the decoder prefilled from layer 0 (the vision side still comes from
+    /// `full`): the reference a resumed run must equal, and the bench's baseline.
+    pub fn run_from_scratch(
+        &self,
+        full: &VlmFull,
+        spec: &VlmRunSpec,
+        on_token: &mut dyn FnMut(u32),
+        cancel: &Cancel,
+    ) -> Result<VlmRun> {
+        let against = Against::Full { full, resume: false };
+        Ok(self.run_with(&full.prompt, &full.vision, spec, against, on_token, cancel)?.0)
     }
 
     /// The answer length that fits the model's context after this image's prompt: `max_new`, or
@@ -333,23 +374,41 @@ impl Vlm {
         Ok(l)
     }
 
+    /// One run; the full run (`Against::Nothing`) also returns its prefill, kept for resuming.
     fn run_with(
         &self,
         prompt: &Prompt,
         vision: &VisionRun,
         spec: &VlmRunSpec,
-        full_answer: Option<&Answer>,
+        against: Against<'_>,
         on_token: &mut dyn FnMut(u32),
         cancel: &Cancel,
-    ) -> Result<VlmRun> {
+    ) -> Result<(VlmRun, Option<FullPrefill>)> {
         let lm = self.arch.lm();
         let n = vision.num_image_tokens();
         let keep = spec.budget.resolve(n)?;
         let view_layer = self.view_layer(spec)?;
-        let Start { seq, blocks, projected, mut stage, vision_scores, llm_reducer } =
+        let Start { seq, blocks, projected, mut stage, vision_scores, llm_reducer, tower_from } =
             self.start(prompt, vision, spec, keep, cancel)?;
-        let mut prefill: Prefill =
-            decode::prefill(lm, seq, llm_reducer, &vision.saliency, spec.positions, view_layer, cancel)?;
+        let saliency = &vision.saliency;
+        let unreduced = || self.arch.sequence(prompt, vision);
+        let (mut prefill, keep_full): (Prefill, Option<FullPrefill>) = match (against, llm_reducer) {
+            (Against::Nothing, _) => {
+                let full = decode::full_prefill(lm, seq.map_or_else(unreduced, Ok)?, saliency, view_layer, cancel)?;
+                (full.prefill.clone(), Some(full))
+            }
+            (Against::Full { full, resume: true }, Some(reducer)) => {
+                (decode::resume(lm, &full.prefill, reducer, saliency, spec.positions, view_layer, cancel)?, None)
+            }
+            (_, reducer) => {
+                let seq = seq.map_or_else(unreduced, Ok)?;
+                (decode::prefill(lm, seq, reducer, saliency, spec.positions, view_layer, cancel)?, None)
+            }
+        };
+        let full_answer = match against {
+            Against::Full { full, .. } => Some(&full.run.answer),
+            Against::Nothing => None,
+        };
         if stage.is_empty() {
             stage = llm_stage(&spec.method, &prefill, n);
         }
@@ -387,7 +446,7 @@ impl Vlm {
             .map(|&t| decoder_layer_flops(t, cfg.hidden_size, kv_dim, cfg.intermediate_size))
             .collect();
         let decode_s = generated.time_ms / 1e3;
-        Ok(VlmRun {
+        let run = VlmRun {
             spec: spec.clone(),
             keep,
             num_image_tokens: n,
@@ -415,13 +474,27 @@ impl Vlm {
                 tokens_per_s: if decode_s > 0.0 { answer.ids.len() as f64 / decode_s } else { 0.0 },
             },
             answer,
-        })
+            recomputed_from_layer: scoring.recomputed_from,
+            tower_recomputed_from: tower_from,
+        };
+        Ok((run, keep_full))
     }
+}
+
+/// What a run is compared to and resumes from.
+#[derive(Clone, Copy)]
+enum Against<'a> {
+    /// Nothing: this is the full run.
+    Nothing,
+    /// The full run of the same image and question; `resume`: the decoder starts from its
+    /// cached prefill where the method allows (else it runs from layer 0).
+    Full { full: &'a VlmFull, resume: bool },
 }
 
 /// A run up to the decoder: the sequence it reads and what the vision side cost.
 struct Start {
-    seq: Sequence,
+    /// None: the unreduced sequence (made by the caller, or taken from the full prefill).
+    seq: Option<Sequence>,
     blocks: Vec<BlockTokens>,
     /// Rows the projector (or connector) ran on.
     projected: usize,
@@ -429,6 +502,8 @@ struct Start {
     stage: String,
     vision_scores: Option<Vec<Option<f32>>>,
     llm_reducer: Option<Box<dyn crate::reduce::llm::LlmReducer>>,
+    /// The first tower block a vision-side method reran (None: none).
+    tower_from: Option<usize>,
 }
 
 impl Vlm {
@@ -436,7 +511,10 @@ impl Vlm {
     /// position ids, for inspection.
     pub fn sequence(&self, full: &VlmFull, spec: &VlmRunSpec, cancel: &Cancel) -> Result<Sequence> {
         let keep = spec.budget.resolve(full.vision.num_image_tokens())?;
-        Ok(self.start(&full.prompt, &full.vision, spec, keep, cancel)?.seq)
+        match self.start(&full.prompt, &full.vision, spec, keep, cancel)?.seq {
+            Some(seq) => Ok(seq),
+            None => self.arch.sequence(&full.prompt, &full.vision),
+        }
     }
 
     fn start(
@@ -450,12 +528,13 @@ impl Vlm {
         let n = vision.num_image_tokens();
         Ok(match &spec.method {
             None => Start {
-                seq: self.arch.sequence(prompt, vision)?,
+                seq: None,
                 blocks: vision.full_blocks(),
                 projected: n,
                 stage: "full".into(),
                 vision_scores: None,
                 llm_reducer: None,
+                tower_from: None,
             },
             Some(VlmMethod::Vision(cfg)) => {
                 self.arch.check_unsplit(cfg, vision)?;
@@ -467,17 +546,20 @@ impl Vlm {
                     _ => "pre_llm".into(),
                 };
                 let (seq, blocks, projected) = self.arch.reduced_sequence(prompt, vision, &reduced, spec.positions)?;
-                Start { seq, blocks, projected, stage, vision_scores: reduced.patch_scores, llm_reducer: None }
+                let tower_from = (reduced.resume_at < vision.states.len() - 1).then_some(reduced.resume_at);
+                let vision_scores = reduced.patch_scores;
+                Start { seq: Some(seq), blocks, projected, stage, vision_scores, llm_reducer: None, tower_from }
             }
             Some(VlmMethod::Llm(cfg)) => {
                 let ctx = LlmContext { num_layers: self.num_layers(), num_image_tokens: n, grid: vision.grid };
                 Start {
-                    seq: self.arch.sequence(prompt, vision)?,
+                    seq: None,
                     blocks: vision.full_blocks(),
                     projected: n,
                     stage: String::new(),
                     vision_scores: None,
                     llm_reducer: Some(cfg.build(keep, &ctx)?),
+                    tower_from: None,
                 }
             }
         })
