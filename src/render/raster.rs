@@ -8,8 +8,7 @@ use image::{Rgb, RgbImage, imageops};
 
 use super::overlay::{Heatmap, mix};
 use super::scene::{
-    CellsLayer, ColorBarItem, FieldLayer, Item, Layer, PanelScene, Rect, Scene, SwatchItem, SwatchKind, TextItem,
-    TokenKind, TokensLayer,
+    CellsLayer, ColorBarItem, FieldLayer, Item, Layer, PanelScene, Rect, Scene, TextItem, TokenKind, TokensLayer,
 };
 use super::text;
 
@@ -23,7 +22,6 @@ pub fn draw(scene: &Scene) -> RgbImage {
             }
             Item::Text(t) => draw_text(&mut canvas, t),
             Item::ColorBar(b) => draw_colorbar(&mut canvas, b),
-            Item::Swatch(s) => draw_swatch(&mut canvas, s),
         }
     }
     canvas
@@ -180,36 +178,5 @@ fn draw_colorbar(img: &mut RgbImage, bar: &ColorBarItem) {
     }
     for t in &bar.labels {
         draw_text(img, t);
-    }
-}
-
-fn draw_swatch(img: &mut RgbImage, s: &SwatchItem) {
-    let Some((xr, yr)) = s.rect.clip(img.width(), img.height()) else {
-        return;
-    };
-    let (x0, y0) = (xr.start, yr.start);
-    for y in yr.clone() {
-        for x in xr.clone() {
-            let p = &mut img.get_pixel_mut(x, y).0;
-            match s.kind {
-                SwatchKind::Token { kind, photo, tint, alpha, outline_rgb, hatch } => {
-                    *p = photo;
-                    if kind != TokenKind::Kept {
-                        mix(p, tint, alpha);
-                    }
-                    if kind == TokenKind::Fused && hatch.covers(x - x0, y - y0) {
-                        mix(p, hatch.rgb, hatch.alpha);
-                    }
-                    let edge = x == x0 || y == y0 || x + 1 == xr.end || y + 1 == yr.end;
-                    if edge {
-                        *p = outline_rgb;
-                    }
-                }
-                SwatchKind::Dropped { photo, fade } => {
-                    *p = photo;
-                    mix(p, fade.0, fade.1);
-                }
-            }
-        }
     }
 }

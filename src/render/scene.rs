@@ -2,7 +2,7 @@
 //!
 //! A [`Scene`] is plain data in output px: where each panel's (scaled) photo sits and what lies
 //! over it (heatmap cells, token groups as runs of cells, dropped cells, group outlines,
-//! hatching), text items, colour bars and legend swatches. Every position and colour is decided
+//! hatching), text items and colour bars. Every position and colour is decided
 //! here, once, from the figure's inputs; [`super::raster`] (PNG) and [`super::svg`] (SVG) only
 //! draw what the scene says, so the two outputs of one figure cannot drift apart.
 //!
@@ -43,7 +43,6 @@ pub enum Item {
     Panel(Box<PanelScene>),
     Text(TextItem),
     ColorBar(ColorBarItem),
-    Swatch(SwatchItem),
 }
 
 /// A rectangle of whole pixels, `x0..x1` by `y0..y1`; may extend past the body (letterbox
@@ -238,21 +237,6 @@ pub struct ColorBarItem {
     pub tick_len: u32,
     /// Tick labels and the norm name.
     pub labels: Vec<TextItem>,
-}
-
-/// A legend swatch: a small square drawn as the figure draws that kind of token.
-#[derive(Debug, Clone)]
-pub struct SwatchItem {
-    pub rect: Rect,
-    pub kind: SwatchKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum SwatchKind {
-    /// The photo's colour under a token of this kind, drawn with its outline, tint and hatch.
-    Token { kind: TokenKind, photo: [u8; 3], tint: [u8; 3], alpha: f32, outline_rgb: [u8; 3], hatch: Hatch },
-    /// A dropped patch: the photo's colour, faded.
-    Dropped { photo: [u8; 3], fade: ([u8; 3], f32) },
 }
 
 /// One axis of a grid over a body: output pixel `i` ↔ grid coordinate (in cells).
@@ -670,7 +654,7 @@ mod tests {
             for i in -3..i64::from(body.0) + 3 {
                 let c = g.x.coord(i);
                 let by_edges = (0..16).find(|&k| g.xs[k] <= i && i < g.xs[k + 1]);
-                let by_coord = (c >= 0.0 && c < 16.0).then_some(c as usize);
+                let by_coord = (0.0..16.0).contains(&c).then_some(c as usize);
                 assert_eq!(by_edges, by_coord, "pixel {i} at {c}");
             }
         }

@@ -8,7 +8,7 @@
 //!
 //! Elements carry classes for tooling and tests: `panel`, `photo`, `cell` (with `data-patch`),
 //! `heat-layer`, `group` (with `data-group`, `data-kind`), `hatch`, `dropped`, `outline`,
-//! `colorbar`, `tick`, `norm`, `title`, `legend`, `swatch`, `row-label`, `col-label`.
+//! `colorbar`, `tick`, `norm`, `title`, `legend`, `row-label`, `col-label`.
 //! Output is deterministic: attributes are written sorted, numbers with at most two decimals,
 //! ids are derived from the figure's structure.
 
@@ -21,8 +21,8 @@ use svg::node::element::{ClipPath, Definitions, Element, Group, Image, Path, Pat
 
 use super::overlay::{Heatmap, Placement};
 use super::scene::{
-    self, CellsLayer, ColorBarItem, FieldLayer, Hatch, HeatLook, Item, Layer, PanelScene, Rect, Scene, SwatchItem,
-    SwatchKind, TextItem, TokenKind, TokensLayer,
+    self, CellsLayer, ColorBarItem, FieldLayer, Hatch, HeatLook, Item, Layer, PanelScene, Rect, Scene, TextItem,
+    TokenKind, TokensLayer,
 };
 use super::text;
 use super::tokens::{GroupStyle, TokenGroups};
@@ -91,15 +91,6 @@ pub fn draw(scene: &Scene) -> String {
             hatches.push(t.hatch);
         }
     }
-    for item in &scene.items {
-        if let Item::Swatch(SwatchItem { kind: SwatchKind::Token { kind: TokenKind::Fused, hatch, .. }, .. }) = item
-            && !hatches.contains(hatch)
-        {
-            defs = defs.add(hatch_pattern(hatch));
-            hatches.push(*hatch);
-        }
-    }
-
     let mut doc = document(scene.width, scene.height, scene.background).add(defs);
     for item in &scene.items {
         doc = match item {
@@ -109,7 +100,6 @@ pub fn draw(scene: &Scene) -> String {
             }
             Item::Text(t) => doc.add(label(t)),
             Item::ColorBar(b) => doc.add(colorbar_group(b)),
-            Item::Swatch(s) => doc.add(swatch(s)),
         };
     }
     doc.to_string()
@@ -342,41 +332,6 @@ fn colorbar_group(bar: &ColorBarItem) -> Group {
     let mut g = Group::new().set("class", "colorbar").add(stripes).add(frame);
     g = g.add(Path::new().set("class", "ticks").set("fill", "none").set("stroke", hex(bar.frame_rgb)).set("d", ticks));
     bar.labels.iter().fold(g, |g, t| g.add(label(t)))
-}
-
-/// A legend swatch: the photo's colour with the token kind's tint, hatch and outline.
-fn swatch(s: &SwatchItem) -> Group {
-    let base = rect_attrs(&s.rect);
-    let mut g = Group::new().set("class", "swatch");
-    match s.kind {
-        SwatchKind::Token { kind, photo, tint, alpha, outline_rgb, hatch } => {
-            g = g.set("data-kind", kind.name()).add(base.clone().set("fill", hex(photo)));
-            if kind != TokenKind::Kept {
-                g = g.add(base.clone().set("fill", hex(tint)).set("fill-opacity", num(f64::from(alpha))));
-            }
-            if kind == TokenKind::Fused {
-                g = g.add(base.clone().set("fill", format!("url(#{})", hatch_id(&hatch))));
-            }
-            let r = &s.rect;
-            g = g.add(
-                Rectangle::new()
-                    .set("x", num(r.x0 as f64 + 0.5))
-                    .set("y", num(r.y0 as f64 + 0.5))
-                    .set("width", (r.x1 - r.x0 - 1).max(0))
-                    .set("height", (r.y1 - r.y0 - 1).max(0))
-                    .set("fill", "none")
-                    .set("stroke", hex(outline_rgb))
-                    .set("stroke-width", 1),
-            );
-        }
-        SwatchKind::Dropped { photo, fade } => {
-            g = g
-                .set("data-kind", "dropped")
-                .add(base.clone().set("fill", hex(photo)))
-                .add(base.set("fill", hex(fade.0)).set("fill-opacity", num(f64::from(fade.1))));
-        }
-    }
-    g
 }
 
 /// A text item as `<text class=…>`: its line box top-left is where the raster back-end draws
