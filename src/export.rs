@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::reduce::{Budget, PositionMode, ReducerConfig};
-use crate::render::grid::{GridFigure, grid_png, grid_svg};
-use crate::render::svg::{Panel, PanelContent, panel_svg};
-use crate::render::{self, Colormap, GroupStyle, Heatmap, Norm, OverlayStyle, TokenGroups, TokensStyle};
+use crate::render::grid::{GridFigure, grid_scene};
+use crate::render::{self, Colormap, GroupStyle, HeatLook, Heatmap, Norm, Panel, PanelContent, Scene, TokenGroups};
 use crate::session::{Analysis, DropFill, FullRun, ImageInput, RunResult, RunSpec, Session};
 use crate::{Cancel, Error, Result, figures};
 
@@ -102,6 +101,7 @@ pub struct ExportSpec {
     pub colormap: Colormap,
     pub opacity: f32,
     pub title: bool,
+    /// The key: the colour bar of a map, the kept / merged / dropped legend of a token view.
     pub colorbar: bool,
     /// Longest side of one panel's photo: pixels in a PNG, user units in an SVG.
     pub panel_px: u32,
@@ -370,53 +370,29 @@ impl Ctx<'_> {
         let run = run_spec.map(|r| self.run(r)).transpose()?;
         let content = self.content(view, run.as_ref())?;
         let s = self.spec;
-        let place = figures::placement(self.input);
-        let photo = &self.input.photo;
-        match s.format {
-            Format::Png => {
-                let img = match &content {
-                    Content::Heat { heat, norm, title, smooth } => render::overlay(
-                        photo,
-                        heat,
-                        &place,
-                        &OverlayStyle {
-                            colormap: s.colormap,
-                            opacity: s.opacity,
-                            norm: *norm,
-                            title: s.title.then(|| title.clone()),
-                            colorbar: s.colorbar,
-                            max_side: s.panel_px,
-                            smooth: *smooth,
-                            grid_lines: false,
-                        },
-                    ),
-                    Content::Tokens { groups, style, title } => render::tokens_overlay(
-                        photo,
-                        groups,
-                        &place,
-                        &TokensStyle {
-                            style: *style,
-                            title: s.title.then(|| title.clone()),
-                            max_side: s.panel_px,
-                            fill_opacity: s.opacity,
-                            ..TokensStyle::default()
-                        },
-                    ),
-                };
-                png_bytes(&img, s.dpi)
-            }
-            Format::Svg => {
-                let panel = self.svg_panel(&content, s.title);
-                Ok(panel_svg(&panel, s.panel_px, s.colorbar && matches!(content, Content::Heat { .. })).into_bytes())
-            }
+        let panel = self.panel_of(&content, s.title, true);
+        // The key: a colour bar for maps, the kept/merged/dropped legend for tokens.
+        self.encode(&render::panel_scene(&panel, s.panel_px, s.colorbar, render::scene::OUTLINE_RGB))
+    }
+
+    /// The scene as the spec's format.
+    fn encode(&self, scene: &Scene) -> Result<Vec<u8>> {
+        match self.spec.format {
+            Format::Png => png_bytes(&render::raster::draw(scene), self.spec.dpi),
+            Format::Svg => Ok(render::svg::draw(scene).into_bytes()),
         }
     }
 
-    fn svg_panel<'c>(&'c self, content: &'c Content, with_title: bool) -> Panel<'c> {
+    /// The panel of `content`; `smooth` allows smooth sampling of pixel-resolution maps (grids
+    /// sample them nearest, each panel being small).
+    fn panel_of<'c>(&'c self, content: &'c Content, with_title: bool, smooth: bool) -> Panel<'c> {
         let s = self.spec;
         let (content, title) = match content {
-            Content::Heat { heat, norm, title, .. } => {
-                (PanelContent::Heat { heat, norm: *norm, colormap: s.colormap, opacity: s.opacity }, title)
+            Content::Heat { heat, norm, title, smooth: smooth_map } => {
+                let smooth = smooth && *smooth_map;
+                let look =
+                    HeatLook { norm: *norm, colormap: s.colormap, opacity: s.opacity, smooth, grid_lines: false };
+                (PanelContent::Heat { heat, look }, title)
             }
             Content::Tokens { groups, style, title } => {
                 (PanelContent::Tokens { groups, style: *style, opacity: s.opacity }, title)
@@ -510,7 +486,7 @@ impl Ctx<'_> {
         }
         let rows = contents
             .iter()
-            .map(|row| row.iter().map(|c| c.as_ref().map(|c| self.svg_panel(c, false))).collect())
+            .map(|row| row.iter().map(|c| c.as_ref().map(|c| self.panel_of(c, false, false))).collect())
             .collect();
         let fig = GridFigure {
             rows,
@@ -519,10 +495,7 @@ impl Ctx<'_> {
             title: self.spec.title.then(|| format!("{} · {}", self.spec.model, self.spec.image.display())),
             colorbar: output_row.then_some((self.spec.colormap, 0.0, 1.0, "saliency, fixed range")),
         };
-        match self.spec.format {
-            Format::Png => png_bytes(&grid_png(&fig, self.spec.panel_px), self.spec.dpi),
-            Format::Svg => Ok(grid_svg(&fig, self.spec.panel_px).into_bytes()),
-        }
+        self.encode(&grid_scene(&fig, self.spec.panel_px))
     }
 }
 

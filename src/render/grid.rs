@@ -7,16 +7,13 @@
 //! what they are); each sits centred in its cell, sized like the PNG figures
 //! (`cell_px` on the photo's longest side).
 
-use image::{Rgb, RgbImage, imageops};
-use svg::node::element::{Definitions, Group, Use};
+use image::RgbImage;
 
 use super::colormap::Colormap;
-use super::overlay::{BACKGROUND, ColorBar, Frame, INK, OverlayStyle, overlay_body, scale_photo};
-use super::svg::{
-    Panel, PanelContent, clip_path, colorbar_group, document, font_slack, label, panel_group, photo_image, translate,
-};
-use super::text;
-use super::tokens::{TokensStyle, tokens_body};
+use super::overlay::{BACKGROUND, ColorBar, Frame, INK, scaled_size};
+use super::scene::{self, Anchor, Item, Scene, TextItem, font_slack};
+use super::svg::Panel;
+use super::{raster, text};
 
 /// Panels in rows and columns with labelled edges.
 #[derive(Debug, Clone)]
@@ -58,23 +55,12 @@ struct GridLayout {
     bar: Option<(ColorBar, Colormap, u32, u32)>,
 }
 
-/// Size of a photo scaled so its longest side is `cell_px`, as `scale_photo` does.
-fn body_dims(photo: &RgbImage, cell_px: u32) -> (u32, u32) {
-    let (w, h) = photo.dimensions();
-    let longest = w.max(h);
-    if longest == 0 || longest == cell_px {
-        return (w, h);
-    }
-    let s = f64::from(cell_px) / f64::from(longest);
-    (((f64::from(w) * s).round() as u32).max(1), ((f64::from(h) * s).round() as u32).max(1))
-}
-
 impl GridLayout {
     fn new(fig: &GridFigure, cell_px: u32) -> Self {
         let n_rows = fig.rows.len().max(fig.row_labels.len());
         let n_cols = fig.rows.iter().map(Vec::len).max().unwrap_or(0).max(fig.col_labels.len());
         let panel = |r: usize, c: usize| fig.rows.get(r).and_then(|row| row.get(c)).and_then(Option::as_ref);
-        let dims = |r: usize, c: usize| panel(r, c).map(|p| body_dims(p.photo, cell_px));
+        let dims = |r: usize, c: usize| panel(r, c).map(|p| scaled_size(p.photo.width(), p.photo.height(), cell_px));
         // Empty rows/columns take the size of the largest panel (or a square).
         let all: Vec<(u32, u32)> = (0..n_rows).flat_map(|r| (0..n_cols).filter_map(move |c| dims(r, c))).collect();
         let default_w = all.iter().map(|d| d.0).max().unwrap_or(cell_px);
@@ -166,131 +152,61 @@ fn panels<'f, 'a>(fig: &'f GridFigure<'a>) -> impl Iterator<Item = (usize, usize
         .flat_map(|(r, row)| row.iter().enumerate().filter_map(move |(c, p)| Some((r, c, p.as_ref()?))))
 }
 
-/// The grid as a raster image: panels drawn as the app draws them
-/// ([`overlay_body`] / [`tokens_body`] at `cell_px`), labels with [`text`].
-pub fn grid_png(fig: &GridFigure, cell_px: u32) -> RgbImage {
+/// The grid as a scene: each panel's body at its place (as [`scene::panel_body`] draws it at
+/// `cell_px`), row labels right-aligned, column labels centred, the title and the shared bar.
+pub fn grid_scene(fig: &GridFigure, cell_px: u32) -> Scene {
     let cell_px = cell_px.max(1);
     let lay = GridLayout::new(fig, cell_px);
-    let mut canvas = RgbImage::from_pixel(lay.width, lay.height, Rgb(BACKGROUND));
+    let mut items = Vec::new();
     for (r, c, panel) in panels(fig) {
-        let body = match &panel.content {
-            PanelContent::Heat { heat, norm, colormap, opacity } => {
-                let style = OverlayStyle {
-                    colormap: *colormap,
-                    opacity: *opacity,
-                    norm: *norm,
-                    title: None,
-                    colorbar: false,
-                    max_side: cell_px,
-                    smooth: false,
-                    grid_lines: false,
-                };
-                overlay_body(panel.photo, heat, &panel.place, &style)
-            }
-            PanelContent::Tokens { groups, style, opacity } => {
-                let style = TokensStyle {
-                    style: *style,
-                    max_side: cell_px,
-                    legend: false,
-                    fill_opacity: *opacity,
-                    ..Default::default()
-                };
-                tokens_body(panel.photo, groups, &panel.place, &style)
-            }
-        };
-        let (x, y) = lay.panel_origin(r, c, body.dimensions());
-        imageops::replace(&mut canvas, &body, i64::from(x), i64::from(y));
+        let mut body = scene::panel_body(panel, cell_px, scene::OUTLINE_RGB);
+        (body.x, body.y) = lay.panel_origin(r, c, body.photo.dimensions());
+        body.grid_cell = Some((r, c));
+        items.push(Item::Panel(Box::new(body)));
     }
     let px = lay.label_px;
-    for (r, l) in lay.row_labels.iter().enumerate() {
-        let x = (lay.area_x - lay.label_gap) as f32 - text::text_width(px, l);
-        text::draw_text(&mut canvas, x.round(), lay.row_label_top(r), px, INK, l);
+    let text = |text: String, left: f32, top: f32, anchor: Anchor, class: &'static str| {
+        Item::Text(TextItem { text, left, top, px, rgb: INK, anchor, class })
+    };
+    for (r, l) in lay.row_labels.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
+        let left = (lay.area_x - lay.label_gap) as f32 - text::text_width(px, l);
+        items.push(text(l.clone(), left.round(), lay.row_label_top(r), Anchor::End, "row-label"));
     }
-    for (c, l) in fig.col_labels.iter().enumerate().take(lay.col_x.len()) {
+    for (c, l) in fig.col_labels.iter().enumerate().take(lay.col_x.len()).filter(|(_, l)| !l.is_empty()) {
         let l = lay.col_label(c, l);
-        let x = lay.col_x[c] as f32 + (lay.col_w[c] as f32 - text::text_width(px, &l)) / 2.0;
-        text::draw_text(&mut canvas, x.round(), lay.col_label_top as f32, px, INK, &l);
+        let left = lay.col_x[c] as f32 + (lay.col_w[c] as f32 - text::text_width(px, &l)) / 2.0;
+        items.push(text(l, left.round(), lay.col_label_top as f32, Anchor::Middle, "col-label"));
     }
     if let Some(title) = &fig.title {
-        lay.frame.draw_title(&mut canvas, title, lay.area_x, lay.area_w);
+        items.push(Item::Text(lay.frame.title_item(title, lay.width, lay.area_x, lay.area_w)));
     }
     if let Some((bar, cmap, x, y)) = &lay.bar {
-        bar.draw(&mut canvas, *x, *y, *cmap);
+        items.push(Item::ColorBar(bar.item(*x, *y, *cmap)));
     }
-    canvas
+    Scene { width: lay.width, height: lay.height, background: BACKGROUND, items }
+}
+
+/// The grid as a raster image: panels drawn as the app draws them, labels with [`text`].
+pub fn grid_png(fig: &GridFigure, cell_px: u32) -> RgbImage {
+    raster::draw(&grid_scene(fig, cell_px))
 }
 
 /// The grid as an SVG document: each panel a `<g class="panel" transform="translate(..)">`
-/// with the same elements as [`super::panel_svg`]; each distinct photo embedded
-/// once in `<defs>` (`id="photo0"`, ...) and placed with `<use>`; labels as `<text>`
-/// (`class="row-label"`, `"col-label"`, `"title"`); the shared colour bar as in `panel_svg`.
+/// (with `data-row`, `data-col`) holding the same elements as [`super::panel_svg`]; each
+/// distinct photo embedded once; labels as `<text>` (`class="row-label"`, `"col-label"`,
+/// `"title"`); the shared colour bar as in `panel_svg`.
 pub fn grid_svg(fig: &GridFigure, cell_px: u32) -> String {
-    let cell_px = cell_px.max(1);
-    let lay = GridLayout::new(fig, cell_px);
-
-    // Distinct photos (by content) in order of first use, scaled once each.
-    let mut photos: Vec<(&RgbImage, RgbImage)> = Vec::new();
-    let mut photo_of = Vec::new();
-    for (_, _, panel) in panels(fig) {
-        let same = |p: &RgbImage| std::ptr::eq(p, panel.photo) || p == panel.photo;
-        let i = photos.iter().position(|(p, _)| same(p)).unwrap_or_else(|| {
-            photos.push((panel.photo, scale_photo(panel.photo, cell_px)));
-            photos.len() - 1
-        });
-        photo_of.push(i);
-    }
-    // One clip path per distinct photo size (clip paths are in the panel's own coordinates).
-    let mut clips: Vec<(u32, u32)> = photos.iter().map(|(_, s)| s.dimensions()).collect();
-    clips.sort_unstable();
-    clips.dedup();
-    let clip_id = |(w, h): (u32, u32)| format!("clip-{w}x{h}");
-
-    let mut defs = Definitions::new();
-    for (i, (_, scaled)) in photos.iter().enumerate() {
-        defs = defs.add(photo_image(scaled).set("id", format!("photo{i}")));
-    }
-    for &d in &clips {
-        defs = defs.add(clip_path(&clip_id(d), d.0, d.1));
-    }
-    let mut doc = document(lay.width, lay.height).add(defs);
-
-    for ((r, c, panel), i) in panels(fig).zip(photo_of) {
-        let scaled = &photos[i].1;
-        let (x, y) = lay.panel_origin(r, c, scaled.dimensions());
-        let photo = Use::new().set("xlink:href", format!("#photo{i}")).set("class", "photo");
-        let g = panel_group(panel, scaled, cell_px, photo, &clip_id(scaled.dimensions()))
-            .set("transform", translate(x, y))
-            .set("data-row", r)
-            .set("data-col", c);
-        doc = doc.add(g);
-    }
-
-    let px = lay.label_px;
-    let mut labels = Group::new().set("class", "labels");
-    for (r, l) in lay.row_labels.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
-        let right = (lay.area_x - lay.label_gap) as f32;
-        labels = labels.add(label(l, right, lay.row_label_top(r), px, INK, "row-label", Some("end")));
-    }
-    for (c, l) in fig.col_labels.iter().enumerate().take(lay.col_x.len()).filter(|(_, l)| !l.is_empty()) {
-        let cx = lay.col_x[c] as f32 + lay.col_w[c] as f32 / 2.0;
-        let l = lay.col_label(c, l);
-        labels = labels.add(label(&l, cx, lay.col_label_top as f32, px, INK, "col-label", Some("middle")));
-    }
-    doc = doc.add(labels);
-    if let Some(title) = &fig.title {
-        doc = doc.add(super::svg::title_text(&lay.frame, title, lay.width, lay.area_x, lay.area_w));
-    }
-    if let Some((bar, cmap, x, y)) = &lay.bar {
-        doc = doc.add(colorbar_group(bar, *cmap).set("transform", translate(*x, *y)));
-    }
-    doc.to_string()
+    super::svg::draw(&grid_scene(fig, cell_px))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::render::overlay::{Heatmap, Norm, Placement};
+    use crate::render::scene::HeatLook;
+    use crate::render::svg::PanelContent;
     use crate::render::tokens::{GroupStyle, TokenGroups};
+    use image::Rgb;
 
     fn photo(w: u32, h: u32) -> RgbImage {
         RgbImage::from_fn(w, h, |x, y| Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, 120]))
@@ -311,9 +227,13 @@ mod tests {
             place,
             content: PanelContent::Heat {
                 heat,
-                norm: Norm::Range { lo: 0.0, hi: 1.0 },
-                colormap: Colormap::Magma,
-                opacity: 0.7,
+                look: HeatLook {
+                    norm: Norm::Range { lo: 0.0, hi: 1.0 },
+                    colormap: Colormap::Magma,
+                    opacity: 0.7,
+                    smooth: false,
+                    grid_lines: false,
+                },
             },
             title: Some("not drawn".into()),
         });

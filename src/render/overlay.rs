@@ -7,10 +7,12 @@
 //! the heatmap untinted. The colour bar prints the real value range used for
 //! normalisation, so two figures are only compared when their ticks agree.
 
-use image::{Rgb, RgbImage, imageops};
+use image::{RgbImage, imageops};
 
 use super::colormap::Colormap;
-use super::text;
+use super::scene::{self, Anchor, ColorBarItem, HeatLook, Rect, TextItem};
+use super::svg::{Panel, PanelContent};
+use super::{raster, text};
 
 /// A scalar field on a regular grid (token grid 16x16, or a pixel map 224x224), row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,36 +206,30 @@ pub(crate) const BACKGROUND: [u8; 3] = [255, 255, 255];
 pub(crate) const INK: [u8; 3] = [28, 28, 32];
 pub(crate) const MUTED_INK: [u8; 3] = [100, 100, 108];
 pub(crate) const FRAME: [u8; 3] = [70, 70, 78];
-const GRID_LINE: [u8; 3] = [255, 255, 255];
-const GRID_ALPHA: f32 = 0.35;
 
 /// Photo + heatmap blended, plus an optional title strip above and a colour
 /// bar with 3-5 numeric tick labels (the real values of the normalisation
 /// range) and the norm name on the right. Pure function, deterministic output.
 pub fn overlay(photo: &RgbImage, heat: &Heatmap, place: &Placement, style: &OverlayStyle) -> RgbImage {
-    let body = overlay_body(photo, heat, place, style);
-    let (bw, bh) = body.dimensions();
-    let (lo, hi) = style.norm.resolve(heat);
-    let frame = Frame::new(style.max_side, style.title.is_some());
-    let (label_px, pad) = (frame.label_px, frame.pad);
-    let body_x = pad;
-    let body_y = pad + frame.title_h;
+    let panel = heat_panel(photo, heat, place, style);
+    raster::draw(&scene::panel_scene(&panel, style.max_side, style.colorbar, scene::OUTLINE_RGB))
+}
 
-    let bar = style.colorbar.then(|| ColorBar::layout(lo, hi, style.norm.name(), label_px, bh));
-    let right_w = bar.as_ref().map_or(0, |b| pad + b.width());
-    let width = body_x + bw + right_w + pad;
-    let height = body_y + bh + pad;
+/// The photo with the heatmap blended in, without title or colour bar (what the app shows).
+pub fn overlay_body(photo: &RgbImage, heat: &Heatmap, place: &Placement, style: &OverlayStyle) -> RgbImage {
+    let panel = heat_panel(photo, heat, place, style);
+    raster::body(&scene::panel_body(&panel, style.max_side, scene::OUTLINE_RGB))
+}
 
-    let mut canvas = RgbImage::from_pixel(width, height, Rgb(BACKGROUND));
-    imageops::replace(&mut canvas, &body, i64::from(body_x), i64::from(body_y));
-
-    if let Some(title) = &style.title {
-        frame.draw_title(&mut canvas, title, body_x, bw);
-    }
-    if let Some(bar) = bar {
-        bar.draw(&mut canvas, body_x + bw + pad, body_y, style.colormap);
-    }
-    canvas
+fn heat_panel<'a>(photo: &'a RgbImage, heat: &'a Heatmap, place: &Placement, style: &OverlayStyle) -> Panel<'a> {
+    let look = HeatLook {
+        norm: style.norm,
+        colormap: style.colormap,
+        opacity: style.opacity,
+        smooth: style.smooth,
+        grid_lines: style.grid_lines,
+    };
+    Panel { photo, place: *place, content: PanelContent::Heat { heat, look }, title: style.title.clone() }
 }
 
 /// Text sizes and margins shared by the figures in this module and
@@ -254,98 +250,6 @@ impl Frame {
         let title_h = if has_title { (text::line_height(title_px) + label_px * 0.4).ceil() as u32 } else { 0 };
         Frame { label_px, title_px, pad, title_h }
     }
-
-    /// Draws `title` in the strip above a body of width `bw` placed at `body_x`,
-    /// shortened with "…" to fit the canvas.
-    pub(crate) fn draw_title(&self, canvas: &mut RgbImage, title: &str, body_x: u32, bw: u32) {
-        let (pad, title_px) = (self.pad, self.title_px);
-        let width = canvas.width();
-        let avail = (width - 2 * pad) as f32;
-        let shown = text::fit_text(title_px, title, avail);
-        let tw = text::text_width(title_px, &shown);
-        // Centred over the photo, but never past the canvas edges.
-        let x = (body_x as f32 + (bw as f32 - tw) / 2.0).clamp(pad as f32, (width - pad) as f32 - tw);
-        text::draw_text(canvas, x.round(), pad as f32, title_px, INK, &shown);
-    }
-}
-
-/// Grid coordinate (in cells) of the centre of each of `n` output pixels along
-/// one axis, preceded by that of the pixel before the first (so borders at the
-/// photo edge can be detected): `n + 1` values. `photo_n` is the photo's size
-/// along the axis, `a0..a1` the grid's extent in photo pixels.
-pub(crate) fn grid_axis(n: u32, photo_n: u32, a0: f32, a1: f32, cells: usize) -> Vec<f64> {
-    let to_photo = f64::from(photo_n) / f64::from(n);
-    let span = f64::from(a1) - f64::from(a0);
-    (-1..i64::from(n))
-        .map(|i| {
-            let p = (i as f64 + 0.5) * to_photo;
-            (p - f64::from(a0)) / span * cells as f64
-        })
-        .collect()
-}
-
-/// The photo scaled to `max_side`, with the heatmap blended in (no margins).
-/// The photo with the heatmap blended in, without title or colour bar (what the app shows).
-pub fn overlay_body(photo: &RgbImage, heat: &Heatmap, place: &Placement, style: &OverlayStyle) -> RgbImage {
-    let (pw, ph) = photo.dimensions();
-    let mut out = scale_photo(photo, style.max_side.max(1));
-    if pw == 0 || ph == 0 || heat.rows == 0 || heat.cols == 0 {
-        return out;
-    }
-    let (w, h) = out.dimensions();
-    let alpha = if style.opacity.is_nan() { 0.0 } else { style.opacity.clamp(0.0, 1.0) };
-    let (lo, hi) = style.norm.resolve(heat);
-    let lut = style.colormap.lut();
-
-    // Heatmap coordinate (in cells) of each output column/row centre.
-    let gx = grid_axis(w, pw, place.x0, place.x1, heat.cols);
-    let gy = grid_axis(h, ph, place.y0, place.y1, heat.rows);
-    let valid = |g: &[f64]| g.iter().all(|v| v.is_finite());
-    if !(valid(&gx) && valid(&gy)) || place.x1 <= place.x0 || place.y1 <= place.y0 {
-        return out;
-    }
-    let inside = |g: f64, cells: usize| g >= 0.0 && g < cells as f64;
-    // An inner cell border lies between pixel i-1 and i when both are on the
-    // grid and in different cells (the grid's outer edge gets no line).
-    let border = |g: &[f64], i: usize| g[i] >= 0.0 && g[i].floor() != g[i + 1].floor();
-
-    for py in 0..h as usize {
-        let y = gy[py + 1];
-        if !inside(y, heat.rows) {
-            continue;
-        }
-        let row_border = style.grid_lines && border(&gy, py);
-        for px in 0..w as usize {
-            let x = gx[px + 1];
-            if !inside(x, heat.cols) {
-                continue;
-            }
-            let v = if style.smooth { bilinear(heat, x, y) } else { heat.get(y as usize, x as usize) };
-            if !v.is_finite() {
-                continue;
-            }
-            let t = style.norm.unit(v, lo, hi);
-            let colour = lut[(t * 255.0).round() as usize];
-            let pixel = out.get_pixel_mut(px as u32, py as u32);
-            mix(&mut pixel.0, colour, alpha);
-            if row_border || (style.grid_lines && border(&gx, px)) {
-                mix(&mut pixel.0, GRID_LINE, GRID_ALPHA);
-            }
-        }
-    }
-    out
-}
-
-/// Bilinear sample with cell centres at `i + 0.5`, clamped at the edges.
-fn bilinear(heat: &Heatmap, x: f64, y: f64) -> f32 {
-    let fx = (x - 0.5).clamp(0.0, (heat.cols - 1) as f64);
-    let fy = (y - 0.5).clamp(0.0, (heat.rows - 1) as f64);
-    let (c0, r0) = (fx.floor() as usize, fy.floor() as usize);
-    let (c1, r1) = ((c0 + 1).min(heat.cols - 1), (r0 + 1).min(heat.rows - 1));
-    let (wx, wy) = ((fx - c0 as f64) as f32, (fy - r0 as f64) as f32);
-    let top = heat.get(r0, c0) * (1.0 - wx) + heat.get(r0, c1) * wx;
-    let bottom = heat.get(r1, c0) * (1.0 - wx) + heat.get(r1, c1) * wx;
-    top * (1.0 - wy) + bottom * wy
 }
 
 pub(crate) fn mix(dst: &mut [u8; 3], src: [u8; 3], a: f32) {
@@ -357,15 +261,22 @@ pub(crate) fn mix(dst: &mut [u8; 3], src: [u8; 3], a: f32) {
 /// Scales so the longest side is `max_side` (an exact-size photo is copied untouched).
 pub(crate) fn scale_photo(photo: &RgbImage, max_side: u32) -> RgbImage {
     let (w, h) = photo.dimensions();
-    let longest = w.max(h);
-    if longest == 0 || longest == max_side {
+    let (nw, nh) = scaled_size(w, h, max_side);
+    if (nw, nh) == (w, h) {
         return photo.clone();
     }
-    let s = f64::from(max_side) / f64::from(longest);
-    let nw = ((f64::from(w) * s).round() as u32).max(1);
-    let nh = ((f64::from(h) * s).round() as u32).max(1);
-    let filter = if s < 1.0 { imageops::FilterType::Triangle } else { imageops::FilterType::CatmullRom };
+    let filter = if max_side < w.max(h) { imageops::FilterType::Triangle } else { imageops::FilterType::CatmullRom };
     imageops::resize(photo, nw, nh, filter)
+}
+
+/// The size [`scale_photo`] gives a `w` x `h` photo.
+pub(crate) fn scaled_size(w: u32, h: u32, max_side: u32) -> (u32, u32) {
+    let longest = w.max(h);
+    if longest == 0 || longest == max_side {
+        return (w, h);
+    }
+    let s = f64::from(max_side) / f64::from(longest);
+    (((f64::from(w) * s).round() as u32).max(1), ((f64::from(h) * s).round() as u32).max(1))
 }
 
 /// The colour bar column: bar, ticks, labels, and the norm name underneath.
@@ -409,41 +320,36 @@ impl ColorBar {
         self.bar_w + self.tick_len + self.tick_gap + self.label_w
     }
 
-    pub(crate) fn draw(&self, img: &mut RgbImage, x: u32, y: u32, cmap: Colormap) {
+    /// The bar with its top-left at (`x`, `y`), its ticks and its labels, as a scene item.
+    pub(crate) fn item(&self, x: u32, y: u32, colormap: Colormap) -> ColorBarItem {
         let (bw, bh) = (self.bar_w, self.bar_h);
-        for row in 0..bh {
-            // Top is hi; each row shows the colour of its centre.
-            let t = 1.0 - (row as f32 + 0.5) / bh as f32;
-            let c = cmap.rgb(t);
-            for col in 0..bw {
-                img.put_pixel(x + col, y + row, Rgb(c));
-            }
-        }
-        // 1 px frame around the bar.
-        for col in 0..bw {
-            img.put_pixel(x + col, y, Rgb(FRAME));
-            img.put_pixel(x + col, y + bh - 1, Rgb(FRAME));
-        }
-        for row in 0..bh {
-            img.put_pixel(x, y + row, Rgb(FRAME));
-            img.put_pixel(x + bw - 1, y + row, Rgb(FRAME));
-        }
         let digit_h = text::digit_height(self.label_px);
         let ascent = text::ascent(self.label_px);
-        for (value, label) in &self.ticks {
+        let label = |text: String, left: f32, top: f32, px: f32, rgb: [u8; 3], class: &'static str| TextItem {
+            text,
+            left,
+            top,
+            px,
+            rgb,
+            anchor: Anchor::Start,
+            class,
+        };
+        let mut ticks = Vec::new();
+        let mut labels = Vec::new();
+        for (value, text) in &self.ticks {
             let t = (value - self.lo) / (self.hi - self.lo);
             let ty = (y as f32 + (1.0 - t) * (bh - 1) as f32).round() as u32;
-            for dx in 0..self.tick_len {
-                img.put_pixel(x + bw + dx, ty, Rgb(FRAME));
-            }
+            ticks.push(ty);
             // Vertically centre the digits on the tick.
-            let top = ty as f32 + digit_h / 2.0 - ascent;
+            let top = (ty as f32 + digit_h / 2.0 - ascent).round();
             let lx = (x + bw + self.tick_len + self.tick_gap) as f32;
-            text::draw_text(img, lx, top.round(), self.label_px, INK, label);
+            labels.push(label(text.clone(), lx, top, self.label_px, INK, "tick"));
         }
         let norm_px = self.label_px * 0.9;
         let norm_top = (y + self.height) as f32 - text::line_height(norm_px);
-        text::draw_text(img, x as f32, norm_top.round(), norm_px, MUTED_INK, &self.norm_name);
+        labels.push(label(self.norm_name.clone(), x as f32, norm_top.round(), norm_px, MUTED_INK, "norm"));
+        let rect = Rect { x0: x.into(), y0: y.into(), x1: i64::from(x + bw), y1: i64::from(y + bh) };
+        ColorBarItem { rect, colormap, frame_rgb: FRAME, ticks, tick_len: self.tick_len, labels }
     }
 }
 
@@ -478,6 +384,7 @@ pub fn tick_labels(values: &[f32]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::Rgb;
     use std::collections::BTreeSet;
 
     fn photo(w: u32, h: u32) -> RgbImage {

@@ -1,39 +1,40 @@
-//! Figures as real vector graphics (SVG), looking like their PNG twins.
+//! The vector back-end: a [`Scene`] as an SVG document, looking like its PNG twin.
 //!
-//! The photo is embedded once as a PNG data URI (scaled exactly as the PNG
-//! figures scale it); everything drawn over it is vector: one `<rect>` per
-//! heatmap cell, one `<path>` per token group, one `<path>` for all group
-//! outlines, a vector colour bar and `<text>` labels. Layout (margins, text
-//! sizes, colour-bar ticks) comes from the same code as [`super::overlay()`]
-//! and [`super::tokens_overlay`], so an SVG and a PNG of the same figure line up.
+//! Each distinct photo is embedded once, as a PNG data URI in `<defs>` (scaled exactly as the
+//! PNG scales it), and placed with `<use>`; everything drawn over it is vector: one `<rect>` per
+//! heatmap cell, one `<path>` per token group, one `<path>` for all group outlines, a vector
+//! colour bar and `<text>` labels. Positions and colours all come from the scene, so an SVG and
+//! a PNG of the same figure line up (see `tests` in [`super::scene`]).
 //!
-//! Elements carry classes for tooling and tests: `cell` (with `data-patch`),
-//! `group` (with `data-group`), `dropped`, `outline`, `colorbar`, `title`, `legend`.
-//! Output is deterministic: attributes are written sorted, numbers with at
-//! most two decimals, ids are derived from the figure's structure.
-
-use std::collections::BTreeMap;
+//! Elements carry classes for tooling and tests: `panel`, `photo`, `cell` (with `data-patch`),
+//! `heat-layer`, `group` (with `data-group`, `data-kind`), `hatch`, `dropped`, `outline`,
+//! `colorbar`, `tick`, `norm`, `title`, `legend`, `row-label`, `col-label`.
+//! Output is deterministic: attributes are written sorted, numbers with at most two decimals,
+//! ids are derived from the figure's structure.
 
 use base64::Engine as _;
 use image::RgbImage;
 use svg::Document;
 use svg::Node;
 use svg::node::element::path::Data;
-use svg::node::element::{ClipPath, Definitions, Element, Group, Image, Path, Pattern, Rectangle};
+use svg::node::element::{ClipPath, Definitions, Element, Group, Image, Path, Pattern, Rectangle, Use};
 
-use super::colormap::Colormap;
-use super::overlay::{BACKGROUND, ColorBar, FRAME, Frame, Heatmap, INK, MUTED_INK, Norm, Placement, scale_photo};
-use super::text;
-use super::tokens::{
-    FADE, FADE_RGB, GroupStyle, HATCH_ALPHA, HATCH_PERIOD, HATCH_WIDTH, TokenGroups, group_means, group_sizes,
-    legend_lines, pixel_labels, reach_scale,
+use super::overlay::{Heatmap, Placement};
+use super::scene::{
+    self, CellsLayer, ColorBarItem, FieldLayer, Hatch, HeatLook, Item, Layer, PanelScene, Rect, Scene, TextItem,
+    TokenKind, TokensLayer,
 };
+use super::text;
+use super::tokens::{GroupStyle, TokenGroups};
+
+pub use super::scene::MAX_VECTOR_CELLS;
 
 /// What one panel draws over the photo.
 #[derive(Debug, Clone)]
 pub enum PanelContent<'a> {
-    /// A heatmap, one flat-coloured cell per grid cell (NaN cells left out).
-    Heat { heat: &'a Heatmap, norm: Norm, colormap: Colormap, opacity: f32 },
+    /// A heatmap: one flat-coloured cell per grid cell (NaN cells left out), or with
+    /// `look.smooth` (or more than [`MAX_VECTOR_CELLS`] cells) one sampled layer.
+    Heat { heat: &'a Heatmap, look: HeatLook },
     /// A reducer's token groups, drawn as by [`super::tokens_overlay`]; `opacity` is the
     /// merged/fused groups' fill opacity.
     Tokens { groups: &'a TokenGroups, style: GroupStyle, opacity: f32 },
@@ -54,511 +55,305 @@ pub struct Panel<'a> {
 pub(crate) const FONT_FAMILY: &str = "Ubuntu, DejaVu Sans, sans-serif";
 /// Stripes of a vector colour bar.
 const BAR_STRIPES: usize = 128;
-const OUTLINE_RGB: [u8; 3] = [255, 255, 255];
 
-/// A single panel as a standalone SVG document, laid out like the PNG figures:
-/// title strip above (if the panel has a title), the photo (`body_px` on its
-/// longest side) with its content, and with `colorbar` a vector colour bar on
-/// the right (heat panels) or the kept/merged/dropped legend under the photo
-/// (token panels).
-pub fn panel_svg(panel: &Panel, body_px: u32, colorbar: bool) -> String {
-    let body_px = body_px.max(1);
-    let scaled = scale_photo(panel.photo, body_px);
-    let (bw, bh) = scaled.dimensions();
-    let frame = Frame::new(body_px, panel.title.is_some());
-    let (label_px, pad) = (frame.label_px, frame.pad);
-    let (body_x, body_y) = (pad, pad + frame.title_h);
+/// A single panel as a standalone SVG document, laid out as the PNG figures are (see
+/// [`scene::panel_scene`]): title strip above (if the panel has a title), the photo (`body_px`
+/// on its longest side) with its content, and with `key` a colour bar on the right (heat
+/// panels) or the kept/merged/dropped legend under the photo (token panels).
+pub fn panel_svg(panel: &Panel, body_px: u32, key: bool) -> String {
+    draw(&scene::panel_scene(panel, body_px, key, scene::OUTLINE_RGB))
+}
 
-    let bar = match (&panel.content, colorbar) {
-        (PanelContent::Heat { heat, norm, .. }, true) => {
-            let (lo, hi) = norm.resolve(heat);
-            Some(ColorBar::layout(lo, hi, norm.name(), label_px, bh))
+/// The whole scene as an SVG document.
+pub fn draw(scene: &Scene) -> String {
+    let mut defs = Definitions::new();
+    // Distinct photos (by content) in order of first use; one clip path per distinct size.
+    let mut photos: Vec<&RgbImage> = Vec::new();
+    let mut clips: Vec<(u32, u32)> = Vec::new();
+    let mut hatches: Vec<Hatch> = Vec::new();
+    for item in &scene.items {
+        let Item::Panel(p) = item else { continue };
+        if !photos.contains(&&p.photo) {
+            defs = defs.add(photo_image(&p.photo).set("id", format!("photo{}", photos.len())));
+            photos.push(&p.photo);
         }
-        _ => None,
-    };
-    let legend = match (&panel.content, colorbar) {
-        (PanelContent::Tokens { groups, style, .. }, true) => Some(legend_lines(&groups.stats(), *style)),
-        _ => None,
-    };
-    let legend_gap = (label_px * 0.5).round() as u32;
-    let legend_h = if legend.is_some() { legend_gap + text::line_height(label_px).ceil() as u32 } else { 0 };
-    // Room for a substitute font wider than Ubuntu Light (e.g. DejaVu Sans) past the tick labels.
-    let right_w = bar.as_ref().map_or(0, |b| pad + b.width() + font_slack(b.label_w));
-    let width = body_x + bw + right_w + pad;
-    let height = body_y + bh + legend_h + pad;
-
-    let clip_id = "body-clip";
-    let defs = Definitions::new().add(clip_path(clip_id, bw, bh));
-    let mut doc = document(width, height).add(defs);
-    let photo = photo_image(&scaled).set("class", "photo");
-    let body = panel_group(panel, &scaled, body_px, photo, clip_id).set("transform", translate(body_x, body_y));
-    doc = doc.add(body);
-    if let Some(title) = &panel.title {
-        doc = doc.add(title_text(&frame, title, width, body_x, bw));
+        if !clips.contains(&p.photo.dimensions()) {
+            let (w, h) = p.photo.dimensions();
+            defs = defs
+                .add(ClipPath::new().set("id", clip_id((w, h))).add(Rectangle::new().set("width", w).set("height", h)));
+            clips.push((w, h));
+        }
+        if let Layer::Tokens(t) = &p.layer
+            && t.groups.iter().any(|g| g.kind == TokenKind::Fused)
+            && !hatches.contains(&t.hatch)
+        {
+            defs = defs.add(hatch_pattern(&t.hatch));
+            hatches.push(t.hatch);
+        }
     }
-    if let (Some(bar), PanelContent::Heat { colormap, .. }) = (&bar, &panel.content) {
-        doc = doc.add(colorbar_group(bar, *colormap).set("transform", translate(body_x + bw + pad, body_y)));
-    }
-    if let Some(lines) = legend {
-        let avail = (width - 2 * pad) as f32;
-        let shown = lines
-            .iter()
-            .find(|l| text::text_width(label_px, l) <= avail)
-            .cloned()
-            .unwrap_or_else(|| text::fit_text(label_px, &lines[lines.len() - 1], avail));
-        let top = (body_y + bh + legend_gap) as f32;
-        doc = doc.add(label(&shown, body_x as f32, top, label_px, MUTED_INK, "legend", None));
+    let mut doc = document(scene.width, scene.height, scene.background).add(defs);
+    for item in &scene.items {
+        doc = match item {
+            Item::Panel(p) => {
+                let i = photos.iter().position(|q| *q == &p.photo).expect("every photo is in defs");
+                doc.add(panel_group(p, i))
+            }
+            Item::Text(t) => doc.add(label(t)),
+            Item::ColorBar(b) => doc.add(colorbar_group(b)),
+        };
     }
     doc.to_string()
 }
 
-/// An empty document `width` x `height` px with a white background.
-pub(crate) fn document(width: u32, height: u32) -> Document {
+fn clip_id((w, h): (u32, u32)) -> String {
+    format!("clip-{w}x{h}")
+}
+
+fn hatch_id(h: &Hatch) -> String {
+    format!("hatch-{}-{}", h.period, h.width)
+}
+
+/// An empty document `width` x `height` px with a background.
+fn document(width: u32, height: u32, background: [u8; 3]) -> Document {
     Document::new()
         .set("xmlns:xlink", "http://www.w3.org/1999/xlink")
         .set("width", width)
         .set("height", height)
         .set("viewBox", (0, 0, width, height))
-        .add(Rectangle::new().set("width", width).set("height", height).set("fill", hex(BACKGROUND)))
+        .add(Rectangle::new().set("width", width).set("height", height).set("fill", hex(background)))
 }
 
-/// A panel's elements in body coordinates (photo at the origin, `scaled` px):
-/// `photo` (an `<image>` or a `<use>` of one), then the content clipped to the
-/// photo by the `<clipPath>` `clip_id` (a rect at the origin of the photo's size).
-pub(crate) fn panel_group(
-    panel: &Panel,
-    scaled: &RgbImage,
-    body_px: u32,
-    photo: impl Into<Box<dyn Node>>,
-    clip_id: &str,
-) -> Group {
-    let geom = Geometry::new(panel.photo, scaled, &panel.place);
-    let content = match &panel.content {
-        PanelContent::Heat { heat, norm, colormap, opacity } => {
-            heat_group(heat, *norm, *colormap, *opacity, geom.as_ref()).set("class", "heat")
-        }
-        PanelContent::Tokens { groups, style, opacity } => {
-            tokens_group(panel, groups, *style, *opacity, scaled, body_px, geom.as_ref()).set("class", "tokens")
-        }
+/// A panel at its place: the photo (`<use>` of `#photo{photo}`), then the layer clipped to it.
+fn panel_group(p: &PanelScene, photo: usize) -> Group {
+    let content = match &p.layer {
+        Layer::None => Group::new(),
+        Layer::Cells(l) => cells_group(l).set("class", "heat"),
+        Layer::Field(l) => field_group(l).set("class", "heat"),
+        Layer::Tokens(l) => tokens_group(l).set("class", "tokens"),
     };
-    Group::new().set("class", "panel").add(photo).add(content.set("clip-path", format!("url(#{clip_id})")))
-}
-
-/// A `<clipPath>` with one rect at the origin.
-pub(crate) fn clip_path(id: &str, w: u32, h: u32) -> ClipPath {
-    ClipPath::new().set("id", id).add(Rectangle::new().set("width", w).set("height", h))
-}
-
-/// The (already scaled) photo as an `<image>` at the origin, embedded as a PNG data URI.
-pub(crate) fn photo_image(scaled: &RgbImage) -> Image {
-    let image =
-        Image::new().set("width", scaled.width()).set("height", scaled.height()).set("preserveAspectRatio", "none");
-    // An empty photo has no PNG encoding; the <image> is then left without data.
-    if scaled.width() == 0 || scaled.height() == 0 { image } else { image.set("xlink:href", png_data_uri(scaled)) }
-}
-
-fn rgba_data_uri(img: &image::RgbaImage) -> String {
-    let mut bytes = Vec::new();
-    let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
-    image::ImageEncoder::write_image(encoder, img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgba8)
-        .expect("PNG encoding of an RGBA buffer");
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(&bytes))
-}
-
-fn png_data_uri(img: &RgbImage) -> String {
-    let mut bytes = Vec::new();
-    let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
-    // Encoding an in-memory RGB8 buffer of consistent size cannot fail.
-    image::ImageEncoder::write_image(encoder, img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
-        .expect("PNG encoding of an RGB buffer");
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(&bytes))
-}
-
-/// Cell edges of the grid in body px: `xs[c]` is the left edge of column `c`
-/// (`cols + 1` values), `ys[r]` the top of row `r`.
-struct Edges {
-    xs: Vec<f64>,
-    ys: Vec<f64>,
-    /// Body size in px, for clipping decisions.
-    w: f64,
-    h: f64,
-}
-
-/// The photo → body scale and the placement, or `None` when nothing can be drawn.
-struct Geometry {
-    sx: f64,
-    sy: f64,
-    place: Placement,
-    w: f64,
-    h: f64,
-}
-
-impl Geometry {
-    fn new(photo: &RgbImage, scaled: &RgbImage, place: &Placement) -> Option<Self> {
-        let (pw, ph) = photo.dimensions();
-        let (w, h) = scaled.dimensions();
-        let finite = [place.x0, place.y0, place.x1, place.y1].iter().all(|v| v.is_finite());
-        if pw == 0 || ph == 0 || !finite || place.x1 <= place.x0 || place.y1 <= place.y0 {
-            return None;
-        }
-        let sx = f64::from(w) / f64::from(pw);
-        let sy = f64::from(h) / f64::from(ph);
-        Some(Geometry { sx, sy, place: *place, w: f64::from(w), h: f64::from(h) })
-    }
-
-    fn edges(&self, rows: usize, cols: usize) -> Option<Edges> {
-        if rows == 0 || cols == 0 {
-            return None;
-        }
-        let p = &self.place;
-        // Each edge snapped to where the PNG's cells change: the first pixel
-        // whose centre lies past it. That keeps SVG and PNG cells identical and
-        // leaves no anti-aliasing seams between neighbouring cells.
-        let axis = |a0: f32, a1: f32, n: usize, s: f64| -> Vec<f64> {
-            let (a0, a1) = (f64::from(a0), f64::from(a1));
-            (0..=n).map(|i| ((a0 + (a1 - a0) * i as f64 / n as f64) * s - 0.5).ceil()).collect()
-        };
-        Some(Edges { xs: axis(p.x0, p.x1, cols, self.sx), ys: axis(p.y0, p.y1, rows, self.sy), w: self.w, h: self.h })
-    }
-}
-
-/// Maps with more cells than this (pixel-resolution outputs such as a 224 x 224 saliency map)
-/// are drawn as one image layer: as vectors they would be tens of thousands of elements.
-pub const MAX_VECTOR_CELLS: usize = 4096;
-
-/// One `<rect class="cell">` per finite cell that touches the photo; for a pixel-resolution
-/// map, one semi-transparent `<image class="heat-layer">` over the photo instead.
-fn heat_group(heat: &Heatmap, norm: Norm, colormap: Colormap, opacity: f32, geom: Option<&Geometry>) -> Group {
-    // crispEdges: neighbouring cells share edges without anti-aliasing seams, as in the PNG.
-    let mut g = Group::new().set("shape-rendering", "crispEdges");
-    let Some(e) = geom.and_then(|geom| geom.edges(heat.rows, heat.cols)) else {
-        return g;
-    };
-    let alpha = if opacity.is_nan() { 0.0 } else { opacity.clamp(0.0, 1.0) };
-    let (lo, hi) = norm.resolve(heat);
-    if heat.rows * heat.cols > MAX_VECTOR_CELLS {
-        let layer = image::RgbaImage::from_fn(heat.cols as u32, heat.rows as u32, |c, r| {
-            let v = heat.get(r as usize, c as usize);
-            if !v.is_finite() {
-                return image::Rgba([0, 0, 0, 0]);
-            }
-            let [red, green, blue] = colormap.rgb(norm.unit(v, lo, hi));
-            image::Rgba([red, green, blue, (alpha * 255.0).round() as u8])
-        });
-        let (x0, y0) = (e.xs[0], e.ys[0]);
-        let (x1, y1) = (e.xs[heat.cols], e.ys[heat.rows]);
-        return Group::new().add(
-            Image::new()
-                .set("class", "heat-layer")
-                .set("x", num(x0))
-                .set("y", num(y0))
-                .set("width", num(x1 - x0))
-                .set("height", num(y1 - y0))
-                .set("preserveAspectRatio", "none")
-                .set("xlink:href", rgba_data_uri(&layer)),
-        );
-    }
-    for r in 0..heat.rows {
-        let (y0, y1) = (e.ys[r], e.ys[r + 1]);
-        if y1 <= 0.0 || y0 >= e.h {
-            continue;
-        }
-        for c in 0..heat.cols {
-            let (x0, x1) = (e.xs[c], e.xs[c + 1]);
-            let v = heat.get(r, c);
-            if !v.is_finite() || x1 <= 0.0 || x0 >= e.w {
-                continue;
-            }
-            let t = ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
-            g = g.add(
-                Rectangle::new()
-                    .set("class", "cell")
-                    .set("data-patch", r * heat.cols + c)
-                    .set("x", num(x0))
-                    .set("y", num(y0))
-                    .set("width", num(x1 - x0))
-                    .set("height", num(y1 - y0))
-                    .set("fill", hex(colormap.rgb(t)))
-                    .set("fill-opacity", num(f64::from(alpha))),
-            );
-        }
+    let photo = Use::new().set("xlink:href", format!("#photo{photo}")).set("class", "photo");
+    let mut g = Group::new()
+        .set("class", "panel")
+        .set("transform", format!("translate({},{})", p.x, p.y))
+        .add(photo)
+        .add(content.set("clip-path", format!("url(#{})", clip_id(p.photo.dimensions()))));
+    if let Some((r, c)) = p.grid_cell {
+        g = g.set("data-row", r).set("data-col", c);
     }
     g
 }
 
-/// Group fills (`class="group"`), the dropped patches (`class="dropped"`) and
-/// all group boundaries as one stroked path (`class="outline"`).
-fn tokens_group(
-    panel: &Panel,
-    groups: &TokenGroups,
-    style: GroupStyle,
-    opacity: f32,
-    scaled: &RgbImage,
-    body_px: u32,
-    geom: Option<&Geometry>,
-) -> Group {
+/// The (already scaled) photo as an `<image>` at the origin, embedded as a PNG data URI.
+fn photo_image(scaled: &RgbImage) -> Image {
+    let image =
+        Image::new().set("width", scaled.width()).set("height", scaled.height()).set("preserveAspectRatio", "none");
+    // An empty photo has no PNG encoding; the <image> is then left without data.
+    if scaled.width() == 0 || scaled.height() == 0 {
+        image
+    } else {
+        image.set("xlink:href", data_uri(scaled.as_raw(), scaled.dimensions(), image::ExtendedColorType::Rgb8))
+    }
+}
+
+fn data_uri(raw: &[u8], (w, h): (u32, u32), colour: image::ExtendedColorType) -> String {
+    let mut bytes = Vec::new();
+    let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
+    // Encoding an in-memory buffer of consistent size cannot fail.
+    image::ImageEncoder::write_image(encoder, raw, w, h, colour).expect("PNG encoding of an in-memory buffer");
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(&bytes))
+}
+
+fn rect_attrs(r: &Rect) -> Rectangle {
+    Rectangle::new().set("x", r.x0).set("y", r.y0).set("width", r.x1 - r.x0).set("height", r.y1 - r.y0)
+}
+
+/// One `<rect class="cell">` per cell; grid lines as one translucent path.
+fn cells_group(l: &CellsLayer) -> Group {
+    // crispEdges: neighbouring cells share edges without anti-aliasing seams, as in the PNG.
+    let mut g = Group::new().set("shape-rendering", "crispEdges");
+    let mut lines = Data::new();
+    for cell in &l.cells {
+        g = g.add(
+            rect_attrs(&cell.rect)
+                .set("class", "cell")
+                .set("data-patch", cell.patch)
+                .set("fill", hex(cell.rgb))
+                .set("fill-opacity", num(f64::from(l.alpha))),
+        );
+        let r = &cell.rect;
+        if cell.col > 0 {
+            lines = lines.move_to((r.x0 as f32 + 0.5, r.y0 as f32)).vertical_line_to(r.y1 as f32);
+        }
+        if cell.row > 0 {
+            lines = lines.move_to((r.x0 as f32, r.y0 as f32 + 0.5)).horizontal_line_to(r.x1 as f32);
+        }
+    }
+    if let Some((rgb, alpha)) = l.grid_lines {
+        g = g.add(
+            Path::new()
+                .set("class", "grid-lines")
+                .set("fill", "none")
+                .set("stroke", hex(rgb))
+                .set("stroke-opacity", num(f64::from(alpha)))
+                .set("d", lines),
+        );
+    }
+    g
+}
+
+/// One semi-transparent `<image class="heat-layer">` over the grid's extent, a pixel per cell.
+fn field_group(l: &FieldLayer) -> Group {
+    let heat = &l.heat;
+    let alpha = (l.alpha * 255.0).round() as u8;
+    let layer = image::RgbaImage::from_fn(heat.cols as u32, heat.rows as u32, |c, r| {
+        match l.colour(heat.get(r as usize, c as usize)) {
+            Some([red, green, blue]) => image::Rgba([red, green, blue, alpha]),
+            None => image::Rgba([0, 0, 0, 0]),
+        }
+    });
+    let e = l.grid.extent();
+    let mut img = Image::new().set("class", "heat-layer").set("preserveAspectRatio", "none");
+    for (k, v) in [("x", e.x0), ("y", e.y0), ("width", e.x1 - e.x0), ("height", e.y1 - e.y0)] {
+        img = img.set(k, v);
+    }
+    if l.smooth {
+        img = img.set("image-rendering", "optimizeQuality");
+    } else {
+        img = img.set("image-rendering", "pixelated");
+    }
+    let img = img.set("xlink:href", data_uri(layer.as_raw(), layer.dimensions(), image::ExtendedColorType::Rgba8));
+    Group::new().add(img)
+}
+
+fn rects_path(rects: &[Rect]) -> Data {
+    rects.iter().fold(Data::new(), |d, r| {
+        d.move_to((r.x0 as f32, r.y0 as f32))
+            .horizontal_line_to(r.x1 as f32)
+            .vertical_line_to(r.y1 as f32)
+            .horizontal_line_to(r.x0 as f32)
+            .close()
+    })
+}
+
+/// Group fills (`class="group"`), hatching, the dropped patches (`class="dropped"`) and all
+/// group boundaries as one stroked path (`class="outline"`).
+fn tokens_group(l: &TokensLayer) -> Group {
     let mut g = Group::new();
-    let Some(e) = geom.and_then(|geom| geom.edges(groups.rows, groups.cols)) else {
-        return g;
-    };
-    let (rows, cols) = (groups.rows, groups.cols);
-    // Label per cell, with the off-grid ring handled by `label`.
-    let label = |r: isize, c: isize| -> Label {
-        if r < 0 || c < 0 || r as usize >= rows || c as usize >= cols {
-            Label::OffGrid
-        } else {
-            groups.group(r as usize, c as usize).map_or(Label::Dropped, Label::Group)
-        }
-    };
-
-    // Fills: horizontal runs of one label per row, one sub-path each.
-    let mut fills: BTreeMap<u32, Data> = BTreeMap::new();
-    let mut dropped = Data::new();
-    let mut any_dropped = false;
-    for r in 0..rows {
-        let mut c0 = 0;
-        while c0 < cols {
-            let l = label(r as isize, c0 as isize);
-            let mut c1 = c0 + 1;
-            while c1 < cols && label(r as isize, c1 as isize) == l {
-                c1 += 1;
-            }
-            let rect = |d: Data| rect_subpath(d, e.xs[c0], e.ys[r], e.xs[c1], e.ys[r + 1]);
-            match l {
-                Label::Group(id) => {
-                    let d = fills.remove(&id).unwrap_or_default();
-                    fills.insert(id, rect(d));
-                }
-                Label::Dropped => {
-                    dropped = rect(dropped);
-                    any_dropped = true;
-                }
-                Label::OffGrid => {}
-            }
-            c0 = c1;
-        }
-    }
-
-    // As the PNG: kept singletons show the photo (no fill), merged groups their mean colour at
-    // `opacity`, fused groups (pruning style) the same plus a hatch pattern.
-    let means = pixel_labels(panel.photo, groups, &panel.place, scaled.dimensions())
-        .map(|labels| group_means(scaled, &labels))
-        .unwrap_or_default();
-    let sizes = group_sizes(groups);
-    let alpha = if opacity.is_nan() { 0.0 } else { opacity.clamp(0.0, 1.0) };
-    let fused = style == GroupStyle::KeptDropped;
-    let mut any_fused = false;
-    for (id, d) in fills {
-        let many = sizes.get(&i64::from(id)).is_some_and(|&n| n > 1);
-        let fill = match means.get(&i64::from(id)) {
-            Some(&c) if many => hex(c),
-            _ => "none".to_owned(),
-        };
-        let kind = match (many, fused) {
-            (false, _) => "kept",
-            (true, false) => "merged",
-            (true, true) => "fused",
-        };
-        let path = Path::new().set("class", "group").set("data-group", id).set("data-kind", kind).set("fill", fill);
-        let path = if many { path.set("fill-opacity", num(f64::from(alpha))) } else { path };
+    for shape in &l.groups {
+        let d = rects_path(&shape.rects);
+        let fill = shape.tint.map_or("none".to_owned(), hex);
+        let path = Path::new()
+            .set("class", "group")
+            .set("data-group", shape.id)
+            .set("data-kind", shape.kind.name())
+            .set("fill", fill);
+        let path =
+            if shape.kind == TokenKind::Kept { path } else { path.set("fill-opacity", num(f64::from(shape.alpha))) };
         g = g.add(path.set("d", d.clone()));
-        if many && fused {
-            any_fused = true;
-            g = g.add(Path::new().set("class", "hatch").set("fill", "url(#tokens-hatch)").set("d", d));
+        if shape.kind == TokenKind::Fused {
+            g = g.add(
+                Path::new().set("class", "hatch").set("fill", format!("url(#{})", hatch_id(&l.hatch))).set("d", d),
+            );
         }
     }
-    if any_fused {
-        let period = (HATCH_PERIOD * reach_scale(body_px)) as f64;
-        let width = (HATCH_WIDTH * reach_scale(body_px)) as f64;
-        let stripe = Rectangle::new()
-            .set("width", num(width))
-            .set("height", num(period))
-            .set("fill", "#ffffff")
-            .set("fill-opacity", num(f64::from(HATCH_ALPHA)));
-        let pattern = Pattern::new()
-            .set("id", "tokens-hatch")
-            .set("patternUnits", "userSpaceOnUse")
-            .set("width", num(period))
-            .set("height", num(period))
-            .set("patternTransform", "rotate(-45)")
-            .add(stripe);
-        g = g.add(pattern);
-    }
-    if any_dropped {
+    if !l.dropped.is_empty() {
         g = g.add(
             Path::new()
                 .set("class", "dropped")
-                .set("fill", hex(FADE_RGB))
-                .set("fill-opacity", num(f64::from(FADE)))
-                .set("d", dropped),
+                .set("fill", hex(l.fade.0))
+                .set("fill-opacity", num(f64::from(l.fade.1)))
+                .set("d", rects_path(&l.dropped)),
         );
     }
-
-    // Outlines: cell edges whose two sides differ, unless neither side is a
-    // token. The grid's outer edge counts only strictly inside the photo (the
-    // PNG doesn't outline the photo's border). Collinear pieces are joined.
-    let boundary = |a: Label, b: Label| a != b && (matches!(a, Label::Group(_)) || matches!(b, Label::Group(_)));
-    let inside = |v: f64, max: f64| v > 0.01 && v < max - 0.01;
-    let mut outline = Data::new();
-    let mut any_outline = false;
-    // Vertical edges: x = xs[c], between columns c-1 and c.
-    for c in 0..=cols {
-        let outer = c == 0 || c == cols;
-        if outer && !inside(e.xs[c], e.w) {
-            continue;
-        }
-        let on = |r: usize| boundary(label(r as isize, c as isize - 1), label(r as isize, c as isize));
-        for (r0, r1) in runs(rows, on) {
-            outline = outline.move_to((r2(e.xs[c]), r2(e.ys[r0]))).vertical_line_to(r2(e.ys[r1]));
-            any_outline = true;
-        }
-    }
-    // Horizontal edges: y = ys[r], between rows r-1 and r.
-    for r in 0..=rows {
-        let outer = r == 0 || r == rows;
-        if outer && !inside(e.ys[r], e.h) {
-            continue;
-        }
-        let on = |c: usize| boundary(label(r as isize - 1, c as isize), label(r as isize, c as isize));
-        for (c0, c1) in runs(cols, on) {
-            outline = outline.move_to((r2(e.xs[c0]), r2(e.ys[r]))).horizontal_line_to(r2(e.xs[c1]));
-            any_outline = true;
-        }
-    }
-    if any_outline {
-        // The PNG marks `reach` px on both sides of a boundary.
-        let reach = (body_px as f32 / 512.0).round().max(1.0);
+    if !l.outline.is_empty() {
+        let d = l.outline.iter().fold(Data::new(), |d, s| {
+            let d = d.move_to((s.x0 as f32, s.y0 as f32));
+            if s.x0 == s.x1 { d.vertical_line_to(s.y1 as f32) } else { d.horizontal_line_to(s.x1 as f32) }
+        });
         g = g.add(
             Path::new()
                 .set("class", "outline")
                 .set("fill", "none")
-                .set("stroke", hex(OUTLINE_RGB))
-                .set("stroke-width", num(f64::from(2.0 * reach)))
+                .set("stroke", hex(l.outline_rgb))
+                .set("stroke-width", 2 * l.reach)
                 .set("stroke-linecap", "square")
-                .set("d", outline),
+                .set("d", d),
         );
     }
     g
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Label {
-    OffGrid,
-    Dropped,
-    Group(u32),
+/// Diagonal stripes as a pattern (the PNG's `(x + y) % period < width`).
+fn hatch_pattern(h: &Hatch) -> Pattern {
+    let stripe = Rectangle::new()
+        .set("width", h.width)
+        .set("height", h.period)
+        .set("fill", hex(h.rgb))
+        .set("fill-opacity", num(f64::from(h.alpha)));
+    Pattern::new()
+        .set("id", hatch_id(h))
+        .set("patternUnits", "userSpaceOnUse")
+        .set("width", h.period)
+        .set("height", h.period)
+        .set("patternTransform", "rotate(-45)")
+        .add(stripe)
 }
 
-/// Maximal runs `[i0, i1)` of `0..n` where `on(i)` holds.
-fn runs(n: usize, on: impl Fn(usize) -> bool) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for i in 0..=n {
-        match (start, i < n && on(i)) {
-            (None, true) => start = Some(i),
-            (Some(s), false) => {
-                out.push((s, i));
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-fn rect_subpath(d: Data, x0: f64, y0: f64, x1: f64, y1: f64) -> Data {
-    d.move_to((r2(x0), r2(y0))).horizontal_line_to(r2(x1)).vertical_line_to(r2(y1)).horizontal_line_to(r2(x0)).close()
-}
-
-/// A vector colour bar at the origin, laid out as the PNG's (`bar` from
-/// [`ColorBar::layout`]): stripes, frame, ticks, tick labels, norm name.
-pub(crate) fn colorbar_group(bar: &ColorBar, cmap: Colormap) -> Group {
-    let (bw, bh) = (f64::from(bar.bar_w), f64::from(bar.bar_h));
+/// A vector colour bar: stripes, frame, ticks, tick labels, norm name.
+fn colorbar_group(bar: &ColorBarItem) -> Group {
+    let r = &bar.rect;
+    let (x, y, bw, bh) = (r.x0 as f64, r.y0 as f64, (r.x1 - r.x0) as f64, (r.y1 - r.y0) as f64);
     let mut stripes = Group::new().set("class", "stripes").set("shape-rendering", "crispEdges");
     for i in 0..BAR_STRIPES {
-        // Top is hi; each stripe shows the colour of its centre.
+        // Top is the colormap's end; each stripe shows the colour of its centre.
         let t = 1.0 - (i as f32 + 0.5) / BAR_STRIPES as f32;
-        let y0 = bh * i as f64 / BAR_STRIPES as f64;
-        let y1 = bh * (i + 1) as f64 / BAR_STRIPES as f64;
+        let y0 = y + bh * i as f64 / BAR_STRIPES as f64;
+        let y1 = y + bh * (i + 1) as f64 / BAR_STRIPES as f64;
         stripes = stripes.add(
             Rectangle::new()
+                .set("x", num(x))
                 .set("y", num(y0))
                 .set("width", num(bw))
                 .set("height", num(y1 - y0))
-                .set("fill", hex(cmap.rgb(t))),
+                .set("fill", hex(bar.colormap.rgb(t))),
         );
     }
     let frame = Rectangle::new()
-        .set("x", 0.5)
-        .set("y", 0.5)
+        .set("x", num(x + 0.5))
+        .set("y", num(y + 0.5))
         .set("width", num((bw - 1.0).max(0.0)))
         .set("height", num((bh - 1.0).max(0.0)))
         .set("fill", "none")
-        .set("stroke", hex(FRAME))
+        .set("stroke", hex(bar.frame_rgb))
         .set("stroke-width", 1);
+    let ticks = bar.ticks.iter().fold(Data::new(), |d, &ty| {
+        d.move_to(((x + bw) as f32, ty as f32 + 0.5)).horizontal_line_by(bar.tick_len as f32)
+    });
     let mut g = Group::new().set("class", "colorbar").add(stripes).add(frame);
-
-    let digit_h = text::digit_height(bar.label_px);
-    let ascent = text::ascent(bar.label_px);
-    let mut ticks = Data::new();
-    let mut labels = Vec::new();
-    for (value, text) in &bar.ticks {
-        let t = f64::from((value - bar.lo) / (bar.hi - bar.lo));
-        let ty = ((1.0 - t) * (bh - 1.0)).round();
-        ticks = ticks.move_to((r2(bw), r2(ty + 0.5))).horizontal_line_by(bar.tick_len);
-        // Digits vertically centred on the tick, as in the PNG (whose line top is rounded).
-        let top = (ty as f32 + digit_h / 2.0 - ascent).round();
-        let lx = (bar.bar_w + bar.tick_len + bar.tick_gap) as f32;
-        labels.push(label(text, lx, top, bar.label_px, INK, "tick", None));
-    }
-    g = g.add(Path::new().set("class", "ticks").set("fill", "none").set("stroke", hex(FRAME)).set("d", ticks));
-    for l in labels {
-        g = g.add(l);
-    }
-    let norm_px = bar.label_px * 0.9;
-    let norm_top = (bar.height as f32 - text::line_height(norm_px)).round();
-    g.add(label(&bar.norm_name, 0.0, norm_top, norm_px, MUTED_INK, "norm", None))
+    g = g.add(Path::new().set("class", "ticks").set("fill", "none").set("stroke", hex(bar.frame_rgb)).set("d", ticks));
+    bar.labels.iter().fold(g, |g, t| g.add(label(t)))
 }
 
-/// `s` as a `<text class=…>` whose line box top-left is (`x`, `top`), like
-/// [`text::draw_text`]; `anchor` "middle"/"end" makes `x` its centre/right end.
+/// A text item as `<text class=…>`: its line box top-left is where the raster back-end draws
+/// it, and its anchor ("middle", "end") keeps it in place in a substitute font.
 ///
 /// A plain `Element` rather than `element::Text`: the latter is printed with
 /// newlines around its content, which some renderers show as spaces.
-pub(crate) fn label(s: &str, x: f32, top: f32, px: f32, rgb: [u8; 3], class: &str, anchor: Option<&str>) -> Element {
-    let mut t = Element::new("text");
-    t.assign("class", class);
-    t.assign("x", num(f64::from(x)));
-    t.assign("y", num(f64::from(top + text::ascent(px))));
-    t.assign("font-family", FONT_FAMILY);
-    t.assign("font-size", num(f64::from(px)));
-    t.assign("fill", hex(rgb));
-    if let Some(anchor) = anchor {
-        t.assign("text-anchor", anchor);
+fn label(t: &TextItem) -> Element {
+    let mut e = Element::new("text");
+    e.assign("class", t.class);
+    e.assign("x", num(f64::from(t.anchor_x())));
+    e.assign("y", num(f64::from(t.top + text::ascent(t.px))));
+    e.assign("font-family", FONT_FAMILY);
+    e.assign("font-size", num(f64::from(t.px)));
+    e.assign("fill", hex(t.rgb));
+    match t.anchor {
+        scene::Anchor::Start => {}
+        scene::Anchor::Middle => e.assign("text-anchor", "middle"),
+        scene::Anchor::End => e.assign("text-anchor", "end"),
     }
-    t.append(svg::node::Text::new(s));
-    t
-}
-
-/// The title placed as [`Frame::draw_title`] places it (centred over the body,
-/// kept inside the canvas, shortened with "…"), anchored at its middle so a
-/// substitute font stays centred.
-pub(crate) fn title_text(frame: &Frame, title: &str, width: u32, body_x: u32, bw: u32) -> Element {
-    let (pad, title_px) = (frame.pad, frame.title_px);
-    let avail = width.saturating_sub(2 * pad) as f32;
-    let shown = text::fit_text(title_px, title, avail);
-    let tw = text::text_width(title_px, &shown);
-    let x = (body_x as f32 + (bw as f32 - tw) / 2.0).clamp(pad as f32, ((width - pad) as f32 - tw).max(pad as f32));
-    label(&shown, x.round() + tw / 2.0, pad as f32, title_px, INK, "title", Some("middle"))
-}
-
-/// Extra px for text laid out `w` px wide with Ubuntu Light metrics, in case
-/// the viewer substitutes a wider font (DejaVu Sans runs ~20 % wider).
-pub(crate) fn font_slack(w: u32) -> u32 {
-    (w as f32 * 0.25).ceil() as u32
-}
-
-pub(crate) fn translate(x: u32, y: u32) -> String {
-    format!("translate({x},{y})")
+    e.append(svg::node::Text::new(&t.text));
+    e
 }
 
 pub(crate) fn hex([r, g, b]: [u8; 3]) -> String {
@@ -572,14 +367,11 @@ pub(crate) fn num(v: f64) -> String {
     if s == "-0" { "0".to_owned() } else { s.to_owned() }
 }
 
-/// Rounded to two decimals for path data (printed by the `svg` crate as the shortest f32).
-fn r2(v: f64) -> f32 {
-    ((v * 100.0).round() / 100.0 + 0.0) as f32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::colormap::Colormap;
+    use crate::render::overlay::Norm;
     use image::Rgb;
 
     fn photo(w: u32, h: u32) -> RgbImage {
@@ -590,16 +382,15 @@ mod tests {
         doc.descendants().filter(|n| n.has_tag_name(tag) && n.attribute("class") == Some(class)).collect()
     }
 
+    fn look(norm: Norm, colormap: Colormap, opacity: f32) -> HeatLook {
+        HeatLook { norm, colormap, opacity, smooth: false, grid_lines: false }
+    }
+
     fn heat_panel<'a>(p: &'a RgbImage, heat: &'a Heatmap) -> Panel<'a> {
         Panel {
             photo: p,
             place: Placement::full(p.width(), p.height()),
-            content: PanelContent::Heat {
-                heat,
-                norm: Norm::Range { lo: 0.0, hi: 1.0 },
-                colormap: Colormap::Viridis,
-                opacity: 0.6,
-            },
+            content: PanelContent::Heat { heat, look: look(Norm::Range { lo: 0.0, hi: 1.0 }, Colormap::Viridis, 0.6) },
             title: Some("a <heat> & title".into()),
         }
     }
@@ -754,7 +545,7 @@ mod tests {
         let mut panel = heat_panel(&p, &empty);
         panel_svg(&panel, 64, true);
         let nan = Heatmap::new(1, 2, vec![f32::NAN, f32::INFINITY]);
-        panel.content = PanelContent::Heat { heat: &nan, norm: Norm::MinMax, colormap: Colormap::Turbo, opacity: 0.5 };
+        panel.content = PanelContent::Heat { heat: &nan, look: look(Norm::MinMax, Colormap::Turbo, 0.5) };
         panel.place = flat;
         panel_svg(&panel, 64, true);
         let short = TokenGroups { rows: 3, cols: 3, group_of_patch: vec![Some(7)] };
@@ -769,7 +560,5 @@ mod tests {
         assert_eq!(num(3.0), "3");
         assert_eq!(num(-0.001), "0");
         assert_eq!(num(1.0 / 3.0), "0.33");
-        assert_eq!(r2(-0.001).to_string(), "0");
-        assert_eq!(r2(75.5 * 1.13).to_string(), "85.32");
     }
 }

@@ -19,10 +19,11 @@
 
 use std::collections::HashMap;
 
-use image::{Rgb, RgbImage, imageops};
+use image::RgbImage;
 
-use super::overlay::{BACKGROUND, Frame, MUTED_INK, Placement, grid_axis, mix, scale_photo};
-use super::text;
+use super::overlay::Placement;
+use super::svg::{Panel, PanelContent};
+use super::{raster, scene};
 
 /// Which group each patch of the grid belongs to (`None` = dropped), row-major.
 ///
@@ -174,17 +175,13 @@ pub const DEFAULT_FILL_OPACITY: f32 = 0.6;
 
 /// Fused groups are hatched: a diagonal stripe `HATCH_WIDTH` of every
 /// `HATCH_PERIOD` px (at 512 px), the outline colour blended in at `HATCH_ALPHA`.
-pub(crate) const HATCH_PERIOD: usize = 8;
-pub(crate) const HATCH_WIDTH: usize = 2;
+pub(crate) const HATCH_PERIOD: u32 = 8;
+pub(crate) const HATCH_WIDTH: u32 = 2;
 pub(crate) const HATCH_ALPHA: f32 = 0.6;
 
 /// What dropped patches fade towards, and how far.
 pub(crate) const FADE_RGB: [u8; 3] = [0x20, 0x20, 0x20];
 pub(crate) const FADE: f32 = 0.75;
-
-/// Per output pixel: off the grid, on a dropped patch, or in group `g` (>= 0).
-const OFF_GRID: i64 = -2;
-const DROPPED: i64 = -1;
 
 /// The photo with the reducer's groups drawn over it (see [`GroupStyle`]),
 /// an optional title strip above and legend strip below. Only the photo area
@@ -192,35 +189,8 @@ const DROPPED: i64 = -1;
 /// cropped away, and photo pixels off the grid are left as they are. Pure
 /// function, deterministic output.
 pub fn tokens_overlay(photo: &RgbImage, groups: &TokenGroups, place: &Placement, style: &TokensStyle) -> RgbImage {
-    let body = tokens_body(photo, groups, place, style);
-    let (bw, bh) = body.dimensions();
-    let frame = Frame::new(style.max_side, style.title.is_some());
-    let (label_px, pad) = (frame.label_px, frame.pad);
-    let body_x = pad;
-    let body_y = pad + frame.title_h;
-    let legend_gap = (label_px * 0.5).round() as u32;
-    let legend_h = if style.legend { legend_gap + text::line_height(label_px).ceil() as u32 } else { 0 };
-    let width = body_x + bw + pad;
-    let height = body_y + bh + legend_h + pad;
-
-    let mut canvas = RgbImage::from_pixel(width, height, Rgb(BACKGROUND));
-    imageops::replace(&mut canvas, &body, i64::from(body_x), i64::from(body_y));
-    if let Some(title) = &style.title {
-        frame.draw_title(&mut canvas, title, body_x, bw);
-    }
-    if style.legend {
-        let avail = (width - 2 * pad) as f32;
-        let lines = legend_lines(&groups.stats(), style.style);
-        // The longest wording that fits; the shortest one is cut with "…" if even it doesn't.
-        let shown = lines
-            .iter()
-            .find(|l| text::text_width(label_px, l) <= avail)
-            .cloned()
-            .unwrap_or_else(|| text::fit_text(label_px, &lines[lines.len() - 1], avail));
-        let y = (body_y + bh + legend_gap) as f32;
-        text::draw_text(&mut canvas, body_x as f32, y, label_px, MUTED_INK, &shown);
-    }
-    canvas
+    let panel = tokens_panel(photo, groups, place, style);
+    raster::draw(&scene::panel_scene(&panel, style.max_side, style.legend, style.outline_rgb))
 }
 
 /// The legend in decreasing length: "kept N · merged M groups (P patches) ·
@@ -246,142 +216,22 @@ pub(crate) fn legend_lines(s: &TokenStats, style: GroupStyle) -> [String; 2] {
     ]
 }
 
-/// The photo scaled to `max_side` with the groups drawn in (no margins).
 /// The photo with the groups drawn, without title or legend (what the app shows).
 pub fn tokens_body(photo: &RgbImage, groups: &TokenGroups, place: &Placement, style: &TokensStyle) -> RgbImage {
-    let mut out = scale_photo(photo, style.max_side.max(1));
-    let labels = pixel_labels(photo, groups, place, out.dimensions());
-    let Some(labels) = labels else {
-        return out;
-    };
-    let (w, h) = out.dimensions();
-    let (wu, hu) = (w as usize, h as usize);
-
-    let means = group_means(&out, &labels);
-    let sizes = group_sizes(groups);
-    let alpha = if style.fill_opacity.is_nan() { 0.0 } else { style.fill_opacity.clamp(0.0, 1.0) };
-    let fused = style.style == GroupStyle::KeptDropped;
-    let scale = reach_scale(style.max_side);
-    let (period, width) = (HATCH_PERIOD * scale, HATCH_WIDTH * scale);
-
-    // Outlines: a pixel whose neighbour within `reach` px (4-connected
-    // directions) has a different label, unless neither side is a token
-    // (dropped next to dropped or off-grid). Both sides of a boundary get
-    // marked, so lines are 2 * reach px wide and centred on cell edges.
-    let reach = scale;
-    let outlined = |x: usize, y: usize| -> bool {
-        let a = labels[y * wu + x];
-        let differs = |b: i64| a != b && (a >= 0 || b >= 0);
-        (1..=reach).any(|d| {
-            (x >= d && differs(labels[y * wu + x - d]))
-                || (x + d < wu && differs(labels[y * wu + x + d]))
-                || (y >= d && differs(labels[(y - d) * wu + x]))
-                || (y + d < hu && differs(labels[(y + d) * wu + x]))
-        })
-    };
-
-    for y in 0..hu {
-        for x in 0..wu {
-            let label = labels[y * wu + x];
-            let pixel = out.get_pixel_mut(x as u32, y as u32);
-            if outlined(x, y) {
-                pixel.0 = style.outline_rgb;
-                continue;
-            }
-            match label {
-                OFF_GRID => {}
-                DROPPED => mix(&mut pixel.0, FADE_RGB, FADE),
-                g => {
-                    // Singletons (kept patches) show the photo untouched.
-                    if sizes.get(&g).is_some_and(|&n| n > 1) {
-                        if let Some(&mean) = means.get(&g) {
-                            mix(&mut pixel.0, mean, alpha);
-                        }
-                        if fused && (x + y) % period < width {
-                            mix(&mut pixel.0, style.outline_rgb, HATCH_ALPHA);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    out
+    let panel = tokens_panel(photo, groups, place, style);
+    raster::body(&scene::panel_body(&panel, style.max_side, style.outline_rgb))
 }
 
-/// Line widths grow with the output: 1 per 512 px of `max_side`, at least 1.
-pub(crate) fn reach_scale(max_side: u32) -> usize {
-    ((max_side as f32 / 512.0).round() as usize).max(1)
-}
-
-/// Patches per group id (as pixel labels), over the grid.
-pub(crate) fn group_sizes(groups: &TokenGroups) -> HashMap<i64, usize> {
-    let mut sizes: HashMap<i64, usize> = HashMap::new();
-    for g in groups.group_of_patch.iter().take(groups.rows * groups.cols).flatten() {
-        *sizes.entry(i64::from(*g)).or_default() += 1;
-    }
-    sizes
-}
-
-/// Mean colour of `img` over the pixels of each group (`labels` as from
-/// [`pixel_labels`], one per pixel of `img`). Sums are exact integers, so the
-/// result doesn't depend on iteration order.
-pub(crate) fn group_means(img: &RgbImage, labels: &[i64]) -> HashMap<i64, [u8; 3]> {
-    let mut sums: HashMap<i64, [u64; 4]> = HashMap::new();
-    for (p, &label) in img.pixels().zip(labels) {
-        if label >= 0 {
-            let s = sums.entry(label).or_default();
-            for (sum, c) in s.iter_mut().zip(p.0) {
-                *sum += u64::from(c);
-            }
-            s[3] += 1;
-        }
-    }
-    sums.into_iter()
-        .map(|(g, s)| {
-            let n = s[3];
-            let mean = |c: usize| ((s[c] + n / 2) / n) as u8;
-            (g, [mean(0), mean(1), mean(2)])
-        })
-        .collect()
-}
-
-/// The label of every output pixel (row-major), or `None` when the grid or
-/// placement is degenerate (nothing to draw).
-pub(crate) fn pixel_labels(
-    photo: &RgbImage,
-    groups: &TokenGroups,
-    place: &Placement,
-    (w, h): (u32, u32),
-) -> Option<Vec<i64>> {
-    let (pw, ph) = photo.dimensions();
-    if pw == 0 || ph == 0 || groups.rows == 0 || groups.cols == 0 {
-        return None;
-    }
-    if !(place.x1 > place.x0 && place.y1 > place.y0) {
-        return None;
-    }
-    // Cell coordinate of each output column/row centre; [0] is the pixel before the first.
-    let gx = grid_axis(w, pw, place.x0, place.x1, groups.cols);
-    let gy = grid_axis(h, ph, place.y0, place.y1, groups.rows);
-    if !gx.iter().chain(&gy).all(|v| v.is_finite()) {
-        return None;
-    }
-    let cell = |g: f64, cells: usize| (g >= 0.0 && g < cells as f64).then_some(g as usize);
-    let cols: Vec<Option<usize>> = gx[1..].iter().map(|&g| cell(g, groups.cols)).collect();
-    let mut labels = Vec::with_capacity(w as usize * h as usize);
-    for &y in &gy[1..] {
-        let row = cell(y, groups.rows);
-        labels.extend(cols.iter().map(|&col| match (row, col) {
-            (Some(r), Some(c)) => groups.group(r, c).map_or(DROPPED, i64::from),
-            _ => OFF_GRID,
-        }));
-    }
-    Some(labels)
+fn tokens_panel<'a>(photo: &'a RgbImage, groups: &'a TokenGroups, place: &Placement, style: &TokensStyle) -> Panel<'a> {
+    let content = PanelContent::Tokens { groups, style: style.style, opacity: style.fill_opacity };
+    Panel { photo, place: *place, content, title: style.title.clone() }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::overlay::Frame;
+    use image::Rgb;
     use std::collections::BTreeSet;
 
     fn photo(w: u32, h: u32) -> RgbImage {
