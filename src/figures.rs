@@ -189,7 +189,7 @@ pub fn side_by_side(images: &[RgbImage], gap: u32) -> RgbImage {
 }
 
 /// Where a VLM's canvas lies over the photo.
-pub fn vlm_placement(image: &crate::vlm::VlmImage) -> Placement {
+pub fn vlm_placement(image: &crate::session::vlm::VlmImage) -> Placement {
     let [x0, y0, x1, y1] = image.place;
     Placement { x0, y0, x1, y1 }
 }
@@ -197,9 +197,9 @@ pub fn vlm_placement(image: &crate::vlm::VlmImage) -> Placement {
 /// A VLM run's surviving image tokens on the image-token grid (each token drawn over the patches
 /// it covers: SmolVLM's tokens are blocks of patches).
 pub fn vlm_tokens(
-    image: &crate::vlm::VlmImage,
+    image: &crate::session::vlm::VlmImage,
     grid: (usize, usize),
-    run: &crate::vlm::VlmRun,
+    run: &crate::session::vlm::VlmRun,
     max_side: u32,
 ) -> RgbImage {
     let groups = TokenGroups::from_groups(grid.0, grid.1, &on_grid(&run.groups, grid.0, grid.1))
@@ -213,7 +213,7 @@ pub fn vlm_tokens(
 
 /// A per-image-token map over a VLM's photo (null values drawn as missing).
 pub fn vlm_map(
-    image: &crate::vlm::VlmImage,
+    image: &crate::session::vlm::VlmImage,
     grid: (usize, usize),
     values: &[Option<f32>],
     title: String,
@@ -227,7 +227,7 @@ pub fn vlm_map(
 }
 
 /// "FastV, 66.7 % removed" for a VLM run ("Full model" without a method).
-pub fn vlm_run_title(run: &crate::vlm::VlmRun) -> String {
+pub fn vlm_run_title(run: &crate::session::vlm::VlmRun) -> String {
     match &run.spec.method {
         None => "Full model".into(),
         Some(m) => format!("{}, {}", m.label(), run.spec.budget.describe(run.num_image_tokens)),

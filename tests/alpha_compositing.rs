@@ -15,7 +15,7 @@ use tokenlens::model::ModelSource;
 use tokenlens::model::hf_preprocess::{CONVERT_RGB_DEFAULTS, alpha_rule};
 use tokenlens::model::preprocess::{Alpha, decode_image, decode_image_as};
 use tokenlens::session::Session;
-use tokenlens::vlm::Vlm;
+use tokenlens::session::vlm::Vlm;
 
 const KINDS: [&str; 6] = ["rgba", "la", "palette_trns", "grey_trns", "rgb_trns", "blend"];
 
@@ -80,7 +80,7 @@ fn encoder_processors_treat_an_rgba_image_as_transformers_does() {
         let want = &r["outputs"][name];
         let folder = fixture(want["folder"].as_str().unwrap());
         let session = Session::load(&ModelSource::File(folder), &mut |_| {}).unwrap();
-        assert_eq!(session.model.preprocessor.alpha(), alpha, "{name}");
+        assert_eq!(session.model().unwrap().preprocessor.alpha(), alpha, "{name}");
         let input = session.image_from_bytes(&png, Path::new("rgba.png")).unwrap();
         check(name, &input.prepared.pixels, want, "pixel_values");
     }

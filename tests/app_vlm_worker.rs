@@ -12,7 +12,7 @@ use common::{asset, fixture};
 use tokenlens::app::{Event, ImageSource, Job, WorkerHandle};
 use tokenlens::model::ModelSource;
 use tokenlens::reduce::{Budget, ReducerConfig};
-use tokenlens::vlm::{VlmMethod, VlmRunSpec, sweep_fractions};
+use tokenlens::session::vlm::{VlmMethod, VlmRunSpec, sweep_fractions};
 
 fn next(worker: &WorkerHandle) -> Event {
     match worker.events.recv_timeout(Duration::from_secs(120)) {

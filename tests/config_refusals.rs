@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 use tokenlens::model::hf::HfVision;
-use tokenlens::vlm::Vlm;
+use tokenlens::session::vlm::Vlm;
 
 fn published(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/published").join(name);

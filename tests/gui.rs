@@ -148,7 +148,7 @@ fn the_vlm_answer_diff_and_sweep_appear() {
         assert!(s["diff"].as_array().is_some_and(|d| d.len() >= full.len().max(reduced.len())), "{model}: {s}");
         assert!(s["full_answer_logprob"].is_number(), "{model}: {s}");
         let sweep = s["sweep"].as_array().unwrap();
-        assert_eq!(sweep.len(), tokenlens::vlm::sweep_fractions().len(), "{model}: {s}");
+        assert_eq!(sweep.len(), tokenlens::session::vlm::sweep_fractions().len(), "{model}: {s}");
         assert_eq!(sweep[0]["changed"], false, "{model}: nothing removed, the same answer");
         // On screen: the sweep's green "same answer" markers (and any green added tokens) in the
         // right panel.

@@ -15,7 +15,7 @@ use tokenlens::model::hf_config::{Class, dtype};
 use tokenlens::model::idefics3::Idefics3Settings;
 use tokenlens::model::llama::LlamaConfig;
 use tokenlens::model::llava::LlavaSettings;
-use tokenlens::vlm::{Vlm, VlmRunSpec};
+use tokenlens::session::vlm::{Vlm, VlmRunSpec};
 
 fn read(rel: &str) -> Value {
     let path = fixture(rel);
@@ -201,7 +201,7 @@ fn published_clip_folder_with_tiny_weights_scores_as_transformers_does() {
     // edge, and a square crop).
     let mut session = Session::load(&ModelSource::File(dir.path().into()), &mut |_| {}).unwrap();
     let labels: Vec<&str> = r["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
-    let OutputHead::ZeroShot(zs) = &session.model.head else { panic!("a CLIP folder scores labels") };
+    let OutputHead::ZeroShot(zs) = &session.model().unwrap().head else { panic!("a CLIP folder scores labels") };
     for (label, want) in labels.iter().zip(r["input_ids"].as_array().unwrap()) {
         assert_eq!(zs.token_ids(label).unwrap(), common::json_ints(want), "{label}: token ids");
     }

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use common::fixture;
 use tokenlens::model::ModelSource;
 use tokenlens::reduce::{Budget, ReducerConfig};
+use tokenlens::session::vlm::VlmRunSpec;
 use tokenlens::session::{Backend, RunSpec, Session};
-use tokenlens::vlm::VlmRunSpec;
 use tokenlens::{Cancel, Error};
 
 fn load(path: PathBuf) -> Session {

@@ -6,7 +6,7 @@ mod common;
 
 use common::{json_ints, json_tensor, max_diff};
 use std::path::PathBuf;
-use tokenlens::vlm::decode;
+use tokenlens::session::vlm::decode;
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;

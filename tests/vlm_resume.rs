@@ -10,7 +10,7 @@ use common::fixture;
 use tokenlens::Cancel;
 use tokenlens::reduce::llm::{LlmContext, LlmReducerConfig, LlmSite};
 use tokenlens::reduce::{Budget, ReducerConfig};
-use tokenlens::vlm::{Vlm, VlmFull, VlmMethod, VlmRun, VlmRunSpec};
+use tokenlens::session::vlm::{Vlm, VlmFull, VlmMethod, VlmRun, VlmRunSpec};
 
 const QUESTION: &str = "what is in the image?";
 

@@ -10,8 +10,8 @@ use serde_json::Value;
 use tokenlens::Cancel;
 use tokenlens::reduce::llm::{LlmPlan, LlmReducer, LlmSite, LlmView};
 use tokenlens::reduce::{Budget, ReducerConfig};
-use tokenlens::vlm::decode;
-use tokenlens::vlm::{Vlm, VlmFull, VlmMethod, VlmRunSpec};
+use tokenlens::session::vlm::decode;
+use tokenlens::session::vlm::{Vlm, VlmFull, VlmMethod, VlmRunSpec};
 
 const QUESTION: &str = "what is in the image?";
 

@@ -9,7 +9,7 @@ use egui_plot::{HoverPosition, Line, Plot, PlotPoints, Points, VLine};
 use super::TokenlensApp;
 use super::vlm::{Pick, method_label, run_label};
 use super::widgets::removed_percent;
-use crate::vlm::{DiffOp, SweepPoint, VlmRun, first_change};
+use crate::session::vlm::{DiffOp, SweepPoint, VlmRun, first_change};
 
 /// How a token of one answer relates to the other answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +263,7 @@ fn sweep_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
         });
     // The sweep's own method (the one it was asked for), not the settings'.
     let method = vlm.sweep_method().map_or_else(|| method_label(&app.settings.vlm.method), method_label);
-    let total = crate::vlm::sweep_fractions().len();
+    let total = crate::session::vlm::sweep_fractions().len();
     let status = match (vlm.sweep_done(), first) {
         _ if vlm.sweep_stopped => format!("{method}: the sweep stopped on an error (see below)"),
         (false, _) => format!("{method}: {} of {total} ratios, computing in the background…", points.len()),
@@ -276,7 +276,7 @@ fn sweep_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vlm::diff_tokens;
+    use crate::session::vlm::diff_tokens;
 
     #[test]
     fn each_side_shows_its_own_tokens_marked() {

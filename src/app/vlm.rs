@@ -12,7 +12,7 @@ use super::worker::{Event, Job, VlmOpened};
 use super::{Slot, TokenlensApp};
 use crate::reduce::llm::LlmReducerConfig;
 use crate::reduce::{Budget, ReducerConfig};
-use crate::vlm::{SweepPoint, VlmMethod, VlmRun, VlmRunSpec, sweep_fractions};
+use crate::session::vlm::{SweepPoint, VlmMethod, VlmRun, VlmRunSpec, sweep_fractions};
 
 /// How to get a vision-language model: the app cannot download one on every machine.
 pub const HOW_TO_GET: &str = "Vision-language models are opened from a local Hugging Face folder:\n\
@@ -209,7 +209,7 @@ impl VlmState {
             "sweep": self.sweep.iter().map(|p| serde_json::json!({
                 "removed": p.removed, "changed": p.changed, "full_answer_logprob": p.full_answer_logprob,
             })).collect::<Vec<_>>(),
-            "first_change": crate::vlm::first_change(&self.sweep),
+            "first_change": crate::session::vlm::first_change(&self.sweep),
             "compared": self.compared.value.iter().flatten().map(|r| serde_json::json!({
                 "label": run_label(r), "answer": r.answer.pieces, "answer_changed": r.answer_changed,
                 "full_answer_logprob": r.full_answer_logprob, "image_rows": r.image_rows_per_layer.first(),

@@ -11,7 +11,7 @@ use super::answer::{Mark, side_of_diff, tokens_ui};
 use super::output::flops;
 use super::vlm::{method_label, method_menu};
 use crate::figures;
-use crate::vlm::{VlmMethod, VlmRun};
+use crate::session::vlm::{VlmMethod, VlmRun};
 
 /// The column whose run gives the full answer the highest log-probability (ties: the first).
 pub fn best_run(runs: &[&VlmRun]) -> Option<usize> {

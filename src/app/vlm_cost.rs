@@ -8,7 +8,7 @@ use egui_plot::{Bar, BarChart, Plot};
 
 use super::TokenlensApp;
 use super::output::flops;
-use crate::vlm::{VlmCost, VlmRun};
+use crate::session::vlm::{VlmCost, VlmRun};
 
 /// "1.50 MB", "12.0 kB".
 pub fn bytes(b: usize) -> String {

@@ -17,8 +17,8 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use crate::export::{self, ExportSpec, Figure, Format};
 use crate::model::ModelSource;
 use crate::reduce::Budget;
+use crate::session::vlm::{SweepPoint, VlmImage, VlmRun, VlmRunSpec};
 use crate::session::{Analysis, ImageInput, RunResult, RunSpec, Session};
-use crate::vlm::{SweepPoint, VlmImage, VlmRun, VlmRunSpec};
 use crate::{Cancel, Error};
 
 /// An image to open: a file, or bytes already in memory (the bundled sample).
@@ -441,7 +441,7 @@ impl<W: Fn()> Worker<W> {
     }
 
     /// Sends each answer token of request `id` as it comes, with the answer so far.
-    fn streamer<'a>(&'a self, id: u64, vlm: &'a crate::vlm::Vlm) -> impl FnMut(u32) + 'a {
+    fn streamer<'a>(&'a self, id: u64, vlm: &'a crate::session::vlm::Vlm) -> impl FnMut(u32) + 'a {
         streamer(&self.events, &self.wake, id, vlm)
     }
 
@@ -506,7 +506,7 @@ fn streamer<'a>(
     events: &'a Sender<Event>,
     wake: &'a impl Fn(),
     id: u64,
-    vlm: &'a crate::vlm::Vlm,
+    vlm: &'a crate::session::vlm::Vlm,
 ) -> impl FnMut(u32) + 'a {
     stream(events, wake, id, &vlm.tokenizer)
 }

@@ -8,8 +8,8 @@ use std::time::Instant;
 use tokenlens::reduce::budget::PRESETS_REMOVED;
 use tokenlens::reduce::{Budget, ReducerConfig};
 use tokenlens::render::Colormap;
+use tokenlens::session::vlm::{VlmMethod, VlmRun, VlmRunSpec};
 use tokenlens::session::{RunSpec, Session};
-use tokenlens::vlm::{VlmMethod, VlmRun, VlmRunSpec};
 use tokenlens::{Cancel, figures};
 
 /// Median and 95th percentile of `samples` (milliseconds).

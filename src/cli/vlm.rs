@@ -9,7 +9,7 @@ use anyhow::Context;
 use tokenlens::model::ModelSource;
 use tokenlens::render::Colormap;
 use tokenlens::session::Session;
-use tokenlens::vlm::{DiffOp, Vlm, VlmRun, VlmRunSpec, first_change, sweep_fractions};
+use tokenlens::session::vlm::{DiffOp, Vlm, VlmRun, VlmRunSpec, first_change, sweep_fractions};
 use tokenlens::{Cancel, figures};
 
 use super::{MethodArgs, write_json, write_png};

@@ -6,6 +6,7 @@
 //! model code or caches of its own.
 
 mod run;
+pub mod vlm;
 
 pub use run::{DropFill, FullRun, RunResult, RunSpec, RunTimings};
 pub(crate) use run::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
@@ -23,7 +24,7 @@ use crate::analysis::attention;
 use crate::model::preprocess::{self, Prepared};
 use crate::model::{HookPoint, Model, ModelSource, OutputHead, Preprocessor, TokenState, fetch};
 use crate::reduce::Budget;
-use crate::vlm::{SweepPoint, Vlm, VlmFull, VlmImage, VlmRun, VlmRunSpec};
+use crate::session::vlm::{SweepPoint, Vlm, VlmFull, VlmImage, VlmRun, VlmRunSpec};
 use crate::{Cancel, Error, Result};
 
 /// A decoded photo and what the model sees of it.
