@@ -96,7 +96,7 @@ fn fastv_at_k2_reruns_layers_2_on_with_the_answer_of_a_run_from_scratch() {
     let scratch = vlm.run_from_scratch(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
     assert_same(&resumed, &scratch, "fastv K=2");
     assert_eq!(resumed.recomputed_from_layer, 2);
-    assert_eq!(resumed.stage, "llm(1)");
+    assert_eq!(resumed.stage.to_string(), "llm(1)");
     let n = full.vision.num_image_tokens();
     assert_eq!(resumed.image_rows_per_layer[..2], [n, n]);
     assert!(resumed.image_rows_per_layer[2..].iter().all(|&r| r == n - n / 2), "{:?}", resumed.image_rows_per_layer);
@@ -121,7 +121,7 @@ fn vision_side_methods_rerun_the_tower_only_from_their_block() {
             let scratch = vlm.run_from_scratch(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
             assert_same(&resumed, &scratch, &what);
             assert_eq!(resumed.recomputed_from_layer, 0, "{what}: the decoder's input changed");
-            match resumed.stage.as_str() {
+            match resumed.stage.to_string().as_str() {
                 "pre_llm" => assert_eq!(resumed.tower_recomputed_from, None, "{what}: pre-LLM never reruns the tower"),
                 _ => {
                     let block = resumed.tower_recomputed_from.expect("an in-tower method reruns the tower");

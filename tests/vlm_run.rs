@@ -297,7 +297,8 @@ fn language_side_methods_keep_their_budget_and_change_nothing_at_zero() {
                         assert_eq!(got, keep as f64, "{label}");
                     }
                 }
-                assert!(run.stage == "pre_llm" || run.stage.starts_with("llm("), "{label}: {}", run.stage);
+                let stage = run.stage.to_string();
+                assert!(stage == "pre_llm" || stage.starts_with("llm("), "{label}: {stage}");
                 if let Some(scores) = &run.scores {
                     assert_eq!(scores.len(), n);
                 }

@@ -10,9 +10,9 @@
 use image::RgbImage;
 
 use super::colormap::Colormap;
-use super::overlay::{BACKGROUND, ColorBar, Frame, INK, scaled_size};
+use super::heat::{BACKGROUND, ColorBar, Frame, INK, scaled_size};
+use super::scene::Panel;
 use super::scene::{self, Anchor, Item, Scene, TextItem, font_slack};
-use super::svg::Panel;
 use super::{raster, text};
 
 /// Panels in rows and columns with labelled edges.
@@ -202,10 +202,10 @@ pub fn grid_svg(fig: &GridFigure, cell_px: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::overlay::{Heatmap, Norm, Placement};
+    use crate::render::groups::{GroupStyle, TokenGroups};
+    use crate::render::heat::{Heatmap, Norm, Placement};
     use crate::render::scene::HeatLook;
-    use crate::render::svg::PanelContent;
-    use crate::render::tokens::{GroupStyle, TokenGroups};
+    use crate::render::scene::PanelContent;
     use image::Rgb;
 
     fn photo(w: u32, h: u32) -> RgbImage {

@@ -7,6 +7,8 @@
 
 pub mod colormap;
 pub mod grid;
+pub mod groups;
+pub mod heat;
 pub mod overlay;
 pub mod png;
 pub mod raster;
@@ -17,8 +19,10 @@ pub mod tokens;
 
 pub use colormap::{Colormap, UnknownColormap};
 pub use grid::{GridFigure, grid_png, grid_scene, grid_svg};
-pub use overlay::{Heatmap, Norm, OverlayStyle, Placement, overlay, overlay_body, tick_labels};
+pub use groups::{GroupStyle, TokenGroups, TokenGroupsError, TokenStats};
+pub use heat::{Heatmap, Norm, Placement, tick_labels};
+pub use overlay::{OverlayStyle, overlay, overlay_body};
 pub use png::{RenderError, write_png_atomic};
-pub use scene::{HeatLook, Scene, panel_scene};
-pub use svg::{Panel, PanelContent, panel_svg};
-pub use tokens::{GroupStyle, TokenGroups, TokenGroupsError, TokenStats, TokensStyle, tokens_body, tokens_overlay};
+pub use scene::{HeatLook, Panel, PanelContent, Scene, panel_scene};
+pub use svg::panel_svg;
+pub use tokens::{TokensStyle, tokens_body, tokens_overlay};

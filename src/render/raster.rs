@@ -6,7 +6,7 @@
 
 use image::{Rgb, RgbImage, imageops};
 
-use super::overlay::{Heatmap, mix};
+use super::heat::{Heatmap, mix};
 use super::scene::{
     CellsLayer, ColorBarItem, FieldLayer, Item, Layer, PanelScene, Rect, Scene, TextItem, TokenKind, TokensLayer,
 };

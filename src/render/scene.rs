@@ -16,10 +16,31 @@ use std::collections::BTreeMap;
 use image::RgbImage;
 
 use super::colormap::Colormap;
-use super::overlay::{ColorBar, Frame, Heatmap, INK, MUTED_INK, Norm, Placement, scale_photo};
-use super::svg::{Panel, PanelContent};
+use super::groups::{FADE, FADE_RGB, GroupStyle, HATCH_ALPHA, HATCH_PERIOD, HATCH_WIDTH, TokenGroups, legend_lines};
+use super::heat::{ColorBar, FRAME, Frame, Heatmap, INK, MUTED_INK, Norm, Placement, scale_photo};
 use super::text;
-use super::tokens::{FADE, FADE_RGB, GroupStyle, HATCH_ALPHA, HATCH_PERIOD, HATCH_WIDTH, TokenGroups, legend_lines};
+
+/// What one panel draws over the photo.
+#[derive(Debug, Clone)]
+pub enum PanelContent<'a> {
+    /// A heatmap: one flat-coloured cell per grid cell (NaN cells left out), or with
+    /// `look.smooth` (or more than [`MAX_VECTOR_CELLS`] cells) one sampled layer.
+    Heat { heat: &'a Heatmap, look: HeatLook },
+    /// A reducer's token groups, drawn as by [`super::tokens_overlay`]; `opacity` is the
+    /// merged/fused groups' fill opacity.
+    Tokens { groups: &'a TokenGroups, style: GroupStyle, opacity: f32 },
+}
+
+/// One photo with something drawn over it; the unit of [`panel_svg`] and of grids.
+#[derive(Debug, Clone)]
+pub struct Panel<'a> {
+    pub photo: &'a RgbImage,
+    /// Where the heatmap / token grid lies over the photo.
+    pub place: Placement,
+    pub content: PanelContent<'a>,
+    /// Drawn above the photo by [`panel_svg`]; grids label their edges instead.
+    pub title: Option<String>,
+}
 
 /// Maps with more cells than this (pixel-resolution outputs such as a 224 x 224 saliency map)
 /// are a [`Layer::Field`]: in an SVG one image layer, not tens of thousands of rectangles.
@@ -608,7 +629,7 @@ pub fn panel_scene(panel: &Panel, body_px: u32, key: bool, outline_rgb: [u8; 3])
             class: "legend",
         }));
     }
-    Scene { width, height, background: super::overlay::BACKGROUND, items }
+    Scene { width, height, background: super::heat::BACKGROUND, items }
 }
 
 /// Extra px for text laid out `w` px wide with Ubuntu Light metrics, in case an SVG viewer
@@ -635,6 +656,40 @@ impl Frame {
             anchor: Anchor::Middle,
             class: "title",
         }
+    }
+}
+
+impl ColorBar {
+    /// The bar with its top-left at (`x`, `y`), its ticks and its labels, as a scene item.
+    pub(crate) fn item(&self, x: u32, y: u32, colormap: Colormap) -> ColorBarItem {
+        let (bw, bh) = (self.bar_w, self.bar_h);
+        let digit_h = text::digit_height(self.label_px);
+        let ascent = text::ascent(self.label_px);
+        let label = |text: String, left: f32, top: f32, px: f32, rgb: [u8; 3], class: &'static str| TextItem {
+            text,
+            left,
+            top,
+            px,
+            rgb,
+            anchor: Anchor::Start,
+            class,
+        };
+        let mut ticks = Vec::new();
+        let mut labels = Vec::new();
+        for (value, text) in &self.ticks {
+            let t = (value - self.lo) / (self.hi - self.lo);
+            let ty = (y as f32 + (1.0 - t) * (bh - 1) as f32).round() as u32;
+            ticks.push(ty);
+            // Vertically centre the digits on the tick.
+            let top = (ty as f32 + digit_h / 2.0 - ascent).round();
+            let lx = (x + bw + self.tick_len + self.tick_gap) as f32;
+            labels.push(label(text.clone(), lx, top, self.label_px, INK, "tick"));
+        }
+        let norm_px = self.label_px * 0.9;
+        let norm_top = (y + self.height) as f32 - text::line_height(norm_px);
+        labels.push(label(self.norm_name.clone(), x as f32, norm_top.round(), norm_px, MUTED_INK, "norm"));
+        let rect = Rect { x0: x.into(), y0: y.into(), x1: i64::from(x + bw), y1: i64::from(y + bh) };
+        ColorBarItem { rect, colormap, frame_rgb: FRAME, ticks, tick_len: self.tick_len, labels }
     }
 }
 
@@ -766,9 +821,9 @@ mod agreement {
         let (x0, y0) = ((fx - 0.5) as u32, (fy - 0.5) as u32);
         let (x1, y1) = (x0 + fw as u32, y0 + fh as u32);
         for (x, y) in [(x0, y0), (x1, y0), (x0, y1), (x1, y1), ((x0 + x1) / 2, y0), (x0, (y0 + y1) / 2)] {
-            assert_eq!(png.get_pixel(x, y).0, super::super::overlay::FRAME, "{x},{y}");
+            assert_eq!(png.get_pixel(x, y).0, crate::render::heat::FRAME, "{x},{y}");
         }
-        assert_ne!(png.get_pixel(x0 + 1, y0 + 1).0, super::super::overlay::FRAME, "the frame is 1 px");
+        assert_ne!(png.get_pixel(x0 + 1, y0 + 1).0, crate::render::heat::FRAME, "the frame is 1 px");
     }
 
     #[test]
@@ -840,7 +895,7 @@ mod agreement {
                     for x in xr.clone() {
                         if !white[(y * bw + x) as usize] {
                             let mut want = body.photo.get_pixel(x, y).0;
-                            super::super::overlay::mix(&mut want, FADE_RGB, FADE);
+                            crate::render::heat::mix(&mut want, FADE_RGB, FADE);
                             assert_eq!(at(x.into(), y.into()), want, "{style:?} dropped at {x},{y}");
                         }
                     }

@@ -19,37 +19,14 @@ use svg::Node;
 use svg::node::element::path::Data;
 use svg::node::element::{ClipPath, Definitions, Element, Group, Image, Path, Pattern, Rectangle, Use};
 
-use super::overlay::{Heatmap, Placement};
+use super::scene::Panel;
 use super::scene::{
-    self, CellsLayer, ColorBarItem, FieldLayer, Hatch, HeatLook, Item, Layer, PanelScene, Rect, Scene, TextItem,
-    TokenKind, TokensLayer,
+    self, CellsLayer, ColorBarItem, FieldLayer, Hatch, Item, Layer, PanelScene, Rect, Scene, TextItem, TokenKind,
+    TokensLayer,
 };
 use super::text;
-use super::tokens::{GroupStyle, TokenGroups};
 
 pub use super::scene::MAX_VECTOR_CELLS;
-
-/// What one panel draws over the photo.
-#[derive(Debug, Clone)]
-pub enum PanelContent<'a> {
-    /// A heatmap: one flat-coloured cell per grid cell (NaN cells left out), or with
-    /// `look.smooth` (or more than [`MAX_VECTOR_CELLS`] cells) one sampled layer.
-    Heat { heat: &'a Heatmap, look: HeatLook },
-    /// A reducer's token groups, drawn as by [`super::tokens_overlay`]; `opacity` is the
-    /// merged/fused groups' fill opacity.
-    Tokens { groups: &'a TokenGroups, style: GroupStyle, opacity: f32 },
-}
-
-/// One photo with something drawn over it; the unit of [`panel_svg`] and of grids.
-#[derive(Debug, Clone)]
-pub struct Panel<'a> {
-    pub photo: &'a RgbImage,
-    /// Where the heatmap / token grid lies over the photo.
-    pub place: Placement,
-    pub content: PanelContent<'a>,
-    /// Drawn above the photo by [`panel_svg`]; grids label their edges instead.
-    pub title: Option<String>,
-}
 
 /// Font stack of every `<text>`: the PNGs' font (Ubuntu) first.
 pub(crate) const FONT_FAMILY: &str = "Ubuntu, DejaVu Sans, sans-serif";
@@ -371,7 +348,11 @@ pub(crate) fn num(v: f64) -> String {
 mod tests {
     use super::*;
     use crate::render::colormap::Colormap;
-    use crate::render::overlay::Norm;
+    use crate::render::groups::{GroupStyle, TokenGroups};
+    use crate::render::heat::Norm;
+    use crate::render::heat::{Heatmap, Placement};
+    use crate::render::scene::HeatLook;
+    use crate::render::scene::PanelContent;
     use image::Rgb;
 
     fn photo(w: u32, h: u32) -> RgbImage {

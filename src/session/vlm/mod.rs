@@ -168,6 +168,60 @@ impl VlmCost {
     }
 }
 
+/// Where a VLM run's method acted, written in `vlm.json` as `full`, `encoder(l)`, `pre_llm`,
+/// `llm(k)` or `none (nothing removed)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunStage {
+    /// The unreduced model.
+    #[default]
+    Full,
+    /// The first place the method changed the tokens.
+    At(Stage),
+    /// A method that changed nothing (its site lies past the last decoder layer).
+    NothingRemoved,
+}
+
+impl std::fmt::Display for RunStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Full => f.write_str("full"),
+            Self::At(Stage::Encoder(l)) => write!(f, "encoder({l})"),
+            Self::At(Stage::PreLlm) => f.write_str("pre_llm"),
+            Self::At(Stage::Llm(k)) => write!(f, "llm({k})"),
+            Self::NothingRemoved => f.write_str("none (nothing removed)"),
+        }
+    }
+}
+
+impl std::str::FromStr for RunStage {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let layer = |prefix: &str| s.strip_prefix(prefix)?.strip_suffix(')')?.parse::<usize>().ok();
+        match s {
+            "full" => Ok(Self::Full),
+            "pre_llm" => Ok(Self::At(Stage::PreLlm)),
+            "none (nothing removed)" => Ok(Self::NothingRemoved),
+            _ => layer("encoder(")
+                .map(|l| Self::At(Stage::Encoder(l)))
+                .or_else(|| layer("llm(").map(|k| Self::At(Stage::Llm(k))))
+                .ok_or_else(|| format!("unknown stage {s:?}")),
+        }
+    }
+}
+
+impl Serialize for RunStage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RunStage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// One run's results, in the machine-readable form of `vlm.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VlmRun {
@@ -175,8 +229,8 @@ pub struct VlmRun {
     /// Image tokens the budget keeps.
     pub keep: usize,
     pub num_image_tokens: usize,
-    /// Where the method acted (`full` for none).
-    pub stage: String,
+    /// Where the method acted.
+    pub stage: RunStage,
     /// Image rows each decoder layer processed, and their mean over layers.
     pub image_rows_per_layer: Vec<usize>,
     pub layer_averaged_image_rows: f64,
@@ -388,7 +442,7 @@ impl Vlm {
         let n = vision.num_image_tokens();
         let keep = spec.budget.resolve(n)?;
         let view_layer = self.view_layer(spec)?;
-        let Start { seq, blocks, projected, mut stage, vision_scores, llm_reducer, tower_from } =
+        let Start { seq, blocks, projected, stage, vision_scores, llm_reducer, tower_from } =
             self.start(prompt, vision, spec, keep, cancel)?;
         let saliency = &vision.saliency;
         let unreduced = || self.arch.sequence(prompt, vision);
@@ -409,9 +463,7 @@ impl Vlm {
             Against::Full { full, .. } => Some(&full.run.answer),
             Against::Nothing => None,
         };
-        if stage.is_empty() {
-            stage = llm_stage(&spec.method, &prefill, n);
-        }
+        let stage = stage.unwrap_or_else(|| llm_stage(&spec.method, &prefill, n));
         let kv_bytes_prefill = prefill.cache.bytes();
         let decoder_tokens: Vec<usize> = prefill.rows_per_layer.iter().map(Vec::len).collect();
         let scores = prefill.scores.clone().or(vision_scores);
@@ -498,8 +550,8 @@ struct Start {
     blocks: Vec<BlockTokens>,
     /// Rows the projector (or connector) ran on.
     projected: usize,
-    /// Empty when a language-side method will tell.
-    stage: String,
+    /// None when a language-side method will tell.
+    stage: Option<RunStage>,
     vision_scores: Option<Vec<Option<f32>>>,
     llm_reducer: Option<Box<dyn crate::reduce::llm::LlmReducer>>,
     /// The first tower block a vision-side method reran (None: none).
@@ -531,7 +583,7 @@ impl Vlm {
                 seq: None,
                 blocks: vision.full_blocks(),
                 projected: n,
-                stage: "full".into(),
+                stage: Some(RunStage::Full),
                 vision_scores: None,
                 llm_reducer: None,
                 tower_from: None,
@@ -541,10 +593,10 @@ impl Vlm {
                 let mut reducer = cfg.build(keep, &vision.context())?;
                 self.arch.check_vision_reducer(cfg, reducer.as_ref())?;
                 let reduced = self.arch.reduce_vision(vision, reducer.as_mut(), cancel)?;
-                let stage = match reduced.stage {
-                    Stage::Encoder(l) => format!("encoder({l})"),
-                    _ => "pre_llm".into(),
-                };
+                let stage = Some(RunStage::At(match reduced.stage {
+                    Stage::Encoder(l) => Stage::Encoder(l),
+                    _ => Stage::PreLlm,
+                }));
                 let (seq, blocks, projected) = self.arch.reduced_sequence(prompt, vision, &reduced, spec.positions)?;
                 let tower_from = (reduced.resume_at < vision.states.len() - 1).then_some(reduced.resume_at);
                 let vision_scores = reduced.patch_scores;
@@ -556,7 +608,7 @@ impl Vlm {
                     seq: None,
                     blocks: vision.full_blocks(),
                     projected: n,
-                    stage: String::new(),
+                    stage: None,
                     vision_scores: None,
                     llm_reducer: Some(cfg.build(keep, &ctx)?),
                     tower_from: None,
@@ -576,15 +628,15 @@ fn full_sequence_rows(prompt: &Prompt, slot_token: &[u32]) -> Vec<Row> {
 }
 
 /// `pre_llm` or `llm(k)` from where the language-side method first changed the rows.
-fn llm_stage(method: &Option<VlmMethod>, prefill: &Prefill, num_image_tokens: usize) -> String {
-    let Some(VlmMethod::Llm(_)) = method else { return "full".into() };
+fn llm_stage(method: &Option<VlmMethod>, prefill: &Prefill, num_image_tokens: usize) -> RunStage {
+    let Some(VlmMethod::Llm(_)) = method else { return RunStage::Full };
     let counts = prefill.image_rows_per_layer();
     if counts.first().is_some_and(|&c| c != num_image_tokens) {
-        return "pre_llm".into();
+        return RunStage::At(Stage::PreLlm);
     }
     match counts.windows(2).position(|w| w[1] != w[0]) {
-        Some(k) => format!("llm({k})"),
-        None => "none (nothing removed)".into(),
+        Some(k) => RunStage::At(Stage::Llm(k)),
+        None => RunStage::NothingRemoved,
     }
 }
 
@@ -642,4 +694,26 @@ impl Vlm {
 /// The smallest removed fraction at which the answer changed.
 pub fn first_change(points: &[SweepPoint]) -> Option<f64> {
     points.iter().filter(|p| p.changed).map(|p| p.removed).reduce(f64::min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_read_back_as_vlm_json_writes_them() {
+        let stages = [
+            (RunStage::Full, "full"),
+            (RunStage::At(Stage::Encoder(3)), "encoder(3)"),
+            (RunStage::At(Stage::PreLlm), "pre_llm"),
+            (RunStage::At(Stage::Llm(12)), "llm(12)"),
+            (RunStage::NothingRemoved, "none (nothing removed)"),
+        ];
+        for (stage, text) in stages {
+            assert_eq!(serde_json::to_string(&stage).unwrap(), format!("{text:?}"));
+            assert_eq!(serde_json::from_str::<RunStage>(&format!("{text:?}")).unwrap(), stage);
+        }
+        assert!(serde_json::from_str::<RunStage>("\"llm(x)\"").is_err());
+        assert!(serde_json::from_str::<RunStage>("\"middle\"").is_err());
+    }
 }

@@ -1,0 +1,285 @@
+//! What a heatmap figure is made of, below the scene that lays it out: the scalar field and its
+//! normalisation, where its grid sits on the photo, the photo's scaling, the colour bar, and the
+//! shared inks. The figure builders ([`super::overlay`], [`super::tokens`], [`super::grid`]) and
+//! the scene and its back-ends all read these; these read none of them.
+
+use image::{RgbImage, imageops};
+
+use super::text;
+
+/// A scalar field on a regular grid (token grid 16x16, or a pixel map 224x224), row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heatmap {
+    pub rows: usize,
+    pub cols: usize,
+    pub values: Vec<f32>,
+}
+
+impl Heatmap {
+    /// # Panics
+    /// If `values.len() != rows * cols`.
+    pub fn new(rows: usize, cols: usize, values: Vec<f32>) -> Self {
+        assert_eq!(values.len(), rows * cols, "heatmap is {rows}x{cols}");
+        Heatmap { rows, cols, values }
+    }
+
+    /// Value at (`row`, `col`); NaN when out of range (drawn untinted).
+    pub fn get(&self, row: usize, col: usize) -> f32 {
+        if row < self.rows && col < self.cols {
+            self.values.get(row * self.cols + col).copied().unwrap_or(f32::NAN)
+        } else {
+            f32::NAN
+        }
+    }
+
+    /// The `p`-th percentile (0..=100, nearest rank) of the finite values; NaN if none.
+    pub fn percentile(&self, p: f32) -> f32 {
+        let mut v: Vec<f32> = self.values.iter().copied().filter(|v| v.is_finite()).collect();
+        if v.is_empty() {
+            return f32::NAN;
+        }
+        v.sort_by(f32::total_cmp);
+        let rank = (p.clamp(0.0, 100.0) / 100.0 * (v.len() - 1) as f32).round() as usize;
+        v[rank]
+    }
+
+    /// Smallest and largest finite values, if any.
+    pub fn finite_range(&self) -> Option<(f32, f32)> {
+        self.values.iter().copied().filter(|v| v.is_finite()).fold(None, |acc, v| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+        })
+    }
+}
+
+/// How values map to [0,1]; the legend prints which one was used.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Norm {
+    /// This heatmap's own finite min..max.
+    #[default]
+    MinMax,
+    /// A fixed range, e.g. shared across layers so figures are comparable.
+    Range { lo: f32, hi: f32 },
+    /// min..the given percentile (e.g. 99): a few outliers (DINOv2's artifact tokens) saturate at
+    /// the top colour instead of squashing everything else to the bottom.
+    Percentile(f32),
+    /// Logarithmic between the largest value and the smallest positive one (at most four decades
+    /// below it); zero and negative values get the bottom colour.
+    Log,
+}
+
+/// The decades a [`Norm::Log`] map spans at most.
+const LOG_DECADES: f32 = 4.0;
+
+impl Norm {
+    /// Label for the legend.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Norm::MinMax => "min-max",
+            Norm::Range { .. } => "fixed range",
+            Norm::Percentile(_) => "percentile",
+            Norm::Log => "log",
+        }
+    }
+
+    /// Where `v` falls on the colour scale, 0..=1, given [`resolve`](Self::resolve)'s `(lo, hi)`.
+    pub fn unit(&self, v: f32, lo: f32, hi: f32) -> f32 {
+        let t = match self {
+            Norm::Log if lo > 0.0 => (v.max(lo) / lo).ln() / (hi / lo).ln(),
+            _ => (v - lo) / (hi - lo),
+        };
+        t.clamp(0.0, 1.0)
+    }
+
+    /// The `(lo, hi)` actually used, with `lo < hi` guaranteed. A constant
+    /// field (or a degenerate fixed range) is widened symmetrically so it maps
+    /// to the middle of the colormap; no finite values gives (0, 1).
+    pub fn resolve(&self, heat: &Heatmap) -> (f32, f32) {
+        let (lo, hi) = match *self {
+            Norm::Range { lo, hi } if lo.is_finite() && hi.is_finite() => (lo.min(hi), lo.max(hi)),
+            Norm::Percentile(p) => match heat.finite_range() {
+                Some((lo, _)) => (lo, heat.percentile(p)),
+                None => (0.0, 1.0),
+            },
+            Norm::Log => match heat.finite_range() {
+                Some((_, hi)) if hi > 0.0 => {
+                    let floor = hi * 10f32.powf(-LOG_DECADES);
+                    let min_pos = heat.values.iter().copied().filter(|v| v.is_finite() && *v > 0.0).fold(hi, f32::min);
+                    (min_pos.max(floor), hi)
+                }
+                // Nothing positive to take a log of: linear, as min-max.
+                other => other.unwrap_or((0.0, 1.0)),
+            },
+            _ => heat.finite_range().unwrap_or((0.0, 1.0)),
+        };
+        if hi > lo {
+            (lo, hi)
+        } else {
+            let half = (lo.abs() * 0.5).max(0.5);
+            (lo - half, lo + half)
+        }
+    }
+}
+
+/// Where the heatmap lies over the photo: the rectangle (in photo pixel
+/// coordinates, may extend past the photo's edges, e.g. over padding that the
+/// model saw but the photo doesn't have) that the heatmap's full extent covers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    pub x0: f32,
+    pub y0: f32,
+    pub x1: f32,
+    pub y1: f32,
+}
+
+impl Placement {
+    /// The heatmap covers exactly the photo (plain resize preprocessing).
+    pub fn full(photo_w: u32, photo_h: u32) -> Self {
+        Placement { x0: 0.0, y0: 0.0, x1: photo_w as f32, y1: photo_h as f32 }
+    }
+
+    /// The model saw the photo scaled to fit a square canvas, centred, with
+    /// padding on the short axis: the heatmap covers a `max(w, h)` square
+    /// centred on the photo. E.g. 451x300 → y from -75.5 to 375.5.
+    pub fn letterbox(photo_w: u32, photo_h: u32) -> Self {
+        let side = photo_w.max(photo_h) as f32;
+        Self::centred_square(photo_w, photo_h, side)
+    }
+
+    /// The model saw a centred square crop covering `fraction` of the short
+    /// side (1.0 = largest centred square; 224/256 = "resize 256, crop 224").
+    pub fn center_crop(photo_w: u32, photo_h: u32, fraction: f32) -> Self {
+        let side = photo_w.min(photo_h) as f32 * fraction;
+        Self::centred_square(photo_w, photo_h, side)
+    }
+
+    fn centred_square(photo_w: u32, photo_h: u32, side: f32) -> Self {
+        let (cx, cy) = (photo_w as f32 / 2.0, photo_h as f32 / 2.0);
+        Placement { x0: cx - side / 2.0, y0: cy - side / 2.0, x1: cx + side / 2.0, y1: cy + side / 2.0 }
+    }
+}
+
+pub(crate) const BACKGROUND: [u8; 3] = [255, 255, 255];
+
+pub(crate) const INK: [u8; 3] = [28, 28, 32];
+
+pub(crate) const MUTED_INK: [u8; 3] = [100, 100, 108];
+
+pub(crate) const FRAME: [u8; 3] = [70, 70, 78];
+
+/// Text sizes and margins shared by the figures in this module and
+/// [`super::tokens`]; they scale with the figure so a 1024 px export isn't tiny-texted.
+pub(crate) struct Frame {
+    pub(crate) label_px: f32,
+    pub(crate) title_px: f32,
+    pub(crate) pad: u32,
+    /// Height of the title strip (0 without a title).
+    pub(crate) title_h: u32,
+}
+
+impl Frame {
+    pub(crate) fn new(max_side: u32, has_title: bool) -> Self {
+        let label_px = (max_side as f32 / 512.0 * 13.0).clamp(10.0, 26.0);
+        let title_px = label_px * 1.3;
+        let pad = (label_px * 0.8).round() as u32;
+        let title_h = if has_title { (text::line_height(title_px) + label_px * 0.4).ceil() as u32 } else { 0 };
+        Frame { label_px, title_px, pad, title_h }
+    }
+}
+
+pub(crate) fn mix(dst: &mut [u8; 3], src: [u8; 3], a: f32) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = (f32::from(*d) + (f32::from(s) - f32::from(*d)) * a).round() as u8;
+    }
+}
+
+/// Scales so the longest side is `max_side` (an exact-size photo is copied untouched).
+pub(crate) fn scale_photo(photo: &RgbImage, max_side: u32) -> RgbImage {
+    let (w, h) = photo.dimensions();
+    let (nw, nh) = scaled_size(w, h, max_side);
+    if (nw, nh) == (w, h) {
+        return photo.clone();
+    }
+    let filter = if max_side < w.max(h) { imageops::FilterType::Triangle } else { imageops::FilterType::CatmullRom };
+    imageops::resize(photo, nw, nh, filter)
+}
+
+/// The size [`scale_photo`] gives a `w` x `h` photo.
+pub(crate) fn scaled_size(w: u32, h: u32, max_side: u32) -> (u32, u32) {
+    let longest = w.max(h);
+    if longest == 0 || longest == max_side {
+        return (w, h);
+    }
+    let s = f64::from(max_side) / f64::from(longest);
+    (((f64::from(w) * s).round() as u32).max(1), ((f64::from(h) * s).round() as u32).max(1))
+}
+
+/// The colour bar column: bar, ticks, labels, and the norm name underneath.
+pub(crate) struct ColorBar {
+    pub(crate) lo: f32,
+    pub(crate) hi: f32,
+    pub(crate) ticks: Vec<(f32, String)>,
+    pub(crate) norm_name: String,
+    pub(crate) label_px: f32,
+    pub(crate) bar_w: u32,
+    pub(crate) bar_h: u32,
+    pub(crate) label_w: u32,
+    pub(crate) tick_len: u32,
+    pub(crate) tick_gap: u32,
+    pub(crate) height: u32,
+}
+
+impl ColorBar {
+    pub(crate) fn layout(lo: f32, hi: f32, norm: &str, label_px: f32, height: u32) -> Self {
+        let norm_px = label_px * 0.9;
+        let norm_h = (text::line_height(norm_px) + label_px * 0.6).ceil() as u32;
+        let bar_h = height.saturating_sub(norm_h).max(8);
+        // As many ticks (5..3) as fit with comfortable spacing.
+        let spacing = text::line_height(label_px) * 1.4;
+        let n = (3..=5).rev().find(|&n| (n - 1) as f32 * spacing <= bar_h as f32).unwrap_or(3);
+        let values: Vec<f32> = (0..n).map(|i| lo + (hi - lo) * i as f32 / (n - 1) as f32).collect();
+        let labels = tick_labels(&values);
+        let label_w = labels.iter().map(|l| text::text_width(label_px, l).ceil() as u32).max().unwrap_or(0);
+        let norm_name = norm.to_owned();
+        let bar_w = (label_px * 1.1).round() as u32;
+        let norm_w = text::text_width(norm_px, &norm_name).ceil() as u32;
+        let ticks = values.into_iter().zip(labels).collect();
+        let tick_len = (label_px * 0.35).round() as u32;
+        let tick_gap = (label_px * 0.25).round() as u32;
+        // The norm name sits under the bar and may be wider than bar + labels.
+        let label_w = label_w.max(norm_w.saturating_sub(bar_w + tick_len + tick_gap));
+        ColorBar { lo, hi, ticks, norm_name, label_px, bar_w, bar_h, label_w, tick_len, tick_gap, height }
+    }
+
+    pub(crate) fn width(&self) -> u32 {
+        self.bar_w + self.tick_len + self.tick_gap + self.label_w
+    }
+}
+
+/// Formats tick values with just enough decimals to tell neighbours apart
+/// ("0.000", "0.003", ...), switching to scientific notation for extreme magnitudes.
+pub fn tick_labels(values: &[f32]) -> Vec<String> {
+    let max_abs = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let step = values.windows(2).map(|w| (w[1] - w[0]).abs()).fold(f32::INFINITY, f32::min);
+    let clean = |s: String| {
+        // "-0.000" reads as a sign bug; print it as "0.000".
+        if s.starts_with('-') && s[1..].chars().all(|c| c == '0' || c == '.') { s[1..].to_owned() } else { s }
+    };
+    if !step.is_finite() || step <= 0.0 {
+        return values.iter().map(|v| clean(format!("{v:.3}"))).collect();
+    }
+    if max_abs >= 1e5 || step < 1e-5 {
+        return values.iter().map(|v| format!("{v:.2e}")).collect();
+    }
+    let mut decimals = (-step.log10()).ceil().max(0.0) as usize;
+    // One more decimal if the step isn't round at that precision (0.25 needs 2, not 1).
+    let scaled = step * 10f32.powi(decimals as i32);
+    if (scaled - scaled.round()).abs() > 1e-3 * scaled.max(1.0) {
+        decimals += 1;
+    }
+    // Small values keep at least 3 decimals so a figure's labels look uniform ("0.000", "0.250").
+    if max_abs < 10.0 {
+        decimals = decimals.max(3);
+    }
+    values.iter().map(|v| clean(format!("{v:.decimals$}"))).collect()
+}
