@@ -6,24 +6,11 @@
 
 mod common;
 
-use common::fixture;
+use common::{vlm_full as full, vlm_spec as spec};
 use tokenlens::Cancel;
 use tokenlens::reduce::llm::{LlmContext, LlmReducerConfig, LlmSite};
 use tokenlens::reduce::{Budget, ReducerConfig};
-use tokenlens::session::vlm::{Vlm, VlmFull, VlmMethod, VlmRun, VlmRunSpec};
-
-const QUESTION: &str = "what is in the image?";
-
-fn spec() -> VlmRunSpec {
-    VlmRunSpec { max_new_tokens: 8, ..Default::default() }
-}
-
-fn full(name: &str) -> (Vlm, VlmFull) {
-    let vlm = Vlm::load(&fixture(&format!("vlm/{name}"))).unwrap();
-    let image = vlm.open_image(&common::asset("chelsea.png")).unwrap();
-    let full = vlm.full(image, QUESTION, &spec(), &mut |_| {}, &Cancel::default()).unwrap();
-    (vlm, full)
-}
+use tokenlens::session::vlm::{VlmMethod, VlmRun, VlmRunSpec};
 
 /// Everything a run reports that resuming could change, compared exactly.
 fn assert_same(resumed: &VlmRun, scratch: &VlmRun, what: &str) {

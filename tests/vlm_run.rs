@@ -5,29 +5,17 @@
 
 mod common;
 
+use common::{QUESTION, vlm_full as full, vlm_spec as spec};
 use common::{fixture, json_ints, json_tensor, max_diff};
 use serde_json::Value;
 use tokenlens::Cancel;
 use tokenlens::reduce::llm::{LlmPlan, LlmReducer, LlmSite, LlmView};
 use tokenlens::reduce::{Budget, ReducerConfig};
 use tokenlens::session::vlm::decode;
-use tokenlens::session::vlm::{Vlm, VlmFull, VlmMethod, VlmRunSpec};
-
-const QUESTION: &str = "what is in the image?";
+use tokenlens::session::vlm::{Vlm, VlmMethod, VlmRunSpec};
 
 fn reference(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(&format!("vlm/{name}/reference.json"))).unwrap()).unwrap()
-}
-
-fn spec() -> VlmRunSpec {
-    VlmRunSpec { max_new_tokens: 8, ..Default::default() }
-}
-
-fn full(name: &str) -> (Vlm, VlmFull) {
-    let vlm = Vlm::load(&fixture(&format!("vlm/{name}"))).unwrap();
-    let image = vlm.open_image(&common::asset("chelsea.png")).unwrap();
-    let full = vlm.full(image, QUESTION, &spec(), &mut |_| {}, &Cancel::default()).unwrap();
-    (vlm, full)
 }
 
 #[test]

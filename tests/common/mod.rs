@@ -106,3 +106,19 @@ pub fn assemble_tiny(tiny: &str) -> (tempfile::TempDir, serde_json::Value) {
     }
     (dir, r)
 }
+
+/// The question the VLM tests ask.
+pub const QUESTION: &str = "what is in the image?";
+
+/// A short answer: enough tokens to see a change, few enough to be quick.
+pub fn vlm_spec() -> tokenlens::session::vlm::VlmRunSpec {
+    tokenlens::session::vlm::VlmRunSpec { max_new_tokens: 8, ..Default::default() }
+}
+
+/// The tiny VLM fixture `name` loaded, and its full run on the sample photo.
+pub fn vlm_full(name: &str) -> (tokenlens::session::vlm::Vlm, tokenlens::session::vlm::VlmFull) {
+    let vlm = tokenlens::session::vlm::Vlm::load(&fixture(&format!("vlm/{name}"))).unwrap();
+    let image = vlm.open_image(&asset("chelsea.png")).unwrap();
+    let full = vlm.full(image, QUESTION, &vlm_spec(), &mut |_| {}, &tokenlens::Cancel::default()).unwrap();
+    (vlm, full)
+}
