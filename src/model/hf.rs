@@ -18,13 +18,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, linear};
 use serde::Deserialize;
 
 use super::config::{Activation, BlockNames, VitConfig, unsupported};
 use super::hf_config::{Class, resolve, resolve_section};
 use super::vit::VisionTransformer;
+use super::weights::Weights;
 use super::zero_shot::ZeroShot;
 use crate::{Error, Result};
 
@@ -115,15 +116,16 @@ impl HfVision {
         let architecture = hf.architectures.first().cloned().unwrap_or_else(|| hf.model_type.clone());
         let cfg = vit_config(&hf).map_err(|reason| bad(&config_path, reason))?;
 
-        let (weights_path, weights) = read_weights(dir)?;
+        let weights = read_weights(dir)?;
+        let weights_path = weights.path.clone();
         // Classifiers keep the encoder under `vit.` / `deit.`; bare models at the root.
         let root = tower_root.unwrap_or_else(|| {
             [hf.model_type.as_str(), "vit", "deit"]
                 .into_iter()
-                .find(|p| weights.contains_key(&format!("{p}.embeddings.cls_token")))
+                .find(|p| weights.contains(&format!("{p}.embeddings.cls_token")))
                 .unwrap_or("")
         });
-        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        let vb = weights.into_var_builder();
         let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json ({architecture}): {e}"));
         let encoder_vb = if root.is_empty() { vb.clone() } else { vb.pp(root) };
         let encoder = VisionTransformer::new(&cfg, encoder_vb).map_err(mismatch)?;
@@ -175,62 +177,32 @@ pub(crate) fn read_config(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
     Ok((path, json))
 }
 
-/// The folder's weights: `model.safetensors`, or the shards `model.safetensors.index.json` lists
-/// (how big checkpoints such as LLaVA-1.5-7B are saved). Returns the path errors should name.
-pub(crate) fn read_weights(dir: &Path) -> Result<(PathBuf, std::collections::HashMap<String, candle_core::Tensor>)> {
+/// The folder's weights, memory-mapped: `model.safetensors`, or the shards
+/// `model.safetensors.index.json` lists (how big checkpoints such as LLaVA-1.5-7B are saved).
+/// [`Weights::path`] is the file errors should name.
+pub(crate) fn read_weights(dir: &Path) -> Result<Weights> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     if single.is_file() || !index.is_file() {
-        let mut weights = candle_core::safetensors::load(&single, &Device::Cpu).map_err(|e| {
-            Error::weights(&single, format!("cannot read the weights ({e}); the folder needs model.safetensors"))
-        })?;
-        keep_float_weights(&single, &mut weights)?;
-        return Ok((single, weights));
+        return Weights::map(&single, std::slice::from_ref(&single), |path, e| {
+            Error::weights(path, format!("cannot read the weights ({e}); the folder needs model.safetensors"))
+        });
     }
     let text = std::fs::read_to_string(&index).map_err(|e| Error::weights(&index, format!("cannot read: {e}")))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::weights(&index, format!("not JSON: {e}")))?;
-    let mut shards: Vec<&str> = json["weight_map"]
+    let mut shards: Vec<PathBuf> = json["weight_map"]
         .as_object()
         .ok_or_else(|| Error::weights(&index, "no weight_map"))?
         .values()
         .filter_map(|v| v.as_str())
+        .map(|shard| dir.join(shard))
         .collect();
     shards.sort_unstable();
     shards.dedup();
-    let mut weights = std::collections::HashMap::new();
-    for shard in shards {
-        let path = dir.join(shard);
-        let mut part = candle_core::safetensors::load(&path, &Device::Cpu)
-            .map_err(|e| Error::weights(&path, format!("cannot read this shard of the weights ({e})")))?;
-        keep_float_weights(&path, &mut part)?;
-        weights.extend(part);
-    }
-    Ok((index, weights))
-}
-
-/// Every weight must be floating point: the loader would otherwise cast an integer tensor to
-/// f32 and run with it. Integer index buffers that older checkpoints save beside the weights
-/// (`embeddings.position_ids`, which the model computes itself) are dropped instead.
-pub(crate) fn keep_float_weights(
-    path: &Path,
-    weights: &mut std::collections::HashMap<String, candle_core::Tensor>,
-) -> Result<()> {
-    weights.retain(|name, t| t.dtype().is_float() || !name.ends_with("position_ids"));
-    let mut wrong: Vec<_> = weights.iter().filter(|(_, t)| !t.dtype().is_float()).collect();
-    wrong.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    match wrong.first() {
-        None => Ok(()),
-        Some((name, t)) => Err(Error::weights(
-            path,
-            format!(
-                "tensor `{name}` is stored as {} ({} integer tensor(s) in all); weights must be floating point \
-                 (F32, F16 or BF16): the file is not a model checkpoint or was converted wrongly",
-                t.dtype().as_str(),
-                wrong.len()
-            ),
-        )),
-    }
+    Weights::map(&index, &shards, |path, e| {
+        Error::weights(path, format!("cannot read this shard of the weights ({e})"))
+    })
 }
 
 /// Our config axes for a VLM's vision tower: `parent`'s `vision_config`, resolved as
