@@ -115,6 +115,7 @@ impl HfVision {
         }
         let architecture = hf.architectures.first().cloned().unwrap_or_else(|| hf.model_type.clone());
         let cfg = vit_config(&hf).map_err(|reason| bad(&config_path, reason))?;
+        super::memory::guard(&super::memory::encoder(&architecture, &cfg, hf.id2label.len(), class, &json))?;
 
         let weights = read_weights(dir)?;
         let weights_path = weights.path.clone();

@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod llava;
+pub mod memory;
 pub mod onnx;
 pub mod pil_resize;
 pub mod preprocess;

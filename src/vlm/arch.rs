@@ -24,7 +24,7 @@ use crate::analysis::cost::BlockTokens;
 use crate::model::idefics3::Idefics3;
 use crate::model::llama::Llama;
 use crate::model::llava::Llava;
-use crate::model::{HookPoint, Probe, TokenState, Trace, chat, fetch, preprocess};
+use crate::model::{HookPoint, Probe, TokenState, Trace, chat, fetch, memory, preprocess};
 use crate::reduce::llm::Row;
 use crate::reduce::{Context, PositionMode, Reducer, ReducerConfig, Site};
 use crate::session::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
@@ -135,7 +135,12 @@ pub fn eos_ids(dir: &Path, tokenizer: &tokenizers::Tokenizer) -> Vec<u32> {
 }
 
 impl Arch {
+    /// Loads the folder's model, after the memory guard (from the config alone, before any
+    /// weight is read).
     pub fn load(dir: &Path) -> Result<Self> {
+        if let Some(estimate) = memory::for_vlm_folder(dir)? {
+            memory::guard(&estimate)?;
+        }
         match model_type(dir).as_deref() {
             Some("llava") => {
                 let m = Llava::load(dir)?;
