@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use super::config::{Activation, BlockNames, VitConfig, unsupported};
 use super::hf_config::{Class, resolve, resolve_section};
+use super::memory::{self, Estimate};
 use super::vit::VisionTransformer;
 use super::weights::Weights;
 use super::zero_shot::ZeroShot;
@@ -78,44 +79,17 @@ pub struct HfVision {
 }
 
 impl HfVision {
-    /// Loads `dir/config.json` and `dir/model.safetensors`.
+    /// The memory guard's estimate for the folder's model, from its config alone.
+    pub fn memory_estimate(dir: &Path) -> Result<Estimate> {
+        Ok(Settings::read(dir)?.estimate())
+    }
+
+    /// Loads `dir/config.json` and `dir/model.safetensors`, after the memory guard.
     pub fn load(dir: &Path) -> Result<Self> {
-        let (config_path, json) = read_config(dir)?;
+        let settings = Settings::read(dir)?;
+        memory::guard(&settings.estimate())?;
+        let Settings { json, hf, architecture, cfg, tower_root, .. } = settings;
         let bad = |path: &Path, reason: String| Error::weights(path, reason);
-        let model_type = json["model_type"].as_str().unwrap_or_default();
-        let class = Class::for_model_type(model_type).ok_or_else(|| {
-            bad(
-                &config_path,
-                format!(
-                    "unsupported model_type `{model_type}`; tokenlens reads vit, deit, dinov2, clip and siglip folders"
-                ),
-            )
-        })?;
-        // CLIP and SigLIP keep the vision tower's config in `vision_config` and its weights under
-        // `vision_model`; `CLIPVisionModel` / `SiglipVisionModel` folders hold the tower's own
-        // config, with the same weight names.
-        let (vision_json, tower_root) = match class {
-            Class::Clip | Class::Siglip => {
-                let (_, v) = resolve_section(class, &json, "vision_config").map_err(|r| bad(&config_path, r))?;
-                (v, Some("vision_model"))
-            }
-            Class::ClipVision | Class::SiglipVision => (resolve(&json, class), Some("vision_model")),
-            Class::Vit | Class::Deit | Class::Dinov2 => (resolve(&json, class), None),
-            _ => {
-                return Err(bad(
-                    &config_path,
-                    format!("model_type `{model_type}` is not a vision encoder; open it as a vision-language model"),
-                ));
-            }
-        };
-        let mut hf: HfConfig = serde_json::from_value(vision_json)
-            .map_err(|e| bad(&config_path, format!("not a vision config.json: {e}")))?;
-        if hf.architectures.is_empty() {
-            hf.architectures = serde_json::from_value(json["architectures"].clone()).unwrap_or_default();
-        }
-        let architecture = hf.architectures.first().cloned().unwrap_or_else(|| hf.model_type.clone());
-        let cfg = vit_config(&hf).map_err(|reason| bad(&config_path, reason))?;
-        super::memory::guard(&super::memory::encoder(&architecture, &cfg, hf.id2label.len(), class, &json))?;
 
         let weights = read_weights(dir)?;
         let weights_path = weights.path.clone();
@@ -153,6 +127,62 @@ impl HfVision {
     /// Class logits from the final-norm features `[1, tokens, dim]` (prefix tokens first).
     pub fn logits(&self, features: &Tensor) -> Result<Option<Tensor>> {
         self.head.logits(features)
+    }
+}
+
+/// A vision folder's config, read and checked before any weight.
+struct Settings {
+    json: serde_json::Value,
+    class: Class,
+    hf: HfConfig,
+    architecture: String,
+    cfg: VitConfig,
+    /// Where the tower's weights are (CLIP, SigLIP); `None`: found from the names.
+    tower_root: Option<&'static str>,
+}
+
+impl Settings {
+    fn read(dir: &Path) -> Result<Self> {
+        let (config_path, json) = read_config(dir)?;
+        let bad = |path: &Path, reason: String| Error::weights(path, reason);
+        let model_type = json["model_type"].as_str().unwrap_or_default();
+        let class = Class::for_model_type(model_type).ok_or_else(|| {
+            bad(
+                &config_path,
+                format!(
+                    "unsupported model_type `{model_type}`; tokenlens reads vit, deit, dinov2, clip and siglip folders"
+                ),
+            )
+        })?;
+        // CLIP and SigLIP keep the vision tower's config in `vision_config` and its weights under
+        // `vision_model`; `CLIPVisionModel` / `SiglipVisionModel` folders hold the tower's own
+        // config, with the same weight names.
+        let (vision_json, tower_root) = match class {
+            Class::Clip | Class::Siglip => {
+                let (_, v) = resolve_section(class, &json, "vision_config").map_err(|r| bad(&config_path, r))?;
+                (v, Some("vision_model"))
+            }
+            Class::ClipVision | Class::SiglipVision => (resolve(&json, class), Some("vision_model")),
+            Class::Vit | Class::Deit | Class::Dinov2 => (resolve(&json, class), None),
+            _ => {
+                return Err(bad(
+                    &config_path,
+                    format!("model_type `{model_type}` is not a vision encoder; open it as a vision-language model"),
+                ));
+            }
+        };
+        let mut hf: HfConfig = serde_json::from_value(vision_json)
+            .map_err(|e| bad(&config_path, format!("not a vision config.json: {e}")))?;
+        if hf.architectures.is_empty() {
+            hf.architectures = serde_json::from_value(json["architectures"].clone()).unwrap_or_default();
+        }
+        let architecture = hf.architectures.first().cloned().unwrap_or_else(|| hf.model_type.clone());
+        let cfg = vit_config(&hf).map_err(|reason| bad(&config_path, reason))?;
+        Ok(Self { json, class, hf, architecture, cfg, tower_root })
+    }
+
+    fn estimate(&self) -> Estimate {
+        memory::encoder(&self.architecture, &self.cfg, self.hf.id2label.len(), self.class, &self.json)
     }
 }
 

@@ -173,11 +173,13 @@ pub fn idefics3(c: &Idefics3Settings) -> Estimate {
     vlm_estimate("SmolVLM (idefics3)", &c.vision, &c.text, projector)
 }
 
-/// A vision encoder: the tower, a class head over `num_labels` classes, and (CLIP, SigLIP) the
-/// text tower and projections `config.json` describes.
+/// A vision encoder (`model`: its architecture): the tower, its class head(s) over `num_labels`
+/// classes, and (CLIP, SigLIP) the text tower and projections `config.json` describes.
 pub fn encoder(model: &str, cfg: &VitConfig, num_labels: usize, class: Class, json: &serde_json::Value) -> Estimate {
     let d = cfg.hidden_size as u64;
-    let head = if num_labels > 0 { (d + 1) * num_labels as u64 } else { 0 };
+    // DeiT with a teacher has two heads (CLS and distillation).
+    let heads = if model == "DeiTForImageClassificationWithTeacher" { 2 } else { 1 };
+    let head = heads * (d + 1) * num_labels as u64;
     Estimate {
         model: model.into(),
         parameters: vit_parameters(cfg) + head + text_tower_parameters(class, json, d),
