@@ -11,6 +11,7 @@ use common::fixture;
 use tokenlens::model::ModelSource;
 use tokenlens::model::memory::{self, Available};
 use tokenlens::session::Session;
+use tokenlens::vlm::Arch;
 
 /// transformers' count for a published folder (tests/fixtures/published/parameter_counts.json).
 fn transformers_count(folder: &str) -> u64 {
@@ -39,13 +40,13 @@ fn within(estimate: u64, reference: u64, tolerance: f64) {
 #[test]
 fn published_vlm_configs_estimate_transformers_parameter_counts() {
     for (folder, name) in [("llava-1.5-7b-hf", "LLaVA"), ("SmolVLM-256M-Instruct", "SmolVLM")] {
-        let estimate = memory::for_vlm_folder(&fixture(&format!("published/{folder}"))).unwrap().unwrap();
+        let estimate = Arch::memory_estimate(&fixture(&format!("published/{folder}"))).unwrap().unwrap();
         assert!(estimate.model.starts_with(name), "{}", estimate.model);
         within(estimate.parameters, transformers_count(folder), 0.01);
     }
     // LLaVA-1.5-7B at f32: 7.06 B x 4 bytes of weights, its KV cache at 2048 tokens:
     // 2 (k, v) x 32 layers x 4096 x 2048 x 4 bytes.
-    let llava = memory::for_vlm_folder(&fixture("published/llava-1.5-7b-hf")).unwrap().unwrap();
+    let llava = Arch::memory_estimate(&fixture("published/llava-1.5-7b-hf")).unwrap().unwrap();
     within(llava.weight_bytes(), 7_063_427_072 * 4, 0.01);
     assert_eq!((llava.kv_tokens, llava.kv_bytes), (2048, 2 * 32 * 4096 * 2048 * 4));
 }
@@ -53,7 +54,7 @@ fn published_vlm_configs_estimate_transformers_parameter_counts() {
 #[test]
 fn estimates_count_the_tensors_the_fixtures_hold() {
     for folder in ["vlm/llava", "vlm/idefics3"] {
-        let estimate = memory::for_vlm_folder(&fixture(folder)).unwrap().unwrap();
+        let estimate = Arch::memory_estimate(&fixture(folder)).unwrap().unwrap();
         within(estimate.parameters, stored_count(&fixture(&format!("{folder}/model.safetensors"))), 0.01);
     }
 }
@@ -68,7 +69,7 @@ fn config_only_7b() -> tempfile::TempDir {
 #[test]
 fn a_model_over_the_limit_is_refused_by_the_guard_before_any_weight_is_read() {
     let dir = config_only_7b();
-    let estimate = memory::for_vlm_folder(dir.path()).unwrap().unwrap();
+    let estimate = Arch::memory_estimate(dir.path()).unwrap().unwrap();
     let msg = memory::check(&estimate, Available::Limit(16_000_000_000)).unwrap_err().to_string();
     for needed in ["LLaVA", "needs about", "16.00 GB is the --memory-limit", "7.06 B parameters", "--quantize q8_0"] {
         assert!(msg.contains(needed), "`{needed}` missing from: {msg}");
@@ -113,7 +114,7 @@ fn the_cli_refuses_with_the_guard_not_a_missing_file() {
 #[test]
 fn tiny_fixtures_load_under_the_default_guard() {
     for folder in ["vlm/llava", "vlm/idefics3", "encoders/vit", "encoders/clip"] {
-        let estimate = memory::for_vlm_folder(&fixture(folder)).unwrap();
+        let estimate = Arch::memory_estimate(&fixture(folder)).unwrap();
         assert!(estimate.as_ref().is_none_or(|e| e.total() < 1_000_000_000), "{folder}: {estimate:?}");
         Session::load(&ModelSource::File(fixture(folder)), &mut |_| {}).unwrap();
     }

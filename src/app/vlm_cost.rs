@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn the_memory_line_shows_weights_dtype_and_kv() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/published/llava-1.5-7b-hf");
-        let m = crate::model::memory::for_vlm_folder(&dir).unwrap().unwrap();
+        let m = crate::vlm::Arch::memory_estimate(&dir).unwrap().unwrap();
         let line = memory_line(&m);
         // 7,063,427,072 parameters x 4 bytes; 2 x 32 layers x 4096 x 2048 tokens x 4 bytes.
         assert!(

@@ -14,14 +14,11 @@
 //! `MemAvailable` from `/proc/meminfo` (Linux). Where neither exists (other systems) the guard is
 //! skipped: it can only refuse what it can measure.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::config::VitConfig;
 use super::hf_config::{Class, resolve_section};
-use super::idefics3::Idefics3Settings;
 use super::llama::LlamaConfig;
-use super::llava::LlavaSettings;
 use crate::{Error, Result};
 
 /// Decoder tokens the KV cache and a decoder attention map are sized for: a prompt with one
@@ -147,7 +144,9 @@ fn decoder_activations(cfg: &LlamaConfig, tokens: usize) -> u64 {
     4 * (cfg.num_attention_heads * tokens * tokens) as u64
 }
 
-fn vlm_estimate(model: &str, vision: &VitConfig, text: &LlamaConfig, projector: u64) -> Estimate {
+/// A vision-language model: the tower, a projector or connector of `projector` parameters, the
+/// decoder.
+pub fn vlm(model: &str, vision: &VitConfig, text: &LlamaConfig, projector: u64) -> Estimate {
     let tokens = kv_tokens(text);
     Estimate {
         model: model.into(),
@@ -158,19 +157,6 @@ fn vlm_estimate(model: &str, vision: &VitConfig, text: &LlamaConfig, projector: 
         kv_bytes: llama_kv_bytes(text, tokens),
         activation_bytes: tower_activations(vision) + decoder_activations(text, tokens),
     }
-}
-
-/// LLaVA: the tower, the two-layer projector (with biases), the decoder.
-pub fn llava(c: &LlavaSettings) -> Estimate {
-    let (dv, dt) = (c.vision.hidden_size as u64, c.text.hidden_size as u64);
-    vlm_estimate("LLaVA (llava)", &c.vision, &c.text, dv * dt + dt + dt * dt + dt)
-}
-
-/// Idefics3 / SmolVLM: the tower, the pixel-shuffle connector (no bias), the decoder.
-pub fn idefics3(c: &Idefics3Settings) -> Estimate {
-    let s = c.scale_factor as u64;
-    let projector = c.vision.hidden_size as u64 * s * s * c.text.hidden_size as u64;
-    vlm_estimate("SmolVLM (idefics3)", &c.vision, &c.text, projector)
 }
 
 /// A vision encoder (`model`: its architecture): the tower, its class head(s) over `num_labels`
@@ -216,18 +202,6 @@ fn text_tower_parameters(class: Class, json: &serde_json::Value, vision_width: u
         }
     };
     tower + heads
-}
-
-/// The estimate for a VLM folder's `config.json` (LLaVA, Idefics3), from the config alone; `None`
-/// for other model types. A config the loader would refuse is refused here with its reason.
-pub fn for_vlm_folder(dir: &Path) -> Result<Option<Estimate>> {
-    let (path, json) = super::hf::read_config(dir)?;
-    let bad = |reason: String| Error::weights(&path, reason);
-    Ok(match json["model_type"].as_str() {
-        Some("llava") => Some(llava(&LlavaSettings::from_hf(&json).map_err(bad)?)),
-        Some("idefics3") => Some(idefics3(&Idefics3Settings::from_hf(&json).map_err(bad)?)),
-        _ => None,
-    })
 }
 
 /// `--memory-limit` in bytes; 0: none given (use `MemAvailable`).
