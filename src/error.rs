@@ -20,6 +20,9 @@ pub enum Error {
     Config { field: &'static str, reason: String },
     #[error("{0}")]
     Render(String),
+    /// The memory guard: the model would not fit (the message says what would).
+    #[error("not enough memory: {0}")]
+    Memory(String),
     /// Asked before what it needs is there (no image open yet).
     #[error("{0}")]
     NotReady(String),

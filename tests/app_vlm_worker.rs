@@ -61,8 +61,11 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         let mut worker = WorkerHandle::spawn(ModelSource::File(fixture(&format!("vlm/{model}"))), || {});
         loop {
             match next(&worker) {
-                Event::VlmReady { num_layers, context, .. } => {
+                Event::VlmReady { num_layers, context, memory, .. } => {
                     assert_eq!((num_layers, context), (2, Some(64)), "{model}");
+                    // The guard's estimate for the cost panel: the KV cache at the 64-token context.
+                    let memory = memory.expect("the memory estimate");
+                    assert_eq!((memory.dtype, memory.kv_tokens), ("f32", 64), "{model}");
                     break;
                 }
                 Event::Status(_) => {}

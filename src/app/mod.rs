@@ -373,8 +373,11 @@ impl TokenlensApp {
             return;
         }
         match event {
-            Event::VlmReady { id, num_layers, context, split_image } => {
-                self.vlm_ready(id, num_layers, context, split_image)
+            Event::VlmReady { id, num_layers, context, split_image, memory } => {
+                self.vlm_ready(id, num_layers, context, split_image);
+                if let Some(vlm) = &mut self.vlm {
+                    vlm.memory = memory;
+                }
             }
             Event::VlmToken { .. }
             | Event::VlmOpened { .. }

@@ -104,6 +104,8 @@ pub struct VlmState {
     pub model_id: String,
     pub num_layers: usize,
     pub context: Option<usize>,
+    /// The memory guard's estimate for the model (shown with the cost).
+    pub memory: Option<crate::model::memory::Estimate>,
     /// The full run of the current image and question.
     pub full: Slot<Arc<VlmOpened>>,
     sent_full: Option<FullKey>,

@@ -8,6 +8,7 @@ use egui_plot::{Bar, BarChart, Plot};
 
 use super::TokenlensApp;
 use super::output::flops;
+use crate::model::memory::{Estimate, gb};
 use crate::session::vlm::{VlmCost, VlmRun};
 
 /// "1.50 MB", "12.0 kB".
@@ -42,6 +43,9 @@ pub fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
     let reduced = vlm.run.value.as_deref().filter(|_| !vlm.run.pending);
     ui.add_space(8.0);
     ui.strong("Cost");
+    if let Some(m) = &vlm.memory {
+        ui.label(RichText::new(memory_line(m)).small()).on_hover_text(m.summary());
+    }
     cost_table_ui(ui, full, reduced);
     let mut charts = vec![BarChart::new("full", layer_bars(&full.cost, -0.2, "full")).color(Color32::GRAY)];
     if let Some(r) = reduced {
@@ -83,6 +87,19 @@ pub fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
     );
 }
 
+/// The model's memory as the guard estimated it at load: weights in their dtype, the KV cache.
+pub fn memory_line(m: &Estimate) -> String {
+    format!(
+        "weights {} ({}, {:.2} B parameters) · KV cache up to {} ({} tokens, f32) · estimate {}",
+        gb(m.weight_bytes()),
+        m.dtype,
+        m.parameters as f64 / 1e9,
+        gb(m.kv_bytes),
+        m.kv_tokens,
+        gb(m.total())
+    )
+}
+
 fn cost_table_ui(ui: &mut egui::Ui, full: &VlmRun, reduced: Option<&VlmRun>) {
     type Row = (&'static str, &'static str, fn(&VlmCost) -> String);
     let rows: [Row; 9] = [
@@ -122,6 +139,18 @@ mod tests {
     fn sizes_read_plainly() {
         assert_eq!(bytes(1_500_000), "1.50 MB");
         assert_eq!(bytes(12_000), "12.0 kB");
+    }
+
+    #[test]
+    fn the_memory_line_shows_weights_dtype_and_kv() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/published/llava-1.5-7b-hf");
+        let m = crate::session::vlm::Arch::memory_estimate(&dir).unwrap().unwrap();
+        let line = memory_line(&m);
+        // 7,063,427,072 parameters x 4 bytes; 2 x 32 layers x 4096 x 2048 tokens x 4 bytes.
+        assert!(
+            line.starts_with("weights 28.25 GB (f32, 7.06 B parameters) · KV cache up to 2.15 GB (2048 tokens"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub enum Event {
         context: Option<usize>,
         /// The folder's image-splitting setting (SmolVLM's `do_image_splitting`).
         split_image: bool,
+        /// The memory guard's estimate for the model (weights, dtype, KV cache).
+        memory: Option<crate::model::memory::Estimate>,
     },
     /// One answer token of the VLM request `id` (full or reduced), decoded on its own, and the
     /// answer so far decoded whole (what a reader sees, spaces and all).
@@ -248,6 +250,7 @@ impl<W: Fn()> Worker<W> {
                         num_layers: vlm.num_layers(),
                         context: vlm.arch.lm().cfg.max_position_embeddings,
                         split_image: vlm.split_image,
+                        memory: crate::session::vlm::Arch::memory_estimate(&vlm.dir).ok().flatten(),
                     },
                     Err(_) => Event::ModelReady { id: s.id.clone(), takes_prompt: s.takes_prompt() },
                 });

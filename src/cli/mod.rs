@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use tokenlens::model::{ModelSource, fetch, preprocess};
+use tokenlens::model::{ModelSource, fetch, memory, preprocess};
 use tokenlens::reduce::budget::PRESETS_REMOVED;
 use tokenlens::reduce::{Budget, PositionMode, ReducerConfig};
 use tokenlens::render::{self, Colormap};
@@ -28,6 +28,10 @@ struct Cli {
     /// where Pillow refuses).
     #[arg(long, global = true, value_name = "PIXELS")]
     max_image_pixels: Option<u64>,
+    /// Memory guard: the memory a model may need, in GB (10^9 bytes), instead of what the system
+    /// has available (MemAvailable); a model estimated to need more is refused before loading.
+    #[arg(long, global = true, value_name = "GB")]
+    memory_limit: Option<f64>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -361,6 +365,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     if let Some(limit) = cli.max_image_pixels {
         anyhow::ensure!(limit > 0, "--max-image-pixels must be positive");
         preprocess::set_max_pixels(limit);
+    }
+    if let Some(gb) = cli.memory_limit {
+        anyhow::ensure!(gb.is_finite() && gb > 0.0, "--memory-limit must be a positive number of GB");
+        memory::set_limit((gb * 1e9) as u64);
     }
     let command = cli
         .command

@@ -146,5 +146,16 @@ fn safetensors_bytes(weights: &HashMap<String, Tensor>, meta: HashMap<String, St
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// [`sha256_hex`] of a file, read in chunks (a checkpoint is never held whole for its checksum).
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?), &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

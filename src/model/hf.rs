@@ -18,13 +18,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, linear};
 use serde::Deserialize;
 
 use super::config::{Activation, BlockNames, VitConfig, unsupported};
 use super::hf_config::{Class, resolve, resolve_section};
+use super::memory::{self, Estimate};
 use super::vit::VisionTransformer;
+use super::weights::Weights;
 use super::zero_shot::ZeroShot;
 use crate::{Error, Result};
 
@@ -77,8 +79,70 @@ pub struct HfVision {
 }
 
 impl HfVision {
-    /// Loads `dir/config.json` and `dir/model.safetensors`.
+    /// The memory guard's estimate for the folder's model, from its config alone.
+    pub fn memory_estimate(dir: &Path) -> Result<Estimate> {
+        Ok(Settings::read(dir)?.estimate())
+    }
+
+    /// Loads `dir/config.json` and `dir/model.safetensors`, after the memory guard.
     pub fn load(dir: &Path) -> Result<Self> {
+        let settings = Settings::read(dir)?;
+        memory::guard(&settings.estimate())?;
+        let Settings { json, hf, architecture, cfg, tower_root, .. } = settings;
+        let bad = |path: &Path, reason: String| Error::weights(path, reason);
+
+        let weights = read_weights(dir)?;
+        let weights_path = weights.path.clone();
+        // Classifiers keep the encoder under `vit.` / `deit.`; bare models at the root.
+        let root = tower_root.unwrap_or_else(|| {
+            [hf.model_type.as_str(), "vit", "deit"]
+                .into_iter()
+                .find(|p| weights.contains(&format!("{p}.embeddings.cls_token")))
+                .unwrap_or("")
+        });
+        let vb = weights.into_var_builder();
+        let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json ({architecture}): {e}"));
+        let encoder_vb = if root.is_empty() { vb.clone() } else { vb.pp(root) };
+        let encoder = VisionTransformer::new(&cfg, encoder_vb).map_err(mismatch)?;
+        let num_labels = hf.id2label.len();
+        let head = match architecture.as_str() {
+            "DeiTForImageClassificationWithTeacher" => Head::ClsAndDistillation(
+                linear(cfg.hidden_size, num_labels, vb.pp("cls_classifier")).map_err(|e| mismatch(e.into()))?,
+                linear(cfg.hidden_size, num_labels, vb.pp("distillation_classifier"))
+                    .map_err(|e| mismatch(e.into()))?,
+            ),
+            a if a.ends_with("ForImageClassification") => {
+                Head::Cls(linear(cfg.hidden_size, num_labels, vb.pp("classifier")).map_err(|e| mismatch(e.into()))?)
+            }
+            _ => Head::None,
+        };
+        let labels = (0..num_labels).map(|i| hf.id2label.get(&i.to_string()).cloned().unwrap_or_default()).collect();
+        let zero_shot = match json.get("text_config") {
+            Some(_) => Some(ZeroShot::load(dir, &json, &cfg, vb).map_err(mismatch)?),
+            None => None,
+        };
+        Ok(Self { model_type: hf.model_type, architecture, encoder, head, labels, zero_shot })
+    }
+
+    /// Class logits from the final-norm features `[1, tokens, dim]` (prefix tokens first).
+    pub fn logits(&self, features: &Tensor) -> Result<Option<Tensor>> {
+        self.head.logits(features)
+    }
+}
+
+/// A vision folder's config, read and checked before any weight.
+struct Settings {
+    json: serde_json::Value,
+    class: Class,
+    hf: HfConfig,
+    architecture: String,
+    cfg: VitConfig,
+    /// Where the tower's weights are (CLIP, SigLIP); `None`: found from the names.
+    tower_root: Option<&'static str>,
+}
+
+impl Settings {
+    fn read(dir: &Path) -> Result<Self> {
         let (config_path, json) = read_config(dir)?;
         let bad = |path: &Path, reason: String| Error::weights(path, reason);
         let model_type = json["model_type"].as_str().unwrap_or_default();
@@ -114,42 +178,11 @@ impl HfVision {
         }
         let architecture = hf.architectures.first().cloned().unwrap_or_else(|| hf.model_type.clone());
         let cfg = vit_config(&hf).map_err(|reason| bad(&config_path, reason))?;
-
-        let (weights_path, weights) = read_weights(dir)?;
-        // Classifiers keep the encoder under `vit.` / `deit.`; bare models at the root.
-        let root = tower_root.unwrap_or_else(|| {
-            [hf.model_type.as_str(), "vit", "deit"]
-                .into_iter()
-                .find(|p| weights.contains_key(&format!("{p}.embeddings.cls_token")))
-                .unwrap_or("")
-        });
-        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-        let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json ({architecture}): {e}"));
-        let encoder_vb = if root.is_empty() { vb.clone() } else { vb.pp(root) };
-        let encoder = VisionTransformer::new(&cfg, encoder_vb).map_err(mismatch)?;
-        let num_labels = hf.id2label.len();
-        let head = match architecture.as_str() {
-            "DeiTForImageClassificationWithTeacher" => Head::ClsAndDistillation(
-                linear(cfg.hidden_size, num_labels, vb.pp("cls_classifier")).map_err(|e| mismatch(e.into()))?,
-                linear(cfg.hidden_size, num_labels, vb.pp("distillation_classifier"))
-                    .map_err(|e| mismatch(e.into()))?,
-            ),
-            a if a.ends_with("ForImageClassification") => {
-                Head::Cls(linear(cfg.hidden_size, num_labels, vb.pp("classifier")).map_err(|e| mismatch(e.into()))?)
-            }
-            _ => Head::None,
-        };
-        let labels = (0..num_labels).map(|i| hf.id2label.get(&i.to_string()).cloned().unwrap_or_default()).collect();
-        let zero_shot = match json.get("text_config") {
-            Some(_) => Some(ZeroShot::load(dir, &json, &cfg, vb).map_err(mismatch)?),
-            None => None,
-        };
-        Ok(Self { model_type: hf.model_type, architecture, encoder, head, labels, zero_shot })
+        Ok(Self { json, class, hf, architecture, cfg, tower_root })
     }
 
-    /// Class logits from the final-norm features `[1, tokens, dim]` (prefix tokens first).
-    pub fn logits(&self, features: &Tensor) -> Result<Option<Tensor>> {
-        self.head.logits(features)
+    fn estimate(&self) -> Estimate {
+        memory::encoder(&self.architecture, &self.cfg, self.hf.id2label.len(), self.class, &self.json)
     }
 }
 
@@ -175,62 +208,32 @@ pub(crate) fn read_config(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
     Ok((path, json))
 }
 
-/// The folder's weights: `model.safetensors`, or the shards `model.safetensors.index.json` lists
-/// (how big checkpoints such as LLaVA-1.5-7B are saved). Returns the path errors should name.
-pub(crate) fn read_weights(dir: &Path) -> Result<(PathBuf, std::collections::HashMap<String, candle_core::Tensor>)> {
+/// The folder's weights, memory-mapped: `model.safetensors`, or the shards
+/// `model.safetensors.index.json` lists (how big checkpoints such as LLaVA-1.5-7B are saved).
+/// [`Weights::path`] is the file errors should name.
+pub(crate) fn read_weights(dir: &Path) -> Result<Weights> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     if single.is_file() || !index.is_file() {
-        let mut weights = candle_core::safetensors::load(&single, &Device::Cpu).map_err(|e| {
-            Error::weights(&single, format!("cannot read the weights ({e}); the folder needs model.safetensors"))
-        })?;
-        keep_float_weights(&single, &mut weights)?;
-        return Ok((single, weights));
+        return Weights::map(&single, std::slice::from_ref(&single), |path, e| {
+            Error::weights(path, format!("cannot read the weights ({e}); the folder needs model.safetensors"))
+        });
     }
     let text = std::fs::read_to_string(&index).map_err(|e| Error::weights(&index, format!("cannot read: {e}")))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::weights(&index, format!("not JSON: {e}")))?;
-    let mut shards: Vec<&str> = json["weight_map"]
+    let mut shards: Vec<PathBuf> = json["weight_map"]
         .as_object()
         .ok_or_else(|| Error::weights(&index, "no weight_map"))?
         .values()
         .filter_map(|v| v.as_str())
+        .map(|shard| dir.join(shard))
         .collect();
     shards.sort_unstable();
     shards.dedup();
-    let mut weights = std::collections::HashMap::new();
-    for shard in shards {
-        let path = dir.join(shard);
-        let mut part = candle_core::safetensors::load(&path, &Device::Cpu)
-            .map_err(|e| Error::weights(&path, format!("cannot read this shard of the weights ({e})")))?;
-        keep_float_weights(&path, &mut part)?;
-        weights.extend(part);
-    }
-    Ok((index, weights))
-}
-
-/// Every weight must be floating point: the loader would otherwise cast an integer tensor to
-/// f32 and run with it. Integer index buffers that older checkpoints save beside the weights
-/// (`embeddings.position_ids`, which the model computes itself) are dropped instead.
-pub(crate) fn keep_float_weights(
-    path: &Path,
-    weights: &mut std::collections::HashMap<String, candle_core::Tensor>,
-) -> Result<()> {
-    weights.retain(|name, t| t.dtype().is_float() || !name.ends_with("position_ids"));
-    let mut wrong: Vec<_> = weights.iter().filter(|(_, t)| !t.dtype().is_float()).collect();
-    wrong.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    match wrong.first() {
-        None => Ok(()),
-        Some((name, t)) => Err(Error::weights(
-            path,
-            format!(
-                "tensor `{name}` is stored as {} ({} integer tensor(s) in all); weights must be floating point \
-                 (F32, F16 or BF16): the file is not a model checkpoint or was converted wrongly",
-                t.dtype().as_str(),
-                wrong.len()
-            ),
-        )),
-    }
+    Weights::map(&index, &shards, |path, e| {
+        Error::weights(path, format!("cannot read this shard of the weights ({e})"))
+    })
 }
 
 /// Our config axes for a composite model's vision tower (CLIP, SigLIP, a VLM): `parent`'s

@@ -12,8 +12,8 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder, linear_no_bias};
+use candle_core::{Device, Module, Tensor};
+use candle_nn::{Linear, linear_no_bias};
 use image::RgbImage;
 
 use super::config::{VitConfig, unsupported};
@@ -272,8 +272,9 @@ impl Idefics3 {
             ));
         }
 
-        let (weights_path, weights) = read_weights(dir)?;
-        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        let weights = read_weights(dir)?;
+        let weights_path = weights.path.clone();
+        let vb = weights.into_var_builder();
         let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json (idefics3): {e}"));
         let model = vb.pp("model");
         let width = vision_cfg.hidden_size * scale_factor * scale_factor;

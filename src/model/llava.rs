@@ -9,8 +9,8 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, linear};
 
 use super::config::{VitConfig, unsupported};
 use super::hf::{read_config, read_weights, vision_config};
@@ -130,15 +130,16 @@ impl Llava {
         let (vision_cfg, text_cfg, image_token) = (c.vision, c.text, c.image_token);
         let (feature_blocks, keep_cls) = (c.feature_blocks, c.keep_cls);
 
-        let (weights_path, weights) = read_weights(dir)?;
+        let weights = read_weights(dir)?;
+        let weights_path = weights.path.clone();
         // The module tree keeps everything under `model.` but `lm_head`.
-        let root = if weights.contains_key("model.language_model.embed_tokens.weight") { "model." } else { "" };
-        let tower = if weights.contains_key(&format!("{root}vision_tower.vision_model.embeddings.class_embedding")) {
+        let root = if weights.contains("model.language_model.embed_tokens.weight") { "model." } else { "" };
+        let tower = if weights.contains(&format!("{root}vision_tower.vision_model.embeddings.class_embedding")) {
             format!("{root}vision_tower.vision_model")
         } else {
             format!("{root}vision_tower")
         };
-        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        let vb = weights.into_var_builder();
         let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json (llava): {e}"));
         let lm = if root.is_empty() {
             Llama::new(&text_cfg, vb.pp("language_model"))

@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod llava;
+pub mod memory;
 pub mod onnx;
 pub mod pil_resize;
 pub mod preprocess;
@@ -22,12 +23,12 @@ pub mod resize;
 pub mod saliency;
 pub mod state;
 pub mod vit;
+pub(crate) mod weights;
 pub mod zero_shot;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 pub use config::VitConfig;
@@ -106,14 +107,13 @@ impl Model {
             }
             ModelSource::File(p) => p.clone(),
         };
-        let (weights, sha) = read_any(&path)?;
-        Self::from_weights(weights, sha, &path)
+        let (vb, sha) = read_any(&path)?;
+        Self::from_weights(vb, sha, &path)
     }
 
-    fn from_weights(weights: HashMap<String, Tensor>, weights_sha256: String, path: &Path) -> Result<Self> {
+    fn from_weights(vb: VarBuilder, weights_sha256: String, path: &Path) -> Result<Self> {
         let device = Device::Cpu;
         let cfg = VitConfig::dinov2_small();
-        let vb = VarBuilder::from_tensors(weights, DType::F32, &device);
         let wrong = |e: Error| Error::weights(path, format!("does not match the DINOv2-S/14 saliency model: {e}"));
         let encoder = VisionTransformer::new(&cfg, vb.pp("backbone")).map_err(wrong)?;
         let decoder = SaliencyDecoder::new(cfg.hidden_size, cfg.image_size, vb.pp("decoder")).map_err(wrong)?;
@@ -131,7 +131,7 @@ impl Model {
         let hf = hf::HfVision::load(dir)?;
         let preprocessor = Preprocessor::Hf(hf_preprocess::HfPreprocessor::load(dir)?);
         let weights = dir.join("model.safetensors");
-        let bytes = std::fs::read(&weights).map_err(|e| Error::weights(&weights, format!("cannot read: {e}")))?;
+        let sha = fetch::sha256_file(&weights).map_err(|e| Error::weights(&weights, format!("cannot read: {e}")))?;
         let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         let head = match (hf.zero_shot, hf.head) {
             (Some(zs), _) => OutputHead::ZeroShot(Box::new(zs)),
@@ -140,7 +140,7 @@ impl Model {
         };
         Ok(Self {
             id: format!("{} ({name})", hf.architecture),
-            weights_sha256: fetch::sha256_hex(&bytes),
+            weights_sha256: sha,
             encoder: hf.encoder,
             head,
             preprocessor,
@@ -149,29 +149,38 @@ impl Model {
     }
 }
 
-/// Reads `.onnx` (converted in memory) or our `.safetensors`; returns the weights and the
-/// source ONNX checksum.
-fn read_any(path: &Path) -> Result<(HashMap<String, Tensor>, String)> {
+/// Reads `.onnx` (converted in memory) or our `.safetensors` (memory-mapped); returns the
+/// weights and the source ONNX checksum.
+fn read_any(path: &Path) -> Result<(VarBuilder<'static>, String)> {
     let is_onnx = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
     if is_onnx {
         let bytes = std::fs::read(path).map_err(|e| Error::weights(path, format!("cannot read: {e}")))?;
-        return Ok((onnx::read_weights(path)?, fetch::sha256_hex(&bytes)));
+        let weights = onnx::read_weights(path)?;
+        return Ok((VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu), fetch::sha256_hex(&bytes)));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::weights(path, format!("cannot read: {e}")))?;
-    let corrupt = |e: String| {
+    let weights = weights::Weights::map(path, &[path.to_path_buf()], |path, e| {
         Error::weights(
             path,
             format!("not a readable safetensors file ({e}); delete it and run `tokenlens fetch-model`"),
         )
+    })?;
+    let read = |e: std::io::Error| Error::weights(path, format!("cannot read: {e}"));
+    let sha = match source_sha256(path).map_err(read)? {
+        Some(sha) => sha,
+        None => fetch::sha256_file(path).map_err(read)?,
     };
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    let sha = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(fetch::META_SOURCE_SHA256).cloned())
-        .unwrap_or_else(|| fetch::sha256_hex(&bytes));
-    let mut weights =
-        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| corrupt(e.to_string()))?;
-    hf::keep_float_weights(path, &mut weights)?;
-    Ok((weights, sha))
+    Ok((weights.into_var_builder(), sha))
+}
+
+/// The ONNX checksum our converted file records in its header's metadata, if any (the header
+/// was checked when the file was mapped).
+fn source_sha256(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)?;
+    let mut header = vec![0u8; u64::from_le_bytes(len).min(file.metadata()?.len()) as usize];
+    file.read_exact(&mut header)?;
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap_or_default();
+    Ok(header["__metadata__"][fetch::META_SOURCE_SHA256].as_str().map(String::from))
 }

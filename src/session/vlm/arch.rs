@@ -21,10 +21,11 @@ use super::Prompt;
 use super::decode::Sequence;
 use crate::analysis::attention;
 use crate::analysis::cost::BlockTokens;
-use crate::model::idefics3::Idefics3;
+use crate::model::hf::read_config;
+use crate::model::idefics3::{Idefics3, Idefics3Settings};
 use crate::model::llama::Llama;
-use crate::model::llava::Llava;
-use crate::model::{HookPoint, Probe, TokenState, Trace, chat, fetch, preprocess};
+use crate::model::llava::{Llava, LlavaSettings};
+use crate::model::{HookPoint, Probe, TokenState, Trace, chat, fetch, memory, preprocess};
 use crate::reduce::llm::Row;
 use crate::reduce::{Context, PositionMode, Reducer, ReducerConfig, Site};
 use crate::session::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
@@ -135,7 +136,12 @@ pub fn eos_ids(dir: &Path, tokenizer: &tokenizers::Tokenizer) -> Vec<u32> {
 }
 
 impl Arch {
+    /// Loads the folder's model, after the memory guard (from the config alone, before any
+    /// weight is read).
     pub fn load(dir: &Path) -> Result<Self> {
+        if let Some(estimate) = Self::memory_estimate(dir)? {
+            memory::guard(&estimate)?;
+        }
         match model_type(dir).as_deref() {
             Some("llava") => {
                 let m = Llava::load(dir)?;
@@ -156,6 +162,30 @@ impl Arch {
                 ),
             )),
         }
+    }
+
+    /// The memory guard's estimate for a VLM folder (LLaVA, Idefics3), from `config.json` alone;
+    /// `None` for other model types. A config the loader would refuse is refused here, with its
+    /// reason.
+    pub fn memory_estimate(dir: &Path) -> Result<Option<memory::Estimate>> {
+        let (path, json) = read_config(dir)?;
+        let bad = |reason: String| Error::weights(&path, reason);
+        Ok(match json["model_type"].as_str() {
+            Some("llava") => {
+                let c = LlavaSettings::from_hf(&json).map_err(bad)?;
+                // Two linears with biases.
+                let (dv, dt) = (c.vision.hidden_size as u64, c.text.hidden_size as u64);
+                Some(memory::vlm("LLaVA (llava)", &c.vision, &c.text, dv * dt + dt + dt * dt + dt))
+            }
+            Some("idefics3") => {
+                let c = Idefics3Settings::from_hf(&json).map_err(bad)?;
+                // The pixel shuffle's s² patches into one linear, no bias.
+                let s = c.scale_factor as u64;
+                let connector = c.vision.hidden_size as u64 * s * s * c.text.hidden_size as u64;
+                Some(memory::vlm("SmolVLM (idefics3)", &c.vision, &c.text, connector))
+            }
+            _ => None,
+        })
     }
 
     pub fn lm(&self) -> &Llama {

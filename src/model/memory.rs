@@ -1,0 +1,312 @@
+//! The memory guard: before a model's weights are touched, estimate from its config alone the
+//! memory it needs, compare with what is available, and refuse with a clear message, never an
+//! out-of-memory kill halfway through a load.
+//!
+//! The estimate ([`Estimate`]): the parameter count from the config's shapes (vision tower,
+//! projector or connector, decoder: embeddings, each layer's attention, MLP and norms, `lm_head`
+//! unless tied; for encoders the tower, the class head and a CLIP/SigLIP text tower) times the
+//! bytes per parameter it is computed in (f32 today: 4), plus the decoder's KV cache at f32 for
+//! [`KV_TOKENS`] tokens (or the model's context, if shorter), plus the attention maps the views
+//! keep (every tower layer; one decoder layer at [`KV_TOKENS`]), plus a margin of 10 % and
+//! 256 MiB for the app and the run's transient tensors.
+//!
+//! Available: the `--memory-limit` given on the command line ([`set_limit`]), else
+//! `MemAvailable` from `/proc/meminfo` (Linux). Where neither exists (other systems) the guard is
+//! skipped: it can only refuse what it can measure.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::config::VitConfig;
+use super::hf_config::{Class, resolve_section};
+use super::llama::LlamaConfig;
+use crate::{Error, Result};
+
+/// Decoder tokens the KV cache and a decoder attention map are sized for: a prompt with one
+/// image (LLaVA-1.5: 576 image tokens; SmolVLM with splitting: up to ~1,000) and an answer.
+pub const KV_TOKENS: usize = 2048;
+/// Bytes per parameter as computed today (every weight is converted to f32 at load).
+pub const F32_BYTES: f64 = 4.0;
+/// Planned weight formats (issue 15: `--quantize`), with their approximate bytes per weight.
+const PLANNED: [(&str, f64); 2] = [("q8_0", 1.1), ("q4k", 0.6)];
+const MARGIN_FIXED: u64 = 256 << 20;
+
+/// What loading and running a model is estimated to need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    /// What is loaded, for messages ("LLaVA (llava)").
+    pub model: String,
+    pub parameters: u64,
+    pub bytes_per_parameter: f64,
+    /// The dtype the weights are computed in.
+    pub dtype: &'static str,
+    /// Decoder tokens the KV cache is sized for (0 for encoders).
+    pub kv_tokens: usize,
+    pub kv_bytes: u64,
+    /// Attention maps and states kept for the views.
+    pub activation_bytes: u64,
+}
+
+impl Estimate {
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights_at(self.bytes_per_parameter)
+    }
+
+    fn weights_at(&self, bytes_per_parameter: f64) -> u64 {
+        (self.parameters as f64 * bytes_per_parameter) as u64
+    }
+
+    /// The whole estimate: weights, KV cache, attention maps, margin.
+    pub fn total(&self) -> u64 {
+        self.total_at(self.bytes_per_parameter)
+    }
+
+    fn total_at(&self, bytes_per_parameter: f64) -> u64 {
+        let base = self.weights_at(bytes_per_parameter) + self.kv_bytes + self.activation_bytes;
+        base + base / 10 + MARGIN_FIXED
+    }
+
+    /// One line: "7.06 B parameters: weights 28.25 GB (f32), KV cache 1.07 GB (2048 tokens), …".
+    pub fn summary(&self) -> String {
+        let kv = if self.kv_tokens == 0 {
+            String::new()
+        } else {
+            format!(", KV cache {} ({} tokens, f32)", gb(self.kv_bytes), self.kv_tokens)
+        };
+        format!(
+            "{:.2} B parameters: weights {} ({}){kv}, attention maps {}, with a 10 % + 256 MiB margin {} in all",
+            self.parameters as f64 / 1e9,
+            gb(self.weight_bytes()),
+            self.dtype,
+            gb(self.activation_bytes),
+            gb(self.total()),
+        )
+    }
+}
+
+/// "28.25 GB" (decimal gigabytes, as `--memory-limit` takes them).
+pub fn gb(bytes: u64) -> String {
+    format!("{:.2} GB", bytes as f64 / 1e9)
+}
+
+/// Parameters of one pre-LayerNorm transformer block of width `d`, MLP width `i`.
+fn vit_block(d: u64, i: u64, qkv_bias: bool) -> u64 {
+    let attention = 4 * d * d + if qkv_bias { 3 * d } else { 0 } + d;
+    let mlp = 2 * d * i + i + d;
+    attention + mlp + 4 * d // two LayerNorms
+}
+
+/// A vision tower's parameters (`VitConfig`): patch embedding, prefix tokens, position
+/// embeddings, blocks, norms.
+pub fn vit_parameters(cfg: &VitConfig) -> u64 {
+    let (d, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let p = cfg.patch_size as u64;
+    let patches = (cfg.position_grid * cfg.position_grid) as u64;
+    let prefix = cfg.num_prefix_tokens as u64;
+    let patch = cfg.num_channels as u64 * p * p * d + if cfg.patch_bias { d } else { 0 };
+    let pre_norm = if cfg.pre_norm { 2 * d } else { 0 };
+    let layer_scale = if cfg.layerscale { 2 * d } else { 0 };
+    let blocks = cfg.num_hidden_layers as u64 * (vit_block(d, i, cfg.qkv_bias) + layer_scale);
+    patch + prefix * d + (patches + prefix) * d + pre_norm + blocks + 2 * d
+}
+
+/// A Llama decoder's parameters: embeddings, per layer attention (grouped-query) + gated MLP
+/// + two RMSNorms, the final norm, and `lm_head` unless tied to the embeddings.
+pub fn llama_parameters(cfg: &LlamaConfig) -> u64 {
+    let (d, i, v) = (cfg.hidden_size as u64, cfg.intermediate_size as u64, cfg.vocab_size as u64);
+    let q = (cfg.num_attention_heads * cfg.head_dim()) as u64;
+    let kv = (cfg.kv_heads() * cfg.head_dim()) as u64;
+    let attention = d * q + 2 * d * kv + q * d + if cfg.attention_bias { q + 2 * kv + d } else { 0 };
+    let mlp = 3 * d * i + if cfg.mlp_bias { 2 * i + d } else { 0 };
+    let layers = cfg.num_hidden_layers as u64 * (attention + mlp + 2 * d);
+    let head = if cfg.tie_word_embeddings { 0 } else { v * d };
+    v * d + layers + d + head
+}
+
+/// The decoder's KV cache at f32 for `tokens` tokens.
+pub fn llama_kv_bytes(cfg: &LlamaConfig, tokens: usize) -> u64 {
+    (2 * cfg.num_hidden_layers * cfg.kv_heads() * cfg.head_dim() * tokens * 4) as u64
+}
+
+/// The context the KV cache is sized for: [`KV_TOKENS`], or the model's context if shorter.
+fn kv_tokens(cfg: &LlamaConfig) -> usize {
+    cfg.max_position_embeddings.map_or(KV_TOKENS, |n| n.min(KV_TOKENS))
+}
+
+/// Attention maps (every layer) and states the tower's trace keeps for one image, at f32.
+fn tower_activations(cfg: &VitConfig) -> u64 {
+    let n = (cfg.position_grid * cfg.position_grid + cfg.num_prefix_tokens) as u64;
+    let layers = cfg.num_hidden_layers as u64;
+    4 * layers * (cfg.num_attention_heads as u64 * n * n + n * cfg.hidden_size as u64)
+}
+
+/// One decoder layer's attention map at `tokens` tokens (what FastV and the views read), f32.
+fn decoder_activations(cfg: &LlamaConfig, tokens: usize) -> u64 {
+    4 * (cfg.num_attention_heads * tokens * tokens) as u64
+}
+
+/// A vision-language model: the tower, a projector or connector of `projector` parameters, the
+/// decoder.
+pub fn vlm(model: &str, vision: &VitConfig, text: &LlamaConfig, projector: u64) -> Estimate {
+    let tokens = kv_tokens(text);
+    Estimate {
+        model: model.into(),
+        parameters: vit_parameters(vision) + projector + llama_parameters(text),
+        bytes_per_parameter: F32_BYTES,
+        dtype: "f32",
+        kv_tokens: tokens,
+        kv_bytes: llama_kv_bytes(text, tokens),
+        activation_bytes: tower_activations(vision) + decoder_activations(text, tokens),
+    }
+}
+
+/// A vision encoder (`model`: its architecture): the tower, its class head(s) over `num_labels`
+/// classes, and (CLIP, SigLIP) the text tower and projections `config.json` describes.
+pub fn encoder(model: &str, cfg: &VitConfig, num_labels: usize, class: Class, json: &serde_json::Value) -> Estimate {
+    let d = cfg.hidden_size as u64;
+    // DeiT with a teacher has two heads (CLS and distillation).
+    let heads = if model == "DeiTForImageClassificationWithTeacher" { 2 } else { 1 };
+    let head = heads * (d + 1) * num_labels as u64;
+    Estimate {
+        model: model.into(),
+        parameters: vit_parameters(cfg) + head + text_tower_parameters(class, json, d),
+        bytes_per_parameter: F32_BYTES,
+        dtype: "f32",
+        kv_tokens: 0,
+        kv_bytes: 0,
+        activation_bytes: tower_activations(cfg),
+    }
+}
+
+/// CLIP's and SigLIP's text tower (token and position embeddings, blocks, final norm) and
+/// projections (CLIP: both towers' to `projection_dim`; SigLIP: the text head and the vision
+/// tower's attention-pooling head); 0 without a `text_config`.
+fn text_tower_parameters(class: Class, json: &serde_json::Value, vision_width: u64) -> u64 {
+    if json.get("text_config").is_none() {
+        return 0;
+    }
+    let Ok((_, t)) = resolve_section(class, json, "text_config") else { return 0 };
+    let field = |k: &str| t[k].as_u64().unwrap_or(0);
+    let (d, i) = (field("hidden_size"), field("intermediate_size"));
+    let tower = (field("vocab_size") + field("max_position_embeddings")) * d
+        + field("num_hidden_layers") * vit_block(d, i, true)
+        + 2 * d;
+    let heads = match class {
+        Class::Clip => (d + vision_width) * json["projection_dim"].as_u64().unwrap_or(512),
+        // The text head (d -> projection_size, default d) and the vision pooling head (a probe,
+        // attention, norm and MLP); its MLP width is the vision tower's.
+        _ => {
+            let p = t["projection_size"].as_u64().unwrap_or(d);
+            let (v, vi) =
+                (vision_width, json["vision_config"]["intermediate_size"].as_u64().unwrap_or(4 * vision_width));
+            d * p + p + v + 4 * v * v + 4 * v + 2 * v + 2 * v * vi + vi + v
+        }
+    };
+    tower + heads
+}
+
+/// `--memory-limit` in bytes; 0: none given (use `MemAvailable`).
+static LIMIT: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the memory the guard compares with for this process, in bytes, instead of
+/// `MemAvailable` (the CLI's `--memory-limit`).
+pub fn set_limit(bytes: u64) {
+    LIMIT.store(bytes.max(1), Ordering::Relaxed);
+}
+
+/// What the guard compares an estimate with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Available {
+    /// `--memory-limit`, in bytes.
+    Limit(u64),
+    /// `MemAvailable` from `/proc/meminfo`, in bytes.
+    MemAvailable(u64),
+    /// Neither: the guard is skipped.
+    Unknown,
+}
+
+impl Available {
+    /// The `--memory-limit` if one was set, else `MemAvailable`.
+    pub fn now() -> Self {
+        match LIMIT.load(Ordering::Relaxed) {
+            0 => std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| mem_available(&m))
+                .map_or(Self::Unknown, Self::MemAvailable),
+            limit => Self::Limit(limit),
+        }
+    }
+}
+
+/// `MemAvailable` (kB) in a `/proc/meminfo` text, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses `estimate` if it does not fit in `available`, saying what it needs, what there is and
+/// what would make it fit.
+pub fn check(estimate: &Estimate, available: Available) -> Result<()> {
+    let (have, source) = match available {
+        Available::Limit(b) => (b, "the --memory-limit"),
+        Available::MemAvailable(b) => (b, "available (MemAvailable)"),
+        Available::Unknown => return Ok(()),
+    };
+    let need = estimate.total();
+    if need <= have {
+        return Ok(());
+    }
+    let planned: Vec<String> = PLANNED
+        .iter()
+        .map(|&(name, b)| {
+            format!("--quantize {name} (about {b} bytes per weight: {} in all)", gb(estimate.total_at(b)))
+        })
+        .collect();
+    Err(Error::Memory(format!(
+        "{} needs about {} to load and run ({}), but {} is {}. Use a smaller model or free memory; \
+         planned in issue 15 and not available yet: {}. If the estimate is wrong for this machine, set the \
+         limit with --memory-limit GB",
+        estimate.model,
+        gb(need),
+        estimate.summary(),
+        gb(have),
+        source,
+        planned.join(" or "),
+    )))
+}
+
+/// [`check`] against what is available now.
+pub fn guard(estimate: &Estimate) -> Result<()> {
+    check(estimate, Available::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_available_is_read_in_bytes() {
+        let meminfo = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(mem_available(meminfo), Some(20_000_000 * 1024));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn the_margin_is_ten_percent_and_256_mib() {
+        let e = Estimate {
+            model: "m".into(),
+            parameters: 1_000_000_000,
+            bytes_per_parameter: 4.0,
+            dtype: "f32",
+            kv_tokens: 0,
+            kv_bytes: 0,
+            activation_bytes: 0,
+        };
+        assert_eq!(e.total(), 4_400_000_000 + (256 << 20));
+        assert!(check(&e, Available::Limit(e.total())).is_ok());
+        assert!(check(&e, Available::Unknown).is_ok());
+        let msg = check(&e, Available::Limit(e.total() - 1)).unwrap_err().to_string();
+        // q8_0: 1.1 GB of weights + 10 % + 256 MiB.
+        assert!(msg.contains("--quantize q8_0 (about 1.1 bytes per weight: 1.48 GB in all)"), "{msg}");
+    }
+}
