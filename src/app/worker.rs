@@ -466,7 +466,7 @@ impl<W: Fn()> Worker<W> {
         let Self { session, events, wake, unloaded, .. } = self;
         let session = session.as_mut().ok_or_else(|| Error::NotReady(unloaded.clone()))?;
         let image = session.vlm_image(&bytes, &source.label, split)?;
-        // The token stream borrows a copy of the tokenizer: the session is borrowed mutably.
+        // The token stream holds its own handle on the tokenizer: the session is borrowed mutably.
         let tokenizer = session.vlm()?.tokenizer.clone();
         let full = session.answer(image, question, spec, &mut stream(events, &*wake, id, &tokenizer), cancel)?;
         let grid = [full.vision.grid.0, full.vision.grid.1];

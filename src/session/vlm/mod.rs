@@ -277,7 +277,8 @@ pub struct Vlm {
     pub id: String,
     pub dir: PathBuf,
     pub arch: Arch,
-    pub tokenizer: tokenizers::Tokenizer,
+    /// Shared: a token stream can decode while the session is busy answering.
+    pub tokenizer: std::sync::Arc<tokenizers::Tokenizer>,
     /// Ids that end an answer.
     pub eos: Vec<u32>,
     /// SmolVLM's image splitting (tiles plus the global image) for images opened from now on;
@@ -308,7 +309,7 @@ impl Vlm {
         let eos = arch::eos_ids(dir, &tokenizer);
         let id = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         let split_image = arch.default_split();
-        Ok(Self { id, dir: dir.to_path_buf(), arch, tokenizer, eos, split_image })
+        Ok(Self { id, dir: dir.to_path_buf(), arch, tokenizer: tokenizer.into(), eos, split_image })
     }
 
     pub fn num_layers(&self) -> usize {
