@@ -445,7 +445,7 @@ impl<W: Fn()> Worker<W> {
 
     /// Sends each answer token of request `id` as it comes, with the answer so far.
     fn streamer<'a>(&'a self, id: u64, vlm: &'a crate::session::vlm::Vlm) -> impl FnMut(u32) + 'a {
-        streamer(&self.events, &self.wake, id, vlm)
+        stream(&self.events, &self.wake, id, &vlm.tokenizer)
     }
 
     fn answer_full(
@@ -505,15 +505,6 @@ impl<W: Fn()> Worker<W> {
 }
 
 /// Sends each answer token of request `id` as it comes, with the answer so far.
-fn streamer<'a>(
-    events: &'a Sender<Event>,
-    wake: &'a impl Fn(),
-    id: u64,
-    vlm: &'a crate::session::vlm::Vlm,
-) -> impl FnMut(u32) + 'a {
-    stream(events, wake, id, &vlm.tokenizer)
-}
-
 fn stream<'a>(
     events: &'a Sender<Event>,
     wake: &'a impl Fn(),
