@@ -4,10 +4,12 @@
 
 Writes tests/fixtures/methods_reference.json and (the language side)
 tests/fixtures/llm_methods_reference.json, read by tests/methods_reference.rs;
-`--llm` writes only the second. Needs numpy, torch (CPU) and einops (SparseVLM). Built like make_reducer_reference.py: each method's
-function is copied from the authors' repository with its body unchanged (the
-commit, file and licence are named above it); everything else (inputs, shims,
-JSON) is ours. Inputs are rounded to 4 decimals and cast to float32 (or, for
+`--llm` writes only the second. Needs numpy, torch (CPU) and einops (SparseVLM), and
+clones of the authors' repositories (scripts/authors.py says where). Built like
+make_reducer_reference.py: each method's functions (or, inside a long forward, its
+lines) are read from the authors' repository at a pinned commit and run unchanged
+(the repository, commit, file and licence are named at each); everything else
+(inputs, shims, wrappers, JSON) is ours. Inputs are rounded to 4 decimals and cast to float32 (or, for
 attention, recorded as the float32 values the authors' code produced), so the
 Rust side reads exactly what the reference was fed. Every selection is computed
 in float32 and float64 and the script aborts if they differ, so no recorded
@@ -32,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import authors  # noqa: E402
 from make_reducer_reference import closure_vars, f32s, rounded  # noqa: E402
 
 torch.set_num_threads(1)
@@ -39,163 +42,28 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "methods_reference.json"
 
 
-def do_nothing(x, mode=None):
-    return x
-
-
 # ---------------------------------------------------------------------------
 # PiToMe
-# Source: hchautran/PiToMe @ 550b5deed94aadfeac28bfbe381d87e672044a40
-# (HEAD), algo/pitome/merge.py: functions pitome, pitome_bsm, pitome_vision
-# merge_wavg, merge_source (verbatim).
-# Licence: CC BY-NC 4.0 (the repository's LICENSE); copied here for testing only.
+# Source: hchautran/PiToMe @ 550b5deed94aadfeac28bfbe381d87e672044a40 (HEAD),
+# algo/pitome/merge.py: do_nothing, pitome, pitome_bsm, pitome_vision, merge_wavg,
+# merge_source, run unchanged (read by scripts/authors.py from a clone; licence
+# CC BY-NC 4.0, so none of it is copied here).
 # The ViT recipe is algo/pitome/patch/deit.py (apply_patch + make_pitome_class)
 # with timm.py's PiToMeBlock: margins = [.75 - .75*(i/num_layers)],
 # use_bsm_pitome = [True] * ceil(L * 0.5) + [False] * rest, and the block calls
-# self.attn(self.norm1(x)) without sizes (no proportional attention). Those
-# two list expressions are copied verbatim in pitome_recipe() below.
+# self.attn(self.norm1(x)) without sizes (no proportional attention).
+# pitome_recipe() below restates those two expressions (deit.py lines 33-34, 98).
 # ---------------------------------------------------------------------------
 
-def pitome(
-    metric=None,
-    class_token: bool = False,
-    indices:torch.Tensor=None, 
-    scores:torch.Tensor=None,
-    r:int=None
-) -> Tuple[Callable, Callable]:
-    B, T, T = scores.shape
-    # seperate protected token and mergeable tokens  
-    merge_idx = indices[..., :2*r]
-    protected_idx = indices[..., 2*r:]
-    a_idx, b_idx = merge_idx[..., ::2], merge_idx[..., 1::2] 
-
-    # get similarity scores between mergeable tokens
-    scores = scores.gather(dim=-1, index=b_idx.unsqueeze(-2).expand(B, T, r)) 
-    scores = scores.gather(dim=-2, index=a_idx.unsqueeze(-1).expand(B, r, r ))
-    _, dst_idx = scores.max(dim=-1) 
-    
-    def merge(x: torch.Tensor, mode="mean") -> torch.Tensor:
-        if class_token:
-            x_cls=x[:,0,:].unsqueeze(1)
-            x=x[:,1:,:]
-
-        B, T, C = x.shape
-        batch_idx = torch.arange(B).unsqueeze_(1).to(metric.device)
-        protected = x[batch_idx, protected_idx, :]
-        src, dst = x[batch_idx, a_idx, :], x[batch_idx,  b_idx, :]
-        if mode != "prune":
-            dst = dst.scatter_reduce(-2, dst_idx.unsqueeze(2).expand(B, r, C), src, reduce=mode)
-
-        if class_token:
-            return torch.cat([x_cls, protected, dst], dim=1)
-        return torch.cat([protected, dst], dim=1)
-
-    return merge
-
-
-def pitome_bsm(
-    metric=None,
-    class_token: bool = False,
-    indices:torch.Tensor=None,
-    scores:torch.Tensor=None,
-    r:int=None
-) -> Tuple[Callable, Callable]:
-
-    with torch.no_grad():
-        B, T, _ = scores.shape
-        a_idx, b_idx = indices[..., ::2], indices[..., 1::2] 
-        batch_idx = torch.arange(B).unsqueeze_(1).to(metric.device)
-        scores = scores.gather(dim=-1, index=b_idx.unsqueeze(-2).expand(B, T, b_idx.shape[-1])) 
-        scores = scores.gather(dim=-2, index=a_idx.unsqueeze(-1).expand(B, a_idx.shape[-1], b_idx.shape[-1]))
-        node_max, node_idx = scores.max(dim=-1)
-        edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
-        unm_idx = edge_idx[..., r:, :]  # Unmerged Tokens
-        src_idx = edge_idx[..., :r, :]  # Merged Tokens
-        dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)
-
-    def merge(x: torch.Tensor, mode="mean") -> torch.Tensor:
-        if class_token:
-            x_cls=x[:,0,:].unsqueeze(1)
-            x=x[:,1:,:]
-
-        src, dst = x[batch_idx, a_idx, :], x[batch_idx, b_idx, :]
-        n, t1, c = src.shape
-        unm = src.gather(dim=-2, index=unm_idx.expand(n, t1 - r, c))
-        if mode != "prune":
-            src = src.gather(dim=-2, index=src_idx.expand(n, r, c))
-            dst = dst.scatter_reduce(-2, dst_idx.expand(n, r, c), src, reduce=mode)
-
-        if class_token:
-            return torch.cat([x_cls, unm, dst], dim=1)
-        return torch.cat([unm, dst], dim=1)
-    return merge
-
-
-def pitome_vision(
-    metric: torch.Tensor, 
-    ratio:float=1.0,
-    margin:torch.Tensor=0.5,
-    class_token: bool = False,
-    alpha=1.0,
-    use_bsm=False,
-    use_bsm_pitome=False,
-):
-    if use_bsm:
-        return bsm(metric=metric, ratio=ratio, class_token=class_token)
-    with torch.no_grad():
-        if class_token:
-            metric=metric[:,1:,:]
-        B,T,C = metric.shape
-        if ratio < 1.0:
-            r = math.floor(T- T*ratio)
-        else:
-            return do_nothing, do_nothing
-
-        # calculate energy score  
-        metric = F.normalize(metric, p=2, dim=-1) 
-        sim = metric@metric.transpose(-1,-2)
-        energy_score = F.elu((sim - margin), alpha=alpha).mean(dim=-1)
-        indices =  torch.argsort(energy_score, descending=True)
-        if use_bsm_pitome:
-            return pitome_bsm(metric=metric, class_token=class_token, indices=indices, scores=sim, r=r)
-        else:
-            return pitome(metric=metric, class_token=class_token, indices=indices, scores=sim, r=r)
-
-
-def merge_wavg(
-    merge: Callable, x: torch.Tensor, size: torch.Tensor = None
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """
-    Applies the merge function by taking a weighted average based on token size.
-    Returns the merged tensor and the new token sizes.
-    """
-    if size is None:
-        size = torch.ones_like(x[..., 0, None])
-
-    x = merge(x*size, mode="sum")
-    size = merge(size, mode="sum")
-    x = x / size
-
-    return x, size
-
-
-def merge_source(
-    merge: Callable, x: torch.Tensor, source: torch.Tensor = None
-) -> torch.Tensor:
-    """
-    For source tracking. Source is an adjacency matrix between the initial tokens and final merged groups.
-    x is used to find out how many tokens there are in case the source is None.
-    """
-    if source is None:
-        n, t, _ = x.shape
-        source = torch.eye(t, device=x.device)[None, ...].expand(n, t, t)
-
-    source = merge(source, mode="amax")
-    return source
+authors.run(
+    authors.defs("pitome", "algo/pitome/merge.py",
+                 "do_nothing", "pitome", "pitome_bsm", "pitome_vision", "merge_wavg", "merge_source"),
+    globals(), "pitome")
 
 
 def pitome_recipe(num_layers):
-    # deit.py apply_patch / make_pitome_class, verbatim expressions.
+    """The authors' ViT schedule: margin per layer, and which layers use pitome_bsm (ours,
+    restating deit.py's expressions with len(self.blocks) -> num_layers)."""
     margins = [.75 - .75*(i/num_layers) for i in range(num_layers)]
     num_bsm_layers = math.ceil(num_layers * 0.5)
     use_bsm_pitome = [True] * (num_bsm_layers) + [False] * (num_layers-num_bsm_layers)
@@ -205,289 +73,71 @@ def pitome_recipe(num_layers):
 # ---------------------------------------------------------------------------
 # EViT
 # Source: youweiliang/evit @ 5ca95a7cf4a8637193284895c5bc0dd9dc365982 (HEAD),
-# evit.py classes Attention and Block, helpers.py complement_idx (verbatim).
-# Licence: Apache-2.0. Mlp and DropPath come from timm in the original; the
-# stand-ins below are ours (timm's Mlp is fc1 -> GELU -> fc2; DropPath(0) is
-# the identity), so timm is not needed.
+# evit.py: drop_path, DropPath, Mlp, Attention, Block; helpers.py: complement_idx
+# (run unchanged, read by scripts/authors.py; licence Apache-2.0). Nothing of timm
+# is needed: evit.py's own Mlp and DropPath are the ones its Block uses.
 # ---------------------------------------------------------------------------
 
-class Mlp(nn.Module):
-    def __init__(self, in_features, hidden_features, act_layer=nn.GELU, drop=0.):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, in_features)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-DropPath = None  # only used when drop_path > 0
-
-
-def complement_idx(idx, dim):
-    """
-    Compute the complement: set(range(dim)) - set(idx).
-    idx is a multi-dimensional tensor, find the complement for its trailing dimension,
-    all other dimension is considered batched.
-    Args:
-        idx: input index, shape: [N, *, K]
-        dim: the max index for complement
-    """
-    a = torch.arange(dim, device=idx.device)
-    ndim = idx.ndim
-    dims = idx.shape
-    n_idx = dims[-1]
-    dims = dims[:-1] + (-1, )
-    for i in range(1, ndim):
-        a = a.unsqueeze(0)
-    a = a.expand(*dims)
-    masked = torch.scatter(a, -1, idx, 0)
-    compl, _ = torch.sort(masked, dim=-1, descending=False)
-    compl = compl.permute(-1, *tuple(range(ndim - 1)))
-    compl = compl[n_idx:].permute(*(tuple(range(1, ndim)) + (0,)))
-    return compl
-
-
-class Attention(nn.Module):
-    def __init__(self, dim, num_heads=8, qkv_bias=False, attn_drop=0., proj_drop=0., keep_rate=1.):
-        super().__init__()
-        self.num_heads = num_heads
-        head_dim = dim // num_heads
-        self.scale = head_dim ** -0.5
-
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-        self.keep_rate = keep_rate
-        assert 0 < keep_rate <= 1, "keep_rate must > 0 and <= 1, got {0}".format(keep_rate)
-
-    def forward(self, x, keep_rate=None, tokens=None):
-        if keep_rate is None:
-            keep_rate = self.keep_rate
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]   # make torchscript happy (cannot use tensor as tuple)
-
-        attn = (q @ k.transpose(-2, -1)) * self.scale
-        attn = attn.softmax(dim=-1)
-        attn = self.attn_drop(attn)
-
-        x = (attn @ v).transpose(1, 2).reshape(B, N, C)
-        x = self.proj(x)
-        x = self.proj_drop(x)
-
-        left_tokens = N - 1
-        if self.keep_rate < 1 and keep_rate < 1 or tokens is not None:  # double check the keep rate
-            left_tokens = math.ceil(keep_rate * (N - 1))
-            if tokens is not None:
-                left_tokens = tokens
-            if left_tokens == N - 1:
-                return x, None, None, None, left_tokens
-            assert left_tokens >= 1
-            cls_attn = attn[:, :, 0, 1:]  # [B, H, N-1]
-            cls_attn = cls_attn.mean(dim=1)  # [B, N-1]
-            _, idx = torch.topk(cls_attn, left_tokens, dim=1, largest=True, sorted=True)  # [B, left_tokens]
-            # cls_idx = torch.zeros(B, 1, dtype=idx.dtype, device=idx.device)
-            # index = torch.cat([cls_idx, idx + 1], dim=1)
-            index = idx.unsqueeze(-1).expand(-1, -1, C)  # [B, left_tokens, C]
-
-            return x, index, idx, cls_attn, left_tokens
-
-        return  x, None, None, None, left_tokens
-
-
-class Block(nn.Module):
-
-    def __init__(self, dim, num_heads, mlp_ratio=4., qkv_bias=False, drop=0., attn_drop=0.,
-                 drop_path=0., act_layer=nn.GELU, norm_layer=nn.LayerNorm, keep_rate=0.,
-                 fuse_token=False):
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias,
-                              attn_drop=attn_drop, proj_drop=drop, keep_rate=keep_rate)
-        # NOTE: drop path for stochastic depth, we shall see if this is better than dropout here
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        mlp_hidden_dim = int(dim * mlp_ratio)
-        self.mlp = Mlp(in_features=dim, hidden_features=mlp_hidden_dim, act_layer=act_layer, drop=drop)
-        self.keep_rate = keep_rate
-        self.mlp_hidden_dim = mlp_hidden_dim
-        self.fuse_token = fuse_token
-
-    def forward(self, x, keep_rate=None, tokens=None, get_idx=False):
-        if keep_rate is None:
-            keep_rate = self.keep_rate  # this is for inference, use the default keep rate
-        B, N, C = x.shape
-
-        tmp, index, idx, cls_attn, left_tokens = self.attn(self.norm1(x), keep_rate, tokens)
-        x = x + self.drop_path(tmp)
-
-        if index is not None:
-            # B, N, C = x.shape
-            non_cls = x[:, 1:]
-            x_others = torch.gather(non_cls, dim=1, index=index)  # [B, left_tokens, C]
-
-            if self.fuse_token:
-                compl = complement_idx(idx, N - 1)  # [B, N-1-left_tokens]
-                non_topk = torch.gather(non_cls, dim=1, index=compl.unsqueeze(-1).expand(-1, -1, C))  # [B, N-1-left_tokens, C]
-
-                non_topk_attn = torch.gather(cls_attn, dim=1, index=compl)  # [B, N-1-left_tokens]
-                extra_token = torch.sum(non_topk * non_topk_attn.unsqueeze(-1), dim=1, keepdim=True)  # [B, 1, C]
-                x = torch.cat([x[:, 0:1], x_others, extra_token], dim=1)
-            else:
-                x = torch.cat([x[:, 0:1], x_others], dim=1)
-
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        n_tokens = x.shape[1] - 1
-        if get_idx and index is not None:
-            return x, n_tokens, idx
-        return x, n_tokens, None
+authors.run(authors.defs("evit", "helpers.py", "complement_idx"), globals(), "evit-helpers")
+authors.run(authors.defs("evit", "evit.py", "drop_path", "DropPath", "Mlp", "Attention", "Block"), globals(), "evit")
 
 
 # ---------------------------------------------------------------------------
 # CLS top-K: FasterVLM
 # Source: Theia-4869/FasterVLM @ f5d5f12037e105a51865ecb4b28a73cd86eb4921
-# (HEAD), llava/model/multimodal_encoder/clip_encoder.py feature_select and
-# llava/model/llava_arch.py encode_images (verbatim, as methods).
-# Licence: Apache-2.0. The shim object (ours) stands for the vision tower and
-# the model: attentions in, an identity projector.
+# (HEAD), llava/model/multimodal_encoder/clip_encoder.py CLIPVisionTower.feature_select
+# and llava/model/llava_arch.py LlavaMetaForCausalLM.encode_images (run unchanged as
+# functions of `self`, read by scripts/authors.py; licence Apache-2.0). The shim object
+# (ours) stands for the vision tower and the model: attentions in, an identity projector.
 # ---------------------------------------------------------------------------
 
-# [FasterVLM] Select image features and attentions
-def feature_select(self, image_forward_outs):
-    image_features = image_forward_outs.hidden_states[self.select_layer]
-    image_attentions = image_forward_outs.attentions[self.select_layer]
-    if self.select_feature == 'patch':
-        image_features = image_features[:, 1:]
-        image_attentions = image_attentions[:, :, 0, 1:]
-    elif self.select_feature == 'cls_patch':
-        image_features = image_features
-        image_attentions = image_attentions
-    else:
-        raise ValueError(f'Unexpected select feature: {self.select_feature}')
-    return image_features, image_attentions
-
-
-# [FasterVLM] Generate index masks using visual attentions
-def encode_images(self, images):
-    image_features, image_attentions = self.get_model().get_vision_tower()(images) # (B, N, C), (B, M, N)
-
-    B, N, C = image_features.shape
-    visual_token_num = self.get_visual_token_num() # T
-
-    # prune visual tokens by attention scores
-    image_attentions = image_attentions.mean(dim=1) # (B, N)
-    token_indices = torch.topk(image_attentions, k=visual_token_num, dim=1)[1] # (B, T)
-
-    # generate index mask
-    index_masks = torch.zeros(B, N, dtype=torch.bool, device=image_features.device) # (B, N)
-    index_masks.scatter_(1, token_indices, True) # (B, N)
-
-    image_features = self.get_model().mm_projector(image_features) # (B, N, D)
-    
-    return image_features, index_masks, image_attentions
-
-
-fastervlm_encode_images = encode_images
-
-
+authors.run(authors.defs("fastervlm", "llava/model/multimodal_encoder/clip_encoder.py", "feature_select",
+                         within="CLIPVisionTower"), globals(), "fastervlm-tower")
+fastervlm_encode_images = authors.run(
+    authors.defs("fastervlm", "llava/model/llava_arch.py", "encode_images", within="LlavaMetaForCausalLM"),
+    dict(globals()), "fastervlm")["encode_images"]
 
 
 # ---------------------------------------------------------------------------
 # HiPrune
 # Source: Danielement321/HiPrune @ 6e83a1240874e99a25df34f54221a29bb24b7bc2
-# (HEAD), LLaVA/llava/model/llava_arch.py encode_images (verbatim, as a
-# method). Licence: MIT. It reads its budget, object layer and alpha from
-# os.environ and moves tensors with .cuda(); the shim sets the environment and
-# makes .cuda() the identity on this CPU-only machine. Its 24 x 24 grid is
-# written as literals (24, 575): hiprune_encode_for_grid() makes a copy for
-# another grid by replacing exactly those literals in the source text.
+# (HEAD), LLaVA/llava/model/llava_arch.py LlavaMetaForCausalLM.encode_images (run
+# unchanged as a function of `self`, read by scripts/authors.py; licence MIT). It reads
+# its budget, object layer and alpha from os.environ and moves tensors with .cuda();
+# the shim sets the environment and makes .cuda() the identity on this CPU-only
+# machine. Its 24 x 24 grid is written as literals (24, 575): hiprune_encode_for_grid()
+# makes a copy for another grid by replacing exactly those literals in the source text.
 # ---------------------------------------------------------------------------
 
-def encode_images(self, images):
-    # assert images.shape[0] == 1, "Only support for batch_size = 1"
-    image_features, all_image_attentions = self.get_model().get_vision_tower()(images) # (B, N, C), (B, M, N) = (1, 576, 1024), (1, 16, 576)
-    B, N = image_features.shape[:2]
-    visual_token_num = int(int(os.environ['HIPRUNE_RETENTION']) / B)
-    # image_attentions = image_attentions.max(dim=1)[0] # (B, N) = (1, 576)
-    deep_attention = all_image_attentions[self.config.mm_vision_select_layer].cuda()
-    # deep_attention = deep_attention.mean(dim=1)[:, 0, 1:] # [cls] attention
-    deep_attention = deep_attention.mean(dim=1).mean(dim=1)[:, 1:] # Global attention
-
-    shallow_attention = all_image_attentions[int(os.environ['HIPRUNE_OBJECT_LAYER']) - 1].cuda()
-    # shallow_attention = shallow_attention.mean(dim=1)[:, 0, 1:] # [cls] attention
-    shallow_attention = shallow_attention.mean(dim=1).mean(dim=1)[:, 1:] # Global attention
-    shallow_token_num = round(visual_token_num * float(os.environ['HIPRUNE_ALPHA']) / 5)
-
-    index_masks = []
-    for i in range(B):
-        shallow_token_indices = torch.topk(shallow_attention[i].unsqueeze(0), k=shallow_token_num, dim=1)[1]
-        shallow_token_indices = torch.cat([shallow_token_indices,
-                                        shallow_token_indices - 1,
-                                        shallow_token_indices + 1,
-                                        shallow_token_indices - 24,
-                                        shallow_token_indices + 24], dim=1) # (B, T * 5)
-        shallow_token_indices = shallow_token_indices.clamp(0, 575)
-        shallow_token_indices = torch.unique(shallow_token_indices, sorted=False).unsqueeze(0)
-        deep_token_num = visual_token_num - shallow_token_indices.shape[1]
-
-        available_index_mask = torch.zeros(1, N, dtype=torch.bool, device=image_features.device) # (B, N)
-        available_index_mask.scatter_(1, shallow_token_indices, 1)
-
-        deep_attention[i] -= available_index_mask.int().squeeze()
-
-        deep_token_indices = torch.topk(deep_attention[i].unsqueeze(0), k=deep_token_num, dim=1)[1] # (B, T)
-        token_indices = torch.cat([shallow_token_indices, deep_token_indices], dim=1)
-        token_indices = torch.sort(token_indices, dim=1)[0] # (B, T)
-
-        # generate index mask
-        index_mask = torch.zeros(1, N, dtype=torch.bool, device=image_features.device) # (B, N)
-        index_mask.scatter_(1, token_indices, True) # (B, N)
-        index_masks.append(index_mask)
-
-    index_masks = torch.cat(index_masks, dim=0)
-    image_features = self.get_model().mm_projector(image_features) # (B, N, D)
-
-    return image_features, index_masks
-
-
-hiprune_encode_images = encode_images
+hiprune_encode_images = authors.run(
+    authors.defs("hiprune", "LLaVA/llava/model/llava_arch.py", "encode_images", within="LlavaMetaForCausalLM"),
+    dict(globals()), "hiprune")["encode_images"]
 
 
 # ---------------------------------------------------------------------------
 # FastV
 # Source: pkunlp-icler/FastV @ d1659729b5bf1be225e99ee15783deeea80f63b1 (HEAD),
-# src/transformers/src/transformers/models/llama/fastv_forward.py, LlamaModel.forward,
-# the `idx==AGG_LAYER` branch (lines 113-125, verbatim; the repository has no
-# licence file). The authors' code scores by the LAST token only; `text` and
+# src/transformers/src/transformers/models/llama/fastv_forward.py, LlamaModel.forward:
+# the body of the `idx==AGG_LAYER` branch (lines 113-125, run unchanged inside our
+# fastv_mask(); read by scripts/authors.py; the repository states no licence, so none
+# of it is copied here). The authors' code scores by the LAST token only; `text` and
 # `all` (tokenlens options) get an independent numpy definition below (ours).
 # layer_outputs[1] is the previous layer's (K-1) attention [B, heads, n, n].
 # ---------------------------------------------------------------------------
 
-def fastv_mask(layer_outputs, SYS_LENGTH, IMAGE_TOKEN_LENGTH, ATTENTION_RANK, batch_size, seq_length_with_past,
-               inputs_embeds):
-    last_layer_attention = layer_outputs[1]
-    # compute average attention over different head
-    last_layer_attention_avg = torch.mean(last_layer_attention, dim=1)[0]
-    # generate new attention mask based on the average attention, sample the top 144 tokens with highest attention
-    last_layer_attention_avg_last_tok = last_layer_attention_avg[-1]
-    # get the attention in image token
-    last_layer_attention_avg_last_tok_image = last_layer_attention_avg_last_tok[SYS_LENGTH:SYS_LENGTH+IMAGE_TOKEN_LENGTH]
-    # get the indexs of the top ATTENTION_RANK tokens
-    top_attention_rank_index = last_layer_attention_avg_last_tok_image.topk(ATTENTION_RANK).indices + SYS_LENGTH
-    # generate new attention mask
-    gen_attention_mask = torch.ones((batch_size, seq_length_with_past), dtype=torch.bool, device=inputs_embeds.device)
-    gen_attention_mask[:,SYS_LENGTH:SYS_LENGTH+IMAGE_TOKEN_LENGTH] = False
-    gen_attention_mask[:,top_attention_rank_index] = True
-    return gen_attention_mask
+authors.run(
+    "def fastv_mask(layer_outputs, SYS_LENGTH, IMAGE_TOKEN_LENGTH, ATTENTION_RANK, batch_size,\n"
+    "               seq_length_with_past, inputs_embeds):\n"
+    + authors.lines("fastv", "src/transformers/src/transformers/models/llama/fastv_forward.py", 113, 125, "1266e34b913710ac", indent=4)
+    + "    return gen_attention_mask\n",
+    globals(), "fastv")
 
 
 # ---------------------------------------------------------------------------
 # SparseVLM
 # Source: Gumpest/SparseVLMs @ 26a5f48813c46cd1c7364160354e7fdd3febaa67 (HEAD,
-# version 1_0, the default USE_VERSION). Licence: Apache-2.0.
+# version 1_0, the default USE_VERSION). Licence: Apache-2.0. Run unchanged, read by
+# scripts/authors.py from a clone (none of it is copied here):
 # - llava/model/language_model/score.py: attn_postprocess_topk (verbatim; its
 #   sparse_token_dict / layer_dict tables are module globals, set per case by
 #   sparsevlm_tables() below to the case's kept counts and sites).
@@ -518,363 +168,54 @@ def sparsevlm_tables(sites, kept):
     sparse_token_dict[RETAIN_TOKN] = list(kept)
 
 
-def attn_postprocess_topk(self_attn_weights, v_token_start, v_token_num, text_token_start, t_token_idx, layer_idx):
-    '''
-    self_attn_weights: [B, H, L, L]
-    '''
-    self_attn_weights = self_attn_weights.mean(1) # B, L[Q], L[K]
-
-    t_token_idx = t_token_idx[1] + text_token_start
-    relation_vis_text = self_attn_weights[:, t_token_idx , v_token_start: v_token_start+v_token_num] # B, L2, L1
-
-    relation_vis_text = relation_vis_text.mean(1) # B, L1
-
-    relation_vis = relation_vis_text
-    s_flag = True       # s_flag controls whether token merge is needed.
-
-    sparse_token_list = sparse_token_dict[RETAIN_TOKN]
-
-    if v_token_num != 0:
-        mask = torch.zeros_like(relation_vis, dtype=bool)
-        _, indices = torch.topk(relation_vis, min(sparse_token_list[layer_dict[layer_idx]], v_token_num - 1), dim=1)
-        mask[0][indices] = 1
-    else:
-        mask = torch.ones_like(relation_vis_text, dtype=bool)
-        s_flag = False
-    return mask, s_flag, relation_vis_text
 
 
-def batch_index_select(x, idx):
+authors.run(authors.defs("sparsevlm", "llava/model/language_model/score.py", "attn_postprocess_topk"),
+            globals(), "sparsevlm-score")
+authors.run(authors.defs("sparsevlm", "llava/model/language_model/utils.py",
+                         "batch_index_select", "index_points", "cluster_and_merge"),
+            globals(), "sparsevlm-utils")
 
-    if len(x.size()) == 4:
-        B, H, N, C = x.size()
-        N_new = idx.size(1)
-        offset = torch.arange(B, dtype=torch.long, device=x.device).view(B, 1) * N
-        idx = idx + offset
-        out = x.reshape(B*N, H, C)[idx.reshape(-1)].reshape(B, H, N_new, C)
-        return out
-    elif len(x.size()) == 3:
-        # in this condition
-        B, N, C = x.size()
-        N_new = idx.size(1)
-        offset = torch.arange(B, dtype=torch.long, device=x.device).view(B, 1) * N
-        idx = idx + offset
-        out = x.reshape(B*N, C)[idx.reshape(-1)].reshape(B, N_new, C)
-        return out
-    elif len(x.size()) == 2:
-        B, N = x.size()
-        N_new = idx.size(1)
-        offset = torch.arange(B, dtype=torch.long, device=x.device).view(B, 1) * N
-        idx = idx + offset
-        out = x.reshape(B*N)[idx.reshape(-1)].reshape(B, N_new)
-        return out
-    else:
-        raise NotImplementedError
+# modelling_sparse_llama.py, "Select Text Raters, from SparseVLM 3.2" (lines 200-204).
+authors.run(
+    "def sparsevlm_raters(hidden_states, v_token_start, text_token_start):\n"
+    + authors.lines("sparsevlm", "llava/model/language_model/modelling_sparse_llama.py", 200, 204, "e02b79c6c89d10de", indent=4)
+    + "    return t_token_idx, m_v_t\n",
+    globals(), "sparsevlm-raters")
 
-
-def index_points(points, idx):
-    """Sample features following the index.
-    Returns:
-        new_points:, indexed points data, [B, S, C]
-
-    Args:
-        points: input points data, [B, N, C]
-        idx: sample index data, [B, S]
-    """
-    device = points.device
-    B = points.shape[0]
-    view_shape = list(idx.shape)
-    view_shape[1:] = [1] * (len(view_shape) - 1)
-    repeat_shape = list(idx.shape)
-    repeat_shape[0] = 1
-    batch_indices = torch.arange(B, dtype=torch.long).to(device).view(view_shape).repeat(repeat_shape)
-    new_points = points[batch_indices, idx, :]
-    return new_points
-
-
-def cluster_and_merge(x, cluster_num):
-    
-    B, N, C = x.shape
-
-    x1 = ein.rearrange(x, "b l r -> b l () r")
-    x2 = ein.rearrange(x, "b l r -> b () l r")
-    distance = (x1 - x2).norm(dim=-1, p=2)
-    dist_matrix = distance / (C ** 0.5)        
-    # get local density
-    dist_nearest, index_nearest = torch.topk(dist_matrix, k=cluster_num, dim=-1, largest=False)
-    density = (-(dist_nearest ** 2).mean(dim=-1)).exp()
-    # add a little noise to ensure no tokens have the same density.
-    density = density + torch.rand(
-        density.shape, device=density.device, dtype=density.dtype) * 1e-6
-
-    # get distance indicator
-    mask = density[:, None, :] > density[:, :, None]
-    mask = mask.type(x.dtype)
-    dist_max = dist_matrix.flatten(1).max(dim=-1)[0][:, None, None]
-    dist, index_parent = (dist_matrix * mask + dist_max * (1 - mask)).min(dim=-1)
-
-    # select clustering center according to score
-    score = dist * density
-    _, index_down = torch.topk(score, k=cluster_num, dim=-1)        
-
-    # assign tokens to the nearest center
-    dist_matrix = index_points(dist_matrix, index_down)     
-
-    idx_cluster = dist_matrix.argmin(dim=1)    
-
-    # make sure cluster center merge to itself 
-    idx_batch = torch.arange(B, device=x.device)[:, None].expand(B, cluster_num)
-    idx_tmp = torch.arange(cluster_num, device=x.device)[None, :].expand(B, cluster_num)
-    idx_cluster[idx_batch.reshape(-1), index_down.reshape(-1)] = idx_tmp.reshape(-1)
-
-    # merge tokens
-
-    B, N, C = x.shape
-    device = dist_matrix.device
-    idx_token = torch.arange(N)[None, :].repeat(B, 1).to(device)
-    agg_weight = x.new_ones(B, N, 1)
-    
-    token_weight = x.new_ones(B, N, 1)
-    
-    idx_batch = torch.arange(B, device=x.device)[:, None]
-    idx = idx_cluster + idx_batch * cluster_num     
-
-    all_weight = token_weight.new_zeros(B * cluster_num, 1)
-    all_weight.index_add_(dim=0, index=idx.reshape(B * N),      
-                            source=token_weight.reshape(B * N, 1))      
-    all_weight = all_weight + 1e-6
-    norm_weight = token_weight / all_weight[idx]       
-
-    # average token features
-    x_merged = x.new_zeros(B * cluster_num, C)
-    source = x * norm_weight
-    x_merged.index_add_(dim=0, index=idx.reshape(B * N),        
-                        source=source.reshape(B * N, C).type(x.dtype))
-    x_merged = x_merged.reshape(B, cluster_num, C)
-    
-    return x_merged
-
-
-def sparsevlm_raters(hidden_states, v_token_start, text_token_start):
-    """modelling_sparse_llama.py, "Select Text Raters, from SparseVLM 3.2" (verbatim body)."""
-    v_t = hidden_states[:, v_token_start: text_token_start, :]
-    t_t = hidden_states[:, text_token_start: , :]
-    m_v_t = v_t @ t_t.transpose(1, 2) # [1, 576, 53]
-    m_v_t = m_v_t.softmax(2).mean(1) # [1, 53]
-    t_token_idx = torch.where(m_v_t > m_v_t.mean())
-    return t_token_idx, m_v_t
-
-
-def sparsevlm_site(attn_logits, layer_outputs, position_ids, layer_idx, v_token_start, v_token_num, text_token_start,
-                   t_token_idx, image_shape, pre_prompt_length_list, hidden_states):
-    """One pruning site of LlamaDynamicvitModel.forward (inference, version 1_0): the lines from
-    attn_postprocess_topk to the `v_token_num` update, verbatim; `attn_logits` (the layer's
-    softmax attention) and `layer_outputs` (the layer's output) come from the case. Returns what
-    the lines computed, plus the locals the reference records (ours)."""
-    B = 1
-    V2_0 = False
-    cluster_num = 0
-    merge_token_stage2_idx = None
-    pred_score_vis, s_flag, relation_vis_text = attn_postprocess_topk(attn_logits, v_token_start, v_token_num, text_token_start, t_token_idx, layer_idx) # B, L_v
-    policy = torch.ones(B, hidden_states.shape[1], dtype=hidden_states.dtype, device=hidden_states.device)
-    policy[:, v_token_start:text_token_start] = pred_score_vis.type(dtype = hidden_states.dtype)
-
-    for batch in range(len(pre_prompt_length_list)):
-        # keep pre prompt     
-        prompt_length = pre_prompt_length_list[batch]
-        policy[batch,:prompt_length,] = 1
-        # keep question
-        text_token_start = prompt_length + image_shape
-        policy[batch, text_token_start:,] = 1
-
-    total_sparse_token_idx = torch.where(policy == 0)[1].unsqueeze(0)  
-    # merge and cluster
-    if V2_0:
-        s_flag = False # idea1: Cancel Merge
-    if s_flag and total_sparse_token_idx.shape[1]>0:
-
-        total_sparse_token_idx = torch.where(policy == 0)[1].unsqueeze(0)  
-        total_sparse_token = batch_index_select(layer_outputs[0], total_sparse_token_idx) 
-        
-        merge_token_idx_stage1 = torch.where(pred_score_vis==0)[1]
-        merge_token_stage1 = relation_vis_text[0][merge_token_idx_stage1]
-        merge_token_num_stage1 = int(merge_token_idx_stage1.shape[0] * 0.3 ) + 1 # Top 30%
-        merge_token_stage2_idx = merge_token_stage1.topk(merge_token_num_stage1)[1]
-       
-        merge_token_stage2 = total_sparse_token[:,merge_token_stage2_idx,:]
-        cluster_num = int(merge_token_stage2.shape[1] / 10) + 1       
-        if (cluster_num == 0) :
-            cluster_num = merge_token_stage2.shape[1]
-        
-        merge_sparse_token = cluster_and_merge(merge_token_stage2, cluster_num)  
-
-        select_token_idx = torch.where(policy == 1)[1].unsqueeze(0)  # B, L_new
-        select_token = batch_index_select(layer_outputs[0], select_token_idx)
-        select_vis_token_num = pred_score_vis.sum()
-        select_and_merge_token = torch.cat((select_token[:,:v_token_start+select_vis_token_num,:] ,
-                merge_sparse_token,
-                select_token[:,v_token_start+select_vis_token_num:,:])
-                ,dim=1
-        )
-
-        layer_outputs = (select_and_merge_token, layer_outputs[1])  # B, L, C
-        position_ids = position_ids[:, :len(select_token_idx[0]) + cluster_num]
-        prev_decision = policy
-        # update
-        v_token_num = pred_score_vis.sum() + cluster_num # B == 1
-        # print(layer_idx, v_token_num)
-        text_token_start = v_token_start + v_token_num
-    else:
-        select_token_idx = torch.where(policy == 1)[1].unsqueeze(0)  # B, L_new
-        layer_outputs = (batch_index_select(layer_outputs[0], select_token_idx), layer_outputs[1])  # B, L, C
-        if V2_0:
-            position_ids = batch_index_select(position_ids, select_token_idx) # idea1: Keep Position ID
-        else:
-            position_ids = position_ids[:, :len(select_token_idx[0])]   
-        prev_decision = policy
-        
-        # update
-        v_token_num = pred_score_vis.sum() # B == 1
-        # print(layer_idx, v_token_num)
-        text_token_start = v_token_start + v_token_num
-    return {
-        "layer_outputs": layer_outputs, "v_token_num": int(v_token_num), "text_token_start": int(text_token_start),
-        "pred_score_vis": pred_score_vis, "relation_vis_text": relation_vis_text,
-        "merge_token_stage2_idx": merge_token_stage2_idx, "cluster_num": cluster_num,
-        "merge_token_idx_stage1": torch.where(pred_score_vis == 0)[1],
-    }
+# One pruning site of LlamaDynamicvitModel.forward (inference, version 1_0): lines 259-320,
+# from attn_postprocess_topk to the `v_token_num` update. `attn_logits` (the layer's softmax
+# attention) and `layer_outputs` (the layer's output) come from the case; the preamble and
+# the returned dict (what the lines computed, plus the locals the reference records) are ours.
+authors.run(
+    "def sparsevlm_site(attn_logits, layer_outputs, position_ids, layer_idx, v_token_start, v_token_num,\n"
+    "                   text_token_start, t_token_idx, image_shape, pre_prompt_length_list, hidden_states):\n"
+    "    B = 1\n"
+    "    V2_0 = False\n"
+    "    cluster_num = 0\n"
+    "    merge_token_stage2_idx = None\n"
+    + authors.lines("sparsevlm", "llava/model/language_model/modelling_sparse_llama.py", 259, 320, "b1a38b6ac9f44ffd", indent=4)
+    + "    return {\n"
+    "        'layer_outputs': layer_outputs, 'v_token_num': int(v_token_num),\n"
+    "        'text_token_start': int(text_token_start), 'pred_score_vis': pred_score_vis,\n"
+    "        'relation_vis_text': relation_vis_text, 'merge_token_stage2_idx': merge_token_stage2_idx,\n"
+    "        'cluster_num': cluster_num, 'merge_token_idx_stage1': torch.where(pred_score_vis == 0)[1],\n"
+    "    }\n",
+    globals(), "sparsevlm-site")
 
 
 # ---------------------------------------------------------------------------
 # MMTok
 # Source: Ironieser/MMTok @ d1522cda0ac4470589446b5f220534d892db4c62 (HEAD),
-# mmtok/core/semantic_selector.py: greedy_merged_jit_kernel and
-# SemanticTokenSelector.mm_coverage_selection (verbatim; the class keeps only
-# what the method reads). Licence: Apache-2.0 (Copyright (c) 2025 Zoom
+# mmtok/core/semantic_selector.py: greedy_merged_jit_kernel and SemanticTokenSelector
+# (run unchanged, read by scripts/authors.py; licence Apache-2.0, Copyright (c) 2025 Zoom
 # Communications, Inc.). Defaults from mmtok/llava/llava_inject.py: alpha 0.5,
 # softmax_tv_temperature 0.02, softmax_vv_temperature 0.2. eval_logger (loguru)
 # is not used by these lines.
 # ---------------------------------------------------------------------------
 
-@torch.jit.script
-def greedy_merged_jit_kernel(
-    Combined: torch.Tensor,
-    k_max: int,
-    exclude_indices: torch.Tensor,
-) -> torch.Tensor:
-    """
-    Greedy maximum-coverage selection (JIT). Combined = [P; Q*alpha]:
-    P = text–vision coverage, Q = vision–vision coverage (diversity).
-
-    Args:
-        Combined: [m+n, n] Float32, rows = text tokens + vision tokens, cols = vision tokens
-        k_max: Number of vision tokens to select
-        exclude_indices: 1D Long tensor of indices to exclude (e.g. padding); use empty tensor if none
-    Returns:
-        selected_indices: [k_max] Long, indices of selected vision tokens
-    """
-    total_rows, n = Combined.shape
-    device = Combined.device
-    dtype = Combined.dtype
-
-    best_Combined = torch.zeros(total_rows, device=device, dtype=dtype)
-    score_mask = torch.zeros(n, device=device, dtype=dtype)
-
-    neg_inf_tensor = torch.tensor(float('-inf'), dtype=dtype, device=device)
-
-    if exclude_indices.numel() > 0:
-        score_mask.index_fill_(0, exclude_indices, neg_inf_tensor.item())
-
-    selected_indices = torch.zeros(k_max, dtype=torch.long, device=device)
-
-    for i in range(k_max):
-        delta = (Combined - best_Combined.unsqueeze(1)).clamp_min_(0).sum(dim=0)
-        delta.add_(score_mask)
-        best_idx = torch.argmax(delta)
-        idx_1d = best_idx.view(1)
-        selected_indices[i] = best_idx
-    
-        current_col = Combined.index_select(1, idx_1d).squeeze(1)
-        score_mask.scatter_(0, idx_1d, neg_inf_tensor)
-        best_Combined = torch.maximum(best_Combined, current_col)
-
-    return selected_indices
-
-
-class SemanticTokenSelector:
-    def __init__(
-        self,
-        target_vision_tokens: int = 32,
-        alpha: float = 0.5,
-    ):
-        self.target_vision_tokens = target_vision_tokens
-        self.alpha: float = alpha
-
-    @staticmethod
-    def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
-        return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-    
-    def mm_coverage_selection(
-        self,
-        text_token_embedding: torch.Tensor,
-        vision_tokens: torch.Tensor,
-        vision_tokens_clip: torch.Tensor,
-            tv_temp: float = 0.01,
-            vv_temp: float = 0.2,
-        padding_patch_indices: Optional[List[int]] = None,
-    ) -> Tuple[List[int], torch.Tensor]:
-        """
-        Greedy maximum-coverage subset selection.
-        Combined = [P; Q*alpha]: cover text tokens (P) and vision tokens (Q).
-        Uses JIT kernel for large n/k_max; optional padding exclusion via exclude_indices.
-        Returns (selected_indices, selected_vision_tokens).
-        """
-        device = vision_tokens.device
-        x_norm = self._l2_normalize(vision_tokens).float()
-        x_clip_norm = self._l2_normalize(vision_tokens_clip).float()
-        z_norm = self._l2_normalize(text_token_embedding).float()  # question/keywords embedding
-
-        P = z_norm @ x_norm.T   # text–vision coverage [m, n]
-        Q = x_clip_norm @ x_clip_norm.T   # vision–vision coverage [n, n]
-        m, n = P.shape
-        inv_tv_temp = 1.0 / tv_temp
-        inv_vv_temp = 1.0 / vv_temp
-        P = F.softmax(P * inv_tv_temp, dim=1) / m
-        Q = F.softmax(Q * inv_vv_temp, dim=1) / n
-        k_max = min(self.target_vision_tokens, n)
-        alpha = getattr(self, "alpha", 0.5)
-        Q_weighted = Q * alpha
-        Combined = torch.cat([P, Q_weighted], dim=0)   # [m+n, n] for maximum-coverage greedy
-        
-        n_threshold = int(os.getenv("MMTok_JIT_N_THRESHOLD", "500"))
-        k_max_threshold = int(os.getenv("MMTok_JIT_K_MAX_THRESHOLD", "20"))
-  
-        use_jit = (n >= n_threshold) or (k_max >= k_max_threshold)
-        if padding_patch_indices is not None:
-            exclude_indices = torch.tensor(padding_patch_indices, device=device, dtype=torch.long)
-        else:
-            exclude_indices = torch.empty(0, dtype=torch.long, device=device)
-
-        if use_jit:
-            selected_indices = greedy_merged_jit_kernel(Combined, k_max, exclude_indices)
-        else:
-            best_Combined = torch.zeros(m + n, device=device, dtype=torch.float32)
-            score_mask = torch.zeros(n, device=device, dtype=torch.float32)
-            if padding_patch_indices is not None:
-                score_mask[exclude_indices] = float("-inf")
-            selected_indices = torch.empty(k_max, dtype=torch.long, device=device)
-            neg_inf = float("-inf")
-            for i in range(k_max):
-                delta = (Combined - best_Combined.unsqueeze(1)).clamp_min_(0).sum(0)
-                delta.add_(score_mask)
-                best_idx = torch.argmax(delta)
-                selected_indices[i] = best_idx
-                torch.maximum(best_Combined, Combined[:, best_idx], out=best_Combined) 
-                score_mask[best_idx] = neg_inf
-        
-        selected_indices, _ = selected_indices.sort()
-        selected_tokens = vision_tokens[selected_indices]
-        return selected_indices.tolist(), selected_tokens
+authors.run(authors.defs("mmtok", "mmtok/core/semantic_selector.py",
+                         "greedy_merged_jit_kernel", "SemanticTokenSelector"), globals(), "mmtok")
 
 
 # ---------------------------------------------------------------------------

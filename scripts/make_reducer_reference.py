@@ -4,10 +4,10 @@
 Writes tests/fixtures/reducers_reference.json. Needs numpy and torch (CPU is
 enough); the Rust tests only read the JSON, they never run this script.
 
-The reducer functions below are copied from the authors' code with their
-bodies unchanged (only the surrounding module/class was dropped); see the
-"Source:" comment above each. Everything outside those functions (data
-generation, JSON writing, self-checks) is ours.
+The reducer functions are the authors' own, read from clones of their
+repositories at pinned commits and run unchanged (scripts/authors.py says
+where the clones go); see the "Source:" comment above each. Everything else
+(data generation, JSON writing, self-checks) is ours.
 
 Run from the repository root:  python3 scripts/make_reducer_reference.py
 
@@ -29,6 +29,9 @@ from typing import Callable, Tuple
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import authors  # noqa: E402
+
 torch.set_num_threads(1)
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "reducers_reference.json"
@@ -36,158 +39,44 @@ OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "reducers_
 
 # ---------------------------------------------------------------------------
 # ToMe
-# Source: facebookresearch/ToMe, tome/merge.py (functions do_nothing,
-# bipartite_soft_matching, merge_wavg, merge_source). The upstream file is not
-# in our code index; the text below is taken from two verbatim forks whose
-# bodies of these functions are identical to each other:
-#   AdityaKane2001/ToMe @ 2417da520a437d13345c19ebd8b748cfa6683e08, tome/merge.py
-#   Ctrl408/ToMe        @ 238796b98cd8606ef181de1e6b6131dea1863fd5, tome/merge.py
-# Caller: facebookresearch/ToMe @ 049a70550eb6fb8a4b7ddd45b7fa4fe8bebe97ca,
-# tome/patch/timm.py: ToMeAttention returns `k.mean(1)` (keys averaged over
-# heads, NOT normalised) as `metric`; ToMeBlock calls
-# bipartite_soft_matching(metric, r, class_token, distill_token) between the
-# attention residual and the MLP, then merge_source (if trace_source) and
+# Source: facebookresearch/ToMe @ af95e4b1befa172dadccd8c81e223b10090f9579 (HEAD),
+# tome/merge.py: do_nothing, bipartite_soft_matching, merge_wavg, merge_source, run
+# unchanged (read by scripts/authors.py from a clone; licence CC BY-NC 4.0, so none of it
+# is copied here).
+# Caller: tome/patch/timm.py (@ 049a70550eb6fb8a4b7ddd45b7fa4fe8bebe97ca):
+# ToMeAttention returns `k.mean(1)` (keys averaged over heads, NOT normalised) as
+# `metric`; ToMeBlock calls bipartite_soft_matching(metric, r, class_token, distill_token)
+# between the attention residual and the MLP, then merge_source (if trace_source) and
 # merge_wavg(merge, x, size). The L2 normalisation happens inside
 # bipartite_soft_matching (`metric = metric / metric.norm(dim=-1, keepdim=True)`),
 # so the fixtures record the raw, un-normalised metric.
 # ---------------------------------------------------------------------------
 
-def do_nothing(x, mode=None):
-    return x
-
-
-def bipartite_soft_matching(
-    metric: torch.Tensor,
-    r: int,
-    class_token: bool = False,
-    distill_token: bool = False,
-) -> Tuple[Callable, Callable]:
-    """
-    Applies ToMe with a balanced matching set (50%, 50%).
-
-    Input size is [batch, tokens, channels].
-    r indicates the number of tokens to remove (max 50% of tokens).
-
-    Extra args:
-     - class_token: Whether or not there's a class token.
-     - distill_token: Whether or not there's also a distillation token.
-
-    When enabled, the class token and distillation tokens won't get merged.
-    """
-    protected = 0
-    if class_token:
-        protected += 1
-    if distill_token:
-        protected += 1
-
-    # We can only reduce by a maximum of 50% tokens
-    t = metric.shape[1]
-    r = min(r, (t - protected) // 2)
-
-    if r <= 0:
-        return do_nothing, do_nothing
-
-    with torch.no_grad():
-        metric = metric / metric.norm(dim=-1, keepdim=True)
-        a, b = metric[..., ::2, :], metric[..., 1::2, :]
-        scores = a @ b.transpose(-1, -2)
-
-        if class_token:
-            scores[..., 0, :] = -math.inf
-        if distill_token:
-            scores[..., :, 0] = -math.inf
-
-        node_max, node_idx = scores.max(dim=-1)
-        edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
-
-        unm_idx = edge_idx[..., r:, :]  # Unmerged Tokens
-        src_idx = edge_idx[..., :r, :]  # Merged Tokens
-        dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)
-
-        if class_token:
-            # Sort to ensure the class token is at the start
-            unm_idx = unm_idx.sort(dim=1)[0]
-
-
-    def merge(x: torch.Tensor, mode="mean") -> torch.Tensor:
-        src, dst = x[..., ::2, :], x[..., 1::2, :]
-        n, t1, c = src.shape
-        unm = src.gather(dim=-2, index=unm_idx.expand(n, t1 - r, c))
-        src = src.gather(dim=-2, index=src_idx.expand(n, r, c))
-        dst = dst.scatter_reduce(-2, dst_idx.expand(n, r, c), src, reduce=mode)
-
-        if distill_token:
-            return torch.cat([unm[:, :1], dst[:, :1], unm[:, 1:], dst[:, 1:]], dim=1)
-        else:
-            return torch.cat([unm, dst], dim=1)
-
-    def unmerge(x: torch.Tensor) -> torch.Tensor:
-        unm_len = unm_idx.shape[1]
-        unm, dst = x[..., :unm_len, :], x[..., unm_len:, :]
-        n, _, c = unm.shape
-
-        src = dst.gather(dim=-2, index=dst_idx.expand(n, r, c))
-
-        out = torch.zeros(n, metric.shape[1], c, device=x.device, dtype=x.dtype)
-
-        out[..., 1::2, :] = dst
-        out.scatter_(dim=-2, index=(2 * unm_idx).expand(n, unm_len, c), src=unm)
-        out.scatter_(dim=-2, index=(2 * src_idx).expand(n, r, c), src=src)
-
-        return out
-
-    return merge, unmerge
-
-
-def merge_wavg(
-    merge: Callable, x: torch.Tensor, size: torch.Tensor = None
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """
-    Applies the merge function by taking a weighted average based on token size.
-    Returns the merged tensor and the new token sizes.
-    """
-    if size is None:
-        size = torch.ones_like(x[..., 0, None])
-
-    x = merge(x * size, mode="sum")
-    size = merge(size, mode="sum")
-
-    x = x / size
-    return x, size
-
-
-def merge_source(
-    merge: Callable, x: torch.Tensor, source: torch.Tensor = None
-) -> torch.Tensor:
-    """
-    For source tracking. Source is an adjacency matrix between the initial tokens and final merged groups.
-    x is used to find out how many tokens there are in case the source is None.
-    """
-    if source is None:
-        n, t, _ = x.shape
-        source = torch.eye(t, device=x.device)[None, ...].expand(n, t, t)
-
-    source = merge(source, mode="amax")
-    return source
+authors.run(
+    authors.defs("tome", "tome/merge.py", "do_nothing", "bipartite_soft_matching", "merge_wavg", "merge_source"),
+    globals(), "tome")
 
 
 def closure_vars(fn):
     """Read the variables a closure captured (here: merge's unm_idx, src_idx,
-    dst_idx, r), so the copied ToMe function needs no instrumentation."""
+    dst_idx, r), so the authors' ToMe function needs no instrumentation."""
     return {name: cell.cell_contents for name, cell in zip(fn.__code__.co_freevars, fn.__closure__)}
+
+
 
 
 # ---------------------------------------------------------------------------
 # DivPrune
 # Source: vbdi/divprune (CVPR 2025), LLaVA/llava/model/llava_arch.py, methods
 # LlavaMetaForCausalLM.pairwise_cosine_similarity and LlavaMetaForCausalLM.DivPrune.
-# That file is not in our code index; the text below is the module-level copy in
-#   ModelTC/llmc @ 50da6b61c4c577441c7d45e45652719f237955c5,
+# That repository is not reachable here; the functions run (unchanged, read by
+# scripts/authors.py) are the module-level copy in
+#   ModelTC/llmc @ 50da6b61c4c577441c7d45e45652719f237955c5 (licence Apache-2.0),
 #   llmc/compression/token_reduction/divprune.py (functions pairwise_cosine_similarity, divprune)
 # whose body matches, line for line, the method quoted in several LLaVA forks of
 # the vbdi code (same `threshold_terms = int(round(threshold_ratio*image_feature_length))`,
 # topk(.., 2, largest=False).values[1,:] on the first step, min over the selected
-# rows afterwards, argmax). `self` is dropped; nothing else changed.
+# rows afterwards, argmax), with `self` dropped.
 # pairwise_cosine_similarity is the authors' own helper (NOT torchmetrics'):
 # row-normalise with matrix.norm(dim=1) (no epsilon) and one matmul.
 # The caller (divprune_post_hook in llmc; same in vbdi) adds the offset of the
@@ -195,47 +84,9 @@ def closure_vars(fn):
 # tokens reach the LLM in raster order; `s` itself is in selection order.
 # ---------------------------------------------------------------------------
 
-def pairwise_cosine_similarity(matrix):
-    norm_matrix = matrix / matrix.norm(dim=1, keepdim=True)
-    cosine_similarity = torch.mm(norm_matrix, norm_matrix.t())
-    return cosine_similarity
-
-
-def divprune(
-    visual_feature_vectors,
-    image_feature_length,
-    cosine_matrix=None,
-    threshold_ratio=0.1,
-):
-    threshold_terms = int(round(threshold_ratio * image_feature_length))
-    if cosine_matrix is None:
-        cosine_matrix = 1.0 - (pairwise_cosine_similarity(visual_feature_vectors))
-
-    s = torch.empty(
-        threshold_terms, dtype=torch.long, device=visual_feature_vectors.device
-    )
-    for i in range(threshold_terms):
-        if i == 0:
-            m2 = cosine_matrix
-        else:
-            m2 = torch.index_select(
-                cosine_matrix,
-                0,
-                torch.index_select(
-                    s, 0, torch.arange(0, i, device=cosine_matrix.device)
-                ),
-            )
-
-        if i == 0:
-            scores = torch.topk(m2, 2, dim=0, largest=False).values[
-                1, :
-            ]  # for distance
-        else:
-            scores = torch.min(m2, dim=0).values  # for distance
-
-        phrase_to_add_idx = torch.argmax(scores)
-        s[i] = phrase_to_add_idx
-    return s, cosine_matrix
+authors.run(
+    authors.defs("divprune", "llmc/compression/token_reduction/divprune.py", "pairwise_cosine_similarity", "divprune"),
+    globals(), "divprune")
 
 
 # ---------------------------------------------------------------------------
