@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{asset, fixture};
 use tokenlens::app::{Event, ImageSource, Job, WorkerHandle};
 use tokenlens::model::ModelSource;
-use tokenlens::reduce::{Budget, ReducerConfig};
-use tokenlens::session::vlm::{VlmMethod, VlmRunSpec, sweep_fractions};
+use tokenlens::reduce::{Budget, Method, ReducerConfig};
+use tokenlens::session::vlm::{VlmRunSpec, sweep_fractions};
 
 fn next(worker: &WorkerHandle) -> Event {
     match worker.events.recv_timeout(Duration::from_secs(120)) {
@@ -44,7 +44,7 @@ fn streamed_until<T>(worker: &WorkerHandle, id: u64, done: impl Fn(Event) -> Opt
 
 fn spec() -> VlmRunSpec {
     VlmRunSpec {
-        method: Some(VlmMethod::Vision(ReducerConfig::from_name("random").unwrap())),
+        method: Some(Method::Vision(ReducerConfig::from_name("random").unwrap())),
         budget: Budget::RemoveFraction(0.5),
         max_new_tokens: 8,
         ..VlmRunSpec::default()

@@ -112,6 +112,8 @@ fn run_rejects_bad_methods_and_params_clearly() {
     let out = tempfile::tempdir().unwrap();
     for (args, expect) in [
         (vec!["--reducer", "nope"], "unknown method `nope`"),
+        // The registry knows it, and an image encoder refuses it with the reason.
+        (vec!["--reducer", "fastv"], "fastv is a language-side method: it needs a vision-language model"),
         (vec!["--reducer", "evit", "--param", "layr=3"], "no parameter `layr`"),
         (vec!["--reducer", "divprune", "--layer", "3"], "has no layer"),
         (vec!["--reducer", "tome", "--layer", "11", "--remove", "0.944"], "at most half"),

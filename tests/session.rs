@@ -81,3 +81,69 @@ fn reduced_runs_are_cached_per_token_count_and_cleared_by_a_new_image() {
     let direct = session.run(&session.opened_full().unwrap(), &fraction, &cancel).unwrap();
     assert_eq!(again.output.values, direct.output.values);
 }
+
+/// The method registry's refusals are the sessions': for each model kind (an image encoder,
+/// LLaVA, SmolVLM) a method the registry refuses fails to run with that reason, and every other
+/// method runs. The pickers grey out exactly what the runs would refuse.
+#[test]
+fn the_registry_refuses_what_each_model_kind_refuses() {
+    use tokenlens::reduce::{Capabilities, Method};
+    let cancel = Cancel::default();
+    // Layers of the tiny fixtures: defaults brought into range.
+    let in_range = |m: &mut Method, tower: usize, decoder: usize| {
+        if let Some(l) = m.layer(tower, decoder) {
+            let top = if m.is_language_side() { decoder - 1 } else { tower - 1 };
+            m.set_layer(l.min(top).max(usize::from(m.is_language_side())), decoder);
+        }
+    };
+
+    let mut encoder = load(fixture("encoders/vit"));
+    assert_eq!(encoder.capabilities(), Capabilities::ENCODER);
+    let input = encoder.open_image(&common::asset("chelsea.png")).unwrap();
+    encoder.open(&input, &cancel).unwrap();
+    let layers = encoder.opened_full().unwrap().num_layers();
+    let mut refused = Vec::new();
+    for mut method in Method::all() {
+        in_range(&mut method, layers, 1);
+        let refusal = encoder.refusal(&method);
+        // An encoder's runs take the vision-side configs the registry lets through.
+        match method.clone().for_encoder() {
+            Ok(reducer) => {
+                assert!(refusal.is_none(), "{}", method.name());
+                let spec = RunSpec { reducer, budget: Budget::RemoveFraction(0.5), ..RunSpec::default() };
+                encoder.reduce(&spec, &cancel).unwrap_or_else(|e| panic!("{}: {e}", method.name()));
+            }
+            Err(e) => {
+                let why = refusal.unwrap_or_else(|| panic!("{}: refused but not by the registry", method.name()));
+                assert!(e.to_string().contains(&why), "{}: {e} vs {why}", method.name());
+                refused.push(method.name());
+            }
+        }
+    }
+    assert_eq!(refused, ["fastv", "text_guided", "sparsevlm", "mmtok", "todre"]);
+
+    for (name, expected) in [("llava", vec![]), ("idefics3", vec!["tome", "pitome", "evit"])] {
+        let mut vlm = load(fixture(&format!("vlm/{name}")));
+        let bytes = std::fs::read(common::asset("chelsea.png")).unwrap();
+        let image = vlm.vlm_image(&bytes, std::path::Path::new("chelsea.png"), false).unwrap();
+        vlm.answer(image, common::QUESTION, &common::vlm_spec(), &mut |_| {}, &cancel).unwrap();
+        let full = vlm.answered().unwrap();
+        let (tower, decoder) = (full.vision.context().num_layers, vlm.vlm().unwrap().num_layers());
+        let keep = full.vision.num_image_tokens() / 2;
+        let mut refused = Vec::new();
+        for mut method in Method::all() {
+            in_range(&mut method, tower, decoder);
+            let refusal = vlm.refusal(&method);
+            let spec = VlmRunSpec { method: Some(method.clone()), budget: Budget::Keep(keep), ..common::vlm_spec() };
+            match (vlm.answer_reduced(&spec, &mut |_| {}, &cancel), refusal) {
+                (Ok(_), None) => {}
+                (Err(e), Some(why)) => {
+                    assert!(e.to_string().contains(&why), "{name} {}: {e} vs {why}", method.name());
+                    refused.push(method.name());
+                }
+                (run, why) => panic!("{name} {}: ran {:?}, registry refusal {why:?}", method.name(), run.err()),
+            }
+        }
+        assert_eq!(refused, expected, "{name}");
+    }
+}

@@ -10,9 +10,9 @@ use common::{fixture, json_ints, json_tensor, max_diff};
 use serde_json::Value;
 use tokenlens::Cancel;
 use tokenlens::reduce::llm::{LlmPlan, LlmReducer, LlmSite, LlmView};
-use tokenlens::reduce::{Budget, ReducerConfig};
+use tokenlens::reduce::{Budget, Method, ReducerConfig};
 use tokenlens::session::vlm::decode;
-use tokenlens::session::vlm::{Vlm, VlmMethod, VlmRunSpec};
+use tokenlens::session::vlm::{Vlm, VlmRunSpec};
 
 fn reference(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(&format!("vlm/{name}/reference.json"))).unwrap()).unwrap()
@@ -113,7 +113,7 @@ fn vision_side_methods_keep_their_budget_and_change_nothing_at_zero() {
             if let Some(l) = cfg.layer(tower_layers) {
                 cfg.set_layer(l.min(tower_layers - 1));
             }
-            let method = VlmMethod::Vision(cfg.clone());
+            let method = Method::Vision(cfg.clone());
             let zero = VlmRunSpec { method: Some(method.clone()), budget: Budget::Keep(n), ..spec() };
             let run = match vlm.run(&full, &zero, &mut |_| {}, &Cancel::default()) {
                 Ok(run) => run,
@@ -211,7 +211,7 @@ fn the_position_switch_keeps_original_slots_or_compacts() {
     cfg.set_layer(0);
     let reduced = |positions| {
         let spec =
-            VlmRunSpec { method: Some(VlmMethod::Vision(cfg.clone())), budget: Budget::Keep(8), positions, ..spec() };
+            VlmRunSpec { method: Some(Method::Vision(cfg.clone())), budget: Budget::Keep(8), positions, ..spec() };
         vlm.sequence(&full, &spec, &Cancel::default()).unwrap()
     };
     let seq = reduced(tokenlens::reduce::PositionMode::Preserve);
@@ -246,7 +246,7 @@ fn language_side_methods_keep_their_budget_and_change_nothing_at_zero() {
                 cfg.set_layer(1, layers); // K = 1: prune after layer 0 of the two
             }
             let label = format!("{name} {}", cfg.name());
-            let method = VlmMethod::Llm(cfg.clone());
+            let method = Method::Llm(cfg.clone());
             let zero = VlmRunSpec { method: Some(method.clone()), budget: Budget::Keep(n), ..spec() };
             let run = vlm.run(&full, &zero, &mut |_| {}, &Cancel::default()).unwrap();
             assert_eq!(run.answer.ids, full.run.answer.ids, "{label} at 0 %");
@@ -314,7 +314,7 @@ fn smolvlm_image_splitting_matches_transformers_and_runs_language_side_methods()
     assert_eq!(&full.vision.slot_token[..8], &[0, 1, 4, 5, 2, 3, 6, 7]); // tiles (0,0) and (0,1)
     let mut cfg = tokenlens::reduce::llm::LlmReducerConfig::from_name("fastv").unwrap();
     cfg.set_layer(1, vlm.num_layers());
-    let s = VlmRunSpec { method: Some(VlmMethod::Llm(cfg)), budget: Budget::Keep(10), ..spec() };
+    let s = VlmRunSpec { method: Some(Method::Llm(cfg)), budget: Budget::Keep(10), ..spec() };
     let run = vlm.run(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
     assert_eq!(run.image_rows_per_layer, vec![20, 10]);
     // The pictures draw the grid's 16 tokens; the global image's 4 are off the grid.
@@ -336,7 +336,7 @@ fn smolvlm_image_splitting_matches_transformers_and_runs_language_side_methods()
     );
     assert!(map.width() > 0);
     let _ = tokenlens::figures::vlm_tokens(&full.image, grid, &run, 128);
-    let vision = VlmRunSpec { method: Some(VlmMethod::from_name("divprune").unwrap()), ..spec() };
+    let vision = VlmRunSpec { method: Some(Method::from_name("divprune").unwrap()), ..spec() };
     let err = vlm.run(&full, &vision, &mut |_| {}, &Cancel::default()).err().unwrap().to_string();
     assert!(err.contains("splitting off"), "{err}");
     // Unsplit, the same folder gives one global image.

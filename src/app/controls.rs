@@ -2,10 +2,10 @@
 
 use eframe::egui;
 
-use super::widgets::{budget_ui, look_ui, params_ui, section};
+use super::widgets::{budget_ui, look_ui, method_entry, params_ui, section};
 use super::{Head, Overlay, TokenlensApp};
 use crate::model::ModelSource;
-use crate::reduce::{PositionMode, ReducerConfig};
+use crate::reduce::{Capabilities, Method, PositionMode};
 use crate::session::DropFill;
 
 pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
@@ -116,10 +116,12 @@ fn short_name(path: &std::path::Path) -> String {
 fn method_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let current = app.settings.spec.reducer.info();
     egui::ComboBox::from_id_salt("method").selected_text(current.label).width(200.0).show_ui(ui, |ui| {
-        for config in ReducerConfig::defaults() {
-            let info = config.info();
-            let chosen = app.settings.spec.reducer.name() == info.name;
-            if ui.selectable_label(chosen, info.label).on_hover_text(info.description).clicked() && !chosen {
+        // Every method of the registry: an image encoder greys out the language-side ones.
+        for method in Method::all() {
+            let chosen = app.settings.spec.reducer.name() == method.name();
+            if method_entry(ui, &method, chosen, &Capabilities::ENCODER)
+                && let Method::Vision(config) = method
+            {
                 app.settings.spec.reducer = config;
             }
         }

@@ -373,10 +373,11 @@ impl TokenlensApp {
             return;
         }
         match event {
-            Event::VlmReady { id, num_layers, context, split_image, memory } => {
+            Event::VlmReady { id, num_layers, context, split_image, memory, capabilities } => {
                 self.vlm_ready(id, num_layers, context, split_image);
                 if let Some(vlm) = &mut self.vlm {
                     vlm.memory = memory;
+                    vlm.capabilities = capabilities;
                 }
             }
             Event::VlmToken { .. }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use eframe::egui;
 use serde::{Deserialize, Serialize};
 
-use super::widgets::{self, params_ui};
+use super::widgets::{self, method_entry, params_ui};
 use super::worker::{Event, Job, VlmOpened};
 use super::{Slot, TokenlensApp};
 use crate::reduce::llm::LlmReducerConfig;
-use crate::reduce::{Budget, ReducerConfig};
-use crate::session::vlm::{SweepPoint, VlmMethod, VlmRun, VlmRunSpec, sweep_fractions};
+use crate::reduce::{Budget, Capabilities, Method, ReducerConfig, Side};
+use crate::session::vlm::{SweepPoint, VlmRun, VlmRunSpec, sweep_fractions};
 
 /// How to get a vision-language model: the app cannot download one on every machine.
 pub const HOW_TO_GET: &str = "Vision-language models are opened from a local Hugging Face folder:\n\
@@ -52,7 +52,7 @@ impl VlmOverlay {
 #[serde(default)]
 pub struct VlmSettings {
     pub question: String,
-    pub method: VlmMethod,
+    pub method: Method,
     pub max_new_tokens: usize,
     /// The decoder layer the text-to-image maps read (None: the middle one).
     pub view_layer: Option<usize>,
@@ -61,21 +61,21 @@ pub struct VlmSettings {
     /// folder's processor when a model loads.
     pub split_image: bool,
     /// Methods of the compare view (2 to 4), all at the shared budget.
-    pub compare: Vec<VlmMethod>,
+    pub compare: Vec<Method>,
 }
 
 impl Default for VlmSettings {
     fn default() -> Self {
         Self {
             question: "What is in the image?".into(),
-            method: VlmMethod::Vision(ReducerConfig::from_name("cls_topk").expect("a built-in method")),
+            method: Method::Vision(ReducerConfig::from_name("cls_topk").expect("a built-in method")),
             max_new_tokens: 32,
             view_layer: None,
             overlay: VlmOverlay::Tokens,
             split_image: false,
             compare: ["fastv", "sparsevlm", "divprune", "random"]
                 .iter()
-                .map(|n| VlmMethod::from_name(n).expect("a built-in method"))
+                .map(|n| Method::from_name(n).expect("a built-in method"))
                 .collect(),
         }
     }
@@ -104,6 +104,8 @@ pub struct VlmState {
     pub model_id: String,
     pub num_layers: usize,
     pub context: Option<usize>,
+    /// What the model offers a method (the method pickers grey out what it refuses).
+    pub capabilities: Capabilities,
     /// The memory guard's estimate for the model (shown with the cost).
     pub memory: Option<crate::model::memory::Estimate>,
     /// The full run of the current image and question.
@@ -228,7 +230,7 @@ impl VlmState {
     }
 
     /// The method the sweep on screen was asked for.
-    pub fn sweep_method(&self) -> Option<&VlmMethod> {
+    pub fn sweep_method(&self) -> Option<&Method> {
         self.sweep_key.as_ref()?.method.as_ref()
     }
 
@@ -269,7 +271,7 @@ impl VlmSettings {
         self.compare.iter().map(|m| self.spec_for(m, budget, positions)).collect()
     }
 
-    fn spec_for(&self, method: &VlmMethod, budget: Budget, positions: crate::reduce::PositionMode) -> VlmRunSpec {
+    fn spec_for(&self, method: &Method, budget: Budget, positions: crate::reduce::PositionMode) -> VlmRunSpec {
         VlmRunSpec {
             method: Some(method.clone()),
             budget,
@@ -367,14 +369,15 @@ impl TokenlensApp {
 /// The left panel's method, parameters, answer and view settings in VLM mode.
 pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let Some(vlm) = app.vlm.as_ref() else { return };
+    let caps = vlm.capabilities;
     let decoder_layers = vlm.num_layers;
     let tower_layers = vlm.opened().map_or(1, |o| o.tower_layers);
     let s = &mut app.settings.vlm;
 
     widgets::section(ui, "Method");
-    method_menu(ui, "main", 200.0, &mut s.method);
+    method_menu(ui, "main", 200.0, &caps, &mut s.method);
     let mut tower_layer_param = false;
-    if let VlmMethod::Vision(c) = &s.method {
+    if let Method::Vision(c) = &s.method {
         let json = serde_json::to_value(c).unwrap_or_default();
         tower_layer_param = json.as_object().is_some_and(|o| o.keys().any(|k| k.contains("layer")));
         let info = c.info();
@@ -389,10 +392,10 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let s = &mut app.settings.vlm;
     widgets::section(ui, "Parameters");
     match &mut s.method {
-        VlmMethod::Vision(c) => params_ui(ui, c, 0..=tower_layers.saturating_sub(1)),
+        Method::Vision(c) => params_ui(ui, c, 0..=tower_layers.saturating_sub(1)),
         // FastV's `layer` is K: it prunes after layer K - 1, so K runs 1..=L.
-        VlmMethod::Llm(c @ LlmReducerConfig::Fastv(_)) => params_ui(ui, c, 1..=decoder_layers),
-        VlmMethod::Llm(c) => params_ui(ui, c, 0..=decoder_layers.saturating_sub(1)),
+        Method::Llm(c @ LlmReducerConfig::Fastv(_)) => params_ui(ui, c, 1..=decoder_layers),
+        Method::Llm(c) => params_ui(ui, c, 0..=decoder_layers.saturating_sub(1)),
     }
     if tower_layer_param {
         ui.label(egui::RichText::new("layers: of the vision tower").small().weak());
@@ -436,29 +439,25 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     widgets::look_ui(&mut app.settings, ui);
 }
 
-/// The method menu: vision side, then language side.
 /// The method picker (`id`: one per picker on screen; `width` of its button), vision side then
-/// language side.
-pub fn method_menu(ui: &mut egui::Ui, id: impl std::hash::Hash + std::fmt::Debug, width: f32, method: &mut VlmMethod) {
+/// language side; methods the model (`caps`) refuses are greyed out with the reason.
+pub fn method_menu(
+    ui: &mut egui::Ui,
+    id: impl std::hash::Hash + std::fmt::Debug,
+    width: f32,
+    caps: &Capabilities,
+    method: &mut Method,
+) {
     let label = method_label(method);
     egui::ComboBox::from_id_salt(("vlm_method", id)).selected_text(label).width(width).height(480.0).show_ui(
         ui,
         |ui| {
-            let all = VlmMethod::all();
-            for (title, vision) in [("Vision side", true), ("Language side", false)] {
+            let all = Method::all();
+            for (title, side) in [("Vision side", Side::Vision), ("Language side", Side::Language)] {
                 ui.label(egui::RichText::new(title).strong().small());
-                let side: Vec<&VlmMethod> =
-                    all.iter().filter(|m| matches!(m, VlmMethod::Vision(_)) == vision).collect();
-                if side.is_empty() {
-                    ui.label(egui::RichText::new("  none yet").weak().small());
-                }
-                for m in side {
+                for m in all.iter().filter(|m| m.info().side == side) {
                     let chosen = m.name() == method.name();
-                    let hint = match m {
-                        VlmMethod::Vision(c) => c.info().description,
-                        VlmMethod::Llm(c) => c.info().description,
-                    };
-                    if ui.selectable_label(chosen, method_label(m)).on_hover_text(hint).clicked() && !chosen {
+                    if method_entry(ui, m, chosen, caps) {
                         *method = m.clone();
                     }
                 }
@@ -483,7 +482,7 @@ pub fn run_label(run: &VlmRun) -> String {
 }
 
 /// The method's name as its paper writes it (FastV, SparseVLM, DivPrune).
-pub fn method_label(method: &VlmMethod) -> String {
+pub fn method_label(method: &Method) -> String {
     method.label().to_string()
 }
 
@@ -548,13 +547,13 @@ mod tests {
         assert_eq!(back, s);
         let spec = s.spec(Budget::RemoveFraction(0.5), Default::default());
         assert_eq!(spec.max_new_tokens, 7);
-        assert_eq!(spec.method.as_ref().map(VlmMethod::name), Some("cls_topk"));
+        assert_eq!(spec.method.as_ref().map(Method::name), Some("cls_topk"));
     }
 
     #[test]
     fn a_run_is_labelled_by_itself_not_by_the_settings() {
         let spec = |name: &str, removed: f64| VlmRunSpec {
-            method: Some(VlmMethod::from_name(name).unwrap()),
+            method: Some(Method::from_name(name).unwrap()),
             budget: Budget::RemoveFraction(removed),
             ..VlmRunSpec::default()
         };
@@ -579,7 +578,7 @@ mod tests {
     fn a_method_that_removed_nothing_does_not_claim_its_budget() {
         // FastV at K = 2 on a 2-layer decoder prunes after the last layer: both saw all 64 rows.
         let spec = VlmRunSpec {
-            method: Some(VlmMethod::from_name("fastv").unwrap()),
+            method: Some(Method::from_name("fastv").unwrap()),
             budget: Budget::RemoveFraction(0.5),
             ..VlmRunSpec::default()
         };

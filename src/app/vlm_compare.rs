@@ -11,7 +11,8 @@ use super::answer::{Mark, side_of_diff, tokens_ui};
 use super::output::flops;
 use super::vlm::{method_label, method_menu};
 use crate::figures;
-use crate::session::vlm::{VlmMethod, VlmRun};
+use crate::reduce::Method;
+use crate::session::vlm::VlmRun;
 
 /// The column whose run gives the full answer the highest log-probability (ties: the first).
 pub fn best_run(runs: &[&VlmRun]) -> Option<usize> {
@@ -24,6 +25,7 @@ pub fn best_run(runs: &[&VlmRun]) -> Option<usize> {
 pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     app.textures.begin_frame();
     let Some(vlm) = app.vlm.as_ref() else { return };
+    let caps = vlm.capabilities;
     let Some(opened) = vlm.opened().cloned() else {
         ui.label("Open an image: the full model answers first, then each method at the shared budget.");
         return;
@@ -34,7 +36,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         ui.strong(format!("All at {}", app.settings.spec.budget.describe(full.num_image_tokens)));
         ui.label(format!("· Q: {}", opened.question));
         if methods.len() < 4 && ui.button("+ method").clicked() {
-            app.settings.vlm.compare.push(VlmMethod::from_name("random").expect("a built-in method"));
+            app.settings.vlm.compare.push(Method::from_name("random").expect("a built-in method"));
         }
     });
     ui.label(RichText::new("ratio, answer limit and positions come from the left panel").small().weak());
@@ -54,7 +56,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let mut remove = None;
     // Answer tokens are not picked here (no map to show them on); the widget asks anyway.
     let (mut picked_hover, mut picked_click) = (None, None);
-    let mut chosen: Vec<VlmMethod> = methods.clone();
+    let mut chosen: Vec<Method> = methods.clone();
     ui.columns(n, |cols| {
         let col = &mut cols[0];
         col.strong("Full model");
@@ -76,7 +78,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         for (i, col) in cols[1..].iter_mut().enumerate() {
             col.horizontal(|ui| {
                 // Room for the remove button: the column never grows past its share.
-                method_menu(ui, ("compare", i), (width - 90.0).max(60.0), &mut chosen[i]);
+                method_menu(ui, ("compare", i), (width - 90.0).max(60.0), &caps, &mut chosen[i]);
                 if methods.len() > 2 && ui.small_button("remove").on_hover_text("remove this method").clicked() {
                     remove = Some(i);
                 }

@@ -133,7 +133,7 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             },
         )),
         (None, Some(r)) => {
-            let merges = matches!(&r.spec.method, Some(crate::session::vlm::VlmMethod::Vision(c)) if c.info().merges)
+            let merges = matches!(&r.spec.method, Some(crate::reduce::Method::Vision(c)) if c.info().merges)
                 || r.groups.iter().any(|g| g.len() > 1);
             Some(app.textures.get(ui.ctx(), "vlm_main", format!("{key_common}|tokens|{:?}", r.spec), || {
                 figures::groups_body_at(
@@ -166,7 +166,7 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     if map.is_none()
         && let Some(r) = &run
     {
-        let merges = matches!(&r.spec.method, Some(crate::session::vlm::VlmMethod::Vision(c)) if c.info().merges)
+        let merges = matches!(&r.spec.method, Some(crate::reduce::Method::Vision(c)) if c.info().merges)
             || r.groups.iter().any(|g| g.len() > 1);
         super::view::token_legend(ui, merges, &r.groups);
     }

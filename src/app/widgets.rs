@@ -1,13 +1,13 @@
 //! Controls both the encoder and the VLM panels draw: section headers, the budget slider with its
-//! presets, the look (colormap, opacity, map scale), and a generic editor over a method's
-//! parameters. Panels import these; these import no panel.
+//! presets, the look (colormap, opacity, map scale), a method picker's entry, and a generic
+//! editor over a method's parameters. Panels import these; these import no panel.
 
 use eframe::egui;
 use serde_json::Value;
 
 use super::TokenlensApp;
-use crate::reduce::Budget;
 use crate::reduce::budget::PRESETS_REMOVED;
+use crate::reduce::{Budget, Capabilities, Method};
 use crate::render::Colormap;
 
 /// A slider value within this many percentage points of a preset snaps to it.
@@ -15,6 +15,22 @@ const SNAP_POINTS: f64 = 1.2;
 
 /// The slider works in fractions; a token count only enters `Budget::Keep`, which it never makes.
 const NUM_PATCHES: usize = 256;
+
+/// One entry of a method picker: greyed out, with the reason on hover, where the loaded model
+/// (`caps`) refuses the method (the registry's refusal, the one its runs give). Whether the
+/// entry was picked.
+pub fn method_entry(ui: &mut egui::Ui, method: &Method, chosen: bool, caps: &Capabilities) -> bool {
+    let info = method.info();
+    let refusal = method.refusal(caps);
+    let response = ui.add_enabled_ui(refusal.is_none(), |ui| ui.selectable_label(chosen, info.label)).inner;
+    match refusal {
+        Some(why) => {
+            response.on_disabled_hover_text(why);
+            false
+        }
+        None => response.on_hover_text(info.description).clicked() && !chosen,
+    }
+}
 
 /// The removed percentage a budget stands for on the default grid.
 pub fn removed_percent(budget: &Budget) -> f64 {

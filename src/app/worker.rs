@@ -92,6 +92,8 @@ pub enum Event {
         split_image: bool,
         /// The memory guard's estimate for the model (weights, dtype, KV cache).
         memory: Option<crate::model::memory::Estimate>,
+        /// What the model offers a method (the pickers grey out what it refuses).
+        capabilities: crate::reduce::Capabilities,
     },
     /// One answer token of the VLM request `id` (full or reduced), decoded on its own, and the
     /// answer so far decoded whole (what a reader sees, spaces and all).
@@ -251,6 +253,7 @@ impl<W: Fn()> Worker<W> {
                         context: vlm.arch.lm().cfg.max_position_embeddings,
                         split_image: vlm.split_image,
                         memory: crate::session::vlm::Arch::memory_estimate(&vlm.dir).ok().flatten(),
+                        capabilities: s.capabilities(),
                     },
                     Err(_) => Event::ModelReady { id: s.id.clone(), takes_prompt: s.takes_prompt() },
                 });

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use tokenlens::reduce::budget::PRESETS_REMOVED;
-use tokenlens::reduce::{Budget, ReducerConfig};
+use tokenlens::reduce::{Budget, Method, ReducerConfig};
 use tokenlens::render::Colormap;
-use tokenlens::session::vlm::{VlmMethod, VlmRun, VlmRunSpec};
+use tokenlens::session::vlm::{VlmRun, VlmRunSpec};
 use tokenlens::session::{RunSpec, Session};
 use tokenlens::{Cancel, figures};
 
@@ -141,7 +141,7 @@ pub fn bench(
 
 /// One method's row of the VLM bench.
 struct VlmRow {
-    method: VlmMethod,
+    method: Method,
     /// Wall time of the ratio change (`Vlm::run`, resumed) and of the same run prefilled from
     /// layer 0 (`Vlm::run_from_scratch`), ms.
     change: Vec<f64>,
@@ -154,7 +154,7 @@ struct VlmRow {
 /// resumed from the cached full run) against the full prefill (the unreduced decoder from layer
 /// 0), both timed as whole runs with a one-token answer (picked from the prefill's logits: no
 /// decoding step), alternating in one process; medians over `repeats`.
-pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[VlmMethod], repeats: usize) -> anyhow::Result<()> {
+pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeats: usize) -> anyhow::Result<()> {
     let vlm = session.vlm_mut()?;
     let split = std::mem::replace(&mut vlm.split_image, false); // vision-side methods need one image
     let cancel = Cancel::default();

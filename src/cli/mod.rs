@@ -121,9 +121,9 @@ impl MethodArgs {
 
     /// The VLM method these options name (for a model with `decoder_layers`), or `None`
     /// without `--reducer`.
-    fn vlm_method(&self, decoder_layers: usize) -> anyhow::Result<Option<tokenlens::session::vlm::VlmMethod>> {
+    fn vlm_method(&self, decoder_layers: usize) -> anyhow::Result<Option<tokenlens::reduce::Method>> {
         let Some(name) = &self.reducer else { return Ok(None) };
-        let mut method = tokenlens::session::vlm::VlmMethod::from_name(name)?;
+        let mut method = tokenlens::reduce::Method::from_name(name)?;
         if let Some(layer) = self.layer {
             method.set_layer(layer, decoder_layers);
         }
@@ -383,7 +383,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             };
             if let Some(name) = reducer {
                 // A vision-side method serves both modes; a language-side one only VLMs.
-                settings.vlm.method = tokenlens::session::vlm::VlmMethod::from_name(&name)?;
+                settings.vlm.method = tokenlens::reduce::Method::from_name(&name)?;
                 if let Ok(config) = ReducerConfig::from_name(&name) {
                     settings.spec.reducer = config;
                 }
@@ -431,12 +431,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { image, reducers, repeats, json, model } => match model.load()? {
             mut session if session.is_vlm() => {
                 let methods = if reducers.is_empty() {
-                    tokenlens::session::vlm::VlmMethod::all()
+                    tokenlens::reduce::Method::all()
                 } else {
-                    reducers
-                        .iter()
-                        .map(|r| tokenlens::session::vlm::VlmMethod::from_name(r.trim()))
-                        .collect::<Result<_, _>>()?
+                    reducers.iter().map(|r| tokenlens::reduce::Method::from_name(r.trim())).collect::<Result<_, _>>()?
                 };
                 bench::bench_vlm(&image, &mut session, &methods, repeats.max(1))
             }

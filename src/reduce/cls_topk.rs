@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ops::{cls_or_received, patch_tokens, top_k_in_order, with_special_nan};
+use super::registry::{Part, Side, VisionMethod};
 use super::{Context, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::Result;
 use crate::model::HookPoint;
@@ -22,6 +23,8 @@ pub const INFO: MethodInfo = MethodInfo {
     paper: "Zhang et al., FasterVLM, 2024; Wang et al., VTC-CLS, 2024",
     merges: false,
     caveat: None,
+    side: Side::Vision,
+    acts_on: &[Part::PreLlm],
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -31,6 +34,22 @@ pub struct ClsTopkConfig {
     pub layer: Option<usize>,
     /// VTC-CLS: average the score over these layers instead (empty: off).
     pub average_layers: Vec<usize>,
+}
+
+impl VisionMethod for ClsTopkConfig {
+    const INFO: MethodInfo = INFO;
+
+    fn layer(&self, num_layers: usize) -> Option<usize> {
+        Some(self.layer.unwrap_or(num_layers - 1))
+    }
+
+    fn set_layer(&mut self, layer: usize) {
+        self.layer = Some(layer);
+    }
+
+    fn build(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>> {
+        Ok(Box::new(ClsTopk::new(self, keep, ctx, |f, l| ctx.check_layer(f, l))?))
+    }
 }
 
 pub struct ClsTopk {

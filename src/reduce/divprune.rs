@@ -10,7 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::ops::{cosine_matrix, patch_tokens, with_special_nan};
-use super::{MethodInfo, Plan, Reducer, Site, SiteView};
+use super::registry::{Part, Side, VisionMethod};
+use super::{Context, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::Result;
 
 pub const INFO: MethodInfo = MethodInfo {
@@ -20,11 +21,21 @@ pub const INFO: MethodInfo = MethodInfo {
     paper: "Alvar et al., DivPrune: Diversity-based Visual Token Pruning, CVPR 2025",
     merges: false,
     caveat: None,
+    side: Side::Vision,
+    acts_on: &[Part::PreLlm],
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DivpruneConfig {}
+
+impl VisionMethod for DivpruneConfig {
+    const INFO: MethodInfo = INFO;
+
+    fn build(&self, keep: usize, _ctx: &Context) -> Result<Box<dyn Reducer>> {
+        Ok(Box::new(Divprune::new(keep)))
+    }
+}
 
 pub struct Divprune {
     keep: usize,

@@ -15,7 +15,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::ops::{cls_or_received, patch_tokens, top_k_in_order, with_special_nan};
-use super::{Group, MethodInfo, Plan, Reducer, Site, SiteView};
+use super::registry::{Part, Side, VisionMethod};
+use super::{Context, Group, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::Result;
 use crate::model::Needs;
 
@@ -26,6 +27,8 @@ pub const INFO: MethodInfo = MethodInfo {
     paper: "Liang et al., Not All Patches are What You Need (EViT), ICLR 2022",
     merges: true,
     caveat: Some("EViT trains with this reduction; applied off the shelf it loses some accuracy."),
+    side: Side::Vision,
+    acts_on: &[Part::VisionEncoder],
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +44,22 @@ pub struct EvitConfig {
 impl Default for EvitConfig {
     fn default() -> Self {
         Self { layer: 3, fuse: true }
+    }
+}
+
+impl VisionMethod for EvitConfig {
+    const INFO: MethodInfo = INFO;
+
+    fn layer(&self, _num_layers: usize) -> Option<usize> {
+        Some(self.layer)
+    }
+
+    fn set_layer(&mut self, layer: usize) {
+        self.layer = layer;
+    }
+
+    fn build(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>> {
+        Ok(Box::new(Evit::new(self, keep, ctx.check_layer("layer", self.layer)?)))
     }
 }
 

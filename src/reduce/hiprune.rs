@@ -25,6 +25,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ops::{argsort_desc, attention_received, patch_tokens, with_special_nan};
+use super::registry::{Part, Side, VisionMethod};
 use super::{Context, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::model::HookPoint;
 use crate::{Error, Result};
@@ -36,6 +37,8 @@ pub const INFO: MethodInfo = MethodInfo {
     paper: "HiPrune: Training-Free Visual Token Pruning via Hierarchical Attention, 2025",
     merges: false,
     caveat: None,
+    side: Side::Vision,
+    acts_on: &[Part::PreLlm],
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +55,22 @@ pub struct HipruneConfig {
 impl Default for HipruneConfig {
     fn default() -> Self {
         Self { object_layer: None, alpha: 0.1, buffers: Buffers::Grid }
+    }
+}
+
+impl VisionMethod for HipruneConfig {
+    const INFO: MethodInfo = INFO;
+
+    fn layer(&self, num_layers: usize) -> Option<usize> {
+        Some(self.object_layer.unwrap_or(num_layers / 3))
+    }
+
+    fn set_layer(&mut self, layer: usize) {
+        self.object_layer = Some(layer);
+    }
+
+    fn build(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>> {
+        Ok(Box::new(Hiprune::new(self, keep, ctx, |f, l| ctx.check_layer(f, l))?))
     }
 }
 

@@ -3,7 +3,8 @@
 //! Every method implements [`Reducer`]: it names the sites where it acts, what it needs
 //! recorded there, and returns a [`Plan`] (data, not action). `plan.rs` applies plans, so
 //! provenance (sizes, source, positions) is shared by all methods. Registration is one variant
-//! of [`ReducerConfig`]; the CLI, the GUI and the tests iterate over [`ReducerConfig::defaults`].
+//! line of the registry (`registry.rs`), for vision- and language-side methods alike; the CLI,
+//! the GUI and the tests iterate over [`Method::all`].
 //! The vocabulary (stage, budget, scores, kept, source) is `shared/REDUCERS.md`'s.
 
 pub mod budget;
@@ -17,16 +18,19 @@ pub mod pitome;
 pub mod plan;
 pub mod pool;
 pub mod random;
+pub mod registry;
 pub mod tome;
 
 use serde::{Deserialize, Serialize};
 
 pub use budget::Budget;
 pub use plan::{Group, Plan, PositionMode};
+pub use registry::{Capabilities, LanguageMethod, Method, MethodInfo, Part, Side, VisionMethod};
 
 use crate::model::layers::AttnRecord;
 use crate::model::{Needs, TokenState, Trace};
 use crate::{Error, Result};
+use llm::{LlmContext, LlmReducer};
 
 /// Where a reducer acts (REDUCERS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +67,15 @@ impl Context {
     pub fn num_patches(&self) -> usize {
         self.grid.0 * self.grid.1
     }
+
+    /// `layer` if the encoder has that block, else an error naming `field`.
+    pub fn check_layer(&self, field: &'static str, layer: usize) -> Result<usize> {
+        if layer < self.num_layers {
+            Ok(layer)
+        } else {
+            Err(Error::Config { field, reason: format!("layer {layer} is out of range 0..={}", self.num_layers - 1) })
+        }
+    }
 }
 
 /// What a reducer sees at one of its sites.
@@ -91,70 +104,37 @@ pub trait Reducer {
     fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan>;
 }
 
-/// Every method, with its parameters. `serde` tag `method`; unknown fields are rejected.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-pub enum ReducerConfig {
-    Tome(tome::TomeConfig),
-    Pitome(pitome::PitomeConfig),
-    Evit(evit::EvitConfig),
-    ClsTopk(cls_topk::ClsTopkConfig),
-    Hiprune(hiprune::HipruneConfig),
-    Divprune(divprune::DivpruneConfig),
-    Random(random::RandomConfig),
-    Pool(pool::PoolConfig),
-}
-
-/// The one-line facts the UI shows for a method.
-#[derive(Debug, Clone, Copy)]
-pub struct MethodInfo {
-    /// CLI value and config tag.
-    pub name: &'static str,
-    /// Legend label.
-    pub label: &'static str,
-    pub description: &'static str,
-    pub paper: &'static str,
-    /// Merges tokens (all patches stay accounted for) rather than dropping them.
-    pub merges: bool,
-    /// A caveat to show beside results.
-    pub caveat: Option<&'static str>,
+// The method registry: one line registers a method (its file describes it and builds its
+// reducer; see `registry.rs`). The order is the menus'.
+registry::methods! {
+    vision {
+        Tome(tome::TomeConfig),
+        Pitome(pitome::PitomeConfig),
+        Evit(evit::EvitConfig),
+        ClsTopk(cls_topk::ClsTopkConfig),
+        Hiprune(hiprune::HipruneConfig),
+        Divprune(divprune::DivpruneConfig),
+        Random(random::RandomConfig),
+        Pool(pool::PoolConfig),
+    }
+    language {
+        Fastv(llm::fastv::FastvConfig),
+        TextGuided(llm::text_guided::TextGuidedConfig),
+        Sparsevlm(llm::sparsevlm::SparsevlmConfig),
+        Mmtok(llm::mmtok::MmtokConfig),
+        Todre(llm::todre::TodreConfig),
+    }
 }
 
 impl ReducerConfig {
-    /// Every method with its default parameters, in menu order.
-    pub fn defaults() -> Vec<ReducerConfig> {
-        vec![
-            ReducerConfig::Tome(Default::default()),
-            ReducerConfig::Pitome(Default::default()),
-            ReducerConfig::Evit(Default::default()),
-            ReducerConfig::ClsTopk(Default::default()),
-            ReducerConfig::Hiprune(Default::default()),
-            ReducerConfig::Divprune(Default::default()),
-            ReducerConfig::Random(Default::default()),
-            ReducerConfig::Pool(Default::default()),
-        ]
-    }
-
-    pub fn info(&self) -> MethodInfo {
-        match self {
-            ReducerConfig::Tome(_) => tome::INFO,
-            ReducerConfig::Pitome(_) => pitome::INFO,
-            ReducerConfig::Evit(_) => evit::INFO,
-            ReducerConfig::ClsTopk(_) => cls_topk::INFO,
-            ReducerConfig::Hiprune(_) => hiprune::INFO,
-            ReducerConfig::Divprune(_) => divprune::INFO,
-            ReducerConfig::Random(_) => random::INFO,
-            ReducerConfig::Pool(_) => pool::INFO,
-        }
-    }
-
     pub fn name(&self) -> &'static str {
         self.info().name
     }
 
-    /// The default config of the method called `name`.
+    /// The default config of the vision-side method called `name` (a language-side name is
+    /// refused with the reason).
     pub fn from_name(name: &str) -> Result<Self> {
-        by_name(Self::defaults(), Self::name, name, "method")
+        Method::from_name(name)?.for_encoder()
     }
 
     /// Sets one parameter from text (`--param k=v`): the value is read as JSON, else as a
@@ -169,53 +149,8 @@ impl ReducerConfig {
         (cls_based && ctx.num_special == 0).then_some(ops::NO_CLS_NOTE)
     }
 
-    /// The method's main layer (what the layer slider moves), if it has one.
-    pub fn layer(&self, num_layers: usize) -> Option<usize> {
-        let last = num_layers - 1;
-        match self {
-            ReducerConfig::Tome(c) => Some(c.first_layer),
-            ReducerConfig::Pitome(c) => Some(c.first_layer),
-            ReducerConfig::Evit(c) => Some(c.layer),
-            ReducerConfig::ClsTopk(c) => Some(c.layer.unwrap_or(last)),
-            ReducerConfig::Hiprune(c) => Some(c.object_layer.unwrap_or(num_layers / 3)),
-            ReducerConfig::Divprune(_) | ReducerConfig::Random(_) | ReducerConfig::Pool(_) => None,
-        }
-    }
-
     pub fn has_layer(&self) -> bool {
         self.layer(1).is_some()
-    }
-
-    pub fn set_layer(&mut self, layer: usize) {
-        match self {
-            ReducerConfig::Tome(c) => c.first_layer = layer,
-            ReducerConfig::Pitome(c) => c.first_layer = layer,
-            ReducerConfig::Evit(c) => c.layer = layer,
-            ReducerConfig::ClsTopk(c) => c.layer = Some(layer),
-            ReducerConfig::Hiprune(c) => c.object_layer = Some(layer),
-            ReducerConfig::Divprune(_) | ReducerConfig::Random(_) | ReducerConfig::Pool(_) => {}
-        }
-    }
-
-    /// Builds the reducer for a run keeping `keep` visual tokens.
-    pub fn build(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>> {
-        let check_layer = |field: &'static str, l: usize| {
-            if l < ctx.num_layers {
-                Ok(l)
-            } else {
-                Err(Error::Config { field, reason: format!("layer {l} is out of range 0..={}", ctx.num_layers - 1) })
-            }
-        };
-        Ok(match self {
-            ReducerConfig::Tome(c) => Box::new(tome::Tome::new(c, keep, ctx, check_layer)?),
-            ReducerConfig::Pitome(c) => Box::new(pitome::Pitome::new(c, keep, ctx, check_layer)?),
-            ReducerConfig::Evit(c) => Box::new(evit::Evit::new(c, keep, check_layer("layer", c.layer)?)),
-            ReducerConfig::ClsTopk(c) => Box::new(cls_topk::ClsTopk::new(c, keep, ctx, check_layer)?),
-            ReducerConfig::Hiprune(c) => Box::new(hiprune::Hiprune::new(c, keep, ctx, check_layer)?),
-            ReducerConfig::Divprune(_) => Box::new(divprune::Divprune::new(keep)),
-            ReducerConfig::Random(c) => Box::new(random::Random::new(c, keep)),
-            ReducerConfig::Pool(_) => Box::new(pool::Pool::new(keep, ctx.grid)),
-        })
     }
 
     /// The stage of the method's first action.

@@ -30,6 +30,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ops::{argsort_desc, cosine_matrix, keys_mean_heads, patch_tokens};
+use super::registry::{Part, Side, VisionMethod};
 use super::tome::MergeSchedule;
 use super::{Context, Group, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::model::Needs;
@@ -42,6 +43,8 @@ pub const INFO: MethodInfo = MethodInfo {
     paper: "Tran et al., Accelerating Transformers with Spectrum-Preserving Token Merging (PiToMe), NeurIPS 2024",
     merges: true,
     caveat: None,
+    side: Side::Vision,
+    acts_on: &[Part::VisionEncoder],
 };
 
 /// Which of the authors' recipes runs (see the module docs).
@@ -100,6 +103,22 @@ impl Default for PitomeConfig {
             alpha: 1.0,
             proportional_attention: None,
         }
+    }
+}
+
+impl VisionMethod for PitomeConfig {
+    const INFO: MethodInfo = INFO;
+
+    fn layer(&self, _num_layers: usize) -> Option<usize> {
+        Some(self.first_layer)
+    }
+
+    fn set_layer(&mut self, layer: usize) {
+        self.first_layer = layer;
+    }
+
+    fn build(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>> {
+        Ok(Box::new(Pitome::new(self, keep, ctx, |f, l| ctx.check_layer(f, l))?))
     }
 }
 

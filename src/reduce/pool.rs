@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Group, MethodInfo, Plan, Reducer, Site, SiteView};
+use super::registry::{Part, Side, VisionMethod};
+use super::{Context, Group, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::Result;
 
 pub const INFO: MethodInfo = MethodInfo {
@@ -15,11 +16,21 @@ pub const INFO: MethodInfo = MethodInfo {
     paper: "baseline",
     merges: true,
     caveat: None,
+    side: Side::Vision,
+    acts_on: &[Part::PreLlm],
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {}
+
+impl VisionMethod for PoolConfig {
+    const INFO: MethodInfo = INFO;
+
+    fn build(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>> {
+        Ok(Box::new(Pool::new(keep, ctx.grid)))
+    }
+}
 
 pub struct Pool {
     keep: usize,

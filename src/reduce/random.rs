@@ -5,7 +5,8 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::ops::patch_tokens;
-use super::{MethodInfo, Plan, Reducer, Site, SiteView};
+use super::registry::{Part, Side, VisionMethod};
+use super::{Context, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::Result;
 
 pub const INFO: MethodInfo = MethodInfo {
@@ -15,12 +16,22 @@ pub const INFO: MethodInfo = MethodInfo {
     paper: "baseline",
     merges: false,
     caveat: None,
+    side: Side::Vision,
+    acts_on: &[Part::PreLlm],
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RandomConfig {
     pub seed: u64,
+}
+
+impl VisionMethod for RandomConfig {
+    const INFO: MethodInfo = INFO;
+
+    fn build(&self, keep: usize, _ctx: &Context) -> Result<Box<dyn Reducer>> {
+        Ok(Box::new(Random::new(self, keep)))
+    }
 }
 
 pub struct Random {

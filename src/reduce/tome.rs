@@ -15,6 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ops::{argsort_desc, keys_mean_heads, rows};
+use super::registry::{Part, Side, VisionMethod};
 use super::{Context, Group, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::model::Needs;
 use crate::{Error, Result};
@@ -26,6 +27,8 @@ pub const INFO: MethodInfo = MethodInfo {
     paper: "Bolya et al., Token Merging: Your ViT But Faster, ICLR 2023",
     merges: true,
     caveat: None,
+    side: Side::Vision,
+    acts_on: &[Part::VisionEncoder],
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +45,22 @@ pub struct TomeConfig {
 impl Default for TomeConfig {
     fn default() -> Self {
         Self { first_layer: 0, last_layer: None, proportional_attention: true }
+    }
+}
+
+impl VisionMethod for TomeConfig {
+    const INFO: MethodInfo = INFO;
+
+    fn layer(&self, _num_layers: usize) -> Option<usize> {
+        Some(self.first_layer)
+    }
+
+    fn set_layer(&mut self, layer: usize) {
+        self.first_layer = layer;
+    }
+
+    fn build(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>> {
+        Ok(Box::new(Tome::new(self, keep, ctx, |f, l| ctx.check_layer(f, l))?))
     }
 }
 

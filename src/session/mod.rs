@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::analysis::attention;
 use crate::model::preprocess::{self, Prepared};
 use crate::model::{HookPoint, Model, ModelSource, OutputHead, Preprocessor, TokenState, fetch};
-use crate::reduce::Budget;
+use crate::reduce::{Budget, Capabilities, Method};
 use crate::session::vlm::{SweepPoint, Vlm, VlmFull, VlmImage, VlmRun, VlmRunSpec};
 use crate::{Cancel, Error, Result};
 
@@ -203,6 +203,20 @@ impl Session {
 
     pub fn is_vlm(&self) -> bool {
         matches!(self.backend, Backend::Vlm(_))
+    }
+
+    /// What the loaded model offers a method: the method registry's refusals
+    /// ([`Method::refusal`]) follow from it, and the runs refuse through the same function.
+    pub fn capabilities(&self) -> Capabilities {
+        match &self.backend {
+            Backend::Encoder(_) => Capabilities::ENCODER,
+            Backend::Vlm(v) => v.arch.capabilities(),
+        }
+    }
+
+    /// Why the loaded model cannot run `method` (None: it can).
+    pub fn refusal(&self, method: &Method) -> Option<String> {
+        method.refusal(&self.capabilities())
     }
 
     /// Sets the zero-shot labels from a prompt like "a cat, a dog, a car".

@@ -17,6 +17,7 @@ use super::ops::{plan, received_from, required_attention, scores_on_rows};
 use super::{LlmContext, LlmPlan, LlmReducer, LlmSite, LlmView};
 use crate::reduce::MethodInfo;
 use crate::reduce::ops::top_k_in_order;
+use crate::reduce::registry::{LanguageMethod, Part, Side};
 use crate::{Error, Result};
 
 pub const INFO: MethodInfo = MethodInfo {
@@ -26,6 +27,8 @@ pub const INFO: MethodInfo = MethodInfo {
     paper: "Chen et al., An Image is Worth 1/2 Tokens After Layer 2 (FastV), ECCV 2024",
     merges: false,
     caveat: None,
+    side: Side::Language,
+    acts_on: &[Part::LanguageModel],
 };
 
 /// Which queries' attention scores the image rows.
@@ -52,6 +55,22 @@ pub struct FastvConfig {
 impl Default for FastvConfig {
     fn default() -> Self {
         Self { layer: 2, query: FastvQuery::Last }
+    }
+}
+
+impl LanguageMethod for FastvConfig {
+    const INFO: MethodInfo = INFO;
+
+    fn layer(&self, _num_layers: usize) -> Option<usize> {
+        Some(self.layer)
+    }
+
+    fn set_layer(&mut self, layer: usize, _num_layers: usize) {
+        self.layer = layer;
+    }
+
+    fn build(&self, keep: usize, ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
+        Ok(Box::new(Fastv::new(self, keep, ctx)?))
     }
 }
 

@@ -29,8 +29,9 @@ use std::collections::BinaryHeap;
 use serde::{Deserialize, Serialize};
 
 use super::ops::{cosine_rows, plan, scores_on_rows};
-use super::{LlmPlan, LlmReducer, LlmSite, LlmView};
+use super::{LlmContext, LlmPlan, LlmReducer, LlmSite, LlmView};
 use crate::reduce::MethodInfo;
+use crate::reduce::registry::{LanguageMethod, Part, Side};
 use crate::{Error, Result};
 
 pub const INFO: MethodInfo = MethodInfo {
@@ -40,6 +41,8 @@ pub const INFO: MethodInfo = MethodInfo {
     paper: "Dong et al., MMTok: Multimodal Coverage Maximization for Efficient Inference of VLMs, 2025",
     merges: false,
     caveat: None,
+    side: Side::Language,
+    acts_on: &[Part::PreLlm],
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +60,14 @@ pub struct MmtokConfig {
 impl Default for MmtokConfig {
     fn default() -> Self {
         Self { lambda: 0.5, tv_temperature: 0.02, vv_temperature: 0.2 }
+    }
+}
+
+impl LanguageMethod for MmtokConfig {
+    const INFO: MethodInfo = INFO;
+
+    fn build(&self, keep: usize, _ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
+        Ok(Box::new(Mmtok::new(self, keep)?))
     }
 }
 

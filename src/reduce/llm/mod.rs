@@ -20,7 +20,8 @@ pub mod todre;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{MethodInfo, Stage};
+pub use super::LlmReducerConfig;
+use super::{Method, Stage};
 use crate::{Error, Result};
 
 /// Where a language-side reducer acts.
@@ -176,100 +177,25 @@ pub trait LlmReducer {
     }
 }
 
-/// Every language-side method, with its parameters. `serde` tag `method` (names distinct from
-/// the vision-side methods'); unknown fields are rejected.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-pub enum LlmReducerConfig {
-    Fastv(fastv::FastvConfig),
-    TextGuided(text_guided::TextGuidedConfig),
-    Sparsevlm(sparsevlm::SparsevlmConfig),
-    Mmtok(mmtok::MmtokConfig),
-    Todre(todre::TodreConfig),
-}
-
 impl LlmReducerConfig {
-    /// Every method with its default parameters, in menu order.
-    pub fn defaults() -> Vec<LlmReducerConfig> {
-        vec![
-            LlmReducerConfig::Fastv(Default::default()),
-            LlmReducerConfig::TextGuided(Default::default()),
-            LlmReducerConfig::Sparsevlm(Default::default()),
-            LlmReducerConfig::Mmtok(Default::default()),
-            LlmReducerConfig::Todre(Default::default()),
-        ]
-    }
-
-    pub fn info(&self) -> MethodInfo {
-        match self {
-            LlmReducerConfig::Fastv(_) => fastv::INFO,
-            LlmReducerConfig::TextGuided(_) => text_guided::INFO,
-            LlmReducerConfig::Sparsevlm(_) => sparsevlm::INFO,
-            LlmReducerConfig::Mmtok(_) => mmtok::INFO,
-            LlmReducerConfig::Todre(_) => todre::INFO,
-        }
-    }
-
     pub fn name(&self) -> &'static str {
         self.info().name
     }
 
-    /// Builds the reducer for a run keeping `keep` image tokens: the image rows left after the
-    /// site for FastV, text-guided and MMTok; the layer-averaged image-row count for SparseVLM
-    /// (see [`LlmReducerConfig::layer_averaged`] for what it achieves when `keep` is too small);
-    /// ToDRE's stage 1 count (stage 2 may drop the rest later). `keep == num_image_tokens` gives
-    /// identity plans at every site.
-    pub fn build(&self, keep: usize, ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
-        if keep > ctx.num_image_tokens {
-            return Err(Error::Config {
-                field: "budget",
-                reason: format!("keep {keep} of {} image tokens", ctx.num_image_tokens),
-            });
-        }
-        Ok(match self {
-            LlmReducerConfig::Fastv(c) => Box::new(fastv::Fastv::new(c, keep, ctx)?),
-            LlmReducerConfig::TextGuided(c) => Box::new(text_guided::TextGuided::new(c, keep)?),
-            LlmReducerConfig::Sparsevlm(c) => Box::new(sparsevlm::Sparsevlm::new(c, keep, ctx)?),
-            LlmReducerConfig::Mmtok(c) => Box::new(mmtok::Mmtok::new(c, keep)?),
-            LlmReducerConfig::Todre(c) => Box::new(todre::Todre::new(c, keep, ctx)?),
-        })
-    }
-
-    /// The default config of the method called `name`.
+    /// The default config of the language-side method called `name`.
     pub fn from_name(name: &str) -> Result<Self> {
-        crate::reduce::by_name(Self::defaults(), Self::name, name, "language-side method")
+        match Method::from_name(name)? {
+            Method::Llm(c) => Ok(c),
+            Method::Vision(_) => Err(Error::Config {
+                field: "reducer",
+                reason: format!("`{name}` is a vision-side method, not a language-side one"),
+            }),
+        }
     }
 
     /// Sets one parameter from text (`--param k=v`), re-validating the config.
     pub fn set_param(&mut self, key: &str, value: &str) -> Result<()> {
         crate::reduce::set_param_json(self, self.name(), key, value)
-    }
-
-    /// The method's main decoder layer (what the layer slider moves), if it has one: FastV's K
-    /// (it prunes after layer K - 1), SparseVLM's first site, ToDRE's `start_layer`.
-    pub fn layer(&self, num_layers: usize) -> Option<usize> {
-        match self {
-            LlmReducerConfig::Fastv(c) => Some(c.layer),
-            LlmReducerConfig::Sparsevlm(c) => c.layers_for(num_layers).first().copied(),
-            LlmReducerConfig::Todre(c) => Some(c.start(num_layers)),
-            LlmReducerConfig::TextGuided(_) | LlmReducerConfig::Mmtok(_) => None,
-        }
-    }
-
-    pub fn has_layer(&self) -> bool {
-        !matches!(self, LlmReducerConfig::TextGuided(_) | LlmReducerConfig::Mmtok(_))
-    }
-
-    /// Moves the main layer (see [`LlmReducerConfig::layer`]). SparseVLM shifts its whole
-    /// schedule (its default one for `num_layers` when none is set) so that it starts at `layer`,
-    /// keeping the gaps and dropping sites past `num_layers - 2`.
-    pub fn set_layer(&mut self, layer: usize, num_layers: usize) {
-        match self {
-            LlmReducerConfig::Fastv(c) => c.layer = layer,
-            LlmReducerConfig::Sparsevlm(c) => c.shift_to(layer, num_layers),
-            LlmReducerConfig::Todre(c) => c.start_layer = Some(layer),
-            LlmReducerConfig::TextGuided(_) | LlmReducerConfig::Mmtok(_) => {}
-        }
     }
 
     /// Where the method acts, in forward order (its first site is its stage).

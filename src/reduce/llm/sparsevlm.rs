@@ -40,6 +40,7 @@ use candle_core::DType;
 use super::ops::{argsort_desc, plan, received_from, required_attention, scores_on_rows};
 use super::{LlmContext, LlmPlan, LlmReducer, LlmSite, LlmView, layer_averaged_rows};
 use crate::reduce::MethodInfo;
+use crate::reduce::registry::{LanguageMethod, Part, Side};
 use crate::{Error, Result};
 
 pub const INFO: MethodInfo = MethodInfo {
@@ -51,6 +52,8 @@ pub const INFO: MethodInfo = MethodInfo {
     caveat: Some(
         "The budget is the layer-averaged number of image tokens; the layers before the first site see all of them, so very small budgets cannot be met.",
     ),
+    side: Side::Language,
+    acts_on: &[Part::LanguageModel],
 };
 
 /// The paper's sites for LLaVA's 32 decoder layers.
@@ -75,6 +78,22 @@ pub struct SparsevlmConfig {
 impl Default for SparsevlmConfig {
     fn default() -> Self {
         Self { layers: None, decay: 0.5, recycle: 0.3, recycle_group: 10 }
+    }
+}
+
+impl LanguageMethod for SparsevlmConfig {
+    const INFO: MethodInfo = INFO;
+
+    fn layer(&self, num_layers: usize) -> Option<usize> {
+        self.layers_for(num_layers).first().copied()
+    }
+
+    fn set_layer(&mut self, layer: usize, num_layers: usize) {
+        self.shift_to(layer, num_layers);
+    }
+
+    fn build(&self, keep: usize, ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
+        Ok(Box::new(Sparsevlm::new(self, keep, ctx)?))
     }
 }
 

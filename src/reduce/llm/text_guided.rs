@@ -35,9 +35,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::ops::{cluster, cosine_rows, k_centre, plan, row_saliency, scores_on_rows};
-use super::{LlmPlan, LlmReducer, LlmSite, LlmView};
+use super::{LlmContext, LlmPlan, LlmReducer, LlmSite, LlmView};
 use crate::reduce::MethodInfo;
 use crate::reduce::ops::top_k_in_order;
+use crate::reduce::registry::{LanguageMethod, Part, Side};
 use crate::{Error, Result};
 
 pub const INFO: MethodInfo = MethodInfo {
@@ -49,6 +50,8 @@ pub const INFO: MethodInfo = MethodInfo {
     caveat: Some(
         "Relevance uses every prompt row (chat template included): the decoder sequence does not mark which rows are the question.",
     ),
+    side: Side::Language,
+    acts_on: &[Part::PreLlm],
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +71,14 @@ pub struct TextGuidedConfig {
 impl Default for TextGuidedConfig {
     fn default() -> Self {
         Self { temperature: 0.1, alpha: 0.5, diverse: 0.1, merge_rest: false, merged_tokens: 4 }
+    }
+}
+
+impl LanguageMethod for TextGuidedConfig {
+    const INFO: MethodInfo = INFO;
+
+    fn build(&self, keep: usize, _ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
+        Ok(Box::new(TextGuided::new(self, keep)?))
     }
 }
 

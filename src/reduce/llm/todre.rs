@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::ops::{cosine_rows, k_centre, plan, required_attention, row_saliency, scores_on_rows};
 use super::{LlmContext, LlmPlan, LlmReducer, LlmSite, LlmView};
 use crate::reduce::MethodInfo;
+use crate::reduce::registry::{LanguageMethod, Part, Side};
 use crate::{Error, Result};
 
 pub const INFO: MethodInfo = MethodInfo {
@@ -37,6 +38,8 @@ pub const INFO: MethodInfo = MethodInfo {
     caveat: Some(
         "The budget counts stage 1; stage 2 removes the remaining image tokens in later layers when it fires.",
     ),
+    side: Side::Language,
+    acts_on: &[Part::PreLlm, Part::LanguageModel],
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +57,22 @@ impl Default for TodreConfig {
         // DEVIATION: the abstract gives neither the layer nor the threshold; layer 2 of 32 (as
         // FastV) and 5 % of the last token's attention are our choices.
         Self { start_layer: None, threshold: 0.05 }
+    }
+}
+
+impl LanguageMethod for TodreConfig {
+    const INFO: MethodInfo = INFO;
+
+    fn layer(&self, num_layers: usize) -> Option<usize> {
+        Some(self.start(num_layers))
+    }
+
+    fn set_layer(&mut self, layer: usize, _num_layers: usize) {
+        self.start_layer = Some(layer);
+    }
+
+    fn build(&self, keep: usize, ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
+        Ok(Box::new(Todre::new(self, keep, ctx)?))
     }
 }
 

@@ -9,7 +9,8 @@
 //! methods see the connector's tokens on their grid, with the tower's attention pooled to it
 //! (`pool_attention`: rows averaged over a block's patches, columns summed, so rows still sum
 //! to one); methods that act inside the tower are refused, since the pixel shuffle needs every
-//! patch.
+//! patch ([`Arch::capabilities`]: the method registry words the refusal, for the runs and the
+//! app's method pickers alike).
 
 use std::path::Path;
 use std::time::Instant;
@@ -27,7 +28,7 @@ use crate::model::llama::Llama;
 use crate::model::llava::{Llava, LlavaSettings};
 use crate::model::{HookPoint, Probe, TokenState, Trace, chat, fetch, memory, preprocess};
 use crate::reduce::llm::Row;
-use crate::reduce::{Context, PositionMode, Reducer, ReducerConfig, Site};
+use crate::reduce::{Capabilities, Context, PositionMode, Reducer, ReducerConfig};
 use crate::session::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
 use crate::{Cancel, Error, Result};
 
@@ -359,19 +360,13 @@ impl Arch {
         Ok(())
     }
 
-    /// Refuses a built vision-side reducer this architecture cannot run (judged by where the
-    /// reducer will act at this budget), with the reason.
-    pub fn check_vision_reducer(&self, cfg: &ReducerConfig, reducer: &dyn Reducer) -> Result<()> {
-        match (self, reducer.sites().first()) {
-            (Arch::Idefics3(_), Some(Site::MidBlock(_) | Site::AfterBlock(_))) => Err(Error::Config {
-                field: "reducer",
-                reason: format!(
-                    "{} acts inside the vision tower, but SmolVLM's pixel shuffle needs every patch; on this model \
-                     use a pre-LLM method (cls_topk, hiprune, divprune, random, pool) or a language-side one",
-                    cfg.name()
-                ),
-            }),
-            _ => Ok(()),
+    /// What this architecture offers a method (the registry's refusals follow from it).
+    pub fn capabilities(&self) -> Capabilities {
+        match self {
+            Arch::Llava(_) => Capabilities { language_model: true, fixed_encoder: None },
+            Arch::Idefics3(_) => {
+                Capabilities { language_model: true, fixed_encoder: Some("SmolVLM's pixel shuffle needs every patch") }
+            }
         }
     }
 

@@ -32,85 +32,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::cost::{BlockTokens, decoder_layer_flops};
-use crate::reduce::llm::{LlmContext, LlmReducerConfig, Row};
-use crate::reduce::{Budget, PositionMode, ReducerConfig, Stage};
+use crate::reduce::llm::{LlmContext, Row};
+use crate::reduce::{Budget, Method, PositionMode, Stage};
 use crate::{Cancel, Error, Result};
 use decode::{FullPrefill, Prefill, Sequence};
-
-/// A reducer for a VLM run: a vision-side method (encoder or pre-LLM) or a language-side one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum VlmMethod {
-    Vision(ReducerConfig),
-    Llm(LlmReducerConfig),
-}
-
-impl VlmMethod {
-    pub fn name(&self) -> &'static str {
-        match self {
-            VlmMethod::Vision(c) => c.name(),
-            VlmMethod::Llm(c) => c.name(),
-        }
-    }
-
-    /// The legend label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            VlmMethod::Vision(c) => c.info().label,
-            VlmMethod::Llm(c) => c.info().label,
-        }
-    }
-
-    /// Either kind of method by its name.
-    pub fn from_name(name: &str) -> Result<Self> {
-        crate::reduce::by_name(Self::all(), Self::name, name, "method")
-    }
-
-    pub fn set_param(&mut self, key: &str, value: &str) -> Result<()> {
-        match self {
-            VlmMethod::Vision(c) => c.set_param(key, value),
-            VlmMethod::Llm(c) => c.set_param(key, value),
-        }
-    }
-
-    /// Sets the method's main layer: a vision-tower block, or for a language-side method a
-    /// decoder layer (FastV: K) of `decoder_layers`.
-    pub fn set_layer(&mut self, layer: usize, decoder_layers: usize) {
-        match self {
-            VlmMethod::Vision(c) => c.set_layer(layer),
-            VlmMethod::Llm(c) => c.set_layer(layer, decoder_layers),
-        }
-    }
-
-    /// The method's main layer, if it has one (`tower_layers` / `decoder_layers` give defaults).
-    pub fn layer(&self, tower_layers: usize, decoder_layers: usize) -> Option<usize> {
-        match self {
-            VlmMethod::Vision(c) => c.layer(tower_layers),
-            VlmMethod::Llm(c) => c.layer(decoder_layers),
-        }
-    }
-
-    /// Whether the method acts in the language model.
-    pub fn is_language_side(&self) -> bool {
-        matches!(self, VlmMethod::Llm(_))
-    }
-
-    /// Every method a VLM can run, in menu order: vision side, then language side.
-    pub fn all() -> Vec<VlmMethod> {
-        ReducerConfig::defaults()
-            .into_iter()
-            .map(VlmMethod::Vision)
-            .chain(LlmReducerConfig::defaults().into_iter().map(VlmMethod::Llm))
-            .collect()
-    }
-}
 
 /// Everything that defines a VLM run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VlmRunSpec {
     /// None: the full model.
-    pub method: Option<VlmMethod>,
+    pub method: Option<Method>,
     pub budget: Budget,
     /// Position ids of the rows left after a reduction before the decoder (inside the decoder,
     /// rows always keep theirs: the cached keys were rotated with them).
@@ -579,6 +511,9 @@ impl Vlm {
         cancel: &Cancel,
     ) -> Result<Start> {
         let n = vision.num_image_tokens();
+        if let Some(method) = &spec.method {
+            method.check(&self.arch.capabilities())?;
+        }
         Ok(match &spec.method {
             None => Start {
                 seq: None,
@@ -589,10 +524,9 @@ impl Vlm {
                 llm_reducer: None,
                 tower_from: None,
             },
-            Some(VlmMethod::Vision(cfg)) => {
+            Some(Method::Vision(cfg)) => {
                 self.arch.check_unsplit(cfg, vision)?;
                 let mut reducer = cfg.build(keep, &vision.context())?;
-                self.arch.check_vision_reducer(cfg, reducer.as_ref())?;
                 let reduced = self.arch.reduce_vision(vision, reducer.as_mut(), cancel)?;
                 let stage = Some(RunStage::At(match reduced.stage {
                     Stage::Encoder(l) => Stage::Encoder(l),
@@ -603,7 +537,7 @@ impl Vlm {
                 let vision_scores = reduced.patch_scores;
                 Start { seq: Some(seq), blocks, projected, stage, vision_scores, llm_reducer: None, tower_from }
             }
-            Some(VlmMethod::Llm(cfg)) => {
+            Some(Method::Llm(cfg)) => {
                 let ctx = LlmContext { num_layers: self.num_layers(), num_image_tokens: n, grid: vision.grid };
                 Start {
                     seq: None,
@@ -629,8 +563,8 @@ fn full_sequence_rows(prompt: &Prompt, slot_token: &[u32]) -> Vec<Row> {
 }
 
 /// `pre_llm` or `llm(k)` from where the language-side method first changed the rows.
-fn llm_stage(method: &Option<VlmMethod>, prefill: &Prefill, num_image_tokens: usize) -> RunStage {
-    let Some(VlmMethod::Llm(_)) = method else { return RunStage::Full };
+fn llm_stage(method: &Option<Method>, prefill: &Prefill, num_image_tokens: usize) -> RunStage {
+    let Some(Method::Llm(_)) = method else { return RunStage::Full };
     let counts = prefill.image_rows_per_layer();
     if counts.first().is_some_and(|&c| c != num_image_tokens) {
         return RunStage::At(Stage::PreLlm);
