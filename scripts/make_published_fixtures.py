@@ -37,7 +37,9 @@ import make_encoder_fixtures as ef  # noqa: E402  (reinit_ for the encoder tower
 import make_vlm_fixtures as vf  # noqa: E402  (reinit_, r7, greedy_margins, VERSIONS)
 
 import transformers  # noqa: E402
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PUB = REPO / "tests" / "fixtures" / "published"
@@ -49,6 +51,13 @@ CLASSES = [
     "ViTConfig", "DeiTConfig", "Dinov2Config", "CLIPVisionConfig", "SiglipVisionConfig", "Idefics3VisionConfig",
     "CLIPTextConfig", "SiglipTextConfig", "LlamaConfig", "CLIPConfig", "SiglipConfig", "LlavaConfig",
     "Idefics3Config",
+]
+
+# Image processor classes whose defaults fill what a preprocessor config leaves out
+# (`src/model/hf_preprocess.rs`): `Class().to_dict()` of each, Pillow backend.
+IMAGE_PROCESSOR_CLASSES = [
+    "ViTImageProcessor", "DeiTImageProcessor", "CLIPImageProcessor", "SiglipImageProcessor", "BitImageProcessor",
+    "Idefics3ImageProcessor", "LlavaImageProcessor",
 ]
 
 # The tiny checkpoints: name -> (published folder, {file: {section: {field: value}}}), "" being
@@ -108,8 +117,31 @@ ENCODER_TINY = {
         },
         "preprocessor_config.json": {"": {"size": 64, "crop_size": 64}},
     }),
+    # SigLIP: text as wide as the vision tower (SigLIP's text head projects to the text width),
+    # 56 px at the published patch 14 (a 4 x 4 grid).
+    "siglip-so400m-patch14-384": ("siglip-so400m-patch14-384", {
+        "config.json": {
+            "text_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+                            "num_attention_heads": 2},
+            "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+                              "num_attention_heads": 2, "image_size": 56},
+        },
+        "preprocessor_config.json": {"": {"size": {"height": 56, "width": 56}}},
+    }),
 }
 LABELS = ["a photo of a cat", "a photo of a dog", "a diagram"]
+
+
+# Feature encoders: a published config.json, tiny (every setting kept but the sizes), and a
+# preprocessor_config.json written here: the published one was not found (README), so the file
+# names only the class and the sizes and leaves every other field to the class defaults, as
+# transformers fills them.
+FEATURE_TINY = {
+    "dinov2-base": ("dinov2-base", {
+        "config.json": {"": {"hidden_size": 16, "num_attention_heads": 2, "num_hidden_layers": 2, "image_size": 28}},
+    }, {"image_processor_type": "BitImageProcessor", "size": {"shortest_edge": 32},
+        "crop_size": {"height": 28, "width": 42}}),
+}
 
 
 def write_json(path, obj):
@@ -125,6 +157,8 @@ def dump_resolved():
         resolved.pop("_name_or_path", None)  # this machine's path
         write_json(PUB / "resolved" / f"{folder.name}.json", resolved)
     write_json(PUB / "class_defaults.json", {c: getattr(transformers, c)().to_dict() for c in CLASSES})
+    write_json(PUB / "image_processor_defaults.json",
+               {c: getattr(transformers, c)().to_dict() for c in IMAGE_PROCESSOR_CLASSES})
 
 
 def shrink(published, changes):
@@ -196,13 +230,19 @@ def make_tiny_encoder(name, seed):
         model = AutoModel.from_config(AutoConfig.from_pretrained(folder), attn_implementation="eager",
                                       dtype=torch.float32)
         ef.reinit_(model, seed)  # logit_scale keeps the config's logit_scale_init_value
+        siglip = model.config.model_type == "siglip"
+        if siglip:
+            with torch.no_grad():
+                model.logit_bias.fill_(0.0)  # probabilities away from 0, so the check has teeth
         model.to(dtype).save_pretrained(folder / "saved")
         shutil.copy(folder / "saved" / "model.safetensors", tiny / "model.safetensors")
         shutil.copy(folder / "saved" / "model.safetensors", folder / "model.safetensors")
         model = AutoModel.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
         processor = AutoProcessor.from_pretrained(folder, backend="pil")
         image = Image.open(REPO / "assets" / "chelsea.png").convert("RGB")
-        inputs = processor(text=LABELS, images=[image], return_tensors="pt", padding=True)
+        # SigLIP reads prompts padded to full length (as it was trained, and as we embed them).
+        inputs = processor(text=LABELS, images=[image], return_tensors="pt",
+                           padding="max_length" if siglip else True)
         with torch.no_grad():
             out = model(**inputs)
         ref = {
@@ -218,7 +258,47 @@ def make_tiny_encoder(name, seed):
             "input_ids": [processor.tokenizer(label)["input_ids"] for label in LABELS],
             "pixel_values": [vf.r7(v) for v in inputs["pixel_values"].flatten().tolist()],
             "logits_per_image": [vf.r7(v) for v in out.logits_per_image[0].tolist()],
-            "probs": [vf.r7(v) for v in out.logits_per_image[0].softmax(-1).tolist()],
+            "probs": [vf.r7(v) for v in (out.logits_per_image[0].sigmoid() if siglip
+                                         else out.logits_per_image[0].softmax(-1)).tolist()],
+        }
+    write_json(tiny / "reference.json", ref)
+
+
+def make_tiny_features(name, seed):
+    source, files, preprocessor = FEATURE_TINY[name]
+    tiny, dtype = start_tiny(name, source, files)
+    write_json(tiny / "preprocessor_config.json", preprocessor)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        assemble(source, tiny, folder)
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(AutoConfig.from_pretrained(folder), attn_implementation="eager",
+                                      dtype=torch.float32)
+        ef.reinit_(model, seed)
+        model.to(dtype).save_pretrained(folder / "saved")
+        shutil.copy(folder / "saved" / "model.safetensors", tiny / "model.safetensors")
+        shutil.copy(folder / "saved" / "model.safetensors", folder / "model.safetensors")
+        model = AutoModel.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+        processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+        image = Image.open(REPO / "assets" / "chelsea.png").convert("RGB")
+        inputs = processor(images=[image], return_tensors="pt")
+        with torch.no_grad():
+            out = model(**inputs)
+        ref = {
+            "meta": {
+                "what": "transformers' features of the published config with tiny random weights, through the "
+                        "image processor the sparse preprocessor_config.json resolves to",
+                "versions": vf.VERSIONS,
+                "model": type(model).__name__,
+                "image_processor": type(processor).__name__,
+                "resolved_image_processor": processor.to_dict(),
+                "seed": seed,
+                "published_folder": source,
+            },
+            "pixel_values": {"shape": list(inputs["pixel_values"].shape),
+                             "data": [vf.r7(v) for v in inputs["pixel_values"].flatten().tolist()]},
+            "last_hidden_state": {"shape": list(out.last_hidden_state.shape),
+                                  "data": [vf.r7(v) for v in out.last_hidden_state.flatten().tolist()]},
         }
     write_json(tiny / "reference.json", ref)
 
@@ -268,6 +348,9 @@ def main():
     for i, name in enumerate(ENCODER_TINY):
         if not only or name in only:
             make_tiny_encoder(name, 5000 + 100 * i)
+    for i, name in enumerate(FEATURE_TINY):
+        if not only or name in only:
+            make_tiny_features(name, 7000 + 100 * i)
     print("wrote", PUB)
 
 

@@ -191,6 +191,9 @@ fn impossible_sizes_are_refused_before_anything_is_allocated() {
             ("num_attention_heads", json!(0), "num_attention_heads = 0"),
             ("hidden_size", json!(0), "hidden_size = 0"),
             ("patch_size", json!(0), "patch_size = 0"),
+            // A patch that does not divide the image is fine (siglip-so400m-patch14-384); one
+            // larger than the image leaves no patch grid.
+            ("patch_size", json!(4096), "patch_size 4096 is larger than image_size"),
             ("num_hidden_layers", json!(100_000), "num_hidden_layers = 100000"),
             ("layer_norm_eps", json!(-1.0), "layer_norm_eps = -1"),
         ];

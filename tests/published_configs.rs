@@ -165,7 +165,7 @@ fn published_folders_with_tiny_weights_answer_as_transformers_does() {
 fn published_encoder_configs_resolve_as_transformers_resolves_them() {
     use tokenlens::model::hf::vision_config;
     use tokenlens::model::hf_config::resolve_section;
-    for (name, class) in [("clip-vit-base-patch16", Class::Clip)] {
+    for (name, class) in [("clip-vit-base-patch16", Class::Clip), ("siglip-so400m-patch14-384", Class::Siglip)] {
         let file = read(&format!("published/{name}/config.json"));
         let t = read(&format!("published/resolved/{name}.json"));
         assert_eq!(dtype(&file), t["dtype"].as_str(), "{name} dtype");
@@ -193,27 +193,98 @@ fn published_encoder_configs_resolve_as_transformers_resolves_them() {
 }
 
 #[test]
-fn published_clip_folder_with_tiny_weights_scores_as_transformers_does() {
+fn published_zero_shot_folders_with_tiny_weights_score_as_transformers_does() {
+    // CLIP's published preprocessor gives `size` and `crop_size` as numbers (the shortest edge,
+    // and a square crop); SigLIP's pads prompts to full length and scores with a sigmoid.
+    for name in ["clip-vit-base-patch16", "siglip-so400m-patch14-384"] {
+        zero_shot_scores_as_transformers_does(name);
+    }
+}
+
+fn zero_shot_scores_as_transformers_does(name: &str) {
     use tokenlens::model::{ModelSource, OutputHead};
     use tokenlens::session::Session;
-    let (dir, r) = common::assemble_tiny("clip-vit-base-patch16");
-    // The published preprocessor gives `size` and `crop_size` as numbers (CLIP: the shortest
-    // edge, and a square crop).
-    let mut session = Session::load(&ModelSource::File(dir.path().into()), &mut |_| {}).unwrap();
+    let (dir, r) = common::assemble_tiny(name);
+    let mut session =
+        Session::load(&ModelSource::File(dir.path().into()), &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
     let labels: Vec<&str> = r["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
     let OutputHead::ZeroShot(zs) = &session.model().unwrap().head else { panic!("a CLIP folder scores labels") };
     for (label, want) in labels.iter().zip(r["input_ids"].as_array().unwrap()) {
-        assert_eq!(zs.token_ids(label).unwrap(), common::json_ints(want), "{label}: token ids");
+        assert_eq!(zs.token_ids(label).unwrap(), common::json_ints(want), "{name} {label}: token ids");
     }
     session.set_prompt(&labels.join(", "));
     let input = session.open_image(&common::asset("chelsea.png")).unwrap();
     let pixels = input.prepared.pixels.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let d = common::max_abs_diff(&pixels, &common::json_floats(&r["pixel_values"]));
-    assert!(d < 1e-5, "pixel values differ from transformers' by {d}");
+    assert!(d < 1e-5, "{name}: pixel values differ from transformers' by {d}");
     let full = session.full_run(&input.prepared.pixels, &Cancel::default()).unwrap();
     assert_eq!(full.output.labels, labels);
     let d = common::max_abs_diff(&full.output.values, &common::json_floats(&r["probs"]));
-    assert!(d < 1e-5, "zero-shot probabilities differ from transformers' by {d}");
+    assert!(d < 1e-5, "{name}: zero-shot probabilities differ from transformers' by {d}");
+}
+
+#[test]
+fn published_feature_encoder_config_resolves_as_transformers_resolves_it() {
+    use tokenlens::model::hf_config::resolve;
+    // facebook/dinov2-base's config.json (its published preprocessor was not found: README).
+    let file = read("published/dinov2-base/config.json");
+    let t = read("published/resolved/dinov2-base.json");
+    assert_eq!(dtype(&file), t["dtype"].as_str());
+    let ours = resolve(&file, Class::Dinov2);
+    let mut checked = 0;
+    for key in Class::Dinov2.defaults().as_object().unwrap().keys() {
+        assert!(same(&ours[key], &t[key]), "dinov2-base {key}: ours {}, transformers {}", ours[key], t[key]);
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} fields compared");
+}
+
+/// The published DINOv2 config with tiny weights, behind a preprocessor config that names only
+/// the class and the sizes: every other processor field must take `BitImageProcessor`'s own
+/// default (centre crop on, bicubic, CLIP's mean and std), as transformers fills it.
+#[test]
+fn published_feature_encoder_with_tiny_weights_matches_transformers() {
+    use tokenlens::model::hf::HfVision;
+    use tokenlens::model::hf_preprocess::HfPreprocessor;
+    let (dir, r) = common::assemble_tiny("dinov2-base");
+    let pre = HfPreprocessor::load(dir.path()).unwrap();
+    let photo = tokenlens::model::preprocess::load_image(&common::asset("chelsea.png")).unwrap();
+    let pixels = pre.pixels(&pre.resize_and_crop(&photo).unwrap(), &candle_core::Device::Cpu).unwrap();
+    let d = common::max_diff(&pixels, &common::json_tensor(&r["pixel_values"]));
+    assert!(d < 1e-5, "pixel values differ from transformers' by {d}");
+    let model = HfVision::load(dir.path()).unwrap();
+    let enc = &model.encoder;
+    let state = enc.forward_to(&pixels, enc.num_layers(), &Cancel::default()).unwrap();
+    let d = common::max_diff(&enc.final_norm(&state).unwrap(), &common::json_tensor(&r["last_hidden_state"]));
+    assert!(d < 1e-4, "last_hidden_state differs from transformers' by {d}");
+}
+
+/// Our image processor default tables ([`image_processor_defaults`]) against transformers'
+/// `Class().to_dict()` for every field we read; a class without a centre crop has it off.
+#[test]
+fn image_processor_defaults_are_transformers_class_defaults() {
+    use tokenlens::model::hf_preprocess::image_processor_defaults;
+    let want = read("published/image_processor_defaults.json");
+    let mut checked = 0;
+    for (class, theirs) in want.as_object().unwrap() {
+        let ours = image_processor_defaults(Some(class));
+        for (key, v) in ours.as_object().unwrap() {
+            let t = &theirs[key.as_str()];
+            match (key.as_str(), t) {
+                ("do_center_crop", Value::Null) => assert_eq!(v, false, "{class}: no centre crop"),
+                (_, Value::Null) => panic!("{class}.{key}: ours {v}, transformers has no such field"),
+                _ => {
+                    let equal = match (v.as_array(), t.as_array()) {
+                        (Some(a), Some(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y)),
+                        _ => same(v, t),
+                    };
+                    assert!(equal, "{class}.{key}: ours {v}, transformers {t}");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "only {checked} defaults compared");
 }
 
 /// Drops from `section` every field equal to transformers' default for `class` (what a writer
@@ -264,4 +335,29 @@ fn encoder_folders_written_with_defaults_left_out_load_the_same_model() {
         }
         assert_eq!(full.zero_shot.is_some(), sparse.zero_shot.is_some(), "{name}");
     }
+}
+
+/// Published SigLIP tokenizers name only `input_ids` as model inputs, so transformers' processor
+/// passes no attention mask and the padding is attended (as in big_vision); the same folder with
+/// the class default (`input_ids`, `attention_mask`) masks it. Both against transformers.
+#[test]
+fn siglip_pads_are_attended_when_the_tokenizer_gives_no_mask() {
+    use tokenlens::model::hf::HfVision;
+    let r = common::json_fixture("encoders/siglip/reference.json");
+    let prompts: Vec<&str> = r["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let masked = HfVision::load(&fixture("encoders/siglip")).unwrap();
+    let d = common::max_diff(
+        &masked.zero_shot.as_ref().unwrap().text_embeddings(&prompts).unwrap(),
+        &common::json_tensor(&r["text_embeds"]),
+    );
+    assert!(d < 1e-4, "with the mask: text embeddings differ by {d}");
+    let dir = common::copy_fixture("encoders/siglip");
+    let path = dir.path().join("tokenizer_config.json");
+    let mut config = read("encoders/siglip/tokenizer_config.json");
+    config["model_input_names"] = serde_json::json!(["input_ids"]);
+    std::fs::write(&path, config.to_string()).unwrap();
+    let unmasked = HfVision::load(dir.path()).unwrap();
+    let ours = unmasked.zero_shot.as_ref().unwrap().text_embeddings(&prompts).unwrap();
+    let d = common::max_diff(&ours, &common::json_tensor(&r["without_attention_mask"]["text_embeds"]));
+    assert!(d < 1e-4, "without the mask: text embeddings differ by {d}");
 }

@@ -109,7 +109,7 @@ impl VitConfig {
     }
 
     /// Every size non-zero and within [`MAX_WIDTH`] and the other bounds, heads dividing the
-    /// width, the patch dividing the image, a positive finite norm epsilon: checked before
+    /// width, the patch no larger than the image, a positive finite norm epsilon: checked before
     /// anything is allocated from the config. The error names the field and its value.
     pub fn check(&self) -> std::result::Result<(), String> {
         check_stack(self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.num_attention_heads)?;
@@ -124,8 +124,11 @@ impl VitConfig {
                 self.num_attention_heads, self.hidden_size
             ));
         }
-        if !self.image_size.is_multiple_of(self.patch_size) {
-            return Err(format!("patch_size {} does not divide image_size {}", self.patch_size, self.image_size));
+        // The grid is `image_size // patch_size`, as transformers' strided patch convolution makes
+        // it: google/siglip-so400m-patch14-384 has 27 x 27 patches of 14 over 384 pixels, the last 6
+        // rows and columns unread. A patch larger than the image leaves no grid.
+        if self.patch_size > self.image_size {
+            return Err(format!("patch_size {} is larger than image_size {}", self.patch_size, self.image_size));
         }
         check_eps("layer_norm_eps", self.layer_norm_eps)
     }

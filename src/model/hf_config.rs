@@ -129,10 +129,12 @@ impl Class {
                 "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": 512,
                 "pad_token_id": 1, "bos_token_id": 49406, "eos_token_id": 49407,
             }),
+            // No `projection_size`: transformers makes it the text `hidden_size` when unset
+            // (google/siglip-so400m-patch14-384 leaves it out at width 1152), not the class's 768.
             Class::SiglipText => json!({
                 "vocab_size": 32000, "hidden_size": 768, "intermediate_size": 3072,
                 "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 64,
-                "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "projection_size": 768,
+                "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
                 "pad_token_id": 1, "bos_token_id": 49406, "eos_token_id": 49407,
             }),
             Class::Llama => json!({

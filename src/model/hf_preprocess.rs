@@ -2,12 +2,18 @@
 //! `DeiTImageProcessor`, `CLIPImageProcessor`, `SiglipImageProcessor`, `BitImageProcessor`):
 //! resize (to a size, or the shortest edge), centre crop, rescale, normalise, as the Pillow
 //! processors do; and how each processor turns transparency into RGB ([`alpha_rule`]).
+//!
+//! A field the file leaves out (or writes as `null`) takes its class's own default, as
+//! transformers fills it: [`resolve_image_processor`] lays the file over
+//! [`image_processor_defaults`], one table per class (`tests/published_configs.rs` checks each
+//! against transformers' `Class().to_dict()`).
 
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 use serde::Deserialize;
+use serde_json::{Value, json};
 
 use super::pil_resize::{Filter, resize};
 use super::preprocess::Alpha;
@@ -64,34 +70,73 @@ fn size_from_number(class: Option<&str>, n: u32) -> std::result::Result<Size, St
     }
 }
 
+/// A resolved image processor config ([`resolve_image_processor`]): every field present.
 #[derive(Debug, Clone, Deserialize)]
 struct RawConfig {
-    #[serde(default = "yes")]
     do_resize: bool,
     size: Option<SizeSpec>,
-    #[serde(default = "bicubic")]
     resample: u64,
-    #[serde(default)]
     do_center_crop: bool,
     crop_size: Option<SizeSpec>,
-    #[serde(default = "yes")]
     do_rescale: bool,
-    #[serde(default = "one_255th")]
     rescale_factor: f64,
-    #[serde(default = "yes")]
     do_normalize: bool,
-    image_mean: Option<[f32; 3]>,
-    image_std: Option<[f32; 3]>,
+    image_mean: [f32; 3],
+    image_std: [f32; 3],
 }
 
-fn yes() -> bool {
-    true
+/// transformers' `OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`.
+const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+
+/// The defaults of the image processor class `class` names (bare, as [`processor_class`] gives
+/// it), for the fields tokenlens reads: transformers 5.23's `Class().to_dict()` (Pillow
+/// backend). A class without a centre crop gets `do_center_crop: false`. An unknown class (or
+/// none named) gets the generic base: resize (bicubic) and rescale by 1/255, normalise by 0.5,
+/// no crop; its `size` must then be in the file.
+pub fn image_processor_defaults(class: Option<&str>) -> Value {
+    let mut d = json!({
+        "do_resize": true, "resample": 3, "do_center_crop": false, "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0, "do_normalize": true, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+    });
+    let square = |side: u32| json!({"height": side, "width": side});
+    let extra = match class {
+        // ViTImageProcessor: 224 x 224, bilinear, no crop.
+        Some("ViTImageProcessor") => json!({"size": square(224), "resample": 2}),
+        // DeiTImageProcessor: 256 x 256, then a 224 crop.
+        Some("DeiTImageProcessor") => json!({"size": square(256), "do_center_crop": true, "crop_size": square(224)}),
+        // CLIPImageProcessor, and the BitImageProcessor (DINOv2) and LlavaImageProcessor built on it:
+        // the shortest edge to 224, a 224 crop, CLIP's mean and std.
+        Some("CLIPImageProcessor" | "BitImageProcessor" | "LlavaImageProcessor") => json!({
+            "size": {"shortest_edge": 224}, "do_center_crop": true, "crop_size": square(224),
+            "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
+        }),
+        // SiglipImageProcessor: 224 x 224, no crop.
+        Some("SiglipImageProcessor") => json!({"size": square(224)}),
+        // Idefics3ImageProcessor: the longest edge to 4 x 364, tiles of 364, bilinear, splitting on.
+        Some("Idefics3ImageProcessor") => json!({
+            "size": {"longest_edge": 1456}, "max_image_size": {"longest_edge": 364}, "resample": 1,
+            "do_image_splitting": true,
+        }),
+        _ => json!({}),
+    };
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        d[k] = v.clone();
+    }
+    d
 }
-fn bicubic() -> u64 {
-    3
-}
-fn one_255th() -> f64 {
-    1.0 / 255.0
+
+/// An image processor config as transformers reads it: the file's fields (a `null` is absent)
+/// over its class's defaults ([`image_processor_defaults`]); the class is the one the file
+/// names, else `known` (a loader that knows its processor: Idefics3).
+pub fn resolve_image_processor(json: &Value, known: Option<&str>) -> Value {
+    let mut out = image_processor_defaults(processor_class(json).as_deref().or(known));
+    for (k, v) in json.as_object().into_iter().flatten() {
+        if !v.is_null() {
+            out[k] = v.clone();
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -176,8 +221,8 @@ impl HfPreprocessor {
         let (path, json) = read_image_processor(dir)?;
         let bad = |reason: String| Error::weights(&path, reason);
         let alpha = alpha_rule(&json).map_err(bad)?;
-        let raw: RawConfig =
-            serde_json::from_value(json.clone()).map_err(|e| bad(format!("not a preprocessor config: {e}")))?;
+        let raw: RawConfig = serde_json::from_value(resolve_image_processor(&json, None))
+            .map_err(|e| bad(format!("not a preprocessor config: {e}")))?;
         let side = |key: &str, v: u32| checked_side(key, v.into()).map_err(bad);
         let resize = if raw.do_resize {
             let size = match raw.size.ok_or_else(|| bad("do_resize without a size".into()))? {
@@ -210,8 +255,7 @@ impl HfPreprocessor {
         } else {
             None
         };
-        let normalize =
-            raw.do_normalize.then(|| (raw.image_mean.unwrap_or([0.5; 3]), raw.image_std.unwrap_or([0.5; 3])));
+        let normalize = raw.do_normalize.then_some((raw.image_mean, raw.image_std));
         Ok(Self { alpha, resize, crop, rescale: raw.do_rescale.then_some(raw.rescale_factor), normalize })
     }
 

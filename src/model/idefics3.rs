@@ -67,23 +67,26 @@ impl Tiles {
 }
 
 impl Idefics3Preprocessor {
-    fn from_json(json: &serde_json::Value) -> std::result::Result<Self, String> {
+    fn from_json(file: &serde_json::Value) -> std::result::Result<Self, String> {
+        // Missing fields take `Idefics3ImageProcessor`'s defaults.
+        let json = &super::hf_preprocess::resolve_image_processor(file, Some("Idefics3ImageProcessor"));
         let edge = |key: &str| match json[key]["longest_edge"].as_u64() {
             Some(e) => super::hf_preprocess::checked_side(&format!("{key}.longest_edge"), e),
             None => Err(format!("no {key}.longest_edge")),
         };
-        let resample = json["resample"].as_u64().unwrap_or(1);
-        let triple = |key: &str| -> [f32; 3] { serde_json::from_value(json[key].clone()).unwrap_or([0.5; 3]) };
+        let resample = json["resample"].as_u64().ok_or("resample must be a number")?;
+        let triple = |key: &str| -> std::result::Result<[f32; 3], String> {
+            serde_json::from_value(json[key].clone()).map_err(|e| format!("{key}: {e}"))
+        };
         Ok(Self {
             longest_edge: edge("size")?,
             max_edge: edge("max_image_size")?,
-            // transformers' default is true.
-            split: json["do_image_splitting"].as_bool().unwrap_or(true),
-            alpha: alpha_rule(json)?,
+            split: json["do_image_splitting"].as_bool().ok_or("do_image_splitting must be true or false")?,
+            alpha: alpha_rule(file)?,
             filter: Filter::from_pil(resample).ok_or_else(|| format!("resample {resample} is not supported"))?,
-            rescale: json["rescale_factor"].as_f64().unwrap_or(1.0 / 255.0),
-            mean: triple("image_mean"),
-            std: triple("image_std"),
+            rescale: json["rescale_factor"].as_f64().ok_or("rescale_factor must be a number")?,
+            mean: triple("image_mean")?,
+            std: triple("image_std")?,
         })
     }
 

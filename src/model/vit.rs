@@ -156,15 +156,17 @@ impl VisionTransformer {
         &self.embeddings
     }
 
-    /// Embeds `[1, channels, h, w]` pixels: the state before block 0.
+    /// Embeds `[1, channels, h, w]` pixels: the state before block 0. Sides that are not a
+    /// multiple of the patch leave their last pixels unread, as transformers' strided patch
+    /// convolution does (SigLIP so400m: 384 px, patch 14).
     pub fn embed(&self, pixels: &Tensor) -> Result<TokenState> {
         let (_, c, h, w) = pixels.dims4()?;
         let p = self.cfg.patch_size;
-        if c != self.cfg.num_channels || h % p != 0 || w % p != 0 {
+        if c != self.cfg.num_channels || h < p || w < p {
             return Err(Error::Config {
                 field: "pixels",
                 reason: format!(
-                    "expected [1, {}, h, w] with h, w multiples of {p}, got [1, {c}, {h}, {w}]",
+                    "expected [1, {}, h, w] with h, w at least {p}, got [1, {c}, {h}, {w}]",
                     self.cfg.num_channels
                 ),
             });

@@ -14,7 +14,9 @@
 //! Config: `text_config` resolved with `CLIPTextConfig` / `SiglipTextConfig` defaults; honoured
 //! are the sizes, `hidden_act`, `layer_norm_eps`, `eos_token_id` (CLIP pools there; configs with
 //! the old value 2 pool at the highest id, as transformers does), `pad_token_id` (SigLIP pads
-//! with it), `projection_dim` (CLIP) / `projection_size` (SigLIP).
+//! with it), `projection_dim` (CLIP) / `projection_size` (SigLIP). From `tokenizer_config.json`:
+//! `model_input_names` ([`pads_masked`]): whether the tokenizer hands the model an attention
+//! mask, so whether padding is masked or attended.
 
 use std::path::Path;
 
@@ -112,10 +114,29 @@ struct TextTower {
     eos: u32,
     pad: u32,
     max_len: usize,
+    /// Whether padding is masked as keys ([`pads_masked`]).
+    mask_pads: bool,
+}
+
+/// Whether the folder's tokenizer returns an `attention_mask` with the ids: its
+/// `tokenizer_config.json` `model_input_names`, else the class default (CLIPTokenizer's and
+/// SiglipTokenizer's include it). Published SigLIP folders name only `input_ids`, so
+/// transformers' processor hands the model no mask and the pads are attended, as in big_vision
+/// where SigLIP was trained; with a mask they are not. (CLIP is causal and pools at or before
+/// the end token, so its pads never reach the pooled position either way.)
+fn pads_masked(dir: &Path) -> Result<bool> {
+    let path = dir.join("tokenizer_config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(true) };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::weights(&path, format!("not JSON: {e}")))?;
+    Ok(match json.get("model_input_names").and_then(|v| v.as_array()) {
+        Some(names) => names.iter().any(|n| n == "attention_mask"),
+        None => true,
+    })
 }
 
 impl TextTower {
-    fn new(tc: &TextConfig, family: Family, vb: VarBuilder, projection_dim: usize) -> Result<Self> {
+    fn new(tc: &TextConfig, family: Family, vb: VarBuilder, projection_dim: usize, mask_pads: bool) -> Result<Self> {
         let act = activation(&tc.hidden_act)?;
         let cfg = VitConfig {
             hidden_size: tc.hidden_size,
@@ -147,6 +168,7 @@ impl TextTower {
             eos: tc.eos_token_id,
             pad: tc.pad_token_id,
             max_len: tc.max_position_embeddings,
+            mask_pads,
         })
     }
 
@@ -162,11 +184,12 @@ impl TextTower {
         let idx = Tensor::from_vec(ids.clone(), n, dev)?;
         let x = self.token_embedding.index_select(&idx, 0)?;
         let mut x = (x + self.position_embedding.narrow(0, 0, n)?)?.unsqueeze(0)?; // [1, n, d]
-        // Additive mask [1, 1, n, n]: CLIP is causal; padding is masked as keys.
+        // Additive mask [1, 1, n, n]: CLIP is causal; padding is masked as keys when the
+        // tokenizer hands the model a mask.
         let mut mask = vec![0f32; n * n];
         for q in 0..n {
             for k in 0..n {
-                if (self.family == Family::Clip && k > q) || k >= real {
+                if (self.family == Family::Clip && k > q) || (self.mask_pads && k >= real) {
                     mask[q * n + k] = f32::NEG_INFINITY;
                 }
             }
@@ -281,7 +304,7 @@ impl ZeroShot {
         Ok(Self {
             family,
             tokenizer,
-            text: TextTower::new(&tc, family, vb, projection_dim)?,
+            text: TextTower::new(&tc, family, vb, projection_dim, pads_masked(dir)?)?,
             image_out,
             logit_scale,
             logit_bias,
