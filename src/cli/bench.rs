@@ -5,10 +5,11 @@
 use std::path::Path;
 use std::time::Instant;
 
+use tokenlens::model::llama::KvCache;
 use tokenlens::reduce::budget::PRESETS_REMOVED;
 use tokenlens::reduce::{Budget, Method, ReducerConfig};
 use tokenlens::render::Colormap;
-use tokenlens::session::vlm::{VlmRun, VlmRunSpec};
+use tokenlens::session::vlm::{Arch, Vlm, VlmRun, VlmRunSpec};
 use tokenlens::session::{RunSpec, Session};
 use tokenlens::{Cancel, figures};
 
@@ -246,5 +247,83 @@ pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeat
         }
     }
     println!("tower: first vision-tower block rerun (- none); layer: first decoder layer rerun ({layers}: none)");
+    Ok(())
+}
+
+/// What `tokenlens bench` times on a VLM folder.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VlmPart {
+    /// Per method, a ratio change against the full prefill.
+    Methods,
+    /// The vision tower alone (embedding, blocks, final norm) on the unsplit image.
+    Tower,
+    /// The language model alone: a prefill, then greedy decode steps.
+    Decoder,
+}
+
+/// The vision tower alone on the image's global square (SmolVLM: not split), as
+/// `scripts/bench_smolvlm.py` times the same tower exported to ONNX: one JSON line of samples
+/// (ms), after a warm-up call.
+pub fn bench_tower(image: &Path, vlm: &Vlm, repeats: usize) -> anyhow::Result<()> {
+    let Arch::Idefics3(m) = &vlm.arch else { anyhow::bail!("--part tower times SmolVLM (idefics3) towers") };
+    let bytes = std::fs::read(image)?;
+    let pixels = vlm.arch.image_from_bytes(&bytes, image, false)?.pixels.remove(0);
+    let cancel = Cancel::default();
+    drop(m.vision_features(&pixels, &cancel)?); // warm-up
+    let mut tower = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let mut out = None;
+        tower.push(time_ms(|| out = Some(m.vision_features(&pixels, &cancel))));
+        out.expect("timed")?;
+    }
+    let shape = pixels.dims().to_vec();
+    println!(
+        "{}",
+        serde_json::json!({ "threads": candle_core::utils::get_num_threads(), "pixels": shape, "tower": tower })
+    );
+    Ok(())
+}
+
+/// The language model alone: `prefill` tokens (fixed ids) through every layer and the head's
+/// last row, then `decode` steps of one token each against the KV cache (the greedy pick fed
+/// back), per repeat. One JSON line: prefill ms and whole-decode ms per repeat.
+pub fn bench_decoder(vlm: &Vlm, prefill: usize, decode: usize, repeats: usize) -> anyhow::Result<()> {
+    let lm = vlm.arch.lm();
+    let vocab = lm.cfg.vocab_size;
+    anyhow::ensure!(prefill > 0, "--prefill-tokens must be at least 1");
+    // The same ids as scripts/bench_smolvlm.py: (37 i + 11) mod vocab.
+    let ids: Vec<u32> = (0..prefill).map(|i| ((37 * i + 11) % vocab) as u32).collect();
+    let run = || -> anyhow::Result<(f64, f64)> {
+        let start = Instant::now();
+        let mut cache = KvCache::default();
+        let positions: Vec<u32> = (0..prefill as u32).collect();
+        let (hidden, _) = lm.forward(&lm.embed(&ids)?, &positions, &mut cache, &[], false)?;
+        let mut next = lm.logits(&hidden.narrow(1, prefill - 1, 1)?)?.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
+        let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+        let start = Instant::now();
+        for step in 0..decode {
+            let at = [(prefill + step) as u32];
+            let (hidden, _) = lm.forward(&lm.embed(&[next])?, &at, &mut cache, &[], false)?;
+            next = lm.logits(&hidden)?.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
+        }
+        Ok((prefill_ms, start.elapsed().as_secs_f64() * 1e3))
+    };
+    run()?; // warm-up
+    let (mut prefill_ms, mut decode_ms) = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        let (p, d) = run()?;
+        prefill_ms.push(p);
+        decode_ms.push(d);
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "threads": candle_core::utils::get_num_threads(),
+            "prefill_tokens": prefill,
+            "decode_tokens": decode,
+            "prefill": prefill_ms,
+            "decode": decode_ms,
+        })
+    );
     Ok(())
 }

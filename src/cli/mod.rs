@@ -294,6 +294,16 @@ enum Command {
         /// Print every sample as one JSON object (for scripts/bench_vs_onnxruntime.py).
         #[arg(long)]
         json: bool,
+        /// With a VLM folder: `tower` times the vision tower alone on the image (not split),
+        /// `decoder` a prefill and greedy decode steps of the language model alone
+        /// (scripts/bench_smolvlm.py compares both with onnxruntime and transformers).
+        #[arg(long, value_enum, default_value = "methods")]
+        part: bench::VlmPart,
+        /// `--part decoder`: prompt tokens prefilled, then tokens decoded one at a time.
+        #[arg(long, default_value_t = 128)]
+        prefill_tokens: usize,
+        #[arg(long, default_value_t = 16)]
+        decode_tokens: usize,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -428,17 +438,28 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let columns = export::Columns { budgets: ratios, layers };
             export::figure_grid(&image, &model, reducer_list(&reducers)?, columns, output_row, fill, &look, &out)
         }
-        Command::Bench { image, reducers, repeats, json, model } => match model.load()? {
-            mut session if session.is_vlm() => {
-                let methods = if reducers.is_empty() {
-                    tokenlens::reduce::Method::all()
-                } else {
-                    reducers.iter().map(|r| tokenlens::reduce::Method::from_name(r.trim())).collect::<Result<_, _>>()?
-                };
-                bench::bench_vlm(&image, &mut session, &methods, repeats.max(1))
+        Command::Bench { image, reducers, repeats, json, part, prefill_tokens, decode_tokens, model } => {
+            match model.load()? {
+                session if session.is_vlm() && part == bench::VlmPart::Tower => {
+                    bench::bench_tower(&image, session.vlm()?, repeats.max(1))
+                }
+                session if session.is_vlm() && part == bench::VlmPart::Decoder => {
+                    bench::bench_decoder(session.vlm()?, prefill_tokens, decode_tokens, repeats.max(1))
+                }
+                mut session if session.is_vlm() => {
+                    let methods = if reducers.is_empty() {
+                        tokenlens::reduce::Method::all()
+                    } else {
+                        reducers
+                            .iter()
+                            .map(|r| tokenlens::reduce::Method::from_name(r.trim()))
+                            .collect::<Result<_, _>>()?
+                    };
+                    bench::bench_vlm(&image, &mut session, &methods, repeats.max(1))
+                }
+                session => bench::bench(&image, &session, &reducer_list(&reducers)?, repeats.max(1), json),
             }
-            session => bench::bench(&image, &session, &reducer_list(&reducers)?, repeats.max(1), json),
-        },
+        }
         Command::Vlm { image, model, question, method, max_tokens, view_layer, sweep, split_image, colormap, out } => {
             let options = vlm::Options { max_tokens, view_layer, sweep, split_image };
             vlm::run(&vlm::VlmArgs { image, model, question, method, options, colormap, out })
