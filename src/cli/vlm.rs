@@ -48,7 +48,8 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
         session.vlm_mut()?.split_image = split;
     }
     let vlm = session.vlm()?;
-    eprintln!("{} ({}), {} decoder layers", vlm.id, vlm.arch.name(), vlm.num_layers());
+    let weights = vlm.memory_estimate().map_or_else(|| "f32".into(), |m| m.format());
+    eprintln!("{} ({}), {} decoder layers, weights {weights}", vlm.id, vlm.arch.name(), vlm.num_layers());
     let spec = VlmRunSpec {
         method: args.method.vlm_method(vlm.num_layers())?,
         budget: args.method.budget.budget(),
@@ -66,6 +67,7 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
     let mut json = serde_json::json!({
         "model": vlm.id,
         "architecture": vlm.arch.name(),
+        "load": { "options": vlm.options, "linears": vlm.linears },
         "image": { "path": super::path_text(&args.image), "sha256": full.image.sha256 },
         "question": args.question,
         "prompt": full.prompt,
