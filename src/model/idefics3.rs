@@ -231,9 +231,13 @@ pub struct Idefics3 {
 
 impl Idefics3 {
     /// Loads an Idefics3 / SmolVLM folder: `config.json`, `model.safetensors`,
-    /// `processor_config.json` (or `preprocessor_config.json`). `linears` makes the decoder's
-    /// and the connector's linear layers (f32 or quantized).
-    pub fn load(dir: &Path, linears: &Linears) -> Result<Self> {
+    /// `processor_config.json` (or `preprocessor_config.json`). Linear layers in f32.
+    pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, &Linears::f32())
+    }
+
+    /// [`Idefics3::load`] with the linear layers made by `linears` (f32 or quantized).
+    pub fn load_with(dir: &Path, linears: &Linears) -> Result<Self> {
         let (config_path, json) = read_config(dir)?;
         let bad = |path: &Path, reason: String| Error::weights(path, reason);
         if json["model_type"] != "idefics3" {

@@ -120,8 +120,13 @@ impl Llava {
     /// `language_model.lm_head`, `vision_tower.*`, `multi_modal_projector.*`) or transformers 5's
     /// module tree (`model.language_model.*`, `lm_head`, `model.vision_tower.*`,
     /// `model.multi_modal_projector.*`), with or without the tower's `vision_model.` level.
-    /// `linears` makes the decoder's and the projector's linear layers (f32 or quantized).
-    pub fn load(dir: &Path, linears: &Linears) -> Result<Self> {
+    /// Linear layers in f32.
+    pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, &Linears::f32())
+    }
+
+    /// [`Llava::load`] with the linear layers made by `linears` (f32 or quantized).
+    pub fn load_with(dir: &Path, linears: &Linears) -> Result<Self> {
         let (config_path, json) = read_config(dir)?;
         let bad = |path: &Path, reason: String| Error::weights(path, reason);
         if json["model_type"] != "llava" {

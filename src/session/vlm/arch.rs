@@ -165,7 +165,7 @@ impl Arch {
     fn load_arch(dir: &Path, linears: &Linears) -> Result<Self> {
         match model_type(dir).as_deref() {
             Some("llava") => {
-                let m = Llava::load(dir, linears)?;
+                let m = Llava::load_with(dir, linears)?;
                 if m.keep_cls {
                     return Err(Error::weights(
                         dir.join("config.json"),
@@ -174,7 +174,7 @@ impl Arch {
                 }
                 Ok(Arch::Llava(m))
             }
-            Some("idefics3") => Ok(Arch::Idefics3(Idefics3::load(dir, linears)?)),
+            Some("idefics3") => Ok(Arch::Idefics3(Idefics3::load_with(dir, linears)?)),
             other => Err(Error::weights(
                 dir.join("config.json"),
                 format!(
