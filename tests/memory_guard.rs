@@ -10,6 +10,7 @@ use std::process::Command;
 use common::fixture;
 use tokenlens::model::ModelSource;
 use tokenlens::model::memory::{self, Available};
+use tokenlens::model::quant::Quantize;
 use tokenlens::session::Session;
 use tokenlens::session::vlm::Arch;
 
@@ -74,7 +75,17 @@ fn a_model_over_the_limit_is_refused_by_the_guard_before_any_weight_is_read() {
     for needed in ["LLaVA", "needs about", "16.00 GB is the --memory-limit", "7.06 B parameters", "--quantize q8_0"] {
         assert!(msg.contains(needed), "`{needed}` missing from: {msg}");
     }
-    assert!(msg.contains("not available yet"), "the --quantize flags are planned, not claimed: {msg}");
+    // What each format would need, from the quantized byte sizes: q8_0 fits in 16 GB, q4k too.
+    assert!(msg.contains("Load it with --quantize q8_0 (") && msg.contains("--quantize q4k ("), "{msg}");
+    let q8 = estimate.clone().with_quantize(Some(Quantize::Q8_0));
+    assert!(memory::check(&q8, Available::Limit(16_000_000_000)).is_ok(), "{}", q8.summary());
+    // Every decoder linear (32 x 7) and lm_head and the projector's two: 227 layers at 34/32
+    // bytes per weight; the tower, embeddings and norms at 4.
+    assert_eq!(q8.quantized_layers(), (227, 0));
+    let linear: u64 =
+        32 * (3 * 4096 * 4096 + 4096 * 4096 + 3 * 4096 * 11008) + 4096 * 32064 + 1024 * 4096 + 4096 * 4096;
+    let expected = (7_063_427_072 - linear) as f64 * 4.0 + linear as f64 * 34.0 / 32.0;
+    within(q8.weight_bytes(), expected as u64, 0.001);
     assert!(memory::check(&estimate, Available::Limit(estimate.total())).is_ok());
     assert!(memory::check(&estimate, Available::Unknown).is_ok());
 }

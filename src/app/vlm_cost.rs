@@ -87,12 +87,13 @@ pub fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
     );
 }
 
-/// The model's memory as the guard estimated it at load: weights in their dtype, the KV cache.
+/// The model's memory as the guard estimated it at load: weights in their dtype (with
+/// `--quantize`: how many linear layers are quantized), the KV cache.
 pub fn memory_line(m: &Estimate) -> String {
     format!(
         "weights {} ({}, {:.2} B parameters) · KV cache up to {} ({} tokens, f32) · estimate {}",
         gb(m.weight_bytes()),
-        m.dtype,
+        m.format(),
         m.parameters as f64 / 1e9,
         gb(m.kv_bytes),
         m.kv_tokens,
@@ -151,6 +152,15 @@ mod tests {
             line.starts_with("weights 28.25 GB (f32, 7.06 B parameters) · KV cache up to 2.15 GB (2048 tokens"),
             "{line}"
         );
+        // With --quantize q8_0: the quantized bytes, and how many linear layers took it.
+        let options = crate::model::quant::LoadOptions {
+            quantize: Some(crate::model::quant::Quantize::Q8_0),
+            ..Default::default()
+        };
+        let q8 = crate::session::vlm::Arch::memory_estimate_with(&dir, options).unwrap().unwrap();
+        let line = memory_line(&q8);
+        assert!(line.contains("(q8_0: 227 of 227 linear layers, the rest f32, 7.06 B parameters)"), "{line}");
+        assert!(q8.weight_bytes() < m.weight_bytes() / 3, "{line}");
     }
 
     #[test]

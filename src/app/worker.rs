@@ -252,7 +252,7 @@ impl<W: Fn()> Worker<W> {
                         num_layers: vlm.num_layers(),
                         context: vlm.arch.lm().cfg.max_position_embeddings,
                         split_image: vlm.split_image,
-                        memory: crate::session::vlm::Arch::memory_estimate(&vlm.dir).ok().flatten(),
+                        memory: vlm.memory_estimate(),
                         capabilities: s.capabilities(),
                     },
                     Err(_) => Event::ModelReady { id: s.id.clone(), takes_prompt: s.takes_prompt() },

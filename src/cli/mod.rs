@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use tokenlens::model::quant::{DTypeChoice, LoadOptions, Quantize};
 use tokenlens::model::{ModelSource, fetch, memory, preprocess};
 use tokenlens::reduce::budget::PRESETS_REMOVED;
 use tokenlens::reduce::{Budget, PositionMode, ReducerConfig};
@@ -32,6 +33,16 @@ struct Cli {
     /// has available (MemAvailable); a model estimated to need more is refused before loading.
     #[arg(long, global = true, value_name = "GB")]
     memory_limit: Option<f64>,
+    /// Quantize a vision-language model's decoder and projector linear layers at load: q8_0
+    /// (8-bit, ~1.06 bytes per weight) or q4k (4-bit k-quants, ~0.56). Embeddings, norms,
+    /// attention and softmax stay f32; layers whose input width is not a multiple of the block
+    /// (32, 256) stay f32.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    quantize: Option<Quantize>,
+    /// What the weights are computed in: auto (f32 on the CPU), f32, f16, bf16 (half precision
+    /// is refused on the CPU).
+    #[arg(long, global = true, value_name = "DTYPE", default_value = "auto")]
+    dtype: DTypeChoice,
 }
 
 #[derive(Args, Clone, Default)]
@@ -380,6 +391,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         anyhow::ensure!(gb.is_finite() && gb > 0.0, "--memory-limit must be a positive number of GB");
         memory::set_limit((gb * 1e9) as u64);
     }
+    cli.dtype.resolve(&candle_core::Device::Cpu)?;
+    LoadOptions { quantize: cli.quantize, dtype: cli.dtype }.set_process();
     let command = cli
         .command
         .unwrap_or_else(|| Cli::parse_from(["tokenlens", "gui"]).command.expect("`gui` parses with its defaults"));

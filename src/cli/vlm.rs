@@ -42,13 +42,21 @@ fn streamer(vlm: &Vlm) -> impl FnMut(u32) + '_ {
 
 pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
     let source = ModelSource::File(args.model.clone());
+    let started = std::time::Instant::now();
     let mut session = Session::load(&source, &mut |line| eprintln!("{line}"))
         .with_context(|| format!("loading the model folder {:?}", args.model))?;
     if let Some(split) = args.options.split_image {
         session.vlm_mut()?.split_image = split;
     }
     let vlm = session.vlm()?;
-    eprintln!("{} ({}), {} decoder layers", vlm.id, vlm.arch.name(), vlm.num_layers());
+    let weights = vlm.memory_estimate().map_or_else(|| "f32".into(), |m| m.format());
+    eprintln!(
+        "{} ({}), {} decoder layers, weights {weights}, loaded in {:.1} s",
+        vlm.id,
+        vlm.arch.name(),
+        vlm.num_layers(),
+        started.elapsed().as_secs_f64()
+    );
     let spec = VlmRunSpec {
         method: args.method.vlm_method(vlm.num_layers())?,
         budget: args.method.budget.budget(),
@@ -66,6 +74,7 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
     let mut json = serde_json::json!({
         "model": vlm.id,
         "architecture": vlm.arch.name(),
+        "load": { "options": vlm.options, "linears": vlm.linears },
         "image": { "path": super::path_text(&args.image), "sha256": full.image.sha256 },
         "question": args.question,
         "prompt": full.prompt,
@@ -178,7 +187,7 @@ fn print_cost(full: &VlmRun, run: &VlmRun) {
     );
     println!(
         "cost: {:.3} GFLOPs (full {:.3}): encoder {:.3}, projector {:.3}, decoder {:.3}; KV cache {:.1} KiB (full {:.1}); \
-         prefill {:.0} ms (full {:.0}), decode {:.1} tokens/s",
+         vision {:.0} ms, prefill {:.0} ms (full {:.0}), decode {:.2} tokens/s (full {:.2})",
         g(run.cost.total_flops()),
         g(full.cost.total_flops()),
         g(run.cost.encoder_flops),
@@ -186,8 +195,10 @@ fn print_cost(full: &VlmRun, run: &VlmRun) {
         g(run.cost.decoder_flops.iter().sum()),
         kib(run.cost.kv_bytes_end),
         kib(full.cost.kv_bytes_end),
+        full.cost.encoder_ms,
         run.cost.prefill_ms,
         full.cost.prefill_ms,
-        run.cost.tokens_per_s
+        run.cost.tokens_per_s,
+        full.cost.tokens_per_s
     );
 }

@@ -13,7 +13,6 @@
 use std::path::Path;
 
 use candle_core::{Device, Module, Tensor};
-use candle_nn::{Linear, linear_no_bias};
 use image::RgbImage;
 
 use super::config::{VitConfig, unsupported};
@@ -24,6 +23,7 @@ use super::llama::{Llama, LlamaConfig};
 use super::llava::check_tied;
 use super::pil_resize::{Filter, resize};
 use super::preprocess::Alpha;
+use super::quant::{Linears, Proj};
 use super::vit::VisionTransformer;
 use crate::{Cancel, Error, Result};
 
@@ -224,7 +224,7 @@ impl Idefics3Settings {
 pub struct Idefics3 {
     pub vision: VisionTransformer,
     pub scale_factor: usize,
-    proj: Linear,
+    proj: Proj,
     pub lm: Llama,
     pub image_token: u32,
     pub preprocessor: Idefics3Preprocessor,
@@ -234,8 +234,13 @@ pub struct Idefics3 {
 
 impl Idefics3 {
     /// Loads an Idefics3 / SmolVLM folder: `config.json`, `model.safetensors`,
-    /// `processor_config.json` (or `preprocessor_config.json`).
+    /// `processor_config.json` (or `preprocessor_config.json`). Linear layers in f32.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, &Linears::f32())
+    }
+
+    /// [`Idefics3::load`] with the linear layers made by `linears` (f32 or quantized).
+    pub fn load_with(dir: &Path, linears: &Linears) -> Result<Self> {
         let (config_path, json) = read_config(dir)?;
         let bad = |path: &Path, reason: String| Error::weights(path, reason);
         if json["model_type"] != "idefics3" {
@@ -284,9 +289,10 @@ impl Idefics3 {
         Ok(Self {
             vision: VisionTransformer::new(&vision_cfg, model.pp("vision_model")).map_err(mismatch)?,
             scale_factor,
-            proj: linear_no_bias(width, text_cfg.hidden_size, model.pp("connector.modality_projection.proj"))
-                .map_err(|e| mismatch(e.into()))?,
-            lm: Llama::from_parts(&text_cfg, model.pp("text_model"), vb.pp("lm_head")).map_err(mismatch)?,
+            proj: linears
+                .linear(width, text_cfg.hidden_size, false, model.pp("connector.modality_projection.proj"))
+                .map_err(mismatch)?,
+            lm: Llama::from_parts(&text_cfg, model.pp("text_model"), vb.pp("lm_head"), linears).map_err(mismatch)?,
             image_token,
             preprocessor,
             image_seq_len,

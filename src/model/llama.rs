@@ -29,13 +29,14 @@
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder, embedding, linear_b, linear_no_bias, rms_norm};
+use candle_nn::{Embedding, RmsNorm, VarBuilder, embedding, rms_norm};
 use serde::Deserialize;
 
 use super::config::{MAX_HEADS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, check_eps, check_sizes, check_stack, unsupported};
 use super::hf_config::{Class, resolve};
 use super::hooks::{HookPoint, Probe, Trace};
 use super::layers::AttnRecord;
+use super::quant::{Linears, Proj};
 use super::vit::{Needs, NoIntervention};
 use crate::{Cancel, Error, Result};
 
@@ -204,10 +205,10 @@ impl LlamaConfig {
 }
 
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -242,9 +243,9 @@ impl Attention {
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
     act: DecoderAct,
 }
 
@@ -347,7 +348,7 @@ pub struct Llama {
     embed_tokens: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     inv_freq: Vec<f32>,
 }
 
@@ -355,12 +356,14 @@ impl Llama {
     /// `vb` at the checkpoint root of a `LlamaForCausalLM` (`model.*`, `lm_head`); a VLM passes
     /// its language model's subtree.
     pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
-        Self::from_parts(cfg, vb.pp("model"), vb.pp("lm_head"))
+        Self::from_parts(cfg, vb.pp("model"), vb.pp("lm_head"), &Linears::f32())
     }
 
     /// `model` at the decoder body (`embed_tokens`, `layers`, `norm`), `head` at `lm_head`, for
     /// checkpoints that keep them apart (Idefics3: `model.text_model.*` and a root `lm_head`).
-    pub fn from_parts(cfg: &LlamaConfig, model: VarBuilder, head: VarBuilder) -> Result<Self> {
+    /// `linears` makes the linear layers (q, k, v, o, gate, up, down, an untied `lm_head`):
+    /// f32, or quantized one at a time as they are read.
+    pub fn from_parts(cfg: &LlamaConfig, model: VarBuilder, head: VarBuilder, linears: &Linears) -> Result<Self> {
         // Checked again here for configs built in code; `from_hf` has checked files already.
         cfg.check().map_err(|reason| Error::Config { field: "text_config", reason })?;
         let (theta, factor) = cfg.rope().map_err(|reason| Error::Config { field: "text_config", reason })?;
@@ -376,28 +379,28 @@ impl Llama {
                 Ok(Layer {
                     input_layernorm: rms_norm(d, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
                     self_attn: Attention {
-                        q_proj: linear_b(d, cfg.num_attention_heads * hd, ab, attn.pp("q_proj"))?,
-                        k_proj: linear_b(d, cfg.kv_heads() * hd, ab, attn.pp("k_proj"))?,
-                        v_proj: linear_b(d, cfg.kv_heads() * hd, ab, attn.pp("v_proj"))?,
-                        o_proj: linear_b(cfg.num_attention_heads * hd, d, ab, attn.pp("o_proj"))?,
+                        q_proj: linears.linear(d, cfg.num_attention_heads * hd, ab, attn.pp("q_proj"))?,
+                        k_proj: linears.linear(d, cfg.kv_heads() * hd, ab, attn.pp("k_proj"))?,
+                        v_proj: linears.linear(d, cfg.kv_heads() * hd, ab, attn.pp("v_proj"))?,
+                        o_proj: linears.linear(cfg.num_attention_heads * hd, d, ab, attn.pp("o_proj"))?,
                         num_heads: cfg.num_attention_heads,
                         num_kv_heads: cfg.kv_heads(),
                         head_dim: hd,
                     },
                     post_attention_layernorm: rms_norm(d, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
                     mlp: Mlp {
-                        gate_proj: linear_b(d, cfg.intermediate_size, mb, mlp.pp("gate_proj"))?,
-                        up_proj: linear_b(d, cfg.intermediate_size, mb, mlp.pp("up_proj"))?,
-                        down_proj: linear_b(cfg.intermediate_size, d, mb, mlp.pp("down_proj"))?,
+                        gate_proj: linears.linear(d, cfg.intermediate_size, mb, mlp.pp("gate_proj"))?,
+                        up_proj: linears.linear(d, cfg.intermediate_size, mb, mlp.pp("up_proj"))?,
+                        down_proj: linears.linear(cfg.intermediate_size, d, mb, mlp.pp("down_proj"))?,
                         act,
                     },
                 })
             })
             .collect::<Result<_>>()?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            Proj::F32(candle_nn::Linear::new(embed_tokens.embeddings().clone(), None))
         } else {
-            linear_no_bias(d, cfg.vocab_size, head)?
+            linears.linear(d, cfg.vocab_size, false, head)?
         };
         // Linear rope scaling divides the positions by `factor`, i.e. the frequencies.
         let inv_freq = (0..hd / 2).map(|i| (1.0 / (theta.powf(2.0 * i as f64 / hd as f64) * factor)) as f32).collect();

@@ -10,13 +10,13 @@
 use std::path::Path;
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, linear};
 
 use super::config::{VitConfig, unsupported};
 use super::hf::{read_config, read_weights, vision_config};
 use super::hf_config::{Class, resolve};
 use super::hf_preprocess::HfPreprocessor;
 use super::llama::{Llama, LlamaConfig};
+use super::quant::{Linears, Proj};
 use super::state::TokenState;
 use super::vit::VisionTransformer;
 use crate::{Cancel, Error, Result};
@@ -104,8 +104,8 @@ pub struct Llava {
     pub feature_blocks: usize,
     /// `"default"` drops CLS before projecting; `"full"` keeps it.
     pub keep_cls: bool,
-    linear_1: Linear,
-    linear_2: Linear,
+    linear_1: Proj,
+    linear_2: Proj,
     pub lm: Llama,
     pub image_token: u32,
     pub preprocessor: HfPreprocessor,
@@ -120,7 +120,13 @@ impl Llava {
     /// `language_model.lm_head`, `vision_tower.*`, `multi_modal_projector.*`) or transformers 5's
     /// module tree (`model.language_model.*`, `lm_head`, `model.vision_tower.*`,
     /// `model.multi_modal_projector.*`), with or without the tower's `vision_model.` level.
+    /// Linear layers in f32.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, &Linears::f32())
+    }
+
+    /// [`Llava::load`] with the linear layers made by `linears` (f32 or quantized).
+    pub fn load_with(dir: &Path, linears: &Linears) -> Result<Self> {
         let (config_path, json) = read_config(dir)?;
         let bad = |path: &Path, reason: String| Error::weights(path, reason);
         if json["model_type"] != "llava" {
@@ -142,9 +148,9 @@ impl Llava {
         let vb = weights.into_var_builder();
         let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json (llava): {e}"));
         let lm = if root.is_empty() {
-            Llama::new(&text_cfg, vb.pp("language_model"))
+            Llama::from_parts(&text_cfg, vb.pp("language_model.model"), vb.pp("language_model.lm_head"), linears)
         } else {
-            Llama::from_parts(&text_cfg, vb.pp("model.language_model"), vb.pp("lm_head"))
+            Llama::from_parts(&text_cfg, vb.pp("model.language_model"), vb.pp("lm_head"), linears)
         };
         let projector = vb.pp(format!("{root}multi_modal_projector"));
         let grid = vision_cfg.image_size / vision_cfg.patch_size;
@@ -154,8 +160,8 @@ impl Llava {
             vision: VisionTransformer::new(&vision_cfg, vb.pp(tower)).map_err(mismatch)?,
             feature_blocks,
             keep_cls,
-            linear_1: linear(dv, dt, projector.pp("linear_1")).map_err(|e| mismatch(e.into()))?,
-            linear_2: linear(dt, dt, projector.pp("linear_2")).map_err(|e| mismatch(e.into()))?,
+            linear_1: linears.linear(dv, dt, true, projector.pp("linear_1")).map_err(mismatch)?,
+            linear_2: linears.linear(dt, dt, true, projector.pp("linear_2")).map_err(mismatch)?,
             lm: lm.map_err(mismatch)?,
             image_token,
             preprocessor: HfPreprocessor::load(dir)?,

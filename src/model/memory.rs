@@ -5,10 +5,12 @@
 //! The estimate ([`Estimate`]): the parameter count from the config's shapes (vision tower,
 //! projector or connector, decoder: embeddings, each layer's attention, MLP and norms, `lm_head`
 //! unless tied; for encoders the tower, the class head and a CLIP/SigLIP text tower) times the
-//! bytes per parameter it is computed in (f32 today: 4), plus the decoder's KV cache at f32 for
-//! [`KV_TOKENS`] tokens (or the model's context, if shorter), plus the attention maps the views
-//! keep (every tower layer; one decoder layer at [`KV_TOKENS`]), plus a margin of 10 % and
-//! 256 MiB for the app and the run's transient tensors.
+//! bytes per parameter it is computed in (f32: 4; with `--quantize`, the linear layers
+//! [`super::quant`] quantizes at their format's bytes per weight), plus the decoder's KV cache at
+//! f32 for [`KV_TOKENS`] tokens (or the model's context, if shorter), plus what the views keep:
+//! the attention maps (every tower layer; one decoder layer at [`KV_TOKENS`]) and the full
+//! prefill's hidden state entering each decoder layer (rows x hidden x 4 bytes per layer), plus a
+//! margin of 10 % and 256 MiB for the app and the run's transient tensors.
 //!
 //! Available: the `--memory-limit` given on the command line ([`set_limit`]), else
 //! `MemAvailable` from `/proc/meminfo` (Linux). Where neither exists (other systems) the guard is
@@ -19,16 +21,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::config::VitConfig;
 use super::hf_config::{Class, resolve_section};
 use super::llama::LlamaConfig;
+use super::quant::Quantize;
 use crate::{Error, Result};
 
 /// Decoder tokens the KV cache and a decoder attention map are sized for: a prompt with one
 /// image (LLaVA-1.5: 576 image tokens; SmolVLM with splitting: up to ~1,000) and an answer.
 pub const KV_TOKENS: usize = 2048;
-/// Bytes per parameter as computed today (every weight is converted to f32 at load).
+/// Bytes per parameter computed in f32 (every weight not quantized is converted to f32 at load).
 pub const F32_BYTES: f64 = 4.0;
-/// Planned weight formats (issue 15: `--quantize`), with their approximate bytes per weight.
-const PLANNED: [(&str, f64); 2] = [("q8_0", 1.1), ("q4k", 0.6)];
 const MARGIN_FIXED: u64 = 256 << 20;
+
+/// Linear layers of one shape that `--quantize` may take: `count` layers of `in_dim` x `out_dim`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearShape {
+    pub in_dim: usize,
+    pub out_dim: usize,
+    pub count: usize,
+}
+
+impl LinearShape {
+    fn weights(&self) -> u64 {
+        (self.in_dim * self.out_dim * self.count) as u64
+    }
+}
 
 /// What loading and running a model is estimated to need.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,9 +51,14 @@ pub struct Estimate {
     /// What is loaded, for messages ("LLaVA (llava)").
     pub model: String,
     pub parameters: u64,
+    /// Bytes per parameter of what is not quantized.
     pub bytes_per_parameter: f64,
     /// The dtype the weights are computed in.
     pub dtype: &'static str,
+    /// The linear layers `--quantize` applies to (decoder, `lm_head` unless tied, projector).
+    pub linears: Vec<LinearShape>,
+    /// The quantization the weights are loaded with.
+    pub quantize: Option<Quantize>,
     /// Decoder tokens the KV cache is sized for (0 for encoders).
     pub kv_tokens: usize,
     pub kv_bytes: u64,
@@ -47,21 +67,57 @@ pub struct Estimate {
 }
 
 impl Estimate {
+    /// The same model loaded with `quantize`.
+    pub fn with_quantize(mut self, quantize: Option<Quantize>) -> Self {
+        self.quantize = quantize;
+        self
+    }
+
     pub fn weight_bytes(&self) -> u64 {
-        self.weights_at(self.bytes_per_parameter)
+        self.weights_with(self.quantize)
     }
 
-    fn weights_at(&self, bytes_per_parameter: f64) -> u64 {
-        (self.parameters as f64 * bytes_per_parameter) as u64
+    /// Weight bytes with the linear layers whose input width fits `quantize`'s blocks quantized.
+    fn weights_with(&self, quantize: Option<Quantize>) -> u64 {
+        let all = self.parameters as f64 * self.bytes_per_parameter;
+        let saved: f64 = match quantize {
+            None => 0.0,
+            Some(q) => self
+                .linears
+                .iter()
+                .filter(|l| q.fits(l.in_dim))
+                .map(|l| l.weights() as f64 * (self.bytes_per_parameter - q.bytes_per_weight()))
+                .sum(),
+        };
+        (all - saved) as u64
     }
 
-    /// The whole estimate: weights, KV cache, attention maps, margin.
+    /// Linear layers quantized and kept f32 (input width not a multiple of the block) under the
+    /// estimate's quantization; (0, 0) without one.
+    pub fn quantized_layers(&self) -> (usize, usize) {
+        let Some(q) = self.quantize else { return (0, 0) };
+        let count = |fits: bool| self.linears.iter().filter(|l| q.fits(l.in_dim) == fits).map(|l| l.count).sum();
+        (count(true), count(false))
+    }
+
+    /// "f32", or "q8_0 (161 of 161 linear layers; the rest f32)".
+    pub fn format(&self) -> String {
+        match self.quantize {
+            None => self.dtype.to_string(),
+            Some(q) => {
+                let (quantized, kept) = self.quantized_layers();
+                format!("{q}: {quantized} of {} linear layers, the rest {}", quantized + kept, self.dtype)
+            }
+        }
+    }
+
+    /// The whole estimate: weights, KV cache, attention maps and hidden states, margin.
     pub fn total(&self) -> u64 {
-        self.total_at(self.bytes_per_parameter)
+        self.total_with(self.quantize)
     }
 
-    fn total_at(&self, bytes_per_parameter: f64) -> u64 {
-        let base = self.weights_at(bytes_per_parameter) + self.kv_bytes + self.activation_bytes;
+    fn total_with(&self, quantize: Option<Quantize>) -> u64 {
+        let base = self.weights_with(quantize) + self.kv_bytes + self.activation_bytes;
         base + base / 10 + MARGIN_FIXED
     }
 
@@ -73,10 +129,11 @@ impl Estimate {
             format!(", KV cache {} ({} tokens, f32)", gb(self.kv_bytes), self.kv_tokens)
         };
         format!(
-            "{:.2} B parameters: weights {} ({}){kv}, attention maps {}, with a 10 % + 256 MiB margin {} in all",
+            "{:.2} B parameters: weights {} ({}){kv}, attention maps and hidden states {}, with a 10 % + 256 MiB \
+             margin {} in all",
             self.parameters as f64 / 1e9,
             gb(self.weight_bytes()),
-            self.dtype,
+            self.format(),
             gb(self.activation_bytes),
             gb(self.total()),
         )
@@ -122,6 +179,19 @@ pub fn llama_parameters(cfg: &LlamaConfig) -> u64 {
     v * d + layers + d + head
 }
 
+/// The decoder's linear layers by shape: q, k, v, o, gate, up, down per layer, and `lm_head`
+/// unless tied.
+pub fn llama_linears(cfg: &LlamaConfig) -> Vec<LinearShape> {
+    let (d, i, n) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers);
+    let (q, kv) = (cfg.num_attention_heads * cfg.head_dim(), cfg.kv_heads() * cfg.head_dim());
+    let shape = |in_dim, out_dim, count| LinearShape { in_dim, out_dim, count };
+    let mut all = vec![shape(d, q, n), shape(d, kv, 2 * n), shape(q, d, n), shape(d, i, 2 * n), shape(i, d, n)];
+    if !cfg.tie_word_embeddings {
+        all.push(shape(d, cfg.vocab_size, 1));
+    }
+    all
+}
+
 /// The decoder's KV cache at f32 for `tokens` tokens.
 pub fn llama_kv_bytes(cfg: &LlamaConfig, tokens: usize) -> u64 {
     (2 * cfg.num_hidden_layers * cfg.kv_heads() * cfg.head_dim() * tokens * 4) as u64
@@ -139,20 +209,27 @@ fn tower_activations(cfg: &VitConfig) -> u64 {
     4 * layers * (cfg.num_attention_heads as u64 * n * n + n * cfg.hidden_size as u64)
 }
 
-/// One decoder layer's attention map at `tokens` tokens (what FastV and the views read), f32.
+/// One decoder layer's attention map at `tokens` tokens (what FastV and the views read), and
+/// the full prefill's hidden state entering each layer (resumed runs start from them), f32.
 fn decoder_activations(cfg: &LlamaConfig, tokens: usize) -> u64 {
-    4 * (cfg.num_attention_heads * tokens * tokens) as u64
+    let hidden = cfg.num_hidden_layers * tokens * cfg.hidden_size;
+    4 * (cfg.num_attention_heads * tokens * tokens + hidden) as u64
 }
 
-/// A vision-language model: the tower, a projector or connector of `projector` parameters, the
-/// decoder.
-pub fn vlm(model: &str, vision: &VitConfig, text: &LlamaConfig, projector: u64) -> Estimate {
+/// A vision-language model: the tower, a projector or connector (`projector`: its linear
+/// layers, and its parameters besides them, biases), the decoder.
+pub fn vlm(model: &str, vision: &VitConfig, text: &LlamaConfig, projector: &[LinearShape], biases: u64) -> Estimate {
     let tokens = kv_tokens(text);
+    let mut linears = llama_linears(text);
+    linears.extend_from_slice(projector);
+    let projector = projector.iter().map(LinearShape::weights).sum::<u64>() + biases;
     Estimate {
         model: model.into(),
         parameters: vit_parameters(vision) + projector + llama_parameters(text),
         bytes_per_parameter: F32_BYTES,
         dtype: "f32",
+        linears,
+        quantize: None,
         kv_tokens: tokens,
         kv_bytes: llama_kv_bytes(text, tokens),
         activation_bytes: tower_activations(vision) + decoder_activations(text, tokens),
@@ -171,6 +248,8 @@ pub fn encoder(model: &str, cfg: &VitConfig, num_labels: usize, class: Class, js
         parameters: vit_parameters(cfg) + head + text_tower_parameters(class, json, d),
         bytes_per_parameter: F32_BYTES,
         dtype: "f32",
+        linears: Vec::new(),
+        quantize: None,
         kv_tokens: 0,
         kv_bytes: 0,
         activation_bytes: tower_activations(cfg),
@@ -256,22 +335,29 @@ pub fn check(estimate: &Estimate, available: Available) -> Result<()> {
     if need <= have {
         return Ok(());
     }
-    let planned: Vec<String> = PLANNED
-        .iter()
-        .map(|&(name, b)| {
-            format!("--quantize {name} (about {b} bytes per weight: {} in all)", gb(estimate.total_at(b)))
+    // Smaller formats than the one asked, with what they would need.
+    let smaller: Vec<String> = Quantize::ALL
+        .into_iter()
+        .filter(|&q| estimate.quantize.is_none_or(|asked| q.bytes_per_weight() < asked.bytes_per_weight()))
+        .filter(|&q| estimate.linears.iter().any(|l| q.fits(l.in_dim)))
+        .map(|q| {
+            let fits = if estimate.total_with(Some(q)) <= have { ", fits" } else { "" };
+            format!("--quantize {q} ({} in all{fits})", gb(estimate.total_with(Some(q))))
         })
         .collect();
+    let advice = if smaller.is_empty() {
+        "Use a smaller model or free memory".to_string()
+    } else {
+        format!("Load it with {}, use a smaller model or free memory", smaller.join(" or "))
+    };
     Err(Error::Memory(format!(
-        "{} needs about {} to load and run ({}), but {} is {}. Use a smaller model or free memory; \
-         planned in issue 15 and not available yet: {}. If the estimate is wrong for this machine, set the \
-         limit with --memory-limit GB",
+        "{} needs about {} to load and run ({}), but {} is {}. {advice}. If the estimate is wrong for this \
+         machine, set the limit with --memory-limit GB",
         estimate.model,
         gb(need),
         estimate.summary(),
         gb(have),
         source,
-        planned.join(" or "),
     )))
 }
 
@@ -293,11 +379,14 @@ mod tests {
 
     #[test]
     fn the_margin_is_ten_percent_and_256_mib() {
+        // One billion parameters, all in one linear layer of input width 256.
         let e = Estimate {
             model: "m".into(),
             parameters: 1_000_000_000,
             bytes_per_parameter: 4.0,
             dtype: "f32",
+            linears: vec![LinearShape { in_dim: 256, out_dim: 3_906_250, count: 1 }],
+            quantize: None,
             kv_tokens: 0,
             kv_bytes: 0,
             activation_bytes: 0,
@@ -306,7 +395,22 @@ mod tests {
         assert!(check(&e, Available::Limit(e.total())).is_ok());
         assert!(check(&e, Available::Unknown).is_ok());
         let msg = check(&e, Available::Limit(e.total() - 1)).unwrap_err().to_string();
-        // q8_0: 1.1 GB of weights + 10 % + 256 MiB.
-        assert!(msg.contains("--quantize q8_0 (about 1.1 bytes per weight: 1.48 GB in all)"), "{msg}");
+        // q8_0: 1e9 x 34/32 bytes + 10 % + 256 MiB; q4k: 1e9 x 144/256 bytes + 10 % + 256 MiB.
+        assert!(
+            msg.contains("Load it with --quantize q8_0 (1.44 GB in all, fits) or --quantize q4k (0.89 GB"),
+            "{msg}"
+        );
+        let q8 = e.clone().with_quantize(Some(Quantize::Q8_0));
+        assert_eq!(q8.weight_bytes(), 1_062_500_000);
+        assert_eq!(q8.quantized_layers(), (1, 0));
+        // Asked q8_0 and still too big: only q4k is suggested.
+        let msg = check(&q8, Available::Limit(1_000_000_000)).unwrap_err().to_string();
+        assert!(msg.contains("--quantize q4k (0.89 GB in all, fits)") && !msg.contains("--quantize q8_0 ("), "{msg}");
+        // A width no block divides: nothing is quantized, and no format is suggested.
+        let narrow = Estimate { linears: vec![LinearShape { in_dim: 100, out_dim: 10_000_000, count: 1 }], ..e };
+        let narrow = narrow.with_quantize(Some(Quantize::Q8_0));
+        assert_eq!((narrow.weight_bytes(), narrow.quantized_layers()), (4_000_000_000, (0, 1)));
+        let msg = check(&narrow, Available::Limit(1)).unwrap_err().to_string();
+        assert!(!msg.contains("--quantize q") && msg.contains("Use a smaller model"), "{msg}");
     }
 }

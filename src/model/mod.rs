@@ -19,6 +19,7 @@ pub mod memory;
 pub mod onnx;
 pub mod pil_resize;
 pub mod preprocess;
+pub mod quant;
 pub mod resize;
 pub mod saliency;
 pub mod state;

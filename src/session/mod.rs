@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::attention;
 use crate::model::preprocess::{self, Prepared};
+use crate::model::quant::LoadOptions;
 use crate::model::{HookPoint, Model, ModelSource, OutputHead, Preprocessor, TokenState, fetch};
 use crate::reduce::{Budget, Capabilities, Method};
 use crate::session::vlm::{SweepPoint, Vlm, VlmFull, VlmImage, VlmRun, VlmRunSpec};
@@ -152,11 +153,29 @@ const CACHE_RUNS: usize = 128;
 impl Session {
     /// Loads `source`: the default model, a model file, or a Hugging Face folder (or hub id,
     /// fetched first) of an encoder or a vision-language model.
+    /// Loads as this process's options say (the CLI's `--quantize`, `--dtype`:
+    /// [`LoadOptions::process`]).
     pub fn load(source: &ModelSource, say: &mut dyn FnMut(&str)) -> Result<Self> {
+        Self::load_with(source, LoadOptions::process(), say)
+    }
+
+    /// Loads `source` as `options` say. `--quantize` applies to vision-language models (their
+    /// decoder and projector); an encoder asked to be quantized is refused, not run in f32.
+    pub fn load_with(source: &ModelSource, options: LoadOptions, say: &mut dyn FnMut(&str)) -> Result<Self> {
+        options.dtype.resolve(&candle_core::Device::Cpu)?;
         let backend = match local_folder(source, say)? {
             Some(dir) if Vlm::is_vlm_folder(&dir) => {
-                say(&format!("Loading the vision-language model in {}…", dir.display()));
-                Backend::Vlm(Vlm::load(&dir)?)
+                let how = options.quantize.map_or(String::new(), |q| format!(" ({q} linear layers)"));
+                say(&format!("Loading the vision-language model in {}{how}…", dir.display()));
+                Backend::Vlm(Vlm::load_with(&dir, options)?)
+            }
+            _ if options.quantize.is_some() => {
+                return Err(Error::Config {
+                    field: "--quantize",
+                    reason: "quantization applies to vision-language models' decoders and projectors; image \
+                             encoders run in f32 (leave --quantize out)"
+                        .into(),
+                });
             }
             Some(dir) => Backend::Encoder(Model::load(&ModelSource::File(dir), say)?),
             None => Backend::Encoder(Model::load(source, say)?),

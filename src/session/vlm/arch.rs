@@ -26,6 +26,7 @@ use crate::model::hf::read_config;
 use crate::model::idefics3::{Idefics3, Idefics3Settings};
 use crate::model::llama::Llama;
 use crate::model::llava::{Llava, LlavaSettings};
+use crate::model::quant::{Linears, LoadOptions, QuantCount};
 use crate::model::{HookPoint, Probe, TokenState, Trace, chat, fetch, memory, preprocess};
 use crate::reduce::llm::Row;
 use crate::reduce::{Capabilities, Context, PositionMode, Reducer, ReducerConfig};
@@ -38,6 +39,14 @@ pub const SUPPORTED: [&str; 2] = ["llava", "idefics3"];
 pub enum Arch {
     Llava(Llava),
     Idefics3(Idefics3),
+}
+
+/// A loaded VLM and how its linear layers were loaded.
+pub struct Loaded {
+    pub arch: Arch,
+    pub options: LoadOptions,
+    /// Linear layers quantized and kept f32 (with `--quantize`), and their bytes.
+    pub linears: QuantCount,
 }
 
 /// A decoded photo and what the vision tower sees of it.
@@ -137,15 +146,27 @@ pub fn eos_ids(dir: &Path, tokenizer: &tokenizers::Tokenizer) -> Vec<u32> {
 }
 
 impl Arch {
-    /// Loads the folder's model, after the memory guard (from the config alone, before any
-    /// weight is read).
+    /// Loads the folder's model in f32.
     pub fn load(dir: &Path) -> Result<Self> {
-        if let Some(estimate) = Self::memory_estimate(dir)? {
+        Ok(Self::load_with(dir, LoadOptions::default())?.arch)
+    }
+
+    /// Loads the folder's model as `options` say, after the memory guard (from the config
+    /// alone, before any weight is read, at the quantization asked).
+    pub fn load_with(dir: &Path, options: LoadOptions) -> Result<Loaded> {
+        options.dtype.resolve(&candle_core::Device::Cpu)?;
+        if let Some(estimate) = Self::memory_estimate_with(dir, options)? {
             memory::guard(&estimate)?;
         }
+        let linears = Linears::new(options.quantize);
+        let arch = Self::load_arch(dir, &linears)?;
+        Ok(Loaded { arch, options, linears: linears.count() })
+    }
+
+    fn load_arch(dir: &Path, linears: &Linears) -> Result<Self> {
         match model_type(dir).as_deref() {
             Some("llava") => {
-                let m = Llava::load(dir)?;
+                let m = Llava::load_with(dir, linears)?;
                 if m.keep_cls {
                     return Err(Error::weights(
                         dir.join("config.json"),
@@ -154,7 +175,7 @@ impl Arch {
                 }
                 Ok(Arch::Llava(m))
             }
-            Some("idefics3") => Ok(Arch::Idefics3(Idefics3::load(dir)?)),
+            Some("idefics3") => Ok(Arch::Idefics3(Idefics3::load_with(dir, linears)?)),
             other => Err(Error::weights(
                 dir.join("config.json"),
                 format!(
@@ -165,28 +186,36 @@ impl Arch {
         }
     }
 
-    /// The memory guard's estimate for a VLM folder (LLaVA, Idefics3), from `config.json` alone;
-    /// `None` for other model types. A config the loader would refuse is refused here, with its
-    /// reason.
+    /// The memory guard's estimate for a VLM folder (LLaVA, Idefics3) loaded in f32, from
+    /// `config.json` alone; `None` for other model types. A config the loader would refuse is
+    /// refused here, with its reason.
     pub fn memory_estimate(dir: &Path) -> Result<Option<memory::Estimate>> {
+        Self::memory_estimate_with(dir, LoadOptions::default())
+    }
+
+    /// [`Arch::memory_estimate`] for the model loaded as `options` say.
+    pub fn memory_estimate_with(dir: &Path, options: LoadOptions) -> Result<Option<memory::Estimate>> {
         let (path, json) = read_config(dir)?;
         let bad = |reason: String| Error::weights(&path, reason);
-        Ok(match json["model_type"].as_str() {
+        let linear = |in_dim, out_dim| memory::LinearShape { in_dim, out_dim, count: 1 };
+        let estimate = match json["model_type"].as_str() {
             Some("llava") => {
                 let c = LlavaSettings::from_hf(&json).map_err(bad)?;
                 // Two linears with biases.
-                let (dv, dt) = (c.vision.hidden_size as u64, c.text.hidden_size as u64);
-                Some(memory::vlm("LLaVA (llava)", &c.vision, &c.text, dv * dt + dt + dt * dt + dt))
+                let (dv, dt) = (c.vision.hidden_size, c.text.hidden_size);
+                let projector = [linear(dv, dt), linear(dt, dt)];
+                memory::vlm("LLaVA (llava)", &c.vision, &c.text, &projector, 2 * dt as u64)
             }
             Some("idefics3") => {
                 let c = Idefics3Settings::from_hf(&json).map_err(bad)?;
                 // The pixel shuffle's s² patches into one linear, no bias.
-                let s = c.scale_factor as u64;
-                let connector = c.vision.hidden_size as u64 * s * s * c.text.hidden_size as u64;
-                Some(memory::vlm("SmolVLM (idefics3)", &c.vision, &c.text, connector))
+                let s = c.scale_factor;
+                let connector = [linear(c.vision.hidden_size * s * s, c.text.hidden_size)];
+                memory::vlm("SmolVLM (idefics3)", &c.vision, &c.text, &connector, 0)
             }
-            _ => None,
-        })
+            _ => return Ok(None),
+        };
+        Ok(Some(estimate.with_quantize(options.quantize)))
     }
 
     pub fn lm(&self) -> &Llama {

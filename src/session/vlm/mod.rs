@@ -25,13 +25,14 @@ mod arch;
 pub mod decode;
 
 pub use answer::{Answer, DiffOp, diff_tokens};
-pub use arch::{Arch, VisionRun, VlmImage};
+pub use arch::{Arch, Loaded, VisionRun, VlmImage};
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::cost::{BlockTokens, decoder_layer_flops};
+use crate::model::quant::{LoadOptions, QuantCount};
 use crate::reduce::llm::{LlmContext, Row};
 use crate::reduce::{Budget, Method, PositionMode, Stage};
 use crate::{Cancel, Error, Result};
@@ -217,6 +218,10 @@ pub struct Vlm {
     /// starts as the folder's processor says (`do_image_splitting`, on in the published
     /// SmolVLM folders). Other models ignore it.
     pub split_image: bool,
+    /// How it was loaded (`--quantize`, `--dtype`).
+    pub options: LoadOptions,
+    /// Its linear layers as loaded: quantized, kept f32, bytes.
+    pub linears: QuantCount,
 }
 
 /// The cached work for one image and question: the vision run, the full prefill (what a
@@ -235,13 +240,24 @@ impl Vlm {
         arch::model_type(dir).is_some_and(|t| arch::SUPPORTED.contains(&t.as_str()))
     }
 
+    /// Loads the folder's model in f32.
     pub fn load(dir: &Path) -> Result<Self> {
-        let arch = Arch::load(dir)?;
+        Self::load_with(dir, LoadOptions::default())
+    }
+
+    /// Loads the folder's model as `options` say (quantized linear layers, dtype).
+    pub fn load_with(dir: &Path, options: LoadOptions) -> Result<Self> {
+        let Loaded { arch, options, linears } = Arch::load_with(dir, options)?;
         let tokenizer = crate::model::chat::load_tokenizer(dir)?;
         let eos = arch::eos_ids(dir, &tokenizer);
         let id = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         let split_image = arch.default_split();
-        Ok(Self { id, dir: dir.to_path_buf(), arch, tokenizer: tokenizer.into(), eos, split_image })
+        Ok(Self { id, dir: dir.to_path_buf(), arch, tokenizer: tokenizer.into(), eos, split_image, options, linears })
+    }
+
+    /// The memory guard's estimate for this model as loaded (weights, dtype, quantization, KV).
+    pub fn memory_estimate(&self) -> Option<crate::model::memory::Estimate> {
+        Arch::memory_estimate_with(&self.dir, self.options).ok().flatten()
     }
 
     pub fn num_layers(&self) -> usize {
