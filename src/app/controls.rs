@@ -3,7 +3,7 @@
 use eframe::egui;
 
 use super::widgets::{budget_ui, look_ui, params_ui, section};
-use super::{Head, Overlay, TokenlensApp};
+use super::{Head, MapSource, Overlay, TokenlensApp};
 use crate::model::ModelSource;
 use crate::reduce::{PositionMode, ReducerConfig};
 use crate::session::DropFill;
@@ -146,6 +146,17 @@ fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     for (i, overlay) in Overlay::ALL.into_iter().enumerate() {
         ui.radio_value(&mut s.overlay, overlay, overlay.label()).on_hover_text(format!("key {}", i + 1));
     }
+    ui.add_enabled_ui(s.overlay.has_source(), |ui| {
+        ui.horizontal(|ui| {
+            ui.label("from").on_hover_text(
+                "The full model's attention, or the reduced run's own: its blocks attend over the kept and merged \
+                 tokens; a merged token's attention is split over its patches, its norm shown on each",
+            );
+            for source in [MapSource::Full, MapSource::Reduced] {
+                ui.radio_value(&mut s.source, source, source.label());
+            }
+        });
+    });
     let num_layers = app.opened.as_ref().map_or(12, |o| o.analysis.cls_attention.len());
     ui.add_enabled(s.overlay.uses_layer(), egui::Slider::new(&mut s.layer, 0..=num_layers - 1).text("layer"))
         .on_hover_text("[ and ] step the layer");

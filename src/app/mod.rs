@@ -72,6 +72,27 @@ impl MapScale {
     }
 }
 
+/// Which model the attention, rollout and norm maps come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapSource {
+    /// The unreduced model (computed once per image).
+    #[default]
+    Full,
+    /// The reduced run's own attention over its kept and merged tokens, put back on the patches
+    /// they stand for.
+    Reduced,
+}
+
+impl MapSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            MapSource::Full => "full model",
+            MapSource::Reduced => "reduced model",
+        }
+    }
+}
+
 /// What the main view draws over the photo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,6 +121,11 @@ impl Overlay {
     pub fn uses_layer(self) -> bool {
         matches!(self, Overlay::Attention | Overlay::TokenNorms)
     }
+
+    /// A map of the model's own attention or tokens (full or reduced model, [`MapSource`]).
+    pub fn has_source(self) -> bool {
+        matches!(self, Overlay::Attention | Overlay::Rollout | Overlay::TokenNorms)
+    }
 }
 
 /// Which attention head the attention view shows.
@@ -122,6 +148,8 @@ pub struct Settings {
     pub opacity: f32,
     /// How maps (attention, rollout, norms, scores) are scaled.
     pub scale: MapScale,
+    /// Whether attention, rollout and norms come from the full or the reduced model.
+    pub source: MapSource,
     pub dark: bool,
     pub recent: Vec<PathBuf>,
     /// Methods of the compare view (2 to 4), all at `spec`'s budget.
@@ -147,6 +175,7 @@ impl Default for Settings {
             colormap: Colormap::Viridis,
             opacity: 0.6,
             scale: MapScale::MinMax,
+            source: MapSource::Full,
             dark: true,
             recent: Vec::new(),
             compare: ["tome", "cls_topk", "divprune", "random"]
