@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use common::{asset, fixture};
@@ -42,6 +43,34 @@ fn streamed_until<T>(worker: &WorkerHandle, id: u64, done: impl Fn(Event) -> Opt
     }
 }
 
+/// Holds the worker thread once, right after the next event it sends (its `wake` call), until
+/// released: a test can act while a job is known to be mid-way.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<(bool, bool)>, Condvar)>);
+
+impl Gate {
+    /// The next `pass` blocks until `release`.
+    fn arm(&self) {
+        *self.0.0.lock().unwrap() = (true, false);
+    }
+
+    fn release(&self) {
+        self.0.0.lock().unwrap().1 = true;
+        self.0.1.notify_all();
+    }
+
+    /// Called by the worker after each event.
+    fn pass(&self) {
+        let mut state = self.0.0.lock().unwrap();
+        if state.0 {
+            state.0 = false;
+            while !state.1 {
+                state = self.0.1.wait(state).unwrap();
+            }
+        }
+    }
+}
+
 fn spec() -> VlmRunSpec {
     VlmRunSpec {
         method: Some(VlmMethod::Vision(ReducerConfig::from_name("random").unwrap())),
@@ -58,7 +87,9 @@ fn image() -> ImageSource {
 #[test]
 fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
     for model in ["llava", "idefics3"] {
-        let mut worker = WorkerHandle::spawn(ModelSource::File(fixture(&format!("vlm/{model}"))), || {});
+        let gate = Gate::default();
+        let held = gate.clone();
+        let mut worker = WorkerHandle::spawn(ModelSource::File(fixture(&format!("vlm/{model}"))), move || held.pass());
         loop {
             match next(&worker) {
                 Event::VlmReady { num_layers, context, memory, .. } => {
@@ -87,23 +118,27 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         assert!(!streamed.is_empty());
         assert_eq!(opened.grid[0] * opened.grid[1], opened.saliency.len());
 
-        // A reduced run superseded by another: the newest answers. The first is cancelled (or
-        // dropped from the queue) when the second is submitted, unless it already finished; so
-        // whatever it sent comes before any of the newest run's events, never interleaved.
+        // A slider move while a reduced run decodes: the worker is held right after the
+        // run's first token (the gate in `wake`), the newer run is submitted, and the first is
+        // cancelled mid-answer: it streams no further token and sends no result.
+        gate.arm();
         worker.submit(Job::VlmRun { id: 2, spec: spec() });
+        loop {
+            match next(&worker) {
+                Event::VlmToken { id: 2, .. } => break,
+                Event::Failed(e) => panic!("{model}: {e}"),
+                _ => {}
+            }
+        }
         let keep_more = VlmRunSpec { budget: Budget::RemoveFraction(0.25), ..spec() };
         worker.submit(Job::VlmRun { id: 3, spec: keep_more });
-        let mut newest_started = false;
+        gate.release();
         let mut streamed = Vec::new();
         let run = loop {
             match next(&worker) {
-                Event::VlmToken { id: 2, .. } | Event::VlmReduced { id: 2, .. } => {
-                    assert!(!newest_started, "{model}: the superseded run reported after the newest started");
-                }
-                Event::VlmToken { id: 3, piece, .. } => {
-                    newest_started = true;
-                    streamed.push(piece);
-                }
+                Event::VlmToken { id: 2, .. } => panic!("{model}: the superseded run went on decoding"),
+                Event::VlmReduced { id: 2, .. } => panic!("{model}: the superseded run sent its result"),
+                Event::VlmToken { id: 3, piece, .. } => streamed.push(piece),
                 Event::VlmReduced { id: 3, run } => break run,
                 Event::Failed(e) => panic!("{model}: {e}"),
                 _ => {}
@@ -113,6 +148,12 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         assert!(run.full_answer_logprob.is_some());
         let n = opened.grid[0] * opened.grid[1];
         assert_eq!(run.keep, Budget::RemoveFraction(0.25).resolve(n).unwrap());
+        // Left alone, the superseded run's answer is longer than the one token it streamed:
+        // the cancellation cut real work short.
+        worker.submit(Job::VlmRun { id: 9, spec: spec() });
+        let ((alone, _), _) =
+            streamed_until(&worker, 9, |e| matches!(e, Event::VlmReduced { id: 9, .. }).then_some(()));
+        assert!(alone.len() > 1, "{model}: {alone:?}");
 
         // The sweep: one point per fraction, in the background.
         let fractions = sweep_fractions();

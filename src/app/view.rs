@@ -160,8 +160,8 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     };
 
     // A slow run: the last result stays on screen, marked as such, until the new one lands.
-    let shows_run =
-        matches!(s.overlay, Overlay::Tokens | Overlay::Scores) || (s.overlay.has_source() && s.source == MapSource::Reduced);
+    let shows_run = matches!(s.overlay, Overlay::Tokens | Overlay::Scores)
+        || (s.overlay.has_source() && s.source == MapSource::Reduced);
     if shows_run
         && app.run.is_stale()
         && let Some(r) = &run
@@ -254,7 +254,13 @@ fn mark_role(painter: &egui::Painter, rect: Rect, role: Role) {
         }
         Role::Register => {
             let square = Rect::from_center_size(rect.center(), egui::vec2(r, r));
-            painter.rect(square, 0.0, Color32::from_rgb(80, 200, 255), Stroke::new(1.0, Color32::BLACK), egui::StrokeKind::Outside);
+            painter.rect(
+                square,
+                0.0,
+                Color32::from_rgb(80, 200, 255),
+                Stroke::new(1.0, Color32::BLACK),
+                egui::StrokeKind::Outside,
+            );
         }
     }
 }
@@ -376,7 +382,7 @@ fn patch_rect(frame: &GridFrame, image_rect: Rect, patch: usize) -> Rect {
 }
 
 /// Outlines the hovered patch and, if it was merged, every patch of its group.
-fn highlight(ui: &egui::Ui, frame: &GridFrame, image_rect: Rect, patch: usize, groups: Option<&[Vec<u32>]>) {
+pub fn highlight(ui: &egui::Ui, frame: &GridFrame, image_rect: Rect, patch: usize, groups: Option<&[Vec<u32>]>) {
     let painter = ui.painter();
     if let Some(group) = groups.and_then(|gs| gs.iter().find(|g| g.contains(&(patch as u32))))
         && group.len() > 1

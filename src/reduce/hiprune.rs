@@ -118,10 +118,8 @@ pub fn select(
     num_anchors: usize,
     buffers: Buffers,
 ) -> Vec<usize> {
-    let mut picked: Vec<usize> = anchors_and_buffers(object_score, grid, keep, num_anchors, buffers)
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
+    let mut picked: Vec<usize> =
+        anchors_and_buffers(object_score, grid, keep, num_anchors, buffers).into_iter().map(|(p, _)| p).collect();
     let mut chosen = vec![false; grid.0 * grid.1];
     picked.iter().for_each(|&p| chosen[p] = true);
     for p in argsort_desc(register_score) {

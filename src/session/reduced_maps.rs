@@ -66,7 +66,7 @@ pub(crate) fn reduced_maps(blocks: &[BlockSeen], num_special: usize, num_patches
         maps.token_norms.push(spread_copy(&b.norms[s..], &b.norm_sources[s..], num_patches));
         mean_rows.push(b.probs.mean(1)?.squeeze(0)?.to_vec2::<f32>()?);
     }
-    let chain: Vec<(&[Vec<f32>], &[Vec<u32>])> =
+    let chain: Vec<Attended<'_>> =
         mean_rows.iter().zip(blocks).map(|(a, b)| (a.as_slice(), b.sources.as_slice())).collect();
     maps.rollout = rollout_through(&chain, num_special, num_patches);
     Ok(maps)
@@ -95,13 +95,16 @@ pub fn spread_copy(values: &[f32], sources: &[Vec<u32>], num_patches: usize) -> 
     out
 }
 
+/// One block's head-mean attention (`n × n`) and the sources of its `n` tokens.
+pub type Attended<'a> = (&'a [Vec<f32>], &'a [Vec<u32>]);
+
 /// Attention rollout (`0.5 A + 0.5 I`, rows renormalised) through blocks whose token sets
 /// change: `chain[l]` = (block `l`'s head-mean attention `n_l × n_l`, its tokens' sources, the
 /// `num_special` special tokens first with empty sources). The CLS row (without CLS: the mean
 /// row) of the last block is carried back to block 0's tokens, which are the specials and then
 /// every patch in raster order; a token made of earlier tokens passes each of them its share
 /// in proportion to the patches it brings. Equals [`attention::rollout`] when nothing changes.
-pub fn rollout_through(chain: &[(&[Vec<f32>], &[Vec<u32>])], num_special: usize, num_patches: usize) -> Vec<f32> {
+pub fn rollout_through(chain: &[Attended<'_>], num_special: usize, num_patches: usize) -> Vec<f32> {
     let Some(&(last, _)) = chain.last() else { return Vec::new() };
     let n = last.len();
     let mut r: Vec<f64> = if num_special > 0 {
