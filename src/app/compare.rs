@@ -58,7 +58,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     }
 
     let fidelities: Vec<Option<&Fidelity>> = runs.iter().map(|r| r.as_deref().map(|r| &r.fidelity)).collect();
-    let best = best_columns(&fidelities);
+    let best = best_values(&fidelities);
     let output_rows = usize::from(a.output.is_map());
     let (w, h) = opened.input.photo.dimensions();
     let columns = runs.len() + 1;
@@ -149,7 +149,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                     match &run {
                         Some(r) => {
                             ui.label(RichText::new(figures::run_title(r)).small());
-                            metrics_ui(ui, &r.fidelity, &best, col - 1);
+                            metrics_ui(ui, &r.fidelity, &best);
                             ui.label(
                                 RichText::new(format!(
                                     "{} FLOPs ({:.0} % of full), {:.0} ms",
@@ -217,19 +217,14 @@ pub fn shared_scale(mut maps: Vec<Option<ValueMap>>, scale: MapScale) -> (Vec<Op
     (maps, Norm::Range { lo, hi })
 }
 
-/// Per metric (in [`METRICS`] order), the column with the best value among the methods, if any.
-pub fn best_columns(fidelities: &[Option<&Fidelity>]) -> Vec<Option<usize>> {
+/// Per metric (in [`METRICS`] order), the best finite value among the methods' (the highest or
+/// the lowest, as the metric goes), if any: every column that reaches it is highlighted.
+pub fn best_values(fidelities: &[Option<&Fidelity>]) -> Vec<Option<f64>> {
     METRICS
         .iter()
         .map(|&(_, get, higher, _)| {
-            let values = fidelities.iter().enumerate().filter_map(|(i, f)| f.map(|f| (i, get(f))));
-            let finite = values.filter(|(_, v)| v.is_finite());
-            let better =
-                |a: &(usize, f64), b: &(usize, f64)| if higher { a.1.total_cmp(&b.1) } else { b.1.total_cmp(&a.1) };
-            // The first column wins a tie (max_by keeps the last, so look from the back).
-            let mut candidates: Vec<(usize, f64)> = finite.collect();
-            candidates.reverse();
-            candidates.into_iter().max_by(better).map(|(i, _)| i)
+            let finite = fidelities.iter().flatten().map(|f| get(f)).filter(|v| v.is_finite());
+            if higher { finite.reduce(f64::max) } else { finite.reduce(f64::min) }
         })
         .collect()
 }
@@ -245,15 +240,15 @@ const METRICS: [Metric; 5] = [
     ("patch cosine", |f| f.patch_cosine_mean, true, "final features of surviving patches"),
 ];
 
-/// One method's metrics, the ones it is best at in green.
-fn metrics_ui(ui: &mut egui::Ui, f: &Fidelity, best: &[Option<usize>], column: usize) {
+/// One method's metrics, the ones it is best at (or tied best) in green.
+fn metrics_ui(ui: &mut egui::Ui, f: &Fidelity, best: &[Option<f64>]) {
     let green = Color32::from_rgb(70, 200, 110);
     egui::Grid::new(ui.next_auto_id()).num_columns(2).striped(true).show(ui, |ui| {
         for ((name, get, _, hint), best) in METRICS.iter().zip(best) {
             let v = get(f);
             ui.label(RichText::new(*name).small()).on_hover_text(*hint);
             let text = RichText::new(if v.is_finite() { format!("{v:.4}") } else { "n/a".into() }).monospace();
-            if *best == Some(column) {
+            if *best == Some(v) {
                 ui.label(text.color(green).strong()).on_hover_text("the best of the methods shown");
             } else {
                 ui.label(text);
@@ -282,10 +277,10 @@ mod tests {
     #[test]
     fn the_best_metric_is_the_highest_or_the_lowest_as_it_should_be() {
         let (a, b, c) = (fidelity(0.9, 0.2), fidelity(0.95, 0.1), fidelity(0.3, 0.05));
-        let best = best_columns(&[Some(&a), None, Some(&b), Some(&c)]);
-        assert_eq!(best[0], Some(2), "Pearson: higher is better");
-        assert_eq!(best[1], Some(3), "L1: lower is better");
-        assert_eq!(best[2], Some(0), "a tie goes to the first column");
+        let best = best_values(&[Some(&a), None, Some(&b), Some(&c)]);
+        assert_eq!(best[0], Some(0.95), "Pearson: higher is better");
+        assert_eq!(best[1], Some(0.05), "L1: lower is better");
+        assert_eq!(best[2], Some(0.5), "a tie: every column reaching it is best");
         assert_eq!(best[3], None, "no finite value, no best");
     }
 

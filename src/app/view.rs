@@ -44,8 +44,9 @@ pub fn map_of(
     let (from, maps) = match source {
         MapSource::Full => ("full model".to_string(), None),
         MapSource::Reduced if overlay.has_source() => {
+            // No maps: the method changed no block, so the full model's are the reduced one's.
             let run = run?;
-            (reduced_label(run), Some(run.maps.as_ref()?))
+            (reduced_label(run), run.maps.as_ref())
         }
         MapSource::Reduced => (String::new(), None),
     };
@@ -242,7 +243,7 @@ fn roles_legend(ui: &mut egui::Ui) {
 }
 
 /// One role's mark in a patch's rectangle: anchors a filled dot, buffers a ring, registers a
-/// small square.
+/// small hollow square.
 fn mark_role(painter: &egui::Painter, rect: Rect, role: Role) {
     let r = 0.3 * rect.width().min(rect.height());
     match role {
@@ -253,12 +254,12 @@ fn mark_role(painter: &egui::Painter, rect: Rect, role: Role) {
             painter.circle_stroke(rect.center(), r, Stroke::new(1.5, Color32::from_rgb(255, 210, 60)));
         }
         Role::Register => {
+            // Hollow: registers are most of the kept patches, and the photo must stay visible.
             let square = Rect::from_center_size(rect.center(), egui::vec2(r, r));
-            painter.rect(
+            painter.rect_stroke(
                 square,
                 0.0,
-                Color32::from_rgb(80, 200, 255),
-                Stroke::new(1.0, Color32::BLACK),
+                Stroke::new(1.5, Color32::from_rgb(80, 200, 255)),
                 egui::StrokeKind::Outside,
             );
         }

@@ -108,7 +108,8 @@ pub struct RunResult {
     pub patch_cosine: Vec<Option<f32>>,
     pub timings_ms: RunTimings,
     /// The reduced model's own attention, rollout and norms on the patch grid (the app's
-    /// "reduced model" source; not part of `run.json`).
+    /// "reduced model" source; not part of `run.json`). None when no block changed (the
+    /// method acts on the encoder output): the full model's maps are the reduced model's.
     #[serde(skip)]
     pub maps: Option<ReducedMaps>,
 }
@@ -147,7 +148,11 @@ impl Session {
         let mut reducer = spec.reducer.build(keep, &ctx)?;
         let cached = EncoderCache { states: &full.states, trace: &full.trace, features: &full.features };
         let reduced = reduce_encoder(enc, &cached, reducer.as_mut(), spec.positions, true, true, cancel)?;
-        let maps = Some(self.maps_of(full, reduced.resume_at, reduced.seen)?);
+        // A method acting on the encoder output changes no block: its maps are the full model's.
+        let maps = match reduced.resume_at < layers {
+            true => Some(self.maps_of(full, reduced.resume_at, reduced.seen)?),
+            false => None,
+        };
         let (out, stage, resume_at, blocks) = (reduced.out, reduced.stage, reduced.resume_at, reduced.blocks);
         let grid_features = scatter(&out, spec.fill)?;
         let output = self.output(&grid_features, &out)?;
