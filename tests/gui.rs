@@ -257,15 +257,16 @@ fn merge_groups_follow_the_opacity() {
     assert!(changed > area / 20, "only {changed} of {area} central pixels changed with the opacity");
 }
 
-/// The "reduced model" source: ToMe's rollout from its own merged blocks differs from the full
-/// model's on screen (same method, same budget, only `--source` changes).
+/// The "reduced model" source: ToMe's last-layer CLS attention over its own merged tokens differs
+/// from the full model's on screen (same method, same budget, only `--source` changes; about a
+/// third of the view's pixels when measured).
 #[test]
 fn the_reduced_model_source_draws_its_own_map() {
     let Some(x) = Xvfb::start_or_skip() else { return };
     let _ = common::session();
     let dir = tempfile::tempdir().unwrap();
     let shot = |source: &str| {
-        let args = ["--reducer", "tome", "--overlay", "rollout", "--source", source].map(std::ffi::OsStr::new);
+        let args = ["--reducer", "tome", "--overlay", "attention", "--source", source].map(std::ffi::OsStr::new);
         run_app(&x, &asset("chelsea.png"), &args, &dir.path().join(format!("{source}.png")))
     };
     let (full, reduced) = (shot("full"), shot("reduced"));
@@ -279,5 +280,5 @@ fn the_reduced_model_source_draws_its_own_map() {
         })
         .count() as u32;
     let area = (x1 - x0) * (y1 - y0);
-    assert!(changed > area / 20, "only {changed} of {area} central pixels differ: the same map twice?");
+    assert!(changed > area / 10, "only {changed} of {area} central pixels differ: the same map twice?");
 }
