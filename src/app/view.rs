@@ -108,7 +108,7 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let s = app.settings.clone();
 
     // Header: what is shown, and its colour scale.
-    ui.horizontal(|ui| match (&map, s.overlay, &run) {
+    ui.horizontal_wrapped(|ui| match (&map, s.overlay, &run) {
         (Some(m), _, _) => {
             ui.strong(&m.title);
             colorbar_ui(ui, s.colormap, s.scale, &m.values);
