@@ -15,9 +15,17 @@ use tokenlens::model::ModelSource;
 use tokenlens::reduce::{Budget, ReducerConfig};
 use tokenlens::session::vlm::{VlmMethod, VlmRunSpec, sweep_fractions};
 
+thread_local! {
+    /// Events this test thread has received from its current worker (see [`Gate::arm_after`]).
+    static RECEIVED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn next(worker: &WorkerHandle) -> Event {
     match worker.events.recv_timeout(Duration::from_secs(120)) {
-        Ok(e) => e,
+        Ok(e) => {
+            RECEIVED.with(|r| r.set(r.get() + 1));
+            e
+        }
         Err(RecvTimeoutError::Timeout) => panic!("the worker said nothing for 2 minutes"),
         Err(RecvTimeoutError::Disconnected) => panic!("the worker stopped"),
     }
@@ -46,28 +54,45 @@ fn streamed_until<T>(worker: &WorkerHandle, id: u64, done: impl Fn(Event) -> Opt
 /// Holds the worker thread once, right after the next event it sends (its `wake` call), until
 /// released: a test can act while a job is known to be mid-way.
 #[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<(bool, bool)>, Condvar)>);
+struct Gate(Arc<(Mutex<GateState>, Condvar)>);
+
+#[derive(Default)]
+struct GateState {
+    armed: bool,
+    released: bool,
+    /// `wake` calls done: the worker calls it once after each event it sends.
+    passed: usize,
+}
 
 impl Gate {
-    /// The next `pass` blocks until `release`.
-    fn arm(&self) {
-        *self.0.0.lock().unwrap() = (true, false);
+    /// The next `pass` blocks until `release`, once the worker has woken for every event this
+    /// thread received (a `wake` still due for an event already read must not be the one held).
+    fn arm_after_received(&self) {
+        let received = RECEIVED.with(std::cell::Cell::get);
+        let mut state = self.0.0.lock().unwrap();
+        while state.passed < received {
+            state = self.0.1.wait_timeout(state, Duration::from_secs(120)).unwrap().0;
+        }
+        state.armed = true;
+        state.released = false;
     }
 
     fn release(&self) {
-        self.0.0.lock().unwrap().1 = true;
+        self.0.0.lock().unwrap().released = true;
         self.0.1.notify_all();
     }
 
     /// Called by the worker after each event.
     fn pass(&self) {
         let mut state = self.0.0.lock().unwrap();
-        if state.0 {
-            state.0 = false;
-            while !state.1 {
+        if state.armed {
+            state.armed = false;
+            while !state.released {
                 state = self.0.1.wait(state).unwrap();
             }
         }
+        state.passed += 1;
+        self.0.1.notify_all();
     }
 }
 
@@ -89,6 +114,7 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
     for model in ["llava", "idefics3"] {
         let gate = Gate::default();
         let held = gate.clone();
+        RECEIVED.with(|r| r.set(0));
         let mut worker = WorkerHandle::spawn(ModelSource::File(fixture(&format!("vlm/{model}"))), move || held.pass());
         loop {
             match next(&worker) {
@@ -121,7 +147,7 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         // A slider move while a reduced run decodes: the worker is held right after the
         // run's first token (the gate in `wake`), the newer run is submitted, and the first is
         // cancelled mid-answer: it streams no further token and sends no result.
-        gate.arm();
+        gate.arm_after_received();
         worker.submit(Job::VlmRun { id: 2, spec: spec() });
         loop {
             match next(&worker) {
