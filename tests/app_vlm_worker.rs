@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use common::{asset, fixture};
@@ -14,9 +15,17 @@ use tokenlens::model::ModelSource;
 use tokenlens::reduce::{Budget, Method, ReducerConfig};
 use tokenlens::session::vlm::{VlmRunSpec, sweep_fractions};
 
+thread_local! {
+    /// Events this test thread has received from its current worker (see [`Gate::arm_after`]).
+    static RECEIVED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn next(worker: &WorkerHandle) -> Event {
     match worker.events.recv_timeout(Duration::from_secs(120)) {
-        Ok(e) => e,
+        Ok(e) => {
+            RECEIVED.with(|r| r.set(r.get() + 1));
+            e
+        }
         Err(RecvTimeoutError::Timeout) => panic!("the worker said nothing for 2 minutes"),
         Err(RecvTimeoutError::Disconnected) => panic!("the worker stopped"),
     }
@@ -42,6 +51,51 @@ fn streamed_until<T>(worker: &WorkerHandle, id: u64, done: impl Fn(Event) -> Opt
     }
 }
 
+/// Holds the worker thread once, right after the next event it sends (its `wake` call), until
+/// released: a test can act while a job is known to be mid-way.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<GateState>, Condvar)>);
+
+#[derive(Default)]
+struct GateState {
+    armed: bool,
+    released: bool,
+    /// `wake` calls done: the worker calls it once after each event it sends.
+    passed: usize,
+}
+
+impl Gate {
+    /// The next `pass` blocks until `release`, once the worker has woken for every event this
+    /// thread received (a `wake` still due for an event already read must not be the one held).
+    fn arm_after_received(&self) {
+        let received = RECEIVED.with(std::cell::Cell::get);
+        let mut state = self.0.0.lock().unwrap();
+        while state.passed < received {
+            state = self.0.1.wait_timeout(state, Duration::from_secs(120)).unwrap().0;
+        }
+        state.armed = true;
+        state.released = false;
+    }
+
+    fn release(&self) {
+        self.0.0.lock().unwrap().released = true;
+        self.0.1.notify_all();
+    }
+
+    /// Called by the worker after each event.
+    fn pass(&self) {
+        let mut state = self.0.0.lock().unwrap();
+        if state.armed {
+            state.armed = false;
+            while !state.released {
+                state = self.0.1.wait(state).unwrap();
+            }
+        }
+        state.passed += 1;
+        self.0.1.notify_all();
+    }
+}
+
 fn spec() -> VlmRunSpec {
     VlmRunSpec {
         method: Some(Method::Vision(ReducerConfig::from_name("random").unwrap())),
@@ -58,7 +112,10 @@ fn image() -> ImageSource {
 #[test]
 fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
     for model in ["llava", "idefics3"] {
-        let mut worker = WorkerHandle::spawn(ModelSource::File(fixture(&format!("vlm/{model}"))), || {});
+        let gate = Gate::default();
+        let held = gate.clone();
+        RECEIVED.with(|r| r.set(0));
+        let mut worker = WorkerHandle::spawn(ModelSource::File(fixture(&format!("vlm/{model}"))), move || held.pass());
         loop {
             match next(&worker) {
                 Event::VlmReady { num_layers, context, memory, .. } => {
@@ -87,23 +144,27 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         assert!(!streamed.is_empty());
         assert_eq!(opened.grid[0] * opened.grid[1], opened.saliency.len());
 
-        // A reduced run superseded by another: the newest answers. The first is cancelled (or
-        // dropped from the queue) when the second is submitted, unless it already finished; so
-        // whatever it sent comes before any of the newest run's events, never interleaved.
+        // A slider move while a reduced run decodes: the worker is held right after the
+        // run's first token (the gate in `wake`), the newer run is submitted, and the first is
+        // cancelled mid-answer: it streams no further token and sends no result.
+        gate.arm_after_received();
         worker.submit(Job::VlmRun { id: 2, spec: spec() });
+        loop {
+            match next(&worker) {
+                Event::VlmToken { id: 2, .. } => break,
+                Event::Failed(e) => panic!("{model}: {e}"),
+                _ => {}
+            }
+        }
         let keep_more = VlmRunSpec { budget: Budget::RemoveFraction(0.25), ..spec() };
         worker.submit(Job::VlmRun { id: 3, spec: keep_more });
-        let mut newest_started = false;
+        gate.release();
         let mut streamed = Vec::new();
         let run = loop {
             match next(&worker) {
-                Event::VlmToken { id: 2, .. } | Event::VlmReduced { id: 2, .. } => {
-                    assert!(!newest_started, "{model}: the superseded run reported after the newest started");
-                }
-                Event::VlmToken { id: 3, piece, .. } => {
-                    newest_started = true;
-                    streamed.push(piece);
-                }
+                Event::VlmToken { id: 2, .. } => panic!("{model}: the superseded run went on decoding"),
+                Event::VlmReduced { id: 2, .. } => panic!("{model}: the superseded run sent its result"),
+                Event::VlmToken { id: 3, piece, .. } => streamed.push(piece),
                 Event::VlmReduced { id: 3, run } => break run,
                 Event::Failed(e) => panic!("{model}: {e}"),
                 _ => {}
@@ -113,6 +174,12 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         assert!(run.full_answer_logprob.is_some());
         let n = opened.grid[0] * opened.grid[1];
         assert_eq!(run.keep, Budget::RemoveFraction(0.25).resolve(n).unwrap());
+        // Left alone, the superseded run's answer is longer than the one token it streamed:
+        // the cancellation cut real work short.
+        worker.submit(Job::VlmRun { id: 9, spec: spec() });
+        let ((alone, _), _) =
+            streamed_until(&worker, 9, |e| matches!(e, Event::VlmReduced { id: 9, .. }).then_some(()));
+        assert!(alone.len() > 1, "{model}: {alone:?}");
 
         // The sweep: one point per fraction, in the background.
         let fractions = sweep_fractions();

@@ -256,3 +256,29 @@ fn merge_groups_follow_the_opacity() {
     let area = ((x1 - x0) * (y1 - y0)) as usize;
     assert!(changed > area / 20, "only {changed} of {area} central pixels changed with the opacity");
 }
+
+/// The "reduced model" source: ToMe's last-layer CLS attention over its own merged tokens differs
+/// from the full model's on screen (same method, same budget, only `--source` changes; about a
+/// third of the view's pixels when measured).
+#[test]
+fn the_reduced_model_source_draws_its_own_map() {
+    let Some(x) = Xvfb::start_or_skip() else { return };
+    let _ = common::session();
+    let dir = tempfile::tempdir().unwrap();
+    let shot = |source: &str| {
+        let args = ["--reducer", "tome", "--overlay", "attention", "--source", source].map(std::ffi::OsStr::new);
+        run_app(&x, &asset("chelsea.png"), &args, &dir.path().join(format!("{source}.png")))
+    };
+    let (full, reduced) = (shot("full"), shot("reduced"));
+    let (w, h) = full.dimensions();
+    let (x0, x1, y0, y1) = (w * 25 / 100, w * 74 / 100, h * 15 / 100, h * 90 / 100);
+    let changed = (y0..y1)
+        .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+        .filter(|&(x, y)| {
+            let (a, b) = (full.get_pixel(x, y).0, reduced.get_pixel(x, y).0);
+            a.iter().zip(b).map(|(p, q)| p.abs_diff(q) as u32).sum::<u32>() > 30
+        })
+        .count() as u32;
+    let area = (x1 - x0) * (y1 - y0);
+    assert!(changed > area / 10, "only {changed} of {area} central pixels differ: the same map twice?");
+}

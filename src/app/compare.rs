@@ -1,81 +1,309 @@
-//! The compare view: two to four methods at the same budget, side by side, each with its kept /
-//! merged tokens, its reduced output on the shared 0–1 scale, and its drift metrics.
+//! The compare view: two to four methods at one budget beside the full model, each column with
+//! its tokens (or the chosen map from its own reduced model), its output, and its drift metrics,
+//! the best of each highlighted. Maps share one colour scale; hovering a patch in any panel
+//! outlines that patch (and the token carrying it) in every panel. Methods, budget and view are
+//! set in the left panel (`controls`).
+
+use std::sync::Arc;
 
 use eframe::egui;
+use egui::{Color32, RichText};
 
-use super::TokenlensApp;
-use super::output::fidelity_ui;
+use super::view::{GridFrame, ValueMap, highlight, map_of, patch_at, patch_info};
+use super::{MapScale, MapSource, TokenlensApp};
+use crate::analysis::metrics::Fidelity;
 use crate::figures;
-use crate::reduce::ReducerConfig;
+use crate::render::{Heatmap, Norm};
+use crate::session::RunResult;
+
+/// Panel textures' longest side.
+const PANEL_SIDE: u32 = 640;
+/// Room under the images for a column's title, metrics and cost, in points.
+const TEXT_HEIGHT: f32 = 190.0;
+const GAP: f32 = 8.0;
 
 pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     app.textures.begin_frame();
+    let Some(opened) = app.opened.clone() else {
+        ui.centered_and_justified(|ui| {
+            ui.spinner();
+        });
+        return;
+    };
+    let s = app.settings.clone();
+    let results = app.compared.value.clone().unwrap_or_default();
+    let runs: Vec<Option<Arc<RunResult>>> =
+        s.compare.iter().enumerate().map(|(i, m)| results.get(i).filter(|r| r.spec.reducer == *m).cloned()).collect();
     ui.horizontal(|ui| {
-        ui.strong(format!("All at {}", app.settings.spec.budget.describe(app.num_patches())));
-        ui.label("· ratio and options come from the left panel");
-        if app.settings.compare.len() < 4 && ui.button("+ method").clicked() {
-            app.settings.compare.push(ReducerConfig::from_name("random").expect("a built-in method"));
+        ui.strong(format!("All at {}", s.spec.budget.describe(app.num_patches())));
+        ui.label(RichText::new("· methods, budget and view in the left panel · best metric in green").weak());
+        if app.compared.is_stale() {
+            ui.spinner();
+            ui.colored_label(ui.visuals().warn_fg_color, "stale: the new budget computes");
         }
     });
-    let Some(opened) = app.opened.clone() else { return };
-    let results = app.compared.value.clone().unwrap_or_default();
-    let n = app.settings.compare.len();
-    let width = (ui.available_width() - 12.0 * (n as f32 - 1.0)) / n as f32;
-    let grid = opened.analysis.grid;
-    let cm = app.settings.colormap;
-    let s_opacity = app.settings.opacity;
-    let mut remove = None;
-    ui.columns(n, |cols| {
-        for (i, col) in cols.iter_mut().enumerate() {
-            let current = app.settings.compare[i].clone();
-            col.horizontal(|ui| {
-                egui::ComboBox::from_id_salt(("compare", i)).selected_text(current.info().label).show_ui(ui, |ui| {
-                    for config in ReducerConfig::defaults() {
-                        if ui.selectable_label(config.name() == current.name(), config.info().label).clicked() {
-                            app.settings.compare[i] = config;
+
+    let a = &opened.analysis;
+    let grid = a.grid;
+    // One map per column (the full model's, then each method's reduced model), on one scale.
+    let maps: Vec<Option<ValueMap>> = std::iter::once(map_of(a, None, s.overlay, s.layer, s.head, MapSource::Full))
+        .chain(
+            runs.iter()
+                .map(|r| r.as_deref().and_then(|r| map_of(a, Some(r), s.overlay, s.layer, s.head, MapSource::Reduced))),
+        )
+        .collect();
+    let (maps, norm) = shared_scale(maps, s.scale);
+    if let Some(title) = maps.iter().flatten().next().map(|m| short_map_title(&m.title)) {
+        ui.label(RichText::new(format!("{title} · one {} scale across the panels", s.scale.label())).small());
+    }
+
+    let fidelities: Vec<Option<&Fidelity>> = runs.iter().map(|r| r.as_deref().map(|r| &r.fidelity)).collect();
+    let best = best_values(&fidelities);
+    let output_rows = usize::from(a.output.is_map());
+    let (w, h) = opened.input.photo.dimensions();
+    let columns = runs.len() + 1;
+    let panel = panel_size(ui.available_size(), columns, 1 + output_rows, h as f32 / w as f32);
+    let frame = GridFrame::of(&opened.input, grid);
+    let hovered = app.compare_hover;
+    let mut hover_now = None;
+    let key = format!("{:?}|{:?}|{}|{:?}|{:?}|{}", opened.label, s.colormap, s.opacity, s.scale, s.overlay, s.layer);
+
+    ui.horizontal_top(|ui| {
+        ui.spacing_mut().item_spacing.x = GAP;
+        for (col, map) in maps.iter().enumerate() {
+            let run = col.checked_sub(1).and_then(|i| runs[i].clone());
+            ui.allocate_ui_with_layout(
+                egui::vec2(panel.x, ui.available_height()),
+                egui::Layout::top_down(egui::Align::Min),
+                |ui| {
+                    ui.set_width(panel.x);
+                    let name = match col {
+                        0 => "Full model".to_string(),
+                        i => s.compare[i - 1].info().label.to_string(),
+                    };
+                    ui.strong(name);
+                    if col > 0 && run.is_none() {
+                        ui.spinner();
+                        return;
+                    }
+                    let groups = run.as_ref().map(|r| r.groups.as_slice());
+                    let map = map.as_ref();
+                    let tex = match (map, &run) {
+                        (Some(m), _) => app.textures.get(
+                            ui.ctx(),
+                            &format!("cmp_main_{col}"),
+                            format!("{key}|{}|{:?}|{:?}", m.title, run.as_ref().map(|r| &r.spec), norm),
+                            || {
+                                figures::grid_map_body(
+                                    &opened.input,
+                                    grid,
+                                    &m.values,
+                                    s.colormap,
+                                    norm,
+                                    s.opacity,
+                                    PANEL_SIDE,
+                                )
+                            },
+                        ),
+                        (None, Some(r)) => app.textures.get(
+                            ui.ctx(),
+                            &format!("cmp_main_{col}"),
+                            format!("{key}|tokens|{:?}", r.spec),
+                            || figures::tokens_body(&opened.input, grid, r, s.opacity, PANEL_SIDE),
+                        ),
+                        (None, None) => app.textures.get(ui.ctx(), "cmp_main_0", format!("{key}|photo"), || {
+                            photo_body(&opened.input.photo, PANEL_SIDE)
+                        }),
+                    };
+                    let mut textures = vec![tex];
+                    if output_rows > 0 {
+                        let output = run.as_ref().map_or(&a.output, |r| &r.output);
+                        textures.push(app.textures.get(
+                            ui.ctx(),
+                            &format!("cmp_out_{col}"),
+                            format!("{:?}|{:?}|{:?}", opened.label, run.as_ref().map(|r| &r.spec), s.colormap),
+                            || figures::saliency_body(&opened.input, output, s.colormap, PANEL_SIDE),
+                        ));
+                    }
+                    for tex in &textures {
+                        let img = ui.add(egui::Image::new(tex).fit_to_exact_size(panel).sense(egui::Sense::hover()));
+                        if let Some(pos) = img.hover_pos()
+                            && let Some(patch) = patch_at(&frame, img.rect, pos)
+                        {
+                            hover_now = Some(patch);
+                            let fate = run.as_deref().map(|r| super::view::Fate {
+                                method: r.spec.reducer.info().label.to_string(),
+                                scores: r.scores.as_deref(),
+                                groups: &r.groups,
+                                role: None,
+                            });
+                            let info = patch_info(patch, grid, map, fate);
+                            img.clone().on_hover_ui_at_pointer(|ui| {
+                                ui.label(info);
+                            });
+                        }
+                        if let Some(patch) = hovered {
+                            highlight(ui, &frame, img.rect, patch, groups);
                         }
                     }
-                });
-                if n > 2 && ui.small_button("remove").on_hover_text("remove this method").clicked() {
-                    remove = Some(i);
-                }
-            });
-            let Some(r) = results.get(i).filter(|r| r.spec.reducer == current) else {
-                col.spinner();
-                continue;
-            };
-            let tokens = app.textures.get(
-                col.ctx(),
-                &format!("cmp_tokens_{i}"),
-                format!("{:?}|{:?}|{}", opened.label, r.spec, s_opacity),
-                || figures::tokens_body(&opened.input, grid, r, s_opacity, 512),
-            );
-            let mut textures = vec![tokens];
-            if r.output.is_map() {
-                textures.push(app.textures.get(
-                    col.ctx(),
-                    &format!("cmp_out_{i}"),
-                    format!("{:?}|{:?}|{cm:?}", opened.label, r.spec),
-                    || figures::saliency_body(&opened.input, &r.output, cm, 512),
-                ));
-            }
-            for tex in textures {
-                let h = width * tex.size_vec2().y / tex.size_vec2().x;
-                col.add(egui::Image::new(&tex).fit_to_exact_size(egui::vec2(width, h)));
-            }
-            if !r.output.is_map() && !r.output.values.is_empty() {
-                super::output::labels_ui(col, &opened.analysis.output, Some(&r.output));
-            }
-            col.label(egui::RichText::new(figures::run_title(r)).small());
-            fidelity_ui(col, &r.fidelity);
-            col.label(
-                egui::RichText::new(format!("{} FLOPs, {:.0} ms", super::output::flops(r.flops), r.timings_ms.run_ms))
-                    .small()
-                    .weak(),
+                    match &run {
+                        Some(r) => {
+                            ui.label(RichText::new(figures::run_title(r)).small());
+                            metrics_ui(ui, &r.fidelity, &best);
+                            ui.label(
+                                RichText::new(format!(
+                                    "{} FLOPs ({:.0} % of full), {:.0} ms",
+                                    super::output::flops(r.flops),
+                                    100.0 * r.flops / r.flops_full.max(1.0),
+                                    r.timings_ms.run_ms
+                                ))
+                                .small()
+                                .weak(),
+                            );
+                        }
+                        None => {
+                            ui.label(
+                                RichText::new(format!("all {} patches, the reference", grid[0] * grid[1])).small(),
+                            );
+                        }
+                    }
+                    if !a.output.is_map() && !a.output.values.is_empty() {
+                        super::output::labels_ui(ui, &a.output, run.as_ref().map(|r| &r.output));
+                    }
+                },
             );
         }
     });
-    if let Some(i) = remove {
-        app.settings.compare.remove(i);
+    if hover_now != app.compare_hover {
+        app.compare_hover = hover_now;
+        ui.ctx().request_repaint();
+    }
+}
+
+/// The photo alone, for the full model's column of the token view.
+fn photo_body(photo: &image::RgbImage, max_side: u32) -> image::RgbImage {
+    let (w, h) = photo.dimensions();
+    let scale = (max_side as f32 / w.max(h) as f32).min(1.0);
+    let (nw, nh) = (((w as f32 * scale).round() as u32).max(1), ((h as f32 * scale).round() as u32).max(1));
+    image::imageops::resize(photo, nw, nh, image::imageops::FilterType::Triangle)
+}
+
+fn short_map_title(title: &str) -> &str {
+    title.split(" (").next().unwrap_or(title)
+}
+
+/// The size of one panel image: the columns share the width, the image rows (and the text under
+/// them) the height; the photo's aspect (`h / w`) decides which one binds.
+pub fn panel_size(available: egui::Vec2, columns: usize, image_rows: usize, aspect: f32) -> egui::Vec2 {
+    let width = (available.x - GAP * (columns as f32 - 1.0)) / columns as f32;
+    let row_height = (available.y - TEXT_HEIGHT - 24.0 * image_rows as f32) / image_rows as f32;
+    let w = width.min(row_height / aspect).max(48.0);
+    egui::vec2(w, w * aspect)
+}
+
+/// Puts `maps` on one colour scale: their common range under `scale` (log: the values' log10
+/// over at most four decades below the largest), as a fixed-range norm.
+pub fn shared_scale(mut maps: Vec<Option<ValueMap>>, scale: MapScale) -> (Vec<Option<ValueMap>>, Norm) {
+    let all: Vec<f32> = maps.iter().flatten().flat_map(|m| m.values.iter().copied()).collect();
+    let heat = Heatmap::new(1, all.len(), all);
+    let (lo, hi) = scale.norm().resolve(&heat);
+    if scale == MapScale::Log {
+        let floor = lo.max(f32::MIN_POSITIVE);
+        for m in maps.iter_mut().flatten() {
+            m.values.iter_mut().filter(|v| v.is_finite()).for_each(|v| *v = v.max(floor).log10());
+        }
+        return (maps, Norm::Range { lo: floor.log10(), hi: hi.max(floor).log10() });
+    }
+    (maps, Norm::Range { lo, hi })
+}
+
+/// Per metric (in [`METRICS`] order), the best finite value among the methods' (the highest or
+/// the lowest, as the metric goes), if any: every column that reaches it is highlighted.
+pub fn best_values(fidelities: &[Option<&Fidelity>]) -> Vec<Option<f64>> {
+    METRICS
+        .iter()
+        .map(|&(_, get, higher, _)| {
+            let finite = fidelities.iter().flatten().map(|f| get(f)).filter(|v| v.is_finite());
+            if higher { finite.reduce(f64::max) } else { finite.reduce(f64::min) }
+        })
+        .collect()
+}
+
+type Metric = (&'static str, fn(&Fidelity) -> f64, bool, &'static str);
+
+/// Name, value, whether higher is better, and what it means.
+const METRICS: [Metric; 5] = [
+    ("Pearson r", |f| f.output_pearson, true, "correlation of the reduced and full outputs (1 = same shape)"),
+    ("output L1", |f| f.output_l1, false, "mean |full − reduced| per pixel or label (0 = identical)"),
+    ("top-20 % IoU", |f| f.output_iou_top20, true, "overlap of the top fifth (pixels or labels)"),
+    ("CLS cosine", |f| f.cls_cosine, true, "final CLS embedding, reduced vs full"),
+    ("patch cosine", |f| f.patch_cosine_mean, true, "final features of surviving patches"),
+];
+
+/// One method's metrics, the ones it is best at (or tied best) in green.
+fn metrics_ui(ui: &mut egui::Ui, f: &Fidelity, best: &[Option<f64>]) {
+    let green = Color32::from_rgb(70, 200, 110);
+    egui::Grid::new(ui.next_auto_id()).num_columns(2).striped(true).show(ui, |ui| {
+        for ((name, get, _, hint), best) in METRICS.iter().zip(best) {
+            let v = get(f);
+            ui.label(RichText::new(*name).small()).on_hover_text(*hint);
+            let text = RichText::new(if v.is_finite() { format!("{v:.4}") } else { "n/a".into() }).monospace();
+            if *best == Some(v) {
+                ui.label(text.color(green).strong()).on_hover_text("the best of the methods shown");
+            } else {
+                ui.label(text);
+            }
+            ui.end_row();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fidelity(pearson: f64, l1: f64) -> Fidelity {
+        Fidelity {
+            output_l1: l1,
+            output_pearson: pearson,
+            output_iou_top20: 0.5,
+            cls_cosine: f64::NAN,
+            patch_cosine_mean: 0.9,
+            top1_agrees: None,
+            kl_divergence: None,
+        }
+    }
+
+    #[test]
+    fn the_best_metric_is_the_highest_or_the_lowest_as_it_should_be() {
+        let (a, b, c) = (fidelity(0.9, 0.2), fidelity(0.95, 0.1), fidelity(0.3, 0.05));
+        let best = best_values(&[Some(&a), None, Some(&b), Some(&c)]);
+        assert_eq!(best[0], Some(0.95), "Pearson: higher is better");
+        assert_eq!(best[1], Some(0.05), "L1: lower is better");
+        assert_eq!(best[2], Some(0.5), "a tie: every column reaching it is best");
+        assert_eq!(best[3], None, "no finite value, no best");
+    }
+
+    #[test]
+    fn panels_fill_the_width_or_the_height() {
+        // Wide window, square photo, 5 columns: the width binds and is used up.
+        let p = panel_size(egui::vec2(1000.0, 900.0), 5, 2, 1.0);
+        assert!((5.0 * p.x + 4.0 * GAP - 1000.0).abs() < 0.01, "{p:?}");
+        // Short window: the height binds; the images and the text fill it.
+        let p = panel_size(egui::vec2(1600.0, 600.0), 3, 2, 1.0);
+        assert!((2.0 * p.y + TEXT_HEIGHT + 48.0 - 600.0).abs() < 0.01, "{p:?}");
+    }
+
+    #[test]
+    fn compare_maps_share_one_scale() {
+        let map = |values: Vec<f32>| Some(ValueMap { title: "t".into(), values });
+        let (maps, norm) = shared_scale(vec![map(vec![0.0, 1.0]), None, map(vec![2.0, 4.0])], MapScale::MinMax);
+        assert_eq!(norm, Norm::Range { lo: 0.0, hi: 4.0 });
+        assert_eq!(maps[2].as_ref().unwrap().values, [2.0, 4.0]);
+        let (maps, norm) = shared_scale(vec![map(vec![0.01, 1.0]), map(vec![10.0])], MapScale::Log);
+        let Norm::Range { lo, hi } = norm else { panic!("{norm:?}") };
+        assert!((lo + 2.0).abs() < 1e-5 && (hi - 1.0).abs() < 1e-6, "{lo} {hi}");
+        let v = &maps[0].as_ref().unwrap().values;
+        assert!((v[0] + 2.0).abs() < 1e-5 && v[1] == 0.0, "{v:?}");
     }
 }

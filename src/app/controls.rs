@@ -3,9 +3,9 @@
 use eframe::egui;
 
 use super::widgets::{budget_ui, look_ui, method_entry, params_ui, section};
-use super::{Head, Overlay, TokenlensApp};
+use super::{Command, Head, MapSource, Overlay, Tab, TokenlensApp};
 use crate::model::ModelSource;
-use crate::reduce::{Capabilities, Method, PositionMode};
+use crate::reduce::{Capabilities, Method, PositionMode, ReducerConfig};
 use crate::session::DropFill;
 
 pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
@@ -13,14 +13,14 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     section(ui, "Image");
     ui.horizontal(|ui| {
         if ui.button("Open…").on_hover_text("Ctrl+O, or drop a PNG/JPEG on the window").clicked() {
-            app.open_dialog();
+            app.command(Command::OpenDialog);
         }
         let recent = app.settings.recent.clone();
         ui.add_enabled_ui(!recent.is_empty(), |ui| {
             ui.menu_button("Recent", |ui| {
                 for path in recent {
                     if ui.button(path.display().to_string()).clicked() {
-                        app.open(path);
+                        app.command(Command::Open(path));
                         ui.close();
                     }
                 }
@@ -36,6 +36,10 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         super::vlm::controls_ui(app, ui);
         return;
     }
+    if app.settings.tab == Tab::Compare {
+        compare_controls_ui(app, ui);
+        return;
+    }
 
     section(ui, "Method");
     method_ui(app, ui);
@@ -46,6 +50,59 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     section(ui, "Parameters");
     let num_layers = app.num_layers();
     params_ui(ui, &mut app.settings.spec.reducer, 0..=num_layers - 1);
+    options_ui(app, ui);
+
+    section(ui, "View");
+    view_ui(app, ui, false);
+}
+
+/// The compare view's controls: its methods, the one budget, the options all runs share, and
+/// what the panels show. (The single method's picker and parameters do nothing there.)
+fn compare_controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+    section(ui, "Methods (2 to 4)");
+    let n = app.settings.compare.len();
+    let mut remove = None;
+    for i in 0..n {
+        ui.horizontal(|ui| {
+            let current = app.settings.compare[i].clone();
+            egui::ComboBox::from_id_salt(("compare", i)).selected_text(current.info().label).width(170.0).show_ui(
+                ui,
+                |ui| {
+                    for config in ReducerConfig::defaults() {
+                        let info = config.info();
+                        if ui
+                            .selectable_label(config.name() == current.name(), info.label)
+                            .on_hover_text(info.description)
+                            .clicked()
+                        {
+                            app.settings.compare[i] = config;
+                        }
+                    }
+                },
+            );
+            if n > 2 && ui.small_button("remove").on_hover_text("remove this method").clicked() {
+                remove = Some(i);
+            }
+        });
+    }
+    if let Some(i) = remove {
+        app.settings.compare.remove(i);
+    }
+    if n < 4 && ui.button("+ method").clicked() {
+        app.settings.compare.push(ReducerConfig::from_name("random").expect("a built-in method"));
+    }
+    ui.label(egui::RichText::new("Each method with its default parameters.").small().weak());
+
+    section(ui, "Budget (all methods)");
+    budget_ui(app, ui);
+    options_ui(app, ui);
+
+    section(ui, "View");
+    view_ui(app, ui, true);
+}
+
+/// What fills dropped patches, and how positions are carried.
+fn options_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.label("Dropped patches").on_hover_text("What the saliency head sees where no token survives");
         ui.radio_value(&mut app.settings.spec.fill, DropFill::Zeros, "zeros");
@@ -58,9 +115,6 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         ui.radio_value(&mut app.settings.spec.positions, PositionMode::Preserve, "preserve");
         ui.radio_value(&mut app.settings.spec.positions, PositionMode::Compact, "compact");
     });
-
-    section(ui, "View");
-    view_ui(app, ui);
 }
 
 /// The model picker and the prompt box (enabled for models that score labels).
@@ -86,10 +140,10 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         });
     });
     if to_default {
-        app.switch_model(ModelSource::Default);
+        app.command(Command::SwitchModel(ModelSource::Default));
     }
     if pick_folder {
-        app.model_dialog();
+        app.command(Command::ModelDialog);
     }
     if let Some(vlm) = app.vlm.as_mut() {
         if let Some(q) = question_box(ui, &mut vlm.draft, &app.settings.vlm.question) {
@@ -105,7 +159,7 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
              text-guided methods and vision-language models use it too.",
         );
     } else if response.lost_focus() && app.prompt_changed() {
-        app.reopen();
+        app.command(Command::Reopen);
     }
 }
 
@@ -143,11 +197,31 @@ fn method_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     }
 }
 
-fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+/// The overlay and its layer, head, source and look. `compare`: the compare view's panels, where
+/// the full model's column shows the full model and each method's its own reduced model.
+fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui, compare: bool) {
     let s = &mut app.settings;
     for (i, overlay) in Overlay::ALL.into_iter().enumerate() {
         ui.radio_value(&mut s.overlay, overlay, overlay.label()).on_hover_text(format!("key {}", i + 1));
     }
+    if compare {
+        ui.label(
+            egui::RichText::new("Maps: the full model in its column, each method's reduced model in its own")
+                .small()
+                .weak(),
+        );
+    }
+    ui.add_enabled_ui(s.overlay.has_source() && !compare, |ui| {
+        ui.horizontal(|ui| {
+            ui.label("from").on_hover_text(
+                "The full model's attention, or the reduced run's own: its blocks attend over the kept and merged \
+                 tokens; a merged token's attention is split over its patches, its norm shown on each",
+            );
+            for source in [MapSource::Full, MapSource::Reduced] {
+                ui.radio_value(&mut s.source, source, source.label());
+            }
+        });
+    });
     let num_layers = app.opened.as_ref().map_or(12, |o| o.analysis.cls_attention.len());
     ui.add_enabled(s.overlay.uses_layer(), egui::Slider::new(&mut s.layer, 0..=num_layers - 1).text("layer"))
         .on_hover_text("[ and ] step the layer");

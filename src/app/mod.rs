@@ -72,6 +72,27 @@ impl MapScale {
     }
 }
 
+/// Which model the attention, rollout and norm maps come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapSource {
+    /// The unreduced model (computed once per image).
+    #[default]
+    Full,
+    /// The reduced run's own attention over its kept and merged tokens, put back on the patches
+    /// they stand for.
+    Reduced,
+}
+
+impl MapSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            MapSource::Full => "full model",
+            MapSource::Reduced => "reduced model",
+        }
+    }
+}
+
 /// What the main view draws over the photo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,6 +121,11 @@ impl Overlay {
     pub fn uses_layer(self) -> bool {
         matches!(self, Overlay::Attention | Overlay::TokenNorms)
     }
+
+    /// A map of the model's own attention or tokens (full or reduced model, [`MapSource`]).
+    pub fn has_source(self) -> bool {
+        matches!(self, Overlay::Attention | Overlay::Rollout | Overlay::TokenNorms)
+    }
 }
 
 /// Which attention head the attention view shows.
@@ -122,6 +148,8 @@ pub struct Settings {
     pub opacity: f32,
     /// How maps (attention, rollout, norms, scores) are scaled.
     pub scale: MapScale,
+    /// Whether attention, rollout and norms come from the full or the reduced model.
+    pub source: MapSource,
     pub dark: bool,
     pub recent: Vec<PathBuf>,
     /// Methods of the compare view (2 to 4), all at `spec`'s budget.
@@ -147,6 +175,7 @@ impl Default for Settings {
             colormap: Colormap::Viridis,
             opacity: 0.6,
             scale: MapScale::MinMax,
+            source: MapSource::Full,
             dark: true,
             recent: Vec::new(),
             compare: ["tome", "cls_topk", "divprune", "random"]
@@ -202,6 +231,25 @@ pub enum Tab {
     #[default]
     Single,
     Compare,
+}
+
+/// What a panel asks of the app beyond editing [`Settings`]: opening, switching the model,
+/// dialogs, the theme. Panels queue commands while they draw ([`TokenlensApp::command`]); the
+/// app applies them after the frame is drawn, so no panel changes what a later panel of the same
+/// frame reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Open(PathBuf),
+    OpenDialog,
+    ModelDialog,
+    SwitchModel(ModelSource),
+    /// Run the image again (the prompt changed).
+    Reopen,
+    /// Export what the current tab shows.
+    ExportView,
+    ToggleTheme,
+    ToggleHelp,
+    DismissError,
 }
 
 /// The newest answer to one kind of request, and whether a newer one is on its way.
@@ -271,6 +319,10 @@ pub struct TokenlensApp {
     pub vlm: Option<VlmState>,
     textures: textures::Textures,
     scene_rect: egui::Rect,
+    /// The patch under the pointer in the compare view (outlined in every panel).
+    compare_hover: Option<usize>,
+    /// Commands the panels queued this frame.
+    commands: Vec<Command>,
     show_help: bool,
     /// `--screenshot PATH`: save the first frame that shows a result, then close.
     screenshot: Option<PathBuf>,
@@ -319,6 +371,8 @@ impl TokenlensApp {
             vlm: None,
             textures: textures::Textures::default(),
             scene_rect: egui::Rect::ZERO,
+            compare_hover: None,
+            commands: Vec::new(),
             show_help: false,
             screenshot: None,
             screenshot_requested: false,
@@ -429,6 +483,39 @@ impl TokenlensApp {
                 self.compared.pending = false;
                 self.error = Some(message);
             }
+        }
+    }
+
+    /// Queues `command` for after this frame is drawn.
+    pub fn command(&mut self, command: Command) {
+        self.commands.push(command);
+    }
+
+    /// Applies the commands the panels queued, in order.
+    fn apply_commands(&mut self, ctx: &egui::Context) {
+        for command in std::mem::take(&mut self.commands) {
+            match command {
+                Command::Open(path) => self.open(path),
+                Command::OpenDialog => self.open_dialog(),
+                Command::ModelDialog => self.model_dialog(),
+                Command::SwitchModel(source) => self.switch_model(source),
+                Command::Reopen => self.reopen(),
+                Command::ExportView => self.export_view(),
+                Command::ToggleTheme => {
+                    self.settings.dark = !self.settings.dark;
+                    ctx.set_theme(if self.settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
+                }
+                Command::ToggleHelp => self.show_help = !self.show_help,
+                Command::DismissError => self.error = None,
+            }
+        }
+    }
+
+    /// Asks where to export what the current tab shows.
+    fn export_view(&mut self) {
+        match self.settings.tab {
+            Tab::Single => self.export_dialog(self.current_figure(), "tokenlens-figure.svg"),
+            Tab::Compare => self.export_dialog(self.compare_figure(), "tokenlens-grid.svg"),
         }
     }
 
@@ -649,20 +736,16 @@ impl TokenlensApp {
         use egui::{Key, Modifiers};
         let pressed = |m, k| ctx.input_mut(|i| i.consume_key(m, k));
         if pressed(Modifiers::COMMAND, Key::O) {
-            self.open_dialog();
+            self.command(Command::OpenDialog);
         }
         if pressed(Modifiers::COMMAND, Key::E) {
-            match self.settings.tab {
-                Tab::Single => self.export_dialog(self.current_figure(), "tokenlens-figure.svg"),
-                Tab::Compare => self.export_dialog(self.compare_figure(), "tokenlens-grid.svg"),
-            }
+            self.command(Command::ExportView);
         }
         if pressed(Modifiers::NONE, Key::F1) {
-            self.show_help = !self.show_help;
+            self.command(Command::ToggleHelp);
         }
         if pressed(Modifiers::COMMAND, Key::T) {
-            self.settings.dark = !self.settings.dark;
-            ctx.set_theme(if self.settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
+            self.command(Command::ToggleTheme);
         }
         if pressed(Modifiers::NONE, Key::F2) {
             self.settings.tab = if self.settings.tab == Tab::Single { Tab::Compare } else { Tab::Single };
@@ -839,7 +922,7 @@ impl eframe::App for TokenlensApp {
         }
         let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());
         if let Some(path) = dropped.into_iter().next() {
-            self.open(path);
+            self.command(Command::Open(path));
         }
         self.shortcuts(&ctx);
 
@@ -875,6 +958,7 @@ impl eframe::App for TokenlensApp {
         self.dialogs_ui(&ctx);
         self.overwrite_ui(&ctx);
         drop_hint_ui(&ctx);
+        self.apply_commands(&ctx);
         self.submit_changes();
         self.persist_settings(false);
         self.screenshot_step(&ctx);
@@ -908,7 +992,7 @@ impl TokenlensApp {
             ui.selectable_value(&mut self.settings.tab, Tab::Compare, "Compare methods");
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 if ui.button("?").on_hover_text("Keyboard shortcuts (F1)").clicked() {
-                    self.show_help = !self.show_help;
+                    self.command(Command::ToggleHelp);
                 }
                 let (label, hint) = match self.settings.tab {
                     Tab::Single => {
@@ -917,15 +1001,11 @@ impl TokenlensApp {
                     Tab::Compare => ("Export grid…", "Methods x presets with their outputs, as SVG or PNG (Ctrl+E)"),
                 };
                 if ui.add_enabled(self.opened.is_some(), egui::Button::new(label)).on_hover_text(hint).clicked() {
-                    match self.settings.tab {
-                        Tab::Single => self.export_dialog(self.current_figure(), "tokenlens-figure.svg"),
-                        Tab::Compare => self.export_dialog(self.compare_figure(), "tokenlens-grid.svg"),
-                    }
+                    self.command(Command::ExportView);
                 }
                 let theme = if self.settings.dark { "Light theme" } else { "Dark theme" };
                 if ui.button(theme).on_hover_text("Ctrl+T").clicked() {
-                    self.settings.dark = !self.settings.dark;
-                    ui.ctx().set_theme(if self.settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
+                    self.command(Command::ToggleTheme);
                 }
             });
         });
@@ -940,7 +1020,7 @@ impl TokenlensApp {
                 Some(e) => {
                     ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}")).on_hover_text(e);
                     if ui.small_button("dismiss").clicked() {
-                        self.error = None;
+                        self.command(Command::DismissError);
                     }
                 }
                 None => {
@@ -1047,6 +1127,23 @@ mod tests {
         app.open(PathBuf::from("/img/broken.png"));
         app.apply(Event::Failed("broken.png: not an image".into()));
         assert!(app.settings.recent.is_empty(), "{:?}", app.settings.recent);
+    }
+
+    #[test]
+    fn panel_commands_wait_until_the_frame_is_drawn() {
+        let ctx = egui::Context::default();
+        let mut app = TokenlensApp::new(&ctx, ModelSource::Default, None, Settings::default());
+        let (dark, label) = (app.settings.dark, app.image_source.as_ref().map(|s| s.label.clone()));
+        app.command(Command::ToggleTheme);
+        app.command(Command::Open(PathBuf::from("/img/next.png")));
+        app.command(Command::ToggleHelp);
+        // Queued: nothing a later panel of this frame reads has changed.
+        assert_eq!((app.settings.dark, app.image_source.as_ref().map(|s| s.label.clone())), (dark, label));
+        assert!(!app.show_help);
+        app.apply_commands(&ctx);
+        assert_eq!(app.settings.dark, !dark);
+        assert_eq!(app.image_source.as_ref().map(|s| s.label.clone()), Some(PathBuf::from("/img/next.png")));
+        assert!(app.show_help && app.commands.is_empty());
     }
 
     #[test]

@@ -4,10 +4,12 @@
 use eframe::egui;
 use egui::{Color32, Pos2, Rect, Stroke};
 
-use super::{Head, Overlay, TokenlensApp};
+use super::{Head, MapSource, Overlay, TokenlensApp};
 use crate::figures;
+use crate::reduce::ReducerConfig;
+use crate::reduce::hiprune::{self, Role};
 use crate::render::{Colormap, Placement};
-use crate::session::ImageInput;
+use crate::session::{ImageInput, RunResult};
 
 /// Longest side of the on-screen overlay, in texture pixels.
 const VIEW_SIDE: u32 = 768;
@@ -18,33 +20,60 @@ pub struct ValueMap {
     pub values: Vec<f32>,
 }
 
-/// The values the current overlay shows per patch (none for the token view).
+/// The values the current overlay shows per patch (none for the token view, and none while the
+/// reduced run a reduced-model map needs is on its way).
 pub fn value_map(app: &TokenlensApp) -> Option<ValueMap> {
     let opened = app.opened.as_ref()?;
-    let a = &opened.analysis;
     let s = &app.settings;
-    let layer = s.layer.min(a.cls_attention.len() - 1);
+    let run = app.run.value.as_deref();
+    map_of(&opened.analysis, run, s.overlay, s.layer, s.head, s.source)
+}
+
+/// The map `overlay` shows, from the full model's `analysis` or from `run`'s reduced model
+/// (`source`), titled with where it comes from.
+pub fn map_of(
+    a: &crate::session::Analysis,
+    run: Option<&crate::session::RunResult>,
+    overlay: Overlay,
+    layer: usize,
+    head: Head,
+    source: MapSource,
+) -> Option<ValueMap> {
+    let layer = layer.min(a.cls_attention.len() - 1);
     let attention = if a.num_special > 0 { "CLS attention" } else { "Attention received" };
-    Some(match s.overlay {
-        Overlay::Attention => match s.head {
+    let (from, maps) = match source {
+        MapSource::Full => ("full model".to_string(), None),
+        MapSource::Reduced if overlay.has_source() => {
+            // No maps: the method changed no block, so the full model's are the reduced one's.
+            let run = run?;
+            (reduced_label(run), run.maps.as_ref())
+        }
+        MapSource::Reduced => (String::new(), None),
+    };
+    let cls_attention = maps.map_or(&a.cls_attention, |m| &m.cls_attention);
+    let cls_attention_heads = maps.map_or(&a.cls_attention_heads, |m| &m.cls_attention_heads);
+    let rollout = maps.map_or(&a.rollout, |m| &m.rollout);
+    let token_norms = maps.map_or(&a.token_norms, |m| &m.token_norms);
+    Some(match overlay {
+        Overlay::Attention => match head {
             Head::Mean => ValueMap {
-                title: format!("{attention}, layer {layer}, mean of heads (full model)"),
-                values: a.cls_attention[layer].clone(),
+                title: format!("{attention}, layer {layer}, mean of heads ({from})"),
+                values: cls_attention.get(layer)?.clone(),
             },
             Head::One(h) => ValueMap {
-                title: format!("{attention}, layer {layer}, head {h} (full model)"),
-                values: a.cls_attention_heads[layer].get(h)?.clone(),
+                title: format!("{attention}, layer {layer}, head {h} ({from})"),
+                values: cls_attention_heads.get(layer)?.get(h)?.clone(),
             },
         },
         Overlay::Rollout => {
-            ValueMap { title: "Attention rollout, all layers (full model)".into(), values: a.rollout.clone() }
+            ValueMap { title: format!("Attention rollout, all layers ({from})"), values: rollout.clone() }
         }
         Overlay::TokenNorms => ValueMap {
-            title: format!("Token norms after layer {layer} (full model)"),
-            values: a.token_norms[layer].clone(),
+            title: format!("Token norms after layer {layer} ({from})"),
+            values: token_norms.get(layer)?.clone(),
         },
         Overlay::Scores => {
-            let run = app.run.value.as_ref()?;
+            let run = run?;
             let scores = run.scores.as_ref()?;
             ValueMap {
                 title: format!("{} score: {}", run.spec.reducer.info().label, figures::score_name(&run.spec.reducer)),
@@ -53,6 +82,12 @@ pub fn value_map(app: &TokenlensApp) -> Option<ValueMap> {
         }
         Overlay::Tokens => return None,
     })
+}
+
+/// "reduced: ToMe, 50 % removed": the run a reduced-model map comes from.
+pub fn reduced_label(run: &crate::session::RunResult) -> String {
+    let removed = 100.0 * (1.0 - run.keep as f64 / run.num_patches.max(1) as f64);
+    format!("reduced: {}, {removed:.0} % removed", run.spec.reducer.info().label)
 }
 
 pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
@@ -73,7 +108,7 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let s = app.settings.clone();
 
     // Header: what is shown, and its colour scale.
-    ui.horizontal(|ui| match (&map, s.overlay, &run) {
+    ui.horizontal_wrapped(|ui| match (&map, s.overlay, &run) {
         (Some(m), _, _) => {
             ui.strong(&m.title);
             colorbar_ui(ui, s.colormap, s.scale, &m.values);
@@ -95,6 +130,13 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             ui.label("waiting for the reduced run…");
         }
     });
+    if map.is_none() && s.overlay != Overlay::Tokens && s.overlay != Overlay::Scores {
+        // A reduced-model map before its run has come.
+        ui.centered_and_justified(|ui| {
+            ui.spinner();
+        });
+        return;
+    }
 
     let key_common = format!("{:?}|{:?}|{}|{:?}", opened.label, s.colormap, s.opacity, s.scale);
     let tex = match (&map, &run) {
@@ -119,7 +161,8 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     };
 
     // A slow run: the last result stays on screen, marked as such, until the new one lands.
-    let shows_run = matches!(s.overlay, Overlay::Tokens | Overlay::Scores);
+    let shows_run = matches!(s.overlay, Overlay::Tokens | Overlay::Scores)
+        || (s.overlay.has_source() && s.source == MapSource::Reduced);
     if shows_run
         && app.run.is_stale()
         && let Some(r) = &run
@@ -137,16 +180,90 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     {
         token_legend(ui, r.spec.reducer.info().merges, &r.groups);
     }
+    let roles = run.as_deref().and_then(|r| hiprune_roles(r, grid)).unwrap_or_default();
+    if map.is_none() && !roles.is_empty() {
+        roles_legend(ui);
+    }
     let frame = GridFrame::of(&opened.input, grid);
     let groups = run.as_ref().map(|r| r.groups.as_slice());
-    image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, |patch| {
+    let marks = if map.is_none() { roles.as_slice() } else { &[] };
+    image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, marks, |patch| {
         let fate = run.as_deref().map(|r| Fate {
             method: r.spec.reducer.info().label.to_string(),
-            score: r.scores.as_ref().and_then(|s| s.get(patch).copied().flatten()),
+            scores: r.scores.as_deref(),
             groups: &r.groups,
+            role: roles.get(patch).copied().flatten(),
         });
         patch_info(patch, grid, map.as_ref(), fate)
     });
+}
+
+/// HiPrune's role of each patch (anchor, buffer, register; none where dropped), told from the
+/// run's object-layer scores as HiPrune picks them; none for other methods.
+pub fn hiprune_roles(run: &RunResult, grid: [usize; 2]) -> Option<Vec<Option<Role>>> {
+    roles_of(&run.spec.reducer, run.scores.as_ref()?, &run.kept, grid)
+}
+
+/// [`hiprune_roles`] from a run's method, its scores per patch and its kept patches.
+fn roles_of(
+    reducer: &ReducerConfig,
+    scores: &[Option<f32>],
+    kept: &[u32],
+    grid: [usize; 2],
+) -> Option<Vec<Option<Role>>> {
+    let ReducerConfig::Hiprune(cfg) = reducer else { return None };
+    let object: Vec<f32> = scores.iter().map(|v| v.unwrap_or(f32::NEG_INFINITY)).collect();
+    let keep = kept.len();
+    let num_anchors = hiprune::num_anchors(cfg.alpha, keep);
+    let mut roles = vec![None; scores.len()];
+    for &p in kept {
+        roles[p as usize] = Some(Role::Register);
+    }
+    for (p, role) in hiprune::anchors_and_buffers(&object, (grid[0], grid[1]), keep, num_anchors, cfg.buffers) {
+        roles[p] = Some(role);
+    }
+    Some(roles)
+}
+
+/// The marks [`mark_roles`] draws, as a legend row.
+fn roles_legend(ui: &mut egui::Ui) {
+    ui.horizontal(|ui| {
+        ui.spacing_mut().item_spacing.x = 4.0;
+        for (role, label, tip) in [
+            (Role::Anchor, "anchor  ", "most attended at the object layer"),
+            (Role::Buffer, "buffer  ", "an anchor's neighbour, kept for spatial continuity"),
+            (Role::Register, "register", "most attended at the output layer among the rest"),
+        ] {
+            let (rect, _) = ui.allocate_exact_size(egui::vec2(14.0, 14.0), egui::Sense::hover());
+            ui.painter().rect_filled(rect, 0.0, Color32::from_gray(60));
+            mark_role(ui.painter(), rect, role);
+            ui.label(label).on_hover_text(tip);
+        }
+    });
+}
+
+/// One role's mark in a patch's rectangle: anchors a filled dot, buffers a ring, registers a
+/// small hollow square.
+fn mark_role(painter: &egui::Painter, rect: Rect, role: Role) {
+    let r = 0.3 * rect.width().min(rect.height());
+    match role {
+        Role::Anchor => {
+            painter.circle(rect.center(), r, Color32::from_rgb(255, 150, 0), Stroke::new(1.0, Color32::BLACK));
+        }
+        Role::Buffer => {
+            painter.circle_stroke(rect.center(), r, Stroke::new(1.5, Color32::from_rgb(255, 210, 60)));
+        }
+        Role::Register => {
+            // Hollow: registers are most of the kept patches, and the photo must stay visible.
+            let square = Rect::from_center_size(rect.center(), egui::vec2(r, r));
+            painter.rect_stroke(
+                square,
+                0.0,
+                Stroke::new(1.5, Color32::from_rgb(80, 200, 255)),
+                egui::StrokeKind::Outside,
+            );
+        }
+    }
 }
 
 /// What each way of drawing a token means, as a row of swatches drawn like the figure draws it:
@@ -209,12 +326,18 @@ pub fn image_scene_ui(
     tex: &egui::TextureHandle,
     frame: &GridFrame,
     groups: Option<&[Vec<u32>]>,
+    roles: &[Option<Role>],
     info: impl Fn(usize) -> String,
 ) {
     let size = tex.size_vec2();
     // The scroll wheel zooms, as the help says (egui's default pans; drag pans).
     let response = egui::Scene::new().zoom_range(0.2..=12.0).scroll_zooms(true).show(ui, scene_rect, |ui| {
         let img = ui.add(egui::Image::new(tex).fit_to_exact_size(size).sense(egui::Sense::click()));
+        for (patch, role) in roles.iter().enumerate() {
+            if let Some(role) = role {
+                mark_role(ui.painter(), patch_rect(frame, img.rect, patch), *role);
+            }
+        }
         if let Some(pos) = img.hover_pos()
             && let Some(patch) = patch_at(frame, img.rect, pos)
         {
@@ -260,7 +383,7 @@ fn patch_rect(frame: &GridFrame, image_rect: Rect, patch: usize) -> Rect {
 }
 
 /// Outlines the hovered patch and, if it was merged, every patch of its group.
-fn highlight(ui: &egui::Ui, frame: &GridFrame, image_rect: Rect, patch: usize, groups: Option<&[Vec<u32>]>) {
+pub fn highlight(ui: &egui::Ui, frame: &GridFrame, image_rect: Rect, patch: usize, groups: Option<&[Vec<u32>]>) {
     let painter = ui.painter();
     if let Some(group) = groups.and_then(|gs| gs.iter().find(|g| g.contains(&(patch as u32))))
         && group.len() > 1
@@ -282,12 +405,13 @@ fn highlight(ui: &egui::Ui, frame: &GridFrame, image_rect: Rect, patch: usize, g
     );
 }
 
-/// What a reduced run did to the tokens: the method, its score per token, and the original
-/// tokens each surviving token carries.
+/// What a reduced run did to the tokens: the method, its score per patch, the original
+/// tokens each surviving token carries, and the patch's role (HiPrune).
 pub struct Fate<'a> {
     pub method: String,
-    pub score: Option<f32>,
+    pub scores: Option<&'a [Option<f32>]>,
     pub groups: &'a [Vec<u32>],
+    pub role: Option<Role>,
 }
 
 /// "patch 37 (row 2, col 5) · value 0.0123, rank 4 of 256 · merged with 3 other patches".
@@ -301,12 +425,20 @@ pub fn patch_info(patch: usize, grid: [usize; 2], map: Option<&ValueMap>, fate: 
         lines.push(format!("{}: {v:.5}  (rank {rank} of {})", short_title(&m.title), m.values.len()));
     }
     if let Some(f) = fate {
-        if let Some(score) = f.score {
-            lines.push(format!("{} score: {score:.5}", f.method));
+        if let Some(scores) = f.scores
+            && let Some(score) = scores.get(patch).copied().flatten()
+        {
+            // Rank 1 = the highest score; patches without a score are not ranked.
+            let ranked = scores.iter().flatten().filter(|v| v.is_finite());
+            let rank = 1 + ranked.clone().filter(|&&o| o > score).count();
+            lines.push(format!("{} score: {score:.5}  (rank {rank} of {})", f.method, ranked.count()));
         }
         let what = match f.groups.iter().position(|g| g.contains(&(patch as u32))) {
             None => "dropped".to_string(),
-            Some(i) if f.groups[i].len() == 1 => format!("kept (token {i})"),
+            Some(i) if f.groups[i].len() == 1 => match f.role {
+                Some(role) => format!("kept (token {i}), {}", format!("{role:?}").to_lowercase()),
+                None => format!("kept (token {i})"),
+            },
             Some(i) => {
                 let others = f.groups[i].len() - 1;
                 format!("merged into token {i} with {others} other patch{}", if others == 1 { "" } else { "es" })
@@ -388,6 +520,32 @@ mod tests {
         let text = patch_info(2, [2, 2], Some(&map), None);
         assert!(text.contains("patch 2  (row 1, col 0)"), "{text}");
         assert!(text.contains("CLS attention: 0.20000  (rank 3 of 4)"), "{text}");
+    }
+
+    #[test]
+    fn the_token_tooltip_tells_the_score_rank_and_hipruning_role() {
+        // The token view has no value map: the rank comes from the method's scores.
+        let scores = [Some(0.5), None, Some(0.9), Some(0.7)];
+        let groups = vec![vec![0], vec![2]];
+        let fate = Fate { method: "HiPrune".into(), scores: Some(&scores), groups: &groups, role: Some(Role::Anchor) };
+        let text = patch_info(0, [2, 2], None, Some(fate));
+        assert!(text.contains("HiPrune score: 0.50000  (rank 3 of 3)"), "{text}");
+        assert!(text.contains("HiPrune: kept (token 0), anchor"), "{text}");
+    }
+
+    #[test]
+    fn hiprune_roles_follow_its_picks() {
+        // 3x3 grid, keep 7, alpha 0.75 -> round(7 * 0.75 / 5) = 1 anchor: the top object score
+        // (patch 4), its 4 neighbours as buffers, the two other kept patches registers.
+        let hiprune = ReducerConfig::Hiprune(hiprune::HipruneConfig { alpha: 0.75, ..Default::default() });
+        let scores: Vec<Option<f32>> = [0.1, 0.2, 0.3, 0.4, 0.9, 0.5, 0.6, 0.7, 0.8].map(Some).to_vec();
+        let kept = [1, 3, 4, 5, 6, 7, 8];
+        let roles = roles_of(&hiprune, &scores, &kept, [3, 3]).unwrap();
+        use Role::*;
+        let want = [None, Some(Buffer), None, Some(Buffer), Some(Anchor), Some(Buffer), Some(Register)];
+        assert_eq!(roles[..7], want);
+        assert_eq!(roles[7..], [Some(Buffer), Some(Register)]);
+        assert_eq!(roles_of(&ReducerConfig::from_name("tome").unwrap(), &scores, &kept, [3, 3]), None);
     }
 
     #[test]

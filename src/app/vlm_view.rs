@@ -172,11 +172,12 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     }
     let groups = run.as_ref().map(|r| r.groups.as_slice());
     let (grid, block) = (opened.grid, opened.patch_block);
-    image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, |token| {
+    image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, &[], |token| {
         let fate = run.as_deref().map(|r| Fate {
             method: method.clone(),
-            score: r.scores.as_ref().and_then(|s| s.get(token).copied().flatten()),
+            scores: r.scores.as_deref(),
             groups: &r.groups,
+            role: None,
         });
         let info = patch_info(token, grid, map.as_ref(), fate)
             .replace("patches", "image tokens")

@@ -194,6 +194,10 @@ enum Command {
         /// The view to open in: single or compare (default: the last session's).
         #[arg(long, value_parser = parse_serde::<tokenlens::app::Tab>)]
         tab: Option<tokenlens::app::Tab>,
+        /// Where attention, rollout and norm maps come from: full or reduced (the reduced run's
+        /// own attention; default: the last session's).
+        #[arg(long, value_parser = parse_serde::<tokenlens::app::MapSource>)]
+        source: Option<tokenlens::app::MapSource>,
         /// A vision-language model's longest answer, in tokens (default: the last session's).
         #[arg(long)]
         max_answer_tokens: Option<usize>,
@@ -397,7 +401,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         .command
         .unwrap_or_else(|| Cli::parse_from(["tokenlens", "gui"]).command.expect("`gui` parses with its defaults"));
     match command {
-        Command::Gui { image, model, reducer, overlay, tab, opacity, max_answer_tokens, screenshot, press } => {
+        Command::Gui { image, model, reducer, overlay, tab, source, opacity, max_answer_tokens, screenshot, press } => {
             // Tests (screenshot mode) start from the defaults, users from their last session.
             let mut settings = if screenshot.is_some() {
                 tokenlens::app::Settings::default()
@@ -413,6 +417,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             settings.overlay = overlay.unwrap_or(settings.overlay);
             settings.tab = tab.unwrap_or(settings.tab);
+            settings.source = source.unwrap_or(settings.source);
             if !model.prompt.is_empty() {
                 // Labels for CLIP and SigLIP, the question for a vision-language model.
                 settings.prompt = model.prompt.clone();

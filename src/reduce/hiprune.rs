@@ -115,6 +115,17 @@ impl Hiprune {
     }
 }
 
+/// What a kept patch is to HiPrune (the app marks them in its token view).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Most attended at the object layer.
+    Anchor,
+    /// An anchor's neighbour, kept for spatial continuity.
+    Buffer,
+    /// Most attended at the output layer among the rest.
+    Register,
+}
+
 /// HiPrune's selection over patch indices (raster), returned sorted: the `num_anchors` most
 /// attended patches at the object layer, their buffers, then registers by `register_score`
 /// until `keep`. Anchors and buffers never exceed `keep`.
@@ -126,18 +137,45 @@ pub fn select(
     num_anchors: usize,
     buffers: Buffers,
 ) -> Vec<usize> {
+    let mut picked: Vec<usize> =
+        anchors_and_buffers(object_score, grid, keep, num_anchors, buffers).into_iter().map(|(p, _)| p).collect();
+    let mut chosen = vec![false; grid.0 * grid.1];
+    picked.iter().for_each(|&p| chosen[p] = true);
+    for p in argsort_desc(register_score) {
+        if picked.len() == keep {
+            break;
+        }
+        if !chosen[p] {
+            chosen[p] = true;
+            picked.push(p);
+        }
+    }
+    picked.sort_unstable();
+    picked
+}
+
+/// The anchors and buffers [`select`] picks, in picking order, with their role (at most
+/// `keep`). They depend on the object layer's scores alone, so the app can tell them from a
+/// run's scores; every other kept patch is a register.
+pub fn anchors_and_buffers(
+    object_score: &[f32],
+    grid: (usize, usize),
+    keep: usize,
+    num_anchors: usize,
+    buffers: Buffers,
+) -> Vec<(usize, Role)> {
     let (rows, cols) = grid;
     let mut chosen = vec![false; rows * cols];
     let mut picked = Vec::with_capacity(keep);
-    let mut take = |p: usize, picked: &mut Vec<usize>| {
+    let mut take = |p: usize, role: Role, picked: &mut Vec<(usize, Role)>| {
         if !chosen[p] && picked.len() < keep {
             chosen[p] = true;
-            picked.push(p);
+            picked.push((p, role));
         }
     };
     let anchors: Vec<usize> = argsort_desc(object_score).into_iter().take(num_anchors).collect();
     for &a in &anchors {
-        take(a, &mut picked);
+        take(a, Role::Anchor, &mut picked);
     }
     let last = rows * cols - 1;
     for &a in &anchors {
@@ -146,21 +184,17 @@ pub fn select(
                 let (r, c) = (a / cols, a % cols);
                 for (nr, nc) in [(r.wrapping_sub(1), c), (r + 1, c), (r, c.wrapping_sub(1)), (r, c + 1)] {
                     if nr < rows && nc < cols {
-                        take(nr * cols + nc, &mut picked);
+                        take(nr * cols + nc, Role::Buffer, &mut picked);
                     }
                 }
             }
             Buffers::Flat => {
                 for p in [a.saturating_sub(1), a + 1, a.saturating_sub(cols), a + cols] {
-                    take(p.min(last), &mut picked);
+                    take(p.min(last), Role::Buffer, &mut picked);
                 }
             }
         }
     }
-    for p in argsort_desc(register_score) {
-        take(p, &mut picked);
-    }
-    picked.sort_unstable();
     picked
 }
 

@@ -5,9 +5,11 @@
 //! runs (encoders), the open image's vision run and full answer (VLMs). Neither front end holds
 //! model code or caches of its own.
 
+mod reduced_maps;
 mod run;
 pub mod vlm;
 
+pub use reduced_maps::ReducedMaps;
 pub use run::{DropFill, FullRun, RunResult, RunSpec, RunTimings};
 pub(crate) use run::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
 

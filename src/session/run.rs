@@ -12,6 +12,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::reduced_maps::{BlockSeen, ReducedMaps, reduced_maps};
 use super::{Output, OutputKind, Session, ms_since};
 use crate::analysis::cost::{BlockTokens, encoder_flops};
 use crate::analysis::metrics::{self, Fidelity};
@@ -106,6 +107,11 @@ pub struct RunResult {
     /// Per patch, cosine of reduced and full final features (null where dropped).
     pub patch_cosine: Vec<Option<f32>>,
     pub timings_ms: RunTimings,
+    /// The reduced model's own attention, rollout and norms on the patch grid (the app's
+    /// "reduced model" source; not part of `run.json`). None when no block changed (the
+    /// method acts on the encoder output): the full model's maps are the reduced model's.
+    #[serde(skip)]
+    pub maps: Option<ReducedMaps>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -141,7 +147,12 @@ impl Session {
         let keep = spec.budget.resolve(ctx.num_patches())?;
         let mut reducer = spec.reducer.build(keep, &ctx)?;
         let cached = EncoderCache { states: &full.states, trace: &full.trace, features: &full.features };
-        let reduced = reduce_encoder(enc, &cached, reducer.as_mut(), spec.positions, true, cancel)?;
+        let reduced = reduce_encoder(enc, &cached, reducer.as_mut(), spec.positions, true, true, cancel)?;
+        // A method acting on the encoder output changes no block: its maps are the full model's.
+        let maps = match reduced.resume_at < layers {
+            true => Some(self.maps_of(full, reduced.resume_at, reduced.seen)?),
+            false => None,
+        };
         let (out, stage, resume_at, blocks) = (reduced.out, reduced.stage, reduced.resume_at, reduced.blocks);
         let grid_features = scatter(&out, spec.fill)?;
         let output = self.output(&grid_features, &out)?;
@@ -166,7 +177,22 @@ impl Session {
             fidelity,
             patch_cosine,
             timings_ms: RunTimings { run_ms: ms_since(start), full_ms: full.time_ms },
+            maps,
         })
+    }
+
+    /// The reduced run's attention views: blocks before `resume_at` are the full run's, the
+    /// rest what the reduced run `seen`.
+    fn maps_of(&self, full: &FullRun, resume_at: usize, seen: Vec<BlockSeen>) -> Result<ReducedMaps> {
+        let first = &full.states[0];
+        let mut blocks = (0..resume_at.min(full.num_layers()))
+            .map(|l| {
+                let probs = full.trace.require(HookPoint::AttnProbs(l))?.clone();
+                BlockSeen::new(probs, first.source.clone(), &full.states[l + 1].hidden, first.source.clone())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        blocks.extend(seen);
+        reduced_maps(&blocks, first.num_special, first.num_patches())
     }
 
     /// The model's output. The saliency head reads `grid_features` (`[1, special + rows*cols,
@@ -309,17 +335,21 @@ pub(crate) struct ReducedEncoder {
     pub blocks: Vec<BlockTokens>,
     /// The first plan's scores, per original patch.
     pub patch_scores: Option<Vec<Option<f32>>>,
+    /// With `record`: what each re-computed block attended over, from `resume_at` on.
+    pub seen: Vec<BlockSeen>,
 }
 
 /// Runs `reducer` through the encoder, resuming from `cached` at its first site. `final_norm`:
 /// whether the output features are the final norm of the last state (a ViT's head) or the last
-/// state itself (LLaVA reads a middle layer's raw hidden states).
+/// state itself (LLaVA reads a middle layer's raw hidden states). `record`: keep each
+/// re-computed block's attention and token sources ([`ReducedEncoder::seen`]).
 pub(crate) fn reduce_encoder(
     enc: &VisionTransformer,
     cached: &EncoderCache<'_>,
     reducer: &mut dyn Reducer,
     positions: PositionMode,
     final_norm: bool,
+    record: bool,
     cancel: &Cancel,
 ) -> Result<ReducedEncoder> {
     let layers = cached.states.len() - 1;
@@ -329,6 +359,7 @@ pub(crate) fn reduce_encoder(
         _ => Stage::PreLlm,
     };
     let mut apply = Apply::new(reducer, &sites, cached.trace, positions);
+    apply.record = record;
     let full_tokens = BlockTokens { attn: cached.states[0].num_tokens(), mlp: cached.states[0].num_tokens() };
 
     // Resume from the cached state at the first site.
@@ -346,7 +377,8 @@ pub(crate) fn reduce_encoder(
         Some(Site::EncoderOutput) | None => (cached.states[layers].clone(), layers),
     };
     let mut blocks = vec![full_tokens; resume_at];
-    enc.run_blocks(&mut state, layers, &Probe::default(), &mut Trace::default(), &mut apply, cancel)?;
+    let probe = if record { Probe::attention(layers) } else { Probe::default() };
+    enc.run_blocks(&mut state, layers, &probe, &mut Trace::default(), &mut apply, cancel)?;
     blocks.append(&mut apply.blocks);
 
     let mut out = state.clone();
@@ -359,7 +391,7 @@ pub(crate) fn reduce_encoder(
     };
     apply.at(Site::EncoderOutput, &mut out, &AttnRecord::default())?;
     cancel.check()?;
-    Ok(ReducedEncoder { out, stage, resume_at, blocks, patch_scores: apply.patch_scores })
+    Ok(ReducedEncoder { out, stage, resume_at, blocks, patch_scores: apply.patch_scores, seen: apply.seen })
 }
 
 /// Bridges a [`Reducer`] to the encoder's [`Intervene`] hook: asks for plans at the reducer's
@@ -373,11 +405,27 @@ struct Apply<'a> {
     patch_scores: Option<Vec<Option<f32>>>,
     blocks: Vec<BlockTokens>,
     attn_tokens: usize,
+    /// Keep what each block attended over (`seen`); `attended`: this block's attention and
+    /// token sources, until its output is known.
+    record: bool,
+    attended: Option<(Tensor, Vec<Vec<u32>>)>,
+    seen: Vec<BlockSeen>,
 }
 
 impl<'a> Apply<'a> {
     fn new(reducer: &'a mut dyn Reducer, sites: &'a [Site], full_trace: &'a Trace, positions: PositionMode) -> Self {
-        Self { reducer, sites, full_trace, positions, patch_scores: None, blocks: Vec::new(), attn_tokens: 0 }
+        Self {
+            reducer,
+            sites,
+            full_trace,
+            positions,
+            patch_scores: None,
+            blocks: Vec::new(),
+            attn_tokens: 0,
+            record: false,
+            attended: None,
+            seen: Vec::new(),
+        }
     }
 
     fn at(&mut self, site: Site, state: &mut TokenState, attn: &AttnRecord) -> Result<()> {
@@ -411,11 +459,19 @@ impl Intervene for Apply<'_> {
 
     fn after_attention(&mut self, layer: usize, state: &mut TokenState, attn: &AttnRecord) -> Result<()> {
         self.attn_tokens = state.num_tokens();
+        if self.record
+            && let Some(probs) = &attn.probs
+        {
+            self.attended = Some((probs.clone(), state.source.clone()));
+        }
         self.at(Site::MidBlock(layer), state, attn)
     }
 
     fn after_block(&mut self, layer: usize, state: &mut TokenState, attn: &AttnRecord) -> Result<()> {
         self.blocks.push(BlockTokens { attn: self.attn_tokens, mlp: state.num_tokens() });
+        if let Some((probs, sources)) = self.attended.take() {
+            self.seen.push(BlockSeen::new(probs, sources, &state.hidden, state.source.clone())?);
+        }
         self.at(Site::AfterBlock(layer), state, attn)
     }
 }

@@ -412,7 +412,7 @@ impl Arch {
             Arch::Idefics3(m) => &m.vision, // no block runs: the states are already at the end
         };
         // Preserve: the decoder positions are made from each token's anchor (see `reduced_sequence`).
-        reduce_encoder(tower, &cached, reducer, PositionMode::Preserve, false, cancel)
+        reduce_encoder(tower, &cached, reducer, PositionMode::Preserve, false, false, cancel)
     }
 
     /// The unreduced decoder sequence.
