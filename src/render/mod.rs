@@ -9,6 +9,7 @@ pub mod colormap;
 pub mod grid;
 pub mod groups;
 pub mod heat;
+pub mod legend;
 pub mod overlay;
 pub mod png;
 pub mod raster;
