@@ -645,18 +645,22 @@ impl Ctx<'_> {
                 row_labels.push(format!("{} output", method.info().label));
             }
         }
-        let mut col_labels: Vec<String> = columns
-            .iter()
-            .map(|c| {
-                let keep = c.budget.resolve(n).unwrap_or(n);
-                match c.layer {
-                    None => format!("{:.1} % removed ({keep})", 100.0 * c.budget.removed_fraction(n)),
-                    Some(l) => format!("layer {l}, {keep} kept"),
-                }
-            })
-            .collect();
+        // "66.7 % removed (85 kept)", or in a narrow column "−67%" over "85 kept" (a wide grid
+        // printed one column wide); no-break spaces keep a number with its unit when it wraps.
+        let label = |c: &Column, compact: bool| {
+            let keep = c.budget.resolve(n).unwrap_or(n);
+            let removed = 100.0 * c.budget.removed_fraction(n);
+            match (c.layer, compact) {
+                (None, false) => format!("{removed:.1}\u{a0}% removed ({keep}\u{a0}kept)"),
+                (None, true) => format!("−{removed:.0}% {keep} kept"),
+                (Some(l), _) => format!("layer {l}, {keep} kept"),
+            }
+        };
+        let mut col_labels: Vec<String> = columns.iter().map(|c| label(c, false)).collect();
+        let mut compact_col_labels: Vec<String> = columns.iter().map(|c| label(c, true)).collect();
         if output_row {
             col_labels.insert(0, "full model".into());
+            compact_col_labels.insert(0, "full".into());
         }
         let rows = contents
             .iter()
@@ -666,6 +670,7 @@ impl Ctx<'_> {
             rows,
             row_labels,
             col_labels,
+            compact_col_labels,
             title: self.spec.title.then(|| self.title_or(|| format!("{} · {}", self.spec.model, self.image_name()))),
             colorbar: (output_row && self.spec.colorbar).then_some((
                 self.spec.colormap,

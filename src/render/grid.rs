@@ -25,6 +25,9 @@ pub struct GridFigure<'a> {
     pub row_labels: Vec<String>,
     /// Top edge, one per column (e.g. "66.7 %", "77.8 %").
     pub col_labels: Vec<String>,
+    /// Shorter wordings of the column labels, used where a word of the long one would not fit
+    /// its column (may be empty).
+    pub compact_col_labels: Vec<String>,
     /// Drawn above everything, centred over the panels.
     pub title: Option<String>,
     /// One shared colour bar on the right for every Heat panel: colormap, lo,
@@ -102,9 +105,14 @@ impl GridLayout {
         // Column labels wrap at spaces onto at most three lines within their column.
         let col_labels: Vec<Vec<String>> = (0..n_cols)
             .map(|c| {
-                let label = fig.col_labels.get(c).map_or("", String::as_str);
                 // Within the column and its gap, with room for a wider substitute font.
-                text::wrap(label_px, label, (col_w[c] + gap) as f32 / 1.25, 3)
+                let wrap = |label: &str| text::wrap(label_px, label, (col_w[c] + gap) as f32 / 1.25, 3);
+                let long = wrap(fig.col_labels.get(c).map_or("", String::as_str));
+                let cut = long.iter().any(|l| l.ends_with('…'));
+                match fig.compact_col_labels.get(c) {
+                    Some(short) if cut => wrap(short),
+                    _ => long,
+                }
             })
             .collect();
         let col_lines = col_labels.iter().map(Vec::len).max().unwrap_or(0);
@@ -297,6 +305,7 @@ mod tests {
             ],
             row_labels: vec!["ToMe".into(), "ToMe output".into()],
             col_labels: vec!["66.7 %".into(), "77.8 %".into(), "88.9 %".into()],
+            compact_col_labels: Vec::new(),
             title: Some("Token reduction & <friends>".into()),
             colorbar: Some((Colormap::Magma, 0.0, 1.0, "fixed range")),
             label_px: None,
@@ -375,6 +384,7 @@ mod tests {
             rows: vec![vec![None]],
             row_labels: vec!["a".into(), "b".into()],
             col_labels: vec!["x".into(), "y".into()],
+            compact_col_labels: vec![],
             title: Some("t".into()),
             colorbar: Some((Colormap::Gray, 1.0, 1.0, "fixed range")),
             label_px: None,

@@ -109,11 +109,11 @@ pub fn fit_text(px_size: f32, s: &str, max_width: f32) -> String {
     String::new()
 }
 
-/// `s` in lines at most `max_width` px wide, broken at spaces, at most `max_lines` of them (the
+/// `s` in lines at most `max_width` px wide, broken at spaces (not at no-break spaces), at most `max_lines` of them (the
 /// last shortened with "…" if words are left over, as is a single word too wide for a line).
 pub fn wrap(px_size: f32, s: &str, max_width: f32, max_lines: usize) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
-    for word in s.split_whitespace() {
+    for word in s.split([' ', '\n', '\t']).filter(|w| !w.is_empty()) {
         match lines.last_mut() {
             Some(line) if text_width(px_size, &format!("{line} {word}")) <= max_width => {
                 line.push(' ');
@@ -176,5 +176,6 @@ mod tests {
         assert_eq!(lines.join(" ").replace('…', ""), "66.7 % removed (85 kept)");
         assert_eq!(wrap(14.0, "a b c d e f g h", 10.0, 2).len(), 2);
         assert!(wrap(14.0, "", 50.0, 3).is_empty());
+        assert_eq!(wrap(14.0, "66.7\u{a0}% removed", 60.0, 3)[0], "66.7\u{a0}%");
     }
 }
