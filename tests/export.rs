@@ -303,8 +303,11 @@ fn a_figure_and_its_sidecar_are_written_together_or_not_at_all() {
     assert_eq!(left, ["fig.png.json"], "temporary files were left");
 }
 
-/// Every `<text>` of an SVG: class, text, font size, anchor x, anchor; and the SVG's width.
-fn svg_texts(doc: &roxmltree::Document) -> (f64, Vec<(String, String, f64, f64, String)>) {
+/// One `<text>` of an SVG: class, text, font size, anchor x, anchor.
+type SvgText = (String, String, f64, f64, String);
+
+/// Every `<text>` of an SVG, and the SVG's width.
+fn svg_texts(doc: &roxmltree::Document) -> (f64, Vec<SvgText>) {
     let width: f64 = doc.root_element().attribute("width").unwrap().parse().unwrap();
     let texts = doc
         .descendants()
@@ -324,7 +327,7 @@ fn svg_texts(doc: &roxmltree::Document) -> (f64, Vec<(String, String, f64, f64, 
 }
 
 /// The smallest text in points with the figure printed `width_in` wide.
-fn smallest_pt(width: f64, texts: &[(String, String, f64, f64, String)], width_in: f64) -> f64 {
+fn smallest_pt(width: f64, texts: &[SvgText], width_in: f64) -> f64 {
     texts.iter().map(|t| t.2 * width_in * 72.0 / width).fold(f64::INFINITY, f64::min)
 }
 

@@ -374,6 +374,7 @@ mod tests {
             rows: vec![],
             row_labels: vec![],
             col_labels: vec![],
+            compact_col_labels: vec![],
             title: None,
             colorbar: None,
             label_px: None,
