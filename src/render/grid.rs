@@ -11,9 +11,8 @@ use image::RgbImage;
 
 use super::colormap::Colormap;
 use super::heat::{BACKGROUND, ColorBar, Frame, INK, scaled_size};
-use super::legend::{self, LegendKind};
 use super::scene::{self, Anchor, Item, Scene, TextItem, font_slack};
-use super::scene::{Panel, PanelContent};
+use super::scene::{LegendKind, Panel, PanelContent};
 use super::{raster, text};
 
 /// Panels in rows and columns with labelled edges.
@@ -140,7 +139,7 @@ impl GridLayout {
         let width = right + pad;
         let kinds = legend_kinds(fig);
         let key_top = area_y + area_h + gap.max((label_px * 0.5).round() as u32);
-        let (key, key_h) = legend::key_items(
+        let (key, key_h) = scene::legend_key_items(
             &kinds,
             (area_x as f32, key_top as f32),
             label_px,
@@ -185,7 +184,9 @@ impl GridLayout {
 fn legend_kinds(fig: &GridFigure) -> Vec<LegendKind> {
     let mut kinds: Vec<LegendKind> = panels(fig)
         .filter_map(|(_, _, p)| match &p.content {
-            PanelContent::Tokens { groups, style, .. } => Some(legend::kinds(*style, groups.stats().merged_groups > 0)),
+            PanelContent::Tokens { groups, style, .. } => {
+                Some(scene::legend_kinds(*style, groups.stats().merged_groups > 0))
+            }
             PanelContent::Heat { .. } => None,
         })
         .flatten()

@@ -9,7 +9,6 @@ pub mod colormap;
 pub mod grid;
 pub mod groups;
 pub mod heat;
-pub mod legend;
 pub mod overlay;
 pub mod png;
 pub mod raster;

@@ -7,9 +7,9 @@
 use image::{Rgb, RgbImage, imageops};
 
 use super::heat::{Heatmap, mix};
-use super::legend::SwatchItem;
 use super::scene::{
-    CellsLayer, ColorBarItem, FieldLayer, Item, Layer, PanelScene, Rect, Scene, TextItem, TokenKind, TokensLayer,
+    CellsLayer, ColorBarItem, FieldLayer, Item, Layer, PanelScene, Rect, Scene, SwatchItem, TextItem, TokenKind,
+    TokensLayer,
 };
 use super::text;
 

@@ -19,11 +19,10 @@ use svg::Node;
 use svg::node::element::path::Data;
 use svg::node::element::{ClipPath, Definitions, Element, Group, Image, Path, Pattern, Rectangle, Use};
 
-use super::legend::SwatchItem;
 use super::scene::Panel;
 use super::scene::{
-    self, CellsLayer, ColorBarItem, FieldLayer, Hatch, Item, Layer, PanelScene, Rect, Scene, TextItem, TokenKind,
-    TokensLayer,
+    self, CellsLayer, ColorBarItem, FieldLayer, Hatch, Item, Layer, PanelScene, Rect, Scene, SwatchItem, TextItem,
+    TokenKind, TokensLayer,
 };
 use super::text;
 
