@@ -85,7 +85,46 @@ pub enum Figure {
         output_row: bool,
         fill: DropFill,
         positions: PositionMode,
+        /// What each method's panels show: its tokens (sidecars made before this field), or a
+        /// map such as its scores.
+        #[serde(default = "tokens_view")]
+        view: View,
     },
+}
+
+fn tokens_view() -> View {
+    View::Tokens
+}
+
+/// How maps that have no fixed range (attention, rollout, norms, scores) are scaled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapScale {
+    #[default]
+    MinMax,
+    /// Min to the 99th percentile: outlier tokens saturate instead of flattening the rest.
+    P99,
+    Log,
+}
+
+impl MapScale {
+    pub const ALL: [MapScale; 3] = [MapScale::MinMax, MapScale::P99, MapScale::Log];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            MapScale::MinMax => "min-max",
+            MapScale::P99 => "99th percentile",
+            MapScale::Log => "log",
+        }
+    }
+
+    pub fn norm(self) -> Norm {
+        match self {
+            MapScale::MinMax => Norm::MinMax,
+            MapScale::P99 => Norm::Percentile(99.0),
+            MapScale::Log => Norm::Log,
+        }
+    }
 }
 
 /// Everything that determines a figure; written beside it as its sidecar.
@@ -108,6 +147,68 @@ pub struct ExportSpec {
     /// Dots per inch recorded in a PNG.
     pub dpi: Option<u32>,
     pub format: Format,
+    /// Text size relative to the readable default (≥ [`MIN_TEXT_PT`] in print, see
+    /// [`text_print_width_in`]); absent in sidecars made before it existed.
+    #[serde(default = "one")]
+    pub font_scale: f32,
+    /// The title to print instead of the made-up one (with `title` on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title_text: Option<String>,
+    /// The scale of maps without a fixed range.
+    #[serde(default)]
+    pub scale: MapScale,
+}
+
+/// How a figure looks beyond what it shows: the CLI's flags and the app's export dialog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Look {
+    pub colormap: Colormap,
+    pub opacity: f32,
+    pub scale: MapScale,
+    pub title: bool,
+    /// Printed instead of the made-up title (blank: the made-up one).
+    pub title_text: Option<String>,
+    /// The colour bar of maps, the legend of token views.
+    pub colorbar: bool,
+    pub font_scale: f32,
+    /// A panel's longest side in px, unless `dpi` sets it from `width_in`.
+    pub panel_px: u32,
+    pub dpi: Option<u32>,
+    /// A panel's width in inches at `dpi`.
+    pub width_in: f64,
+}
+
+impl Default for Look {
+    fn default() -> Self {
+        Look {
+            colormap: Colormap::Viridis,
+            opacity: 0.6,
+            scale: MapScale::MinMax,
+            title: true,
+            title_text: None,
+            colorbar: true,
+            font_scale: 1.0,
+            panel_px: 512,
+            dpi: None,
+            width_in: COLUMN_WIDTH_IN,
+        }
+    }
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+/// Smallest text in a figure at the default font scale, in points, as printed (see
+/// [`text_print_width_in`]).
+pub const MIN_TEXT_PT: f64 = 6.0;
+/// Font scales allowed: a quarter to four times the default.
+pub const FONT_SCALES: std::ops::RangeInclusive<f32> = 0.25..=4.0;
+
+/// The width a figure `width_px` wide is printed at, for sizing its text: its physical width at
+/// its DPI, or without one a paper column.
+pub fn text_print_width_in(width_px: u32, dpi: Option<u32>) -> f64 {
+    dpi.map_or(COLUMN_WIDTH_IN, |d| f64::from(width_px) / f64::from(d.max(1)))
 }
 
 impl ExportSpec {
@@ -127,7 +228,28 @@ impl ExportSpec {
             panel_px: 512,
             dpi: None,
             format,
+            font_scale: 1.0,
+            title_text: None,
+            scale: MapScale::MinMax,
         }
+    }
+
+    /// The spec drawn with `look` (from the CLI's flags or the app's export dialog); refuses a
+    /// size, DPI, width, opacity or font scale out of range before anything is drawn.
+    pub fn with_look(mut self, look: &Look) -> Result<Self> {
+        self.colormap = look.colormap;
+        self.opacity = look.opacity;
+        self.scale = look.scale;
+        self.title = look.title;
+        self.title_text = look.title_text.clone().filter(|t| !t.trim().is_empty());
+        self.colorbar = look.colorbar;
+        self.font_scale = look.font_scale;
+        self.panel_px = look.panel_px;
+        if let Some(dpi) = look.dpi {
+            self = self.with_dpi(dpi, look.width_in)?;
+        }
+        self.validate()?;
+        Ok(self)
     }
 
     /// Sets the pixel size from a DPI and a physical width (inches) of the whole panel; refuses
@@ -171,6 +293,17 @@ impl ExportSpec {
         }
         if !(0.0..=1.0).contains(&self.opacity) {
             return Err(Error::Config { field: "opacity", reason: format!("{}: opacity is 0 to 1", self.opacity) });
+        }
+        if !FONT_SCALES.contains(&self.font_scale) {
+            return Err(Error::Config {
+                field: "font_scale",
+                reason: format!(
+                    "{}: a font scale is {} to {}",
+                    self.font_scale,
+                    FONT_SCALES.start(),
+                    FONT_SCALES.end()
+                ),
+            });
         }
         Ok(())
     }
@@ -220,10 +353,19 @@ pub fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
     let ctx = Ctx { session, spec, input: &input, full: &full, analysis: &analysis };
     match &spec.figure {
         Figure::Panel { view, run } => ctx.panel(view, run.as_ref()),
-        Figure::Grid { methods, budgets, layers, output_row, fill, positions } => {
-            ctx.grid(methods, &columns(budgets, layers)?, *output_row, *fill, *positions)
+        Figure::Grid { methods, budgets, layers, output_row, fill, positions, view } => {
+            let rows = GridRows { view, output_row: *output_row, fill: *fill, positions: *positions };
+            ctx.grid(methods, &columns(budgets, layers)?, &rows)
         }
     }
+}
+
+/// What a grid's rows show, and how its runs are made.
+struct GridRows<'a> {
+    view: &'a View,
+    output_row: bool,
+    fill: DropFill,
+    positions: PositionMode,
 }
 
 /// One grid column: a budget, and the method layer it sets (if columns are layers).
@@ -300,7 +442,7 @@ impl Ctx<'_> {
                 })?;
                 Content::Heat {
                     heat: grid_heat(scores.iter().map(|s| s.unwrap_or(f32::NAN)).collect()),
-                    norm: Norm::MinMax,
+                    norm: self.spec.scale.norm(),
                     title: format!(
                         "{} score: {}",
                         run.spec.reducer.info().label,
@@ -323,14 +465,14 @@ impl Ctx<'_> {
                 };
                 Content::Heat {
                     heat: grid_heat(values),
-                    norm: Norm::MinMax,
+                    norm: self.spec.scale.norm(),
                     title: format!("CLS attention, layer {l}, {which}"),
                     smooth: false,
                 }
             }
             View::Rollout => Content::Heat {
                 heat: grid_heat(a.rollout.clone()),
-                norm: Norm::MinMax,
+                norm: self.spec.scale.norm(),
                 title: "Attention rollout".into(),
                 smooth: false,
             },
@@ -338,7 +480,7 @@ impl Ctx<'_> {
                 let l = check_layer(*layer)?;
                 Content::Heat {
                     heat: grid_heat(a.token_norms[l].clone()),
-                    norm: Norm::MinMax,
+                    norm: self.spec.scale.norm(),
                     title: format!("Token norms after layer {l}"),
                     smooth: false,
                 }
@@ -370,9 +512,42 @@ impl Ctx<'_> {
         let run = run_spec.map(|r| self.run(r)).transpose()?;
         let content = self.content(view, run.as_ref())?;
         let s = self.spec;
-        let panel = self.panel_of(&content, s.title, true);
+        let mut panel = self.panel_of(&content, s.title, true);
+        if s.title {
+            panel.title = Some(self.title_or(|| panel.title.clone().unwrap_or_default()));
+        }
         // The key: a colour bar for maps, the kept/merged/dropped legend for tokens.
-        self.encode(&render::panel_scene(&panel, s.panel_px, s.colorbar, render::scene::OUTLINE_RGB))
+        let outline = render::scene::OUTLINE_RGB;
+        let default_px = render::heat::default_label_px(s.panel_px);
+        self.encode(&self.readable(default_px, |px| {
+            render::scene::panel_scene_sized(&panel, s.panel_px, s.colorbar, outline, Some(px))
+        }))
+    }
+
+    /// The custom title if one was given, else `made`.
+    fn title_or(&self, made: impl FnOnce() -> String) -> String {
+        self.spec.title_text.clone().unwrap_or_else(made)
+    }
+
+    /// The scene `make(label_px)` draws, with labels large enough that its smallest text is at
+    /// least [`MIN_TEXT_PT`] x the font scale in print (see [`text_print_width_in`]); labels
+    /// never below `default_px` x the font scale. Text grows the figure a little, so the size
+    /// is found by a few fixed-point steps.
+    fn readable(&self, default_px: f32, make: impl Fn(f32) -> Scene) -> Scene {
+        let (scale, dpi) = (self.spec.font_scale, self.spec.dpi);
+        let target = MIN_TEXT_PT * f64::from(scale);
+        let mut px = default_px * scale;
+        let mut scene = make(px);
+        for _ in 0..12 {
+            let Some(pt) = scene.smallest_text_pt(text_print_width_in(scene.width, dpi)) else { break };
+            if pt >= target {
+                break;
+            }
+            // A little over the ratio, so the steps end above the target, not just under it.
+            px = (f64::from(px) * target / pt * 1.01) as f32;
+            scene = make(px);
+        }
+        scene
     }
 
     /// The scene as the spec's format.
@@ -406,14 +581,8 @@ impl Ctx<'_> {
         }
     }
 
-    fn grid(
-        &self,
-        methods: &[ReducerConfig],
-        columns: &[Column],
-        output_row: bool,
-        fill: DropFill,
-        positions: PositionMode,
-    ) -> Result<Vec<u8>> {
+    fn grid(&self, methods: &[ReducerConfig], columns: &[Column], rows: &GridRows) -> Result<Vec<u8>> {
+        let GridRows { view, output_row, fill, positions } = *rows;
         if methods.is_empty() || columns.is_empty() {
             return Err(Error::Config {
                 field: "figure",
@@ -456,14 +625,19 @@ impl Ctx<'_> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let mut tokens_row: Vec<Option<Content>> =
-                runs.iter().map(|r| self.content(&View::Tokens, Some(r)).map(Some)).collect::<Result<_>>()?;
+                runs.iter().map(|r| self.content(view, Some(r)).map(Some)).collect::<Result<_>>()?;
+            // The full model's column shows its grid and its output once, in the first method's
+            // rows: the same for every method, repeating it would only say it again.
+            let first = contents.is_empty();
             if output_row {
-                tokens_row.insert(0, None);
+                tokens_row.insert(0, if first { self.full_view(view)? } else { None });
             }
             contents.push(tokens_row);
             row_labels.push(method.info().label.to_string());
             if output_row {
-                let mut out_row = vec![Some(self.content(&View::Saliency { reduced: false }, None)?)];
+                let full_output =
+                    if first { Some(self.content(&View::Saliency { reduced: false }, None)?) } else { None };
+                let mut out_row = vec![full_output];
                 for r in &runs {
                     out_row.push(Some(self.content(&View::Saliency { reduced: true }, Some(r))?));
                 }
@@ -471,18 +645,22 @@ impl Ctx<'_> {
                 row_labels.push(format!("{} output", method.info().label));
             }
         }
-        let mut col_labels: Vec<String> = columns
-            .iter()
-            .map(|c| {
-                let keep = c.budget.resolve(n).unwrap_or(n);
-                match c.layer {
-                    None => format!("{:.1} % removed ({keep})", 100.0 * c.budget.removed_fraction(n)),
-                    Some(l) => format!("layer {l}, {keep} kept"),
-                }
-            })
-            .collect();
+        // "66.7 % removed (85 kept)", or in a narrow column "−67%" over "85 kept" (a wide grid
+        // printed one column wide); no-break spaces keep a number with its unit when it wraps.
+        let label = |c: &Column, compact: bool| {
+            let keep = c.budget.resolve(n).unwrap_or(n);
+            let removed = 100.0 * c.budget.removed_fraction(n);
+            match (c.layer, compact) {
+                (None, false) => format!("{removed:.1}\u{a0}% removed ({keep}\u{a0}kept)"),
+                (None, true) => format!("−{removed:.0}% {keep} kept"),
+                (Some(l), _) => format!("layer {l}, {keep} kept"),
+            }
+        };
+        let mut col_labels: Vec<String> = columns.iter().map(|c| label(c, false)).collect();
+        let mut compact_col_labels: Vec<String> = columns.iter().map(|c| label(c, true)).collect();
         if output_row {
             col_labels.insert(0, "full model".into());
+            compact_col_labels.insert(0, "full".into());
         }
         let rows = contents
             .iter()
@@ -492,10 +670,44 @@ impl Ctx<'_> {
             rows,
             row_labels,
             col_labels,
-            title: self.spec.title.then(|| format!("{} · {}", self.spec.model, self.spec.image.display())),
-            colorbar: output_row.then_some((self.spec.colormap, 0.0, 1.0, "saliency, fixed range")),
+            compact_col_labels,
+            title: self.spec.title.then(|| self.title_or(|| format!("{} · {}", self.spec.model, self.image_name()))),
+            colorbar: (output_row && self.spec.colorbar).then_some((
+                self.spec.colormap,
+                0.0,
+                1.0,
+                "saliency, fixed range",
+            )),
+            label_px: None,
         };
-        self.encode(&grid_scene(&fig, self.spec.panel_px))
+        let default_px = render::heat::default_label_px(self.spec.panel_px.saturating_mul(2));
+        let scene = self.readable(default_px, |px| {
+            grid_scene(&GridFigure { label_px: Some(px), ..fig.clone() }, self.spec.panel_px)
+        });
+        self.encode(&scene)
+    }
+
+    /// The full model's panel of `view`: every patch kept as itself for tokens, the map for
+    /// views of the full model, nothing for views of a run (scores).
+    fn full_view(&self, view: &View) -> Result<Option<Content>> {
+        Ok(match view {
+            View::Tokens => {
+                let [rows, cols] = self.grid_dims();
+                let all: Vec<Vec<u32>> = (0..(rows * cols) as u32).map(|p| vec![p]).collect();
+                let groups = TokenGroups::from_groups(rows, cols, &all).expect("one group per patch");
+                Some(Content::Tokens { groups, style: GroupStyle::KeptDropped, title: "Full model".into() })
+            }
+            View::Scores | View::Saliency { reduced: true } => None,
+            other => Some(self.content(other, None)?),
+        })
+    }
+
+    /// The image's file name: a title never shows where the file lives.
+    fn image_name(&self) -> String {
+        self.spec
+            .image
+            .file_name()
+            .map_or_else(|| self.spec.image.display().to_string(), |n| n.to_string_lossy().into())
     }
 }
 

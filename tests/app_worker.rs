@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{asset, fixture};
 use tokenlens::Cancel;
-use tokenlens::app::{Event, ImageSource, Job, Look, WorkerHandle};
+use tokenlens::app::{Event, ImageSource, Job, Look, MapScale, Settings, WorkerHandle, ask_before_replacing};
 use tokenlens::export::{Figure, View};
 use tokenlens::model::ModelSource;
 use tokenlens::reduce::{Budget, ReducerConfig};
@@ -78,7 +78,7 @@ fn compare_drift_and_export_jobs_answer_as_the_session_does() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.png");
     let figure = Figure::Panel { view: View::Tokens, run: Some(spec("random", 0.5)) };
-    let look = Look { colormap: Default::default(), opacity: 0.6 };
+    let look = Look { colormap: Default::default(), opacity: 0.6, ..Look::default() };
     worker.submit(Job::Export { figure, look, path: path.clone(), force: false });
     let (written, sidecar) = loop {
         if let Event::Exported(p, s) = next(&worker) {
@@ -90,4 +90,90 @@ fn compare_drift_and_export_jobs_answer_as_the_session_does() {
     assert!(png.width() > 0 && png.height() > 0);
     let side: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sidecar).unwrap()).unwrap();
     assert!(side.to_string().contains("random"), "{side}");
+}
+
+/// The worker's answer to an export: the written paths, or the error's text.
+fn exported(worker: &WorkerHandle) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
+    loop {
+        match worker.events.recv_timeout(Duration::from_secs(120)) {
+            Ok(Event::Exported(p, s)) => return Ok((p, s)),
+            Ok(Event::Failed(e)) => return Err(e.to_string()),
+            Ok(_) => {}
+            Err(e) => panic!("no answer to the export: {e:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_compare_export_is_what_is_on_screen_with_the_dialog_options() {
+    // The compare view's grid: its methods at the budget on screen (not the four presets).
+    let mut settings = Settings::default();
+    settings.spec.budget = Budget::RemoveFraction(0.8);
+    settings.compare = vec![ReducerConfig::from_name("cls_topk").unwrap(), ReducerConfig::from_name("random").unwrap()];
+    settings.scale = MapScale::P99;
+    let figure = settings.compare_figure(true);
+    let Figure::Grid { budgets, methods, output_row, view, .. } = &figure else { panic!("a grid") };
+    assert_eq!((budgets.as_slice(), methods.len(), *output_row), ([Budget::RemoveFraction(0.8)].as_slice(), 2, true));
+    assert_eq!(*view, View::Tokens);
+    // The tiny fixture classifies: no output rows.
+    let figure = settings.compare_figure(false);
+
+    let model = ModelSource::File(fixture("encoders/vit"));
+    let mut worker = WorkerHandle::spawn(model, || {});
+    worker
+        .submit(Job::Open { source: ImageSource { label: asset("chelsea.png"), bytes: None }, prompt: String::new() });
+    while !matches!(next(&worker), Event::Opened(_)) {}
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grid.svg");
+    let look = Look {
+        scale: settings.scale,
+        title_text: Some("Two methods at 80 %".into()),
+        colorbar: false,
+        font_scale: 1.25,
+        dpi: Some(150),
+        width_in: 1.5,
+        ..Look::default()
+    };
+    worker.submit(Job::Export { figure: figure.clone(), look: look.clone(), path: path.clone(), force: false });
+    let (_, sidecar) = exported(&worker).unwrap();
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+    assert_eq!(spec["figure"]["budgets"], serde_json::json!([{ "remove_fraction": 0.8 }]), "{spec}");
+    assert_eq!((spec["scale"].as_str(), spec["font_scale"].as_f64()), (Some("p99"), Some(1.25)));
+    assert_eq!(
+        (spec["dpi"].as_u64(), spec["panel_px"].as_u64(), spec["colorbar"].as_bool()),
+        (Some(150), Some(225), Some(false))
+    );
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.contains(">Two methods at 80 %<") && !svg.contains("class=\"colorbar\""));
+
+    // The worker never replaces without being told to (the app asks first, once).
+    worker.submit(Job::Export { figure: figure.clone(), look: look.clone(), path: path.clone(), force: false });
+    let refused = exported(&worker).unwrap_err();
+    assert!(refused.contains("exists"), "{refused}");
+    worker.submit(Job::Export { figure, look: Look { title: false, ..look }, path: path.clone(), force: true });
+    exported(&worker).unwrap();
+    assert!(!std::fs::read_to_string(&path).unwrap().contains("Two methods"), "replaced");
+}
+
+#[test]
+fn replacing_a_file_is_asked_about_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fig = dir.path().join("fig.svg");
+    let sidecar = dir.path().join("fig.svg.json");
+    // Nothing there: nothing to ask.
+    assert!(!ask_before_replacing(&fig, None));
+    assert!(!ask_before_replacing(&fig, Some(&fig)));
+    // A figure the system dialog has asked about is not asked about again, sidecar or not; the
+    // in-app browser asks nothing, so the app asks.
+    std::fs::write(&fig, "old").unwrap();
+    assert!(!ask_before_replacing(&fig, Some(&fig)));
+    assert!(ask_before_replacing(&fig, None));
+    std::fs::write(&sidecar, "{}").unwrap();
+    assert!(!ask_before_replacing(&fig, Some(&fig)));
+    assert!(ask_before_replacing(&fig, None));
+    // The dialog confirmed "fig" and the app added ".svg": that file was never asked about.
+    assert!(ask_before_replacing(&fig, Some(&dir.path().join("fig"))));
+    // An orphan sidecar: the dialog saw no figure to ask about.
+    std::fs::remove_file(&fig).unwrap();
+    assert!(ask_before_replacing(&fig, Some(&fig)));
 }

@@ -179,16 +179,25 @@ fn a_method_by_ratio_grid_embeds_the_photo_once() {
     let text = std::fs::read_to_string(&svg_path).unwrap();
     let doc = roxmltree::Document::parse(&text).unwrap();
     // Every panel draws over one photo, embedded once and referenced by each panel; each of the
-    // 3 x (1 full + 4 reduced) saliency maps is one image layer, not 50 176 rectangles.
+    // 1 full + 3 x 4 reduced saliency maps (the full model's once, not once per method) is one
+    // image layer, not 50 176 rectangles.
     let images: Vec<_> = doc.descendants().filter(|n| n.tag_name().name() == "image").collect();
     let layers = images.iter().filter(|n| n.attribute("class") == Some("heat-layer")).count();
-    assert_eq!((images.len() - layers, layers), (1, 15));
+    assert_eq!((images.len() - layers, layers), (1, 13));
     assert!(doc.descendants().filter(|n| n.tag_name().name() == "use").count() >= 9);
-    let labels: Vec<&str> =
-        doc.descendants().filter(|n| n.tag_name().name() == "text").filter_map(|n| n.text()).collect();
-    for want in ["ToMe", "ClsTopK", "Random", "66.7 % removed (85)", "94.4 % removed (14)"] {
+    // (No-break spaces keep "66.7 %" together.)
+    let labels: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.tag_name().name() == "text")
+        .filter_map(|n| n.text())
+        .map(|t| t.replace('\u{a0}', " "))
+        .collect();
+    // Column labels wrap in their narrow columns (a word is never cut).
+    // Five columns at one column's width: the compact wording, "−67%" over "85 kept".
+    for want in ["ToMe", "ClsTopK", "Random", "−67%", "85", "−94%", "14", "kept"] {
         assert!(labels.iter().any(|l| l.contains(want)), "missing label {want}: {labels:?}");
     }
+    assert!(!labels.iter().any(|l| l.contains('…')), "{labels:?}");
     // The PNG of the same grid, and its sidecar re-makes it.
     let png_path = dir.path().join("grid.png");
     ok(tokenlens()
@@ -292,4 +301,146 @@ fn a_figure_and_its_sidecar_are_written_together_or_not_at_all() {
     let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     left.sort();
     assert_eq!(left, ["fig.png.json"], "temporary files were left");
+}
+
+/// One `<text>` of an SVG: class, text, font size, anchor x, anchor.
+type SvgText = (String, String, f64, f64, String);
+
+/// Every `<text>` of an SVG, and the SVG's width.
+fn svg_texts(doc: &roxmltree::Document) -> (f64, Vec<SvgText>) {
+    let width: f64 = doc.root_element().attribute("width").unwrap().parse().unwrap();
+    let texts = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .map(|n| {
+            let num = |a: &str| n.attribute(a).unwrap().parse::<f64>().unwrap();
+            (
+                n.attribute("class").unwrap_or_default().to_string(),
+                n.text().unwrap_or_default().to_string(),
+                num("font-size"),
+                num("x"),
+                n.attribute("text-anchor").unwrap_or("start").to_string(),
+            )
+        })
+        .collect();
+    (width, texts)
+}
+
+/// The smallest text in points with the figure printed `width_in` wide.
+fn smallest_pt(width: f64, texts: &[SvgText], width_in: f64) -> f64 {
+    texts.iter().map(|t| t.2 * width_in * 72.0 / width).fold(f64::INFINITY, f64::min)
+}
+
+#[test]
+fn a_compare_grid_reads_at_one_column_with_swatches_and_no_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svg_path, png_path) = (dir.path().join("grid.svg"), dir.path().join("grid.png"));
+    for path in [&svg_path, &png_path] {
+        ok(tokenlens()
+            .arg("figure")
+            .arg(asset("chelsea.png"))
+            .args(["--reducers", "tome,cls_topk", "--ratios", "0.75", "--output-row", "--out"])
+            .arg(path));
+    }
+    let text = std::fs::read_to_string(&svg_path).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    let (width, texts) = svg_texts(&doc);
+    // Every label at least 6 pt with the figure one column (3.25 in) wide.
+    let pt = smallest_pt(width, &texts, 3.25);
+    assert!(pt >= 6.0, "smallest text {pt:.2} pt at one column: {texts:?}");
+
+    // The title names the image by its file name and stays on the canvas, even in a font 25 %
+    // wider than the one it was laid out with.
+    let title = texts.iter().find(|t| t.0 == "title").expect("a title");
+    assert!(title.1.contains("chelsea.png") && !title.1.contains('/'), "{title:?}");
+    let w = f64::from(tokenlens::render::text::text_width(title.2 as f32, &title.1)) * 1.25;
+    assert_eq!(title.4, "middle");
+    assert!(title.3 - w / 2.0 >= 0.0 && title.3 + w / 2.0 <= width, "{title:?} in {width}");
+
+    // Swatches for what the token panels draw: ToMe merges, ClsTopK keeps and drops.
+    let swatches: Vec<_> = doc.descendants().filter(|n| n.attribute("class") == Some("swatch")).collect();
+    let kinds: Vec<&str> = swatches.iter().map(|n| n.attribute("data-kind").unwrap()).collect();
+    assert_eq!(kinds, ["kept", "merged", "dropped"]);
+    let col: Vec<String> = texts.iter().filter(|t| t.0 == "col-label").map(|t| t.1.replace('\u{a0}', " ")).collect();
+    assert_eq!(col, ["full model", "75.0 %", "removed", "(64 kept)"], "wrapped at spaces, no word cut");
+    let words: Vec<&str> = texts.iter().filter(|t| t.0 == "legend-key").map(|t| t.1.as_str()).collect();
+    assert_eq!(words, kinds);
+    // The PNG draws each swatch's fill where the SVG puts it.
+    let png = image::open(&png_path).unwrap().to_rgb8();
+    assert_eq!(f64::from(png.width()), width);
+    for sw in &swatches {
+        let t = sw.attribute("transform").unwrap();
+        let (x, y) = t.trim_start_matches("translate(").trim_end_matches(')').split_once(',').unwrap();
+        let (x, y): (u32, u32) = (x.parse().unwrap(), y.parse().unwrap());
+        let fill = sw.children().find(|n| n.has_tag_name("rect")).unwrap();
+        let side: u32 = fill.attribute("width").unwrap().parse().unwrap();
+        assert!(side >= 8, "a swatch {side} px wide");
+        let centre = png.get_pixel(x + side / 2, y + side / 2).0;
+        assert_eq!(hex(centre), fill.attribute("fill").unwrap(), "{:?}", sw.attribute("data-kind"));
+    }
+
+    // The full model's column holds its grid (every patch kept) and its output, once each.
+    let col0: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("panel") && n.attribute("data-col") == Some("0"))
+        .collect();
+    let rows: Vec<&str> = col0.iter().map(|n| n.attribute("data-row").unwrap()).collect();
+    assert_eq!(rows, ["0", "1"]);
+    let kept = col0[0].descendants().filter(|n| n.attribute("data-kind") == Some("kept")).count();
+    assert_eq!(kept, 256, "the full model keeps every patch");
+    assert!(col0[1].descendants().any(|n| n.attribute("class") == Some("heat-layer")));
+}
+
+#[test]
+fn title_font_scale_map_scale_and_dpi_are_options_a_sidecar_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg_path = dir.path().join("rollout.svg");
+    ok(tokenlens()
+        .arg("export")
+        .arg(asset("astronaut.png"))
+        .args(["--view", "rollout", "--title", "Rollout of the astronaut", "--font-scale", "1.5"])
+        .args(["--scale", "log", "--out"])
+        .arg(&svg_path));
+    let text = std::fs::read_to_string(&svg_path).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    let (width, texts) = svg_texts(&doc);
+    let title = texts.iter().find(|t| t.0 == "title").unwrap();
+    assert_eq!(title.1, "Rollout of the astronaut");
+    let pt = smallest_pt(width, &texts, 3.25);
+    assert!(pt >= 9.0, "1.5 x 6 pt, got {pt:.2}");
+    assert_eq!(texts.iter().find(|t| t.0 == "norm").unwrap().1, "log");
+    // A log bar's ticks are evenly spaced on the bar and geometric in value.
+    let values: Vec<f64> = texts.iter().filter(|t| t.0 == "tick").map(|t| t.1.parse().unwrap()).collect();
+    assert!(values.len() >= 3, "{values:?}");
+    let ratios: Vec<f64> = values.windows(2).map(|w| w[1] / w[0]).collect();
+    assert!(ratios.iter().all(|r| (r / ratios[0] - 1.0).abs() < 0.05 && *r > 1.0), "{values:?}");
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("rollout.svg.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["font_scale"], 1.5);
+    assert_eq!(sidecar["scale"], "log");
+    assert_eq!(sidecar["title_text"], "Rollout of the astronaut");
+    let again = dir.path().join("again.svg");
+    ok(tokenlens().arg("export").arg("--from").arg(dir.path().join("rollout.svg.json")).arg("--out").arg(&again));
+    assert_eq!(std::fs::read(&svg_path).unwrap(), std::fs::read(&again).unwrap());
+
+    // At a DPI the figure's own print size counts: 6 pt at 300 DPI is 25 px.
+    let dpi_path = dir.path().join("dpi.svg");
+    ok(tokenlens()
+        .arg("export")
+        .arg(asset("astronaut.png"))
+        .args(["--view", "rollout", "--dpi", "300", "--width-in", "1", "--out"])
+        .arg(&dpi_path));
+    let doc_text = std::fs::read_to_string(&dpi_path).unwrap();
+    let (_, texts) = svg_texts(&roxmltree::Document::parse(&doc_text).unwrap());
+    let smallest = texts.iter().map(|t| t.2).fold(f64::INFINITY, f64::min);
+    assert!(smallest >= 6.0 * 300.0 / 72.0, "{smallest} px at 300 DPI");
+
+    let bad = tokenlens()
+        .args(["export", "--view", "rollout", "--font-scale", "0"])
+        .arg(asset("astronaut.png"))
+        .arg("--out")
+        .arg(dir.path().join("bad.svg"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("a font scale is 0.25 to 4"));
 }

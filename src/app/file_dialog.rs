@@ -38,9 +38,32 @@ pub enum Answer {
     Unavailable,
 }
 
+/// Which dialog picked a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Picker {
+    /// The system dialog: a save dialog there (GTK, the portal, zenity with rfd's
+    /// `--confirm-overwrite`) has asked before returning an existing file.
+    System,
+    /// egui_file's browser, which asks nothing.
+    InApp,
+}
+
+/// Whether to ask "replace?" before writing the figure `path` and its sidecar. `confirmed`: the
+/// file a save dialog has already asked about (the system dialog asks about the file it returns;
+/// the in-app browser about none). Replacing a figure replaces its sidecar with it, so a
+/// confirmed figure is not asked about twice; a sidecar alone, or a path that differs from the
+/// one confirmed (an extension added), is asked about once.
+pub fn ask_before_replacing(path: &Path, confirmed: Option<&Path>) -> bool {
+    let figure = path.exists();
+    if figure && confirmed == Some(path) {
+        return false;
+    }
+    figure || crate::export::sidecar_path(path).exists()
+}
+
 /// What the app learns from the dialogs this frame.
 pub enum Outcome {
-    Picked(Purpose, PathBuf),
+    Picked(Purpose, PathBuf, Picker),
     /// The system dialog could not be shown; the in-app browser is on screen instead.
     FellBack,
 }
@@ -180,7 +203,7 @@ impl FileDialogs {
             if let Some(answer) = answer {
                 let (request, _) = self.system.take().expect("checked above");
                 match answer {
-                    Answer::Picked(path) => return Some(Outcome::Picked(request.purpose, path)),
+                    Answer::Picked(path) => return Some(Outcome::Picked(request.purpose, path, Picker::System)),
                     Answer::Cancelled => return None,
                     Answer::Unavailable => {
                         self.system_unavailable = true;
@@ -196,7 +219,7 @@ impl FileDialogs {
             egui_file::State::Open => None,
             egui_file::State::Selected => {
                 let (purpose, dialog) = self.in_app.take().expect("checked above");
-                dialog.path().map(|p| Outcome::Picked(purpose, p.to_path_buf()))
+                dialog.path().map(|p| Outcome::Picked(purpose, p.to_path_buf(), Picker::InApp))
             }
             egui_file::State::Cancelled | egui_file::State::Closed => {
                 self.in_app = None;

@@ -10,6 +10,7 @@
 mod answer;
 mod compare;
 mod controls;
+mod export_options;
 mod file_dialog;
 mod output;
 mod textures;
@@ -33,7 +34,8 @@ use crate::model::ModelSource;
 use crate::reduce::{Budget, ReducerConfig};
 use crate::render::Colormap;
 use crate::session::{RunResult, RunSpec};
-use file_dialog::{FileDialogs, Outcome, Purpose, Request};
+pub use file_dialog::ask_before_replacing;
+use file_dialog::{FileDialogs, Outcome, Picker, Purpose, Request};
 pub use vlm::{Pick, VlmOverlay, VlmSettings, VlmState};
 pub use worker::{Event, ImageSource, Job, Look, Opened, VlmOpened, WorkerHandle};
 
@@ -41,36 +43,8 @@ pub use worker::{Event, ImageSource, Job, Look, Opened, VlmOpened, WorkerHandle}
 pub const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
 pub const SAMPLE_NAME: &str = "chelsea.png (sample)";
 
-/// How a map's values are spread over the colormap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MapScale {
-    #[default]
-    MinMax,
-    /// min..99th percentile: one outlier token (DINOv2's artifacts) no longer swamps the map.
-    P99,
-    Log,
-}
-
-impl MapScale {
-    pub const ALL: [MapScale; 3] = [MapScale::MinMax, MapScale::P99, MapScale::Log];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            MapScale::MinMax => "min-max",
-            MapScale::P99 => "99th percentile",
-            MapScale::Log => "log",
-        }
-    }
-
-    pub fn norm(self) -> crate::render::Norm {
-        match self {
-            MapScale::MinMax => crate::render::Norm::MinMax,
-            MapScale::P99 => crate::render::Norm::Percentile(99.0),
-            MapScale::Log => crate::render::Norm::Log,
-        }
-    }
-}
+/// How a map's values are spread over the colormap (the exports' own setting).
+pub use crate::export::MapScale;
 
 /// Which model the attention, rollout and norm maps come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -218,6 +192,20 @@ impl Settings {
         self.recent.truncate(8);
     }
 
+    /// The compare view as a figure: rows = its methods (with their outputs where the output is a
+    /// map, beside the full model's), one column at the budget on screen.
+    pub fn compare_figure(&self, output_is_map: bool) -> Figure {
+        Figure::Grid {
+            methods: self.compare.clone(),
+            budgets: vec![self.spec.budget],
+            layers: Vec::new(),
+            output_row: output_is_map,
+            fill: self.spec.fill,
+            positions: self.spec.positions,
+            view: View::Tokens,
+        }
+    }
+
     /// The compare view's runs: each method at the main budget and options.
     pub fn compare_specs(&self) -> Vec<RunSpec> {
         self.compare.iter().map(|r| RunSpec { reducer: r.clone(), ..self.spec.clone() }).collect()
@@ -336,6 +324,8 @@ pub struct TokenlensApp {
     dialogs: FileDialogs,
     /// An export waiting for "replace the existing file?".
     confirm_overwrite: Option<(Figure, PathBuf)>,
+    /// Size, DPI, font scale, title and key of exported figures.
+    export_options: export_options::ExportOptions,
     /// What was last written to the settings file, and when (saves are throttled).
     saved: (Settings, Instant),
     persist: bool,
@@ -382,6 +372,7 @@ impl TokenlensApp {
             pressed_at: None,
             in_app_since: None,
             confirm_overwrite: None,
+            export_options: Default::default(),
             saved: (settings_copy, Instant::now()),
             persist: false,
         };
@@ -620,22 +611,15 @@ impl TokenlensApp {
         Figure::Panel { view, run: needs_run.then(|| s.spec.clone()) }
     }
 
-    /// Rows = the compare view's methods, columns = the presets, with the output rows.
+    /// What the compare view shows, as a grid figure.
     pub fn compare_figure(&self) -> Figure {
-        Figure::Grid {
-            methods: self.settings.compare.clone(),
-            budgets: crate::reduce::budget::PRESETS_REMOVED.iter().map(|&f| Budget::RemoveFraction(f)).collect(),
-            layers: Vec::new(),
-            // The output row shows saliency maps; other outputs are not maps.
-            output_row: self.opened.as_ref().is_some_and(|o| o.analysis.output.is_map()),
-            fill: self.settings.spec.fill,
-            positions: self.settings.spec.positions,
-        }
+        // The output row shows saliency maps; other outputs are not maps.
+        self.settings.compare_figure(self.opened.as_ref().is_some_and(|o| o.analysis.output.is_map()))
     }
 
     fn submit_export(&mut self, figure: Figure, path: PathBuf, force: bool) {
         self.status = format!("Exporting {}…", path.display());
-        let look = Look { colormap: self.settings.colormap, opacity: self.settings.opacity };
+        let look = self.export_options.look(&self.settings);
         self.worker.submit(Job::Export { figure, look, path, force });
     }
 
@@ -665,7 +649,7 @@ impl TokenlensApp {
 
     /// Draws the in-app browser if it is on screen, and acts on a picked path.
     fn dialogs_ui(&mut self, ctx: &egui::Context) {
-        let (purpose, path) = match self.dialogs.ui(ctx) {
+        let (purpose, path, picker) = match self.dialogs.ui(ctx) {
             None => return,
             Some(Outcome::FellBack) => {
                 self.status = "No system file dialog here (no desktop portal, no zenity): the built-in browser \
@@ -673,14 +657,17 @@ impl TokenlensApp {
                     .into();
                 return;
             }
-            Some(Outcome::Picked(purpose, path)) => (purpose, path),
+            Some(Outcome::Picked(purpose, path, picker)) => (purpose, path, picker),
         };
         match purpose {
             Purpose::Open => self.open(path),
             Purpose::Model => self.switch_model(ModelSource::File(path)),
             Purpose::Export(figure) => {
+                let picked = path.clone();
                 let path = if path.extension().is_none() { path.with_extension("svg") } else { path };
-                if path.exists() || export::sidecar_path(&path).exists() {
+                // The system dialog has asked already about the file it returned.
+                let confirmed = (picker == Picker::System).then_some(picked.as_path());
+                if ask_before_replacing(&path, confirmed) {
                     self.confirm_overwrite = Some((figure, path));
                 } else {
                     self.submit_export(figure, path, false);
@@ -957,6 +944,7 @@ impl eframe::App for TokenlensApp {
         self.help_ui(&ctx);
         self.dialogs_ui(&ctx);
         self.overwrite_ui(&ctx);
+        self.export_options.ui(&ctx);
         drop_hint_ui(&ctx);
         self.apply_commands(&ctx);
         self.submit_changes();
@@ -998,8 +986,13 @@ impl TokenlensApp {
                     Tab::Single => {
                         ("Export figure…", "The view as SVG or PNG, with a sidecar that re-makes it (Ctrl+E)")
                     }
-                    Tab::Compare => ("Export grid…", "Methods x presets with their outputs, as SVG or PNG (Ctrl+E)"),
+                    Tab::Compare => {
+                        ("Export grid…", "The methods at this budget with their outputs, as SVG or PNG (Ctrl+E)")
+                    }
                 };
+                if ui.button("⚙").on_hover_text("Export options: size, DPI, font scale, title, key").clicked() {
+                    self.export_options.open = !self.export_options.open;
+                }
                 if ui.add_enabled(self.opened.is_some(), egui::Button::new(label)).on_hover_text(hint).clicked() {
                     self.command(Command::ExportView);
                 }

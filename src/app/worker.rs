@@ -52,11 +52,7 @@ pub enum Job {
 }
 
 /// How an exported figure looks (the rest of its spec comes from the worker's state).
-#[derive(Debug, Clone, Copy)]
-pub struct Look {
-    pub colormap: crate::render::Colormap,
-    pub opacity: f32,
-}
+pub use crate::export::Look;
 
 /// One opened image, shared with the UI.
 pub struct Opened {
@@ -418,9 +414,7 @@ impl<W: Fn()> Worker<W> {
                 copy
             }
         };
-        let mut spec = ExportSpec::new(session, &image, sha, figure, Format::from_path(path)?);
-        spec.colormap = look.colormap;
-        spec.opacity = look.opacity;
+        let spec = ExportSpec::new(session, &image, sha, figure, Format::from_path(path)?).with_look(&look)?;
         let bytes = export::render(session, &spec)?;
         let sidecar = export::write(path, &bytes, &spec, force)?;
         Ok((path.to_path_buf(), sidecar))

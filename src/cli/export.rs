@@ -4,12 +4,20 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use tokenlens::export::{self, ExportSpec, Figure, Format, View};
+use tokenlens::export::{self, ExportSpec, Figure, Format, MapScale, View};
 use tokenlens::reduce::{Budget, PositionMode, ReducerConfig};
 use tokenlens::render::Colormap;
 use tokenlens::session::{DropFill, RunSpec, Session};
 
 use super::ModelArgs;
+
+/// `--scale`: how maps without a fixed range are scaled.
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub enum MapScaleArg {
+    MinMax,
+    P99,
+    Log,
+}
 
 /// How a figure looks, shared by `export` and `figure`.
 #[derive(clap::Args, Clone)]
@@ -21,9 +29,20 @@ pub struct LookArgs {
     /// Leave out the title.
     #[arg(long)]
     pub no_title: bool,
-    /// Leave out the colour bar.
+    /// The title to print instead of the made-up one (the method, or the model and the image's
+    /// file name).
+    #[arg(long, conflicts_with = "no_title")]
+    pub title: Option<String>,
+    /// Leave out the colour bar (and a token view's legend).
     #[arg(long)]
     pub no_colorbar: bool,
+    /// How maps without a fixed range are scaled: min_max, p99 (outliers saturate) or log.
+    #[arg(long, default_value = "min-max", value_enum)]
+    pub scale: MapScaleArg,
+    /// Text size relative to the default, which keeps every text at least 6 pt when the figure
+    /// is printed one paper column (3.25 in) wide, or at its --dpi size.
+    #[arg(long, default_value_t = 1.0)]
+    pub font_scale: f32,
     /// Longest side of each panel's photo, in pixels (PNG) or units (SVG).
     #[arg(long, default_value_t = 512)]
     pub size: u32,
@@ -41,17 +60,24 @@ pub struct LookArgs {
 impl LookArgs {
     /// The look applied to `spec`; a size, DPI, width or opacity out of range is refused here,
     /// before the model runs.
-    fn apply(&self, mut spec: ExportSpec) -> anyhow::Result<ExportSpec> {
-        spec.colormap = self.colormap;
-        spec.opacity = self.opacity;
-        spec.title = !self.no_title;
-        spec.colorbar = !self.no_colorbar;
-        spec.panel_px = self.size;
-        if let Some(dpi) = self.dpi {
-            spec = spec.with_dpi(dpi, self.width_in).context("--dpi and --width-in")?;
-        }
-        spec.validate().context("--size and --opacity")?;
-        Ok(spec)
+    fn apply(&self, spec: ExportSpec) -> anyhow::Result<ExportSpec> {
+        let look = export::Look {
+            colormap: self.colormap,
+            opacity: self.opacity,
+            scale: match self.scale {
+                MapScaleArg::MinMax => MapScale::MinMax,
+                MapScaleArg::P99 => MapScale::P99,
+                MapScaleArg::Log => MapScale::Log,
+            },
+            title: !self.no_title,
+            title_text: self.title.clone(),
+            colorbar: !self.no_colorbar,
+            font_scale: self.font_scale,
+            panel_px: self.size,
+            dpi: self.dpi,
+            width_in: self.width_in,
+        };
+        spec.with_look(&look).context("--size, --dpi, --width-in, --opacity or --font-scale")
     }
 }
 
@@ -159,7 +185,15 @@ pub fn figure_grid(
     let session = model.load()?;
     let input = session.open_image(image)?;
     let Columns { budgets, layers } = columns;
-    let figure = Figure::Grid { methods, budgets, layers, output_row, fill, positions: PositionMode::default() };
+    let figure = Figure::Grid {
+        methods,
+        budgets,
+        layers,
+        output_row,
+        fill,
+        positions: PositionMode::default(),
+        view: View::Tokens,
+    };
     let spec = look.apply(ExportSpec::new(&session, image, &input.sha256, figure, Format::from_path(out)?))?;
     finish(&session, &spec, out, look.force)
 }

@@ -11,8 +11,8 @@ use image::RgbImage;
 
 use super::colormap::Colormap;
 use super::heat::{BACKGROUND, ColorBar, Frame, INK, scaled_size};
-use super::scene::Panel;
 use super::scene::{self, Anchor, Item, Scene, TextItem, font_slack};
+use super::scene::{LegendKind, Panel, PanelContent};
 use super::{raster, text};
 
 /// Panels in rows and columns with labelled edges.
@@ -24,12 +24,17 @@ pub struct GridFigure<'a> {
     pub row_labels: Vec<String>,
     /// Top edge, one per column (e.g. "66.7 %", "77.8 %").
     pub col_labels: Vec<String>,
+    /// Shorter wordings of the column labels, used where a word of the long one would not fit
+    /// its column (may be empty).
+    pub compact_col_labels: Vec<String>,
     /// Drawn above everything, centred over the panels.
     pub title: Option<String>,
     /// One shared colour bar on the right for every Heat panel: colormap, lo,
     /// hi, norm name. All Heat panels must then use `Norm::Range { lo, hi }`
     /// with these values (the caller guarantees it).
     pub colorbar: Option<(Colormap, f32, f32, &'static str)>,
+    /// Label size in px; `None`: sized for the panels (see [`super::heat::default_label_px`]).
+    pub label_px: Option<f32>,
 }
 
 /// Where everything of a grid goes, in output px.
@@ -50,9 +55,12 @@ struct GridLayout {
     /// Row labels end this far left of the panels; column labels' line top.
     label_gap: u32,
     col_label_top: u32,
-    /// Row labels, shortened to fit their column.
-    row_labels: Vec<String>,
+    /// Row labels, shortened to fit their column; column labels as wrapped lines.
+    row_labels: Vec<Vec<String>>,
+    col_labels: Vec<Vec<String>>,
     bar: Option<(ColorBar, Colormap, u32, u32)>,
+    /// The token legend's swatches and words, under the panels.
+    key: Vec<Item>,
 }
 
 impl GridLayout {
@@ -73,23 +81,42 @@ impl GridLayout {
             .collect();
 
         // Text sized for a figure twice as large as one panel: a grid is read at a glance.
-        let frame = Frame::new(cell_px.saturating_mul(2), fig.title.is_some());
+        let frame = match fig.label_px {
+            Some(px) => Frame::with_label(px, fig.title.is_some()),
+            None => Frame::new(cell_px.saturating_mul(2), fig.title.is_some()),
+        };
         let (label_px, pad) = (frame.label_px, frame.pad);
         let gap = ((label_px * 0.4).round() as u32).max(2);
         let label_gap = (label_px * 0.7).round() as u32;
 
-        let max_label_w = cell_px as f32 * 1.5;
-        let row_labels: Vec<String> = (0..n_rows)
-            .map(|r| fig.row_labels.get(r).map_or(String::new(), |l| text::fit_text(label_px, l, max_label_w)))
+        // Row labels wrap onto two lines (then "…") rather than take the panels' width.
+        let max_label_w = (cell_px as f32 * 1.5).max(label_px * 6.0);
+        let row_labels: Vec<Vec<String>> = (0..n_rows)
+            .map(|r| fig.row_labels.get(r).map_or(Vec::new(), |l| text::wrap(label_px, l, max_label_w, 2)))
             .collect();
-        let row_label_w = row_labels.iter().map(|l| text::text_width(label_px, l).ceil() as u32).max().unwrap_or(0);
+        let row_label_w =
+            row_labels.iter().flatten().map(|l| text::text_width(label_px, l).ceil() as u32).max().unwrap_or(0);
         // Right-aligned labels grow leftwards in a wider substitute font: leave room.
         let row_label_w = row_label_w + font_slack(row_label_w);
-        let has_col_labels = fig.col_labels.iter().any(|l| !l.is_empty());
 
         let area_x = pad + if row_label_w > 0 { row_label_w + label_gap } else { 0 };
         let col_label_top = pad + frame.title_h;
-        let col_label_h = if has_col_labels { text::line_height(label_px).ceil() as u32 + gap } else { 0 };
+        // Column labels wrap at spaces onto at most three lines within their column.
+        let col_labels: Vec<Vec<String>> = (0..n_cols)
+            .map(|c| {
+                // Within the column and its gap, with room for a wider substitute font.
+                let wrap = |label: &str| text::wrap(label_px, label, (col_w[c] + gap) as f32 / 1.25, 3);
+                let long = wrap(fig.col_labels.get(c).map_or("", String::as_str));
+                let cut = long.iter().any(|l| l.ends_with('…'));
+                match fig.compact_col_labels.get(c) {
+                    Some(short) if cut => wrap(short),
+                    _ => long,
+                }
+            })
+            .collect();
+        let col_lines = col_labels.iter().map(Vec::len).max().unwrap_or(0);
+        let col_label_h =
+            if col_lines > 0 { (text::line_height(label_px) * col_lines as f32).ceil() as u32 + gap } else { 0 };
         let area_y = col_label_top + col_label_h;
 
         let offsets = |sizes: &[u32], start: u32| -> Vec<u32> {
@@ -107,10 +134,20 @@ impl GridLayout {
             (bar, cmap, area_x + area_w + pad, area_y)
         });
         let right = bar.as_ref().map_or(area_x + area_w, |(b, _, x, _)| x + b.width() + font_slack(b.label_w));
-        // The title may be wider than everything else.
-        let title_w = fig.title.as_ref().map_or(0, |t| text::text_width(frame.title_px, t).ceil() as u32);
-        let width = (right + pad).max((title_w + 2 * pad).min(2 * (right + pad)));
-        let height = area_y + area_h + pad;
+        // The title is shortened to fit (it never widens the figure, which would shrink its text
+        // in print).
+        let width = right + pad;
+        let kinds = legend_kinds(fig);
+        let key_top = area_y + area_h + gap.max((label_px * 0.5).round() as u32);
+        let (key, key_h) = scene::legend_key_items(
+            &kinds,
+            (area_x as f32, key_top as f32),
+            label_px,
+            width.saturating_sub(area_x + pad) as f32,
+            scene::OUTLINE_RGB,
+            cell_px,
+        );
+        let height = if key.is_empty() { area_y + area_h + pad } else { key_top + key_h + pad };
         GridLayout {
             width,
             height,
@@ -125,7 +162,9 @@ impl GridLayout {
             label_gap,
             col_label_top,
             row_labels,
+            col_labels,
             bar,
+            key,
         }
     }
 
@@ -134,15 +173,27 @@ impl GridLayout {
         (self.col_x[c] + self.col_w[c].saturating_sub(w) / 2, self.row_y[r] + self.row_h[r].saturating_sub(h) / 2)
     }
 
-    /// Line top of a label vertically centred on row `r`.
-    fn row_label_top(&self, r: usize) -> f32 {
-        (self.row_y[r] as f32 + self.row_h[r] as f32 / 2.0 - text::line_height(self.label_px) / 2.0).round()
+    /// Line top of the first of `lines` label lines vertically centred on row `r`.
+    fn row_label_top(&self, r: usize, lines: usize) -> f32 {
+        let h = text::line_height(self.label_px) * lines as f32;
+        (self.row_y[r] as f32 + self.row_h[r] as f32 / 2.0 - h / 2.0).round()
     }
+}
 
-    /// Column labels, shortened to their column width plus the gap.
-    fn col_label(&self, c: usize, label: &str) -> String {
-        text::fit_text(self.label_px, label, (self.col_w[c] + self.label_gap) as f32)
-    }
+/// The legend's kinds over every token panel of the grid, by the app's rule per panel.
+fn legend_kinds(fig: &GridFigure) -> Vec<LegendKind> {
+    let mut kinds: Vec<LegendKind> = panels(fig)
+        .filter_map(|(_, _, p)| match &p.content {
+            PanelContent::Tokens { groups, style, .. } => {
+                Some(scene::legend_kinds(*style, groups.stats().merged_groups > 0))
+            }
+            PanelContent::Heat { .. } => None,
+        })
+        .flatten()
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
 }
 
 fn panels<'f, 'a>(fig: &'f GridFigure<'a>) -> impl Iterator<Item = (usize, usize, &'f Panel<'a>)> {
@@ -168,14 +219,21 @@ pub fn grid_scene(fig: &GridFigure, cell_px: u32) -> Scene {
     let text = |text: String, left: f32, top: f32, anchor: Anchor, class: &'static str| {
         Item::Text(TextItem { text, left, top, px, rgb: INK, anchor, class })
     };
-    for (r, l) in lay.row_labels.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
-        let left = (lay.area_x - lay.label_gap) as f32 - text::text_width(px, l);
-        items.push(text(l.clone(), left.round(), lay.row_label_top(r), Anchor::End, "row-label"));
+    let line_h = text::line_height(px);
+    for (r, lines) in lay.row_labels.iter().enumerate() {
+        let top = lay.row_label_top(r, lines.len());
+        for (i, l) in lines.iter().enumerate() {
+            let left = (lay.area_x - lay.label_gap) as f32 - text::text_width(px, l);
+            let top = (top + i as f32 * line_h).round();
+            items.push(text(l.clone(), left.round(), top, Anchor::End, "row-label"));
+        }
     }
-    for (c, l) in fig.col_labels.iter().enumerate().take(lay.col_x.len()).filter(|(_, l)| !l.is_empty()) {
-        let l = lay.col_label(c, l);
-        let left = lay.col_x[c] as f32 + (lay.col_w[c] as f32 - text::text_width(px, &l)) / 2.0;
-        items.push(text(l, left.round(), lay.col_label_top as f32, Anchor::Middle, "col-label"));
+    for (c, lines) in lay.col_labels.iter().enumerate() {
+        for (i, l) in lines.iter().enumerate() {
+            let left = lay.col_x[c] as f32 + (lay.col_w[c] as f32 - text::text_width(px, l)) / 2.0;
+            let top = (lay.col_label_top as f32 + i as f32 * line_h).round();
+            items.push(text(l.clone(), left.round(), top, Anchor::Middle, "col-label"));
+        }
     }
     if let Some(title) = &fig.title {
         items.push(Item::Text(lay.frame.title_item(title, lay.width, lay.area_x, lay.area_w)));
@@ -183,6 +241,7 @@ pub fn grid_scene(fig: &GridFigure, cell_px: u32) -> Scene {
     if let Some((bar, cmap, x, y)) = &lay.bar {
         items.push(Item::ColorBar(bar.item(*x, *y, *cmap)));
     }
+    items.extend(lay.key.iter().cloned());
     Scene { width: lay.width, height: lay.height, background: BACKGROUND, items }
 }
 
@@ -205,7 +264,6 @@ mod tests {
     use crate::render::groups::{GroupStyle, TokenGroups};
     use crate::render::heat::{Heatmap, Norm, Placement};
     use crate::render::scene::HeatLook;
-    use crate::render::scene::PanelContent;
     use image::Rgb;
 
     fn photo(w: u32, h: u32) -> RgbImage {
@@ -248,8 +306,10 @@ mod tests {
             ],
             row_labels: vec!["ToMe".into(), "ToMe output".into()],
             col_labels: vec!["66.7 %".into(), "77.8 %".into(), "88.9 %".into()],
+            compact_col_labels: Vec::new(),
             title: Some("Token reduction & <friends>".into()),
             colorbar: Some((Colormap::Magma, 0.0, 1.0, "fixed range")),
+            label_px: None,
         }
     }
 
@@ -311,15 +371,25 @@ mod tests {
 
     #[test]
     fn degenerate_grids_do_not_panic() {
-        let empty = GridFigure { rows: vec![], row_labels: vec![], col_labels: vec![], title: None, colorbar: None };
+        let empty = GridFigure {
+            rows: vec![],
+            row_labels: vec![],
+            col_labels: vec![],
+            compact_col_labels: vec![],
+            title: None,
+            colorbar: None,
+            label_px: None,
+        };
         assert!(grid_png(&empty, 64).width() > 0);
         roxmltree::Document::parse(&grid_svg(&empty, 64)).unwrap();
         let labels_only = GridFigure {
             rows: vec![vec![None]],
             row_labels: vec!["a".into(), "b".into()],
             col_labels: vec!["x".into(), "y".into()],
+            compact_col_labels: vec![],
             title: Some("t".into()),
             colorbar: Some((Colormap::Gray, 1.0, 1.0, "fixed range")),
+            label_px: None,
         };
         grid_png(&labels_only, 0);
         roxmltree::Document::parse(&grid_svg(&labels_only, 0)).unwrap();

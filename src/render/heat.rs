@@ -167,6 +167,11 @@ pub(crate) const MUTED_INK: [u8; 3] = [100, 100, 108];
 
 pub(crate) const FRAME: [u8; 3] = [70, 70, 78];
 
+/// Label size for a figure whose longest side is `max_side` px, before any print sizing.
+pub fn default_label_px(max_side: u32) -> f32 {
+    (max_side as f32 / 512.0 * 13.0).clamp(10.0, 26.0)
+}
+
 /// Text sizes and margins shared by the figures in this module and
 /// [`super::tokens`]; they scale with the figure so a 1024 px export isn't tiny-texted.
 pub(crate) struct Frame {
@@ -179,7 +184,12 @@ pub(crate) struct Frame {
 
 impl Frame {
     pub(crate) fn new(max_side: u32, has_title: bool) -> Self {
-        let label_px = (max_side as f32 / 512.0 * 13.0).clamp(10.0, 26.0);
+        Self::with_label(default_label_px(max_side), has_title)
+    }
+
+    /// Sizes from the labels' size in px.
+    pub(crate) fn with_label(label_px: f32, has_title: bool) -> Self {
+        let label_px = label_px.clamp(4.0, 1000.0);
         let title_px = label_px * 1.3;
         let pad = (label_px * 0.8).round() as u32;
         let title_h = if has_title { (text::line_height(title_px) + label_px * 0.4).ceil() as u32 } else { 0 };
@@ -227,18 +237,36 @@ pub(crate) struct ColorBar {
     pub(crate) tick_len: u32,
     pub(crate) tick_gap: u32,
     pub(crate) height: u32,
+    /// Where a value sits on the bar (log maps space their ticks by decades).
+    pub(crate) norm: Norm,
 }
 
 impl ColorBar {
     pub(crate) fn layout(lo: f32, hi: f32, norm: &str, label_px: f32, height: u32) -> Self {
+        Self::layout_as(lo, hi, norm, Norm::MinMax, label_px, height)
+    }
+
+    /// The bar of a map drawn with `norm` over `lo..hi` (as [`Norm::resolve`] gave them).
+    pub(crate) fn layout_norm(lo: f32, hi: f32, norm: &Norm, label_px: f32, height: u32) -> Self {
+        Self::layout_as(lo, hi, norm.name(), *norm, label_px, height)
+    }
+
+    fn layout_as(lo: f32, hi: f32, norm_label: &str, scale: Norm, label_px: f32, height: u32) -> Self {
+        let norm = norm_label;
         let norm_px = label_px * 0.9;
         let norm_h = (text::line_height(norm_px) + label_px * 0.6).ceil() as u32;
         let bar_h = height.saturating_sub(norm_h).max(8);
         // As many ticks (5..3) as fit with comfortable spacing.
         let spacing = text::line_height(label_px) * 1.4;
         let n = (3..=5).rev().find(|&n| (n - 1) as f32 * spacing <= bar_h as f32).unwrap_or(3);
-        let values: Vec<f32> = (0..n).map(|i| lo + (hi - lo) * i as f32 / (n - 1) as f32).collect();
-        let labels = tick_labels(&values);
+        let log = matches!(scale, Norm::Log) && lo > 0.0;
+        let values: Vec<f32> = if log {
+            // Evenly spaced on the bar: geometric in value.
+            (0..n).map(|i| lo * (hi / lo).powf(i as f32 / (n - 1) as f32)).collect()
+        } else {
+            (0..n).map(|i| lo + (hi - lo) * i as f32 / (n - 1) as f32).collect()
+        };
+        let labels = if log { values.iter().map(|&v| log_tick_label(v)).collect() } else { tick_labels(&values) };
         let label_w = labels.iter().map(|l| text::text_width(label_px, l).ceil() as u32).max().unwrap_or(0);
         let norm_name = norm.to_owned();
         let bar_w = (label_px * 1.1).round() as u32;
@@ -248,12 +276,22 @@ impl ColorBar {
         let tick_gap = (label_px * 0.25).round() as u32;
         // The norm name sits under the bar and may be wider than bar + labels.
         let label_w = label_w.max(norm_w.saturating_sub(bar_w + tick_len + tick_gap));
-        ColorBar { lo, hi, ticks, norm_name, label_px, bar_w, bar_h, label_w, tick_len, tick_gap, height }
+        let norm = scale;
+        ColorBar { lo, hi, ticks, norm_name, label_px, bar_w, bar_h, label_w, tick_len, tick_gap, height, norm }
     }
 
     pub(crate) fn width(&self) -> u32 {
         self.bar_w + self.tick_len + self.tick_gap + self.label_w
     }
+}
+
+/// A log bar's tick: three significant digits, scientific past 1e4 or under 1e-3.
+fn log_tick_label(v: f32) -> String {
+    if !(1e-3..1e4).contains(&v.abs()) {
+        return format!("{v:.2e}");
+    }
+    let decimals = (2 - v.abs().log10().floor() as i32).clamp(0, 5) as usize;
+    format!("{v:.decimals$}")
 }
 
 /// Formats tick values with just enough decimals to tell neighbours apart

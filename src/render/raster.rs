@@ -8,7 +8,8 @@ use image::{Rgb, RgbImage, imageops};
 
 use super::heat::{Heatmap, mix};
 use super::scene::{
-    CellsLayer, ColorBarItem, FieldLayer, Item, Layer, PanelScene, Rect, Scene, TextItem, TokenKind, TokensLayer,
+    CellsLayer, ColorBarItem, FieldLayer, Item, Layer, PanelScene, Rect, Scene, SwatchItem, TextItem, TokenKind,
+    TokensLayer,
 };
 use super::text;
 
@@ -22,6 +23,7 @@ pub fn draw(scene: &Scene) -> RgbImage {
             }
             Item::Text(t) => draw_text(&mut canvas, t),
             Item::ColorBar(b) => draw_colorbar(&mut canvas, b),
+            Item::Swatch(sw) => draw_swatch(&mut canvas, sw),
         }
     }
     canvas
@@ -139,6 +141,40 @@ fn draw_tokens(img: &mut RgbImage, layer: &TokensLayer) {
         };
         blend_rect(img, &band, layer.outline_rgb, 1.0);
     }
+}
+
+/// A legend swatch: fill, stripes counted from its corner, the outline inside, a 1 px frame.
+fn draw_swatch(img: &mut RgbImage, sw: &SwatchItem) {
+    let r = sw.rect;
+    blend_rect(img, &r, sw.fill, 1.0);
+    if let Some(hatch) = &sw.hatch
+        && let Some((xr, yr)) = r.clip(img.width(), img.height())
+    {
+        for y in yr {
+            for x in xr.clone() {
+                if hatch.covers((i64::from(x) - r.x0) as u32, (i64::from(y) - r.y0) as u32) {
+                    mix(&mut img.get_pixel_mut(x, y).0, hatch.rgb, hatch.alpha);
+                }
+            }
+        }
+    }
+    let ring = |img: &mut RgbImage, k: i64, rgb: [u8; 3]| {
+        let (x0, y0, x1, y1) = (r.x0 + k, r.y0 + k, r.x1 - k, r.y1 - k);
+        for side in [
+            Rect { x0, y0, x1, y1: y0 + 1 },
+            Rect { x0, y0: y1 - 1, x1, y1 },
+            Rect { x0, y0, x1: x0 + 1, y1 },
+            Rect { x0: x1 - 1, y0, x1, y1 },
+        ] {
+            blend_rect(img, &side, rgb, 1.0);
+        }
+    };
+    if let Some((rgb, width)) = sw.outline {
+        for k in 1..=i64::from(width) {
+            ring(img, k, rgb);
+        }
+    }
+    ring(img, 0, sw.frame_rgb);
 }
 
 fn draw_text(img: &mut RgbImage, t: &TextItem) {

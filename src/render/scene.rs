@@ -17,6 +17,7 @@ use image::RgbImage;
 
 use super::colormap::Colormap;
 use super::groups::{FADE, FADE_RGB, GroupStyle, HATCH_ALPHA, HATCH_PERIOD, HATCH_WIDTH, TokenGroups, legend_lines};
+use super::heat::mix;
 use super::heat::{ColorBar, FRAME, Frame, Heatmap, INK, MUTED_INK, Norm, Placement, scale_photo};
 use super::text;
 
@@ -64,6 +65,27 @@ pub enum Item {
     Panel(Box<PanelScene>),
     Text(TextItem),
     ColorBar(ColorBarItem),
+    /// A legend swatch (see [`super::legend`]).
+    Swatch(SwatchItem),
+}
+
+impl Scene {
+    /// Every text of the figure: labels, titles, legends, colour-bar ticks.
+    pub fn texts(&self) -> impl Iterator<Item = &TextItem> {
+        self.items.iter().flat_map(|item| -> Box<dyn Iterator<Item = &TextItem> + '_> {
+            match item {
+                Item::Text(t) => Box::new(std::iter::once(t)),
+                Item::ColorBar(b) => Box::new(b.labels.iter()),
+                Item::Panel(_) | Item::Swatch(_) => Box::new(std::iter::empty()),
+            }
+        })
+    }
+
+    /// The smallest text's size in points when the figure is printed `width_in` inches wide.
+    pub fn smallest_text_pt(&self, width_in: f64) -> Option<f64> {
+        let smallest = self.texts().map(|t| t.px).reduce(f32::min)?;
+        Some(f64::from(smallest) * width_in * 72.0 / f64::from(self.width.max(1)))
+    }
 }
 
 /// A rectangle of whole pixels, `x0..x1` by `y0..y1`; may extend past the body (letterbox
@@ -575,12 +597,18 @@ pub const OUTLINE_RGB: [u8; 3] = [255, 255, 255];
 
 /// A single panel as a figure: the panel's title in a strip above, the body, and with `key` its
 /// key: a colour bar on the right (heat) or the kept/merged/dropped legend under the body
-/// (tokens).
+/// (tokens): swatches, then the counts.
 pub fn panel_scene(panel: &Panel, body_px: u32, key: bool, outline_rgb: [u8; 3]) -> Scene {
+    panel_scene_sized(panel, body_px, key, outline_rgb, None)
+}
+
+/// [`panel_scene`] with labels `label_px` tall (`None`: sized for the body, see [`Frame::new`]).
+pub fn panel_scene_sized(panel: &Panel, body_px: u32, key: bool, outline_rgb: [u8; 3], label_px: Option<f32>) -> Scene {
     let body_px = body_px.max(1);
     let mut body = panel_body(panel, body_px, outline_rgb);
     let (bw, bh) = body.photo.dimensions();
-    let frame = Frame::new(body_px, panel.title.is_some());
+    let has_title = panel.title.is_some();
+    let frame = label_px.map_or_else(|| Frame::new(body_px, has_title), |px| Frame::with_label(px, has_title));
     let (label_px, pad) = (frame.label_px, frame.pad);
     let (body_x, body_y) = (pad, pad + frame.title_h);
     (body.x, body.y) = (body_x, body_y);
@@ -588,19 +616,28 @@ pub fn panel_scene(panel: &Panel, body_px: u32, key: bool, outline_rgb: [u8; 3])
     let bar = match (&panel.content, key) {
         (PanelContent::Heat { heat, look }, true) => {
             let (lo, hi) = look.norm.resolve(heat);
-            Some((ColorBar::layout(lo, hi, look.norm.name(), label_px, bh), look.colormap))
+            Some((ColorBar::layout_norm(lo, hi, &look.norm, label_px, bh), look.colormap))
         }
         _ => None,
     };
     let legend = match (&panel.content, key) {
-        (PanelContent::Tokens { groups, style, .. }, true) => Some(legend_lines(&groups.stats(), *style)),
+        (PanelContent::Tokens { groups, style, .. }, true) => {
+            let stats = groups.stats();
+            Some((legend_lines(&stats, *style), legend_kinds(*style, stats.merged_groups > 0)))
+        }
         _ => None,
     };
-    let legend_gap = (label_px * 0.5).round() as u32;
-    let legend_h = if legend.is_some() { legend_gap + text::line_height(label_px).ceil() as u32 } else { 0 };
     // Room past the tick labels for a substitute font wider than Ubuntu Light (e.g. DejaVu Sans).
     let right_w = bar.as_ref().map_or(0, |(b, _)| pad + b.width() + font_slack(b.label_w));
     let width = body_x + bw + right_w + pad;
+    let legend_gap = (label_px * 0.5).round() as u32;
+    let avail = (width - 2 * pad) as f32;
+    let key_top = (body_y + bh + legend_gap) as f32;
+    let (key_items, key_h) = match &legend {
+        Some((_, kinds)) => legend_key_items(kinds, (body_x as f32, key_top), label_px, avail, outline_rgb, body_px),
+        None => (Vec::new(), 0),
+    };
+    let legend_h = if legend.is_some() { legend_gap + key_h + text::line_height(label_px).ceil() as u32 } else { 0 };
     let height = body_y + bh + legend_h + pad;
 
     let mut items = vec![Item::Panel(Box::new(body))];
@@ -610,19 +647,18 @@ pub fn panel_scene(panel: &Panel, body_px: u32, key: bool, outline_rgb: [u8; 3])
     if let Some((bar, colormap)) = bar {
         items.push(Item::ColorBar(bar.item(body_x + bw + pad, body_y, colormap)));
     }
-    if let Some(lines) = legend {
-        let avail = (width - 2 * pad) as f32;
+    if let Some((lines, _)) = legend {
+        items.extend(key_items);
         // The longest wording that fits; the shortest one is cut with "…" if even it doesn't.
         let shown = lines
             .iter()
             .find(|l| text::text_width(label_px, l) <= avail)
             .cloned()
             .unwrap_or_else(|| text::fit_text(label_px, &lines[lines.len() - 1], avail));
-        let top = (body_y + bh + legend_gap) as f32;
         items.push(Item::Text(TextItem {
             text: shown,
             left: body_x as f32,
-            top,
+            top: key_top + key_h as f32,
             px: label_px,
             rgb: MUTED_INK,
             anchor: Anchor::Start,
@@ -630,6 +666,164 @@ pub fn panel_scene(panel: &Panel, body_px: u32, key: bool, outline_rgb: [u8; 3])
         }));
     }
     Scene { width, height, background: super::heat::BACKGROUND, items }
+}
+
+// The token legend's key: a row of swatches (kept / merged / fused / dropped), each drawn by
+// the rules the token views use, in the app's legend colours (`app::view::token_legend`).
+
+/// What a swatch stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LegendKind {
+    Kept,
+    Merged,
+    Fused,
+    Dropped,
+}
+
+impl LegendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LegendKind::Kept => "kept",
+            LegendKind::Merged => "merged",
+            LegendKind::Fused => "fused",
+            LegendKind::Dropped => "dropped",
+        }
+    }
+}
+
+/// A stand-in for the photo under a swatch, and the tint of a merged or fused token (the app's).
+pub const SWATCH_PHOTO: [u8; 3] = [150, 130, 100];
+pub const SWATCH_TINT: [u8; 3] = [110, 120, 160];
+
+/// One swatch: a square filled as its kind is drawn, framed so it shows on white.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwatchItem {
+    pub kind: LegendKind,
+    pub rect: Rect,
+    pub fill: [u8; 3],
+    /// The token outline's colour and width, drawn inside the square.
+    pub outline: Option<([u8; 3], u32)>,
+    /// Stripes, counted from the swatch's top-left as a panel's from its body's.
+    pub hatch: Option<Hatch>,
+    pub frame_rgb: [u8; 3],
+}
+
+/// The kinds a token view's legend shows, by the app's rule: kept and dropped always; merged for
+/// merge methods, fused for pruning methods that fused patches (`multi`: some group has more
+/// than one patch).
+pub fn legend_kinds(style: GroupStyle, multi: bool) -> Vec<LegendKind> {
+    let middle = match style {
+        GroupStyle::MergeGroups => Some(LegendKind::Merged),
+        GroupStyle::KeptDropped => multi.then_some(LegendKind::Fused),
+    };
+    [Some(LegendKind::Kept), middle, Some(LegendKind::Dropped)].into_iter().flatten().collect()
+}
+
+/// The swatch of `kind`, `side` px square at (`x`, `y`); `body_px` sets the hatch spacing as in
+/// the panels beside it.
+fn swatch(kind: LegendKind, x: i64, y: i64, side: u32, outline_rgb: [u8; 3], body_px: u32) -> SwatchItem {
+    let scale = reach_scale(body_px);
+    let line = ((side as f32 / 10.0).round() as u32).max(1);
+    let mut faded = SWATCH_PHOTO;
+    mix(&mut faded, FADE_RGB, FADE);
+    let (fill, outline, hatch) = match kind {
+        LegendKind::Kept => (SWATCH_PHOTO, true, false),
+        LegendKind::Merged => (SWATCH_TINT, true, false),
+        LegendKind::Fused => (SWATCH_TINT, true, true),
+        LegendKind::Dropped => (faded, false, false),
+    };
+    SwatchItem {
+        kind,
+        rect: Rect { x0: x, y0: y, x1: x + i64::from(side), y1: y + i64::from(side) },
+        fill,
+        outline: outline.then_some((outline_rgb, line)),
+        hatch: hatch.then_some(Hatch {
+            period: HATCH_PERIOD * scale,
+            width: HATCH_WIDTH * scale,
+            rgb: outline_rgb,
+            alpha: HATCH_ALPHA,
+        }),
+        frame_rgb: FRAME,
+    }
+}
+
+/// Width of one entry: swatch, gap, word.
+fn entry_w(kind: LegendKind, label_px: f32) -> f32 {
+    let side = swatch_side(label_px) as f32;
+    side + label_px * 0.35 + text::text_width(label_px, kind.name())
+}
+
+fn swatch_side(label_px: f32) -> u32 {
+    (label_px * 0.85).round().max(4.0) as u32
+}
+
+/// The key laid out from (`left`, `top`) in lines at most `max_w` px wide (an entry never
+/// splits); the items and the height they take.
+pub fn legend_key_items(
+    kinds: &[LegendKind],
+    (left, top): (f32, f32),
+    label_px: f32,
+    max_w: f32,
+    outline_rgb: [u8; 3],
+    body_px: u32,
+) -> (Vec<Item>, u32) {
+    if kinds.is_empty() {
+        return (Vec::new(), 0);
+    }
+    let line_h = text::line_height(label_px);
+    let (gap, sep) = (label_px * 0.35, label_px * 1.1);
+    let side = swatch_side(label_px);
+    let mut items = Vec::new();
+    let (mut x, mut line) = (left, 0u32);
+    for &kind in kinds {
+        let w = entry_w(kind, label_px);
+        if x > left && x - left + w > max_w {
+            (x, line) = (left, line + 1);
+        }
+        let y = top + line as f32 * line_h * 1.15;
+        let sy = (y + (line_h - side as f32) / 2.0).round() as i64;
+        items.push(Item::Swatch(swatch(kind, x.round() as i64, sy, side, outline_rgb, body_px)));
+        items.push(Item::Text(TextItem {
+            text: kind.name().into(),
+            left: (x + side as f32 + gap).round(),
+            top: y.round(),
+            px: label_px,
+            rgb: INK,
+            anchor: Anchor::Start,
+            class: "legend-key",
+        }));
+        x += w + sep;
+    }
+    let height = (line_h * (1.0 + 1.15 * line as f32)).ceil() as u32;
+    (items, height)
+}
+
+#[cfg(test)]
+mod legend_tests {
+    use super::*;
+
+    #[test]
+    fn the_app_rule_picks_the_middle_swatch() {
+        use LegendKind::*;
+        assert_eq!(legend_kinds(GroupStyle::MergeGroups, false), [Kept, Merged, Dropped]);
+        assert_eq!(legend_kinds(GroupStyle::KeptDropped, false), [Kept, Dropped]);
+        assert_eq!(legend_kinds(GroupStyle::KeptDropped, true), [Kept, Fused, Dropped]);
+    }
+
+    #[test]
+    fn a_narrow_key_wraps_without_splitting_an_entry() {
+        let all = [LegendKind::Kept, LegendKind::Merged, LegendKind::Fused, LegendKind::Dropped];
+        let (wide, h1) = legend_key_items(&all, (10.0, 5.0), 14.0, 1000.0, [255; 3], 512);
+        let (narrow, h2) = legend_key_items(&all, (10.0, 5.0), 14.0, 90.0, [255; 3], 512);
+        assert_eq!(wide.len(), 8);
+        assert_eq!(narrow.len(), 8);
+        assert!(h2 > h1);
+        for item in &narrow {
+            if let Item::Text(t) = item {
+                assert!(t.left + text::text_width(t.px, &t.text) <= 10.0 + 90.0 + 0.5, "{t:?}");
+            }
+        }
+    }
 }
 
 /// Extra px for text laid out `w` px wide with Ubuntu Light metrics, in case an SVG viewer
@@ -644,7 +838,8 @@ impl Frame {
     pub(crate) fn title_item(&self, title: &str, width: u32, body_x: u32, bw: u32) -> TextItem {
         let (pad, title_px) = (self.pad, self.title_px);
         let avail = width.saturating_sub(2 * pad) as f32;
-        let shown = text::fit_text(title_px, title, avail);
+        // Fitted with room for a wider substitute font, so an SVG's title stays on the canvas too.
+        let shown = text::fit_text(title_px, title, avail / 1.25);
         let tw = text::text_width(title_px, &shown);
         let x = (body_x as f32 + (bw as f32 - tw) / 2.0).clamp(pad as f32, ((width - pad) as f32 - tw).max(pad as f32));
         TextItem {
@@ -677,7 +872,7 @@ impl ColorBar {
         let mut ticks = Vec::new();
         let mut labels = Vec::new();
         for (value, text) in &self.ticks {
-            let t = (value - self.lo) / (self.hi - self.lo);
+            let t = self.norm.unit(*value, self.lo, self.hi);
             let ty = (y as f32 + (1.0 - t) * (bh - 1) as f32).round() as u32;
             ticks.push(ty);
             // Vertically centre the digits on the tick.

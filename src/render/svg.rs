@@ -21,8 +21,8 @@ use svg::node::element::{ClipPath, Definitions, Element, Group, Image, Path, Pat
 
 use super::scene::Panel;
 use super::scene::{
-    self, CellsLayer, ColorBarItem, FieldLayer, Hatch, Item, Layer, PanelScene, Rect, Scene, TextItem, TokenKind,
-    TokensLayer,
+    self, CellsLayer, ColorBarItem, FieldLayer, Hatch, Item, Layer, PanelScene, Rect, Scene, SwatchItem, TextItem,
+    TokenKind, TokensLayer,
 };
 use super::text;
 
@@ -49,6 +49,13 @@ pub fn draw(scene: &Scene) -> String {
     let mut clips: Vec<(u32, u32)> = Vec::new();
     let mut hatches: Vec<Hatch> = Vec::new();
     for item in &scene.items {
+        if let Item::Swatch(sw) = item
+            && let Some(h) = &sw.hatch
+            && !hatches.contains(h)
+        {
+            defs = defs.add(hatch_pattern(h));
+            hatches.push(*h);
+        }
         let Item::Panel(p) = item else { continue };
         if !photos.contains(&&p.photo) {
             defs = defs.add(photo_image(&p.photo).set("id", format!("photo{}", photos.len())));
@@ -77,6 +84,7 @@ pub fn draw(scene: &Scene) -> String {
             }
             Item::Text(t) => doc.add(label(t)),
             Item::ColorBar(b) => doc.add(colorbar_group(b)),
+            Item::Swatch(sw) => doc.add(swatch_group(sw)),
         };
     }
     doc.to_string()
@@ -274,6 +282,42 @@ fn hatch_pattern(h: &Hatch) -> Pattern {
         .set("height", h.period)
         .set("patternTransform", "rotate(-45)")
         .add(stripe)
+}
+
+/// A legend swatch as the PNG draws it: fill, stripes (from its corner), the outline inside
+/// and a 1 px frame, all in a group translated to its corner.
+fn swatch_group(sw: &SwatchItem) -> Group {
+    let r = sw.rect;
+    let side = |k: i64| (r.x1 - r.x0 - 2 * k).max(0);
+    let mut g = Group::new()
+        .set("class", "swatch")
+        .set("data-kind", sw.kind.name())
+        .set("transform", format!("translate({},{})", r.x0, r.y0))
+        .set("shape-rendering", "crispEdges")
+        .add(Rectangle::new().set("width", side(0)).set("height", r.y1 - r.y0).set("fill", hex(sw.fill)));
+    if let Some(h) = &sw.hatch {
+        g = g.add(
+            Rectangle::new()
+                .set("width", side(0))
+                .set("height", r.y1 - r.y0)
+                .set("fill", format!("url(#{})", hatch_id(h))),
+        );
+    }
+    // A stroke of width w centred w/2 inside covers the w px ring the PNG draws.
+    let ring = |inset: f64, width: f64, rgb: [u8; 3]| {
+        Rectangle::new()
+            .set("x", num(inset + width / 2.0))
+            .set("y", num(inset + width / 2.0))
+            .set("width", num((side(0) as f64 - 2.0 * inset - width).max(0.0)))
+            .set("height", num(((r.y1 - r.y0) as f64 - 2.0 * inset - width).max(0.0)))
+            .set("fill", "none")
+            .set("stroke", hex(rgb))
+            .set("stroke-width", num(width))
+    };
+    if let Some((rgb, w)) = sw.outline {
+        g = g.add(ring(1.0, f64::from(w), rgb));
+    }
+    g.add(ring(0.0, 1.0, sw.frame_rgb))
 }
 
 /// A vector colour bar: stripes, frame, ticks, tick labels, norm name.

@@ -109,6 +109,26 @@ pub fn fit_text(px_size: f32, s: &str, max_width: f32) -> String {
     String::new()
 }
 
+/// `s` in lines at most `max_width` px wide, broken at spaces (not at no-break spaces), at most `max_lines` of them (the
+/// last shortened with "…" if words are left over, as is a single word too wide for a line).
+pub fn wrap(px_size: f32, s: &str, max_width: f32, max_lines: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in s.split([' ', '\n', '\t']).filter(|w| !w.is_empty()) {
+        match lines.last_mut() {
+            Some(line) if text_width(px_size, &format!("{line} {word}")) <= max_width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    if lines.len() > max_lines {
+        let rest = lines.split_off(max_lines - 1).join(" ");
+        lines.push(rest);
+    }
+    lines.iter().map(|l| fit_text(px_size, l, max_width)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +166,16 @@ mod tests {
         assert!(fitted.ends_with('…'));
         assert!(text_width(14.0, &fitted) <= 100.0);
         assert_eq!(fit_text(14.0, "short", 100.0), "short");
+    }
+
+    #[test]
+    fn wrap_breaks_at_spaces_and_keeps_within_width() {
+        let lines = wrap(14.0, "66.7 % removed (85 kept)", 70.0, 3);
+        assert!(lines.len() > 1, "{lines:?}");
+        assert!(lines.iter().all(|l| text_width(14.0, l) <= 70.0), "{lines:?}");
+        assert_eq!(lines.join(" ").replace('…', ""), "66.7 % removed (85 kept)");
+        assert_eq!(wrap(14.0, "a b c d e f g h", 10.0, 2).len(), 2);
+        assert!(wrap(14.0, "", 50.0, 3).is_empty());
+        assert_eq!(wrap(14.0, "66.7\u{a0}% removed", 60.0, 3)[0], "66.7\u{a0}%");
     }
 }
