@@ -990,7 +990,7 @@ impl TokenlensApp {
                         ("Export grid…", "The methods at this budget with their outputs, as SVG or PNG (Ctrl+E)")
                     }
                 };
-                if ui.button("⚙").on_hover_text("Export options: size, DPI, font scale, title, key").clicked() {
+                if ui.button("Export options").on_hover_text("Size, DPI, font scale, title, key").clicked() {
                     self.export_options.open = !self.export_options.open;
                 }
                 if ui.add_enabled(self.opened.is_some(), egui::Button::new(label)).on_hover_text(hint).clicked() {
