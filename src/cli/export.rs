@@ -36,7 +36,7 @@ pub struct LookArgs {
     /// Leave out the colour bar (and a token view's legend).
     #[arg(long)]
     pub no_colorbar: bool,
-    /// How maps without a fixed range are scaled: min_max, p99 (outliers saturate) or log.
+    /// How maps without a fixed range are scaled: min-max, p99 (outliers saturate) or log.
     #[arg(long, default_value = "min-max", value_enum)]
     pub scale: MapScaleArg,
     /// Text size relative to the default, which keeps every text at least 6 pt when the figure
