@@ -379,3 +379,15 @@ fn vlm_says_when_a_method_removed_nothing() {
     let pruned = run("1");
     assert!(pruned.status.success() && !String::from_utf8_lossy(&pruned.stderr).contains("removed nothing"));
 }
+
+#[test]
+fn a_decoder_bench_longer_than_the_context_is_refused_before_allocating() {
+    // 10^8 tokens used to be allocated (and the process killed); the fixture's context is 64.
+    let out = tokenlens()
+        .args(["bench", "--part", "decoder", "--prefill-tokens", "100000000", "--decode-tokens", "1", "--model"])
+        .arg(fixture("vlm/llava"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("exceed the model's context of 64 tokens"), "{stderr}");
+}

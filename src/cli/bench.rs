@@ -291,6 +291,13 @@ pub fn bench_decoder(vlm: &Vlm, prefill: usize, decode: usize, repeats: usize) -
     let lm = vlm.arch.lm();
     let vocab = lm.cfg.vocab_size;
     anyhow::ensure!(prefill > 0, "--prefill-tokens must be at least 1");
+    // Bounded by the context before anything is allocated (a flag is not a size to trust).
+    // A config without `max_position_embeddings` gets the bench's own cap.
+    let context = lm.cfg.max_position_embeddings.unwrap_or(32_768);
+    anyhow::ensure!(
+        prefill.saturating_add(decode) <= context,
+        "--prefill-tokens {prefill} + --decode-tokens {decode} exceed the model's context of {context} tokens"
+    );
     // The same ids as scripts/bench_smolvlm.py: (37 i + 11) mod vocab.
     let ids: Vec<u32> = (0..prefill).map(|i| ((37 * i + 11) % vocab) as u32).collect();
     let run = || -> anyhow::Result<(f64, f64)> {
