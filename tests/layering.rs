@@ -65,9 +65,42 @@ fn modules(src: &Path) -> Vec<Module> {
     out
 }
 
-/// The code without comments, string literals, and the unit tests at the end of a file.
+/// The code without comments, string literals and `#[cfg(test)]` items (test-only imports may
+/// reach anywhere).
 fn strip(text: &str) -> String {
-    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+    without_test_items(&strip_comments_and_strings(text))
+}
+
+/// Removes each `#[cfg(test)]` item: through its `;`, or through the brace that closes its body.
+fn without_test_items(code: &str) -> String {
+    let mut out = String::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..at]);
+        let item = &rest[at..];
+        let end = match item.find(['{', ';']) {
+            Some(i) if item.as_bytes()[i] == b';' => i + 1,
+            Some(i) => {
+                let mut depth = 0usize;
+                let close = item[i..].char_indices().find(|&(_, c)| {
+                    depth = match c {
+                        '{' => depth + 1,
+                        '}' => depth - 1,
+                        _ => depth,
+                    };
+                    depth == 0
+                });
+                close.map_or(item.len(), |(j, _)| i + j + 1)
+            }
+            None => item.len(),
+        };
+        rest = &item[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn strip_comments_and_strings(text: &str) -> String {
     let (mut out, mut chars) = (String::new(), text.chars().peekable());
     while let Some(c) = chars.next() {
         match c {
@@ -286,4 +319,11 @@ fn the_reader_resolves_paths_and_groups() {
     assert!(found.contains(&"model".to_string()), "{found:?}");
     assert!(found.contains(&"reduce".to_string()), "{found:?}");
     assert!(!found.iter().any(|p| p.contains("no")), "{found:?}");
+
+    // A test-only item is skipped, and the code after it is still read.
+    let code = strip(
+        "#[cfg(test)]\nuse crate::app::hidden;\n#[cfg(test)]\nmod tests { fn f() { if x { crate::cli::y(); } } }\nuse crate::render::scene;",
+    );
+    let found: Vec<String> = referenced(&module, &code).iter().map(|p| p.join("::")).collect();
+    assert_eq!(found, ["render::scene"], "{code}");
 }
