@@ -220,6 +220,15 @@ def make_tiny(name, seed):
     write_json(tiny / "reference.json", ref)
 
 
+def store_and_reload(model, dtype, folder, tiny):
+    """Saves the random weights in the published dtype into the fixture and the assembled folder,
+    and reads them back in float32, as the reference runs the stored values."""
+    model.to(dtype).save_pretrained(folder / "saved")
+    for to in (tiny, folder):
+        shutil.copy(folder / "saved" / "model.safetensors", to / "model.safetensors")
+    return AutoModel.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+
+
 def make_tiny_encoder(name, seed):
     source, files = ENCODER_TINY[name]
     tiny, dtype = start_tiny(name, source, files)
@@ -234,10 +243,7 @@ def make_tiny_encoder(name, seed):
         if siglip:
             with torch.no_grad():
                 model.logit_bias.fill_(0.0)  # probabilities away from 0, so the check has teeth
-        model.to(dtype).save_pretrained(folder / "saved")
-        shutil.copy(folder / "saved" / "model.safetensors", tiny / "model.safetensors")
-        shutil.copy(folder / "saved" / "model.safetensors", folder / "model.safetensors")
-        model = AutoModel.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+        model = store_and_reload(model, dtype, folder, tiny)
         processor = AutoProcessor.from_pretrained(folder, backend="pil")
         image = Image.open(REPO / "assets" / "chelsea.png").convert("RGB")
         # SigLIP reads prompts padded to full length (as it was trained, and as we embed them).
@@ -275,10 +281,7 @@ def make_tiny_features(name, seed):
         model = AutoModel.from_config(AutoConfig.from_pretrained(folder), attn_implementation="eager",
                                       dtype=torch.float32)
         ef.reinit_(model, seed)
-        model.to(dtype).save_pretrained(folder / "saved")
-        shutil.copy(folder / "saved" / "model.safetensors", tiny / "model.safetensors")
-        shutil.copy(folder / "saved" / "model.safetensors", folder / "model.safetensors")
-        model = AutoModel.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+        model = store_and_reload(model, dtype, folder, tiny)
         processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
         image = Image.open(REPO / "assets" / "chelsea.png").convert("RGB")
         inputs = processor(images=[image], return_tensors="pt")
