@@ -666,7 +666,7 @@ def evit_run_case(tokens=7, evit_layer=0):
 
 
 # ---------------------------------------------------------------------------
-# Language-side drivers (ours): fixed inputs as tokenlens' LlmView gives them,
+# Language-side drivers (ours): fixed inputs as tokenlens' decoder SiteView gives them,
 # the authors' lines above on them, and the JSON for tests/methods_reference.rs.
 # ---------------------------------------------------------------------------
 
@@ -859,7 +859,7 @@ def mmtok_cases():
         vision = rounded(centres[rng.integers(0, 6, size=image)] + rng.standard_normal((image, dim)))
         sel = SemanticTokenSelector(target_vision_tokens=keep, alpha=alpha)
         # DEVIATION (ours, see src/reduce/llm/mmtok.rs): vision-vision coverage on the decoder
-        # input embeddings, as tokenlens' LlmView has no tower features: clip = the same rows.
+        # input embeddings, as tokenlens' decoder SiteView has no tower features: clip = the same rows.
         kept, _ = sel.mm_coverage_selection(torch.tensor(text), torch.tensor(vision), torch.tensor(vision),
                                             tv_temp=tv, vv_temp=vv)
         assert (keep >= 20) == jit_env, "the case should exercise the path it names"

@@ -234,7 +234,7 @@ fn cls_based_methods_fall_back_to_attention_received_without_cls() {
         .unwrap();
     let mut out = state.clone();
     out.hidden = enc.final_norm(&state).unwrap();
-    let ctx = Context { num_layers: layers, grid: state.grid, num_special: 0 };
+    let ctx = Context::encoder(layers, state.grid, 0);
     // The expectation from transformers' attention, by hand: mean over heads and queries of the
     // attention each token receives at the last layer, the 5 largest.
     let r = reference("siglip");
@@ -253,7 +253,13 @@ fn cls_based_methods_fall_back_to_attention_received_without_cls() {
     let config = ReducerConfig::from_name("cls_topk").unwrap();
     assert_eq!(config.note_for(&ctx), Some(ops::NO_CLS_NOTE));
     let mut reducer = config.build(5, &ctx).unwrap();
-    let view = SiteView { site: Site::EncoderOutput, state: &out, attn: &AttnRecord::default(), full_trace: &trace };
+    let view = SiteView {
+        site: Site::EncoderOutput,
+        state: &out,
+        attn: &AttnRecord::default(),
+        full_trace: &trace,
+        vision_saliency: &[],
+    };
     let plan = reducer.plan(&view).unwrap();
     let kept: Vec<usize> = plan.groups.iter().map(|g| g.members[0]).collect();
     assert_eq!(kept, want, "ClsTopK keeps the 5 most attended tokens");

@@ -107,7 +107,7 @@ fn pitome_default_recipe_is_the_authors_vit_patch() {
     let fx = fixture();
     for (layers, want) in fx["pitome_recipe"].as_object().unwrap() {
         let num_layers: usize = layers.parse().unwrap();
-        let ctx = Context { num_layers, grid: (4, 4), num_special: 1 };
+        let ctx = Context::encoder(num_layers, (4, 4), 1);
         let p = Pitome::new(&PitomeConfig::default(), 16, &ctx, |_, l| Ok(l)).unwrap();
         for (l, m) in want["margins"].as_array().unwrap().iter().enumerate() {
             assert_eq!(p.margin(l), m.as_f64().unwrap() as f32, "L={num_layers}: margin at block {l}");
@@ -134,7 +134,7 @@ fn evit_matches_the_authors_block() {
         let fuse = inp["fuse_token"].as_bool().unwrap();
         let tokens = inp["tokens"].as_u64().unwrap() as usize;
         let state = TokenState::fresh(mid, 1, (1, n - 1));
-        let ctx = Context { num_layers: 1, grid: (1, n - 1), num_special: 1 };
+        let ctx = Context::encoder(1, (1, n - 1), 1);
         let mut config = ReducerConfig::from_name("evit").unwrap();
         config.set_param("layer", "0").unwrap();
         config.set_param("fuse", &fuse.to_string()).unwrap();
@@ -142,7 +142,13 @@ fn evit_matches_the_authors_block() {
         let mut reducer = config.build(tokens + usize::from(fuse), &ctx).unwrap();
         assert_eq!(reducer.sites(), [Site::MidBlock(0)], "{name}: EViT acts between attention and MLP");
         let record = AttnRecord { probs: Some(attn), keys: None };
-        let view = SiteView { site: Site::MidBlock(0), state: &state, attn: &record, full_trace: &Trace::default() };
+        let view = SiteView {
+            site: Site::MidBlock(0),
+            state: &state,
+            attn: &record,
+            full_trace: &Trace::default(),
+            vision_saliency: &[],
+        };
         let plan = reducer.plan(&view).unwrap();
         let idx = indices(&out["idx"]);
         let mut want_kept = idx.clone();
@@ -176,15 +182,20 @@ fn cls_topk_matches_fastervlm() {
         let n = attns[0].dim(3).unwrap();
         let layer = inp["layer"].as_u64().unwrap() as usize;
         let keep = inp["keep"].as_u64().unwrap() as usize;
-        let ctx = Context { num_layers: attns.len(), grid: (1, n - 1), num_special: 1 };
+        let ctx = Context::encoder(attns.len(), (1, n - 1), 1);
         let mut config = ReducerConfig::from_name("cls_topk").unwrap();
         config.set_layer(layer);
         let mut reducer = config.build(keep, &ctx).unwrap();
         let trace = trace_of(&attns);
         let state =
             TokenState::fresh(Tensor::zeros((1, n, 2), candle_core::DType::F32, &Device::Cpu).unwrap(), 1, ctx.grid);
-        let view =
-            SiteView { site: Site::EncoderOutput, state: &state, attn: &AttnRecord::default(), full_trace: &trace };
+        let view = SiteView {
+            site: Site::EncoderOutput,
+            state: &state,
+            attn: &AttnRecord::default(),
+            full_trace: &trace,
+            vision_saliency: &[],
+        };
         let plan = reducer.plan(&view).unwrap();
         assert_eq!(kept_patches(&plan, 1), indices(&case["outputs"]["kept"]), "{name}");
     }
@@ -219,7 +230,7 @@ fn hiprune_matches_the_authors_selection() {
             if let Some(source) = inp["source"].as_str() {
                 let attns = attentions(&fx, source);
                 let n = attns[0].dim(3).unwrap();
-                let ctx = Context { num_layers: attns.len(), grid, num_special: 1 };
+                let ctx = Context::encoder(attns.len(), grid, 1);
                 let mut config = ReducerConfig::from_name("hiprune").unwrap();
                 config.set_param("object_layer", &inp["object_layer"].to_string()).unwrap();
                 config.set_param("alpha", &inp["alpha"].to_string()).unwrap();
@@ -237,6 +248,7 @@ fn hiprune_matches_the_authors_selection() {
                     state: &state,
                     attn: &AttnRecord::default(),
                     full_trace: &trace,
+                    vision_saliency: &[],
                 };
                 assert_eq!(kept_patches(&reducer.plan(&view).unwrap(), 1), want, "{name}: reducer, {b:?}");
             }
@@ -249,8 +261,8 @@ fn hiprune_matches_the_authors_selection() {
 /// `text` and `all` are tokenlens options checked against an independent numpy computation.
 #[test]
 fn fastv_matches_the_authors_selection() {
+    use tokenlens::reduce::Reducer;
     use tokenlens::reduce::llm::fastv::{Fastv, FastvConfig, FastvQuery};
-    use tokenlens::reduce::llm::{LlmContext, LlmReducer, LlmSite, LlmView, Row};
     let fx = fixture();
     for case in fx["fastv"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -258,23 +270,22 @@ fn fastv_matches_the_authors_selection() {
         let attn = json_tensor(&inp["attn"]);
         let n = attn.dim(1).unwrap();
         let (sys, img) = (inp["sys_length"].as_u64().unwrap() as usize, inp["image_length"].as_u64().unwrap() as usize);
-        let rows: Vec<Row> = (0..n)
-            .map(|i| if (sys..sys + img).contains(&i) { Row::Image(vec![(i - sys) as u32]) } else { Row::Text })
-            .collect();
         let hidden = Tensor::zeros((n, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let view = LlmView {
-            site: LlmSite::AfterLayer(1),
-            rows: &rows,
-            hidden: &hidden,
-            attn: Some(&attn),
+        let rows = llm_state(sys, img, n - sys - img, &hidden);
+        let (attn, no_trace) = (llm_attention(&attn), Trace::default());
+        let view = SiteView {
+            site: Site::AfterLayer(1),
+            state: &rows,
+            attn: &attn,
+            full_trace: &no_trace,
             vision_saliency: &[],
         };
-        let ctx = LlmContext { num_layers: 4, num_image_tokens: img, grid: (1, img) };
+        let ctx = Context::decoder(4, img, (1, img));
         for (query, key) in [(FastvQuery::Last, "last"), (FastvQuery::Text, "text"), (FastvQuery::All, "all")] {
             let cfg = FastvConfig { layer: 2, query };
             let mut fastv = Fastv::new(&cfg, inp["rank"].as_u64().unwrap() as usize, &ctx).unwrap();
-            assert_eq!(fastv.sites(), [LlmSite::AfterLayer(1)], "K = 2 scores layer 1's attention");
-            let keep: Vec<usize> = fastv.plan(&view).unwrap().keep.iter().map(|r| r - sys).collect();
+            assert_eq!(fastv.sites(), [Site::AfterLayer(1)], "K = 2 scores layer 1's attention");
+            let keep: Vec<usize> = fastv.plan(&view).unwrap().kept(&rows).iter().map(|r| r - sys).collect();
             assert_eq!(keep, indices(&out[key]), "{name}: {key}");
         }
     }
@@ -342,13 +353,18 @@ fn llm_fixture() -> Value {
     json_fixture("llm_methods_reference.json")
 }
 
-/// Rows `pre` text, `image` image (one token each), `text` text.
-fn llm_rows(pre: usize, image: usize, text: usize) -> Vec<tokenlens::reduce::llm::Row> {
-    use tokenlens::reduce::llm::Row;
-    let mut rows = vec![Row::Text; pre];
-    rows.extend((0..image as u32).map(|i| Row::Image(vec![i])));
-    rows.extend(std::iter::repeat_n(Row::Text, text));
-    rows
+/// Decoder rows: `pre` text, `image` image (one token each), `text` text; `hidden` `[n, d]`.
+fn llm_state(pre: usize, image: usize, text: usize, hidden: &Tensor) -> tokenlens::model::TokenState {
+    let mut rows = vec![None; pre];
+    rows.extend((0..image as u32).map(|i| Some(vec![i])));
+    rows.extend(std::iter::repeat_n(None, text));
+    tokenlens::model::TokenState::sequence(hidden.unsqueeze(0).unwrap(), rows, (1, image))
+}
+
+/// A decoder layer's attention record from its probabilities (`[heads, n, n]` or with a batch).
+fn llm_attention(probs: &Tensor) -> AttnRecord {
+    let probs = if probs.rank() == 3 { probs.unsqueeze(0).unwrap() } else { probs.clone() };
+    AttnRecord { probs: Some(probs), keys: None }
 }
 
 fn matrix_tensor(rows: &[Vec<f32>]) -> Tensor {
@@ -362,8 +378,8 @@ fn matrix_tensor(rows: &[Vec<f32>]) -> Tensor {
 /// decoder averages the members (every member one token here), within 1e-4 of the authors'.
 #[test]
 fn sparsevlm_matches_the_authors_sites() {
+    use tokenlens::reduce::Reducer;
     use tokenlens::reduce::llm::sparsevlm::{Sparsevlm, SparsevlmConfig};
-    use tokenlens::reduce::llm::{LlmContext, LlmReducer, LlmSite, LlmView};
     let fx = llm_fixture();
     for case in fx["sparsevlm"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -375,29 +391,31 @@ fn sparsevlm_matches_the_authors_sites() {
         );
         let sites = indices(&inp["sites"]);
         let kept = indices(&inp["kept"]);
-        let ctx = LlmContext { num_layers: sites.last().unwrap() + 2, num_image_tokens: image, grid: (1, image) };
+        let ctx = Context::decoder(sites.last().unwrap() + 2, image, (1, image));
         let cfg = SparsevlmConfig { layers: Some(sites.clone()), ..Default::default() };
         let mut sv = Sparsevlm::new(&cfg, image / 2, &ctx).unwrap();
-        assert_eq!(sv.sites()[0], LlmSite::PreLlm, "{name}: raters are picked before layer 0");
+        assert_eq!(sv.sites()[0], Site::PreLlm, "{name}: raters are picked before layer 0");
         // Pre-LLM: the raters; nothing changes.
-        let rows = llm_rows(pre, image, text);
         let embeds = matrix_tensor(&matrix(&inp["embeds"]));
-        let view = LlmView { site: LlmSite::PreLlm, rows: &rows, hidden: &embeds, attn: None, vision_saliency: &[] };
+        let rows = llm_state(pre, image, text, &embeds);
+        let (no_attn, no_trace) = (AttnRecord::default(), Trace::default());
+        let view =
+            SiteView { site: Site::PreLlm, state: &rows, attn: &no_attn, full_trace: &no_trace, vision_saliency: &[] };
         let p = sv.plan(&view).unwrap();
-        assert_eq!((p.keep.len(), p.merged.len()), (image, 0), "{name}: the pre-LLM site only picks raters");
+        assert_eq!((p.kept(&rows).len(), p.merged().len()), (image, 0), "{name}: the pre-LLM site only picks raters");
         let raters: Vec<usize> = sv.raters().unwrap().iter().map(|&k| k - pre).collect();
         assert_eq!(raters, indices(&out["raters"]), "{name}: raters (text rows after the image)");
         let mut v = image;
         for (j, site) in out["sites"].as_array().unwrap().iter().enumerate() {
-            let rows = llm_rows(pre, v, text);
-            let attn = json_tensor(&inp["attn"][j]);
+            let attn = llm_attention(&json_tensor(&inp["attn"][j]));
             let hidden_rows = matrix(&inp["hidden"][j]);
             let hidden = matrix_tensor(&hidden_rows);
-            let view = LlmView {
-                site: LlmSite::AfterLayer(sites[j]),
-                rows: &rows,
-                hidden: &hidden,
-                attn: Some(&attn),
+            let rows = llm_state(pre, v, text, &hidden);
+            let view = SiteView {
+                site: Site::AfterLayer(sites[j]),
+                state: &rows,
+                attn: &attn,
+                full_trace: &no_trace,
                 vision_saliency: &[],
             };
             let plan = sv.prune(&view, kept[j]).unwrap();
@@ -405,10 +423,10 @@ fn sparsevlm_matches_the_authors_sites() {
             let what = format!("{name}, site {j} (after layer {})", sites[j]);
             let scores: Vec<f32> = plan.scores.as_ref().unwrap()[pre..pre + v].to_vec();
             assert_close(&scores, &floats(&site["relation"]), &format!("{what}: scores"));
-            let got_kept: Vec<usize> = plan.keep.iter().map(|r| r - pre).collect();
+            let got_kept: Vec<usize> = plan.kept(&rows).iter().map(|r| r - pre).collect();
             assert_eq!(got_kept, indices(&site["kept"]), "{what}: kept");
             let mut got: Vec<(usize, Vec<usize>)> = plan
-                .merged
+                .merged()
                 .iter()
                 .map(|g| {
                     let mut m: Vec<usize> = g.iter().map(|r| r - pre).collect();
@@ -439,7 +457,7 @@ fn sparsevlm_matches_the_authors_sites() {
             let mut want = want;
             want.sort();
             assert_eq!(got, want, "{what}: clusters (centre, members)");
-            let after = plan.keep.len() + plan.merged.len();
+            let after = plan.kept(&rows).len() + plan.merged().len();
             assert_eq!(after, site["rows_after"].as_u64().unwrap() as usize, "{what}: rows after");
             v = after;
         }
@@ -452,25 +470,27 @@ fn sparsevlm_matches_the_authors_sites() {
 /// reference was run with those rows as its CLIP features).
 #[test]
 fn mmtok_matches_the_authors_selection() {
+    use tokenlens::reduce::Reducer;
     use tokenlens::reduce::llm::mmtok::{Coverage, Mmtok, MmtokConfig, coverage_matrix};
-    use tokenlens::reduce::llm::{LlmReducer, LlmSite, LlmView};
     let fx = llm_fixture();
     for case in fx["mmtok"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let (inp, out) = (&case["inputs"], &case["outputs"]);
         let (text, image) = (matrix(&inp["text"]), matrix(&inp["image"]));
         let (m, n) = (text.len(), image.len());
-        let rows = llm_rows(m, n, 0);
         let hidden = matrix_tensor(&[text, image].concat());
+        let rows = llm_state(m, n, 0, &hidden);
         let cfg = MmtokConfig {
             lambda: inp["alpha"].as_f64().unwrap() as f32,
             tv_temperature: inp["tv_temperature"].as_f64().unwrap() as f32,
             vv_temperature: inp["vv_temperature"].as_f64().unwrap() as f32,
         };
         let keep = inp["keep"].as_u64().unwrap() as usize;
-        let view = LlmView { site: LlmSite::PreLlm, rows: &rows, hidden: &hidden, attn: None, vision_saliency: &[] };
+        let (no_attn, no_trace) = (AttnRecord::default(), Trace::default());
+        let view =
+            SiteView { site: Site::PreLlm, state: &rows, attn: &no_attn, full_trace: &no_trace, vision_saliency: &[] };
         let plan = Mmtok::new(&cfg, keep).unwrap().plan(&view).unwrap();
-        let kept: Vec<usize> = plan.keep.iter().map(|r| r - m).collect();
+        let kept: Vec<usize> = plan.kept(&rows).iter().map(|r| r - m).collect();
         assert_eq!(kept, indices(&out["kept"]), "{name}: kept");
         let w = coverage_matrix(&hidden, &(0..m).collect::<Vec<_>>(), &(m..m + n).collect::<Vec<_>>(), &cfg).unwrap();
         let ones = vec![1f32; m + n];

@@ -72,7 +72,7 @@ fn greedy_decoding_yields_the_same_tokens() {
     let want = json_ints(&g["generated_ids"]);
     // The VLM core's decoder loop, on a text-only prompt.
     let cancel = tokenlens::Cancel::default();
-    let seq = decode::Sequence::text(&model, &ids).unwrap();
+    let seq = decode::text_sequence(&model, &ids).unwrap();
     let mut prefill = decode::prefill(&model, seq, None, &[], Default::default(), 0, &cancel).unwrap();
     let mut streamed = Vec::new();
     let out = decode::generate(&model, &mut prefill, want.len(), &[], 0, &mut |t| streamed.push(t), &cancel).unwrap();

@@ -101,8 +101,10 @@ fn greedy_decoding_with_the_image_yields_the_same_tokens() {
 /// decoder's attention, against the scores and selection computed from transformers'.
 #[test]
 fn fastv_reducer_on_our_attention_matches_the_reference() {
+    use tokenlens::model::layers::AttnRecord;
+    use tokenlens::model::{TokenState, Trace};
     use tokenlens::reduce::llm::fastv::{Fastv, FastvConfig};
-    use tokenlens::reduce::llm::{LlmContext, LlmReducer, LlmSite, LlmView, Row};
+    use tokenlens::reduce::{Context, Reducer, Site, SiteView};
     let (model, r) = load();
     let fastv = reference("fastv");
     let ids = json_ints(&r["input_ids"]);
@@ -111,34 +113,31 @@ fn fastv_reducer_on_our_attention_matches_the_reference() {
     let positions: Vec<u32> = (0..ids.len() as u32).collect();
     let layers: Vec<usize> = (0..model.lm.num_layers()).collect();
     let (hidden, trace) = model.lm.forward(&embeds, &positions, &mut KvCache::default(), &layers, false).unwrap();
-    let rows: Vec<Row> = (0..ids.len())
-        .map(|i| match slots.binary_search(&i) {
-            Ok(t) => Row::Image(vec![t as u32]),
-            Err(_) => Row::Text,
-        })
-        .collect();
-    let ctx = LlmContext { num_layers: model.lm.num_layers(), num_image_tokens: slots.len(), grid: (1, slots.len()) };
-    let hidden = hidden.squeeze(0).unwrap();
+    let image = (0..ids.len()).map(|i| slots.binary_search(&i).ok().map(|t| vec![t as u32])).collect();
+    let ctx = Context::decoder(model.lm.num_layers(), slots.len(), (1, slots.len()));
+    let rows = TokenState::sequence(hidden, image, (1, slots.len()));
+    let no_trace = Trace::default();
     for key in ["K1", "K2"] {
         let want = &fastv[key];
         let layer = want["attention_layer"].as_u64().unwrap() as usize;
-        let attn = trace.attentions[&layer].squeeze(0).unwrap();
-        let view = LlmView {
-            site: LlmSite::AfterLayer(layer),
-            rows: &rows,
-            hidden: &hidden,
-            attn: Some(&attn),
+        let attn = AttnRecord { probs: Some(trace.attentions[&layer].clone()), keys: None };
+        let view = SiteView {
+            site: Site::AfterLayer(layer),
+            state: &rows,
+            attn: &attn,
+            full_trace: &no_trace,
             vision_saliency: &[],
         };
         let cfg = FastvConfig { layer: layer + 1, ..Default::default() };
         let mut reducer = Fastv::new(&cfg, want["num_keep"].as_u64().unwrap() as usize, &ctx).unwrap();
-        assert_eq!(reducer.sites(), [LlmSite::AfterLayer(layer)], "{key}");
+        assert_eq!(reducer.sites(), [Site::AfterLayer(layer)], "{key}");
         let plan = reducer.plan(&view).unwrap();
+        let kept_rows = plan.kept(&rows);
         let all = plan.scores.unwrap();
         let scores: Vec<f32> = slots.iter().map(|&s| all[s]).collect();
         let d = max_diff(&Tensor::new(scores.as_slice(), &Device::Cpu).unwrap(), &json_tensor(&want["scores"]));
         assert!(d < 1e-5, "{key} scores differ by {d}");
-        let kept: Vec<u32> = plan.keep.iter().map(|&row| slots.binary_search(&row).unwrap() as u32).collect();
+        let kept: Vec<u32> = kept_rows.iter().map(|&row| slots.binary_search(&row).unwrap() as u32).collect();
         assert_eq!(kept, json_ints(&want["kept_image_indices"]), "{key}");
     }
 }

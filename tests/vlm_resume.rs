@@ -8,8 +8,8 @@ mod common;
 
 use common::{vlm_full as full, vlm_spec as spec};
 use tokenlens::Cancel;
-use tokenlens::reduce::llm::{LlmContext, LlmReducerConfig, LlmSite};
-use tokenlens::reduce::{Budget, Method, ReducerConfig};
+use tokenlens::reduce::llm::LlmReducerConfig;
+use tokenlens::reduce::{Budget, Context, Method, ReducerConfig, Site};
 use tokenlens::session::vlm::{VlmRun, VlmRunSpec};
 
 /// Everything a run reports that resuming could change, compared exactly.
@@ -33,7 +33,7 @@ fn language_side_methods_resumed_equal_runs_from_scratch() {
         let n = full.vision.num_image_tokens();
         assert_eq!(full.prefill.inputs.len(), layers, "{name}: one cached input per layer");
         assert_eq!(full.run.recomputed_from_layer, 0);
-        let ctx = LlmContext { num_layers: layers, num_image_tokens: n, grid: full.vision.grid };
+        let ctx = Context::decoder(layers, n, full.vision.grid);
         let mut reduced_somewhere = 0;
         for mut cfg in LlmReducerConfig::defaults() {
             // The tiny decoders are shallow: bring default layers into range.
@@ -42,8 +42,9 @@ fn language_side_methods_resumed_equal_runs_from_scratch() {
             }
             let first = cfg.sites(&ctx).unwrap()[0];
             let want_from = match first {
-                LlmSite::PreLlm => 0,
-                LlmSite::AfterLayer(k) => k + 1,
+                Site::PreLlm => 0,
+                Site::AfterLayer(k) => k + 1,
+                other => panic!("{other:?} is not a language-side site"),
             };
             // The view layer before, at and after the site (the full run read the middle one).
             for view_layer in [None, Some(0), Some(want_from.saturating_sub(1)), Some(layers - 1)] {

@@ -9,8 +9,7 @@ use common::{QUESTION, vlm_full as full, vlm_spec as spec};
 use common::{fixture, json_ints, json_tensor, max_diff};
 use serde_json::Value;
 use tokenlens::Cancel;
-use tokenlens::reduce::llm::{LlmPlan, LlmReducer, LlmSite, LlmView};
-use tokenlens::reduce::{Budget, Method, ReducerConfig};
+use tokenlens::reduce::{Budget, Method, Plan, Reducer, ReducerConfig, Site, SiteView};
 use tokenlens::session::vlm::decode;
 use tokenlens::session::vlm::{Vlm, VlmRunSpec};
 
@@ -46,18 +45,15 @@ struct KeepAfter {
     kept: Vec<u32>,
 }
 
-impl LlmReducer for KeepAfter {
-    fn sites(&self) -> Vec<LlmSite> {
-        vec![LlmSite::AfterLayer(self.layer)]
+impl Reducer for KeepAfter {
+    fn sites(&self) -> Vec<Site> {
+        vec![Site::AfterLayer(self.layer)]
     }
 
-    fn plan(&mut self, view: &LlmView<'_>) -> tokenlens::Result<LlmPlan> {
-        let keep = view
-            .image_rows()
-            .into_iter()
-            .filter(|&i| matches!(&view.rows[i], tokenlens::reduce::llm::Row::Image(t) if self.kept.contains(&t[0])))
-            .collect();
-        Ok(LlmPlan { scores: None, keep, merged: vec![] })
+    fn plan(&mut self, view: &SiteView<'_>) -> tokenlens::Result<Plan> {
+        let keep: Vec<usize> =
+            view.image_rows().into_iter().filter(|&i| self.kept.contains(&view.state.source[i][0])).collect();
+        Ok(Plan::in_sequence(view.state, &keep, vec![]))
     }
 }
 
@@ -215,14 +211,7 @@ fn the_position_switch_keeps_original_slots_or_compacts() {
         vlm.sequence(&full, &spec, &Cancel::default()).unwrap()
     };
     let seq = reduced(tokenlens::reduce::PositionMode::Preserve);
-    let kept: Vec<u32> = seq
-        .rows
-        .iter()
-        .filter_map(|r| match r {
-            tokenlens::reduce::llm::Row::Image(t) => Some(t[0]),
-            _ => None,
-        })
-        .collect();
+    let kept: Vec<u32> = seq.image_rows().iter().map(|&i| seq.source[i][0]).collect();
     assert_eq!(kept.len(), 8);
     let n = full.prompt.ids.len();
     let mut want: Vec<u32> = (0..slots[0] as u32).collect();
@@ -235,12 +224,13 @@ fn the_position_switch_keeps_original_slots_or_compacts() {
 
 #[test]
 fn language_side_methods_keep_their_budget_and_change_nothing_at_zero() {
-    use tokenlens::reduce::llm::{LlmContext, LlmReducerConfig};
+    use tokenlens::reduce::Context;
+    use tokenlens::reduce::llm::LlmReducerConfig;
     for name in ["llava", "idefics3"] {
         let (vlm, full) = full(name);
         let n = full.vision.num_image_tokens();
         let layers = vlm.num_layers();
-        let ctx = LlmContext { num_layers: layers, num_image_tokens: n, grid: full.vision.grid };
+        let ctx = Context::decoder(layers, n, full.vision.grid);
         for mut cfg in LlmReducerConfig::defaults() {
             if cfg.name() == "fastv" {
                 cfg.set_layer(1, layers); // K = 1: prune after layer 0 of the two

@@ -183,11 +183,11 @@ fn method_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     ui.label(egui::RichText::new(current.description).small());
     ui.label(egui::RichText::new(current.paper).small().weak().italics());
     if let Some(opened) = &app.opened {
-        let ctx = crate::reduce::Context {
-            num_layers: opened.analysis.cls_attention.len(),
-            grid: (opened.analysis.grid[0], opened.analysis.grid[1]),
-            num_special: opened.analysis.num_special,
-        };
+        let ctx = crate::reduce::Context::encoder(
+            opened.analysis.cls_attention.len(),
+            (opened.analysis.grid[0], opened.analysis.grid[1]),
+            opened.analysis.num_special,
+        );
         if let Some(note) = app.settings.spec.reducer.note_for(&ctx) {
             ui.label(egui::RichText::new(format!("Note: {note}")).small().color(ui.visuals().warn_fg_color));
         }

@@ -35,7 +35,7 @@ use candle_nn::VarBuilder;
 pub use config::VitConfig;
 pub use hooks::{HookPoint, Probe, Trace};
 pub use saliency::SaliencyDecoder;
-pub use state::TokenState;
+pub use state::{Role, TokenState};
 pub use vit::{Intervene, Needs, NoIntervention, VisionTransformer};
 
 use crate::{Error, Result};

@@ -1,8 +1,9 @@
 //! Token reducers behind one interface.
 //!
-//! Every method implements [`Reducer`]: it names the sites where it acts, what it needs
-//! recorded there, and returns a [`Plan`] (data, not action). `plan.rs` applies plans, so
-//! provenance (sizes, source, positions) is shared by all methods. Registration is one variant
+//! Every method, vision-side or language-side, implements [`Reducer`]: it names the [`Site`]s
+//! where it acts, what it needs recorded there, and returns a [`Plan`] (data, not action) from a
+//! [`SiteView`] of what that site has. `plan.rs` applies plans to encoder tokens and decoder
+//! rows alike, so provenance (sizes, source, roles, positions) is shared by all methods. Registration is one variant
 //! line of the registry (`registry.rs`), for vision- and language-side methods alike; the CLI,
 //! the GUI and the tests iterate over [`Method::all`].
 //! The vocabulary (stage, budget, scores, kept, source) is `shared/REDUCERS.md`'s.
@@ -23,6 +24,7 @@ pub mod tome;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::model::Role;
 pub use budget::Budget;
 pub use plan::{Group, Plan, PositionMode};
 pub use registry::{Capabilities, LanguageMethod, Method, MethodInfo, Part, Side, VisionMethod};
@@ -30,7 +32,6 @@ pub use registry::{Capabilities, LanguageMethod, Method, MethodInfo, Part, Side,
 use crate::model::layers::AttnRecord;
 use crate::model::{Needs, TokenState, Trace};
 use crate::{Error, Result};
-use llm::{LlmContext, LlmReducer};
 
 /// Where a reducer acts (REDUCERS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,8 +45,10 @@ pub enum Stage {
     Llm(usize),
 }
 
-/// A point in the encoder's forward pass where a plan can be made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A point in the forward pass where a plan can be made, in forward order: in the vision
+/// encoder, then in the language model (vision-language models).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Site {
     /// Between block `l`'s attention and its MLP (where ToMe merges).
     MidBlock(usize),
@@ -53,17 +56,48 @@ pub enum Site {
     AfterBlock(usize),
     /// After the final norm: the features the output head (or projector) reads.
     EncoderOutput,
+    /// On the language model's input embeddings, before decoder layer 0 (image rows are the
+    /// projected image tokens, text rows the prompt's token embeddings).
+    PreLlm,
+    /// On the hidden states leaving decoder layer `k`; layers `k + 1..` see the reduced rows.
+    AfterLayer(usize),
 }
 
-/// The model facts a reducer is built for.
+impl Site {
+    /// The stage a plan at this site belongs to.
+    pub fn stage(self) -> Stage {
+        match self {
+            Site::MidBlock(l) | Site::AfterBlock(l) => Stage::Encoder(l),
+            Site::EncoderOutput | Site::PreLlm => Stage::PreLlm,
+            Site::AfterLayer(k) => Stage::Llm(k),
+        }
+    }
+}
+
+/// The model facts a reducer is built for, on the side it acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Context {
+    /// Vision-encoder blocks (vision side) or decoder layers (language side).
     pub num_layers: usize,
+    /// The image tokens' grid (rows, cols), raster order (SmolVLM: after the pixel shuffle).
     pub grid: (usize, usize),
+    /// Leading special tokens (CLS, registers); none in a decoder's rows.
     pub num_special: usize,
+    /// Image tokens in the unreduced sequence (an encoder: one per grid cell).
+    pub num_image_tokens: usize,
 }
 
 impl Context {
+    /// An encoder with `num_layers` blocks, its patch grid and special tokens.
+    pub fn encoder(num_layers: usize, grid: (usize, usize), num_special: usize) -> Self {
+        Self { num_layers, grid, num_special, num_image_tokens: grid.0 * grid.1 }
+    }
+
+    /// A language model with `num_layers` decoder layers reading `num_image_tokens` image tokens.
+    pub fn decoder(num_layers: usize, num_image_tokens: usize, grid: (usize, usize)) -> Self {
+        Self { num_layers, grid, num_special: 0, num_image_tokens }
+    }
+
     pub fn num_patches(&self) -> usize {
         self.grid.0 * self.grid.1
     }
@@ -78,22 +112,50 @@ impl Context {
     }
 }
 
-/// What a reducer sees at one of its sites.
+/// What a reducer sees at one of its sites: what that site has.
 pub struct SiteView<'a> {
     pub site: Site,
-    /// The tokens now. At [`Site::EncoderOutput`], `hidden` holds the final-norm features.
+    /// The tokens now: an encoder's tokens (at [`Site::EncoderOutput`], `hidden` holds the
+    /// final-norm features), or a language model's rows in order (the last is the last prompt
+    /// token), whose `hidden` is the input embeddings at [`Site::PreLlm`] and the hidden states
+    /// leaving layer k at [`Site::AfterLayer`]`(k)`.
     pub state: &'a TokenState,
-    /// This block's attention record (what [`Reducer::needs`] asked for); empty at the output.
+    /// This block's or layer's attention record (what [`Reducer::needs`] asked for: a ViT block
+    /// gives probabilities and keys, a decoder layer its causal probabilities `[1, heads, n, n]`,
+    /// row = query); empty at [`Site::EncoderOutput`] and [`Site::PreLlm`].
     pub attn: &'a AttnRecord,
-    /// The unreduced run's records: attention and keys of every layer. Valid for everything
-    /// before the reducer's first site, where the reduced run equals the full one.
+    /// The unreduced encoder run's records: attention and keys of every block. Valid for
+    /// everything before the reducer's first site, where the reduced run equals the full one;
+    /// empty in a language model.
     pub full_trace: &'a Trace,
+    /// Per original image token, the vision tower's own importance: CLS attention at the layer
+    /// the projector reads, mean over heads (attention received where the tower has no CLS),
+    /// summed over the patches the token covers. Empty in an encoder.
+    pub vision_saliency: &'a [f32],
+}
+
+impl SiteView<'_> {
+    /// Indices of the image tokens now, in order.
+    pub fn image_rows(&self) -> Vec<usize> {
+        self.state.image_rows()
+    }
+
+    /// Indices of the text rows now (a language model's prompt tokens), in order.
+    pub fn text_rows(&self) -> Vec<usize> {
+        self.state.text_rows()
+    }
+
+    /// Tokens (rows) now.
+    pub fn num_rows(&self) -> usize {
+        self.state.num_tokens()
+    }
 }
 
 pub trait Reducer {
     /// Sites where [`Reducer::plan`] is called, in forward order.
     fn sites(&self) -> Vec<Site>;
-    /// What must be recorded at block `layer` (computed even if no one else asks).
+    /// What must be recorded at block (vision side) or decoder layer (language side) `layer`
+    /// for a plan after it (computed even if no one else asks).
     fn needs(&self, _layer: usize) -> Needs {
         Needs::default()
     }
@@ -102,6 +164,13 @@ pub trait Reducer {
         false
     }
     fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan>;
+    /// The image tokens left after each site, as planned when the reducer was built (language
+    /// side). Sites whose count depends on the data (ToDRE's stage 2) are left out, so
+    /// [`llm::layer_averaged_rows`] of this schedule is an upper bound for such methods and exact
+    /// for the others.
+    fn schedule(&self) -> Vec<(Site, usize)> {
+        Vec::new()
+    }
 }
 
 // The method registry: one line registers a method (its file describes it and builds its
@@ -156,10 +225,7 @@ impl ReducerConfig {
     /// The stage of the method's first action.
     pub fn stage(&self, ctx: &Context) -> Result<Stage> {
         let reducer = self.build(ctx.num_patches(), ctx)?;
-        Ok(match reducer.sites().first() {
-            Some(Site::MidBlock(l) | Site::AfterBlock(l)) => Stage::Encoder(*l),
-            _ => Stage::PreLlm,
-        })
+        Ok(reducer.sites().first().map_or(Stage::PreLlm, |s| s.stage()))
     }
 }
 

@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn recipes_follow_the_authors_patches() {
-        let ctx = Context { num_layers: 12, grid: (4, 4), num_special: 1 };
+        let ctx = Context::encoder(12, (4, 4), 1);
         let ok = |_: &'static str, l: usize| Ok(l);
         let authors = Pitome::new(&PitomeConfig::default(), 16, &ctx, ok).unwrap();
         // deit.py: margins = [.75 - .75*(i/num_layers)], use_bsm_pitome for ceil(12 * 0.5) blocks.

@@ -1,6 +1,9 @@
 //! Plans are data: which input tokens form each output token, with what weights. This is the
-//! only code that moves tokens; every reducer returns a [`Plan`] and gets provenance (sizes,
-//! source, positions) for free, and the GUI can show a plan without re-running the model.
+//! only code that moves tokens, on both sides: an encoder's tokens between blocks, and a language
+//! model's rows before layer 0 or between decoder layers (the decoder gathers its KV-cache-bound
+//! hidden states and position ids through [`Plan::apply`]). Every reducer returns a [`Plan`] and
+//! gets provenance (sizes, source, roles, positions) for free, and the GUI can show a plan
+//! without re-running the model.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -43,10 +46,13 @@ impl Group {
     }
 }
 
-/// What a reducer decided at one site.
+/// What a reducer decided at one site: the output tokens as groups of input tokens. An image
+/// token in a one-member group is kept (a "merge" of one row, such as a SparseVLM cluster of
+/// one, is that row kept), in a larger group merged, in none dropped; special and text tokens
+/// are always kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// Output tokens, in order. Special tokens must come first, unchanged.
+    /// Output tokens, in order. Special tokens must come first, unchanged; text rows stay.
     pub groups: Vec<Group>,
     /// The method's importance per input token (NaN where it has none), for overlays.
     pub scores: Option<Vec<f32>>,
@@ -63,6 +69,34 @@ impl Plan {
         Self { groups, scores: None }
     }
 
+    /// A language model's plan, in sequence order: every text row stays where it is; of the
+    /// image rows, `keep` stay and each `merged` group (disjoint, image rows) becomes one row at
+    /// its first member's place, the mean of its members weighted by the image tokens each
+    /// carries (its size), taking that member's position id; the other image rows go.
+    pub fn in_sequence(state: &TokenState, keep: &[usize], merged: Vec<Vec<usize>>) -> Self {
+        let mut kept = vec![false; state.num_tokens()];
+        for &i in keep {
+            kept[i] = true;
+        }
+        let mut at: Vec<Option<Vec<usize>>> = vec![None; state.num_tokens()];
+        for members in merged {
+            let first = members[0];
+            at[first] = Some(members);
+        }
+        let groups = at
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, members)| match members {
+                Some(members) => {
+                    let weights = members.iter().map(|&m| state.sizes[m]).collect();
+                    Some(Group::mean(members, weights, i))
+                }
+                None => (!state.is_image(i) || kept[i]).then(|| Group::single(i)),
+            })
+            .collect();
+        Self { groups, scores: None }
+    }
+
     pub fn with_scores(mut self, scores: Vec<f32>) -> Self {
         self.scores = Some(scores);
         self
@@ -73,8 +107,28 @@ impl Plan {
             && self.groups.iter().enumerate().all(|(i, g)| g.members.len() == 1 && g.members[0] == i)
     }
 
+    /// Image tokens kept as they are (one-member groups), in output order.
+    pub fn kept(&self, state: &TokenState) -> Vec<usize> {
+        self.groups
+            .iter()
+            .filter(|g| g.members.len() == 1 && state.is_image(g.members[0]))
+            .map(|g| g.members[0])
+            .collect()
+    }
+
+    /// The merged groups' members (groups of more than one token), in output order.
+    pub fn merged(&self) -> Vec<&[usize]> {
+        self.groups.iter().filter(|g| g.members.len() > 1).map(|g| g.members.as_slice()).collect()
+    }
+
+    /// Image tokens after the plan.
+    pub fn output_image_tokens(&self, state: &TokenState) -> usize {
+        self.groups.iter().filter(|g| state.is_image(g.anchor)).count()
+    }
+
     /// Checks the plan against the state it will be applied to: members in range, each input
-    /// token used at most once, special tokens first and untouched.
+    /// token used at most once, special tokens first and untouched, text rows kept alone, one
+    /// score per input token.
     pub fn validate(&self, state: &TokenState) -> std::result::Result<(), String> {
         let n = state.num_tokens();
         let mut used = vec![false; n];
@@ -86,15 +140,25 @@ impl Plan {
                 if m >= n || std::mem::replace(&mut used[m], true) {
                     return Err(format!("token {m} is out of range or used twice"));
                 }
+                if g.members.len() > 1 && !state.is_image(m) {
+                    return Err(format!("token {m} is not an image token and is merged"));
+                }
             }
         }
         if (0..state.num_special).any(|s| self.groups.get(s) != Some(&Group::single(s))) {
             return Err("special tokens must stay first and unchanged".into());
         }
+        if let Some(t) = (0..n).find(|&t| !state.is_image(t) && !used[t]) {
+            return Err(format!("{:?} token {t} is dropped", state.roles[t]));
+        }
+        if self.scores.as_ref().is_some_and(|s| s.len() != n) {
+            return Err("one score per input token expected".into());
+        }
         Ok(())
     }
 
-    /// The new state: weighted means of hidden states, summed sizes, united sources.
+    /// The new state: weighted means of hidden states, summed sizes, united sources, the
+    /// anchors' roles.
     pub fn apply(&self, state: &TokenState, positions: PositionMode) -> Result<TokenState> {
         if let Err(reason) = self.validate(state) {
             // A malformed plan is a bug in a reducer, not bad user input.
@@ -131,6 +195,7 @@ impl Plan {
                 s
             })
             .collect();
+        out.roles = self.groups.iter().map(|g| state.roles[g.anchor]).collect();
         out.positions = match positions {
             PositionMode::Preserve => self.groups.iter().map(|g| state.positions[g.anchor]).collect(),
             PositionMode::Compact => (0..self.groups.len() as u32).collect(),
@@ -190,6 +255,53 @@ mod tests {
         assert!(twice.validate(&s).is_err());
         let cls_moved = Plan::keep(0, &[1, 0]);
         assert!(cls_moved.validate(&s).is_err());
+    }
+
+    #[test]
+    fn one_plan_moves_encoder_tokens_and_decoder_rows_alike() {
+        use crate::model::Role::{Image, Special, Text};
+        let rows = |out: &TokenState| out.hidden.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let close = |a: &[Vec<f32>], b: &[[f32; 2]]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x[0] - y[0]).abs() < 1e-5 && (x[1] - y[1]).abs() < 1e-5)
+        };
+        // Five rows, row i = [i, 10 i]. Keep 0 and 4, merge 3 (weight 2) with 1 (weight 1) at 3's
+        // place, drop 2: by hand, the merged row is (2 * 3 + 1) / 3 = 7/3.
+        let plan = Plan {
+            groups: vec![Group::single(0), Group::mean(vec![3, 1], vec![2.0, 1.0], 3), Group::single(4)],
+            scores: None,
+        };
+        let want = [[0.0, 0.0], [7.0 / 3.0, 70.0 / 3.0], [4.0, 40.0]];
+        // An encoder: CLS + 4 patches.
+        let enc = plan.apply(&toy(), PositionMode::Preserve).unwrap();
+        assert!(close(&rows(&enc), &want), "{:?}", rows(&enc));
+        assert_eq!(
+            (enc.sizes, enc.source, enc.positions),
+            (vec![1.0, 2.0, 1.0], vec![vec![], vec![0, 2], vec![3]], vec![0, 3, 4])
+        );
+        assert_eq!(enc.roles, [Special, Image, Image]);
+        // A decoder: text, three image rows (the last carries image tokens 2 and 3), text.
+        let dec = TokenState::sequence(
+            toy().hidden,
+            vec![None, Some(vec![0]), Some(vec![1]), Some(vec![2, 3]), None],
+            (2, 2),
+        );
+        assert_eq!(dec.sizes, [1.0, 1.0, 1.0, 2.0, 1.0]);
+        // A language-side method says it in sequence terms; the weights are the sizes.
+        assert_eq!(Plan::in_sequence(&dec, &[], vec![vec![3, 1]]), plan);
+        let out = plan.apply(&dec, PositionMode::Preserve).unwrap();
+        assert!(close(&rows(&out), &want), "{:?}", rows(&out));
+        assert_eq!(
+            (out.sizes, out.source, out.positions),
+            (vec![1.0, 3.0, 1.0], vec![vec![], vec![0, 2, 3], vec![]], vec![0, 3, 4])
+        );
+        assert_eq!(out.roles, [Text, Image, Text]);
+        assert_eq!((plan.kept(&dec), plan.merged(), plan.output_image_tokens(&dec)), (vec![], vec![&[3, 1][..]], 1));
+        assert_eq!(Plan::in_sequence(&dec, &[1, 2, 3], vec![]), Plan::identity(5));
+        // Text rows are never dropped nor merged.
+        assert!(Plan::keep(0, &[0, 1, 2, 3]).validate(&dec).unwrap_err().contains("Text token 4"));
+        let merged_text =
+            Plan { groups: vec![Group::mean(vec![0, 1], vec![1.0, 1.0], 0), Group::single(4)], scores: None };
+        assert!(merged_text.validate(&dec).is_err());
     }
 
     #[test]

@@ -116,11 +116,17 @@ mod tests {
         let hidden = Tensor::new(&[[[9f32], [1.0], [2.0], [3.0], [4.0]]], &Device::Cpu).unwrap();
         let mut state = TokenState::fresh(hidden, 1, (2, 2));
         state.sizes = vec![1.0, 1.0, 2.0, 1.0, 3.0];
-        let ctx = Context { num_layers: 1, grid: (2, 2), num_special: 1 };
+        let ctx = Context::encoder(1, (2, 2), 1);
         let mut pool = ReducerConfig::from_name("pool").unwrap().build(1, &ctx).unwrap();
         let empty = crate::model::Trace::default();
         let attn = crate::model::layers::AttnRecord::default();
-        let view = SiteView { site: Site::EncoderOutput, state: &state, attn: &attn, full_trace: &empty };
+        let view = SiteView {
+            site: Site::EncoderOutput,
+            state: &state,
+            attn: &attn,
+            full_trace: &empty,
+            vision_saliency: &[],
+        };
         let out = pool.plan(&view).unwrap().apply(&state, PositionMode::Preserve).unwrap();
         let got = out.hidden.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(got[0], 9.0, "CLS untouched");

@@ -74,9 +74,15 @@ mod tests {
         use crate::reduce::{Context, ReducerConfig, SiteView};
         use candle_core::{DType, Device, Tensor};
         let state = TokenState::fresh(Tensor::zeros((1, 17, 2), DType::F32, &Device::Cpu).unwrap(), 1, (4, 4));
-        let ctx = Context { num_layers: 1, grid: (4, 4), num_special: 1 };
+        let ctx = Context::encoder(1, (4, 4), 1);
         let (empty, attn) = (crate::model::Trace::default(), crate::model::layers::AttnRecord::default());
-        let view = SiteView { site: Site::EncoderOutput, state: &state, attn: &attn, full_trace: &empty };
+        let view = SiteView {
+            site: Site::EncoderOutput,
+            state: &state,
+            attn: &attn,
+            full_trace: &empty,
+            vision_saliency: &[],
+        };
         let kept = |seed: u64| {
             let mut cfg = ReducerConfig::from_name("random").unwrap();
             cfg.set_param("seed", &seed.to_string()).unwrap();

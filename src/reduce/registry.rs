@@ -15,7 +15,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::llm::{LlmContext, LlmReducer};
 use super::{Context, LlmReducerConfig, Reducer, ReducerConfig, by_name};
 use crate::{Error, Result};
 
@@ -92,7 +91,7 @@ pub trait LanguageMethod {
     }
     fn set_layer(&mut self, _layer: usize, _num_layers: usize) {}
     /// The reducer for a run keeping `keep` image tokens (`keep` is checked by the caller).
-    fn build(&self, keep: usize, ctx: &LlmContext) -> Result<Box<dyn LlmReducer>>;
+    fn build(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>>;
 }
 
 /// Makes the per-side configs from the registry list (the menu order), in `reduce/mod.rs`.
@@ -180,7 +179,7 @@ macro_rules! methods {
                 }
             }
 
-            fn build_unchecked(&self, keep: usize, ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
+            fn build_unchecked(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>> {
                 match self {
                     $(LlmReducerConfig::$l(c) => c.build(keep, ctx),)*
                 }
@@ -196,7 +195,7 @@ impl LlmReducerConfig {
     /// (see [`LlmReducerConfig::layer_averaged`] for what it achieves when `keep` is too small);
     /// ToDRE's stage 1 count (stage 2 may drop the rest later). `keep == num_image_tokens` gives
     /// identity plans at every site.
-    pub fn build(&self, keep: usize, ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
+    pub fn build(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>> {
         if keep > ctx.num_image_tokens {
             return Err(Error::Config {
                 field: "budget",

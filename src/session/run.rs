@@ -143,7 +143,7 @@ impl Session {
         let enc = &self.model()?.encoder;
         let layers = full.num_layers();
         let first = &full.states[0];
-        let ctx = Context { num_layers: layers, grid: first.grid, num_special: first.num_special };
+        let ctx = Context::encoder(layers, first.grid, first.num_special);
         let keep = spec.budget.resolve(ctx.num_patches())?;
         let mut reducer = spec.reducer.build(keep, &ctx)?;
         let cached = EncoderCache { states: &full.states, trace: &full.trace, features: &full.features };
@@ -374,7 +374,8 @@ pub(crate) fn reduce_encoder(
             apply.at(Site::AfterBlock(l), &mut state, &record)?;
             (state, l + 1)
         }
-        Some(Site::EncoderOutput) | None => (cached.states[layers].clone(), layers),
+        // The output (a vision-side reducer has no decoder sites).
+        _ => (cached.states[layers].clone(), layers),
     };
     let mut blocks = vec![full_tokens; resume_at];
     let probe = if record { Probe::attention(layers) } else { Probe::default() };
@@ -432,7 +433,8 @@ impl<'a> Apply<'a> {
         if !self.sites.contains(&site) {
             return Ok(());
         }
-        let plan = self.reducer.plan(&SiteView { site, state, attn, full_trace: self.full_trace })?;
+        let plan =
+            self.reducer.plan(&SiteView { site, state, attn, full_trace: self.full_trace, vision_saliency: &[] })?;
         if self.patch_scores.is_none() {
             self.patch_scores = plan.scores.as_ref().map(|scores| {
                 let mut per_patch = vec![None; state.num_patches()];

@@ -14,10 +14,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::ops::{plan, received_from, required_attention, scores_on_rows};
-use super::{LlmContext, LlmPlan, LlmReducer, LlmSite, LlmView};
-use crate::reduce::MethodInfo;
+use crate::model::Needs;
 use crate::reduce::ops::top_k_in_order;
 use crate::reduce::registry::{LanguageMethod, Part, Side};
+use crate::reduce::{Context, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::{Error, Result};
 
 pub const INFO: MethodInfo = MethodInfo {
@@ -69,7 +69,7 @@ impl LanguageMethod for FastvConfig {
         self.layer = layer;
     }
 
-    fn build(&self, keep: usize, ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
+    fn build(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>> {
         Ok(Box::new(Fastv::new(self, keep, ctx)?))
     }
 }
@@ -82,7 +82,7 @@ pub struct Fastv {
 }
 
 impl Fastv {
-    pub fn new(cfg: &FastvConfig, keep: usize, ctx: &LlmContext) -> Result<Self> {
+    pub fn new(cfg: &FastvConfig, keep: usize, ctx: &Context) -> Result<Self> {
         if cfg.layer == 0 || cfg.layer > ctx.num_layers {
             return Err(Error::Config {
                 field: "layer",
@@ -96,89 +96,87 @@ impl Fastv {
     }
 
     /// Each image row's score (in `view.image_rows()` order), as defined above.
-    pub fn scores(&self, view: &LlmView<'_>) -> Result<Vec<f32>> {
+    pub fn scores(&self, view: &SiteView<'_>) -> Result<Vec<f32>> {
         let a = required_attention(view, "FastV")?;
         let queries: Vec<usize> = match self.query {
-            FastvQuery::Last => vec![view.rows.len() - 1],
+            FastvQuery::Last => vec![view.num_rows() - 1],
             FastvQuery::Text => view.text_rows(),
-            FastvQuery::All => (0..view.rows.len()).collect(),
+            FastvQuery::All => (0..view.num_rows()).collect(),
         };
         Ok(received_from(&a, &queries, &view.image_rows()))
     }
 }
 
-impl LlmReducer for Fastv {
-    fn sites(&self) -> Vec<LlmSite> {
-        vec![LlmSite::AfterLayer(self.attn_layer)]
+impl Reducer for Fastv {
+    fn sites(&self) -> Vec<Site> {
+        vec![Site::AfterLayer(self.attn_layer)]
     }
 
-    fn needs_attention(&self, layer: usize) -> bool {
-        layer == self.attn_layer
+    fn needs(&self, layer: usize) -> Needs {
+        Needs { probs: layer == self.attn_layer, keys: false }
     }
 
-    fn plan(&mut self, view: &LlmView<'_>) -> Result<LlmPlan> {
+    fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
         let image = view.image_rows();
         let s = self.scores(view)?;
-        let all_rows = scores_on_rows(view.rows.len(), &image, &s);
+        let all_rows = scores_on_rows(view.num_rows(), &image, &s);
         let keep = if self.keep >= image.len() { image } else { top_k_in_order(&all_rows, &image, self.keep) };
-        Ok(plan(all_rows, keep, Vec::new()))
+        Ok(plan(view, all_rows, keep, Vec::new()))
     }
 
-    fn schedule(&self) -> Vec<(LlmSite, usize)> {
-        vec![(LlmSite::AfterLayer(self.attn_layer), self.keep)]
+    fn schedule(&self) -> Vec<(Site, usize)> {
+        vec![(Site::AfterLayer(self.attn_layer), self.keep)]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reduce::llm::Row;
+    use crate::model::{TokenState, Trace};
+    use crate::reduce::llm::testing;
     use candle_core::{Device, Tensor};
 
-    fn view_plan(query: FastvQuery, keep: usize) -> LlmPlan {
+    fn view_plan(query: FastvQuery, keep: usize) -> (Plan, TokenState) {
         // Rows: T I I T(last). One head; attention by hand (causal, rows sum to 1).
-        let rows = [Row::Text, Row::Image(vec![0]), Row::Image(vec![1]), Row::Text];
         let attn = Tensor::new(
             &[[[1f32, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0], [0.2, 0.2, 0.6, 0.0], [0.1, 0.5, 0.3, 0.1]]],
             &Device::Cpu,
         )
         .unwrap();
         let hidden = Tensor::zeros((4, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let view = LlmView {
-            site: LlmSite::AfterLayer(0),
-            rows: &rows,
-            hidden: &hidden,
-            attn: Some(&attn),
-            vision_saliency: &[],
-        };
-        let ctx = LlmContext { num_layers: 2, num_image_tokens: 2, grid: (1, 2) };
+        let rows = testing::rows(&[None, Some(vec![0]), Some(vec![1]), None], &hidden);
+        let (attn, trace) = (testing::attention(&attn), Trace::default());
+        let view =
+            SiteView { site: Site::AfterLayer(0), state: &rows, attn: &attn, full_trace: &trace, vision_saliency: &[] };
+        let ctx = Context::decoder(2, 2, (1, 2));
         let cfg = FastvConfig { layer: 1, query };
         let p = Fastv::new(&cfg, keep, &ctx).unwrap().plan(&view).unwrap();
         p.validate(&rows).unwrap();
-        p
+        (p, rows)
     }
 
     #[test]
     fn query_sets_by_hand() {
         // Last: image 1 gets 0.5, image 2 gets 0.3.
-        let p = view_plan(FastvQuery::Last, 1);
-        assert_eq!(p.keep, [1]);
+        let (p, rows) = view_plan(FastvQuery::Last, 1);
+        assert_eq!(p.kept(&rows), [1]);
         let s = p.scores.unwrap();
         assert!(s[0].is_nan() && s[3].is_nan());
         assert!((s[1] - 0.5).abs() < 1e-6 && (s[2] - 0.3).abs() < 1e-6);
         // Text (rows 0, 3): row 1 (0 + 0.5) / 2 = 0.25, row 2 (0 + 0.3) / 2 = 0.15.
-        let s = view_plan(FastvQuery::Text, 1).scores.unwrap();
+        let s = view_plan(FastvQuery::Text, 1).0.scores.unwrap();
         assert!((s[1] - 0.25).abs() < 1e-6 && (s[2] - 0.15).abs() < 1e-6);
         // All: row 1 (0 + 0.5 + 0.2 + 0.5) / 4 = 0.3, row 2 (0.6 + 0.3) / 4 = 0.225.
-        let s = view_plan(FastvQuery::All, 1).scores.unwrap();
+        let s = view_plan(FastvQuery::All, 1).0.scores.unwrap();
         assert!((s[1] - 0.3).abs() < 1e-6 && (s[2] - 0.225).abs() < 1e-6);
         // Keep everything: identity.
-        assert_eq!(view_plan(FastvQuery::Last, 2).keep, [1, 2]);
+        let (p, rows) = view_plan(FastvQuery::Last, 2);
+        assert_eq!(p.kept(&rows), [1, 2]);
     }
 
     #[test]
     fn layer_is_checked() {
-        let ctx = LlmContext { num_layers: 2, num_image_tokens: 4, grid: (2, 2) };
+        let ctx = Context::decoder(2, 4, (2, 2));
         for k in [0, 3] {
             let err = Fastv::new(&FastvConfig { layer: k, ..Default::default() }, 2, &ctx).err().unwrap();
             assert!(err.to_string().contains("1..=2"), "{err}");

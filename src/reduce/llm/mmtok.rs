@@ -29,9 +29,8 @@ use std::collections::BinaryHeap;
 use serde::{Deserialize, Serialize};
 
 use super::ops::{cosine_rows, plan, scores_on_rows};
-use super::{LlmContext, LlmPlan, LlmReducer, LlmSite, LlmView};
-use crate::reduce::MethodInfo;
 use crate::reduce::registry::{LanguageMethod, Part, Side};
+use crate::reduce::{Context, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::{Error, Result};
 
 pub const INFO: MethodInfo = MethodInfo {
@@ -66,7 +65,7 @@ impl Default for MmtokConfig {
 impl LanguageMethod for MmtokConfig {
     const INFO: MethodInfo = INFO;
 
-    fn build(&self, keep: usize, _ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
+    fn build(&self, keep: usize, _ctx: &Context) -> Result<Box<dyn Reducer>> {
         Ok(Box::new(Mmtok::new(self, keep)?))
     }
 }
@@ -210,46 +209,49 @@ impl PartialEq for Entry {
 
 impl Eq for Entry {}
 
-impl LlmReducer for Mmtok {
-    fn sites(&self) -> Vec<LlmSite> {
-        vec![LlmSite::PreLlm]
+impl Reducer for Mmtok {
+    fn sites(&self) -> Vec<Site> {
+        vec![Site::PreLlm]
     }
 
-    fn plan(&mut self, view: &LlmView<'_>) -> Result<LlmPlan> {
+    fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
         let (image, text) = (view.image_rows(), view.text_rows());
-        let w = coverage_matrix(view.hidden, &text, &image, &self.cfg)?;
+        let w = coverage_matrix(&view.state.hidden, &text, &image, &self.cfg)?;
         let target_weight = vec![1f32; text.len() + image.len()];
         let cov = Coverage { w: &w, target_weight: &target_weight };
         let zero = vec![0f32; target_weight.len()];
         let single: Vec<f32> = (0..image.len()).map(|i| cov.gain(i, &zero)).collect();
-        let all_rows = scores_on_rows(view.rows.len(), &image, &single);
+        let all_rows = scores_on_rows(view.num_rows(), &image, &single);
         if self.keep >= image.len() {
-            return Ok(plan(all_rows, image, Vec::new()));
+            return Ok(plan(view, all_rows, image, Vec::new()));
         }
         let keep = cov.lazy_greedy(self.keep).into_iter().map(|i| image[i]).collect();
-        Ok(plan(all_rows, keep, Vec::new()))
+        Ok(plan(view, all_rows, keep, Vec::new()))
     }
 
-    fn schedule(&self) -> Vec<(LlmSite, usize)> {
-        vec![(LlmSite::PreLlm, self.keep)]
+    fn schedule(&self) -> Vec<(Site, usize)> {
+        vec![(Site::PreLlm, self.keep)]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reduce::llm::Row;
+    use crate::model::Trace;
+    use crate::model::layers::AttnRecord;
+    use crate::reduce::llm::testing;
     use candle_core::{Device, Tensor};
     use rand::{Rng, SeedableRng};
 
     fn run(cfg: MmtokConfig, keep: usize) -> Vec<usize> {
         // T(1,0) I(1,0) I(0.8,0.6) I(0,1) I(-1,0).
-        let rows = [Row::Text, Row::Image(vec![0]), Row::Image(vec![1]), Row::Image(vec![2]), Row::Image(vec![3])];
         let h = Tensor::new(&[[1f32, 0.0], [1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]], &Device::Cpu).unwrap();
-        let view = LlmView { site: LlmSite::PreLlm, rows: &rows, hidden: &h, attn: None, vision_saliency: &[] };
+        let rows = testing::rows(&[None, Some(vec![0]), Some(vec![1]), Some(vec![2]), Some(vec![3])], &h);
+        let (attn, trace) = (AttnRecord::default(), Trace::default());
+        let view = SiteView { site: Site::PreLlm, state: &rows, attn: &attn, full_trace: &trace, vision_saliency: &[] };
         let p = Mmtok::new(&cfg, keep).unwrap().plan(&view).unwrap();
         p.validate(&rows).unwrap();
-        p.keep
+        p.kept(&rows)
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::{LlmPlan, LlmView, Row};
+use crate::reduce::{Plan, SiteView};
 use crate::{Error, Result};
 
 /// Layer k's attention averaged over heads, `[heads, n, n]` (or `[1, heads, n, n]`) -> `[n][n]`
@@ -15,17 +15,17 @@ pub fn attention_mean_heads(attn: &Tensor) -> Result<Vec<Vec<f32>>> {
 }
 
 /// The attention the view carries, averaged over heads, or an error naming the method that
-/// asked for it (the decoder loop must materialise it where `needs_attention` said so).
-pub fn required_attention(view: &LlmView<'_>, method: &str) -> Result<Vec<Vec<f32>>> {
-    let attn = view.attn.ok_or_else(|| Error::Config {
+/// asked for it (the decoder loop must materialise it where `needs` said so).
+pub fn required_attention(view: &SiteView<'_>, method: &str) -> Result<Vec<Vec<f32>>> {
+    let attn = view.attn.probs.as_ref().ok_or_else(|| Error::Config {
         field: "attention",
         reason: format!("{method} needs the decoder attention at {:?}, and none was given", view.site),
     })?;
     let a = attention_mean_heads(attn)?;
-    if a.len() != view.rows.len() {
+    if a.len() != view.num_rows() {
         return Err(Error::Config {
             field: "attention",
-            reason: format!("{method}: attention over {} rows for a sequence of {}", a.len(), view.rows.len()),
+            reason: format!("{method}: attention over {} rows for a sequence of {}", a.len(), view.num_rows()),
         });
     }
     Ok(a)
@@ -67,20 +67,12 @@ pub fn scores_on_rows(num_rows: usize, rows_idx: &[usize], values: &[f32]) -> Ve
     s
 }
 
-/// How many original image tokens a row carries (0 for text).
-pub fn row_weight(row: &Row) -> usize {
-    match row {
-        Row::Text => 0,
-        Row::Image(t) => t.len(),
-    }
-}
-
 /// The vision tower's saliency of every image row: the sum over the original tokens it carries.
-pub fn row_saliency(view: &LlmView<'_>, image_rows: &[usize]) -> Result<Vec<f32>> {
+pub fn row_saliency(view: &SiteView<'_>, image_rows: &[usize]) -> Result<Vec<f32>> {
     image_rows
         .iter()
-        .map(|&r| match &view.rows[r] {
-            Row::Image(tokens) => tokens
+        .map(|&r| {
+            view.state.source[r]
                 .iter()
                 .map(|&t| {
                     view.vision_saliency.get(t as usize).copied().ok_or_else(|| Error::Config {
@@ -88,17 +80,15 @@ pub fn row_saliency(view: &LlmView<'_>, image_rows: &[usize]) -> Result<Vec<f32>
                         reason: format!("no saliency for image token {t} (have {})", view.vision_saliency.len()),
                     })
                 })
-                .sum(),
-            Row::Text => unreachable!("image_rows holds image rows only"),
+                .sum()
         })
         .collect()
 }
 
-/// A plan keeping `keep` (sorted here) with `scores`, and the given merge groups.
-pub fn plan(scores: Vec<f32>, mut keep: Vec<usize>, mut merged: Vec<Vec<usize>>) -> LlmPlan {
-    keep.sort_unstable();
-    merged.sort_by_key(|g| g[0]);
-    LlmPlan { scores: Some(scores), keep, merged }
+/// A plan with `scores` keeping the image rows `keep` and merging each of the `merged` groups
+/// into one row at its first member's place (see [`Plan::in_sequence`]); text rows stay.
+pub fn plan(view: &SiteView<'_>, scores: Vec<f32>, keep: Vec<usize>, merged: Vec<Vec<usize>>) -> Plan {
+    Plan::in_sequence(view.state, &keep, merged).with_scores(scores)
 }
 
 /// Greedy k-centre (farthest-point) on a distance over `0..n`: starting from the `seeds` (or,

@@ -3,7 +3,7 @@
 //! <https://arxiv.org/abs/2410.04417>), following the authors' released code (Gumpest/SparseVLMs
 //! @ 26a5f48, version 1_0; checked against it by `tests/methods_reference.rs`).
 //!
-//! Before layer 0 ([`LlmSite::PreLlm`], no rows change) the text raters are chosen once, on the
+//! Before layer 0 ([`Site::PreLlm`], no rows change) the text raters are chosen once, on the
 //! decoder input embeddings: for every image row, a softmax over the text rows after the image
 //! of the dot products with them; averaged over the image rows, a text row is a rater when its
 //! value is above the mean. After each site layer (LLaVA: 2, 6 and 15 of 32; scaled to the
@@ -37,10 +37,11 @@ use serde::{Deserialize, Serialize};
 
 use candle_core::DType;
 
+use super::layer_averaged_rows;
 use super::ops::{argsort_desc, plan, received_from, required_attention, scores_on_rows};
-use super::{LlmContext, LlmPlan, LlmReducer, LlmSite, LlmView, layer_averaged_rows};
-use crate::reduce::MethodInfo;
+use crate::model::Needs;
 use crate::reduce::registry::{LanguageMethod, Part, Side};
+use crate::reduce::{Context, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::{Error, Result};
 
 pub const INFO: MethodInfo = MethodInfo {
@@ -92,7 +93,7 @@ impl LanguageMethod for SparsevlmConfig {
         self.shift_to(layer, num_layers);
     }
 
-    fn build(&self, keep: usize, ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
+    fn build(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>> {
         Ok(Box::new(Sparsevlm::new(self, keep, ctx)?))
     }
 }
@@ -139,7 +140,7 @@ pub struct Sparsevlm {
 }
 
 impl Sparsevlm {
-    pub fn new(cfg: &SparsevlmConfig, keep: usize, ctx: &LlmContext) -> Result<Self> {
+    pub fn new(cfg: &SparsevlmConfig, keep: usize, ctx: &Context) -> Result<Self> {
         let bad = |field, reason: String| Err(Error::Config { field, reason });
         let layers = cfg.layers_for(ctx.num_layers);
         if layers.is_empty() {
@@ -201,26 +202,26 @@ impl Sparsevlm {
     }
 
     /// Picks the raters (the pre-LLM site): see the module docs.
-    fn choose_raters(&mut self, view: &LlmView<'_>) -> Result<()> {
+    fn choose_raters(&mut self, view: &SiteView<'_>) -> Result<()> {
         let image = view.image_rows();
         let last_image = image.last().copied().unwrap_or(0);
         let text_after: Vec<usize> = view.text_rows().into_iter().filter(|&t| t > last_image).collect();
-        let raters = rater_rows(view.hidden, &image, &text_after)?;
-        let ordinal = |row: usize| view.rows[..row].iter().filter(|r| !r.is_image()).count();
+        let raters = rater_rows(&view.state.hidden, &image, &text_after)?;
+        let ordinal = |row: usize| (0..row).filter(|&r| !view.state.is_image(r)).count();
         self.raters = Some(raters.into_iter().map(ordinal).collect());
         Ok(())
     }
 
     /// One pruning site keeping the `kept` best-scored image rows (the rest of the site's count
     /// is recycled clusters); the reducer's own plan uses its schedule's `kept`.
-    pub fn prune(&self, view: &LlmView<'_>, kept: usize) -> Result<LlmPlan> {
+    pub fn prune(&self, view: &SiteView<'_>, kept: usize) -> Result<Plan> {
         let pruned = view.image_rows().len().saturating_sub(kept);
         self.site_plan(view, kept, self.recycled(pruned).1)
     }
 
     /// [`Sparsevlm::prune`] with `clusters` merged rows (more than the recycling rule gives only
     /// in the fallback of [`Sparsevlm::split`]; the recycled rows are then at least as many).
-    fn site_plan(&self, view: &LlmView<'_>, kept: usize, clusters: usize) -> Result<LlmPlan> {
+    fn site_plan(&self, view: &SiteView<'_>, kept: usize, clusters: usize) -> Result<Plan> {
         let Some(raters) = &self.raters else {
             return Err(Error::Config {
                 field: "site",
@@ -231,9 +232,9 @@ impl Sparsevlm {
         let (image, text) = (view.image_rows(), view.text_rows());
         let rater_rows: Vec<usize> = raters.iter().filter_map(|&k| text.get(k).copied()).collect();
         let score = received_from(&a, &rater_rows, &image);
-        let all_rows = scores_on_rows(view.rows.len(), &image, &score);
+        let all_rows = scores_on_rows(view.num_rows(), &image, &score);
         if kept >= image.len() {
-            return Ok(plan(all_rows, image, Vec::new()));
+            return Ok(plan(view, all_rows, image, Vec::new()));
         }
         let order = argsort_desc(&score);
         let keep: Vec<usize> = order[..kept].iter().map(|&i| image[i]).collect();
@@ -243,12 +244,11 @@ impl Sparsevlm {
         let merged = if clusters == 0 {
             Vec::new()
         } else {
-            let h = if view.hidden.rank() == 3 { view.hidden.squeeze(0)? } else { view.hidden.clone() };
-            let h = h.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let h = view.state.hidden.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             let x: Vec<&[f32]> = recycled.iter().map(|&row| h[row].as_slice()).collect();
             dpc_knn(&x, clusters).into_iter().map(|g| g.into_iter().map(|i| recycled[i]).collect()).collect()
         };
-        Ok(plan(all_rows, keep, merged))
+        Ok(plan(view, all_rows, keep, merged))
     }
 }
 
@@ -263,8 +263,8 @@ pub fn schedule_counts(num_layers: usize, n: usize, layers: &[usize], keep: usiz
     if keep >= n || n == 0 {
         return vec![n; m];
     }
-    let sched = |c: &[usize]| -> Vec<(LlmSite, usize)> {
-        layers.iter().map(|&l| LlmSite::AfterLayer(l)).zip(c.iter().copied()).collect()
+    let sched = |c: &[usize]| -> Vec<(Site, usize)> {
+        layers.iter().map(|&l| Site::AfterLayer(l)).zip(c.iter().copied()).collect()
     };
     // Row-layers: integers, compared against keep * num_layers.
     let total = |c: &[usize]| (layer_averaged_rows(num_layers, n, &sched(c)) * num_layers as f64).round() as i64;
@@ -313,19 +313,19 @@ pub fn schedule_counts(num_layers: usize, n: usize, layers: &[usize], keep: usiz
     c
 }
 
-impl LlmReducer for Sparsevlm {
-    fn sites(&self) -> Vec<LlmSite> {
-        std::iter::once(LlmSite::PreLlm).chain(self.layers.iter().map(|&l| LlmSite::AfterLayer(l))).collect()
+impl Reducer for Sparsevlm {
+    fn sites(&self) -> Vec<Site> {
+        std::iter::once(Site::PreLlm).chain(self.layers.iter().map(|&l| Site::AfterLayer(l))).collect()
     }
 
-    fn needs_attention(&self, layer: usize) -> bool {
-        self.layers.contains(&layer)
+    fn needs(&self, layer: usize) -> Needs {
+        Needs { probs: self.layers.contains(&layer), keys: false }
     }
 
-    fn plan(&mut self, view: &LlmView<'_>) -> Result<LlmPlan> {
-        let LlmSite::AfterLayer(layer) = view.site else {
+    fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
+        let Site::AfterLayer(layer) = view.site else {
             self.choose_raters(view)?;
-            return Ok(LlmPlan::identity(view.rows));
+            return Ok(Plan::identity(view.num_rows()));
         };
         let Some(site) = self.layers.iter().position(|&l| l == layer) else {
             return Err(Error::Config { field: "site", reason: format!("SparseVLM has no site after layer {layer}") });
@@ -336,8 +336,8 @@ impl LlmReducer for Sparsevlm {
         self.site_plan(view, kept, clusters)
     }
 
-    fn schedule(&self) -> Vec<(LlmSite, usize)> {
-        self.layers.iter().map(|&l| LlmSite::AfterLayer(l)).zip(self.counts.iter().copied()).collect()
+    fn schedule(&self) -> Vec<(Site, usize)> {
+        self.layers.iter().map(|&l| Site::AfterLayer(l)).zip(self.counts.iter().copied()).collect()
     }
 }
 
@@ -434,7 +434,7 @@ mod tests {
             for keep in [n, n * 2 / 3, n / 3, n / 9, n / 18, 1] {
                 let c = schedule_counts(l, n, &layers, keep, 0.5);
                 assert!(c.windows(2).all(|w| w[0] >= w[1]) && c.iter().all(|&x| (1..=n).contains(&x)), "{c:?}");
-                let s: Vec<_> = layers.iter().map(|&k| LlmSite::AfterLayer(k)).zip(c.iter().copied()).collect();
+                let s: Vec<_> = layers.iter().map(|&k| Site::AfterLayer(k)).zip(c.iter().copied()).collect();
                 let avg = layer_averaged_rows(l, n, &s);
                 if keep == n {
                     assert_eq!(c, vec![n; layers.len()]);
@@ -476,7 +476,7 @@ mod tests {
 
     #[test]
     fn recycling_counts_follow_the_authors() {
-        let ctx = LlmContext { num_layers: 32, num_image_tokens: 576, grid: (24, 24) };
+        let ctx = Context::decoder(32, 576, (24, 24));
         let s = Sparsevlm::new(&SparsevlmConfig::default(), 192, &ctx).unwrap();
         // int(276 * 0.3) + 1 = 83 recycled, int(83 / 10) + 1 = 9 clusters (576 - 300 pruned).
         assert_eq!(s.recycled(276), (83, 9));

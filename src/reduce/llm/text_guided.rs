@@ -35,10 +35,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::ops::{cluster, cosine_rows, k_centre, plan, row_saliency, scores_on_rows};
-use super::{LlmContext, LlmPlan, LlmReducer, LlmSite, LlmView};
-use crate::reduce::MethodInfo;
 use crate::reduce::ops::top_k_in_order;
 use crate::reduce::registry::{LanguageMethod, Part, Side};
+use crate::reduce::{Context, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::{Error, Result};
 
 pub const INFO: MethodInfo = MethodInfo {
@@ -77,7 +76,7 @@ impl Default for TextGuidedConfig {
 impl LanguageMethod for TextGuidedConfig {
     const INFO: MethodInfo = INFO;
 
-    fn build(&self, keep: usize, _ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
+    fn build(&self, keep: usize, _ctx: &Context) -> Result<Box<dyn Reducer>> {
         Ok(Box::new(TextGuided::new(self, keep)?))
     }
 }
@@ -105,11 +104,11 @@ impl TextGuided {
 
 /// rel_i = max over text rows of cos(image row i, text row), in `view.image_rows()` order
 /// (0 for every row when there is no text row).
-pub fn relevance(view: &LlmView<'_>) -> Result<Vec<f32>> {
+pub fn relevance(view: &SiteView<'_>) -> Result<Vec<f32>> {
     // DEVIATION: FlashVLM compares with the question's embeddings; the decoder sequence does not
     // mark which prompt rows are the question, so every text row (chat template included) counts.
     let (image, text) = (view.image_rows(), view.text_rows());
-    let cos = cosine_rows(view.hidden, &image, &text)?;
+    let cos = cosine_rows(&view.state.hidden, &image, &text)?;
     Ok(cos
         .iter()
         .map(|r| if r.is_empty() { 0.0 } else { r.iter().copied().fold(f32::NEG_INFINITY, f32::max) })
@@ -136,19 +135,19 @@ pub fn fused_scores(rel: &[f32], saliency: &[f32], temperature: f32, alpha: f32)
         .collect()
 }
 
-impl LlmReducer for TextGuided {
-    fn sites(&self) -> Vec<LlmSite> {
-        vec![LlmSite::PreLlm]
+impl Reducer for TextGuided {
+    fn sites(&self) -> Vec<Site> {
+        vec![Site::PreLlm]
     }
 
-    fn plan(&mut self, view: &LlmView<'_>) -> Result<LlmPlan> {
+    fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
         let image = view.image_rows();
         let n = image.len();
         let rel = relevance(view)?;
         let score = fused_scores(&rel, &row_saliency(view, &image)?, self.cfg.temperature, self.cfg.alpha);
-        let all_rows = scores_on_rows(view.rows.len(), &image, &score);
+        let all_rows = scores_on_rows(view.num_rows(), &image, &score);
         if self.keep >= n {
-            return Ok(plan(all_rows, image, Vec::new()));
+            return Ok(plan(view, all_rows, image, Vec::new()));
         }
         let k = self.keep;
         let groups = if self.cfg.merge_rest { self.cfg.merged_tokens.min(k.saturating_sub(1)) } else { 0 };
@@ -160,7 +159,7 @@ impl LlmReducer for TextGuided {
             // DEVIATION: FlashVLM's diversity-preserving partition is not specified in the abstract;
             // the background rows are DivPrune's greedy max-min picks, seeded with the top rows.
             // Recoverable Compression's merge of the rest is done by k-centre clusters (below).
-            let sim = cosine_rows(view.hidden, &image, &image)?;
+            let sim = cosine_rows(&view.state.hidden, &image, &image)?;
             picked.extend(k_centre(n, selected, &picked, 0, |a, b| 1.0 - sim[a][b]));
             let mut chosen = vec![false; n];
             picked.iter().for_each(|&i| chosen[i] = true);
@@ -170,49 +169,48 @@ impl LlmReducer for TextGuided {
                 .into_iter()
                 .map(|g| g.into_iter().map(|i| image[rest[i]]).collect())
                 .collect();
-            return Ok(plan(all_rows, picked.into_iter().map(|i| image[i]).collect(), merged));
+            return Ok(plan(view, all_rows, picked.into_iter().map(|i| image[i]).collect(), merged));
         }
-        Ok(plan(all_rows, picked.into_iter().map(|i| image[i]).collect(), Vec::new()))
+        Ok(plan(view, all_rows, picked.into_iter().map(|i| image[i]).collect(), Vec::new()))
     }
 
-    fn schedule(&self) -> Vec<(LlmSite, usize)> {
-        vec![(LlmSite::PreLlm, self.keep)]
+    fn schedule(&self) -> Vec<(Site, usize)> {
+        vec![(Site::PreLlm, self.keep)]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reduce::llm::Row;
+    use crate::model::layers::AttnRecord;
+    use crate::model::{TokenState, Trace};
+    use crate::reduce::llm::testing;
     use candle_core::{Device, Tensor};
 
     /// Rows: T(1,0) I(1,0) I(0,1) I(1,1) I(-1,0) T(0,1) — two text rows around four image rows.
-    fn rows_hidden() -> (Vec<Row>, Tensor) {
-        let rows = vec![
-            Row::Text,
-            Row::Image(vec![0]),
-            Row::Image(vec![1]),
-            Row::Image(vec![2]),
-            Row::Image(vec![3]),
-            Row::Text,
-        ];
+    fn rows() -> TokenState {
         let h = Tensor::new(&[[1f32, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0], [0.0, 1.0]], &Device::Cpu)
             .unwrap();
-        (rows, h)
+        testing::rows(&[None, Some(vec![0]), Some(vec![1]), Some(vec![2]), Some(vec![3]), None], &h)
     }
 
-    fn run(cfg: TextGuidedConfig, keep: usize, saliency: &[f32]) -> LlmPlan {
-        let (rows, h) = rows_hidden();
-        let view = LlmView { site: LlmSite::PreLlm, rows: &rows, hidden: &h, attn: None, vision_saliency: saliency };
+    /// The image rows kept and the merged groups.
+    fn run(cfg: TextGuidedConfig, keep: usize, saliency: &[f32]) -> (Vec<usize>, Vec<Vec<usize>>) {
+        let rows = rows();
+        let (attn, trace) = (AttnRecord::default(), Trace::default());
+        let view =
+            SiteView { site: Site::PreLlm, state: &rows, attn: &attn, full_trace: &trace, vision_saliency: saliency };
         let p = TextGuided::new(&cfg, keep).unwrap().plan(&view).unwrap();
         p.validate(&rows).unwrap();
-        p
+        (p.kept(&rows), p.merged().into_iter().map(<[usize]>::to_vec).collect())
     }
 
     #[test]
     fn relevance_by_hand() {
-        let (rows, h) = rows_hidden();
-        let view = LlmView { site: LlmSite::PreLlm, rows: &rows, hidden: &h, attn: None, vision_saliency: &[1.0; 4] };
+        let rows = rows();
+        let (attn, trace) = (AttnRecord::default(), Trace::default());
+        let view =
+            SiteView { site: Site::PreLlm, state: &rows, attn: &attn, full_trace: &trace, vision_saliency: &[1.0; 4] };
         // Best of cos with (1,0) and (0,1): 1, 1, 1/sqrt2, max(-1, 0) = 0.
         let rel = relevance(&view).unwrap();
         let want = [1.0, 1.0, std::f32::consts::FRAC_1_SQRT_2, 0.0];
@@ -236,23 +234,23 @@ mod tests {
     fn selection_by_hand() {
         let plain = TextGuidedConfig { diverse: 0.0, ..Default::default() };
         // Uniform saliency: the two rows with relevance 1 (rows 1 and 2).
-        assert_eq!(run(plain.clone(), 2, &[1.0; 4]).keep, [1, 2]);
+        assert_eq!(run(plain.clone(), 2, &[1.0; 4]).0, [1, 2]);
         // Saliency alone: the most salient.
-        assert_eq!(run(TextGuidedConfig { alpha: 0.0, ..plain.clone() }, 1, &[0.1, 0.2, 0.9, 0.3]).keep, [3]);
+        assert_eq!(run(TextGuidedConfig { alpha: 0.0, ..plain.clone() }, 1, &[0.1, 0.2, 0.9, 0.3]).0, [3]);
         // One diverse row of three: top 2 = rows 1, 2; of the rest, (-1,0) (row 4) is farther from
         // {(1,0), (0,1)} (min distance 1) than (1,1) (min distance 1 - 1/sqrt2).
         let div = TextGuidedConfig { diverse: 0.34, ..Default::default() };
-        assert_eq!(run(div, 3, &[1.0; 4]).keep, [1, 2, 4]);
+        assert_eq!(run(div, 3, &[1.0; 4]).0, [1, 2, 4]);
         // Merging the rest: 1 kept + 1 merged row of the three others; 2 image rows in all.
         let merge = TextGuidedConfig { merge_rest: true, merged_tokens: 1, ..plain };
-        let p = run(merge, 2, &[1.0; 4]);
-        assert_eq!(p.keep, [1]);
-        assert_eq!(p.merged.len(), 1);
-        let mut g = p.merged[0].clone();
+        let (kept, merged) = run(merge, 2, &[1.0; 4]);
+        assert_eq!(kept, [1]);
+        assert_eq!(merged.len(), 1);
+        let mut g = merged[0].clone();
         g.sort();
         assert_eq!(g, [2, 3, 4]);
         // Everything kept: identity.
         let p = run(TextGuidedConfig { merge_rest: true, ..Default::default() }, 4, &[1.0; 4]);
-        assert_eq!((p.keep, p.merged), (vec![1, 2, 3, 4], vec![]));
+        assert_eq!(p, (vec![1, 2, 3, 4], vec![]));
     }
 }

@@ -9,7 +9,7 @@
 //!    image into the text rows is done, so later layers skip them.
 //!
 //! Budget: stage 1 keeps `keep` image rows, so the layer-averaged count is at most `keep` (less
-//! when stage 2 fires; how much depends on the data, so [`LlmReducer::schedule`] lists stage 1
+//! when stage 2 fires; how much depends on the data, so [`Reducer::schedule`] lists stage 1
 //! only).
 //!
 //! Authors' code: none released (searched the stored public repositories and issue threads for
@@ -24,9 +24,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::ops::{cosine_rows, k_centre, plan, required_attention, row_saliency, scores_on_rows};
-use super::{LlmContext, LlmPlan, LlmReducer, LlmSite, LlmView};
-use crate::reduce::MethodInfo;
+use crate::model::Needs;
 use crate::reduce::registry::{LanguageMethod, Part, Side};
+use crate::reduce::{Context, MethodInfo, Plan, Reducer, Site, SiteView};
 use crate::{Error, Result};
 
 pub const INFO: MethodInfo = MethodInfo {
@@ -71,7 +71,7 @@ impl LanguageMethod for TodreConfig {
         self.start_layer = Some(layer);
     }
 
-    fn build(&self, keep: usize, ctx: &LlmContext) -> Result<Box<dyn LlmReducer>> {
+    fn build(&self, keep: usize, ctx: &Context) -> Result<Box<dyn Reducer>> {
         Ok(Box::new(Todre::new(self, keep, ctx)?))
     }
 }
@@ -94,7 +94,7 @@ pub struct Todre {
 }
 
 impl Todre {
-    pub fn new(cfg: &TodreConfig, keep: usize, ctx: &LlmContext) -> Result<Self> {
+    pub fn new(cfg: &TodreConfig, keep: usize, ctx: &Context) -> Result<Self> {
         let start = cfg.start(ctx.num_layers);
         if start >= ctx.num_layers {
             return Err(Error::Config {
@@ -111,8 +111,8 @@ impl Todre {
 
     /// Stage 1: the greedy k-centre over the image rows (indices into `view.image_rows()`, in
     /// selection order) and each row's distance to its nearest centre (the score map).
-    fn diverse(&self, view: &LlmView<'_>, image: &[usize]) -> Result<(Vec<usize>, Vec<f32>)> {
-        let sim = cosine_rows(view.hidden, image, image)?;
+    fn diverse(&self, view: &SiteView<'_>, image: &[usize]) -> Result<(Vec<usize>, Vec<f32>)> {
+        let sim = cosine_rows(&view.state.hidden, image, image)?;
         let sal = row_saliency(view, image)?;
         // DEVIATION: the first centre is the row the vision tower finds most salient (ties: the
         // first); the abstract does not say how the greedy k-centre is seeded.
@@ -124,119 +124,120 @@ impl Todre {
     }
 }
 
-impl LlmReducer for Todre {
-    fn sites(&self) -> Vec<LlmSite> {
+impl Reducer for Todre {
+    fn sites(&self) -> Vec<Site> {
         // After the last layer nothing follows: no site there.
-        std::iter::once(LlmSite::PreLlm)
-            .chain((self.start..self.num_layers.saturating_sub(1)).map(LlmSite::AfterLayer))
+        std::iter::once(Site::PreLlm)
+            .chain((self.start..self.num_layers.saturating_sub(1)).map(Site::AfterLayer))
             .collect()
     }
 
     /// Every stage-2 layer until stage 2 fires (the loop should ask just before running the
     /// layer: the answer changes once the image rows are gone).
-    fn needs_attention(&self, layer: usize) -> bool {
-        !self.dropped && layer >= self.start && layer + 1 < self.num_layers
+    fn needs(&self, layer: usize) -> Needs {
+        Needs { probs: !self.dropped && layer >= self.start && layer + 1 < self.num_layers, keys: false }
     }
 
-    fn plan(&mut self, view: &LlmView<'_>) -> Result<LlmPlan> {
+    fn plan(&mut self, view: &SiteView<'_>) -> Result<Plan> {
         let image = view.image_rows();
-        match view.site {
-            LlmSite::PreLlm => {
-                if self.keep >= image.len() {
-                    return Ok(LlmPlan::identity(view.rows));
-                }
-                let (centres, cover) = self.diverse(view, &image)?;
-                Ok(plan(
-                    scores_on_rows(view.rows.len(), &image, &cover),
-                    centres.iter().map(|&c| image[c]).collect(),
-                    vec![],
-                ))
+        if view.site == Site::PreLlm {
+            if self.keep >= image.len() {
+                return Ok(Plan::identity(view.num_rows()));
             }
-            LlmSite::AfterLayer(_) => {
-                if self.dropped {
-                    return Ok(LlmPlan::identity(view.rows));
-                }
-                let a = required_attention(view, "ToDRE")?;
-                let last = &a[view.rows.len() - 1];
-                let mass: f32 = image.iter().map(|&j| last[j]).sum();
-                let per_row: Vec<f32> = image.iter().map(|&j| last[j]).collect();
-                let scores = scores_on_rows(view.rows.len(), &image, &per_row);
-                if mass < self.threshold {
-                    self.dropped = true;
-                    Ok(LlmPlan { scores: Some(scores), keep: vec![], merged: vec![] })
-                } else {
-                    Ok(plan(scores, image, vec![]))
-                }
-            }
+            let (centres, cover) = self.diverse(view, &image)?;
+            let scores = scores_on_rows(view.num_rows(), &image, &cover);
+            return Ok(plan(view, scores, centres.iter().map(|&c| image[c]).collect(), vec![]));
+        }
+        // After a stage-2 layer.
+        if self.dropped {
+            return Ok(Plan::identity(view.num_rows()));
+        }
+        let a = required_attention(view, "ToDRE")?;
+        let last = &a[view.num_rows() - 1];
+        let mass: f32 = image.iter().map(|&j| last[j]).sum();
+        let per_row: Vec<f32> = image.iter().map(|&j| last[j]).collect();
+        let scores = scores_on_rows(view.num_rows(), &image, &per_row);
+        if mass < self.threshold {
+            self.dropped = true;
+            Ok(plan(view, scores, vec![], vec![]))
+        } else {
+            Ok(plan(view, scores, image, vec![]))
         }
     }
 
-    fn schedule(&self) -> Vec<(LlmSite, usize)> {
-        vec![(LlmSite::PreLlm, self.keep)]
+    fn schedule(&self) -> Vec<(Site, usize)> {
+        vec![(Site::PreLlm, self.keep)]
     }
 }
 
 /// The attention mass the last row pays to the image rows (mean over heads), the quantity
 /// stage 2 compares with the threshold; for display.
-pub fn image_attention_mass(view: &LlmView<'_>) -> Result<f32> {
+pub fn image_attention_mass(view: &SiteView<'_>) -> Result<f32> {
     let a = required_attention(view, "ToDRE")?;
-    Ok(view.image_rows().iter().map(|&j| a[view.rows.len() - 1][j]).sum())
+    Ok(view.image_rows().iter().map(|&j| a[view.num_rows() - 1][j]).sum())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reduce::llm::Row;
+    use crate::model::Trace;
+    use crate::model::layers::AttnRecord;
+    use crate::reduce::llm::testing;
     use candle_core::{Device, Tensor};
 
     #[test]
     fn stage_two_fires_under_the_threshold() {
-        let ctx = LlmContext { num_layers: 4, num_image_tokens: 3, grid: (1, 3) };
+        let ctx = Context::decoder(4, 3, (1, 3));
         let mut t = Todre::new(&TodreConfig { start_layer: Some(1), threshold: 0.3 }, 2, &ctx).unwrap();
-        assert_eq!(t.sites(), [LlmSite::PreLlm, LlmSite::AfterLayer(1), LlmSite::AfterLayer(2)]);
-        assert!(!t.needs_attention(0) && t.needs_attention(1) && t.needs_attention(2) && !t.needs_attention(3));
-        let rows = [Row::Text, Row::Image(vec![0]), Row::Image(vec![1]), Row::Text];
+        assert_eq!(t.sites(), [Site::PreLlm, Site::AfterLayer(1), Site::AfterLayer(2)]);
+        let asks = |t: &Todre, l| t.needs(l).probs;
+        assert!(!asks(&t, 0) && asks(&t, 1) && asks(&t, 2) && !asks(&t, 3));
         let h = Tensor::zeros((4, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let rows = testing::rows(&[None, Some(vec![0]), Some(vec![1]), None], &h);
+        let trace = Trace::default();
         let attn = |last: [f32; 4]| {
             Tensor::new(&[[[1f32, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0], [0.2, 0.2, 0.6, 0.0], last]], &Device::Cpu)
                 .unwrap()
         };
         // Mass 0.2 + 0.15 = 0.35 >= 0.3: everything stays.
-        let a = attn([0.5, 0.2, 0.15, 0.15]);
-        let v = LlmView { site: LlmSite::AfterLayer(1), rows: &rows, hidden: &h, attn: Some(&a), vision_saliency: &[] };
+        let a = testing::attention(&attn([0.5, 0.2, 0.15, 0.15]));
+        let v =
+            SiteView { site: Site::AfterLayer(1), state: &rows, attn: &a, full_trace: &trace, vision_saliency: &[] };
         assert!((image_attention_mass(&v).unwrap() - 0.35).abs() < 1e-6);
-        assert_eq!(t.plan(&v).unwrap().keep, [1, 2]);
+        assert_eq!(t.plan(&v).unwrap().kept(&rows), [1, 2]);
         // Mass 0.25 < 0.3: all image rows go, and no more attention is asked for.
-        let a = attn([0.6, 0.1, 0.15, 0.15]);
-        let v = LlmView { site: LlmSite::AfterLayer(2), rows: &rows, hidden: &h, attn: Some(&a), vision_saliency: &[] };
+        let a = testing::attention(&attn([0.6, 0.1, 0.15, 0.15]));
+        let v =
+            SiteView { site: Site::AfterLayer(2), state: &rows, attn: &a, full_trace: &trace, vision_saliency: &[] };
         let p = t.plan(&v).unwrap();
         p.validate(&rows).unwrap();
-        assert_eq!(p.output_image_rows(), 0);
-        assert!(!t.needs_attention(2));
+        assert_eq!(p.output_image_tokens(&rows), 0);
+        assert!(!asks(&t, 2));
     }
 
     #[test]
     fn stage_one_is_k_centre_seeded_by_saliency() {
-        let ctx = LlmContext { num_layers: 4, num_image_tokens: 4, grid: (2, 2) };
-        let rows = [Row::Text, Row::Image(vec![0]), Row::Image(vec![1]), Row::Image(vec![2]), Row::Image(vec![3])];
+        let ctx = Context::decoder(4, 4, (2, 2));
         // Images at angles 0, 10, 90, 180 degrees.
         let (c, s) = (10f32.to_radians().cos(), 10f32.to_radians().sin());
         let h = Tensor::new(&[[0f32, 1.0], [1.0, 0.0], [c, s], [0.0, 1.0], [-1.0, 0.0]], &Device::Cpu).unwrap();
-        let v = LlmView {
-            site: LlmSite::PreLlm,
-            rows: &rows,
-            hidden: &h,
-            attn: None,
+        let rows = testing::rows(&[None, Some(vec![0]), Some(vec![1]), Some(vec![2]), Some(vec![3])], &h);
+        let (attn, trace) = (AttnRecord::default(), Trace::default());
+        let v = SiteView {
+            site: Site::PreLlm,
+            state: &rows,
+            attn: &attn,
+            full_trace: &trace,
             vision_saliency: &[0.1, 0.9, 0.2, 0.3],
         };
         // Seed: image 1 (10 deg); farthest: image 3 (170 deg away); then image 2 (80 deg vs 90 deg).
         let mut t = Todre::new(&TodreConfig::default(), 3, &ctx).unwrap();
-        assert_eq!(t.plan(&v).unwrap().keep, [2, 3, 4]);
+        assert_eq!(t.plan(&v).unwrap().kept(&rows), [2, 3, 4]);
         // Keeping everything: identity at both stages, and no attention asked for.
         let mut t = Todre::new(&TodreConfig { start_layer: Some(0), threshold: 1.0 }, 4, &ctx).unwrap();
-        assert_eq!(t.plan(&v).unwrap(), LlmPlan::identity(&rows));
-        assert!(!t.needs_attention(0));
-        let v = LlmView { site: LlmSite::AfterLayer(0), ..v };
-        assert_eq!(t.plan(&v).unwrap(), LlmPlan::identity(&rows));
+        assert_eq!(t.plan(&v).unwrap(), Plan::identity(5));
+        assert!(!t.needs(0).probs);
+        let v = SiteView { site: Site::AfterLayer(0), ..v };
+        assert_eq!(t.plan(&v).unwrap(), Plan::identity(5));
     }
 }

@@ -19,7 +19,6 @@ use candle_core::{DType, Tensor};
 use image::RgbImage;
 
 use super::Prompt;
-use super::decode::Sequence;
 use crate::analysis::attention;
 use crate::analysis::cost::BlockTokens;
 use crate::model::hf::read_config;
@@ -28,7 +27,6 @@ use crate::model::llama::Llama;
 use crate::model::llava::{Llava, LlavaSettings};
 use crate::model::quant::{Linears, LoadOptions, QuantCount};
 use crate::model::{HookPoint, Probe, TokenState, Trace, chat, fetch, memory, preprocess};
-use crate::reduce::llm::Row;
 use crate::reduce::{Capabilities, Context, PositionMode, Reducer, ReducerConfig};
 use crate::session::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
 use crate::{Cancel, Error, Result};
@@ -103,7 +101,7 @@ impl VisionRun {
     }
 
     pub fn context(&self) -> Context {
-        Context { num_layers: self.states.len() - 1, grid: self.grid, num_special: self.states[0].num_special }
+        Context::encoder(self.states.len() - 1, self.grid, self.states[0].num_special)
     }
 
     pub fn full_blocks(&self) -> Vec<BlockTokens> {
@@ -416,13 +414,10 @@ impl Arch {
     }
 
     /// The unreduced decoder sequence.
-    pub fn sequence(&self, prompt: &Prompt, vision: &VisionRun) -> Result<Sequence> {
+    pub fn sequence(&self, prompt: &Prompt, vision: &VisionRun) -> Result<TokenState> {
         let embeds = self.lm().embed_with_image(&prompt.ids, self.image_token(), &vision.image_tokens)?;
-        Ok(Sequence {
-            embeds,
-            rows: super::full_sequence_rows(prompt, &vision.slot_token),
-            positions: (0..prompt.ids.len() as u32).collect(),
-        })
+        let rows = super::full_sequence_rows(prompt, &vision.slot_token);
+        Ok(TokenState::sequence(embeds, rows, vision.grid))
     }
 
     /// The decoder sequence after a vision-side reduction, with the tower blocks it ran and the
@@ -434,7 +429,7 @@ impl Arch {
         vision: &VisionRun,
         reduced: &ReducedEncoder,
         mode: PositionMode,
-    ) -> Result<(Sequence, Vec<BlockTokens>, usize)> {
+    ) -> Result<(TokenState, Vec<BlockTokens>, usize)> {
         let out = &reduced.out;
         let special = out.num_special;
         let (image, blocks) = match self {
@@ -459,14 +454,14 @@ impl Arch {
             ],
             1,
         )?;
-        let mut rows = vec![Row::Text; first];
+        let mut rows = vec![None; first];
         let mut positions: Vec<u32> = (0..first as u32).collect();
         for t in special..out.num_tokens() {
-            rows.push(Row::Image(out.source[t].clone()));
+            rows.push(Some(out.source[t].clone()));
             let anchor = out.positions[t] as usize - special;
             positions.push(slots[anchor] as u32);
         }
-        rows.extend(std::iter::repeat_n(Row::Text, prompt.ids.len() - last - 1));
+        rows.extend(std::iter::repeat_n(None, prompt.ids.len() - last - 1));
         positions.extend(last as u32 + 1..prompt.ids.len() as u32);
         if mode == PositionMode::Compact {
             positions = (0..rows.len() as u32).collect();
@@ -475,7 +470,9 @@ impl Arch {
             Arch::Llava(_) => count,
             Arch::Idefics3(_) => vision.num_image_tokens(),
         };
-        Ok((Sequence { embeds, rows, positions }, blocks, projected))
+        let mut seq = TokenState::sequence(embeds, rows, vision.grid);
+        seq.positions = positions;
+        Ok((seq, blocks, projected))
     }
 
     /// FLOPs of the projector (LLaVA: two linears) or connector (SmolVLM) on `rows` tokens.

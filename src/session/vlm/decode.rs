@@ -6,11 +6,12 @@
 //! Question: where do pruned tokens go inside the language model, and how does a ratio change
 //! avoid re-running the layers it cannot have changed?
 //! Decision: the reducer acts through the decoder's [`LayerIntervene`] hook ([`Llama::run_layers`],
-//! the ViT's mechanism). After a reducer's site it gathers the surviving rows' hidden states and
-//! position ids (merged rows are weighted means at their first member's place), so deeper layers
-//! never see, nor cache, the dropped tokens; the layers before keep their full KV entries, as
-//! FastV does. Rows carry the original image tokens they stand for, so every later view maps
-//! back to the image grid. The unreduced prefill ([`full_prefill`]) keeps the hidden states
+//! the ViT's mechanism). The rows are a [`TokenState`] (roles: text or image); after a reducer's
+//! site its plan is applied by `reduce/plan.rs`, as in the encoder, which gathers the surviving
+//! rows' hidden states and position ids (merged rows are weighted means at their first member's
+//! place), so deeper layers never see, nor cache, the dropped tokens; the layers before keep
+//! their full KV entries, as FastV does. Rows carry the original image tokens they stand for
+//! (`source`), so every later view maps back to the image grid. The unreduced prefill ([`full_prefill`]) keeps the hidden states
 //! entering every layer and the KV cache; [`resume`] starts a method whose first site is after
 //! layer k from there and reruns only layers k+1.. (layer k's attention, if the method reads it,
 //! is recomputed from its cached input and keys: [`Llama::attention_from_cache`]). A method that
@@ -25,27 +26,43 @@ use candle_core::{D, DType, Tensor};
 
 use crate::model::layers::AttnRecord;
 use crate::model::llama::{DecoderState, KvCache, LayerIntervene, Llama};
-use crate::model::{HookPoint, Needs, NoIntervention, Probe, Trace};
-use crate::reduce::PositionMode;
-use crate::reduce::llm::{LlmPlan, LlmReducer, LlmSite, LlmView, Row};
+use crate::model::{HookPoint, Needs, NoIntervention, Probe, Role, TokenState, Trace};
+use crate::reduce::{PositionMode, Reducer, Site, SiteView};
 use crate::{Cancel, Error, Result};
 
-/// The sequence entering the decoder.
-pub struct Sequence {
-    /// `[1, n, d]` input embeddings (image rows = projected image tokens).
-    pub embeds: Tensor,
-    pub rows: Vec<Row>,
-    pub positions: Vec<u32>,
+/// A text-only prompt (`ids`) at positions 0..n, as the decoder's rows.
+pub fn text_sequence(lm: &Llama, ids: &[u32]) -> Result<TokenState> {
+    Ok(TokenState::sequence(lm.embed(ids)?, vec![None; ids.len()], (0, 0)))
 }
 
-impl Sequence {
-    /// A text-only prompt (`ids`) at positions 0..n.
-    pub fn text(lm: &Llama, ids: &[u32]) -> Result<Self> {
-        Ok(Self {
-            embeds: lm.embed(ids)?,
-            rows: vec![Row::Text; ids.len()],
-            positions: (0..ids.len() as u32).collect(),
-        })
+/// The rows a decoder layer processed: each row's role and the original image tokens it stands
+/// for (a [`TokenState`]'s provenance without its hidden states, which the layers do not keep).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rows {
+    pub roles: Vec<Role>,
+    pub source: Vec<Vec<u32>>,
+}
+
+impl Rows {
+    pub fn of(state: &TokenState) -> Self {
+        Self { roles: state.roles.clone(), source: state.source.clone() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.roles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.roles.is_empty()
+    }
+
+    pub fn image_count(&self) -> usize {
+        self.roles.iter().filter(|&&r| r == Role::Image).count()
+    }
+
+    /// The image rows' original image tokens, in order.
+    pub fn image_tokens(&self) -> Vec<Vec<u32>> {
+        self.roles.iter().zip(&self.source).filter(|(r, _)| **r == Role::Image).map(|(_, s)| s.clone()).collect()
     }
 }
 
@@ -56,7 +73,7 @@ pub struct Prefill {
     /// The last layer's output for the rows it processed, `[1, n, d]` (before the final norm).
     pub output: Tensor,
     /// The rows each layer processed (`num_layers` entries).
-    pub rows_per_layer: Vec<Vec<Row>>,
+    pub rows_per_layer: Vec<Rows>,
     /// Position ids of the rows the last layer processed.
     pub positions: Vec<u32>,
     /// The position id of the first generated token.
@@ -85,7 +102,7 @@ impl Prefill {
 
     /// Image rows each layer processed.
     pub fn image_rows_per_layer(&self) -> Vec<usize> {
-        self.rows_per_layer.iter().map(|rows| rows.iter().filter(|r| r.is_image()).count()).collect()
+        self.rows_per_layer.iter().map(Rows::image_count).collect()
     }
 }
 
@@ -96,27 +113,26 @@ pub struct FullPrefill {
     /// Hidden states entering each layer, `[1, n, d]` (`num_layers` entries; `[0]` is the input
     /// embeddings).
     pub inputs: Vec<Tensor>,
-    /// The rows entering layer 0 (every layer's, unreduced).
-    pub rows: Vec<Row>,
+    /// The rows entering layer 0 (every layer's, unreduced), with the input embeddings.
+    pub rows: TokenState,
     /// The layer whose attention `prefill.first_look` read.
     pub view_layer: usize,
 }
 
 impl FullPrefill {
     /// The sequence the full prefill read.
-    pub fn sequence(&self) -> Sequence {
-        Sequence { embeds: self.inputs[0].clone(), rows: self.rows.clone(), positions: self.prefill.positions.clone() }
+    pub fn sequence(&self) -> TokenState {
+        self.rows.clone()
     }
 }
 
-/// Per original image token, the value of the row that carries it (None if none does).
-fn per_image_token(rows: &[Row], values: &[f32], num_image_tokens: usize) -> Vec<Option<f32>> {
+/// Per original image token, the value of the row that carries it (None if none does; text rows
+/// carry none).
+fn per_image_token(source: &[Vec<u32>], values: &[f32], num_image_tokens: usize) -> Vec<Option<f32>> {
     let mut out = vec![None; num_image_tokens];
-    for (row, &v) in rows.iter().zip(values) {
-        if let Row::Image(tokens) = row {
-            for &t in tokens {
-                out[t as usize] = Some(v).filter(|v| v.is_finite());
-            }
+    for (tokens, &v) in source.iter().zip(values) {
+        for &t in tokens {
+            out[t as usize] = Some(v).filter(|v| v.is_finite());
         }
     }
     out
@@ -124,96 +140,24 @@ fn per_image_token(rows: &[Row], values: &[f32], num_image_tokens: usize) -> Vec
 
 /// The last query's attention `[1, heads, q, keys]`, mean over heads, over the first
 /// `rows.len()` keys, per original image token.
-fn look(probs: &Tensor, rows: &[Row], num_image_tokens: usize) -> Result<Vec<Option<f32>>> {
+fn look(probs: &Tensor, rows: &Rows, num_image_tokens: usize) -> Result<Vec<Option<f32>>> {
     let q = probs.dim(2)?;
     let last = probs.narrow(2, q - 1, 1)?.mean(1)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(per_image_token(rows, &last[..rows.len()], num_image_tokens))
+    Ok(per_image_token(&rows.source, &last[..rows.len()], num_image_tokens))
 }
 
-/// Applies `plan` to the rows: text and kept rows stay, merged groups become one row each (the
-/// mean of their members weighted by the image tokens they carry), the rest go.
-pub fn apply_plan(
-    plan: &LlmPlan,
-    x: &Tensor,
-    rows: &[Row],
-    positions: &[u32],
-    mode: PositionMode,
-) -> Result<(Tensor, Vec<Row>, Vec<u32>)> {
-    if let Err(reason) = plan.validate(rows) {
-        panic!("invalid language-side plan: {reason}"); // a reducer bug, not user input
-    }
-    let keep: std::collections::HashSet<usize> = plan.keep.iter().copied().collect();
-    let dest: std::collections::HashMap<usize, usize> =
-        plan.merged.iter().enumerate().map(|(g, members)| (members[0], g)).collect();
-    let n = rows.len();
-    let mut merged_rows = Vec::with_capacity(plan.merged.len());
-    for members in &plan.merged {
-        let weights: Vec<f32> = members.iter().map(|&i| carried(&rows[i]) as f32).collect();
-        let total: f32 = weights.iter().sum();
-        let idx = Tensor::from_vec(members.iter().map(|&i| i as u32).collect::<Vec<_>>(), members.len(), x.device())?;
-        let w =
-            Tensor::from_vec(weights.iter().map(|w| w / total).collect::<Vec<_>>(), (1, members.len(), 1), x.device())?;
-        merged_rows.push(x.index_select(&idx, 1)?.broadcast_mul(&w)?.sum_keepdim(1)?);
-    }
-    let (mut index, mut out_rows, mut out_pos) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n {
-        if let Some(&g) = dest.get(&i) {
-            index.push((n + g) as u32);
-            let mut tokens: Vec<u32> = plan.merged[g].iter().flat_map(|&m| image_tokens(&rows[m])).collect();
-            tokens.sort_unstable();
-            out_rows.push(Row::Image(tokens));
-            out_pos.push(positions[i]);
-        } else if !rows[i].is_image() || keep.contains(&i) {
-            index.push(i as u32);
-            out_rows.push(rows[i].clone());
-            out_pos.push(positions[i]);
-        }
-    }
-    if mode == PositionMode::Compact {
-        out_pos = (0..out_rows.len() as u32).collect();
-    }
-    let all = if merged_rows.is_empty() {
-        x.clone()
-    } else {
-        let mut parts = vec![x.clone()];
-        parts.extend(merged_rows);
-        Tensor::cat(&parts, 1)?
-    };
-    let len = index.len();
-    let x = all.index_select(&Tensor::from_vec(index, len, x.device())?, 1)?;
-    Ok((x, out_rows, out_pos))
-}
-
-fn carried(row: &Row) -> usize {
-    match row {
-        Row::Image(tokens) => tokens.len(),
-        Row::Text => 1,
-    }
-}
-
-fn image_tokens(row: &Row) -> Vec<u32> {
-    match row {
-        Row::Image(tokens) => tokens.clone(),
-        Row::Text => Vec::new(),
-    }
-}
-
-/// Whether a plan changes nothing.
-fn is_identity(plan: &LlmPlan, rows: &[Row]) -> bool {
-    plan.merged.is_empty() && plan.keep.len() == rows.iter().filter(|r| r.is_image()).count()
-}
-
-/// A reducer in the prefill: asks for plans at its sites and applies them to the state and the
-/// rows, recording the rows and the time of every layer.
+/// A reducer in the prefill: asks for plans at its sites and has `reduce/plan.rs` apply them to
+/// the rows and the decoder state, recording the rows and the time of every layer.
 struct Method<'r> {
-    reducer: Option<Box<dyn LlmReducer>>,
-    sites: Vec<LlmSite>,
+    reducer: Option<Box<dyn Reducer>>,
+    sites: Vec<Site>,
     vision_saliency: &'r [f32],
     /// The first plan's scores, per original image token.
     scores: Option<Vec<Option<f32>>>,
-    /// The rows now (those the next layer reads).
-    rows: Vec<Row>,
-    rows_per_layer: Vec<Vec<Row>>,
+    /// The rows now (those the next layer reads); their hidden states and position ids are
+    /// brought up to date from the decoder state at each site.
+    rows: TokenState,
+    rows_per_layer: Vec<Rows>,
     layer_end_ms: Vec<f64>,
     /// Where the first answer token's look over the image is read.
     view_layer: usize,
@@ -224,9 +168,9 @@ struct Method<'r> {
 
 impl<'r> Method<'r> {
     fn new(
-        reducer: Option<Box<dyn LlmReducer>>,
+        reducer: Option<Box<dyn Reducer>>,
         vision_saliency: &'r [f32],
-        rows: Vec<Row>,
+        rows: TokenState,
         view_layer: usize,
         offset_ms: f64,
     ) -> Self {
@@ -251,26 +195,28 @@ impl<'r> Method<'r> {
 
     /// Whether the plan after `layer` reads that layer's attention.
     fn needs_attention(&self, layer: usize) -> bool {
-        self.sites.contains(&LlmSite::AfterLayer(layer))
-            && self.reducer.as_ref().is_some_and(|r| r.needs_attention(layer))
+        self.sites.contains(&Site::AfterLayer(layer)) && self.reducer.as_ref().is_some_and(|r| r.needs(layer).probs)
     }
 
-    fn at(&mut self, site: LlmSite, state: &mut DecoderState, attn: Option<&Tensor>, mode: PositionMode) -> Result<()> {
+    fn at(&mut self, site: Site, state: &mut DecoderState, attn: &AttnRecord, mode: PositionMode) -> Result<()> {
         let Some(reducer) = self.reducer.as_deref_mut() else { return Ok(()) };
         if !self.sites.contains(&site) {
             return Ok(());
         }
-        let hidden = state.hidden.squeeze(0)?;
-        let attn = attn.map(|a| a.squeeze(0)).transpose()?;
-        let rows = &self.rows;
-        let view = LlmView { site, rows, hidden: &hidden, attn: attn.as_ref(), vision_saliency: self.vision_saliency };
+        self.rows.hidden = state.hidden.clone();
+        self.rows.positions = state.positions.clone();
+        let no_trace = Trace::default(); // the encoder's records; a decoder site has none
+        let view =
+            SiteView { site, state: &self.rows, attn, full_trace: &no_trace, vision_saliency: self.vision_saliency };
         let plan = reducer.plan(&view)?;
         if self.scores.is_none() {
-            self.scores = plan.scores.as_ref().map(|s| per_image_token(rows, s, self.vision_saliency.len()));
+            let n = self.vision_saliency.len();
+            self.scores = plan.scores.as_ref().map(|s| per_image_token(&self.rows.source, s, n));
         }
-        if !is_identity(&plan, rows) {
-            (state.hidden, self.rows, state.positions) =
-                apply_plan(&plan, &state.hidden, rows, &state.positions, mode)?;
+        if !plan.is_identity(self.rows.num_tokens()) {
+            self.rows = plan.apply(&self.rows, mode)?;
+            state.hidden = self.rows.hidden.clone();
+            state.positions = self.rows.positions.clone();
         }
         Ok(())
     }
@@ -282,10 +228,10 @@ impl LayerIntervene for Method<'_> {
     }
 
     fn after_layer(&mut self, layer: usize, state: &mut DecoderState, attn: &AttnRecord) -> Result<()> {
-        self.rows_per_layer.push(self.rows.clone());
+        self.rows_per_layer.push(Rows::of(&self.rows));
         // Only attention the method asked for: a resumed run has no other to give.
-        let probs = attn.probs.as_ref().filter(|_| self.needs_attention(layer));
-        self.at(LlmSite::AfterLayer(layer), state, probs, PositionMode::Preserve)?;
+        let probs = attn.probs.clone().filter(|_| self.needs_attention(layer));
+        self.at(Site::AfterLayer(layer), state, &AttnRecord { probs, keys: None }, PositionMode::Preserve)?;
         self.layer_end_ms.push(self.ms());
         Ok(())
     }
@@ -334,44 +280,42 @@ fn run(
     ))
 }
 
-/// Runs the prompt through the decoder from scratch with `reducer` acting at its sites.
-/// `pre_llm_positions` applies to a plan before layer 0; inside the model pruned rows keep
-/// their position ids (the cached keys were rotated with them). `view_layer`: where the first
-/// answer token's look over the image is read.
+/// Runs the prompt's rows `seq` through the decoder from scratch with `reducer` acting at its
+/// sites. `pre_llm_positions` applies to a plan before layer 0; inside the model pruned rows
+/// keep their position ids (the cached keys were rotated with them). `view_layer`: where the
+/// first answer token's look over the image is read.
 pub fn prefill(
     lm: &Llama,
-    seq: Sequence,
-    reducer: Option<Box<dyn LlmReducer>>,
+    seq: TokenState,
+    reducer: Option<Box<dyn Reducer>>,
     vision_saliency: &[f32],
     pre_llm_positions: PositionMode,
     view_layer: usize,
     cancel: &Cancel,
 ) -> Result<Prefill> {
-    let Sequence { embeds, rows, positions } = seq;
-    let mut method = Method::new(reducer, vision_saliency, rows, view_layer, 0.0);
-    let mut state = DecoderState::fresh(embeds, positions);
-    method.at(LlmSite::PreLlm, &mut state, None, pre_llm_positions)?;
+    let mut state = DecoderState::fresh(seq.hidden.clone(), seq.positions.clone());
+    let mut method = Method::new(reducer, vision_saliency, seq, view_layer, 0.0);
+    method.at(Site::PreLlm, &mut state, &AttnRecord::default(), pre_llm_positions)?;
     Ok(run(lm, state, KvCache::default(), method, None, Probe::default(), cancel)?.0)
 }
 
 /// The unreduced prefill, keeping the hidden states entering every layer for [`resume`].
 pub fn full_prefill(
     lm: &Llama,
-    seq: Sequence,
+    seq: TokenState,
     vision_saliency: &[f32],
     view_layer: usize,
     cancel: &Cancel,
 ) -> Result<FullPrefill> {
     let layers = lm.num_layers();
-    let Sequence { embeds, rows, positions } = seq;
-    let method = Method::new(None, vision_saliency, rows.clone(), view_layer, 0.0);
+    let state = DecoderState::fresh(seq.hidden.clone(), seq.positions.clone());
+    let method = Method::new(None, vision_saliency, seq.clone(), view_layer, 0.0);
     let probe = Probe::default().with_all((0..layers).map(HookPoint::LlmResidPre));
-    let state = DecoderState::fresh(embeds, positions);
     let (prefill, mut trace) = run(lm, state, KvCache::default(), method, None, probe, cancel)?;
     let inputs = (0..layers)
         .map(|l| trace.take(HookPoint::LlmResidPre(l)).expect("every layer's input was asked for"))
         .collect();
-    Ok(FullPrefill { prefill, inputs, rows, view_layer })
+    Ok(FullPrefill { prefill, inputs, rows: seq, view_layer })
 }
 
 /// The prefill of `reducer` resumed from `full`: a method whose first site is after layer k
@@ -380,7 +324,7 @@ pub fn full_prefill(
 pub fn resume(
     lm: &Llama,
     full: &FullPrefill,
-    reducer: Box<dyn LlmReducer>,
+    reducer: Box<dyn Reducer>,
     vision_saliency: &[f32],
     pre_llm_positions: PositionMode,
     view_layer: usize,
@@ -388,7 +332,7 @@ pub fn resume(
 ) -> Result<Prefill> {
     let layers = lm.num_layers();
     let k = match reducer.sites().first() {
-        Some(&LlmSite::AfterLayer(k)) if k < layers => k,
+        Some(&Site::AfterLayer(k)) if k < layers => k,
         _ => {
             let seq = full.sequence();
             return prefill(lm, seq, Some(reducer), vision_saliency, pre_llm_positions, view_layer, cancel);
@@ -415,7 +359,7 @@ pub fn resume(
     let first_look = match view_layer {
         l if l > k => None,
         l if l == full.view_layer => Some(base.first_look.clone()),
-        l => Some(look(&attention(l)?, &full.rows, vision_saliency.len())?),
+        l => Some(look(&attention(l)?, &Rows::of(&full.rows), vision_saliency.len())?),
     };
     Ok(run(lm, state, cache, method, first_look, Probe::default(), cancel)?.0)
 }

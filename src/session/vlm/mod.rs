@@ -32,11 +32,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::cost::{BlockTokens, decoder_layer_flops};
+use crate::model::TokenState;
 use crate::model::quant::{LoadOptions, QuantCount};
-use crate::reduce::llm::{LlmContext, Row};
-use crate::reduce::{Budget, Method, PositionMode, Stage};
+use crate::reduce::{Budget, Context, Method, PositionMode, Reducer, Stage};
 use crate::{Cancel, Error, Result};
-use decode::{FullPrefill, Prefill, Sequence};
+use decode::{FullPrefill, Prefill, Rows};
 
 /// Everything that defines a VLM run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -414,7 +414,7 @@ impl Vlm {
         };
         let stage = stage.unwrap_or_else(|| llm_stage(&spec.method, &prefill, n));
         let kv_bytes_prefill = prefill.cache.bytes();
-        let decoder_tokens: Vec<usize> = prefill.rows_per_layer.iter().map(Vec::len).collect();
+        let decoder_tokens: Vec<usize> = prefill.rows_per_layer.iter().map(Rows::len).collect();
         let scores = prefill.scores.clone().or(vision_scores);
         let scoring = prefill.clone();
         let generated =
@@ -431,13 +431,7 @@ impl Vlm {
         let answer_changed = full_answer.is_some_and(|f| f.ids != answer.ids);
         let image_rows_per_layer = prefill.image_rows_per_layer();
         let last_rows = prefill.rows_per_layer.last().cloned().unwrap_or_default();
-        let groups: Vec<Vec<u32>> = last_rows
-            .iter()
-            .filter_map(|r| match r {
-                Row::Image(t) => Some(t.clone()),
-                Row::Text => None,
-            })
-            .collect();
+        let groups: Vec<Vec<u32>> = last_rows.image_tokens();
         let mut kept: Vec<u32> = groups.iter().filter(|g| g.len() == 1).map(|g| g[0]).collect();
         kept.sort_unstable();
         let cfg = &lm.cfg;
@@ -495,14 +489,14 @@ enum Against<'a> {
 /// A run up to the decoder: the sequence it reads and what the vision side cost.
 struct Start {
     /// None: the unreduced sequence (made by the caller, or taken from the full prefill).
-    seq: Option<Sequence>,
+    seq: Option<TokenState>,
     blocks: Vec<BlockTokens>,
     /// Rows the projector (or connector) ran on.
     projected: usize,
     /// None when a language-side method will tell.
     stage: Option<RunStage>,
     vision_scores: Option<Vec<Option<f32>>>,
-    llm_reducer: Option<Box<dyn crate::reduce::llm::LlmReducer>>,
+    llm_reducer: Option<Box<dyn Reducer>>,
     /// The first tower block a vision-side method reran (None: none).
     tower_from: Option<usize>,
 }
@@ -510,7 +504,7 @@ struct Start {
 impl Vlm {
     /// The decoder's input for `spec` (after any vision-side reduction): rows, embeddings and
     /// position ids, for inspection.
-    pub fn sequence(&self, full: &VlmFull, spec: &VlmRunSpec, cancel: &Cancel) -> Result<Sequence> {
+    pub fn sequence(&self, full: &VlmFull, spec: &VlmRunSpec, cancel: &Cancel) -> Result<TokenState> {
         let keep = spec.budget.resolve(full.vision.num_image_tokens())?;
         match self.start(&full.prompt, &full.vision, spec, keep, cancel)?.seq {
             Some(seq) => Ok(seq),
@@ -554,7 +548,7 @@ impl Vlm {
                 Start { seq: Some(seq), blocks, projected, stage, vision_scores, llm_reducer: None, tower_from }
             }
             Some(Method::Llm(cfg)) => {
-                let ctx = LlmContext { num_layers: self.num_layers(), num_image_tokens: n, grid: vision.grid };
+                let ctx = Context::decoder(self.num_layers(), n, vision.grid);
                 Start {
                     seq: None,
                     blocks: vision.full_blocks(),
@@ -569,11 +563,12 @@ impl Vlm {
     }
 }
 
-/// Rows of the unreduced sequence (`slot_token`: the image token each image slot holds).
-fn full_sequence_rows(prompt: &Prompt, slot_token: &[u32]) -> Vec<Row> {
-    let mut rows = vec![Row::Text; prompt.ids.len()];
+/// The image tokens each row of the unreduced sequence carries, None for a text row
+/// (`slot_token`: the image token each image slot holds).
+fn full_sequence_rows(prompt: &Prompt, slot_token: &[u32]) -> Vec<Option<Vec<u32>>> {
+    let mut rows = vec![None; prompt.ids.len()];
     for (&slot, &token) in prompt.image_slots.iter().zip(slot_token) {
-        rows[slot] = Row::Image(vec![token]);
+        rows[slot] = Some(vec![token]);
     }
     rows
 }
