@@ -289,19 +289,15 @@ impl<W: Fn()> Worker<W> {
     }
 
     fn enqueue(&mut self, job: Job, cancel: Cancel) {
-        match kind(&job) {
-            _ if matches!(job, Job::Export { .. }) => self.exports.push((job, cancel)),
-            Some(kind) => {
+        match (kind(&job), job) {
+            (_, Job::Sweep { id, spec, fractions }) => self.sweep = Some(SweepWork { id, spec, fractions }),
+            (Some(kind), job) => {
                 if kind == Kind::Open {
                     self.sweep = None; // a new image makes the sweep meaningless
                 }
                 self.queued[kind as usize] = Some((job, cancel));
             }
-            None => {
-                if let Job::Sweep { id, spec, fractions } = job {
-                    self.sweep = Some(SweepWork { id, spec, fractions });
-                }
-            }
+            (None, job) => self.exports.push((job, cancel)),
         }
     }
 

@@ -3,7 +3,9 @@
 //! default saliency model) or a vision-language model (LLaVA, SmolVLM), and the session owns the
 //! work worth keeping between requests: the open image's unreduced run and its recent reduced
 //! runs (encoders), the open image's vision run and full answer (VLMs). Neither front end holds
-//! model code or caches of its own.
+//! model code or caches of its own. One [`RunSpec`] in ([`Session::open_bytes`] opens an image,
+//! [`Session::run`] runs a spec on it), one [`RunResult`] out: an encoder's run (saliency map,
+//! class probabilities or zero-shot scores) or a VLM's answer.
 
 mod reduced_maps;
 mod run;
@@ -27,7 +29,7 @@ use crate::model::preprocess::{self, Prepared};
 use crate::model::quant::LoadOptions;
 use crate::model::{HookPoint, Model, ModelSource, OutputHead, Preprocessor, TokenState, fetch};
 use crate::reduce::{Budget, Capabilities, Method};
-use crate::session::vlm::{SweepPoint, Vlm, VlmFull, VlmImage, VlmRun};
+use crate::session::vlm::{Vlm, VlmFull, VlmImage, VlmRun};
 use crate::{Cancel, Error, Result};
 
 /// A decoded photo and what the model sees of it.
@@ -51,6 +53,7 @@ pub struct Ask {
 }
 
 /// An opened image's full run.
+#[allow(clippy::large_enum_variant)] // one per opened image, moved once
 pub enum Opened {
     /// An encoder's: the image as the model sees it and the full run's analysis.
     Encoder { input: ImageInput, analysis: Analysis },
@@ -368,11 +371,6 @@ impl Session {
     /// A reduced VLM run against the open image's full answer.
     pub fn answer_reduced(&self, spec: &RunSpec, on_token: &mut dyn FnMut(u32), cancel: &Cancel) -> Result<VlmRun> {
         self.vlm()?.run(&*self.answered()?, spec, on_token, cancel)
-    }
-
-    /// `spec`'s method at each removed fraction against the open image's full answer.
-    pub fn answer_sweep(&self, spec: &RunSpec, fractions: &[f64], cancel: &Cancel) -> Result<Vec<SweepPoint>> {
-        self.vlm()?.sweep(&*self.answered()?, spec, fractions, &mut |_| {}, cancel)
     }
 
     /// Decodes and prepares an image file.
