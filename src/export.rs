@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::reduce::{Budget, PositionMode, ReducerConfig};
+use crate::reduce::{Budget, Method, PositionMode, ReducerConfig};
 use crate::render::grid::{GridFigure, grid_scene};
 use crate::render::{self, Colormap, GroupStyle, HeatLook, Heatmap, Norm, Panel, PanelContent, Scene, TokenGroups};
-use crate::session::{Analysis, DropFill, FullRun, ImageInput, RunResult, RunSpec, Session};
+use crate::session::{Analysis, DropFill, EncoderRun, FullRun, ImageInput, RunSpec, Session};
 use crate::{Cancel, Error, Result, figures};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -408,11 +408,11 @@ impl Ctx<'_> {
         self.analysis.grid
     }
 
-    fn run(&self, spec: &RunSpec) -> Result<RunResult> {
-        self.session.run(self.full, spec, &Cancel::default())
+    fn run(&self, spec: &RunSpec) -> Result<EncoderRun> {
+        self.session.run_against(self.full, spec, &Cancel::default())
     }
 
-    fn content(&self, view: &View, run: Option<&RunResult>) -> Result<Content> {
+    fn content(&self, view: &View, run: Option<&EncoderRun>) -> Result<Content> {
         let [rows, cols] = self.grid_dims();
         let a = self.analysis;
         let grid_heat = |values: Vec<f32>| Heatmap { rows, cols, values };
@@ -438,16 +438,12 @@ impl Ctx<'_> {
                 let run = run.ok_or_else(needs_run)?;
                 let scores = run.scores.as_ref().ok_or_else(|| Error::Config {
                     field: "view",
-                    reason: format!("{} has no score map", run.spec.reducer.info().label),
+                    reason: format!("{} has no score map", run.reducer().info().label),
                 })?;
                 Content::Heat {
                     heat: grid_heat(scores.iter().map(|s| s.unwrap_or(f32::NAN)).collect()),
                     norm: self.spec.scale.norm(),
-                    title: format!(
-                        "{} score: {}",
-                        run.spec.reducer.info().label,
-                        figures::score_name(&run.spec.reducer)
-                    ),
+                    title: format!("{} score: {}", run.reducer().info().label, figures::score_name(run.reducer())),
                     smooth: false,
                 }
             }
@@ -621,7 +617,13 @@ impl Ctx<'_> {
                     if let Some(l) = c.layer {
                         reducer.set_layer(l);
                     }
-                    self.run(&RunSpec { reducer, budget: c.budget, fill, positions })
+                    self.run(&RunSpec {
+                        method: Some(Method::Vision(reducer)),
+                        budget: c.budget,
+                        fill,
+                        positions,
+                        ..RunSpec::default()
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
             let mut tokens_row: Vec<Option<Content>> =

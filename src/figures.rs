@@ -5,7 +5,7 @@ use image::RgbImage;
 
 use crate::reduce::ReducerConfig;
 use crate::render::{self, Colormap, GroupStyle, Heatmap, Norm, OverlayStyle, Placement, TokenGroups, TokensStyle};
-use crate::session::{ImageInput, Output, RunResult};
+use crate::session::{EncoderRun, ImageInput, Output};
 
 /// Where the model's square canvas lies over the photo.
 pub fn placement(input: &ImageInput) -> Placement {
@@ -89,8 +89,8 @@ pub fn saliency_body(input: &ImageInput, output: &Output, colormap: Colormap, ma
 }
 
 /// [`tokens`] without title or legend; `opacity` is the merged groups' fill opacity.
-pub fn tokens_body(input: &ImageInput, grid: [usize; 2], run: &RunResult, opacity: f32, max_side: u32) -> RgbImage {
-    let merges = run.spec.reducer.info().merges;
+pub fn tokens_body(input: &ImageInput, grid: [usize; 2], run: &EncoderRun, opacity: f32, max_side: u32) -> RgbImage {
+    let merges = run.reducer().info().merges;
     groups_body_at(&input.photo, placement(input), grid, &run.groups, merges, opacity, max_side)
 }
 
@@ -129,21 +129,21 @@ pub fn saliency(input: &ImageInput, output: &Output, title: String, colormap: Co
 
 /// A run's groups on the grid, and how to draw them: merge methods as filled groups (ToMe's
 /// figure), pruning methods as kept versus faded dropped patches.
-pub fn token_groups(grid: [usize; 2], run: &RunResult) -> (TokenGroups, GroupStyle) {
+pub fn token_groups(grid: [usize; 2], run: &EncoderRun) -> (TokenGroups, GroupStyle) {
     let groups =
         TokenGroups::from_groups(grid[0], grid[1], &run.groups).expect("a run's groups are disjoint and on the grid");
-    let style = if run.spec.reducer.info().merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
+    let style = if run.reducer().info().merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
     (groups, style)
 }
 
 /// "ToMe, 66.7 % removed (85 of 256)".
-pub fn run_title(run: &RunResult) -> String {
-    format!("{}, {}", run.spec.reducer.info().label, run.spec.budget.describe(run.num_patches))
+pub fn run_title(run: &EncoderRun) -> String {
+    format!("{}, {}", run.reducer().info().label, run.spec.budget.describe(run.num_patches))
 }
 
 /// Which patches survive and how they group: merge methods as filled groups (ToMe's figure),
 /// pruning methods as kept versus faded dropped patches.
-pub fn tokens(input: &ImageInput, grid: [usize; 2], run: &RunResult, max_side: u32) -> RgbImage {
+pub fn tokens(input: &ImageInput, grid: [usize; 2], run: &EncoderRun, max_side: u32) -> RgbImage {
     let (groups, style) = token_groups(grid, run);
     let tokens_style = TokensStyle { style, title: Some(run_title(run)), max_side, ..TokensStyle::default() };
     render::tokens_overlay(&input.photo, &groups, &placement(input), &tokens_style)
@@ -153,13 +153,13 @@ pub fn tokens(input: &ImageInput, grid: [usize; 2], run: &RunResult, max_side: u
 pub fn scores(
     input: &ImageInput,
     grid: [usize; 2],
-    run: &RunResult,
+    run: &EncoderRun,
     colormap: Colormap,
     max_side: u32,
 ) -> Option<RgbImage> {
     let scores = run.scores.as_ref()?;
     let values: Vec<f32> = scores.iter().map(|s| s.unwrap_or(f32::NAN)).collect();
-    let title = format!("{} score: {}", run.spec.reducer.info().label, score_name(&run.spec.reducer));
+    let title = format!("{} score: {}", run.reducer().info().label, score_name(run.reducer()));
     Some(grid_map(input, grid, &values, title, colormap, 0.6, max_side))
 }
 

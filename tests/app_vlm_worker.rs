@@ -10,10 +10,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use common::{asset, fixture};
-use tokenlens::app::{Event, ImageSource, Job, WorkerHandle};
+use tokenlens::app::{Event, ImageSource, Job, OpenedImage, WorkerHandle};
 use tokenlens::model::ModelSource;
 use tokenlens::reduce::{Budget, Method, ReducerConfig};
-use tokenlens::session::vlm::{VlmRunSpec, sweep_fractions};
+use tokenlens::session::vlm::sweep_fractions;
+use tokenlens::session::{Ask, RunResult, RunSpec};
 
 thread_local! {
     /// Events this test thread has received from its current worker (see [`Gate::arm_after`]).
@@ -37,7 +38,7 @@ fn streamed_until<T>(worker: &WorkerHandle, id: u64, done: impl Fn(Event) -> Opt
     let mut streamed = (Vec::new(), String::new());
     loop {
         match next(worker) {
-            Event::VlmToken { id: i, piece, text } if i == id => {
+            Event::Token { id: i, piece, text } if i == id => {
                 streamed.0.push(piece);
                 streamed.1 = text;
             }
@@ -96,12 +97,12 @@ impl Gate {
     }
 }
 
-fn spec() -> VlmRunSpec {
-    VlmRunSpec {
+fn spec() -> RunSpec {
+    RunSpec {
         method: Some(Method::Vision(ReducerConfig::from_name("random").unwrap())),
         budget: Budget::RemoveFraction(0.5),
         max_new_tokens: 8,
-        ..VlmRunSpec::default()
+        ..RunSpec::default()
     }
 }
 
@@ -118,10 +119,10 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         let mut worker = WorkerHandle::spawn(ModelSource::File(fixture(&format!("vlm/{model}"))), move || held.pass());
         loop {
             match next(&worker) {
-                Event::VlmReady { num_layers, context, memory, .. } => {
-                    assert_eq!((num_layers, context), (2, Some(64)), "{model}");
+                Event::Ready { vlm: Some(info), .. } => {
+                    assert_eq!((info.num_layers, info.context), (2, Some(64)), "{model}");
                     // The guard's estimate for the cost panel: the KV cache at the 64-token context.
-                    let memory = memory.expect("the memory estimate");
+                    let memory = info.memory.expect("the memory estimate");
                     assert_eq!((memory.dtype, memory.kv_tokens), ("f32", 64), "{model}");
                     break;
                 }
@@ -133,10 +134,14 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
 
         // The full answer: its tokens stream in first, one event each.
         let question = "what is in the image?".to_string();
-        let full_spec = VlmRunSpec { method: None, ..spec() };
-        worker.submit(Job::VlmFull { id: 1, source: image(), question, spec: full_spec, split: false });
+        let full_spec = RunSpec { method: None, ..spec() };
+        worker.submit(Job::Open {
+            id: 1,
+            source: image(),
+            ask: Ask { prompt: question, spec: full_spec, split: false },
+        });
         let ((streamed, text), opened) = streamed_until(&worker, 1, |e| match e {
-            Event::VlmOpened { id: 1, opened } => Some(opened),
+            Event::Opened { id: 1, image: OpenedImage::Answer(opened) } => Some(opened),
             _ => None,
         });
         assert_eq!(streamed, opened.run.answer.pieces, "{model}: streamed pieces");
@@ -148,24 +153,24 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         // run's first token (the gate in `wake`), the newer run is submitted, and the first is
         // cancelled mid-answer: it streams no further token and sends no result.
         gate.arm_after_received();
-        worker.submit(Job::VlmRun { id: 2, spec: spec() });
+        worker.submit(Job::Run { id: 2, spec: spec() });
         loop {
             match next(&worker) {
-                Event::VlmToken { id: 2, .. } => break,
+                Event::Token { id: 2, .. } => break,
                 Event::Failed(e) => panic!("{model}: {e}"),
                 _ => {}
             }
         }
-        let keep_more = VlmRunSpec { budget: Budget::RemoveFraction(0.25), ..spec() };
-        worker.submit(Job::VlmRun { id: 3, spec: keep_more });
+        let keep_more = RunSpec { budget: Budget::RemoveFraction(0.25), ..spec() };
+        worker.submit(Job::Run { id: 3, spec: keep_more });
         gate.release();
         let mut streamed = Vec::new();
         let run = loop {
             match next(&worker) {
-                Event::VlmToken { id: 2, .. } => panic!("{model}: the superseded run went on decoding"),
-                Event::VlmReduced { id: 2, .. } => panic!("{model}: the superseded run sent its result"),
-                Event::VlmToken { id: 3, piece, .. } => streamed.push(piece),
-                Event::VlmReduced { id: 3, run } => break run,
+                Event::Token { id: 2, .. } => panic!("{model}: the superseded run went on decoding"),
+                Event::Ran { id: 2, .. } => panic!("{model}: the superseded run sent its result"),
+                Event::Token { id: 3, piece, .. } => streamed.push(piece),
+                Event::Ran { id: 3, result: RunResult::Answer(run) } => break run,
                 Event::Failed(e) => panic!("{model}: {e}"),
                 _ => {}
             }
@@ -176,18 +181,19 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
         assert_eq!(run.keep, Budget::RemoveFraction(0.25).resolve(n).unwrap());
         // Left alone, the superseded run's answer is longer than the one token it streamed:
         // the cancellation cut real work short.
-        worker.submit(Job::VlmRun { id: 9, spec: spec() });
-        let ((alone, _), _) =
-            streamed_until(&worker, 9, |e| matches!(e, Event::VlmReduced { id: 9, .. }).then_some(()));
+        worker.submit(Job::Run { id: 9, spec: spec() });
+        let ((alone, _), _) = streamed_until(&worker, 9, |e| matches!(e, Event::Ran { id: 9, .. }).then_some(()));
         assert!(alone.len() > 1, "{model}: {alone:?}");
 
         // The sweep: one point per fraction, in the background.
         let fractions = sweep_fractions();
-        worker.submit(Job::VlmSweep { id: 4, spec: spec(), fractions: fractions.clone() });
+        worker.submit(Job::Sweep { id: 4, spec: spec(), fractions: fractions.clone() });
         let mut points = Vec::new();
         while points.len() < fractions.len() {
             match next(&worker) {
-                Event::VlmSweepPoint { id: 4, point } => points.push(point),
+                Event::SweepPoint { id: 4, removed, result: RunResult::Answer(run) } => {
+                    points.push(tokenlens::session::vlm::SweepPoint::of(removed, &run))
+                }
                 Event::Failed(e) => panic!("{model}: {e}"),
                 _ => {}
             }
@@ -197,21 +203,21 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
 
         // A question far past the 64-token context: a clear error, and the worker goes on.
         let long = "please describe every detail of this picture ".repeat(8);
-        worker.submit(Job::VlmFull { id: 5, source: image(), question: long, spec: spec(), split: false });
+        worker.submit(Job::Open { id: 5, source: image(), ask: Ask { prompt: long, spec: spec(), split: false } });
         loop {
             match next(&worker) {
                 Event::Failed(e) => {
                     assert!(e.contains("context of 64"), "{model}: {e}");
                     break;
                 }
-                Event::VlmOpened { id: 5, .. } => panic!("{model}: the long question was answered"),
+                Event::Opened { id: 5, .. } => panic!("{model}: the long question was answered"),
                 _ => {}
             }
         }
-        worker.submit(Job::VlmRun { id: 6, spec: spec() });
+        worker.submit(Job::Run { id: 6, spec: spec() });
         loop {
             match next(&worker) {
-                Event::VlmReduced { id: 6, run } => {
+                Event::Ran { id: 6, result: RunResult::Answer(run) } => {
                     let half = Budget::RemoveFraction(0.5).resolve(n).unwrap();
                     assert_eq!((run.num_image_tokens, run.keep), (n, half), "{model}: against the last full run");
                     break;
@@ -233,12 +239,12 @@ fn a_folder_without_its_tokenizer_says_so_to_every_job() {
         }
     }
     let mut worker = WorkerHandle::spawn(ModelSource::File(dir.path().to_path_buf()), || {});
-    worker.submit(Job::VlmRun { id: 1, spec: spec() });
+    worker.submit(Job::Run { id: 1, spec: spec() });
     let mut failures = Vec::new();
     while failures.len() < 2 {
         match next(&worker) {
             Event::Failed(e) => failures.push(e),
-            Event::VlmReady { .. } => panic!("loaded without a tokenizer"),
+            Event::Ready { .. } => panic!("loaded without a tokenizer"),
             _ => {}
         }
     }
@@ -254,11 +260,12 @@ fn the_default_answer_limit_is_fitted_to_the_context() {
     let mut worker = WorkerHandle::spawn(ModelSource::File(fixture("vlm/llava")), || {});
     let settings = tokenlens::app::VlmSettings::default();
     assert_eq!(settings.max_new_tokens, 32);
-    let full_spec = VlmRunSpec { method: None, ..settings.spec(Budget::default(), Default::default()) };
-    worker.submit(Job::VlmFull { id: 1, source: image(), question: settings.question, spec: full_spec, split: false });
+    let full_spec = RunSpec { method: None, ..settings.spec(Budget::default(), Default::default()) };
+    let ask = Ask { prompt: settings.question, spec: full_spec, split: false };
+    worker.submit(Job::Open { id: 1, source: image(), ask });
     let opened = loop {
         match next(&worker) {
-            Event::VlmOpened { id: 1, opened } => break opened,
+            Event::Opened { id: 1, image: OpenedImage::Answer(opened) } => break opened,
             Event::Failed(e) => panic!("{e}"),
             _ => {}
         }

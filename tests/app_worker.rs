@@ -12,7 +12,7 @@ use tokenlens::app::{Event, ImageSource, Job, Look, MapScale, Settings, WorkerHa
 use tokenlens::export::{Figure, View};
 use tokenlens::model::ModelSource;
 use tokenlens::reduce::{Budget, ReducerConfig};
-use tokenlens::session::{RunSpec, Session};
+use tokenlens::session::{Ask, RunSpec, Session};
 
 fn next(worker: &WorkerHandle) -> Event {
     match worker.events.recv_timeout(Duration::from_secs(120)) {
@@ -24,26 +24,22 @@ fn next(worker: &WorkerHandle) -> Event {
 }
 
 fn spec(method: &str, removed: f64) -> RunSpec {
-    RunSpec {
-        reducer: ReducerConfig::from_name(method).unwrap(),
-        budget: Budget::RemoveFraction(removed),
-        ..RunSpec::default()
-    }
+    RunSpec::vision(ReducerConfig::from_name(method).unwrap(), Budget::RemoveFraction(removed))
 }
 
 #[test]
 fn compare_drift_and_export_jobs_answer_as_the_session_does() {
     let model = ModelSource::File(fixture("encoders/vit"));
     let mut worker = WorkerHandle::spawn(model.clone(), || {});
-    worker
-        .submit(Job::Open { source: ImageSource { label: asset("chelsea.png"), bytes: None }, prompt: String::new() });
-    while !matches!(next(&worker), Event::Opened(_)) {}
+    let source = ImageSource { label: asset("chelsea.png"), bytes: None };
+    worker.submit(Job::Open { id: 0, source, ask: Ask::default() });
+    while !matches!(next(&worker), Event::Opened { .. }) {}
 
     // The same runs through the session directly.
     let session = Session::load(&model, &mut |_| {}).unwrap();
     let input = session.open_image(&asset("chelsea.png")).unwrap();
     let full = session.full_run(&input.prepared.pixels, &Cancel::default()).unwrap();
-    let direct = |s: &RunSpec| session.run(&full, s, &Cancel::default()).unwrap();
+    let direct = |s: &RunSpec| session.run_against(&full, s, &Cancel::default()).unwrap();
 
     let specs = vec![spec("cls_topk", 0.5), spec("random", 0.75)];
     worker.submit(Job::Compare { id: 1, specs: specs.clone() });
@@ -54,17 +50,18 @@ fn compare_drift_and_export_jobs_answer_as_the_session_does() {
     };
     assert_eq!(results.len(), 2);
     for (got, s) in results.iter().zip(&specs) {
-        let want = direct(s);
-        assert_eq!((got.keep, &got.kept), (want.keep, &want.kept), "{}", s.reducer.name());
-        assert_eq!(got.output.values, want.output.values, "{}", s.reducer.name());
+        let (got, want) = (got.encoder().expect("an encoder's run"), direct(s));
+        let name = s.reducer().unwrap().name();
+        assert_eq!((got.keep, &got.kept), (want.keep, &want.kept), "{name}");
+        assert_eq!(got.output.values, want.output.values, "{name}");
     }
 
     let ratios = vec![0.0, 0.5, 0.75];
-    worker.submit(Job::Drift { id: 2, spec: spec("random", 0.0), ratios: ratios.clone() });
+    worker.submit(Job::Sweep { id: 2, spec: spec("random", 0.0), fractions: ratios.clone() });
     let mut points = Vec::new();
     while points.len() < ratios.len() {
-        if let Event::DriftPoint { id: 2, removed, l1 } = next(&worker) {
-            points.push((removed, l1));
+        if let Event::SweepPoint { id: 2, removed, result } = next(&worker) {
+            points.push((removed, result.encoder().expect("an encoder's run").fidelity.output_l1));
         }
     }
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -120,9 +117,9 @@ fn the_compare_export_is_what_is_on_screen_with_the_dialog_options() {
 
     let model = ModelSource::File(fixture("encoders/vit"));
     let mut worker = WorkerHandle::spawn(model, || {});
-    worker
-        .submit(Job::Open { source: ImageSource { label: asset("chelsea.png"), bytes: None }, prompt: String::new() });
-    while !matches!(next(&worker), Event::Opened(_)) {}
+    let source = ImageSource { label: asset("chelsea.png"), bytes: None };
+    worker.submit(Job::Open { id: 0, source, ask: Ask::default() });
+    while !matches!(next(&worker), Event::Opened { .. }) {}
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("grid.svg");
     let look = Look {

@@ -290,10 +290,9 @@ fn every_method_runs_on_clip_and_siglip_folders() {
                 reducer.set_layer(0); // the tiny towers have two blocks
             }
             for removed in [0.0, 0.5] {
-                let spec =
-                    RunSpec { reducer: reducer.clone(), budget: Budget::RemoveFraction(removed), ..RunSpec::default() };
+                let spec = RunSpec::vision(reducer.clone(), Budget::RemoveFraction(removed));
                 let r = session
-                    .run(&full, &spec, &Cancel::default())
+                    .run_against(&full, &spec, &Cancel::default())
                     .unwrap_or_else(|e| panic!("{name} {}: {e}", reducer.name()));
                 assert_eq!(r.groups.len(), r.keep, "{name} {}", reducer.name());
                 assert!(r.fidelity.top1_agrees.is_some());

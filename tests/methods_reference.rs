@@ -338,8 +338,8 @@ fn evit_run_matches_the_authors_block_in_the_model() {
     let mut evit = ReducerConfig::from_name("evit").unwrap();
     evit.set_layer(case["layer"].as_u64().unwrap() as usize);
     let tokens = case["tokens"].as_u64().unwrap() as usize;
-    let spec = RunSpec { reducer: evit, budget: Budget::Keep(tokens + 1), ..RunSpec::default() };
-    let run = session.run(&full, &spec, &Cancel::default()).unwrap();
+    let spec = RunSpec::vision(evit, Budget::Keep(tokens + 1));
+    let run = session.run_against(&full, &spec, &Cancel::default()).unwrap();
     let kept: Vec<usize> = run.kept.iter().map(|&p| p as usize).collect();
     assert_eq!(kept, indices(&case["kept"]), "kept patches");
     // Tighter than 1e-4: fusing after the MLP moves these probabilities by about 1.5e-4.

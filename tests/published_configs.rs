@@ -15,7 +15,8 @@ use tokenlens::model::hf_config::{Class, dtype};
 use tokenlens::model::idefics3::Idefics3Settings;
 use tokenlens::model::llama::LlamaConfig;
 use tokenlens::model::llava::LlavaSettings;
-use tokenlens::session::vlm::{Vlm, VlmRunSpec};
+use tokenlens::session::RunSpec;
+use tokenlens::session::vlm::Vlm;
 
 fn read(rel: &str) -> Value {
     let path = fixture(rel);
@@ -150,7 +151,7 @@ fn published_folders_with_tiny_weights_answer_as_transformers_does() {
         assert_eq!(vlm.split_image, split, "{tiny}: image splitting follows the folder");
         let image = vlm.open_image(&common::asset("chelsea.png")).unwrap();
         let question = r["meta"]["question"].as_str().unwrap();
-        let spec = VlmRunSpec { max_new_tokens: r["generated_ids"].as_array().unwrap().len(), ..Default::default() };
+        let spec = RunSpec { max_new_tokens: r["generated_ids"].as_array().unwrap().len(), ..Default::default() };
         let full = vlm.full(image, question, &spec, &mut |_| {}, &Cancel::default()).unwrap();
         assert_eq!(full.prompt.ids, common::json_ints(&r["input_ids"]), "{tiny}: prompt ids");
         assert_eq!(full.run.answer.ids, common::json_ints(&r["generated_ids"]), "{tiny}: greedy ids");

@@ -11,11 +11,7 @@ use tokenlens::reduce::{Budget, ReducerConfig};
 use tokenlens::session::{RunSpec, Session};
 
 fn spec(method: &str, removed: f64) -> RunSpec {
-    RunSpec {
-        reducer: ReducerConfig::from_name(method).unwrap(),
-        budget: Budget::RemoveFraction(removed),
-        ..RunSpec::default()
-    }
+    RunSpec::vision(ReducerConfig::from_name(method).unwrap(), Budget::RemoveFraction(removed))
 }
 
 fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
@@ -34,7 +30,7 @@ fn reduced_maps_equal_the_full_ones_where_nothing_is_reduced_and_spread_merges()
     let mut recorded = 0;
     for method in ["tome", "evit", "pitome"] {
         let mut at_zero = spec(method, 0.0);
-        at_zero.reducer.set_layer(0); // the fixture has 2 blocks
+        at_zero.reducer_mut().unwrap().set_layer(0); // the fixture has 2 blocks
         let none = session.reduce(&at_zero, &Cancel::default()).unwrap();
         let Some(maps) = none.maps.as_ref() else {
             assert_eq!(none.recomputed_from_block, layers, "{method}: blocks re-ran but no maps");

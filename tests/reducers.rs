@@ -19,7 +19,7 @@ fn full(name: &str) -> FullRun {
 }
 
 fn spec(reducer: &ReducerConfig, removed: f64) -> RunSpec {
-    RunSpec { reducer: reducer.clone(), budget: Budget::RemoveFraction(removed), ..RunSpec::default() }
+    RunSpec::vision(reducer.clone(), Budget::RemoveFraction(removed))
 }
 
 #[test]
@@ -29,7 +29,7 @@ fn every_method_honours_every_preset_with_consistent_provenance() {
     for reducer in ReducerConfig::defaults() {
         let name = reducer.name();
         for &removed in &PRESETS_REMOVED {
-            let r = s.run(&full, &spec(&reducer, removed), &Cancel::default()).unwrap();
+            let r = s.run_against(&full, &spec(&reducer, removed), &Cancel::default()).unwrap();
             assert_eq!(r.keep, Budget::RemoveFraction(removed).resolve(256).unwrap());
             assert_eq!(r.groups.len(), r.keep, "{name} @ {removed}: surviving visual tokens");
             // Groups are disjoint; their union is every surviving patch.
@@ -64,7 +64,7 @@ fn nothing_removed_reproduces_the_full_output_exactly() {
     let s = session();
     let full = full("coffee.png");
     for reducer in ReducerConfig::defaults() {
-        let r = s.run(&full, &spec(&reducer, 0.0), &Cancel::default()).unwrap();
+        let r = s.run_against(&full, &spec(&reducer, 0.0), &Cancel::default()).unwrap();
         assert_eq!(r.output.values, full.output.values, "{}: output differs at 0 % removed", reducer.name());
         assert_eq!(r.fidelity.output_l1, 0.0);
         assert!(r.fidelity.cls_cosine > 1.0 - 1e-9 && r.fidelity.patch_cosine_mean > 1.0 - 1e-9);
@@ -77,16 +77,16 @@ fn runs_are_deterministic() {
     let s = session();
     let full = full("chelsea.png");
     for reducer in ReducerConfig::defaults() {
-        let a = s.run(&full, &spec(&reducer, PRESETS_REMOVED[2]), &Cancel::default()).unwrap();
-        let b = s.run(&full, &spec(&reducer, PRESETS_REMOVED[2]), &Cancel::default()).unwrap();
+        let a = s.run_against(&full, &spec(&reducer, PRESETS_REMOVED[2]), &Cancel::default()).unwrap();
+        let b = s.run_against(&full, &spec(&reducer, PRESETS_REMOVED[2]), &Cancel::default()).unwrap();
         assert_eq!(a.groups, b.groups, "{}", reducer.name());
         assert_eq!(a.output.values, b.output.values, "{}", reducer.name());
     }
     // A different seed changes the random baseline.
     let mut other = ReducerConfig::from_name("random").unwrap();
     other.set_param("seed", "7").unwrap();
-    let a = s.run(&full, &spec(&ReducerConfig::from_name("random").unwrap(), 0.5), &Cancel::default()).unwrap();
-    let b = s.run(&full, &spec(&other, 0.5), &Cancel::default()).unwrap();
+    let a = s.run_against(&full, &spec(&ReducerConfig::from_name("random").unwrap(), 0.5), &Cancel::default()).unwrap();
+    let b = s.run_against(&full, &spec(&other, 0.5), &Cancel::default()).unwrap();
     assert_ne!(a.kept, b.kept);
 }
 
@@ -98,7 +98,7 @@ fn drift_grows_with_removal() {
         let mean_l1 = |removed: f64| {
             fulls
                 .iter()
-                .map(|f| s.run(f, &spec(&reducer, removed), &Cancel::default()).unwrap().fidelity.output_l1)
+                .map(|f| s.run_against(f, &spec(&reducer, removed), &Cancel::default()).unwrap().fidelity.output_l1)
                 .sum::<f64>()
                 / fulls.len() as f64
         };
@@ -113,7 +113,7 @@ fn a_ratio_change_recomputes_only_what_follows_the_stage() {
     let s = session();
     let full = full("chelsea.png");
     let at = |name: &str| {
-        let r = s.run(&full, &spec(&ReducerConfig::from_name(name).unwrap(), 0.5), &Cancel::default()).unwrap();
+        let r = s.run_against(&full, &spec(&ReducerConfig::from_name(name).unwrap(), 0.5), &Cancel::default()).unwrap();
         r.recomputed_from_block
     };
     assert_eq!(at("evit"), 3); // acts inside block 3, before its MLP: blocks 0..=2 come from the cache
@@ -123,7 +123,7 @@ fn a_ratio_change_recomputes_only_what_follows_the_stage() {
     }
     let mut late = ReducerConfig::from_name("tome").unwrap();
     late.set_param("first_layer", "6").unwrap();
-    let r = s.run(&full, &spec(&late, 0.5), &Cancel::default()).unwrap();
+    let r = s.run_against(&full, &spec(&late, 0.5), &Cancel::default()).unwrap();
     assert_eq!(r.recomputed_from_block, 6);
     assert!(r.tokens_per_layer[..7].iter().all(|&n| n == 257), "{:?}", r.tokens_per_layer);
 }
@@ -134,8 +134,14 @@ fn impossible_budgets_are_clear_errors() {
     let full = full("chelsea.png");
     let mut tome = ReducerConfig::from_name("tome").unwrap();
     tome.set_param("first_layer", "11").unwrap();
-    let err = s.run(&full, &spec(&tome, PRESETS_REMOVED[3]), &Cancel::default()).unwrap_err();
+    let err = s.run_against(&full, &spec(&tome, PRESETS_REMOVED[3]), &Cancel::default()).unwrap_err();
     assert!(err.to_string().contains("at most half"), "{err}");
-    let err = s.run(&full, &RunSpec { budget: Budget::Keep(0), ..RunSpec::default() }, &Cancel::default()).unwrap_err();
+    let err = s
+        .run_against(
+            &full,
+            &RunSpec::vision(ReducerConfig::from_name("tome").unwrap(), Budget::Keep(0)),
+            &Cancel::default(),
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("keep 0 tokens"), "{err}");
 }

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use common::fixture;
 use tokenlens::model::ModelSource;
 use tokenlens::reduce::{Budget, ReducerConfig};
-use tokenlens::session::vlm::VlmRunSpec;
 use tokenlens::session::{Backend, RunSpec, Session};
 use tokenlens::{Cancel, Error};
 
@@ -42,7 +41,7 @@ fn nothing_runs_before_an_image_is_open() {
     let spec = RunSpec::default();
     assert!(matches!(encoder.reduce(&spec, &Cancel::default()), Err(Error::NotReady(m)) if m == "no image is open"));
     let vlm = load(fixture("vlm/llava"));
-    let run = vlm.answer_reduced(&VlmRunSpec::default(), &mut |_| {}, &Cancel::default());
+    let run = vlm.answer_reduced(&RunSpec::default(), &mut |_| {}, &Cancel::default());
     assert!(matches!(run, Err(Error::NotReady(m)) if m == "no image is open"));
 }
 
@@ -55,11 +54,7 @@ fn reduced_runs_are_cached_per_token_count_and_cleared_by_a_new_image() {
     let full = session.opened_full().unwrap();
     let patches = full.states[0].num_patches();
 
-    let fraction = RunSpec {
-        reducer: ReducerConfig::from_name("divprune").unwrap(),
-        budget: Budget::RemoveFraction(0.5),
-        ..RunSpec::default()
-    };
+    let fraction = RunSpec::vision(ReducerConfig::from_name("divprune").unwrap(), Budget::RemoveFraction(0.5));
     let first = session.reduce(&fraction, &cancel).unwrap();
     let keep = Budget::RemoveFraction(0.5).resolve(patches).unwrap();
     let as_count = RunSpec { budget: Budget::Keep(keep), ..fraction.clone() };
@@ -70,7 +65,7 @@ fn reduced_runs_are_cached_per_token_count_and_cleared_by_a_new_image() {
     assert_eq!((&second.groups, second.keep), (&first.groups, first.keep));
     assert_eq!(second.timings_ms.run_ms, first.timings_ms.run_ms);
     // Independent of the cache: a direct run of the stateless core gives the same tokens.
-    let direct = session.run(&full, &as_count, &cancel).unwrap();
+    let direct = session.run_against(&full, &as_count, &cancel).unwrap();
     assert_eq!(direct.groups, first.groups);
 
     // A new image drops the old runs: the same spec is computed anew on it.
@@ -78,7 +73,7 @@ fn reduced_runs_are_cached_per_token_count_and_cleared_by_a_new_image() {
     session.open(&other, &cancel).unwrap();
     let again = session.reduce(&fraction, &cancel).unwrap();
     assert_ne!(again.output.values, first.output.values);
-    let direct = session.run(&session.opened_full().unwrap(), &fraction, &cancel).unwrap();
+    let direct = session.run_against(&session.opened_full().unwrap(), &fraction, &cancel).unwrap();
     assert_eq!(again.output.values, direct.output.values);
 }
 
@@ -110,7 +105,7 @@ fn the_registry_refuses_what_each_model_kind_refuses() {
         match method.clone().for_encoder() {
             Ok(reducer) => {
                 assert!(refusal.is_none(), "{}", method.name());
-                let spec = RunSpec { reducer, budget: Budget::RemoveFraction(0.5), ..RunSpec::default() };
+                let spec = RunSpec::vision(reducer, Budget::RemoveFraction(0.5));
                 encoder.reduce(&spec, &cancel).unwrap_or_else(|e| panic!("{}: {e}", method.name()));
             }
             Err(e) => {
@@ -134,7 +129,7 @@ fn the_registry_refuses_what_each_model_kind_refuses() {
         for mut method in Method::all() {
             in_range(&mut method, tower, decoder);
             let refusal = vlm.refusal(&method);
-            let spec = VlmRunSpec { method: Some(method.clone()), budget: Budget::Keep(keep), ..common::vlm_spec() };
+            let spec = RunSpec { method: Some(method.clone()), budget: Budget::Keep(keep), ..common::vlm_spec() };
             match (vlm.answer_reduced(&spec, &mut |_| {}, &cancel), refusal) {
                 (Ok(_), None) => {}
                 (Err(e), Some(why)) => {

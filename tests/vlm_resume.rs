@@ -10,7 +10,8 @@ use common::{vlm_full as full, vlm_spec as spec};
 use tokenlens::Cancel;
 use tokenlens::reduce::llm::LlmReducerConfig;
 use tokenlens::reduce::{Budget, Context, Method, ReducerConfig, Site};
-use tokenlens::session::vlm::{VlmRun, VlmRunSpec};
+use tokenlens::session::RunSpec;
+use tokenlens::session::vlm::VlmRun;
 
 /// Everything a run reports that resuming could change, compared exactly.
 fn assert_same(resumed: &VlmRun, scratch: &VlmRun, what: &str) {
@@ -49,7 +50,7 @@ fn language_side_methods_resumed_equal_runs_from_scratch() {
             // The view layer before, at and after the site (the full run read the middle one).
             for view_layer in [None, Some(0), Some(want_from.saturating_sub(1)), Some(layers - 1)] {
                 for removed in [0.0, 0.5, 0.75] {
-                    let s = VlmRunSpec {
+                    let s = RunSpec {
                         method: Some(Method::Llm(cfg.clone())),
                         budget: Budget::RemoveFraction(removed),
                         view_layer,
@@ -76,7 +77,7 @@ fn language_side_methods_resumed_equal_runs_from_scratch() {
 fn fastv_at_k2_reruns_layers_2_on_with_the_answer_of_a_run_from_scratch() {
     let (vlm, full) = full("idefics3_deep");
     let s =
-        VlmRunSpec { method: Some(Method::from_name("fastv").unwrap()), budget: Budget::RemoveFraction(0.5), ..spec() };
+        RunSpec { method: Some(Method::from_name("fastv").unwrap()), budget: Budget::RemoveFraction(0.5), ..spec() };
     let resumed = vlm.run(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
     let scratch = vlm.run_from_scratch(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
     assert_same(&resumed, &scratch, "fastv K=2");
@@ -98,7 +99,7 @@ fn vision_side_methods_rerun_the_tower_only_from_their_block() {
             if let Some(l) = cfg.layer(tower_layers) {
                 cfg.set_layer(l.min(tower_layers - 1));
             }
-            let s = VlmRunSpec { method: Some(Method::Vision(cfg.clone())), budget: Budget::Keep(n / 2), ..spec() };
+            let s = RunSpec { method: Some(Method::Vision(cfg.clone())), budget: Budget::Keep(n / 2), ..spec() };
             let what = format!("{name} {}", cfg.name());
             let Ok(resumed) = vlm.run(&full, &s, &mut |_| {}, &Cancel::default()) else {
                 continue; // refused (SmolVLM's tower; merging more than half): vlm_run.rs checks why

@@ -10,8 +10,9 @@ use common::{fixture, json_ints, json_tensor, max_diff};
 use serde_json::Value;
 use tokenlens::Cancel;
 use tokenlens::reduce::{Budget, Method, Plan, Reducer, ReducerConfig, Site, SiteView};
+use tokenlens::session::RunSpec;
+use tokenlens::session::vlm::Vlm;
 use tokenlens::session::vlm::decode;
-use tokenlens::session::vlm::{Vlm, VlmRunSpec};
 
 fn reference(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(&format!("vlm/{name}/reference.json"))).unwrap()).unwrap()
@@ -110,7 +111,7 @@ fn vision_side_methods_keep_their_budget_and_change_nothing_at_zero() {
                 cfg.set_layer(l.min(tower_layers - 1));
             }
             let method = Method::Vision(cfg.clone());
-            let zero = VlmRunSpec { method: Some(method.clone()), budget: Budget::Keep(n), ..spec() };
+            let zero = RunSpec { method: Some(method.clone()), budget: Budget::Keep(n), ..spec() };
             let run = match vlm.run(&full, &zero, &mut |_| {}, &Cancel::default()) {
                 Ok(run) => run,
                 Err(e) => {
@@ -125,7 +126,7 @@ fn vision_side_methods_keep_their_budget_and_change_nothing_at_zero() {
             let own: f64 = full.run.answer.logprobs.iter().map(|&v| f64::from(v)).sum();
             assert!((lp - own).abs() < 1e-3, "{name} {}: {lp} vs {own}", cfg.name());
             for keep in [n / 2, n / 4] {
-                let s = VlmRunSpec { method: Some(method.clone()), budget: Budget::Keep(keep), ..spec() };
+                let s = RunSpec { method: Some(method.clone()), budget: Budget::Keep(keep), ..spec() };
                 let run = match vlm.run(&full, &s, &mut |_| {}, &Cancel::default()) {
                     Ok(run) => run,
                     // LLaVA's tower feeds the projector after one block here: ToMe-style
@@ -206,8 +207,7 @@ fn the_position_switch_keeps_original_slots_or_compacts() {
     let mut cfg = ReducerConfig::from_name("cls_topk").unwrap();
     cfg.set_layer(0);
     let reduced = |positions| {
-        let spec =
-            VlmRunSpec { method: Some(Method::Vision(cfg.clone())), budget: Budget::Keep(8), positions, ..spec() };
+        let spec = RunSpec { method: Some(Method::Vision(cfg.clone())), budget: Budget::Keep(8), positions, ..spec() };
         vlm.sequence(&full, &spec, &Cancel::default()).unwrap()
     };
     let seq = reduced(tokenlens::reduce::PositionMode::Preserve);
@@ -237,14 +237,14 @@ fn language_side_methods_keep_their_budget_and_change_nothing_at_zero() {
             }
             let label = format!("{name} {}", cfg.name());
             let method = Method::Llm(cfg.clone());
-            let zero = VlmRunSpec { method: Some(method.clone()), budget: Budget::Keep(n), ..spec() };
+            let zero = RunSpec { method: Some(method.clone()), budget: Budget::Keep(n), ..spec() };
             let run = vlm.run(&full, &zero, &mut |_| {}, &Cancel::default()).unwrap();
             assert_eq!(run.answer.ids, full.run.answer.ids, "{label} at 0 %");
             assert_eq!(run.image_rows_per_layer, vec![n; layers], "{label} at 0 %");
             let own: f64 = full.run.answer.logprobs.iter().map(|&v| f64::from(v)).sum();
             assert!((run.full_answer_logprob.unwrap() - own).abs() < 1e-3, "{label}");
             for keep in [n / 2, n / 3] {
-                let s = VlmRunSpec { method: Some(method.clone()), budget: Budget::Keep(keep), ..spec() };
+                let s = RunSpec { method: Some(method.clone()), budget: Budget::Keep(keep), ..spec() };
                 let run = vlm.run(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
                 // The crate's prediction must be what the decoder did; what that is comes from
                 // each method's definition on two layers (below), not from the prediction.
@@ -304,7 +304,7 @@ fn smolvlm_image_splitting_matches_transformers_and_runs_language_side_methods()
     assert_eq!(&full.vision.slot_token[..8], &[0, 1, 4, 5, 2, 3, 6, 7]); // tiles (0,0) and (0,1)
     let mut cfg = tokenlens::reduce::llm::LlmReducerConfig::from_name("fastv").unwrap();
     cfg.set_layer(1, vlm.num_layers());
-    let s = VlmRunSpec { method: Some(Method::Llm(cfg)), budget: Budget::Keep(10), ..spec() };
+    let s = RunSpec { method: Some(Method::Llm(cfg)), budget: Budget::Keep(10), ..spec() };
     let run = vlm.run(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
     assert_eq!(run.image_rows_per_layer, vec![20, 10]);
     // The pictures draw the grid's 16 tokens; the global image's 4 are off the grid.
@@ -326,7 +326,7 @@ fn smolvlm_image_splitting_matches_transformers_and_runs_language_side_methods()
     );
     assert!(map.width() > 0);
     let _ = tokenlens::figures::vlm_tokens(&full.image, grid, &run, 128);
-    let vision = VlmRunSpec { method: Some(Method::from_name("divprune").unwrap()), ..spec() };
+    let vision = RunSpec { method: Some(Method::from_name("divprune").unwrap()), ..spec() };
     let err = vlm.run(&full, &vision, &mut |_| {}, &Cancel::default()).err().unwrap().to_string();
     assert!(err.contains("splitting off"), "{err}");
     // Unsplit, the same folder gives one global image.

@@ -14,7 +14,7 @@ use super::{MapScale, MapSource, TokenlensApp};
 use crate::analysis::metrics::Fidelity;
 use crate::figures;
 use crate::render::{Heatmap, Norm};
-use crate::session::RunResult;
+use crate::session::EncoderRun;
 
 /// Panel textures' longest side.
 const PANEL_SIDE: u32 = 640;
@@ -32,8 +32,12 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     };
     let s = app.settings.clone();
     let results = app.compared.value.clone().unwrap_or_default();
-    let runs: Vec<Option<Arc<RunResult>>> =
-        s.compare.iter().enumerate().map(|(i, m)| results.get(i).filter(|r| r.spec.reducer == *m).cloned()).collect();
+    let runs: Vec<Option<Arc<EncoderRun>>> = s
+        .compare
+        .iter()
+        .enumerate()
+        .map(|(i, m)| results.get(i).filter(|r| r.spec.reducer() == Some(m)).cloned())
+        .collect();
     ui.horizontal(|ui| {
         ui.strong(format!("All at {}", s.spec.budget.describe(app.num_patches())));
         ui.label(RichText::new("· methods, budget and view in the left panel · best metric in green").weak());
@@ -132,7 +136,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                         {
                             hover_now = Some(patch);
                             let fate = run.as_deref().map(|r| super::view::Fate {
-                                method: r.spec.reducer.info().label.to_string(),
+                                method: r.reducer().info().label.to_string(),
                                 scores: r.scores.as_deref(),
                                 groups: &r.groups,
                                 role: None,

@@ -49,7 +49,9 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 
     section(ui, "Parameters");
     let num_layers = app.num_layers();
-    params_ui(ui, &mut app.settings.spec.reducer, 0..=num_layers - 1);
+    if let Some(reducer) = app.settings.spec.reducer_mut() {
+        params_ui(ui, reducer, 0..=num_layers - 1);
+    }
     options_ui(app, ui);
 
     section(ui, "View");
@@ -168,15 +170,15 @@ fn short_name(path: &std::path::Path) -> String {
 }
 
 fn method_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
-    let current = app.settings.spec.reducer.info();
+    let current = app.settings.spec.method.as_ref().map_or_else(|| Method::all()[0].info(), Method::info);
     egui::ComboBox::from_id_salt("method").selected_text(current.label).width(200.0).show_ui(ui, |ui| {
         // Every method of the registry: an image encoder greys out the language-side ones.
         for method in Method::all() {
-            let chosen = app.settings.spec.reducer.name() == method.name();
+            let chosen = app.settings.spec.method.as_ref().is_some_and(|m| m.name() == method.name());
             if method_entry(ui, &method, chosen, &Capabilities::ENCODER)
                 && let Method::Vision(config) = method
             {
-                app.settings.spec.reducer = config;
+                app.settings.spec.method = Some(Method::Vision(config));
             }
         }
     });
@@ -188,7 +190,7 @@ fn method_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             (opened.analysis.grid[0], opened.analysis.grid[1]),
             opened.analysis.num_special,
         );
-        if let Some(note) = app.settings.spec.reducer.note_for(&ctx) {
+        if let Some(note) = app.settings.spec.reducer().and_then(|r| r.note_for(&ctx)) {
             ui.label(egui::RichText::new(format!("Note: {note}")).small().color(ui.visuals().warn_fg_color));
         }
     }

@@ -33,11 +33,11 @@ use crate::export::{self, Figure, View};
 use crate::model::ModelSource;
 use crate::reduce::{Budget, ReducerConfig};
 use crate::render::Colormap;
-use crate::session::{RunResult, RunSpec};
+use crate::session::{Ask, EncoderRun, RunResult, RunSpec};
 pub use file_dialog::ask_before_replacing;
 use file_dialog::{FileDialogs, Outcome, Picker, Purpose, Request};
 pub use vlm::{Pick, VlmOverlay, VlmSettings, VlmState};
-pub use worker::{Event, ImageSource, Job, Look, Opened, VlmOpened, WorkerHandle};
+pub use worker::{Event, ImageSource, Job, Look, Opened, OpenedImage, VlmInfo, VlmOpened, WorkerHandle};
 
 /// The bundled sample photo the app opens with.
 pub const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
@@ -139,10 +139,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            spec: RunSpec {
-                reducer: ReducerConfig::from_name("cls_topk").expect("a built-in method"),
-                ..RunSpec::default()
-            },
+            spec: RunSpec::vision(ReducerConfig::from_name("cls_topk").expect("a built-in method"), Budget::default()),
             overlay: Overlay::Tokens,
             layer: 11,
             head: Head::Mean,
@@ -208,7 +205,10 @@ impl Settings {
 
     /// The compare view's runs: each method at the main budget and options.
     pub fn compare_specs(&self) -> Vec<RunSpec> {
-        self.compare.iter().map(|r| RunSpec { reducer: r.clone(), ..self.spec.clone() }).collect()
+        self.compare
+            .iter()
+            .map(|r| RunSpec { method: Some(crate::reduce::Method::Vision(r.clone())), ..self.spec.clone() })
+            .collect()
     }
 }
 
@@ -295,9 +295,9 @@ pub struct TokenlensApp {
     pub opened: Option<Arc<Opened>>,
     pub opening: bool,
     next_id: u64,
-    pub run: Slot<Arc<RunResult>>,
+    pub run: Slot<Arc<EncoderRun>>,
     sent_spec: Option<RunSpec>,
-    pub compared: Slot<Vec<Arc<RunResult>>>,
+    pub compared: Slot<Vec<Arc<EncoderRun>>>,
     sent_compare: Option<Vec<RunSpec>>,
     /// Drift curve points (removed fraction, saliency L1) for `drift_key`.
     pub drift: Vec<[f64; 2]>,
@@ -388,7 +388,7 @@ impl TokenlensApp {
         if let Some(vlm) = self.vlm.as_mut()
             && vlm.apply(&event)
         {
-            if let Event::VlmOpened { id, opened } = &event
+            if let Event::Opened { id, image: OpenedImage::Answer(opened) } = &event
                 && *id == vlm.full.id
             {
                 self.error = None;
@@ -418,26 +418,24 @@ impl TokenlensApp {
             return;
         }
         match event {
-            Event::VlmReady { id, num_layers, context, split_image, memory, capabilities } => {
-                self.vlm_ready(id, num_layers, context, split_image);
+            Event::Ready { id, vlm: Some(info), .. } => {
+                self.vlm_ready(id, info.num_layers, info.context, info.split_image);
                 if let Some(vlm) = &mut self.vlm {
-                    vlm.memory = memory;
-                    vlm.capabilities = capabilities;
+                    vlm.memory = info.memory;
+                    vlm.capabilities = info.capabilities;
                 }
             }
-            Event::VlmToken { .. }
-            | Event::VlmOpened { .. }
-            | Event::VlmReduced { .. }
-            | Event::VlmCompared { .. }
-            | Event::VlmSweepPoint { .. }
-            | Event::VlmSweepStopped { .. } => {}
             Event::Status(line) => self.status = line,
-            Event::ModelReady { id, takes_prompt } => {
+            Event::Ready { id, takes_prompt, vlm: None } => {
                 self.status = format!("Model ready: {id}");
                 self.model_id = Some(id);
                 self.takes_prompt = takes_prompt;
+                // The image asked for before the model was known.
+                if let Some(source) = self.image_source.clone().filter(|_| self.opening) {
+                    self.open_source(source);
+                }
             }
-            Event::Opened(opened) => {
+            Event::Opened { image: OpenedImage::Encoder(opened), .. } => {
                 self.opening = false;
                 self.error = None;
                 let t = &opened.analysis.timings_ms;
@@ -449,19 +447,27 @@ impl TokenlensApp {
                 self.forget_results();
                 self.scene_rect = egui::Rect::ZERO;
             }
-            Event::Reduced { id, result } => {
+            Event::Ran { id, result: RunResult::Encoder(result) } => {
                 if id == self.run.id {
                     self.error = None;
                 }
                 self.run.answer(id, result);
             }
-            Event::Compared { id, results } => self.compared.answer(id, results),
-            Event::DriftPoint { id, removed, l1 } => {
+            Event::Compared { id, results } => {
+                self.compared.answer(id, results.iter().filter_map(|r| r.encoder().cloned()).collect())
+            }
+            Event::SweepPoint { id, removed, result: RunResult::Encoder(r) } => {
                 if id == self.drift_id {
-                    self.drift.push([100.0 * removed, l1]);
+                    self.drift.push([100.0 * removed, r.fidelity.output_l1]);
                     self.drift.sort_by(|a, b| a[0].total_cmp(&b[0]));
                 }
             }
+            // A VLM's events when the app is not (or no longer) in VLM mode: stale.
+            Event::Token { .. }
+            | Event::Opened { .. }
+            | Event::Ran { .. }
+            | Event::SweepPoint { .. }
+            | Event::SweepStopped { .. } => {}
             Event::Exported(figure, sidecar) => {
                 self.status = format!("Exported {} (sidecar {})", figure.display(), sidecar.display());
             }
@@ -534,8 +540,16 @@ impl TokenlensApp {
         self.opening = true;
         self.status = format!("Analysing {}…", source.label.display());
         self.image_source = Some(source.clone());
+        if self.model_id.is_none() {
+            return; // opened when the model is ready: a VLM opens it with its question instead
+        }
         self.opened_prompt = self.settings.prompt.clone();
-        self.worker.submit(Job::Open { source, prompt: self.settings.prompt.clone() });
+        let id = self.fresh_id();
+        self.worker.submit(Job::Open {
+            id,
+            source,
+            ask: Ask { prompt: self.settings.prompt.clone(), ..Ask::default() },
+        });
     }
 
     /// The prompt differs from the one the current image was run with.
@@ -694,7 +708,7 @@ impl TokenlensApp {
         if self.sent_spec.as_ref() != Some(&spec) {
             let id = self.fresh_id();
             self.run.submitted(id);
-            self.worker.submit(Job::Reduce { id, spec: spec.clone() });
+            self.worker.submit(Job::Run { id, spec: spec.clone() });
             self.sent_spec = Some(spec.clone());
         }
         // The drift curve depends on everything but the budget.
@@ -705,7 +719,7 @@ impl TokenlensApp {
             // Popped from the end: coarse presets first, then the rest of the curve.
             let mut ratios: Vec<f64> = (1..=19).map(|i| f64::from(i) * 0.05).collect();
             ratios.extend(crate::reduce::budget::PRESETS_REMOVED.iter().rev());
-            self.worker.submit(Job::Drift { id: self.drift_id, spec: key.clone(), ratios });
+            self.worker.submit(Job::Sweep { id: self.drift_id, spec: key.clone(), fractions: ratios });
             self.drift_key = Some(key);
         }
         if self.settings.tab == Tab::Compare {

@@ -9,7 +9,7 @@ use super::widgets::removed_percent;
 use super::worker::Opened;
 use crate::analysis::metrics::Fidelity;
 use crate::figures;
-use crate::session::{Output, RunResult};
+use crate::session::{EncoderRun, Output};
 
 const THUMB: u32 = 320;
 
@@ -29,7 +29,7 @@ pub fn output_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     if let Some(r) = &run {
         ui.add_space(4.0);
         fidelity_ui(ui, &r.fidelity);
-        if let Some(caveat) = r.spec.reducer.info().caveat {
+        if let Some(caveat) = r.reducer().info().caveat {
             ui.label(egui::RichText::new(caveat).small().color(ui.visuals().warn_fg_color));
         }
     }
@@ -46,7 +46,7 @@ pub fn output_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 }
 
 /// Full and reduced saliency maps side by side.
-fn saliency_pair_ui(app: &mut TokenlensApp, ui: &mut egui::Ui, opened: &Opened, run: Option<&RunResult>) {
+fn saliency_pair_ui(app: &mut TokenlensApp, ui: &mut egui::Ui, opened: &Opened, run: Option<&EncoderRun>) {
     let cm = app.settings.colormap;
     ui.strong("Output: saliency, full vs reduced");
     let width = (ui.available_width() - 8.0) / 2.0;
@@ -148,13 +148,13 @@ fn drift_plot_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
             plot.points(Points::new("runs", PlotPoints::from(points)).radius(2.5));
             plot.vline(VLine::new("current", now).color(egui::Color32::from_rgb(255, 170, 0)));
         });
-    let method = app.settings.spec.reducer.info().label;
+    let method = app.settings.spec.method.as_ref().map_or("the method", |m| m.label());
     let note =
         if computing { format!("{method}: computing in the background…") } else { format!("{method}, this image") };
     ui.label(egui::RichText::new(note).small().weak());
 }
 
-fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui, r: &RunResult) {
+fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui, r: &EncoderRun) {
     let bars: Vec<Bar> =
         r.tokens_per_layer.iter().enumerate().map(|(l, &n)| Bar::new(l as f64, n as f64).width(0.7)).collect();
     Plot::new("tokens_per_layer")

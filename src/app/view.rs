@@ -9,7 +9,7 @@ use crate::figures;
 use crate::reduce::ReducerConfig;
 use crate::reduce::hiprune::{self, Role};
 use crate::render::{Colormap, Placement};
-use crate::session::{ImageInput, RunResult};
+use crate::session::{EncoderRun, ImageInput};
 
 /// Longest side of the on-screen overlay, in texture pixels.
 const VIEW_SIDE: u32 = 768;
@@ -33,7 +33,7 @@ pub fn value_map(app: &TokenlensApp) -> Option<ValueMap> {
 /// (`source`), titled with where it comes from.
 pub fn map_of(
     a: &crate::session::Analysis,
-    run: Option<&crate::session::RunResult>,
+    run: Option<&crate::session::EncoderRun>,
     overlay: Overlay,
     layer: usize,
     head: Head,
@@ -76,7 +76,7 @@ pub fn map_of(
             let run = run?;
             let scores = run.scores.as_ref()?;
             ValueMap {
-                title: format!("{} score: {}", run.spec.reducer.info().label, figures::score_name(&run.spec.reducer)),
+                title: format!("{} score: {}", run.reducer().info().label, figures::score_name(run.reducer())),
                 values: scores.iter().map(|v| v.unwrap_or(f32::NAN)).collect(),
             }
         }
@@ -85,9 +85,9 @@ pub fn map_of(
 }
 
 /// "reduced: ToMe, 50 % removed": the run a reduced-model map comes from.
-pub fn reduced_label(run: &crate::session::RunResult) -> String {
+pub fn reduced_label(run: &crate::session::EncoderRun) -> String {
     let removed = 100.0 * (1.0 - run.keep as f64 / run.num_patches.max(1) as f64);
-    format!("reduced: {}, {removed:.0} % removed", run.spec.reducer.info().label)
+    format!("reduced: {}, {removed:.0} % removed", run.reducer().info().label)
 }
 
 pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
@@ -124,7 +124,7 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             ));
         }
         (None, Overlay::Scores, Some(r)) => {
-            ui.strong(format!("{} has no score map", r.spec.reducer.info().label));
+            ui.strong(format!("{} has no score map", r.reducer().info().label));
         }
         _ => {
             ui.label("waiting for the reduced run…");
@@ -178,7 +178,7 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     if map.is_none()
         && let Some(r) = &run
     {
-        token_legend(ui, r.spec.reducer.info().merges, &r.groups);
+        token_legend(ui, r.reducer().info().merges, &r.groups);
     }
     let roles = run.as_deref().and_then(|r| hiprune_roles(r, grid)).unwrap_or_default();
     if map.is_none() && !roles.is_empty() {
@@ -189,7 +189,7 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let marks = if map.is_none() { roles.as_slice() } else { &[] };
     image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, marks, |patch| {
         let fate = run.as_deref().map(|r| Fate {
-            method: r.spec.reducer.info().label.to_string(),
+            method: r.reducer().info().label.to_string(),
             scores: r.scores.as_deref(),
             groups: &r.groups,
             role: roles.get(patch).copied().flatten(),
@@ -200,8 +200,8 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 
 /// HiPrune's role of each patch (anchor, buffer, register; none where dropped), told from the
 /// run's object-layer scores as HiPrune picks them; none for other methods.
-pub fn hiprune_roles(run: &RunResult, grid: [usize; 2]) -> Option<Vec<Option<Role>>> {
-    roles_of(&run.spec.reducer, run.scores.as_ref()?, &run.kept, grid)
+pub fn hiprune_roles(run: &EncoderRun, grid: [usize; 2]) -> Option<Vec<Option<Role>>> {
+    roles_of(run.reducer(), run.scores.as_ref()?, &run.kept, grid)
 }
 
 /// [`hiprune_roles`] from a run's method, its scores per patch and its kept patches.

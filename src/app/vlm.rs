@@ -8,11 +8,12 @@ use eframe::egui;
 use serde::{Deserialize, Serialize};
 
 use super::widgets::{self, method_entry, params_ui};
-use super::worker::{Event, Job, VlmOpened};
+use super::worker::{Event, Job, OpenedImage, VlmOpened};
 use super::{Slot, TokenlensApp};
 use crate::reduce::llm::LlmReducerConfig;
 use crate::reduce::{Budget, Capabilities, Method, ReducerConfig, Side};
-use crate::session::vlm::{SweepPoint, VlmRun, VlmRunSpec, sweep_fractions};
+use crate::session::vlm::{SweepPoint, VlmRun, sweep_fractions};
+use crate::session::{Ask, RunResult, RunSpec};
 
 /// How to get a vision-language model: the app cannot download one on every machine.
 pub const HOW_TO_GET: &str = "Vision-language models are opened from a local Hugging Face folder:\n\
@@ -116,16 +117,16 @@ pub struct VlmState {
     pub full_stream: Vec<String>,
     pub full_text: String,
     pub run: Slot<Arc<VlmRun>>,
-    sent_run: Option<VlmRunSpec>,
+    sent_run: Option<RunSpec>,
     /// The compare view's runs, in the order of the settings' methods.
     pub compared: Slot<Vec<Arc<VlmRun>>>,
-    sent_compare: Option<Vec<VlmRunSpec>>,
+    sent_compare: Option<Vec<RunSpec>>,
     pub run_stream: Vec<String>,
     pub run_text: String,
     /// Points of the ratio sweep of `sweep_key`'s method, sorted by removed fraction.
     pub sweep: Vec<SweepPoint>,
     sweep_id: u64,
-    sweep_key: Option<VlmRunSpec>,
+    sweep_key: Option<RunSpec>,
     /// The sweep stopped on an error (shown in the status bar).
     pub sweep_stopped: bool,
     /// The answer token the text-to-image map shows: hovered this frame, or clicked.
@@ -161,7 +162,7 @@ impl VlmState {
     /// Applies a VLM event; false if `event` is not one.
     pub fn apply(&mut self, event: &Event) -> bool {
         match event {
-            Event::VlmToken { id, piece, text } => {
+            Event::Token { id, piece, text } => {
                 if *id == self.full.id && self.full.pending {
                     self.full_stream.push(piece.clone());
                     self.full_text.clone_from(text);
@@ -170,7 +171,7 @@ impl VlmState {
                     self.run_text.clone_from(text);
                 }
             }
-            Event::VlmOpened { id, opened } => {
+            Event::Opened { id, image: OpenedImage::Answer(opened) } => {
                 if *id == self.full.id {
                     // Runs against the previous full answer are stale now.
                     self.run = Slot::default();
@@ -183,12 +184,14 @@ impl VlmState {
                 }
                 self.full.answer(*id, opened.clone());
             }
-            Event::VlmReduced { id, run } => self.run.answer(*id, run.clone()),
-            Event::VlmCompared { id, runs } => self.compared.answer(*id, runs.clone()),
-            Event::VlmSweepStopped { id } => self.sweep_stopped |= *id == self.sweep_id,
-            Event::VlmSweepPoint { id, point } => {
+            Event::Ran { id, result: RunResult::Answer(run) } => self.run.answer(*id, run.clone()),
+            Event::Compared { id, results } => {
+                self.compared.answer(*id, results.iter().filter_map(|r| r.answer().cloned()).collect())
+            }
+            Event::SweepStopped { id } => self.sweep_stopped |= *id == self.sweep_id,
+            Event::SweepPoint { id, removed, result: RunResult::Answer(run) } => {
                 if *id == self.sweep_id {
-                    self.sweep.push(point.clone());
+                    self.sweep.push(SweepPoint::of(*removed, run));
                     self.sweep.sort_by(|a, b| a.removed.total_cmp(&b.removed));
                 }
             }
@@ -262,22 +265,23 @@ impl VlmState {
 
 impl VlmSettings {
     /// The reduced run these settings ask for, at the shared budget and position mode.
-    pub fn spec(&self, budget: Budget, positions: crate::reduce::PositionMode) -> VlmRunSpec {
+    pub fn spec(&self, budget: Budget, positions: crate::reduce::PositionMode) -> RunSpec {
         self.spec_for(&self.method, budget, positions)
     }
 
     /// The compare view's runs: each of its methods with everything else as [`Self::spec`].
-    pub fn compare_specs(&self, budget: Budget, positions: crate::reduce::PositionMode) -> Vec<VlmRunSpec> {
+    pub fn compare_specs(&self, budget: Budget, positions: crate::reduce::PositionMode) -> Vec<RunSpec> {
         self.compare.iter().map(|m| self.spec_for(m, budget, positions)).collect()
     }
 
-    fn spec_for(&self, method: &Method, budget: Budget, positions: crate::reduce::PositionMode) -> VlmRunSpec {
-        VlmRunSpec {
+    fn spec_for(&self, method: &Method, budget: Budget, positions: crate::reduce::PositionMode) -> RunSpec {
+        RunSpec {
             method: Some(method.clone()),
             budget,
             positions,
             max_new_tokens: self.max_new_tokens,
             view_layer: self.view_layer,
+            ..RunSpec::default()
         }
     }
 }
@@ -322,9 +326,9 @@ impl TokenlensApp {
             vlm.full_text.clear();
             vlm.sent_full = Some(key);
             self.status = format!("Answering about {}…", source.label.display());
-            let full_spec = VlmRunSpec { method: None, ..spec };
-            let (question, split) = (settings.question, settings.split_image);
-            self.worker.submit(Job::VlmFull { id, source, question, spec: full_spec, split });
+            let ask =
+                Ask { prompt: settings.question, spec: RunSpec { method: None, ..spec }, split: settings.split_image };
+            self.worker.submit(Job::Open { id, source, ask });
             return;
         }
         if vlm.full.pending || vlm.full.value.is_none() {
@@ -337,7 +341,7 @@ impl TokenlensApp {
             vlm.run_stream.clear();
             vlm.run_text.clear();
             vlm.sent_run = Some(spec.clone());
-            self.worker.submit(Job::VlmRun { id, spec: spec.clone() });
+            self.worker.submit(Job::Run { id, spec: spec.clone() });
         }
         if self.settings.tab == super::Tab::Compare {
             let specs = settings.compare_specs(self.settings.spec.budget, self.settings.spec.positions);
@@ -347,11 +351,11 @@ impl TokenlensApp {
                 let vlm = self.vlm.as_mut().expect("checked above");
                 vlm.compared.submitted(id);
                 vlm.sent_compare = Some(specs.clone());
-                self.worker.submit(Job::VlmCompare { id, specs });
+                self.worker.submit(Job::Compare { id, specs });
             }
         }
         // The sweep depends on everything but the budget.
-        let key = VlmRunSpec { budget: Budget::Keep(1), ..spec };
+        let key = RunSpec { budget: Budget::Keep(1), ..spec };
         let vlm = self.vlm.as_ref().expect("checked above");
         if vlm.sweep_key.as_ref() != Some(&key) {
             let id = self.fresh_id();
@@ -361,7 +365,7 @@ impl TokenlensApp {
             vlm.sweep_stopped = false;
             vlm.sweep_key = Some(key.clone());
             // Popped from the end: the presets first, then 50 %, 25 % and the full model.
-            self.worker.submit(Job::VlmSweep { id, spec: key, fractions: sweep_fractions() });
+            self.worker.submit(Job::Sweep { id, spec: key, fractions: sweep_fractions() });
         }
     }
 }
@@ -494,7 +498,7 @@ mod tests {
     fn tokens_stream_into_the_request_they_belong_to() {
         let mut v = VlmState::new("tiny".into(), 2, Some(64));
         v.full.submitted(3);
-        let token = |id, piece: &str| Event::VlmToken { id, piece: piece.into(), text: format!("so far {piece}") };
+        let token = |id, piece: &str| Event::Token { id, piece: piece.into(), text: format!("so far {piece}") };
         v.apply(&token(3, "a"));
         v.apply(&token(2, "stale"));
         assert_eq!(v.full_stream, vec!["a".to_string()]);
@@ -511,24 +515,22 @@ mod tests {
     fn sweep_points_of_an_old_request_are_dropped_and_the_rest_sorted() {
         let mut v = VlmState::new("tiny".into(), 2, None);
         v.sweep_id = 7;
-        let point = |removed: f64| SweepPoint {
-            removed,
+        let run = |removed: f64| VlmRun {
             keep: 1,
-            answer: String::new(),
-            ids: vec![],
-            changed: removed > 0.5,
-            first_difference: None,
+            answer_changed: removed > 0.5,
             full_answer_logprob: Some(-removed),
+            ..VlmRun::default()
         };
         for (id, r) in [(7, 0.9), (6, 0.1), (7, 0.0), (7, 0.5)] {
-            v.apply(&Event::VlmSweepPoint { id, point: point(r) });
+            v.apply(&Event::SweepPoint { id, removed: r, result: RunResult::Answer(Arc::new(run(r))) });
         }
         let removed: Vec<f64> = v.sweep.iter().map(|p| p.removed).collect();
         assert_eq!(removed, vec![0.0, 0.5, 0.9]);
+        assert_eq!(v.sweep.iter().map(|p| p.changed).collect::<Vec<_>>(), vec![false, false, true]);
         assert!(!v.sweep_done());
-        v.apply(&Event::VlmSweepStopped { id: 6 });
+        v.apply(&Event::SweepStopped { id: 6 });
         assert!(!v.sweep_done(), "an old sweep's stop");
-        v.apply(&Event::VlmSweepStopped { id: 7 });
+        v.apply(&Event::SweepStopped { id: 7 });
         assert!(v.sweep_done());
     }
 
@@ -552,10 +554,10 @@ mod tests {
 
     #[test]
     fn a_run_is_labelled_by_itself_not_by_the_settings() {
-        let spec = |name: &str, removed: f64| VlmRunSpec {
+        let spec = |name: &str, removed: f64| RunSpec {
             method: Some(Method::from_name(name).unwrap()),
             budget: Budget::RemoveFraction(removed),
-            ..VlmRunSpec::default()
+            ..RunSpec::default()
         };
         let fastv = VlmRun { spec: spec("fastv", 0.5), num_image_tokens: 64, ..VlmRun::default() };
         let mut v = VlmState::default();
@@ -577,10 +579,10 @@ mod tests {
     #[test]
     fn a_method_that_removed_nothing_does_not_claim_its_budget() {
         // FastV at K = 2 on a 2-layer decoder prunes after the last layer: both saw all 64 rows.
-        let spec = VlmRunSpec {
+        let spec = RunSpec {
             method: Some(Method::from_name("fastv").unwrap()),
             budget: Budget::RemoveFraction(0.5),
-            ..VlmRunSpec::default()
+            ..RunSpec::default()
         };
         let mut run = VlmRun { spec, keep: 32, num_image_tokens: 64, ..VlmRun::default() };
         run.image_rows_per_layer = vec![64, 64];

@@ -1,14 +1,14 @@
 //! The worker thread: it owns the [`Session`] (the model and its cached runs never touch the UI
 //! thread), and answers jobs with events.
 //!
-//! Interactive jobs (open an image, a reduced run, a comparison) are served newest-first: a new
-//! job of a kind replaces a queued one and cancels the running one. The drift curve is
-//! background work done one point at a time between interactive jobs; a new request cancels the
-//! point being computed (it is redone later), so moving a slider never waits for it.
-//!
-//! With a vision-language model the jobs are the full answer (per image and question), reduced
-//! runs, and the ratio sweep (background, stepped like the drift curve); answer tokens stream
-//! back one event each. The session holds every cached run; the worker only schedules.
+//! One job set for every model: open an image, run a spec, compare specs, sweep a spec over
+//! ratios, export a figure. Interactive jobs (open, run, compare) are served newest-first: a new
+//! job of a kind replaces a queued one and cancels the running one. The sweep (an encoder's
+//! drift curve, a VLM's answer over ratios) is background work done one point at a time between
+//! interactive jobs; a new request cancels the point being computed (it is redone later), so
+//! moving a slider never waits for it. A VLM's answer tokens stream back one event each. The
+//! session decides what a job means for its model and holds every cached run; the worker only
+//! schedules.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,8 +17,8 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use crate::export::{self, ExportSpec, Figure, Format};
 use crate::model::ModelSource;
 use crate::reduce::Budget;
-use crate::session::vlm::{SweepPoint, VlmImage, VlmRun, VlmRunSpec};
-use crate::session::{Analysis, ImageInput, RunResult, RunSpec, Session};
+use crate::session::vlm::{VlmImage, VlmRun};
+use crate::session::{Analysis, Ask, ImageInput, RunResult, RunSpec, Session};
 use crate::{Cancel, Error};
 
 /// An image to open: a file, or bytes already in memory (the bundled sample).
@@ -29,26 +29,19 @@ pub struct ImageSource {
 }
 
 pub enum Job {
-    /// Open an image; `prompt` sets the labels a zero-shot model scores.
-    Open { source: ImageSource, prompt: String },
-    /// One reduced run; `id` lets the UI drop stale answers.
-    Reduce { id: u64, spec: RunSpec },
-    /// Several methods at one budget.
+    /// Open an image: an encoder's full run, or a VLM's full answer (its tokens stream as
+    /// [`Event::Token`] with this `id`). `ask`: the prompt (zero-shot labels or the question),
+    /// the answer limit and view layer, SmolVLM's image splitting.
+    Open { id: u64, source: ImageSource, ask: Ask },
+    /// One run of the open image; `id` lets the UI drop stale answers (a VLM's tokens stream).
+    Run { id: u64, spec: RunSpec },
+    /// Several methods at one budget (no token stream).
     Compare { id: u64, specs: Vec<RunSpec> },
-    /// Output drift against the ratio, for the plot.
-    Drift { id: u64, spec: RunSpec, ratios: Vec<f64> },
+    /// `spec` at each removed fraction (popped from the end), in the background: the encoder's
+    /// drift curve, the VLM's answer over ratios.
+    Sweep { id: u64, spec: RunSpec, fractions: Vec<f64> },
     /// Write a figure of the current image and its sidecar.
     Export { figure: Figure, look: Look, path: PathBuf, force: bool },
-    /// A VLM's vision run and full answer for an image and a question (tokens stream as
-    /// [`Event::VlmToken`] with this `id`).
-    /// `split`: SmolVLM's image splitting.
-    VlmFull { id: u64, source: ImageSource, question: String, spec: VlmRunSpec, split: bool },
-    /// A reduced VLM run against the current full answer.
-    VlmRun { id: u64, spec: VlmRunSpec },
-    /// Several methods at one budget against the current full answer (no token stream).
-    VlmCompare { id: u64, specs: Vec<VlmRunSpec> },
-    /// The ratio sweep of a method: one reduced run per removed fraction (popped from the end).
-    VlmSweep { id: u64, spec: VlmRunSpec, fractions: Vec<f64> },
 }
 
 /// How an exported figure looks (the rest of its spec comes from the worker's state).
@@ -77,66 +70,64 @@ pub struct VlmOpened {
     pub run: VlmRun,
 }
 
+/// An opened image as the UI gets it.
+#[derive(Clone)]
+pub enum OpenedImage {
+    Encoder(Arc<Opened>),
+    Answer(Arc<VlmOpened>),
+}
+
+/// What a loaded vision-language model offers the UI.
+#[derive(Clone)]
+pub struct VlmInfo {
+    pub num_layers: usize,
+    pub context: Option<usize>,
+    /// The folder's image-splitting setting (SmolVLM's `do_image_splitting`).
+    pub split_image: bool,
+    /// The memory guard's estimate for the model (weights, dtype, KV cache).
+    pub memory: Option<crate::model::memory::Estimate>,
+    /// What the model offers a method (the pickers grey out what it refuses).
+    pub capabilities: crate::reduce::Capabilities,
+}
+
 pub enum Event {
     Status(String),
-    /// A vision-language model is loaded (the app switches to its VLM mode).
-    VlmReady {
+    /// The model is loaded: an encoder (`vlm` None), or a vision-language model (the app
+    /// switches to its VLM mode).
+    Ready {
         id: String,
-        num_layers: usize,
-        context: Option<usize>,
-        /// The folder's image-splitting setting (SmolVLM's `do_image_splitting`).
-        split_image: bool,
-        /// The memory guard's estimate for the model (weights, dtype, KV cache).
-        memory: Option<crate::model::memory::Estimate>,
-        /// What the model offers a method (the pickers grey out what it refuses).
-        capabilities: crate::reduce::Capabilities,
+        /// The model scores prompt labels (CLIP, SigLIP).
+        takes_prompt: bool,
+        vlm: Option<VlmInfo>,
     },
-    /// One answer token of the VLM request `id` (full or reduced), decoded on its own, and the
+    /// One answer token of the VLM request `id` (open or run), decoded on its own, and the
     /// answer so far decoded whole (what a reader sees, spaces and all).
-    VlmToken {
+    Token {
         id: u64,
         piece: String,
         text: String,
     },
-    VlmOpened {
+    Opened {
         id: u64,
-        opened: Arc<VlmOpened>,
+        image: OpenedImage,
     },
-    VlmReduced {
+    Ran {
         id: u64,
-        run: Arc<VlmRun>,
-    },
-    VlmCompared {
-        id: u64,
-        runs: Vec<Arc<VlmRun>>,
-    },
-    VlmSweepPoint {
-        id: u64,
-        point: SweepPoint,
-    },
-    /// The sweep `id` stopped on an error (sent after the error itself).
-    VlmSweepStopped {
-        id: u64,
-    },
-    ModelReady {
-        id: String,
-        /// The model scores prompt labels (CLIP, SigLIP).
-        takes_prompt: bool,
-    },
-    Opened(Arc<Opened>),
-    Reduced {
-        id: u64,
-        result: Arc<RunResult>,
+        result: RunResult,
     },
     Compared {
         id: u64,
-        results: Vec<Arc<RunResult>>,
+        results: Vec<RunResult>,
     },
-    /// One more point of the drift curve: (removed fraction, saliency L1).
-    DriftPoint {
+    /// One more point of the sweep `id`: the run at `removed`.
+    SweepPoint {
         id: u64,
         removed: f64,
-        l1: f64,
+        result: RunResult,
+    },
+    /// The sweep `id` stopped on an error (sent after the error itself).
+    SweepStopped {
+        id: u64,
     },
     /// A figure was written (figure path, sidecar path).
     Exported(PathBuf, PathBuf),
@@ -146,7 +137,7 @@ pub enum Event {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Open,
-    Reduce,
+    Run,
     Compare,
 }
 
@@ -157,7 +148,7 @@ pub struct WorkerHandle {
     jobs: Sender<Message>,
     pub events: Receiver<Event>,
     cancels: [Cancel; 3],
-    /// Cancels the running step of background work (the drift curve) when anything is asked.
+    /// Cancels the running step of background work (the sweep) when anything is asked.
     background: Cancel,
 }
 
@@ -175,13 +166,7 @@ impl WorkerHandle {
 
     /// Queues `job`, cancelling the running job of the same kind (its answer is stale now).
     pub fn submit(&mut self, job: Job) {
-        let slot = match &job {
-            Job::Open { .. } | Job::VlmFull { .. } => Some(Kind::Open),
-            Job::Reduce { .. } | Job::VlmRun { .. } => Some(Kind::Reduce),
-            Job::Compare { .. } | Job::VlmCompare { .. } => Some(Kind::Compare),
-            Job::Drift { .. } | Job::Export { .. } | Job::VlmSweep { .. } => None,
-        };
-        let cancel = match slot {
+        let cancel = match kind(&job) {
             Some(kind) => {
                 let c = &mut self.cancels[kind as usize];
                 c.cancel();
@@ -197,14 +182,22 @@ impl WorkerHandle {
     }
 }
 
+/// The slot of an interactive job (None: background work and exports).
+fn kind(job: &Job) -> Option<Kind> {
+    match job {
+        Job::Open { .. } => Some(Kind::Open),
+        Job::Run { .. } => Some(Kind::Run),
+        Job::Compare { .. } => Some(Kind::Compare),
+        Job::Sweep { .. } | Job::Export { .. } => None,
+    }
+}
+
 struct Worker<W: Fn()> {
     session: Option<Session>,
-    /// The VLM ratio sweep to do.
-    sweep: Option<SweepWork>,
     events: Sender<Event>,
     wake: W,
     queued: [Option<(Job, Cancel)>; 3],
-    drift: Option<DriftWork>,
+    sweep: Option<SweepWork>,
     /// The current image and its checksum, for export sidecars.
     source: Option<(ImageSource, String)>,
     exports: Vec<(Job, Cancel)>,
@@ -216,25 +209,18 @@ struct Worker<W: Fn()> {
 
 struct SweepWork {
     id: u64,
-    spec: VlmRunSpec,
-    fractions: Vec<f64>,
-}
-
-struct DriftWork {
-    id: u64,
     spec: RunSpec,
-    ratios: Vec<f64>,
+    fractions: Vec<f64>,
 }
 
 impl<W: Fn()> Worker<W> {
     fn new(model: ModelSource, events: Sender<Event>, wake: W) -> Self {
         let mut worker = Self {
             session: None,
-            sweep: None,
             events,
             wake,
             queued: Default::default(),
-            drift: None,
+            sweep: None,
             source: None,
             exports: Vec::new(),
             background: Cancel::default(),
@@ -242,17 +228,14 @@ impl<W: Fn()> Worker<W> {
         };
         match Session::load(&model, &mut |line| worker_say(&worker.events, &worker.wake, line)) {
             Ok(s) => {
-                worker.send(match s.vlm() {
-                    Ok(vlm) => Event::VlmReady {
-                        id: s.id.clone(),
-                        num_layers: vlm.num_layers(),
-                        context: vlm.arch.lm().cfg.max_position_embeddings,
-                        split_image: vlm.split_image,
-                        memory: vlm.memory_estimate(),
-                        capabilities: s.capabilities(),
-                    },
-                    Err(_) => Event::ModelReady { id: s.id.clone(), takes_prompt: s.takes_prompt() },
+                let vlm = s.vlm().ok().map(|vlm| VlmInfo {
+                    num_layers: vlm.num_layers(),
+                    context: vlm.arch.lm().cfg.max_position_embeddings,
+                    split_image: vlm.split_image,
+                    memory: vlm.memory_estimate(),
+                    capabilities: s.capabilities(),
                 });
+                worker.send(Event::Ready { id: s.id.clone(), takes_prompt: s.takes_prompt(), vlm });
                 worker.session = Some(s);
             }
             Err(e) => worker.load_failed(&e),
@@ -273,10 +256,7 @@ impl<W: Fn()> Worker<W> {
     fn serve(mut self, jobs: Receiver<Message>) {
         loop {
             // Block only when there is nothing at all to do.
-            let idle = self.queued.iter().all(Option::is_none)
-                && self.drift.is_none()
-                && self.sweep.is_none()
-                && self.exports.is_empty();
+            let idle = self.queued.iter().all(Option::is_none) && self.sweep.is_none() && self.exports.is_empty();
             let next = if idle {
                 match jobs.recv() {
                     Ok(j) => Some(j),
@@ -300,35 +280,24 @@ impl<W: Fn()> Worker<W> {
                 {
                     self.send(Event::Failed(e.to_string()));
                 }
-            } else if self.drift.is_some() {
-                if let Err(e) = self.drift_step() {
-                    self.drift = None;
-                    self.send(Event::Failed(format!("drift curve: {e}")));
-                }
             } else if let Err(e) = self.sweep_step() {
                 let id = self.sweep.take().map(|w| w.id);
                 self.send(Event::Failed(format!("ratio sweep: {e}")));
-                id.into_iter().for_each(|id| self.send(Event::VlmSweepStopped { id }));
+                id.into_iter().for_each(|id| self.send(Event::SweepStopped { id }));
             }
         }
     }
 
     fn enqueue(&mut self, job: Job, cancel: Cancel) {
-        match job {
-            Job::Drift { id, spec, ratios } => self.drift = Some(DriftWork { id, spec, ratios }),
-            Job::Open { .. } => {
-                self.drift = None; // a new image makes the curve meaningless
-                self.queued[Kind::Open as usize] = Some((job, cancel));
+        match (kind(&job), job) {
+            (_, Job::Sweep { id, spec, fractions }) => self.sweep = Some(SweepWork { id, spec, fractions }),
+            (Some(kind), job) => {
+                if kind == Kind::Open {
+                    self.sweep = None; // a new image makes the sweep meaningless
+                }
+                self.queued[kind as usize] = Some((job, cancel));
             }
-            Job::Reduce { .. } => self.queued[Kind::Reduce as usize] = Some((job, cancel)),
-            Job::Compare { .. } | Job::VlmCompare { .. } => self.queued[Kind::Compare as usize] = Some((job, cancel)),
-            Job::Export { .. } => self.exports.push((job, cancel)),
-            Job::VlmFull { .. } => {
-                self.sweep = None; // its full answer is about to change
-                self.queued[Kind::Open as usize] = Some((job, cancel));
-            }
-            Job::VlmRun { .. } => self.queued[Kind::Reduce as usize] = Some((job, cancel)),
-            Job::VlmSweep { id, spec, fractions } => self.sweep = Some(SweepWork { id, spec, fractions }),
+            (None, job) => self.exports.push((job, cancel)),
         }
     }
 
@@ -345,56 +314,69 @@ impl<W: Fn()> Worker<W> {
         self.session.as_ref().ok_or_else(|| Error::NotReady(self.unloaded.clone()))
     }
 
-    fn session_mut(&mut self) -> crate::Result<&mut Session> {
-        self.session.as_mut().ok_or_else(|| Error::NotReady(self.unloaded.clone()))
+    /// The session and a sender of request `id`'s answer tokens (a VLM's; encoders send none).
+    fn session_streaming(&mut self, id: u64) -> crate::Result<(&mut Session, impl FnMut(u32) + '_)> {
+        let Self { session, events, wake, unloaded, .. } = self;
+        let session = session.as_mut().ok_or_else(|| Error::NotReady(unloaded.clone()))?;
+        // The stream holds its own handle on the tokenizer: the session is borrowed mutably.
+        let tokenizer = session.vlm().ok().map(|v| v.tokenizer.clone());
+        Ok((session, stream(events, &*wake, id, tokenizer)))
     }
 
     fn run(&mut self, job: Job, cancel: &Cancel) -> crate::Result<()> {
         match job {
-            // The app asks for an encoder run before it knows the model is a VLM: nothing to do.
-            Job::Open { .. } if self.session.as_ref().is_some_and(Session::is_vlm) => {}
-            Job::VlmFull { id, source, question, spec, split } => {
-                self.answer_full(id, source, &question, &spec, split, cancel)?
-            }
-            Job::VlmRun { id, spec } => {
-                let session = self.session()?;
-                let run = session.answer_reduced(&spec, &mut self.streamer(id, session.vlm()?), cancel)?;
-                self.send(Event::VlmReduced { id, run: Arc::new(run) });
-            }
-            Job::Open { source, prompt } => {
-                let session = self.session_mut()?;
-                session.set_prompt(&prompt);
-                let input = match &source.bytes {
-                    Some(bytes) => session.image_from_bytes(bytes, &source.label)?,
-                    None => session.open_image(&source.label)?,
+            Job::Open { id, source, ask } => self.open(id, source, &ask, cancel)?,
+            Job::Run { id, spec } => {
+                let result = {
+                    let (session, mut on_token) = self.session_streaming(id)?;
+                    session.run(&spec, &mut on_token, cancel)?
                 };
-                let analysis = session.open(&input, cancel)?;
-                self.source = Some((source.clone(), input.sha256.clone()));
-                self.send(Event::Opened(Arc::new(Opened { label: source.label, input, analysis })));
-            }
-            Job::Reduce { id, spec } => {
-                let result = self.session_mut()?.reduce(&spec, cancel)?;
-                self.send(Event::Reduced { id, result });
+                self.send(Event::Ran { id, result });
             }
             Job::Compare { id, specs } => {
-                let session = self.session_mut()?;
-                let results = specs.iter().map(|spec| session.reduce(spec, cancel)).collect::<crate::Result<_>>()?;
+                let session = self.session.as_mut().ok_or_else(|| Error::NotReady(self.unloaded.clone()))?;
+                let results =
+                    specs.iter().map(|spec| session.run(spec, &mut |_| {}, cancel)).collect::<crate::Result<_>>()?;
                 self.send(Event::Compared { id, results });
-            }
-            Job::VlmCompare { id, specs } => {
-                let session = self.session()?;
-                let runs = specs
-                    .iter()
-                    .map(|spec| session.answer_reduced(spec, &mut |_| {}, cancel).map(Arc::new))
-                    .collect::<crate::Result<_>>()?;
-                self.send(Event::VlmCompared { id, runs });
             }
             Job::Export { figure, look, path, force } => {
                 let (figure_path, sidecar) = self.export(figure, look, &path, force)?;
                 self.send(Event::Exported(figure_path, sidecar));
             }
-            Job::Drift { .. } | Job::VlmSweep { .. } => unreachable!("background work is stepped, not run"),
+            Job::Sweep { .. } => unreachable!("background work is stepped, not run"),
         }
+        Ok(())
+    }
+
+    fn open(&mut self, id: u64, source: ImageSource, ask: &Ask, cancel: &Cancel) -> crate::Result<()> {
+        let read =
+            || std::fs::read(&source.label).map_err(|e| Error::image(&source.label, format!("cannot read: {e}")));
+        let bytes: Arc<[u8]> = match &source.bytes {
+            Some(bytes) => bytes.clone(),
+            None => read()?.into(),
+        };
+        let opened = {
+            let (session, mut on_token) = self.session_streaming(id)?;
+            session.open_bytes(&bytes, &source.label, ask, &mut on_token, cancel)?
+        };
+        let image = match opened {
+            crate::session::Opened::Encoder { input, analysis } => {
+                self.source = Some((source.clone(), input.sha256.clone()));
+                OpenedImage::Encoder(Arc::new(Opened { label: source.label, input, analysis }))
+            }
+            crate::session::Opened::Answer(full) => OpenedImage::Answer(Arc::new(VlmOpened {
+                label: source.label,
+                question: ask.prompt.clone(),
+                image: full.image.clone(),
+                grid: [full.vision.grid.0, full.vision.grid.1],
+                saliency: full.vision.saliency.clone(),
+                tower_layers: full.vision.context().num_layers,
+                patch_block: full.vision.patch_block,
+                prompt_tokens: full.prompt.ids.len(),
+                run: full.run.clone(),
+            })),
+        };
+        self.send(Event::Opened { id, image });
         Ok(())
     }
 
@@ -420,80 +402,21 @@ impl<W: Fn()> Worker<W> {
         Ok((path.to_path_buf(), sidecar))
     }
 
-    fn drift_step(&mut self) -> crate::Result<()> {
-        let Some(work) = self.drift.as_mut() else { return Ok(()) };
-        let Some(removed) = work.ratios.pop() else {
-            self.drift = None;
-            return Ok(());
-        };
-        let (id, mut spec) = (work.id, work.spec.clone());
-        spec.budget = Budget::RemoveFraction(removed);
-        let background = self.background.clone();
-        match self.session_mut()?.reduce(&spec, &background) {
-            Ok(result) => self.send(Event::DriftPoint { id, removed, l1: result.fidelity.output_l1 }),
-            // Interrupted for an interactive job: this point is computed later.
-            Err(Error::Cancelled) => self.drift.iter_mut().for_each(|w| w.ratios.push(removed)),
-            // A ratio this method cannot reach on this model (ToMe on few blocks): no point.
-            Err(Error::Config { field: "budget", .. }) => {}
-            Err(e) => return Err(e),
-        }
-        Ok(())
-    }
-
-    /// Sends each answer token of request `id` as it comes, with the answer so far.
-    fn streamer<'a>(&'a self, id: u64, vlm: &'a crate::session::vlm::Vlm) -> impl FnMut(u32) + 'a {
-        stream(&self.events, &self.wake, id, &vlm.tokenizer)
-    }
-
-    fn answer_full(
-        &mut self,
-        id: u64,
-        source: ImageSource,
-        question: &str,
-        spec: &VlmRunSpec,
-        split: bool,
-        cancel: &Cancel,
-    ) -> crate::Result<()> {
-        let read =
-            || std::fs::read(&source.label).map_err(|e| Error::image(&source.label, format!("cannot read: {e}")));
-        let bytes = match &source.bytes {
-            Some(bytes) => bytes.clone(),
-            None => read()?.into(),
-        };
-        let Self { session, events, wake, unloaded, .. } = self;
-        let session = session.as_mut().ok_or_else(|| Error::NotReady(unloaded.clone()))?;
-        let image = session.vlm_image(&bytes, &source.label, split)?;
-        // The token stream holds its own handle on the tokenizer: the session is borrowed mutably.
-        let tokenizer = session.vlm()?.tokenizer.clone();
-        let full = session.answer(image, question, spec, &mut stream(events, &*wake, id, &tokenizer), cancel)?;
-        let grid = [full.vision.grid.0, full.vision.grid.1];
-        let opened = VlmOpened {
-            label: source.label,
-            question: question.into(),
-            image: full.image.clone(),
-            grid,
-            saliency: full.vision.saliency.clone(),
-            tower_layers: full.vision.context().num_layers,
-            patch_block: full.vision.patch_block,
-            prompt_tokens: full.prompt.ids.len(),
-            run: full.run.clone(),
-        };
-        self.send(Event::VlmOpened { id, opened: Arc::new(opened) });
-        Ok(())
-    }
-
-    /// One point of the ratio sweep (the core's sweep over one fraction).
+    /// One point of the sweep: the run at the next removed fraction.
     fn sweep_step(&mut self) -> crate::Result<()> {
         let Some(work) = self.sweep.as_mut() else { return Ok(()) };
         let Some(removed) = work.fractions.pop() else {
             self.sweep = None;
             return Ok(());
         };
-        let (id, spec) = (work.id, work.spec.clone());
-        let swept = self.session()?.answer_sweep(&spec, &[removed], &self.background.clone());
-        match swept {
-            Ok(points) => points.into_iter().for_each(|point| self.send(Event::VlmSweepPoint { id, point })),
+        let (id, spec) = (work.id, RunSpec { budget: Budget::RemoveFraction(removed), ..work.spec.clone() });
+        let background = self.background.clone();
+        let session = self.session.as_mut().ok_or_else(|| Error::NotReady(self.unloaded.clone()))?;
+        match session.run(&spec, &mut |_| {}, &background) {
+            Ok(result) => self.send(Event::SweepPoint { id, removed, result }),
+            // Interrupted for an interactive job: this point is computed later.
             Err(Error::Cancelled) => self.sweep.iter_mut().for_each(|w| w.fractions.push(removed)),
+            // A ratio this method cannot reach on this model (ToMe on few blocks): no point.
             Err(Error::Config { field: "budget", .. }) => {}
             Err(e) => return Err(e),
         }
@@ -501,19 +424,21 @@ impl<W: Fn()> Worker<W> {
     }
 }
 
-/// Sends each answer token of request `id` as it comes, with the answer so far.
+/// Sends each answer token of request `id` as it comes, with the answer so far (nothing
+/// without a tokenizer: an encoder answers no tokens).
 fn stream<'a>(
     events: &'a Sender<Event>,
     wake: &'a impl Fn(),
     id: u64,
-    tokenizer: &'a tokenizers::Tokenizer,
+    tokenizer: Option<Arc<tokenizers::Tokenizer>>,
 ) -> impl FnMut(u32) + 'a {
     let mut ids = Vec::new();
     move |token| {
+        let Some(tokenizer) = &tokenizer else { return };
         ids.push(token);
         let piece = tokenizer.decode(&[token], false).unwrap_or_default();
         let text = tokenizer.decode(&ids, true).unwrap_or_default().trim().to_string();
-        events.send(Event::VlmToken { id, piece, text }).ok();
+        events.send(Event::Token { id, piece, text }).ok();
         wake();
     }
 }

@@ -9,7 +9,7 @@ use tokenlens::model::llama::KvCache;
 use tokenlens::reduce::budget::PRESETS_REMOVED;
 use tokenlens::reduce::{Budget, Method, ReducerConfig};
 use tokenlens::render::Colormap;
-use tokenlens::session::vlm::{Arch, Vlm, VlmRun, VlmRunSpec};
+use tokenlens::session::vlm::{Arch, Vlm, VlmRun};
 use tokenlens::session::{RunSpec, Session};
 use tokenlens::{Cancel, figures};
 
@@ -84,9 +84,9 @@ pub fn bench(
         for i in 0..repeats {
             // Alternate presets, as a slider moving between them does.
             let budget = Budget::RemoveFraction(PRESETS_REMOVED[i % PRESETS_REMOVED.len()]);
-            let spec = RunSpec { reducer: reducer.clone(), budget, ..RunSpec::default() };
+            let spec = RunSpec::vision(reducer.clone(), budget);
             let mut result = None;
-            let run_ms = time_ms(|| result = Some(session.run(&full, &spec, &cancel)));
+            let run_ms = time_ms(|| result = Some(session.run_against(&full, &spec, &cancel)));
             let result = result.expect("timed")?;
             m.from_block = result.recomputed_from_block;
             m.run.push(run_ms);
@@ -159,10 +159,10 @@ pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeat
     let vlm = session.vlm_mut()?;
     let split = std::mem::replace(&mut vlm.split_image, false); // vision-side methods need one image
     let cancel = Cancel::default();
-    let spec = VlmRunSpec { max_new_tokens: 1, ..VlmRunSpec::default() };
+    let spec = RunSpec { max_new_tokens: 1, ..RunSpec::default() };
     let question = "What is in this image?";
     let full = vlm.full(vlm.open_image(image)?, question, &spec, &mut |_| {}, &cancel)?;
-    let full_spec = VlmRunSpec { method: None, ..spec.clone() };
+    let full_spec = RunSpec { method: None, ..spec.clone() };
     drop(vlm.run_from_scratch(&full, &full_spec, &mut |_| {}, &cancel)?); // warm-up
     let mut rows: Vec<VlmRow> = methods
         .iter()
@@ -174,7 +174,7 @@ pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeat
         full_ms.push(time_ms(|| run = Some(vlm.run_from_scratch(&full, &full_spec, &mut |_| {}, &cancel))));
         run.expect("timed")?;
         for row in rows.iter_mut().filter(|r| r.skipped.is_none()) {
-            let s = VlmRunSpec { method: Some(row.method.clone()), ..spec.clone() };
+            let s = RunSpec { method: Some(row.method.clone()), ..spec.clone() };
             let mut run = None;
             let change = time_ms(|| run = Some(vlm.run(&full, &s, &mut |_| {}, &cancel)));
             match run.expect("timed") {

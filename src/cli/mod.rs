@@ -170,7 +170,13 @@ impl RunArgs {
         for (k, v) in m.params()? {
             config.set_param(k, v)?;
         }
-        Ok(Some(RunSpec { reducer: config, budget: m.budget.budget(), fill: self.fill, positions: m.positions }))
+        Ok(Some(RunSpec {
+            method: Some(tokenlens::reduce::Method::Vision(config)),
+            budget: m.budget.budget(),
+            fill: self.fill,
+            positions: m.positions,
+            ..RunSpec::default()
+        }))
     }
 }
 
@@ -412,7 +418,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 // A vision-side method serves both modes; a language-side one only VLMs.
                 settings.vlm.method = tokenlens::reduce::Method::from_name(&name)?;
                 if let Ok(config) = ReducerConfig::from_name(&name) {
-                    settings.spec.reducer = config;
+                    settings.spec.method = Some(tokenlens::reduce::Method::Vision(config));
                 }
             }
             settings.overlay = overlay.unwrap_or(settings.overlay);

@@ -64,9 +64,9 @@ pub fn sweep(
                     path.file_name().unwrap_or_default().to_string_lossy(),
                     reducer.name()
                 ));
-                let spec = RunSpec { reducer: reducer.clone(), budget: *budget, ..RunSpec::default() };
+                let spec = RunSpec::vision(reducer.clone(), *budget);
                 let r = session
-                    .run(&full, &spec, &Cancel::default())
+                    .run_against(&full, &spec, &Cancel::default())
                     .with_context(|| format!("{} on {path:?} at {budget:?}", reducer.name()))?;
                 let mut params = serde_json::to_value(reducer)?;
                 params.as_object_mut().map(|o| o.remove("method"));

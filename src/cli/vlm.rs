@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use tokenlens::model::ModelSource;
 use tokenlens::render::Colormap;
-use tokenlens::session::Session;
-use tokenlens::session::vlm::{DiffOp, Vlm, VlmRun, VlmRunSpec, first_change, sweep_fractions};
+use tokenlens::session::vlm::{DiffOp, Vlm, VlmRun, first_change, sweep_fractions};
+use tokenlens::session::{RunSpec, Session};
 use tokenlens::{Cancel, figures};
 
 use super::{MethodArgs, write_json, write_png};
@@ -33,9 +33,9 @@ pub struct VlmArgs {
 }
 
 /// Prints tokens as they stream in.
-fn streamer(vlm: &Vlm) -> impl FnMut(u32) + '_ {
+fn streamer(tokenizer: &tokenizers::Tokenizer) -> impl FnMut(u32) + '_ {
     move |id| {
-        print!("{}", vlm.tokenizer.decode(&[id], true).unwrap_or_default());
+        print!("{}", tokenizer.decode(&[id], true).unwrap_or_default());
         let _ = std::io::stdout().flush();
     }
 }
@@ -57,18 +57,24 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
         vlm.num_layers(),
         started.elapsed().as_secs_f64()
     );
-    let spec = VlmRunSpec {
+    let spec = RunSpec {
         method: args.method.vlm_method(vlm.num_layers())?,
         budget: args.method.budget.budget(),
         positions: args.method.positions,
         max_new_tokens: args.options.max_tokens,
         view_layer: args.options.view_layer,
+        ..RunSpec::default()
     };
     let image = vlm.open_image(&args.image)?;
+    // A flag is not shortened to fit (the app's answer limit is): too long is refused.
+    vlm.check_answer_limit(&args.question, &image, spec.max_new_tokens)?;
     let cancel = Cancel::default();
     print!("full model: ");
-    let full = vlm.full(image, &args.question, &spec, &mut streamer(vlm), &cancel)?;
+    let tokenizer = vlm.tokenizer.clone();
+    let full_spec = RunSpec { method: None, ..spec.clone() };
+    let full = session.answer(image, &args.question, &full_spec, &mut streamer(&tokenizer), &cancel)?;
     println!();
+    let vlm = session.vlm()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {:?}", args.out))?;
     let grid = full.vision.grid;
     let mut json = serde_json::json!({
@@ -96,8 +102,10 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
     let mut wrote = vec!["vlm.json", "vision_saliency.png"];
     if let Some(method) = &spec.method {
         print!("{} ({}): ", method.label(), spec.budget.describe(full.run.num_image_tokens));
-        let run = vlm.run(&full, &spec, &mut streamer(vlm), &cancel)?;
+        let result = session.run(&spec, &mut streamer(&tokenizer), &cancel)?;
+        let run = result.answer().expect("a vision-language model answers");
         println!();
+        let vlm = session.vlm()?;
         if run.removed_nothing() {
             eprintln!(
                 "note: {} removed nothing: its site lies past the last of the {} decoder layers",
@@ -105,8 +113,8 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
                 run.image_rows_per_layer.len()
             );
         }
-        print_diff(vlm, &full.run, &run);
-        write_png(&args.out.join("tokens.png"), &figures::vlm_tokens(&full.image, grid, &run, 512))?;
+        print_diff(vlm, &full.run, run);
+        write_png(&args.out.join("tokens.png"), &figures::vlm_tokens(&full.image, grid, run, 512))?;
         wrote.push("tokens.png");
         if let Some(scores) = &run.scores {
             let title = format!("{} score", method.label());
@@ -125,8 +133,8 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
             )?;
             wrote.push("look_token1.png");
         }
-        print_cost(&full.run, &run);
-        json["reduced"] = serde_json::to_value(&run)?;
+        print_cost(&full.run, run);
+        json["reduced"] = serde_json::to_value(&result)?;
         if args.options.sweep {
             println!("sweep ({}):", method.name());
             let points = vlm.sweep(

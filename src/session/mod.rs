@@ -3,14 +3,16 @@
 //! default saliency model) or a vision-language model (LLaVA, SmolVLM), and the session owns the
 //! work worth keeping between requests: the open image's unreduced run and its recent reduced
 //! runs (encoders), the open image's vision run and full answer (VLMs). Neither front end holds
-//! model code or caches of its own.
+//! model code or caches of its own. One [`RunSpec`] in ([`Session::open_bytes`] opens an image,
+//! [`Session::run`] runs a spec on it), one [`RunResult`] out: an encoder's run (saliency map,
+//! class probabilities or zero-shot scores) or a VLM's answer.
 
 mod reduced_maps;
 mod run;
 pub mod vlm;
 
 pub use reduced_maps::ReducedMaps;
-pub use run::{DropFill, FullRun, RunResult, RunSpec, RunTimings};
+pub use run::{DEFAULT_ANSWER_LIMIT, DropFill, EncoderRun, FullRun, RunResult, RunSpec, RunTimings};
 pub(crate) use run::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
 
 use std::collections::HashMap;
@@ -27,7 +29,7 @@ use crate::model::preprocess::{self, Prepared};
 use crate::model::quant::LoadOptions;
 use crate::model::{HookPoint, Model, ModelSource, OutputHead, Preprocessor, TokenState, fetch};
 use crate::reduce::{Budget, Capabilities, Method};
-use crate::session::vlm::{SweepPoint, Vlm, VlmFull, VlmImage, VlmRun, VlmRunSpec};
+use crate::session::vlm::{Vlm, VlmFull, VlmImage, VlmRun};
 use crate::{Cancel, Error, Result};
 
 /// A decoded photo and what the model sees of it.
@@ -37,6 +39,26 @@ pub struct ImageInput {
     pub prepared: Prepared,
     /// sha256 of the file's bytes (or of the decoded pixels when built from memory).
     pub sha256: String,
+}
+
+/// What opening an image asks besides the image.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ask {
+    /// A VLM's question, or the labels a zero-shot encoder scores ("a cat, a dog").
+    pub prompt: String,
+    /// A VLM's answer limit and view layer (its method is ignored: opening runs the full model).
+    pub spec: RunSpec,
+    /// SmolVLM's image splitting.
+    pub split: bool,
+}
+
+/// An opened image's full run.
+#[allow(clippy::large_enum_variant)] // one per opened image, moved once
+pub enum Opened {
+    /// An encoder's: the image as the model sees it and the full run's analysis.
+    Encoder { input: ImageInput, analysis: Analysis },
+    /// A VLM's: the vision run, the prompt and the full answer.
+    Answer(Arc<VlmFull>),
 }
 
 /// Model output, in the machine-readable form of `analysis.json`: a saliency map
@@ -146,7 +168,7 @@ pub struct Session {
 /// The unreduced run of the open image and its reduced runs, by spec at a resolved token count.
 struct OpenedRuns {
     full: Arc<FullRun>,
-    runs: HashMap<String, Arc<RunResult>>,
+    runs: HashMap<String, Arc<EncoderRun>>,
 }
 
 /// Reduced runs kept per image (each ~0.3 MB); past that the cache starts over.
@@ -266,15 +288,15 @@ impl Session {
 
     /// A reduced run of the open image, from the cache when the same method, parameters and
     /// token count ran before (asked as another fraction, it answers with the spec as asked).
-    pub fn reduce(&mut self, spec: &RunSpec, cancel: &Cancel) -> Result<Arc<RunResult>> {
+    pub fn reduce(&mut self, spec: &RunSpec, cancel: &Cancel) -> Result<Arc<EncoderRun>> {
         let full = self.opened_full()?;
         let keep = spec.budget.resolve(full.states[0].num_patches())?;
         let key =
             serde_json::to_string(&RunSpec { budget: Budget::Keep(keep), ..spec.clone() }).expect("specs serialise");
         if let Some(hit) = self.opened.as_ref().and_then(|o| o.runs.get(&key)) {
-            return Ok(Arc::new(RunResult { spec: spec.clone(), ..(**hit).clone() }));
+            return Ok(Arc::new(EncoderRun { spec: spec.clone(), ..(**hit).clone() }));
         }
-        let result = Arc::new(self.run(&full, spec, cancel)?);
+        let result = Arc::new(self.run_against(&full, spec, cancel)?);
         if let Some(opened) = self.opened.as_mut() {
             if opened.runs.len() >= CACHE_RUNS {
                 opened.runs.clear(); // simple and bounded: a new method or image refills it quickly
@@ -282,6 +304,39 @@ impl Session {
             opened.runs.insert(key, result.clone());
         }
         Ok(result)
+    }
+
+    /// Opens an image for every later [`Self::run`]: an encoder's full run (`ask.prompt`: the
+    /// labels a zero-shot model scores), or a VLM's vision run and full answer (`ask.prompt`:
+    /// the question; answer tokens go to `on_token` as they come). `bytes` are an image file's,
+    /// `label` names them. On failure the image open before stays.
+    pub fn open_bytes(
+        &mut self,
+        bytes: &[u8],
+        label: &Path,
+        ask: &Ask,
+        on_token: &mut dyn FnMut(u32),
+        cancel: &Cancel,
+    ) -> Result<Opened> {
+        if self.is_vlm() {
+            let image = self.vlm_image(bytes, label, ask.split)?;
+            let full_spec = RunSpec { method: None, ..ask.spec.clone() };
+            return Ok(Opened::Answer(self.answer(image, &ask.prompt, &full_spec, on_token, cancel)?));
+        }
+        self.set_prompt(&ask.prompt);
+        let input = self.image_from_bytes(bytes, label)?;
+        let analysis = self.open(&input, cancel)?;
+        Ok(Opened::Encoder { input, analysis })
+    }
+
+    /// One run of the open image, for every model: an encoder's reduced run (from the cache
+    /// when the same method, parameters and token count ran before), or a VLM's answer with
+    /// `spec`'s method against the full one (its tokens go to `on_token` as they come).
+    pub fn run(&mut self, spec: &RunSpec, on_token: &mut dyn FnMut(u32), cancel: &Cancel) -> Result<RunResult> {
+        match self.is_vlm() {
+            true => Ok(RunResult::Answer(Arc::new(self.answer_reduced(spec, on_token, cancel)?))),
+            false => Ok(RunResult::Encoder(self.reduce(spec, cancel)?)),
+        }
     }
 
     /// Prepares `bytes` (an image file's) for the VLM; `split`: SmolVLM's image splitting.
@@ -297,13 +352,12 @@ impl Session {
         &mut self,
         image: VlmImage,
         question: &str,
-        spec: &VlmRunSpec,
+        spec: &RunSpec,
         on_token: &mut dyn FnMut(u32),
         cancel: &Cancel,
     ) -> Result<Arc<VlmFull>> {
         let vlm = self.vlm()?;
-        let spec =
-            VlmRunSpec { max_new_tokens: vlm.fit_answer(question, &image, spec.max_new_tokens)?, ..spec.clone() };
+        let spec = RunSpec { max_new_tokens: vlm.fit_answer(question, &image, spec.max_new_tokens)?, ..spec.clone() };
         let full = Arc::new(vlm.full(image, question, &spec, on_token, cancel)?);
         self.answered = Some(full.clone());
         Ok(full)
@@ -315,13 +369,8 @@ impl Session {
     }
 
     /// A reduced VLM run against the open image's full answer.
-    pub fn answer_reduced(&self, spec: &VlmRunSpec, on_token: &mut dyn FnMut(u32), cancel: &Cancel) -> Result<VlmRun> {
+    pub fn answer_reduced(&self, spec: &RunSpec, on_token: &mut dyn FnMut(u32), cancel: &Cancel) -> Result<VlmRun> {
         self.vlm()?.run(&*self.answered()?, spec, on_token, cancel)
-    }
-
-    /// `spec`'s method at each removed fraction against the open image's full answer.
-    pub fn answer_sweep(&self, spec: &VlmRunSpec, fractions: &[f64], cancel: &Cancel) -> Result<Vec<SweepPoint>> {
-        self.vlm()?.sweep(&*self.answered()?, spec, fractions, &mut |_| {}, cancel)
     }
 
     /// Decodes and prepares an image file.

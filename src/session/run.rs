@@ -3,10 +3,11 @@
 //! # Design
 //! Question: how can a ratio slider move in well under 100 ms?
 //! Decision: [`Session::full_run`] runs the unreduced model once per image and keeps the state
-//! after every block plus all attention and keys. [`Session::run`] resumes from the state at
+//! after every block plus all attention and keys. [`Session::run_against`] resumes from the state at
 //! the reducer's first site, so changing the ratio or a parameter recomputes only what follows.
 //! Pre-LLM methods (which act on the encoder output) only re-run the output head.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -20,8 +21,11 @@ use crate::model::layers::AttnRecord;
 use crate::model::{
     HookPoint, Intervene, Needs, NoIntervention, OutputHead, Probe, TokenState, Trace, VisionTransformer,
 };
-use crate::reduce::{Budget, Context, PositionMode, Reducer, ReducerConfig, Site, SiteView, Stage};
-use crate::{Cancel, Result};
+use crate::reduce::{
+    Budget, Capabilities, Context, Method, PositionMode, Reducer, ReducerConfig, Site, SiteView, Stage,
+};
+use crate::session::vlm::VlmRun;
+use crate::{Cancel, Error, Result};
 
 /// What fills the patches no surviving token stands for when the output head needs the full grid.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,23 +38,84 @@ pub enum DropFill {
     MeanToken,
 }
 
-/// Everything that defines a reduced run: plain data, stored in sidecars and `run.json`.
+/// Everything that defines a run, for every model: plain data, stored in sidecars, `run.json`
+/// and `vlm.json`. Encoders read `method` (a vision-side one), `budget`, `fill` and
+/// `positions`; vision-language models `method` (either side, or none: the full model),
+/// `budget`, `positions`, `max_new_tokens` and `view_layer`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunSpec {
-    pub reducer: ReducerConfig,
+    /// The method; None: the unreduced model. Written `reducer` (`vlm.json` before one spec
+    /// served both called it `method`).
+    #[serde(rename = "reducer", alias = "method")]
+    pub method: Option<Method>,
     pub budget: Budget,
+    /// Encoders: what fills dropped patches for the saliency head.
     pub fill: DropFill,
+    /// Position ids of the rows left after a reduction (VLMs: before the decoder; inside it,
+    /// rows always keep theirs: the cached keys were rotated with them).
     pub positions: PositionMode,
+    /// VLMs: the answer's length limit (written only where it is not the default).
+    #[serde(skip_serializing_if = "is_default_answer_limit")]
+    pub max_new_tokens: usize,
+    /// VLMs: the decoder layer whose attention the text-to-image views read (None: the middle).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view_layer: Option<usize>,
+}
+
+/// Answer tokens a VLM run may generate unless its spec says otherwise.
+pub const DEFAULT_ANSWER_LIMIT: usize = 32;
+
+fn is_default_answer_limit(n: &usize) -> bool {
+    *n == DEFAULT_ANSWER_LIMIT
 }
 
 impl Default for RunSpec {
     fn default() -> Self {
         Self {
-            reducer: ReducerConfig::Tome(Default::default()),
+            method: None,
             budget: Budget::default(),
             fill: DropFill::default(),
             positions: PositionMode::default(),
+            max_new_tokens: DEFAULT_ANSWER_LIMIT,
+            view_layer: None,
+        }
+    }
+}
+
+impl RunSpec {
+    /// A run of the vision-side method `reducer` at `budget`.
+    pub fn vision(reducer: ReducerConfig, budget: Budget) -> Self {
+        Self { method: Some(Method::Vision(reducer)), budget, ..Self::default() }
+    }
+
+    /// The vision-side method, if that is what the spec names.
+    pub fn reducer(&self) -> Option<&ReducerConfig> {
+        match &self.method {
+            Some(Method::Vision(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn reducer_mut(&mut self) -> Option<&mut ReducerConfig> {
+        match &mut self.method {
+            Some(Method::Vision(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The vision-side method an encoder run needs, or why this spec cannot run on an encoder.
+    pub fn encoder_reducer(&self) -> Result<&ReducerConfig> {
+        match &self.method {
+            Some(Method::Vision(c)) => Ok(c),
+            Some(m) => Err(m.check(&Capabilities::ENCODER).err().unwrap_or_else(|| Error::Config {
+                field: "reducer",
+                reason: format!("{} does not run on an image encoder", m.label()),
+            })),
+            None => Err(Error::Config {
+                field: "reducer",
+                reason: "an image encoder run needs a method (the full run is the open image's)".into(),
+            }),
         }
     }
 }
@@ -81,9 +146,10 @@ impl FullRun {
     }
 }
 
-/// A reduced run's results, in the machine-readable form of `run.json`.
+/// An image encoder's reduced run, in the machine-readable form of `run.json`: its output is a
+/// saliency map, class probabilities or zero-shot scores ([`Output::kind`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunResult {
+pub struct EncoderRun {
     pub spec: RunSpec,
     pub stage: Stage,
     /// Visual tokens kept.
@@ -114,6 +180,86 @@ pub struct RunResult {
     pub maps: Option<ReducedMaps>,
 }
 
+impl EncoderRun {
+    /// The vision-side method this run ran (every encoder run has one: [`RunSpec::encoder_reducer`]).
+    pub fn reducer(&self) -> &ReducerConfig {
+        self.spec.reducer().expect("an encoder run is made from a vision-side method")
+    }
+}
+
+/// What [`Session::run`] answers, for every model: an encoder's reduced run (saliency map,
+/// class probabilities or zero-shot scores) or a vision-language model's answer. Serialised as
+/// its run (`run.json`, `vlm.json`'s runs), and read back from either.
+#[derive(Debug, Clone)]
+pub enum RunResult {
+    Encoder(Arc<EncoderRun>),
+    Answer(Arc<VlmRun>),
+}
+
+impl RunResult {
+    pub fn spec(&self) -> &RunSpec {
+        match self {
+            Self::Encoder(r) => &r.spec,
+            Self::Answer(r) => &r.spec,
+        }
+    }
+
+    pub fn encoder(&self) -> Option<&Arc<EncoderRun>> {
+        match self {
+            Self::Encoder(r) => Some(r),
+            Self::Answer(_) => None,
+        }
+    }
+
+    pub fn answer(&self) -> Option<&Arc<VlmRun>> {
+        match self {
+            Self::Answer(r) => Some(r),
+            Self::Encoder(_) => None,
+        }
+    }
+
+    /// Image tokens (patches) the budget keeps.
+    pub fn keep(&self) -> usize {
+        match self {
+            Self::Encoder(r) => r.keep,
+            Self::Answer(r) => r.keep,
+        }
+    }
+
+    /// One entry per surviving image token: the original tokens it stands for.
+    pub fn groups(&self) -> &[Vec<u32>] {
+        match self {
+            Self::Encoder(r) => &r.groups,
+            Self::Answer(r) => &r.groups,
+        }
+    }
+}
+
+impl Serialize for RunResult {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Encoder(r) => r.serialize(serializer),
+            Self::Answer(r) => r.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RunResult {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        /// An answer has `answer`, an encoder run `output`: the first that reads is the one.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Encoder(EncoderRun),
+            Answer(VlmRun),
+        }
+        Ok(match Either::deserialize(deserializer)? {
+            Either::Encoder(r) => Self::Encoder(Arc::new(r)),
+            Either::Answer(r) => Self::Answer(Arc::new(r)),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunTimings {
     /// This reduced run (from the cached prefix).
@@ -137,15 +283,16 @@ impl Session {
         Ok(FullRun { states, trace, features, output, encoder_ms, time_ms: ms_since(start) })
     }
 
-    /// Runs `spec` against `full`, re-computing only what follows the reducer's first site.
-    pub fn run(&self, full: &FullRun, spec: &RunSpec, cancel: &Cancel) -> Result<RunResult> {
+    /// Runs `spec` on an encoder against `full`, re-computing only what follows the reducer's
+    /// first site (uncached: [`Session::run`] serves the open image from its cache).
+    pub fn run_against(&self, full: &FullRun, spec: &RunSpec, cancel: &Cancel) -> Result<EncoderRun> {
         let start = Instant::now();
         let enc = &self.model()?.encoder;
         let layers = full.num_layers();
         let first = &full.states[0];
         let ctx = Context::encoder(layers, first.grid, first.num_special);
         let keep = spec.budget.resolve(ctx.num_patches())?;
-        let mut reducer = spec.reducer.build(keep, &ctx)?;
+        let mut reducer = spec.encoder_reducer()?.build(keep, &ctx)?;
         let cached = EncoderCache { states: &full.states, trace: &full.trace, features: &full.features };
         let reduced = reduce_encoder(enc, &cached, reducer.as_mut(), spec.positions, true, true, cancel)?;
         // A method acting on the encoder output changes no block: its maps are the full model's.
@@ -161,7 +308,7 @@ impl Session {
         let groups: Vec<Vec<u32>> = out.source[out.num_special..].to_vec();
         let mut kept: Vec<u32> = groups.iter().filter(|g| g.len() == 1).map(|g| g[0]).collect();
         kept.sort_unstable();
-        Ok(RunResult {
+        Ok(EncoderRun {
             spec: spec.clone(),
             stage,
             keep,

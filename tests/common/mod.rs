@@ -111,8 +111,8 @@ pub fn assemble_tiny(tiny: &str) -> (tempfile::TempDir, serde_json::Value) {
 pub const QUESTION: &str = "what is in the image?";
 
 /// A short answer: enough tokens to see a change, few enough to be quick.
-pub fn vlm_spec() -> tokenlens::session::vlm::VlmRunSpec {
-    tokenlens::session::vlm::VlmRunSpec { max_new_tokens: 8, ..Default::default() }
+pub fn vlm_spec() -> tokenlens::session::RunSpec {
+    tokenlens::session::RunSpec { max_new_tokens: 8, ..Default::default() }
 }
 
 /// The tiny VLM fixture `name` loaded, and its full run on the sample photo.

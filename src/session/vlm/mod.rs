@@ -34,36 +34,10 @@ use serde::{Deserialize, Serialize};
 use crate::analysis::cost::{BlockTokens, decoder_layer_flops};
 use crate::model::TokenState;
 use crate::model::quant::{LoadOptions, QuantCount};
-use crate::reduce::{Budget, Context, Method, PositionMode, Reducer, Stage};
+use crate::reduce::{Budget, Context, Method, Reducer, Stage};
+use crate::session::RunSpec;
 use crate::{Cancel, Error, Result};
 use decode::{FullPrefill, Prefill, Rows};
-
-/// Everything that defines a VLM run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct VlmRunSpec {
-    /// None: the full model.
-    pub method: Option<Method>,
-    pub budget: Budget,
-    /// Position ids of the rows left after a reduction before the decoder (inside the decoder,
-    /// rows always keep theirs: the cached keys were rotated with them).
-    pub positions: PositionMode,
-    pub max_new_tokens: usize,
-    /// The decoder layer whose attention the text-to-image views read (None: the middle one).
-    pub view_layer: Option<usize>,
-}
-
-impl Default for VlmRunSpec {
-    fn default() -> Self {
-        Self {
-            method: None,
-            budget: Budget::default(),
-            positions: PositionMode::default(),
-            max_new_tokens: 32,
-            view_layer: None,
-        }
-    }
-}
 
 /// The prompt as the decoder reads it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,7 +132,7 @@ impl<'de> Deserialize<'de> for RunStage {
 /// One run's results, in the machine-readable form of `vlm.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VlmRun {
-    pub spec: VlmRunSpec,
+    pub spec: RunSpec,
     /// Image tokens the budget keeps.
     pub keep: usize,
     pub num_image_tokens: usize,
@@ -181,6 +155,10 @@ pub struct VlmRun {
     /// Token-level diff from the full answer to this one.
     pub diff: Vec<DiffOp>,
     pub answer_changed: bool,
+    /// Where the answer first departs from the full one (token index; None: the same answer,
+    /// or the full run itself).
+    #[serde(default)]
+    pub first_difference: Option<usize>,
     pub cost: VlmCost,
     /// The first decoder layer this run computed; earlier layers came from the cached full
     /// prefill (`num_layers`: none did). 0 for the full run and for every method acting before
@@ -298,7 +276,7 @@ impl Vlm {
         &self,
         image: VlmImage,
         question: &str,
-        spec: &VlmRunSpec,
+        spec: &RunSpec,
         on_token: &mut dyn FnMut(u32),
         cancel: &Cancel,
     ) -> Result<VlmFull> {
@@ -307,7 +285,7 @@ impl Vlm {
         self.check_context(&prompt, spec.max_new_tokens)?;
         let vision = self.arch.vision(&image, cancel)?;
         debug_assert_eq!(vision.num_image_tokens(), prompt.image_slots.len());
-        let spec = VlmRunSpec { method: None, ..spec.clone() };
+        let spec = RunSpec { method: None, ..spec.clone() };
         let (run, prefill) = self.run_with(&prompt, &vision, &spec, Against::Nothing, on_token, cancel)?;
         let prefill = prefill.expect("the full run keeps its prefill");
         Ok(VlmFull { image, prompt, vision, prefill, run })
@@ -319,7 +297,7 @@ impl Vlm {
     pub fn run(
         &self,
         full: &VlmFull,
-        spec: &VlmRunSpec,
+        spec: &RunSpec,
         on_token: &mut dyn FnMut(u32),
         cancel: &Cancel,
     ) -> Result<VlmRun> {
@@ -332,7 +310,7 @@ impl Vlm {
     pub fn run_from_scratch(
         &self,
         full: &VlmFull,
-        spec: &VlmRunSpec,
+        spec: &RunSpec,
         on_token: &mut dyn FnMut(u32),
         cancel: &Cancel,
     ) -> Result<VlmRun> {
@@ -347,6 +325,13 @@ impl Vlm {
         let Some(context) = self.arch.lm().cfg.max_position_embeddings else { return Ok(max_new) };
         let prompt = self.prompt(question, image.tiles, self.arch.num_image_tokens(image.tiles))?;
         Ok(max_new.min(context.saturating_sub(prompt.ids.len())).max(1))
+    }
+
+    /// Refuses an answer limit that does not fit the model's context after this image's
+    /// prompt (where [`Self::fit_answer`] would shorten it).
+    pub fn check_answer_limit(&self, question: &str, image: &VlmImage, max_new: usize) -> Result<()> {
+        let prompt = self.prompt(question, image.tiles, self.arch.num_image_tokens(image.tiles))?;
+        self.check_context(&prompt, max_new)
     }
 
     fn check_context(&self, prompt: &Prompt, max_new: usize) -> Result<()> {
@@ -365,7 +350,7 @@ impl Vlm {
         Ok(())
     }
 
-    fn view_layer(&self, spec: &VlmRunSpec) -> Result<usize> {
+    fn view_layer(&self, spec: &RunSpec) -> Result<usize> {
         let layers = self.num_layers();
         let l = spec.view_layer.unwrap_or(layers / 2);
         if l >= layers {
@@ -382,7 +367,7 @@ impl Vlm {
         &self,
         prompt: &Prompt,
         vision: &VisionRun,
-        spec: &VlmRunSpec,
+        spec: &RunSpec,
         against: Against<'_>,
         on_token: &mut dyn FnMut(u32),
         cancel: &Cancel,
@@ -429,6 +414,7 @@ impl Vlm {
             None => (None, Vec::new(), diff_tokens(&answer.ids, &answer.ids)),
         };
         let answer_changed = full_answer.is_some_and(|f| f.ids != answer.ids);
+        let first_difference = full_answer.and_then(|f| answer::first_difference(&f.ids, &answer.ids));
         let image_rows_per_layer = prefill.image_rows_per_layer();
         let last_rows = prefill.rows_per_layer.last().cloned().unwrap_or_default();
         let groups: Vec<Vec<u32>> = last_rows.image_tokens();
@@ -456,6 +442,7 @@ impl Vlm {
             full_answer_token_logprobs,
             diff,
             answer_changed,
+            first_difference,
             cost: VlmCost {
                 encoder_flops: vision.encoder_flops(&blocks),
                 projector_flops: self.arch.projector_flops(projected),
@@ -504,7 +491,7 @@ struct Start {
 impl Vlm {
     /// The decoder's input for `spec` (after any vision-side reduction): rows, embeddings and
     /// position ids, for inspection.
-    pub fn sequence(&self, full: &VlmFull, spec: &VlmRunSpec, cancel: &Cancel) -> Result<TokenState> {
+    pub fn sequence(&self, full: &VlmFull, spec: &RunSpec, cancel: &Cancel) -> Result<TokenState> {
         let keep = spec.budget.resolve(full.vision.num_image_tokens())?;
         match self.start(&full.prompt, &full.vision, spec, keep, cancel)?.seq {
             Some(seq) => Ok(seq),
@@ -516,7 +503,7 @@ impl Vlm {
         &self,
         prompt: &Prompt,
         vision: &VisionRun,
-        spec: &VlmRunSpec,
+        spec: &RunSpec,
         keep: usize,
         cancel: &Cancel,
     ) -> Result<Start> {
@@ -599,6 +586,21 @@ pub struct SweepPoint {
     pub full_answer_logprob: Option<f64>,
 }
 
+impl SweepPoint {
+    /// The point of `run`, a reduced run at `removed`.
+    pub fn of(removed: f64, run: &VlmRun) -> Self {
+        Self {
+            removed,
+            keep: run.keep,
+            first_difference: run.first_difference,
+            changed: run.answer_changed,
+            answer: run.answer.text.clone(),
+            ids: run.answer.ids.clone(),
+            full_answer_logprob: run.full_answer_logprob,
+        }
+    }
+}
+
 /// The removed fractions a sweep visits by default: 0 %, then the shared presets in between.
 pub fn sweep_fractions() -> Vec<f64> {
     let mut f = vec![0.0, 0.25, 0.5];
@@ -612,24 +614,16 @@ impl Vlm {
     pub fn sweep(
         &self,
         full: &VlmFull,
-        spec: &VlmRunSpec,
+        spec: &RunSpec,
         fractions: &[f64],
         on_point: &mut dyn FnMut(&SweepPoint),
         cancel: &Cancel,
     ) -> Result<Vec<SweepPoint>> {
         let mut points = Vec::with_capacity(fractions.len());
         for &removed in fractions {
-            let s = VlmRunSpec { budget: Budget::RemoveFraction(removed), ..spec.clone() };
+            let s = RunSpec { budget: Budget::RemoveFraction(removed), ..spec.clone() };
             let run = self.run(full, &s, &mut |_| {}, cancel)?;
-            let point = SweepPoint {
-                removed,
-                keep: run.keep,
-                first_difference: answer::first_difference(&full.run.answer.ids, &run.answer.ids),
-                changed: run.answer_changed,
-                answer: run.answer.text,
-                ids: run.answer.ids,
-                full_answer_logprob: run.full_answer_logprob,
-            };
+            let point = SweepPoint::of(removed, &run);
             on_point(&point);
             points.push(point);
         }
