@@ -165,7 +165,7 @@ fn tokenlens() -> std::process::Command {
 }
 
 #[test]
-fn the_cli_takes_quantize_and_dtype() {
+fn the_cli_takes_quantize_dtype_and_device() {
     let out = tempfile::tempdir().unwrap();
     let run = |flags: &[&str]| {
         tokenlens()
@@ -185,11 +185,17 @@ fn the_cli_takes_quantize_and_dtype() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("vlm.json")).unwrap()).unwrap();
     assert_eq!(json["load"]["options"]["quantize"], "q8_0");
+    assert_eq!(json["load"]["options"]["device"], "auto");
     assert_eq!(json["load"]["linears"]["quantized"], 17);
     for (flags, says) in [
         (&["--quantize", "q2"][..], "unknown quantization `q2` (supported: q8_0, q4k)"),
         (&["--dtype", "bf16"][..], "not computed on the CPU"),
         (&["--dtype", "f8"][..], "unknown dtype `f8`"),
+        (&["--device", "tpu"][..], "unknown device `tpu`"),
+        // A GPU this build lacks is refused naming the cargo feature; one compiled in, because
+        // the models compute on the CPU only so far.
+        (&["--device", "cuda:1"][..], if cfg!(feature = "cuda") { "CPU only" } else { "`cuda` feature" }),
+        (&["--device", "metal"][..], if cfg!(feature = "metal") { "CPU only" } else { "`metal` feature" }),
     ] {
         let refused = run(flags);
         let stderr = String::from_utf8_lossy(&refused.stderr);

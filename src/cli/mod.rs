@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use tokenlens::model::quant::{DTypeChoice, LoadOptions, Quantize};
+use tokenlens::model::quant::{DTypeChoice, DeviceChoice, LoadOptions, Quantize};
 use tokenlens::model::{ModelSource, fetch, memory, preprocess};
 use tokenlens::reduce::budget::PRESETS_REMOVED;
 use tokenlens::reduce::{Budget, PositionMode, ReducerConfig};
@@ -43,6 +43,11 @@ struct Cli {
     /// is refused on the CPU).
     #[arg(long, global = true, value_name = "DTYPE", default_value = "auto")]
     dtype: DTypeChoice,
+    /// Where models run: auto, cpu, cuda, cuda:N, metal. The GPUs need a build with the `cuda`
+    /// or `metal` feature, and the models compute on the CPU only so far: auto is the CPU and a
+    /// GPU is refused with a message.
+    #[arg(long, global = true, value_name = "DEVICE", default_value = "auto")]
+    device: DeviceChoice,
 }
 
 #[derive(Args, Clone, Default)]
@@ -401,8 +406,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         anyhow::ensure!(gb.is_finite() && gb > 0.0, "--memory-limit must be a positive number of GB");
         memory::set_limit((gb * 1e9) as u64);
     }
-    cli.dtype.resolve(&candle_core::Device::Cpu)?;
-    LoadOptions { quantize: cli.quantize, dtype: cli.dtype }.set_process();
+    let options = LoadOptions { quantize: cli.quantize, dtype: cli.dtype, device: cli.device };
+    options.resolve()?;
+    options.set_process();
     let command = cli
         .command
         .unwrap_or_else(|| Cli::parse_from(["tokenlens", "gui"]).command.expect("`gui` parses with its defaults"));

@@ -282,6 +282,7 @@ impl Idefics3 {
 
         let weights = read_weights(dir)?;
         let weights_path = weights.path.clone();
+        linears.stream_from(weights.raw());
         let vb = weights.into_var_builder();
         let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json (idefics3): {e}"));
         let model = vb.pp("model");

@@ -145,6 +145,7 @@ impl Llava {
         } else {
             format!("{root}vision_tower")
         };
+        linears.stream_from(weights.raw());
         let vb = weights.into_var_builder();
         let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json (llava): {e}"));
         let lm = if root.is_empty() {

@@ -16,15 +16,19 @@
 //! widths (4096, 11008, 576, 1536, ...) are multiples of 32; of 256 most are, SmolVLM-256M's
 //! 576 is not (its layers stay f32 under q4k).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
+use candle_core::quantized::{GgmlDType, QuantizedType};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Storage, Tensor};
 use candle_nn::VarBuilder;
+use half::{bf16, f16};
+use rayon::prelude::*;
 use serde::Serialize;
 
+use super::weights::Raw;
 use crate::{Error, Result};
 
 /// A quantized weight format.
@@ -146,17 +150,116 @@ impl FromStr for DTypeChoice {
     }
 }
 
+/// `--device`: where a model runs. The GPU backends are cargo features (`cuda`, `metal`: candle's);
+/// a device whose feature this build lacks is refused by name. Today every model computes on
+/// the CPU (the encoder's fused kernels, the loaders' f32 weights and the quantized layers are
+/// CPU code), so a GPU that is compiled in and present is refused at load too, saying so, and
+/// `auto` is the CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    /// A CUDA GPU by ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
+    Metal,
+}
+
+impl DeviceChoice {
+    /// The cargo feature a device needs, if any.
+    pub fn feature(self) -> Option<&'static str> {
+        match self {
+            DeviceChoice::Auto | DeviceChoice::Cpu => None,
+            DeviceChoice::Cuda(_) => Some("cuda"),
+            DeviceChoice::Metal => Some("metal"),
+        }
+    }
+
+    /// Whether this build has the device's backend.
+    pub fn compiled(self) -> bool {
+        match self {
+            DeviceChoice::Auto | DeviceChoice::Cpu => true,
+            DeviceChoice::Cuda(_) => cfg!(feature = "cuda"),
+            DeviceChoice::Metal => cfg!(feature = "metal"),
+        }
+    }
+
+    /// The device models are loaded on: the CPU, or an error naming what is missing (the cargo
+    /// feature, or GPU support in the model code).
+    pub fn resolve(self) -> Result<Device> {
+        let refuse = |reason: String| Err(Error::Config { field: "--device", reason });
+        match (self, self.feature()) {
+            (DeviceChoice::Auto | DeviceChoice::Cpu, _) => Ok(Device::Cpu),
+            (_, Some(feature)) if !self.compiled() => refuse(format!(
+                "{self} needs a build with the `{feature}` feature (cargo build --release --features {feature}); \
+                 this build runs on the CPU only: use --device cpu"
+            )),
+            (_, _) => {
+                // Compiled in: say whether the device exists before saying what is missing.
+                let device = match self {
+                    DeviceChoice::Cuda(n) => Device::new_cuda(n),
+                    _ => Device::new_metal(0),
+                };
+                match device {
+                    Err(e) => refuse(format!("{self} is not available: {e}")),
+                    Ok(_) => refuse(format!(
+                        "{self} is compiled in, but tokenlens' models compute on the CPU only so far (fused CPU \
+                         kernels, f32 and quantized CPU weights): use --device cpu"
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceChoice::Metal => f.write_str("metal"),
+        }
+    }
+}
+
+impl Serialize for DeviceChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let lower = s.to_ascii_lowercase();
+        match lower.split_once(':') {
+            None if lower == "auto" => Ok(DeviceChoice::Auto),
+            None if lower == "cpu" => Ok(DeviceChoice::Cpu),
+            None if lower == "cuda" => Ok(DeviceChoice::Cuda(0)),
+            None if lower == "metal" => Ok(DeviceChoice::Metal),
+            Some(("cuda", n)) => n
+                .parse()
+                .map(DeviceChoice::Cuda)
+                .map_err(|_| format!("`{s}`: the CUDA device is cuda:N, N a GPU ordinal (0, 1, ...)")),
+            _ => Err(format!("unknown device `{s}` (supported: auto, cpu, cuda, cuda:N, metal)")),
+        }
+    }
+}
+
 /// How a model is loaded ([`crate::session::Session::load_with`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct LoadOptions {
     /// Quantize the decoder's and projector's linear layers (vision-language models only).
     pub quantize: Option<Quantize>,
     pub dtype: DTypeChoice,
+    pub device: DeviceChoice,
 }
 
-/// The options [`crate::session::Session::load`] uses: the CLI's `--quantize` and `--dtype`
-/// for this process (the app's loads included).
-static PROCESS: Mutex<LoadOptions> = Mutex::new(LoadOptions { quantize: None, dtype: DTypeChoice::Auto });
+/// The options [`crate::session::Session::load`] uses: the CLI's `--quantize`, `--dtype` and
+/// `--device` for this process (the app's loads included).
+static PROCESS: Mutex<LoadOptions> =
+    Mutex::new(LoadOptions { quantize: None, dtype: DTypeChoice::Auto, device: DeviceChoice::Auto });
 
 impl LoadOptions {
     /// Sets the options of every later [`crate::session::Session::load`] in this process.
@@ -166,6 +269,14 @@ impl LoadOptions {
 
     pub fn process() -> Self {
         *PROCESS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The device and the dtype computed in, or why not (see [`DeviceChoice::resolve`],
+    /// [`DTypeChoice::resolve`]).
+    pub fn resolve(&self) -> Result<(Device, DType)> {
+        let device = self.device.resolve()?;
+        let dtype = self.dtype.resolve(&device)?;
+        Ok((device, dtype))
     }
 
     /// "f32", "q8_0 (linear layers), f32": for the cost panel and messages.
@@ -199,7 +310,7 @@ impl QuantCount {
 #[derive(Debug, Clone)]
 pub enum Proj {
     F32(candle_nn::Linear),
-    Quantized { weight: QMatMul, bias: Option<Tensor> },
+    Quantized { weight: QuantWeight, bias: Option<Tensor> },
 }
 
 impl Module for Proj {
@@ -207,8 +318,7 @@ impl Module for Proj {
         match self {
             Proj::F32(l) => l.forward(x),
             Proj::Quantized { weight, bias } => {
-                // candle's quantized matmul wants a contiguous f32 input.
-                let y = weight.forward(&x.contiguous()?)?;
+                let y = weight.forward(x)?;
                 match bias {
                     Some(b) => y.broadcast_add(b),
                     None => Ok(y),
@@ -218,16 +328,189 @@ impl Module for Proj {
     }
 }
 
+/// A quantized `[out, in]` weight on the CPU: candle's GGML blocks, multiplied by candle's block
+/// kernels (`QuantizedType::matmul_t`: the activations rounded to the format's `vec_dot` type,
+/// rows in parallel), and nothing else kept.
+///
+/// Why not candle's `QMatMul`: from candle 0.11 its x86 path repacks a q4k weight (and, on
+/// AVX512-VNNI, a q8_0 one) into wider tiles at its first product and keeps them beside the
+/// blocks for the process's life: q4k's 0.5625 bytes per weight become 1.3125, which took
+/// LLaVA-1.5-7B's q4k run to 12.5 GB, more than q8_0's. The tiled kernel is faster for long
+/// prefills; the memory target comes first (see the README's Speed section).
+#[derive(Clone)]
+pub struct QuantWeight {
+    blocks: Arc<dyn QuantizedType>,
+    format: Quantize,
+    out_dim: usize,
+    in_dim: usize,
+}
+
+impl std::fmt::Debug for QuantWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QuantWeight({} [{}, {}])", self.format, self.out_dim, self.in_dim)
+    }
+}
+
+impl QuantWeight {
+    /// Quantizes the contiguous f32 `[out, in]` weight `w`, groups of rows in parallel (candle's
+    /// `QTensor::quantize` runs on one thread: 20 minutes of k-quants for a 7B decoder). Each
+    /// block depends on its 32 or 256 weights alone, so the blocks are byte for byte candle's.
+    pub fn quantize(w: &Tensor, format: Quantize) -> Result<Self> {
+        let (out_dim, in_dim) = w.dims2()?;
+        if !format.fits(in_dim) || w.dtype() != DType::F32 || !w.device().is_cpu() {
+            return Err(Error::Config {
+                field: "--quantize",
+                reason: format!(
+                    "cannot quantize a {:?} {:?} weight of input width {in_dim} to {format} on {:?}",
+                    w.dtype(),
+                    w.dims(),
+                    w.device()
+                ),
+            });
+        }
+        let w = w.contiguous()?;
+        let (storage, layout) = w.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else { unreachable!("checked to be on the CPU") };
+        let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
+        let values = &cpu.as_slice::<f32>()?[start..end];
+        Ok(Self::from_rows(format, out_dim, in_dim, |at, row| row.copy_from_slice(&values[at..at + row.len()])))
+    }
+
+    /// Quantizes a `[out, in]` weight from its stored little-endian bytes (f32, f16 or bf16, as
+    /// safetensors keep them), converting 16 rows at a time: the whole f32 copy is never made
+    /// (for LLaVA-1.5-7B's `lm_head` that copy and its bf16 read were 0.8 GB at the load's peak).
+    /// The values are the f32 ones a var builder would give, so the blocks are the same.
+    pub fn from_stored(dtype: DType, dims: &[usize], bytes: &[u8], format: Quantize) -> Result<Self> {
+        let &[out_dim, in_dim] = dims else {
+            return Err(Error::Config { field: "--quantize", reason: format!("a linear weight of shape {dims:?}") });
+        };
+        let size = match dtype {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            _ => return Err(Error::Config { field: "--quantize", reason: format!("a {dtype:?} weight") }),
+        };
+        if bytes.len() != out_dim * in_dim * size || !format.fits(in_dim) {
+            return Err(Error::Config {
+                field: "--quantize",
+                reason: format!("{} bytes for a {dtype:?} weight of shape {dims:?} in {format}", bytes.len()),
+            });
+        }
+        let fill = |at: usize, row: &mut [f32]| {
+            let bytes = &bytes[at * size..(at + row.len()) * size];
+            match dtype {
+                DType::F32 => row
+                    .iter_mut()
+                    .zip(bytes.chunks_exact(4))
+                    .for_each(|(x, b)| *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                DType::F16 => row
+                    .iter_mut()
+                    .zip(bytes.chunks_exact(2))
+                    .for_each(|(x, b)| *x = f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                _ => row
+                    .iter_mut()
+                    .zip(bytes.chunks_exact(2))
+                    .for_each(|(x, b)| *x = bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            }
+        };
+        Ok(Self::from_rows(format, out_dim, in_dim, fill))
+    }
+
+    /// The weight whose values `fill(offset, out)` writes (`out.len()` values from row-major
+    /// element `offset`), quantized.
+    fn from_rows(format: Quantize, out_dim: usize, in_dim: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Self {
+        let blocks: Arc<dyn QuantizedType> = match format {
+            Quantize::Q8_0 => Arc::new(quantize_rows::<BlockQ8_0>(out_dim, in_dim, fill)),
+            Quantize::Q4K => Arc::new(quantize_rows::<BlockQ4K>(out_dim, in_dim, fill)),
+        };
+        Self { blocks, format, out_dim, in_dim }
+    }
+
+    /// Bytes the blocks take.
+    pub fn size_in_bytes(&self) -> usize {
+        self.blocks.storage_size_in_bytes()
+    }
+
+    pub fn format(&self) -> Quantize {
+        self.format
+    }
+
+    /// The blocks as GGML lays them out (what candle's `QTensor::data` gives).
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `as_ptr` points at the blocks `Vec`'s buffer of `storage_size_in_bytes` bytes,
+        // which lives as long as `self.blocks`, borrowed here; GGML blocks are plain old data.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr(), self.blocks.storage_size_in_bytes()) }
+    }
+
+    /// The weight back in f32 `[out, in]` (tests, comparisons).
+    pub fn dequantize(&self) -> Result<Tensor> {
+        let CpuStorage::F32(values) = self.blocks.dequantize(self.out_dim * self.in_dim)? else {
+            unreachable!("GGML blocks dequantize to f32")
+        };
+        Ok(Tensor::from_vec(values, (self.out_dim, self.in_dim), &Device::Cpu)?)
+    }
+
+    /// `x Wᵀ` for `x` of shape `[..., in]`, f32 on the CPU.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+/// A `[rows, in_dim]` matrix as blocks of `T`, 16 rows a task, each task's f32 values written
+/// by `fill` into its own buffer.
+fn quantize_rows<T: GgmlType>(rows: usize, in_dim: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Vec<T> {
+    const ROWS: usize = 16;
+    let mut blocks = vec![T::zeros(); rows * in_dim / T::BLCK_SIZE];
+    blocks.par_chunks_mut(in_dim / T::BLCK_SIZE * ROWS).enumerate().for_each_init(
+        || vec![0f32; ROWS * in_dim],
+        |buf, (task, ys)| {
+            let xs = &mut buf[..ys.len() * T::BLCK_SIZE];
+            fill(task * ROWS * in_dim, xs);
+            T::from_float(xs, ys);
+        },
+    );
+    blocks
+}
+
+impl CustomOp1 for QuantWeight {
+    fn name(&self) -> &'static str {
+        "quantized-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("quantized matmul: input not contiguous".into()))?;
+        let mut dims = layout.dims().to_vec();
+        if dims.last() != Some(&self.in_dim) {
+            candle_core::bail!("quantized matmul: input {dims:?} against a weight of input width {}", self.in_dim)
+        }
+        let x = &storage.as_slice::<f32>()?[start..end];
+        let rows = x.len() / self.in_dim;
+        let mut y = vec![0f32; rows * self.out_dim];
+        self.blocks.matmul_t((rows, self.in_dim, self.out_dim), x, &mut y)?;
+        *dims.last_mut().expect("checked above") = self.out_dim;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+}
+
 /// Makes a model's linear layers under one quantization, counting what it did.
 #[derive(Debug, Default)]
 pub struct Linears {
     quantize: Option<Quantize>,
     count: Cell<QuantCount>,
+    /// The checkpoint quantized weights are streamed from, when the loader gives it.
+    stored: RefCell<Option<Raw>>,
 }
 
 impl Linears {
     pub fn new(quantize: Option<Quantize>) -> Self {
-        Self { quantize, count: Cell::default() }
+        Self { quantize, count: Cell::default(), stored: RefCell::new(None) }
+    }
+
+    /// Quantized weights are read from `stored`'s bytes ([`QuantWeight::from_stored`]) rather
+    /// than through the var builder's f32 copy.
+    pub(crate) fn stream_from(&self, stored: Raw) {
+        *self.stored.borrow_mut() = Some(stored);
     }
 
     /// f32 layers, as checkpoints store them.
@@ -243,17 +526,32 @@ impl Linears {
     /// when a quantization is set and `in_dim` is a multiple of its block, else f32. The f32
     /// weight read from the checkpoint is dropped as soon as it is quantized.
     pub fn linear(&self, in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Proj> {
-        let w = vb.get((out_dim, in_dim), "weight")?;
         let b = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
         let mut count = self.count.get();
         let proj = match self.quantize.filter(|q| q.fits(in_dim)) {
             Some(q) => {
-                let qt = QTensor::quantize(&w, q.ggml())?;
+                let name = format!("{}.weight", vb.prefix());
+                let streamed = self.stored.borrow().as_ref().and_then(|stored| {
+                    stored.with(&name, |dtype, dims, bytes| match dims == [out_dim, in_dim] {
+                        true => QuantWeight::from_stored(dtype, dims, bytes, q),
+                        false => Err(candle_core::Error::UnexpectedShape {
+                            msg: format!("shape mismatch for {name}"),
+                            expected: (out_dim, in_dim).into(),
+                            got: dims.into(),
+                        }
+                        .into()),
+                    })
+                });
+                let weight = match streamed {
+                    Some(weight) => weight?,
+                    None => QuantWeight::quantize(&vb.get((out_dim, in_dim), "weight")?, q)?,
+                };
                 count.quantized += 1;
-                count.bytes += qt.storage_size_in_bytes() as u64;
-                Proj::Quantized { weight: QMatMul::from_qtensor(qt)?, bias: b }
+                count.bytes += weight.size_in_bytes() as u64;
+                Proj::Quantized { weight, bias: b }
             }
             None => {
+                let w = vb.get((out_dim, in_dim), "weight")?;
                 count.kept_f32 += usize::from(self.quantize.is_some());
                 count.bytes += (w.elem_count() * 4) as u64;
                 Proj::F32(candle_nn::Linear::new(w, b))
@@ -295,6 +593,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn devices_parse_and_absent_backends_are_refused_by_feature() {
+        for (text, d) in [
+            ("auto", DeviceChoice::Auto),
+            ("CPU", DeviceChoice::Cpu),
+            ("cuda", DeviceChoice::Cuda(0)),
+            ("cuda:1", DeviceChoice::Cuda(1)),
+            ("metal", DeviceChoice::Metal),
+        ] {
+            assert_eq!(text.parse::<DeviceChoice>().unwrap(), d);
+        }
+        assert_eq!(DeviceChoice::Cuda(1).to_string(), "cuda:1");
+        assert!("cuda:x".parse::<DeviceChoice>().unwrap_err().contains("cuda:N"));
+        assert!("tpu".parse::<DeviceChoice>().unwrap_err().contains("supported"));
+        assert!(DeviceChoice::Auto.resolve().unwrap().is_cpu() && DeviceChoice::Cpu.resolve().unwrap().is_cpu());
+        for (d, feature) in [(DeviceChoice::Cuda(0), "cuda"), (DeviceChoice::Metal, "metal")] {
+            let msg = d.resolve().unwrap_err().to_string();
+            assert!(msg.contains("--device"), "{msg}");
+            // Without the feature the message names it; with it (no GPU model code yet) it says so.
+            let names = if d.compiled() { "CPU only" } else { feature };
+            assert!(msg.contains(names), "{msg}");
+        }
+        let options = LoadOptions { device: DeviceChoice::Metal, ..LoadOptions::default() };
+        assert!(options.resolve().is_err());
+        assert_eq!(LoadOptions::default().resolve().unwrap().1, DType::F32);
+    }
+
     /// A quantized layer against the f32 product; a narrow one stays f32 and is counted.
     #[test]
     fn quantized_linears_match_f32_within_their_precision() {
@@ -318,11 +643,11 @@ mod tests {
         for (q, tol) in [(Quantize::Q8_0, 0.03), (Quantize::Q4K, 0.2)] {
             let linears = Linears::new(Some(q));
             let l = linears.linear(i, o, true, vb.pp("l")).unwrap();
-            let Proj::Quantized { weight: QMatMul::QTensor(qt), .. } = &l else { panic!("{q}: not quantized") };
+            let Proj::Quantized { weight: qw, .. } = &l else { panic!("{q}: not quantized") };
             let y = l.forward(&x).unwrap();
             assert!(max_diff(&y, &exact) / scale < tol, "{q}: {} of {scale}", max_diff(&y, &exact));
             // Against f32 with the dequantized weight: only the activations' 8-bit rounding.
-            let w = qt.dequantize(&dev).unwrap();
+            let w = qw.dequantize().unwrap();
             let b = vb.pp("l").get(o, "bias").unwrap();
             let dequantized = candle_nn::Linear::new(w, Some(b)).forward(&x).unwrap();
             assert!(max_diff(&y, &dequantized) / scale < 0.02, "{q}: {}", max_diff(&y, &dequantized));
@@ -332,5 +657,55 @@ mod tests {
             let block = q.ggml().type_size() * i / q.block_size() * o;
             assert_eq!(c.bytes, (block + o * 16 * 4) as u64);
         }
+    }
+
+    /// The row-parallel quantizer writes candle's own blocks, byte for byte, and its product is
+    /// candle's `QMatMul`'s (which repacks q4k on x86: another kernel, same arithmetic up to
+    /// float summation order).
+    #[test]
+    fn parallel_blocks_are_candles() {
+        use candle_core::quantized::{QMatMul, QTensor};
+        let dev = Device::Cpu;
+        // 40 rows: two full 16-row tasks and a short one.
+        let (o, i) = (40, 512);
+        let w = Tensor::randn(0f32, 1.0, (o, i), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 33, i), &dev).unwrap();
+        for q in Quantize::ALL {
+            let ours = QuantWeight::quantize(&w, q).unwrap();
+            let theirs = QTensor::quantize(&w, q.ggml()).unwrap();
+            assert_eq!(ours.bytes(), &*theirs.data().unwrap(), "{q}");
+            assert_eq!(ours.size_in_bytes(), theirs.storage_size_in_bytes());
+            let (a, b) = (ours.forward(&x).unwrap(), QMatMul::from_qtensor(theirs).unwrap().forward(&x).unwrap());
+            assert_eq!(a.dims(), &[2, 33, o]);
+            let diff: f32 = (a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let scale: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            assert!(diff <= 1e-4 * scale, "{q}: {diff} of {scale}");
+        }
+        // From stored bytes (what the loader streams): the blocks of the f32 values they hold.
+        let stored = |d: DType| {
+            let w = w.to_dtype(d).unwrap();
+            let bytes: Vec<u8> = match d {
+                DType::BF16 => {
+                    w.flatten_all().unwrap().to_vec1::<bf16>().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect()
+                }
+                DType::F16 => {
+                    w.flatten_all().unwrap().to_vec1::<f16>().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect()
+                }
+                _ => w.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect(),
+            };
+            (w.to_dtype(DType::F32).unwrap(), bytes)
+        };
+        for d in [DType::F32, DType::F16, DType::BF16] {
+            let (values, bytes) = stored(d);
+            for q in Quantize::ALL {
+                let streamed = QuantWeight::from_stored(d, &[o, i], &bytes, q).unwrap();
+                assert_eq!(streamed.bytes(), QuantWeight::quantize(&values, q).unwrap().bytes(), "{d:?} {q}");
+            }
+            assert!(QuantWeight::from_stored(d, &[o, i], &bytes[1..], Quantize::Q8_0).is_err());
+            assert!(QuantWeight::from_stored(d, &[o * i], &bytes, Quantize::Q8_0).is_err());
+        }
+        // Refused: a width off the block, a non-f32 weight.
+        assert!(QuantWeight::quantize(&w.narrow(1, 0, 48).unwrap(), Quantize::Q4K).is_err());
+        assert!(QuantWeight::quantize(&w.to_dtype(DType::BF16).unwrap(), Quantize::Q8_0).is_err());
     }
 }

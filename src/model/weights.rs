@@ -5,6 +5,7 @@
 //! header entry is checked: weights must be floating point.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
@@ -36,11 +37,17 @@ impl Weights {
         // One mapping over all shards (names routed to their shard); each was checked above.
         // SAFETY: as above.
         let all = unsafe { MmapedSafetensors::multi(&tensors) }.map_err(|e| unreadable(path, e.to_string()))?;
-        Ok(Self { path: path.to_path_buf(), tensors: Released(all) })
+        Ok(Self { path: path.to_path_buf(), tensors: Released(Arc::new(all)) })
     }
 
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.0.get(name).is_ok()
+    }
+
+    /// The mapped tensors' stored bytes, for readers that convert them themselves (the
+    /// quantizer streams a weight's rows from here instead of building its f32 copy).
+    pub fn raw(&self) -> Raw {
+        Raw(Arc::clone(&self.tensors.0))
     }
 
     /// A var builder that reads each tensor on request, as f32 on the CPU.
@@ -81,7 +88,7 @@ fn check_float(path: &Path, st: &MmapedSafetensors) -> Result<()> {
 /// The mapped checkpoint as a var-builder backend that releases a tensor's pages once it is
 /// converted (the mapped pages otherwise stay resident beside the f32 copies until the whole
 /// load ends).
-struct Released(MmapedSafetensors);
+struct Released(Arc<MmapedSafetensors>);
 
 impl Released {
     fn release(&self, name: &str) {
@@ -93,19 +100,41 @@ impl Released {
 
 impl SimpleBackend for Released {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = SimpleBackend::get(&self.0, s, name, h, dtype, dev)?;
+        let t = SimpleBackend::get(&*self.0, s, name, h, dtype, dev)?;
         self.release(name);
         Ok(t)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = SimpleBackend::get_unchecked(&self.0, name, dtype, dev)?;
+        let t = SimpleBackend::get_unchecked(&*self.0, name, dtype, dev)?;
         self.release(name);
         Ok(t)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.0.get(name).is_ok()
+    }
+}
+
+/// A mapped checkpoint's tensors as stored ([`Weights::raw`]).
+#[derive(Clone)]
+pub struct Raw(Arc<MmapedSafetensors>);
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Raw({} tensors)", self.0.tensors().len())
+    }
+}
+
+impl Raw {
+    /// `f` of the tensor `name`'s stored dtype, shape and bytes, or `None` where there is no
+    /// such tensor; its pages are released afterwards, as a var builder's read does.
+    pub fn with<R>(&self, name: &str, f: impl FnOnce(DType, &[usize], &[u8]) -> R) -> Option<R> {
+        let view = self.0.get(name).ok()?;
+        let dtype = DType::try_from(view.dtype()).ok()?;
+        let out = f(dtype, view.shape(), view.data());
+        release_pages(view.data());
+        Some(out)
     }
 }
 

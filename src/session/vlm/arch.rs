@@ -152,7 +152,7 @@ impl Arch {
     /// Loads the folder's model as `options` say, after the memory guard (from the config
     /// alone, before any weight is read, at the quantization asked).
     pub fn load_with(dir: &Path, options: LoadOptions) -> Result<Loaded> {
-        options.dtype.resolve(&candle_core::Device::Cpu)?;
+        options.resolve()?;
         if let Some(estimate) = Self::memory_estimate_with(dir, options)? {
             memory::guard(&estimate)?;
         }
