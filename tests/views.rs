@@ -73,6 +73,14 @@ fn the_reduced_model_source_exports_with_its_title_and_sidecar() {
     let (rdoc, fdoc) = (roxmltree::Document::parse(&rtext).unwrap(), roxmltree::Document::parse(&ftext).unwrap());
     assert_eq!(title(&rdoc), "CLS attention, layer 11, mean of heads (reduced: ToMe, 67 % removed)");
     assert_eq!(title(&fdoc), "CLS attention, layer 11, mean of heads (full model)");
+    // Each line stays on the canvas even in a font 25 % wider (an SVG viewer without Ubuntu):
+    // centred over the photo, the long first line ran off the left edge.
+    let width: f64 = rdoc.root_element().attribute("width").unwrap().parse().unwrap();
+    for line in rdoc.descendants().filter(|n| n.attribute("class") == Some("title")) {
+        let num = |a: &str| line.attribute(a).unwrap().parse::<f64>().unwrap();
+        let w = f64::from(tokenlens::render::text::text_width(num("font-size") as f32, line.text().unwrap())) * 1.25;
+        assert!(num("x") - w / 2.0 >= 0.0 && num("x") + w / 2.0 <= width, "{:?} in {width}", line.text());
+    }
 
     let side = sidecar(&reduced);
     assert_eq!(side["figure"]["source"], "reduced", "{side}");

@@ -860,7 +860,13 @@ impl Frame {
         // Fitted with room for a wider substitute font, so an SVG's title stays on the canvas too.
         let shown = text::fit_text(title_px, title, avail / 1.25);
         let tw = text::text_width(title_px, &shown);
-        let x = (body_x as f32 + (bw as f32 - tw) / 2.0).clamp(pad as f32, ((width - pad) as f32 - tw).max(pad as f32));
+        // Centred over the body, but far enough in that the title stays on the canvas in a font
+        // 25 % wider too (it is drawn anchored at its middle).
+        let half = tw * 1.25 / 2.0;
+        let (lo, hi) = (pad as f32 + half, (width - pad) as f32 - half);
+        let centre = body_x as f32 + bw as f32 / 2.0;
+        let centre = if lo <= hi { centre.clamp(lo, hi) } else { width as f32 / 2.0 };
+        let x = centre - tw / 2.0;
         TextItem {
             text: shown,
             left: x.round(),
