@@ -69,11 +69,43 @@ pub enum View {
     },
 }
 
+/// Which model the attention, rollout and norm maps come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapSource {
+    /// The unreduced model (computed once per image).
+    #[default]
+    Full,
+    /// The reduced run's own attention over its kept and merged tokens, put back on the patches
+    /// they stand for.
+    Reduced,
+}
+
+impl MapSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            MapSource::Full => "full model",
+            MapSource::Reduced => "reduced model",
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        *self == MapSource::Full
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Figure {
-    /// One view, of one run if the view needs one.
-    Panel { view: View, run: Option<RunSpec> },
+    /// One view, of one run if the view needs one. `source`: where an attention, rollout or
+    /// norm view comes from (the reduced model's needs the run; absent in older sidecars and
+    /// for the full model).
+    Panel {
+        view: View,
+        run: Option<RunSpec>,
+        #[serde(default, skip_serializing_if = "MapSource::is_full")]
+        source: MapSource,
+    },
     /// Rows = methods, columns = budgets (or, with `layers`, each method's main layer at the
     /// first budget), each panel the run's tokens; with `output_row`, each method gets a second
     /// row of its reduced saliency, beside the full model's.
@@ -352,7 +384,7 @@ pub fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
     let analysis = session.analysis_of(&full)?;
     let ctx = Ctx { session, spec, input: &input, full: &full, analysis: &analysis };
     match &spec.figure {
-        Figure::Panel { view, run } => ctx.panel(view, run.as_ref()),
+        Figure::Panel { view, run, source } => ctx.panel(view, run.as_ref(), *source),
         Figure::Grid { methods, budgets, layers, output_row, fill, positions, view } => {
             let rows = GridRows { view, output_row: *output_row, fill: *fill, positions: *positions };
             ctx.grid(methods, &columns(budgets, layers)?, &rows)
@@ -413,6 +445,12 @@ impl Ctx<'_> {
     }
 
     fn content(&self, view: &View, run: Option<&EncoderRun>) -> Result<Content> {
+        self.content_from(view, run, MapSource::Full)
+    }
+
+    /// The content of `view`; its attention, rollout and norms from `source` (the reduced
+    /// model's are `run`'s), the title saying which, as the app's do.
+    fn content_from(&self, view: &View, run: Option<&EncoderRun>, source: MapSource) -> Result<Content> {
         let [rows, cols] = self.grid_dims();
         let a = self.analysis;
         let grid_heat = |values: Vec<f32>| Heatmap { rows, cols, values };
@@ -426,6 +464,16 @@ impl Ctx<'_> {
                     field: "layer",
                     reason: format!("layer {l} is out of range 0..{}", a.cls_attention.len()),
                 })
+            }
+        };
+        // Where the attention, rollout and norms come from. A run without maps changed no block:
+        // the full model's are its own.
+        let (maps, from) = match source {
+            MapSource::Full => (figures::MapsRef::of_analysis(a), MapSource::Full.label().to_string()),
+            MapSource::Reduced => {
+                let run = run.ok_or_else(needs_run)?;
+                let maps = run.maps.as_ref().map_or_else(|| figures::MapsRef::of_analysis(a), figures::MapsRef::of_run);
+                (maps, figures::reduced_label(run))
             }
         };
         Ok(match view {
@@ -450,9 +498,9 @@ impl Ctx<'_> {
             View::Attention { layer, head } => {
                 let l = check_layer(*layer)?;
                 let (values, which) = match head {
-                    None => (a.cls_attention[l].clone(), "mean of heads".to_string()),
+                    None => (maps.cls_attention[l].clone(), "mean of heads".to_string()),
                     Some(h) => (
-                        a.cls_attention_heads[l].get(*h).cloned().ok_or_else(|| Error::Config {
+                        maps.cls_attention_heads[l].get(*h).cloned().ok_or_else(|| Error::Config {
                             field: "head",
                             reason: format!("head {h} does not exist"),
                         })?,
@@ -462,22 +510,22 @@ impl Ctx<'_> {
                 Content::Heat {
                     heat: grid_heat(values),
                     norm: self.spec.scale.norm(),
-                    title: format!("CLS attention, layer {l}, {which}"),
+                    title: format!("CLS attention, layer {l}, {which} ({from})"),
                     smooth: false,
                 }
             }
             View::Rollout => Content::Heat {
-                heat: grid_heat(a.rollout.clone()),
+                heat: grid_heat(maps.rollout.to_vec()),
                 norm: self.spec.scale.norm(),
-                title: "Attention rollout".into(),
+                title: format!("Attention rollout ({from})"),
                 smooth: false,
             },
             View::TokenNorms { layer } => {
                 let l = check_layer(*layer)?;
                 Content::Heat {
-                    heat: grid_heat(a.token_norms[l].clone()),
+                    heat: grid_heat(maps.token_norms[l].clone()),
                     norm: self.spec.scale.norm(),
-                    title: format!("Token norms after layer {l}"),
+                    title: format!("Token norms after layer {l} ({from})"),
                     smooth: false,
                 }
             }
@@ -504,9 +552,9 @@ impl Ctx<'_> {
         })
     }
 
-    fn panel(&self, view: &View, run_spec: Option<&RunSpec>) -> Result<Vec<u8>> {
+    fn panel(&self, view: &View, run_spec: Option<&RunSpec>, source: MapSource) -> Result<Vec<u8>> {
         let run = run_spec.map(|r| self.run(r)).transpose()?;
-        let content = self.content(view, run.as_ref())?;
+        let content = self.content_from(view, run.as_ref(), source)?;
         let s = self.spec;
         let mut panel = self.panel_of(&content, s.title, true);
         if s.title {
@@ -558,23 +606,21 @@ impl Ctx<'_> {
     /// sample them nearest, each panel being small).
     fn panel_of<'c>(&'c self, content: &'c Content, with_title: bool, smooth: bool) -> Panel<'c> {
         let s = self.spec;
-        let (content, title) = match content {
+        // Token maps lie over the part of the canvas the patches read; pixel maps over all of it.
+        let grid_place = figures::grid_placement(self.input, self.grid_dims());
+        let (content, title, place) = match content {
             Content::Heat { heat, norm, title, smooth: smooth_map } => {
                 let smooth = smooth && *smooth_map;
                 let look =
                     HeatLook { norm: *norm, colormap: s.colormap, opacity: s.opacity, smooth, grid_lines: false };
-                (PanelContent::Heat { heat, look }, title)
+                let place = if *smooth_map { figures::placement(self.input) } else { grid_place };
+                (PanelContent::Heat { heat, look }, title, place)
             }
             Content::Tokens { groups, style, title } => {
-                (PanelContent::Tokens { groups, style: *style, opacity: s.opacity }, title)
+                (PanelContent::Tokens { groups, style: *style, opacity: s.opacity }, title, grid_place)
             }
         };
-        Panel {
-            photo: &self.input.photo,
-            place: figures::placement(self.input),
-            content,
-            title: with_title.then(|| title.clone()),
-        }
+        Panel { photo: &self.input.photo, place, content, title: with_title.then(|| title.clone()) }
     }
 
     fn grid(&self, methods: &[ReducerConfig], columns: &[Column], rows: &GridRows) -> Result<Vec<u8>> {

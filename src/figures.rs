@@ -5,12 +5,18 @@ use image::RgbImage;
 
 use crate::reduce::ReducerConfig;
 use crate::render::{self, Colormap, GroupStyle, Heatmap, Norm, OverlayStyle, Placement, TokenGroups, TokensStyle};
-use crate::session::{EncoderRun, ImageInput, Output};
+use crate::session::{Analysis, EncoderRun, ImageInput, Output, ReducedMaps};
 
 /// Where the model's square canvas lies over the photo.
 pub fn placement(input: &ImageInput) -> Placement {
     let [x0, y0, x1, y1] = input.prepared.place;
     Placement { x0, y0, x1, y1 }
+}
+
+/// Where the patch grid lies over the photo: the part of the canvas the model read (the pixels
+/// past the last whole patch are not under any token; see [`Placement::read_by_grid`]).
+pub fn grid_placement(input: &ImageInput, grid: [usize; 2]) -> Placement {
+    placement(input).read_by_grid(input.prepared.canvas.dimensions(), grid)
 }
 
 /// A per-patch map (attention, scores, norms) over the photo: crisp cells, min-max colour bar.
@@ -25,7 +31,7 @@ pub fn grid_map(
 ) -> RgbImage {
     let heat = Heatmap { rows: grid[0], cols: grid[1], values: values.to_vec() };
     let style = OverlayStyle { colormap, opacity, title: Some(title), max_side, ..OverlayStyle::default() };
-    render::overlay(&input.photo, &heat, &placement(input), &style)
+    render::overlay(&input.photo, &heat, &grid_placement(input, grid), &style)
 }
 
 /// [`grid_map`] without title or colour bar: what the app shows (it draws its own legend).
@@ -38,7 +44,7 @@ pub fn grid_map_body(
     opacity: f32,
     max_side: u32,
 ) -> RgbImage {
-    grid_map_body_at(&input.photo, placement(input), grid, values, colormap, norm, opacity, max_side)
+    grid_map_body_at(&input.photo, grid_placement(input, grid), grid, values, colormap, norm, opacity, max_side)
 }
 
 /// A per-token map on any grid placed over `photo` (the app's VLM view uses the image-token grid).
@@ -91,7 +97,7 @@ pub fn saliency_body(input: &ImageInput, output: &Output, colormap: Colormap, ma
 /// [`tokens`] without title or legend; `opacity` is the merged groups' fill opacity.
 pub fn tokens_body(input: &ImageInput, grid: [usize; 2], run: &EncoderRun, opacity: f32, max_side: u32) -> RgbImage {
     let merges = run.reducer().info().merges;
-    groups_body_at(&input.photo, placement(input), grid, &run.groups, merges, opacity, max_side)
+    groups_body_at(&input.photo, grid_placement(input, grid), grid, &run.groups, merges, opacity, max_side)
 }
 
 /// Surviving tokens (`groups`: the original tokens each carries) on any grid over `photo`:
@@ -136,6 +142,43 @@ pub fn token_groups(grid: [usize; 2], run: &EncoderRun) -> (TokenGroups, GroupSt
     (groups, style)
 }
 
+/// The attention views of one model: the full model's (an [`Analysis`]) or a reduced run's
+/// ([`ReducedMaps`]), per patch.
+#[derive(Clone, Copy)]
+pub struct MapsRef<'a> {
+    pub cls_attention: &'a [Vec<f32>],
+    pub cls_attention_heads: &'a [Vec<Vec<f32>>],
+    pub rollout: &'a [f32],
+    pub token_norms: &'a [Vec<f32>],
+}
+
+impl<'a> MapsRef<'a> {
+    pub fn of_analysis(a: &'a Analysis) -> Self {
+        Self {
+            cls_attention: &a.cls_attention,
+            cls_attention_heads: &a.cls_attention_heads,
+            rollout: &a.rollout,
+            token_norms: &a.token_norms,
+        }
+    }
+
+    pub fn of_run(m: &'a ReducedMaps) -> Self {
+        Self {
+            cls_attention: &m.cls_attention,
+            cls_attention_heads: &m.cls_attention_heads,
+            rollout: &m.rollout,
+            token_norms: &m.token_norms,
+        }
+    }
+}
+
+/// "reduced: ToMe, 67 % removed": the run a reduced-model map comes from (the app's titles and
+/// the exports' alike).
+pub fn reduced_label(run: &EncoderRun) -> String {
+    let removed = 100.0 * (1.0 - run.keep as f64 / run.num_patches.max(1) as f64);
+    format!("reduced: {}, {removed:.0} % removed", run.reducer().info().label)
+}
+
 /// "ToMe, 66.7 % removed (85 of 256)".
 pub fn run_title(run: &EncoderRun) -> String {
     format!("{}, {}", run.reducer().info().label, run.spec.budget.describe(run.num_patches))
@@ -146,7 +189,7 @@ pub fn run_title(run: &EncoderRun) -> String {
 pub fn tokens(input: &ImageInput, grid: [usize; 2], run: &EncoderRun, max_side: u32) -> RgbImage {
     let (groups, style) = token_groups(grid, run);
     let tokens_style = TokensStyle { style, title: Some(run_title(run)), max_side, ..TokensStyle::default() };
-    render::tokens_overlay(&input.photo, &groups, &placement(input), &tokens_style)
+    render::tokens_overlay(&input.photo, &groups, &grid_placement(input, grid), &tokens_style)
 }
 
 /// The method's own score per patch (attention, energy, coverage...), if it has one.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{asset, fixture};
 use tokenlens::Cancel;
 use tokenlens::app::{Event, ImageSource, Job, Look, MapScale, Settings, WorkerHandle, ask_before_replacing};
-use tokenlens::export::{Figure, View};
+use tokenlens::export::{Figure, MapSource, View};
 use tokenlens::model::ModelSource;
 use tokenlens::reduce::{Budget, ReducerConfig};
 use tokenlens::session::{Ask, RunSpec, Session};
@@ -74,7 +74,7 @@ fn compare_drift_and_export_jobs_answer_as_the_session_does() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.png");
-    let figure = Figure::Panel { view: View::Tokens, run: Some(spec("random", 0.5)) };
+    let figure = Figure::Panel { view: View::Tokens, run: Some(spec("random", 0.5)), source: MapSource::Full };
     let look = Look { colormap: Default::default(), opacity: 0.6, ..Look::default() };
     worker.submit(Job::Export { figure, look, path: path.clone(), force: false });
     let (written, sidecar) = loop {

@@ -192,9 +192,9 @@ fn a_method_by_ratio_grid_embeds_the_photo_once() {
         .filter_map(|n| n.text())
         .map(|t| t.replace('\u{a0}', " "))
         .collect();
-    // Column labels wrap in their narrow columns (a word is never cut).
-    // Five columns at one column's width: the compact wording, "−67%" over "85 kept".
-    for want in ["ToMe", "ClsTopK", "Random", "−67%", "85", "−94%", "14", "kept"] {
+    // Column labels wrap in their narrow columns (a word is never cut): five columns at one
+    // column's width, beside a thin colour bar, keep the full wording on three lines.
+    for want in ["ToMe", "ClsTopK", "Random", "66.7 %", "(85 kept)", "94.4 %", "(14 kept)"] {
         assert!(labels.iter().any(|l| l.contains(want)), "missing label {want}: {labels:?}");
     }
     assert!(!labels.iter().any(|l| l.contains('…')), "{labels:?}");
@@ -362,7 +362,7 @@ fn a_compare_grid_reads_at_one_column_with_swatches_and_no_path() {
     let kinds: Vec<&str> = swatches.iter().map(|n| n.attribute("data-kind").unwrap()).collect();
     assert_eq!(kinds, ["kept", "merged", "dropped"]);
     let col: Vec<String> = texts.iter().filter(|t| t.0 == "col-label").map(|t| t.1.replace('\u{a0}', " ")).collect();
-    assert_eq!(col, ["full model", "75.0 %", "removed", "(64 kept)"], "wrapped at spaces, no word cut");
+    assert_eq!(col, ["full model", "75.0 % removed", "(64 kept)"], "wrapped at spaces, no word cut");
     let words: Vec<&str> = texts.iter().filter(|t| t.0 == "legend-key").map(|t| t.1.as_str()).collect();
     assert_eq!(words, kinds);
     // The PNG draws each swatch's fill where the SVG puts it.

@@ -20,6 +20,8 @@ use crate::session::EncoderRun;
 const PANEL_SIDE: u32 = 640;
 /// Room under the images for a column's title, metrics and cost, in points.
 const TEXT_HEIGHT: f32 = 190.0;
+/// Width of the text beside the images when the methods are rows.
+const TEXT_WIDTH: f32 = 230.0;
 const GAP: f32 = 8.0;
 
 pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
@@ -66,121 +68,206 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let output_rows = usize::from(a.output.is_map());
     let (w, h) = opened.input.photo.dimensions();
     let columns = runs.len() + 1;
-    let panel = panel_size(ui.available_size(), columns, 1 + output_rows, h as f32 / w as f32);
+    let aspect = h as f32 / w as f32;
+    let (panel, arrangement) = layout(ui.available_size(), columns, 1 + output_rows, aspect);
     let frame = GridFrame::of(&opened.input, grid);
-    let hovered = app.compare_hover;
-    let mut hover_now = None;
     let key = format!("{:?}|{:?}|{}|{:?}|{:?}|{}", opened.label, s.colormap, s.opacity, s.scale, s.overlay, s.layer);
-
-    ui.horizontal_top(|ui| {
-        ui.spacing_mut().item_spacing.x = GAP;
-        for (col, map) in maps.iter().enumerate() {
-            let run = col.checked_sub(1).and_then(|i| runs[i].clone());
-            ui.allocate_ui_with_layout(
-                egui::vec2(panel.x, ui.available_height()),
-                egui::Layout::top_down(egui::Align::Min),
-                |ui| {
-                    ui.set_width(panel.x);
-                    let name = match col {
-                        0 => "Full model".to_string(),
-                        i => s.compare[i - 1].info().label.to_string(),
-                    };
-                    ui.strong(name);
-                    if col > 0 && run.is_none() {
-                        ui.spinner();
-                        return;
-                    }
-                    let groups = run.as_ref().map(|r| r.groups.as_slice());
-                    let map = map.as_ref();
-                    let tex = match (map, &run) {
-                        (Some(m), _) => app.textures.get(
-                            ui.ctx(),
-                            &format!("cmp_main_{col}"),
-                            format!("{key}|{}|{:?}|{:?}", m.title, run.as_ref().map(|r| &r.spec), norm),
-                            || {
-                                figures::grid_map_body(
-                                    &opened.input,
-                                    grid,
-                                    &m.values,
-                                    s.colormap,
-                                    norm,
-                                    s.opacity,
-                                    PANEL_SIDE,
-                                )
-                            },
-                        ),
-                        (None, Some(r)) => app.textures.get(
-                            ui.ctx(),
-                            &format!("cmp_main_{col}"),
-                            format!("{key}|tokens|{:?}", r.spec),
-                            || figures::tokens_body(&opened.input, grid, r, s.opacity, PANEL_SIDE),
-                        ),
-                        (None, None) => app.textures.get(ui.ctx(), "cmp_main_0", format!("{key}|photo"), || {
-                            photo_body(&opened.input.photo, PANEL_SIDE)
-                        }),
-                    };
-                    let mut textures = vec![tex];
-                    if output_rows > 0 {
-                        let output = run.as_ref().map_or(&a.output, |r| &r.output);
-                        textures.push(app.textures.get(
-                            ui.ctx(),
-                            &format!("cmp_out_{col}"),
-                            format!("{:?}|{:?}|{:?}", opened.label, run.as_ref().map(|r| &r.spec), s.colormap),
-                            || figures::saliency_body(&opened.input, output, s.colormap, PANEL_SIDE),
-                        ));
-                    }
-                    for tex in &textures {
-                        let img = ui.add(egui::Image::new(tex).fit_to_exact_size(panel).sense(egui::Sense::hover()));
-                        if let Some(pos) = img.hover_pos()
-                            && let Some(patch) = patch_at(&frame, img.rect, pos)
-                        {
-                            hover_now = Some(patch);
-                            let fate = run.as_deref().map(|r| super::view::Fate {
-                                method: r.reducer().info().label.to_string(),
-                                scores: r.scores.as_deref(),
-                                groups: &r.groups,
-                                role: None,
-                            });
-                            let info = patch_info(patch, grid, map, fate);
-                            img.clone().on_hover_ui_at_pointer(|ui| {
-                                ui.label(info);
-                            });
-                        }
-                        if let Some(patch) = hovered {
-                            highlight(ui, &frame, img.rect, patch, groups);
-                        }
-                    }
-                    match &run {
-                        Some(r) => {
-                            ui.label(RichText::new(figures::run_title(r)).small());
-                            metrics_ui(ui, &r.fidelity, &best);
-                            ui.label(
-                                RichText::new(format!(
-                                    "{} FLOPs ({:.0} % of full), {:.0} ms",
-                                    super::output::flops(r.flops),
-                                    100.0 * r.flops / r.flops_full.max(1.0),
-                                    r.timings_ms.run_ms
-                                ))
-                                .small()
-                                .weak(),
-                            );
-                        }
-                        None => {
-                            ui.label(
-                                RichText::new(format!("all {} patches, the reference", grid[0] * grid[1])).small(),
-                            );
-                        }
-                    }
-                    if !a.output.is_map() && !a.output.values.is_empty() {
-                        super::output::labels_ui(ui, &a.output, run.as_ref().map(|r| &r.output));
-                    }
-                },
-            );
+    let mut method = Method {
+        textures: &mut app.textures,
+        opened: &opened,
+        settings: &s,
+        runs: &runs,
+        maps: &maps,
+        norm,
+        best: &best,
+        output_rows,
+        panel,
+        frame,
+        key,
+        hovered: app.compare_hover,
+        hover_now: None,
+    };
+    match arrangement {
+        Layout::Columns => {
+            ui.horizontal_top(|ui| {
+                ui.spacing_mut().item_spacing.x = GAP;
+                for col in 0..columns {
+                    ui.allocate_ui_with_layout(
+                        egui::vec2(panel.x, ui.available_height()),
+                        egui::Layout::top_down(egui::Align::Min),
+                        |ui| {
+                            ui.set_width(panel.x);
+                            if method.header_ui(ui, col) {
+                                let images = method.images_ui(ui, col);
+                                method.hover(ui, col, images);
+                                method.text_ui(ui, col);
+                            }
+                        },
+                    );
+                }
+            });
         }
-    });
-    if hover_now != app.compare_hover {
-        app.compare_hover = hover_now;
+        // A wide photo: each method a row, its text beside its images, so the images take the
+        // width instead of leaving an empty band under short columns.
+        Layout::Rows => {
+            egui::ScrollArea::vertical().auto_shrink([false; 2]).show(ui, |ui| {
+                for col in 0..columns {
+                    ui.horizontal_top(|ui| {
+                        ui.spacing_mut().item_spacing.x = GAP;
+                        ui.allocate_ui_with_layout(
+                            egui::vec2(TEXT_WIDTH, panel.y),
+                            egui::Layout::top_down(egui::Align::Min),
+                            |ui| {
+                                ui.set_width(TEXT_WIDTH);
+                                if method.header_ui(ui, col) {
+                                    method.text_ui(ui, col);
+                                }
+                            },
+                        );
+                        if col == 0 || method.runs[col - 1].is_some() {
+                            let images = method.images_ui(ui, col);
+                            method.hover(ui, col, images);
+                        }
+                    });
+                    ui.add_space(GAP);
+                }
+            });
+        }
+    }
+    if method.hover_now != app.compare_hover {
+        app.compare_hover = method.hover_now;
         ui.ctx().request_repaint();
+    }
+}
+
+/// One column (or row) of the compare view: the full model's (`col` 0) or a method's.
+struct Method<'a> {
+    textures: &'a mut super::textures::Textures,
+    opened: &'a super::Opened,
+    settings: &'a super::Settings,
+    runs: &'a [Option<Arc<EncoderRun>>],
+    maps: &'a [Option<ValueMap>],
+    norm: Norm,
+    best: &'a [Option<f64>],
+    output_rows: usize,
+    panel: egui::Vec2,
+    frame: GridFrame,
+    key: String,
+    hovered: Option<usize>,
+    hover_now: Option<usize>,
+}
+
+impl Method<'_> {
+    fn run(&self, col: usize) -> Option<Arc<EncoderRun>> {
+        col.checked_sub(1).and_then(|i| self.runs[i].clone())
+    }
+
+    /// The column's name; false (after a spinner) while its run computes.
+    fn header_ui(&self, ui: &mut egui::Ui, col: usize) -> bool {
+        let name = match col {
+            0 => "Full model".to_string(),
+            i => self.settings.compare[i - 1].info().label.to_string(),
+        };
+        ui.strong(name);
+        if col > 0 && self.run(col).is_none() {
+            ui.spinner();
+            return false;
+        }
+        true
+    }
+
+    /// The column's images (its tokens or map, then its output), hover-sensitive.
+    fn images_ui(&mut self, ui: &mut egui::Ui, col: usize) -> Vec<egui::Response> {
+        let (opened, s, key, norm) = (self.opened, self.settings, &self.key, self.norm);
+        let (a, grid) = (&opened.analysis, opened.analysis.grid);
+        let run = self.run(col);
+        let tex = match (self.maps[col].as_ref(), &run) {
+            (Some(m), _) => self.textures.get(
+                ui.ctx(),
+                &format!("cmp_main_{col}"),
+                format!("{key}|{}|{:?}|{:?}", m.title, run.as_ref().map(|r| &r.spec), norm),
+                || figures::grid_map_body(&opened.input, grid, &m.values, s.colormap, norm, s.opacity, PANEL_SIDE),
+            ),
+            (None, Some(r)) => {
+                self.textures.get(ui.ctx(), &format!("cmp_main_{col}"), format!("{key}|tokens|{:?}", r.spec), || {
+                    figures::tokens_body(&opened.input, grid, r, s.opacity, PANEL_SIDE)
+                })
+            }
+            (None, None) => self
+                .textures
+                .get(ui.ctx(), "cmp_main_0", format!("{key}|photo"), || photo_body(&opened.input.photo, PANEL_SIDE)),
+        };
+        let mut textures = vec![tex];
+        if self.output_rows > 0 {
+            let output = run.as_ref().map_or(&a.output, |r| &r.output);
+            textures.push(self.textures.get(
+                ui.ctx(),
+                &format!("cmp_out_{col}"),
+                format!("{:?}|{:?}|{:?}", opened.label, run.as_ref().map(|r| &r.spec), s.colormap),
+                || figures::saliency_body(&opened.input, output, s.colormap, PANEL_SIDE),
+            ));
+        }
+        let panel = self.panel;
+        textures
+            .iter()
+            .map(|tex| ui.add(egui::Image::new(tex).fit_to_exact_size(panel).sense(egui::Sense::hover())))
+            .collect()
+    }
+
+    /// Hover on any of `images`: the patch's tooltip, and the patch outlined in every panel.
+    fn hover(&mut self, ui: &mut egui::Ui, col: usize, images: Vec<egui::Response>) {
+        let run = self.run(col);
+        let grid = self.opened.analysis.grid;
+        let groups = run.as_ref().map(|r| r.groups.as_slice());
+        for response in images {
+            let rect = response.rect;
+            if let Some(pos) = response.hover_pos()
+                && let Some(patch) = patch_at(&self.frame, rect, pos)
+            {
+                self.hover_now = Some(patch);
+                let fate = run.as_deref().map(|r| super::view::Fate {
+                    method: r.reducer().info().label.to_string(),
+                    scores: r.scores.as_deref(),
+                    groups: &r.groups,
+                    role: None,
+                });
+                let info = patch_info(patch, grid, self.maps[col].as_ref(), fate);
+                response.on_hover_ui_at_pointer(|ui| {
+                    ui.label(info);
+                });
+            }
+            if let Some(patch) = self.hovered {
+                highlight(ui, &self.frame, rect, patch, groups);
+            }
+        }
+    }
+
+    /// The run's title, metrics and cost (the full model's: "the reference"), and class labels.
+    fn text_ui(&self, ui: &mut egui::Ui, col: usize) {
+        let a = &self.opened.analysis;
+        let run = self.run(col);
+        match &run {
+            Some(r) => {
+                ui.label(RichText::new(figures::run_title(r)).small());
+                metrics_ui(ui, &r.fidelity, self.best);
+                ui.label(
+                    RichText::new(format!(
+                        "{} FLOPs ({:.0} % of full), {:.0} ms",
+                        super::output::flops(r.flops),
+                        100.0 * r.flops / r.flops_full.max(1.0),
+                        r.timings_ms.run_ms
+                    ))
+                    .small()
+                    .weak(),
+                );
+            }
+            None => {
+                ui.label(RichText::new(format!("all {} patches, the reference", a.grid[0] * a.grid[1])).small());
+            }
+        }
+        if !a.output.is_map() && !a.output.values.is_empty() {
+            super::output::labels_ui(ui, &a.output, run.as_ref().map(|r| &r.output));
+        }
     }
 }
 
@@ -203,6 +290,31 @@ pub fn panel_size(available: egui::Vec2, columns: usize, image_rows: usize, aspe
     let row_height = (available.y - TEXT_HEIGHT - 24.0 * image_rows as f32) / image_rows as f32;
     let w = width.min(row_height / aspect).max(48.0);
     egui::vec2(w, w * aspect)
+}
+
+/// How the compare view arranges its methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Side by side, text under the images.
+    Columns,
+    /// One above the other, text beside the images (wide photos).
+    Rows,
+}
+
+/// The arrangement that gives the larger panels, and their size: `columns` methods (the full
+/// model's included), `image_rows` images each, a photo `aspect` (`h / w`) high. In rows, the
+/// images share the width beside the text, and a row is at least the text's height (the view
+/// scrolls if the rows need more than the height).
+pub fn layout(available: egui::Vec2, columns: usize, image_rows: usize, aspect: f32) -> (egui::Vec2, Layout) {
+    let by_columns = panel_size(available, columns, image_rows, aspect);
+    let n = image_rows as f32;
+    let width = (available.x - TEXT_WIDTH - GAP * n - 16.0) / n;
+    // Rows as high as the height allows, but never under the text's height.
+    let row_h = ((available.y - GAP * columns as f32) / columns as f32).max(TEXT_HEIGHT - 40.0);
+    let w = width.min(row_h / aspect).max(48.0);
+    let by_rows = egui::vec2(w, w * aspect);
+    // Rows only where they make the panels clearly larger (wide photos).
+    if by_rows.x > 1.2 * by_columns.x { (by_rows, Layout::Rows) } else { (by_columns, Layout::Columns) }
 }
 
 /// Puts `maps` on one colour scale: their common range under `scale` (log: the values' log10
@@ -296,6 +408,21 @@ mod tests {
         // Short window: the height binds; the images and the text fill it.
         let p = panel_size(egui::vec2(1600.0, 600.0), 3, 2, 1.0);
         assert!((2.0 * p.y + TEXT_HEIGHT + 48.0 - 600.0).abs() < 0.01, "{p:?}");
+    }
+
+    #[test]
+    fn wide_photos_lay_the_methods_out_in_rows() {
+        // A 3:1 photo, 5 columns in 1060 x 760 points: side by side the images are 204 px
+        // wide, over a band of some 400 px left empty; as rows they are nearly twice as large.
+        let avail = egui::vec2(1060.0, 760.0);
+        let (cols, layout_cols) = layout(avail, 5, 2, 1.0 / 3.0);
+        assert_eq!(layout_cols, Layout::Rows);
+        assert!(cols.x >= 1.8 * panel_size(avail, 5, 2, 1.0 / 3.0).x, "{cols:?}");
+        // Rows of images beside their text fit the width.
+        assert!(2.0 * cols.x + TEXT_WIDTH + 2.0 * GAP <= avail.x, "{cols:?}");
+        // A square photo keeps its columns.
+        assert_eq!(layout(avail, 5, 2, 1.0).1, Layout::Columns);
+        assert_eq!(layout(avail, 3, 2, 300.0 / 451.0).1, Layout::Columns);
     }
 
     #[test]

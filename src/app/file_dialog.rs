@@ -4,7 +4,9 @@
 //! thread so the window keeps drawing. Where neither can be shown (a tiling window manager, a
 //! remote X session, a container), rfd returns "no file" just as if the user had cancelled;
 //! [`FailureLog`] tells the two apart, and egui_file's in-app browser takes over, for the rest
-//! of the session. Its top line is a path box: a typed or pasted path, then Enter.
+//! of the session. Its top line is a path box: a typed or pasted path, then Enter. Its icons
+//! (folder, file, up, refresh) are emoji that only egui's emoji fonts have: Cargo.toml turns on
+//! egui's `monochrome_emoji_fonts`, without which they drew as empty boxes.
 //!
 //! # Design
 //! Question: how to know that no system dialog was shown? rfd has no error result.

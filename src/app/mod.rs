@@ -46,26 +46,8 @@ pub const SAMPLE_NAME: &str = "chelsea.png (sample)";
 /// How a map's values are spread over the colormap (the exports' own setting).
 pub use crate::export::MapScale;
 
-/// Which model the attention, rollout and norm maps come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MapSource {
-    /// The unreduced model (computed once per image).
-    #[default]
-    Full,
-    /// The reduced run's own attention over its kept and merged tokens, put back on the patches
-    /// they stand for.
-    Reduced,
-}
-
-impl MapSource {
-    pub fn label(self) -> &'static str {
-        match self {
-            MapSource::Full => "full model",
-            MapSource::Reduced => "reduced model",
-        }
-    }
-}
+/// Which model the attention, rollout and norm maps come from (the exports' own setting).
+pub use crate::export::MapSource;
 
 /// What the main view draws over the photo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -615,14 +597,17 @@ impl TokenlensApp {
             Head::Mean => None,
             Head::One(h) => Some(h),
         };
+        // A map of the reduced model is its run's, as on screen.
+        let reduced = s.source == MapSource::Reduced;
         let (view, needs_run) = match s.overlay {
-            Overlay::Attention => (View::Attention { layer: s.layer, head }, false),
-            Overlay::Rollout => (View::Rollout, false),
-            Overlay::TokenNorms => (View::TokenNorms { layer: s.layer }, false),
+            Overlay::Attention => (View::Attention { layer: s.layer, head }, reduced),
+            Overlay::Rollout => (View::Rollout, reduced),
+            Overlay::TokenNorms => (View::TokenNorms { layer: s.layer }, reduced),
             Overlay::Scores => (View::Scores, true),
             Overlay::Tokens => (View::Tokens, true),
         };
-        Figure::Panel { view, run: needs_run.then(|| s.spec.clone()) }
+        let source = if s.overlay.has_source() { s.source } else { MapSource::Full };
+        Figure::Panel { view, run: needs_run.then(|| s.spec.clone()), source }
     }
 
     /// What the compare view shows, as a grid figure.

@@ -46,14 +46,12 @@ pub fn map_of(
         MapSource::Reduced if overlay.has_source() => {
             // No maps: the method changed no block, so the full model's are the reduced one's.
             let run = run?;
-            (reduced_label(run), run.maps.as_ref())
+            (figures::reduced_label(run), run.maps.as_ref())
         }
         MapSource::Reduced => (String::new(), None),
     };
-    let cls_attention = maps.map_or(&a.cls_attention, |m| &m.cls_attention);
-    let cls_attention_heads = maps.map_or(&a.cls_attention_heads, |m| &m.cls_attention_heads);
-    let rollout = maps.map_or(&a.rollout, |m| &m.rollout);
-    let token_norms = maps.map_or(&a.token_norms, |m| &m.token_norms);
+    let figures::MapsRef { cls_attention, cls_attention_heads, rollout, token_norms } =
+        maps.map_or_else(|| figures::MapsRef::of_analysis(a), figures::MapsRef::of_run);
     Some(match overlay {
         Overlay::Attention => match head {
             Head::Mean => ValueMap {
@@ -66,7 +64,7 @@ pub fn map_of(
             },
         },
         Overlay::Rollout => {
-            ValueMap { title: format!("Attention rollout, all layers ({from})"), values: rollout.clone() }
+            ValueMap { title: format!("Attention rollout, all layers ({from})"), values: rollout.to_vec() }
         }
         Overlay::TokenNorms => ValueMap {
             title: format!("Token norms after layer {layer} ({from})"),
@@ -82,12 +80,6 @@ pub fn map_of(
         }
         Overlay::Tokens => return None,
     })
-}
-
-/// "reduced: ToMe, 50 % removed": the run a reduced-model map comes from.
-pub fn reduced_label(run: &crate::session::EncoderRun) -> String {
-    let removed = 100.0 * (1.0 - run.keep as f64 / run.num_patches.max(1) as f64);
-    format!("reduced: {}, {removed:.0} % removed", run.reducer().info().label)
 }
 
 pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
@@ -314,7 +306,7 @@ pub struct GridFrame {
 
 impl GridFrame {
     pub fn of(input: &ImageInput, grid: [usize; 2]) -> Self {
-        Self { photo: input.photo.dimensions(), place: figures::placement(input), grid }
+        Self { photo: input.photo.dimensions(), place: figures::grid_placement(input, grid), grid }
     }
 }
 

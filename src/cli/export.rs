@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use tokenlens::export::{self, ExportSpec, Figure, Format, MapScale, View};
+use tokenlens::export::{self, ExportSpec, Figure, Format, MapScale, MapSource, View};
 use tokenlens::reduce::{Budget, PositionMode, ReducerConfig};
 use tokenlens::render::Colormap;
 use tokenlens::session::{DropFill, RunSpec, Session};
@@ -114,26 +114,36 @@ impl ViewArgs {
     }
 }
 
-/// `export IMAGE --out F`: one view of one run.
+/// `export IMAGE --out F`: one view of one run; `source`: where an attention, rollout or norm
+/// view comes from (the reduced model's needs `--reducer`).
+#[allow(clippy::too_many_arguments)]
 pub fn export_panel(
     image: &Path,
     model: &ModelArgs,
     view: &ViewArgs,
     run: Option<RunSpec>,
+    source: MapSource,
     look: &LookArgs,
     out: &Path,
 ) -> anyhow::Result<()> {
     let session = model.load()?;
     let view = view.view(session.model()?.encoder.num_layers())?;
-    if run.is_none() && matches!(view, View::Tokens | View::Scores | View::Saliency { reduced: true }) {
-        bail!("the {} view needs a method: pass --reducer", view_name(&view));
+    let has_source = matches!(view, View::Attention { .. } | View::Rollout | View::TokenNorms { .. });
+    if source == MapSource::Reduced && !has_source {
+        bail!("--source applies to the attention, rollout and token_norms views, not {}", view_name(&view));
+    }
+    let needs_run =
+        matches!(view, View::Tokens | View::Scores | View::Saliency { reduced: true }) || source == MapSource::Reduced;
+    if run.is_none() && needs_run {
+        let what = if source == MapSource::Reduced { "the reduced model's" } else { "the" };
+        bail!("{what} {} view needs a method: pass --reducer", view_name(&view));
     }
     let input = session.open_image(image)?;
     let spec = look.apply(ExportSpec::new(
         &session,
         image,
         &input.sha256,
-        Figure::Panel { view, run },
+        Figure::Panel { view, run, source },
         Format::from_path(out)?,
     ))?;
     finish(&session, &spec, out, look.force)

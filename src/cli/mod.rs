@@ -274,6 +274,10 @@ enum Command {
         /// Attention head (default: the mean of heads).
         #[arg(long)]
         head: Option<usize>,
+        /// Where the attention, rollout or token_norms view comes from: full, or reduced (the
+        /// --reducer run's own attention over its kept and merged tokens).
+        #[arg(long, default_value = "full", value_parser = parse_serde::<tokenlens::export::MapSource>)]
+        source: tokenlens::export::MapSource,
         #[command(flatten)]
         run: RunArgs,
         #[command(flatten)]
@@ -451,13 +455,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let spec = run.spec()?.context("--reducer is required")?;
             run::run(&image, &model, &spec, colormap, &out)
         }
-        Command::Export { image, from, out, view, view_layer, head, run, look, model } => {
+        Command::Export { image, from, out, view, view_layer, head, source, run, look, model } => {
             if let Some(sidecar) = from {
                 return export::export_from(&sidecar, &model, out, look.force);
             }
             let (image, out) = (image.expect("clap requires it"), out.expect("clap requires it"));
             let view = export::ViewArgs { name: view, layer: view_layer, head };
-            export::export_panel(&image, &model, &view, run.spec()?, &look, &out)
+            export::export_panel(&image, &model, &view, run.spec()?, source, &look, &out)
         }
         Command::Figure { image, reducers, ratios, layers, output_row, fill, out, look, model } => {
             let ratios = match (ratios.is_empty(), layers.is_empty()) {

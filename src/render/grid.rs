@@ -131,7 +131,8 @@ impl GridLayout {
             let (lo, hi) = (lo.min(hi), lo.max(hi));
             let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 0.5, lo + 0.5) };
             let bar = ColorBar::layout(lo, hi, name, label_px, area_h);
-            (bar, cmap, area_x + area_w + pad, area_y)
+            let x = area_x + area_w + bar.gap();
+            (bar, cmap, x, area_y)
         });
         let right = bar.as_ref().map_or(area_x + area_w, |(b, _, x, _)| x + b.width() + font_slack(b.label_w));
         // The title is shortened to fit (it never widens the figure, which would shrink its text
@@ -139,15 +140,20 @@ impl GridLayout {
         let width = right + pad;
         let kinds = legend_kinds(fig);
         let key_top = area_y + area_h + gap.max((label_px * 0.5).round() as u32);
+        // The bar's norm name sits under it, right-aligned: the key keeps clear of it.
+        let (norm_w, norm_bottom) = bar
+            .as_ref()
+            .map_or((0, 0), |(b, _, _, y)| (b.norm_w() + label_px.round() as u32, y + b.height + b.norm_h()));
         let (key, key_h) = scene::legend_key_items(
             &kinds,
             (area_x as f32, key_top as f32),
             label_px,
-            width.saturating_sub(area_x + pad) as f32,
+            width.saturating_sub(area_x + pad + norm_w) as f32,
             scene::OUTLINE_RGB,
             cell_px,
         );
-        let height = if key.is_empty() { area_y + area_h + pad } else { key_top + key_h + pad };
+        let bottom = if key.is_empty() { area_y + area_h } else { key_top + key_h };
+        let height = bottom.max(norm_bottom) + pad;
         GridLayout {
             width,
             height,

@@ -153,6 +153,29 @@ impl Placement {
         Self::centred_square(photo_w, photo_h, side)
     }
 
+    /// The part of this placement (of a canvas `canvas` px wide and high) that a grid of
+    /// `grid` (rows, cols) whole patches read from the canvas's top-left: a strided patch
+    /// convolution leaves the last `side mod patch` pixels unread (SigLIP: 27 patches of 14 px
+    /// read 378 of 384). The patch is the largest that makes the grid (`side / cells`, floored):
+    /// exact when the patch divides the side or a side has at least √side cells, as every
+    /// encoder tokenlens loads has.
+    pub fn read_by_grid(&self, canvas: (u32, u32), grid: [usize; 2]) -> Self {
+        let part = |side: u32, cells: usize| {
+            let cells = cells as u32;
+            if side == 0 || cells == 0 || cells > side {
+                return 1.0;
+            }
+            (side / cells * cells) as f32 / side as f32
+        };
+        let (fy, fx) = (part(canvas.1, grid[0]), part(canvas.0, grid[1]));
+        Placement {
+            x0: self.x0,
+            y0: self.y0,
+            x1: self.x0 + (self.x1 - self.x0) * fx,
+            y1: self.y0 + (self.y1 - self.y0) * fy,
+        }
+    }
+
     fn centred_square(photo_w: u32, photo_h: u32, side: f32) -> Self {
         let (cx, cy) = (photo_w as f32 / 2.0, photo_h as f32 / 2.0);
         Placement { x0: cx - side / 2.0, y0: cy - side / 2.0, x1: cx + side / 2.0, y1: cy + side / 2.0 }
@@ -224,7 +247,9 @@ pub(crate) fn scaled_size(w: u32, h: u32, max_side: u32) -> (u32, u32) {
     (((f64::from(w) * s).round() as u32).max(1), ((f64::from(h) * s).round() as u32).max(1))
 }
 
-/// The colour bar column: bar, ticks, labels, and the norm name underneath.
+/// The colour bar column: a thin bar with ticks and tick labels beside it, and the norm name
+/// under the bar (right-aligned to the column, so a long name reaches under the body rather than
+/// widening the figure: at one column's width every px of width shrinks the text).
 pub(crate) struct ColorBar {
     pub(crate) lo: f32,
     pub(crate) hi: f32,
@@ -233,9 +258,11 @@ pub(crate) struct ColorBar {
     pub(crate) label_px: f32,
     pub(crate) bar_w: u32,
     pub(crate) bar_h: u32,
+    /// The widest tick label.
     pub(crate) label_w: u32,
     pub(crate) tick_len: u32,
     pub(crate) tick_gap: u32,
+    /// The bar's height (the body's); the norm name takes [`ColorBar::norm_h`] more below.
     pub(crate) height: u32,
     /// Where a value sits on the bar (log maps space their ticks by decades).
     pub(crate) norm: Norm,
@@ -252,10 +279,7 @@ impl ColorBar {
     }
 
     fn layout_as(lo: f32, hi: f32, norm_label: &str, scale: Norm, label_px: f32, height: u32) -> Self {
-        let norm = norm_label;
-        let norm_px = label_px * 0.9;
-        let norm_h = (text::line_height(norm_px) + label_px * 0.6).ceil() as u32;
-        let bar_h = height.saturating_sub(norm_h).max(8);
+        let bar_h = height.max(8);
         // As many ticks (5..3) as fit with comfortable spacing.
         let spacing = text::line_height(label_px) * 1.4;
         let n = (3..=5).rev().find(|&n| (n - 1) as f32 * spacing <= bar_h as f32).unwrap_or(3);
@@ -268,20 +292,45 @@ impl ColorBar {
         };
         let labels = if log { values.iter().map(|&v| log_tick_label(v)).collect() } else { tick_labels(&values) };
         let label_w = labels.iter().map(|l| text::text_width(label_px, l).ceil() as u32).max().unwrap_or(0);
-        let norm_name = norm.to_owned();
-        let bar_w = (label_px * 1.1).round() as u32;
-        let norm_w = text::text_width(norm_px, &norm_name).ceil() as u32;
+        // A thin bar: its colours read at a glance, the ticks carry the values.
+        let bar_w = (label_px * 0.45).round().max(3.0) as u32;
         let ticks = values.into_iter().zip(labels).collect();
-        let tick_len = (label_px * 0.35).round() as u32;
-        let tick_gap = (label_px * 0.25).round() as u32;
-        // The norm name sits under the bar and may be wider than bar + labels.
-        let label_w = label_w.max(norm_w.saturating_sub(bar_w + tick_len + tick_gap));
-        let norm = scale;
-        ColorBar { lo, hi, ticks, norm_name, label_px, bar_w, bar_h, label_w, tick_len, tick_gap, height, norm }
+        let tick_len = (label_px * 0.3).round().max(1.0) as u32;
+        let tick_gap = (label_px * 0.2).round() as u32;
+        ColorBar {
+            lo,
+            hi,
+            ticks,
+            norm_name: norm_label.to_owned(),
+            label_px,
+            bar_w,
+            bar_h,
+            label_w,
+            tick_len,
+            tick_gap,
+            height: bar_h,
+            norm: scale,
+        }
     }
 
+    /// Bar, ticks and tick labels.
     pub(crate) fn width(&self) -> u32 {
         self.bar_w + self.tick_len + self.tick_gap + self.label_w
+    }
+
+    /// The gap between the body and the bar.
+    pub(crate) fn gap(&self) -> u32 {
+        (self.label_px * 0.5).round() as u32
+    }
+
+    /// The norm name's strip under the bar: a small gap and one line.
+    pub(crate) fn norm_h(&self) -> u32 {
+        (text::line_height(self.label_px) + self.label_px * 0.6).ceil() as u32
+    }
+
+    /// The norm name's width.
+    pub(crate) fn norm_w(&self) -> u32 {
+        text::text_width(self.label_px, &self.norm_name).ceil() as u32
     }
 }
 

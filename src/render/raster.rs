@@ -169,12 +169,15 @@ fn draw_swatch(img: &mut RgbImage, sw: &SwatchItem) {
             blend_rect(img, &side, rgb, 1.0);
         }
     };
+    let frame = i64::from(sw.frame_w.max(1));
     if let Some((rgb, width)) = sw.outline {
-        for k in 1..=i64::from(width) {
+        for k in frame..frame + i64::from(width) {
             ring(img, k, rgb);
         }
     }
-    ring(img, 0, sw.frame_rgb);
+    for k in 0..frame {
+        ring(img, k, sw.frame_rgb);
+    }
 }
 
 fn draw_text(img: &mut RgbImage, t: &TextItem) {

@@ -608,10 +608,9 @@ pub fn panel_scene_sized(panel: &Panel, body_px: u32, key: bool, outline_rgb: [u
     let mut body = panel_body(panel, body_px, outline_rgb);
     let (bw, bh) = body.photo.dimensions();
     let has_title = panel.title.is_some();
-    let frame = label_px.map_or_else(|| Frame::new(body_px, has_title), |px| Frame::with_label(px, has_title));
+    let mut frame = label_px.map_or_else(|| Frame::new(body_px, has_title), |px| Frame::with_label(px, has_title));
     let (label_px, pad) = (frame.label_px, frame.pad);
-    let (body_x, body_y) = (pad, pad + frame.title_h);
-    (body.x, body.y) = (body_x, body_y);
+    let body_x = pad;
 
     let bar = match (&panel.content, key) {
         (PanelContent::Heat { heat, look }, true) => {
@@ -628,8 +627,20 @@ pub fn panel_scene_sized(panel: &Panel, body_px: u32, key: bool, outline_rgb: [u
         _ => None,
     };
     // Room past the tick labels for a substitute font wider than Ubuntu Light (e.g. DejaVu Sans).
-    let right_w = bar.as_ref().map_or(0, |(b, _)| pad + b.width() + font_slack(b.label_w));
+    let right_w = bar.as_ref().map_or(0, |(b, _)| b.gap() + b.width() + font_slack(b.label_w));
     let width = body_x + bw + right_w + pad;
+    // The norm name under the bar.
+    let norm_h = bar.as_ref().map_or(0, |(b, _)| b.norm_h());
+    // A long title (a map's source, "(reduced: ToMe, 67 % removed)") takes a second line
+    // rather than being cut; laid out with room for a wider substitute font, as `title_item`.
+    let title_lines = panel
+        .title
+        .as_ref()
+        .map_or_else(Vec::new, |t| text::wrap(frame.title_px, t, width.saturating_sub(2 * pad) as f32 / 1.25, 2));
+    let title_line_h = text::line_height(frame.title_px).ceil() as u32;
+    frame.title_h += title_line_h * title_lines.len().saturating_sub(1) as u32;
+    let body_y = pad + frame.title_h;
+    (body.x, body.y) = (body_x, body_y);
     let legend_gap = (label_px * 0.5).round() as u32;
     let avail = (width - 2 * pad) as f32;
     let key_top = (body_y + bh + legend_gap) as f32;
@@ -638,14 +649,16 @@ pub fn panel_scene_sized(panel: &Panel, body_px: u32, key: bool, outline_rgb: [u
         None => (Vec::new(), 0),
     };
     let legend_h = if legend.is_some() { legend_gap + key_h + text::line_height(label_px).ceil() as u32 } else { 0 };
-    let height = body_y + bh + legend_h + pad;
+    let height = body_y + bh + legend_h.max(norm_h) + pad;
 
     let mut items = vec![Item::Panel(Box::new(body))];
-    if let Some(title) = &panel.title {
-        items.push(Item::Text(frame.title_item(title, width, body_x, bw)));
+    for (i, line) in title_lines.iter().enumerate() {
+        let mut item = frame.title_item(line, width, body_x, bw);
+        item.top += (i as u32 * title_line_h) as f32;
+        items.push(Item::Text(item));
     }
     if let Some((bar, colormap)) = bar {
-        items.push(Item::ColorBar(bar.item(body_x + bw + pad, body_y, colormap)));
+        items.push(Item::ColorBar(bar.item(body_x + bw + bar.gap(), body_y, colormap)));
     }
     if let Some((lines, _)) = legend {
         items.extend(key_items);
@@ -705,7 +718,11 @@ pub struct SwatchItem {
     pub outline: Option<([u8; 3], u32)>,
     /// Stripes, counted from the swatch's top-left as a panel's from its body's.
     pub hatch: Option<Hatch>,
+    /// The dark frame around the square, as wide as the outline inside it: a 1 px frame beside a
+    /// white outline read as a stray line once the figure was scaled down (or vanished on one
+    /// side, as an SVG's crisp edges rounded it).
     pub frame_rgb: [u8; 3],
+    pub frame_w: u32,
 }
 
 /// The kinds a token view's legend shows, by the app's rule: kept and dropped always; merged for
@@ -744,6 +761,7 @@ fn swatch(kind: LegendKind, x: i64, y: i64, side: u32, outline_rgb: [u8; 3], bod
             alpha: HATCH_ALPHA,
         }),
         frame_rgb: FRAME,
+        frame_w: line,
     }
 }
 
@@ -771,7 +789,8 @@ pub fn legend_key_items(
         return (Vec::new(), 0);
     }
     let line_h = text::line_height(label_px);
-    let (gap, sep) = (label_px * 0.35, label_px * 1.1);
+    // The space between entries leaves room for a wider substitute font in an SVG viewer.
+    let (gap, sep) = (label_px * 0.35, label_px * 1.5);
     let side = swatch_side(label_px);
     let mut items = Vec::new();
     let (mut x, mut line) = (left, 0u32);
@@ -841,7 +860,13 @@ impl Frame {
         // Fitted with room for a wider substitute font, so an SVG's title stays on the canvas too.
         let shown = text::fit_text(title_px, title, avail / 1.25);
         let tw = text::text_width(title_px, &shown);
-        let x = (body_x as f32 + (bw as f32 - tw) / 2.0).clamp(pad as f32, ((width - pad) as f32 - tw).max(pad as f32));
+        // Centred over the body, but far enough in that the title stays on the canvas in a font
+        // 25 % wider too (it is drawn anchored at its middle).
+        let half = tw * 1.25 / 2.0;
+        let (lo, hi) = (pad as f32 + half, (width - pad) as f32 - half);
+        let centre = body_x as f32 + bw as f32 / 2.0;
+        let centre = if lo <= hi { centre.clamp(lo, hi) } else { width as f32 / 2.0 };
+        let x = centre - tw / 2.0;
         TextItem {
             text: shown,
             left: x.round(),
@@ -880,9 +905,16 @@ impl ColorBar {
             let lx = (x + bw + self.tick_len + self.tick_gap) as f32;
             labels.push(label(text.clone(), lx, top, self.label_px, INK, "tick"));
         }
-        let norm_px = self.label_px * 0.9;
-        let norm_top = (y + self.height) as f32 - text::line_height(norm_px);
-        labels.push(label(self.norm_name.clone(), x as f32, norm_top.round(), norm_px, MUTED_INK, "norm"));
+        // Under the bar, its right end at the tick labels' (a long name reaches left, under the
+        // body, instead of widening the column).
+        // Clear of the bottom tick's label, centred on the bar's end.
+        let norm_top = (y + self.height) as f32 + self.label_px * 0.6;
+        let right = (x + self.width()) as f32;
+        let norm_left = right - text::text_width(self.label_px, &self.norm_name);
+        let mut norm =
+            label(self.norm_name.clone(), norm_left.round(), norm_top.round(), self.label_px, MUTED_INK, "norm");
+        norm.anchor = Anchor::End;
+        labels.push(norm);
         let rect = Rect { x0: x.into(), y0: y.into(), x1: i64::from(x + bw), y1: i64::from(y + bh) };
         ColorBarItem { rect, colormap, frame_rgb: FRAME, ticks, tick_len: self.tick_len, labels }
     }

@@ -314,10 +314,11 @@ fn swatch_group(sw: &SwatchItem) -> Group {
             .set("stroke", hex(rgb))
             .set("stroke-width", num(width))
     };
+    let frame = f64::from(sw.frame_w.max(1));
     if let Some((rgb, w)) = sw.outline {
-        g = g.add(ring(1.0, f64::from(w), rgb));
+        g = g.add(ring(frame, f64::from(w), rgb));
     }
-    g.add(ring(0.0, 1.0, sw.frame_rgb))
+    g.add(ring(0.0, frame, sw.frame_rgb).set("class", "frame"))
 }
 
 /// A vector colour bar: stripes, frame, ticks, tick labels, norm name.
