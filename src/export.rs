@@ -472,7 +472,10 @@ impl Ctx<'_> {
             MapSource::Full => (figures::MapsRef::of_analysis(a), MapSource::Full.label().to_string()),
             MapSource::Reduced => {
                 let run = run.ok_or_else(needs_run)?;
-                let maps = run.maps.as_ref().map_or_else(|| figures::MapsRef::of_analysis(a), figures::MapsRef::of_run);
+                let maps = match &run.maps {
+                    Some(lazy) => figures::MapsRef::of_run(lazy.get()?),
+                    None => figures::MapsRef::of_analysis(a),
+                };
                 (maps, figures::reduced_label(run))
             }
         };

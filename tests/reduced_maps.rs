@@ -32,7 +32,7 @@ fn reduced_maps_equal_the_full_ones_where_nothing_is_reduced_and_spread_merges()
         let mut at_zero = spec(method, 0.0);
         at_zero.reducer_mut().unwrap().set_layer(0); // the fixture has 2 blocks
         let none = session.reduce(&at_zero, &Cancel::default()).unwrap();
-        let Some(maps) = none.maps.as_ref() else {
+        let Some(maps) = none.maps.as_ref().map(|m| m.get().unwrap()) else {
             assert_eq!(none.recomputed_from_block, layers, "{method}: blocks re-ran but no maps");
             continue;
         };
@@ -54,7 +54,7 @@ fn reduced_maps_equal_the_full_ones_where_nothing_is_reduced_and_spread_merges()
     // ToMe at 50 %: block 0 attends before its first merge (as the full model); later blocks
     // attend over merged tokens, whose share is split evenly over their patches.
     let tome = session.reduce(&spec("tome", 0.5), &Cancel::default()).unwrap();
-    let maps = tome.maps.as_ref().unwrap();
+    let maps = tome.maps.as_ref().unwrap().get().unwrap();
     assert_eq!(maps.cls_attention[0], analysis.cls_attention[0]);
     assert_ne!(maps.cls_attention[layers - 1], analysis.cls_attention[layers - 1]);
     let last = layers - 1;

@@ -92,7 +92,7 @@ fn the_reduced_model_source_exports_with_its_title_and_sidecar() {
     let full_run = s.full_run(&input.prepared.pixels, &Cancel::default()).unwrap();
     let spec: RunSpec = serde_json::from_value(side["figure"]["run"].clone()).unwrap();
     let run = s.run_against(&full_run, &spec, &Cancel::default()).unwrap();
-    let values = &run.maps.as_ref().expect("ToMe changes every block").cls_attention[11];
+    let values = &run.maps.as_ref().expect("ToMe changes every block").get().unwrap().cls_attention[11];
     let (lo, hi) = values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     let (rcells, fcells) = (cells(&rdoc), cells(&fdoc));
     // The cells on the photo (the letterbox's padding rows are not drawn).
@@ -266,7 +266,7 @@ fn compare_maps_are_each_reduced_models_own_on_one_scale() {
         assert!(r.maps.is_none(), "{name} acts after the last block: no block of its own");
     }
     let tome = run("tome");
-    let tome_map = &tome.maps.as_ref().expect("ToMe merges in every block").cls_attention[layer];
+    let tome_map = &tome.maps.as_ref().expect("ToMe merges in every block").get().unwrap().cls_attention[layer];
     // On one scale over both (the compare view's), as colours.
     let all: Vec<f32> = full_map.iter().chain(tome_map).copied().collect();
     let (lo, hi) = Norm::MinMax.resolve(&Heatmap::new(1, all.len(), all));

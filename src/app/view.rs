@@ -46,7 +46,11 @@ pub fn map_of(
         MapSource::Reduced if overlay.has_source() => {
             // No maps: the method changed no block, so the full model's are the reduced one's.
             let run = run?;
-            (figures::reduced_label(run), run.maps.as_ref())
+            let maps = match &run.maps {
+                Some(lazy) => Some(lazy.get().ok()?),
+                None => None,
+            };
+            (figures::reduced_label(run), maps)
         }
         MapSource::Reduced => (String::new(), None),
     };

@@ -1,4 +1,4 @@
-//! CPU kernels for the encoder's hot path: a strided GEMM (the `gemm` crate, as candle uses)
+//! CPU kernels for the encoder's hot path (and the decoder's element-wise steps): a strided GEMM (the `gemm` crate, as candle uses)
 //! and the element-wise work around it (softmax, exact and tanh GELU, LayerNorm, bias and residual
 //! epilogues) fused into single passes, with AVX2+FMA versions picked at run time.
 //!
@@ -91,9 +91,10 @@ pub fn gemm(dst: &mut [f32], dst_rs: usize, a: View<'_>, b: View<'_>, accumulate
 }
 
 /// The threads the heavy kernels use: candle's own count (`RAYON_NUM_THREADS`, else the
-/// physical cores).
+/// physical cores), asked once (without the variable, candle reads /proc/cpuinfo per call).
 pub fn threads() -> usize {
-    candle_core::utils::get_num_threads()
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
 }
 
 /// The contiguous `f32` values of a CPU tensor, without copying when it is contiguous.
@@ -220,6 +221,114 @@ pub fn residual(branch: &mut [f32], bias: &[f32], scale: Option<&[f32]>, resid: 
             }
         }
     });
+}
+
+/// Passes over fewer values than this run on the calling thread: waking the pool costs more
+/// than the pass (a decode step's rows).
+const SERIAL_MAX: usize = 16_384;
+
+/// `f` over matching chunks of `out`, `a` and `b` (`chunk` values each), on the pool when the
+/// work is large enough.
+fn par_zip(out: &mut [f32], a: &[f32], b: &[f32], chunk: usize, f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync) {
+    if out.len() <= SERIAL_MAX {
+        return f(out, a, b);
+    }
+    out.par_chunks_mut(chunk).zip(a.par_chunks(chunk)).zip(b.par_chunks(chunk)).for_each(|((o, a), b)| f(o, a, b));
+}
+
+/// RMSNorm of each row of `x` (`[rows, d]`) into `out`: `x / sqrt(mean(x²) + eps) · w`, the
+/// statistics in f32 (LLaMA's `LlamaRMSNorm`).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    par_zip(out, x, x, rows_per_task(d) * d, |out, x, _| {
+        for (o, x) in out.chunks_mut(d).zip(x.chunks(d)) {
+            let inv = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / d as f32 + eps).sqrt();
+            for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                *o = w * (x * inv);
+            }
+        }
+    });
+}
+
+/// `out = a + b` element-wise (a residual add).
+pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
+    par_zip(out, a, b, SERIAL_MAX, |out, a, b| {
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            *o = a + b;
+        }
+    });
+}
+
+/// `out = silu(gate) · up` (the SwiGLU product), `silu(g) = g / (1 + e^-g)`.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    par_zip(out, gate, up, SERIAL_MAX, |out, gate, up| {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: AVX2 and FMA were detected at run time.
+            return unsafe { x86::silu_mul(gate, up, out) };
+        }
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + exp_scalar(-g)) * u;
+        }
+    });
+}
+
+/// The rotary tables of [`split_heads`]: `cos` and `sin`, `[n, head_dim / 2]` each.
+pub type RopeTables<'a> = (&'a [f32], &'a [f32]);
+
+/// A projection's output rows `x` (`[n, heads · hd]`) -> `out` (`[heads, n, hd]`), rotated in
+/// the same pass when `rope` is given (rotate-half layout, as LLaMA and candle's `rope`:
+/// `(x₁, x₂) -> (x₁ cos - x₂ sin, x₁ sin + x₂ cos)`).
+pub fn split_heads(x: &[f32], n: usize, heads: usize, hd: usize, rope: Option<RopeTables<'_>>, out: &mut [f32]) {
+    let half = hd / 2;
+    assert!(x.len() >= n * heads * hd && out.len() >= n * heads * hd, "split_heads: buffers too small");
+    if let Some((cos, sin)) = rope {
+        assert!(hd.is_multiple_of(2) && cos.len() >= n * half && sin.len() >= n * half, "split_heads: rotary tables");
+    }
+    let head = |h: usize, out: &mut [f32]| {
+        for (t, o) in out.chunks_mut(hd).enumerate() {
+            let src = &x[(t * heads + h) * hd..][..hd];
+            let Some((cos, sin)) = rope else {
+                o.copy_from_slice(src);
+                continue;
+            };
+            let (c, s) = (&cos[t * half..][..half], &sin[t * half..][..half]);
+            let (x1, x2) = src.split_at(half);
+            let (o1, o2) = o.split_at_mut(half);
+            for i in 0..half {
+                o1[i] = x1[i] * c[i] - x2[i] * s[i];
+                o2[i] = x1[i] * s[i] + x2[i] * c[i];
+            }
+        }
+    };
+    let out = &mut out[..n * heads * hd];
+    if out.len() <= SERIAL_MAX {
+        out.chunks_mut(n * hd).enumerate().for_each(|(h, o)| head(h, o));
+    } else {
+        out.par_chunks_mut(n * hd).enumerate().for_each(|(h, o)| head(h, o));
+    }
+}
+
+/// Causal softmax of attention logits in place: `x` holds rows of `seen` logits, `n` query rows
+/// per head, query `i` at slot `past + i` (it sees keys `0..=past + i`; later keys get 0, as
+/// a `-inf` mask gives). Each row is scaled by `scale` first.
+pub fn causal_softmax(x: &mut [f32], n: usize, seen: usize, past: usize, scale: f32) {
+    assert!(past + n <= seen && x.len().is_multiple_of(n * seen), "causal_softmax: shape");
+    let rows = |x: &mut [f32], first_row: usize| {
+        for (r, row) in x.chunks_mut(seen).enumerate() {
+            let visible = past + (first_row + r) % n + 1;
+            let (row, masked) = row.split_at_mut(visible);
+            row.iter_mut().for_each(|v| *v *= scale);
+            softmax_row(row, None);
+            masked.fill(0.0);
+        }
+    };
+    let chunk = rows_per_task(seen) * seen;
+    if x.len() <= SERIAL_MAX {
+        rows(x, 0);
+    } else {
+        x.par_chunks_mut(chunk).enumerate().for_each(|(i, x)| rows(x, i * chunk / seen));
+    }
 }
 
 /// Softmax of one row in place, after adding `bias` (when given) to the logits.
@@ -419,6 +528,25 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
+    pub(super) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        let one = _mm256_set1_ps(1.0);
+        let len = out.len().min(gate.len()).min(up.len());
+        let body = len - len % 8;
+        for i in (0..body).step_by(8) {
+            // SAFETY: i + 8 <= len, within all three slices.
+            unsafe {
+                let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+                let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+                let y = _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up.as_ptr().add(i)));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), y);
+            }
+        }
+        for i in body..len {
+            out[i] = gate[i] / (1.0 + exp_scalar(-gate[i])) * up[i];
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
     pub(super) fn gelu_tanh(x: &mut [f32]) {
         let (c, c3) = (_mm256_set1_ps(GELU_TANH_C), _mm256_set1_ps(GELU_TANH_C3));
         let (one, minus_two) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-2.0));
@@ -522,6 +650,73 @@ mod tests {
         for x in [-100.0f32, -87.0, -20.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 20.0, 80.0] {
             let rel = (f64::from(exp_scalar(x)) - f64::from(x).exp()).abs() / f64::from(x).exp();
             assert!(x < EXP_LO || rel < 3e-7, "exp({x}): relative error {rel:e}");
+        }
+    }
+
+    #[test]
+    fn decoder_kernels_match_their_formulas() {
+        // Lengths past SERIAL_MAX reach the pooled path, odd ones the scalar tails.
+        for len in [13, 40_003] {
+            let a: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.37).sin() * 12.0).collect();
+            let b: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.11).cos()).collect();
+            let mut out = vec![0.0; len];
+            silu_mul(&a, &b, &mut out);
+            for ((&g, &u), &o) in a.iter().zip(&b).zip(&out) {
+                let want = f64::from(g) / (1.0 + (-f64::from(g)).exp()) * f64::from(u);
+                assert!((f64::from(o) - want).abs() <= 1e-6 * want.abs().max(1.0), "silu({g}) * {u}: {o} vs {want}");
+            }
+            add(&a, &b, &mut out);
+            assert!(out.iter().zip(a.iter().zip(&b)).all(|(&o, (&a, &b))| o == a + b));
+        }
+        let d = 7;
+        let x: Vec<f32> = (0..3 * d).map(|i| i as f32 * 0.5 - 4.0).collect();
+        let w: Vec<f32> = (0..d).map(|i| 1.0 + i as f32 * 0.1).collect();
+        let mut out = vec![0.0; x.len()];
+        rms_norm(&x, &w, 1e-6, &mut out);
+        for (o, x) in out.chunks(d).zip(x.chunks(d)) {
+            let ms = x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / d as f64;
+            for i in 0..d {
+                let want = f64::from(x[i]) / (ms + 1e-6).sqrt() * f64::from(w[i]);
+                assert!((f64::from(o[i]) - want).abs() < 1e-5, "{} vs {want}", o[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn split_heads_rotates_and_causal_softmax_masks() {
+        let (n, heads, hd) = (3, 2, 4);
+        let x: Vec<f32> = (0..n * heads * hd).map(|i| i as f32).collect();
+        let angles: Vec<f32> = (0..n * hd / 2).map(|i| i as f32 * 0.3).collect();
+        let (cos, sin): (Vec<f32>, Vec<f32>) = angles.iter().map(|a| (a.cos(), a.sin())).unzip();
+        let mut out = vec![0.0; x.len()];
+        split_heads(&x, n, heads, hd, Some((&cos, &sin)), &mut out);
+        for h in 0..heads {
+            for t in 0..n {
+                let src = &x[(t * heads + h) * hd..][..hd];
+                let got = &out[(h * n + t) * hd..][..hd];
+                for i in 0..hd / 2 {
+                    let (c, s) = (cos[t * 2 + i], sin[t * 2 + i]);
+                    assert!((got[i] - (src[i] * c - src[i + 2] * s)).abs() < 1e-5);
+                    assert!((got[i + 2] - (src[i] * s + src[i + 2] * c)).abs() < 1e-5);
+                }
+            }
+        }
+        split_heads(&x, n, heads, hd, None, &mut out);
+        assert_eq!(&out[n * hd..][..hd], &x[hd..2 * hd], "head 1, token 0");
+
+        // Two heads, 2 query rows after 1 cached key: row i sees keys 0..=1 + i.
+        let (n, seen, past) = (2, 3, 1);
+        let mut logits: Vec<f32> = (0..2 * n * seen).map(|i| (i % 5) as f32).collect();
+        let raw = logits.clone();
+        causal_softmax(&mut logits, n, seen, past, 0.5);
+        for (r, (row, raw)) in logits.chunks(seen).zip(raw.chunks(seen)).enumerate() {
+            let visible = past + r % n + 1;
+            let e: Vec<f64> = raw[..visible].iter().map(|&v| (f64::from(v) * 0.5).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for j in 0..seen {
+                let want = if j < visible { e[j] / sum } else { 0.0 };
+                assert!((f64::from(row[j]) - want).abs() < 1e-6, "row {r} key {j}: {} vs {want}", row[j]);
+            }
         }
     }
 

@@ -29,12 +29,13 @@
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Module, Tensor};
-use candle_nn::{Embedding, RmsNorm, VarBuilder, embedding, rms_norm};
+use candle_nn::{Embedding, VarBuilder, embedding};
 use serde::Deserialize;
 
 use super::config::{MAX_HEADS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, check_eps, check_sizes, check_stack, unsupported};
 use super::hf_config::{Class, resolve};
 use super::hooks::{HookPoint, Probe, Trace};
+use super::kernels::{self, with_slice};
 use super::layers::AttnRecord;
 use super::quant::{Linears, Proj};
 use super::vit::{Needs, NoIntervention};
@@ -215,30 +216,48 @@ struct Attention {
 }
 
 impl Attention {
-    /// `[1, n, count * head_dim]` -> `[1, count, n, head_dim]`.
-    fn heads(&self, t: Tensor, count: usize) -> Result<Tensor> {
-        let n = t.dim(1)?;
-        Ok(t.reshape((1, n, count, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+    /// `[1, n, count * head_dim]` -> `[1, count, n, head_dim]`, rotated by `rope` when given,
+    /// in one pass (`kernels::split_heads`).
+    fn heads(&self, t: &Tensor, count: usize, rope: Option<&Rope>) -> Result<Tensor> {
+        let hd = self.head_dim;
+        let (_, n, width) = t.dims3()?;
+        if width != count * hd || rope.is_some_and(|(cos, _)| cos.dims() != [n, hd / 2]) {
+            return Err(Error::Config {
+                field: "decoder",
+                reason: format!("{width} columns for {count} heads of {hd}, {n} rows: shapes disagree"),
+            });
+        }
+        let mut out = vec![0f32; n * width];
+        with_slice(t, |x| match rope {
+            Some((cos, sin)) => with_slice(cos, |c| {
+                with_slice(sin, |s| {
+                    kernels::split_heads(x, n, count, hd, Some((c, s)), &mut out);
+                    Ok(())
+                })
+            }),
+            None => {
+                kernels::split_heads(x, n, count, hd, None, &mut out);
+                Ok(())
+            }
+        })?;
+        Ok(Tensor::from_vec(out, (1, count, n, hd), t.device())?)
     }
 
     /// Rotated queries `[1, heads, n, head_dim]` of the normed input `h`.
-    fn queries(&self, h: &Tensor, (cos, sin): &Rope) -> Result<Tensor> {
-        Ok(candle_nn::rotary_emb::rope(&self.heads(self.q_proj.forward(h)?, self.num_heads)?, cos, sin)?)
+    fn queries(&self, h: &Tensor, rope: &Rope) -> Result<Tensor> {
+        self.heads(&self.q_proj.forward(h)?, self.num_heads, Some(rope))
     }
 
     /// Post-softmax attention `[1, heads, n, past + n]` of queries `q` over keys `k` (repeated
     /// to every head), causal over the `past` cached and the `n` new tokens.
     fn probs(&self, q: &Tensor, k: &Tensor, past: usize) -> Result<Tensor> {
         let n = q.dim(2)?;
-        let mut logits = (q.matmul(&k.t()?)? * (self.head_dim as f64).powf(-0.5))?;
-        if n > 1 {
-            // Query i (at slot past + i) sees keys 0..=past + i.
-            let mask: Vec<f32> = (0..n)
-                .flat_map(|i| (0..past + n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-                .collect();
-            logits = logits.broadcast_add(&Tensor::from_vec(mask, (1, 1, n, past + n), q.device())?)?;
-        }
-        Ok(candle_nn::ops::softmax_last_dim(&logits)?)
+        let logits = q.matmul(&k.t()?)?;
+        let shape = logits.shape().clone();
+        let mut probs = logits.flatten_all()?.to_vec1::<f32>()?;
+        // Query i (at slot past + i) sees keys 0..=past + i; scale, mask and softmax in one pass.
+        kernels::causal_softmax(&mut probs, n, past + n, past, (self.head_dim as f32).powf(-0.5));
+        Ok(Tensor::from_vec(probs, shape, q.device())?)
     }
 }
 
@@ -247,6 +266,61 @@ struct Mlp {
     up_proj: Proj,
     down_proj: Proj,
     act: DecoderAct,
+}
+
+/// RMSNorm on `kernels::rms_norm` (candle's op waits on its spinning thread pool).
+struct RmsNorm {
+    weight: Vec<f32>,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn load(d: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get(d, "weight")?.to_vec1()?, eps: eps as f32 })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let d = self.weight.len();
+        if x.dims().last() != Some(&d) {
+            return Err(Error::Config { field: "decoder", reason: format!("RMSNorm of width {d} on {:?}", x.dims()) });
+        }
+        let mut out = vec![0f32; x.elem_count()];
+        with_slice(x, |x| {
+            kernels::rms_norm(x, &self.weight, self.eps, &mut out);
+            Ok(())
+        })?;
+        Ok(Tensor::from_vec(out, x.shape(), x.device())?)
+    }
+}
+
+/// `a + b` (same shapes) on `kernels::add`.
+fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        return Err(Error::Config { field: "decoder", reason: format!("adding {:?} to {:?}", b.dims(), a.dims()) });
+    }
+    let mut out = vec![0f32; a.elem_count()];
+    with_slice(a, |a| {
+        with_slice(b, |b| {
+            kernels::add(a, b, &mut out);
+            Ok(())
+        })
+    })?;
+    Ok(Tensor::from_vec(out, a.shape(), a.device())?)
+}
+
+/// `silu(gate) · up` (same shapes) on `kernels::silu_mul`.
+fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.dims() != up.dims() {
+        return Err(Error::Config { field: "decoder", reason: format!("gate {:?}, up {:?}", gate.dims(), up.dims()) });
+    }
+    let mut out = vec![0f32; gate.elem_count()];
+    with_slice(gate, |g| {
+        with_slice(up, |u| {
+            kernels::silu_mul(g, u, &mut out);
+            Ok(())
+        })
+    })?;
+    Ok(Tensor::from_vec(out, gate.shape(), gate.device())?)
 }
 
 struct Layer {
@@ -377,7 +451,7 @@ impl Llama {
                 let attn = vb.pp("self_attn");
                 let mlp = vb.pp("mlp");
                 Ok(Layer {
-                    input_layernorm: rms_norm(d, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+                    input_layernorm: RmsNorm::load(d, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
                     self_attn: Attention {
                         q_proj: linears.linear(d, cfg.num_attention_heads * hd, ab, attn.pp("q_proj"))?,
                         k_proj: linears.linear(d, cfg.kv_heads() * hd, ab, attn.pp("k_proj"))?,
@@ -387,7 +461,7 @@ impl Llama {
                         num_kv_heads: cfg.kv_heads(),
                         head_dim: hd,
                     },
-                    post_attention_layernorm: rms_norm(d, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+                    post_attention_layernorm: RmsNorm::load(d, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
                     mlp: Mlp {
                         gate_proj: linears.linear(d, cfg.intermediate_size, mb, mlp.pp("gate_proj"))?,
                         up_proj: linears.linear(d, cfg.intermediate_size, mb, mlp.pp("up_proj"))?,
@@ -408,7 +482,7 @@ impl Llama {
             cfg: cfg.clone(),
             embed_tokens,
             layers,
-            norm: rms_norm(d, cfg.rms_norm_eps, model.pp("norm"))?,
+            norm: RmsNorm::load(d, cfg.rms_norm_eps, model.pp("norm"))?,
             lm_head,
             inv_freq,
         })
@@ -574,13 +648,12 @@ impl Llama {
             cache.layers.resize(self.layers.len(), None);
         }
         let past = cache.len_at(l);
-        let (cos, sin) = rope;
         let layer = &self.layers[l];
         let a = &layer.self_attn;
         let h = layer.input_layernorm.forward(x)?;
         let q = a.queries(&h, rope)?;
-        let k = candle_nn::rotary_emb::rope(&a.heads(a.k_proj.forward(&h)?, a.num_kv_heads)?, cos, sin)?;
-        let v = a.heads(a.v_proj.forward(&h)?, a.num_kv_heads)?;
+        let k = a.heads(&a.k_proj.forward(&h)?, a.num_kv_heads, Some(rope))?;
+        let v = a.heads(&a.v_proj.forward(&h)?, a.num_kv_heads, None)?;
         let (k, v) = match cache.layers[l].take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
             None => (k, v),
@@ -595,17 +668,17 @@ impl Llama {
         let probs = a.probs(&q, &k, past)?;
         let n = q.dim(2)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((1, n, a.num_heads * a.head_dim))?;
-        let x = (x + a.o_proj.forward(&ctx)?)?;
+        let x = add(x, &a.o_proj.forward(&ctx)?)?;
         let h = layer.post_attention_layernorm.forward(&x)?;
         let m = &layer.mlp;
         let gate = m.gate_proj.forward(&h)?;
-        let gate = match m.act {
-            DecoderAct::Silu => candle_nn::ops::silu(&gate)?,
-            DecoderAct::Gelu => gate.gelu_erf()?,
-            DecoderAct::GeluTanh => gate.gelu()?,
+        let up = m.up_proj.forward(&h)?;
+        let gated = match m.act {
+            DecoderAct::Silu => silu_mul(&gate, &up)?,
+            DecoderAct::Gelu => (gate.gelu_erf()? * up)?,
+            DecoderAct::GeluTanh => (gate.gelu()? * up)?,
         };
-        let gated = (gate * m.up_proj.forward(&h)?)?;
-        let x = (x + m.down_proj.forward(&gated)?)?;
+        let x = add(&x, &m.down_proj.forward(&gated)?)?;
         Ok((x, AttnRecord { probs: needs.probs.then_some(probs), keys }))
     }
 

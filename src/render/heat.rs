@@ -227,14 +227,42 @@ pub(crate) fn mix(dst: &mut [u8; 3], src: [u8; 3], a: f32) {
 }
 
 /// Scales so the longest side is `max_side` (an exact-size photo is copied untouched).
+///
+/// The last few results (up to a megapixel each) are kept, keyed by the photo's size and a hash
+/// of its pixels: a slider move redraws the same photo at the same sizes, and the resize was
+/// ~5 % of a move's profile. Hashing the pixels costs far less than resizing them.
 pub(crate) fn scale_photo(photo: &RgbImage, max_side: u32) -> RgbImage {
+    type Scaled = ((u64, u32, u32, u32, u32), std::sync::Arc<RgbImage>);
+    static RECENT: std::sync::Mutex<Vec<Scaled>> = std::sync::Mutex::new(Vec::new());
+    const KEEP: usize = 4;
     let (w, h) = photo.dimensions();
     let (nw, nh) = scaled_size(w, h, max_side);
     if (nw, nh) == (w, h) {
         return photo.clone();
     }
+    let cache = u64::from(nw) * u64::from(nh) <= 1 << 20;
+    let key = cache.then(|| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        photo.as_raw().hash(&mut hasher);
+        (hasher.finish(), w, h, nw, nh)
+    });
+    if let Some(key) = key {
+        let recent = RECENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, hit)) = recent.iter().find(|(k, _)| *k == key) {
+            return RgbImage::clone(hit);
+        }
+    }
     let filter = if max_side < w.max(h) { imageops::FilterType::Triangle } else { imageops::FilterType::CatmullRom };
-    imageops::resize(photo, nw, nh, filter)
+    let scaled = imageops::resize(photo, nw, nh, filter);
+    if let Some(key) = key {
+        let mut recent = RECENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() >= KEEP {
+            recent.remove(0);
+        }
+        recent.push((key, std::sync::Arc::new(scaled.clone())));
+    }
+    scaled
 }
 
 /// The size [`scale_photo`] gives a `w` x `h` photo.

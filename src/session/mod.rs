@@ -11,7 +11,7 @@ mod reduced_maps;
 mod run;
 pub mod vlm;
 
-pub use reduced_maps::ReducedMaps;
+pub use reduced_maps::{LazyMaps, ReducedMaps};
 pub use run::{DEFAULT_ANSWER_LIMIT, DropFill, EncoderRun, FullRun, RunResult, RunSpec, RunTimings};
 pub(crate) use run::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
 

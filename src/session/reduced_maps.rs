@@ -13,6 +13,8 @@
 //!
 //! Patches no token carries are NaN (drawn as "no value").
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::Tensor;
 
 use crate::Result;
@@ -32,25 +34,61 @@ pub struct ReducedMaps {
 }
 
 /// What one block of a run saw: its attention probabilities `[1, heads, n, n]` with the
-/// sources of the `n` tokens it attended over, and its output tokens' norms with their sources.
+/// sources of the `n` tokens it attended over, and its output hidden states `[1, m, d]` with
+/// their sources. Holds the tensors (shared, not copied); the maps are made from them only when
+/// asked ([`LazyMaps::get`]).
 pub(crate) struct BlockSeen {
     pub probs: Tensor,
     pub sources: Vec<Vec<u32>>,
-    pub norms: Vec<f32>,
-    pub norm_sources: Vec<Vec<u32>>,
+    pub after: Tensor,
+    pub after_sources: Vec<Vec<u32>>,
 }
 
 impl BlockSeen {
     /// `probs` over tokens with `sources`; `after`: the block's output hidden states `[1, m, d]`
     /// with `after_sources`.
     pub fn new(probs: Tensor, sources: Vec<Vec<u32>>, after: &Tensor, after_sources: Vec<Vec<u32>>) -> Result<Self> {
-        let norms = after.sqr()?.sum(2)?.sqrt()?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Self { probs, sources, norms, norm_sources: after_sources })
+        Ok(Self { probs, sources, after: after.clone(), after_sources })
+    }
+}
+
+/// A reduced run's attention views, computed on first use: a slider move pays nothing for them
+/// while the view shows the full model's maps. Clones share the blocks and the result.
+#[derive(Clone)]
+pub struct LazyMaps(Arc<Pending>);
+
+struct Pending {
+    blocks: Vec<BlockSeen>,
+    num_special: usize,
+    num_patches: usize,
+    maps: OnceLock<ReducedMaps>,
+}
+
+impl LazyMaps {
+    /// The views of `blocks` (one per layer, in order) over `num_patches` patches, once asked.
+    pub(crate) fn new(blocks: Vec<BlockSeen>, num_special: usize, num_patches: usize) -> Self {
+        Self(Arc::new(Pending { blocks, num_special, num_patches, maps: OnceLock::new() }))
+    }
+
+    /// The maps, computed on the first call.
+    pub fn get(&self) -> Result<&ReducedMaps> {
+        let p = &*self.0;
+        if let Some(maps) = p.maps.get() {
+            return Ok(maps);
+        }
+        let maps = reduced_maps(&p.blocks, p.num_special, p.num_patches)?;
+        Ok(p.maps.get_or_init(|| maps))
+    }
+}
+
+impl std::fmt::Debug for LazyMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyMaps").field("layers", &self.0.blocks.len()).field("maps", &self.0.maps.get()).finish()
     }
 }
 
 /// The views of `blocks` (one per layer, in order) over a grid of `num_patches` patches.
-pub(crate) fn reduced_maps(blocks: &[BlockSeen], num_special: usize, num_patches: usize) -> Result<ReducedMaps> {
+fn reduced_maps(blocks: &[BlockSeen], num_special: usize, num_patches: usize) -> Result<ReducedMaps> {
     let mut maps = ReducedMaps::default();
     let mut mean_rows = Vec::with_capacity(blocks.len());
     for b in blocks {
@@ -63,7 +101,8 @@ pub(crate) fn reduced_maps(blocks: &[BlockSeen], num_special: usize, num_patches
                 .map(|head| spread_mass(head, patch_sources, num_patches))
                 .collect(),
         );
-        maps.token_norms.push(spread_copy(&b.norms[s..], &b.norm_sources[s..], num_patches));
+        let norms = b.after.sqr()?.sum(2)?.sqrt()?.flatten_all()?.to_vec1::<f32>()?;
+        maps.token_norms.push(spread_copy(&norms[s..], &b.after_sources[s..], num_patches));
         mean_rows.push(b.probs.mean(1)?.squeeze(0)?.to_vec2::<f32>()?);
     }
     let chain: Vec<Attended<'_>> =

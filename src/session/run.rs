@@ -13,7 +13,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::reduced_maps::{BlockSeen, ReducedMaps, reduced_maps};
+use super::reduced_maps::{BlockSeen, LazyMaps};
 use super::{Output, OutputKind, Session, ms_since};
 use crate::analysis::cost::{BlockTokens, encoder_flops};
 use crate::analysis::metrics::{self, Fidelity};
@@ -176,8 +176,9 @@ pub struct EncoderRun {
     /// The reduced model's own attention, rollout and norms on the patch grid (the app's
     /// "reduced model" source; not part of `run.json`). None when no block changed (the
     /// method acts on the encoder output): the full model's maps are the reduced model's.
+    /// Computed when first asked.
     #[serde(skip)]
-    pub maps: Option<ReducedMaps>,
+    pub maps: Option<LazyMaps>,
 }
 
 impl EncoderRun {
@@ -330,7 +331,7 @@ impl Session {
 
     /// The reduced run's attention views: blocks before `resume_at` are the full run's, the
     /// rest what the reduced run `seen`.
-    fn maps_of(&self, full: &FullRun, resume_at: usize, seen: Vec<BlockSeen>) -> Result<ReducedMaps> {
+    fn maps_of(&self, full: &FullRun, resume_at: usize, seen: Vec<BlockSeen>) -> Result<LazyMaps> {
         let first = &full.states[0];
         let mut blocks = (0..resume_at.min(full.num_layers()))
             .map(|l| {
@@ -339,7 +340,7 @@ impl Session {
             })
             .collect::<Result<Vec<_>>>()?;
         blocks.extend(seen);
-        reduced_maps(&blocks, first.num_special, first.num_patches())
+        Ok(LazyMaps::new(blocks, first.num_special, first.num_patches()))
     }
 
     /// The model's output. The saliency head reads `grid_features` (`[1, special + rows*cols,
