@@ -316,6 +316,8 @@ pub struct TokenlensApp {
     screenshot: Option<PathBuf>,
     screenshot_requested: bool,
     screenshot_done: Arc<std::sync::atomic::AtomicBool>,
+    /// `--export-to` (with `--screenshot`): the figure on screen is exported there first.
+    export_to: Option<ExportTo>,
     /// `--press` (with `--screenshot`): the button pressed once a result is on screen, and when.
     press: Option<Press>,
     pressed_at: Option<Instant>,
@@ -369,6 +371,7 @@ impl TokenlensApp {
             screenshot_done: Arc::default(),
             dialogs: FileDialogs::default(),
             press: None,
+            export_to: None,
             pressed_at: None,
             in_app_since: None,
             confirm_overwrite: None,
@@ -463,9 +466,15 @@ impl TokenlensApp {
                 }
             }
             Event::Exported(figure, sidecar) => {
+                if let Some(e) = self.export_to.as_mut().filter(|e| e.path == figure) {
+                    e.done = true;
+                }
                 self.status = format!("Exported {} (sidecar {})", figure.display(), sidecar.display());
             }
             Event::Failed(message) => {
+                if let Some(e) = self.export_to.as_mut().filter(|e| e.submitted) {
+                    e.done = true;
+                }
                 if let Some(vlm) = self.vlm.as_mut() {
                     vlm.failed();
                 }
@@ -504,9 +513,23 @@ impl TokenlensApp {
 
     /// Asks where to export what the current tab shows.
     fn export_view(&mut self) {
-        match self.settings.tab {
-            Tab::Single => self.export_dialog(self.current_figure(), "tokenlens-figure.svg"),
-            Tab::Compare => self.export_dialog(self.compare_figure(), "tokenlens-grid.svg"),
+        match self.figure_on_screen() {
+            Some((figure, name)) => self.export_dialog(figure, name),
+            None => self.status = "Nothing to export yet: the first result is not on screen".into(),
+        }
+    }
+
+    /// What the current tab shows as a figure, and a file name for it; none before a result.
+    pub fn figure_on_screen(&self) -> Option<(Figure, &'static str)> {
+        let s = &self.settings;
+        match (&self.vlm, s.tab) {
+            (Some(vlm), Tab::Single) => Some((vlm.answer_figure(&s.vlm)?, "tokenlens-answer.svg")),
+            (Some(vlm), Tab::Compare) => {
+                Some((vlm.compare_figure(&s.vlm, s.spec.budget, s.spec.positions)?, "tokenlens-vlm-compare.svg"))
+            }
+            (None, _) if self.opened.is_none() => None,
+            (None, Tab::Single) => Some((self.current_figure(), "tokenlens-figure.svg")),
+            (None, Tab::Compare) => Some((self.compare_figure(), "tokenlens-grid.svg")),
         }
     }
 
@@ -588,9 +611,6 @@ impl TokenlensApp {
 
     /// Asks where to save `figure` (a PNG or an SVG, with its sidecar beside it).
     pub fn export_dialog(&mut self, figure: Figure, default_name: &str) {
-        if self.opened.is_none() {
-            return;
-        }
         self.dialogs.ask(Request { purpose: Purpose::Export(figure), start: None, name: default_name.into() });
     }
 
@@ -810,7 +830,7 @@ impl TokenlensApp {
         if self.screenshot_done.load(std::sync::atomic::Ordering::Acquire) {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
         } else if !self.screenshot_requested && self.result_on_screen() && self.textures.is_settled() {
-            if !self.pressed_ui() {
+            if !self.pressed_ui() || !self.exported_ui() {
                 ctx.request_repaint();
                 return;
             }
@@ -848,6 +868,14 @@ impl TokenlensApp {
     }
 }
 
+/// `--export-to PATH`: where the figure on screen goes before the screenshot (for tests).
+struct ExportTo {
+    path: PathBuf,
+    submitted: bool,
+    /// Written, or failed (the error is on screen).
+    done: bool,
+}
+
 /// A button `--press` presses (with `--screenshot`, for tests): the capture waits until its
 /// dialog is on screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -867,7 +895,7 @@ impl TokenlensApp {
         let Some(at) = self.pressed_at else {
             match press {
                 Press::Open => self.open_dialog(),
-                Press::Export => self.export_dialog(self.current_figure(), "tokenlens-figure.svg"),
+                Press::Export => self.export_view(),
             }
             self.pressed_at = Some(Instant::now());
             return false;
@@ -878,6 +906,24 @@ impl TokenlensApp {
         }
         // A system dialog that has answered (or a cancelled one): give it time to come back.
         !self.dialogs.is_open() && at.elapsed().as_secs_f32() > 0.5
+    }
+
+    /// With `--export-to`: exports the figure on screen there once, then true once it is written
+    /// or has failed.
+    fn exported_ui(&mut self) -> bool {
+        let Some(e) = &self.export_to else { return true };
+        if !e.submitted {
+            let path = e.path.clone();
+            match self.figure_on_screen() {
+                Some((figure, _)) => self.submit_export(figure, path, true),
+                None => self.error = Some("--export-to: nothing to export".into()),
+            }
+            let e = self.export_to.as_mut().expect("checked above");
+            e.submitted = true;
+            e.done = self.error.is_some();
+            return false;
+        }
+        e.done
     }
 
     /// A reduced result is on screen and nothing is on its way (VLM: the sweep is complete too;
@@ -993,7 +1039,8 @@ impl TokenlensApp {
                 if ui.button("Export options").on_hover_text("Size, DPI, font scale, title, key").clicked() {
                     self.export_options.open = !self.export_options.open;
                 }
-                if ui.add_enabled(self.opened.is_some(), egui::Button::new(label)).on_hover_text(hint).clicked() {
+                let on_screen = self.opened.is_some() || self.vlm.as_ref().is_some_and(|v| v.opened().is_some());
+                if ui.add_enabled(on_screen, egui::Button::new(label)).on_hover_text(hint).clicked() {
                     self.command(Command::ExportView);
                 }
                 let theme = if self.settings.dark { "Light theme" } else { "Dark theme" };
@@ -1057,6 +1104,7 @@ pub fn run(
     settings: Settings,
     screenshot: Option<PathBuf>,
     press: Option<Press>,
+    export_to: Option<PathBuf>,
 ) -> Result<(), String> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -1074,6 +1122,7 @@ pub fn run(
             let mut app = TokenlensApp::new(&cc.egui_ctx, model, image, settings);
             app.screenshot = screenshot;
             app.press = press;
+            app.export_to = export_to.map(|path| ExportTo { path, submitted: false, done: false });
             app.persist = persist;
             Ok(Box::new(app))
         }),

@@ -37,7 +37,8 @@ pub enum Job {
     Compare { id: u64, specs: Vec<RunSpec> },
     /// Output drift against the ratio, for the plot.
     Drift { id: u64, spec: RunSpec, ratios: Vec<f64> },
-    /// Write a figure of the current image and its sidecar.
+    /// Write a figure of the current image and its sidecar (VLM figures: of its current
+    /// answer).
     Export { figure: Figure, look: Look, path: PathBuf, force: bool },
     /// A VLM's vision run and full answer for an image and a question (tokens stream as
     /// [`Event::VlmToken`] with this `id`).
@@ -467,6 +468,8 @@ impl<W: Fn()> Worker<W> {
         let tokenizer = session.vlm()?.tokenizer.clone();
         let full = session.answer(image, question, spec, &mut stream(events, &*wake, id, &tokenizer), cancel)?;
         let grid = [full.vision.grid.0, full.vision.grid.1];
+        // Exports name the image this answer is about.
+        self.source = Some((source.clone(), full.image.sha256.clone()));
         let opened = VlmOpened {
             label: source.label,
             question: question.into(),
