@@ -226,13 +226,15 @@ impl Draw<'_> {
         TextBlock { label, tokens }
     }
 
-    fn panel<'p>(&'p self, content: PanelContent<'p>, title: String) -> Panel<'p> {
-        Panel {
+    /// A column: `content` over the photo under `header` (with titles on), `below` under it.
+    fn column<'p>(&'p self, content: PanelContent<'p>, header: String, below: Vec<TextBlock>) -> AnswerColumn<'p> {
+        let panel = Panel {
             photo: &self.full.image.photo,
             place: figures::vlm_placement(&self.full.image),
             content,
-            title: self.spec.title.then_some(title),
-        }
+            title: None,
+        };
+        AnswerColumn { header: self.spec.title.then_some(header), panel, below }
     }
 
     /// "model · image.png": a title never shows where the file lives.
@@ -283,15 +285,8 @@ impl Draw<'_> {
         let method = figures::vlm_run_title(reduced);
         let name = reduced.spec.method.as_ref().map_or("Full model", |m| m.label());
         let columns = vec![
-            AnswerColumn {
-                panel: self
-                    .panel(PanelContent::Tokens { groups: &groups, style, opacity: s.opacity }, name.to_string()),
-                below: Vec::new(),
-            },
-            AnswerColumn {
-                panel: self.panel(PanelContent::Heat { heat: &heat, look }, format!("What “{piece}” looked at")),
-                below: Vec::new(),
-            },
+            self.column(PanelContent::Tokens { groups: &groups, style, opacity: s.opacity }, name.into(), Vec::new()),
+            self.column(PanelContent::Heat { heat: &heat, look }, format!("What “{piece}” looked at"), Vec::new()),
         ];
         let own = self.full_log_prob();
         let mut below = vec![
@@ -326,31 +321,28 @@ impl Draw<'_> {
             runs.iter().map(|r| figures::vlm_token_groups(self.grid(), r)).collect();
         let own = self.full_log_prob();
         let full = &self.full.run;
-        let mut columns = vec![AnswerColumn {
-            panel: self.panel(
-                PanelContent::Tokens { groups: &every, style: GroupStyle::KeptDropped, opacity: s.opacity },
-                "Full model".into(),
-            ),
-            below: vec![
-                self.answer_block(None, full, &(0..full.answer.ids.len()).map(|i| (i, Mark::Same)).collect::<Vec<_>>()),
-                TextBlock::note(format!("log p(answer) {own:.3}")),
-            ],
-        }];
+        let all_same: Vec<(usize, Mark)> = (0..full.answer.ids.len()).map(|i| (i, Mark::Same)).collect();
+        let mut columns = vec![self.column(
+            PanelContent::Tokens { groups: &every, style: GroupStyle::KeptDropped, opacity: s.opacity },
+            "Full model".into(),
+            vec![self.answer_block(None, full, &all_same), TextBlock::note(format!("log p(answer) {own:.3}"))],
+        )];
         for (run, (groups, style)) in runs.iter().zip(&groups) {
             let label = run.spec.method.as_ref().map_or("Full model", |m| m.label());
             let verdict = match (run.removed_nothing(), run.answer_changed) {
-                (true, _) => "removed nothing (its site lies past the last decoder layer)",
+                (true, _) => "removed nothing (its site is past the last layer)",
                 (false, true) => "changed",
                 (false, false) => "unchanged",
             };
             let lp = run.full_answer_logprob.map_or_else(String::new, |lp| format!("; log p(full) {lp:.3}"));
-            columns.push(AnswerColumn {
-                panel: self.panel(PanelContent::Tokens { groups, style: *style, opacity: s.opacity }, label.into()),
-                below: vec![
+            columns.push(self.column(
+                PanelContent::Tokens { groups, style: *style, opacity: s.opacity },
+                label.into(),
+                vec![
                     self.answer_block(None, run, &side_of_diff(&run.diff, true)),
                     TextBlock::note(format!("{verdict}{lp}")),
                 ],
-            });
+            ));
         }
         let budget = runs[0].spec.budget.describe(full.num_image_tokens);
         let below = vec![TextBlock::note(format!(

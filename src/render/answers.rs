@@ -1,5 +1,6 @@
-//! Answer figures (vision-language models): titled panels side by side, each drawn as
-//! [`scene::panel_scene_sized`] draws a single panel (with its colour bar or token legend), text
+//! Answer figures (vision-language models): panels side by side under their headers (wrapped
+//! onto two lines rather than cut), each drawn as [`scene::panel_scene_sized`] draws a single
+//! panel (with its colour bar or token legend), text
 //! under each column (that column's answer), and text across the figure under all of them (the
 //! two answers with their token diff, log-probabilities). Answers are laid out token by token:
 //! a token only in the full answer is red on a pink ground and struck through, one only in the
@@ -33,9 +34,10 @@ impl TextBlock {
     }
 }
 
-/// A panel and the text under it.
+/// A panel, its header and the text under it.
 #[derive(Debug, Clone)]
 pub struct AnswerColumn<'a> {
+    pub header: Option<String>,
     pub panel: Panel<'a>,
     pub below: Vec<TextBlock>,
 }
@@ -68,12 +70,37 @@ pub fn answer_scene(fig: &AnswerFigure, panel_px: u32) -> Scene {
         .map(|c| scene::panel_scene_sized(&c.panel, panel_px, fig.key, scene::OUTLINE_RGB, Some(label_px)))
         .collect();
     let width = panels.iter().map(|s| s.width).sum::<u32>().max(label_px as u32 * 12 + 2 * pad);
-    let panels_h = panels.iter().map(|s| s.height).max().unwrap_or(0);
+    let header_px = label_px * 1.15;
+    let headers: Vec<Vec<String>> = fig
+        .columns
+        .iter()
+        .zip(&panels)
+        .map(|(c, sub)| {
+            let avail = sub.width.saturating_sub(2 * pad) as f32 / 1.25; // room for a wider font
+            c.header.as_ref().map_or_else(Vec::new, |h| text::wrap(header_px, h, avail, 2))
+        })
+        .collect();
+    let header_lines = headers.iter().map(Vec::len).max().unwrap_or(0);
+    let header_h =
+        if header_lines > 0 { pad + (text::line_height(header_px) * header_lines as f32).ceil() as u32 } else { 0 };
     let top = frame.title_h;
+    let panels_h = header_h + panels.iter().map(|s| s.height).max().unwrap_or(0);
     let mut items = Vec::new();
     let (mut x, mut columns_text_h) = (0u32, 0u32);
-    for (column, sub) in fig.columns.iter().zip(&panels) {
-        items.extend(sub.items.iter().cloned().map(|item| shifted(item, x, top)));
+    for ((column, sub), header) in fig.columns.iter().zip(&panels).zip(&headers) {
+        for (i, line) in header.iter().enumerate() {
+            let w = text::text_width(header_px, line);
+            items.push(Item::Text(TextItem {
+                text: line.clone(),
+                left: (x as f32 + (sub.width as f32 - w) / 2.0).round(),
+                top: (top + pad) as f32 + i as f32 * text::line_height(header_px),
+                px: header_px,
+                rgb: INK,
+                anchor: Anchor::Middle,
+                class: "column-title",
+            }));
+        }
+        items.extend(sub.items.iter().cloned().map(|item| shifted(item, x, top + header_h)));
         let (left, max_w) = ((x + pad) as f32, sub.width.saturating_sub(2 * pad) as f32);
         let h = blocks(&mut items, &column.below, (left, (top + panels_h) as f32), max_w, label_px);
         columns_text_h = columns_text_h.max(h);
