@@ -102,7 +102,8 @@ pub enum Figure {
         split_image: bool,
         /// How the model was loaded (quantization, dtype): it changes the answers.
         load: serde_json::Value,
-        run: VlmRunSpec,
+        /// Boxed: the other figures are smaller.
+        run: Box<VlmRunSpec>,
         token: vlm::AnswerToken,
     },
     /// The VLM compare view: the full model and each run (2 to 4 methods at one budget) side by

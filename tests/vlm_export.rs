@@ -112,7 +112,7 @@ fn vlm_figures_export_as_png_and_svg_and_their_sidecars_remake_them() {
         question: question.clone(),
         split_image: false,
         load: serde_json::Value::Null,
-        run: run.spec.clone(),
+        run: Box::new(run.spec.clone()),
         token,
     };
     let png_path = dir.path().join("answer.png");
@@ -140,7 +140,7 @@ fn vlm_figures_export_as_png_and_svg_and_their_sidecars_remake_them() {
     assert_eq!(spec.weights_sha256, export::vlm::weights_sha256(&model).unwrap());
     let Figure::VlmAnswer { load, run: recorded, token: t, .. } = &spec.figure else { panic!("{:?}", spec.figure) };
     assert!(load.is_object(), "load options recorded: {load}");
-    assert_eq!((recorded, t), (&run.spec, &token));
+    assert_eq!((&**recorded, t), (&run.spec, &token));
 
     // The compare figure: the full model and two methods at one budget.
     let runs = vec![run_spec(Some("random")), run_spec(Some("fastv"))];

@@ -261,7 +261,7 @@ impl VlmState {
             question: opened.question.clone(),
             split_image: settings.split_image,
             load: serde_json::Value::Null, // the worker's session records it
-            run: run.spec.clone(),
+            run: Box::new(run.spec.clone()),
             token: AnswerToken { reduced: pick.reduced, index: pick.index },
         })
     }
