@@ -16,6 +16,8 @@ use crate::render::{self, Colormap, GroupStyle, HeatLook, Heatmap, Norm, Panel, 
 use crate::session::{Analysis, DropFill, EncoderRun, FullRun, ImageInput, RunSpec, Session};
 use crate::{Cancel, Error, Result, figures};
 
+pub mod vlm;
+
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Default physical width of a figure when a DPI is given: one column of a two-column paper.
 pub const COLUMN_WIDTH_IN: f64 = 3.25;
@@ -122,6 +124,23 @@ pub enum Figure {
         #[serde(default = "tokens_view")]
         view: View,
     },
+    /// A vision-language model's answer to `question`: the token grid of `run`'s method, what
+    /// one answer token looked at (its text-to-image map), and both answers (the full model's
+    /// and `run`'s) with their token diff. The full run is `run` without its method.
+    VlmAnswer {
+        question: String,
+        /// SmolVLM's image splitting.
+        split_image: bool,
+        /// How the model was loaded (quantization, dtype): it changes the answers.
+        load: serde_json::Value,
+        /// Boxed: the other figures are smaller.
+        run: Box<RunSpec>,
+        token: vlm::AnswerToken,
+    },
+    /// The VLM compare view: the full model and each run (2 to 4 methods at one budget) side by
+    /// side, each with its token grid, its answer marked against the full one and the full
+    /// answer's log-probability under it.
+    VlmCompare { question: String, split_image: bool, load: serde_json::Value, runs: Vec<RunSpec> },
 }
 
 fn tokens_view() -> View {
@@ -249,10 +268,10 @@ impl ExportSpec {
         Self {
             tokenlens_version: VERSION.into(),
             model: session.id.clone(),
-            weights_sha256: session.model().map(|m| m.weights_sha256.clone()).unwrap_or_default(),
+            weights_sha256: weights_sha256(session).unwrap_or_default(),
             image: image.to_path_buf(),
             image_sha256: image_sha256.into(),
-            figure,
+            figure: figure.with_load(session),
             colormap: Colormap::Viridis,
             opacity: 0.6,
             title: true,
@@ -361,7 +380,7 @@ pub fn sidecar_path(figure: &Path) -> PathBuf {
 /// the spec was made with.
 pub fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
     spec.validate()?;
-    let weights_sha256 = &session.model()?.weights_sha256;
+    let weights_sha256 = &weights_sha256(session)?;
     if spec.weights_sha256 != *weights_sha256 {
         return Err(Error::Config {
             field: "weights_sha256",
@@ -371,6 +390,9 @@ pub fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
                 short(weights_sha256)
             ),
         });
+    }
+    if spec.figure.is_vlm() {
+        return vlm::render(session, spec);
     }
     let input = session.open_image(&spec.image)?;
     if input.sha256 != spec.image_sha256 {
@@ -389,6 +411,23 @@ pub fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
             let rows = GridRows { view, output_row: *output_row, fill: *fill, positions: *positions };
             ctx.grid(methods, &columns(budgets, layers)?, &rows)
         }
+        Figure::VlmAnswer { .. } | Figure::VlmCompare { .. } => unreachable!("drawn by `vlm::render` above"),
+    }
+}
+
+impl Figure {
+    /// A figure of a vision-language model's answers.
+    pub fn is_vlm(&self) -> bool {
+        matches!(self, Figure::VlmAnswer { .. } | Figure::VlmCompare { .. })
+    }
+}
+
+/// The checksum that identifies the session's weights: the encoder's, or the VLM's weight
+/// files' (see [`vlm::weights_sha256`]).
+fn weights_sha256(session: &Session) -> Result<String> {
+    match session.vlm() {
+        Ok(v) => vlm::weights_sha256(&v.dir),
+        Err(_) => Ok(session.model()?.weights_sha256.clone()),
     }
 }
 
@@ -576,33 +615,14 @@ impl Ctx<'_> {
         self.spec.title_text.clone().unwrap_or_else(made)
     }
 
-    /// The scene `make(label_px)` draws, with labels large enough that its smallest text is at
-    /// least [`MIN_TEXT_PT`] x the font scale in print (see [`text_print_width_in`]); labels
-    /// never below `default_px` x the font scale. Text grows the figure a little, so the size
-    /// is found by a few fixed-point steps.
+    /// See [`readable`].
     fn readable(&self, default_px: f32, make: impl Fn(f32) -> Scene) -> Scene {
-        let (scale, dpi) = (self.spec.font_scale, self.spec.dpi);
-        let target = MIN_TEXT_PT * f64::from(scale);
-        let mut px = default_px * scale;
-        let mut scene = make(px);
-        for _ in 0..12 {
-            let Some(pt) = scene.smallest_text_pt(text_print_width_in(scene.width, dpi)) else { break };
-            if pt >= target {
-                break;
-            }
-            // A little over the ratio, so the steps end above the target, not just under it.
-            px = (f64::from(px) * target / pt * 1.01) as f32;
-            scene = make(px);
-        }
-        scene
+        readable(self.spec, default_px, make)
     }
 
     /// The scene as the spec's format.
     fn encode(&self, scene: &Scene) -> Result<Vec<u8>> {
-        match self.spec.format {
-            Format::Png => png_bytes(&render::raster::draw(scene), self.spec.dpi),
-            Format::Svg => Ok(render::svg::draw(scene).into_bytes()),
-        }
+        encode(self.spec, scene)
     }
 
     /// The panel of `content`; `smooth` allows smooth sampling of pixel-resolution maps (grids
@@ -759,6 +779,35 @@ impl Ctx<'_> {
             .image
             .file_name()
             .map_or_else(|| self.spec.image.display().to_string(), |n| n.to_string_lossy().into())
+    }
+}
+
+/// The scene `make(label_px)` draws for `spec`, with labels large enough that its smallest text
+/// is at least [`MIN_TEXT_PT`] x the font scale in print (see [`text_print_width_in`]); labels
+/// never below `default_px` x the font scale. Text grows the figure a little, so the size is
+/// found by a few fixed-point steps.
+fn readable(spec: &ExportSpec, default_px: f32, make: impl Fn(f32) -> Scene) -> Scene {
+    let (scale, dpi) = (spec.font_scale, spec.dpi);
+    let target = MIN_TEXT_PT * f64::from(scale);
+    let mut px = default_px * scale;
+    let mut scene = make(px);
+    for _ in 0..12 {
+        let Some(pt) = scene.smallest_text_pt(text_print_width_in(scene.width, dpi)) else { break };
+        if pt >= target {
+            break;
+        }
+        // A little over the ratio, so the steps end above the target, not just under it.
+        px = (f64::from(px) * target / pt * 1.01) as f32;
+        scene = make(px);
+    }
+    scene
+}
+
+/// The scene as `spec`'s format.
+fn encode(spec: &ExportSpec, scene: &Scene) -> Result<Vec<u8>> {
+    match spec.format {
+        Format::Png => png_bytes(&render::raster::draw(scene), spec.dpi),
+        Format::Svg => Ok(render::svg::draw(scene).into_bytes()),
     }
 }
 

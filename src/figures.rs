@@ -245,13 +245,19 @@ pub fn vlm_tokens(
     run: &crate::session::vlm::VlmRun,
     max_side: u32,
 ) -> RgbImage {
-    let groups = TokenGroups::from_groups(grid.0, grid.1, &on_grid(&run.groups, grid.0, grid.1))
-        .expect("a run's groups are disjoint");
-    let merges = run.groups.iter().any(|g| g.len() > 1);
-    let style = if merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped };
+    let (groups, style) = vlm_token_groups(grid, run);
     let title = format!("{}: {} of {} image tokens", vlm_run_title(run), run.groups.len(), run.num_image_tokens);
     let tokens_style = TokensStyle { style, title: Some(title), max_side, ..TokensStyle::default() };
     render::tokens_overlay(&image.photo, &groups, &vlm_placement(image), &tokens_style)
+}
+
+/// A VLM run's groups on the image-token grid (tokens off the grid left out), and how to draw
+/// them: merged groups filled, else kept versus dropped.
+pub fn vlm_token_groups(grid: (usize, usize), run: &crate::session::vlm::VlmRun) -> (TokenGroups, GroupStyle) {
+    let groups = TokenGroups::from_groups(grid.0, grid.1, &on_grid(&run.groups, grid.0, grid.1))
+        .expect("a run's groups are disjoint");
+    let merges = run.groups.iter().any(|g| g.len() > 1);
+    (groups, if merges { GroupStyle::MergeGroups } else { GroupStyle::KeptDropped })
 }
 
 /// A per-image-token map over a VLM's photo (null values drawn as missing).

@@ -194,6 +194,36 @@ fn the_vlm_compare_view_answers_every_method() {
     assert!(distinct.len() > 1000, "the window looks blank ({} colours)", distinct.len());
 }
 
+/// VLM mode exports what it shows: the answer figure from the single view, the compare figure
+/// from the compare view, each written with its sidecar by the app's own export path (the
+/// figure on screen, the export options' look, the worker's export job).
+#[test]
+fn the_vlm_views_export_their_figures() {
+    let Some(x) = Xvfb::start_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::fixture("vlm/llava");
+    for (tab, figure) in [("single", "vlm_answer"), ("compare", "vlm_compare")] {
+        let exported = dir.path().join(format!("{tab}-figure.png"));
+        let args = ["--model".as_ref(), model.as_os_str(), "--export-to".as_ref(), exported.as_os_str()]
+            .into_iter()
+            .chain(["--tab", tab, "--reducer", "random", "--max-answer-tokens", "8"].map(std::ffi::OsStr::new))
+            .collect::<Vec<_>>();
+        let out = dir.path().join(format!("vlm-export-{tab}.png"));
+        run_app(&x, &asset("chelsea.png"), &args, &out);
+        let spec = tokenlens::export::read_spec(&tokenlens::export::sidecar_path(&exported))
+            .unwrap_or_else(|e| panic!("{tab}: no sidecar: {e}"));
+        let kind = serde_json::to_value(&spec.figure).unwrap()["kind"].clone();
+        assert_eq!(kind, figure, "{tab}");
+        assert_eq!(spec.image, asset("chelsea.png"), "{tab}");
+        let img = image::open(&exported).unwrap().to_rgb8();
+        assert!(img.width() >= 2 * spec.panel_px, "{tab}: at least two panels wide: {:?}", img.dimensions());
+        if std::env::var_os("TOKENLENS_KEEP_SHOTS").is_some() {
+            let keep = std::env::temp_dir().join("tokenlens-shots");
+            std::fs::copy(&exported, keep.join(exported.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
 /// `--press BUTTON` with no desktop portal (no session bus) and no zenity (an empty PATH): the
 /// in-app browser must take over, and the status bar must say why.
 #[test]

@@ -294,23 +294,39 @@ pub struct TokenlensApp {
     /// Commands the panels queued this frame.
     commands: Vec<Command>,
     show_help: bool,
-    /// `--screenshot PATH`: save the first frame that shows a result, then close.
-    screenshot: Option<PathBuf>,
-    screenshot_requested: bool,
-    screenshot_done: Arc<std::sync::atomic::AtomicBool>,
-    /// `--press` (with `--screenshot`): the button pressed once a result is on screen, and when.
-    press: Option<Press>,
-    pressed_at: Option<Instant>,
-    in_app_since: Option<Instant>,
+    /// Screenshot mode (tests): what to capture and press first.
+    capture: Capture,
     /// The file dialog on screen: the system's, or the in-app browser where there is none.
     dialogs: FileDialogs,
     /// An export waiting for "replace the existing file?".
     confirm_overwrite: Option<(Figure, PathBuf)>,
     /// Size, DPI, font scale, title and key of exported figures.
     export_options: export_options::ExportOptions,
-    /// What was last written to the settings file, and when (saves are throttled).
-    saved: (Settings, Instant),
-    persist: bool,
+    /// The settings file: what `settings` was last saved as.
+    settings_file: SettingsFile,
+}
+
+/// Where [`Settings`] persist between sessions: what was last written, and when (saves are
+/// throttled); `enabled` is off in screenshot mode (tests stay reproducible).
+struct SettingsFile {
+    saved: Settings,
+    at: Instant,
+    enabled: bool,
+}
+
+/// Screenshot mode (`--screenshot`, for tests): its state, apart from the app's own.
+#[derive(Default)]
+struct Capture {
+    /// `--screenshot PATH`: save the first frame that shows a result, then close.
+    path: Option<PathBuf>,
+    requested: bool,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    /// `--export-to` (with `--screenshot`): the figure on screen is exported there first.
+    export_to: Option<ExportTo>,
+    /// `--press` (with `--screenshot`): the button pressed once a result is on screen, and when.
+    press: Option<Press>,
+    pressed_at: Option<Instant>,
+    in_app_since: Option<Instant>,
 }
 
 impl TokenlensApp {
@@ -346,17 +362,11 @@ impl TokenlensApp {
             compare_hover: None,
             commands: Vec::new(),
             show_help: false,
-            screenshot: None,
-            screenshot_requested: false,
-            screenshot_done: Arc::default(),
+            capture: Capture::default(),
             dialogs: FileDialogs::default(),
-            press: None,
-            pressed_at: None,
-            in_app_since: None,
             confirm_overwrite: None,
             export_options: Default::default(),
-            saved: (settings_copy, Instant::now()),
-            persist: false,
+            settings_file: SettingsFile { saved: settings_copy, at: Instant::now(), enabled: false },
         };
         match image {
             Some(path) => app.open(path),
@@ -451,9 +461,15 @@ impl TokenlensApp {
             | Event::SweepPoint { .. }
             | Event::SweepStopped { .. } => {}
             Event::Exported(figure, sidecar) => {
+                if let Some(e) = self.capture.export_to.as_mut().filter(|e| e.path == figure) {
+                    e.done = true;
+                }
                 self.status = format!("Exported {} (sidecar {})", figure.display(), sidecar.display());
             }
             Event::Failed(message) => {
+                if let Some(e) = self.capture.export_to.as_mut().filter(|e| e.submitted) {
+                    e.done = true;
+                }
                 if let Some(vlm) = self.vlm.as_mut() {
                     vlm.failed();
                 }
@@ -492,9 +508,23 @@ impl TokenlensApp {
 
     /// Asks where to export what the current tab shows.
     fn export_view(&mut self) {
-        match self.settings.tab {
-            Tab::Single => self.export_dialog(self.current_figure(), "tokenlens-figure.svg"),
-            Tab::Compare => self.export_dialog(self.compare_figure(), "tokenlens-grid.svg"),
+        match self.figure_on_screen() {
+            Some((figure, name)) => self.export_dialog(figure, name),
+            None => self.status = "Nothing to export yet: the first result is not on screen".into(),
+        }
+    }
+
+    /// What the current tab shows as a figure, and a file name for it; none before a result.
+    pub fn figure_on_screen(&self) -> Option<(Figure, &'static str)> {
+        let s = &self.settings;
+        match (&self.vlm, s.tab) {
+            (Some(vlm), Tab::Single) => Some((vlm.answer_figure(&s.vlm)?, "tokenlens-answer.svg")),
+            (Some(vlm), Tab::Compare) => {
+                Some((vlm.compare_figure(&s.vlm, s.spec.budget, s.spec.positions)?, "tokenlens-vlm-compare.svg"))
+            }
+            (None, _) if self.opened.is_none() => None,
+            (None, Tab::Single) => Some((self.current_figure(), "tokenlens-figure.svg")),
+            (None, Tab::Compare) => Some((self.compare_figure(), "tokenlens-grid.svg")),
         }
     }
 
@@ -584,9 +614,6 @@ impl TokenlensApp {
 
     /// Asks where to save `figure` (a PNG or an SVG, with its sidecar beside it).
     pub fn export_dialog(&mut self, figure: Figure, default_name: &str) {
-        if self.opened.is_none() {
-            return;
-        }
         self.dialogs.ask(Request { purpose: Purpose::Export(figure), start: None, name: default_name.into() });
     }
 
@@ -805,16 +832,16 @@ impl TokenlensApp {
     /// With `--screenshot`: once a reduced result is on screen and no texture changes any more,
     /// capture the frame, write it, and close.
     fn screenshot_step(&mut self, ctx: &egui::Context) {
-        let Some(path) = self.screenshot.clone() else { return };
-        if self.screenshot_done.load(std::sync::atomic::Ordering::Acquire) {
+        let Some(path) = self.capture.path.clone() else { return };
+        if self.capture.done.load(std::sync::atomic::Ordering::Acquire) {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
-        } else if !self.screenshot_requested && self.result_on_screen() && self.textures.is_settled() {
-            if !self.pressed_ui() {
+        } else if !self.capture.requested && self.result_on_screen() && self.textures.is_settled() {
+            if !self.pressed_ui() || !self.exported_ui() {
                 ctx.request_repaint();
                 return;
             }
-            self.screenshot_requested = true;
-            let summary = match (&self.vlm, self.press) {
+            self.capture.requested = true;
+            let summary = match (&self.vlm, self.capture.press) {
                 (Some(vlm), _) => Some(vlm.summary()),
                 (None, Some(_)) => Some(serde_json::json!({
                     "in_app_browser": self.dialogs.in_app_open(),
@@ -829,7 +856,7 @@ impl TokenlensApp {
                     eprintln!("screenshot summary: {e}");
                 }
             }
-            let (done, wake) = (self.screenshot_done.clone(), ctx.clone());
+            let (done, wake) = (self.capture.done.clone(), ctx.clone());
             ctx.request_screenshot(move |image| {
                 let [w, h] = image.size;
                 let rgb: Vec<u8> = image.pixels.iter().flat_map(|c| [c.r(), c.g(), c.b()]).collect();
@@ -847,6 +874,14 @@ impl TokenlensApp {
     }
 }
 
+/// `--export-to PATH`: where the figure on screen goes before the screenshot (for tests).
+struct ExportTo {
+    path: PathBuf,
+    submitted: bool,
+    /// Written, or failed (the error is on screen).
+    done: bool,
+}
+
 /// A button `--press` presses (with `--screenshot`, for tests): the capture waits until its
 /// dialog is on screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -862,21 +897,39 @@ impl TokenlensApp {
     /// With `--press`: presses the button once, then true once its dialog has answered or the
     /// in-app browser has been on screen for half a second (its window fades in).
     fn pressed_ui(&mut self) -> bool {
-        let Some(press) = self.press else { return true };
-        let Some(at) = self.pressed_at else {
+        let Some(press) = self.capture.press else { return true };
+        let Some(at) = self.capture.pressed_at else {
             match press {
                 Press::Open => self.open_dialog(),
-                Press::Export => self.export_dialog(self.current_figure(), "tokenlens-figure.svg"),
+                Press::Export => self.export_view(),
             }
-            self.pressed_at = Some(Instant::now());
+            self.capture.pressed_at = Some(Instant::now());
             return false;
         };
         if self.dialogs.in_app_open() {
-            let since = *self.in_app_since.get_or_insert_with(Instant::now);
+            let since = *self.capture.in_app_since.get_or_insert_with(Instant::now);
             return since.elapsed().as_secs_f32() > 0.5;
         }
         // A system dialog that has answered (or a cancelled one): give it time to come back.
         !self.dialogs.is_open() && at.elapsed().as_secs_f32() > 0.5
+    }
+
+    /// With `--export-to`: exports the figure on screen there once, then true once it is written
+    /// or has failed.
+    fn exported_ui(&mut self) -> bool {
+        let Some(e) = &self.capture.export_to else { return true };
+        if !e.submitted {
+            let path = e.path.clone();
+            match self.figure_on_screen() {
+                Some((figure, _)) => self.submit_export(figure, path, true),
+                None => self.error = Some("--export-to: nothing to export".into()),
+            }
+            let e = self.capture.export_to.as_mut().expect("checked above");
+            e.submitted = true;
+            e.done = self.error.is_some();
+            return false;
+        }
+        e.done
     }
 
     /// A reduced result is on screen and nothing is on its way (VLM: the sweep is complete too;
@@ -958,13 +1011,14 @@ impl eframe::App for TokenlensApp {
 impl TokenlensApp {
     /// Writes changed settings at most every 2 s (sliders change them every frame), or now.
     fn persist_settings(&mut self, now: bool) {
-        if !self.persist || self.saved.0 == self.settings || (!now && self.saved.1.elapsed().as_secs() < 2) {
+        let file = &self.settings_file;
+        if !file.enabled || file.saved == self.settings || (!now && file.at.elapsed().as_secs() < 2) {
             return;
         }
         if let Err(e) = self.settings.save() {
             self.status = format!("settings not saved: {e}");
         }
-        self.saved = (self.settings.clone(), Instant::now());
+        (self.settings_file.saved, self.settings_file.at) = (self.settings.clone(), Instant::now());
     }
 
     fn top_bar_ui(&mut self, ui: &mut egui::Ui) {
@@ -992,7 +1046,8 @@ impl TokenlensApp {
                 if ui.button("Export options").on_hover_text("Size, DPI, font scale, title, key").clicked() {
                     self.export_options.open = !self.export_options.open;
                 }
-                if ui.add_enabled(self.opened.is_some(), egui::Button::new(label)).on_hover_text(hint).clicked() {
+                let on_screen = self.opened.is_some() || self.vlm.as_ref().is_some_and(|v| v.opened().is_some());
+                if ui.add_enabled(on_screen, egui::Button::new(label)).on_hover_text(hint).clicked() {
                     self.command(Command::ExportView);
                 }
                 let theme = if self.settings.dark { "Light theme" } else { "Dark theme" };
@@ -1056,6 +1111,7 @@ pub fn run(
     settings: Settings,
     screenshot: Option<PathBuf>,
     press: Option<Press>,
+    export_to: Option<PathBuf>,
 ) -> Result<(), String> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -1071,9 +1127,10 @@ pub fn run(
         Box::new(move |cc| {
             let persist = screenshot.is_none();
             let mut app = TokenlensApp::new(&cc.egui_ctx, model, image, settings);
-            app.screenshot = screenshot;
-            app.press = press;
-            app.persist = persist;
+            app.capture.path = screenshot;
+            app.capture.press = press;
+            app.capture.export_to = export_to.map(|path| ExportTo { path, submitted: false, done: false });
+            app.settings_file.enabled = persist;
             Ok(Box::new(app))
         }),
     )

@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 use super::widgets::{self, method_entry, params_ui};
 use super::worker::{Event, Job, OpenedImage, VlmOpened};
 use super::{Slot, TokenlensApp};
+use crate::export::Figure;
+use crate::export::vlm::AnswerToken;
 use crate::reduce::llm::LlmReducerConfig;
-use crate::reduce::{Budget, Capabilities, Method, ReducerConfig, Side};
+use crate::reduce::{Budget, Capabilities, Method, PositionMode, ReducerConfig, Side};
 use crate::session::vlm::{SweepPoint, VlmRun, sweep_fractions};
 use crate::session::{Ask, RunResult, RunSpec};
 
@@ -250,6 +252,36 @@ impl VlmState {
             _ => None,
         };
         Some((run, note))
+    }
+
+    /// The answer figure of what is on screen: the run shown, the picked answer token (else
+    /// the reduced answer's first, else the full answer's first).
+    pub fn answer_figure(&self, settings: &VlmSettings) -> Option<Figure> {
+        let opened = self.opened()?;
+        let (run, _) = self.shown_run()?;
+        let pick = self.shown_pick().unwrap_or(Pick { reduced: !run.answer.ids.is_empty(), index: 0 });
+        Some(Figure::VlmAnswer {
+            question: opened.question.clone(),
+            split_image: settings.split_image,
+            load: serde_json::Value::Null, // the worker's session records it
+            run: Box::new(run.spec.clone()),
+            token: AnswerToken { reduced: pick.reduced, index: pick.index },
+        })
+    }
+
+    /// The compare view as a figure: the runs on screen, else the ones asked for.
+    pub fn compare_figure(&self, settings: &VlmSettings, budget: Budget, positions: PositionMode) -> Option<Figure> {
+        let opened = self.opened()?;
+        let runs = match &self.compared.value {
+            Some(runs) if !self.compared.pending => runs.iter().map(|r| r.spec.clone()).collect(),
+            _ => settings.compare_specs(budget, positions),
+        };
+        Some(Figure::VlmCompare {
+            question: opened.question.clone(),
+            split_image: settings.split_image,
+            load: serde_json::Value::Null,
+            runs,
+        })
     }
 
     pub fn failed(&mut self) {

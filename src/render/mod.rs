@@ -5,6 +5,7 @@
 //! A figure is first a [`scene::Scene`] (plain data: every position and colour), drawn by
 //! [`raster`] (PNG, the app) and [`svg`]; [`write_png_atomic`] is the only I/O.
 
+pub mod answers;
 pub mod colormap;
 pub mod grid;
 pub mod groups;

@@ -24,6 +24,7 @@ pub fn draw(scene: &Scene) -> RgbImage {
             Item::Text(t) => draw_text(&mut canvas, t),
             Item::ColorBar(b) => draw_colorbar(&mut canvas, b),
             Item::Swatch(sw) => draw_swatch(&mut canvas, sw),
+            Item::Mark(m) => blend_rect(&mut canvas, &m.rect, m.rgb, 1.0),
         }
     }
     canvas

@@ -67,6 +67,17 @@ pub enum Item {
     ColorBar(ColorBarItem),
     /// A legend swatch (see [`super::legend`]).
     Swatch(SwatchItem),
+    /// A flat rectangle: a diff mark behind or through answer text (see [`super::answers`]).
+    Mark(MarkItem),
+}
+
+/// A filled rectangle of whole pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarkItem {
+    pub rect: Rect,
+    pub rgb: [u8; 3],
+    /// What it marks, for tooling (an SVG class): "added", "removed", "strike".
+    pub class: &'static str,
 }
 
 impl Scene {
@@ -76,7 +87,7 @@ impl Scene {
             match item {
                 Item::Text(t) => Box::new(std::iter::once(t)),
                 Item::ColorBar(b) => Box::new(b.labels.iter()),
-                Item::Panel(_) | Item::Swatch(_) => Box::new(std::iter::empty()),
+                Item::Panel(_) | Item::Swatch(_) | Item::Mark(_) => Box::new(std::iter::empty()),
             }
         })
     }

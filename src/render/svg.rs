@@ -85,6 +85,16 @@ pub fn draw(scene: &Scene) -> String {
             Item::Text(t) => doc.add(label(t)),
             Item::ColorBar(b) => doc.add(colorbar_group(b)),
             Item::Swatch(sw) => doc.add(swatch_group(sw)),
+            Item::Mark(m) => doc.add(
+                Rectangle::new()
+                    .set("class", m.class)
+                    .set("x", m.rect.x0)
+                    .set("y", m.rect.y0)
+                    .set("width", m.rect.x1 - m.rect.x0)
+                    .set("height", m.rect.y1 - m.rect.y0)
+                    .set("fill", hex(m.rgb))
+                    .set("shape-rendering", "crispEdges"),
+            ),
         };
     }
     doc.to_string()
