@@ -1,7 +1,9 @@
 //! Sidecars written before `RunSpec` and `RunResult` became one type for every model
 //! (tests/fixtures/sidecars, made by the binary of 2026-11-30): an export sidecar of an encoder
 //! run, and `tokenlens vlm`'s `vlm.json` with its `tokens.png`. They still parse, and the same
-//! figures come back from them.
+//! figures come back from them. The two PNGs are redrawn when the drawing changes on purpose (last:
+//! the legend swatches' frame, 2026-11-30, which changed only the legend's pixels); the JSON files
+//! stay as first written.
 
 mod common;
 
