@@ -94,7 +94,11 @@ fn vlm_figures_export_as_png_and_svg_and_their_sidecars_remake_them() {
     until(&worker, |e| matches!(e, Event::Ready { vlm: Some(_), .. }).then_some(()));
     let question = "what is in the image?".to_string();
     let source = ImageSource { label: asset("chelsea.png"), bytes: None };
-    worker.submit(Job::Open { id: 1, source, ask: Ask { prompt: question.clone(), spec: run_spec(None), split: false } });
+    worker.submit(Job::Open {
+        id: 1,
+        source,
+        ask: Ask { prompt: question.clone(), spec: run_spec(None), split: false },
+    });
     let opened: Arc<VlmOpened> = until(&worker, |e| match e {
         Event::Opened { id: 1, image: OpenedImage::Answer(opened) } => Some(opened),
         _ => None,

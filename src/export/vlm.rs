@@ -13,8 +13,8 @@ use super::{ExportSpec, Figure, MAX_FIGURE_PIXELS, encode, readable};
 use crate::figures;
 use crate::render::answers::{AnswerColumn, AnswerFigure, Mark, TextBlock, answer_scene};
 use crate::render::{self, GroupStyle, HeatLook, Heatmap, Panel, PanelContent, TokenGroups};
-use crate::session::Session;
 use crate::session::RunSpec;
+use crate::session::Session;
 use crate::session::vlm::{DiffOp, Vlm, VlmFull, VlmRun};
 use crate::{Cancel, Error, Result};
 
@@ -145,13 +145,7 @@ fn check_compare<'a>(spec: &ExportSpec, runs: &'a [RunSpec]) -> Result<&'a RunSp
 
 /// The full run the figure compares with: the session's cached one if it is for this image,
 /// split, question and answer length, else answered again (not cached).
-fn full_run(
-    session: &Session,
-    spec: &ExportSpec,
-    question: &str,
-    split: bool,
-    run: &RunSpec,
-) -> Result<Arc<VlmFull>> {
+fn full_run(session: &Session, spec: &ExportSpec, question: &str, split: bool, run: &RunSpec) -> Result<Arc<VlmFull>> {
     let bytes = std::fs::read(&spec.image).map_err(|e| Error::image(&spec.image, format!("cannot read: {e}")))?;
     let image = session.vlm_image(&bytes, &spec.image, split)?;
     if image.sha256 != spec.image_sha256 {
