@@ -9,30 +9,12 @@ use egui_plot::{HoverPosition, Line, Plot, PlotPoints, Points, VLine};
 use super::TokenlensApp;
 use super::vlm::{Pick, method_label, run_label};
 use super::widgets::removed_percent;
-use crate::session::vlm::{DiffOp, SweepPoint, VlmRun, first_change};
+use crate::session::vlm::{SweepPoint, VlmRun, first_change};
 
-/// How a token of one answer relates to the other answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mark {
-    Same,
-    /// Only in the full answer (shown struck through in red).
-    Removed,
-    /// Only in the reduced answer (green).
-    Added,
-}
-
-/// The tokens of one side of the diff, in order: (token index on that side, mark).
-pub fn side_of_diff(diff: &[DiffOp], reduced: bool) -> Vec<(usize, Mark)> {
-    diff.iter()
-        .filter_map(|op| match (*op, reduced) {
-            (DiffOp::Same { a, .. }, false) => Some((a, Mark::Same)),
-            (DiffOp::Same { b, .. }, true) => Some((b, Mark::Same)),
-            (DiffOp::Removed { a }, false) => Some((a, Mark::Removed)),
-            (DiffOp::Added { b }, true) => Some((b, Mark::Added)),
-            _ => None,
-        })
-        .collect()
-}
+// How a token relates to the other answer (drawn: removed struck through in red, added in
+// green), and one side of a diff: shared with the exported figures.
+pub use crate::export::vlm::side_of_diff;
+pub use crate::render::answers::Mark;
 
 /// A token as shown: line breaks and tabs made visible, an empty piece as a middle dot.
 pub fn shown_piece(piece: &str) -> String {

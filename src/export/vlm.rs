@@ -177,7 +177,7 @@ struct Draw<'a> {
 }
 
 /// The tokens of one side of a diff (`reduced`: the second answer's), in order, with marks.
-fn side_of_diff(diff: &[DiffOp], reduced: bool) -> Vec<(usize, Mark)> {
+pub fn side_of_diff(diff: &[DiffOp], reduced: bool) -> Vec<(usize, Mark)> {
     diff.iter()
         .filter_map(|op| match (*op, reduced) {
             (DiffOp::Same { a, .. }, false) => Some((a, Mark::Same)),
