@@ -5,28 +5,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::asset;
+use common::{asset, hex, ok, tokenlens};
 use tokenlens::Cancel;
 use tokenlens::reduce::{Budget, ReducerConfig};
 use tokenlens::render::{Colormap, Heatmap, Norm, Placement};
 use tokenlens::session::{ImageInput, RunSpec};
-
-fn tokenlens() -> Command {
-    let _ = common::session();
-    Command::new(env!("CARGO_BIN_EXE_tokenlens"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn hex(rgb: [u8; 3]) -> String {
-    format!("#{:02x}{:02x}{:02x}", rgb[0], rgb[1], rgb[2])
-}
 
 fn svg(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()

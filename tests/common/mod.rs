@@ -4,11 +4,30 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use candle_core::Tensor;
 use tokenlens::model::ModelSource;
 use tokenlens::session::Session;
+
+/// The CLI, with the default model fetched first.
+pub fn tokenlens() -> Command {
+    let _ = session();
+    Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+}
+
+/// Runs `cmd`, which must succeed; its standard output.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `#rrggbb`, as SVGs write colours.
+pub fn hex(rgb: [u8; 3]) -> String {
+    format!("#{:02x}{:02x}{:02x}", rgb[0], rgb[1], rgb[2])
+}
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
