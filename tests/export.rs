@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{asset, hex, ok, tokenlens};
+use common::{asset, grid_svg_and_png, hex, ok, tokenlens};
 use tokenlens::Cancel;
 use tokenlens::render::Colormap;
 
@@ -317,15 +317,7 @@ fn smallest_pt(width: f64, texts: &[SvgText], width_in: f64) -> f64 {
 
 #[test]
 fn a_compare_grid_reads_at_one_column_with_swatches_and_no_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let (svg_path, png_path) = (dir.path().join("grid.svg"), dir.path().join("grid.png"));
-    for path in [&svg_path, &png_path] {
-        ok(tokenlens()
-            .arg("figure")
-            .arg(asset("chelsea.png"))
-            .args(["--reducers", "tome,cls_topk", "--ratios", "0.75", "--output-row", "--out"])
-            .arg(path));
-    }
+    let (_dir, svg_path, png_path) = grid_svg_and_png(&["--output-row"]);
     let text = std::fs::read_to_string(&svg_path).unwrap();
     let doc = roxmltree::Document::parse(&text).unwrap();
     let (width, texts) = svg_texts(&doc);

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{asset, hex, ok, tokenlens};
+use common::{asset, grid_svg_and_png, hex, ok, tokenlens};
 use tokenlens::Cancel;
 use tokenlens::reduce::{Budget, ReducerConfig};
 use tokenlens::render::{Colormap, Heatmap, Norm, Placement};
@@ -160,15 +160,7 @@ fn the_colour_bar_is_narrow_at_one_column() {
 /// SVG's crisp edges dropped it on one side); the PNG draws the frame where the SVG does.
 #[test]
 fn legend_swatches_keep_a_solid_frame() {
-    let dir = tempfile::tempdir().unwrap();
-    let (svg_path, png_path) = (dir.path().join("grid.svg"), dir.path().join("grid.png"));
-    for path in [&svg_path, &png_path] {
-        ok(tokenlens()
-            .arg("figure")
-            .arg(asset("chelsea.png"))
-            .args(["--reducers", "tome,cls_topk", "--ratios", "0.75", "--out"])
-            .arg(path));
-    }
+    let (_dir, svg_path, png_path) = grid_svg_and_png(&[]);
     let text = svg(&svg_path);
     let doc = roxmltree::Document::parse(&text).unwrap();
     let png = image::open(&png_path).unwrap().to_rgb8();

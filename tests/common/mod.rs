@@ -24,6 +24,23 @@ pub fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The compare grid of ToMe and CLS top-K at 75 % removed on chelsea.png (plus `extra` flags),
+/// written as grid.svg and grid.png in a temporary folder.
+pub fn grid_svg_and_png(extra: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (svg, png) = (dir.path().join("grid.svg"), dir.path().join("grid.png"));
+    for path in [&svg, &png] {
+        ok(tokenlens()
+            .arg("figure")
+            .arg(asset("chelsea.png"))
+            .args(["--reducers", "tome,cls_topk", "--ratios", "0.75"])
+            .args(extra)
+            .arg("--out")
+            .arg(path));
+    }
+    (dir, svg, png)
+}
+
 /// `#rrggbb`, as SVGs write colours.
 pub fn hex(rgb: [u8; 3]) -> String {
     format!("#{:02x}{:02x}{:02x}", rgb[0], rgb[1], rgb[2])
