@@ -11,6 +11,8 @@ ones for norm weights, zeros for biases (timing only: the answers mean nothing).
     /usr/bin/time -v target/release/tokenlens analyze --model OUT   # loads, then refuses: a VLM
 
 For LLaVA-1.5-7B's own shapes (issue 15's 14 GB bf16 checkpoint): --vision-layers 24 --text-layers 32.
+`--device cuda` draws the values on a GPU (a minute instead of many on a machine that has one;
+other values than the CPU's, which does not matter for timing).
 """
 
 import argparse
@@ -33,6 +35,7 @@ def main():
     ap.add_argument("--vision-layers", type=int, default=12)
     ap.add_argument("--text-layers", type=int, default=2)
     ap.add_argument("--shard", default="500MB")
+    ap.add_argument("--device", default="cpu", help="where the values are drawn: cpu or cuda")
     args = ap.parse_args()
     config = json.loads((PUBLISHED / "config.json").read_text())
     config["vision_config"]["num_hidden_layers"] = args.vision_layers
@@ -42,7 +45,7 @@ def main():
     shapes = {k: (v.shape, v.dtype) for k, v in model.state_dict().items() if v.dtype.is_floating_point}
     limit = parse_size(args.shard)
     args.out.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=args.device).manual_seed(0)
     shards, current, size = 0, {}, 0
 
     def flush():
@@ -62,7 +65,7 @@ def main():
             return torch.zeros(shape, dtype=torch.bfloat16)
         if len(shape) == 1:
             return torch.ones(shape, dtype=torch.bfloat16)
-        return (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)
+        return (torch.randn(shape, generator=g, device=args.device) * 0.02).to(torch.bfloat16).cpu()
 
     weight_map = {}
     for name, (shape, _) in shapes.items():

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::references::{check_hf_encoder as check, encoder_folder as folder, encoder_reference as reference};
 use common::{json_tensor, max_diff};
 use std::path::PathBuf;
 
@@ -11,44 +12,6 @@ use serde_json::Value;
 use tokenlens::Cancel;
 use tokenlens::model::hf::HfVision;
 use tokenlens::model::{HookPoint, NoIntervention, Probe, Trace};
-
-fn folder(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoders").join(name)
-}
-
-fn reference(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(folder(name).join("reference.json")).unwrap()).unwrap()
-}
-
-/// Runs the folder's encoder on the reference's pixel values; checks every layer's attention,
-/// the final features and (for classifiers) the logits.
-fn check(name: &str) {
-    let model = HfVision::load(&folder(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let r = reference(name);
-    let pixels = json_tensor(&r["pixel_values"]);
-    let enc = &model.encoder;
-    let layers = enc.num_layers();
-    let mut trace = Trace::default();
-    let mut state = enc.embed(&pixels).unwrap();
-    enc.run_blocks(&mut state, layers, &Probe::attention(layers), &mut trace, &mut NoIntervention, &Cancel::default())
-        .unwrap();
-    for (l, want) in r["attentions"].as_array().unwrap().iter().enumerate() {
-        let d = max_diff(trace.require(HookPoint::AttnProbs(l)).unwrap(), &json_tensor(want));
-        assert!(d < 1e-4, "{name}: layer {l} attention differs by {d}");
-    }
-    let features = enc.final_norm(&state).unwrap();
-    let d = max_diff(&features, &json_tensor(&r["last_hidden_state"]));
-    assert!(d < 1e-4, "{name}: last_hidden_state differs by {d}");
-    match (model.logits(&features).unwrap(), r.get("logits")) {
-        (Some(ours), Some(want)) => {
-            let d = max_diff(&ours, &json_tensor(want));
-            assert!(d < 1e-4, "{name}: logits differ by {d}");
-            assert_eq!(model.labels.len(), ours.dim(1).unwrap());
-        }
-        (None, None) => {}
-        (ours, want) => panic!("{name}: head mismatch (ours {}, reference {})", ours.is_some(), want.is_some()),
-    }
-}
 
 #[test]
 fn vit_classifier_matches_transformers() {

@@ -36,24 +36,7 @@ fn preprocessing_tower_and_connector_match_transformers() {
 
 #[test]
 fn logits_and_greedy_tokens_with_the_image_match_transformers() {
-    let (model, r) = load();
-    let photo = image::open(common::asset("chelsea.png")).unwrap().to_rgb8();
-    let pixels = model.preprocessor.pixels(&model.preprocessor.resize(&photo), &Device::Cpu).unwrap();
-    let image = model.connect(&model.vision_features(&pixels, &Cancel::default()).unwrap()).unwrap();
-    let ids = json_ints(&r["input_ids"]);
-    let embeds = model.lm.embed_with_image(&ids, model.image_token, &image).unwrap();
-    let positions: Vec<u32> = (0..ids.len() as u32).collect();
-    let layers: Vec<usize> = (0..model.lm.num_layers()).collect();
-    let mut cache = KvCache::default();
-    let (hidden, trace) = model.lm.forward(&embeds, &positions, &mut cache, &layers, false).unwrap();
-    let d = max_diff(&model.lm.logits(&hidden).unwrap(), &json_tensor(&r["logits"]));
-    assert!(d < 1e-4, "logits differ by {d}");
-    for (l, want) in r["attentions"].as_array().unwrap().iter().enumerate() {
-        let d = max_diff(&trace.attentions[&l], &json_tensor(want));
-        assert!(d < 1e-4, "layer {l} attention differs by {d}");
-    }
-    // Greedy continuation with the cache.
-    assert_eq!(greedy(&model, &hidden, &mut cache, &r), json_ints(&r["generate"]["generated_ids"]));
+    common::references::check_idefics3_logits_and_greedy();
 }
 
 #[test]
@@ -154,7 +137,7 @@ fn split_prompt_ids_features_and_logits_match_transformers() {
     let (hidden, _) = model.lm.forward(&embeds, &positions, &mut cache, &[], false).unwrap();
     let d = max_diff(&model.lm.logits(&hidden).unwrap(), &json_tensor(&r["logits"]));
     assert!(d < 1e-4, "logits differ by {d}");
-    assert_eq!(greedy(&model, &hidden, &mut cache, &r), json_ints(&r["generate"]["generated_ids"]));
+    assert_eq!(common::references::greedy(&model, &hidden, &mut cache, &r), json_ints(&r["generate"]["generated_ids"]));
 }
 
 /// The fixture's synthetic image: pixel (x, y) = ((7x + 13y) % 256, 3x % 256, 5y % 256).
@@ -203,17 +186,3 @@ fn an_empty_image_is_an_error_not_a_panic() {
     }
 }
 
-/// Plain argmax decoding after a prefill whose last layer output is `hidden`, continuing the
-/// cache, for as many tokens as the reference generated.
-fn greedy(model: &Idefics3, hidden: &Tensor, cache: &mut KvCache, r: &Value) -> Vec<u32> {
-    let n = hidden.dim(1).unwrap();
-    let mut next = model.lm.logits(&hidden.narrow(1, n - 1, 1).unwrap()).unwrap();
-    let mut got = Vec::new();
-    for step in 0..r["generate"]["max_new_tokens"].as_u64().unwrap() as u32 {
-        let id = next.flatten_all().unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
-        got.push(id);
-        let (h, _) = model.lm.forward(&model.lm.embed(&[id]).unwrap(), &[n as u32 + step], cache, &[], false).unwrap();
-        next = model.lm.logits(&h).unwrap();
-    }
-    got
-}

@@ -6,6 +6,7 @@
 mod common;
 
 use candle_core::{Device, IndexOp, Tensor};
+use common::references::llava_image_tokens as image_tokens;
 use common::{fixture, json_ints, json_tensor, max_diff};
 use serde_json::Value;
 use tokenlens::Cancel;
@@ -19,14 +20,6 @@ fn reference(name: &str) -> Value {
 
 fn load() -> (Llava, Value) {
     (Llava::load(&fixture("vlm/llava")).unwrap(), reference("llava"))
-}
-
-/// The image tokens for `assets/chelsea.png`, through our preprocessing.
-fn image_tokens(model: &Llava) -> Tensor {
-    let photo = image::open(common::asset("chelsea.png")).unwrap().to_rgb8();
-    let img = model.preprocessor.resize_and_crop(&photo).unwrap();
-    let pixels = model.preprocessor.pixels(&img, &Device::Cpu).unwrap();
-    model.project(&model.vision_state(&pixels, &Cancel::default()).unwrap()).unwrap()
 }
 
 #[test]
@@ -50,20 +43,7 @@ fn preprocessing_and_image_features_match_transformers() {
 
 #[test]
 fn logits_and_attention_with_the_image_match_transformers() {
-    let (model, r) = load();
-    let ids = json_ints(&r["input_ids"]);
-    let embeds = model.merge(&ids, &image_tokens(&model)).unwrap();
-    let d = max_diff(&embeds, &json_tensor(&r["hidden_states"][0]));
-    assert!(d < 1e-4, "merged embeddings differ by {d}");
-    let positions: Vec<u32> = (0..ids.len() as u32).collect();
-    let layers: Vec<usize> = (0..model.lm.num_layers()).collect();
-    let (hidden, trace) = model.lm.forward(&embeds, &positions, &mut KvCache::default(), &layers, false).unwrap();
-    let d = max_diff(&model.lm.logits(&hidden).unwrap(), &json_tensor(&r["logits"]));
-    assert!(d < 1e-4, "logits differ by {d}");
-    for (l, want) in r["attentions"].as_array().unwrap().iter().enumerate() {
-        let d = max_diff(&trace.attentions[&l], &json_tensor(want));
-        assert!(d < 1e-4, "layer {l} attention differs by {d}");
-    }
+    common::references::check_llava_logits_and_attention();
 }
 
 #[test]

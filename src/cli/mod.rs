@@ -39,13 +39,14 @@ struct Cli {
     /// (32, 256) stay f32.
     #[arg(long, global = true, value_name = "FORMAT")]
     quantize: Option<Quantize>,
-    /// What the weights are computed in: auto (f32 on the CPU), f32, f16, bf16 (half precision
-    /// is refused on the CPU).
+    /// What a vision-language model's decoder and projector linear weights are kept and
+    /// multiplied in: auto (f32 on the CPU, the checkpoint's dtype on a GPU), f32, f16, bf16
+    /// (half precision is refused on the CPU). Everything else computes in f32.
     #[arg(long, global = true, value_name = "DTYPE", default_value = "auto")]
     dtype: DTypeChoice,
     /// Where models run: auto, cpu, cuda, cuda:N, metal. The GPUs need a build with the `cuda`
-    /// or `metal` feature, and the models compute on the CPU only so far: auto is the CPU and a
-    /// GPU is refused with a message.
+    /// or `metal` feature. auto: $TOKENLENS_DEVICE if set, else the first CUDA GPU of a `cuda`
+    /// build, else the CPU.
     #[arg(long, global = true, value_name = "DEVICE", default_value = "auto")]
     device: DeviceChoice,
 }

@@ -18,13 +18,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::{Linear, linear};
 use serde::Deserialize;
 
 use super::config::{Activation, BlockNames, VitConfig, unsupported};
 use super::hf_config::{Class, resolve, resolve_section};
 use super::memory::{self, Estimate};
+use super::quant::DeviceChoice;
 use super::vit::VisionTransformer;
 use super::weights::Weights;
 use super::zero_shot::ZeroShot;
@@ -84,8 +85,14 @@ impl HfVision {
         Ok(Settings::read(dir)?.estimate())
     }
 
-    /// Loads `dir/config.json` and `dir/model.safetensors`, after the memory guard.
+    /// Loads `dir/config.json` and `dir/model.safetensors`, after the memory guard, on the
+    /// `auto` device ([`DeviceChoice::resolve`]).
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_on(dir, &DeviceChoice::Auto.resolve()?)
+    }
+
+    /// [`HfVision::load`] on `device`.
+    pub fn load_on(dir: &Path, device: &Device) -> Result<Self> {
         let settings = Settings::read(dir)?;
         memory::guard(&settings.estimate())?;
         let Settings { json, hf, architecture, cfg, tower_root, .. } = settings;
@@ -100,7 +107,7 @@ impl HfVision {
                 .find(|p| weights.contains(&format!("{p}.embeddings.cls_token")))
                 .unwrap_or("")
         });
-        let vb = weights.into_var_builder();
+        let vb = weights.into_var_builder(device);
         let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json ({architecture}): {e}"));
         let encoder_vb = if root.is_empty() { vb.clone() } else { vb.pp(root) };
         let encoder = VisionTransformer::new(&cfg, encoder_vb).map_err(mismatch)?;

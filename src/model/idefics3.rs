@@ -23,7 +23,7 @@ use super::llama::{Llama, LlamaConfig};
 use super::llava::check_tied;
 use super::pil_resize::{Filter, resize};
 use super::preprocess::Alpha;
-use super::quant::{Linears, Proj};
+use super::quant::{Linears, LoadOptions, Proj};
 use super::vit::VisionTransformer;
 use crate::{Cancel, Error, Result};
 
@@ -234,9 +234,10 @@ pub struct Idefics3 {
 
 impl Idefics3 {
     /// Loads an Idefics3 / SmolVLM folder: `config.json`, `model.safetensors`,
-    /// `processor_config.json` (or `preprocessor_config.json`). Linear layers in f32.
+    /// `processor_config.json` (or `preprocessor_config.json`). On the `auto` device, linear layers
+    /// in f32 on the CPU ([`LoadOptions::default`]).
     pub fn load(dir: &Path) -> Result<Self> {
-        Self::load_with(dir, &Linears::f32())
+        Self::load_with(dir, &Linears::for_options(&LoadOptions::default())?)
     }
 
     /// [`Idefics3::load`] with the linear layers made by `linears` (f32 or quantized).
@@ -283,7 +284,7 @@ impl Idefics3 {
         let weights = read_weights(dir)?;
         let weights_path = weights.path.clone();
         linears.stream_from(weights.raw());
-        let vb = weights.into_var_builder();
+        let vb = weights.into_var_builder(linears.device());
         let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json (idefics3): {e}"));
         let model = vb.pp("model");
         let width = vision_cfg.hidden_size * scale_factor * scale_factor;

@@ -8,9 +8,13 @@
 //! Decision: a block runs on plain `f32` slices. Heads are read in place from the fused QKV
 //! output through strides (no transposes), each element-wise step is one pass fused into the
 //! step before it, and `exp`/`erf`/tanh-GELU are vectorised (8 lanes).
-//! Trade-off: f32 on the CPU only, which is all tokenlens runs.
+//! Trade-off: f32 on the CPU only. On a GPU (and on the CPU when [`set_fused`] turns them off,
+//! which is how the tests check that path here) the models run the same steps as candle
+//! tensor ops instead ([`fused`] decides).
 
-use candle_core::{Storage, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{Device, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::{Error, Result};
@@ -95,6 +99,22 @@ pub fn gemm(dst: &mut [f32], dst_rs: usize, a: View<'_>, b: View<'_>, accumulate
 pub fn threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(candle_core::utils::get_num_threads)
+}
+
+static FUSED: AtomicBool = AtomicBool::new(true);
+
+/// Whether models on `device` run these fused CPU kernels (the CPU, unless [`set_fused`] turned
+/// them off) or candle's tensor ops (every other device). Decided when a model is built.
+pub fn fused(device: &Device) -> bool {
+    device.is_cpu() && FUSED.load(Ordering::Relaxed)
+}
+
+/// Turns the fused CPU kernels off (or on again) for models built afterwards in this process:
+/// the CPU then runs the tensor-op path a GPU runs, so tests check that path on machines without
+/// one. Not for users: the fused kernels are the fast path.
+#[doc(hidden)]
+pub fn set_fused(on: bool) {
+    FUSED.store(on, Ordering::Relaxed);
 }
 
 /// The contiguous `f32` values of a CPU tensor, without copying when it is contiguous.

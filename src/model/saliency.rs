@@ -172,8 +172,10 @@ impl SaliencyDecoder {
     }
 
     /// `patch_features`: `[1, rows*cols, dim]` after the final LayerNorm, raster order.
-    /// Returns `[1, 1, out_size, out_size]` saliency in (0, 1).
+    /// Returns `[1, 1, out_size, out_size]` saliency in (0, 1), on the CPU: the head is CPU code
+    /// (about 3 GFLOPs, a tenth of the backbone), so features from a GPU are copied over.
     pub fn forward(&self, patch_features: &Tensor, grid: (usize, usize)) -> Result<Tensor> {
+        let patch_features = &patch_features.to_device(&candle_core::Device::Cpu)?;
         let (rows, cols) = grid;
         let (_, n, d) = patch_features.dims3()?;
         if d != self.dim || n != rows * cols {
@@ -197,7 +199,7 @@ impl SaliencyDecoder {
             }))
         })?;
         let (h, w) = (2 * h, 2 * w);
-        let logits = Tensor::from_vec(logits, (1, 1, h, w), patch_features.device())?;
+        let logits = Tensor::from_vec(logits, (1, 1, h, w), &candle_core::Device::Cpu)?;
         let logits = resize2d(&logits, self.out_size, self.out_size, Kernel::Linear)?;
         Ok(candle_nn::ops::sigmoid(&logits)?)
     }

@@ -171,6 +171,8 @@ impl VisionTransformer {
                 ),
             });
         }
+        // Pixels made on the host go to the model's device (a no-op on the CPU).
+        let pixels = &pixels.to_device(self.embeddings.position.device())?;
         let (tokens, grid) = self.embeddings.forward(pixels)?;
         let tokens = match &self.pre_norm {
             Some(norm) => norm.forward(&tokens)?,

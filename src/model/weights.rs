@@ -50,9 +50,10 @@ impl Weights {
         Raw(Arc::clone(&self.tensors.0))
     }
 
-    /// A var builder that reads each tensor on request, as f32 on the CPU.
-    pub fn into_var_builder(self) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(self.tensors), DType::F32, Device::Cpu)
+    /// A var builder that reads each tensor on request, as f32 on `device` (unless asked
+    /// for another dtype: [`super::quant::Linears`]).
+    pub fn into_var_builder(self, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.tensors), DType::F32, device.clone())
     }
 }
 

@@ -186,7 +186,7 @@ impl Session {
     /// Loads `source` as `options` say. `--quantize` applies to vision-language models (their
     /// decoder and projector); an encoder asked to be quantized is refused, not run in f32.
     pub fn load_with(source: &ModelSource, options: LoadOptions, say: &mut dyn FnMut(&str)) -> Result<Self> {
-        options.resolve()?;
+        let (device, _) = options.resolve()?;
         let backend = match local_folder(source, say)? {
             Some(dir) if Vlm::is_vlm_folder(&dir) => {
                 let how = options.quantize.map_or(String::new(), |q| format!(" ({q} linear layers)"));
@@ -201,8 +201,8 @@ impl Session {
                         .into(),
                 });
             }
-            Some(dir) => Backend::Encoder(Model::load(&ModelSource::File(dir), say)?),
-            None => Backend::Encoder(Model::load(source, say)?),
+            Some(dir) => Backend::Encoder(Model::load_on(&ModelSource::File(dir), &device, say)?),
+            None => Backend::Encoder(Model::load_on(source, &device, say)?),
         };
         let id = match &backend {
             Backend::Encoder(m) => m.id.clone(),

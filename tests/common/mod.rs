@@ -2,6 +2,8 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod references;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -90,8 +92,11 @@ pub fn json_ints(v: &serde_json::Value) -> Vec<u32> {
     v["data"].as_array().unwrap_or_else(|| v.as_array().unwrap()).iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
+/// The largest absolute difference, on the CPU (either may come from a GPU).
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
+    let cpu = candle_core::Device::Cpu;
+    let (a, b) = (a.to_device(&cpu).unwrap(), b.to_device(&cpu).unwrap());
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
 }
 

@@ -156,7 +156,7 @@ impl Arch {
         if let Some(estimate) = Self::memory_estimate_with(dir, options)? {
             memory::guard(&estimate)?;
         }
-        let linears = Linears::new(options.quantize);
+        let linears = Linears::for_options(&options)?;
         let arch = Self::load_arch(dir, &linears)?;
         Ok(Loaded { arch, options, linears: linears.count() })
     }

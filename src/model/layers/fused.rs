@@ -1,14 +1,14 @@
-//! Transformer building blocks with inspection: the attention returns its probabilities and
-//! keys when asked, and a block runs in two halves so a reducer can act between attention and
-//! MLP (where ToMe merges).
+//! The blocks on the fused CPU kernels ([`crate::model::kernels`]): weights as plain `f32`
+//! vectors, every step on slices.
 
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::config::{Activation, BlockNames, VitConfig};
-use super::kernels::{self, Act, View, gemm, with_scratch, with_slice};
-use crate::{Error, Result};
+use super::super::config::{Activation, VitConfig};
+use super::super::kernels::{self, Act, View, gemm, with_scratch, with_slice};
+use super::{AttnRecord, Names, bias_shape, tokens};
+use crate::Result;
 
 /// A linear layer's weight `[out, in]` (row-major, as checkpoints store it) and bias `[out]`.
 struct Dense {
@@ -66,33 +66,18 @@ impl Norm {
 /// for head_dim 64, a power of two). Each head reads its Q, K and V in place from the `[n, 3d]`
 /// output through strides, and runs logits, softmax and `P·V` as one task; heads run in
 /// parallel.
-pub struct Attention {
+struct Attention {
     qkv: Dense,
     output: Dense,
     num_heads: usize,
     head_dim: usize,
 }
 
-/// What one attention call recorded besides its output.
-#[derive(Debug, Clone, Default)]
-pub struct AttnRecord {
-    /// `[1, heads, tokens, tokens]`, if requested.
-    pub probs: Option<Tensor>,
-    /// `[1, heads, tokens, head_dim]`, if requested.
-    pub keys: Option<Tensor>,
-}
-
 impl Attention {
     /// `vb` at the attention subtree (`attention` or `self_attn`).
-    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
-        let (q, k, v, out) = match cfg.block_names {
-            BlockNames::Clip => (vb.pp("q_proj"), vb.pp("k_proj"), vb.pp("v_proj"), vb.pp("out_proj")),
-            BlockNames::Dinov2 | BlockNames::Vit => {
-                let inner = vb.pp("attention");
-                (inner.pp("query"), inner.pp("key"), inner.pp("value"), vb.pp("output").pp("dense"))
-            }
-        };
+        let (q, k, v, out) = Names::attention(cfg.block_names, vb);
         let scale = (cfg.head_dim() as f64).powf(-0.5) as f32;
         let mut qkv =
             Dense { weight: Vec::with_capacity(3 * d * d), bias: Vec::with_capacity(3 * d), out: 3 * d, inp: d };
@@ -186,18 +171,8 @@ impl Attention {
 
 /// The additive attention bias as values and a row stride (0: one row for every query).
 fn attention_bias(bias: &Tensor, n: usize) -> Result<(Vec<f32>, usize)> {
-    let dims = bias.dims();
-    let (q, k) = match dims {
-        [1, 1, q, k] => (*q, *k),
-        _ => (0, 0),
-    };
-    if k != n || (q != 1 && q != n) {
-        return Err(Error::Config {
-            field: "attention bias",
-            reason: format!("expected [1, 1, 1 or {n}, {n}], got {dims:?}"),
-        });
-    }
-    Ok((bias.flatten_all()?.to_vec1()?, if q == 1 { 0 } else { n }))
+    let per_query = bias_shape(bias, n)?;
+    Ok((bias.flatten_all()?.to_vec1()?, if per_query { n } else { 0 }))
 }
 
 pub struct Mlp {
@@ -208,7 +183,7 @@ pub struct Mlp {
 
 impl Mlp {
     /// `vb_fc1` / `vb_fc2`: the two projections (`mlp.fc1` or `intermediate.dense`, ...).
-    pub fn new(cfg: &VitConfig, vb_fc1: VarBuilder, vb_fc2: VarBuilder) -> Result<Self> {
+    pub(super) fn new(cfg: &VitConfig, vb_fc1: VarBuilder, vb_fc2: VarBuilder) -> Result<Self> {
         let act = match cfg.hidden_act {
             Activation::Gelu => Act::GeluErf,
             Activation::GeluPytorchTanh => Act::GeluTanh,
@@ -261,22 +236,9 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
-        // The same computation under each family's checkpoint names.
-        let (norm1, attention, norm2, fc1, fc2) = match cfg.block_names {
-            BlockNames::Dinov2 => ("norm1", "attention", "norm2", vb.pp("mlp").pp("fc1"), vb.pp("mlp").pp("fc2")),
-            BlockNames::Vit => (
-                "layernorm_before",
-                "attention",
-                "layernorm_after",
-                vb.pp("intermediate").pp("dense"),
-                vb.pp("output").pp("dense"),
-            ),
-            BlockNames::Clip => {
-                ("layer_norm1", "self_attn", "layer_norm2", vb.pp("mlp").pp("fc1"), vb.pp("mlp").pp("fc2"))
-            }
-        };
+        let Names { norm1, attention, norm2, fc1, fc2 } = Names::block(cfg.block_names, &vb);
         Ok(Self {
             norm1: Norm::load(d, eps, vb.pp(norm1))?,
             attention: Attention::new(cfg, vb.pp(attention))?,
@@ -292,7 +254,7 @@ impl Block {
     ///
     /// # Shapes
     /// `xs`: `[1, tokens, dim]`.
-    pub fn attend(
+    pub(super) fn attend(
         &self,
         xs: &Tensor,
         bias: Option<&Tensor>,
@@ -310,7 +272,7 @@ impl Block {
     }
 
     /// Second half: the MLP residual branch.
-    pub fn feed_forward(&self, xs: &Tensor) -> Result<Tensor> {
+    pub(super) fn feed_forward(&self, xs: &Tensor) -> Result<Tensor> {
         let n = tokens(xs, self.norm2.weight.len())?;
         let hidden = with_slice(xs, |x| {
             let mut branch = self.norm2.with(x, |normed| self.mlp.forward_rows(normed, n));
@@ -318,15 +280,5 @@ impl Block {
             Ok(branch)
         })?;
         Ok(Tensor::from_vec(hidden, xs.shape(), xs.device())?)
-    }
-}
-
-/// The token count of `[1, tokens, d]` hidden states.
-fn tokens(xs: &Tensor, d: usize) -> Result<usize> {
-    match xs.dims() {
-        [1, n, dd] if *dd == d => Ok(*n),
-        dims => {
-            Err(Error::Config { field: "hidden states", reason: format!("expected [1, tokens, {d}], got {dims:?}") })
-        }
     }
 }

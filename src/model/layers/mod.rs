@@ -1,0 +1,165 @@
+//! Transformer building blocks with inspection: the attention returns its probabilities and
+//! keys when asked, and a block runs in two halves so a reducer can act between attention and
+//! MLP (where ToMe merges).
+//!
+//! # Design
+//! Question: the fused CPU kernels that make the encoders fast read `f32` slices in host memory;
+//! how does the same model run on a GPU?
+//! Decision: each block is built for its device ([`kernels::fused`]): on the CPU the fused
+//! kernels ([`fused`]), elsewhere the same steps as candle tensor ops ([`ops`]), which every
+//! backend implements. The checkpoint names, the shapes checked and what is recorded are shared.
+//! Trade-off: two implementations of one block; the tests run the tensor-op path on the CPU
+//! too ([`kernels::set_fused`]) against the same references.
+
+mod fused;
+mod ops;
+
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::{BlockNames, VitConfig};
+use super::kernels;
+use crate::{Error, Result};
+
+/// What one attention call recorded besides its output.
+#[derive(Debug, Clone, Default)]
+pub struct AttnRecord {
+    /// `[1, heads, tokens, tokens]`, if requested.
+    pub probs: Option<Tensor>,
+    /// `[1, heads, tokens, head_dim]`, if requested.
+    pub keys: Option<Tensor>,
+}
+
+/// A pre-norm transformer block: `x + ls1·attn(norm1(x))`, then `x + ls2·mlp(norm2(x))`.
+pub enum Block {
+    Fused(fused::Block),
+    Ops(ops::Block),
+}
+
+impl Block {
+    /// `vb` at the block's subtree; built for `vb`'s device.
+    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(match kernels::fused(vb.device()) {
+            true => Block::Fused(fused::Block::new(cfg, vb)?),
+            false => Block::Ops(ops::Block::new(cfg, vb)?),
+        })
+    }
+
+    /// First half: the attention residual branch. Returns the new hidden states and what the
+    /// attention recorded.
+    ///
+    /// # Shapes
+    /// `xs`: `[1, tokens, dim]`; `bias`: `[1, 1, 1, tokens]` or `[1, 1, tokens, tokens]`.
+    pub fn attend(
+        &self,
+        xs: &Tensor,
+        bias: Option<&Tensor>,
+        want_probs: bool,
+        want_keys: bool,
+    ) -> Result<(Tensor, AttnRecord)> {
+        match self {
+            Block::Fused(b) => b.attend(xs, bias, want_probs, want_keys),
+            Block::Ops(b) => b.attend(xs, bias, want_probs, want_keys),
+        }
+    }
+
+    /// Second half: the MLP residual branch.
+    pub fn feed_forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Block::Fused(b) => b.feed_forward(xs),
+            Block::Ops(b) => b.feed_forward(xs),
+        }
+    }
+}
+
+/// `fc2(act(fc1(x)))`.
+pub enum Mlp {
+    Fused(fused::Mlp),
+    Ops(ops::Mlp),
+}
+
+impl Mlp {
+    /// `vb_fc1` / `vb_fc2`: the two projections (`mlp.fc1` or `intermediate.dense`, ...).
+    pub fn new(cfg: &VitConfig, vb_fc1: VarBuilder, vb_fc2: VarBuilder) -> Result<Self> {
+        Ok(match kernels::fused(vb_fc1.device()) {
+            true => Mlp::Fused(fused::Mlp::new(cfg, vb_fc1, vb_fc2)?),
+            false => Mlp::Ops(ops::Mlp::new(cfg, vb_fc1, vb_fc2)?),
+        })
+    }
+}
+
+impl Module for Mlp {
+    /// `[..., d]` -> `[..., d]`.
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Mlp::Fused(m) => m.forward(xs),
+            Mlp::Ops(m) => m.forward(xs),
+        }
+    }
+}
+
+/// A block's parts under each family's checkpoint names.
+struct Names<'a> {
+    norm1: &'static str,
+    attention: &'static str,
+    norm2: &'static str,
+    fc1: VarBuilder<'a>,
+    fc2: VarBuilder<'a>,
+}
+
+impl<'a> Names<'a> {
+    fn block(names: BlockNames, vb: &VarBuilder<'a>) -> Self {
+        let (norm1, attention, norm2, fc1, fc2) = match names {
+            BlockNames::Dinov2 => ("norm1", "attention", "norm2", vb.pp("mlp").pp("fc1"), vb.pp("mlp").pp("fc2")),
+            BlockNames::Vit => (
+                "layernorm_before",
+                "attention",
+                "layernorm_after",
+                vb.pp("intermediate").pp("dense"),
+                vb.pp("output").pp("dense"),
+            ),
+            BlockNames::Clip => {
+                ("layer_norm1", "self_attn", "layer_norm2", vb.pp("mlp").pp("fc1"), vb.pp("mlp").pp("fc2"))
+            }
+        };
+        Self { norm1, attention, norm2, fc1, fc2 }
+    }
+
+    /// The query, key, value and output projections of the attention subtree `vb`.
+    fn attention(names: BlockNames, vb: VarBuilder<'a>) -> (VarBuilder<'a>, VarBuilder<'a>, VarBuilder<'a>, VarBuilder<'a>) {
+        match names {
+            BlockNames::Clip => (vb.pp("q_proj"), vb.pp("k_proj"), vb.pp("v_proj"), vb.pp("out_proj")),
+            BlockNames::Dinov2 | BlockNames::Vit => {
+                let inner = vb.pp("attention");
+                (inner.pp("query"), inner.pp("key"), inner.pp("value"), vb.pp("output").pp("dense"))
+            }
+        }
+    }
+}
+
+/// Checks an additive attention bias over `n` tokens: `[1, 1, 1, n]` (one row for every query:
+/// `false`) or `[1, 1, n, n]` (a row per query: `true`).
+fn bias_shape(bias: &Tensor, n: usize) -> Result<bool> {
+    let dims = bias.dims();
+    let (q, k) = match dims {
+        [1, 1, q, k] => (*q, *k),
+        _ => (0, 0),
+    };
+    if k != n || (q != 1 && q != n) {
+        return Err(Error::Config {
+            field: "attention bias",
+            reason: format!("expected [1, 1, 1 or {n}, {n}], got {dims:?}"),
+        });
+    }
+    Ok(q != 1)
+}
+
+/// The token count of `[1, tokens, d]` hidden states.
+fn tokens(xs: &Tensor, d: usize) -> Result<usize> {
+    match xs.dims() {
+        [1, n, dd] if *dd == d => Ok(*n),
+        dims => {
+            Err(Error::Config { field: "hidden states", reason: format!("expected [1, tokens, {d}], got {dims:?}") })
+        }
+    }
+}
