@@ -9,7 +9,7 @@ use std::sync::Arc;
 use eframe::egui;
 use egui::{Color32, RichText};
 
-use super::view::{GridFrame, ValueMap, highlight, map_of, patch_at, patch_info};
+use super::widgets::{Fate, GridFrame, ValueMap, flops, highlight, labels_ui, map_of, patch_at, patch_info};
 use super::{MapScale, MapSource, TokenlensApp};
 use crate::analysis::metrics::Fidelity;
 use crate::figures;
@@ -25,15 +25,15 @@ const TEXT_WIDTH: f32 = 230.0;
 const GAP: f32 = 8.0;
 
 pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
-    app.textures.begin_frame();
-    let Some(opened) = app.opened.clone() else {
+    app.runtime.textures.begin_frame();
+    let Some(opened) = app.results.opened.clone() else {
         ui.centered_and_justified(|ui| {
             ui.spinner();
         });
         return;
     };
     let s = app.settings.clone();
-    let results = app.compared.value.clone().unwrap_or_default();
+    let results = app.results.compared.value.clone().unwrap_or_default();
     let runs: Vec<Option<Arc<EncoderRun>>> = s
         .compare
         .iter()
@@ -43,7 +43,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.strong(format!("All at {}", s.spec.budget.describe(app.num_patches())));
         ui.label(RichText::new("· methods, budget and view in the left panel · best metric in green").weak());
-        if app.compared.is_stale() {
+        if app.results.compared.is_stale() {
             ui.spinner();
             ui.colored_label(ui.visuals().warn_fg_color, "stale: the new budget computes");
         }
@@ -73,7 +73,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let frame = GridFrame::of(&opened.input, grid);
     let key = format!("{:?}|{:?}|{}|{:?}|{:?}|{}", opened.label, s.colormap, s.opacity, s.scale, s.overlay, s.layer);
     let mut method = Method {
-        textures: &mut app.textures,
+        textures: &mut app.runtime.textures,
         opened: &opened,
         settings: &s,
         runs: &runs,
@@ -84,7 +84,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         panel,
         frame,
         key,
-        hovered: app.compare_hover,
+        hovered: app.screen.compare_hover,
         hover_now: None,
     };
     match arrangement {
@@ -134,8 +134,8 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             });
         }
     }
-    if method.hover_now != app.compare_hover {
-        app.compare_hover = method.hover_now;
+    if method.hover_now != app.screen.compare_hover {
+        app.screen.compare_hover = method.hover_now;
         ui.ctx().request_repaint();
     }
 }
@@ -225,7 +225,7 @@ impl Method<'_> {
                 && let Some(patch) = patch_at(&self.frame, rect, pos)
             {
                 self.hover_now = Some(patch);
-                let fate = run.as_deref().map(|r| super::view::Fate {
+                let fate = run.as_deref().map(|r| Fate {
                     method: r.reducer().info().label.to_string(),
                     scores: r.scores.as_deref(),
                     groups: &r.groups,
@@ -253,7 +253,7 @@ impl Method<'_> {
                 ui.label(
                     RichText::new(format!(
                         "{} FLOPs ({:.0} % of full), {:.0} ms",
-                        super::output::flops(r.flops),
+                        flops(r.flops),
                         100.0 * r.flops / r.flops_full.max(1.0),
                         r.timings_ms.run_ms
                     ))
@@ -266,7 +266,7 @@ impl Method<'_> {
             }
         }
         if !a.output.is_map() && !a.output.values.is_empty() {
-            super::output::labels_ui(ui, &a.output, run.as_ref().map(|r| &r.output));
+            labels_ui(ui, &a.output, run.as_ref().map(|r| &r.output));
         }
     }
 }

@@ -1,10 +1,13 @@
-//! The left panel: image, method, budget, parameters and view settings.
+//! The left panel: image, model, method, budget, parameters and view settings, for an encoder
+//! (single or compare view) or a vision-language model.
 
 use eframe::egui;
 
-use super::widgets::{budget_ui, look_ui, method_entry, params_ui, section};
+use super::vlm::{HOW_TO_GET, VlmOverlay};
+use super::widgets::{self, budget_ui, look_ui, method_entry, method_menu, params_ui, section};
 use super::{Command, Head, MapSource, Overlay, Tab, TokenlensApp};
 use crate::model::ModelSource;
+use crate::reduce::llm::LlmReducerConfig;
 use crate::reduce::{Capabilities, Method, PositionMode, ReducerConfig};
 use crate::session::DropFill;
 
@@ -27,13 +30,13 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             });
         });
     });
-    if let Some(opened) = &app.opened {
+    if let Some(opened) = &app.results.opened {
         let (w, h) = opened.input.photo.dimensions();
         ui.label(egui::RichText::new(format!("{}  ·  {w}×{h}", short_name(&opened.label))).small());
     }
     model_ui(app, ui);
     if app.vlm.is_some() {
-        super::vlm::controls_ui(app, ui);
+        vlm_controls_ui(app, ui);
         return;
     }
     if app.settings.tab == Tab::Compare {
@@ -124,9 +127,9 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let (mut to_default, mut pick_folder) = (false, false);
     ui.horizontal(|ui| {
         ui.label("Model");
-        let current = app.model_id.clone().unwrap_or_else(|| "loading…".into());
+        let current = app.model.id.clone().unwrap_or_else(|| "loading…".into());
         egui::ComboBox::from_id_salt("model").selected_text(current).width(200.0).show_ui(ui, |ui| {
-            let on_default = app.model_source == ModelSource::Default;
+            let on_default = app.model.source == ModelSource::Default;
             to_default = ui.selectable_label(on_default, "DINOv2-S/14 saliency (default)").clicked() && !on_default;
             pick_folder = ui
                 .button("Hugging Face folder…")
@@ -138,7 +141,7 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                 .clicked();
             ui.separator();
             ui.set_max_width(420.0);
-            ui.add(egui::Label::new(egui::RichText::new(super::vlm::HOW_TO_GET).small()).wrap());
+            ui.add(egui::Label::new(egui::RichText::new(HOW_TO_GET).small()).wrap());
         });
     });
     if to_default {
@@ -154,8 +157,8 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         return;
     }
     let prompt = egui::TextEdit::singleline(&mut app.settings.prompt).hint_text("labels, comma-separated");
-    let response = ui.add_enabled(app.takes_prompt, prompt);
-    if !app.takes_prompt {
+    let response = ui.add_enabled(app.model.takes_prompt, prompt);
+    if !app.model.takes_prompt {
         response.on_disabled_hover_text(
             "This model takes no prompt. CLIP and SigLIP score the labels typed here; \
              text-guided methods and vision-language models use it too.",
@@ -184,7 +187,7 @@ fn method_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     });
     ui.label(egui::RichText::new(current.description).small());
     ui.label(egui::RichText::new(current.paper).small().weak().italics());
-    if let Some(opened) = &app.opened {
+    if let Some(opened) = &app.results.opened {
         let ctx = crate::reduce::Context::encoder(
             opened.analysis.cls_attention.len(),
             (opened.analysis.grid[0], opened.analysis.grid[1]),
@@ -224,10 +227,11 @@ fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui, compare: bool) {
             }
         });
     });
-    let num_layers = app.opened.as_ref().map_or(12, |o| o.analysis.cls_attention.len());
+    let num_layers = app.results.opened.as_ref().map_or(12, |o| o.analysis.cls_attention.len());
     ui.add_enabled(s.overlay.uses_layer(), egui::Slider::new(&mut s.layer, 0..=num_layers - 1).text("layer"))
         .on_hover_text("[ and ] step the layer");
-    let num_heads = app.opened.as_ref().map_or(6, |o| o.analysis.cls_attention_heads.first().map_or(6, Vec::len));
+    let num_heads =
+        app.results.opened.as_ref().map_or(6, |o| o.analysis.cls_attention_heads.first().map_or(6, Vec::len));
     ui.add_enabled_ui(s.overlay == Overlay::Attention, |ui| {
         egui::ComboBox::from_label("head")
             .selected_text(match s.head {
@@ -267,6 +271,79 @@ fn question_box(ui: &mut egui::Ui, draft: &mut String, asked: &str) -> Option<St
 fn question_to_send(draft: &str, asked: &str) -> bool {
     let draft = draft.trim_end();
     !draft.trim().is_empty() && draft != asked
+}
+
+/// The left panel's method, parameters, answer and view settings in VLM mode.
+fn vlm_controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+    let Some(vlm) = app.vlm.as_ref() else { return };
+    let caps = vlm.capabilities;
+    let decoder_layers = vlm.num_layers;
+    let tower_layers = vlm.opened().map_or(1, |o| o.tower_layers);
+    let s = &mut app.settings.vlm;
+
+    widgets::section(ui, "Method");
+    method_menu(ui, "main", 200.0, &caps, &mut s.method);
+    let mut tower_layer_param = false;
+    if let Method::Vision(c) = &s.method {
+        let json = serde_json::to_value(c).unwrap_or_default();
+        tower_layer_param = json.as_object().is_some_and(|o| o.keys().any(|k| k.contains("layer")));
+        let info = c.info();
+        ui.label(egui::RichText::new(info.description).small());
+        ui.label(egui::RichText::new(info.paper).small().weak().italics());
+        if let Some(caveat) = info.caveat {
+            ui.label(egui::RichText::new(format!("Note: {caveat}")).small().color(ui.visuals().warn_fg_color));
+        }
+    }
+    widgets::section(ui, "Budget");
+    widgets::budget_ui(app, ui);
+    let s = &mut app.settings.vlm;
+    widgets::section(ui, "Parameters");
+    match &mut s.method {
+        Method::Vision(c) => params_ui(ui, c, 0..=tower_layers.saturating_sub(1)),
+        // FastV's `layer` is K: it prunes after layer K - 1, so K runs 1..=L.
+        Method::Llm(c @ LlmReducerConfig::Fastv(_)) => params_ui(ui, c, 1..=decoder_layers),
+        Method::Llm(c) => params_ui(ui, c, 0..=decoder_layers.saturating_sub(1)),
+    }
+    if tower_layer_param {
+        ui.label(egui::RichText::new("layers: of the vision tower").small().weak());
+    }
+    ui.horizontal(|ui| {
+        ui.label("Positions").on_hover_text(
+            "Position ids of the tokens left before the decoder: preserve keeps each token's original id \
+             (gaps remain), compact renumbers them. This changes the rotary angles, so it can change the answer.",
+        );
+        ui.radio_value(&mut app.settings.spec.positions, crate::reduce::PositionMode::Preserve, "preserve");
+        ui.radio_value(&mut app.settings.spec.positions, crate::reduce::PositionMode::Compact, "compact");
+    });
+
+    widgets::section(ui, "Answer");
+    let s = &mut app.settings.vlm;
+    ui.horizontal(|ui| {
+        ui.label("max answer tokens").on_hover_text("greedy decoding stops here or at the end-of-answer token");
+        ui.add(egui::DragValue::new(&mut s.max_new_tokens).range(1..=512));
+    });
+    ui.checkbox(&mut s.split_image, "split the image into tiles").on_hover_text(
+        "SmolVLM: tiles plus a global image, as its processor does by default (more image tokens; only the \
+         language-side methods run on a split image). Off: one 512 tile. Other models ignore it.",
+    );
+    let mut layer = s.view_layer.unwrap_or(decoder_layers / 2);
+    let slider = egui::Slider::new(&mut layer, 0..=decoder_layers.saturating_sub(1)).text("view layer");
+    if ui
+        .add(slider)
+        .on_hover_text("The decoder layer whose attention the text-to-image maps read (runs the full model again)")
+        .changed()
+    {
+        s.view_layer = Some(layer);
+    }
+
+    widgets::section(ui, "View");
+    for overlay in VlmOverlay::ALL {
+        ui.radio_value(&mut s.overlay, overlay, overlay.label());
+    }
+    if s.overlay == VlmOverlay::TextToImage {
+        ui.label(egui::RichText::new("hover or click a token of an answer (right panel)").small().weak());
+    }
+    widgets::look_ui(&mut app.settings, ui);
 }
 
 #[cfg(test)]

@@ -1,19 +1,17 @@
 //! VLM mode: the app's state for a vision-language model (the question, the full answer and the
 //! reduced run as they stream in, the ratio sweep, the answer token picked for the text-to-image
-//! map), what it submits to the worker, and the left panel's VLM controls.
+//! map), what it submits to the worker, and how its runs are labelled. Its controls are in
+//! `controls`.
 
 use std::sync::Arc;
 
-use eframe::egui;
 use serde::{Deserialize, Serialize};
 
-use super::widgets::{self, method_entry, params_ui};
 use super::worker::{Event, Job, OpenedImage, VlmOpened};
 use super::{Slot, TokenlensApp};
 use crate::export::Figure;
 use crate::export::vlm::AnswerToken;
-use crate::reduce::llm::LlmReducerConfig;
-use crate::reduce::{Budget, Capabilities, Method, PositionMode, ReducerConfig, Side};
+use crate::reduce::{Budget, Capabilities, Method, PositionMode, ReducerConfig};
 use crate::session::vlm::{SweepPoint, VlmRun, sweep_fractions};
 use crate::session::{Ask, RunResult, RunSpec};
 
@@ -323,11 +321,11 @@ impl TokenlensApp {
     /// The image-splitting switch starts from the folder's setting.
     pub(super) fn vlm_ready(&mut self, id: String, num_layers: usize, context: Option<usize>, split_image: bool) {
         self.settings.vlm.split_image = split_image;
-        self.status = format!("Vision-language model ready: {id}");
-        self.model_id = Some(id.clone());
-        self.opening = false;
-        self.opened = None;
-        self.forget_results();
+        self.screen.status = format!("Vision-language model ready: {id}");
+        self.model.id = Some(id.clone());
+        self.results.opening = false;
+        self.results.opened = None;
+        self.results.forget_runs();
         if let Some(l) = self.settings.vlm.view_layer {
             self.settings.vlm.view_layer = Some(l.min(num_layers.saturating_sub(1)));
         }
@@ -339,9 +337,10 @@ impl TokenlensApp {
     /// Submits the full run, the reduced run and the sweep the settings ask for and were not
     /// asked yet (the full run first: the others compare against it).
     pub(super) fn submit_vlm_changes(&mut self) {
-        let Some(source) = self.image_source.clone() else { return };
-        let settings = self.settings.vlm.clone();
-        let spec = settings.spec(self.settings.spec.budget, self.settings.spec.positions);
+        let (Some(vlm), Some(source)) = (self.vlm.as_mut(), self.results.image.as_ref()) else { return };
+        let (settings, shared) = (&self.settings.vlm, &self.settings.spec);
+        let runtime = &mut self.runtime;
+        let spec = settings.spec(shared.budget, shared.positions);
         let key = FullKey {
             image: source.label.clone(),
             question: settings.question.clone(),
@@ -349,157 +348,53 @@ impl TokenlensApp {
             view_layer: settings.view_layer,
             split_image: settings.split_image,
         };
-        let Some(vlm) = self.vlm.as_ref() else { return };
         if vlm.sent_full.as_ref() != Some(&key) {
-            let id = self.fresh_id();
-            let vlm = self.vlm.as_mut().expect("checked above");
+            let id = runtime.fresh_id();
             vlm.full.submitted(id);
             vlm.full_stream.clear();
             vlm.full_text.clear();
             vlm.sent_full = Some(key);
-            self.status = format!("Answering about {}…", source.label.display());
-            let ask =
-                Ask { prompt: settings.question, spec: RunSpec { method: None, ..spec }, split: settings.split_image };
-            self.worker.submit(Job::Open { id, source, ask });
+            self.screen.status = format!("Answering about {}…", source.label.display());
+            let ask = Ask {
+                prompt: settings.question.clone(),
+                spec: RunSpec { method: None, ..spec },
+                split: settings.split_image,
+            };
+            runtime.worker.submit(Job::Open { id, source: source.clone(), ask });
             return;
         }
         if vlm.full.pending || vlm.full.value.is_none() {
             return;
         }
         if vlm.sent_run.as_ref() != Some(&spec) {
-            let id = self.fresh_id();
-            let vlm = self.vlm.as_mut().expect("checked above");
+            let id = runtime.fresh_id();
             vlm.run.submitted(id);
             vlm.run_stream.clear();
             vlm.run_text.clear();
             vlm.sent_run = Some(spec.clone());
-            self.worker.submit(Job::Run { id, spec: spec.clone() });
+            runtime.worker.submit(Job::Run { id, spec: spec.clone() });
         }
         if self.settings.tab == super::Tab::Compare {
-            let specs = settings.compare_specs(self.settings.spec.budget, self.settings.spec.positions);
-            let vlm = self.vlm.as_ref().expect("checked above");
+            let specs = settings.compare_specs(shared.budget, shared.positions);
             if vlm.sent_compare.as_ref() != Some(&specs) {
-                let id = self.fresh_id();
-                let vlm = self.vlm.as_mut().expect("checked above");
+                let id = runtime.fresh_id();
                 vlm.compared.submitted(id);
                 vlm.sent_compare = Some(specs.clone());
-                self.worker.submit(Job::Compare { id, specs });
+                runtime.worker.submit(Job::Compare { id, specs });
             }
         }
         // The sweep depends on everything but the budget.
         let key = RunSpec { budget: Budget::Keep(1), ..spec };
-        let vlm = self.vlm.as_ref().expect("checked above");
         if vlm.sweep_key.as_ref() != Some(&key) {
-            let id = self.fresh_id();
-            let vlm = self.vlm.as_mut().expect("checked above");
+            let id = runtime.fresh_id();
             vlm.sweep_id = id;
             vlm.sweep.clear();
             vlm.sweep_stopped = false;
             vlm.sweep_key = Some(key.clone());
             // Popped from the end: the presets first, then 50 %, 25 % and the full model.
-            self.worker.submit(Job::Sweep { id, spec: key, fractions: sweep_fractions() });
+            runtime.worker.submit(Job::Sweep { id, spec: key, fractions: sweep_fractions() });
         }
     }
-}
-
-/// The left panel's method, parameters, answer and view settings in VLM mode.
-pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
-    let Some(vlm) = app.vlm.as_ref() else { return };
-    let caps = vlm.capabilities;
-    let decoder_layers = vlm.num_layers;
-    let tower_layers = vlm.opened().map_or(1, |o| o.tower_layers);
-    let s = &mut app.settings.vlm;
-
-    widgets::section(ui, "Method");
-    method_menu(ui, "main", 200.0, &caps, &mut s.method);
-    let mut tower_layer_param = false;
-    if let Method::Vision(c) = &s.method {
-        let json = serde_json::to_value(c).unwrap_or_default();
-        tower_layer_param = json.as_object().is_some_and(|o| o.keys().any(|k| k.contains("layer")));
-        let info = c.info();
-        ui.label(egui::RichText::new(info.description).small());
-        ui.label(egui::RichText::new(info.paper).small().weak().italics());
-        if let Some(caveat) = info.caveat {
-            ui.label(egui::RichText::new(format!("Note: {caveat}")).small().color(ui.visuals().warn_fg_color));
-        }
-    }
-    widgets::section(ui, "Budget");
-    widgets::budget_ui(app, ui);
-    let s = &mut app.settings.vlm;
-    widgets::section(ui, "Parameters");
-    match &mut s.method {
-        Method::Vision(c) => params_ui(ui, c, 0..=tower_layers.saturating_sub(1)),
-        // FastV's `layer` is K: it prunes after layer K - 1, so K runs 1..=L.
-        Method::Llm(c @ LlmReducerConfig::Fastv(_)) => params_ui(ui, c, 1..=decoder_layers),
-        Method::Llm(c) => params_ui(ui, c, 0..=decoder_layers.saturating_sub(1)),
-    }
-    if tower_layer_param {
-        ui.label(egui::RichText::new("layers: of the vision tower").small().weak());
-    }
-    ui.horizontal(|ui| {
-        ui.label("Positions").on_hover_text(
-            "Position ids of the tokens left before the decoder: preserve keeps each token's original id \
-             (gaps remain), compact renumbers them. This changes the rotary angles, so it can change the answer.",
-        );
-        ui.radio_value(&mut app.settings.spec.positions, crate::reduce::PositionMode::Preserve, "preserve");
-        ui.radio_value(&mut app.settings.spec.positions, crate::reduce::PositionMode::Compact, "compact");
-    });
-
-    widgets::section(ui, "Answer");
-    let s = &mut app.settings.vlm;
-    ui.horizontal(|ui| {
-        ui.label("max answer tokens").on_hover_text("greedy decoding stops here or at the end-of-answer token");
-        ui.add(egui::DragValue::new(&mut s.max_new_tokens).range(1..=512));
-    });
-    ui.checkbox(&mut s.split_image, "split the image into tiles").on_hover_text(
-        "SmolVLM: tiles plus a global image, as its processor does by default (more image tokens; only the \
-         language-side methods run on a split image). Off: one 512 tile. Other models ignore it.",
-    );
-    let mut layer = s.view_layer.unwrap_or(decoder_layers / 2);
-    let slider = egui::Slider::new(&mut layer, 0..=decoder_layers.saturating_sub(1)).text("view layer");
-    if ui
-        .add(slider)
-        .on_hover_text("The decoder layer whose attention the text-to-image maps read (runs the full model again)")
-        .changed()
-    {
-        s.view_layer = Some(layer);
-    }
-
-    widgets::section(ui, "View");
-    for overlay in VlmOverlay::ALL {
-        ui.radio_value(&mut s.overlay, overlay, overlay.label());
-    }
-    if s.overlay == VlmOverlay::TextToImage {
-        ui.label(egui::RichText::new("hover or click a token of an answer (right panel)").small().weak());
-    }
-    widgets::look_ui(&mut app.settings, ui);
-}
-
-/// The method picker (`id`: one per picker on screen; `width` of its button), vision side then
-/// language side; methods the model (`caps`) refuses are greyed out with the reason.
-pub fn method_menu(
-    ui: &mut egui::Ui,
-    id: impl std::hash::Hash + std::fmt::Debug,
-    width: f32,
-    caps: &Capabilities,
-    method: &mut Method,
-) {
-    let label = method_label(method);
-    egui::ComboBox::from_id_salt(("vlm_method", id)).selected_text(label).width(width).height(480.0).show_ui(
-        ui,
-        |ui| {
-            let all = Method::all();
-            for (title, side) in [("Vision side", Side::Vision), ("Language side", Side::Language)] {
-                ui.label(egui::RichText::new(title).strong().small());
-                for m in all.iter().filter(|m| m.info().side == side) {
-                    let chosen = m.name() == method.name();
-                    if method_entry(ui, m, chosen, caps) {
-                        *method = m.clone();
-                    }
-                }
-            }
-        },
-    );
 }
 
 /// What a run was, from the run itself: its method and budget (never the settings', which may

@@ -7,9 +7,8 @@ use eframe::egui;
 use egui::RichText;
 
 use super::TokenlensApp;
-use super::answer::{Mark, side_of_diff, tokens_ui};
-use super::output::flops;
-use super::vlm::{method_label, method_menu};
+use super::vlm::method_label;
+use super::widgets::{Mark, flops, method_menu, side_of_diff, tokens_ui};
 use crate::figures;
 use crate::reduce::Method;
 use crate::session::vlm::VlmRun;
@@ -23,7 +22,7 @@ pub fn best_run(runs: &[&VlmRun]) -> Option<usize> {
 }
 
 pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
-    app.textures.begin_frame();
+    app.runtime.textures.begin_frame();
     let Some(vlm) = app.vlm.as_ref() else { return };
     let caps = vlm.capabilities;
     let Some(opened) = vlm.opened().cloned() else {
@@ -60,7 +59,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     ui.columns(n, |cols| {
         let col = &mut cols[0];
         col.strong("Full model");
-        let tex = app.textures.get(col.ctx(), "vlm_cmp_full", format!("{:?}", opened.label), || {
+        let tex = app.runtime.textures.get(col.ctx(), "vlm_cmp_full", format!("{:?}", opened.label), || {
             figures::vlm_tokens(&opened.image, grid, full, 512)
         });
         let h = width * tex.size_vec2().y / tex.size_vec2().x;
@@ -93,7 +92,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                 }
                 continue;
             };
-            let tex = app.textures.get(
+            let tex = app.runtime.textures.get(
                 col.ctx(),
                 &format!("vlm_cmp_{i}"),
                 format!("{:?}|{:?}", opened.label, r.spec),

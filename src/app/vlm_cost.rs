@@ -7,7 +7,7 @@ use egui::{Color32, RichText};
 use egui_plot::{Bar, BarChart, Plot};
 
 use super::TokenlensApp;
-use super::output::flops;
+use super::widgets::flops;
 use crate::model::memory::{Estimate, gb};
 use crate::session::vlm::{VlmCost, VlmRun};
 
