@@ -1,7 +1,8 @@
-//! The desktop app (eframe/egui). Panels draw from state and edit [`Settings`]; after drawing,
-//! the app compares the settings with what it last asked for and submits only the work that
-//! changed. The model lives on the worker thread, and every picture comes from `render`
-//! through `figures`, the same code the CLI writes PNGs with.
+//! The desktop app (eframe/egui). Panels draw from state and edit [`Settings`]; anything else
+//! they ask for (open, export, switch the model, pin a token) they queue as a [`Command`]. After
+//! drawing, the app applies the commands, compares the settings with what it last asked for and
+//! submits only the work that changed. The model lives on the worker thread, and every picture
+//! comes from `render` through `figures`, the same code the CLI writes PNGs with.
 //!
 //! A vision-language model folder switches the app to VLM mode (`vlm`): the prompt box takes the
 //! question, the right panel shows the answers with their diff and the ratio sweep (`answer`)
@@ -1252,6 +1253,30 @@ mod tests {
         assert_eq!(app.settings.dark, !dark);
         assert_eq!(app.results.image.as_ref().map(|s| s.label.clone()), Some(PathBuf::from("/img/next.png")));
         assert!(app.screen.show_help && app.commands.is_empty());
+    }
+
+    #[test]
+    fn token_pins_exports_and_the_options_window_wait_until_the_frame_is_drawn() {
+        let ctx = egui::Context::default();
+        let mut app = TokenlensApp::new(&ctx, ModelSource::Default, None, Settings::default());
+        app.vlm = Some(VlmState::new("tiny".into(), 2, None));
+        let picked = |app: &TokenlensApp| app.vlm.as_ref().and_then(|v| v.picked);
+        let pick = Pick { reduced: true, index: 1 };
+        let path = PathBuf::from("/nonexistent/figure.svg");
+        app.command(Command::PickToken(pick));
+        app.command(Command::ToggleExportOptions);
+        app.command(Command::Export { figure: app.current_figure(), path: path.clone(), force: false });
+        assert_eq!(picked(&app), None);
+        assert!(!app.screen.export_options.open);
+        assert!(!app.screen.status.starts_with("Exporting"), "{}", app.screen.status);
+        app.apply_commands(&ctx);
+        assert_eq!(picked(&app), Some(pick));
+        assert!(app.screen.export_options.open);
+        assert_eq!(app.screen.status, format!("Exporting {}…", path.display()));
+        // A second click on the pinned token unpins it.
+        app.command(Command::PickToken(pick));
+        app.apply_commands(&ctx);
+        assert_eq!(picked(&app), None);
     }
 
     #[test]
