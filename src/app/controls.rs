@@ -1,13 +1,10 @@
-//! The left panel: image, model, method, budget, parameters and view settings, for an encoder
-//! (single or compare view) or a vision-language model.
+//! The left panel: image, method, budget, parameters and view settings.
 
 use eframe::egui;
 
-use super::vlm::{HOW_TO_GET, VlmOverlay};
-use super::widgets::{self, budget_ui, look_ui, method_entry, method_menu, params_ui, section};
+use super::widgets::{budget_ui, look_ui, method_entry, params_ui, section};
 use super::{Command, Head, MapSource, Overlay, Tab, TokenlensApp};
 use crate::model::ModelSource;
-use crate::reduce::llm::LlmReducerConfig;
 use crate::reduce::{Capabilities, Method, PositionMode, ReducerConfig};
 use crate::session::DropFill;
 
@@ -36,7 +33,7 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     }
     model_ui(app, ui);
     if app.vlm.is_some() {
-        vlm_controls_ui(app, ui);
+        super::vlm::controls_ui(app, ui);
         return;
     }
     if app.settings.tab == Tab::Compare {
@@ -141,7 +138,7 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                 .clicked();
             ui.separator();
             ui.set_max_width(420.0);
-            ui.add(egui::Label::new(egui::RichText::new(HOW_TO_GET).small()).wrap());
+            ui.add(egui::Label::new(egui::RichText::new(super::vlm::HOW_TO_GET).small()).wrap());
         });
     });
     if to_default {
@@ -271,79 +268,6 @@ fn question_box(ui: &mut egui::Ui, draft: &mut String, asked: &str) -> Option<St
 fn question_to_send(draft: &str, asked: &str) -> bool {
     let draft = draft.trim_end();
     !draft.trim().is_empty() && draft != asked
-}
-
-/// The left panel's method, parameters, answer and view settings in VLM mode.
-fn vlm_controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
-    let Some(vlm) = app.vlm.as_ref() else { return };
-    let caps = vlm.capabilities;
-    let decoder_layers = vlm.num_layers;
-    let tower_layers = vlm.opened().map_or(1, |o| o.tower_layers);
-    let s = &mut app.settings.vlm;
-
-    widgets::section(ui, "Method");
-    method_menu(ui, "main", 200.0, &caps, &mut s.method);
-    let mut tower_layer_param = false;
-    if let Method::Vision(c) = &s.method {
-        let json = serde_json::to_value(c).unwrap_or_default();
-        tower_layer_param = json.as_object().is_some_and(|o| o.keys().any(|k| k.contains("layer")));
-        let info = c.info();
-        ui.label(egui::RichText::new(info.description).small());
-        ui.label(egui::RichText::new(info.paper).small().weak().italics());
-        if let Some(caveat) = info.caveat {
-            ui.label(egui::RichText::new(format!("Note: {caveat}")).small().color(ui.visuals().warn_fg_color));
-        }
-    }
-    widgets::section(ui, "Budget");
-    widgets::budget_ui(app, ui);
-    let s = &mut app.settings.vlm;
-    widgets::section(ui, "Parameters");
-    match &mut s.method {
-        Method::Vision(c) => params_ui(ui, c, 0..=tower_layers.saturating_sub(1)),
-        // FastV's `layer` is K: it prunes after layer K - 1, so K runs 1..=L.
-        Method::Llm(c @ LlmReducerConfig::Fastv(_)) => params_ui(ui, c, 1..=decoder_layers),
-        Method::Llm(c) => params_ui(ui, c, 0..=decoder_layers.saturating_sub(1)),
-    }
-    if tower_layer_param {
-        ui.label(egui::RichText::new("layers: of the vision tower").small().weak());
-    }
-    ui.horizontal(|ui| {
-        ui.label("Positions").on_hover_text(
-            "Position ids of the tokens left before the decoder: preserve keeps each token's original id \
-             (gaps remain), compact renumbers them. This changes the rotary angles, so it can change the answer.",
-        );
-        ui.radio_value(&mut app.settings.spec.positions, crate::reduce::PositionMode::Preserve, "preserve");
-        ui.radio_value(&mut app.settings.spec.positions, crate::reduce::PositionMode::Compact, "compact");
-    });
-
-    widgets::section(ui, "Answer");
-    let s = &mut app.settings.vlm;
-    ui.horizontal(|ui| {
-        ui.label("max answer tokens").on_hover_text("greedy decoding stops here or at the end-of-answer token");
-        ui.add(egui::DragValue::new(&mut s.max_new_tokens).range(1..=512));
-    });
-    ui.checkbox(&mut s.split_image, "split the image into tiles").on_hover_text(
-        "SmolVLM: tiles plus a global image, as its processor does by default (more image tokens; only the \
-         language-side methods run on a split image). Off: one 512 tile. Other models ignore it.",
-    );
-    let mut layer = s.view_layer.unwrap_or(decoder_layers / 2);
-    let slider = egui::Slider::new(&mut layer, 0..=decoder_layers.saturating_sub(1)).text("view layer");
-    if ui
-        .add(slider)
-        .on_hover_text("The decoder layer whose attention the text-to-image maps read (runs the full model again)")
-        .changed()
-    {
-        s.view_layer = Some(layer);
-    }
-
-    widgets::section(ui, "View");
-    for overlay in VlmOverlay::ALL {
-        ui.radio_value(&mut s.overlay, overlay, overlay.label());
-    }
-    if s.overlay == VlmOverlay::TextToImage {
-        ui.label(egui::RichText::new("hover or click a token of an answer (right panel)").small().weak());
-    }
-    widgets::look_ui(&mut app.settings, ui);
 }
 
 #[cfg(test)]

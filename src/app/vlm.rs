@@ -1,16 +1,19 @@
 //! VLM mode: the app's state for a vision-language model (the question, the full answer and the
 //! reduced run as they stream in, the ratio sweep, the answer token picked for the text-to-image
-//! map), what it submits to the worker, and how its runs are labelled. Its controls are in
-//! `controls`.
+//! map), what it submits to the worker, and the left panel's VLM controls.
 
 use std::sync::Arc;
 
+use eframe::egui;
 use serde::{Deserialize, Serialize};
 
+pub use super::widgets::Pick;
+use super::widgets::{self, method_menu, params_ui};
 use super::worker::{Event, Job, OpenedImage, VlmOpened};
 use super::{Slot, TokenlensApp};
 use crate::export::Figure;
 use crate::export::vlm::AnswerToken;
+use crate::reduce::llm::LlmReducerConfig;
 use crate::reduce::{Budget, Capabilities, Method, PositionMode, ReducerConfig};
 use crate::session::vlm::{SweepPoint, VlmRun, sweep_fractions};
 use crate::session::{Ask, RunResult, RunSpec};
@@ -80,13 +83,6 @@ impl Default for VlmSettings {
                 .collect(),
         }
     }
-}
-
-/// An answer token: of the full answer or of the reduced one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pick {
-    pub reduced: bool,
-    pub index: usize,
 }
 
 /// What the full run depends on: changing any of it runs the full model again.
@@ -395,6 +391,79 @@ impl TokenlensApp {
             runtime.worker.submit(Job::Sweep { id, spec: key, fractions: sweep_fractions() });
         }
     }
+}
+
+/// The left panel's method, parameters, answer and view settings in VLM mode.
+pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+    let Some(vlm) = app.vlm.as_ref() else { return };
+    let caps = vlm.capabilities;
+    let decoder_layers = vlm.num_layers;
+    let tower_layers = vlm.opened().map_or(1, |o| o.tower_layers);
+    let s = &mut app.settings.vlm;
+
+    widgets::section(ui, "Method");
+    method_menu(ui, "main", 200.0, &caps, &mut s.method);
+    let mut tower_layer_param = false;
+    if let Method::Vision(c) = &s.method {
+        let json = serde_json::to_value(c).unwrap_or_default();
+        tower_layer_param = json.as_object().is_some_and(|o| o.keys().any(|k| k.contains("layer")));
+        let info = c.info();
+        ui.label(egui::RichText::new(info.description).small());
+        ui.label(egui::RichText::new(info.paper).small().weak().italics());
+        if let Some(caveat) = info.caveat {
+            ui.label(egui::RichText::new(format!("Note: {caveat}")).small().color(ui.visuals().warn_fg_color));
+        }
+    }
+    widgets::section(ui, "Budget");
+    widgets::budget_ui(app, ui);
+    let s = &mut app.settings.vlm;
+    widgets::section(ui, "Parameters");
+    match &mut s.method {
+        Method::Vision(c) => params_ui(ui, c, 0..=tower_layers.saturating_sub(1)),
+        // FastV's `layer` is K: it prunes after layer K - 1, so K runs 1..=L.
+        Method::Llm(c @ LlmReducerConfig::Fastv(_)) => params_ui(ui, c, 1..=decoder_layers),
+        Method::Llm(c) => params_ui(ui, c, 0..=decoder_layers.saturating_sub(1)),
+    }
+    if tower_layer_param {
+        ui.label(egui::RichText::new("layers: of the vision tower").small().weak());
+    }
+    ui.horizontal(|ui| {
+        ui.label("Positions").on_hover_text(
+            "Position ids of the tokens left before the decoder: preserve keeps each token's original id \
+             (gaps remain), compact renumbers them. This changes the rotary angles, so it can change the answer.",
+        );
+        ui.radio_value(&mut app.settings.spec.positions, crate::reduce::PositionMode::Preserve, "preserve");
+        ui.radio_value(&mut app.settings.spec.positions, crate::reduce::PositionMode::Compact, "compact");
+    });
+
+    widgets::section(ui, "Answer");
+    let s = &mut app.settings.vlm;
+    ui.horizontal(|ui| {
+        ui.label("max answer tokens").on_hover_text("greedy decoding stops here or at the end-of-answer token");
+        ui.add(egui::DragValue::new(&mut s.max_new_tokens).range(1..=512));
+    });
+    ui.checkbox(&mut s.split_image, "split the image into tiles").on_hover_text(
+        "SmolVLM: tiles plus a global image, as its processor does by default (more image tokens; only the \
+         language-side methods run on a split image). Off: one 512 tile. Other models ignore it.",
+    );
+    let mut layer = s.view_layer.unwrap_or(decoder_layers / 2);
+    let slider = egui::Slider::new(&mut layer, 0..=decoder_layers.saturating_sub(1)).text("view layer");
+    if ui
+        .add(slider)
+        .on_hover_text("The decoder layer whose attention the text-to-image maps read (runs the full model again)")
+        .changed()
+    {
+        s.view_layer = Some(layer);
+    }
+
+    widgets::section(ui, "View");
+    for overlay in VlmOverlay::ALL {
+        ui.radio_value(&mut s.overlay, overlay, overlay.label());
+    }
+    if s.overlay == VlmOverlay::TextToImage {
+        ui.label(egui::RichText::new("hover or click a token of an answer (right panel)").small().weak());
+    }
+    widgets::look_ui(&mut app.settings, ui);
 }
 
 /// What a run was, from the run itself: its method and budget (never the settings', which may

@@ -14,10 +14,9 @@ pub use scene::{
     Fate, GridFrame, ValueMap, colorbar_ui, highlight, image_scene_ui, map_of, mark_role, patch_at, patch_info,
     token_legend,
 };
-pub use tokens::{Mark, shown_piece, side_of_diff, tokens_ui};
+pub use tokens::{Mark, Pick, shown_piece, side_of_diff, tokens_ui};
 
 use super::TokenlensApp;
-use super::vlm::method_label;
 use crate::reduce::budget::PRESETS_REMOVED;
 use crate::reduce::{Budget, Capabilities, Method, Side};
 use crate::render::Colormap;
@@ -270,7 +269,7 @@ pub fn method_menu(
     caps: &Capabilities,
     method: &mut Method,
 ) {
-    let label = method_label(method);
+    let label = method.label();
     egui::ComboBox::from_id_salt(("vlm_method", id)).selected_text(label).width(width).height(480.0).show_ui(
         ui,
         |ui| {

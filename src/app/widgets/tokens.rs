@@ -4,13 +4,19 @@
 use eframe::egui;
 use egui::{Color32, RichText};
 
-use crate::app::Pick;
 use crate::session::vlm::VlmRun;
 
 // How a token relates to the other answer (drawn: removed struck through in red, added in
 // green), and one side of a diff: shared with the exported figures.
 pub use crate::export::vlm::side_of_diff;
 pub use crate::render::answers::Mark;
+
+/// An answer token: of the full answer or of the reduced one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    pub reduced: bool,
+    pub index: usize,
+}
 
 /// A token as shown: line breaks and tabs made visible, an empty piece as a middle dot.
 pub fn shown_piece(piece: &str) -> String {
