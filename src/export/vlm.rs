@@ -15,7 +15,7 @@ use crate::render::answers::{AnswerColumn, AnswerFigure, Mark, TextBlock, answer
 use crate::render::{self, GroupStyle, HeatLook, Heatmap, Panel, PanelContent, TokenGroups};
 use crate::session::RunSpec;
 use crate::session::Session;
-use crate::session::vlm::{DiffOp, Vlm, VlmFull, VlmRun};
+use crate::session::vlm::{DiffOp, Resume, Vlm, VlmFull, VlmRun};
 use crate::{Cancel, Error, Result};
 
 /// The answer token whose text-to-image map a [`Figure::VlmAnswer`] shows.
@@ -95,14 +95,17 @@ pub(super) fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
         Figure::VlmAnswer { question, split_image, load, run, token } => {
             check_load(vlm, load)?;
             let full = full_run(session, spec, question, *split_image, run)?;
-            let reduced = vlm.run(&full, run, &mut |_| {}, &cancel)?;
+            let reduced = vlm.run(&full, run, Resume::FromCache, &mut |_| {}, &cancel)?;
             Draw { spec, vlm, full: &full }.answer(&reduced, *token)
         }
         Figure::VlmCompare { question, split_image, load, runs } => {
             check_load(vlm, load)?;
             let first = check_compare(spec, runs)?;
             let full = full_run(session, spec, question, *split_image, first)?;
-            let runs = runs.iter().map(|r| vlm.run(&full, r, &mut |_| {}, &cancel)).collect::<Result<Vec<_>>>()?;
+            let runs = runs
+                .iter()
+                .map(|r| vlm.run(&full, r, Resume::FromCache, &mut |_| {}, &cancel))
+                .collect::<Result<Vec<_>>>()?;
             Draw { spec, vlm, full: &full }.compare(&runs)
         }
         _ => unreachable!("only VLM figures are drawn here"),
