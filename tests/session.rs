@@ -133,16 +133,17 @@ fn vlm_reduced_runs_are_cached_per_token_count_bounded_and_cleared_by_a_new_ques
         max_new_tokens: answer,
         ..RunSpec::default()
     };
+    let keeps: Vec<usize> = (1..n).step_by((n / 8).max(1)).take(8).collect();
     let mut asked = 0;
     for answer in 1..=6 {
-        for keep in (1..n).step_by((n / 8).max(1)).take(8) {
+        for &keep in &keeps {
             session.run(&spec(keep, answer), &mut |_| {}, &cancel).unwrap();
             asked += 1;
         }
     }
     assert!(asked > 32 + 2, "{asked} distinct runs: too few to fill the cache");
     assert_eq!(session.cached_runs(), 32);
-    let last = spec((1..n).step_by((n / 8).max(1)).take(8).last().unwrap(), 6);
+    let last = spec(*keeps.last().unwrap(), 6);
     let before = session.run(&last, &mut |_| {}, &cancel).unwrap().answer().unwrap().cost.prefill_ms;
     let again = session.run(&last, &mut |_| {}, &cancel).unwrap().answer().unwrap().cost.prefill_ms;
     assert_eq!(before, again, "the most recent run stays");

@@ -109,11 +109,11 @@ pub fn bench(
             m.run_figures.push(
                 run_ms
                     + time_ms(|| {
-                        let _ = figures::tokens(&input, grid, &result, 640);
+                        let _ = figures::tokens(&input, grid, result, 640);
                         let _ = figures::saliency(
                             &input,
                             &result.output,
-                            figures::run_title(&result),
+                            figures::run_title(result),
                             Colormap::Viridis,
                             400,
                         );
