@@ -140,23 +140,23 @@ pub fn bench(
          the two figures the app redraws; revisit: back to a visited ratio (the session's recent runs)"
     );
     println!(
-        "{:<10} {:>16} {:>16} {:>22} {:>9} {:>10} {:>12}",
-        "method", "ratio-only med", "ratio-only p95", "ratio+figures med/p95", "vs full", "from block", "revisit med"
+        "{:<10} {:>16} {:>16} {:>22} {:>9} {:>12} {:>10}",
+        "method", "ratio-only med", "ratio-only p95", "ratio+figures med/p95", "vs full", "revisit med", "from block"
     );
     for m in samples.methods {
         let (med, p95) = summary(m.run);
         let (fmed, fp95) = summary(m.run_figures);
         let (rmed, _) = summary(m.revisit);
         println!(
-            "{:<10} {:>13.1} ms {:>13.1} ms {:>12.1} / {:>5.1} ms {:>8.2}x {:>10} {:>9.3} ms",
+            "{:<10} {:>13.1} ms {:>13.1} ms {:>12.1} / {:>5.1} ms {:>8.2}x {:>9.3} ms {:>10}",
             m.name,
             med,
             p95,
             fmed,
             fp95,
             med / full_med,
-            m.from_block,
-            rmed
+            rmed,
+            m.from_block
         );
     }
     Ok(())
