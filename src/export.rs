@@ -184,7 +184,13 @@ impl MapScale {
 pub struct ExportSpec {
     pub tokenlens_version: String,
     pub model: String,
+    /// The weights the figure was made with: the sha256 of what `weights_digest` says.
     pub weights_sha256: String,
+    /// What `weights_sha256` covers: the weight files' bytes (encoders; every sidecar made
+    /// before this field, which it is then absent from), or a VLM folder's safetensors headers
+    /// and sampled blocks ([`vlm::WeightsDigest`]).
+    #[serde(default, skip_serializing_if = "vlm::WeightsDigest::is_file_bytes")]
+    pub weights_digest: vlm::WeightsDigest,
     pub image: PathBuf,
     pub image_sha256: String,
     pub figure: Figure,
@@ -265,10 +271,15 @@ pub fn text_print_width_in(width_px: u32, dpi: Option<u32>) -> f64 {
 impl ExportSpec {
     /// A spec for `image` on the session's model, with the usual look.
     pub fn new(session: &Session, image: &Path, image_sha256: &str, figure: Figure, format: Format) -> Self {
+        let weights_digest = match session.is_vlm() {
+            true => vlm::WeightsDigest::SafetensorsSampledV1,
+            false => vlm::WeightsDigest::FileBytes,
+        };
         Self {
             tokenlens_version: VERSION.into(),
             model: session.id.clone(),
-            weights_sha256: weights_sha256(session).unwrap_or_default(),
+            weights_sha256: weights_sha256(session, weights_digest).unwrap_or_default(),
+            weights_digest,
             image: image.to_path_buf(),
             image_sha256: image_sha256.into(),
             figure: figure.with_load(session),
@@ -380,7 +391,7 @@ pub fn sidecar_path(figure: &Path) -> PathBuf {
 /// the spec was made with.
 pub fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
     spec.validate()?;
-    let weights_sha256 = &weights_sha256(session)?;
+    let weights_sha256 = &weights_sha256(session, spec.weights_digest)?;
     if spec.weights_sha256 != *weights_sha256 {
         return Err(Error::Config {
             field: "weights_sha256",
@@ -422,12 +433,16 @@ impl Figure {
     }
 }
 
-/// The checksum that identifies the session's weights: the encoder's, or the VLM's weight
-/// files' (see [`vlm::weights_sha256`]).
-fn weights_sha256(session: &Session) -> Result<String> {
-    match session.vlm() {
-        Ok(v) => vlm::weights_sha256(&v.dir),
-        Err(_) => Ok(session.model()?.weights_sha256.clone()),
+/// The checksum that identifies the session's weights as `digest` says: the encoder's, or the
+/// VLM's weight files' (see [`vlm::weights_sha256`]).
+fn weights_sha256(session: &Session, digest: vlm::WeightsDigest) -> Result<String> {
+    match (session.vlm(), digest) {
+        (Ok(v), digest) => vlm::weights_sha256(&v.dir, digest),
+        (Err(_), vlm::WeightsDigest::FileBytes) => Ok(session.model()?.weights_sha256.clone()),
+        (Err(_), other) => Err(Error::Config {
+            field: "weights_digest",
+            reason: format!("{other:?} checksums a vision-language model's folder; this is an image encoder"),
+        }),
     }
 }
 

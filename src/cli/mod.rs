@@ -312,9 +312,10 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
-    /// Time a ratio-only change (resumed from the cached full run) against a full run, per method.
-    /// With a VLM folder as --model: prefill and decode time, KV cache and FLOPs per method
-    /// against the full model.
+    /// Time what a slider move costs against a full run, per method: `Session::run` on the open
+    /// image to a ratio not visited yet (resumed from the cached full run), and back to a visited
+    /// one (the session's recent runs). With a VLM folder as --model: the same against the full
+    /// prefill, with KV cache and FLOPs per method.
     Bench {
         /// Image to time on (default: assets/chelsea.png).
         #[arg(default_value = "assets/chelsea.png")]
@@ -507,7 +508,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     };
                     bench::bench_vlm(&image, &mut session, &methods, repeats.max(1))
                 }
-                session => bench::bench(&image, &session, &reducer_list(&reducers)?, repeats.max(1), json),
+                mut session => bench::bench(&image, &mut session, &reducer_list(&reducers)?, repeats.max(1), json),
             }
         }
         Command::Vlm { image, model, question, method, max_tokens, view_layer, sweep, split_image, colormap, out } => {

@@ -10,8 +10,8 @@
 //! layer, without a second inspection mechanism beside the ViT's?
 //! Decision: the decoder mirrors [`super::vit`]: [`Llama::run_layers`] loops over layers on a
 //! [`DecoderState`] (rows, position ids, layers done), records the `llm.*` [`HookPoint`]s a
-//! [`Probe`] names into a [`Trace`], and calls a [`LayerIntervene`] hook after each layer (the
-//! language-side reducers act there). It resumes from any state given the KV cache of the layers
+//! [`Probe`] names into a [`Trace`], and calls the ViT's [`Intervene`] hook (`after_block`) after
+//! each layer (the language-side reducers act there). It resumes from any state given the KV cache of the layers
 //! before it ([`KvCache::truncated`]); [`Llama::attention_from_cache`] recomputes a layer's
 //! attention from its cached input and keys, so a resumed run need not rerun that layer.
 //! Trade-off: batch size 1; attention is computed in full (no fused kernel) and only kept where
@@ -38,7 +38,7 @@ use super::hooks::{HookPoint, Probe, Trace};
 use super::kernels::{self, with_slice};
 use super::layers::AttnRecord;
 use super::quant::{Linears, Proj};
-use super::vit::{Needs, NoIntervention};
+use super::vit::{Intervene, Needs, NoIntervention};
 use crate::{Cancel, Error, Result};
 
 /// A Llama `config.json` (`LlamaConfig`), as [`LlamaConfig::from_hf`] resolves it.
@@ -382,7 +382,7 @@ pub struct DecoderTrace {
 /// cos and sin tables `[n, head_dim / 2]` for a run of tokens at explicit position ids.
 pub type Rope = (Tensor, Tensor);
 
-/// The decoder's rows in flight: what a [`LayerIntervene`] hook changes between layers (the
+/// The decoder's rows in flight: what an [`Intervene`] hook changes between layers (the
 /// decoder's [`super::TokenState`]).
 #[derive(Debug, Clone)]
 pub struct DecoderState {
@@ -400,22 +400,6 @@ impl DecoderState {
         Self { hidden: embeds, positions, layer: 0 }
     }
 }
-
-/// A change to the decoder's rows after a layer: the decoder's [`super::vit::Intervene`] (the model decides
-/// where, the reducer how). `Needs::keys` gives the layer's whole cached keys
-/// `[1, kv_heads, cached + n, head_dim]`, rotated.
-pub trait LayerIntervene {
-    fn needs(&self, _layer: usize) -> Needs {
-        Needs::default()
-    }
-    /// After decoder layer `layer` (`state.layer` is `layer + 1`); `attn` holds what
-    /// [`LayerIntervene::needs`] asked for.
-    fn after_layer(&mut self, _layer: usize, _state: &mut DecoderState, _attn: &AttnRecord) -> Result<()> {
-        Ok(())
-    }
-}
-
-impl LayerIntervene for NoIntervention {}
 
 pub struct Llama {
     pub cfg: LlamaConfig,
@@ -579,7 +563,7 @@ impl Llama {
         until: usize,
         probe: &Probe,
         trace: &mut Trace,
-        intervene: &mut dyn LayerIntervene,
+        intervene: &mut dyn Intervene<DecoderState>,
         cancel: &Cancel,
     ) -> Result<()> {
         let until = until.min(self.layers.len());
@@ -602,7 +586,7 @@ impl Llama {
             state.hidden = out;
             probe.tap(HookPoint::LlmResid(l), trace, || Ok(state.hidden.clone()))?;
             state.layer = l + 1;
-            intervene.after_layer(l, state, &attn)?;
+            intervene.after_block(l, state, &attn)?;
         }
         Ok(())
     }
@@ -798,11 +782,11 @@ mod tests {
 
     /// Drops every other row after layer 0, as a pruning method does through the hook.
     struct DropOdd;
-    impl LayerIntervene for DropOdd {
+    impl Intervene<DecoderState> for DropOdd {
         fn needs(&self, layer: usize) -> Needs {
             Needs { probs: layer == 0, keys: false }
         }
-        fn after_layer(&mut self, layer: usize, state: &mut DecoderState, attn: &AttnRecord) -> Result<()> {
+        fn after_block(&mut self, layer: usize, state: &mut DecoderState, attn: &AttnRecord) -> Result<()> {
             // Layer 0's because the hook asked, layer 1's because the probe did.
             assert!(attn.probs.is_some(), "layer {layer}");
             if layer == 0 {

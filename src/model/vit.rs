@@ -27,24 +27,27 @@ pub struct Needs {
     pub keys: bool,
 }
 
-/// A change to the token state between blocks (the model decides where, the reducer how).
-pub trait Intervene {
+/// A change to the rows between blocks (the model decides where, the reducer how), for the
+/// encoder (`S`: its [`TokenState`]) and the decoder (`S`: [`super::llama::DecoderState`], whose
+/// layers call only `after_block`: they have no merge point between attention and MLP).
+pub trait Intervene<S = TokenState> {
     fn needs(&self, _layer: usize) -> Needs {
         Needs::default()
     }
     /// Between block `layer`'s attention and its MLP (ToMe merges here).
-    fn after_attention(&mut self, _layer: usize, _state: &mut TokenState, _attn: &AttnRecord) -> Result<()> {
+    fn after_attention(&mut self, _layer: usize, _state: &mut S, _attn: &AttnRecord) -> Result<()> {
         Ok(())
     }
-    /// After block `layer` (pruning methods act here).
-    fn after_block(&mut self, _layer: usize, _state: &mut TokenState, _attn: &AttnRecord) -> Result<()> {
+    /// After block (or decoder layer) `layer`: pruning methods act here (`state.layer` is
+    /// `layer + 1`).
+    fn after_block(&mut self, _layer: usize, _state: &mut S, _attn: &AttnRecord) -> Result<()> {
         Ok(())
     }
 }
 
 /// The full model: no intervention.
 pub struct NoIntervention;
-impl Intervene for NoIntervention {}
+impl<S> Intervene<S> for NoIntervention {}
 
 /// Patch embedding, the prefix tokens (CLS, DeiT's distillation token) and the position table
 /// resized to the grid.
