@@ -174,7 +174,8 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     if map.is_none()
         && let Some(r) = &run
     {
-        token_legend(ui, r.reducer().info().merges, &r.groups);
+        let note = figures::special_tokens_note(opened.analysis.num_special);
+        token_legend(ui, r.reducer().info().merges, &r.groups, note.as_deref());
     }
     let roles = run.as_deref().and_then(|r| hiprune_roles(r, grid)).unwrap_or_default();
     if map.is_none() && !roles.is_empty() {
@@ -266,7 +267,8 @@ fn mark_role(painter: &egui::Painter, rect: Rect, role: Role) {
 /// kept (the photo, outlined), merged (tinted) or, for pruning methods, fused (tinted, hatched),
 /// and dropped (faded).
 /// The middle swatch only where it applies: merge methods, or a run that fused some patches.
-pub fn token_legend(ui: &mut egui::Ui, merges: bool, groups: &[Vec<u32>]) {
+/// `note`: the tokens the view leaves out, as the exported figure says it under its key.
+pub fn token_legend(ui: &mut egui::Ui, merges: bool, groups: &[Vec<u32>], note: Option<&str>) {
     let fused = !merges;
     let shows_groups = merges || groups.iter().any(|g| g.len() > 1);
     let photo = egui::Color32::from_rgb(150, 130, 100);
@@ -297,6 +299,9 @@ pub fn token_legend(ui: &mut egui::Ui, merges: bool, groups: &[Vec<u32>]) {
             swatch(ui, tint, true, false, "merged  ", "patches merged into one token: tinted by opacity, outlined");
         }
         swatch(ui, faded, false, false, "dropped", "a patch no token carries: faded");
+        if let Some(note) = note {
+            ui.label(egui::RichText::new(format!("· {note}")).small().weak());
+        }
     });
 }
 
