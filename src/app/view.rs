@@ -499,6 +499,43 @@ mod tests {
     }
 
     #[test]
+    fn the_scroll_wheel_zooms_as_the_help_says() {
+        // The image under the pointer: a wheel turn changes the scene's scale, not only its place.
+        let ctx = egui::Context::default();
+        let tex = ctx.load_texture(
+            "t",
+            egui::ColorImage::new([64, 48], vec![egui::Color32::GRAY; 64 * 48]),
+            Default::default(),
+        );
+        let frame = GridFrame::of(&input(64, 48), [4, 4]);
+        let mut scene_rect = Rect::ZERO;
+        let screen = Rect::from_min_size(Pos2::ZERO, egui::vec2(400.0, 300.0));
+        let frame_with = |events: Vec<egui::Event>, scene_rect: &mut Rect| {
+            let input = egui::RawInput { screen_rect: Some(screen), events, ..Default::default() };
+            let _ = ctx.run_ui(input, |ui| {
+                image_scene_ui(ui, scene_rect, &tex, &frame, None, &[], |_| String::new());
+            });
+        };
+        let centre = screen.center();
+        frame_with(vec![egui::Event::PointerMoved(centre)], &mut scene_rect);
+        frame_with(vec![egui::Event::PointerMoved(centre)], &mut scene_rect);
+        let before = scene_rect;
+        let wheel = egui::Event::MouseWheel {
+            unit: egui::MouseWheelUnit::Line,
+            delta: egui::vec2(0.0, 3.0),
+            modifiers: egui::Modifiers::NONE,
+            phase: egui::TouchPhase::Move,
+            source: egui::MouseWheelSource::Unknown,
+        };
+        frame_with(vec![wheel], &mut scene_rect);
+        for _ in 0..20 {
+            frame_with(Vec::new(), &mut scene_rect);
+        }
+        assert!(before.width() > 0.0, "{before:?}");
+        assert!(scene_rect.width() < 0.95 * before.width(), "zoomed in: {before:?} -> {scene_rect:?}");
+    }
+
+    #[test]
     fn the_pointer_maps_to_the_patch_under_it() {
         // A 448 x 224 photo sits in the middle rows of the canvas: the 16 x 16 grid covers
         // y from -112 to 336 in photo pixels, so the photo shows grid rows 4..12.
