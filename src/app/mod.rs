@@ -39,6 +39,9 @@ use file_dialog::{FileDialogs, Outcome, Picker, Purpose, Request};
 pub use vlm::{Pick, VlmOverlay, VlmSettings, VlmState};
 pub use worker::{Event, ImageSource, Job, Look, Opened, OpenedImage, VlmInfo, VlmOpened, WorkerHandle};
 
+/// The left panel's width (the most its widest method's parameters need).
+const CONTROLS_WIDTH: f32 = 360.0;
+
 /// The bundled sample photo the app opens with.
 pub const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
 pub const SAMPLE_NAME: &str = "chelsea.png (sample)";
@@ -977,7 +980,9 @@ impl eframe::App for TokenlensApp {
 
         egui::Panel::top("tabs").show(ui, |ui| self.top_bar_ui(ui));
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
-        egui::Panel::left("controls").size_range(260.0..=360.0).default_size(280.0).show(ui, |ui| {
+        // Opened at its widest: a method with wider parameters (ToMe's) cannot widen it and make
+        // the image jump.
+        egui::Panel::left("controls").size_range(260.0..=CONTROLS_WIDTH).default_size(CONTROLS_WIDTH).show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| controls::controls_ui(self, ui));
         });
         match self.settings.tab {
