@@ -158,6 +158,21 @@ fn vlm_figures_export_as_png_and_svg_and_their_sidecars_remake_them() {
         assert!(headers.contains(title), "column {title}: {headers}");
     }
     assert!(cmp_svg.contains("75.0\u{a0}% removed") || cmp_svg.contains("75.0 % removed"), "the budget is named");
+    // The run the app's compare view marks best (the full answer most likely under it) is
+    // marked so in the figure, and only that one (ties aside).
+    let notes = squeeze(&svg_texts(&cmp_svg, |c| c == "answer-label").concat());
+    let scored: Vec<(f64, bool)> = notes
+        .split("logp(full)")
+        .skip(1)
+        .map(|rest| {
+            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-')).unwrap_or(rest.len());
+            (rest[..end].parse().unwrap(), rest[end..].starts_with("·best"))
+        })
+        .collect();
+    assert_eq!(scored.len(), 2, "{notes}");
+    let top = scored.iter().map(|s| s.0).fold(f64::NEG_INFINITY, f64::max);
+    assert!(scored.iter().all(|&(lp, best)| best == (lp == top)), "{notes}");
+    assert!(notes.contains("best:thefullanswermostlikelyunderit"), "the mark is explained: {notes}");
 
     // A fresh session (no cached answer) re-makes every figure from its sidecar alone.
     let session = Session::load(&ModelSource::File(model.clone()), &mut |_| {}).unwrap();

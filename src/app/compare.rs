@@ -13,7 +13,7 @@ use super::widgets::{Fate, GridFrame, ValueMap, flops, highlight, labels_ui, map
 use super::{MapScale, MapSource, TokenlensApp};
 use crate::analysis::metrics::Fidelity;
 use crate::figures;
-use crate::render::{Heatmap, Norm};
+use crate::render::Norm;
 use crate::session::EncoderRun;
 
 /// Panel textures' longest side.
@@ -61,6 +61,9 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let (maps, norm) = shared_scale(maps, s.scale);
     if let Some(title) = maps.iter().flatten().next().map(|m| short_map_title(&m.title)) {
         ui.label(RichText::new(format!("{title} · one {} scale across the panels", s.scale.label())).small());
+    } else if s.overlay == super::Overlay::Tokens {
+        let note = figures::special_tokens_note(a.num_special);
+        super::widgets::token_legend(ui, true, &[], note.as_deref());
     }
 
     let fidelities: Vec<Option<&Fidelity>> = runs.iter().map(|r| r.as_deref().map(|r| &r.fidelity)).collect();
@@ -317,19 +320,10 @@ pub fn layout(available: egui::Vec2, columns: usize, image_rows: usize, aspect: 
     if by_rows.x > 1.2 * by_columns.x { (by_rows, Layout::Rows) } else { (by_columns, Layout::Columns) }
 }
 
-/// Puts `maps` on one colour scale: their common range under `scale` (log: the values' log10
-/// over at most four decades below the largest), as a fixed-range norm.
+/// Puts `maps` on one colour scale (the compare export's, [`crate::export::share_scale`]), as a
+/// fixed-range norm.
 pub fn shared_scale(mut maps: Vec<Option<ValueMap>>, scale: MapScale) -> (Vec<Option<ValueMap>>, Norm) {
-    let all: Vec<f32> = maps.iter().flatten().flat_map(|m| m.values.iter().copied()).collect();
-    let heat = Heatmap::new(1, all.len(), all);
-    let (lo, hi) = scale.norm().resolve(&heat);
-    if scale == MapScale::Log {
-        let floor = lo.max(f32::MIN_POSITIVE);
-        for m in maps.iter_mut().flatten() {
-            m.values.iter_mut().filter(|v| v.is_finite()).for_each(|v| *v = v.max(floor).log10());
-        }
-        return (maps, Norm::Range { lo: floor.log10(), hi: hi.max(floor).log10() });
-    }
+    let (lo, hi) = crate::export::share_scale(maps.iter_mut().flatten().map(|m| &mut m.values), scale);
     (maps, Norm::Range { lo, hi })
 }
 

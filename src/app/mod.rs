@@ -40,6 +40,9 @@ use file_dialog::{FileDialogs, Outcome, Picker, Purpose, Request};
 pub use vlm::{Pick, VlmOverlay, VlmSettings, VlmState};
 pub use worker::{Event, ImageSource, Job, Look, Opened, OpenedImage, VlmInfo, VlmOpened, WorkerHandle};
 
+/// The left panel's width (the most its widest method's parameters need).
+const CONTROLS_WIDTH: f32 = 360.0;
+
 /// The bundled sample photo the app opens with.
 pub const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
 pub const SAMPLE_NAME: &str = "chelsea.png (sample)";
@@ -173,8 +176,12 @@ impl Settings {
     }
 
     /// The compare view as a figure: rows = its methods (with their outputs where the output is a
-    /// map, beside the full model's), one column at the budget on screen.
+    /// map, beside the full model's), one column at the budget on screen, each panel the view on
+    /// screen: tokens, or a map (attention, rollout and norms from each method's reduced model,
+    /// beside the full model's, as the panels show them).
     pub fn compare_figure(&self, output_is_map: bool) -> Figure {
+        let view = self.view();
+        let source = if view.has_source() { MapSource::Reduced } else { MapSource::Full };
         Figure::Grid {
             methods: self.compare.clone(),
             budgets: vec![self.spec.budget],
@@ -182,7 +189,23 @@ impl Settings {
             output_row: output_is_map,
             fill: self.spec.fill,
             positions: self.spec.positions,
-            view: View::Tokens,
+            view,
+            source,
+        }
+    }
+
+    /// The figure view of the overlay on screen.
+    pub fn view(&self) -> View {
+        let head = match self.head {
+            Head::Mean => None,
+            Head::One(h) => Some(h),
+        };
+        match self.overlay {
+            Overlay::Attention => View::Attention { layer: self.layer, head },
+            Overlay::Rollout => View::Rollout,
+            Overlay::TokenNorms => View::TokenNorms { layer: self.layer },
+            Overlay::Scores => View::Scores,
+            Overlay::Tokens => View::Tokens,
         }
     }
 
@@ -680,19 +703,9 @@ impl TokenlensApp {
     /// The figure of what the main view shows now.
     pub fn current_figure(&self) -> Figure {
         let s = &self.settings;
-        let head = match s.head {
-            Head::Mean => None,
-            Head::One(h) => Some(h),
-        };
+        let view = s.view();
         // A map of the reduced model is its run's, as on screen.
-        let reduced = s.source == MapSource::Reduced;
-        let (view, needs_run) = match s.overlay {
-            Overlay::Attention => (View::Attention { layer: s.layer, head }, reduced),
-            Overlay::Rollout => (View::Rollout, reduced),
-            Overlay::TokenNorms => (View::TokenNorms { layer: s.layer }, reduced),
-            Overlay::Scores => (View::Scores, true),
-            Overlay::Tokens => (View::Tokens, true),
-        };
+        let needs_run = !view.has_source() || s.source == MapSource::Reduced;
         let source = if s.overlay.has_source() { s.source } else { MapSource::Full };
         Figure::Panel { view, run: needs_run.then(|| s.spec.clone()), source }
     }
@@ -1026,7 +1039,9 @@ impl eframe::App for TokenlensApp {
 
         egui::Panel::top("tabs").show(ui, |ui| self.top_bar_ui(ui));
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
-        egui::Panel::left("controls").size_range(260.0..=360.0).default_size(280.0).show(ui, |ui| {
+        // Opened at its widest: a method with wider parameters (ToMe's) cannot widen it and make
+        // the image jump.
+        egui::Panel::left("controls").size_range(260.0..=CONTROLS_WIDTH).default_size(CONTROLS_WIDTH).show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| controls::controls_ui(self, ui));
         });
         match self.settings.tab {

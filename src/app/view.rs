@@ -113,7 +113,8 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     if map.is_none()
         && let Some(r) = &run
     {
-        token_legend(ui, r.reducer().info().merges, &r.groups);
+        let note = figures::special_tokens_note(opened.analysis.num_special);
+        token_legend(ui, r.reducer().info().merges, &r.groups, note.as_deref());
     }
     let roles = run.as_deref().and_then(|r| hiprune_roles(r, grid)).unwrap_or_default();
     if map.is_none() && !roles.is_empty() {

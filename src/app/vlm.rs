@@ -399,12 +399,19 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let caps = vlm.capabilities;
     let decoder_layers = vlm.num_layers;
     let tower_layers = vlm.opened().map_or(1, |o| o.tower_layers);
+    // The compare view picks its methods in its columns and shows their tokens: the single
+    // method's picker, parameters and views would do nothing there.
+    let compare = app.settings.tab == super::Tab::Compare;
     let s = &mut app.settings.vlm;
 
-    widgets::section(ui, "Method");
-    method_menu(ui, "main", 200.0, &caps, &mut s.method);
+    if !compare {
+        widgets::section(ui, "Method");
+        method_menu(ui, "main", 200.0, &caps, &mut s.method);
+    }
     let mut tower_layer_param = false;
-    if let Method::Vision(c) = &s.method {
+    if let Method::Vision(c) = &s.method
+        && !compare
+    {
         let json = serde_json::to_value(c).unwrap_or_default();
         tower_layer_param = json.as_object().is_some_and(|o| o.keys().any(|k| k.contains("layer")));
         let info = c.info();
@@ -417,8 +424,9 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     widgets::section(ui, "Budget");
     widgets::budget_ui(app, ui);
     let s = &mut app.settings.vlm;
-    widgets::section(ui, "Parameters");
+    widgets::section(ui, if compare { "Options" } else { "Parameters" });
     match &mut s.method {
+        _ if compare => {}
         Method::Vision(c) => params_ui(ui, c, 0..=tower_layers.saturating_sub(1)),
         // FastV's `layer` is K: it prunes after layer K - 1, so K runs 1..=L.
         Method::Llm(c @ LlmReducerConfig::Fastv(_)) => params_ui(ui, c, 1..=decoder_layers),
@@ -457,10 +465,10 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     }
 
     widgets::section(ui, "View");
-    for overlay in VlmOverlay::ALL {
+    for overlay in VlmOverlay::ALL.into_iter().filter(|_| !compare) {
         ui.radio_value(&mut s.overlay, overlay, overlay.label());
     }
-    if s.overlay == VlmOverlay::TextToImage {
+    if s.overlay == VlmOverlay::TextToImage && !compare {
         ui.label(egui::RichText::new("hover or click a token of an answer (right panel)").small().weak());
     }
     widgets::look_ui(&mut app.settings, ui);

@@ -167,7 +167,8 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     {
         let merges = matches!(&r.spec.method, Some(crate::reduce::Method::Vision(c)) if c.info().merges)
             || r.groups.iter().any(|g| g.len() > 1);
-        token_legend(ui, merges, &r.groups);
+        let note = figures::off_grid_note((opened.grid[0], opened.grid[1]), r.num_image_tokens, &r.groups);
+        token_legend(ui, merges, &r.groups, note.as_deref());
     }
     let groups = run.as_ref().map(|r| r.groups.as_slice());
     let (grid, block) = (opened.grid, opened.patch_block);

