@@ -6,7 +6,7 @@
 
 mod common;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use common::{QUESTION, asset, fixture, vlm_spec};
 use tokenlens::Cancel;
 use tokenlens::model::llama::KvCache;
@@ -25,7 +25,7 @@ fn load(name: &str, quantize: Option<Quantize>) -> (Vlm, VlmFull) {
 /// `[1, heads, n, n]`, and the greedy pick after the prompt's last row and each answer token.
 fn teacher_forced(vlm: &Vlm, full: &VlmFull, answer: &[u32]) -> (Vec<Tensor>, Vec<u32>) {
     let lm = vlm.arch.lm();
-    let prompt = &full.prefill.inputs[0];
+    let prompt = &full.prefill.inputs[0].to_dtype(DType::F32).unwrap();
     let n = prompt.dim(1).unwrap();
     let embeds = Tensor::cat(&[prompt, &lm.embed(&answer[..answer.len() - 1]).unwrap()], 1).unwrap();
     let positions: Vec<u32> = (0..(n + answer.len() - 1) as u32).collect();
@@ -201,4 +201,66 @@ fn the_cli_takes_quantize_dtype_and_device() {
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(!refused.status.success() && stderr.contains(says), "{flags:?}: {stderr}");
     }
+}
+
+/// Under `--quantize` the decoder caches its keys, values and layer inputs in f16 (half the
+/// bytes) and rounds the rows between layers to f16, so a language-side method resumed from the
+/// cached full prefill still equals its run from scratch, bit for bit, and the cache is half
+/// f32's size for the same rows.
+#[test]
+fn half_precision_caches_resume_exactly_under_q4k() {
+    use tokenlens::reduce::llm::LlmReducerConfig;
+    use tokenlens::reduce::{Budget, Method};
+    use tokenlens::session::RunSpec;
+    let (vlm, full) = load("llava_wide", Some(Quantize::Q4K));
+    let (_, exact) = load("llava_wide", None);
+    assert_eq!(vlm.arch.lm().cache_dtype(), DType::F16);
+    assert!(full.prefill.inputs.iter().all(|t| t.dtype() == DType::F16));
+    assert_eq!(full.run.cost.kv_bytes_prefill * 2, exact.run.cost.kv_bytes_prefill);
+    let layers = vlm.num_layers();
+    let mut resumed_somewhere = 0;
+    for mut cfg in LlmReducerConfig::defaults() {
+        if let Some(l) = cfg.layer(layers) {
+            cfg.set_layer(l.min(layers - 1).max(1), layers);
+        }
+        let s = RunSpec { method: Some(Method::Llm(cfg.clone())), budget: Budget::RemoveFraction(0.5), ..vlm_spec() };
+        let resumed = vlm.run(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
+        let scratch = vlm.run_from_scratch(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
+        let what = cfg.name();
+        assert_eq!(resumed.answer, scratch.answer, "{what}: ids, log-probabilities, looks");
+        assert_eq!(resumed.full_answer_token_logprobs, scratch.full_answer_token_logprobs, "{what}");
+        assert_eq!((&resumed.scores, &resumed.groups), (&scratch.scores, &scratch.groups), "{what}");
+        assert_eq!(resumed.cost.kv_bytes_end, scratch.cost.kv_bytes_end, "{what}");
+        resumed_somewhere += usize::from(resumed.recomputed_from_layer > 0);
+    }
+    assert!(resumed_somewhere > 0, "no method resumed: the comparison would be vacuous");
+}
+
+/// A bf16 checkpoint's embedding table stays bf16 (half f32's bytes), its rows converted on
+/// lookup: the embeddings are the stored values exactly.
+#[test]
+fn a_half_precision_embedding_table_is_kept_as_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("vlm/llava_wide")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let file = dir.path().join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+    let bf16: std::collections::HashMap<String, Tensor> =
+        tensors.into_iter().map(|(k, t)| (k, t.to_dtype(DType::BF16).unwrap())).collect();
+    candle_core::safetensors::save(&bf16, &file).unwrap();
+    let table_name = bf16.keys().find(|k| k.ends_with("embed_tokens.weight")).unwrap();
+    let table = &bf16[table_name];
+    for quantize in [None, Some(Quantize::Q8_0)] {
+        let vlm = Vlm::load_with(dir.path(), LoadOptions { quantize, ..LoadOptions::default() }).unwrap();
+        let lm = vlm.arch.lm();
+        assert_eq!(lm.embedding_dtype(), DType::BF16, "{quantize:?}");
+        let ids = [3u32, 0, 140];
+        let rows = lm.embed(&ids).unwrap().squeeze(0).unwrap();
+        let stored = table.index_select(&Tensor::new(&ids, rows.device()).unwrap(), 0).unwrap();
+        assert_eq!(rows.to_vec2::<f32>().unwrap(), stored.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap());
+    }
+    // An f32 checkpoint keeps f32.
+    assert_eq!(Vlm::load(&fixture("vlm/llava_wide")).unwrap().arch.lm().embedding_dtype(), DType::F32);
 }

@@ -513,6 +513,11 @@ impl Linears {
         *self.stored.borrow_mut() = Some(stored);
     }
 
+    /// The dtype `name` is stored in, where the loader gave its checkpoint.
+    pub fn stored_dtype(&self, name: &str) -> Option<DType> {
+        self.stored.borrow().as_ref()?.with(name, |dtype, _, _| dtype)
+    }
+
     /// f32 layers, as checkpoints store them.
     pub fn f32() -> Self {
         Self::new(None)
