@@ -96,27 +96,29 @@ fn the_wide_fixture_answers_as_transformers_in_f32() {
 }
 
 /// Measured (the fixtures' random weights make attention peaked, so a small change in q or k
-/// moves single probabilities by up to ~0.1): q8_0 keeps every greedy id; the attention maps
-/// differ from f32 by 8e-4 on average over every layer, head, query and key (within 1e-2),
-/// by at most 0.03 in the mean over heads and 0.12 in a single head's entry.
+/// moves single probabilities by up to ~0.1), with the tower's linear layers at q8_0 too and the
+/// decoder's caches in f16: q8_0 keeps every greedy id; the attention maps differ from f32 by
+/// 1.2e-3 on average over every layer, head, query and key (within 1e-2), by at most 0.04 in
+/// the mean over heads and 0.16 in a single head's entry (decoder and projector alone: 8e-4,
+/// 0.03, 0.12).
 #[test]
 fn q8_0_answers_as_f32_with_attention_within_1e_2() {
     for name in ["llava_wide", "llava", "idefics3"] {
         let r = compare(name, Quantize::Q8_0);
         assert_eq!((r.greedy, r.forced), (r.of, r.of), "{name}: q8_0 changed the greedy answer: {r:?}");
         assert!(r.attention_mean < 1e-2, "{name}: {r:?}");
-        assert!(r.head_mean_max < 0.04 && r.attention_max < 0.15, "{name}: {r:?}");
+        assert!(r.head_mean_max < 0.045 && r.attention_max < 0.18, "{name}: {r:?}");
     }
 }
 
 /// q4k on the wide fixture, pinned at what was measured: the first greedy id agrees, then the
 /// free-running answer diverges (its greedy margins are 0.08 to 2.3 logits); teacher-forced on
-/// f32's answer, 6 of 8 picks agree; attention differs by 7.5e-3 on average, 0.21 at most in
-/// the mean over heads, 0.78 in a single entry.
+/// f32's answer, 5 of 8 picks agree (6 with the tower in f32); attention differs by 7.7e-3 on
+/// average, 0.21 at most in the mean over heads, 0.78 in a single entry.
 #[test]
 fn q4k_agreement_is_pinned() {
     let r = compare("llava_wide", Quantize::Q4K);
-    assert!(r.greedy >= 1 && r.forced >= 6, "{r:?}");
+    assert!(r.greedy >= 1 && r.forced >= 5, "{r:?}");
     assert!(r.attention_mean < 1e-2 && r.head_mean_max < 0.3, "{r:?}");
 }
 

@@ -16,6 +16,7 @@ use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder, layer_norm};
 use super::config::{BlockNames, VitConfig};
 use super::hooks::{HookPoint, Probe, Trace};
 use super::layers::{AttnRecord, Block};
+use super::quant::{QuantCount, Quantize};
 use super::resize::{Kernel, resize2d};
 use super::state::TokenState;
 use crate::{Cancel, Error, Result};
@@ -150,6 +151,16 @@ impl VisionTransformer {
 
     pub fn num_layers(&self) -> usize {
         self.blocks.len()
+    }
+
+    /// Quantizes every block's linear layers to `format` where their input width fits (a VLM's
+    /// tower under `--quantize`: [`super::quant`]); norms, embeddings and attention stay f32.
+    pub fn quantize_linears(&mut self, format: Quantize) -> Result<QuantCount> {
+        let mut count = QuantCount::default();
+        for block in &mut self.blocks {
+            count.add(block.quantize_linears(format)?);
+        }
+        Ok(count)
     }
 
     pub fn embeddings(&self) -> &Embeddings {
