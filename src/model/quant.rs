@@ -5,7 +5,7 @@
 //! is its own matrix, and the projector's or connector's linear layers. Each weight is read from
 //! the memory-mapped checkpoint, converted to f32 and quantized at once ([`Linears::linear`]), so
 //! only one layer's f32 copy exists at a time. The vision tower's linear layers are quantized
-//! to [`TOWER_FORMAT`] (q8_0) under either format, once the tower is loaded. What stays f32: a
+//! to [`TOWER_FORMAT`] (q8_0) under either format, one block at a time as it is read. What stays f32: a
 //! `lm_head` tied to the embeddings, RMSNorms and LayerNorms, rotary tables, attention scores,
 //! softmax and probabilities (the maps the views draw are f32 products of quantized q/k
 //! projections), biases, the tower's embeddings. The decoder's embedding table stays in the
@@ -584,6 +584,14 @@ impl Linears {
         };
         self.count.set(count);
         Ok(proj)
+    }
+
+    /// Counts a vision tower block's layers quantized to [`TOWER_FORMAT`].
+    pub fn count_tower(&self, tower: QuantCount) {
+        let mut count = self.count.get();
+        count.tower += tower.quantized;
+        count.bytes += tower.bytes;
+        self.count.set(count);
     }
 
     /// What [`Linears::linear`] made so far.

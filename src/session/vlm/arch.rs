@@ -25,7 +25,7 @@ use crate::model::hf::read_config;
 use crate::model::idefics3::{Idefics3, Idefics3Settings};
 use crate::model::llama::Llama;
 use crate::model::llava::{Llava, LlavaSettings};
-use crate::model::quant::{Linears, LoadOptions, QuantCount, TOWER_FORMAT};
+use crate::model::quant::{Linears, LoadOptions, QuantCount};
 use crate::model::{HookPoint, Probe, TokenState, Trace, chat, fetch, memory, preprocess};
 use crate::reduce::{Capabilities, Context, PositionMode, Reducer, ReducerConfig};
 use crate::session::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
@@ -157,17 +157,8 @@ impl Arch {
             memory::guard(&estimate)?;
         }
         let linears = Linears::new(options.quantize);
-        let mut arch = Self::load_arch(dir, &linears)?;
-        let mut count = linears.count();
-        if options.quantize.is_some() {
-            let tower = match &mut arch {
-                Arch::Llava(m) => &mut m.vision,
-                Arch::Idefics3(m) => &mut m.vision,
-            };
-            let q = tower.quantize_linears(TOWER_FORMAT)?;
-            (count.tower, count.bytes) = (q.quantized, count.bytes + q.bytes);
-        }
-        Ok(Loaded { arch, options, linears: count })
+        let arch = Self::load_arch(dir, &linears)?;
+        Ok(Loaded { arch, options, linears: linears.count() })
     }
 
     fn load_arch(dir: &Path, linears: &Linears) -> Result<Self> {
