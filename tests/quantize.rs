@@ -183,12 +183,13 @@ fn the_cli_takes_quantize_dtype_and_device() {
     let ok = run(&["--quantize", "q8_0"]);
     let stderr = String::from_utf8_lossy(&ok.stderr);
     assert!(ok.status.success(), "{stderr}");
-    assert!(stderr.contains("weights q8_0: 17 of 17 linear layers, the rest f32"), "{stderr}");
+    assert!(stderr.contains("weights q8_0: 17 of 17 linear layers, the tower's 8 q8_0, the rest f32"), "{stderr}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("vlm.json")).unwrap()).unwrap();
     assert_eq!(json["load"]["options"]["quantize"], "q8_0");
     assert_eq!(json["load"]["options"]["device"], "auto");
     assert_eq!(json["load"]["linears"]["quantized"], 17);
+    assert_eq!(json["load"]["linears"]["tower"], 8);
     for (flags, says) in [
         (&["--quantize", "q2"][..], "unknown quantization `q2` (supported: q8_0, q4k)"),
         (&["--dtype", "bf16"][..], "not computed on the CPU"),
