@@ -15,7 +15,8 @@ use crate::{Error, Result};
 /// once [`Dense::quantize`]d, the weight is its GGML blocks alone.
 struct Dense {
     weight: Vec<f32>,
-    quantized: Option<QuantWeight>,
+    /// Boxed: most towers are never quantized, and `Dense` sits in several enums' variants.
+    quantized: Option<Box<QuantWeight>>,
     bias: Vec<f32>,
     out: usize,
     inp: usize,
@@ -33,7 +34,7 @@ impl Dense {
         let weight = Tensor::from_vec(std::mem::take(&mut self.weight), (self.out, self.inp), &Device::Cpu)?;
         let q = QuantWeight::quantize(&weight, format)?;
         let count = QuantCount { quantized: 1, bytes: q.size_in_bytes() as u64, ..QuantCount::default() };
-        self.quantized = Some(q);
+        self.quantized = Some(Box::new(q));
         Ok(count)
     }
 
@@ -289,7 +290,11 @@ impl Block {
         for dense in [&mut a.qkv, &mut a.output, &mut m.fc1, &mut m.fc2] {
             match format.fits(dense.inp) {
                 true => count.add(dense.quantize(format)?),
-                false => count.add(QuantCount { kept_f32: 1, bytes: (dense.weight.len() * 4) as u64, ..QuantCount::default() }),
+                false => count.add(QuantCount {
+                    kept_f32: 1,
+                    bytes: (dense.weight.len() * 4) as u64,
+                    ..QuantCount::default()
+                }),
             }
         }
         Ok(count)
