@@ -111,7 +111,8 @@ impl Prefill {
 pub struct FullPrefill {
     pub prefill: Prefill,
     /// Hidden states entering each layer, `[1, n, d]` (`num_layers` entries; `[0]` is the input
-    /// embeddings).
+    /// embeddings), in the decoder's cache dtype (f16 under `--quantize`, exactly: see
+    /// [`Llama::cache_dtype`]).
     pub inputs: Vec<Tensor>,
     /// The rows entering layer 0 (every layer's, unreduced), with the input embeddings.
     pub rows: TokenState,
@@ -351,9 +352,10 @@ pub fn resume(
     method.layer_end_ms = base.layer_end_ms[..k].to_vec();
     // Where layer k left the rows, and its attention if the plan reads it (not stored: made
     // again from its cached input and keys).
-    let output_k = full.inputs.get(k + 1).unwrap_or(&base.output).clone();
+    let output_k = full.inputs.get(k + 1).unwrap_or(&base.output).to_dtype(DType::F32)?;
     let mut state = DecoderState { hidden: output_k, positions: base.positions.clone(), layer: k + 1 };
-    let attention = |l: usize| lm.attention_from_cache(l, &full.inputs[l], &base.positions, &cache);
+    let attention =
+        |l: usize| lm.attention_from_cache(l, &full.inputs[l].to_dtype(DType::F32)?, &base.positions, &cache);
     let probs = if method.needs_attention(k) { Some(attention(k)?) } else { None };
     method.after_block(k, &mut state, &AttnRecord { probs, keys: None })?;
     let first_look = match view_layer {
