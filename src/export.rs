@@ -109,8 +109,10 @@ pub enum Figure {
         source: MapSource,
     },
     /// Rows = methods, columns = budgets (or, with `layers`, each method's main layer at the
-    /// first budget), each panel the run's tokens; with `output_row`, each method gets a second
-    /// row of its reduced saliency, beside the full model's.
+    /// first budget), each panel the run's `view`; with `output_row`, each method gets a second
+    /// row of its reduced saliency, beside the full model's. A map view's panels share one scale
+    /// (the spec's), with its own colour bar, and an attention, rollout or norm view gets the
+    /// full model's column too: the compare view as the app shows it.
     Grid {
         methods: Vec<ReducerConfig>,
         budgets: Vec<Budget>,
@@ -123,6 +125,11 @@ pub enum Figure {
         /// map such as its scores.
         #[serde(default = "tokens_view")]
         view: View,
+        /// Where an attention, rollout or norm view of the methods' panels comes from: each
+        /// run's reduced model (the app's compare view), or the full model (absent in older
+        /// sidecars).
+        #[serde(default, skip_serializing_if = "MapSource::is_full")]
+        source: MapSource,
     },
     /// A vision-language model's answer to `question`: the token grid of `run`'s method, what
     /// one answer token looked at (its text-to-image map), and both answers (the full model's
@@ -147,6 +154,31 @@ fn tokens_view() -> View {
     View::Tokens
 }
 
+impl View {
+    /// A map of the model's own attention or tokens, from the full or a reduced model
+    /// ([`MapSource`]).
+    pub fn has_source(&self) -> bool {
+        matches!(self, View::Attention { .. } | View::Rollout | View::TokenNorms { .. })
+    }
+}
+
+/// Puts `maps` on one colour scale: their common range under `scale` (log: the values' log10,
+/// over at most four decades below the largest), the `(lo, hi)` of the fixed range to draw them
+/// all with. The app's compare view and the compare grid export share it: the same colours.
+pub fn share_scale<'a>(maps: impl IntoIterator<Item = &'a mut Vec<f32>>, scale: MapScale) -> (f32, f32) {
+    let mut maps: Vec<&mut Vec<f32>> = maps.into_iter().collect();
+    let all: Vec<f32> = maps.iter().flat_map(|m| m.iter().copied()).collect();
+    let (lo, hi) = scale.norm().resolve(&Heatmap::new(1, all.len(), all));
+    if scale == MapScale::Log {
+        let floor = lo.max(f32::MIN_POSITIVE);
+        for m in &mut maps {
+            m.iter_mut().filter(|v| v.is_finite()).for_each(|v| *v = v.max(floor).log10());
+        }
+        return (floor.log10(), hi.max(floor).log10());
+    }
+    (lo, hi)
+}
+
 /// How maps that have no fixed range (attention, rollout, norms, scores) are scaled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -169,6 +201,15 @@ impl MapScale {
         }
     }
 
+    /// The colour bar's name for maps sharing this scale ([`share_scale`]).
+    pub fn shared_name(self) -> &'static str {
+        match self {
+            MapScale::MinMax => "maps: min-max, shared",
+            MapScale::P99 => "maps: 99th pct., shared",
+            MapScale::Log => "maps: log10, shared",
+        }
+    }
+
     pub fn norm(self) -> Norm {
         match self {
             MapScale::MinMax => Norm::MinMax,
@@ -184,7 +225,13 @@ impl MapScale {
 pub struct ExportSpec {
     pub tokenlens_version: String,
     pub model: String,
+    /// The weights the figure was made with: the sha256 of what `weights_digest` says.
     pub weights_sha256: String,
+    /// What `weights_sha256` covers: the weight files' bytes (encoders; every sidecar made
+    /// before this field, which it is then absent from), or a VLM folder's safetensors headers
+    /// and sampled blocks ([`vlm::WeightsDigest`]).
+    #[serde(default, skip_serializing_if = "vlm::WeightsDigest::is_file_bytes")]
+    pub weights_digest: vlm::WeightsDigest,
     pub image: PathBuf,
     pub image_sha256: String,
     pub figure: Figure,
@@ -208,7 +255,16 @@ pub struct ExportSpec {
     /// The scale of maps without a fixed range.
     #[serde(default)]
     pub scale: MapScale,
+    /// The drawing rules the figure was made with ([`REVISION`]); 0 (absent) in sidecars made
+    /// before figures said which tokens they leave out and marked the VLM compare's best run, so
+    /// those re-make their figures byte for byte.
+    #[serde(default)]
+    pub revision: u32,
 }
+
+/// The drawing rules of figures made now: 1 adds the note of the tokens a token view leaves out
+/// (special tokens, a split image's global tokens) and the VLM compare's best-run mark.
+pub const REVISION: u32 = 1;
 
 /// How a figure looks beyond what it shows: the CLI's flags and the app's export dialog.
 #[derive(Debug, Clone, PartialEq)]
@@ -265,10 +321,15 @@ pub fn text_print_width_in(width_px: u32, dpi: Option<u32>) -> f64 {
 impl ExportSpec {
     /// A spec for `image` on the session's model, with the usual look.
     pub fn new(session: &Session, image: &Path, image_sha256: &str, figure: Figure, format: Format) -> Self {
+        let weights_digest = match session.is_vlm() {
+            true => vlm::WeightsDigest::SafetensorsSampledV1,
+            false => vlm::WeightsDigest::FileBytes,
+        };
         Self {
             tokenlens_version: VERSION.into(),
             model: session.id.clone(),
-            weights_sha256: weights_sha256(session).unwrap_or_default(),
+            weights_sha256: weights_sha256(session, weights_digest).unwrap_or_default(),
+            weights_digest,
             image: image.to_path_buf(),
             image_sha256: image_sha256.into(),
             figure: figure.with_load(session),
@@ -282,7 +343,13 @@ impl ExportSpec {
             font_scale: 1.0,
             title_text: None,
             scale: MapScale::MinMax,
+            revision: REVISION,
         }
+    }
+
+    /// The notes of what a figure leaves out are drawn (see [`REVISION`]), under the key.
+    pub(crate) fn notes(&self) -> bool {
+        self.revision >= 1 && self.colorbar
     }
 
     /// The spec drawn with `look` (from the CLI's flags or the app's export dialog); refuses a
@@ -380,7 +447,7 @@ pub fn sidecar_path(figure: &Path) -> PathBuf {
 /// the spec was made with.
 pub fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
     spec.validate()?;
-    let weights_sha256 = &weights_sha256(session)?;
+    let weights_sha256 = &weights_sha256(session, spec.weights_digest)?;
     if spec.weights_sha256 != *weights_sha256 {
         return Err(Error::Config {
             field: "weights_sha256",
@@ -407,8 +474,8 @@ pub fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
     let ctx = Ctx { session, spec, input: &input, full: &full, analysis: &analysis };
     match &spec.figure {
         Figure::Panel { view, run, source } => ctx.panel(view, run.as_ref(), *source),
-        Figure::Grid { methods, budgets, layers, output_row, fill, positions, view } => {
-            let rows = GridRows { view, output_row: *output_row, fill: *fill, positions: *positions };
+        Figure::Grid { methods, budgets, layers, output_row, fill, positions, view, source } => {
+            let rows = GridRows { view, source: *source, output_row: *output_row, fill: *fill, positions: *positions };
             ctx.grid(methods, &columns(budgets, layers)?, &rows)
         }
         Figure::VlmAnswer { .. } | Figure::VlmCompare { .. } => unreachable!("drawn by `vlm::render` above"),
@@ -422,18 +489,23 @@ impl Figure {
     }
 }
 
-/// The checksum that identifies the session's weights: the encoder's, or the VLM's weight
-/// files' (see [`vlm::weights_sha256`]).
-fn weights_sha256(session: &Session) -> Result<String> {
-    match session.vlm() {
-        Ok(v) => vlm::weights_sha256(&v.dir),
-        Err(_) => Ok(session.model()?.weights_sha256.clone()),
+/// The checksum that identifies the session's weights as `digest` says: the encoder's, or the
+/// VLM's weight files' (see [`vlm::weights_sha256`]).
+fn weights_sha256(session: &Session, digest: vlm::WeightsDigest) -> Result<String> {
+    match (session.vlm(), digest) {
+        (Ok(v), digest) => vlm::weights_sha256(&v.dir, digest),
+        (Err(_), vlm::WeightsDigest::FileBytes) => Ok(session.model()?.weights_sha256.clone()),
+        (Err(_), other) => Err(Error::Config {
+            field: "weights_digest",
+            reason: format!("{other:?} checksums a vision-language model's folder; this is an image encoder"),
+        }),
     }
 }
 
 /// What a grid's rows show, and how its runs are made.
 struct GridRows<'a> {
     view: &'a View,
+    source: MapSource,
     output_row: bool,
     fill: DropFill,
     positions: PositionMode,
@@ -605,9 +677,41 @@ impl Ctx<'_> {
         // The key: a colour bar for maps, the kept/merged/dropped legend for tokens.
         let outline = render::scene::OUTLINE_RGB;
         let default_px = render::heat::default_label_px(s.panel_px);
+        let note = self.note(view);
         self.encode(&self.readable(default_px, |px| {
-            render::scene::panel_scene_sized(&panel, s.panel_px, s.colorbar, outline, Some(px))
+            let scene = render::scene::panel_scene_sized(&panel, s.panel_px, s.colorbar, outline, Some(px));
+            with_note(scene, note.as_deref(), px)
         }))
+    }
+
+    /// What a grid's maps show and which model they come from (its panels have no titles), if
+    /// the spec draws notes.
+    fn map_note(&self, view: &View, source: MapSource) -> Result<Option<String>> {
+        if !self.spec.notes() {
+            return Ok(None);
+        }
+        Ok(match view {
+            View::Scores => Some("Maps: each method's own score.".into()),
+            View::Attention { .. } | View::Rollout | View::TokenNorms { .. } => {
+                // The full model's title without its source: "CLS attention, layer 11, mean of heads".
+                let Content::Heat { title, .. } = self.content(view, None)? else { return Ok(None) };
+                let what = title.split(" (").next().unwrap_or(&title).to_string();
+                let from = match source {
+                    MapSource::Reduced => {
+                        "the full model's in its column, each method's own reduced model's in its row"
+                    }
+                    MapSource::Full => "all of the full model",
+                };
+                Some(format!("Maps: {what}; {from}."))
+            }
+            View::Tokens | View::Saliency { .. } => None,
+        })
+    }
+
+    /// What a token view leaves out (the special tokens), if the spec draws notes.
+    fn note(&self, view: &View) -> Option<String> {
+        let tokens = *view == View::Tokens && self.spec.notes();
+        tokens.then(|| figures::special_tokens_note(self.analysis.num_special)).flatten()
     }
 
     /// The custom title if one was given, else `made`.
@@ -647,11 +751,17 @@ impl Ctx<'_> {
     }
 
     fn grid(&self, methods: &[ReducerConfig], columns: &[Column], rows: &GridRows) -> Result<Vec<u8>> {
-        let GridRows { view, output_row, fill, positions } = *rows;
+        let GridRows { view, source, output_row, fill, positions } = *rows;
         if methods.is_empty() || columns.is_empty() {
             return Err(Error::Config {
                 field: "figure",
                 reason: "a grid needs at least one method and one column".into(),
+            });
+        }
+        if source == MapSource::Reduced && !view.has_source() {
+            return Err(Error::Config {
+                field: "source",
+                reason: format!("a reduced model's maps are attention, rollout or token norms, not {view:?}"),
             });
         }
         if columns.iter().any(|c| c.layer.is_some())
@@ -662,8 +772,10 @@ impl Ctx<'_> {
                 reason: format!("columns of layers need methods with a layer; {} has none", m.name()),
             });
         }
+        // The full model's column: its outputs beside the methods', and its own map.
+        let full_column = output_row || view.has_source();
         let (num_rows, num_cols) =
-            (methods.len() * (1 + usize::from(output_row)), columns.len() + usize::from(output_row));
+            (methods.len() * (1 + usize::from(output_row)), columns.len() + usize::from(full_column));
         let panel_px = u64::from(self.spec.panel_px);
         let pixels = (num_rows * num_cols) as u64 * panel_px * panel_px;
         if pixels > MAX_FIGURE_PIXELS {
@@ -696,11 +808,11 @@ impl Ctx<'_> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let mut tokens_row: Vec<Option<Content>> =
-                runs.iter().map(|r| self.content(view, Some(r)).map(Some)).collect::<Result<_>>()?;
+                runs.iter().map(|r| self.content_from(view, Some(r), source).map(Some)).collect::<Result<_>>()?;
             // The full model's column shows its grid and its output once, in the first method's
             // rows: the same for every method, repeating it would only say it again.
             let first = contents.is_empty();
-            if output_row {
+            if full_column {
                 tokens_row.insert(0, if first { self.full_view(view)? } else { None });
             }
             contents.push(tokens_row);
@@ -716,6 +828,21 @@ impl Ctx<'_> {
                 row_labels.push(format!("{} output", method.info().label));
             }
         }
+        // The maps (all but the outputs, which keep their fixed range) on one scale, as the
+        // app's compare view draws them.
+        let mut maps: Vec<&mut Vec<f32>> = Vec::new();
+        let mut norms: Vec<&mut Norm> = Vec::new();
+        for content in contents.iter_mut().flatten().flatten() {
+            if let Content::Heat { heat, norm, smooth: false, .. } = content {
+                maps.push(&mut heat.values);
+                norms.push(norm);
+            }
+        }
+        let map_bar = (!maps.is_empty()).then(|| {
+            let (lo, hi) = share_scale(maps, self.spec.scale);
+            norms.into_iter().for_each(|n| *n = Norm::Range { lo, hi });
+            (self.spec.colormap, lo, hi, self.spec.scale.shared_name())
+        });
         // "66.7 % removed (85 kept)", or in a narrow column "−67%" over "85 kept" (a wide grid
         // printed one column wide); no-break spaces keep a number with its unit when it wraps.
         let label = |c: &Column, compact: bool| {
@@ -729,7 +856,7 @@ impl Ctx<'_> {
         };
         let mut col_labels: Vec<String> = columns.iter().map(|c| label(c, false)).collect();
         let mut compact_col_labels: Vec<String> = columns.iter().map(|c| label(c, true)).collect();
-        if output_row {
+        if full_column {
             col_labels.insert(0, "full model".into());
             compact_col_labels.insert(0, "full".into());
         }
@@ -743,17 +870,21 @@ impl Ctx<'_> {
             col_labels,
             compact_col_labels,
             title: self.spec.title.then(|| self.title_or(|| format!("{} · {}", self.spec.model, self.image_name()))),
-            colorbar: (output_row && self.spec.colorbar).then_some((
-                self.spec.colormap,
-                0.0,
-                1.0,
-                "saliency, fixed range",
-            )),
+            colorbars: map_bar
+                .into_iter()
+                .chain(output_row.then_some((self.spec.colormap, 0.0, 1.0, "saliency, fixed range")))
+                .filter(|_| self.spec.colorbar)
+                .collect(),
             label_px: None,
         };
         let default_px = render::heat::default_label_px(self.spec.panel_px.saturating_mul(2));
+        let note = match self.note(view) {
+            Some(note) => Some(note),
+            None => self.map_note(view, source)?,
+        };
         let scene = self.readable(default_px, |px| {
-            grid_scene(&GridFigure { label_px: Some(px), ..fig.clone() }, self.spec.panel_px)
+            let scene = grid_scene(&GridFigure { label_px: Some(px), ..fig.clone() }, self.spec.panel_px);
+            with_note(scene, note.as_deref(), px)
         });
         self.encode(&scene)
     }
@@ -801,6 +932,14 @@ fn readable(spec: &ExportSpec, default_px: f32, make: impl Fn(f32) -> Scene) -> 
         scene = make(px);
     }
     scene
+}
+
+/// `scene` with `note` under it, if there is one.
+fn with_note(scene: Scene, note: Option<&str>, label_px: f32) -> Scene {
+    match note {
+        Some(note) => render::scene::with_note(scene, note, label_px),
+        None => scene,
+    }
 }
 
 /// The scene as `spec`'s format.

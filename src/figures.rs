@@ -78,6 +78,26 @@ fn on_grid(groups: &[Vec<u32>], rows: usize, cols: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// What a token view cannot place on the photo, said under its key (figures and the app's
+/// legend alike): an encoder's special tokens, which every method keeps (a plan leaves them
+/// first and unchanged).
+pub fn special_tokens_note(num_special: usize) -> Option<String> {
+    match num_special {
+        0 => None,
+        1 => Some("Not drawn: the CLS token, which every method keeps.".into()),
+        n => Some(format!("Not drawn: {n} special tokens (CLS, registers), which every method keeps.")),
+    }
+}
+
+/// A VLM run's image tokens past the `grid` (SmolVLM's global image when split), which token
+/// views do not draw, and how many of them the run still carries.
+pub fn off_grid_note(grid: (usize, usize), num_image_tokens: usize, groups: &[Vec<u32>]) -> Option<String> {
+    let cells = grid.0 * grid.1;
+    let off = num_image_tokens.checked_sub(cells).filter(|&n| n > 0)?;
+    let carried = groups.iter().flatten().filter(|&&t| t as usize >= cells).count();
+    Some(format!("Not drawn: the global image's {off} tokens, {carried} of them still carried."))
+}
+
 /// The saliency body on the fixed 0..1 scale, without title or colour bar.
 pub fn saliency_body(input: &ImageInput, output: &Output, colormap: Colormap, max_side: u32) -> RgbImage {
     let heat = Heatmap { rows: output.shape[0], cols: output.shape[1], values: output.values.clone() };
@@ -249,6 +269,20 @@ pub fn vlm_tokens(
     let title = format!("{}: {} of {} image tokens", vlm_run_title(run), run.groups.len(), run.num_image_tokens);
     let tokens_style = TokensStyle { style, title: Some(title), max_side, ..TokensStyle::default() };
     render::tokens_overlay(&image.photo, &groups, &vlm_placement(image), &tokens_style)
+}
+
+/// [`vlm_tokens`] without title or legend (the app's compare columns, which say both in text):
+/// merged groups filled, else kept versus dropped, as the figure draws them.
+pub fn vlm_tokens_body(
+    image: &crate::session::vlm::VlmImage,
+    grid: (usize, usize),
+    run: &crate::session::vlm::VlmRun,
+    opacity: f32,
+    max_side: u32,
+) -> RgbImage {
+    let merges = run.groups.iter().any(|g| g.len() > 1);
+    let place = vlm_placement(image);
+    groups_body_at(&image.photo, place, [grid.0, grid.1], &run.groups, merges, opacity, max_side)
 }
 
 /// A VLM run's groups on the image-token grid (tokens off the grid left out), and how to draw

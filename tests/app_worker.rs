@@ -174,3 +174,80 @@ fn replacing_a_file_is_asked_about_once() {
     std::fs::remove_file(&fig).unwrap();
     assert!(ask_before_replacing(&fig, Some(&fig)));
 }
+
+#[test]
+fn the_compare_export_draws_the_map_on_screen_from_each_reduced_model_on_one_scale() {
+    // The compare view showing rollout: the full model's in its column, each method's reduced
+    // model's in its own, all on one 99th-percentile scale.
+    let mut settings = Settings::default();
+    settings.spec.budget = Budget::RemoveFraction(0.5);
+    settings.compare = vec![ReducerConfig::from_name("tome").unwrap(), ReducerConfig::from_name("random").unwrap()];
+    settings.overlay = tokenlens::app::Overlay::Rollout;
+    settings.scale = MapScale::P99;
+    let figure = settings.compare_figure(false);
+    let Figure::Grid { view, source, .. } = &figure else { panic!("a grid") };
+    assert_eq!((view, *source), (&View::Rollout, MapSource::Reduced));
+    settings.overlay = tokenlens::app::Overlay::Scores;
+    let Figure::Grid { view, source, .. } = settings.compare_figure(false) else { panic!("a grid") };
+    assert_eq!((view, source), (View::Scores, MapSource::Full), "scores are each run's own");
+
+    let model = ModelSource::File(fixture("encoders/vit"));
+    let mut worker = WorkerHandle::spawn(model.clone(), || {});
+    let source = ImageSource { label: asset("chelsea.png"), bytes: None };
+    worker.submit(Job::Open { id: 0, source, ask: Ask::default() });
+    while !matches!(next(&worker), Event::Opened { .. }) {}
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grid.svg");
+    let look = Look { scale: MapScale::P99, panel_px: 128, ..Look::default() };
+    worker.submit(Job::Export { figure: figure.clone(), look, path: path.clone(), force: false });
+    exported(&worker).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+
+    // The same maps from the session: the full model's, then each run's reduced model's.
+    let session = Session::load(&model, &mut |_| {}).unwrap();
+    let input = session.open_image(&asset("chelsea.png")).unwrap();
+    let full = session.full_run(&input.prepared.pixels, &Cancel::default()).unwrap();
+    let analysis = session.analysis_of(&full).unwrap();
+    let mut maps = vec![analysis.rollout.clone()];
+    for method in &settings.compare {
+        let run =
+            session.run_against(&full, &RunSpec::vision(method.clone(), settings.spec.budget), &Cancel::default());
+        let run = run.unwrap();
+        let reduced = run.maps.as_ref().map(|m| m.get().unwrap().rollout.clone());
+        maps.push(reduced.unwrap_or_else(|| analysis.rollout.clone()));
+    }
+    assert_ne!(maps[1], maps[0], "ToMe's reduced model attends otherwise");
+    let (lo, hi) = tokenlens::export::share_scale(maps.iter_mut(), MapScale::P99);
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let panel = |r: &str, c: &str| {
+        doc.descendants()
+            .find(|n| {
+                n.attribute("class") == Some("panel")
+                    && n.attribute("data-row") == Some(r)
+                    && n.attribute("data-col") == Some(c)
+            })
+            .unwrap_or_else(|| panic!("panel {r},{c}"))
+    };
+    // Rows: ToMe, Random; columns: the full model, the budget (the full model's once).
+    for ((r, c), values) in [(("0", "0"), &maps[0]), (("0", "1"), &maps[1]), (("1", "1"), &maps[2])] {
+        let cells: Vec<_> = panel(r, c).descendants().filter(|n| n.attribute("class") == Some("cell")).collect();
+        assert_eq!(cells.len(), values.len(), "panel {r},{c}");
+        for cell in cells {
+            let v = values[cell.attribute("data-patch").unwrap().parse::<usize>().unwrap()];
+            let want = tokenlens::render::Colormap::Viridis.rgb(((v - lo) / (hi - lo)).clamp(0.0, 1.0));
+            assert_eq!(cell.attribute("fill"), Some(common::hex(want).as_str()), "panel {r},{c}");
+        }
+    }
+    let texts = |class: &str| -> Vec<String> {
+        doc.descendants()
+            .filter(|n| n.attribute("class") == Some(class))
+            .filter_map(|n| n.text())
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(texts("col-label").first().map(String::as_str), Some("full model"));
+    assert_eq!(texts("norm"), ["maps: 99th pct., shared"], "one colour bar, named for the shared scale");
+    // The sidecar re-makes it.
+    let spec = tokenlens::export::read_spec(&tokenlens::export::sidecar_path(&path)).unwrap();
+    assert!(tokenlens::export::render(&session, &spec).unwrap() == svg.as_bytes(), "re-made byte for byte");
+}

@@ -341,6 +341,10 @@ fn a_compare_grid_reads_at_one_column_with_swatches_and_no_path() {
     assert_eq!(col, ["full model", "75.0 % removed", "(64 kept)"], "wrapped at spaces, no word cut");
     let words: Vec<&str> = texts.iter().filter(|t| t.0 == "legend-key").map(|t| t.1.as_str()).collect();
     assert_eq!(words, kinds);
+    // What the token panels leave out is said under the key, as the app's legend says it:
+    // DINOv2's CLS token has no place on the photo.
+    let note: Vec<&str> = texts.iter().filter(|t| t.0 == "note").map(|t| t.1.as_str()).collect();
+    assert_eq!(note.join(" "), "Not drawn: the CLS token, which every method keeps.");
     // The PNG draws each swatch's fill where the SVG puts it.
     let png = image::open(&png_path).unwrap().to_rgb8();
     assert_eq!(f64::from(png.width()), width);
@@ -419,4 +423,65 @@ fn title_font_scale_map_scale_and_dpi_are_options_a_sidecar_keeps() {
         .output()
         .unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("a font scale is 0.25 to 4"));
+}
+
+#[test]
+fn a_compare_grid_of_reduced_attention_reads_at_one_column_with_both_colour_bars() {
+    // The app's compare view on the default model showing attention: each method's reduced
+    // model beside the full model's, the outputs under them, one column (3.25 in) wide.
+    use tokenlens::export::{self, ExportSpec, Figure, Format, Look, MapScale, MapSource, View};
+    use tokenlens::reduce::{Budget, ReducerConfig};
+    let session = common::session();
+    let image = asset("chelsea.png");
+    let sha = session.open_image(&image).unwrap().sha256;
+    let methods = ["tome", "evit"].map(|m| ReducerConfig::from_name(m).unwrap()).to_vec();
+    let figure = Figure::Grid {
+        methods,
+        budgets: vec![Budget::RemoveFraction(0.75)],
+        layers: Vec::new(),
+        output_row: true,
+        fill: Default::default(),
+        positions: Default::default(),
+        view: View::Attention { layer: 11, head: None },
+        source: MapSource::Reduced,
+    };
+    let look = Look { scale: MapScale::Log, panel_px: 256, ..Look::default() };
+    let spec = ExportSpec::new(session, &image, &sha, figure, Format::Svg).with_look(&look).unwrap();
+    let svg = String::from_utf8(export::render(session, &spec).unwrap()).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let (width, texts) = svg_texts(&doc);
+    let pt = smallest_pt(width, &texts, 3.25);
+    assert!(pt >= 6.0, "smallest text {pt:.2} pt at one column: {texts:?}");
+    // Two bars: the maps' shared log scale and the outputs' fixed range, their names on lines
+    // of their own, on the canvas.
+    let names: Vec<&SvgText> = texts.iter().filter(|t| t.0 == "norm").collect();
+    let words: Vec<&str> = names.iter().map(|t| t.1.as_str()).collect();
+    assert_eq!(words, ["maps: log10, shared", "saliency, fixed range"]);
+    let tops: Vec<f64> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("norm"))
+        .map(|n| n.attribute("y").unwrap().parse().unwrap())
+        .collect();
+    assert!(tops[1] - tops[0] >= names[0].2, "the names overlap: {tops:?}");
+    for t in &names {
+        let w = f64::from(tokenlens::render::text::text_width(t.2 as f32, &t.1));
+        assert!(t.3 - w >= 0.0 && t.3 <= width, "{t:?} off the canvas ({width})");
+    }
+    // The panels have no titles: the note says what the maps are and where they come from.
+    let note: Vec<&str> = texts.iter().filter(|t| t.0 == "note").map(|t| t.1.as_str()).collect();
+    let note = note.join(" ");
+    assert!(note.starts_with("Maps: CLS attention, layer 11, mean of heads;"), "{note}");
+    assert!(note.contains("each method's own reduced model's"), "{note}");
+    let bars = doc.descendants().filter(|n| n.attribute("class") == Some("colorbar")).count();
+    assert_eq!(bars, 2);
+    // The full model's column and each method's map and output.
+    let panels = doc.descendants().filter(|n| n.attribute("class") == Some("panel")).count();
+    assert_eq!(panels, 2 + 2 * 2, "the full model's map and output, then each method's");
+    let col: Vec<&str> = texts.iter().filter(|t| t.0 == "col-label").map(|t| t.1.as_str()).collect();
+    assert_eq!(col.first(), Some(&"full model"));
+    // Its sidecar records the source and re-makes it.
+    let again = export::render(session, &spec).unwrap();
+    assert!(again == svg.as_bytes());
+    let json = serde_json::to_value(&spec).unwrap();
+    assert_eq!((json["figure"]["source"].as_str(), json["revision"].as_u64()), (Some("reduced"), Some(1)));
 }

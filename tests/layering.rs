@@ -1,8 +1,9 @@
 //! The crate's layering, read from `src/`: front ends (app, cli) -> figures and export ->
 //! session -> analysis, render, reduce -> model, with the utilities (error, cancel, atomic,
 //! guard) under everything. A module imports only from layers below its own; render touches
-//! neither the model nor candle; and no two sibling modules import each other, directly or
-//! through others. A failure names the file and the path that breaks the rule.
+//! neither the model nor candle; no two sibling modules import each other, directly or through
+//! others; and the app's panels share code only through `app::widgets`. A failure names the file
+//! and the path that breaks the rule.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -302,6 +303,28 @@ fn no_import_cycles_between_modules() {
         }
     }
     assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
+}
+
+/// The app's modules that are not panels: VLM mode's state (with its part of the left panel,
+/// which `controls` calls), the worker, textures, file dialogs, the export options' window, and
+/// the widgets the panels share. Every other module of `app` draws a panel.
+const APP_NOT_PANELS: &[&str] = &["widgets", "vlm", "worker", "textures", "file_dialog", "export_options"];
+
+/// Only the app itself (`app/mod.rs`) lays out the panels: no other module of the app imports a
+/// panel, so panels share code only through `app::widgets` (the `controls` <-> `vlm` knot was
+/// two modules sharing code directly).
+#[test]
+fn app_panels_share_only_widgets() {
+    let (mods, edges) = graph();
+    let in_app = |p: &[String]| p.len() >= 2 && p[0] == "app";
+    let panel = |p: &[String]| in_app(p) && !APP_NOT_PANELS.contains(&p[1].as_str());
+    let mut broken = Vec::new();
+    for m in mods.iter().filter(|m| in_app(&m.path)) {
+        for to in edges[&m.path].iter().filter(|to| panel(to) && to[1] != m.path[1]) {
+            broken.push(format!("{} imports the panel {}", m.file.display(), to.join("::")));
+        }
+    }
+    assert!(broken.is_empty(), "panels share code through app::widgets only:\n{}", broken.join("\n"));
 }
 
 /// The reader itself: it must see the imports the rules are about.

@@ -47,9 +47,11 @@ fn published_vlm_configs_estimate_transformers_parameter_counts() {
     }
     // LLaVA-1.5-7B at f32: 7.06 B x 4 bytes of weights, its KV cache at 2048 tokens:
     // 2 (k, v) x 32 layers x 4096 x 2048 x 4 bytes.
+    // The embedding table stays in the published float16 (2 bytes).
     let llava = Arch::memory_estimate(&fixture("published/llava-1.5-7b-hf")).unwrap().unwrap();
-    within(llava.weight_bytes(), 7_063_427_072 * 4, 0.01);
-    assert_eq!((llava.kv_tokens, llava.kv_bytes), (2048, 2 * 32 * 4096 * 2048 * 4));
+    within(llava.weight_bytes(), (7_063_427_072 - TABLE) * 4 + TABLE * 2, 0.01);
+    // One image's 576 tokens and 128 of text: 2 (k, v) x 32 layers x 4096 x 704 x 4 bytes.
+    assert_eq!((llava.kv_tokens, llava.kv_bytes()), (704, 2 * 32 * 4096 * 704 * 4));
 }
 
 #[test]
@@ -59,6 +61,9 @@ fn estimates_count_the_tensors_the_fixtures_hold() {
         within(estimate.parameters, stored_count(&fixture(&format!("{folder}/model.safetensors"))), 0.01);
     }
 }
+
+/// LLaVA-1.5-7B's token embedding table: 32,064 x 4,096.
+const TABLE: u64 = 32_064 * 4_096;
 
 /// A folder holding only LLaVA-1.5-7B's published config.json: no weights, no tokenizer.
 fn config_only_7b() -> tempfile::TempDir {
@@ -80,11 +85,14 @@ fn a_model_over_the_limit_is_refused_by_the_guard_before_any_weight_is_read() {
     let q8 = estimate.clone().with_quantize(Some(Quantize::Q8_0));
     assert!(memory::check(&q8, Available::Limit(16_000_000_000)).is_ok(), "{}", q8.summary());
     // Every decoder linear (32 x 7) and lm_head and the projector's two: 227 layers at 34/32
-    // bytes per weight; the tower, embeddings and norms at 4.
+    // bytes per weight; the embedding table at 2, norms and the tower's embeddings at 4.
     assert_eq!(q8.quantized_layers(), (227, 0));
     let linear: u64 =
         32 * (3 * 4096 * 4096 + 4096 * 4096 + 3 * 4096 * 11008) + 4096 * 32064 + 1024 * 4096 + 4096 * 4096;
-    let expected = (7_063_427_072 - linear) as f64 * 4.0 + linear as f64 * 34.0 / 32.0;
+    // The tower's 24 blocks (QKV, output, MLP): q8_0 under any quantization.
+    let tower: u64 = 24 * (1024 * 3072 + 1024 * 1024 + 2 * 1024 * 4096);
+    let quantized = (linear + tower) as f64 * 34.0 / 32.0;
+    let expected = (7_063_427_072 - linear - tower - TABLE) as f64 * 4.0 + TABLE as f64 * 2.0 + quantized;
     within(q8.weight_bytes(), expected as u64, 0.001);
     assert!(memory::check(&estimate, Available::Limit(estimate.total())).is_ok());
     assert!(memory::check(&estimate, Available::Unknown).is_ok());
@@ -147,4 +155,28 @@ fn encoder_estimates_count_the_tensors_the_fixtures_hold() {
         // Left out, never read: DINOv2's mask token, CLIP's and SigLIP's logit scale (and bias).
         within(estimate, stored, 0.005);
     }
+}
+
+/// The whole `vlm` run measured on LLaVA-1.5-7B's shapes under `--quantize q4k` (README, Speed:
+/// `/usr/bin/time -v`'s maximum resident set size, kB, of `vlm --reducer fastv --max-tokens 2`).
+const MEASURED_Q4K_KB: u64 = 5_840_428;
+
+#[test]
+fn the_7b_estimate_is_within_15_percent_of_the_measured_run_and_f32_is_refused_on_24_gb() {
+    let dir = config_only_7b();
+    let f32 = Arch::memory_estimate(dir.path()).unwrap().unwrap();
+    let q4k = f32.clone().with_quantize(Some(Quantize::Q4K));
+    within(q4k.total(), MEASURED_Q4K_KB * 1024, 0.15);
+    // q8_0 differs from q4k by the decoder's and projector's weights alone (exact byte counts).
+    let q8 = f32.clone().with_quantize(Some(Quantize::Q8_0));
+    let linear: u64 =
+        32 * (3 * 4096 * 4096 + 4096 * 4096 + 3 * 4096 * 11008) + 4096 * 32064 + 1024 * 4096 + 4096 * 4096;
+    assert_eq!(q8.weight_bytes() - q4k.weight_bytes(), (linear as f64 * (34.0 / 32.0 - 144.0 / 256.0)) as u64);
+    // This machine: 24 GB. f32 is refused, naming the flags that fit.
+    let msg = memory::check(&f32, Available::Limit(24_000_000_000)).unwrap_err().to_string();
+    assert!(msg.contains("needs about 3") && msg.contains("24.00 GB is the --memory-limit"), "{msg}");
+    assert!(msg.contains("--quantize q8_0 (") && msg.contains("--quantize q4k ("), "{msg}");
+    assert!(msg.matches(", fits)").count() == 2, "{msg}");
+    assert!(memory::check(&q8, Available::Limit(24_000_000_000)).is_ok());
+    assert!(q8.total() < 12_000_000_000 && q4k.total() < 8_000_000_000, "{} / {}", q8.summary(), q4k.summary());
 }

@@ -6,12 +6,12 @@
 
 mod common;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use common::{QUESTION, asset, fixture, vlm_spec};
 use tokenlens::Cancel;
 use tokenlens::model::llama::KvCache;
 use tokenlens::model::quant::{DTypeChoice, LoadOptions, Quantize};
-use tokenlens::session::vlm::{Arch, Vlm, VlmFull};
+use tokenlens::session::vlm::{Arch, Resume, Vlm, VlmFull};
 
 fn load(name: &str, quantize: Option<Quantize>) -> (Vlm, VlmFull) {
     let options = LoadOptions { quantize, ..LoadOptions::default() };
@@ -25,7 +25,7 @@ fn load(name: &str, quantize: Option<Quantize>) -> (Vlm, VlmFull) {
 /// `[1, heads, n, n]`, and the greedy pick after the prompt's last row and each answer token.
 fn teacher_forced(vlm: &Vlm, full: &VlmFull, answer: &[u32]) -> (Vec<Tensor>, Vec<u32>) {
     let lm = vlm.arch.lm();
-    let prompt = &full.prefill.inputs[0];
+    let prompt = &full.prefill.inputs[0].to_dtype(DType::F32).unwrap();
     let n = prompt.dim(1).unwrap();
     let embeds = Tensor::cat(&[prompt, &lm.embed(&answer[..answer.len() - 1]).unwrap()], 1).unwrap();
     let positions: Vec<u32> = (0..(n + answer.len() - 1) as u32).collect();
@@ -96,27 +96,29 @@ fn the_wide_fixture_answers_as_transformers_in_f32() {
 }
 
 /// Measured (the fixtures' random weights make attention peaked, so a small change in q or k
-/// moves single probabilities by up to ~0.1): q8_0 keeps every greedy id; the attention maps
-/// differ from f32 by 8e-4 on average over every layer, head, query and key (within 1e-2),
-/// by at most 0.03 in the mean over heads and 0.12 in a single head's entry.
+/// moves single probabilities by up to ~0.1), with the tower's linear layers at q8_0 too and the
+/// decoder's caches in f16: q8_0 keeps every greedy id; the attention maps differ from f32 by
+/// 1.2e-3 on average over every layer, head, query and key (within 1e-2), by at most 0.04 in
+/// the mean over heads and 0.16 in a single head's entry (decoder and projector alone: 8e-4,
+/// 0.03, 0.12).
 #[test]
 fn q8_0_answers_as_f32_with_attention_within_1e_2() {
     for name in ["llava_wide", "llava", "idefics3"] {
         let r = compare(name, Quantize::Q8_0);
         assert_eq!((r.greedy, r.forced), (r.of, r.of), "{name}: q8_0 changed the greedy answer: {r:?}");
         assert!(r.attention_mean < 1e-2, "{name}: {r:?}");
-        assert!(r.head_mean_max < 0.04 && r.attention_max < 0.15, "{name}: {r:?}");
+        assert!(r.head_mean_max < 0.045 && r.attention_max < 0.18, "{name}: {r:?}");
     }
 }
 
 /// q4k on the wide fixture, pinned at what was measured: the first greedy id agrees, then the
 /// free-running answer diverges (its greedy margins are 0.08 to 2.3 logits); teacher-forced on
-/// f32's answer, 6 of 8 picks agree; attention differs by 7.5e-3 on average, 0.21 at most in
-/// the mean over heads, 0.78 in a single entry.
+/// f32's answer, 5 of 8 picks agree (6 with the tower in f32); attention differs by 7.7e-3 on
+/// average, 0.21 at most in the mean over heads, 0.78 in a single entry.
 #[test]
 fn q4k_agreement_is_pinned() {
     let r = compare("llava_wide", Quantize::Q4K);
-    assert!(r.greedy >= 1 && r.forced >= 6, "{r:?}");
+    assert!(r.greedy >= 1 && r.forced >= 5, "{r:?}");
     assert!(r.attention_mean < 1e-2 && r.head_mean_max < 0.3, "{r:?}");
 }
 
@@ -181,12 +183,13 @@ fn the_cli_takes_quantize_dtype_and_device() {
     let ok = run(&["--quantize", "q8_0"]);
     let stderr = String::from_utf8_lossy(&ok.stderr);
     assert!(ok.status.success(), "{stderr}");
-    assert!(stderr.contains("weights q8_0: 17 of 17 linear layers, the rest f32"), "{stderr}");
+    assert!(stderr.contains("weights q8_0: 17 of 17 linear layers, the tower's 8 q8_0, the rest f32"), "{stderr}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("vlm.json")).unwrap()).unwrap();
     assert_eq!(json["load"]["options"]["quantize"], "q8_0");
     assert_eq!(json["load"]["options"]["device"], "auto");
     assert_eq!(json["load"]["linears"]["quantized"], 17);
+    assert_eq!(json["load"]["linears"]["tower"], 8);
     for (flags, says) in [
         (&["--quantize", "q2"][..], "unknown quantization `q2` (supported: q8_0, q4k)"),
         (&["--dtype", "bf16"][..], "not computed on the CPU"),
@@ -201,4 +204,66 @@ fn the_cli_takes_quantize_dtype_and_device() {
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(!refused.status.success() && stderr.contains(says), "{flags:?}: {stderr}");
     }
+}
+
+/// Under `--quantize` the decoder caches its keys, values and layer inputs in f16 (half the
+/// bytes) and rounds the rows between layers to f16, so a language-side method resumed from the
+/// cached full prefill still equals its run from scratch, bit for bit, and the cache is half
+/// f32's size for the same rows.
+#[test]
+fn half_precision_caches_resume_exactly_under_q4k() {
+    use tokenlens::reduce::llm::LlmReducerConfig;
+    use tokenlens::reduce::{Budget, Method};
+    use tokenlens::session::RunSpec;
+    let (vlm, full) = load("llava_wide", Some(Quantize::Q4K));
+    let (_, exact) = load("llava_wide", None);
+    assert_eq!(vlm.arch.lm().cache_dtype(), DType::F16);
+    assert!(full.prefill.inputs.iter().all(|t| t.dtype() == DType::F16));
+    assert_eq!(full.run.cost.kv_bytes_prefill * 2, exact.run.cost.kv_bytes_prefill);
+    let layers = vlm.num_layers();
+    let mut resumed_somewhere = 0;
+    for mut cfg in LlmReducerConfig::defaults() {
+        if let Some(l) = cfg.layer(layers) {
+            cfg.set_layer(l.min(layers - 1).max(1), layers);
+        }
+        let s = RunSpec { method: Some(Method::Llm(cfg.clone())), budget: Budget::RemoveFraction(0.5), ..vlm_spec() };
+        let resumed = vlm.run(&full, &s, Resume::FromCache, &mut |_| {}, &Cancel::default()).unwrap();
+        let scratch = vlm.run(&full, &s, Resume::FromScratch, &mut |_| {}, &Cancel::default()).unwrap();
+        let what = cfg.name();
+        assert_eq!(resumed.answer, scratch.answer, "{what}: ids, log-probabilities, looks");
+        assert_eq!(resumed.full_answer_token_logprobs, scratch.full_answer_token_logprobs, "{what}");
+        assert_eq!((&resumed.scores, &resumed.groups), (&scratch.scores, &scratch.groups), "{what}");
+        assert_eq!(resumed.cost.kv_bytes_end, scratch.cost.kv_bytes_end, "{what}");
+        resumed_somewhere += usize::from(resumed.recomputed_from_layer > 0);
+    }
+    assert!(resumed_somewhere > 0, "no method resumed: the comparison would be vacuous");
+}
+
+/// A bf16 checkpoint's embedding table stays bf16 (half f32's bytes), its rows converted on
+/// lookup: the embeddings are the stored values exactly.
+#[test]
+fn a_half_precision_embedding_table_is_kept_as_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("vlm/llava_wide")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let file = dir.path().join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+    let bf16: std::collections::HashMap<String, Tensor> =
+        tensors.into_iter().map(|(k, t)| (k, t.to_dtype(DType::BF16).unwrap())).collect();
+    candle_core::safetensors::save(&bf16, &file).unwrap();
+    let table_name = bf16.keys().find(|k| k.ends_with("embed_tokens.weight")).unwrap();
+    let table = &bf16[table_name];
+    for quantize in [None, Some(Quantize::Q8_0)] {
+        let vlm = Vlm::load_with(dir.path(), LoadOptions { quantize, ..LoadOptions::default() }).unwrap();
+        let lm = vlm.arch.lm();
+        assert_eq!(lm.embedding_dtype(), DType::BF16, "{quantize:?}");
+        let ids = [3u32, 0, 140];
+        let rows = lm.embed(&ids).unwrap().squeeze(0).unwrap();
+        let stored = table.index_select(&Tensor::new(&ids, rows.device()).unwrap(), 0).unwrap();
+        assert_eq!(rows.to_vec2::<f32>().unwrap(), stored.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap());
+    }
+    // An f32 checkpoint keeps f32.
+    assert_eq!(Vlm::load(&fixture("vlm/llava_wide")).unwrap().arch.lm().embedding_dtype(), DType::F32);
 }

@@ -1,6 +1,7 @@
 //! `Session` is the one entry point: it tells encoders from vision-language models at load, each
 //! kind refuses the other's operations by name, and it holds the open image's runs (a reduced
-//! run asked again, as a count or as a fraction, is the cached one; a new image clears them).
+//! run asked again, as a count or as a fraction, is the cached one, for encoders and VLMs; the
+//! cache is bounded; a new image clears it).
 
 mod common;
 
@@ -8,7 +9,8 @@ use std::path::PathBuf;
 
 use common::fixture;
 use tokenlens::model::ModelSource;
-use tokenlens::reduce::{Budget, ReducerConfig};
+use tokenlens::reduce::{Budget, Method, ReducerConfig};
+use tokenlens::session::vlm::{Resume, VlmRun};
 use tokenlens::session::{Backend, RunSpec, Session};
 use tokenlens::{Cancel, Error};
 
@@ -40,7 +42,7 @@ fn nothing_runs_before_an_image_is_open() {
     let mut encoder = load(fixture("encoders/vit"));
     let spec = RunSpec::default();
     assert!(matches!(encoder.reduce(&spec, &Cancel::default()), Err(Error::NotReady(m)) if m == "no image is open"));
-    let vlm = load(fixture("vlm/llava"));
+    let mut vlm = load(fixture("vlm/llava"));
     let run = vlm.answer_reduced(&RunSpec::default(), &mut |_| {}, &Cancel::default());
     assert!(matches!(run, Err(Error::NotReady(m)) if m == "no image is open"));
 }
@@ -77,12 +79,91 @@ fn reduced_runs_are_cached_per_token_count_and_cleared_by_a_new_image() {
     assert_eq!(again.output.values, direct.output.values);
 }
 
+/// `run` with what differs between two computations of one run (wall times) zeroed.
+fn without_times(run: &VlmRun) -> serde_json::Value {
+    let mut run = run.clone();
+    (run.cost.encoder_ms, run.cost.prefill_ms, run.cost.decode_ms, run.cost.tokens_per_s) = (0.0, 0.0, 0.0, 0.0);
+    serde_json::to_value(run).unwrap()
+}
+
+#[test]
+fn vlm_reduced_runs_are_cached_per_token_count_bounded_and_cleared_by_a_new_question() {
+    let mut session = load(fixture("vlm/idefics3_deep")); // 6 decoder layers: FastV at K=2 fits
+    let cancel = Cancel::default();
+    let bytes = std::fs::read(common::asset("chelsea.png")).unwrap();
+    let image = session.vlm_image(&bytes, std::path::Path::new("chelsea.png"), false).unwrap();
+    session.answer(image.clone(), common::QUESTION, &common::vlm_spec(), &mut |_| {}, &cancel).unwrap();
+    let full = session.answered().unwrap();
+    let n = full.vision.num_image_tokens();
+
+    for name in ["fastv", "divprune"] {
+        let fraction = RunSpec {
+            method: Some(Method::from_name(name).unwrap()),
+            budget: Budget::RemoveFraction(0.5),
+            ..common::vlm_spec()
+        };
+        let mut streamed = Vec::new();
+        let first = session.run(&fraction, &mut |id| streamed.push(id), &cancel).unwrap();
+        let first = first.answer().unwrap();
+        assert_eq!(streamed, first.answer.ids, "{name}: a run streams its answer");
+        let as_count = RunSpec { budget: Budget::Keep(Budget::RemoveFraction(0.5).resolve(n).unwrap()), ..fraction };
+        let mut replayed = Vec::new();
+        let second = session.run(&as_count, &mut |id| replayed.push(id), &cancel).unwrap();
+        let second = second.answer().unwrap();
+        // From the cache (the wall times are the first run's, which no recomputation repeats
+        // to the nanosecond), answered with the spec as asked and its tokens sent again.
+        assert_eq!(second.spec, as_count, "{name}");
+        assert_eq!(second.cost.prefill_ms, first.cost.prefill_ms, "{name}: not from the cache");
+        assert_eq!(replayed, first.answer.ids, "{name}: a cached run streams its answer too");
+        // Equal to a fresh run of the model, resumed and from scratch, in everything but time.
+        let vlm = session.vlm().unwrap();
+        for resume in [Resume::FromCache, Resume::FromScratch] {
+            let fresh = vlm.run(&full, &as_count, resume, &mut |_| {}, &cancel).unwrap();
+            assert_ne!(fresh.cost.prefill_ms, first.cost.prefill_ms, "{name}: computed anew");
+            let fresh = VlmRun { recomputed_from_layer: second.recomputed_from_layer, ..fresh };
+            assert_eq!(without_times(&fresh), without_times(second), "{name} {resume:?}");
+        }
+    }
+
+    // Bounded: past 32 runs, the least recently used goes.
+    assert_eq!(session.cached_runs(), 2);
+    let spec = |keep: usize, answer: usize| RunSpec {
+        method: Some(Method::from_name("random").unwrap()),
+        budget: Budget::Keep(keep),
+        max_new_tokens: answer,
+        ..RunSpec::default()
+    };
+    let keeps: Vec<usize> = (1..n).step_by((n / 8).max(1)).take(8).collect();
+    let mut asked = 0;
+    for answer in 1..=6 {
+        for &keep in &keeps {
+            session.run(&spec(keep, answer), &mut |_| {}, &cancel).unwrap();
+            asked += 1;
+        }
+    }
+    assert!(asked > 32 + 2, "{asked} distinct runs: too few to fill the cache");
+    assert_eq!(session.cached_runs(), 32);
+    let last = spec(*keeps.last().unwrap(), 6);
+    let before = session.run(&last, &mut |_| {}, &cancel).unwrap().answer().unwrap().cost.prefill_ms;
+    let again = session.run(&last, &mut |_| {}, &cancel).unwrap().answer().unwrap().cost.prefill_ms;
+    assert_eq!(before, again, "the most recent run stays");
+    assert_eq!(session.cached_runs(), 32);
+    session.forget_runs();
+    assert_eq!(session.cached_runs(), 0);
+
+    // A new question is a new full run: the runs of the old one are gone.
+    session.run(&last, &mut |_| {}, &cancel).unwrap();
+    assert_eq!(session.cached_runs(), 1);
+    session.answer(image, "what colour is it?", &common::vlm_spec(), &mut |_| {}, &cancel).unwrap();
+    assert_eq!(session.cached_runs(), 0);
+}
+
 /// The method registry's refusals are the sessions': for each model kind (an image encoder,
 /// LLaVA, SmolVLM) a method the registry refuses fails to run with that reason, and every other
 /// method runs. The pickers grey out exactly what the runs would refuse.
 #[test]
 fn the_registry_refuses_what_each_model_kind_refuses() {
-    use tokenlens::reduce::{Capabilities, Method};
+    use tokenlens::reduce::Capabilities;
     let cancel = Cancel::default();
     // Layers of the tiny fixtures: defaults brought into range.
     let in_range = |m: &mut Method, tower: usize, decoder: usize| {

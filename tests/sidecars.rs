@@ -1,7 +1,9 @@
 //! Sidecars written before `RunSpec` and `RunResult` became one type for every model
 //! (tests/fixtures/sidecars, made by the binary of 2026-11-30): an export sidecar of an encoder
 //! run, and `tokenlens vlm`'s `vlm.json` with its `tokens.png`. They still parse, and the same
-//! figures come back from them. The two PNGs are redrawn when the drawing changes on purpose (last:
+//! figures come back from them. So do a compare grid (`tokenlens figure`) and a VLM compare
+//! figure (the app's export, made smaller with `export --from`) made by the binary of 2026-11-30
+//! before grids drew maps and figures gained revision 1's notes and best mark. The two PNGs are redrawn when the drawing changes on purpose (last:
 //! the legend swatches' frame, 2026-11-30, which changed only the legend's pixels); the JSON files
 //! stay as first written.
 
@@ -35,6 +37,30 @@ fn an_encoder_sidecar_from_before_re_makes_its_figure_byte_for_byte() {
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert_eq!(std::fs::read(dir.join("encoder_tokens.png")).unwrap(), std::fs::read(&again).unwrap());
+}
+
+/// `tokenlens export --from NAME.json` run in the fixtures' folder re-makes NAME byte for byte.
+fn remakes_byte_for_byte(name: &str, model: Option<&str>) {
+    let dir = fixture("sidecars");
+    let out = tempfile::tempdir().unwrap();
+    let again = out.path().join(name);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenlens"));
+    cmd.current_dir(&dir).args(["export", "--from", &format!("{name}.json"), "--out"]).arg(&again);
+    if let Some(model) = model {
+        cmd.args(["--model", model]);
+    }
+    let run = cmd.output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(std::fs::read(dir.join(name)).unwrap() == std::fs::read(&again).unwrap(), "{name} changed");
+}
+
+#[test]
+fn a_grid_and_a_vlm_compare_sidecar_from_before_re_make_their_figures_byte_for_byte() {
+    let _ = common::session(); // the default model is fetched on first use
+    let grid = json_fixture("sidecars/encoder_grid.png.json");
+    assert!(grid.get("revision").is_none() && grid["figure"].get("source").is_none(), "written before them");
+    remakes_byte_for_byte("encoder_grid.png", None);
+    remakes_byte_for_byte("vlm_compare.png", Some("../vlm/idefics3"));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{asset, fixture};
 use tokenlens::app::{Event, ImageSource, Job, Look, OpenedImage, VlmOpened, WorkerHandle};
-use tokenlens::export::vlm::AnswerToken;
+use tokenlens::export::vlm::{AnswerToken, WeightsDigest};
 use tokenlens::export::{self, Figure};
 use tokenlens::model::ModelSource;
 use tokenlens::reduce::{Budget, Method};
@@ -141,7 +141,8 @@ fn vlm_figures_export_as_png_and_svg_and_their_sidecars_remake_them() {
     // The sidecars: the figure, the model's weights and how it was loaded.
     let spec = export::read_spec(&export::sidecar_path(&svg_path)).unwrap();
     assert_eq!(spec.image, asset("chelsea.png"));
-    assert_eq!(spec.weights_sha256, export::vlm::weights_sha256(&model).unwrap());
+    assert_eq!(spec.weights_digest, WeightsDigest::SafetensorsSampledV1, "read in kilobytes, not every byte");
+    assert_eq!(spec.weights_sha256, export::vlm::weights_sha256(&model, spec.weights_digest).unwrap());
     let Figure::VlmAnswer { load, run: recorded, token: t, .. } = &spec.figure else { panic!("{:?}", spec.figure) };
     assert!(load.is_object(), "load options recorded: {load}");
     assert_eq!((&**recorded, t), (&run.spec, &token));
@@ -157,12 +158,42 @@ fn vlm_figures_export_as_png_and_svg_and_their_sidecars_remake_them() {
         assert!(headers.contains(title), "column {title}: {headers}");
     }
     assert!(cmp_svg.contains("75.0\u{a0}% removed") || cmp_svg.contains("75.0 % removed"), "the budget is named");
+    // The run the app's compare view marks best (the full answer most likely under it) is
+    // marked so in the figure, and only that one (ties aside).
+    let notes = squeeze(&svg_texts(&cmp_svg, |c| c == "answer-label").concat());
+    let scored: Vec<(f64, bool)> = notes
+        .split("logp(full)")
+        .skip(1)
+        .map(|rest| {
+            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-')).unwrap_or(rest.len());
+            (rest[..end].parse().unwrap(), rest[end..].starts_with("·best"))
+        })
+        .collect();
+    assert_eq!(scored.len(), 2, "{notes}");
+    let top = scored.iter().map(|s| s.0).fold(f64::NEG_INFINITY, f64::max);
+    assert!(scored.iter().all(|&(lp, best)| best == (lp == top)), "{notes}");
+    assert!(notes.contains("best:thefullanswermostlikelyunderit"), "the mark is explained: {notes}");
 
     // A fresh session (no cached answer) re-makes every figure from its sidecar alone.
-    let session = Session::load(&ModelSource::File(model), &mut |_| {}).unwrap();
+    let session = Session::load(&ModelSource::File(model.clone()), &mut |_| {}).unwrap();
     for f in ["answer.png", "answer.svg", "compare.png", "compare.svg"] {
         remade(&session, &dir.path().join(f));
     }
+    // A sidecar from before `weights_digest` (the sha256 of the weight file's bytes, no field)
+    // still re-makes its figure; one with other weights' checksum is refused.
+    let old_path = dir.path().join("old.png");
+    std::fs::copy(dir.path().join("answer.png"), &old_path).unwrap();
+    let new = export::read_spec(&export::sidecar_path(&dir.path().join("answer.png"))).unwrap();
+    let mut old = serde_json::to_value(&new).unwrap();
+    assert!(old.as_object_mut().unwrap().remove("weights_digest").is_some(), "new sidecars write it");
+    old["weights_sha256"] = tokenlens::model::fetch::sha256_file(&model.join("model.safetensors")).unwrap().into();
+    std::fs::write(export::sidecar_path(&old_path), old.to_string()).unwrap();
+    assert_eq!(export::read_spec(&export::sidecar_path(&old_path)).unwrap().weights_digest, WeightsDigest::FileBytes);
+    remade(&session, &old_path);
+    old["weights_sha256"] = "0".repeat(64).into();
+    let other: export::ExportSpec = serde_json::from_value(old).unwrap();
+    let err = export::render(&session, &other).unwrap_err().to_string();
+    assert!(err.contains("the figure was made with weights 0000"), "{err}");
     // An answer token the answer does not have is refused, not drawn empty.
     let mut bad = spec.clone();
     if let Figure::VlmAnswer { token, .. } = &mut bad.figure {

@@ -11,7 +11,7 @@ use tokenlens::Cancel;
 use tokenlens::reduce::llm::LlmReducerConfig;
 use tokenlens::reduce::{Budget, Context, Method, ReducerConfig, Site};
 use tokenlens::session::RunSpec;
-use tokenlens::session::vlm::VlmRun;
+use tokenlens::session::vlm::{Resume, VlmRun};
 
 /// Everything a run reports that resuming could change, compared exactly.
 fn assert_same(resumed: &VlmRun, scratch: &VlmRun, what: &str) {
@@ -57,8 +57,8 @@ fn language_side_methods_resumed_equal_runs_from_scratch() {
                         ..spec()
                     };
                     let what = format!("{name} {} removed {removed} view {view_layer:?}", cfg.name());
-                    let resumed = vlm.run(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
-                    let scratch = vlm.run_from_scratch(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
+                    let resumed = vlm.run(&full, &s, Resume::FromCache, &mut |_| {}, &Cancel::default()).unwrap();
+                    let scratch = vlm.run(&full, &s, Resume::FromScratch, &mut |_| {}, &Cancel::default()).unwrap();
                     assert_same(&resumed, &scratch, &what);
                     assert_eq!(resumed.recomputed_from_layer, want_from, "{what}");
                     assert_eq!(scratch.recomputed_from_layer, 0, "{what}");
@@ -78,8 +78,8 @@ fn fastv_at_k2_reruns_layers_2_on_with_the_answer_of_a_run_from_scratch() {
     let (vlm, full) = full("idefics3_deep");
     let s =
         RunSpec { method: Some(Method::from_name("fastv").unwrap()), budget: Budget::RemoveFraction(0.5), ..spec() };
-    let resumed = vlm.run(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
-    let scratch = vlm.run_from_scratch(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
+    let resumed = vlm.run(&full, &s, Resume::FromCache, &mut |_| {}, &Cancel::default()).unwrap();
+    let scratch = vlm.run(&full, &s, Resume::FromScratch, &mut |_| {}, &Cancel::default()).unwrap();
     assert_same(&resumed, &scratch, "fastv K=2");
     assert_eq!(resumed.recomputed_from_layer, 2);
     assert_eq!(resumed.stage.to_string(), "llm(1)");
@@ -101,10 +101,10 @@ fn vision_side_methods_rerun_the_tower_only_from_their_block() {
             }
             let s = RunSpec { method: Some(Method::Vision(cfg.clone())), budget: Budget::Keep(n / 2), ..spec() };
             let what = format!("{name} {}", cfg.name());
-            let Ok(resumed) = vlm.run(&full, &s, &mut |_| {}, &Cancel::default()) else {
+            let Ok(resumed) = vlm.run(&full, &s, Resume::FromCache, &mut |_| {}, &Cancel::default()) else {
                 continue; // refused (SmolVLM's tower; merging more than half): vlm_run.rs checks why
             };
-            let scratch = vlm.run_from_scratch(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
+            let scratch = vlm.run(&full, &s, Resume::FromScratch, &mut |_| {}, &Cancel::default()).unwrap();
             assert_same(&resumed, &scratch, &what);
             assert_eq!(resumed.recomputed_from_layer, 0, "{what}: the decoder's input changed");
             match resumed.stage.to_string().as_str() {

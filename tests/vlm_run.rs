@@ -11,8 +11,8 @@ use serde_json::Value;
 use tokenlens::Cancel;
 use tokenlens::reduce::{Budget, Method, Plan, Reducer, ReducerConfig, Site, SiteView};
 use tokenlens::session::RunSpec;
-use tokenlens::session::vlm::Vlm;
 use tokenlens::session::vlm::decode;
+use tokenlens::session::vlm::{Resume, Vlm};
 
 fn reference(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(&format!("vlm/{name}/reference.json"))).unwrap()).unwrap()
@@ -112,7 +112,7 @@ fn vision_side_methods_keep_their_budget_and_change_nothing_at_zero() {
             }
             let method = Method::Vision(cfg.clone());
             let zero = RunSpec { method: Some(method.clone()), budget: Budget::Keep(n), ..spec() };
-            let run = match vlm.run(&full, &zero, &mut |_| {}, &Cancel::default()) {
+            let run = match vlm.run(&full, &zero, Resume::FromCache, &mut |_| {}, &Cancel::default()) {
                 Ok(run) => run,
                 Err(e) => {
                     // Only SmolVLM refuses, and only methods inside the tower.
@@ -127,7 +127,7 @@ fn vision_side_methods_keep_their_budget_and_change_nothing_at_zero() {
             assert!((lp - own).abs() < 1e-3, "{name} {}: {lp} vs {own}", cfg.name());
             for keep in [n / 2, n / 4] {
                 let s = RunSpec { method: Some(method.clone()), budget: Budget::Keep(keep), ..spec() };
-                let run = match vlm.run(&full, &s, &mut |_| {}, &Cancel::default()) {
+                let run = match vlm.run(&full, &s, Resume::FromCache, &mut |_| {}, &Cancel::default()) {
                     Ok(run) => run,
                     // LLaVA's tower feeds the projector after one block here: ToMe-style
                     // merging halves at most once.
@@ -238,14 +238,14 @@ fn language_side_methods_keep_their_budget_and_change_nothing_at_zero() {
             let label = format!("{name} {}", cfg.name());
             let method = Method::Llm(cfg.clone());
             let zero = RunSpec { method: Some(method.clone()), budget: Budget::Keep(n), ..spec() };
-            let run = vlm.run(&full, &zero, &mut |_| {}, &Cancel::default()).unwrap();
+            let run = vlm.run(&full, &zero, Resume::FromCache, &mut |_| {}, &Cancel::default()).unwrap();
             assert_eq!(run.answer.ids, full.run.answer.ids, "{label} at 0 %");
             assert_eq!(run.image_rows_per_layer, vec![n; layers], "{label} at 0 %");
             let own: f64 = full.run.answer.logprobs.iter().map(|&v| f64::from(v)).sum();
             assert!((run.full_answer_logprob.unwrap() - own).abs() < 1e-3, "{label}");
             for keep in [n / 2, n / 3] {
                 let s = RunSpec { method: Some(method.clone()), budget: Budget::Keep(keep), ..spec() };
-                let run = vlm.run(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
+                let run = vlm.run(&full, &s, Resume::FromCache, &mut |_| {}, &Cancel::default()).unwrap();
                 // The crate's prediction must be what the decoder did; what that is comes from
                 // each method's definition on two layers (below), not from the prediction.
                 let predicted = cfg.layer_averaged(keep, &ctx).unwrap();
@@ -305,7 +305,7 @@ fn smolvlm_image_splitting_matches_transformers_and_runs_language_side_methods()
     let mut cfg = tokenlens::reduce::llm::LlmReducerConfig::from_name("fastv").unwrap();
     cfg.set_layer(1, vlm.num_layers());
     let s = RunSpec { method: Some(Method::Llm(cfg)), budget: Budget::Keep(10), ..spec() };
-    let run = vlm.run(&full, &s, &mut |_| {}, &Cancel::default()).unwrap();
+    let run = vlm.run(&full, &s, Resume::FromCache, &mut |_| {}, &Cancel::default()).unwrap();
     assert_eq!(run.image_rows_per_layer, vec![20, 10]);
     // The pictures draw the grid's 16 tokens; the global image's 4 are off the grid.
     let grid = full.vision.grid;
@@ -327,7 +327,7 @@ fn smolvlm_image_splitting_matches_transformers_and_runs_language_side_methods()
     assert!(map.width() > 0);
     let _ = tokenlens::figures::vlm_tokens(&full.image, grid, &run, 128);
     let vision = RunSpec { method: Some(Method::from_name("divprune").unwrap()), ..spec() };
-    let err = vlm.run(&full, &vision, &mut |_| {}, &Cancel::default()).err().unwrap().to_string();
+    let err = vlm.run(&full, &vision, Resume::FromCache, &mut |_| {}, &Cancel::default()).err().unwrap().to_string();
     assert!(err.contains("splitting off"), "{err}");
     // Unsplit, the same folder gives one global image.
     vlm.split_image = false;

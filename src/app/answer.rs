@@ -6,21 +6,10 @@ use eframe::egui;
 use egui::{Color32, RichText};
 use egui_plot::{HoverPosition, Line, Plot, PlotPoints, Points, VLine};
 
-use super::TokenlensApp;
-use super::vlm::{Pick, method_label, run_label};
-use super::widgets::removed_percent;
+use super::vlm::{method_label, run_label};
+use super::widgets::{Mark, removed_percent, shown_piece, side_of_diff, tokens_ui};
+use super::{Command, TokenlensApp};
 use crate::session::vlm::{SweepPoint, VlmRun, first_change};
-
-// How a token relates to the other answer (drawn: removed struck through in red, added in
-// green), and one side of a diff: shared with the exported figures.
-pub use crate::export::vlm::side_of_diff;
-pub use crate::render::answers::Mark;
-
-/// A token as shown: line breaks and tabs made visible, an empty piece as a middle dot.
-pub fn shown_piece(piece: &str) -> String {
-    let s = piece.replace('\n', "\\n").replace('\t', "\\t");
-    if s.is_empty() { "·".into() } else { s }
-}
 
 pub fn answers_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let Some(vlm) = app.vlm.as_mut() else { return };
@@ -32,7 +21,7 @@ pub fn answers_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                 ui.spinner();
                 ui.label(&vlm.full_text);
             });
-        } else if app.error.is_some() {
+        } else if app.screen.error.is_some() {
             ui.label("No answer: see the error below (a shorter question or answer limit may help).");
         } else {
             ui.label("Open an image: the model answers the question about it.");
@@ -90,7 +79,7 @@ pub fn answers_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     });
     vlm.hovered = hovered;
     if let Some(p) = clicked {
-        vlm.picked = if vlm.picked == Some(p) { None } else { Some(p) };
+        app.command(Command::PickToken(p));
     }
     ui.label(
         RichText::new(
@@ -105,54 +94,6 @@ pub fn answers_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     ui.add_space(8.0);
     ui.strong("Ratio sweep: the full answer's log-probability");
     sweep_ui(app, ui);
-}
-
-/// One answer's tokens, each hoverable and clickable, coloured by its diff mark.
-pub(super) fn tokens_ui(
-    ui: &mut egui::Ui,
-    run: &VlmRun,
-    marks: &[(usize, Mark)],
-    reduced: bool,
-    picked: Option<Pick>,
-    hovered: &mut Option<Pick>,
-    clicked: &mut Option<Pick>,
-) {
-    let pieces = &run.answer.pieces;
-    if pieces.is_empty() {
-        ui.label(RichText::new("(empty answer)").weak());
-        return;
-    }
-    let red = ui.visuals().error_fg_color;
-    let green = Color32::from_rgb(60, 200, 90);
-    ui.horizontal_wrapped(|ui| {
-        ui.spacing_mut().item_spacing = egui::vec2(2.0, 2.0);
-        for &(index, mark) in marks {
-            let Some(piece) = pieces.get(index) else { continue };
-            let me = Pick { reduced, index };
-            let mut text = RichText::new(shown_piece(piece)).monospace();
-            text = match mark {
-                Mark::Same => text,
-                Mark::Removed => text.color(red).strikethrough(),
-                Mark::Added => text.color(green),
-            };
-            if picked == Some(me) {
-                text = text.background_color(ui.visuals().selection.bg_fill);
-            }
-            let lp = run.answer.logprobs.get(index).copied().unwrap_or(f32::NAN);
-            let response = ui
-                .add(egui::Label::new(text).sense(egui::Sense::click()))
-                .on_hover_text(format!("token {index}: {piece:?}, log p {lp:.3}"));
-            if response.hovered() {
-                *hovered = Some(me);
-            }
-            if response.clicked() {
-                *clicked = Some(me);
-            }
-        }
-        if run.answer.stopped_at_eos {
-            ui.label(RichText::new("(end)").weak()).on_hover_text("the model ended its answer");
-        }
-    });
 }
 
 /// Changed or not, and how likely the reduced model finds the full answer.
@@ -258,25 +199,6 @@ fn sweep_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::vlm::diff_tokens;
-
-    #[test]
-    fn each_side_shows_its_own_tokens_marked() {
-        // full: the cat sat · reduced: the dog sat down
-        let diff = diff_tokens(&[1, 2, 3], &[1, 4, 3, 5]);
-        assert_eq!(side_of_diff(&diff, false), vec![(0, Mark::Same), (1, Mark::Removed), (2, Mark::Same)]);
-        assert_eq!(
-            side_of_diff(&diff, true),
-            vec![(0, Mark::Same), (1, Mark::Added), (2, Mark::Same), (3, Mark::Added)]
-        );
-    }
-
-    #[test]
-    fn pieces_stay_visible() {
-        assert_eq!(shown_piece("\n"), "\\n");
-        assert_eq!(shown_piece(""), "·");
-        assert_eq!(shown_piece(" cat"), " cat");
-    }
 
     #[test]
     fn sweep_points_split_by_change_and_hover_finds_the_nearest() {

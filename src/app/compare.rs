@@ -9,11 +9,11 @@ use std::sync::Arc;
 use eframe::egui;
 use egui::{Color32, RichText};
 
-use super::view::{GridFrame, ValueMap, highlight, map_of, patch_at, patch_info};
+use super::widgets::{Fate, GridFrame, ValueMap, flops, highlight, labels_ui, map_of, patch_at, patch_info};
 use super::{MapScale, MapSource, TokenlensApp};
 use crate::analysis::metrics::Fidelity;
 use crate::figures;
-use crate::render::{Heatmap, Norm};
+use crate::render::Norm;
 use crate::session::EncoderRun;
 
 /// Panel textures' longest side.
@@ -25,15 +25,15 @@ const TEXT_WIDTH: f32 = 230.0;
 const GAP: f32 = 8.0;
 
 pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
-    app.textures.begin_frame();
-    let Some(opened) = app.opened.clone() else {
+    app.runtime.textures.begin_frame();
+    let Some(opened) = app.results.opened.clone() else {
         ui.centered_and_justified(|ui| {
             ui.spinner();
         });
         return;
     };
     let s = app.settings.clone();
-    let results = app.compared.value.clone().unwrap_or_default();
+    let results = app.results.compared.value.clone().unwrap_or_default();
     let runs: Vec<Option<Arc<EncoderRun>>> = s
         .compare
         .iter()
@@ -43,7 +43,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.strong(format!("All at {}", s.spec.budget.describe(app.num_patches())));
         ui.label(RichText::new("· methods, budget and view in the left panel · best metric in green").weak());
-        if app.compared.is_stale() {
+        if app.results.compared.is_stale() {
             ui.spinner();
             ui.colored_label(ui.visuals().warn_fg_color, "stale: the new budget computes");
         }
@@ -61,6 +61,9 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let (maps, norm) = shared_scale(maps, s.scale);
     if let Some(title) = maps.iter().flatten().next().map(|m| short_map_title(&m.title)) {
         ui.label(RichText::new(format!("{title} · one {} scale across the panels", s.scale.label())).small());
+    } else if s.overlay == super::Overlay::Tokens {
+        let note = figures::special_tokens_note(a.num_special);
+        super::widgets::token_legend(ui, true, &[], note.as_deref());
     }
 
     let fidelities: Vec<Option<&Fidelity>> = runs.iter().map(|r| r.as_deref().map(|r| &r.fidelity)).collect();
@@ -73,7 +76,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let frame = GridFrame::of(&opened.input, grid);
     let key = format!("{:?}|{:?}|{}|{:?}|{:?}|{}", opened.label, s.colormap, s.opacity, s.scale, s.overlay, s.layer);
     let mut method = Method {
-        textures: &mut app.textures,
+        textures: &mut app.runtime.textures,
         opened: &opened,
         settings: &s,
         runs: &runs,
@@ -84,7 +87,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         panel,
         frame,
         key,
-        hovered: app.compare_hover,
+        hovered: app.screen.compare_hover,
         hover_now: None,
     };
     match arrangement {
@@ -134,8 +137,8 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             });
         }
     }
-    if method.hover_now != app.compare_hover {
-        app.compare_hover = method.hover_now;
+    if method.hover_now != app.screen.compare_hover {
+        app.screen.compare_hover = method.hover_now;
         ui.ctx().request_repaint();
     }
 }
@@ -225,7 +228,7 @@ impl Method<'_> {
                 && let Some(patch) = patch_at(&self.frame, rect, pos)
             {
                 self.hover_now = Some(patch);
-                let fate = run.as_deref().map(|r| super::view::Fate {
+                let fate = run.as_deref().map(|r| Fate {
                     method: r.reducer().info().label.to_string(),
                     scores: r.scores.as_deref(),
                     groups: &r.groups,
@@ -253,7 +256,7 @@ impl Method<'_> {
                 ui.label(
                     RichText::new(format!(
                         "{} FLOPs ({:.0} % of full), {:.0} ms",
-                        super::output::flops(r.flops),
+                        flops(r.flops),
                         100.0 * r.flops / r.flops_full.max(1.0),
                         r.timings_ms.run_ms
                     ))
@@ -266,7 +269,7 @@ impl Method<'_> {
             }
         }
         if !a.output.is_map() && !a.output.values.is_empty() {
-            super::output::labels_ui(ui, &a.output, run.as_ref().map(|r| &r.output));
+            labels_ui(ui, &a.output, run.as_ref().map(|r| &r.output));
         }
     }
 }
@@ -317,19 +320,10 @@ pub fn layout(available: egui::Vec2, columns: usize, image_rows: usize, aspect: 
     if by_rows.x > 1.2 * by_columns.x { (by_rows, Layout::Rows) } else { (by_columns, Layout::Columns) }
 }
 
-/// Puts `maps` on one colour scale: their common range under `scale` (log: the values' log10
-/// over at most four decades below the largest), as a fixed-range norm.
+/// Puts `maps` on one colour scale (the compare export's, [`crate::export::share_scale`]), as a
+/// fixed-range norm.
 pub fn shared_scale(mut maps: Vec<Option<ValueMap>>, scale: MapScale) -> (Vec<Option<ValueMap>>, Norm) {
-    let all: Vec<f32> = maps.iter().flatten().flat_map(|m| m.values.iter().copied()).collect();
-    let heat = Heatmap::new(1, all.len(), all);
-    let (lo, hi) = scale.norm().resolve(&heat);
-    if scale == MapScale::Log {
-        let floor = lo.max(f32::MIN_POSITIVE);
-        for m in maps.iter_mut().flatten() {
-            m.values.iter_mut().filter(|v| v.is_finite()).for_each(|v| *v = v.max(floor).log10());
-        }
-        return (maps, Norm::Range { lo: floor.log10(), hi: hi.max(floor).log10() });
-    }
+    let (lo, hi) = crate::export::share_scale(maps.iter_mut().flatten().map(|m| &mut m.values), scale);
     (maps, Norm::Range { lo, hi })
 }
 

@@ -27,7 +27,7 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             });
         });
     });
-    if let Some(opened) = &app.opened {
+    if let Some(opened) = &app.results.opened {
         let (w, h) = opened.input.photo.dimensions();
         ui.label(egui::RichText::new(format!("{}  ·  {w}×{h}", short_name(&opened.label))).small());
     }
@@ -124,9 +124,9 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let (mut to_default, mut pick_folder) = (false, false);
     ui.horizontal(|ui| {
         ui.label("Model");
-        let current = app.model_id.clone().unwrap_or_else(|| "loading…".into());
+        let current = app.model.id.clone().unwrap_or_else(|| "loading…".into());
         egui::ComboBox::from_id_salt("model").selected_text(current).width(200.0).show_ui(ui, |ui| {
-            let on_default = app.model_source == ModelSource::Default;
+            let on_default = app.model.source == ModelSource::Default;
             to_default = ui.selectable_label(on_default, "DINOv2-S/14 saliency (default)").clicked() && !on_default;
             pick_folder = ui
                 .button("Hugging Face folder…")
@@ -154,8 +154,8 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         return;
     }
     let prompt = egui::TextEdit::singleline(&mut app.settings.prompt).hint_text("labels, comma-separated");
-    let response = ui.add_enabled(app.takes_prompt, prompt);
-    if !app.takes_prompt {
+    let response = ui.add_enabled(app.model.takes_prompt, prompt);
+    if !app.model.takes_prompt {
         response.on_disabled_hover_text(
             "This model takes no prompt. CLIP and SigLIP score the labels typed here; \
              text-guided methods and vision-language models use it too.",
@@ -184,7 +184,7 @@ fn method_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     });
     ui.label(egui::RichText::new(current.description).small());
     ui.label(egui::RichText::new(current.paper).small().weak().italics());
-    if let Some(opened) = &app.opened {
+    if let Some(opened) = &app.results.opened {
         let ctx = crate::reduce::Context::encoder(
             opened.analysis.cls_attention.len(),
             (opened.analysis.grid[0], opened.analysis.grid[1]),
@@ -224,10 +224,11 @@ fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui, compare: bool) {
             }
         });
     });
-    let num_layers = app.opened.as_ref().map_or(12, |o| o.analysis.cls_attention.len());
+    let num_layers = app.results.opened.as_ref().map_or(12, |o| o.analysis.cls_attention.len());
     ui.add_enabled(s.overlay.uses_layer(), egui::Slider::new(&mut s.layer, 0..=num_layers - 1).text("layer"))
         .on_hover_text("[ and ] step the layer");
-    let num_heads = app.opened.as_ref().map_or(6, |o| o.analysis.cls_attention_heads.first().map_or(6, Vec::len));
+    let num_heads =
+        app.results.opened.as_ref().map_or(6, |o| o.analysis.cls_attention_heads.first().map_or(6, Vec::len));
     ui.add_enabled_ui(s.overlay == Overlay::Attention, |ui| {
         egui::ComboBox::from_label("head")
             .selected_text(match s.head {

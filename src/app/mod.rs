@@ -1,7 +1,8 @@
-//! The desktop app (eframe/egui). Panels draw from state and edit [`Settings`]; after drawing,
-//! the app compares the settings with what it last asked for and submits only the work that
-//! changed. The model lives on the worker thread, and every picture comes from `render`
-//! through `figures`, the same code the CLI writes PNGs with.
+//! The desktop app (eframe/egui). Panels draw from state and edit [`Settings`]; anything else
+//! they ask for (open, export, switch the model, pin a token) they queue as a [`Command`]. After
+//! drawing, the app applies the commands, compares the settings with what it last asked for and
+//! submits only the work that changed. The model lives on the worker thread, and every picture
+//! comes from `render` through `figures`, the same code the CLI writes PNGs with.
 //!
 //! A vision-language model folder switches the app to VLM mode (`vlm`): the prompt box takes the
 //! question, the right panel shows the answers with their diff and the ratio sweep (`answer`)
@@ -38,6 +39,9 @@ pub use file_dialog::ask_before_replacing;
 use file_dialog::{FileDialogs, Outcome, Picker, Purpose, Request};
 pub use vlm::{Pick, VlmOverlay, VlmSettings, VlmState};
 pub use worker::{Event, ImageSource, Job, Look, Opened, OpenedImage, VlmInfo, VlmOpened, WorkerHandle};
+
+/// The left panel's width (the most its widest method's parameters need).
+const CONTROLS_WIDTH: f32 = 360.0;
 
 /// The bundled sample photo the app opens with.
 pub const SAMPLE_IMAGE: &[u8] = include_bytes!("../../assets/chelsea.png");
@@ -172,8 +176,12 @@ impl Settings {
     }
 
     /// The compare view as a figure: rows = its methods (with their outputs where the output is a
-    /// map, beside the full model's), one column at the budget on screen.
+    /// map, beside the full model's), one column at the budget on screen, each panel the view on
+    /// screen: tokens, or a map (attention, rollout and norms from each method's reduced model,
+    /// beside the full model's, as the panels show them).
     pub fn compare_figure(&self, output_is_map: bool) -> Figure {
+        let view = self.view();
+        let source = if view.has_source() { MapSource::Reduced } else { MapSource::Full };
         Figure::Grid {
             methods: self.compare.clone(),
             budgets: vec![self.spec.budget],
@@ -181,7 +189,23 @@ impl Settings {
             output_row: output_is_map,
             fill: self.spec.fill,
             positions: self.spec.positions,
-            view: View::Tokens,
+            view,
+            source,
+        }
+    }
+
+    /// The figure view of the overlay on screen.
+    pub fn view(&self) -> View {
+        let head = match self.head {
+            Head::Mean => None,
+            Head::One(h) => Some(h),
+        };
+        match self.overlay {
+            Overlay::Attention => View::Attention { layer: self.layer, head },
+            Overlay::Rollout => View::Rollout,
+            Overlay::TokenNorms => View::TokenNorms { layer: self.layer },
+            Overlay::Scores => View::Scores,
+            Overlay::Tokens => View::Tokens,
         }
     }
 
@@ -204,9 +228,11 @@ pub enum Tab {
 }
 
 /// What a panel asks of the app beyond editing [`Settings`]: opening, switching the model,
-/// dialogs, the theme. Panels queue commands while they draw ([`TokenlensApp::command`]); the
-/// app applies them after the frame is drawn, so no panel changes what a later panel of the same
-/// frame reads.
+/// dialogs, exports, the theme, the answer token pinned. Panels queue commands while they draw
+/// ([`TokenlensApp::command`]); the app applies them after the frame is drawn, so no panel
+/// changes what a later panel of the same frame reads, and only `apply_commands` and
+/// `submit_changes` touch the worker. (The pointer's hover is the one thing a panel sets while
+/// drawing: the view under it outlines what is hovered in the same frame.)
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Open(PathBuf),
@@ -217,6 +243,15 @@ pub enum Command {
     Reopen,
     /// Export what the current tab shows.
     ExportView,
+    /// Write `figure` to `path` with its sidecar (`force`: replace what is there).
+    Export {
+        figure: Figure,
+        path: PathBuf,
+        force: bool,
+    },
+    /// Pin an answer token's text-to-image map, or unpin it if it is the pinned one.
+    PickToken(Pick),
+    ToggleExportOptions,
     ToggleTheme,
     ToggleHelp,
     DismissError,
@@ -260,23 +295,47 @@ impl<T> Slot<T> {
     }
 }
 
+/// The app's state, in groups: what the user sets (persisted), the model and what it computed,
+/// what the window shows beside them, and the handles that run it all.
 pub struct TokenlensApp {
-    worker: WorkerHandle,
-    ctx: egui::Context,
-    /// The model the worker runs, and whether it scores prompt labels.
-    pub model_source: ModelSource,
+    /// Everything the user sets; saved between sessions through `settings_file`.
+    pub settings: Settings,
+    settings_file: SettingsFile,
+    /// The model the worker runs, and what it turned out to be once loaded.
+    pub model: LoadedModel,
+    /// The image on screen and an encoder's results for it (with what was asked for them).
+    pub results: Results,
+    /// VLM mode: present while a vision-language model is loaded (its own results).
+    pub vlm: Option<VlmState>,
+    /// What the window shows beside the results: status, error, pan and zoom, hover, help.
+    pub screen: Screen,
+    /// The worker, the egui context, textures, file dialogs and request ids.
+    runtime: Runtime,
+    /// Commands the panels queued this frame.
+    commands: Vec<Command>,
+    /// Screenshot mode (tests): what to capture and press first.
+    capture: Capture,
+}
+
+/// The model the worker runs: asked for (`source`), and known once it is ready.
+pub struct LoadedModel {
+    pub source: ModelSource,
+    /// Its id once loaded (None while it loads).
+    pub id: Option<String>,
+    /// It scores prompt labels (CLIP, SigLIP).
     pub takes_prompt: bool,
+}
+
+/// The image on screen and what the worker computed for it with an encoder, each beside what was
+/// last asked for it (the app submits only what changed).
+#[derive(Default)]
+pub struct Results {
     /// The image on screen (re-opened when the model or the prompt changes), and the prompt it
     /// was opened with.
-    image_source: Option<ImageSource>,
+    image: Option<ImageSource>,
     opened_prompt: String,
-    pub settings: Settings,
-    pub status: String,
-    pub error: Option<String>,
-    pub model_id: Option<String>,
     pub opened: Option<Arc<Opened>>,
     pub opening: bool,
-    next_id: u64,
     pub run: Slot<Arc<EncoderRun>>,
     sent_spec: Option<RunSpec>,
     pub compared: Slot<Vec<Arc<EncoderRun>>>,
@@ -285,25 +344,58 @@ pub struct TokenlensApp {
     pub drift: Vec<[f64; 2]>,
     drift_id: u64,
     drift_key: Option<RunSpec>,
-    /// VLM mode: present while a vision-language model is loaded.
-    pub vlm: Option<VlmState>,
-    textures: textures::Textures,
+}
+
+impl Results {
+    /// Drops the reduced runs, the comparison and the drift curve (and what was asked for them);
+    /// the image and its full run stay.
+    fn forget_runs(&mut self) {
+        self.run = Slot::default();
+        self.sent_spec = None;
+        self.compared = Slot::default();
+        self.sent_compare = None;
+        self.drift.clear();
+        self.drift_key = None;
+    }
+}
+
+/// What the window shows that is neither a setting nor a result.
+pub struct Screen {
+    pub status: String,
+    pub error: Option<String>,
+    /// The main view's pan and zoom (reset when a new image opens).
     scene_rect: egui::Rect,
     /// The patch under the pointer in the compare view (outlined in every panel).
     compare_hover: Option<usize>,
-    /// Commands the panels queued this frame.
-    commands: Vec<Command>,
     show_help: bool,
-    /// Screenshot mode (tests): what to capture and press first.
-    capture: Capture,
+    /// Size, DPI, font scale, title and key of exported figures (and whether their window is
+    /// open).
+    export_options: export_options::ExportOptions,
+}
+
+/// The handles the app runs with: not state the user sees.
+struct Runtime {
+    worker: WorkerHandle,
+    ctx: egui::Context,
+    /// The last request id handed out (answers carry it back).
+    next_id: u64,
+    textures: textures::Textures,
     /// The file dialog on screen: the system's, or the in-app browser where there is none.
     dialogs: FileDialogs,
     /// An export waiting for "replace the existing file?".
     confirm_overwrite: Option<(Figure, PathBuf)>,
-    /// Size, DPI, font scale, title and key of exported figures.
-    export_options: export_options::ExportOptions,
-    /// The settings file: what `settings` was last saved as.
-    settings_file: SettingsFile,
+}
+
+impl Runtime {
+    fn spawn(ctx: &egui::Context, model: ModelSource) -> WorkerHandle {
+        let wake_ctx = ctx.clone();
+        WorkerHandle::spawn(model, move || wake_ctx.request_repaint())
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
 }
 
 /// Where [`Settings`] persist between sessions: what was last written, and when (saves are
@@ -331,42 +423,33 @@ struct Capture {
 
 impl TokenlensApp {
     pub fn new(ctx: &egui::Context, model: ModelSource, image: Option<PathBuf>, settings: Settings) -> Self {
-        let wake_ctx = ctx.clone();
-        let worker = WorkerHandle::spawn(model.clone(), move || wake_ctx.request_repaint());
+        let worker = Runtime::spawn(ctx, model.clone());
         ctx.set_theme(if settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
         let settings_copy = settings.clone();
         let mut app = Self {
-            worker,
-            ctx: ctx.clone(),
-            model_source: model,
-            takes_prompt: false,
-            image_source: None,
-            opened_prompt: String::new(),
             settings,
-            status: "Loading the model…".into(),
-            error: None,
-            model_id: None,
-            opened: None,
-            opening: false,
-            next_id: 1,
-            run: Slot::default(),
-            sent_spec: None,
-            compared: Slot::default(),
-            sent_compare: None,
-            drift: Vec::new(),
-            drift_id: 0,
-            drift_key: None,
-            vlm: None,
-            textures: textures::Textures::default(),
-            scene_rect: egui::Rect::ZERO,
-            compare_hover: None,
-            commands: Vec::new(),
-            show_help: false,
-            capture: Capture::default(),
-            dialogs: FileDialogs::default(),
-            confirm_overwrite: None,
-            export_options: Default::default(),
             settings_file: SettingsFile { saved: settings_copy, at: Instant::now(), enabled: false },
+            model: LoadedModel { source: model, id: None, takes_prompt: false },
+            results: Results::default(),
+            vlm: None,
+            screen: Screen {
+                status: "Loading the model…".into(),
+                error: None,
+                scene_rect: egui::Rect::ZERO,
+                compare_hover: None,
+                show_help: false,
+                export_options: Default::default(),
+            },
+            runtime: Runtime {
+                worker,
+                ctx: ctx.clone(),
+                next_id: 1,
+                textures: textures::Textures::default(),
+                dialogs: FileDialogs::default(),
+                confirm_overwrite: None,
+            },
+            commands: Vec::new(),
+            capture: Capture::default(),
         };
         match image {
             Some(path) => app.open(path),
@@ -383,9 +466,9 @@ impl TokenlensApp {
             if let Event::Opened { id, image: OpenedImage::Answer(opened) } = &event
                 && *id == vlm.full.id
             {
-                self.error = None;
+                self.screen.error = None;
                 let r = &opened.run;
-                self.status = format!(
+                self.screen.status = format!(
                     "{}: full answer in {:.0} ms ({:.1} tokens/s)",
                     opened.label.display(),
                     r.cost.encoder_ms + r.cost.prefill_ms + r.cost.decode_ms,
@@ -393,10 +476,10 @@ impl TokenlensApp {
                 );
                 let fitted = r.spec.max_new_tokens;
                 if fitted < self.settings.vlm.max_new_tokens {
-                    self.status = format!(
+                    self.screen.status = format!(
                         "{}; the answer limit is now {fitted} tokens (was {}): the prompt is {} tokens and the \
                          model's context {}",
-                        self.status,
+                        self.screen.status,
                         self.settings.vlm.max_new_tokens,
                         opened.prompt_tokens,
                         vlm.context.map_or_else(|| "?".into(), |c| c.to_string())
@@ -404,7 +487,7 @@ impl TokenlensApp {
                     vlm.answer_limit_fitted(fitted);
                     self.settings.vlm.max_new_tokens = fitted;
                 }
-                self.scene_rect = egui::Rect::ZERO;
+                self.screen.scene_rect = egui::Rect::ZERO;
                 self.remember_opened(&opened.label);
             }
             return;
@@ -417,41 +500,41 @@ impl TokenlensApp {
                     vlm.capabilities = info.capabilities;
                 }
             }
-            Event::Status(line) => self.status = line,
+            Event::Status(line) => self.screen.status = line,
             Event::Ready { id, takes_prompt, vlm: None } => {
-                self.status = format!("Model ready: {id}");
-                self.model_id = Some(id);
-                self.takes_prompt = takes_prompt;
+                self.screen.status = format!("Model ready: {id}");
+                self.model.id = Some(id);
+                self.model.takes_prompt = takes_prompt;
                 // The image asked for before the model was known.
-                if let Some(source) = self.image_source.clone().filter(|_| self.opening) {
+                if let Some(source) = self.results.image.clone().filter(|_| self.results.opening) {
                     self.open_source(source);
                 }
             }
             Event::Opened { image: OpenedImage::Encoder(opened), .. } => {
-                self.opening = false;
-                self.error = None;
+                self.results.opening = false;
+                self.screen.error = None;
                 let t = &opened.analysis.timings_ms;
-                self.status = format!("{}: full run {:.0} ms", opened.label.display(), t.total_ms);
+                self.screen.status = format!("{}: full run {:.0} ms", opened.label.display(), t.total_ms);
                 self.remember_opened(&opened.label.clone()); // `opened` moves below
                 self.settings.layer = self.settings.layer.min(opened.analysis.cls_attention.len().saturating_sub(1));
-                self.opened = Some(opened);
+                self.results.opened = Some(opened);
                 // Everything computed for the previous image is stale now.
-                self.forget_results();
-                self.scene_rect = egui::Rect::ZERO;
+                self.results.forget_runs();
+                self.screen.scene_rect = egui::Rect::ZERO;
             }
             Event::Ran { id, result: RunResult::Encoder(result) } => {
-                if id == self.run.id {
-                    self.error = None;
+                if id == self.results.run.id {
+                    self.screen.error = None;
                 }
-                self.run.answer(id, result);
+                self.results.run.answer(id, result);
             }
             Event::Compared { id, results } => {
-                self.compared.answer(id, results.iter().filter_map(|r| r.encoder().cloned()).collect())
+                self.results.compared.answer(id, results.iter().filter_map(|r| r.encoder().cloned()).collect())
             }
             Event::SweepPoint { id, removed, result: RunResult::Encoder(r) } => {
-                if id == self.drift_id {
-                    self.drift.push([100.0 * removed, r.fidelity.output_l1]);
-                    self.drift.sort_by(|a, b| a[0].total_cmp(&b[0]));
+                if id == self.results.drift_id {
+                    self.results.drift.push([100.0 * removed, r.fidelity.output_l1]);
+                    self.results.drift.sort_by(|a, b| a[0].total_cmp(&b[0]));
                 }
             }
             // A VLM's events when the app is not (or no longer) in VLM mode: stale.
@@ -464,7 +547,7 @@ impl TokenlensApp {
                 if let Some(e) = self.capture.export_to.as_mut().filter(|e| e.path == figure) {
                     e.done = true;
                 }
-                self.status = format!("Exported {} (sidecar {})", figure.display(), sidecar.display());
+                self.screen.status = format!("Exported {} (sidecar {})", figure.display(), sidecar.display());
             }
             Event::Failed(message) => {
                 if let Some(e) = self.capture.export_to.as_mut().filter(|e| e.submitted) {
@@ -473,10 +556,10 @@ impl TokenlensApp {
                 if let Some(vlm) = self.vlm.as_mut() {
                     vlm.failed();
                 }
-                self.opening = false;
-                self.run.pending = false;
-                self.compared.pending = false;
-                self.error = Some(message);
+                self.results.opening = false;
+                self.results.run.pending = false;
+                self.results.compared.pending = false;
+                self.screen.error = Some(message);
             }
         }
     }
@@ -486,9 +569,13 @@ impl TokenlensApp {
         self.commands.push(command);
     }
 
-    /// Applies the commands the panels queued, in order.
+    /// Applies the commands the panels queued, in order; the next frame shows what they changed.
     fn apply_commands(&mut self, ctx: &egui::Context) {
-        for command in std::mem::take(&mut self.commands) {
+        let commands = std::mem::take(&mut self.commands);
+        if !commands.is_empty() {
+            ctx.request_repaint();
+        }
+        for command in commands {
             match command {
                 Command::Open(path) => self.open(path),
                 Command::OpenDialog => self.open_dialog(),
@@ -496,12 +583,19 @@ impl TokenlensApp {
                 Command::SwitchModel(source) => self.switch_model(source),
                 Command::Reopen => self.reopen(),
                 Command::ExportView => self.export_view(),
+                Command::Export { figure, path, force } => self.submit_export(figure, path, force),
+                Command::PickToken(pick) => {
+                    if let Some(vlm) = self.vlm.as_mut() {
+                        vlm.picked = if vlm.picked == Some(pick) { None } else { Some(pick) };
+                    }
+                }
+                Command::ToggleExportOptions => self.screen.export_options.open ^= true,
                 Command::ToggleTheme => {
                     self.settings.dark = !self.settings.dark;
                     ctx.set_theme(if self.settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
                 }
-                Command::ToggleHelp => self.show_help = !self.show_help,
-                Command::DismissError => self.error = None,
+                Command::ToggleHelp => self.screen.show_help = !self.screen.show_help,
+                Command::DismissError => self.screen.error = None,
             }
         }
     }
@@ -510,7 +604,7 @@ impl TokenlensApp {
     fn export_view(&mut self) {
         match self.figure_on_screen() {
             Some((figure, name)) => self.export_dialog(figure, name),
-            None => self.status = "Nothing to export yet: the first result is not on screen".into(),
+            None => self.screen.status = "Nothing to export yet: the first result is not on screen".into(),
         }
     }
 
@@ -522,7 +616,7 @@ impl TokenlensApp {
             (Some(vlm), Tab::Compare) => {
                 Some((vlm.compare_figure(&s.vlm, s.spec.budget, s.spec.positions)?, "tokenlens-vlm-compare.svg"))
             }
-            (None, _) if self.opened.is_none() => None,
+            (None, _) if self.results.opened.is_none() => None,
             (None, Tab::Single) => Some((self.current_figure(), "tokenlens-figure.svg")),
             (None, Tab::Compare) => Some((self.compare_figure(), "tokenlens-grid.svg")),
         }
@@ -535,7 +629,7 @@ impl TokenlensApp {
 
     /// Puts the file just opened (`label`) first in Recent, if it came from a file.
     fn remember_opened(&mut self, label: &Path) {
-        if let Some(source) = &self.image_source
+        if let Some(source) = &self.results.image
             && source.bytes.is_none()
             && source.label == label
         {
@@ -546,18 +640,18 @@ impl TokenlensApp {
     fn open_source(&mut self, source: ImageSource) {
         if self.vlm.is_some() {
             // VLM mode: the full run is submitted with the question (see `submit_vlm_changes`).
-            self.image_source = Some(source);
+            self.results.image = Some(source);
             return;
         }
-        self.opening = true;
-        self.status = format!("Analysing {}…", source.label.display());
-        self.image_source = Some(source.clone());
-        if self.model_id.is_none() {
+        self.results.opening = true;
+        self.screen.status = format!("Analysing {}…", source.label.display());
+        self.results.image = Some(source.clone());
+        if self.model.id.is_none() {
             return; // opened when the model is ready: a VLM opens it with its question instead
         }
-        self.opened_prompt = self.settings.prompt.clone();
-        let id = self.fresh_id();
-        self.worker.submit(Job::Open {
+        self.results.opened_prompt = self.settings.prompt.clone();
+        let id = self.runtime.fresh_id();
+        self.runtime.worker.submit(Job::Open {
             id,
             source,
             ask: Ask { prompt: self.settings.prompt.clone(), ..Ask::default() },
@@ -566,73 +660,52 @@ impl TokenlensApp {
 
     /// The prompt differs from the one the current image was run with.
     pub fn prompt_changed(&self) -> bool {
-        self.opened_prompt != self.settings.prompt
+        self.results.opened_prompt != self.settings.prompt
     }
 
     /// Runs the current image again (after the prompt changed).
     pub fn reopen(&mut self) {
-        if let Some(source) = self.image_source.clone() {
+        if let Some(source) = self.results.image.clone() {
             self.open_source(source);
         }
     }
 
-    /// Drops the reduced runs, the comparison and the drift curve (and what was asked for them).
-    fn forget_results(&mut self) {
-        self.run = Slot::default();
-        self.sent_spec = None;
-        self.compared = Slot::default();
-        self.sent_compare = None;
-        self.drift.clear();
-        self.drift_key = None;
-    }
-
     /// Loads another model on a fresh worker and opens the current image with it.
     pub fn switch_model(&mut self, source: ModelSource) {
-        let wake_ctx = self.ctx.clone();
-        self.worker = WorkerHandle::spawn(source.clone(), move || wake_ctx.request_repaint());
-        self.model_source = source;
-        self.model_id = None;
+        self.runtime.worker = Runtime::spawn(&self.runtime.ctx, source.clone());
+        self.model.source = source;
+        self.model.id = None;
         self.vlm = None;
-        self.takes_prompt = false;
-        self.opened = None;
-        self.forget_results();
-        self.error = None;
-        self.status = "Loading the model…".into();
+        self.model.takes_prompt = false;
+        self.results.opened = None;
+        self.results.forget_runs();
+        self.screen.error = None;
+        self.screen.status = "Loading the model…".into();
         self.reopen();
     }
 
     /// Asks for a Hugging Face model folder (ViT, DeiT, DINOv2, CLIP, SigLIP).
     pub fn model_dialog(&mut self) {
-        self.dialogs.ask(Request { purpose: Purpose::Model, start: None, name: String::new() });
+        self.runtime.dialogs.ask(Request { purpose: Purpose::Model, start: None, name: String::new() });
     }
 
     /// Asks for an image, beginning in the folder of the last one.
     pub fn open_dialog(&mut self) {
         let start = self.settings.recent.first().and_then(|p| p.parent()).map(Path::to_path_buf);
-        self.dialogs.ask(Request { purpose: Purpose::Open, start, name: String::new() });
+        self.runtime.dialogs.ask(Request { purpose: Purpose::Open, start, name: String::new() });
     }
 
     /// Asks where to save `figure` (a PNG or an SVG, with its sidecar beside it).
     pub fn export_dialog(&mut self, figure: Figure, default_name: &str) {
-        self.dialogs.ask(Request { purpose: Purpose::Export(figure), start: None, name: default_name.into() });
+        self.runtime.dialogs.ask(Request { purpose: Purpose::Export(figure), start: None, name: default_name.into() });
     }
 
     /// The figure of what the main view shows now.
     pub fn current_figure(&self) -> Figure {
         let s = &self.settings;
-        let head = match s.head {
-            Head::Mean => None,
-            Head::One(h) => Some(h),
-        };
+        let view = s.view();
         // A map of the reduced model is its run's, as on screen.
-        let reduced = s.source == MapSource::Reduced;
-        let (view, needs_run) = match s.overlay {
-            Overlay::Attention => (View::Attention { layer: s.layer, head }, reduced),
-            Overlay::Rollout => (View::Rollout, reduced),
-            Overlay::TokenNorms => (View::TokenNorms { layer: s.layer }, reduced),
-            Overlay::Scores => (View::Scores, true),
-            Overlay::Tokens => (View::Tokens, true),
-        };
+        let needs_run = !view.has_source() || s.source == MapSource::Reduced;
         let source = if s.overlay.has_source() { s.source } else { MapSource::Full };
         Figure::Panel { view, run: needs_run.then(|| s.spec.clone()), source }
     }
@@ -640,18 +713,18 @@ impl TokenlensApp {
     /// What the compare view shows, as a grid figure.
     pub fn compare_figure(&self) -> Figure {
         // The output row shows saliency maps; other outputs are not maps.
-        self.settings.compare_figure(self.opened.as_ref().is_some_and(|o| o.analysis.output.is_map()))
+        self.settings.compare_figure(self.results.opened.as_ref().is_some_and(|o| o.analysis.output.is_map()))
     }
 
     fn submit_export(&mut self, figure: Figure, path: PathBuf, force: bool) {
-        self.status = format!("Exporting {}…", path.display());
-        let look = self.export_options.look(&self.settings);
-        self.worker.submit(Job::Export { figure, look, path, force });
+        self.screen.status = format!("Exporting {}…", path.display());
+        let look = self.screen.export_options.look(&self.settings);
+        self.runtime.worker.submit(Job::Export { figure, look, path, force });
     }
 
     /// Asks before replacing an existing figure or sidecar.
     fn overwrite_ui(&mut self, ctx: &egui::Context) {
-        let Some((figure, path)) = self.confirm_overwrite.clone() else { return };
+        let Some((figure, path)) = self.runtime.confirm_overwrite.clone() else { return };
         let mut answer = None;
         egui::Modal::new(egui::Id::unique("tokenlens-overwrite")).show(ctx, |ui| {
             ui.heading("Replace the existing figure?");
@@ -666,19 +739,19 @@ impl TokenlensApp {
             });
         });
         if let Some(replace) = answer {
-            self.confirm_overwrite = None;
+            self.runtime.confirm_overwrite = None;
             if replace {
-                self.submit_export(figure, path, true);
+                self.command(Command::Export { figure, path, force: true });
             }
         }
     }
 
-    /// Draws the in-app browser if it is on screen, and acts on a picked path.
+    /// Draws the in-app browser if it is on screen, and queues what a picked path asks for.
     fn dialogs_ui(&mut self, ctx: &egui::Context) {
-        let (purpose, path, picker) = match self.dialogs.ui(ctx) {
+        let (purpose, path, picker) = match self.runtime.dialogs.ui(ctx) {
             None => return,
             Some(Outcome::FellBack) => {
-                self.status = "No system file dialog here (no desktop portal, no zenity): the built-in browser \
+                self.screen.status = "No system file dialog here (no desktop portal, no zenity): the built-in browser \
                                is open; type or paste a path in its top line"
                     .into();
                 return;
@@ -686,25 +759,20 @@ impl TokenlensApp {
             Some(Outcome::Picked(purpose, path, picker)) => (purpose, path, picker),
         };
         match purpose {
-            Purpose::Open => self.open(path),
-            Purpose::Model => self.switch_model(ModelSource::File(path)),
+            Purpose::Open => self.command(Command::Open(path)),
+            Purpose::Model => self.command(Command::SwitchModel(ModelSource::File(path))),
             Purpose::Export(figure) => {
                 let picked = path.clone();
                 let path = if path.extension().is_none() { path.with_extension("svg") } else { path };
                 // The system dialog has asked already about the file it returned.
                 let confirmed = (picker == Picker::System).then_some(picked.as_path());
                 if ask_before_replacing(&path, confirmed) {
-                    self.confirm_overwrite = Some((figure, path));
+                    self.runtime.confirm_overwrite = Some((figure, path));
                 } else {
-                    self.submit_export(figure, path, false);
+                    self.command(Command::Export { figure, path, force: false });
                 }
             }
         }
-    }
-
-    fn fresh_id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
     }
 
     /// Submits what the settings ask for and was not asked yet.
@@ -713,34 +781,34 @@ impl TokenlensApp {
             self.submit_vlm_changes();
             return;
         }
-        if self.opened.is_none() || self.opening {
+        if self.results.opened.is_none() || self.results.opening {
             return;
         }
         let spec = self.settings.spec.clone();
-        if self.sent_spec.as_ref() != Some(&spec) {
-            let id = self.fresh_id();
-            self.run.submitted(id);
-            self.worker.submit(Job::Run { id, spec: spec.clone() });
-            self.sent_spec = Some(spec.clone());
+        if self.results.sent_spec.as_ref() != Some(&spec) {
+            let id = self.runtime.fresh_id();
+            self.results.run.submitted(id);
+            self.runtime.worker.submit(Job::Run { id, spec: spec.clone() });
+            self.results.sent_spec = Some(spec.clone());
         }
         // The drift curve depends on everything but the budget.
         let key = RunSpec { budget: Budget::Keep(1), ..spec };
-        if self.drift_key.as_ref() != Some(&key) {
-            self.drift_id = self.fresh_id();
-            self.drift.clear();
+        if self.results.drift_key.as_ref() != Some(&key) {
+            self.results.drift_id = self.runtime.fresh_id();
+            self.results.drift.clear();
             // Popped from the end: coarse presets first, then the rest of the curve.
             let mut ratios: Vec<f64> = (1..=19).map(|i| f64::from(i) * 0.05).collect();
             ratios.extend(crate::reduce::budget::PRESETS_REMOVED.iter().rev());
-            self.worker.submit(Job::Sweep { id: self.drift_id, spec: key.clone(), fractions: ratios });
-            self.drift_key = Some(key);
+            self.runtime.worker.submit(Job::Sweep { id: self.results.drift_id, spec: key.clone(), fractions: ratios });
+            self.results.drift_key = Some(key);
         }
         if self.settings.tab == Tab::Compare {
             let specs = self.settings.compare_specs();
-            if self.sent_compare.as_ref() != Some(&specs) {
-                let id = self.fresh_id();
-                self.compared.submitted(id);
-                self.worker.submit(Job::Compare { id, specs: specs.clone() });
-                self.sent_compare = Some(specs);
+            if self.results.sent_compare.as_ref() != Some(&specs) {
+                let id = self.runtime.fresh_id();
+                self.results.compared.submitted(id);
+                self.runtime.worker.submit(Job::Compare { id, specs: specs.clone() });
+                self.results.sent_compare = Some(specs);
             }
         }
     }
@@ -789,25 +857,27 @@ impl TokenlensApp {
         if let Some(o) = self.vlm.as_ref().and_then(VlmState::opened) {
             return o.run.num_image_tokens; // a split image's global tokens are off the grid
         }
-        self.opened.as_ref().map_or(256, |o| o.analysis.grid[0] * o.analysis.grid[1])
+        self.results.opened.as_ref().map_or(256, |o| o.analysis.grid[0] * o.analysis.grid[1])
     }
 
     /// Patches (VLM: image tokens) of the result on screen; none before the first one.
     pub fn known_num_patches(&self) -> Option<usize> {
         match &self.vlm {
             Some(vlm) => vlm.opened().map(|o| o.run.num_image_tokens),
-            None => self.opened.as_ref().map(|o| o.analysis.grid[0] * o.analysis.grid[1]),
+            None => self.results.opened.as_ref().map(|o| o.analysis.grid[0] * o.analysis.grid[1]),
         }
     }
 
     pub fn num_layers(&self) -> usize {
-        self.opened.as_ref().map_or(12, |o| o.analysis.cls_attention.len())
+        self.results.opened.as_ref().map_or(12, |o| o.analysis.cls_attention.len())
     }
 
     fn help_ui(&mut self, ctx: &egui::Context) {
-        egui::Window::new("Keyboard shortcuts").open(&mut self.show_help).resizable(false).collapsible(false).show(
-            ctx,
-            |ui| {
+        egui::Window::new("Keyboard shortcuts")
+            .open(&mut self.screen.show_help)
+            .resizable(false)
+            .collapsible(false)
+            .show(ctx, |ui| {
                 egui::Grid::new("shortcuts").num_columns(2).striped(true).show(ui, |ui| {
                     for (keys, what) in [
                         ("Ctrl+O", "open an image"),
@@ -825,8 +895,7 @@ impl TokenlensApp {
                         ui.end_row();
                     }
                 });
-            },
-        );
+            });
     }
 
     /// With `--screenshot`: once a reduced result is on screen and no texture changes any more,
@@ -835,7 +904,7 @@ impl TokenlensApp {
         let Some(path) = self.capture.path.clone() else { return };
         if self.capture.done.load(std::sync::atomic::Ordering::Acquire) {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
-        } else if !self.capture.requested && self.result_on_screen() && self.textures.is_settled() {
+        } else if !self.capture.requested && self.result_on_screen() && self.runtime.textures.is_settled() {
             if !self.pressed_ui() || !self.exported_ui() {
                 ctx.request_repaint();
                 return;
@@ -844,8 +913,8 @@ impl TokenlensApp {
             let summary = match (&self.vlm, self.capture.press) {
                 (Some(vlm), _) => Some(vlm.summary()),
                 (None, Some(_)) => Some(serde_json::json!({
-                    "in_app_browser": self.dialogs.in_app_open(),
-                    "status": self.status,
+                    "in_app_browser": self.runtime.dialogs.in_app_open(),
+                    "status": self.screen.status,
                 })),
                 (None, None) => None,
             };
@@ -906,12 +975,12 @@ impl TokenlensApp {
             self.capture.pressed_at = Some(Instant::now());
             return false;
         };
-        if self.dialogs.in_app_open() {
+        if self.runtime.dialogs.in_app_open() {
             let since = *self.capture.in_app_since.get_or_insert_with(Instant::now);
             return since.elapsed().as_secs_f32() > 0.5;
         }
         // A system dialog that has answered (or a cancelled one): give it time to come back.
-        !self.dialogs.is_open() && at.elapsed().as_secs_f32() > 0.5
+        !self.runtime.dialogs.is_open() && at.elapsed().as_secs_f32() > 0.5
     }
 
     /// With `--export-to`: exports the figure on screen there once, then true once it is written
@@ -922,11 +991,11 @@ impl TokenlensApp {
             let path = e.path.clone();
             match self.figure_on_screen() {
                 Some((figure, _)) => self.submit_export(figure, path, true),
-                None => self.error = Some("--export-to: nothing to export".into()),
+                None => self.screen.error = Some("--export-to: nothing to export".into()),
             }
             let e = self.capture.export_to.as_mut().expect("checked above");
             e.submitted = true;
-            e.done = self.error.is_some();
+            e.done = self.screen.error.is_some();
             return false;
         }
         e.done
@@ -936,16 +1005,19 @@ impl TokenlensApp {
     /// the compare view: its runs too).
     fn result_on_screen(&self) -> bool {
         let compared = self.settings.tab == Tab::Single
-            || self.vlm.as_ref().map_or(self.compared.value.is_some(), |v| v.compared.value.is_some());
+            || self.vlm.as_ref().map_or(self.results.compared.value.is_some(), |v| v.compared.value.is_some());
         compared
             && match &self.vlm {
                 Some(v) => v.run.value.is_some() && !v.busy() && v.sweep_done(),
-                None => self.run.value.is_some() && !self.run.pending && !self.compared.pending,
+                None => self.results.run.value.is_some() && !self.results.run.pending && !self.results.compared.pending,
             }
     }
 
     fn busy(&self) -> bool {
-        self.opening || self.run.pending || self.compared.pending || self.vlm.as_ref().is_some_and(VlmState::busy)
+        self.results.opening
+            || self.results.run.pending
+            || self.results.compared.pending
+            || self.vlm.as_ref().is_some_and(VlmState::busy)
     }
 }
 
@@ -956,7 +1028,7 @@ impl eframe::App for TokenlensApp {
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
-        while let Ok(event) = self.worker.events.try_recv() {
+        while let Ok(event) = self.runtime.worker.events.try_recv() {
             self.apply(event);
         }
         let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());
@@ -967,7 +1039,9 @@ impl eframe::App for TokenlensApp {
 
         egui::Panel::top("tabs").show(ui, |ui| self.top_bar_ui(ui));
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
-        egui::Panel::left("controls").size_range(260.0..=360.0).default_size(280.0).show(ui, |ui| {
+        // Opened at its widest: a method with wider parameters (ToMe's) cannot widen it and make
+        // the image jump.
+        egui::Panel::left("controls").size_range(260.0..=CONTROLS_WIDTH).default_size(CONTROLS_WIDTH).show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| controls::controls_ui(self, ui));
         });
         match self.settings.tab {
@@ -996,7 +1070,7 @@ impl eframe::App for TokenlensApp {
         self.help_ui(&ctx);
         self.dialogs_ui(&ctx);
         self.overwrite_ui(&ctx);
-        self.export_options.ui(&ctx);
+        self.screen.export_options.ui(&ctx);
         drop_hint_ui(&ctx);
         self.apply_commands(&ctx);
         self.submit_changes();
@@ -1016,7 +1090,7 @@ impl TokenlensApp {
             return;
         }
         if let Err(e) = self.settings.save() {
-            self.status = format!("settings not saved: {e}");
+            self.screen.status = format!("settings not saved: {e}");
         }
         (self.settings_file.saved, self.settings_file.at) = (self.settings.clone(), Instant::now());
     }
@@ -1044,9 +1118,10 @@ impl TokenlensApp {
                     }
                 };
                 if ui.button("Export options").on_hover_text("Size, DPI, font scale, title, key").clicked() {
-                    self.export_options.open = !self.export_options.open;
+                    self.command(Command::ToggleExportOptions);
                 }
-                let on_screen = self.opened.is_some() || self.vlm.as_ref().is_some_and(|v| v.opened().is_some());
+                let on_screen =
+                    self.results.opened.is_some() || self.vlm.as_ref().is_some_and(|v| v.opened().is_some());
                 if ui.add_enabled(on_screen, egui::Button::new(label)).on_hover_text(hint).clicked() {
                     self.command(Command::ExportView);
                 }
@@ -1063,7 +1138,7 @@ impl TokenlensApp {
             if self.busy() {
                 ui.spinner();
             }
-            match &self.error {
+            match &self.screen.error {
                 Some(e) => {
                     ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}")).on_hover_text(e);
                     if ui.small_button("dismiss").clicked() {
@@ -1071,11 +1146,11 @@ impl TokenlensApp {
                     }
                 }
                 None => {
-                    ui.label(&self.status);
+                    ui.label(&self.screen.status);
                 }
             }
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                if let Some(ms) = self.run.latency_ms {
+                if let Some(ms) = self.results.run.latency_ms {
                     ui.label(egui::RichText::new(format!("last update {ms:.0} ms")).weak());
                 }
             });
@@ -1182,17 +1257,41 @@ mod tests {
     fn panel_commands_wait_until_the_frame_is_drawn() {
         let ctx = egui::Context::default();
         let mut app = TokenlensApp::new(&ctx, ModelSource::Default, None, Settings::default());
-        let (dark, label) = (app.settings.dark, app.image_source.as_ref().map(|s| s.label.clone()));
+        let (dark, label) = (app.settings.dark, app.results.image.as_ref().map(|s| s.label.clone()));
         app.command(Command::ToggleTheme);
         app.command(Command::Open(PathBuf::from("/img/next.png")));
         app.command(Command::ToggleHelp);
         // Queued: nothing a later panel of this frame reads has changed.
-        assert_eq!((app.settings.dark, app.image_source.as_ref().map(|s| s.label.clone())), (dark, label));
-        assert!(!app.show_help);
+        assert_eq!((app.settings.dark, app.results.image.as_ref().map(|s| s.label.clone())), (dark, label));
+        assert!(!app.screen.show_help);
         app.apply_commands(&ctx);
         assert_eq!(app.settings.dark, !dark);
-        assert_eq!(app.image_source.as_ref().map(|s| s.label.clone()), Some(PathBuf::from("/img/next.png")));
-        assert!(app.show_help && app.commands.is_empty());
+        assert_eq!(app.results.image.as_ref().map(|s| s.label.clone()), Some(PathBuf::from("/img/next.png")));
+        assert!(app.screen.show_help && app.commands.is_empty());
+    }
+
+    #[test]
+    fn token_pins_exports_and_the_options_window_wait_until_the_frame_is_drawn() {
+        let ctx = egui::Context::default();
+        let mut app = TokenlensApp::new(&ctx, ModelSource::Default, None, Settings::default());
+        app.vlm = Some(VlmState::new("tiny".into(), 2, None));
+        let picked = |app: &TokenlensApp| app.vlm.as_ref().and_then(|v| v.picked);
+        let pick = Pick { reduced: true, index: 1 };
+        let path = PathBuf::from("/nonexistent/figure.svg");
+        app.command(Command::PickToken(pick));
+        app.command(Command::ToggleExportOptions);
+        app.command(Command::Export { figure: app.current_figure(), path: path.clone(), force: false });
+        assert_eq!(picked(&app), None);
+        assert!(!app.screen.export_options.open);
+        assert!(!app.screen.status.starts_with("Exporting"), "{}", app.screen.status);
+        app.apply_commands(&ctx);
+        assert_eq!(picked(&app), Some(pick));
+        assert!(app.screen.export_options.open);
+        assert_eq!(app.screen.status, format!("Exporting {}…", path.display()));
+        // A second click on the pinned token unpins it.
+        app.command(Command::PickToken(pick));
+        app.apply_commands(&ctx);
+        assert_eq!(picked(&app), None);
     }
 
     #[test]

@@ -5,17 +5,17 @@ use eframe::egui;
 use egui_plot::{Bar, BarChart, Line, Plot, PlotPoints, Points, VLine};
 
 use super::TokenlensApp;
-use super::widgets::removed_percent;
+use super::widgets::{flops, labels_ui, removed_percent};
 use super::worker::Opened;
 use crate::analysis::metrics::Fidelity;
 use crate::figures;
-use crate::session::{EncoderRun, Output};
+use crate::session::EncoderRun;
 
 const THUMB: u32 = 320;
 
 pub fn output_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
-    let Some(opened) = app.opened.clone() else { return };
-    let run = app.run.value.clone();
+    let Some(opened) = app.results.opened.clone() else { return };
+    let run = app.results.run.value.clone();
     let full_output = &opened.analysis.output;
     if full_output.is_map() {
         saliency_pair_ui(app, ui, &opened, run.as_deref());
@@ -50,11 +50,11 @@ fn saliency_pair_ui(app: &mut TokenlensApp, ui: &mut egui::Ui, opened: &Opened, 
     let cm = app.settings.colormap;
     ui.strong("Output: saliency, full vs reduced");
     let width = (ui.available_width() - 8.0) / 2.0;
-    let full_tex = app.textures.get(ui.ctx(), "out_full", format!("{:?}|{cm:?}", opened.label), || {
+    let full_tex = app.runtime.textures.get(ui.ctx(), "out_full", format!("{:?}|{cm:?}", opened.label), || {
         figures::saliency_body(&opened.input, &opened.analysis.output, cm, THUMB)
     });
     let reduced_tex = run.map(|r| {
-        app.textures.get(ui.ctx(), "out_reduced", format!("{:?}|{cm:?}|{:?}", opened.label, r.spec), || {
+        app.runtime.textures.get(ui.ctx(), "out_reduced", format!("{:?}|{cm:?}|{:?}", opened.label, r.spec), || {
             figures::saliency_body(&opened.input, &r.output, cm, THUMB)
         })
     });
@@ -75,32 +75,6 @@ fn saliency_pair_ui(app: &mut TokenlensApp, ui: &mut egui::Ui, opened: &Opened, 
         }
     });
     ui.label(egui::RichText::new("saliency on a fixed 0–1 scale, same colormap").small().weak());
-}
-
-/// The most probable labels with the full and the reduced model's probabilities.
-pub fn labels_ui(ui: &mut egui::Ui, full: &Output, reduced: Option<&Output>) {
-    let bar = ((ui.available_width() - 110.0) / 2.0).clamp(36.0, 90.0);
-    egui::Grid::new(ui.next_auto_id()).num_columns(3).spacing([8.0, 4.0]).show(ui, |ui| {
-        ui.label("");
-        ui.label(egui::RichText::new("full").small());
-        ui.label(egui::RichText::new("reduced").small());
-        ui.end_row();
-        let index = |o: &Output, label: &str| o.labels.iter().position(|l| l == label);
-        for (label, p) in full.top(8) {
-            ui.label(&label);
-            ui.add(egui::ProgressBar::new(p).text(format!("{p:.3}")).desired_width(bar));
-            match reduced.and_then(|r| index(r, &label).map(|i| r.values[i])) {
-                Some(q) => ui.add(egui::ProgressBar::new(q).text(format!("{q:.3}")).desired_width(bar)),
-                None => ui.spinner(),
-            };
-            ui.end_row();
-        }
-    });
-}
-
-/// "12.13 G", "38.2 M".
-pub(super) fn flops(v: f64) -> String {
-    if v >= 1e9 { format!("{:.2} G", v / 1e9) } else { format!("{:.1} M", v / 1e6) }
 }
 
 pub fn fidelity_ui(ui: &mut egui::Ui, f: &Fidelity) {
@@ -131,7 +105,7 @@ pub fn fidelity_ui(ui: &mut egui::Ui, f: &Fidelity) {
 
 fn drift_plot_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
     let now = removed_percent(&app.settings.spec.budget);
-    let points = app.drift.clone();
+    let points = app.results.drift.clone();
     let computing = points.len() < 23;
     Plot::new("drift")
         .height(150.0)
@@ -182,7 +156,7 @@ fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui, r: &EncoderRun) {
         ui.label("full run");
         ui.monospace(format!("{:.0} ms", r.timings_ms.full_ms));
         ui.end_row();
-        if let Some(ms) = app.run.latency_ms {
+        if let Some(ms) = app.results.run.latency_ms {
             ui.label("slider to screen").on_hover_text("from the settings change to the result arriving");
             ui.monospace(format!("{ms:.0} ms"));
             ui.end_row();

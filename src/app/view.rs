@@ -2,95 +2,34 @@
 //! that tells, for the patch under the pointer, its value, rank, fate and group.
 
 use eframe::egui;
-use egui::{Color32, Pos2, Rect, Stroke};
+use egui::Color32;
 
-use super::{Head, MapSource, Overlay, TokenlensApp};
+use super::widgets::{
+    Fate, GridFrame, ValueMap, colorbar_ui, image_scene_ui, map_of, mark_role, patch_info, token_legend,
+};
+use super::{MapSource, Overlay, TokenlensApp};
 use crate::figures;
 use crate::reduce::ReducerConfig;
 use crate::reduce::hiprune::{self, Role};
-use crate::render::{Colormap, Placement};
-use crate::session::{EncoderRun, ImageInput};
+use crate::session::EncoderRun;
 
 /// Longest side of the on-screen overlay, in texture pixels.
 const VIEW_SIDE: u32 = 768;
 
-/// A per-patch value map for the current overlay, with a legend title.
-pub struct ValueMap {
-    pub title: String,
-    pub values: Vec<f32>,
-}
-
 /// The values the current overlay shows per patch (none for the token view, and none while the
 /// reduced run a reduced-model map needs is on its way).
 pub fn value_map(app: &TokenlensApp) -> Option<ValueMap> {
-    let opened = app.opened.as_ref()?;
+    let opened = app.results.opened.as_ref()?;
     let s = &app.settings;
-    let run = app.run.value.as_deref();
+    let run = app.results.run.value.as_deref();
     map_of(&opened.analysis, run, s.overlay, s.layer, s.head, s.source)
 }
 
-/// The map `overlay` shows, from the full model's `analysis` or from `run`'s reduced model
-/// (`source`), titled with where it comes from.
-pub fn map_of(
-    a: &crate::session::Analysis,
-    run: Option<&crate::session::EncoderRun>,
-    overlay: Overlay,
-    layer: usize,
-    head: Head,
-    source: MapSource,
-) -> Option<ValueMap> {
-    let layer = layer.min(a.cls_attention.len() - 1);
-    let attention = if a.num_special > 0 { "CLS attention" } else { "Attention received" };
-    let (from, maps) = match source {
-        MapSource::Full => ("full model".to_string(), None),
-        MapSource::Reduced if overlay.has_source() => {
-            // No maps: the method changed no block, so the full model's are the reduced one's.
-            let run = run?;
-            let maps = match &run.maps {
-                Some(lazy) => Some(lazy.get().ok()?),
-                None => None,
-            };
-            (figures::reduced_label(run), maps)
-        }
-        MapSource::Reduced => (String::new(), None),
-    };
-    let figures::MapsRef { cls_attention, cls_attention_heads, rollout, token_norms } =
-        maps.map_or_else(|| figures::MapsRef::of_analysis(a), figures::MapsRef::of_run);
-    Some(match overlay {
-        Overlay::Attention => match head {
-            Head::Mean => ValueMap {
-                title: format!("{attention}, layer {layer}, mean of heads ({from})"),
-                values: cls_attention.get(layer)?.clone(),
-            },
-            Head::One(h) => ValueMap {
-                title: format!("{attention}, layer {layer}, head {h} ({from})"),
-                values: cls_attention_heads.get(layer)?.get(h)?.clone(),
-            },
-        },
-        Overlay::Rollout => {
-            ValueMap { title: format!("Attention rollout, all layers ({from})"), values: rollout.to_vec() }
-        }
-        Overlay::TokenNorms => ValueMap {
-            title: format!("Token norms after layer {layer} ({from})"),
-            values: token_norms.get(layer)?.clone(),
-        },
-        Overlay::Scores => {
-            let run = run?;
-            let scores = run.scores.as_ref()?;
-            ValueMap {
-                title: format!("{} score: {}", run.reducer().info().label, figures::score_name(run.reducer())),
-                values: scores.iter().map(|v| v.unwrap_or(f32::NAN)).collect(),
-            }
-        }
-        Overlay::Tokens => return None,
-    })
-}
-
 pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
-    app.textures.begin_frame();
-    let Some(opened) = app.opened.clone() else {
+    app.runtime.textures.begin_frame();
+    let Some(opened) = app.results.opened.clone() else {
         ui.centered_and_justified(|ui| {
-            if app.opening {
+            if app.results.opening {
                 ui.spinner();
             } else {
                 ui.label(egui::RichText::new("Open an image (Ctrl+O) or drop a PNG or JPEG here").heading().weak());
@@ -100,7 +39,7 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     };
     let grid = opened.analysis.grid;
     let map = value_map(app);
-    let run = app.run.value.clone();
+    let run = app.results.run.value.clone();
     let s = app.settings.clone();
 
     // Header: what is shown, and its colour scale.
@@ -136,14 +75,14 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 
     let key_common = format!("{:?}|{:?}|{}|{:?}", opened.label, s.colormap, s.opacity, s.scale);
     let tex = match (&map, &run) {
-        (Some(m), _) => Some(app.textures.get(
+        (Some(m), _) => Some(app.runtime.textures.get(
             ui.ctx(),
             "main",
             format!("{key_common}|{}|{:?}", m.title, run.as_ref().map(|r| r.spec.clone())),
             || figures::grid_map_body(&opened.input, grid, &m.values, s.colormap, s.scale.norm(), s.opacity, VIEW_SIDE),
         )),
         (None, Some(r)) => {
-            Some(app.textures.get(ui.ctx(), "main", format!("{key_common}|tokens|{:?}", r.spec), || {
+            Some(app.runtime.textures.get(ui.ctx(), "main", format!("{key_common}|tokens|{:?}", r.spec), || {
                 figures::tokens_body(&opened.input, grid, r, s.opacity, VIEW_SIDE)
             }))
         }
@@ -160,7 +99,7 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let shows_run = matches!(s.overlay, Overlay::Tokens | Overlay::Scores)
         || (s.overlay.has_source() && s.source == MapSource::Reduced);
     if shows_run
-        && app.run.is_stale()
+        && app.results.run.is_stale()
         && let Some(r) = &run
     {
         ui.horizontal(|ui| {
@@ -174,7 +113,8 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     if map.is_none()
         && let Some(r) = &run
     {
-        token_legend(ui, r.reducer().info().merges, &r.groups);
+        let note = figures::special_tokens_note(opened.analysis.num_special);
+        token_legend(ui, r.reducer().info().merges, &r.groups, note.as_deref());
     }
     let roles = run.as_deref().and_then(|r| hiprune_roles(r, grid)).unwrap_or_default();
     if map.is_none() && !roles.is_empty() {
@@ -183,7 +123,7 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let frame = GridFrame::of(&opened.input, grid);
     let groups = run.as_ref().map(|r| r.groups.as_slice());
     let marks = if map.is_none() { roles.as_slice() } else { &[] };
-    image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, marks, |patch| {
+    image_scene_ui(ui, &mut app.screen.scene_rect, &tex, &frame, groups, marks, |patch| {
         let fate = run.as_deref().map(|r| Fate {
             method: r.reducer().info().label.to_string(),
             scores: r.scores.as_deref(),
@@ -238,296 +178,9 @@ fn roles_legend(ui: &mut egui::Ui) {
     });
 }
 
-/// One role's mark in a patch's rectangle: anchors a filled dot, buffers a ring, registers a
-/// small hollow square.
-fn mark_role(painter: &egui::Painter, rect: Rect, role: Role) {
-    let r = 0.3 * rect.width().min(rect.height());
-    match role {
-        Role::Anchor => {
-            painter.circle(rect.center(), r, Color32::from_rgb(255, 150, 0), Stroke::new(1.0, Color32::BLACK));
-        }
-        Role::Buffer => {
-            painter.circle_stroke(rect.center(), r, Stroke::new(1.5, Color32::from_rgb(255, 210, 60)));
-        }
-        Role::Register => {
-            // Hollow: registers are most of the kept patches, and the photo must stay visible.
-            let square = Rect::from_center_size(rect.center(), egui::vec2(r, r));
-            painter.rect_stroke(
-                square,
-                0.0,
-                Stroke::new(1.5, Color32::from_rgb(80, 200, 255)),
-                egui::StrokeKind::Outside,
-            );
-        }
-    }
-}
-
-/// What each way of drawing a token means, as a row of swatches drawn like the figure draws it:
-/// kept (the photo, outlined), merged (tinted) or, for pruning methods, fused (tinted, hatched),
-/// and dropped (faded).
-/// The middle swatch only where it applies: merge methods, or a run that fused some patches.
-pub fn token_legend(ui: &mut egui::Ui, merges: bool, groups: &[Vec<u32>]) {
-    let fused = !merges;
-    let shows_groups = merges || groups.iter().any(|g| g.len() > 1);
-    let photo = egui::Color32::from_rgb(150, 130, 100);
-    let tint = egui::Color32::from_rgb(110, 120, 160);
-    let faded = egui::Color32::from_rgb(62, 57, 49); // `photo` 75 % towards #202020
-    let white = egui::Stroke::new(1.5, egui::Color32::WHITE);
-    let swatch = |ui: &mut egui::Ui, fill: egui::Color32, outline: bool, hatch: bool, label: &str, tip: &str| {
-        let (rect, _) = ui.allocate_exact_size(egui::vec2(14.0, 14.0), egui::Sense::hover());
-        let painter = ui.painter();
-        painter.rect_filled(rect, 0.0, fill);
-        if hatch {
-            for i in 0..4 {
-                let x = rect.left() + i as f32 * 5.0;
-                painter.line_segment([Pos2::new(x, rect.bottom()), Pos2::new(x + 14.0, rect.top())], white);
-            }
-        }
-        if outline {
-            painter.rect_stroke(rect, 0.0, white, egui::StrokeKind::Inside);
-        }
-        ui.label(label).on_hover_text(tip);
-    };
-    ui.horizontal(|ui| {
-        ui.spacing_mut().item_spacing.x = 4.0;
-        swatch(ui, photo, true, false, "kept  ", "a patch kept as itself: the photo, outlined");
-        if shows_groups && fused {
-            swatch(ui, tint, true, true, "fused  ", "patches fused into one token: tinted by opacity, hatched");
-        } else if shows_groups {
-            swatch(ui, tint, true, false, "merged  ", "patches merged into one token: tinted by opacity, outlined");
-        }
-        swatch(ui, faded, false, false, "dropped", "a patch no token carries: faded");
-    });
-}
-
-/// A grid of tokens over a photo: the photo's size, where the grid's canvas lies, its shape.
-#[derive(Debug, Clone, Copy)]
-pub struct GridFrame {
-    pub photo: (u32, u32),
-    pub place: Placement,
-    pub grid: [usize; 2],
-}
-
-impl GridFrame {
-    pub fn of(input: &ImageInput, grid: [usize; 2]) -> Self {
-        Self { photo: input.photo.dimensions(), place: figures::grid_placement(input, grid), grid }
-    }
-}
-
-/// The image in a pan-and-zoom scene; under the pointer, the token's outline (and its merge
-/// group's) and a tooltip with `info(token)`. A double-click fits the image again.
-pub fn image_scene_ui(
-    ui: &mut egui::Ui,
-    scene_rect: &mut Rect,
-    tex: &egui::TextureHandle,
-    frame: &GridFrame,
-    groups: Option<&[Vec<u32>]>,
-    roles: &[Option<Role>],
-    info: impl Fn(usize) -> String,
-) {
-    let size = tex.size_vec2();
-    // The scroll wheel zooms, as the help says (egui's default pans; drag pans).
-    let response = egui::Scene::new().zoom_range(0.2..=12.0).scroll_zooms(true).show(ui, scene_rect, |ui| {
-        let img = ui.add(egui::Image::new(tex).fit_to_exact_size(size).sense(egui::Sense::click()));
-        for (patch, role) in roles.iter().enumerate() {
-            if let Some(role) = role {
-                mark_role(ui.painter(), patch_rect(frame, img.rect, patch), *role);
-            }
-        }
-        if let Some(pos) = img.hover_pos()
-            && let Some(patch) = patch_at(frame, img.rect, pos)
-        {
-            highlight(ui, frame, img.rect, patch, groups);
-            let info = info(patch);
-            img.clone().on_hover_ui_at_pointer(|ui| {
-                ui.label(info);
-            });
-        }
-        img.double_clicked()
-    });
-    if response.inner {
-        *scene_rect = Rect::ZERO; // fit again
-    }
-}
-
-/// The patch under `pos`, if the point is on the model's grid.
-pub fn patch_at(frame: &GridFrame, image_rect: Rect, pos: Pos2) -> Option<usize> {
-    let ((pw, ph), place, grid) = (frame.photo, frame.place, frame.grid);
-    // Screen -> photo pixels -> grid cell.
-    let x = (pos.x - image_rect.left()) / image_rect.width() * pw as f32;
-    let y = (pos.y - image_rect.top()) / image_rect.height() * ph as f32;
-    let col = ((x - place.x0) / (place.x1 - place.x0) * grid[1] as f32).floor();
-    let row = ((y - place.y0) / (place.y1 - place.y0) * grid[0] as f32).floor();
-    let inside = (0.0..grid[1] as f32).contains(&col) && (0.0..grid[0] as f32).contains(&row);
-    inside.then(|| row as usize * grid[1] + col as usize)
-}
-
-/// The screen rectangle of a patch (clipped to the photo).
-fn patch_rect(frame: &GridFrame, image_rect: Rect, patch: usize) -> Rect {
-    let ((pw, ph), place, grid) = (frame.photo, frame.place, frame.grid);
-    let (row, col) = ((patch / grid[1]) as f32, (patch % grid[1]) as f32);
-    let cell_w = (place.x1 - place.x0) / grid[1] as f32;
-    let cell_h = (place.y1 - place.y0) / grid[0] as f32;
-    let to_screen = |x: f32, y: f32| {
-        Pos2::new(
-            image_rect.left() + x.clamp(0.0, pw as f32) / pw as f32 * image_rect.width(),
-            image_rect.top() + y.clamp(0.0, ph as f32) / ph as f32 * image_rect.height(),
-        )
-    };
-    let (x0, y0) = (place.x0 + col * cell_w, place.y0 + row * cell_h);
-    Rect::from_min_max(to_screen(x0, y0), to_screen(x0 + cell_w, y0 + cell_h))
-}
-
-/// Outlines the hovered patch and, if it was merged, every patch of its group.
-pub fn highlight(ui: &egui::Ui, frame: &GridFrame, image_rect: Rect, patch: usize, groups: Option<&[Vec<u32>]>) {
-    let painter = ui.painter();
-    if let Some(group) = groups.and_then(|gs| gs.iter().find(|g| g.contains(&(patch as u32))))
-        && group.len() > 1
-    {
-        for &p in group {
-            painter.rect_stroke(
-                patch_rect(frame, image_rect, p as usize),
-                0.0,
-                Stroke::new(1.5, Color32::from_rgb(255, 200, 0)),
-                egui::StrokeKind::Inside,
-            );
-        }
-    }
-    painter.rect_stroke(
-        patch_rect(frame, image_rect, patch),
-        0.0,
-        Stroke::new(2.0, Color32::WHITE),
-        egui::StrokeKind::Outside,
-    );
-}
-
-/// What a reduced run did to the tokens: the method, its score per patch, the original
-/// tokens each surviving token carries, and the patch's role (HiPrune).
-pub struct Fate<'a> {
-    pub method: String,
-    pub scores: Option<&'a [Option<f32>]>,
-    pub groups: &'a [Vec<u32>],
-    pub role: Option<Role>,
-}
-
-/// "patch 37 (row 2, col 5) · value 0.0123, rank 4 of 256 · merged with 3 other patches".
-pub fn patch_info(patch: usize, grid: [usize; 2], map: Option<&ValueMap>, fate: Option<Fate>) -> String {
-    let mut lines = vec![format!("patch {patch}  (row {}, col {})", patch / grid[1], patch % grid[1])];
-    if let Some(m) = map
-        && let Some(&v) = m.values.get(patch)
-        && v.is_finite()
-    {
-        let rank = 1 + m.values.iter().filter(|&&o| o > v).count();
-        lines.push(format!("{}: {v:.5}  (rank {rank} of {})", short_title(&m.title), m.values.len()));
-    }
-    if let Some(f) = fate {
-        if let Some(scores) = f.scores
-            && let Some(score) = scores.get(patch).copied().flatten()
-        {
-            // Rank 1 = the highest score; patches without a score are not ranked.
-            let ranked = scores.iter().flatten().filter(|v| v.is_finite());
-            let rank = 1 + ranked.clone().filter(|&&o| o > score).count();
-            lines.push(format!("{} score: {score:.5}  (rank {rank} of {})", f.method, ranked.count()));
-        }
-        let what = match f.groups.iter().position(|g| g.contains(&(patch as u32))) {
-            None => "dropped".to_string(),
-            Some(i) if f.groups[i].len() == 1 => match f.role {
-                Some(role) => format!("kept (token {i}), {}", format!("{role:?}").to_lowercase()),
-                None => format!("kept (token {i})"),
-            },
-            Some(i) => {
-                let others = f.groups[i].len() - 1;
-                format!("merged into token {i} with {others} other patch{}", if others == 1 { "" } else { "es" })
-            }
-        };
-        lines.push(format!("{}: {what}", f.method));
-    }
-    lines.join("\n")
-}
-
-fn short_title(title: &str) -> &str {
-    title.split(',').next().unwrap_or(title)
-}
-
-pub fn finite_range(values: &[f32]) -> Option<(f32, f32)> {
-    let finite = values.iter().copied().filter(|v| v.is_finite());
-    let lo = finite.clone().fold(f32::INFINITY, f32::min);
-    let hi = finite.fold(f32::NEG_INFINITY, f32::max);
-    (lo <= hi).then_some((lo, hi))
-}
-
-/// A horizontal colour bar with its end values (min-max normalisation, as the overlay).
-/// The colour scale of a map of `values` under `scale`: the range it spans, its colours, its name.
-pub fn colorbar_ui(ui: &mut egui::Ui, colormap: Colormap, scale: super::MapScale, values: &[f32]) {
-    if finite_range(values).is_none() {
-        return;
-    }
-    let heat = crate::render::Heatmap::new(1, values.len(), values.to_vec());
-    let (lo, hi) = scale.norm().resolve(&heat);
-    ui.label(egui::RichText::new(format!("{lo:.3}")).small().monospace());
-    let (rect, _) = ui.allocate_exact_size(egui::vec2(160.0, 12.0), egui::Sense::hover());
-    let steps = 64;
-    for i in 0..steps {
-        let t = i as f32 / (steps - 1) as f32;
-        let [r, g, b] = colormap.rgb(t);
-        let x0 = rect.left() + rect.width() * i as f32 / steps as f32;
-        let x1 = rect.left() + rect.width() * (i + 1) as f32 / steps as f32;
-        ui.painter().rect_filled(
-            Rect::from_min_max(Pos2::new(x0, rect.top()), Pos2::new(x1 + 0.5, rect.bottom())),
-            0.0,
-            Color32::from_rgb(r, g, b),
-        );
-    }
-    ui.label(egui::RichText::new(format!("{hi:.3}")).small().monospace());
-    ui.label(egui::RichText::new(scale.label()).small().weak());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::preprocess;
-
-    fn input(w: u32, h: u32) -> ImageInput {
-        let photo = image::RgbImage::from_pixel(w, h, image::Rgb([90, 120, 150]));
-        let prepared = preprocess::prepare(&photo, 224, &candle_core::Device::Cpu).unwrap();
-        ImageInput { photo, prepared, sha256: String::new() }
-    }
-
-    #[test]
-    fn the_pointer_maps_to_the_patch_under_it() {
-        // A 448 x 224 photo sits in the middle rows of the canvas: the 16 x 16 grid covers
-        // y from -112 to 336 in photo pixels, so the photo shows grid rows 4..12.
-        let input = input(448, 224);
-        let rect = Rect::from_min_size(Pos2::new(100.0, 50.0), egui::vec2(448.0, 224.0)); // 1 px per photo px
-        let frame = GridFrame::of(&input, [16, 16]);
-        let at = |x: f32, y: f32| patch_at(&frame, rect, Pos2::new(100.0 + x, 50.0 + y));
-        assert_eq!(at(0.5, 0.5), Some(4 * 16));
-        assert_eq!(at(447.5, 223.5), Some(11 * 16 + 15));
-        assert_eq!(at(28.5, 0.5), Some(4 * 16 + 1)); // 28 photo px = one 14 px canvas cell
-        assert_eq!(at(-1.0, 10.0), None);
-        // And back: a patch's screen rectangle contains the point that found it.
-        let r = patch_rect(&frame, rect, 4 * 16 + 1);
-        assert!(r.contains(Pos2::new(128.5, 50.5)), "{r:?}");
-    }
-
-    #[test]
-    fn the_tooltip_tells_value_rank_and_fate() {
-        let map = ValueMap { title: "CLS attention, layer 3".into(), values: vec![0.1, 0.4, 0.2, 0.3] };
-        let text = patch_info(2, [2, 2], Some(&map), None);
-        assert!(text.contains("patch 2  (row 1, col 0)"), "{text}");
-        assert!(text.contains("CLS attention: 0.20000  (rank 3 of 4)"), "{text}");
-    }
-
-    #[test]
-    fn the_token_tooltip_tells_the_score_rank_and_hipruning_role() {
-        // The token view has no value map: the rank comes from the method's scores.
-        let scores = [Some(0.5), None, Some(0.9), Some(0.7)];
-        let groups = vec![vec![0], vec![2]];
-        let fate = Fate { method: "HiPrune".into(), scores: Some(&scores), groups: &groups, role: Some(Role::Anchor) };
-        let text = patch_info(0, [2, 2], None, Some(fate));
-        assert!(text.contains("HiPrune score: 0.50000  (rank 3 of 3)"), "{text}");
-        assert!(text.contains("HiPrune: kept (token 0), anchor"), "{text}");
-    }
 
     #[test]
     fn hiprune_roles_follow_its_picks() {
@@ -542,11 +195,5 @@ mod tests {
         assert_eq!(roles[..7], want);
         assert_eq!(roles[7..], [Some(Buffer), Some(Register)]);
         assert_eq!(roles_of(&ReducerConfig::from_name("tome").unwrap(), &scores, &kept, [3, 3]), None);
-    }
-
-    #[test]
-    fn colour_range_ignores_missing_values() {
-        assert_eq!(finite_range(&[f32::NAN, 0.5, -1.0, f32::INFINITY]), Some((-1.0, 0.5)));
-        assert_eq!(finite_range(&[f32::NAN]), None);
     }
 }

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use eframe::egui;
 use serde::{Deserialize, Serialize};
 
-use super::widgets::{self, method_entry, params_ui};
+pub use super::widgets::Pick;
+use super::widgets::{self, method_menu, params_ui};
 use super::worker::{Event, Job, OpenedImage, VlmOpened};
 use super::{Slot, TokenlensApp};
 use crate::export::Figure;
 use crate::export::vlm::AnswerToken;
 use crate::reduce::llm::LlmReducerConfig;
-use crate::reduce::{Budget, Capabilities, Method, PositionMode, ReducerConfig, Side};
+use crate::reduce::{Budget, Capabilities, Method, PositionMode, ReducerConfig};
 use crate::session::vlm::{SweepPoint, VlmRun, sweep_fractions};
 use crate::session::{Ask, RunResult, RunSpec};
 
@@ -82,13 +83,6 @@ impl Default for VlmSettings {
                 .collect(),
         }
     }
-}
-
-/// An answer token: of the full answer or of the reduced one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pick {
-    pub reduced: bool,
-    pub index: usize,
 }
 
 /// What the full run depends on: changing any of it runs the full model again.
@@ -323,11 +317,11 @@ impl TokenlensApp {
     /// The image-splitting switch starts from the folder's setting.
     pub(super) fn vlm_ready(&mut self, id: String, num_layers: usize, context: Option<usize>, split_image: bool) {
         self.settings.vlm.split_image = split_image;
-        self.status = format!("Vision-language model ready: {id}");
-        self.model_id = Some(id.clone());
-        self.opening = false;
-        self.opened = None;
-        self.forget_results();
+        self.screen.status = format!("Vision-language model ready: {id}");
+        self.model.id = Some(id.clone());
+        self.results.opening = false;
+        self.results.opened = None;
+        self.results.forget_runs();
         if let Some(l) = self.settings.vlm.view_layer {
             self.settings.vlm.view_layer = Some(l.min(num_layers.saturating_sub(1)));
         }
@@ -339,9 +333,10 @@ impl TokenlensApp {
     /// Submits the full run, the reduced run and the sweep the settings ask for and were not
     /// asked yet (the full run first: the others compare against it).
     pub(super) fn submit_vlm_changes(&mut self) {
-        let Some(source) = self.image_source.clone() else { return };
-        let settings = self.settings.vlm.clone();
-        let spec = settings.spec(self.settings.spec.budget, self.settings.spec.positions);
+        let (Some(vlm), Some(source)) = (self.vlm.as_mut(), self.results.image.as_ref()) else { return };
+        let (settings, shared) = (&self.settings.vlm, &self.settings.spec);
+        let runtime = &mut self.runtime;
+        let spec = settings.spec(shared.budget, shared.positions);
         let key = FullKey {
             image: source.label.clone(),
             question: settings.question.clone(),
@@ -349,55 +344,51 @@ impl TokenlensApp {
             view_layer: settings.view_layer,
             split_image: settings.split_image,
         };
-        let Some(vlm) = self.vlm.as_ref() else { return };
         if vlm.sent_full.as_ref() != Some(&key) {
-            let id = self.fresh_id();
-            let vlm = self.vlm.as_mut().expect("checked above");
+            let id = runtime.fresh_id();
             vlm.full.submitted(id);
             vlm.full_stream.clear();
             vlm.full_text.clear();
             vlm.sent_full = Some(key);
-            self.status = format!("Answering about {}…", source.label.display());
-            let ask =
-                Ask { prompt: settings.question, spec: RunSpec { method: None, ..spec }, split: settings.split_image };
-            self.worker.submit(Job::Open { id, source, ask });
+            self.screen.status = format!("Answering about {}…", source.label.display());
+            let ask = Ask {
+                prompt: settings.question.clone(),
+                spec: RunSpec { method: None, ..spec },
+                split: settings.split_image,
+            };
+            runtime.worker.submit(Job::Open { id, source: source.clone(), ask });
             return;
         }
         if vlm.full.pending || vlm.full.value.is_none() {
             return;
         }
         if vlm.sent_run.as_ref() != Some(&spec) {
-            let id = self.fresh_id();
-            let vlm = self.vlm.as_mut().expect("checked above");
+            let id = runtime.fresh_id();
             vlm.run.submitted(id);
             vlm.run_stream.clear();
             vlm.run_text.clear();
             vlm.sent_run = Some(spec.clone());
-            self.worker.submit(Job::Run { id, spec: spec.clone() });
+            runtime.worker.submit(Job::Run { id, spec: spec.clone() });
         }
         if self.settings.tab == super::Tab::Compare {
-            let specs = settings.compare_specs(self.settings.spec.budget, self.settings.spec.positions);
-            let vlm = self.vlm.as_ref().expect("checked above");
+            let specs = settings.compare_specs(shared.budget, shared.positions);
             if vlm.sent_compare.as_ref() != Some(&specs) {
-                let id = self.fresh_id();
-                let vlm = self.vlm.as_mut().expect("checked above");
+                let id = runtime.fresh_id();
                 vlm.compared.submitted(id);
                 vlm.sent_compare = Some(specs.clone());
-                self.worker.submit(Job::Compare { id, specs });
+                runtime.worker.submit(Job::Compare { id, specs });
             }
         }
         // The sweep depends on everything but the budget.
         let key = RunSpec { budget: Budget::Keep(1), ..spec };
-        let vlm = self.vlm.as_ref().expect("checked above");
         if vlm.sweep_key.as_ref() != Some(&key) {
-            let id = self.fresh_id();
-            let vlm = self.vlm.as_mut().expect("checked above");
+            let id = runtime.fresh_id();
             vlm.sweep_id = id;
             vlm.sweep.clear();
             vlm.sweep_stopped = false;
             vlm.sweep_key = Some(key.clone());
             // Popped from the end: the presets first, then 50 %, 25 % and the full model.
-            self.worker.submit(Job::Sweep { id, spec: key, fractions: sweep_fractions() });
+            runtime.worker.submit(Job::Sweep { id, spec: key, fractions: sweep_fractions() });
         }
     }
 }
@@ -408,12 +399,19 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let caps = vlm.capabilities;
     let decoder_layers = vlm.num_layers;
     let tower_layers = vlm.opened().map_or(1, |o| o.tower_layers);
+    // The compare view picks its methods in its columns and shows their tokens: the single
+    // method's picker, parameters and views would do nothing there.
+    let compare = app.settings.tab == super::Tab::Compare;
     let s = &mut app.settings.vlm;
 
-    widgets::section(ui, "Method");
-    method_menu(ui, "main", 200.0, &caps, &mut s.method);
+    if !compare {
+        widgets::section(ui, "Method");
+        method_menu(ui, "main", 200.0, &caps, &mut s.method);
+    }
     let mut tower_layer_param = false;
-    if let Method::Vision(c) = &s.method {
+    if let Method::Vision(c) = &s.method
+        && !compare
+    {
         let json = serde_json::to_value(c).unwrap_or_default();
         tower_layer_param = json.as_object().is_some_and(|o| o.keys().any(|k| k.contains("layer")));
         let info = c.info();
@@ -426,8 +424,9 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     widgets::section(ui, "Budget");
     widgets::budget_ui(app, ui);
     let s = &mut app.settings.vlm;
-    widgets::section(ui, "Parameters");
+    widgets::section(ui, if compare { "Options" } else { "Parameters" });
     match &mut s.method {
+        _ if compare => {}
         Method::Vision(c) => params_ui(ui, c, 0..=tower_layers.saturating_sub(1)),
         // FastV's `layer` is K: it prunes after layer K - 1, so K runs 1..=L.
         Method::Llm(c @ LlmReducerConfig::Fastv(_)) => params_ui(ui, c, 1..=decoder_layers),
@@ -466,40 +465,13 @@ pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     }
 
     widgets::section(ui, "View");
-    for overlay in VlmOverlay::ALL {
+    for overlay in VlmOverlay::ALL.into_iter().filter(|_| !compare) {
         ui.radio_value(&mut s.overlay, overlay, overlay.label());
     }
-    if s.overlay == VlmOverlay::TextToImage {
+    if s.overlay == VlmOverlay::TextToImage && !compare {
         ui.label(egui::RichText::new("hover or click a token of an answer (right panel)").small().weak());
     }
     widgets::look_ui(&mut app.settings, ui);
-}
-
-/// The method picker (`id`: one per picker on screen; `width` of its button), vision side then
-/// language side; methods the model (`caps`) refuses are greyed out with the reason.
-pub fn method_menu(
-    ui: &mut egui::Ui,
-    id: impl std::hash::Hash + std::fmt::Debug,
-    width: f32,
-    caps: &Capabilities,
-    method: &mut Method,
-) {
-    let label = method_label(method);
-    egui::ComboBox::from_id_salt(("vlm_method", id)).selected_text(label).width(width).height(480.0).show_ui(
-        ui,
-        |ui| {
-            let all = Method::all();
-            for (title, side) in [("Vision side", Side::Vision), ("Language side", Side::Language)] {
-                ui.label(egui::RichText::new(title).strong().small());
-                for m in all.iter().filter(|m| m.info().side == side) {
-                    let chosen = m.name() == method.name();
-                    if method_entry(ui, m, chosen, caps) {
-                        *method = m.clone();
-                    }
-                }
-            }
-        },
-    );
 }
 
 /// What a run was, from the run itself: its method and budget (never the settings', which may

@@ -7,23 +7,17 @@ use eframe::egui;
 use egui::RichText;
 
 use super::TokenlensApp;
-use super::answer::{Mark, side_of_diff, tokens_ui};
-use super::output::flops;
-use super::vlm::{method_label, method_menu};
+use super::vlm::method_label;
+use super::widgets::{Mark, flops, method_menu, side_of_diff, tokens_ui};
 use crate::figures;
 use crate::reduce::Method;
 use crate::session::vlm::VlmRun;
 
-/// The column whose run gives the full answer the highest log-probability (ties: the first).
-pub fn best_run(runs: &[&VlmRun]) -> Option<usize> {
-    let score = |r: &VlmRun| r.full_answer_logprob.unwrap_or(f64::NEG_INFINITY);
-    (0..runs.len())
-        .filter(|&i| runs[i].full_answer_logprob.is_some())
-        .reduce(|best, i| if score(runs[i]) > score(runs[best]) { i } else { best })
-}
+/// The column whose run gives the full answer the highest log-probability (the export's).
+pub use crate::export::vlm::best_run;
 
 pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
-    app.textures.begin_frame();
+    app.runtime.textures.begin_frame();
     let Some(vlm) = app.vlm.as_ref() else { return };
     let caps = vlm.capabilities;
     let Some(opened) = vlm.opened().cloned() else {
@@ -40,6 +34,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         }
     });
     ui.label(RichText::new("ratio, answer limit and positions come from the left panel").small().weak());
+    super::widgets::token_legend(ui, true, &[], None);
     // Runs answer the methods asked: a column shows its run only once it matches its method.
     let runs: Vec<Option<std::sync::Arc<VlmRun>>> = (0..methods.len())
         .map(|i| {
@@ -60,8 +55,9 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     ui.columns(n, |cols| {
         let col = &mut cols[0];
         col.strong("Full model");
-        let tex = app.textures.get(col.ctx(), "vlm_cmp_full", format!("{:?}", opened.label), || {
-            figures::vlm_tokens(&opened.image, grid, full, 512)
+        let opacity = app.settings.opacity;
+        let tex = app.runtime.textures.get(col.ctx(), "vlm_cmp_full", format!("{:?}|{opacity}", opened.label), || {
+            figures::vlm_tokens_body(&opened.image, grid, full, opacity, 512)
         });
         let h = width * tex.size_vec2().y / tex.size_vec2().x;
         col.add(egui::Image::new(&tex).fit_to_exact_size(egui::vec2(width, h)));
@@ -93,11 +89,11 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                 }
                 continue;
             };
-            let tex = app.textures.get(
+            let tex = app.runtime.textures.get(
                 col.ctx(),
                 &format!("vlm_cmp_{i}"),
-                format!("{:?}|{:?}", opened.label, r.spec),
-                || figures::vlm_tokens(&opened.image, grid, r, 512),
+                format!("{:?}|{:?}|{opacity}", opened.label, r.spec),
+                || figures::vlm_tokens_body(&opened.image, grid, r, opacity, 512),
             );
             let h = width * tex.size_vec2().y / tex.size_vec2().x;
             col.add(egui::Image::new(&tex).fit_to_exact_size(egui::vec2(width, h)));

@@ -7,7 +7,7 @@ use egui::{Color32, RichText};
 use egui_plot::{Bar, BarChart, Plot};
 
 use super::TokenlensApp;
-use super::output::flops;
+use super::widgets::flops;
 use crate::model::memory::{Estimate, gb};
 use crate::session::vlm::{VlmCost, VlmRun};
 
@@ -91,12 +91,13 @@ pub fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
 /// `--quantize`: how many linear layers are quantized), the KV cache.
 pub fn memory_line(m: &Estimate) -> String {
     format!(
-        "weights {} ({}, {:.2} B parameters) · KV cache up to {} ({} tokens, f32) · estimate {}",
+        "weights {} ({}, {:.2} B parameters) · KV cache {} ({} tokens, {}) · estimate {}",
         gb(m.weight_bytes()),
         m.format(),
         m.parameters as f64 / 1e9,
-        gb(m.kv_bytes),
+        gb(m.kv_bytes()),
         m.kv_tokens,
+        if m.quantize.is_some() { "f16" } else { "f32" },
         gb(m.total())
     )
 }
@@ -111,7 +112,7 @@ fn cost_table_ui(ui: &mut egui::Ui, full: &VlmRun, reduced: Option<&VlmRun>) {
         ("prefill", "the decoder over the prompt (measured)", |c| format!("{:.0} ms", c.prefill_ms)),
         ("decode", "generating the answer (measured)", |c| format!("{:.0} ms", c.decode_ms)),
         ("tokens / s", "answer tokens per second of decoding", |c| format!("{:.1}", c.tokens_per_s)),
-        ("KV after prefill", "keys and values cached (f32)", |c| bytes(c.kv_bytes_prefill)),
+        ("KV after prefill", "keys and values cached (f16 under --quantize, else f32)", |c| bytes(c.kv_bytes_prefill)),
         ("KV at the end", "after the last answer token", |c| bytes(c.kv_bytes_end)),
     ];
     egui::Grid::new("vlm_cost").num_columns(3).striped(true).show(ui, |ui| {
@@ -147,9 +148,10 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/published/llava-1.5-7b-hf");
         let m = crate::session::vlm::Arch::memory_estimate(&dir).unwrap().unwrap();
         let line = memory_line(&m);
-        // 7,063,427,072 parameters x 4 bytes; 2 x 32 layers x 4096 x 2048 tokens x 4 bytes.
+        // 7,063,427,072 parameters x 4 bytes but the float16 embedding table's 131,334,144 x 2;
+        // 2 x 32 layers x 4096 x 704 tokens (576 of the image, 128 of text) x 4 bytes.
         assert!(
-            line.starts_with("weights 28.25 GB (f32, 7.06 B parameters) · KV cache up to 2.15 GB (2048 tokens"),
+            line.starts_with("weights 27.99 GB (f32, 7.06 B parameters) · KV cache 0.74 GB (704 tokens, f32)"),
             "{line}"
         );
         // With --quantize q8_0: the quantized bytes, and how many linear layers took it.
@@ -159,7 +161,10 @@ mod tests {
         };
         let q8 = crate::session::vlm::Arch::memory_estimate_with(&dir, options).unwrap().unwrap();
         let line = memory_line(&q8);
-        assert!(line.contains("(q8_0: 227 of 227 linear layers, the rest f32, 7.06 B parameters)"), "{line}");
+        assert!(
+            line.contains("(q8_0: 227 of 227 linear layers, the tower's 96 q8_0, the rest f32, 7.06 B parameters)"),
+            "{line}"
+        );
         assert!(q8.weight_bytes() < m.weight_bytes() / 3, "{line}");
     }
 

@@ -5,9 +5,8 @@
 use eframe::egui;
 
 use super::TokenlensApp;
-use super::answer::shown_piece;
-use super::view::{Fate, GridFrame, ValueMap, colorbar_ui, image_scene_ui, patch_info};
 use super::vlm::{Pick, VlmOverlay, VlmState, method_label, run_label};
+use super::widgets::{Fate, GridFrame, ValueMap, colorbar_ui, image_scene_ui, patch_info, shown_piece, token_legend};
 use super::worker::VlmOpened;
 use crate::figures;
 use crate::render::Placement;
@@ -60,13 +59,13 @@ pub fn value_map(vlm: &VlmState, opened: &VlmOpened, overlay: VlmOverlay, method
 }
 
 pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
-    app.textures.begin_frame();
+    app.runtime.textures.begin_frame();
     let Some(vlm) = app.vlm.as_ref() else { return };
     let Some(opened) = vlm.opened().cloned() else {
         ui.centered_and_justified(|ui| {
             if vlm.full.pending {
                 ui.spinner();
-            } else if app.error.is_some() {
+            } else if app.screen.error.is_some() {
                 ui.label(egui::RichText::new("No answer: see the error below").heading().weak());
             } else {
                 ui.label(egui::RichText::new("Open an image (Ctrl+O) or drop a PNG or JPEG here").heading().weak());
@@ -115,7 +114,7 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
 
     let key_common = format!("{:?}|{}|{:?}|{}|{:?}", opened.label, opened.question, s.colormap, s.opacity, s.scale);
     let tex = match (&map, &run) {
-        (Some(m), _) => Some(app.textures.get(
+        (Some(m), _) => Some(app.runtime.textures.get(
             ui.ctx(),
             "vlm_main",
             format!("{key_common}|{}|{:?}", m.title, run.as_ref().map(|r| r.spec.clone())),
@@ -135,7 +134,7 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         (None, Some(r)) => {
             let merges = matches!(&r.spec.method, Some(crate::reduce::Method::Vision(c)) if c.info().merges)
                 || r.groups.iter().any(|g| g.len() > 1);
-            Some(app.textures.get(ui.ctx(), "vlm_main", format!("{key_common}|tokens|{:?}", r.spec), || {
+            Some(app.runtime.textures.get(ui.ctx(), "vlm_main", format!("{key_common}|tokens|{:?}", r.spec), || {
                 figures::groups_body_at(
                     &opened.image.photo,
                     frame.place,
@@ -148,7 +147,7 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             }))
         }
         // No reduced run yet (or no token picked): the plain photo under the grid.
-        (None, None) => Some(app.textures.get(ui.ctx(), "vlm_main", format!("{key_common}|plain"), || {
+        (None, None) => Some(app.runtime.textures.get(ui.ctx(), "vlm_main", format!("{key_common}|plain"), || {
             let nan = vec![f32::NAN; opened.grid[0] * opened.grid[1]];
             figures::grid_map_body_at(
                 &opened.image.photo,
@@ -168,11 +167,12 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     {
         let merges = matches!(&r.spec.method, Some(crate::reduce::Method::Vision(c)) if c.info().merges)
             || r.groups.iter().any(|g| g.len() > 1);
-        super::view::token_legend(ui, merges, &r.groups);
+        let note = figures::off_grid_note((opened.grid[0], opened.grid[1]), r.num_image_tokens, &r.groups);
+        token_legend(ui, merges, &r.groups, note.as_deref());
     }
     let groups = run.as_ref().map(|r| r.groups.as_slice());
     let (grid, block) = (opened.grid, opened.patch_block);
-    image_scene_ui(ui, &mut app.scene_rect, &tex, &frame, groups, &[], |token| {
+    image_scene_ui(ui, &mut app.screen.scene_rect, &tex, &frame, groups, &[], |token| {
         let fate = run.as_deref().map(|r| Fate {
             method: method.clone(),
             scores: r.scores.as_deref(),

@@ -1,6 +1,9 @@
 //! `tokenlens bench`: what a ratio change costs against a full run, per method, measured in
-//! one process. The ratio-only path is exactly what the app's slider triggers: a reduced run
-//! resumed from the cached full run, then the figures drawn.
+//! one process. The ratio change is timed on the path the app's slider takes, `Session::run` on
+//! the open image: a ratio not visited yet is a reduced run resumed from the cached full run
+//! (the session's recent runs are forgotten before each one, so it is computed), then the
+//! figures drawn; moving back to a visited ratio answers from the session's recent runs, timed
+//! apart ("revisit").
 
 use std::path::Path;
 use std::time::Instant;
@@ -9,7 +12,7 @@ use tokenlens::model::llama::KvCache;
 use tokenlens::reduce::budget::PRESETS_REMOVED;
 use tokenlens::reduce::{Budget, Method, ReducerConfig};
 use tokenlens::render::Colormap;
-use tokenlens::session::vlm::{Arch, Vlm, VlmRun};
+use tokenlens::session::vlm::{Arch, Resume, Vlm, VlmRun};
 use tokenlens::session::{RunSpec, Session};
 use tokenlens::{Cancel, figures};
 
@@ -44,16 +47,19 @@ struct EncoderSamples {
 #[derive(serde::Serialize)]
 struct MethodSamples {
     name: String,
-    /// Ratio change: the reduced run resumed from the cached full run.
+    /// Ratio change to a ratio not visited yet: `Session::run`, the reduced run resumed from
+    /// the cached full run.
     run: Vec<f64>,
     /// Ratio change plus the two figures the app redraws.
     run_figures: Vec<f64>,
+    /// Back to a visited ratio: `Session::run` answering from the session's recent runs.
+    revisit: Vec<f64>,
     from_block: usize,
 }
 
 pub fn bench(
     image: &Path,
-    session: &Session,
+    session: &mut Session,
     reducers: &[ReducerConfig],
     repeats: usize,
     json: bool,
@@ -76,28 +82,38 @@ pub fn bench(
         samples.encoder.push(run.encoder_ms);
         samples.head.push(run.time_ms - run.encoder_ms);
     }
-    let full = session.full_run(&input.prepared.pixels, &cancel)?;
+    // The open image's full run, which the slider's runs resume from.
+    session.open(&input, &cancel)?;
+    let full = session.opened_full()?;
     let grid = [full.states[0].grid.0, full.states[0].grid.1];
     for reducer in reducers {
-        let mut m =
-            MethodSamples { name: reducer.name().into(), run: Vec::new(), run_figures: Vec::new(), from_block: 0 };
+        let mut m = MethodSamples {
+            name: reducer.name().into(),
+            run: Vec::new(),
+            run_figures: Vec::new(),
+            revisit: Vec::new(),
+            from_block: 0,
+        };
         for i in 0..repeats {
             // Alternate presets, as a slider moving between them does.
             let budget = Budget::RemoveFraction(PRESETS_REMOVED[i % PRESETS_REMOVED.len()]);
             let spec = RunSpec::vision(reducer.clone(), budget);
+            session.forget_runs(); // a ratio not visited yet
             let mut result = None;
-            let run_ms = time_ms(|| result = Some(session.run_against(&full, &spec, &cancel)));
+            let run_ms = time_ms(|| result = Some(session.run(&spec, &mut |_| {}, &cancel)));
             let result = result.expect("timed")?;
+            let result = result.encoder().expect("an encoder's run");
+            m.revisit.push(time_ms(|| drop(session.run(&spec, &mut |_| {}, &cancel))));
             m.from_block = result.recomputed_from_block;
             m.run.push(run_ms);
             m.run_figures.push(
                 run_ms
                     + time_ms(|| {
-                        let _ = figures::tokens(&input, grid, &result, 640);
+                        let _ = figures::tokens(&input, grid, result, 640);
                         let _ = figures::saliency(
                             &input,
                             &result.output,
-                            figures::run_title(&result),
+                            figures::run_title(result),
                             Colormap::Viridis,
                             400,
                         );
@@ -120,20 +136,26 @@ pub fn bench(
         samples.threads
     );
     println!(
-        "{:<10} {:>16} {:>16} {:>22} {:>9} {:>10}",
-        "method", "ratio-only med", "ratio-only p95", "ratio+figures med/p95", "vs full", "from block"
+        "ratio-only: Session::run to a ratio not visited yet (resumed from the cached full run); +figures: with \
+         the two figures the app redraws; revisit: back to a visited ratio (the session's recent runs)"
+    );
+    println!(
+        "{:<10} {:>16} {:>16} {:>22} {:>9} {:>12} {:>10}",
+        "method", "ratio-only med", "ratio-only p95", "ratio+figures med/p95", "vs full", "revisit med", "from block"
     );
     for m in samples.methods {
         let (med, p95) = summary(m.run);
         let (fmed, fp95) = summary(m.run_figures);
+        let (rmed, _) = summary(m.revisit);
         println!(
-            "{:<10} {:>13.1} ms {:>13.1} ms {:>12.1} / {:>5.1} ms {:>8.2}x {:>10}",
+            "{:<10} {:>13.1} ms {:>13.1} ms {:>12.1} / {:>5.1} ms {:>8.2}x {:>9.3} ms {:>10}",
             m.name,
             med,
             p95,
             fmed,
             fp95,
             med / full_med,
+            rmed,
             m.from_block
         );
     }
@@ -143,52 +165,71 @@ pub fn bench(
 /// One method's row of the VLM bench.
 struct VlmRow {
     method: Method,
-    /// Wall time of the ratio change (`Vlm::run`, resumed) and of the same run prefilled from
-    /// layer 0 (`Vlm::run_from_scratch`), ms.
+    /// Wall time of the ratio change (`Session::run` on the open image with its recent runs
+    /// forgotten: resumed from the cached full run), of the same run prefilled from layer 0
+    /// (`Vlm::run` with `Resume::FromScratch`), and of moving back to it (`Session::run` from
+    /// the session's recent runs), ms.
     change: Vec<f64>,
     scratch: Vec<f64>,
-    last: Option<VlmRun>,
+    revisit: Vec<f64>,
+    last: Option<std::sync::Arc<VlmRun>>,
     skipped: Option<String>,
 }
 
-/// The VLM bench: per method at the default budget, what a ratio change costs (`Vlm::run`,
-/// resumed from the cached full run) against the full prefill (the unreduced decoder from layer
-/// 0), both timed as whole runs with a one-token answer (picked from the prefill's logits: no
-/// decoding step), alternating in one process; medians over `repeats`.
+/// The VLM bench: per method at the default budget, what a ratio change costs (`Session::run`,
+/// what the app's slider calls, on a ratio not visited yet: resumed from the cached full run)
+/// against the full prefill (the unreduced decoder from layer 0), both timed as whole runs with
+/// a one-token answer (picked from the prefill's logits: no decoding step), alternating in one
+/// process; medians over `repeats`.
 pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeats: usize) -> anyhow::Result<()> {
     let vlm = session.vlm_mut()?;
     let split = std::mem::replace(&mut vlm.split_image, false); // vision-side methods need one image
+    let image_in = vlm.open_image(image)?;
     let cancel = Cancel::default();
     let spec = RunSpec { max_new_tokens: 1, ..RunSpec::default() };
     let question = "What is in this image?";
-    let full = vlm.full(vlm.open_image(image)?, question, &spec, &mut |_| {}, &cancel)?;
+    // The open image's full run, which the ratio changes resume from.
+    let full = session.answer(image_in, question, &spec, &mut |_| {}, &cancel)?;
     let full_spec = RunSpec { method: None, ..spec.clone() };
-    drop(vlm.run_from_scratch(&full, &full_spec, &mut |_| {}, &cancel)?); // warm-up
+    let scratch = |session: &Session, s: &RunSpec| -> anyhow::Result<VlmRun> {
+        Ok(session.vlm()?.run(&full, s, Resume::FromScratch, &mut |_| {}, &cancel)?)
+    };
+    drop(scratch(&*session, &full_spec)?); // warm-up
     let mut rows: Vec<VlmRow> = methods
         .iter()
-        .map(|m| VlmRow { method: m.clone(), change: Vec::new(), scratch: Vec::new(), last: None, skipped: None })
+        .map(|m| VlmRow {
+            method: m.clone(),
+            change: Vec::new(),
+            scratch: Vec::new(),
+            revisit: Vec::new(),
+            last: None,
+            skipped: None,
+        })
         .collect();
     let mut full_ms = Vec::new();
     for _ in 0..repeats {
         let mut run = None;
-        full_ms.push(time_ms(|| run = Some(vlm.run_from_scratch(&full, &full_spec, &mut |_| {}, &cancel))));
+        full_ms.push(time_ms(|| run = Some(scratch(&*session, &full_spec))));
         run.expect("timed")?;
         for row in rows.iter_mut().filter(|r| r.skipped.is_none()) {
             let s = RunSpec { method: Some(row.method.clone()), ..spec.clone() };
+            session.forget_runs(); // a ratio not visited yet
             let mut run = None;
-            let change = time_ms(|| run = Some(vlm.run(&full, &s, &mut |_| {}, &cancel)));
+            let change = time_ms(|| run = Some(session.run(&s, &mut |_| {}, &cancel)));
             match run.expect("timed") {
-                Ok(run) => row.last = Some(run),
+                Ok(run) => row.last = run.answer().cloned(),
                 Err(e) => {
                     row.skipped = Some(e.to_string());
                     continue;
                 }
             }
             row.change.push(change);
-            row.scratch.push(time_ms(|| drop(vlm.run_from_scratch(&full, &s, &mut |_| {}, &cancel))));
+            row.revisit.push(time_ms(|| drop(session.run(&s, &mut |_| {}, &cancel))));
+            row.scratch.push(time_ms(|| drop(scratch(&*session, &s))));
         }
     }
     let (full_med, full_p95) = summary(full_ms);
+    let vlm = session.vlm()?;
     let layers = vlm.num_layers();
     println!(
         "{} on {}, {} image tokens{}, {} decoder layers, {repeats} repeats, {} threads, default budget; \
@@ -204,13 +245,24 @@ pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeat
         full.run.cost.total_flops() / 1e9
     );
     println!(
-        "timed: ratio change = Vlm::run against the cached full run (vision side from its cache, decoder resumed \
-         from the first layer whose input changes), from scratch = the same run prefilled from layer 0; both whole \
-         runs with a one-token answer, as the full prefill; medians"
+        "timed: ratio change = Session::run, as the app's slider calls it, to a ratio not visited yet (vision side \
+         from the cached full run, decoder resumed from the first layer whose input changes), from scratch = the \
+         same run prefilled from layer 0; both whole runs with a one-token answer, as the full prefill; revisit = \
+         Session::run back to a visited ratio (the session's recent runs); medians"
     );
     println!(
-        "{:<12} {:>10} {:>6} {:>6} {:>13} {:>8} {:>13} {:>8} {:>7} {:>7}",
-        "method", "stage", "tower", "layer", "ratio change", "vs full", "from scratch", "vs full", "KV", "FLOPs"
+        "{:<12} {:>10} {:>6} {:>6} {:>13} {:>8} {:>13} {:>8} {:>7} {:>7} {:>10}",
+        "method",
+        "stage",
+        "tower",
+        "layer",
+        "ratio change",
+        "vs full",
+        "from scratch",
+        "vs full",
+        "KV",
+        "FLOPs",
+        "revisit"
     );
     for row in rows {
         let name = row.method.name();
@@ -220,9 +272,10 @@ pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeat
         };
         let (change, _) = summary(row.change);
         let (scratch, _) = summary(row.scratch);
+        let (revisit, _) = summary(row.revisit);
         let tower = run.tower_recomputed_from.map_or_else(|| "-".into(), |b| b.to_string());
         println!(
-            "{:<12} {:>10} {:>6} {:>6} {:>10.1} ms {:>7.3}x {:>10.1} ms {:>7.3}x {:>6.2}x {:>6.2}x",
+            "{:<12} {:>10} {:>6} {:>6} {:>10.1} ms {:>7.3}x {:>10.1} ms {:>7.3}x {:>6.2}x {:>6.2}x {:>7.3} ms",
             name,
             run.stage,
             tower,
@@ -232,7 +285,8 @@ pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeat
             scratch,
             scratch / full_med,
             run.cost.kv_bytes_prefill as f64 / full.run.cost.kv_bytes_prefill as f64,
-            run.cost.total_flops() / full.run.cost.total_flops()
+            run.cost.total_flops() / full.run.cost.total_flops(),
+            revisit
         );
         if name == "fastv" && run.recomputed_from_layer < layers {
             let ideal = (layers - run.recomputed_from_layer) as f64 / layers as f64;

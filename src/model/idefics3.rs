@@ -289,7 +289,7 @@ impl Idefics3 {
         let model = vb.pp("model");
         let width = vision_cfg.hidden_size * scale_factor * scale_factor;
         Ok(Self {
-            vision: VisionTransformer::new(&vision_cfg, model.pp("vision_model")).map_err(mismatch)?,
+            vision: VisionTransformer::load_with(&vision_cfg, model.pp("vision_model"), linears).map_err(mismatch)?,
             scale_factor,
             proj: linears
                 .linear(width, text_cfg.hidden_size, false, model.pp("connector.modality_projection.proj"))

@@ -10,8 +10,8 @@
 //! layer, without a second inspection mechanism beside the ViT's?
 //! Decision: the decoder mirrors [`super::vit`]: [`Llama::run_layers`] loops over layers on a
 //! [`DecoderState`] (rows, position ids, layers done), records the `llm.*` [`HookPoint`]s a
-//! [`Probe`] names into a [`Trace`], and calls a [`LayerIntervene`] hook after each layer (the
-//! language-side reducers act there). It resumes from any state given the KV cache of the layers
+//! [`Probe`] names into a [`Trace`], and calls the ViT's [`Intervene`] hook (`after_block`) after
+//! each layer (the language-side reducers act there). It resumes from any state given the KV cache of the layers
 //! before it ([`KvCache::truncated`]); [`Llama::attention_from_cache`] recomputes a layer's
 //! attention from its cached input and keys, so a resumed run need not rerun that layer.
 //! Trade-off: batch size 1; attention is computed in full (no fused kernel) and only kept where
@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder, embedding};
 use serde::Deserialize;
 
@@ -38,7 +38,7 @@ use super::hooks::{HookPoint, Probe, Trace};
 use super::kernels::{self, with_slice};
 use super::layers::AttnRecord;
 use super::quant::{Linears, Proj};
-use super::vit::{Needs, NoIntervention};
+use super::vit::{Intervene, Needs, NoIntervention};
 use crate::{Cancel, Error, Result};
 
 /// A Llama `config.json` (`LlamaConfig`), as [`LlamaConfig::from_hf`] resolves it.
@@ -363,9 +363,16 @@ struct Layer {
 
 /// Keys and values of every layer for the tokens seen so far: `[1, kv_heads, seen, head_dim]`.
 /// Layers may hold different counts: tokens pruned after layer k have entries only up to k.
+///
+/// Each layer keeps the chunks it was given (the prefill's, then one per decoded token) and
+/// joins them only for the product: a decoded token after a shared prefill (the full run's
+/// cache, kept for resuming) adds its own entries, not a copy of the prefill's. Entries are in
+/// the model's KV dtype (f16 under `--quantize`, else f32); the layer that writes them computes
+/// its attention from the stored values too, so a run that resumes from cached entries reads
+/// exactly what a run from scratch read.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Vec<(Tensor, Tensor)>>,
 }
 
 impl KvCache {
@@ -376,7 +383,7 @@ impl KvCache {
 
     /// Tokens cached at layer `l`.
     pub fn len_at(&self, l: usize) -> usize {
-        self.layers.get(l).and_then(Option::as_ref).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+        self.layers.get(l).map_or(0, |chunks| chunks.iter().map(|(k, _)| k.dim(2).unwrap_or(0)).sum())
     }
 
     /// Tokens cached at each layer.
@@ -394,9 +401,20 @@ impl KvCache {
         KvCache { layers: self.layers.iter().take(layers).cloned().collect() }
     }
 
-    /// Bytes held by the cache (keys and values, f32).
+    /// Bytes held by the cache (keys and values, in their stored dtype).
     pub fn bytes(&self) -> usize {
-        self.layers.iter().flatten().map(|(k, v)| (k.elem_count() + v.elem_count()) * 4).sum()
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        self.layers.iter().flatten().map(|(k, v)| bytes(k) + bytes(v)).sum()
+    }
+
+    /// Layer `l`'s keys and values joined, in f32; None where it holds none.
+    fn joined(&self, l: usize) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(chunks) = self.layers.get(l).filter(|c| !c.is_empty()) else { return Ok(None) };
+        let join = |part: &dyn Fn(&(Tensor, Tensor)) -> &Tensor| -> Result<Tensor> {
+            let parts: Vec<&Tensor> = chunks.iter().map(part).collect();
+            Ok(Tensor::cat(&parts, 2)?.to_dtype(DType::F32)?)
+        };
+        Ok(Some((join(&|(k, _)| k)?, join(&|(_, v)| v)?)))
     }
 }
 
@@ -413,7 +431,7 @@ pub struct DecoderTrace {
 /// cos and sin tables `[n, head_dim / 2]` for a run of tokens at explicit position ids.
 pub type Rope = (Tensor, Tensor);
 
-/// The decoder's rows in flight: what a [`LayerIntervene`] hook changes between layers (the
+/// The decoder's rows in flight: what an [`Intervene`] hook changes between layers (the
 /// decoder's [`super::TokenState`]).
 #[derive(Debug, Clone)]
 pub struct DecoderState {
@@ -432,22 +450,6 @@ impl DecoderState {
     }
 }
 
-/// A change to the decoder's rows after a layer: the decoder's [`super::vit::Intervene`] (the model decides
-/// where, the reducer how). `Needs::keys` gives the layer's whole cached keys
-/// `[1, kv_heads, cached + n, head_dim]`, rotated.
-pub trait LayerIntervene {
-    fn needs(&self, _layer: usize) -> Needs {
-        Needs::default()
-    }
-    /// After decoder layer `layer` (`state.layer` is `layer + 1`); `attn` holds what
-    /// [`LayerIntervene::needs`] asked for.
-    fn after_layer(&mut self, _layer: usize, _state: &mut DecoderState, _attn: &AttnRecord) -> Result<()> {
-        Ok(())
-    }
-}
-
-impl LayerIntervene for NoIntervention {}
-
 pub struct Llama {
     pub cfg: LlamaConfig,
     embed_tokens: Embedding,
@@ -455,6 +457,12 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Proj,
     inv_freq: Vec<f32>,
+    /// What the KV cache keeps keys and values in, and the layer inputs a probe records
+    /// (`llm.N.resid_pre`: what a resumed run starts from): f16 under `--quantize`, half the
+    /// bytes, else f32. DEVIATION (f16 only): the rows between layers are rounded to f16
+    /// (relative 2^-11, against a quantized weight's ~1e-2), so the recorded inputs are exact
+    /// and a resumed run equals a run from scratch bit for bit.
+    cache_dtype: DType,
 }
 
 impl Llama {
@@ -475,7 +483,14 @@ impl Llama {
         let act = cfg.act().map_err(|reason| Error::Config { field: "text_config", reason })?;
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
         let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
-        let embed_tokens = embedding(cfg.vocab_size, d, model.pp("embed_tokens"))?;
+        // The table stays in the half-precision dtype it is stored in (half the f32 bytes: 0.26 GB
+        // for LLaVA-1.5-7B), rows converted on lookup, exactly; a table tied to `lm_head` is f32.
+        let table = model.pp("embed_tokens");
+        let table = match linears.stored_dtype(&format!("{}.weight", table.prefix())) {
+            Some(half @ (DType::BF16 | DType::F16)) if !cfg.tie_word_embeddings => table.set_dtype(half),
+            _ => table,
+        };
+        let embed_tokens = embedding(cfg.vocab_size, d, table)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let vb = model.pp("layers").pp(i);
@@ -516,11 +531,30 @@ impl Llama {
             norm: RmsNorm::load(d, cfg.rms_norm_eps, model.pp("norm"))?,
             lm_head,
             inv_freq,
+            cache_dtype: if linears.quantize().is_some() { DType::F16 } else { DType::F32 },
         })
     }
 
     pub fn num_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    /// What the token embedding table is kept in (the checkpoint's f16/bf16, or f32).
+    pub fn embedding_dtype(&self) -> DType {
+        self.embed_tokens.embeddings().dtype()
+    }
+
+    /// What cached keys, values and recorded layer inputs are stored in (f16 or f32).
+    pub fn cache_dtype(&self) -> DType {
+        self.cache_dtype
+    }
+
+    /// `x` rounded to the cache dtype, in f32 (itself under f32).
+    fn rounded(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self.cache_dtype {
+            DType::F32 => x.clone(),
+            half => x.to_dtype(half)?.to_dtype(DType::F32)?,
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -530,7 +564,7 @@ impl Llama {
     /// Token embeddings `[1, n, d]`.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         let ids = Tensor::from_slice(ids, ids.len(), self.embed_tokens.embeddings().device())?;
-        Ok(self.embed_tokens.forward(&ids)?.unsqueeze(0)?)
+        Ok(self.embed_tokens.forward(&ids)?.to_dtype(DType::F32)?.unsqueeze(0)?)
     }
 
     /// Token embeddings `[1, n, d]` with the `image_token` rows replaced by `image` (`[count, d]`,
@@ -590,7 +624,8 @@ impl Llama {
         let mut out = DecoderTrace::default();
         for l in 0..layers {
             out.attentions.extend(trace.take(HookPoint::LlmAttnProbs(l)).map(|p| (l, p)));
-            out.hidden_states.extend(trace.take(HookPoint::LlmResidPre(l)));
+            let input = trace.take(HookPoint::LlmResidPre(l)).map(|t| t.to_dtype(DType::F32)).transpose()?;
+            out.hidden_states.extend(input);
         }
         if want_hidden {
             out.hidden_states.push(state.hidden.clone());
@@ -610,7 +645,7 @@ impl Llama {
         until: usize,
         probe: &Probe,
         trace: &mut Trace,
-        intervene: &mut dyn LayerIntervene,
+        intervene: &mut dyn Intervene<DecoderState>,
         cancel: &Cancel,
     ) -> Result<()> {
         let until = until.min(self.layers.len());
@@ -623,17 +658,18 @@ impl Llama {
                 rope = Some((state.positions.clone(), self.rope_tables(&state.positions, state.hidden.device())?));
             }
             let tables = &rope.as_ref().expect("made above").1;
-            probe.tap(HookPoint::LlmResidPre(l), trace, || Ok(state.hidden.clone()))?;
+            state.hidden = self.rounded(&state.hidden)?;
+            probe.tap(HookPoint::LlmResidPre(l), trace, || Ok(state.hidden.to_dtype(self.cache_dtype)?))?;
             let hook = intervene.needs(l);
             let needs = Needs { probs: hook.probs || probe.wants(HookPoint::LlmAttnProbs(l)), keys: hook.keys };
             let (out, attn) = self.layer(l, &state.hidden, tables, cache, needs)?;
             if let Some(p) = &attn.probs {
                 probe.tap(HookPoint::LlmAttnProbs(l), trace, || Ok(p.clone()))?;
             }
-            state.hidden = out;
+            state.hidden = self.rounded(&out)?;
             probe.tap(HookPoint::LlmResid(l), trace, || Ok(state.hidden.clone()))?;
             state.layer = l + 1;
-            intervene.after_layer(l, state, &attn)?;
+            intervene.after_block(l, state, &attn)?;
         }
         Ok(())
     }
@@ -646,7 +682,7 @@ impl Llama {
     pub fn attention_from_cache(&self, l: usize, x: &Tensor, positions: &[u32], cache: &KvCache) -> Result<Tensor> {
         let (_, n, _) = x.dims3()?;
         let seen = cache.len_at(l);
-        let keys = cache.layers.get(l).and_then(Option::as_ref).filter(|_| l < self.layers.len());
+        let keys = if l < self.layers.len() { cache.joined(l)? } else { None };
         let Some((k, _)) = keys.filter(|_| seen >= n && positions.len() == n) else {
             return Err(Error::Config {
                 field: "cache",
@@ -660,7 +696,7 @@ impl Llama {
         let layer = &self.layers[l];
         let a = &layer.self_attn;
         let q = a.queries(&layer.input_layernorm.forward(x)?, &rope)?;
-        let k = candle_transformers::utils::repeat_kv(k.clone(), a.num_heads / a.num_kv_heads)?.contiguous()?;
+        let k = candle_transformers::utils::repeat_kv(k, a.num_heads / a.num_kv_heads)?.contiguous()?;
         a.probs(&q, &k, seen - n)
     }
 
@@ -676,7 +712,7 @@ impl Llama {
         needs: Needs,
     ) -> Result<(Tensor, AttnRecord)> {
         if cache.layers.len() < self.layers.len() {
-            cache.layers.resize(self.layers.len(), None);
+            cache.layers.resize(self.layers.len(), Vec::new());
         }
         let past = cache.len_at(l);
         let layer = &self.layers[l];
@@ -685,11 +721,8 @@ impl Llama {
         let q = a.queries(&h, rope)?;
         let k = a.heads(&a.k_proj.forward(&h)?, a.num_kv_heads, Some(rope))?;
         let v = a.heads(&a.v_proj.forward(&h)?, a.num_kv_heads, None)?;
-        let (k, v) = match cache.layers[l].take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
-        };
-        cache.layers[l] = Some((k.clone(), v.clone()));
+        cache.layers[l].push((k.to_dtype(self.cache_dtype)?, v.to_dtype(self.cache_dtype)?));
+        let (k, v) = cache.joined(l)?.expect("pushed above");
         let keys = needs.keys.then(|| k.clone());
         let rep = a.num_heads / a.num_kv_heads;
         let (k, v) = (
@@ -829,11 +862,11 @@ mod tests {
 
     /// Drops every other row after layer 0, as a pruning method does through the hook.
     struct DropOdd;
-    impl LayerIntervene for DropOdd {
+    impl Intervene<DecoderState> for DropOdd {
         fn needs(&self, layer: usize) -> Needs {
             Needs { probs: layer == 0, keys: false }
         }
-        fn after_layer(&mut self, layer: usize, state: &mut DecoderState, attn: &AttnRecord) -> Result<()> {
+        fn after_block(&mut self, layer: usize, state: &mut DecoderState, attn: &AttnRecord) -> Result<()> {
             // Layer 0's because the hook asked, layer 1's because the probe did.
             assert!(attn.probs.is_some(), "layer {layer}");
             if layer == 0 {

@@ -158,7 +158,7 @@ impl Llava {
         let image_seq_len = grid * grid + if keep_cls { vision_cfg.num_prefix_tokens } else { 0 };
         let (dv, dt) = (vision_cfg.hidden_size, text_cfg.hidden_size);
         Ok(Self {
-            vision: VisionTransformer::new(&vision_cfg, vb.pp(tower)).map_err(mismatch)?,
+            vision: VisionTransformer::load_with(&vision_cfg, vb.pp(tower), linears).map_err(mismatch)?,
             feature_blocks,
             keep_cls,
             linear_1: linears.linear(dv, dt, true, projector.pp("linear_1")).map_err(mismatch)?,

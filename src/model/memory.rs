@@ -5,12 +5,15 @@
 //! The estimate ([`Estimate`]): the parameter count from the config's shapes (vision tower,
 //! projector or connector, decoder: embeddings, each layer's attention, MLP and norms, `lm_head`
 //! unless tied; for encoders the tower, the class head and a CLIP/SigLIP text tower) times the
-//! bytes per parameter it is computed in (f32: 4; with `--quantize`, the linear layers
-//! [`super::quant`] quantizes at their format's bytes per weight), plus the decoder's KV cache at
-//! f32 for [`KV_TOKENS`] tokens (or the model's context, if shorter), plus what the views keep:
-//! the attention maps (every tower layer; one decoder layer at [`KV_TOKENS`]) and the full
-//! prefill's hidden state entering each decoder layer (rows x hidden x 4 bytes per layer), plus a
-//! margin of 10 % and 256 MiB for the app and the run's transient tensors.
+//! bytes each is kept in (f32: 4; the decoder's embedding table in the checkpoint's f16/bf16: 2,
+//! unless tied to `lm_head`; with `--quantize`, the linear layers [`super::quant`] quantizes at
+//! their format's bytes per weight); plus what one run of a VLM keeps, for [`decoder_tokens`]
+//! (one image's tokens and [`TEXT_TOKENS`]): the KV cache twice (the full prefill's, kept for
+//! resuming, and a reduced run's), the decoder's layer inputs (both in the cache dtype: f16
+//! under `--quantize`, else f32), the tower's attention, keys and states of every layer (f32),
+//! one decoder layer's attention and MLP at work; plus 256 MiB (the program, the tokenizer, the
+//! allocator) and 5 %. Measured against it: LLaVA-1.5-7B's shapes under `--quantize q4k`
+//! (README, Speed).
 //!
 //! Available: the `--memory-limit` given on the command line ([`set_limit`]), else
 //! `MemAvailable` from `/proc/meminfo` (Linux). Where neither exists (other systems) the guard is
@@ -21,15 +24,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::config::VitConfig;
 use super::hf_config::{Class, resolve_section};
 use super::llama::LlamaConfig;
-use super::quant::Quantize;
+use super::quant::{Quantize, TOWER_FORMAT};
 use crate::{Error, Result};
 
-/// Decoder tokens the KV cache and a decoder attention map are sized for: a prompt with one
-/// image (LLaVA-1.5: 576 image tokens; SmolVLM with splitting: up to ~1,000) and an answer.
+/// Decoder tokens a run is sized for when the image's are unknown (an encoder has none).
 pub const KV_TOKENS: usize = 2048;
-/// Bytes per parameter computed in f32 (every weight not quantized is converted to f32 at load).
+/// Text tokens besides the image's a run is sized for: a question of a few lines and a short
+/// answer (LLaVA-1.5's chat template alone is ~20).
+pub const TEXT_TOKENS: usize = 128;
+/// Bytes per parameter computed in f32 (every weight not quantized or kept in half precision).
 pub const F32_BYTES: f64 = 4.0;
 const MARGIN_FIXED: u64 = 256 << 20;
+/// The margin on top of the estimate, in percent.
+const MARGIN_PERCENT: u64 = 5;
 
 /// Linear layers of one shape that `--quantize` may take: `count` layers of `in_dim` x `out_dim`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,18 +58,27 @@ pub struct Estimate {
     /// What is loaded, for messages ("LLaVA (llava)").
     pub model: String,
     pub parameters: u64,
-    /// Bytes per parameter of what is not quantized.
+    /// Bytes per parameter of what is neither quantized nor kept in half precision.
     pub bytes_per_parameter: f64,
+    /// Parameters kept in the checkpoint's f16/bf16, 2 bytes each: the decoder's embedding
+    /// table (unless tied to `lm_head`, which is a linear layer).
+    pub half_parameters: u64,
     /// The dtype the weights are computed in.
     pub dtype: &'static str,
     /// The linear layers `--quantize` applies to (decoder, `lm_head` unless tied, projector).
     pub linears: Vec<LinearShape>,
+    /// The vision tower's linear layers: [`TOWER_FORMAT`] under any quantization.
+    pub tower_linears: Vec<LinearShape>,
     /// The quantization the weights are loaded with.
     pub quantize: Option<Quantize>,
-    /// Decoder tokens the KV cache is sized for (0 for encoders).
+    /// Decoder tokens one run is sized for (0 for encoders).
     pub kv_tokens: usize,
-    pub kv_bytes: u64,
-    /// Attention maps and states kept for the views.
+    /// One run's KV cache at `kv_tokens`, at f32.
+    pub kv_f32_bytes: u64,
+    /// The decoder's layer inputs kept for resuming, at f32.
+    pub inputs_f32_bytes: u64,
+    /// What stays f32 whatever the quantization: the tower's attention, keys and states kept
+    /// for the views and resumed runs, one decoder layer's attention and MLP at work.
     pub activation_bytes: u64,
 }
 
@@ -79,17 +95,25 @@ impl Estimate {
 
     /// Weight bytes with the linear layers whose input width fits `quantize`'s blocks quantized.
     fn weights_with(&self, quantize: Option<Quantize>) -> u64 {
-        let all = self.parameters as f64 * self.bytes_per_parameter;
-        let saved: f64 = match quantize {
-            None => 0.0,
-            Some(q) => self
-                .linears
-                .iter()
-                .filter(|l| q.fits(l.in_dim))
-                .map(|l| l.weights() as f64 * (self.bytes_per_parameter - q.bytes_per_weight()))
-                .sum(),
+        let full = (self.parameters - self.half_parameters) as f64 * self.bytes_per_parameter;
+        let all = full + self.half_parameters as f64 * 2.0;
+        let saved = |linears: &[LinearShape], q: Quantize| -> f64 {
+            let fit = linears.iter().filter(|l| q.fits(l.in_dim));
+            fit.map(|l| l.weights() as f64 * (self.bytes_per_parameter - q.bytes_per_weight())).sum()
         };
+        let saved = quantize.map_or(0.0, |q| saved(&self.linears, q) + saved(&self.tower_linears, TOWER_FORMAT));
         (all - saved) as u64
+    }
+
+    /// Bytes per cached value: the decoder keeps its KV cache and layer inputs in f16 under a
+    /// quantization, else in f32 ([`super::llama::Llama::cache_dtype`]).
+    fn cache_bytes(quantize: Option<Quantize>) -> u64 {
+        if quantize.is_some() { 2 } else { 4 }
+    }
+
+    /// One run's KV cache as kept (f16 under a quantization, else f32).
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv_f32_bytes / 4 * Self::cache_bytes(self.quantize)
     }
 
     /// Linear layers quantized and kept f32 (input width not a multiple of the block) under the
@@ -106,35 +130,46 @@ impl Estimate {
             None => self.dtype.to_string(),
             Some(q) => {
                 let (quantized, kept) = self.quantized_layers();
-                format!("{q}: {quantized} of {} linear layers, the rest {}", quantized + kept, self.dtype)
+                let tower: usize =
+                    self.tower_linears.iter().filter(|l| TOWER_FORMAT.fits(l.in_dim)).map(|l| l.count).sum();
+                let tower = if tower > 0 { format!(", the tower's {tower} {TOWER_FORMAT}") } else { String::new() };
+                format!("{q}: {quantized} of {} linear layers{tower}, the rest {}", quantized + kept, self.dtype)
             }
         }
     }
 
-    /// The whole estimate: weights, KV cache, attention maps and hidden states, margin.
+    /// What a run keeps beside the weights: the KV cache twice (the full prefill's and a
+    /// reduced run's) and the layer inputs in the cache dtype, the f32 activations.
+    fn run_bytes(&self, quantize: Option<Quantize>) -> u64 {
+        let cached = (2 * self.kv_f32_bytes + self.inputs_f32_bytes) / 4 * Self::cache_bytes(quantize);
+        cached + self.activation_bytes
+    }
+
+    /// The whole estimate: weights, what a run keeps, margin.
     pub fn total(&self) -> u64 {
         self.total_with(self.quantize)
     }
 
     fn total_with(&self, quantize: Option<Quantize>) -> u64 {
-        let base = self.weights_with(quantize) + self.kv_bytes + self.activation_bytes;
-        base + base / 10 + MARGIN_FIXED
+        let base = self.weights_with(quantize) + self.run_bytes(quantize) + MARGIN_FIXED;
+        base + base * MARGIN_PERCENT / 100
     }
 
-    /// One line: "7.06 B parameters: weights 28.25 GB (f32), KV cache 1.07 GB (2048 tokens), …".
+    /// One line: "7.06 B parameters: weights 27.99 GB (f32), KV cache 0.74 GB (704 tokens, f32), …".
     pub fn summary(&self) -> String {
         let kv = if self.kv_tokens == 0 {
             String::new()
         } else {
-            format!(", KV cache {} ({} tokens, f32)", gb(self.kv_bytes), self.kv_tokens)
+            let dtype = if self.quantize.is_some() { "f16" } else { "f32" };
+            format!(", KV cache {} ({} tokens, {dtype})", gb(self.kv_bytes()), self.kv_tokens)
         };
         format!(
-            "{:.2} B parameters: weights {} ({}){kv}, attention maps and hidden states {}, with a 10 % + 256 MiB \
-             margin {} in all",
+            "{:.2} B parameters: weights {} ({}){kv}, a run's caches and work {}; with a 256 MiB + {MARGIN_PERCENT} % \
+             margin, {} in all",
             self.parameters as f64 / 1e9,
             gb(self.weight_bytes()),
             self.format(),
-            gb(self.activation_bytes),
+            gb(self.run_bytes(self.quantize)),
             gb(self.total()),
         )
     }
@@ -197,42 +232,61 @@ pub fn llama_kv_bytes(cfg: &LlamaConfig, tokens: usize) -> u64 {
     (2 * cfg.num_hidden_layers * cfg.kv_heads() * cfg.head_dim() * tokens * 4) as u64
 }
 
-/// The context the KV cache is sized for: [`KV_TOKENS`], or the model's context if shorter.
-fn kv_tokens(cfg: &LlamaConfig) -> usize {
-    cfg.max_position_embeddings.map_or(KV_TOKENS, |n| n.min(KV_TOKENS))
+/// The decoder tokens one run is sized for: `image_tokens` and [`TEXT_TOKENS`], within the
+/// model's context.
+pub fn decoder_tokens(cfg: &LlamaConfig, image_tokens: usize) -> usize {
+    let tokens = image_tokens + TEXT_TOKENS;
+    cfg.max_position_embeddings.map_or(tokens, |n| n.min(tokens))
 }
 
-/// Attention maps (every layer) and states the tower's trace keeps for one image, at f32.
+/// Attention maps, keys and states (every layer) the tower's trace keeps for one image, at f32.
 fn tower_activations(cfg: &VitConfig) -> u64 {
     let n = (cfg.position_grid * cfg.position_grid + cfg.num_prefix_tokens) as u64;
-    let layers = cfg.num_hidden_layers as u64;
-    4 * layers * (cfg.num_attention_heads as u64 * n * n + n * cfg.hidden_size as u64)
+    let (layers, d) = (cfg.num_hidden_layers as u64, cfg.hidden_size as u64);
+    4 * layers * (cfg.num_attention_heads as u64 * n * n + 2 * n * d)
 }
 
-/// One decoder layer's attention map at `tokens` tokens (what FastV and the views read), and
-/// the full prefill's hidden state entering each layer (resumed runs start from them), f32.
-fn decoder_activations(cfg: &LlamaConfig, tokens: usize) -> u64 {
-    let hidden = cfg.num_hidden_layers * tokens * cfg.hidden_size;
-    4 * (cfg.num_attention_heads * tokens * tokens + hidden) as u64
+/// One decoder layer at work on `tokens` rows, f32: its attention logits, their copy and the
+/// probabilities; the gate, the up projection and their product.
+fn decoder_work(cfg: &LlamaConfig, tokens: usize) -> u64 {
+    let attention = 3 * cfg.num_attention_heads * tokens * tokens;
+    4 * (attention + 3 * tokens * cfg.intermediate_size) as u64
 }
 
 /// A vision-language model: the tower, a projector or connector (`projector`: its linear
-/// layers, and its parameters besides them, biases), the decoder.
-pub fn vlm(model: &str, vision: &VitConfig, text: &LlamaConfig, projector: &[LinearShape], biases: u64) -> Estimate {
-    let tokens = kv_tokens(text);
+/// layers, and its parameters besides them, biases), the decoder; `image_tokens`: the decoder
+/// tokens one image gives; `half_table`: the checkpoint stores f16/bf16 (the embedding table
+/// stays in it unless tied).
+pub fn vlm(
+    model: &str,
+    vision: &VitConfig,
+    text: &LlamaConfig,
+    projector: &[LinearShape],
+    biases: u64,
+    image_tokens: usize,
+    half_table: bool,
+) -> Estimate {
+    let tokens = decoder_tokens(text, image_tokens);
     let mut linears = llama_linears(text);
     linears.extend_from_slice(projector);
     let projector = projector.iter().map(LinearShape::weights).sum::<u64>() + biases;
+    let table = (text.vocab_size * text.hidden_size) as u64;
+    let (d, i, l) = (vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers);
+    let shape = |in_dim, out_dim| LinearShape { in_dim, out_dim, count: l };
     Estimate {
         model: model.into(),
         parameters: vit_parameters(vision) + projector + llama_parameters(text),
         bytes_per_parameter: F32_BYTES,
+        half_parameters: if half_table && !text.tie_word_embeddings { table } else { 0 },
         dtype: "f32",
         linears,
+        // The fused QKV projection, the output projection, the MLP's two.
+        tower_linears: vec![shape(d, 3 * d), shape(d, d), shape(d, i), shape(i, d)],
         quantize: None,
         kv_tokens: tokens,
-        kv_bytes: llama_kv_bytes(text, tokens),
-        activation_bytes: tower_activations(vision) + decoder_activations(text, tokens),
+        kv_f32_bytes: llama_kv_bytes(text, tokens),
+        inputs_f32_bytes: 4 * (text.num_hidden_layers * tokens * text.hidden_size) as u64,
+        activation_bytes: tower_activations(vision) + decoder_work(text, tokens),
     }
 }
 
@@ -248,10 +302,13 @@ pub fn encoder(model: &str, cfg: &VitConfig, num_labels: usize, class: Class, js
         parameters: vit_parameters(cfg) + head + text_tower_parameters(class, json, d),
         bytes_per_parameter: F32_BYTES,
         dtype: "f32",
+        half_parameters: 0,
         linears: Vec::new(),
+        tower_linears: Vec::new(),
         quantize: None,
         kv_tokens: 0,
-        kv_bytes: 0,
+        kv_f32_bytes: 0,
+        inputs_f32_bytes: 0,
         activation_bytes: tower_activations(cfg),
     }
 }
@@ -378,26 +435,29 @@ mod tests {
     }
 
     #[test]
-    fn the_margin_is_ten_percent_and_256_mib() {
+    fn the_margin_is_256_mib_and_five_percent() {
         // One billion parameters, all in one linear layer of input width 256.
         let e = Estimate {
             model: "m".into(),
             parameters: 1_000_000_000,
             bytes_per_parameter: 4.0,
+            half_parameters: 0,
             dtype: "f32",
             linears: vec![LinearShape { in_dim: 256, out_dim: 3_906_250, count: 1 }],
+            tower_linears: Vec::new(),
             quantize: None,
             kv_tokens: 0,
-            kv_bytes: 0,
+            kv_f32_bytes: 0,
+            inputs_f32_bytes: 0,
             activation_bytes: 0,
         };
-        assert_eq!(e.total(), 4_400_000_000 + (256 << 20));
+        assert_eq!(e.total(), (4_000_000_000 + (256 << 20)) * 105 / 100);
         assert!(check(&e, Available::Limit(e.total())).is_ok());
         assert!(check(&e, Available::Unknown).is_ok());
         let msg = check(&e, Available::Limit(e.total() - 1)).unwrap_err().to_string();
-        // q8_0: 1e9 x 34/32 bytes + 10 % + 256 MiB; q4k: 1e9 x 144/256 bytes + 10 % + 256 MiB.
+        // q8_0: (1e9 x 34/32 bytes + 256 MiB) x 1.05; q4k: (1e9 x 144/256 bytes + 256 MiB) x 1.05.
         assert!(
-            msg.contains("Load it with --quantize q8_0 (1.44 GB in all, fits) or --quantize q4k (0.89 GB"),
+            msg.contains("Load it with --quantize q8_0 (1.40 GB in all, fits) or --quantize q4k (0.87 GB"),
             "{msg}"
         );
         let q8 = e.clone().with_quantize(Some(Quantize::Q8_0));
@@ -405,12 +465,41 @@ mod tests {
         assert_eq!(q8.quantized_layers(), (1, 0));
         // Asked q8_0 and still too big: only q4k is suggested.
         let msg = check(&q8, Available::Limit(1_000_000_000)).unwrap_err().to_string();
-        assert!(msg.contains("--quantize q4k (0.89 GB in all, fits)") && !msg.contains("--quantize q8_0 ("), "{msg}");
+        assert!(msg.contains("--quantize q4k (0.87 GB in all, fits)") && !msg.contains("--quantize q8_0 ("), "{msg}");
         // A width no block divides: nothing is quantized, and no format is suggested.
-        let narrow = Estimate { linears: vec![LinearShape { in_dim: 100, out_dim: 10_000_000, count: 1 }], ..e };
+        let narrow =
+            Estimate { linears: vec![LinearShape { in_dim: 100, out_dim: 10_000_000, count: 1 }], ..e.clone() };
         let narrow = narrow.with_quantize(Some(Quantize::Q8_0));
         assert_eq!((narrow.weight_bytes(), narrow.quantized_layers()), (4_000_000_000, (0, 1)));
         let msg = check(&narrow, Available::Limit(1)).unwrap_err().to_string();
         assert!(!msg.contains("--quantize q") && msg.contains("Use a smaller model"), "{msg}");
+    }
+
+    #[test]
+    fn a_run_keeps_two_kv_caches_and_the_layer_inputs_in_the_cache_dtype() {
+        let e = Estimate {
+            model: "m".into(),
+            parameters: 300_000_000,
+            bytes_per_parameter: 4.0,
+            // The embedding table in bf16.
+            half_parameters: 100_000_000,
+            dtype: "f32",
+            linears: vec![LinearShape { in_dim: 256, out_dim: 500_000, count: 1 }],
+            tower_linears: Vec::new(),
+            quantize: None,
+            kv_tokens: 700,
+            kv_f32_bytes: 100_000_000,
+            inputs_f32_bytes: 60_000_000,
+            activation_bytes: 10_000_000,
+        };
+        // f32: 200 M parameters x 4 + 100 M x 2; the caches in f32 (2 x 100 M + 60 M) + 10 M.
+        assert_eq!(e.weight_bytes(), 1_000_000_000);
+        assert_eq!(e.total(), (1_000_000_000 + 270_000_000 + (256 << 20)) * 105 / 100);
+        // q4k: the linear at 144/256 bytes, the caches in f16.
+        let q = e.with_quantize(Some(Quantize::Q4K));
+        assert_eq!(q.weight_bytes(), 1_000_000_000 - 128_000_000 * 4 + 72_000_000);
+        assert_eq!(q.kv_bytes(), 50_000_000);
+        assert_eq!(q.total(), (q.weight_bytes() + 130_000_000 + 10_000_000 + (256 << 20)) * 105 / 100);
+        assert!(q.summary().contains("(700 tokens, f16)"), "{}", q.summary());
     }
 }

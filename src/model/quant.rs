@@ -4,11 +4,15 @@
 //! What is quantized: the decoder's linear layers (q, k, v, o, gate, up, down), `lm_head` when it
 //! is its own matrix, and the projector's or connector's linear layers. Each weight is read from
 //! the memory-mapped checkpoint, converted to f32 and quantized at once ([`Linears::linear`]), so
-//! only one layer's f32 copy exists at a time. What stays f32: token embeddings (and a
-//! `lm_head` tied to them), RMSNorms, rotary tables, attention scores, softmax and
-//! probabilities (the maps the views draw are f32 products of quantized q/k projections),
-//! biases, the vision tower. The activations entering a quantized matmul are themselves
-//! quantized on the fly (q8_0 rows for q8_0, q8_K for q4k: candle's `vec_dot` types).
+//! only one layer's f32 copy exists at a time. The vision tower's linear layers are quantized
+//! to [`TOWER_FORMAT`] (q8_0) under either format, one block at a time as it is read. What stays f32: a
+//! `lm_head` tied to the embeddings, RMSNorms and LayerNorms, rotary tables, attention scores,
+//! softmax and probabilities (the maps the views draw are f32 products of quantized q/k
+//! projections), biases, the tower's embeddings. The decoder's embedding table stays in the
+//! checkpoint's f16/bf16 (rows converted on lookup), and its KV cache and cached layer inputs
+//! are f16 under a quantization ([`super::llama::Llama::cache_dtype`]). The activations
+//! entering a quantized matmul are themselves quantized on the fly (q8_0 rows for q8_0, q8_K
+//! for q4k: candle's `vec_dot` types).
 //!
 //! Dimensions: a block spans the input dimension (q8_0: 32 weights, q4k: 256); a layer whose
 //! input width is not a multiple stays f32, and [`QuantCount`] says how many were quantized
@@ -334,12 +338,20 @@ impl LoadOptions {
     }
 }
 
+/// What a VLM's vision tower's linear layers are quantized to under any `--quantize`: 8 bits
+/// keep the tower's attention maps (what the vision-side views draw) close to f32, and take its
+/// weights from 4 to 34/32 bytes (LLaVA-1.5-7B's CLIP-L: 1.21 GB to 0.32 GB).
+pub const TOWER_FORMAT: Quantize = Quantize::Q8_0;
+
 /// Linear layers quantized and kept f32 at load.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct QuantCount {
+    /// The decoder's and projector's layers quantized.
     pub quantized: usize,
     /// Layers kept f32 because their input width is not a multiple of the block size.
     pub kept_f32: usize,
+    /// The vision tower's layers quantized to [`TOWER_FORMAT`].
+    pub tower: usize,
     /// Bytes the linear weights take as loaded.
     pub bytes: u64,
 }
@@ -348,6 +360,7 @@ impl QuantCount {
     pub fn add(&mut self, other: QuantCount) {
         self.quantized += other.quantized;
         self.kept_f32 += other.kept_f32;
+        self.tower += other.tower;
         self.bytes += other.bytes;
     }
 }
@@ -503,6 +516,13 @@ impl QuantWeight {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         x.contiguous()?.apply_op1_no_bwd(self)
     }
+
+    /// `x Wᵀ` for `rows` rows of `x` (`[rows, in]`, row-major) into `y` (`[rows, out]`): the
+    /// product on slices, for the vision tower's fused kernels.
+    pub fn matmul_into(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        assert!(x.len() == rows * self.in_dim && y.len() == rows * self.out_dim, "quantized matmul: shapes");
+        self.blocks.matmul_t((rows, self.in_dim, self.out_dim), x, y).expect("CPU blocks multiply f32 rows");
+    }
 }
 
 /// A `[rows, in_dim]` matrix as blocks of `T`, 16 rows a task, each task's f32 values written
@@ -579,6 +599,11 @@ impl Linears {
         *self.stored.borrow_mut() = Some(stored);
     }
 
+    /// The dtype `name` is stored in, where the loader gave its checkpoint.
+    pub fn stored_dtype(&self, name: &str) -> Option<DType> {
+        self.stored.borrow().as_ref()?.with(name, |dtype, _, _| dtype)
+    }
+
     /// f32 layers, as checkpoints store them.
     pub fn f32() -> Self {
         Self::new(None)
@@ -618,7 +643,7 @@ impl Linears {
             }
             None => {
                 let name = format!("{}.weight", vb.prefix());
-                let stored = self.stored.borrow().as_ref().and_then(|s| s.with(&name, |dtype, _, _| dtype));
+                let stored = self.stored_dtype(&name);
                 let dtype = self.dtype.or(stored).unwrap_or(DType::F32);
                 let w = vb.get_with_hints_dtype((out_dim, in_dim), "weight", Default::default(), dtype)?;
                 count.kept_f32 += usize::from(self.quantize.is_some());
@@ -633,6 +658,14 @@ impl Linears {
         };
         self.count.set(count);
         Ok(proj)
+    }
+
+    /// Counts a vision tower block's layers quantized to [`TOWER_FORMAT`].
+    pub fn count_tower(&self, tower: QuantCount) {
+        let mut count = self.count.get();
+        count.tower += tower.quantized;
+        count.bytes += tower.bytes;
+        self.count.set(count);
     }
 
     /// What [`Linears::linear`] made so far.

@@ -16,6 +16,7 @@ use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder, layer_norm};
 use super::config::{BlockNames, VitConfig};
 use super::hooks::{HookPoint, Probe, Trace};
 use super::layers::{AttnRecord, Block};
+use super::quant::{Linears, TOWER_FORMAT};
 use super::resize::{Kernel, resize2d};
 use super::state::TokenState;
 use crate::{Cancel, Error, Result};
@@ -27,24 +28,27 @@ pub struct Needs {
     pub keys: bool,
 }
 
-/// A change to the token state between blocks (the model decides where, the reducer how).
-pub trait Intervene {
+/// A change to the rows between blocks (the model decides where, the reducer how), for the
+/// encoder (`S`: its [`TokenState`]) and the decoder (`S`: [`super::llama::DecoderState`], whose
+/// layers call only `after_block`: they have no merge point between attention and MLP).
+pub trait Intervene<S = TokenState> {
     fn needs(&self, _layer: usize) -> Needs {
         Needs::default()
     }
     /// Between block `layer`'s attention and its MLP (ToMe merges here).
-    fn after_attention(&mut self, _layer: usize, _state: &mut TokenState, _attn: &AttnRecord) -> Result<()> {
+    fn after_attention(&mut self, _layer: usize, _state: &mut S, _attn: &AttnRecord) -> Result<()> {
         Ok(())
     }
-    /// After block `layer` (pruning methods act here).
-    fn after_block(&mut self, _layer: usize, _state: &mut TokenState, _attn: &AttnRecord) -> Result<()> {
+    /// After block (or decoder layer) `layer`: pruning methods act here (`state.layer` is
+    /// `layer + 1`).
+    fn after_block(&mut self, _layer: usize, _state: &mut S, _attn: &AttnRecord) -> Result<()> {
         Ok(())
     }
 }
 
 /// The full model: no intervention.
 pub struct NoIntervention;
-impl Intervene for NoIntervention {}
+impl<S> Intervene<S> for NoIntervention {}
 
 /// Patch embedding, the prefix tokens (CLS, DeiT's distillation token) and the position table
 /// resized to the grid.
@@ -134,10 +138,26 @@ pub struct VisionTransformer {
 impl VisionTransformer {
     /// `vb` at the encoder's root (`backbone` in the default model).
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load_with(cfg, vb, &Linears::f32())
+    }
+
+    /// [`VisionTransformer::new`] for a VLM's tower: under a quantization (`linears`) each
+    /// block's linear layers are quantized to [`TOWER_FORMAT`] as soon as the block is read and
+    /// counted in `linears`, so one block's f32 weights exist at a time (quantizing the whole
+    /// tower after reading it left LLaVA-1.5-7B's freed 1.2 GB of f32 pages resident: the
+    /// allocator keeps them for reuse).
+    pub fn load_with(cfg: &VitConfig, vb: VarBuilder, linears: &Linears) -> Result<Self> {
         cfg.validate()?;
         let clip = cfg.block_names == BlockNames::Clip;
         let layers = vb.pp("encoder").pp(if clip { "layers" } else { "layer" });
-        let blocks = (0..cfg.num_hidden_layers).map(|i| Block::new(cfg, layers.pp(i))).collect::<Result<_>>()?;
+        let block = |i: usize| -> Result<Block> {
+            let mut block = Block::new(cfg, layers.pp(i))?;
+            if linears.quantize().is_some() {
+                linears.count_tower(block.quantize_linears(TOWER_FORMAT)?);
+            }
+            Ok(block)
+        };
+        let blocks = (0..cfg.num_hidden_layers).map(block).collect::<Result<_>>()?;
         let norm = |name: &str| layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp(name));
         Ok(Self {
             cfg: cfg.clone(),

@@ -225,7 +225,7 @@ enum ImageOut {
     /// CLIP: `visual_projection` of the post-layernormed CLS token.
     Projection(Linear),
     /// SigLIP: the attention-pooling head over all post-layernormed tokens.
-    Map(MapHead),
+    Map(Box<MapHead>),
 }
 
 /// Zero-shot scoring of labels for a CLIP or SigLIP folder.
@@ -294,7 +294,7 @@ impl ZeroShot {
             }
             Family::Siglip => {
                 let dim = text_json["projection_size"].as_u64().map_or(tc.hidden_size, |d| d as usize);
-                (ImageOut::Map(MapHead::new(vision, vb.pp("vision_model").pp("head"))?), dim)
+                (ImageOut::Map(Box::new(MapHead::new(vision, vb.pp("vision_model").pp("head"))?)), dim)
             }
         };
         let scalar =

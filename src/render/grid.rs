@@ -29,10 +29,11 @@ pub struct GridFigure<'a> {
     pub compact_col_labels: Vec<String>,
     /// Drawn above everything, centred over the panels.
     pub title: Option<String>,
-    /// One shared colour bar on the right for every Heat panel: colormap, lo,
-    /// hi, norm name. All Heat panels must then use `Norm::Range { lo, hi }`
-    /// with these values (the caller guarantees it).
-    pub colorbar: Option<(Colormap, f32, f32, &'static str)>,
+    /// Colour bars on the right, side by side, each shared by the Heat panels of one kind (a
+    /// grid's maps, its outputs): colormap, lo, hi, name. Those panels must use
+    /// `Norm::Range { lo, hi }` with these values (the caller guarantees it). The names go under
+    /// the bars, each a line below the one before, so they never overlap.
+    pub colorbars: Vec<(Colormap, f32, f32, &'static str)>,
     /// Label size in px; `None`: sized for the panels (see [`super::heat::default_label_px`]).
     pub label_px: Option<f32>,
 }
@@ -58,7 +59,7 @@ struct GridLayout {
     /// Row labels, shortened to fit their column; column labels as wrapped lines.
     row_labels: Vec<Vec<String>>,
     col_labels: Vec<Vec<String>>,
-    bar: Option<(ColorBar, Colormap, u32, u32)>,
+    bars: Vec<(ColorBar, Colormap, u32, u32)>,
     /// The token legend's swatches and words, under the panels.
     key: Vec<Item>,
 }
@@ -127,23 +128,35 @@ impl GridLayout {
         let span = |sizes: &[u32]| (sizes.iter().sum::<u32>() + gap * sizes.len().saturating_sub(1) as u32).max(1);
         let (area_w, area_h) = (span(&col_w), span(&row_h));
 
-        let bar = fig.colorbar.map(|(cmap, lo, hi, name)| {
-            let (lo, hi) = (lo.min(hi), lo.max(hi));
-            let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 0.5, lo + 0.5) };
-            let bar = ColorBar::layout(lo, hi, name, label_px, area_h);
-            let x = area_x + area_w + bar.gap();
-            (bar, cmap, x, area_y)
-        });
-        let right = bar.as_ref().map_or(area_x + area_w, |(b, _, x, _)| x + b.width() + font_slack(b.label_w));
+        // Each bar right of the one before; the figure ends after the last.
+        let mut right = area_x + area_w;
+        let bars: Vec<(ColorBar, Colormap, u32, u32)> = fig
+            .colorbars
+            .iter()
+            .map(|&(cmap, lo, hi, name)| {
+                let (lo, hi) = (lo.min(hi), lo.max(hi));
+                let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 0.5, lo + 0.5) };
+                let bar = ColorBar::layout(lo, hi, name, label_px, area_h);
+                let x = right + bar.gap();
+                right = x + bar.width() + font_slack(bar.label_w);
+                (bar, cmap, x, area_y)
+            })
+            .collect();
         // The title is shortened to fit (it never widens the figure, which would shrink its text
         // in print).
         let width = right + pad;
         let kinds = legend_kinds(fig);
         let key_top = area_y + area_h + gap.max((label_px * 0.5).round() as u32);
-        // The bar's norm name sits under it, right-aligned: the key keeps clear of it.
-        let (norm_w, norm_bottom) = bar
-            .as_ref()
-            .map_or((0, 0), |(b, _, _, y)| (b.norm_w() + label_px.round() as u32, y + b.height + b.norm_h()));
+        // The bars' names sit under them, right-aligned, a line apart: the key keeps clear of
+        // the leftmost reach of any (measured from the figure's right, as for one bar).
+        let line = text::line_height(label_px);
+        let mut norm_w = 0;
+        let mut norm_bottom = 0;
+        for (i, (b, _, x, y)) in bars.iter().enumerate() {
+            let to_right = right - (x + b.width() + font_slack(b.label_w));
+            norm_w = norm_w.max(to_right + b.norm_w() + label_px.round() as u32);
+            norm_bottom = norm_bottom.max(y + b.height + b.norm_h() + (line * i as f32).ceil() as u32);
+        }
         let (key, key_h) = scene::legend_key_items(
             &kinds,
             (area_x as f32, key_top as f32),
@@ -169,7 +182,7 @@ impl GridLayout {
             col_label_top,
             row_labels,
             col_labels,
-            bar,
+            bars,
             key,
         }
     }
@@ -244,8 +257,13 @@ pub fn grid_scene(fig: &GridFigure, cell_px: u32) -> Scene {
     if let Some(title) = &fig.title {
         items.push(Item::Text(lay.frame.title_item(title, lay.width, lay.area_x, lay.area_w)));
     }
-    if let Some((bar, cmap, x, y)) = &lay.bar {
-        items.push(Item::ColorBar(bar.item(*x, *y, *cmap)));
+    for (i, (bar, cmap, x, y)) in lay.bars.iter().enumerate() {
+        let mut item = bar.item(*x, *y, *cmap);
+        // Each name a line under the one before (the first where a lone bar's goes).
+        if let Some(name) = item.labels.iter_mut().find(|l| l.class == "norm") {
+            name.top += (line_h * i as f32).round();
+        }
+        items.push(Item::ColorBar(item));
     }
     items.extend(lay.key.iter().cloned());
     Scene { width: lay.width, height: lay.height, background: BACKGROUND, items }
@@ -314,7 +332,7 @@ mod tests {
             col_labels: vec!["66.7 %".into(), "77.8 %".into(), "88.9 %".into()],
             compact_col_labels: Vec::new(),
             title: Some("Token reduction & <friends>".into()),
-            colorbar: Some((Colormap::Magma, 0.0, 1.0, "fixed range")),
+            colorbars: vec![(Colormap::Magma, 0.0, 1.0, "fixed range")],
             label_px: None,
         }
     }
@@ -383,7 +401,7 @@ mod tests {
             col_labels: vec![],
             compact_col_labels: vec![],
             title: None,
-            colorbar: None,
+            colorbars: Vec::new(),
             label_px: None,
         };
         assert!(grid_png(&empty, 64).width() > 0);
@@ -394,7 +412,7 @@ mod tests {
             col_labels: vec!["x".into(), "y".into()],
             compact_col_labels: vec![],
             title: Some("t".into()),
-            colorbar: Some((Colormap::Gray, 1.0, 1.0, "fixed range")),
+            colorbars: vec![(Colormap::Gray, 1.0, 1.0, "fixed range")],
             label_px: None,
         };
         grid_png(&labels_only, 0);

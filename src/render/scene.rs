@@ -692,6 +692,29 @@ pub fn panel_scene_sized(panel: &Panel, body_px: u32, key: bool, outline_rgb: [u
     Scene { width, height, background: super::heat::BACKGROUND, items }
 }
 
+/// `scene` with `note` under everything, in muted text `label_px` tall, wrapped to the scene's
+/// width (at most three lines, with room for a wider substitute font): what a figure leaves out.
+pub fn with_note(mut scene: Scene, note: &str, label_px: f32) -> Scene {
+    let pad = (label_px * 0.8).round();
+    let lines = text::wrap(label_px, note, (scene.width as f32 - 2.0 * pad).max(label_px) / 1.15, 3);
+    let line_h = text::line_height(label_px);
+    // The old bottom margin becomes the gap above the note.
+    let top = scene.height as f32;
+    for (i, line) in lines.iter().enumerate() {
+        scene.items.push(Item::Text(TextItem {
+            text: line.clone(),
+            left: pad,
+            top: (top + i as f32 * line_h).round(),
+            px: label_px,
+            rgb: MUTED_INK,
+            anchor: Anchor::Start,
+            class: "note",
+        }));
+    }
+    scene.height += (line_h * lines.len() as f32 + pad).ceil() as u32;
+    scene
+}
+
 // The token legend's key: a row of swatches (kept / merged / fused / dropped), each drawn by
 // the rules the token views use, in the app's legend colours (`app::view::token_legend`).
 

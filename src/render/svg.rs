@@ -8,7 +8,8 @@
 //!
 //! Elements carry classes for tooling and tests: `panel`, `photo`, `cell` (with `data-patch`),
 //! `heat-layer`, `group` (with `data-group`, `data-kind`), `hatch`, `dropped`, `outline`,
-//! `colorbar`, `tick`, `norm`, `title`, `legend`, `row-label`, `col-label`.
+//! `colorbar`, `tick`, `norm`, `title`, `legend`, `row-label`, `col-label`, `note` (what a figure
+//! leaves out).
 //! Output is deterministic: attributes are written sorted, numbers with at most two decimals,
 //! ids are derived from the figure's structure.
 

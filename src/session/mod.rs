@@ -1,12 +1,14 @@
 //! The single entry point the CLI, the GUI and the tests call, for every model: [`Session::load`]
 //! decides once whether a source is an image encoder (ViT, DeiT, DINOv2, CLIP, SigLIP, the
 //! default saliency model) or a vision-language model (LLaVA, SmolVLM), and the session owns the
-//! work worth keeping between requests: the open image's unreduced run and its recent reduced
-//! runs (encoders), the open image's vision run and full answer (VLMs). Neither front end holds
+//! work worth keeping between requests: the open image's unreduced run (encoders) or its vision
+//! run, full prefill and full answer (VLMs), and its recent reduced runs (both, bounded: `recent`).
+//! Neither front end holds
 //! model code or caches of its own. One [`RunSpec`] in ([`Session::open_bytes`] opens an image,
 //! [`Session::run`] runs a spec on it), one [`RunResult`] out: an encoder's run (saliency map,
 //! class probabilities or zero-shot scores) or a VLM's answer.
 
+mod recent;
 mod reduced_maps;
 mod run;
 pub mod vlm;
@@ -15,7 +17,6 @@ pub use reduced_maps::{LazyMaps, ReducedMaps};
 pub use run::{DEFAULT_ANSWER_LIMIT, DropFill, EncoderRun, FullRun, RunResult, RunSpec, RunTimings};
 pub(crate) use run::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,9 +29,10 @@ use crate::analysis::attention;
 use crate::model::preprocess::{self, Prepared};
 use crate::model::quant::LoadOptions;
 use crate::model::{HookPoint, Model, ModelSource, OutputHead, Preprocessor, TokenState, fetch};
-use crate::reduce::{Budget, Capabilities, Method};
-use crate::session::vlm::{Vlm, VlmFull, VlmImage, VlmRun};
+use crate::reduce::{Capabilities, Method};
+use crate::session::vlm::{Resume, Vlm, VlmFull, VlmImage, VlmRun};
 use crate::{Cancel, Error, Result};
+use recent::Recent;
 
 /// A decoded photo and what the model sees of it.
 #[derive(Debug, Clone)]
@@ -160,19 +162,30 @@ pub struct Session {
     /// The labels a zero-shot model scores (the prompt box, comma-separated).
     pub labels: Vec<String>,
     /// Encoders: the open image's unreduced run and the reduced runs made from it.
-    opened: Option<OpenedRuns>,
-    /// VLMs: the open image's vision run and full answer.
-    answered: Option<Arc<VlmFull>>,
+    opened: Option<OpenRuns<FullRun, EncoderRun>>,
+    /// VLMs: the open image's vision run, full prefill and full answer (one question), and the
+    /// reduced runs made from them.
+    answered: Option<OpenRuns<VlmFull, VlmRun>>,
 }
 
-/// The unreduced run of the open image and its reduced runs, by spec at a resolved token count.
-struct OpenedRuns {
-    full: Arc<FullRun>,
-    runs: HashMap<String, Arc<EncoderRun>>,
+/// The unreduced run of the open image and its recent reduced runs, by spec at a resolved token
+/// count ([`recent::key`]): a new image (or question) starts a new cache.
+struct OpenRuns<F, R> {
+    full: Arc<F>,
+    runs: Recent<R>,
 }
 
-/// Reduced runs kept per image (each ~0.3 MB); past that the cache starts over.
+impl<F, R> OpenRuns<F, R> {
+    fn new(full: Arc<F>, capacity: usize) -> Self {
+        Self { full, runs: Recent::new(capacity) }
+    }
+}
+
+/// Reduced encoder runs kept per image (each ~0.3 MB).
 const CACHE_RUNS: usize = 128;
+/// Reduced VLM runs kept per image and question (each holds its answer's text-to-image maps:
+/// answer tokens x image tokens, ~75 kB for LLaVA's 576 tokens and 32 answer tokens).
+const CACHE_VLM_RUNS: usize = 32;
 
 impl Session {
     /// Loads `source`: the default model, a model file, or a Hugging Face folder (or hub id,
@@ -277,7 +290,7 @@ impl Session {
     pub fn open(&mut self, input: &ImageInput, cancel: &Cancel) -> Result<Analysis> {
         let full = self.full_run(&input.prepared.pixels, cancel)?;
         let analysis = self.analysis_of(&full)?;
-        self.opened = Some(OpenedRuns { full: Arc::new(full), runs: HashMap::new() });
+        self.opened = Some(OpenRuns::new(Arc::new(full), CACHE_RUNS));
         Ok(analysis)
     }
 
@@ -290,20 +303,28 @@ impl Session {
     /// token count ran before (asked as another fraction, it answers with the spec as asked).
     pub fn reduce(&mut self, spec: &RunSpec, cancel: &Cancel) -> Result<Arc<EncoderRun>> {
         let full = self.opened_full()?;
-        let keep = spec.budget.resolve(full.states[0].num_patches())?;
-        let key =
-            serde_json::to_string(&RunSpec { budget: Budget::Keep(keep), ..spec.clone() }).expect("specs serialise");
-        if let Some(hit) = self.opened.as_ref().and_then(|o| o.runs.get(&key)) {
-            return Ok(Arc::new(EncoderRun { spec: spec.clone(), ..(**hit).clone() }));
+        let key = recent::key(spec, spec.budget.resolve(full.states[0].num_patches())?);
+        if let Some(hit) = self.opened.as_mut().and_then(|o| o.runs.get(&key)) {
+            return Ok(Arc::new(EncoderRun { spec: spec.clone(), ..(*hit).clone() }));
         }
         let result = Arc::new(self.run_against(&full, spec, cancel)?);
         if let Some(opened) = self.opened.as_mut() {
-            if opened.runs.len() >= CACHE_RUNS {
-                opened.runs.clear(); // simple and bounded: a new method or image refills it quickly
-            }
             opened.runs.insert(key, result.clone());
         }
         Ok(result)
+    }
+
+    /// How many reduced runs of the open image the session keeps now (bounded: at most 128 for
+    /// an encoder, 32 for a VLM).
+    pub fn cached_runs(&self) -> usize {
+        self.opened.as_ref().map_or(0, |o| o.runs.len()) + self.answered.as_ref().map_or(0, |a| a.runs.len())
+    }
+
+    /// Forgets the open image's reduced runs (its full run stays): the next [`Self::run`] of any
+    /// spec computes it (`tokenlens bench` times that).
+    pub fn forget_runs(&mut self) {
+        self.opened.iter_mut().for_each(|o| o.runs.clear());
+        self.answered.iter_mut().for_each(|a| a.runs.clear());
     }
 
     /// Opens an image for every later [`Self::run`]: an encoder's full run (`ask.prompt`: the
@@ -329,12 +350,13 @@ impl Session {
         Ok(Opened::Encoder { input, analysis })
     }
 
-    /// One run of the open image, for every model: an encoder's reduced run (from the cache
-    /// when the same method, parameters and token count ran before), or a VLM's answer with
-    /// `spec`'s method against the full one (its tokens go to `on_token` as they come).
+    /// One run of the open image, for every model, from the cache when the same method,
+    /// parameters and token count ran before (asked as another fraction, it answers with the
+    /// spec as asked): an encoder's reduced run, or a VLM's answer with `spec`'s method against
+    /// the full one (its tokens go to `on_token` as they come, or all at once from the cache).
     pub fn run(&mut self, spec: &RunSpec, on_token: &mut dyn FnMut(u32), cancel: &Cancel) -> Result<RunResult> {
         match self.is_vlm() {
-            true => Ok(RunResult::Answer(Arc::new(self.answer_reduced(spec, on_token, cancel)?))),
+            true => Ok(RunResult::Answer(self.answer_reduced(spec, on_token, cancel)?)),
             false => Ok(RunResult::Encoder(self.reduce(spec, cancel)?)),
         }
     }
@@ -359,18 +381,35 @@ impl Session {
         let vlm = self.vlm()?;
         let spec = RunSpec { max_new_tokens: vlm.fit_answer(question, &image, spec.max_new_tokens)?, ..spec.clone() };
         let full = Arc::new(vlm.full(image, question, &spec, on_token, cancel)?);
-        self.answered = Some(full.clone());
+        self.answered = Some(OpenRuns::new(full.clone(), CACHE_VLM_RUNS));
         Ok(full)
     }
 
     /// The open image's full VLM run.
     pub fn answered(&self) -> Result<Arc<VlmFull>> {
-        self.answered.clone().ok_or_else(|| Error::NotReady("no image is open".into()))
+        self.answered.as_ref().map(|a| a.full.clone()).ok_or_else(|| Error::NotReady("no image is open".into()))
     }
 
-    /// A reduced VLM run against the open image's full answer.
-    pub fn answer_reduced(&self, spec: &RunSpec, on_token: &mut dyn FnMut(u32), cancel: &Cancel) -> Result<VlmRun> {
-        self.vlm()?.run(&*self.answered()?, spec, on_token, cancel)
+    /// A reduced VLM run against the open image's full answer, resumed from its cached work, or
+    /// from the recent runs when the same spec (at the same token count) ran before: then its
+    /// answer's ids go to `on_token` at once, as a run would have sent them.
+    pub fn answer_reduced(
+        &mut self,
+        spec: &RunSpec,
+        on_token: &mut dyn FnMut(u32),
+        cancel: &Cancel,
+    ) -> Result<Arc<VlmRun>> {
+        let full = self.answered()?;
+        let key = recent::key(spec, spec.budget.resolve(full.vision.num_image_tokens())?);
+        if let Some(hit) = self.answered.as_mut().and_then(|a| a.runs.get(&key)) {
+            hit.answer.ids.iter().for_each(|&id| on_token(id));
+            return Ok(Arc::new(VlmRun { spec: spec.clone(), ..(*hit).clone() }));
+        }
+        let run = Arc::new(self.vlm()?.run(&full, spec, Resume::FromCache, on_token, cancel)?);
+        if let Some(answered) = self.answered.as_mut() {
+            answered.runs.insert(key, run.clone());
+        }
+        Ok(run)
     }
 
     /// Decodes and prepares an image file.

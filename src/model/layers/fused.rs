@@ -1,18 +1,22 @@
 //! The blocks on the fused CPU kernels ([`crate::model::kernels`]): weights as plain `f32`
 //! vectors, every step on slices.
 
-use candle_core::{Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::super::config::{Activation, VitConfig};
 use super::super::kernels::{self, Act, View, gemm, with_scratch, with_slice};
+use super::super::quant::{QuantCount, QuantWeight, Quantize};
 use super::{AttnRecord, Names, bias_shape, tokens};
 use crate::Result;
 
-/// A linear layer's weight `[out, in]` (row-major, as checkpoints store it) and bias `[out]`.
+/// A linear layer's weight `[out, in]` (row-major, as checkpoints store it) and bias `[out]`;
+/// once [`Dense::quantize`]d, the weight is its GGML blocks alone.
 struct Dense {
     weight: Vec<f32>,
+    /// Boxed: most towers are never quantized, and `Dense` sits in several enums' variants.
+    quantized: Option<Box<QuantWeight>>,
     bias: Vec<f32>,
     out: usize,
     inp: usize,
@@ -22,11 +26,23 @@ impl Dense {
     fn load(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((out, inp), "weight")?.flatten_all()?.to_vec1()?;
         let bias = if bias { vb.get(out, "bias")?.to_vec1()? } else { vec![0.0; out] };
-        Ok(Self { weight, bias, out, inp })
+        Ok(Self { weight, quantized: None, bias, out, inp })
+    }
+
+    /// The weight quantized to `format` (its f32 values freed); the bias stays f32.
+    fn quantize(&mut self, format: Quantize) -> Result<QuantCount> {
+        let weight = Tensor::from_vec(std::mem::take(&mut self.weight), (self.out, self.inp), &Device::Cpu)?;
+        let q = QuantWeight::quantize(&weight, format)?;
+        let count = QuantCount { quantized: 1, bytes: q.size_in_bytes() as u64, ..QuantCount::default() };
+        self.quantized = Some(Box::new(q));
+        Ok(count)
     }
 
     /// `x · Wᵀ` for `rows` rows of `x` into `y`, without the bias (the caller's epilogue adds it).
     fn matmul_into(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        if let Some(q) = &self.quantized {
+            return q.matmul_into(x, rows, y);
+        }
         let w = View::rows(&self.weight, self.out, self.inp).t();
         gemm(y, self.out, View::rows(x, rows, self.inp), w, false, kernels::threads());
     }
@@ -79,8 +95,13 @@ impl Attention {
         let d = cfg.hidden_size;
         let (q, k, v, out) = Names::attention(cfg.block_names, vb);
         let scale = (cfg.head_dim() as f64).powf(-0.5) as f32;
-        let mut qkv =
-            Dense { weight: Vec::with_capacity(3 * d * d), bias: Vec::with_capacity(3 * d), out: 3 * d, inp: d };
+        let mut qkv = Dense {
+            weight: Vec::with_capacity(3 * d * d),
+            quantized: None,
+            bias: Vec::with_capacity(3 * d),
+            out: 3 * d,
+            inp: d,
+        };
         for (i, vb) in [q, k, v].into_iter().enumerate() {
             let part = Dense::load(d, d, cfg.qkv_bias, vb)?;
             let s = if i == 0 { scale } else { 1.0 };
@@ -236,6 +257,24 @@ pub struct Block {
 }
 
 impl Block {
+    /// Quantizes the block's linear layers (the attention's fused QKV and output, the MLP's two)
+    /// whose input width fits `format`'s blocks, counting them.
+    pub(super) fn quantize_linears(&mut self, format: Quantize) -> Result<QuantCount> {
+        let mut count = QuantCount::default();
+        let (a, m) = (&mut self.attention, &mut self.mlp);
+        for dense in [&mut a.qkv, &mut a.output, &mut m.fc1, &mut m.fc2] {
+            match format.fits(dense.inp) {
+                true => count.add(dense.quantize(format)?),
+                false => count.add(QuantCount {
+                    kept_f32: 1,
+                    bytes: (dense.weight.len() * 4) as u64,
+                    ..QuantCount::default()
+                }),
+            }
+        }
+        Ok(count)
+    }
+
     pub(super) fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let Names { norm1, attention, norm2, fc1, fc2 } = Names::block(cfg.block_names, &vb);

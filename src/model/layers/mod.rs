@@ -19,6 +19,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{BlockNames, VitConfig};
 use super::kernels;
+use super::quant::{QuantCount, Quantize};
 use crate::{Error, Result};
 
 /// What one attention call recorded besides its output.
@@ -60,6 +61,18 @@ impl Block {
         match self {
             Block::Fused(b) => b.attend(xs, bias, want_probs, want_keys),
             Block::Ops(b) => b.attend(xs, bias, want_probs, want_keys),
+        }
+    }
+
+    /// Quantizes the block's linear layers (the attention's fused QKV and output, the MLP's two)
+    /// whose input width fits `format`'s blocks, counting them. CPU kernels only.
+    pub fn quantize_linears(&mut self, format: Quantize) -> Result<QuantCount> {
+        match self {
+            Block::Fused(b) => b.quantize_linears(format),
+            Block::Ops(_) => Err(Error::Config {
+                field: "--quantize",
+                reason: "quantized layers run on the CPU kernels only".into(),
+            }),
         }
     }
 

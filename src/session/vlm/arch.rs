@@ -196,20 +196,27 @@ impl Arch {
         let (path, json) = read_config(dir)?;
         let bad = |reason: String| Error::weights(&path, reason);
         let linear = |in_dim, out_dim| memory::LinearShape { in_dim, out_dim, count: 1 };
+        // The embedding table stays in the checkpoint's half precision (see `Llama::from_parts`).
+        let half = matches!(crate::model::hf_config::dtype(&json), Some("float16" | "bfloat16"));
         let estimate = match json["model_type"].as_str() {
             Some("llava") => {
                 let c = LlavaSettings::from_hf(&json).map_err(bad)?;
                 // Two linears with biases.
                 let (dv, dt) = (c.vision.hidden_size, c.text.hidden_size);
                 let projector = [linear(dv, dt), linear(dt, dt)];
-                memory::vlm("LLaVA (llava)", &c.vision, &c.text, &projector, 2 * dt as u64)
+                let patches = c.vision.image_size / c.vision.patch_size;
+                let image = patches * patches + if c.keep_cls { c.vision.num_prefix_tokens } else { 0 };
+                memory::vlm("LLaVA (llava)", &c.vision, &c.text, &projector, 2 * dt as u64, image, half)
             }
             Some("idefics3") => {
                 let c = Idefics3Settings::from_hf(&json).map_err(bad)?;
                 // The pixel shuffle's s² patches into one linear, no bias.
                 let s = c.scale_factor;
                 let connector = [linear(c.vision.hidden_size * s * s, c.text.hidden_size)];
-                memory::vlm("SmolVLM (idefics3)", &c.vision, &c.text, &connector, 0)
+                // With image splitting: up to 4 x 4 tiles and the global image (SmolVLM's
+                // processor at its default longest edge, 4 x 512).
+                let per_image = (c.vision.image_size / c.vision.patch_size / s).pow(2);
+                memory::vlm("SmolVLM (idefics3)", &c.vision, &c.text, &connector, 0, 17 * per_image, half)
             }
             _ => return Ok(None),
         };

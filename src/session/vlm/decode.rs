@@ -5,8 +5,8 @@
 //! # Design
 //! Question: where do pruned tokens go inside the language model, and how does a ratio change
 //! avoid re-running the layers it cannot have changed?
-//! Decision: the reducer acts through the decoder's [`LayerIntervene`] hook ([`Llama::run_layers`],
-//! the ViT's mechanism). The rows are a [`TokenState`] (roles: text or image); after a reducer's
+//! Decision: the reducer acts through the ViT's [`Intervene`] hook, after each decoder layer
+//! ([`Llama::run_layers`]). The rows are a [`TokenState`] (roles: text or image); after a reducer's
 //! site its plan is applied by `reduce/plan.rs`, as in the encoder, which gathers the surviving
 //! rows' hidden states and position ids (merged rows are weighted means at their first member's
 //! place), so deeper layers never see, nor cache, the dropped tokens; the layers before keep
@@ -25,8 +25,8 @@ use std::time::Instant;
 use candle_core::{D, DType, Tensor};
 
 use crate::model::layers::AttnRecord;
-use crate::model::llama::{DecoderState, KvCache, LayerIntervene, Llama};
-use crate::model::{HookPoint, Needs, NoIntervention, Probe, Role, TokenState, Trace};
+use crate::model::llama::{DecoderState, KvCache, Llama};
+use crate::model::{HookPoint, Intervene, Needs, NoIntervention, Probe, Role, TokenState, Trace};
 use crate::reduce::{PositionMode, Reducer, Site, SiteView};
 use crate::{Cancel, Error, Result};
 
@@ -111,7 +111,8 @@ impl Prefill {
 pub struct FullPrefill {
     pub prefill: Prefill,
     /// Hidden states entering each layer, `[1, n, d]` (`num_layers` entries; `[0]` is the input
-    /// embeddings).
+    /// embeddings), in the decoder's cache dtype (f16 under `--quantize`, exactly: see
+    /// [`Llama::cache_dtype`]).
     pub inputs: Vec<Tensor>,
     /// The rows entering layer 0 (every layer's, unreduced), with the input embeddings.
     pub rows: TokenState,
@@ -222,12 +223,12 @@ impl<'r> Method<'r> {
     }
 }
 
-impl LayerIntervene for Method<'_> {
+impl Intervene<DecoderState> for Method<'_> {
     fn needs(&self, layer: usize) -> Needs {
         Needs { probs: self.needs_attention(layer), keys: false }
     }
 
-    fn after_layer(&mut self, layer: usize, state: &mut DecoderState, attn: &AttnRecord) -> Result<()> {
+    fn after_block(&mut self, layer: usize, state: &mut DecoderState, attn: &AttnRecord) -> Result<()> {
         self.rows_per_layer.push(Rows::of(&self.rows));
         // Only attention the method asked for: a resumed run has no other to give.
         let probs = attn.probs.clone().filter(|_| self.needs_attention(layer));
@@ -351,11 +352,12 @@ pub fn resume(
     method.layer_end_ms = base.layer_end_ms[..k].to_vec();
     // Where layer k left the rows, and its attention if the plan reads it (not stored: made
     // again from its cached input and keys).
-    let output_k = full.inputs.get(k + 1).unwrap_or(&base.output).clone();
+    let output_k = full.inputs.get(k + 1).unwrap_or(&base.output).to_dtype(DType::F32)?;
     let mut state = DecoderState { hidden: output_k, positions: base.positions.clone(), layer: k + 1 };
-    let attention = |l: usize| lm.attention_from_cache(l, &full.inputs[l], &base.positions, &cache);
+    let attention =
+        |l: usize| lm.attention_from_cache(l, &full.inputs[l].to_dtype(DType::F32)?, &base.positions, &cache);
     let probs = if method.needs_attention(k) { Some(attention(k)?) } else { None };
-    method.after_layer(k, &mut state, &AttnRecord { probs, keys: None })?;
+    method.after_block(k, &mut state, &AttnRecord { probs, keys: None })?;
     let first_look = match view_layer {
         l if l > k => None,
         l if l == full.view_layer => Some(base.first_look.clone()),

@@ -16,8 +16,9 @@
 //! language-side acting before layer 0) reruns only the projector (SmolVLM's connector output is
 //! reused as it is) and the decoder, never the tower; a language-side method first acting after
 //! decoder layer k reruns layers k+1.. only. [`VlmRun::recomputed_from_layer`] and
-//! [`VlmRun::tower_recomputed_from`] say where a run started. [`Vlm::run_from_scratch`]
-//! prefills from layer 0; resumed answers equal it bit for bit (tests/vlm_resume.rs).
+//! [`VlmRun::tower_recomputed_from`] say where a run started. The same run with
+//! [`Resume::FromScratch`] prefills from layer 0; resumed answers equal it bit for bit
+//! (tests/vlm_resume.rs). The session keeps the recent reduced runs besides.
 //! Trade-off: the full prefill's per-layer hidden states stay in memory with the image.
 
 pub mod answer;
@@ -291,30 +292,19 @@ impl Vlm {
         Ok(VlmFull { image, prompt, vision, prefill, run })
     }
 
-    /// A reduced run against `full` (same image, question and answer length), resumed from its
-    /// cached work: the tower never reruns for a pre-LLM method, and a language-side method
-    /// whose first site is after decoder layer k reruns layers k+1.. only.
+    /// A reduced run against `full` (same image, question and answer length). The vision side
+    /// comes from `full`'s cached run (a method inside the tower reruns it from its block);
+    /// with [`Resume::FromCache`] the decoder resumes from the cached full prefill too: a
+    /// language-side method whose first site is after decoder layer k reruns layers k+1.. only.
     pub fn run(
         &self,
         full: &VlmFull,
         spec: &RunSpec,
+        resume: Resume,
         on_token: &mut dyn FnMut(u32),
         cancel: &Cancel,
     ) -> Result<VlmRun> {
-        let against = Against::Full { full, resume: true };
-        Ok(self.run_with(&full.prompt, &full.vision, spec, against, on_token, cancel)?.0)
-    }
-
-    /// [`Self::run`] with the decoder prefilled from layer 0 (the vision side still comes from
-    /// `full`): the reference a resumed run must equal, and the bench's baseline.
-    pub fn run_from_scratch(
-        &self,
-        full: &VlmFull,
-        spec: &RunSpec,
-        on_token: &mut dyn FnMut(u32),
-        cancel: &Cancel,
-    ) -> Result<VlmRun> {
-        let against = Against::Full { full, resume: false };
+        let against = Against::Full { full, resume };
         Ok(self.run_with(&full.prompt, &full.vision, spec, against, on_token, cancel)?.0)
     }
 
@@ -385,7 +375,7 @@ impl Vlm {
                 let full = decode::full_prefill(lm, seq.map_or_else(unreduced, Ok)?, saliency, view_layer, cancel)?;
                 (full.prefill.clone(), Some(full))
             }
-            (Against::Full { full, resume: true }, Some(reducer)) => {
+            (Against::Full { full, resume: Resume::FromCache }, Some(reducer)) => {
                 (decode::resume(lm, &full.prefill, reducer, saliency, spec.positions, view_layer, cancel)?, None)
             }
             (_, reducer) => {
@@ -463,14 +453,25 @@ impl Vlm {
     }
 }
 
+/// Where a reduced run's decoder starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// From the full run's cached prefill at the method's first layer (what a ratio change
+    /// costs).
+    FromCache,
+    /// From layer 0: the reference a resumed run must equal bit for bit, and the bench's
+    /// baseline.
+    FromScratch,
+}
+
 /// What a run is compared to and resumes from.
 #[derive(Clone, Copy)]
 enum Against<'a> {
     /// Nothing: this is the full run.
     Nothing,
-    /// The full run of the same image and question; `resume`: the decoder starts from its
-    /// cached prefill where the method allows (else it runs from layer 0).
-    Full { full: &'a VlmFull, resume: bool },
+    /// The full run of the same image and question, the decoder starting as `resume` says
+    /// (from layer 0 where the method allows no other).
+    Full { full: &'a VlmFull, resume: Resume },
 }
 
 /// A run up to the decoder: the sequence it reads and what the vision side cost.
@@ -608,12 +609,12 @@ pub fn sweep_fractions() -> Vec<f64> {
     f
 }
 
-impl Vlm {
-    /// Runs `spec`'s method at each removed fraction (ascending), reporting each point as it
+impl crate::session::Session {
+    /// Runs `spec`'s method on the open image at each removed fraction (ascending), through the
+    /// session's runs (a fraction run before answers from its cache), reporting each point as it
     /// lands. The answer's first change is the first point with `changed`.
-    pub fn sweep(
-        &self,
-        full: &VlmFull,
+    pub fn sweep_answers(
+        &mut self,
         spec: &RunSpec,
         fractions: &[f64],
         on_point: &mut dyn FnMut(&SweepPoint),
@@ -622,7 +623,7 @@ impl Vlm {
         let mut points = Vec::with_capacity(fractions.len());
         for &removed in fractions {
             let s = RunSpec { budget: Budget::RemoveFraction(removed), ..spec.clone() };
-            let run = self.run(full, &s, &mut |_| {}, cancel)?;
+            let run = self.answer_reduced(&s, &mut |_| {}, cancel)?;
             let point = SweepPoint::of(removed, &run);
             on_point(&point);
             points.push(point);

@@ -1,14 +1,26 @@
-//! Controls both the encoder and the VLM panels draw: section headers, the budget slider with its
-//! presets, the look (colormap, opacity, map scale), a method picker's entry, and a generic
-//! editor over a method's parameters. Panels import these; these import no panel.
+//! What more than one panel draws, in one place: section headers, the budget slider with its
+//! presets, the look (colormap, opacity, map scale), the method pickers, a generic editor over a
+//! method's parameters, label probabilities, FLOP counts; the photo with its token grid
+//! (`scene`) and an answer's marked tokens (`tokens`). Panels share only these (no panel imports
+//! another; `tests/layering.rs` checks it), and these import no panel.
+
+mod scene;
+mod tokens;
 
 use eframe::egui;
 use serde_json::Value;
 
+pub use scene::{
+    Fate, GridFrame, ValueMap, colorbar_ui, highlight, image_scene_ui, map_of, mark_role, patch_at, patch_info,
+    token_legend,
+};
+pub use tokens::{Mark, Pick, shown_piece, side_of_diff, tokens_ui};
+
 use super::TokenlensApp;
 use crate::reduce::budget::PRESETS_REMOVED;
-use crate::reduce::{Budget, Capabilities, Method};
+use crate::reduce::{Budget, Capabilities, Method, Side};
 use crate::render::Colormap;
+use crate::session::Output;
 
 /// A slider value within this many percentage points of a preset snaps to it.
 const SNAP_POINTS: f64 = 1.2;
@@ -220,6 +232,59 @@ pub fn look_ui(s: &mut super::Settings, ui: &mut egui::Ui) {
             ui.selectable_value(&mut s.scale, scale, scale.label());
         }
     });
+}
+
+/// The most probable labels with the full and the reduced model's probabilities.
+pub fn labels_ui(ui: &mut egui::Ui, full: &Output, reduced: Option<&Output>) {
+    let bar = ((ui.available_width() - 110.0) / 2.0).clamp(36.0, 90.0);
+    egui::Grid::new(ui.next_auto_id()).num_columns(3).spacing([8.0, 4.0]).show(ui, |ui| {
+        ui.label("");
+        ui.label(egui::RichText::new("full").small());
+        ui.label(egui::RichText::new("reduced").small());
+        ui.end_row();
+        let index = |o: &Output, label: &str| o.labels.iter().position(|l| l == label);
+        for (label, p) in full.top(8) {
+            ui.label(&label);
+            ui.add(egui::ProgressBar::new(p).text(format!("{p:.3}")).desired_width(bar));
+            match reduced.and_then(|r| index(r, &label).map(|i| r.values[i])) {
+                Some(q) => ui.add(egui::ProgressBar::new(q).text(format!("{q:.3}")).desired_width(bar)),
+                None => ui.spinner(),
+            };
+            ui.end_row();
+        }
+    });
+}
+
+/// "12.13 G", "38.2 M".
+pub fn flops(v: f64) -> String {
+    if v >= 1e9 { format!("{:.2} G", v / 1e9) } else { format!("{:.1} M", v / 1e6) }
+}
+
+/// The method picker (`id`: one per picker on screen; `width` of its button), vision side then
+/// language side; methods the model (`caps`) refuses are greyed out with the reason.
+pub fn method_menu(
+    ui: &mut egui::Ui,
+    id: impl std::hash::Hash + std::fmt::Debug,
+    width: f32,
+    caps: &Capabilities,
+    method: &mut Method,
+) {
+    let label = method.label();
+    egui::ComboBox::from_id_salt(("vlm_method", id)).selected_text(label).width(width).height(480.0).show_ui(
+        ui,
+        |ui| {
+            let all = Method::all();
+            for (title, side) in [("Vision side", Side::Vision), ("Language side", Side::Language)] {
+                ui.label(egui::RichText::new(title).strong().small());
+                for m in all.iter().filter(|m| m.info().side == side) {
+                    let chosen = m.name() == method.name();
+                    if method_entry(ui, m, chosen, caps) {
+                        *method = m.clone();
+                    }
+                }
+            }
+        },
+    );
 }
 
 #[cfg(test)]
