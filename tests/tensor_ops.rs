@@ -72,3 +72,31 @@ fn half_precision_stays_within_1e_2_of_f32_on_a_gpu() {
         }
     }
 }
+
+/// A language-side method's ratio change resumed from the cached full prefill equals the run from
+/// layer 0 on the tensor-op path too (ids, log-probabilities, rows per layer).
+#[test]
+fn resumed_runs_equal_runs_from_scratch_on_tensor_ops() {
+    use tokenlens::Cancel;
+    use tokenlens::reduce::llm::LlmReducerConfig;
+    use tokenlens::reduce::{Budget, Method};
+    use tokenlens::session::RunSpec;
+    use tokenlens::session::vlm::Resume;
+    tensor_ops();
+    for name in ["idefics3_deep", "llava"] {
+        let (vlm, full) = common::vlm_full(name);
+        let layers = vlm.num_layers();
+        for mut cfg in LlmReducerConfig::defaults() {
+            if let Some(l) = cfg.layer(layers) {
+                cfg.set_layer(l.min(layers - 1).max(1), layers);
+            }
+            let what = format!("{name} {}", cfg.name());
+            let s =
+                RunSpec { method: Some(Method::Llm(cfg)), budget: Budget::RemoveFraction(0.5), ..common::vlm_spec() };
+            let resumed = vlm.run(&full, &s, Resume::FromCache, &mut |_| {}, &Cancel::default()).unwrap();
+            let scratch = vlm.run(&full, &s, Resume::FromScratch, &mut |_| {}, &Cancel::default()).unwrap();
+            assert_eq!(resumed.answer, scratch.answer, "{what}");
+            assert_eq!(resumed.image_rows_per_layer, scratch.image_rows_per_layer, "{what}");
+        }
+    }
+}

@@ -185,4 +185,3 @@ fn an_empty_image_is_an_error_not_a_panic() {
         assert!(tiles.images.iter().all(|t| t.dimensions() == (32, 32)));
     }
 }
-

@@ -119,6 +119,45 @@ fn options_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     });
 }
 
+/// Where the model runs and what its linear weights are kept in (the CLI's `--device` and
+/// `--dtype`); a change reloads the model. A choice the machine cannot honour (a GPU it lacks,
+/// half precision on the CPU) is refused by the load, and its message shown.
+fn device_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
+    use crate::model::quant::{DTypeChoice, DeviceChoice, LoadOptions};
+    let mut options = LoadOptions::process();
+    let before = options;
+    ui.horizontal(|ui| {
+        ui.label("Device");
+        let mut devices = vec![DeviceChoice::Auto, DeviceChoice::Cpu];
+        devices.extend([DeviceChoice::Cuda(0), DeviceChoice::Metal].into_iter().filter(|d| d.compiled()));
+        egui::ComboBox::from_id_salt("device")
+            .selected_text(options.device.to_string())
+            .show_ui(ui, |ui| {
+                for d in devices {
+                    ui.selectable_value(&mut options.device, d, d.to_string());
+                }
+            })
+            .response
+            .on_hover_text("auto: the first CUDA GPU of a build with the `cuda` feature, else the CPU");
+        egui::ComboBox::from_id_salt("dtype")
+            .selected_text(options.dtype.to_string())
+            .show_ui(ui, |ui| {
+                for d in [DTypeChoice::Auto, DTypeChoice::F32, DTypeChoice::F16, DTypeChoice::Bf16] {
+                    ui.selectable_value(&mut options.dtype, d, d.to_string());
+                }
+            })
+            .response
+            .on_hover_text(
+                "what a vision-language model's decoder and projector weights are kept in; f16 and bf16 run on a \
+             GPU only, attention and softmax stay f32",
+            );
+    });
+    if options != before {
+        options.set_process();
+        app.command(Command::SwitchModel(app.model.source.clone()));
+    }
+}
+
 /// The model picker and the prompt box (enabled for models that score labels).
 fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let (mut to_default, mut pick_folder) = (false, false);
@@ -141,6 +180,7 @@ fn model_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             ui.add(egui::Label::new(egui::RichText::new(super::vlm::HOW_TO_GET).small()).wrap());
         });
     });
+    device_ui(app, ui);
     if to_default {
         app.command(Command::SwitchModel(ModelSource::Default));
     }

@@ -265,8 +265,9 @@ impl Attention {
             // The same scale, mask and softmax as tensor ops: query i (at slot past + i) sees
             // keys 0..=past + i.
             let seen = past + n;
-            let mask: Vec<f32> =
-                (0..n).flat_map(|i| (0..seen).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+            let mask: Vec<f32> = (0..n)
+                .flat_map(|i| (0..seen).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
             let mask = Tensor::from_vec(mask, (1, 1, n, seen), q.device())?;
             let logits = (logits * f64::from(scale))?.broadcast_add(&mask)?;
             return Ok(candle_nn::ops::softmax_last_dim(&logits)?);

@@ -372,7 +372,10 @@ pub enum Proj {
     /// Weight and bias in f16 or bf16 (on a GPU): the input is cast to their dtype for the
     /// product and the output back to f32.
     Half(candle_nn::Linear),
-    Quantized { weight: QuantWeight, bias: Option<Tensor> },
+    Quantized {
+        weight: QuantWeight,
+        bias: Option<Tensor>,
+    },
 }
 
 impl Module for Proj {
@@ -579,7 +582,13 @@ pub struct Linears {
 impl Linears {
     /// Layers on the CPU, quantized as `quantize` says or f32.
     pub fn new(quantize: Option<Quantize>) -> Self {
-        Self { quantize, device: Device::Cpu, dtype: Some(DType::F32), count: Cell::default(), stored: RefCell::new(None) }
+        Self {
+            quantize,
+            device: Device::Cpu,
+            dtype: Some(DType::F32),
+            count: Cell::default(),
+            stored: RefCell::new(None),
+        }
     }
 
     /// Layers as `options` say: quantized on the CPU, or on their device in their dtype.

@@ -52,7 +52,6 @@ pub fn check_hf_encoder(name: &str) {
     }
 }
 
-
 pub fn vlm_reference(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(&format!("vlm/{name}/reference.json"))).unwrap()).unwrap()
 }

@@ -139,7 +139,10 @@ impl<'a> Names<'a> {
     }
 
     /// The query, key, value and output projections of the attention subtree `vb`.
-    fn attention(names: BlockNames, vb: VarBuilder<'a>) -> (VarBuilder<'a>, VarBuilder<'a>, VarBuilder<'a>, VarBuilder<'a>) {
+    fn attention(
+        names: BlockNames,
+        vb: VarBuilder<'a>,
+    ) -> (VarBuilder<'a>, VarBuilder<'a>, VarBuilder<'a>, VarBuilder<'a>) {
         match names {
             BlockNames::Clip => (vb.pp("q_proj"), vb.pp("k_proj"), vb.pp("v_proj"), vb.pp("out_proj")),
             BlockNames::Dinov2 | BlockNames::Vit => {
