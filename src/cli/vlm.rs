@@ -49,7 +49,11 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
         session.vlm_mut()?.split_image = split;
     }
     let vlm = session.vlm()?;
-    let weights = vlm.memory_estimate().map_or_else(|| "f32".into(), |m| m.format());
+    // Quantized: the estimate's account of each part; else the dtype and device asked for.
+    let weights = match vlm.options.quantize {
+        Some(_) => vlm.memory_estimate().map_or_else(|| vlm.options.describe(), |m| m.format()),
+        None => vlm.options.describe(),
+    };
     eprintln!(
         "{} ({}), {} decoder layers, weights {weights}, loaded in {:.1} s",
         vlm.id,
