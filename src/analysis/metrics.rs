@@ -47,7 +47,7 @@ pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
 
 /// Indices of the `fraction` largest values (ties broken by index).
 fn top_set(v: &[f32], fraction: f64) -> Vec<bool> {
-    let k = ((v.len() as f64 * fraction).round() as usize).max(1);
+    let k = ((v.len() as f64 * fraction).round() as usize).max(1).min(v.len());
     let mut idx: Vec<usize> = (0..v.len()).collect();
     idx.sort_by(|&i, &j| v[j].total_cmp(&v[i]).then(i.cmp(&j)));
     let mut mask = vec![false; v.len()];
@@ -57,8 +57,12 @@ fn top_set(v: &[f32], fraction: f64) -> Vec<bool> {
     mask
 }
 
-/// IoU of the top-`fraction` regions of two maps.
+/// IoU of the top-`fraction` regions of two maps; NaN where there is no map (an encoder without
+/// an output head).
 pub fn top_iou(a: &[f32], b: &[f32], fraction: f64) -> f64 {
+    if a.is_empty() || b.is_empty() {
+        return f64::NAN;
+    }
     let (ma, mb) = (top_set(a, fraction), top_set(b, fraction));
     let inter = ma.iter().zip(&mb).filter(|(x, y)| **x && **y).count();
     let union = ma.iter().zip(&mb).filter(|(x, y)| **x || **y).count();
@@ -85,6 +89,13 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_iou_of_no_map_is_nan_not_a_panic() {
+        // `tokenlens run` on a bare encoder (no head: no output map) panicked here.
+        assert!(top_iou(&[], &[], 0.2).is_nan());
+        assert_eq!(top_iou(&[1.0, 0.0], &[1.0, 0.0], 0.2), 1.0);
+    }
 
     #[test]
     fn by_hand() {

@@ -33,7 +33,8 @@ pub struct AttnRecord {
 
 /// A pre-norm transformer block: `x + ls1·attn(norm1(x))`, then `x + ls2·mlp(norm2(x))`.
 pub enum Block {
-    Fused(fused::Block),
+    /// Boxed: a block is built once and used by reference; the variants differ in size.
+    Fused(Box<fused::Block>),
     Ops(ops::Block),
 }
 
@@ -41,7 +42,7 @@ impl Block {
     /// `vb` at the block's subtree; built for `vb`'s device.
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
         Ok(match kernels::fused(vb.device()) {
-            true => Block::Fused(fused::Block::new(cfg, vb)?),
+            true => Block::Fused(Box::new(fused::Block::new(cfg, vb)?)),
             false => Block::Ops(ops::Block::new(cfg, vb)?),
         })
     }
