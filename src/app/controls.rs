@@ -139,6 +139,7 @@ fn device_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             })
             .response
             .on_hover_text("auto: the first CUDA GPU of a build with the `cuda` feature, else the CPU");
+        ui.label("weights");
         egui::ComboBox::from_id_salt("dtype")
             .selected_text(options.dtype.to_string())
             .show_ui(ui, |ui| {

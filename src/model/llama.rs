@@ -321,38 +321,36 @@ impl RmsNorm {
 
 /// `a + b` (same shapes) on `kernels::add` on the CPU.
 fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.dims() != b.dims() {
-        return Err(Error::Config { field: "decoder", reason: format!("adding {:?} to {:?}", b.dims(), a.dims()) });
-    }
-    if !kernels::fused(a.device()) {
-        return Ok((a + b)?);
-    }
-    let mut out = vec![0f32; a.elem_count()];
-    with_slice(a, |a| {
-        with_slice(b, |b| {
-            kernels::add(a, b, &mut out);
-            Ok(())
-        })
-    })?;
-    Ok(Tensor::from_vec(out, a.shape(), a.device())?)
+    binary(a, b, |a, b| a + b, kernels::add)
 }
 
 /// `silu(gate) · up` (same shapes) on `kernels::silu_mul` on the CPU.
 fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if gate.dims() != up.dims() {
-        return Err(Error::Config { field: "decoder", reason: format!("gate {:?}, up {:?}", gate.dims(), up.dims()) });
+    binary(gate, up, |g, u| candle_nn::ops::silu(g)? * u, kernels::silu_mul)
+}
+
+/// An element-wise step of two same-shaped tensors: `kernel` on the CPU's slices, `op` (candle's
+/// tensor ops) elsewhere.
+fn binary(
+    a: &Tensor,
+    b: &Tensor,
+    op: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    kernel: fn(&[f32], &[f32], &mut [f32]),
+) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        return Err(Error::Config { field: "decoder", reason: format!("{:?} and {:?} differ", a.dims(), b.dims()) });
     }
-    if !kernels::fused(gate.device()) {
-        return Ok((candle_nn::ops::silu(gate)? * up)?);
+    if !kernels::fused(a.device()) {
+        return Ok(op(a, b)?);
     }
-    let mut out = vec![0f32; gate.elem_count()];
-    with_slice(gate, |g| {
-        with_slice(up, |u| {
-            kernels::silu_mul(g, u, &mut out);
+    let mut out = vec![0f32; a.elem_count()];
+    with_slice(a, |a| {
+        with_slice(b, |b| {
+            kernel(a, b, &mut out);
             Ok(())
         })
     })?;
-    Ok(Tensor::from_vec(out, gate.shape(), gate.device())?)
+    Ok(Tensor::from_vec(out, a.shape(), a.device())?)
 }
 
 struct Layer {
