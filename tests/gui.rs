@@ -123,11 +123,11 @@ fn the_window_draws_the_attention_overlay() {
 
 /// Runs the app on a tiny VLM fixture until the full answer, a reduced run and the whole ratio
 /// sweep are on screen; returns the frame and what the answer panels showed.
-fn vlm_screenshot(x: &Xvfb, model: &str, out: &Path) -> (image::RgbImage, serde_json::Value) {
+fn vlm_screenshot(x: &Xvfb, model: &str, reducer: &str, out: &Path) -> (image::RgbImage, serde_json::Value) {
     let model = common::fixture(&format!("vlm/{model}"));
     let args = ["--model".as_ref(), model.as_os_str()]
         .into_iter()
-        .chain(["--reducer", "random", "--max-answer-tokens", "12"].map(std::ffi::OsStr::new))
+        .chain(["--reducer", reducer, "--max-answer-tokens", "12"].map(std::ffi::OsStr::new))
         .collect::<Vec<_>>();
     let frame = run_app(x, &asset("chelsea.png"), &args, out);
     let summary = serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
@@ -140,7 +140,7 @@ fn the_vlm_answer_diff_and_sweep_appear() {
     let dir = tempfile::tempdir().unwrap();
     for model in ["llava", "idefics3"] {
         let out = dir.path().join(format!("vlm-{model}.png"));
-        let (frame, s) = vlm_screenshot(&x, model, &out);
+        let (frame, s) = vlm_screenshot(&x, model, "random", &out);
         // Both answers and their diff, the log-probability, and every sweep point.
         let full = s["full_answer"].as_array().expect("a full answer");
         let reduced = s["reduced_answer"].as_array().expect("a reduced answer");
@@ -161,6 +161,17 @@ fn the_vlm_answer_diff_and_sweep_appear() {
         };
         assert!(count([60, 200, 90]) > 20, "{model}: no sweep markers on screen");
     }
+}
+
+/// FastV on the 2-layer fixture removes nothing, and its header says so at length: the header
+/// wraps instead of widening the view (which pushed the photo under the answer panel).
+#[test]
+fn a_long_vlm_header_wraps_inside_the_view() {
+    let Some(x) = Xvfb::start_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, s) = vlm_screenshot(&x, "llava", "fastv", &dir.path().join("fastv.png"));
+    assert!(s["reduced_label"].as_str().is_some_and(|l| l.contains("nothing removed")), "{s}");
+    assert_eq!(s["central_overflow"], 0.0, "the view is wider than its panel: {s}");
 }
 
 /// The compare view with a VLM: the full model and the four default methods at one budget, each

@@ -371,6 +371,17 @@ pub struct Screen {
     /// Size, DPI, font scale, title and key of exported figures (and whether their window is
     /// open).
     export_options: export_options::ExportOptions,
+    /// How much wider than the central panel its content was last frame, in points (0 when it
+    /// fits): content that overflows is clipped and pushes centred images under the side panel.
+    central_overflow: f32,
+}
+
+impl Screen {
+    /// Records how far `ui`'s content spilled past `panel`, the rect it was given (egui widens
+    /// a `Ui`'s own rect to what overflows it).
+    fn note_overflow(&mut self, panel: egui::Rect, ui: &egui::Ui) {
+        self.central_overflow = (ui.min_rect().right() - panel.right()).max(0.0);
+    }
 }
 
 /// The handles the app runs with: not state the user sees.
@@ -439,6 +450,7 @@ impl TokenlensApp {
                 compare_hover: None,
                 show_help: false,
                 export_options: Default::default(),
+                central_overflow: 0.0,
             },
             runtime: Runtime {
                 worker,
@@ -911,7 +923,11 @@ impl TokenlensApp {
             }
             self.capture.requested = true;
             let summary = match (&self.vlm, self.capture.press) {
-                (Some(vlm), _) => Some(vlm.summary()),
+                (Some(vlm), _) => {
+                    let mut summary = vlm.summary();
+                    summary["central_overflow"] = self.screen.central_overflow.into();
+                    Some(summary)
+                }
                 (None, Some(_)) => Some(serde_json::json!({
                     "in_app_browser": self.runtime.dialogs.in_app_open(),
                     "status": self.screen.status,
@@ -1021,6 +1037,17 @@ impl TokenlensApp {
     }
 }
 
+impl TokenlensApp {
+    /// The central panel, drawn by `view`, with how far its content overflowed noted.
+    fn central_panel(&mut self, ui: &mut egui::Ui, view: fn(&mut TokenlensApp, &mut egui::Ui)) {
+        egui::CentralPanel::default().show(ui, |ui| {
+            let panel = ui.max_rect();
+            view(self, ui);
+            self.screen.note_overflow(panel, ui);
+        });
+    }
+}
+
 impl eframe::App for TokenlensApp {
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
         self.persist_settings(true);
@@ -1046,7 +1073,7 @@ impl eframe::App for TokenlensApp {
         });
         match self.settings.tab {
             Tab::Compare if self.vlm.is_some() => {
-                egui::CentralPanel::default().show(ui, |ui| vlm_compare::compare_ui(self, ui));
+                self.central_panel(ui, vlm_compare::compare_ui);
             }
             _ if self.vlm.is_some() => {
                 egui::Panel::right("output").size_range(340.0..=620.0).default_size(460.0).show(ui, |ui| {
@@ -1055,16 +1082,16 @@ impl eframe::App for TokenlensApp {
                         vlm_cost::cost_ui(self, ui);
                     });
                 });
-                egui::CentralPanel::default().show(ui, |ui| vlm_view::view_ui(self, ui));
+                self.central_panel(ui, vlm_view::view_ui);
             }
             Tab::Single => {
                 egui::Panel::right("output").size_range(300.0..=520.0).default_size(360.0).show(ui, |ui| {
                     egui::ScrollArea::vertical().show(ui, |ui| output::output_ui(self, ui));
                 });
-                egui::CentralPanel::default().show(ui, |ui| view::main_view_ui(self, ui));
+                self.central_panel(ui, view::main_view_ui);
             }
             Tab::Compare => {
-                egui::CentralPanel::default().show(ui, |ui| compare::compare_ui(self, ui));
+                self.central_panel(ui, compare::compare_ui);
             }
         }
         self.help_ui(&ctx);

@@ -81,7 +81,8 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let map = value_map(vlm, &opened, s.vlm.overlay, &method);
     let frame = frame(&opened);
 
-    ui.horizontal(|ui| match (&map, s.vlm.overlay, &run) {
+    // Wrapped: a long run label (FastV's "nothing removed in any of …") must not widen the view.
+    ui.horizontal_wrapped(|ui| match (&map, s.vlm.overlay, &run) {
         (Some(m), _, _) => {
             ui.strong(&m.title);
             colorbar_ui(ui, s.colormap, s.scale, &m.values);
