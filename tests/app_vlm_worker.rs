@@ -123,7 +123,7 @@ fn the_worker_streams_answers_runs_the_sweep_and_survives_errors() {
                     assert_eq!((info.num_layers, info.context), (2, Some(64)), "{model}");
                     // The guard's estimate for the cost panel: the KV cache at the 64-token context.
                     let memory = info.memory.expect("the memory estimate");
-                    assert_eq!((memory.dtype, memory.kv_tokens), ("f32", 64), "{model}");
+                    assert_eq!((memory.format(), memory.kv_tokens), ("f32".to_string(), 64), "{model}");
                     break;
                 }
                 Event::Status(_) => {}

@@ -7,9 +7,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use candle_core::DType;
 use common::fixture;
 use tokenlens::model::ModelSource;
-use tokenlens::model::memory::{self, Available};
+use tokenlens::model::memory::{self, Available, Budget};
 use tokenlens::model::quant::Quantize;
 use tokenlens::session::Session;
 use tokenlens::session::vlm::Arch;
@@ -98,6 +99,51 @@ fn a_model_over_the_limit_is_refused_by_the_guard_before_any_weight_is_read() {
     assert!(memory::check(&estimate, Available::Unknown).is_ok());
 }
 
+/// On a GPU the device holds the weights, caches and work; LLaVA-1.5-7B's shapes by hand:
+/// parameters 7,063,427,072 (tower 303,507,456, projector 20,979,712, decoder 6,738,939,904);
+/// the linear layers (decoder, lm_head, projector) 6,628,311,040, kept in bf16 with the float16
+/// embedding table (131,334,144), the rest (303,781,888: tower, biases, norms) f32.
+#[test]
+fn on_a_gpu_the_7b_is_checked_against_the_device_in_half_precision_before_any_weight_is_read() {
+    let dir = config_only_7b();
+    let cpu = Arch::memory_estimate(dir.path()).unwrap().unwrap();
+    assert_eq!(cpu.parameters, 7_063_427_072);
+    let bf16 = cpu.clone().on_device("cuda:0", Some(DType::BF16));
+    assert_eq!(bf16.weight_bytes(), 303_781_888 * 4 + (6_628_311_040 + TABLE) * 2);
+    // A run: two f32 KV caches (2 x 32 x 4096 x 704 x 4), the layer inputs (32 x 704 x 4096 x 4),
+    // the tower's maps, keys and states (4 x 24 x (16 x 577² + 2 x 577 x 1024)), one decoder
+    // layer at work (4 x (3 x 32 x 704² + 3 x 704 x 11008)); then 256 MiB and 5 %.
+    let run: u64 = 2 * 738_197_504 + 369_098_752 + 624_821_760 + 283_312_128;
+    let base = 14_734_417_920 + run + (256 << 20);
+    assert_eq!(bf16.total(), base + base * 5 / 100);
+    // The host: the largest tensor (the float16 table, or lm_head) while it is copied over.
+    let host = TABLE * 2 + (256 << 20);
+    assert_eq!(bf16.host_bytes(), host + host * 5 / 100);
+    assert!(bf16.summary().contains("(bf16 linear layers, the rest f32)"), "{}", bf16.summary());
+    // `--dtype auto`: the published float16.
+    let auto = cpu.clone().on_device("cuda:0", None);
+    assert_eq!((auto.linear_dtype, auto.weight_bytes()), (DType::F16, bf16.weight_bytes()));
+    // A 24 GB GPU: f32 is refused, naming the device, the numbers and the flags that fit.
+    let f32 = cpu.clone().on_device("cuda:0", Some(DType::F32));
+    let gpu = |device| Budget { host: Available::Limit(16_000_000_000), device };
+    let msg = memory::check(&f32, gpu(Available::DeviceFree(24_000_000_000))).unwrap_err().to_string();
+    for needed in [
+        "LLaVA (llava) needs about 32.56 GB on cuda:0",
+        "24.00 GB is free on cuda:0 (cuMemGetInfo)",
+        "--dtype bf16 or f16 (18.64 GB on cuda:0, fits)",
+        "--device cpu --quantize q8_0 (",
+        "--device cpu --quantize q4k (",
+    ] {
+        assert!(msg.contains(needed), "`{needed}` missing from: {msg}");
+    }
+    assert_eq!(msg.matches("of host RAM, fits)").count(), 2, "{msg}");
+    assert!(memory::check(&bf16, gpu(Available::DeviceFree(24_000_000_000))).is_ok());
+    // A 16 GB GPU: half precision does not fit either; the CPU with a quantization does.
+    let msg = memory::check(&bf16, gpu(Available::DeviceLimit(16_000_000_000))).unwrap_err().to_string();
+    assert!(msg.contains("16.00 GB is the --device-memory-limit") && !msg.contains("--dtype"), "{msg}");
+    assert!(msg.contains("--device cpu --quantize q4k (") && msg.contains("of host RAM, fits)"), "{msg}");
+}
+
 fn tokenlens() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tokenlens"))
 }
@@ -128,6 +174,16 @@ fn the_cli_refuses_with_the_guard_not_a_missing_file() {
     assert!(!tiny.status.success() && stderr.contains("not enough memory"), "{stderr}");
     let zero = run("0", &fixture("vlm/llava"));
     assert!(!zero.status.success() && String::from_utf8_lossy(&zero.stderr).contains("--memory-limit"));
+    let zero = tokenlens()
+        .args(["--device-memory-limit", "0", "vlm", "--out"])
+        .arg(out.path())
+        .arg("--model")
+        .arg(fixture("vlm/llava"))
+        .arg(&image)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&zero.stderr);
+    assert!(!zero.status.success() && stderr.contains("--device-memory-limit must be a positive"), "{stderr}");
 }
 
 #[test]

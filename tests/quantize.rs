@@ -190,6 +190,10 @@ fn the_cli_takes_quantize_dtype_and_device() {
     assert_eq!(json["load"]["options"]["device"], "auto");
     assert_eq!(json["load"]["linears"]["quantized"], 17);
     assert_eq!(json["load"]["linears"]["tower"], 8);
+    // The guard's estimate: on the CPU the device's total is the host's.
+    let memory = &json["load"]["memory"];
+    assert_eq!((memory["device"].as_str(), memory["kv_dtype"].as_str()), (Some("cpu"), Some("f16")));
+    assert!(memory["device_bytes"].as_u64().is_some() && memory["device_bytes"] == memory["host_bytes"], "{memory}");
     for (flags, says) in [
         (&["--quantize", "q2"][..], "unknown quantization `q2` (supported: q8_0, q4k)"),
         (&["--dtype", "bf16"][..], "not computed on the CPU"),

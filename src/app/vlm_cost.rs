@@ -88,16 +88,18 @@ pub fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
 }
 
 /// The model's memory as the guard estimated it at load: weights in their dtype (with
-/// `--quantize`: how many linear layers are quantized), the KV cache.
+/// `--quantize`: how many linear layers are quantized), the KV cache; on a GPU, the device's
+/// total and the host's.
 pub fn memory_line(m: &Estimate) -> String {
+    let on = m.device.as_ref().map_or(String::new(), |d| format!(" on {d} (host {})", gb(m.host_bytes())));
     format!(
-        "weights {} ({}, {:.2} B parameters) · KV cache {} ({} tokens, {}) · estimate {}",
+        "weights {} ({}, {:.2} B parameters) · KV cache {} ({} tokens, {}) · estimate {}{on}",
         gb(m.weight_bytes()),
         m.format(),
         m.parameters as f64 / 1e9,
         gb(m.kv_bytes()),
         m.kv_tokens,
-        if m.quantize.is_some() { "f16" } else { "f32" },
+        m.kv_dtype(),
         gb(m.total())
     )
 }
@@ -166,6 +168,12 @@ mod tests {
             "{line}"
         );
         assert!(q8.weight_bytes() < m.weight_bytes() / 3, "{line}");
+        // On a GPU in bf16: the device's estimate, and the host's beside it.
+        let line = memory_line(&m.on_device("cuda:0", Some(candle_core::DType::BF16)));
+        assert!(
+            line.contains("(bf16 linear layers, the rest f32, 7.06 B") && line.contains(" on cuda:0 (host "),
+            "{line}"
+        );
     }
 
     #[test]

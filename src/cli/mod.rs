@@ -29,10 +29,15 @@ struct Cli {
     /// where Pillow refuses).
     #[arg(long, global = true, value_name = "PIXELS")]
     max_image_pixels: Option<u64>,
-    /// Memory guard: the memory a model may need, in GB (10^9 bytes), instead of what the system
+    /// Memory guard: the host RAM a model may need, in GB (10^9 bytes), instead of what the system
     /// has available (MemAvailable); a model estimated to need more is refused before loading.
+    /// For a model on a GPU this limits the host side only (see --device-memory-limit).
     #[arg(long, global = true, value_name = "GB")]
     memory_limit: Option<f64>,
+    /// Memory guard on a GPU: the device memory a model may need (weights, KV cache, work), in
+    /// GB, instead of what the device reports free.
+    #[arg(long, global = true, value_name = "GB")]
+    device_memory_limit: Option<f64>,
     /// Quantize a vision-language model's decoder and projector linear layers at load: q8_0
     /// (8-bit, ~1.06 bytes per weight) or q4k (4-bit k-quants, ~0.56). Embeddings, norms,
     /// attention and softmax stay f32; layers whose input width is not a multiple of the block
@@ -417,6 +422,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     if let Some(gb) = cli.memory_limit {
         anyhow::ensure!(gb.is_finite() && gb > 0.0, "--memory-limit must be a positive number of GB");
         memory::set_limit((gb * 1e9) as u64);
+    }
+    if let Some(gb) = cli.device_memory_limit {
+        anyhow::ensure!(gb.is_finite() && gb > 0.0, "--device-memory-limit must be a positive number of GB");
+        memory::set_device_limit((gb * 1e9) as u64);
     }
     let options = LoadOptions { quantize: cli.quantize, dtype: cli.dtype, device: cli.device };
     options.resolve()?;

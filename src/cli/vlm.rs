@@ -84,7 +84,11 @@ pub fn run(args: &VlmArgs) -> anyhow::Result<()> {
     let mut json = serde_json::json!({
         "model": vlm.id,
         "architecture": vlm.arch.name(),
-        "load": { "options": vlm.options, "linears": vlm.linears },
+        "load": {
+            "options": vlm.options,
+            "linears": vlm.linears,
+            "memory": vlm.memory_estimate().map(|m| m.report()),
+        },
         "image": { "path": super::path_text(&args.image), "sha256": full.image.sha256 },
         "question": args.question,
         "prompt": full.prompt,

@@ -94,7 +94,7 @@ impl HfVision {
     /// [`HfVision::load`] on `device`.
     pub fn load_on(dir: &Path, device: &Device) -> Result<Self> {
         let settings = Settings::read(dir)?;
-        memory::guard(&settings.estimate())?;
+        memory::guard(&settings.estimate().placed(device, None), device)?;
         let Settings { json, hf, architecture, cfg, tower_root, .. } = settings;
         let bad = |path: &Path, reason: String| Error::weights(path, reason);
 

@@ -256,20 +256,23 @@ impl Attention {
     }
 
     /// Post-softmax attention `[1, heads, n, past + n]` of queries `q` over keys `k` (repeated
-    /// to every head), causal over the `past` cached and the `n` new tokens.
-    fn probs(&self, q: &Tensor, k: &Tensor, past: usize) -> Result<Tensor> {
+    /// to every head), causal over the `past` cached and the `n` new tokens. `mask(n, past)`
+    /// gives the tensor-op path's causal mask (see [`PositionTables::causal_mask`]).
+    fn probs(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        past: usize,
+        mask: impl FnOnce(usize, usize) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let n = q.dim(2)?;
         let scale = (self.head_dim as f32).powf(-0.5);
         let logits = q.matmul(&k.t()?)?;
         if !kernels::fused(q.device()) {
-            // The same scale, mask and softmax as tensor ops: query i (at slot past + i) sees
-            // keys 0..=past + i.
-            let seen = past + n;
-            let mask: Vec<f32> = (0..n)
-                .flat_map(|i| (0..seen).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-                .collect();
-            let mask = Tensor::from_vec(mask, (1, 1, n, seen), q.device())?;
-            let logits = (logits * f64::from(scale))?.broadcast_add(&mask)?;
+            // The same scale, mask and softmax as tensor ops. One row (a decode step) sees every
+            // key, so it needs no mask.
+            let logits = (logits * f64::from(scale))?;
+            let logits = if n > 1 { logits.broadcast_add(&mask(n, past)?)? } else { logits };
             return Ok(candle_nn::ops::softmax_last_dim(&logits)?);
         }
         let shape = logits.shape().clone();
@@ -430,6 +433,61 @@ pub struct DecoderTrace {
 /// cos and sin tables `[n, head_dim / 2]` for a run of tokens at explicit position ids.
 pub type Rope = (Tensor, Tensor);
 
+/// The tensor-op path's (a GPU's) rotary tables and slot numbers, built on the model's device
+/// for positions `0..len` and kept, so a decode step selects its rows there instead of
+/// computing them on the host and copying them over each step. Grown (at least doubled) when
+/// a run reaches past them. Values as the host made them: `p as f32 * inv_freq`, then cos/sin.
+#[derive(Clone)]
+struct PositionTables {
+    /// `[len, head_dim / 2]`.
+    cos: Tensor,
+    sin: Tensor,
+    /// `0..len` in f32 (exact: positions stay below 2^24, [`MAX_POSITIONS`]): what causal
+    /// masks compare.
+    slots: Tensor,
+}
+
+impl PositionTables {
+    /// Positions this small are built at once: a prompt and an answer rarely grow them.
+    const MIN_LEN: usize = 1024;
+
+    fn build(inv_freq: &[f32], len: usize, device: &Device) -> Result<Self> {
+        let slots = Tensor::arange(0u32, len as u32, device)?.to_dtype(DType::F32)?;
+        let freq = Tensor::from_slice(inv_freq, (1, inv_freq.len()), device)?;
+        let angles = slots.reshape((len, 1))?.broadcast_mul(&freq)?;
+        Ok(Self { cos: angles.cos()?, sin: angles.sin()?, slots })
+    }
+
+    fn len(&self) -> usize {
+        self.slots.elem_count()
+    }
+
+    /// The rows at `positions` (each below [`PositionTables::len`]): a slice when they run on
+    /// consecutively (a decode step, an unpruned prefill), else gathered on the device.
+    fn rope(&self, positions: &[u32]) -> Result<Rope> {
+        let first = positions.first().map_or(0, |&p| p as usize);
+        if positions.iter().enumerate().all(|(i, &p)| p as usize == first + i) {
+            let n = positions.len();
+            return Ok((self.cos.narrow(0, first, n)?, self.sin.narrow(0, first, n)?));
+        }
+        let ids = Tensor::from_slice(positions, positions.len(), self.cos.device())?;
+        Ok((self.cos.index_select(&ids, 0)?, self.sin.index_select(&ids, 0)?))
+    }
+
+    /// `[1, 1, n, past + n]`: 0 where query i (at slot past + i) sees key j (j <= past + i),
+    /// -inf after it; made on the device.
+    fn causal_mask(&self, n: usize, past: usize) -> Result<Tensor> {
+        let seen = past + n;
+        let rows = self.slots.narrow(0, past, n)?.reshape((n, 1))?;
+        let keys = self.slots.narrow(0, 0, seen)?.reshape((1, seen))?;
+        let after = keys.broadcast_gt(&rows)?;
+        let device = self.slots.device();
+        let blocked = Tensor::full(f32::NEG_INFINITY, (n, seen), device)?;
+        let open = Tensor::zeros((n, seen), DType::F32, device)?;
+        Ok(after.where_cond(&blocked, &open)?.reshape((1, 1, n, seen))?)
+    }
+}
+
 /// The decoder's rows in flight: what an [`Intervene`] hook changes between layers (the
 /// decoder's [`super::TokenState`]).
 #[derive(Debug, Clone)]
@@ -456,6 +514,8 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Proj,
     inv_freq: Vec<f32>,
+    /// The tensor-op path's rotary tables and slots on the model's device (built at first use).
+    tables: std::sync::Mutex<Option<PositionTables>>,
     /// What the KV cache keeps keys and values in, and the layer inputs a probe records
     /// (`llm.N.resid_pre`: what a resumed run starts from): f16 under `--quantize`, half the
     /// bytes, else f32. DEVIATION (f16 only): the rows between layers are rounded to f16
@@ -530,6 +590,7 @@ impl Llama {
             norm: RmsNorm::load(d, cfg.rms_norm_eps, model.pp("norm"))?,
             lm_head,
             inv_freq,
+            tables: Default::default(),
             cache_dtype: if linears.quantize().is_some() { DType::F16 } else { DType::F32 },
         })
     }
@@ -591,13 +652,36 @@ impl Llama {
         Ok(Tensor::cat(&rows, 0)?.unsqueeze(0)?)
     }
 
-    /// cos and sin tables `[n, head_dim / 2]` at the given position ids.
+    /// cos and sin tables `[n, head_dim / 2]` at the given position ids: made here on the host
+    /// for the CPU's fused kernels, rows of the device's [`PositionTables`] on the tensor-op path.
     fn rope_tables(&self, positions: &[u32], device: &Device) -> Result<Rope> {
+        if !kernels::fused(device) {
+            let len = positions.iter().max().map_or(0, |&p| p as usize + 1);
+            return self.position_tables(len, device)?.rope(positions);
+        }
         let half = self.inv_freq.len();
         let angles: Vec<f32> =
             positions.iter().flat_map(|&p| self.inv_freq.iter().map(move |f| p as f32 * f)).collect();
         let angles = Tensor::from_vec(angles, (positions.len(), half), device)?;
         Ok((angles.cos()?, angles.sin()?))
+    }
+
+    /// The device's rotary tables and slots, covering at least `0..len` (built or grown here).
+    fn position_tables(&self, len: usize, device: &Device) -> Result<PositionTables> {
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let held = tables.as_ref().filter(|t| t.slots.device().same_device(device));
+        if let Some(t) = held.filter(|t| t.len() >= len) {
+            return Ok(t.clone());
+        }
+        let len = len.max(2 * held.map_or(0, PositionTables::len)).max(PositionTables::MIN_LEN);
+        let built = PositionTables::build(&self.inv_freq, len, device)?;
+        *tables = Some(built.clone());
+        Ok(built)
+    }
+
+    /// The tensor-op path's causal mask for `n` queries after `past` cached keys, on `device`.
+    fn causal_mask(&self, n: usize, past: usize, device: &Device) -> Result<Tensor> {
+        self.position_tables(past + n, device)?.causal_mask(n, past)
     }
 
     /// Runs `embeds` (`[1, n, d]`) at `positions` after what `cache` holds, appending to it.
@@ -696,7 +780,7 @@ impl Llama {
         let a = &layer.self_attn;
         let q = a.queries(&layer.input_layernorm.forward(x)?, &rope)?;
         let k = candle_transformers::utils::repeat_kv(k, a.num_heads / a.num_kv_heads)?.contiguous()?;
-        a.probs(&q, &k, seen - n)
+        a.probs(&q, &k, seen - n, |n, past| self.causal_mask(n, past, x.device()))
     }
 
     /// Decoder layer `l` on `x` (`[1, n, d]`, the tokens after what `cache` holds at this layer,
@@ -728,7 +812,7 @@ impl Llama {
             candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?,
             candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?,
         );
-        let probs = a.probs(&q, &k, past)?;
+        let probs = a.probs(&q, &k, past, |n, past| self.causal_mask(n, past, x.device()))?;
         let n = q.dim(2)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((1, n, a.num_heads * a.head_dim))?;
         let x = add(x, &a.o_proj.forward(&ctx)?)?;
@@ -857,6 +941,25 @@ mod tests {
         assert_eq!(flat(t.require(HookPoint::LlmResid(1)).unwrap()), flat(&out));
         assert!(t.get(HookPoint::LlmResidPre(0)).is_none(), "layer 0 did not run");
         assert!(model.attention_from_cache(1, &trace.hidden_states[1], &positions[..2], &cache).is_err());
+    }
+
+    #[test]
+    fn device_tables_give_the_host_tables_rows_and_the_causal_mask() {
+        let model = tiny();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // Gaps (pruned rows) are gathered, a run of positions sliced: both as the host makes them.
+        for positions in [vec![0u32, 3, 4, 9], vec![5, 6, 7], vec![1400]] {
+            let len = *positions.iter().max().unwrap() as usize + 1;
+            let (cos, sin) = model.position_tables(len, &Device::Cpu).unwrap().rope(&positions).unwrap();
+            let (host_cos, host_sin) = model.rope_tables(&positions, &Device::Cpu).unwrap();
+            assert_eq!((flat(&cos), flat(&sin)), (flat(&host_cos), flat(&host_sin)), "{positions:?}");
+        }
+        // Built at 1024 positions, then doubled for 1401.
+        assert_eq!(model.position_tables(1, &Device::Cpu).unwrap().len(), 2048);
+        let mask = model.causal_mask(2, 3, &Device::Cpu).unwrap();
+        assert_eq!(mask.dims(), [1, 1, 2, 5]);
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(flat(&mask), [0.0, 0.0, 0.0, 0.0, inf, 0.0, 0.0, 0.0, 0.0, 0.0]);
     }
 
     /// Drops every other row after layer 0, as a pruning method does through the hook.

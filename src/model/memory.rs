@@ -7,24 +7,38 @@
 //! unless tied; for encoders the tower, the class head and a CLIP/SigLIP text tower) times the
 //! bytes each is kept in (f32: 4; the decoder's embedding table in the checkpoint's f16/bf16: 2,
 //! unless tied to `lm_head`; with `--quantize`, the linear layers [`super::quant`] quantizes at
-//! their format's bytes per weight); plus what one run of a VLM keeps, for [`decoder_tokens`]
-//! (one image's tokens and [`TEXT_TOKENS`]): the KV cache twice (the full prefill's, kept for
-//! resuming, and a reduced run's), the decoder's layer inputs (both in the cache dtype: f16
-//! under `--quantize`, else f32), the tower's attention, keys and states of every layer (f32),
-//! one decoder layer's attention and MLP at work; plus 256 MiB (the program, the tokenizer, the
-//! allocator) and 5 %. Measured against it: LLaVA-1.5-7B's shapes under `--quantize q4k`
+//! their format's bytes per weight; on a GPU under `--dtype f16|bf16`, or `auto` with a
+//! half-precision checkpoint, the decoder's and projector's linear layers at 2); plus what one
+//! run of a VLM keeps, for [`decoder_tokens`] (one image's tokens and [`TEXT_TOKENS`]): the KV
+//! cache twice (the full prefill's, kept for resuming, and a reduced run's), the decoder's layer
+//! inputs (both in the cache dtype: f16 under `--quantize`, else f32), the tower's attention,
+//! keys and states of every layer (f32), one decoder layer's attention and MLP at work; plus
+//! 256 MiB (the program, the tokenizer, the allocator; on a GPU its kernels and cuBLAS's
+//! workspace) and 5 %. Measured against it: LLaVA-1.5-7B's shapes under `--quantize q4k`
 //! (README, Speed).
 //!
-//! Available: the `--memory-limit` given on the command line ([`set_limit`]), else
-//! `MemAvailable` from `/proc/meminfo` (Linux). Where neither exists (other systems) the guard is
-//! skipped: it can only refuse what it can measure.
+//! Where it lives ([`Estimate::on_device`]): on the CPU all of it is host RAM. On a GPU the
+//! weights, caches and work are the device's, compared with its free memory; the host keeps the
+//! mapped pages of the tensor being copied over (at most the largest, as stored) beside the
+//! 256 MiB, and the default model's saliency head, which is CPU code (that model is small and
+//! not guarded).
+//!
+//! Available ([`Budget`]): host RAM is the `--memory-limit` given on the command line
+//! ([`set_limit`]), else `MemAvailable` from `/proc/meminfo` (Linux); the device's is the
+//! `--device-memory-limit` ([`set_device_limit`]), else what the device reports free (CUDA:
+//! `cuMemGetInfo`; Metal: the recommended working set less what is allocated). What cannot be
+//! measured (other systems, a device that does not answer) is not checked: the guard can only
+//! refuse what it can measure.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{DType, Device};
+use serde::Serialize;
 
 use super::config::VitConfig;
 use super::hf_config::{Class, resolve_section};
 use super::llama::LlamaConfig;
-use super::quant::{Quantize, TOWER_FORMAT};
+use super::quant::{Quantize, TOWER_FORMAT, device_name};
 use crate::{Error, Result};
 
 /// Decoder tokens a run is sized for when the image's are unknown (an encoder has none).
@@ -63,14 +77,24 @@ pub struct Estimate {
     /// Parameters kept in the checkpoint's f16/bf16, 2 bytes each: the decoder's embedding
     /// table (unless tied to `lm_head`, which is a linear layer).
     pub half_parameters: u64,
-    /// The dtype the weights are computed in.
-    pub dtype: &'static str,
-    /// The linear layers `--quantize` applies to (decoder, `lm_head` unless tied, projector).
+    /// The half precision the checkpoint stores (`config.json`'s `dtype` / `torch_dtype`), if any:
+    /// what `--dtype auto` keeps the linear layers in on a GPU.
+    pub stored_half: Option<DType>,
+    /// What the linear layers (`linears`) are kept in when not quantized: f32, or f16/bf16 on a
+    /// GPU ([`super::quant::DTypeChoice::resolve`]).
+    pub linear_dtype: DType,
+    /// The linear layers `--quantize` and `--dtype` apply to (decoder, `lm_head` unless tied,
+    /// projector).
     pub linears: Vec<LinearShape>,
     /// The vision tower's linear layers: [`TOWER_FORMAT`] under any quantization.
     pub tower_linears: Vec<LinearShape>,
     /// The quantization the weights are loaded with.
     pub quantize: Option<Quantize>,
+    /// The GPU the weights, caches and work live on ("cuda:0"); `None`: the CPU, all in host RAM.
+    pub device: Option<String>,
+    /// The largest tensor as stored: what a GPU load holds on the host at once (its mapped pages,
+    /// while it is copied over).
+    pub largest_tensor_bytes: u64,
     /// Decoder tokens one run is sized for (0 for encoders).
     pub kv_tokens: usize,
     /// One run's KV cache at `kv_tokens`, at f32.
@@ -89,19 +113,45 @@ impl Estimate {
         self
     }
 
-    pub fn weight_bytes(&self) -> u64 {
-        self.weights_with(self.quantize)
+    /// The same model on the GPU `name` ("cuda:0"), its linear layers in `linear` (`None`: as the
+    /// checkpoint stores them, `--dtype auto`); the rest stays f32 there.
+    pub fn on_device(mut self, name: &str, linear: Option<DType>) -> Self {
+        self.device = Some(name.to_string());
+        self.linear_dtype = linear.or(self.stored_half).unwrap_or(DType::F32);
+        self
     }
 
-    /// Weight bytes with the linear layers whose input width fits `quantize`'s blocks quantized.
-    fn weights_with(&self, quantize: Option<Quantize>) -> u64 {
-        let full = (self.parameters - self.half_parameters) as f64 * self.bytes_per_parameter;
-        let all = full + self.half_parameters as f64 * 2.0;
-        let saved = |linears: &[LinearShape], q: Quantize| -> f64 {
+    /// The same model where [`super::quant::LoadOptions::resolve`] put it: on `device`, its
+    /// linear layers in `linear`; unchanged on the CPU.
+    pub fn placed(self, device: &Device, linear: Option<DType>) -> Self {
+        if device.is_cpu() { self } else { self.on_device(&device_name(device), linear) }
+    }
+
+    /// Where the model's weights, caches and work live: "cpu" or the GPU's name.
+    pub fn device_label(&self) -> &str {
+        self.device.as_deref().unwrap_or("cpu")
+    }
+
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights_with(self.quantize, self.linear_dtype)
+    }
+
+    /// Weight bytes with the linear layers in `linear`, those whose input width fits
+    /// `quantize`'s blocks quantized (from f32: quantization is CPU code).
+    fn weights_with(&self, quantize: Option<Quantize>, linear: DType) -> u64 {
+        let linear_bytes = linear.size_in_bytes() as f64;
+        let linear_weights: u64 = self.linears.iter().map(LinearShape::weights).sum();
+        let rest = self.parameters.saturating_sub(self.half_parameters + linear_weights);
+        let all = rest as f64 * self.bytes_per_parameter
+            + self.half_parameters as f64 * 2.0
+            + linear_weights as f64 * linear_bytes;
+        let saved = |linears: &[LinearShape], from: f64, q: Quantize| -> f64 {
             let fit = linears.iter().filter(|l| q.fits(l.in_dim));
-            fit.map(|l| l.weights() as f64 * (self.bytes_per_parameter - q.bytes_per_weight())).sum()
+            fit.map(|l| l.weights() as f64 * (from - q.bytes_per_weight())).sum()
         };
-        let saved = quantize.map_or(0.0, |q| saved(&self.linears, q) + saved(&self.tower_linears, TOWER_FORMAT));
+        let saved = quantize.map_or(0.0, |q| {
+            saved(&self.linears, linear_bytes, q) + saved(&self.tower_linears, self.bytes_per_parameter, TOWER_FORMAT)
+        });
         (all - saved) as u64
     }
 
@@ -116,6 +166,11 @@ impl Estimate {
         self.kv_f32_bytes / 4 * Self::cache_bytes(self.quantize)
     }
 
+    /// What the KV cache is kept in: "f16" under a quantization, else "f32".
+    pub fn kv_dtype(&self) -> &'static str {
+        if self.quantize.is_some() { "f16" } else { "f32" }
+    }
+
     /// Linear layers quantized and kept f32 (input width not a multiple of the block) under the
     /// estimate's quantization; (0, 0) without one.
     pub fn quantized_layers(&self) -> (usize, usize) {
@@ -124,16 +179,18 @@ impl Estimate {
         (count(true), count(false))
     }
 
-    /// "f32", or "q8_0 (161 of 161 linear layers; the rest f32)".
+    /// "f32", "bf16 linear layers, the rest f32" (a GPU), or "q8_0: 161 of 161 linear layers,
+    /// the tower's 96 q8_0, the rest f32".
     pub fn format(&self) -> String {
         match self.quantize {
-            None => self.dtype.to_string(),
+            None if self.linear_dtype == DType::F32 || self.linears.is_empty() => "f32".to_string(),
+            None => format!("{} linear layers, the rest f32", self.linear_dtype.as_str()),
             Some(q) => {
                 let (quantized, kept) = self.quantized_layers();
                 let tower: usize =
                     self.tower_linears.iter().filter(|l| TOWER_FORMAT.fits(l.in_dim)).map(|l| l.count).sum();
                 let tower = if tower > 0 { format!(", the tower's {tower} {TOWER_FORMAT}") } else { String::new() };
-                format!("{q}: {quantized} of {} linear layers{tower}, the rest {}", quantized + kept, self.dtype)
+                format!("{q}: {quantized} of {} linear layers{tower}, the rest f32", quantized + kept)
             }
         }
     }
@@ -145,14 +202,23 @@ impl Estimate {
         cached + self.activation_bytes
     }
 
-    /// The whole estimate: weights, what a run keeps, margin.
+    /// The whole estimate where the model lives (the CPU's RAM or the GPU's memory): weights,
+    /// what a run keeps, margin.
     pub fn total(&self) -> u64 {
-        self.total_with(self.quantize)
+        self.total_with(self.quantize, self.linear_dtype)
     }
 
-    fn total_with(&self, quantize: Option<Quantize>) -> u64 {
-        let base = self.weights_with(quantize) + self.run_bytes(quantize) + MARGIN_FIXED;
-        base + base * MARGIN_PERCENT / 100
+    fn total_with(&self, quantize: Option<Quantize>, linear: DType) -> u64 {
+        with_margin(self.weights_with(quantize, linear) + self.run_bytes(quantize))
+    }
+
+    /// Host RAM the load and run need: [`Estimate::total`] on the CPU; beside a GPU, the mapped
+    /// pages of the tensor being copied over and the fixed margin.
+    pub fn host_bytes(&self) -> u64 {
+        match self.device {
+            None => self.total(),
+            Some(_) => with_margin(self.largest_tensor_bytes),
+        }
     }
 
     /// One line: "7.06 B parameters: weights 27.99 GB (f32), KV cache 0.74 GB (704 tokens, f32), …".
@@ -160,12 +226,12 @@ impl Estimate {
         let kv = if self.kv_tokens == 0 {
             String::new()
         } else {
-            let dtype = if self.quantize.is_some() { "f16" } else { "f32" };
-            format!(", KV cache {} ({} tokens, {dtype})", gb(self.kv_bytes()), self.kv_tokens)
+            format!(", KV cache {} ({} tokens, {})", gb(self.kv_bytes()), self.kv_tokens, self.kv_dtype())
         };
+        let on = self.device.as_ref().map_or(String::new(), |d| format!(" on {d}"));
         format!(
             "{:.2} B parameters: weights {} ({}){kv}, a run's caches and work {}; with a 256 MiB + {MARGIN_PERCENT} % \
-             margin, {} in all",
+             margin, {} in all{on}",
             self.parameters as f64 / 1e9,
             gb(self.weight_bytes()),
             self.format(),
@@ -173,6 +239,46 @@ impl Estimate {
             gb(self.total()),
         )
     }
+
+    /// The numbers `vlm.json` records under `load.memory`.
+    pub fn report(&self) -> MemoryReport {
+        MemoryReport {
+            device: self.device_label().to_string(),
+            format: self.format(),
+            parameters: self.parameters,
+            weight_bytes: self.weight_bytes(),
+            kv_bytes: self.kv_bytes(),
+            kv_dtype: self.kv_dtype(),
+            kv_tokens: self.kv_tokens,
+            device_bytes: self.total(),
+            host_bytes: self.host_bytes(),
+        }
+    }
+}
+
+/// The guard's estimate as `vlm.json` writes it: bytes on the device the model runs on (the
+/// CPU's RAM or a GPU's memory) and in host RAM (the same total on the CPU).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryReport {
+    /// "cpu", "cuda:0", "metal:0".
+    pub device: String,
+    /// The weights' formats ([`Estimate::format`]).
+    pub format: String,
+    pub parameters: u64,
+    pub weight_bytes: u64,
+    pub kv_bytes: u64,
+    pub kv_dtype: &'static str,
+    pub kv_tokens: usize,
+    /// Weights, a run's caches and work, margin: what must fit on `device`.
+    pub device_bytes: u64,
+    /// What must fit in host RAM.
+    pub host_bytes: u64,
+}
+
+/// `bytes` with the fixed margin and [`MARGIN_PERCENT`] on top.
+fn with_margin(bytes: u64) -> u64 {
+    let base = bytes + MARGIN_FIXED;
+    base + base * MARGIN_PERCENT / 100
 }
 
 /// "28.25 GB" (decimal gigabytes, as `--memory-limit` takes them).
@@ -255,8 +361,8 @@ fn decoder_work(cfg: &LlamaConfig, tokens: usize) -> u64 {
 
 /// A vision-language model: the tower, a projector or connector (`projector`: its linear
 /// layers, and its parameters besides them, biases), the decoder; `image_tokens`: the decoder
-/// tokens one image gives; `half_table`: the checkpoint stores f16/bf16 (the embedding table
-/// stays in it unless tied).
+/// tokens one image gives; `stored_half`: the checkpoint's f16/bf16, if it stores one (the
+/// embedding table stays in it unless tied). On the CPU; [`Estimate::on_device`] moves it.
 pub fn vlm(
     model: &str,
     vision: &VitConfig,
@@ -264,7 +370,7 @@ pub fn vlm(
     projector: &[LinearShape],
     biases: u64,
     image_tokens: usize,
-    half_table: bool,
+    stored_half: Option<DType>,
 ) -> Estimate {
     let tokens = decoder_tokens(text, image_tokens);
     let mut linears = llama_linears(text);
@@ -273,16 +379,22 @@ pub fn vlm(
     let table = (text.vocab_size * text.hidden_size) as u64;
     let (d, i, l) = (vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers);
     let shape = |in_dim, out_dim| LinearShape { in_dim, out_dim, count: l };
+    // The fused QKV projection, the output projection, the MLP's two.
+    let tower_linears = vec![shape(d, 3 * d), shape(d, d), shape(d, i), shape(i, d)];
+    let largest = linears.iter().chain(&tower_linears).map(|l| l.in_dim * l.out_dim).chain([table as usize]).max();
+    let stored_bytes = stored_half.map_or(4, |h| h.size_in_bytes()) as u64;
     Estimate {
         model: model.into(),
         parameters: vit_parameters(vision) + projector + llama_parameters(text),
         bytes_per_parameter: F32_BYTES,
-        half_parameters: if half_table && !text.tie_word_embeddings { table } else { 0 },
-        dtype: "f32",
+        half_parameters: if stored_half.is_some() && !text.tie_word_embeddings { table } else { 0 },
+        stored_half,
+        linear_dtype: DType::F32,
         linears,
-        // The fused QKV projection, the output projection, the MLP's two.
-        tower_linears: vec![shape(d, 3 * d), shape(d, d), shape(d, i), shape(i, d)],
+        tower_linears,
         quantize: None,
+        device: None,
+        largest_tensor_bytes: largest.unwrap_or(0) as u64 * stored_bytes,
         kv_tokens: tokens,
         kv_f32_bytes: llama_kv_bytes(text, tokens),
         inputs_f32_bytes: 4 * (text.num_hidden_layers * tokens * text.hidden_size) as u64,
@@ -297,15 +409,23 @@ pub fn encoder(model: &str, cfg: &VitConfig, num_labels: usize, class: Class, js
     // DeiT with a teacher has two heads (CLS and distillation).
     let heads = if model == "DeiTForImageClassificationWithTeacher" { 2 } else { 1 };
     let head = heads * (d + 1) * num_labels as u64;
+    // The largest tensor, at f32 (what an encoder checkpoint stores is not read from its config):
+    // an MLP weight, a class head, a text tower's token table.
+    let text_table = (json["text_config"]["vocab_size"].as_u64().unwrap_or(0))
+        .saturating_mul(json["text_config"]["hidden_size"].as_u64().unwrap_or(0));
+    let largest = (d * cfg.intermediate_size as u64).max(d * num_labels as u64).max(text_table);
     Estimate {
         model: model.into(),
         parameters: vit_parameters(cfg) + head + text_tower_parameters(class, json, d),
         bytes_per_parameter: F32_BYTES,
-        dtype: "f32",
         half_parameters: 0,
+        stored_half: None,
+        linear_dtype: DType::F32,
         linears: Vec::new(),
         tower_linears: Vec::new(),
         quantize: None,
+        device: None,
+        largest_tensor_bytes: largest.saturating_mul(4),
         kv_tokens: 0,
         kv_f32_bytes: 0,
         inputs_f32_bytes: 0,
@@ -342,26 +462,40 @@ fn text_tower_parameters(class: Class, json: &serde_json::Value, vision_width: u
 
 /// `--memory-limit` in bytes; 0: none given (use `MemAvailable`).
 static LIMIT: AtomicU64 = AtomicU64::new(0);
+/// `--device-memory-limit` in bytes; 0: none given (ask the device).
+static DEVICE_LIMIT: AtomicU64 = AtomicU64::new(0);
 
-/// Sets the memory the guard compares with for this process, in bytes, instead of
+/// Sets the host RAM the guard compares with for this process, in bytes, instead of
 /// `MemAvailable` (the CLI's `--memory-limit`).
 pub fn set_limit(bytes: u64) {
     LIMIT.store(bytes.max(1), Ordering::Relaxed);
 }
 
-/// What the guard compares an estimate with.
+/// Sets the GPU memory the guard compares a model placed on a GPU with, in bytes, instead of
+/// what the device reports free (the CLI's `--device-memory-limit`).
+pub fn set_device_limit(bytes: u64) {
+    DEVICE_LIMIT.store(bytes.max(1), Ordering::Relaxed);
+}
+
+/// What the guard compares one side of an estimate with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Available {
-    /// `--memory-limit`, in bytes.
+    /// `--memory-limit`, in bytes (host RAM).
     Limit(u64),
     /// `MemAvailable` from `/proc/meminfo`, in bytes.
     MemAvailable(u64),
-    /// Neither: the guard is skipped.
+    /// `--device-memory-limit`, in bytes (a GPU's memory).
+    DeviceLimit(u64),
+    /// A CUDA device's free memory (`cuMemGetInfo`), in bytes.
+    DeviceFree(u64),
+    /// A Metal device's recommended working set less what it has allocated, in bytes.
+    WorkingSet(u64),
+    /// Nothing measured: that side is not checked.
     Unknown,
 }
 
 impl Available {
-    /// The `--memory-limit` if one was set, else `MemAvailable`.
+    /// Host RAM: the `--memory-limit` if one was set, else `MemAvailable`.
     pub fn now() -> Self {
         match LIMIT.load(Ordering::Relaxed) {
             0 => std::fs::read_to_string("/proc/meminfo")
@@ -370,6 +504,73 @@ impl Available {
                 .map_or(Self::Unknown, Self::MemAvailable),
             limit => Self::Limit(limit),
         }
+    }
+
+    /// `device`'s memory: the `--device-memory-limit` if one was set, else what it reports free;
+    /// `Unknown` for the CPU and a device that does not answer.
+    pub fn on_device(device: &Device) -> Self {
+        match DEVICE_LIMIT.load(Ordering::Relaxed) {
+            0 => device_free(device),
+            limit => Self::DeviceLimit(limit),
+        }
+    }
+
+    /// The bytes and what they are, for messages; `None` where nothing was measured.
+    fn describe(self, device: &str) -> Option<(u64, String)> {
+        Some(match self {
+            Self::Limit(b) => (b, "the --memory-limit".into()),
+            Self::MemAvailable(b) => (b, "available (MemAvailable)".into()),
+            Self::DeviceLimit(b) => (b, "the --device-memory-limit".into()),
+            Self::DeviceFree(b) => (b, format!("free on {device} (cuMemGetInfo)")),
+            Self::WorkingSet(b) => (b, format!("left of {device}'s recommended working set")),
+            Self::Unknown => return None,
+        })
+    }
+
+    fn fits(self, bytes: u64) -> bool {
+        self.describe("").is_some_and(|(have, _)| bytes <= have)
+    }
+}
+
+/// What a GPU reports free: CUDA's `cuMemGetInfo` (through candle's device and cudarc), Metal's
+/// recommended working set less what is allocated.
+fn device_free(device: &Device) -> Available {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        return match d.cuda_stream().context().mem_get_info() {
+            Ok((free, _total)) => Available::DeviceFree(free as u64),
+            Err(_) => Available::Unknown,
+        };
+    }
+    #[cfg(feature = "metal")]
+    if let Device::Metal(m) = device {
+        let d = m.metal_device();
+        let left = d.recommended_max_working_set_size().saturating_sub(d.current_allocated_size());
+        return Available::WorkingSet(left as u64);
+    }
+    let _ = device;
+    Available::Unknown
+}
+
+/// What the guard compares an estimate with: host RAM, and the memory of the GPU a model is
+/// placed on (not read for a model on the CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub host: Available,
+    pub device: Available,
+}
+
+impl Budget {
+    /// The host's and `device`'s memory now, or the limits the command line set.
+    pub fn now(device: &Device) -> Self {
+        Self { host: Available::now(), device: Available::on_device(device) }
+    }
+}
+
+impl From<Available> for Budget {
+    /// Host RAM alone (a model on a GPU is then checked on the host side only).
+    fn from(host: Available) -> Self {
+        Self { host, device: Available::Unknown }
     }
 }
 
@@ -380,28 +581,42 @@ fn mem_available(meminfo: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Refuses `estimate` if it does not fit in `available`, saying what it needs, what there is and
-/// what would make it fit.
-pub fn check(estimate: &Estimate, available: Available) -> Result<()> {
-    let (have, source) = match available {
-        Available::Limit(b) => (b, "the --memory-limit"),
-        Available::MemAvailable(b) => (b, "available (MemAvailable)"),
-        Available::Unknown => return Ok(()),
-    };
-    let need = estimate.total();
-    if need <= have {
-        return Ok(());
+/// Refuses `estimate` if it does not fit in `budget` (host RAM, and on a GPU the device's
+/// memory), saying what it needs, what there is and what would make it fit.
+pub fn check(estimate: &Estimate, budget: impl Into<Budget>) -> Result<()> {
+    let budget = budget.into();
+    match &estimate.device {
+        None => check_cpu(estimate, budget.host),
+        Some(device) => {
+            check_device(estimate, device, budget)?;
+            check_host_beside(estimate, device, budget.host)
+        }
     }
-    // Smaller formats than the one asked, with what they would need.
-    let smaller: Vec<String> = Quantize::ALL
+}
+
+/// The --quantize formats smaller than the one asked that quantize some layer, with what the
+/// model would need in host RAM under each and whether that fits `host`.
+fn quantized_options(estimate: &Estimate, host: Available, flag: &str) -> Vec<String> {
+    Quantize::ALL
         .into_iter()
         .filter(|&q| estimate.quantize.is_none_or(|asked| q.bytes_per_weight() < asked.bytes_per_weight()))
         .filter(|&q| estimate.linears.iter().any(|l| q.fits(l.in_dim)))
         .map(|q| {
-            let fits = if estimate.total_with(Some(q)) <= have { ", fits" } else { "" };
-            format!("--quantize {q} ({} in all{fits})", gb(estimate.total_with(Some(q))))
+            let need = estimate.total_with(Some(q), DType::F32);
+            let fits = if host.fits(need) { ", fits" } else { "" };
+            let unit = if flag.is_empty() { "in all" } else { "of host RAM" };
+            format!("{flag}--quantize {q} ({} {unit}{fits})", gb(need))
         })
-        .collect();
+        .collect()
+}
+
+fn check_cpu(estimate: &Estimate, host: Available) -> Result<()> {
+    let Some((have, source)) = host.describe("cpu") else { return Ok(()) };
+    let need = estimate.total();
+    if need <= have {
+        return Ok(());
+    }
+    let smaller = quantized_options(estimate, host, "");
     let advice = if smaller.is_empty() {
         "Use a smaller model or free memory".to_string()
     } else {
@@ -418,9 +633,60 @@ pub fn check(estimate: &Estimate, available: Available) -> Result<()> {
     )))
 }
 
-/// [`check`] against what is available now.
-pub fn guard(estimate: &Estimate) -> Result<()> {
-    check(estimate, Available::now())
+/// The device side: weights, caches and work against the GPU's memory. What would fit: half
+/// precision on the GPU, or the CPU with a quantization (against host RAM).
+fn check_device(estimate: &Estimate, device: &str, budget: Budget) -> Result<()> {
+    let Some((have, source)) = budget.device.describe(device) else { return Ok(()) };
+    let need = estimate.total();
+    if need <= have {
+        return Ok(());
+    }
+    let mut options = Vec::new();
+    if estimate.linear_dtype == DType::F32 && !estimate.linears.is_empty() {
+        let half = estimate.total_with(None, DType::BF16);
+        let fits = if half <= have { ", fits" } else { "" };
+        options.push(format!("--dtype bf16 or f16 ({} on {device}{fits})", gb(half)));
+    }
+    options.extend(quantized_options(&Estimate { quantize: None, ..estimate.clone() }, budget.host, "--device cpu "));
+    let advice = if options.is_empty() {
+        format!("Use a smaller model or free memory on {device}")
+    } else {
+        format!("Load it with {}, use a smaller model or free memory on {device}", options.join(" or "))
+    };
+    Err(Error::Memory(format!(
+        "{} needs about {} on {device} to load and run ({}), but {} is {}. {advice}. If the estimate is wrong \
+         for this device, set its limit with --device-memory-limit GB",
+        estimate.model,
+        gb(need),
+        estimate.summary(),
+        gb(have),
+        source,
+    )))
+}
+
+/// The host side of a model on a GPU: the mapped pages of the tensor being copied over and the
+/// fixed margin.
+fn check_host_beside(estimate: &Estimate, device: &str, host: Available) -> Result<()> {
+    let Some((have, source)) = host.describe("cpu") else { return Ok(()) };
+    let need = estimate.host_bytes();
+    if need <= have {
+        return Ok(());
+    }
+    Err(Error::Memory(format!(
+        "{} needs about {} of host RAM beside {device}'s memory (its largest tensor, {}, read while it is copied \
+         over; 256 MiB + {MARGIN_PERCENT} %), but {} is {}. Free memory. If the estimate is wrong for this machine, \
+         set the limit with --memory-limit GB",
+        estimate.model,
+        gb(need),
+        gb(estimate.largest_tensor_bytes),
+        gb(have),
+        source,
+    )))
+}
+
+/// [`check`] against what the host and `device` have now (or the limits set).
+pub fn guard(estimate: &Estimate, device: &Device) -> Result<()> {
+    check(estimate, Budget::now(device))
 }
 
 #[cfg(test)]
@@ -442,10 +708,13 @@ mod tests {
             parameters: 1_000_000_000,
             bytes_per_parameter: 4.0,
             half_parameters: 0,
-            dtype: "f32",
+            stored_half: None,
+            linear_dtype: DType::F32,
             linears: vec![LinearShape { in_dim: 256, out_dim: 3_906_250, count: 1 }],
             tower_linears: Vec::new(),
             quantize: None,
+            device: None,
+            largest_tensor_bytes: 0,
             kv_tokens: 0,
             kv_f32_bytes: 0,
             inputs_f32_bytes: 0,
@@ -476,6 +745,63 @@ mod tests {
     }
 
     #[test]
+    fn on_a_gpu_the_device_holds_weights_caches_and_work_and_the_host_one_tensor() {
+        // One billion parameters, all in one linear layer; a bf16 checkpoint whose largest
+        // tensor is that layer (2 GB as stored).
+        let e = Estimate {
+            model: "m".into(),
+            parameters: 1_000_000_000,
+            bytes_per_parameter: 4.0,
+            half_parameters: 0,
+            stored_half: Some(DType::BF16),
+            linear_dtype: DType::F32,
+            linears: vec![LinearShape { in_dim: 256, out_dim: 3_906_250, count: 1 }],
+            tower_linears: Vec::new(),
+            quantize: None,
+            device: None,
+            largest_tensor_bytes: 2_000_000_000,
+            kv_tokens: 0,
+            kv_f32_bytes: 0,
+            inputs_f32_bytes: 0,
+            activation_bytes: 0,
+        };
+        let f32 = e.clone().on_device("cuda:0", Some(DType::F32));
+        assert_eq!((f32.total(), f32.format().as_str()), (e.total(), "f32"));
+        // The host keeps the largest tensor's pages while it is copied, and the margin.
+        assert_eq!(f32.host_bytes(), (2_000_000_000 + (256 << 20)) * 105 / 100);
+        assert_eq!(e.host_bytes(), e.total());
+        let gpu = |device| Budget { host: Available::Limit(3_000_000_000), device };
+        let msg = check(&f32, gpu(Available::DeviceFree(3_000_000_000))).unwrap_err().to_string();
+        // bf16: (2e9 + 256 MiB) x 1.05 = 2.38 GB on the device; the CPU's q8_0 and q4k as in
+        // the test above, against the host's 3 GB.
+        for needed in [
+            "m needs about 4.48 GB on cuda:0",
+            "in all on cuda:0), but 3.00 GB is free on cuda:0 (cuMemGetInfo)",
+            "Load it with --dtype bf16 or f16 (2.38 GB on cuda:0, fits) or --device cpu --quantize q8_0 (1.40 GB of \
+             host RAM, fits) or --device cpu --quantize q4k (0.87 GB of host RAM, fits)",
+            "--device-memory-limit GB",
+        ] {
+            assert!(msg.contains(needed), "`{needed}` missing from: {msg}");
+        }
+        let msg = check(&f32, gpu(Available::DeviceLimit(1))).unwrap_err().to_string();
+        assert!(msg.contains("0.00 GB is the --device-memory-limit") && !msg.contains("2.38 GB on cuda:0, fits"));
+        // `auto`: the checkpoint's bf16.
+        let auto = e.clone().on_device("cuda:0", None);
+        assert_eq!((auto.weight_bytes(), auto.format().as_str()), (2_000_000_000, "bf16 linear layers, the rest f32"));
+        assert!(check(&auto, gpu(Available::WorkingSet(3_000_000_000))).is_ok());
+        // Already half: no --dtype advice.
+        let msg = check(&auto, gpu(Available::DeviceFree(1_000_000_000))).unwrap_err().to_string();
+        assert!(!msg.contains("--dtype") && msg.contains("--device cpu --quantize q4k"), "{msg}");
+        // The host side beside the GPU.
+        let host = Budget { host: Available::Limit(2_000_000_000), device: Available::DeviceFree(10_000_000_000) };
+        let msg = check(&auto, host).unwrap_err().to_string();
+        assert!(msg.contains("needs about 2.38 GB of host RAM beside cuda:0's memory"), "{msg}");
+        // What is not measured is not checked; the CPU ignores the device's budget.
+        assert!(check(&f32, Available::Limit(3_000_000_000)).is_ok());
+        assert!(check(&e, Budget { host: Available::Unknown, device: Available::DeviceLimit(1) }).is_ok());
+    }
+
+    #[test]
     fn a_run_keeps_two_kv_caches_and_the_layer_inputs_in_the_cache_dtype() {
         let e = Estimate {
             model: "m".into(),
@@ -483,10 +809,13 @@ mod tests {
             bytes_per_parameter: 4.0,
             // The embedding table in bf16.
             half_parameters: 100_000_000,
-            dtype: "f32",
+            stored_half: None,
+            linear_dtype: DType::F32,
             linears: vec![LinearShape { in_dim: 256, out_dim: 500_000, count: 1 }],
             tower_linears: Vec::new(),
             quantize: None,
+            device: None,
+            largest_tensor_bytes: 0,
             kv_tokens: 700,
             kv_f32_bytes: 100_000_000,
             inputs_f32_bytes: 60_000_000,

@@ -25,7 +25,7 @@ use crate::model::hf::read_config;
 use crate::model::idefics3::{Idefics3, Idefics3Settings};
 use crate::model::llama::Llama;
 use crate::model::llava::{Llava, LlavaSettings};
-use crate::model::quant::{Linears, LoadOptions, QuantCount};
+use crate::model::quant::{Linears, LoadOptions, QuantCount, Quantize};
 use crate::model::{HookPoint, Probe, TokenState, Trace, chat, fetch, memory, preprocess};
 use crate::reduce::{Capabilities, Context, PositionMode, Reducer, ReducerConfig};
 use crate::session::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
@@ -152,9 +152,9 @@ impl Arch {
     /// Loads the folder's model as `options` say, after the memory guard (from the config
     /// alone, before any weight is read, at the quantization asked).
     pub fn load_with(dir: &Path, options: LoadOptions) -> Result<Loaded> {
-        options.resolve()?;
+        let (device, _) = options.resolve()?;
         if let Some(estimate) = Self::memory_estimate_with(dir, options)? {
-            memory::guard(&estimate)?;
+            memory::guard(&estimate, &device)?;
         }
         let linears = Linears::for_options(&options)?;
         let arch = Self::load_arch(dir, &linears)?;
@@ -184,20 +184,31 @@ impl Arch {
         }
     }
 
-    /// The memory guard's estimate for a VLM folder (LLaVA, Idefics3) loaded in f32, from
-    /// `config.json` alone; `None` for other model types. A config the loader would refuse is
-    /// refused here, with its reason.
+    /// The memory guard's estimate for a VLM folder (LLaVA, Idefics3) loaded in f32 on the CPU,
+    /// from `config.json` alone; `None` for other model types. A config the loader would refuse
+    /// is refused here, with its reason. [`memory::Estimate::on_device`] places it on a GPU.
     pub fn memory_estimate(dir: &Path) -> Result<Option<memory::Estimate>> {
-        Self::memory_estimate_with(dir, LoadOptions::default())
+        Self::estimate(dir, None)
     }
 
-    /// [`Arch::memory_estimate`] for the model loaded as `options` say.
+    /// [`Arch::memory_estimate`] for the model loaded as `options` say: quantized, or on the
+    /// device they resolve to with the linear layers in its dtype.
     pub fn memory_estimate_with(dir: &Path, options: LoadOptions) -> Result<Option<memory::Estimate>> {
+        let (device, linear) = options.resolve()?;
+        let estimate = Self::estimate(dir, options.quantize)?;
+        Ok(estimate.map(|e| e.placed(&device, linear)))
+    }
+
+    fn estimate(dir: &Path, quantize: Option<Quantize>) -> Result<Option<memory::Estimate>> {
         let (path, json) = read_config(dir)?;
         let bad = |reason: String| Error::weights(&path, reason);
         let linear = |in_dim, out_dim| memory::LinearShape { in_dim, out_dim, count: 1 };
         // The embedding table stays in the checkpoint's half precision (see `Llama::from_parts`).
-        let half = matches!(crate::model::hf_config::dtype(&json), Some("float16" | "bfloat16"));
+        let half = match crate::model::hf_config::dtype(&json) {
+            Some("float16") => Some(DType::F16),
+            Some("bfloat16") => Some(DType::BF16),
+            _ => None,
+        };
         let estimate = match json["model_type"].as_str() {
             Some("llava") => {
                 let c = LlavaSettings::from_hf(&json).map_err(bad)?;
@@ -220,7 +231,7 @@ impl Arch {
             }
             _ => return Ok(None),
         };
-        Ok(Some(estimate.with_quantize(options.quantize)))
+        Ok(Some(estimate.with_quantize(quantize)))
     }
 
     pub fn lm(&self) -> &Llama {
