@@ -10,9 +10,12 @@
 //! softmax and probabilities (the maps the views draw are f32 products of quantized q/k
 //! projections), biases, the tower's embeddings. The decoder's embedding table stays in the
 //! checkpoint's f16/bf16 (rows converted on lookup), and its KV cache and cached layer inputs
-//! are f16 under a quantization ([`super::llama::Llama::cache_dtype`]). The activations
-//! entering a quantized matmul are themselves quantized on the fly (q8_0 rows for q8_0, q8_K
-//! for q4k: candle's `vec_dot` types).
+//! are f16 under a quantization ([`super::llama::Llama::cache_dtype`]). How a product is
+//! computed depends on its row count ([`QuantKernel::for_rows`]): few rows (decoding) with
+//! candle's block kernel, whose activations are themselves quantized on the fly (q8_0 rows for
+//! q8_0, q8_K for q4k: candle's `vec_dot` types); many rows (prefills, the tower) as the
+//! dequantized weight's f32 product, activations unrounded (a DEVIATION from candle's kernels,
+//! for speed: [`QuantKernel::Dequantized`]).
 //!
 //! Dimensions: a block spans the input dimension (q8_0: 32 weights, q4k: 256); a layer whose
 //! input width is not a multiple stays f32, and [`QuantCount`] says how many were quantized
@@ -395,9 +398,10 @@ impl Module for Proj {
     }
 }
 
-/// A quantized `[out, in]` weight on the CPU: candle's GGML blocks, multiplied by candle's block
-/// kernels (`QuantizedType::matmul_t`: the activations rounded to the format's `vec_dot` type,
-/// rows in parallel), and nothing else kept.
+/// A quantized `[out, in]` weight on the CPU: candle's GGML blocks, and nothing else kept.
+/// Multiplied by candle's block kernel (`QuantizedType::matmul_t`: the activations rounded to
+/// the format's `vec_dot` type, rows in parallel) for few rows, by transient f32 tiles of the
+/// weight and gemm for many ([`QuantKernel`]).
 ///
 /// Why not candle's `QMatMul`: from candle 0.11 its x86 path repacks a q4k weight (and, on
 /// AVX512-VNNI, a q8_0 one) into wider tiles at its first product and keeps them beside the
@@ -525,7 +529,7 @@ impl QuantWeight {
     /// product on slices, for the vision tower's fused kernels. The kernel is
     /// [`QuantKernel::for_rows`]'s.
     pub fn matmul_into(&self, x: &[f32], rows: usize, y: &mut [f32]) {
-        self.matmul_with(QuantKernel::for_rows(rows), x, rows, y)
+        self.matmul_with(QuantKernel::for_rows(self.format, rows), x, rows, y)
     }
 
     /// [`QuantWeight::matmul_into`] with a chosen kernel (tests and the micro-benchmark compare
@@ -604,19 +608,27 @@ pub enum QuantKernel {
     Dequantized,
 }
 
-/// From this many rows on, [`QuantWeight::matmul_into`] dequantizes (prefills, the vision
-/// tower); below, candle's kernel (decoding a token: one row).
-pub const DEQUANTIZE_FROM_ROWS: usize = 8;
-
 /// [`QuantKernel::Dequantized`]'s tile: 4096 weight rows by 512 input values (8 MiB of f32),
 /// so a 7B decoder's square layers are one output tile and the input tile is gemm's own depth.
 const TILE: (usize, usize) = (4096, 512);
 
 impl QuantKernel {
-    /// The kernel for a product of `rows` rows: a dequantized tile costs about one row's worth
-    /// of candle's kernel, repaid from a few rows on.
-    pub fn for_rows(rows: usize) -> Self {
-        if rows >= DEQUANTIZE_FROM_ROWS { QuantKernel::Dequantized } else { QuantKernel::Blocks }
+    /// The kernel for a product of `rows` rows of a `format` weight: candle's below
+    /// [`QuantKernel::dequantize_from_rows`] (decoding a token: one row), else dequantized
+    /// (prefills, the vision tower).
+    pub fn for_rows(format: Quantize, rows: usize) -> Self {
+        if rows >= Self::dequantize_from_rows(format) { QuantKernel::Dequantized } else { QuantKernel::Blocks }
+    }
+
+    /// Where the dequantized tiles (a fixed cost of about 30 rows of f32 gemm on 4096 x 4096)
+    /// overtake candle's kernel, measured with examples/quant_matmul.rs (4096 x 4096, rows
+    /// alternated, load 8-10): q8_0's kernel is slow per row (0.93x at 32 rows, 0.19x at 600),
+    /// q4k's is not (1.27x at 128 rows, 0.66x at 600).
+    pub fn dequantize_from_rows(format: Quantize) -> usize {
+        match format {
+            Quantize::Q8_0 => 32,
+            Quantize::Q4K => 256,
+        }
     }
 }
 
@@ -913,7 +925,7 @@ mod tests {
                 assert!(error(&y) < 2e-2, "{q} {rows} rows, blocks: {}", error(&y));
                 let mut auto = vec![f32::NAN; rows * o];
                 qw.matmul_into(&x, rows, &mut auto);
-                let kernel = QuantKernel::for_rows(rows);
+                let kernel = QuantKernel::for_rows(q, rows);
                 qw.matmul_with(kernel, &x, rows, &mut y);
                 assert_eq!(auto, y, "{q} {rows} rows: matmul_into is {kernel:?}");
             }
@@ -936,7 +948,7 @@ mod tests {
             let theirs = QTensor::quantize(&w, q.ggml()).unwrap();
             assert_eq!(ours.bytes(), &*theirs.data().unwrap(), "{q}");
             assert_eq!(ours.size_in_bytes(), theirs.storage_size_in_bytes());
-            // candle's kernel on our blocks (`forward` dequantizes at 66 rows: the test above).
+            // candle's kernel on our blocks (`forward` may dequantize instead: the test above).
             let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
             let mut a = vec![0f32; 66 * o];
             ours.matmul_with(QuantKernel::Blocks, &xs, 66, &mut a);
