@@ -620,14 +620,14 @@ impl QuantKernel {
         if rows >= Self::dequantize_from_rows(format) { QuantKernel::Dequantized } else { QuantKernel::Blocks }
     }
 
-    /// Where the dequantized tiles (a fixed cost of about 30 rows of f32 gemm on 4096 x 4096)
-    /// overtake candle's kernel, measured with examples/quant_matmul.rs (4096 x 4096, rows
-    /// alternated, load 8-10): q8_0's kernel is slow per row (0.93x at 32 rows, 0.19x at 600),
-    /// q4k's is not (1.27x at 128 rows, 0.66x at 600).
+    /// Where the dequantized tiles (a fixed cost of some 20 rows of f32 gemm on 4096 x 4096)
+    /// overtake candle's kernel, measured with examples/quant_matmul.rs (4096 x 4096, 3 rounds
+    /// alternated, load 2): q8_0's kernel is slow per row (tiles / blocks 1.11x at 16 rows,
+    /// 0.68x at 24, 0.18x at 600), q4k's is not (1.07x at 64, 0.85x at 96, 0.62x at 600).
     pub fn dequantize_from_rows(format: Quantize) -> usize {
         match format {
-            Quantize::Q8_0 => 32,
-            Quantize::Q4K => 256,
+            Quantize::Q8_0 => 24,
+            Quantize::Q4K => 80,
         }
     }
 }
