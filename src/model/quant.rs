@@ -10,9 +10,12 @@
 //! softmax and probabilities (the maps the views draw are f32 products of quantized q/k
 //! projections), biases, the tower's embeddings. The decoder's embedding table stays in the
 //! checkpoint's f16/bf16 (rows converted on lookup), and its KV cache and cached layer inputs
-//! are f16 under a quantization ([`super::llama::Llama::cache_dtype`]). The activations
-//! entering a quantized matmul are themselves quantized on the fly (q8_0 rows for q8_0, q8_K
-//! for q4k: candle's `vec_dot` types).
+//! are f16 under a quantization ([`super::llama::Llama::cache_dtype`]). How a product is
+//! computed depends on its row count ([`QuantKernel::for_rows`]): few rows (decoding) with
+//! candle's block kernel, whose activations are themselves quantized on the fly (q8_0 rows for
+//! q8_0, q8_K for q4k: candle's `vec_dot` types); many rows (prefills, the tower) as the
+//! dequantized weight's f32 product, activations unrounded (a DEVIATION from candle's kernels,
+//! for speed: [`QuantKernel::Dequantized`]).
 //!
 //! Dimensions: a block spans the input dimension (q8_0: 32 weights, q4k: 256); a layer whose
 //! input width is not a multiple stays f32, and [`QuantCount`] says how many were quantized
@@ -32,6 +35,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::kernels::{self, View, gemm};
 use super::weights::Raw;
 use crate::{Error, Result};
 
@@ -394,9 +398,10 @@ impl Module for Proj {
     }
 }
 
-/// A quantized `[out, in]` weight on the CPU: candle's GGML blocks, multiplied by candle's block
-/// kernels (`QuantizedType::matmul_t`: the activations rounded to the format's `vec_dot` type,
-/// rows in parallel), and nothing else kept.
+/// A quantized `[out, in]` weight on the CPU: candle's GGML blocks, and nothing else kept.
+/// Multiplied by candle's block kernel (`QuantizedType::matmul_t`: the activations rounded to
+/// the format's `vec_dot` type, rows in parallel) for few rows, by transient f32 tiles of the
+/// weight and gemm for many ([`QuantKernel`]).
 ///
 /// Why not candle's `QMatMul`: from candle 0.11 its x86 path repacks a q4k weight (and, on
 /// AVX512-VNNI, a q8_0 one) into wider tiles at its first product and keeps them beside the
@@ -521,10 +526,109 @@ impl QuantWeight {
     }
 
     /// `x Wᵀ` for `rows` rows of `x` (`[rows, in]`, row-major) into `y` (`[rows, out]`): the
-    /// product on slices, for the vision tower's fused kernels.
+    /// product on slices, for the vision tower's fused kernels. The kernel is
+    /// [`QuantKernel::for_rows`]'s.
     pub fn matmul_into(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        self.matmul_with(QuantKernel::for_rows(self.format, rows), x, rows, y)
+    }
+
+    /// [`QuantWeight::matmul_into`] with a chosen kernel (tests and the micro-benchmark compare
+    /// them).
+    pub fn matmul_with(&self, kernel: QuantKernel, x: &[f32], rows: usize, y: &mut [f32]) {
         assert!(x.len() == rows * self.in_dim && y.len() == rows * self.out_dim, "quantized matmul: shapes");
-        self.blocks.matmul_t((rows, self.in_dim, self.out_dim), x, y).expect("CPU blocks multiply f32 rows");
+        match (kernel, self.format) {
+            (QuantKernel::Blocks, _) => {
+                self.blocks.matmul_t((rows, self.in_dim, self.out_dim), x, y).expect("CPU blocks multiply f32 rows")
+            }
+            (QuantKernel::Dequantized, _) => self.matmul_tiled(x, rows, y, TILE),
+        }
+    }
+
+    /// [`QuantWeight::matmul_dequantized`] for this weight's format.
+    fn matmul_tiled(&self, x: &[f32], rows: usize, y: &mut [f32], tile: (usize, usize)) {
+        match self.format {
+            Quantize::Q8_0 => self.matmul_dequantized::<BlockQ8_0>(x, rows, y, tile),
+            Quantize::Q4K => self.matmul_dequantized::<BlockQ4K>(x, rows, y, tile),
+        }
+    }
+
+    /// The blocks as the `T`s they are.
+    fn blocks_as<T: GgmlType>(&self) -> &[T] {
+        assert_eq!(self.blocks.dtype(), T::DTYPE, "quantized blocks read as another type");
+        let ptr = self.blocks.as_ptr().cast::<T>();
+        assert!(ptr.is_aligned(), "quantized blocks misaligned");
+        // SAFETY: the storage is a `Vec<T>` of `storage_size_in_bytes` bytes (its dtype checked
+        // above; aligned as `T`), borrowed with `self`; GGML blocks are plain old data.
+        unsafe { std::slice::from_raw_parts(ptr, self.blocks.storage_size_in_bytes() / std::mem::size_of::<T>()) }
+    }
+
+    /// `x Wᵀ` with `W` dequantized one tile at a time into f32 and multiplied by gemm, the f32
+    /// kernel of the unquantized layers. Tiles span `tile.0` weight rows (outputs) by `tile.1`
+    /// input values (rounded down to whole blocks, at least one); each output tile accumulates
+    /// over its input tiles. Only one tile's f32 values exist at a time (8 MiB at [`TILE`]).
+    fn matmul_dequantized<T: GgmlType>(&self, x: &[f32], rows: usize, y: &mut [f32], tile: (usize, usize)) {
+        let blocks = self.blocks_as::<T>();
+        let (out_dim, in_dim, bs) = (self.out_dim, self.in_dim, T::BLCK_SIZE);
+        let per_row = in_dim / bs;
+        let (tile_rows, tile_blocks) = (tile.0.clamp(1, out_dim.max(1)), (tile.1 / bs).clamp(1, per_row.max(1)));
+        let mut values = vec![0f32; tile_rows * tile_blocks * bs];
+        for o0 in (0..out_dim).step_by(tile_rows) {
+            let outs = tile_rows.min(out_dim - o0);
+            for b0 in (0..per_row).step_by(tile_blocks) {
+                let width = tile_blocks.min(per_row - b0) * bs;
+                let w = &mut values[..outs * width];
+                // Dequantize rows in parallel, ~16k values a task.
+                let task_rows = (16_384 / width).max(1);
+                w.par_chunks_mut(task_rows * width).enumerate().for_each(|(task, w)| {
+                    for (r, w) in w.chunks_mut(width).enumerate() {
+                        let at = (o0 + task * task_rows + r) * per_row + b0;
+                        T::to_float(&blocks[at..at + width / bs], w);
+                    }
+                });
+                let a = View::new(&x[b0 * bs..], rows, width, in_dim, 1);
+                let w = View::rows(w, outs, width).t();
+                gemm(&mut y[o0..], out_dim, a, w, b0 > 0, kernels::threads());
+            }
+        }
+    }
+}
+
+/// How a [`QuantWeight`] multiplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantKernel {
+    /// candle's block kernel (`k_quants::matmul`): each activation row rounded to the format's
+    /// `vec_dot` type (q8_0 blocks for q8_0, q8_K for q4k), then integer dot products of blocks.
+    /// Reads the weights once per 16 rows, but its q8_0 dot product is one 32-value block per
+    /// step, two f16 conversions a block, no register tiling.
+    Blocks,
+    /// DEVIATION from candle's quantized matmul: tiles of the weight dequantized to f32 and
+    /// multiplied by gemm, as the f32 layers are; the activations are not rounded, so the
+    /// product is the dequantized weight's in f32 (closer to the unquantized model than
+    /// `Blocks`, by the activations' 8-bit rounding).
+    Dequantized,
+}
+
+/// [`QuantKernel::Dequantized`]'s tile: 4096 weight rows by 512 input values (8 MiB of f32),
+/// so a 7B decoder's square layers are one output tile and the input tile is gemm's own depth.
+const TILE: (usize, usize) = (4096, 512);
+
+impl QuantKernel {
+    /// The kernel for a product of `rows` rows of a `format` weight: candle's below
+    /// [`QuantKernel::dequantize_from_rows`] (decoding a token: one row), else dequantized
+    /// (prefills, the vision tower).
+    pub fn for_rows(format: Quantize, rows: usize) -> Self {
+        if rows >= Self::dequantize_from_rows(format) { QuantKernel::Dequantized } else { QuantKernel::Blocks }
+    }
+
+    /// Where the dequantized tiles (a fixed cost of some 20 rows of f32 gemm on 4096 x 4096)
+    /// overtake candle's kernel, measured with examples/quant_matmul.rs (4096 x 4096, 3 rounds
+    /// alternated, load 2): q8_0's kernel is slow per row (tiles / blocks 1.11x at 16 rows,
+    /// 0.68x at 24, 0.18x at 600), q4k's is not (1.07x at 64, 0.85x at 96, 0.62x at 600).
+    pub fn dequantize_from_rows(format: Quantize) -> usize {
+        match format {
+            Quantize::Q8_0 => 24,
+            Quantize::Q4K => 80,
+        }
     }
 }
 
@@ -560,7 +664,7 @@ impl CustomOp1 for QuantWeight {
         let x = &storage.as_slice::<f32>()?[start..end];
         let rows = x.len() / self.in_dim;
         let mut y = vec![0f32; rows * self.out_dim];
-        self.blocks.matmul_t((rows, self.in_dim, self.out_dim), x, &mut y)?;
+        self.matmul_into(x, rows, &mut y);
         *dims.last_mut().expect("checked above") = self.out_dim;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
@@ -786,8 +890,50 @@ mod tests {
         }
     }
 
-    /// The row-parallel quantizer writes candle's own blocks, byte for byte, and its product is
-    /// candle's `QMatMul`'s (which repacks q4k on x86: another kernel, same arithmetic up to
+    /// Both kernels against the dequantized weight times `x` in f64, for odd row counts, an
+    /// output width off the kernels' groups of 4, and tiles that split the weight unevenly both
+    /// ways (several output and input tiles, a short last one).
+    #[test]
+    fn both_kernels_match_the_dequantized_product() {
+        let dev = Device::Cpu;
+        let (o, i) = (37, 1024);
+        let w = Tensor::randn(0f32, 1.0, (o, i), &dev).unwrap();
+        for q in Quantize::ALL {
+            let qw = QuantWeight::quantize(&w, q).unwrap();
+            let wd: Vec<f32> = qw.dequantize().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            for rows in [1, 3, 8, 17, 33] {
+                let x: Vec<f32> =
+                    Tensor::randn(0f32, 1.0, (rows, i), &dev).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let reference: Vec<f64> = (0..rows * o)
+                    .map(|at| {
+                        let (r, c) = (at / o, at % o);
+                        (0..i).map(|k| x[r * i + k] as f64 * wd[c * i + k] as f64).sum()
+                    })
+                    .collect();
+                let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let error =
+                    |y: &[f32]| y.iter().zip(&reference).fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs())) / scale;
+                // Dequantized: the same product in f32, whatever the tiling.
+                for tile in [TILE, (5, 1), (16, 300)] {
+                    let mut y = vec![f32::NAN; rows * o];
+                    qw.matmul_tiled(&x, rows, &mut y, tile);
+                    assert!(error(&y) < 1e-5, "{q} {rows} rows, tile {tile:?}: {}", error(&y));
+                }
+                // candle's blocks: the activations rounded to 8 bits, ~1e-2.
+                let mut y = vec![f32::NAN; rows * o];
+                qw.matmul_with(QuantKernel::Blocks, &x, rows, &mut y);
+                assert!(error(&y) < 2e-2, "{q} {rows} rows, blocks: {}", error(&y));
+                let mut auto = vec![f32::NAN; rows * o];
+                qw.matmul_into(&x, rows, &mut auto);
+                let kernel = QuantKernel::for_rows(q, rows);
+                qw.matmul_with(kernel, &x, rows, &mut y);
+                assert_eq!(auto, y, "{q} {rows} rows: matmul_into is {kernel:?}");
+            }
+        }
+    }
+
+    /// The row-parallel quantizer writes candle's own blocks, byte for byte, and its block
+    /// kernel's product is candle's `QMatMul`'s (which repacks q4k on x86: another kernel, same arithmetic up to
     /// float summation order).
     #[test]
     fn parallel_blocks_are_candles() {
@@ -802,8 +948,13 @@ mod tests {
             let theirs = QTensor::quantize(&w, q.ggml()).unwrap();
             assert_eq!(ours.bytes(), &*theirs.data().unwrap(), "{q}");
             assert_eq!(ours.size_in_bytes(), theirs.storage_size_in_bytes());
-            let (a, b) = (ours.forward(&x).unwrap(), QMatMul::from_qtensor(theirs).unwrap().forward(&x).unwrap());
-            assert_eq!(a.dims(), &[2, 33, o]);
+            // candle's kernel on our blocks (`forward` may dequantize instead: the test above).
+            let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let mut a = vec![0f32; 66 * o];
+            ours.matmul_with(QuantKernel::Blocks, &xs, 66, &mut a);
+            let a = Tensor::from_vec(a, (2, 33, o), &dev).unwrap();
+            let b = QMatMul::from_qtensor(theirs).unwrap().forward(&x).unwrap();
+            assert_eq!(ours.forward(&x).unwrap().dims(), &[2, 33, o]);
             let diff: f32 = (a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
             let scale: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
             assert!(diff <= 1e-4 * scale, "{q}: {diff} of {scale}");
