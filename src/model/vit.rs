@@ -153,7 +153,7 @@ impl VisionTransformer {
         let block = |i: usize| -> Result<Block> {
             let mut block = Block::new(cfg, layers.pp(i))?;
             if linears.quantize().is_some() {
-                linears.count_tower(block.quantize_linears(TOWER_FORMAT)?);
+                linears.count_tower(block.quantize_linears(TOWER_FORMAT, &layers.pp(i).prefix(), linears)?);
             }
             Ok(block)
         };

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::super::config::{Activation, VitConfig};
 use super::super::kernels::{self, Act, View, gemm, with_scratch, with_slice};
-use super::super::quant::{QuantCount, QuantWeight, Quantize};
+use super::super::quant::{Linears, QuantCount, QuantWeight, Quantize};
 use super::{AttnRecord, Names, bias_shape, tokens};
 use crate::Result;
 
@@ -29,10 +29,13 @@ impl Dense {
         Ok(Self { weight, quantized: None, bias, out, inp })
     }
 
-    /// The weight quantized to `format` (its f32 values freed); the bias stays f32.
-    fn quantize(&mut self, format: Quantize) -> Result<QuantCount> {
-        let weight = Tensor::from_vec(std::mem::take(&mut self.weight), (self.out, self.inp), &Device::Cpu)?;
-        let q = QuantWeight::quantize(&weight, format)?;
+    /// The weight quantized to `format` (its f32 values freed), or read from the cache by
+    /// `name`; the bias stays f32.
+    fn quantize(&mut self, format: Quantize, name: &str, linears: &Linears) -> Result<QuantCount> {
+        let weight = std::mem::take(&mut self.weight);
+        let q = linears.quantized(name, format, (self.out, self.inp), || {
+            QuantWeight::quantize(&Tensor::from_vec(weight, (self.out, self.inp), &Device::Cpu)?, format)
+        })?;
         let count = QuantCount { quantized: 1, bytes: q.size_in_bytes() as u64, ..QuantCount::default() };
         self.quantized = Some(Box::new(q));
         Ok(count)
@@ -258,13 +261,14 @@ pub struct Block {
 
 impl Block {
     /// Quantizes the block's linear layers (the attention's fused QKV and output, the MLP's two)
-    /// whose input width fits `format`'s blocks, counting them.
-    pub(super) fn quantize_linears(&mut self, format: Quantize) -> Result<QuantCount> {
+    /// whose input width fits `format`'s blocks, counting them; `linears`' cache knows them as
+    /// `<prefix>.qkv`, `.out`, `.fc1`, `.fc2`.
+    pub(super) fn quantize_linears(&mut self, format: Quantize, prefix: &str, linears: &Linears) -> Result<QuantCount> {
         let mut count = QuantCount::default();
         let (a, m) = (&mut self.attention, &mut self.mlp);
-        for dense in [&mut a.qkv, &mut a.output, &mut m.fc1, &mut m.fc2] {
+        for (dense, part) in [(&mut a.qkv, "qkv"), (&mut a.output, "out"), (&mut m.fc1, "fc1"), (&mut m.fc2, "fc2")] {
             match format.fits(dense.inp) {
-                true => count.add(dense.quantize(format)?),
+                true => count.add(dense.quantize(format, &format!("{prefix}.{part}"), linears)?),
                 false => count.add(QuantCount {
                     kept_f32: 1,
                     bytes: (dense.weight.len() * 4) as u64,

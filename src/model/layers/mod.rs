@@ -19,7 +19,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{BlockNames, VitConfig};
 use super::kernels;
-use super::quant::{QuantCount, Quantize};
+use super::quant::{Linears, QuantCount, Quantize};
 use crate::{Error, Result};
 
 /// What one attention call recorded besides its output.
@@ -66,10 +66,11 @@ impl Block {
     }
 
     /// Quantizes the block's linear layers (the attention's fused QKV and output, the MLP's two)
-    /// whose input width fits `format`'s blocks, counting them. CPU kernels only.
-    pub fn quantize_linears(&mut self, format: Quantize) -> Result<QuantCount> {
+    /// whose input width fits `format`'s blocks, counting them; read from `linears`' cache by
+    /// `prefix` (the block's) where it holds them. CPU kernels only.
+    pub fn quantize_linears(&mut self, format: Quantize, prefix: &str, linears: &Linears) -> Result<QuantCount> {
         match self {
-            Block::Fused(b) => b.quantize_linears(format),
+            Block::Fused(b) => b.quantize_linears(format, prefix, linears),
             Block::Ops(_) => Err(Error::Config {
                 field: "--quantize",
                 reason: "quantized layers run on the CPU kernels only".into(),
