@@ -32,6 +32,10 @@
 //! reported, ignored (the weights are quantized as without a cache) and rewritten at the end of
 //! the load; writes go to a temporary file renamed into place, and one that fails (a full disk,
 //! an unwritable folder) is a warning: the load goes on uncached.
+//!
+//! What a cached load still reads from the checkpoint: everything that is not quantized, and the
+//! tower's blocks, whose f32 weights are read before their cached blocks replace them (one block
+//! at a time, as in a quantizing load).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
