@@ -669,6 +669,15 @@ impl Linears {
         }
     }
 
+    /// `name`'s blocks in `format` where the cache holds them (its f32 weight need not be
+    /// read), else `None`.
+    pub fn cached(&self, name: &str, format: Quantize, dims: (usize, usize)) -> Option<QuantWeight> {
+        match self.quantize.is_some() && format.fits(dims.1) {
+            true => self.cache.as_ref()?.cached(name, format, dims),
+            false => None,
+        }
+    }
+
     /// The device the model is built on.
     pub fn device(&self) -> &Device {
         &self.device

@@ -33,9 +33,8 @@
 //! the load; writes go to a temporary file renamed into place, and one that fails (a full disk,
 //! an unwritable folder) is a warning: the load goes on uncached.
 //!
-//! What a cached load still reads from the checkpoint: everything that is not quantized, and the
-//! tower's blocks, whose f32 weights are read before their cached blocks replace them (one block
-//! at a time, as in a quantizing load).
+//! A cached load reads from the checkpoint only what is not quantized: neither the decoder's
+//! nor the tower's quantized weights (the tower's biases, fused and scaled as its QKV, still are).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -154,22 +153,30 @@ impl QuantCache {
         dims: (usize, usize),
         make: impl FnOnce() -> Result<QuantWeight>,
     ) -> Result<QuantWeight> {
-        let cached = self.lookup(name, format, dims).unwrap_or_else(|reason| {
-            self.rejected.borrow_mut().get_or_insert(reason);
-            None
-        });
-        let weight = match cached {
-            Some(w) => {
+        let weight = match self.lookup(name, format, dims) {
+            Ok(Some(w)) => {
                 self.read.set(self.read.get() + 1);
                 w
             }
-            None => {
+            fault => {
+                if let Err(reason) = fault {
+                    self.rejected.borrow_mut().get_or_insert(reason);
+                }
                 self.missed.set(self.missed.get() + 1);
                 make()?
             }
         };
         self.made.borrow_mut().insert(name.to_string(), weight.clone());
         Ok(weight)
+    }
+
+    /// `name`'s blocks when the file holds them whole (recorded as read), else `None`: the
+    /// caller then makes the weight through [`QuantCache::get_or`], which reports a fault.
+    pub fn cached(&self, name: &str, format: Quantize, dims: (usize, usize)) -> Option<QuantWeight> {
+        let weight = self.lookup(name, format, dims).ok()??;
+        self.read.set(self.read.get() + 1);
+        self.made.borrow_mut().insert(name.to_string(), weight.clone());
+        Some(weight)
     }
 
     /// `name`'s blocks from the file; `Ok(None)` without a file, `Err` with why the file's
