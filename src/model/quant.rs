@@ -32,7 +32,6 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::quant_cache::QuantCache;
 use super::weights::Raw;
 use crate::{Error, Result};
 
@@ -608,6 +607,28 @@ impl CustomOp1 for QuantWeight {
     }
 }
 
+/// Quantized weights kept between loads ([`Linears::with_cache`]): the quantized cache
+/// (`quant_cache::QuantCache`, which builds on this module).
+pub trait QuantStore: std::fmt::Debug {
+    /// `name`'s `[out, in]` blocks in `format` when the store holds them whole (recorded as
+    /// used), else `None`; the caller then makes the weight through [`QuantStore::get_or`].
+    fn cached(&self, name: &str, format: Quantize, dims: (usize, usize)) -> Option<QuantWeight>;
+
+    /// `name`'s blocks from the store when it holds them, else `make`'s; either way recorded
+    /// for [`QuantStore::finish`].
+    fn get_or(
+        &self,
+        name: &str,
+        format: Quantize,
+        dims: (usize, usize),
+        make: Box<dyn FnOnce() -> Result<QuantWeight> + '_>,
+    ) -> Result<QuantWeight>;
+
+    /// Ends the load (writes what the store lacked); the line the load says, `None` when
+    /// nothing was quantized.
+    fn finish(&self) -> Option<String>;
+}
+
 /// Makes a model's linear layers under one quantization, counting what it did.
 #[derive(Debug)]
 pub struct Linears {
@@ -620,7 +641,7 @@ pub struct Linears {
     /// The checkpoint quantized weights are streamed from, when the loader gives it.
     stored: RefCell<Option<Raw>>,
     /// Where quantized weights are read from and written to, when cached.
-    cache: Option<QuantCache>,
+    cache: Option<Box<dyn QuantStore>>,
 }
 
 impl Linears {
@@ -644,12 +665,12 @@ impl Linears {
 
     /// Quantized weights read from `cache` where it holds them, and written to it at
     /// [`Linears::finish_cache`].
-    pub fn with_cache(self, cache: QuantCache) -> Self {
+    pub fn with_cache(self, cache: Box<dyn QuantStore>) -> Self {
         Self { cache: Some(cache), ..self }
     }
 
     /// Writes the cache unless the load read every weight from it; the line to say (see
-    /// [`QuantCache::finish`]).
+    /// [`QuantStore::finish`]).
     pub fn finish_cache(&self) -> Option<String> {
         self.cache.as_ref()?.finish()
     }
@@ -664,7 +685,7 @@ impl Linears {
         make: impl FnOnce() -> Result<QuantWeight>,
     ) -> Result<QuantWeight> {
         match &self.cache {
-            Some(cache) => cache.get_or(name, format, dims, make),
+            Some(cache) => cache.get_or(name, format, dims, Box::new(make)),
             None => make(),
         }
     }

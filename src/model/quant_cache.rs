@@ -45,7 +45,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::quant::{QuantWeight, Quantize, TOWER_FORMAT};
+use super::quant::{QuantStore, QuantWeight, Quantize, TOWER_FORMAT};
 use super::weights::release_pages;
 use crate::{Error, Result};
 
@@ -92,7 +92,7 @@ struct Entry {
 }
 
 /// One load's cache: reads the weights the file holds, records every quantized weight of the
-/// load, and at its end ([`QuantCache::finish`]) writes the file unless every weight came from it.
+/// load, and at its end ([`QuantStore::finish`]) writes the file unless every weight came from it.
 pub struct QuantCache {
     path: PathBuf,
     key: String,
@@ -144,41 +144,6 @@ impl QuantCache {
         &self.path
     }
 
-    /// The `[out, in]` weight `name` in `format`: its blocks from the file when it holds them
-    /// whole, else `make`'s. Either way recorded for [`QuantCache::finish`].
-    pub fn get_or(
-        &self,
-        name: &str,
-        format: Quantize,
-        dims: (usize, usize),
-        make: impl FnOnce() -> Result<QuantWeight>,
-    ) -> Result<QuantWeight> {
-        let weight = match self.lookup(name, format, dims) {
-            Ok(Some(w)) => {
-                self.read.set(self.read.get() + 1);
-                w
-            }
-            fault => {
-                if let Err(reason) = fault {
-                    self.rejected.borrow_mut().get_or_insert(reason);
-                }
-                self.missed.set(self.missed.get() + 1);
-                make()?
-            }
-        };
-        self.made.borrow_mut().insert(name.to_string(), weight.clone());
-        Ok(weight)
-    }
-
-    /// `name`'s blocks when the file holds them whole (recorded as read), else `None`: the
-    /// caller then makes the weight through [`QuantCache::get_or`], which reports a fault.
-    pub fn cached(&self, name: &str, format: Quantize, dims: (usize, usize)) -> Option<QuantWeight> {
-        let weight = self.lookup(name, format, dims).ok()??;
-        self.read.set(self.read.get() + 1);
-        self.made.borrow_mut().insert(name.to_string(), weight.clone());
-        Some(weight)
-    }
-
     /// `name`'s blocks from the file; `Ok(None)` without a file, `Err` with why the file's
     /// entry cannot serve.
     fn lookup(
@@ -208,11 +173,43 @@ impl QuantCache {
         release_pages(bytes);
         weight
     }
+}
 
-    /// Ends the load: writes the file unless every weight came from it, and returns the line
-    /// the load says (where the weights were read from or written to, or why not); `None` when
-    /// nothing was quantized.
-    pub fn finish(&self) -> Option<String> {
+impl QuantStore for QuantCache {
+    fn get_or(
+        &self,
+        name: &str,
+        format: Quantize,
+        dims: (usize, usize),
+        make: Box<dyn FnOnce() -> Result<QuantWeight> + '_>,
+    ) -> Result<QuantWeight> {
+        let weight = match self.lookup(name, format, dims) {
+            Ok(Some(w)) => {
+                self.read.set(self.read.get() + 1);
+                w
+            }
+            fault => {
+                if let Err(reason) = fault {
+                    self.rejected.borrow_mut().get_or_insert(reason);
+                }
+                self.missed.set(self.missed.get() + 1);
+                make()?
+            }
+        };
+        self.made.borrow_mut().insert(name.to_string(), weight.clone());
+        Ok(weight)
+    }
+
+    fn cached(&self, name: &str, format: Quantize, dims: (usize, usize)) -> Option<QuantWeight> {
+        let weight = self.lookup(name, format, dims).ok()??;
+        self.read.set(self.read.get() + 1);
+        self.made.borrow_mut().insert(name.to_string(), weight.clone());
+        Some(weight)
+    }
+
+    /// Writes the file unless every weight came from it; the line says where the weights were
+    /// read from or written to, or why not.
+    fn finish(&self) -> Option<String> {
         let made = self.made.take();
         let file = self.file.take();
         let path = self.path.display();

@@ -170,7 +170,7 @@ impl Arch {
         let mut warning = None;
         if let (Some(q), Some(cache)) = (options.quantize, cache) {
             match QuantCache::open(cache, dir, q) {
-                Ok(c) => linears = linears.with_cache(c),
+                Ok(c) => linears = linears.with_cache(Box::new(c)),
                 Err(e) => warning = Some(format!("Warning: the quantized weights are not cached ({e}).")),
             }
         }
