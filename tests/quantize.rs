@@ -171,6 +171,7 @@ fn the_cli_takes_quantize_dtype_and_device() {
     let out = tempfile::tempdir().unwrap();
     let run = |flags: &[&str]| {
         tokenlens()
+            .env("TOKENLENS_CACHE", out.path())
             .args(flags)
             .args(["vlm", "--max-tokens", "2", "--out"])
             .arg(out.path())

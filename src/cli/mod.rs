@@ -44,6 +44,11 @@ struct Cli {
     /// (32, 256) stay f32.
     #[arg(long, global = true, value_name = "FORMAT")]
     quantize: Option<Quantize>,
+    /// Quantize at every load instead of reading the blocks a former load of the same checkpoint
+    /// and format cached in quantized/ of the cache folder ($TOKENLENS_CACHE, else
+    /// ~/.cache/tokenlens), and write none (as TOKENLENS_NO_QUANT_CACHE=1 does).
+    #[arg(long, global = true)]
+    no_quant_cache: bool,
     /// What a vision-language model's decoder and projector linear weights are kept and
     /// multiplied in: auto (f32 on the CPU, the checkpoint's dtype on a GPU), f32, f16, bf16
     /// (half precision is refused on the CPU). Everything else computes in f32.
@@ -427,6 +432,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         anyhow::ensure!(gb.is_finite() && gb > 0.0, "--device-memory-limit must be a positive number of GB");
         memory::set_device_limit((gb * 1e9) as u64);
     }
+    tokenlens::model::quant_cache::set_off(cli.no_quant_cache);
     let options = LoadOptions { quantize: cli.quantize, dtype: cli.dtype, device: cli.device };
     options.resolve()?;
     options.set_process();

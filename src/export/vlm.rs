@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::{ExportSpec, Figure, MAX_FIGURE_PIXELS, encode, readable};
 use crate::figures;
@@ -72,10 +71,7 @@ impl WeightsDigest {
 }
 
 /// Blocks of tensor data [`WeightsDigest::SafetensorsSampledV1`] reads per file, and their size.
-pub const SAMPLE_BLOCKS: u64 = 64;
-pub const SAMPLE_BYTES: u64 = 4096;
-/// Largest safetensors header read (the format's own limit).
-const MAX_HEADER: u64 = 100 << 20;
+pub use crate::model::digest::{SAMPLE_BLOCKS, SAMPLE_BYTES};
 
 /// Checksums already computed, by file, size and modification time: a 14 GB checkpoint is read
 /// once per process, not once per export.
@@ -98,21 +94,9 @@ fn file_sha256(path: &Path) -> Result<String> {
 
 /// The checksum of a VLM folder's weights, as `digest` says (a sidecar's `weights_sha256`).
 pub fn weights_sha256(dir: &Path, digest: WeightsDigest) -> Result<String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::weights(dir, format!("cannot list: {e}")))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
+    let files = crate::model::digest::safetensors_files(dir)?;
     match (files.as_slice(), digest) {
-        ([], _) => Err(Error::weights(dir, "no .safetensors weights")),
-        (files, WeightsDigest::SafetensorsSampledV1) => {
-            let mut hasher = Sha256::new();
-            for f in files {
-                sample_safetensors(f, &mut hasher)?;
-            }
-            Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
-        }
+        (files, WeightsDigest::SafetensorsSampledV1) => crate::model::digest::sampled_sha256(files),
         ([one], WeightsDigest::FileBytes) => file_sha256(one),
         (shards, WeightsDigest::FileBytes) => {
             let mut lines = String::new();
@@ -123,48 +107,6 @@ pub fn weights_sha256(dir: &Path, digest: WeightsDigest) -> Result<String> {
             Ok(crate::model::fetch::sha256_hex(lines.as_bytes()))
         }
     }
-}
-
-/// Feeds [`WeightsDigest::SafetensorsSampledV1`]'s bytes of one file to `hasher`, each part
-/// length-prefixed. The header's length is checked against the file before it is read.
-fn sample_safetensors(path: &Path, hasher: &mut Sha256) -> Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let bad = |reason: String| Error::weights(path, reason);
-    let cannot = |e: std::io::Error| bad(format!("cannot read: {e}"));
-    let mut file = std::fs::File::open(path).map_err(cannot)?;
-    let size = file.metadata().map_err(cannot)?.len();
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|e| bad(format!("not a safetensors file (no header length: {e})")))?;
-    let header_len = u64::from_le_bytes(len);
-    if header_len > MAX_HEADER || header_len > size.saturating_sub(8) {
-        return Err(bad(format!("a safetensors header of {header_len} bytes in a file of {size}")));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header).map_err(cannot)?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let part = |hasher: &mut Sha256, bytes: &[u8]| {
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    };
-    part(hasher, name.as_bytes());
-    part(hasher, &size.to_le_bytes());
-    part(hasher, &header);
-    let start = 8 + header_len;
-    let data = size - start;
-    let blocks: Vec<(u64, u64)> = match data <= SAMPLE_BLOCKS * SAMPLE_BYTES {
-        true => vec![(start, data)],
-        false => (0..SAMPLE_BLOCKS)
-            .map(|i| (start + (data - SAMPLE_BYTES) * i / (SAMPLE_BLOCKS - 1), SAMPLE_BYTES))
-            .collect(),
-    };
-    let mut buf = Vec::new();
-    for (at, n) in blocks {
-        buf.resize(n as usize, 0);
-        file.seek(SeekFrom::Start(at)).map_err(cannot)?;
-        file.read_exact(&mut buf).map_err(cannot)?;
-        part(hasher, &buf);
-    }
-    Ok(())
 }
 
 /// Renders a VLM figure (the weights were checked by the caller).
@@ -460,6 +402,7 @@ impl Draw<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     /// A safetensors-shaped file: the header's length, the header, `data`.
     fn write(path: &Path, header: &str, data: &[u8]) {

@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod digest;
 pub mod fetch;
 pub mod hf;
 pub mod hf_config;
@@ -20,6 +21,7 @@ pub mod onnx;
 pub mod pil_resize;
 pub mod preprocess;
 pub mod quant;
+pub mod quant_cache;
 pub mod resize;
 pub mod saliency;
 pub mod state;

@@ -81,6 +81,15 @@ impl Quantize {
     pub fn fits(self, in_dim: usize) -> bool {
         in_dim > 0 && in_dim.is_multiple_of(self.block_size())
     }
+
+    /// Bytes of an `[out, in]` weight's blocks; `None` where `in` does not fit or the size
+    /// overflows.
+    pub fn blocks_bytes(self, out_dim: usize, in_dim: usize) -> Option<usize> {
+        match self.fits(in_dim) {
+            true => out_dim.checked_mul(in_dim / self.block_size())?.checked_mul(self.ggml().type_size()),
+            false => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Quantize {
@@ -496,6 +505,27 @@ impl QuantWeight {
         Self { blocks, format, out_dim, in_dim }
     }
 
+    /// A weight from its blocks as [`QuantWeight::bytes`] gives them (the quantized cache,
+    /// [`super::quant_cache`]): checked to be `format`'s size for `[out, in]`, then copied.
+    pub fn from_blocks(format: Quantize, (out_dim, in_dim): (usize, usize), bytes: &[u8]) -> Result<Self> {
+        if format.blocks_bytes(out_dim, in_dim) != Some(bytes.len()) {
+            return Err(Error::Config {
+                field: "--quantize",
+                reason: format!("{} bytes are not the {format} blocks of a [{out_dim}, {in_dim}] weight", bytes.len()),
+            });
+        }
+        let blocks: Arc<dyn QuantizedType> = match format {
+            Quantize::Q8_0 => Arc::new(blocks_from_bytes::<BlockQ8_0>(bytes)),
+            Quantize::Q4K => Arc::new(blocks_from_bytes::<BlockQ4K>(bytes)),
+        };
+        Ok(Self { blocks, format, out_dim, in_dim })
+    }
+
+    /// `[out, in]`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.out_dim, self.in_dim)
+    }
+
     /// Bytes the blocks take.
     pub fn size_in_bytes(&self) -> usize {
         self.blocks.storage_size_in_bytes()
@@ -648,6 +678,17 @@ fn quantize_rows<T: GgmlType>(rows: usize, in_dim: usize, fill: impl Fn(usize, &
     blocks
 }
 
+/// Blocks of `T` copied from their bytes (any alignment).
+fn blocks_from_bytes<T: GgmlType>(bytes: &[u8]) -> Vec<T> {
+    assert!(bytes.len().is_multiple_of(std::mem::size_of::<T>()), "whole blocks");
+    let mut blocks = vec![T::zeros(); bytes.len() / std::mem::size_of::<T>()];
+    // SAFETY: GGML blocks are plain old data (`repr(C)` structs of f16 and byte arrays: every
+    // bit pattern is a block); `blocks` holds exactly `bytes.len()` bytes (asserted above); a
+    // byte copy needs no alignment of `bytes`.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), blocks.as_mut_ptr().cast::<u8>(), bytes.len()) };
+    blocks
+}
+
 impl CustomOp1 for QuantWeight {
     fn name(&self) -> &'static str {
         "quantized-matmul"
@@ -670,6 +711,28 @@ impl CustomOp1 for QuantWeight {
     }
 }
 
+/// Quantized weights kept between loads ([`Linears::with_cache`]): the quantized cache
+/// (`quant_cache::QuantCache`, which builds on this module).
+pub trait QuantStore: std::fmt::Debug {
+    /// `name`'s `[out, in]` blocks in `format` when the store holds them whole (recorded as
+    /// used), else `None`; the caller then makes the weight through [`QuantStore::get_or`].
+    fn cached(&self, name: &str, format: Quantize, dims: (usize, usize)) -> Option<QuantWeight>;
+
+    /// `name`'s blocks from the store when it holds them, else `make`'s; either way recorded
+    /// for [`QuantStore::finish`].
+    fn get_or(
+        &self,
+        name: &str,
+        format: Quantize,
+        dims: (usize, usize),
+        make: Box<dyn FnOnce() -> Result<QuantWeight> + '_>,
+    ) -> Result<QuantWeight>;
+
+    /// Ends the load (writes what the store lacked); the line the load says, `None` when
+    /// nothing was quantized.
+    fn finish(&self) -> Option<String>;
+}
+
 /// Makes a model's linear layers under one quantization, counting what it did.
 #[derive(Debug)]
 pub struct Linears {
@@ -681,6 +744,8 @@ pub struct Linears {
     count: Cell<QuantCount>,
     /// The checkpoint quantized weights are streamed from, when the loader gives it.
     stored: RefCell<Option<Raw>>,
+    /// Where quantized weights are read from and written to, when cached.
+    cache: Option<Box<dyn QuantStore>>,
 }
 
 impl Linears {
@@ -692,6 +757,7 @@ impl Linears {
             dtype: Some(DType::F32),
             count: Cell::default(),
             stored: RefCell::new(None),
+            cache: None,
         }
     }
 
@@ -699,6 +765,42 @@ impl Linears {
     pub fn for_options(options: &LoadOptions) -> Result<Self> {
         let (device, dtype) = options.resolve()?;
         Ok(Self { device, dtype, ..Self::new(options.quantize) })
+    }
+
+    /// Quantized weights read from `cache` where it holds them, and written to it at
+    /// [`Linears::finish_cache`].
+    pub fn with_cache(self, cache: Box<dyn QuantStore>) -> Self {
+        Self { cache: Some(cache), ..self }
+    }
+
+    /// Writes the cache unless the load read every weight from it; the line to say (see
+    /// [`QuantStore::finish`]).
+    pub fn finish_cache(&self) -> Option<String> {
+        self.cache.as_ref()?.finish()
+    }
+
+    /// The `[out, in]` weight `name` in `format`: from the cache when there is one holding it,
+    /// else `make`'s (recorded for the cache).
+    pub fn quantized(
+        &self,
+        name: &str,
+        format: Quantize,
+        dims: (usize, usize),
+        make: impl FnOnce() -> Result<QuantWeight>,
+    ) -> Result<QuantWeight> {
+        match &self.cache {
+            Some(cache) => cache.get_or(name, format, dims, Box::new(make)),
+            None => make(),
+        }
+    }
+
+    /// `name`'s blocks in `format` where the cache holds them (its f32 weight need not be
+    /// read), else `None`.
+    pub fn cached(&self, name: &str, format: Quantize, dims: (usize, usize)) -> Option<QuantWeight> {
+        match self.quantize.is_some() && format.fits(dims.1) {
+            true => self.cache.as_ref()?.cached(name, format, dims),
+            false => None,
+        }
     }
 
     /// The device the model is built on.
@@ -735,21 +837,23 @@ impl Linears {
         let proj = match self.quantize.filter(|q| q.fits(in_dim)) {
             Some(q) => {
                 let name = format!("{}.weight", vb.prefix());
-                let streamed = self.stored.borrow().as_ref().and_then(|stored| {
-                    stored.with(&name, |dtype, dims, bytes| match dims == [out_dim, in_dim] {
-                        true => QuantWeight::from_stored(dtype, dims, bytes, q),
-                        false => Err(candle_core::Error::UnexpectedShape {
-                            msg: format!("shape mismatch for {name}"),
-                            expected: (out_dim, in_dim).into(),
-                            got: dims.into(),
-                        }
-                        .into()),
-                    })
-                });
-                let weight = match streamed {
-                    Some(weight) => weight?,
-                    None => QuantWeight::quantize(&vb.get((out_dim, in_dim), "weight")?, q)?,
-                };
+                let weight = self.quantized(&name, q, (out_dim, in_dim), || {
+                    let streamed = self.stored.borrow().as_ref().and_then(|stored| {
+                        stored.with(&name, |dtype, dims, bytes| match dims == [out_dim, in_dim] {
+                            true => QuantWeight::from_stored(dtype, dims, bytes, q),
+                            false => Err(candle_core::Error::UnexpectedShape {
+                                msg: format!("shape mismatch for {name}"),
+                                expected: (out_dim, in_dim).into(),
+                                got: dims.into(),
+                            }
+                            .into()),
+                        })
+                    });
+                    match streamed {
+                        Some(weight) => weight,
+                        None => QuantWeight::quantize(&vb.get((out_dim, in_dim), "weight")?, q),
+                    }
+                })?;
                 count.quantized += 1;
                 count.bytes += weight.size_in_bytes() as u64;
                 Proj::Quantized { weight, bias: b }

@@ -151,9 +151,11 @@ impl VisionTransformer {
         let clip = cfg.block_names == BlockNames::Clip;
         let layers = vb.pp("encoder").pp(if clip { "layers" } else { "layer" });
         let block = |i: usize| -> Result<Block> {
-            let mut block = Block::new(cfg, layers.pp(i))?;
+            let prefix = layers.pp(i).prefix();
+            let cached = |part: &str, dims| linears.cached(&format!("{prefix}.{part}"), TOWER_FORMAT, dims);
+            let mut block = Block::new_cached(cfg, layers.pp(i), &cached)?;
             if linears.quantize().is_some() {
-                linears.count_tower(block.quantize_linears(TOWER_FORMAT)?);
+                linears.count_tower(block.quantize_linears(TOWER_FORMAT, &prefix, linears)?);
             }
             Ok(block)
         };

@@ -142,7 +142,7 @@ impl Raw {
 /// Drops the whole pages inside `bytes` (a slice of a read-only file mapping) from this
 /// process's resident set; they are read from the file again if touched.
 #[cfg(target_os = "linux")]
-fn release_pages(bytes: &[u8]) {
+pub(crate) fn release_pages(bytes: &[u8]) {
     // SAFETY: sysconf only reads a system constant.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
     let (start, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
@@ -156,4 +156,4 @@ fn release_pages(bytes: &[u8]) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn release_pages(_: &[u8]) {}
+pub(crate) fn release_pages(_: &[u8]) {}

@@ -204,7 +204,12 @@ impl Session {
             Some(dir) if Vlm::is_vlm_folder(&dir) => {
                 let how = options.quantize.map_or(String::new(), |q| format!(" ({q} linear layers)"));
                 say(&format!("Loading the vision-language model in {}{how}…", dir.display()));
-                Backend::Vlm(Vlm::load_with(&dir, options)?)
+                let cache = options.quantize.and_then(|_| crate::model::quant_cache::process_dir());
+                let vlm = Vlm::load_cached(&dir, options, cache.as_deref())?;
+                if let Some(line) = &vlm.quant_cache {
+                    say(line);
+                }
+                Backend::Vlm(vlm)
             }
             _ if options.quantize.is_some() => {
                 return Err(Error::Config {

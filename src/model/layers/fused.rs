@@ -7,8 +7,8 @@ use rayon::prelude::*;
 
 use super::super::config::{Activation, VitConfig};
 use super::super::kernels::{self, Act, View, gemm, with_scratch, with_slice};
-use super::super::quant::{QuantCount, QuantWeight, Quantize};
-use super::{AttnRecord, Names, bias_shape, tokens};
+use super::super::quant::{Linears, QuantCount, QuantWeight, Quantize};
+use super::{AttnRecord, Cached, Names, bias_shape, tokens};
 use crate::Result;
 
 /// A linear layer's weight `[out, in]` (row-major, as checkpoints store it) and bias `[out]`;
@@ -23,16 +23,25 @@ struct Dense {
 }
 
 impl Dense {
-    fn load(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get((out, inp), "weight")?.flatten_all()?.to_vec1()?;
-        let bias = if bias { vb.get(out, "bias")?.to_vec1()? } else { vec![0.0; out] };
-        Ok(Self { weight, quantized: None, bias, out, inp })
+    /// The layer at `vb`; with `cached` blocks (the quantized cache's) its weight is not read.
+    fn load(inp: usize, out: usize, bias: bool, vb: VarBuilder, cached: Option<QuantWeight>) -> Result<Self> {
+        let (weight, quantized) = match cached {
+            Some(q) => (Vec::new(), Some(Box::new(q))),
+            None => (vb.get((out, inp), "weight")?.flatten_all()?.to_vec1()?, None),
+        };
+        Ok(Self { weight, quantized, bias: load_bias(out, bias, &vb)?, out, inp })
     }
 
-    /// The weight quantized to `format` (its f32 values freed); the bias stays f32.
-    fn quantize(&mut self, format: Quantize) -> Result<QuantCount> {
-        let weight = Tensor::from_vec(std::mem::take(&mut self.weight), (self.out, self.inp), &Device::Cpu)?;
-        let q = QuantWeight::quantize(&weight, format)?;
+    /// The weight quantized to `format` (its f32 values freed), or read from the cache by
+    /// `name`; the bias stays f32. A layer loaded quantized is counted as it is.
+    fn quantize(&mut self, format: Quantize, name: &str, linears: &Linears) -> Result<QuantCount> {
+        if let Some(q) = &self.quantized {
+            return Ok(QuantCount { quantized: 1, bytes: q.size_in_bytes() as u64, ..QuantCount::default() });
+        }
+        let weight = std::mem::take(&mut self.weight);
+        let q = linears.quantized(name, format, (self.out, self.inp), || {
+            QuantWeight::quantize(&Tensor::from_vec(weight, (self.out, self.inp), &Device::Cpu)?, format)
+        })?;
         let count = QuantCount { quantized: 1, bytes: q.size_in_bytes() as u64, ..QuantCount::default() };
         self.quantized = Some(Box::new(q));
         Ok(count)
@@ -52,6 +61,11 @@ impl Dense {
         self.matmul_into(x, rows, &mut y);
         y
     }
+}
+
+/// The bias `[out]` at `vb`, zeros where the layer has none.
+fn load_bias(out: usize, bias: bool, vb: &VarBuilder) -> Result<Vec<f32>> {
+    Ok(if bias { vb.get(out, "bias")?.to_vec1()? } else { vec![0.0; out] })
 }
 
 /// LayerNorm weights (`weight`, `bias`) and epsilon.
@@ -91,26 +105,29 @@ struct Attention {
 
 impl Attention {
     /// `vb` at the attention subtree (`attention` or `self_attn`).
-    fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VitConfig, vb: VarBuilder, cached: Cached) -> Result<Self> {
         let d = cfg.hidden_size;
         let (q, k, v, out) = Names::attention(cfg.block_names, vb);
         let scale = (cfg.head_dim() as f64).powf(-0.5) as f32;
+        let fused = cached("qkv", (3 * d, d));
         let mut qkv = Dense {
-            weight: Vec::with_capacity(3 * d * d),
-            quantized: None,
+            weight: Vec::with_capacity(if fused.is_some() { 0 } else { 3 * d * d }),
+            quantized: fused.map(Box::new),
             bias: Vec::with_capacity(3 * d),
             out: 3 * d,
             inp: d,
         };
         for (i, vb) in [q, k, v].into_iter().enumerate() {
-            let part = Dense::load(d, d, cfg.qkv_bias, vb)?;
             let s = if i == 0 { scale } else { 1.0 };
-            qkv.weight.extend(part.weight.iter().map(|w| w * s));
-            qkv.bias.extend(part.bias.iter().map(|b| b * s));
+            if qkv.quantized.is_none() {
+                let weight = vb.get((d, d), "weight")?.flatten_all()?.to_vec1::<f32>()?;
+                qkv.weight.extend(weight.iter().map(|w| w * s));
+            }
+            qkv.bias.extend(load_bias(d, cfg.qkv_bias, &vb)?.iter().map(|b| b * s));
         }
         Ok(Self {
             qkv,
-            output: Dense::load(d, d, true, out)?,
+            output: Dense::load(d, d, true, out, cached("out", (d, d)))?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
         })
@@ -204,15 +221,16 @@ pub struct Mlp {
 
 impl Mlp {
     /// `vb_fc1` / `vb_fc2`: the two projections (`mlp.fc1` or `intermediate.dense`, ...).
-    pub(super) fn new(cfg: &VitConfig, vb_fc1: VarBuilder, vb_fc2: VarBuilder) -> Result<Self> {
+    pub(super) fn new(cfg: &VitConfig, vb_fc1: VarBuilder, vb_fc2: VarBuilder, cached: Cached) -> Result<Self> {
+        let (d, inner) = (cfg.hidden_size, cfg.intermediate_size);
         let act = match cfg.hidden_act {
             Activation::Gelu => Act::GeluErf,
             Activation::GeluPytorchTanh => Act::GeluTanh,
             Activation::QuickGelu => Act::QuickGelu,
         };
         Ok(Self {
-            fc1: Dense::load(cfg.hidden_size, cfg.intermediate_size, true, vb_fc1)?,
-            fc2: Dense::load(cfg.intermediate_size, cfg.hidden_size, true, vb_fc2)?,
+            fc1: Dense::load(d, inner, true, vb_fc1, cached("fc1", (inner, d)))?,
+            fc2: Dense::load(inner, d, true, vb_fc2, cached("fc2", (d, inner)))?,
             act,
         })
     }
@@ -258,13 +276,14 @@ pub struct Block {
 
 impl Block {
     /// Quantizes the block's linear layers (the attention's fused QKV and output, the MLP's two)
-    /// whose input width fits `format`'s blocks, counting them.
-    pub(super) fn quantize_linears(&mut self, format: Quantize) -> Result<QuantCount> {
+    /// whose input width fits `format`'s blocks, counting them; `linears`' cache knows them as
+    /// `<prefix>.qkv`, `.out`, `.fc1`, `.fc2`.
+    pub(super) fn quantize_linears(&mut self, format: Quantize, prefix: &str, linears: &Linears) -> Result<QuantCount> {
         let mut count = QuantCount::default();
         let (a, m) = (&mut self.attention, &mut self.mlp);
-        for dense in [&mut a.qkv, &mut a.output, &mut m.fc1, &mut m.fc2] {
+        for (dense, part) in [(&mut a.qkv, "qkv"), (&mut a.output, "out"), (&mut m.fc1, "fc1"), (&mut m.fc2, "fc2")] {
             match format.fits(dense.inp) {
-                true => count.add(dense.quantize(format)?),
+                true => count.add(dense.quantize(format, &format!("{prefix}.{part}"), linears)?),
                 false => count.add(QuantCount {
                     kept_f32: 1,
                     bytes: (dense.weight.len() * 4) as u64,
@@ -275,15 +294,16 @@ impl Block {
         Ok(count)
     }
 
-    pub(super) fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+    /// The block at `vb`, the layers `cached` gives blocks for not read in f32.
+    pub(super) fn new(cfg: &VitConfig, vb: VarBuilder, cached: Cached) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let Names { norm1, attention, norm2, fc1, fc2 } = Names::block(cfg.block_names, &vb);
         Ok(Self {
             norm1: Norm::load(d, eps, vb.pp(norm1))?,
-            attention: Attention::new(cfg, vb.pp(attention))?,
+            attention: Attention::new(cfg, vb.pp(attention), cached)?,
             layer_scale1: layer_scale(cfg.layerscale, d, vb.pp("layer_scale1"))?,
             norm2: Norm::load(d, eps, vb.pp(norm2))?,
-            mlp: Mlp::new(cfg, fc1, fc2)?,
+            mlp: Mlp::new(cfg, fc1, fc2, cached)?,
             layer_scale2: layer_scale(cfg.layerscale, d, vb.pp("layer_scale2"))?,
         })
     }

@@ -19,7 +19,11 @@ use candle_nn::VarBuilder;
 
 use super::config::{BlockNames, VitConfig};
 use super::kernels;
-use super::quant::{QuantCount, Quantize};
+use super::quant::{Linears, QuantCount, QuantWeight, Quantize};
+
+/// A block's quantized layers already made (the quantized cache's), by part (`qkv`, `out`,
+/// `fc1`, `fc2`) and `[out, in]`.
+pub type Cached<'a> = &'a dyn Fn(&str, (usize, usize)) -> Option<QuantWeight>;
 use crate::{Error, Result};
 
 /// What one attention call recorded besides its output.
@@ -41,8 +45,14 @@ pub enum Block {
 impl Block {
     /// `vb` at the block's subtree; built for `vb`'s device.
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        Self::new_cached(cfg, vb, &|_, _| None)
+    }
+
+    /// [`Block::new`], the linear layers `cached` gives quantized blocks for not read in f32
+    /// (the CPU kernels; elsewhere quantized layers are refused anyway).
+    pub fn new_cached(cfg: &VitConfig, vb: VarBuilder, cached: Cached) -> Result<Self> {
         Ok(match kernels::fused(vb.device()) {
-            true => Block::Fused(Box::new(fused::Block::new(cfg, vb)?)),
+            true => Block::Fused(Box::new(fused::Block::new(cfg, vb, cached)?)),
             false => Block::Ops(ops::Block::new(cfg, vb)?),
         })
     }
@@ -66,10 +76,11 @@ impl Block {
     }
 
     /// Quantizes the block's linear layers (the attention's fused QKV and output, the MLP's two)
-    /// whose input width fits `format`'s blocks, counting them. CPU kernels only.
-    pub fn quantize_linears(&mut self, format: Quantize) -> Result<QuantCount> {
+    /// whose input width fits `format`'s blocks, counting them; read from `linears`' cache by
+    /// `prefix` (the block's) where it holds them. CPU kernels only.
+    pub fn quantize_linears(&mut self, format: Quantize, prefix: &str, linears: &Linears) -> Result<QuantCount> {
         match self {
-            Block::Fused(b) => b.quantize_linears(format),
+            Block::Fused(b) => b.quantize_linears(format, prefix, linears),
             Block::Ops(_) => Err(Error::Config {
                 field: "--quantize",
                 reason: "quantized layers run on the CPU kernels only".into(),
@@ -96,7 +107,7 @@ impl Mlp {
     /// `vb_fc1` / `vb_fc2`: the two projections (`mlp.fc1` or `intermediate.dense`, ...).
     pub fn new(cfg: &VitConfig, vb_fc1: VarBuilder, vb_fc2: VarBuilder) -> Result<Self> {
         Ok(match kernels::fused(vb_fc1.device()) {
-            true => Mlp::Fused(fused::Mlp::new(cfg, vb_fc1, vb_fc2)?),
+            true => Mlp::Fused(fused::Mlp::new(cfg, vb_fc1, vb_fc2, &|_, _| None)?),
             false => Mlp::Ops(ops::Mlp::new(cfg, vb_fc1, vb_fc2)?),
         })
     }

@@ -26,6 +26,7 @@ use crate::model::idefics3::{Idefics3, Idefics3Settings};
 use crate::model::llama::Llama;
 use crate::model::llava::{Llava, LlavaSettings};
 use crate::model::quant::{Linears, LoadOptions, QuantCount, Quantize};
+use crate::model::quant_cache::QuantCache;
 use crate::model::{HookPoint, Probe, TokenState, Trace, chat, fetch, memory, preprocess};
 use crate::reduce::{Capabilities, Context, PositionMode, Reducer, ReducerConfig};
 use crate::session::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
@@ -45,6 +46,8 @@ pub struct Loaded {
     pub options: LoadOptions,
     /// Linear layers quantized and kept f32 (with `--quantize`), and their bytes.
     pub linears: QuantCount,
+    /// Where the quantized weights were read from or written to, or why not (a cached load).
+    pub quant_cache: Option<String>,
 }
 
 /// A decoded photo and what the vision tower sees of it.
@@ -152,13 +155,28 @@ impl Arch {
     /// Loads the folder's model as `options` say, after the memory guard (from the config
     /// alone, before any weight is read, at the quantization asked).
     pub fn load_with(dir: &Path, options: LoadOptions) -> Result<Loaded> {
+        Self::load_cached(dir, options, None)
+    }
+
+    /// [`Arch::load_with`], quantized weights cached in `cache` (a folder) when given: read
+    /// from it where a former load of the same checkpoint and format wrote them, else written
+    /// ([`QuantCache`]). A cache that cannot be opened is a warning, not an error.
+    pub fn load_cached(dir: &Path, options: LoadOptions, cache: Option<&Path>) -> Result<Loaded> {
         let (device, _) = options.resolve()?;
         if let Some(estimate) = Self::memory_estimate_with(dir, options)? {
             memory::guard(&estimate, &device)?;
         }
-        let linears = Linears::for_options(&options)?;
+        let mut linears = Linears::for_options(&options)?;
+        let mut warning = None;
+        if let (Some(q), Some(cache)) = (options.quantize, cache) {
+            match QuantCache::open(cache, dir, q) {
+                Ok(c) => linears = linears.with_cache(Box::new(c)),
+                Err(e) => warning = Some(format!("Warning: the quantized weights are not cached ({e}).")),
+            }
+        }
         let arch = Self::load_arch(dir, &linears)?;
-        Ok(Loaded { arch, options, linears: linears.count() })
+        let quant_cache = warning.or_else(|| linears.finish_cache());
+        Ok(Loaded { arch, options, linears: linears.count(), quant_cache })
     }
 
     fn load_arch(dir: &Path, linears: &Linears) -> Result<Self> {

@@ -201,6 +201,8 @@ pub struct Vlm {
     pub options: LoadOptions,
     /// Its linear layers as loaded: quantized, kept f32, bytes.
     pub linears: QuantCount,
+    /// Where its quantized weights were read from or written to, or why not (a cached load).
+    pub quant_cache: Option<String>,
 }
 
 /// The cached work for one image and question: the vision run, the full prefill (what a
@@ -226,12 +228,19 @@ impl Vlm {
 
     /// Loads the folder's model as `options` say (quantized linear layers, dtype).
     pub fn load_with(dir: &Path, options: LoadOptions) -> Result<Self> {
-        let Loaded { arch, options, linears } = Arch::load_with(dir, options)?;
+        Self::load_cached(dir, options, None)
+    }
+
+    /// [`Vlm::load_with`], quantized weights cached in the folder `cache` when given
+    /// ([`Arch::load_cached`]).
+    pub fn load_cached(dir: &Path, options: LoadOptions, cache: Option<&Path>) -> Result<Self> {
+        let Loaded { arch, options, linears, quant_cache } = Arch::load_cached(dir, options, cache)?;
         let tokenizer = crate::model::chat::load_tokenizer(dir)?;
         let eos = arch::eos_ids(dir, &tokenizer);
         let id = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         let split_image = arch.default_split();
-        Ok(Self { id, dir: dir.to_path_buf(), arch, tokenizer: tokenizer.into(), eos, split_image, options, linears })
+        let tokenizer = tokenizer.into();
+        Ok(Self { id, dir: dir.to_path_buf(), arch, tokenizer, eos, split_image, options, linears, quant_cache })
     }
 
     /// The memory guard's estimate for this model as loaded (weights, dtype, quantization, KV).
