@@ -31,7 +31,9 @@ pub fn layer_bars(cost: &VlmCost, offset: f64, who: &str) -> Vec<Bar> {
         .zip(&cost.decoder_tokens)
         .enumerate()
         .map(|(l, (&f, &n))| {
-            Bar::new(l as f64 + offset, f / 1e6).width(0.38).name(format!("{who}, layer {l}: {n} tokens"))
+            Bar::new(l as f64 + offset, f / 1e6)
+                .width(0.38)
+                .name(format!("{who}, layer {l}: {}", crate::render::text::count(n, "token", "tokens")))
         })
         .collect()
 }
@@ -91,12 +93,12 @@ pub fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
 /// `--quantize`: how many linear layers are quantized), the KV cache.
 pub fn memory_line(m: &Estimate) -> String {
     format!(
-        "weights {} ({}, {:.2} B parameters) · KV cache {} ({} tokens, {}) · estimate {}",
+        "weights {} ({}, {:.2} B parameters) · KV cache {} ({}, {}) · estimate {}",
         gb(m.weight_bytes()),
         m.format(),
         m.parameters as f64 / 1e9,
         gb(m.kv_bytes()),
-        m.kv_tokens,
+        crate::render::text::count(m.kv_tokens, "token", "tokens"),
         if m.quantize.is_some() { "f16" } else { "f32" },
         gb(m.total())
     )
