@@ -340,37 +340,21 @@ pub struct Metric {
 }
 
 pub const METRICS: [Metric; 5] = [
-    Metric {
-        name: "Pearson r",
-        get: |f| f.output_pearson,
-        higher_is_better: true,
-        hint: "correlation of the reduced and full outputs (1 = same shape)",
-    },
-    Metric {
-        name: "output L1",
-        get: |f| f.output_l1,
-        higher_is_better: false,
-        hint: "mean |full − reduced| per pixel or label (0 = identical)",
-    },
-    Metric {
-        name: "top-20 % IoU",
-        get: |f| f.output_iou_top20,
-        higher_is_better: true,
-        hint: "overlap of the top fifth (pixels or labels)",
-    },
-    Metric {
-        name: "CLS cosine",
-        get: |f| f.cls_cosine,
-        higher_is_better: true,
-        hint: "final CLS embedding, reduced vs full",
-    },
-    Metric {
-        name: "patch cosine",
-        get: |f| f.patch_cosine_mean,
-        higher_is_better: true,
-        hint: "final features of surviving patches",
-    },
+    metric("Pearson r", |f| f.output_pearson, true, "correlation of the reduced and full outputs (1 = same shape)"),
+    metric("output L1", |f| f.output_l1, false, "mean |full − reduced| per pixel or label (0 = identical)"),
+    metric("top-20 % IoU", |f| f.output_iou_top20, true, "overlap of the top fifth (pixels or labels)"),
+    metric("CLS cosine", |f| f.cls_cosine, true, "final CLS embedding, reduced vs full"),
+    metric("patch cosine", |f| f.patch_cosine_mean, true, "final features of surviving patches"),
 ];
+
+const fn metric(
+    name: &'static str,
+    get: fn(&crate::analysis::metrics::Fidelity) -> f64,
+    higher_is_better: bool,
+    hint: &'static str,
+) -> Metric {
+    Metric { name, get, higher_is_better, hint }
+}
 
 /// Under a grid with metrics rows.
 pub const METRICS_NOTE: &str = "Metrics: each run against the full model (L1: lower is better; the rest: higher); the best at each column in \
