@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::metrics::Fidelity;
 use crate::reduce::{Budget, Method, PositionMode, ReducerConfig};
-use crate::render::grid::{GridFigure, grid_scene};
+use crate::render::grid::{GridFigure, SharedBar, TableLine, grid_scene};
 use crate::render::{self, Colormap, GroupStyle, HeatLook, Heatmap, Norm, Panel, PanelContent, Scene, TokenGroups};
 use crate::session::{Analysis, DropFill, EncoderRun, FullRun, ImageInput, RunSpec, Session};
 use crate::{Cancel, Error, Result, figures};
@@ -201,12 +202,14 @@ impl MapScale {
         }
     }
 
-    /// The colour bar's name for maps sharing this scale ([`share_scale`]).
-    pub fn shared_name(self) -> &'static str {
-        match self {
-            MapScale::MinMax => "maps: min-max, shared",
-            MapScale::P99 => "maps: 99th pct., shared",
-            MapScale::Log => "maps: log10, shared",
+    /// The colour bar's name for maps sharing this scale ([`share_scale`]); `units`: a log
+    /// bar's ticks are in the maps' units (figures of [`REVISION`] 2 on), not their log10.
+    pub fn shared_name(self, units: bool) -> &'static str {
+        match (self, units) {
+            (MapScale::MinMax, _) => "maps: min-max, shared",
+            (MapScale::P99, _) => "maps: 99th pct., shared",
+            (MapScale::Log, false) => "maps: log10, shared",
+            (MapScale::Log, true) => "maps: log scale, shared",
         }
     }
 
@@ -260,11 +263,17 @@ pub struct ExportSpec {
     /// those re-make their figures byte for byte.
     #[serde(default)]
     pub revision: u32,
+    /// A compare grid's metrics under each method's panels, the best per column highlighted
+    /// (absent: off, as in sidecars made before it existed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metrics: bool,
 }
 
 /// The drawing rules of figures made now: 1 adds the note of the tokens a token view leaves out
-/// (special tokens, a split image's global tokens) and the VLM compare's best-run mark.
-pub const REVISION: u32 = 1;
+/// (special tokens, a split image's global tokens) and the VLM compare's best-run mark; 2 draws
+/// the VLM compare's token legend once for the figure (not under every panel) and labels a grid's
+/// shared log colour bar in the maps' own units (it printed their log10).
+pub const REVISION: u32 = 2;
 
 /// How a figure looks beyond what it shows: the CLI's flags and the app's export dialog.
 #[derive(Debug, Clone, PartialEq)]
@@ -283,6 +292,8 @@ pub struct Look {
     pub dpi: Option<u32>,
     /// A panel's width in inches at `dpi`.
     pub width_in: f64,
+    /// A compare grid's metrics row under each method.
+    pub metrics: bool,
 }
 
 impl Default for Look {
@@ -298,6 +309,7 @@ impl Default for Look {
             panel_px: 512,
             dpi: None,
             width_in: COLUMN_WIDTH_IN,
+            metrics: false,
         }
     }
 }
@@ -344,6 +356,7 @@ impl ExportSpec {
             title_text: None,
             scale: MapScale::MinMax,
             revision: REVISION,
+            metrics: false,
         }
     }
 
@@ -363,6 +376,7 @@ impl ExportSpec {
         self.colorbar = look.colorbar;
         self.font_scale = look.font_scale;
         self.panel_px = look.panel_px;
+        self.metrics = look.metrics;
         if let Some(dpi) = look.dpi {
             self = self.with_dpi(dpi, look.width_in)?;
         }
@@ -790,6 +804,8 @@ impl Ctx<'_> {
         let n = self.full.states[0].num_patches();
         let mut contents: Vec<Vec<Option<Content>>> = Vec::new();
         let mut row_labels = Vec::new();
+        // Each method's runs' drift from the full model, per column.
+        let mut fidelities: Vec<Vec<Fidelity>> = Vec::new();
         for method in methods {
             let runs = columns
                 .iter()
@@ -807,6 +823,7 @@ impl Ctx<'_> {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
+            fidelities.push(runs.iter().map(|r| r.fidelity.clone()).collect());
             let mut tokens_row: Vec<Option<Content>> =
                 runs.iter().map(|r| self.content_from(view, Some(r), source).map(Some)).collect::<Result<_>>()?;
             // The full model's column shows its grid and its output once, in the first method's
@@ -841,7 +858,9 @@ impl Ctx<'_> {
         let map_bar = (!maps.is_empty()).then(|| {
             let (lo, hi) = share_scale(maps, self.spec.scale);
             norms.into_iter().for_each(|n| *n = Norm::Range { lo, hi });
-            (self.spec.colormap, lo, hi, self.spec.scale.shared_name())
+            let log10 = self.spec.scale == MapScale::Log && self.spec.revision >= 2;
+            let name = self.spec.scale.shared_name(log10);
+            SharedBar { colormap: self.spec.colormap, lo, hi, name, log10 }
         });
         // "66.7 % removed (85 kept)", or in a narrow column "−67%" over "85 kept" (a wide grid
         // printed one column wide); no-break spaces keep a number with its unit when it wraps.
@@ -872,19 +891,27 @@ impl Ctx<'_> {
             title: self.spec.title.then(|| self.title_or(|| format!("{} · {}", self.spec.model, self.image_name()))),
             colorbars: map_bar
                 .into_iter()
-                .chain(output_row.then_some((self.spec.colormap, 0.0, 1.0, "saliency, fixed range")))
+                .chain(output_row.then_some(SharedBar {
+                    colormap: self.spec.colormap,
+                    lo: 0.0,
+                    hi: 1.0,
+                    name: "saliency, fixed range",
+                    log10: false,
+                }))
                 .filter(|_| self.spec.colorbar)
                 .collect(),
             label_px: None,
+            tables: if self.spec.metrics { metric_tables(&fidelities, output_row, full_column) } else { Vec::new() },
         };
         let default_px = render::heat::default_label_px(self.spec.panel_px.saturating_mul(2));
         let note = match self.note(view) {
             Some(note) => Some(note),
             None => self.map_note(view, source)?,
         };
+        let metrics_note = self.spec.metrics.then_some(figures::METRICS_NOTE);
         let scene = self.readable(default_px, |px| {
             let scene = grid_scene(&GridFigure { label_px: Some(px), ..fig.clone() }, self.spec.panel_px);
-            with_note(scene, note.as_deref(), px)
+            with_note(with_note(scene, note.as_deref(), px), metrics_note, px)
         });
         self.encode(&scene)
     }
@@ -894,9 +921,7 @@ impl Ctx<'_> {
     fn full_view(&self, view: &View) -> Result<Option<Content>> {
         Ok(match view {
             View::Tokens => {
-                let [rows, cols] = self.grid_dims();
-                let all: Vec<Vec<u32>> = (0..(rows * cols) as u32).map(|p| vec![p]).collect();
-                let groups = TokenGroups::from_groups(rows, cols, &all).expect("one group per patch");
+                let groups = figures::every_patch_kept(self.grid_dims());
                 Some(Content::Tokens { groups, style: GroupStyle::KeptDropped, title: "Full model".into() })
             }
             View::Scores | View::Saliency { reduced: true } => None,
@@ -911,6 +936,37 @@ impl Ctx<'_> {
             .file_name()
             .map_or_else(|| self.spec.image.display().to_string(), |n| n.to_string_lossy().into())
     }
+}
+
+/// The metrics under each method's rows (its last row: under its output row if it has one), one
+/// value per column, the best of the methods at each column marked; the full model's column
+/// (`full_column`) blank. Metrics no run has a value of are left out.
+fn metric_tables(fidelities: &[Vec<Fidelity>], output_row: bool, full_column: bool) -> Vec<Vec<TableLine>> {
+    let columns = fidelities.iter().map(Vec::len).max().unwrap_or(0);
+    let best: Vec<Vec<Option<f64>>> = (0..columns)
+        .map(|c| figures::best_values(&fidelities.iter().map(|row| row.get(c)).collect::<Vec<_>>()))
+        .collect();
+    let mut tables = Vec::new();
+    for row in fidelities {
+        if output_row {
+            tables.push(Vec::new());
+        }
+        let lines = figures::METRICS
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| fidelities.iter().flatten().any(|f| (m.get)(f).is_finite()))
+            .map(|(k, m)| {
+                let values = row.iter().enumerate().map(|(c, f)| {
+                    let v = (m.get)(f);
+                    v.is_finite().then(|| (figures::metric_text(v), best[c][k] == Some(v)))
+                });
+                let cells = if full_column { std::iter::once(None).chain(values).collect() } else { values.collect() };
+                TableLine { name: m.name.into(), cells }
+            })
+            .collect();
+        tables.push(lines);
+    }
+    tables
 }
 
 /// The scene `make(label_px)` draws for `spec`, with labels large enough that its smallest text

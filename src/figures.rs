@@ -316,3 +316,64 @@ pub fn vlm_run_title(run: &crate::session::vlm::VlmRun) -> String {
         Some(m) => format!("{}, {}", m.label(), run.spec.budget.describe(run.num_image_tokens)),
     }
 }
+
+/// Every patch of a `grid` kept as itself: the full model's token view (app and exports alike:
+/// the photo under the token grid's outlines, the legend's "kept").
+pub fn every_patch_kept(grid: [usize; 2]) -> TokenGroups {
+    let all: Vec<Vec<u32>> = (0..(grid[0] * grid[1]) as u32).map(|p| vec![p]).collect();
+    TokenGroups::from_groups(grid[0], grid[1], &all).expect("one group per patch")
+}
+
+/// [`every_patch_kept`] over the photo, without title or legend (the app's compare column).
+pub fn full_tokens_body(input: &ImageInput, grid: [usize; 2], max_side: u32) -> RgbImage {
+    let tokens_style = TokensStyle { style: GroupStyle::KeptDropped, max_side, ..TokensStyle::default() };
+    render::tokens_body(&input.photo, &every_patch_kept(grid), &grid_placement(input, grid), &tokens_style)
+}
+
+/// A reduced run's drift from the full model by one measure: the compare view's metrics and the
+/// compare grid's metrics rows.
+pub struct Metric {
+    pub name: &'static str,
+    pub get: fn(&crate::analysis::metrics::Fidelity) -> f64,
+    pub higher_is_better: bool,
+    pub hint: &'static str,
+}
+
+pub const METRICS: [Metric; 5] = [
+    metric("Pearson r", |f| f.output_pearson, true, "correlation of the reduced and full outputs (1 = same shape)"),
+    metric("output L1", |f| f.output_l1, false, "mean |full − reduced| per pixel or label (0 = identical)"),
+    metric("top-20 % IoU", |f| f.output_iou_top20, true, "overlap of the top fifth (pixels or labels)"),
+    metric("CLS cosine", |f| f.cls_cosine, true, "final CLS embedding, reduced vs full"),
+    metric("patch cosine", |f| f.patch_cosine_mean, true, "final features of surviving patches"),
+];
+
+const fn metric(
+    name: &'static str,
+    get: fn(&crate::analysis::metrics::Fidelity) -> f64,
+    higher_is_better: bool,
+    hint: &'static str,
+) -> Metric {
+    Metric { name, get, higher_is_better, hint }
+}
+
+/// Under a grid with metrics rows.
+pub const METRICS_NOTE: &str = "Metrics: each run against the full model (L1: lower is better; the rest: higher); the best at each column in \
+     green, underlined.";
+
+/// Per metric (in [`METRICS`] order), the best finite value among `fidelities` (the highest or
+/// the lowest, as the metric goes), if any: every run that reaches it is highlighted.
+pub fn best_values(fidelities: &[Option<&crate::analysis::metrics::Fidelity>]) -> Vec<Option<f64>> {
+    METRICS
+        .iter()
+        .map(|m| {
+            let finite = fidelities.iter().flatten().map(|f| (m.get)(f)).filter(|v| v.is_finite());
+            if m.higher_is_better { finite.reduce(f64::max) } else { finite.reduce(f64::min) }
+        })
+        .collect()
+}
+
+/// A metric's value in a figure: three decimals, or two significant digits in scientific
+/// notation under 0.001.
+pub fn metric_text(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-3 { format!("{v:.1e}") } else { format!("{v:.3}") }
+}

@@ -456,13 +456,23 @@ fn a_compare_grid_of_reduced_attention_reads_at_one_column_with_both_colour_bars
     // of their own, on the canvas.
     let names: Vec<&SvgText> = texts.iter().filter(|t| t.0 == "norm").collect();
     let words: Vec<&str> = names.iter().map(|t| t.1.as_str()).collect();
-    assert_eq!(words, ["maps: log10, shared", "saliency, fixed range"]);
+    assert_eq!(words, ["maps: log scale, shared", "saliency, fixed range"]);
+    // The maps' log bar is labelled in the maps' own units, from the smallest value it shows up
+    // to the largest (it printed their log10: "-3.000", "-1.500", "0.000").
+    let bar = doc.descendants().find(|n| n.attribute("class") == Some("colorbar")).unwrap();
+    let ticks: Vec<f64> = bar
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("tick"))
+        .map(|n| n.text().unwrap().parse().unwrap_or_else(|e| panic!("{:?}: {e}", n.text())))
+        .collect();
+    assert!(ticks.len() >= 2 && ticks.iter().all(|&t| t > 0.0 && t <= 1.0), "attention in 0..1: {ticks:?}");
+    assert!(ticks.windows(2).all(|w| w[1] > w[0] * 1.5), "log-spaced, increasing: {ticks:?}");
     let tops: Vec<f64> = doc
         .descendants()
         .filter(|n| n.attribute("class") == Some("norm"))
         .map(|n| n.attribute("y").unwrap().parse().unwrap())
         .collect();
-    assert!(tops[1] - tops[0] >= names[0].2, "the names overlap: {tops:?}");
+    assert!(tops[1] - tops[0] >= names[0].2, "the names overlap: {tops:?} {names:?}");
     for t in &names {
         let w = f64::from(tokenlens::render::text::text_width(t.2 as f32, &t.1));
         assert!(t.3 - w >= 0.0 && t.3 <= width, "{t:?} off the canvas ({width})");
@@ -483,5 +493,104 @@ fn a_compare_grid_of_reduced_attention_reads_at_one_column_with_both_colour_bars
     let again = export::render(session, &spec).unwrap();
     assert!(again == svg.as_bytes());
     let json = serde_json::to_value(&spec).unwrap();
-    assert_eq!((json["figure"]["source"].as_str(), json["revision"].as_u64()), (Some("reduced"), Some(1)));
+    assert_eq!((json["figure"]["source"].as_str(), json["revision"].as_u64()), (Some("reduced"), Some(2)));
+}
+
+/// The compare grid exports the metrics the compare view shows (issue 16): with `metrics` on,
+/// each method's Pearson r, L1, IoU and cosines under its panels, one value per budget, the best
+/// of the methods at each budget in green and underlined; the values are the runs' own
+/// (computed here through the session), the sidecar records the switch and re-makes the figure,
+/// and the text still reads at one column. Off, there is no table.
+#[test]
+fn a_compare_grid_exports_its_metrics_row() {
+    use tokenlens::export::{self, ExportSpec, Figure, Format, Look, MapSource, View};
+    use tokenlens::figures::{METRICS, metric_text};
+    use tokenlens::reduce::{Budget, ReducerConfig};
+    use tokenlens::session::RunSpec;
+    let session = common::session();
+    let image = asset("chelsea.png");
+    let input = session.open_image(&image).unwrap();
+    let names = ["tome", "cls_topk"];
+    let budgets = [Budget::RemoveFraction(0.5), Budget::RemoveFraction(0.75)];
+    let figure = Figure::Grid {
+        methods: names.map(|m| ReducerConfig::from_name(m).unwrap()).to_vec(),
+        budgets: budgets.to_vec(),
+        layers: Vec::new(),
+        output_row: false,
+        fill: Default::default(),
+        positions: Default::default(),
+        view: View::Tokens,
+        source: MapSource::Full,
+    };
+    let spec = |metrics: bool| {
+        let look = Look { panel_px: 192, metrics, ..Look::default() };
+        ExportSpec::new(session, &image, &input.sha256, figure.clone(), Format::Svg).with_look(&look).unwrap()
+    };
+    let (with, without) = (spec(true), spec(false));
+    let svg = String::from_utf8(export::render(session, &with).unwrap()).unwrap();
+    let plain = String::from_utf8(export::render(session, &without).unwrap()).unwrap();
+    assert!(!plain.contains("table-"), "no metrics unless asked");
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let (width, texts) = svg_texts(&doc);
+    assert!(smallest_pt(width, &texts, 3.25) >= 6.0, "reads at one column");
+
+    // The runs, independently.
+    let full = session.full_run(&input.prepared.pixels, &Cancel::default()).unwrap();
+    let fid: Vec<Vec<_>> = names
+        .iter()
+        .map(|m| {
+            budgets
+                .iter()
+                .map(|&b| {
+                    let spec = RunSpec::vision(ReducerConfig::from_name(m).unwrap(), b);
+                    session.run_against(&full, &spec, &Cancel::default()).unwrap().fidelity
+                })
+                .collect()
+        })
+        .collect();
+    let shown: Vec<_> = METRICS.iter().filter(|m| fid.iter().flatten().any(|f| (m.get)(f).is_finite())).collect();
+    let table_names: Vec<&str> = texts.iter().filter(|t| t.0 == "table-name").map(|t| t.1.as_str()).collect();
+    let want: Vec<&str> = names.iter().flat_map(|_| shown.iter().map(|m| m.name)).collect();
+    assert_eq!(table_names, want, "each method's metrics, in the app's order");
+    // Values in reading order: method, metric, column (the full model's column blank).
+    let values: Vec<(&str, bool)> = texts
+        .iter()
+        .filter(|t| t.0 == "table-value" || t.0 == "table-best")
+        .map(|t| (t.1.as_str(), t.0 == "table-best"))
+        .collect();
+    let mut k = 0;
+    for (mi, row) in fid.iter().enumerate() {
+        for m in &shown {
+            for (c, f) in row.iter().enumerate() {
+                let v = (m.get)(f);
+                if !v.is_finite() {
+                    continue;
+                }
+                let other = (m.get)(&fid[1 - mi][c]);
+                let best = !other.is_finite() || if m.higher_is_better { v >= other } else { v <= other };
+                assert_eq!(values[k], (metric_text(v).as_str(), best), "{} {} column {c}", names[mi], m.name);
+                k += 1;
+            }
+        }
+    }
+    assert_eq!(k, values.len());
+    let bests = values.iter().filter(|v| v.1).count();
+    let underlines = doc.descendants().filter(|n| n.attribute("class") == Some("underline")).count();
+    assert!(bests >= shown.len() * budgets.len() && underlines == bests, "{bests} best, {underlines} underlined");
+    // The note says what green means.
+    let note: String = texts.iter().filter(|t| t.0 == "note").map(|t| t.1.clone()).collect::<Vec<_>>().join(" ");
+    assert!(note.contains("in green, underlined"), "{note}");
+
+    // The sidecar records the switch (and leaves it out when off) and re-makes the figure.
+    let json = serde_json::to_value(&with).unwrap();
+    assert_eq!(json["metrics"], true);
+    assert!(serde_json::to_value(&without).unwrap().get("metrics").is_none());
+    let back: ExportSpec = serde_json::from_value(json).unwrap();
+    assert!(export::render(session, &back).unwrap() == svg.as_bytes());
+    // And the PNG draws it too: taller than without.
+    let png = |s: &ExportSpec| {
+        let s = ExportSpec { format: Format::Png, ..s.clone() };
+        image::load_from_memory(&export::render(session, &s).unwrap()).unwrap()
+    };
+    assert!(png(&with).height() > png(&without).height());
 }

@@ -323,3 +323,55 @@ fn the_reduced_model_source_draws_its_own_map() {
     let area = (x1 - x0) * (y1 - y0);
     assert!(changed > area / 10, "only {changed} of {area} central pixels differ: the same map twice?");
 }
+
+/// The hidden `gui --settings SPEC` in screenshot mode with a spec that names no method (or a
+/// language-side one, on an image encoder): the app used to wait for ever for a run it could
+/// not make. It takes the default method and captures its frame, well within the time limit.
+#[test]
+fn a_settings_file_without_a_method_does_not_hang() {
+    let Some(x) = Xvfb::start_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::fixture("encoders/vit");
+    let defaults = serde_json::to_value(tokenlens::app::Settings::default()).unwrap();
+    let mut no_method = defaults.clone();
+    no_method["spec"].as_object_mut().unwrap().remove("reducer");
+    let mut null_method = defaults.clone();
+    null_method["spec"]["reducer"] = serde_json::Value::Null;
+    let mut language_side = defaults;
+    language_side["spec"]["reducer"] = serde_json::json!({"method": "fastv", "layer": 2, "query": "last"});
+    for (name, settings) in [("none", no_method), ("null", null_method), ("fastv", language_side)] {
+        let spec = dir.path().join(format!("{name}.json"));
+        std::fs::write(&spec, settings.to_string()).unwrap();
+        let out = dir.path().join(format!("{name}.png"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenlens"))
+            .env("DISPLAY", &x.display)
+            .arg("gui")
+            .arg(asset("chelsea.png"))
+            .arg("--model")
+            .arg(&model)
+            .arg("--settings")
+            .arg(&spec)
+            .arg("--screenshot")
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the app starts");
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(90) {
+                child.kill().ok();
+                child.wait().ok();
+                panic!("{name}: the app still runs after 90 s: it hangs");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(status.success(), "{name}: {err}");
+        assert!(image::open(&out).is_ok(), "{name}: a screenshot");
+    }
+}

@@ -202,3 +202,44 @@ fn vlm_figures_export_as_png_and_svg_and_their_sidecars_remake_them() {
     let err = export::render(&session, &bad).unwrap_err().to_string();
     assert!(err.contains("no token 999"), "{err}");
 }
+
+/// A compare figure of four methods printed one column wide (3.25 in, issue 16): every text at
+/// least 6 pt, every column header whole (a long name is hyphenated, not cut to "SparseV…"),
+/// and the kept / merged / dropped key drawn once for the figure, not under each of the five
+/// panels.
+#[test]
+fn a_four_method_compare_reads_at_one_column_with_one_legend() {
+    let model = fixture("vlm/idefics3");
+    let session = Session::load(&ModelSource::File(model), &mut |_| {}).unwrap();
+    let image = asset("chelsea.png");
+    let sha = session.vlm_image(&std::fs::read(&image).unwrap(), &image, false).unwrap().sha256;
+    let runs = ["fastv", "sparsevlm", "divprune", "random"].map(|m| run_spec(Some(m))).to_vec();
+    let figure = Figure::VlmCompare {
+        question: "What is in the image?".into(),
+        split_image: false,
+        load: Default::default(),
+        runs,
+    };
+    let look = Look { panel_px: 256, ..Look::default() };
+    let spec = export::ExportSpec::new(&session, &image, &sha, figure, export::Format::Svg).with_look(&look).unwrap();
+    let svg = String::from_utf8(export::render(&session, &spec).unwrap()).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let width: f64 = doc.root_element().attribute("width").unwrap().parse().unwrap();
+    for t in doc.descendants().filter(|n| n.has_tag_name("text")) {
+        let px: f64 = t.attribute("font-size").unwrap().parse().unwrap();
+        assert!(px * 3.25 * 72.0 / width >= 6.0 - 1e-9, "{:?} at {px} px of {width}", t.text());
+    }
+    let headers = svg_texts(&svg, |c| c == "column-title");
+    assert!(headers.iter().all(|h| !h.contains('…')), "cut: {headers:?}");
+    let joined = squeeze(&headers.concat()).replace('-', "");
+    for name in ["Fullmodel", "FastV", "SparseVLM", "DivPrune", "Random"] {
+        assert!(joined.contains(name), "{name} in {headers:?}");
+    }
+    let keys = svg_texts(&svg, |c| c == "legend-key");
+    let mut distinct = keys.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(keys.contains(&"kept".to_string()) && keys.len() == distinct.len(), "one legend: {keys:?}");
+    let swatches = doc.descendants().filter(|n| n.attribute("class") == Some("swatch")).count();
+    assert_eq!(swatches, keys.len());
+}

@@ -58,9 +58,18 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
                 .map(|r| r.as_deref().and_then(|r| map_of(a, Some(r), s.overlay, s.layer, s.head, MapSource::Reduced))),
         )
         .collect();
+    // The tooltips tell each patch's own value; the panels draw it on the shared scale (a log
+    // scale's maps hold their log10).
+    let raw_maps = maps.clone();
     let (maps, norm) = shared_scale(maps, s.scale);
     if let Some(title) = maps.iter().flatten().next().map(|m| short_map_title(&m.title)) {
-        ui.label(RichText::new(format!("{title} · one {} scale across the panels", s.scale.label())).small());
+        ui.horizontal(|ui| {
+            ui.label(RichText::new(format!("{title} · one {} scale across the panels", s.scale.label())).small());
+            if let Norm::Range { lo, hi } = norm {
+                let log10 = s.scale == MapScale::Log;
+                super::widgets::colorbar_range_ui(ui, s.colormap, (lo, hi), log10, s.scale.label());
+            }
+        });
     } else if s.overlay == super::Overlay::Tokens {
         let note = figures::special_tokens_note(a.num_special);
         super::widgets::token_legend(ui, true, &[], note.as_deref());
@@ -81,6 +90,7 @@ pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
         settings: &s,
         runs: &runs,
         maps: &maps,
+        raw_maps: &raw_maps,
         norm,
         best: &best,
         output_rows,
@@ -150,6 +160,8 @@ struct Method<'a> {
     settings: &'a super::Settings,
     runs: &'a [Option<Arc<EncoderRun>>],
     maps: &'a [Option<ValueMap>],
+    /// The maps' own values, for tooltips.
+    raw_maps: &'a [Option<ValueMap>],
     norm: Norm,
     best: &'a [Option<f64>],
     output_rows: usize,
@@ -196,9 +208,10 @@ impl Method<'_> {
                     figures::tokens_body(&opened.input, grid, r, s.opacity, PANEL_SIDE)
                 })
             }
-            (None, None) => self
-                .textures
-                .get(ui.ctx(), "cmp_main_0", format!("{key}|photo"), || photo_body(&opened.input.photo, PANEL_SIDE)),
+            // Every patch kept, as the export's full-model column and the legend's "kept" draw it.
+            (None, None) => self.textures.get(ui.ctx(), "cmp_main_0", format!("{key}|all kept"), || {
+                figures::full_tokens_body(&opened.input, grid, PANEL_SIDE)
+            }),
         };
         let mut textures = vec![tex];
         if self.output_rows > 0 {
@@ -234,7 +247,7 @@ impl Method<'_> {
                     groups: &r.groups,
                     role: None,
                 });
-                let info = patch_info(patch, grid, self.maps[col].as_ref(), fate);
+                let info = patch_info(patch, grid, self.raw_maps[col].as_ref(), fate);
                 response.on_hover_ui_at_pointer(|ui| {
                     ui.label(info);
                 });
@@ -272,14 +285,6 @@ impl Method<'_> {
             labels_ui(ui, &a.output, run.as_ref().map(|r| &r.output));
         }
     }
-}
-
-/// The photo alone, for the full model's column of the token view.
-fn photo_body(photo: &image::RgbImage, max_side: u32) -> image::RgbImage {
-    let (w, h) = photo.dimensions();
-    let scale = (max_side as f32 / w.max(h) as f32).min(1.0);
-    let (nw, nh) = (((w as f32 * scale).round() as u32).max(1), ((h as f32 * scale).round() as u32).max(1));
-    image::imageops::resize(photo, nw, nh, image::imageops::FilterType::Triangle)
 }
 
 fn short_map_title(title: &str) -> &str {
@@ -327,36 +332,16 @@ pub fn shared_scale(mut maps: Vec<Option<ValueMap>>, scale: MapScale) -> (Vec<Op
     (maps, Norm::Range { lo, hi })
 }
 
-/// Per metric (in [`METRICS`] order), the best finite value among the methods' (the highest or
-/// the lowest, as the metric goes), if any: every column that reaches it is highlighted.
-pub fn best_values(fidelities: &[Option<&Fidelity>]) -> Vec<Option<f64>> {
-    METRICS
-        .iter()
-        .map(|&(_, get, higher, _)| {
-            let finite = fidelities.iter().flatten().map(|f| get(f)).filter(|v| v.is_finite());
-            if higher { finite.reduce(f64::max) } else { finite.reduce(f64::min) }
-        })
-        .collect()
-}
-
-type Metric = (&'static str, fn(&Fidelity) -> f64, bool, &'static str);
-
-/// Name, value, whether higher is better, and what it means.
-const METRICS: [Metric; 5] = [
-    ("Pearson r", |f| f.output_pearson, true, "correlation of the reduced and full outputs (1 = same shape)"),
-    ("output L1", |f| f.output_l1, false, "mean |full − reduced| per pixel or label (0 = identical)"),
-    ("top-20 % IoU", |f| f.output_iou_top20, true, "overlap of the top fifth (pixels or labels)"),
-    ("CLS cosine", |f| f.cls_cosine, true, "final CLS embedding, reduced vs full"),
-    ("patch cosine", |f| f.patch_cosine_mean, true, "final features of surviving patches"),
-];
+/// Per metric, the best of the methods' (the compare grid export's rule).
+pub use crate::figures::best_values;
 
 /// One method's metrics, the ones it is best at (or tied best) in green.
 fn metrics_ui(ui: &mut egui::Ui, f: &Fidelity, best: &[Option<f64>]) {
     let green = Color32::from_rgb(70, 200, 110);
     egui::Grid::new(ui.next_auto_id()).num_columns(2).striped(true).show(ui, |ui| {
-        for ((name, get, _, hint), best) in METRICS.iter().zip(best) {
-            let v = get(f);
-            ui.label(RichText::new(*name).small()).on_hover_text(*hint);
+        for (m, best) in figures::METRICS.iter().zip(best) {
+            let v = (m.get)(f);
+            ui.label(RichText::new(m.name).small()).on_hover_text(m.hint);
             let text = RichText::new(if v.is_finite() { format!("{v:.4}") } else { "n/a".into() }).monospace();
             if *best == Some(v) {
                 ui.label(text.color(green).strong()).on_hover_text("the best of the methods shown");
@@ -417,6 +402,118 @@ mod tests {
         // A square photo keeps its columns.
         assert_eq!(layout(avail, 5, 2, 1.0).1, Layout::Columns);
         assert_eq!(layout(avail, 3, 2, 300.0 / 451.0).1, Layout::Columns);
+    }
+
+    /// The app on the compare view of the tiny ViT fixture (4 x 4 patches, 2 layers, labels
+    /// out): its analysis of chelsea.png and the four default methods' runs, as the worker
+    /// hands them over.
+    fn compare_app(ctx: &egui::Context) -> TokenlensApp {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let model = crate::model::ModelSource::File(root.join("tests/fixtures/encoders/vit"));
+        let session = crate::session::Session::load(&model, &mut |_| {}).unwrap();
+        let label = root.join("assets/chelsea.png");
+        let input = session.open_image(&label).unwrap();
+        let cancel = crate::Cancel::default();
+        let full = session.full_run(&input.prepared.pixels, &cancel).unwrap();
+        let analysis = session.analysis_of(&full).unwrap();
+        let settings = super::super::Settings { tab: super::super::Tab::Compare, ..Default::default() };
+        let runs = settings
+            .compare_specs()
+            .iter()
+            .map(|s| Arc::new(session.run_against(&full, s, &cancel).unwrap()))
+            .collect();
+        let mut app = TokenlensApp::new(ctx, model, Some(label.clone()), settings);
+        app.results.opened = Some(Arc::new(super::super::Opened { label, input, analysis }));
+        app.results.compared.value = Some(runs);
+        app
+    }
+
+    fn frame(ctx: &egui::Context, app: &mut TokenlensApp, events: Vec<egui::Event>) -> egui::FullOutput {
+        let screen = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1200.0, 800.0));
+        let input = egui::RawInput { screen_rect: Some(screen), events, ..Default::default() };
+        ctx.run_ui(input, |ui| compare_ui(app, ui))
+    }
+
+    /// Every shape of a frame, nested ones included.
+    fn shapes(out: &egui::FullOutput) -> Vec<egui::Shape> {
+        fn flat(shape: &egui::Shape, all: &mut Vec<egui::Shape>) {
+            match shape {
+                egui::Shape::Vec(v) => v.iter().for_each(|s| flat(s, all)),
+                s => all.push(s.clone()),
+            }
+        }
+        let mut all = Vec::new();
+        out.shapes.iter().for_each(|c| flat(&c.shape, &mut all));
+        all
+    }
+
+    /// Where the texture of `slot` is drawn.
+    fn drawn_at(app: &TokenlensApp, out: &egui::FullOutput, slot: &str) -> egui::Rect {
+        let id = app.runtime.textures.handle(slot).unwrap_or_else(|| panic!("no texture {slot}")).id();
+        let found = shapes(out).into_iter().find(|s| s.texture_id() == id);
+        found.unwrap_or_else(|| panic!("{slot} is not drawn")).visual_bounding_rect()
+    }
+
+    #[test]
+    fn the_full_model_column_shows_every_patch_kept_as_the_export_does() {
+        let ctx = egui::Context::default();
+        let mut app = compare_app(&ctx);
+        let out = frame(&ctx, &mut app, Vec::new());
+        let id = app.runtime.textures.handle("cmp_main_0").unwrap().id();
+        let deltas = out.textures_delta.set.get(&id).expect("uploaded this frame");
+        let egui::ImageData::Color(shown) = &deltas[0].image;
+        // What the export's full-model column draws (`figures::every_patch_kept`), not the photo.
+        let opened = app.results.opened.clone().unwrap();
+        let grid = opened.analysis.grid;
+        let want = figures::full_tokens_body(&opened.input, grid, PANEL_SIDE);
+        let want = egui::ColorImage::from_rgb([want.width() as usize, want.height() as usize], want.as_raw());
+        assert!(shown.size == want.size && shown.pixels == want.pixels, "the app's full column is not the export's");
+        // It is the photo under the token grid's white outlines: the legend's "kept".
+        let photo = crate::render::heat::scale_photo(&opened.input.photo, PANEL_SIDE);
+        let outlined = (0..photo.height())
+            .flat_map(|y| (0..photo.width()).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                let p = shown.pixels[(y * photo.width() + x) as usize];
+                [p.r(), p.g(), p.b()] == [255; 3] && photo.get_pixel(x, y).0 != [255; 3]
+            })
+            .count();
+        assert!(outlined > (photo.width() + photo.height()) as usize, "no token outlines: {outlined} px");
+    }
+
+    #[test]
+    fn hovering_a_patch_outlines_it_in_every_panel() {
+        let ctx = egui::Context::default();
+        let mut app = compare_app(&ctx);
+        let out = frame(&ctx, &mut app, Vec::new());
+        let columns = app.settings.compare.len() + 1;
+        let images: Vec<egui::Rect> = (0..columns).map(|c| drawn_at(&app, &out, &format!("cmp_main_{c}"))).collect();
+        let white = |s: &egui::Shape| match s {
+            egui::Shape::Rect(r) => r.stroke.width == 2.0 && r.stroke.color == egui::Color32::WHITE,
+            _ => false,
+        };
+        assert!(!shapes(&out).iter().any(white), "nothing outlined before the pointer comes");
+        // The pointer over ToMe's panel (the second column), a quarter in from its top-left.
+        let over = images[1].min + images[1].size() * 0.3;
+        let frame_of = super::GridFrame::of(&app.results.opened.as_ref().unwrap().input, [4, 4]);
+        let patch = patch_at(&frame_of, images[1], over).expect("over a patch");
+        let mut out = frame(&ctx, &mut app, vec![egui::Event::PointerMoved(over)]);
+        for _ in 0..3 {
+            out = frame(&ctx, &mut app, Vec::new());
+        }
+        assert_eq!(app.screen.compare_hover, Some(patch));
+        // One outline per panel, each at the same place within its panel.
+        let outlines: Vec<egui::Rect> = shapes(&out)
+            .iter()
+            .filter(|s| white(s))
+            .map(|s| if let egui::Shape::Rect(r) = s { r.rect } else { unreachable!() })
+            .collect();
+        assert_eq!(outlines.len(), columns, "{outlines:?}");
+        let within = |r: egui::Rect, image: egui::Rect| (r.min - image.min) / image.size();
+        let at = within(outlines[1], images[1]);
+        for (c, image) in images.iter().enumerate() {
+            let o = outlines.iter().find(|o| image.contains_rect(**o)).unwrap_or_else(|| panic!("column {c}"));
+            assert!((within(*o, *image) - at).length() < 0.01, "column {c}: {o:?} in {image:?}");
+        }
     }
 
     #[test]

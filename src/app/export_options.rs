@@ -1,5 +1,5 @@
 //! The export options window: a figure's size (inches at a DPI, or pixels), font scale, title
-//! (on, off or one's own) and key (colour bar or legend). The look on screen (colormap, opacity,
+//! (on, off or one's own), key (colour bar or legend) and the compare grid's metrics. The look on screen (colormap, opacity,
 //! map scale) comes from the settings, so an export shows what the view shows.
 
 use eframe::egui;
@@ -14,6 +14,8 @@ pub struct ExportOptions {
     /// Blank: the made-up title (the method, or the model and the image's file name).
     pub title_text: String,
     pub colorbar: bool,
+    /// The compare grid's metrics under each method (as the compare view shows them).
+    pub metrics: bool,
     pub font_scale: f32,
     /// Size by DPI and inches, else by pixels.
     pub by_dpi: bool,
@@ -30,6 +32,7 @@ impl Default for ExportOptions {
             title: look.title,
             title_text: String::new(),
             colorbar: look.colorbar,
+            metrics: true,
             font_scale: look.font_scale,
             by_dpi: false,
             dpi: 300,
@@ -53,6 +56,7 @@ impl ExportOptions {
             panel_px: self.panel_px,
             dpi: self.by_dpi.then_some(self.dpi),
             width_in: self.width_in,
+            metrics: self.metrics,
         }
     }
 
@@ -101,6 +105,9 @@ impl ExportOptions {
                 ui.end_row();
                 ui.label("Key");
                 ui.checkbox(&mut self.colorbar, "colour bar / token legend");
+                ui.end_row();
+                ui.label("Metrics");
+                ui.checkbox(&mut self.metrics, "compare grid: each method's metrics, the best highlighted");
                 ui.end_row();
             });
         });

@@ -160,6 +160,16 @@ impl Settings {
             .unwrap_or_default()
     }
 
+    /// The settings with a vision-side method if they name none (a hand-written or older
+    /// settings file): an encoder's views need one, and without it the app waited for ever for
+    /// a run that could not be made.
+    pub fn with_a_method(mut self) -> Self {
+        if self.spec.reducer().is_none() {
+            self.spec.method = Self::default().spec.method;
+        }
+        self
+    }
+
     /// Saves the settings for the next session; a failure is reported, never fatal.
     pub fn save(&self) -> Result<(), String> {
         let path = Self::path().ok_or("no config directory")?;
@@ -430,10 +440,13 @@ struct Capture {
     press: Option<Press>,
     pressed_at: Option<Instant>,
     in_app_since: Option<Instant>,
+    /// The error that ended the capture without a result.
+    failed: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl TokenlensApp {
     pub fn new(ctx: &egui::Context, model: ModelSource, image: Option<PathBuf>, settings: Settings) -> Self {
+        let settings = settings.with_a_method();
         let worker = Runtime::spawn(ctx, model.clone());
         ctx.set_theme(if settings.dark { egui::Theme::Dark } else { egui::Theme::Light });
         let settings_copy = settings.clone();
@@ -489,11 +502,11 @@ impl TokenlensApp {
                 let fitted = r.spec.max_new_tokens;
                 if fitted < self.settings.vlm.max_new_tokens {
                     self.screen.status = format!(
-                        "{}; the answer limit is now {fitted} tokens (was {}): the prompt is {} tokens and the \
-                         model's context {}",
+                        "{}; the answer limit is now {} (was {}): the prompt is {} and the model's context {}",
                         self.screen.status,
+                        crate::render::text::count(fitted, "token", "tokens"),
                         self.settings.vlm.max_new_tokens,
-                        opened.prompt_tokens,
+                        crate::render::text::count(opened.prompt_tokens, "token", "tokens"),
                         vlm.context.map_or_else(|| "?".into(), |c| c.to_string())
                     );
                     vlm.answer_limit_fitted(fitted);
@@ -914,8 +927,14 @@ impl TokenlensApp {
     /// capture the frame, write it, and close.
     fn screenshot_step(&mut self, ctx: &egui::Context) {
         let Some(path) = self.capture.path.clone() else { return };
+        let failed = !self.capture.requested && !self.result_on_screen() && !self.busy();
         if self.capture.done.load(std::sync::atomic::Ordering::Acquire) {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        } else if let Some(error) = self.screen.error.as_ref().filter(|_| failed) {
+            // An error and nothing computing: no result will come to capture. Close, and say
+            // why (`run` returns it: the command exits non-zero).
+            *self.capture.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.clone());
+            self.capture.done.store(true, std::sync::atomic::Ordering::Release);
         } else if !self.capture.requested && self.result_on_screen() && self.runtime.textures.is_settled() {
             if !self.pressed_ui() || !self.exported_ui() {
                 ctx.request_repaint();
@@ -1066,11 +1085,7 @@ impl eframe::App for TokenlensApp {
 
         egui::Panel::top("tabs").show(ui, |ui| self.top_bar_ui(ui));
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
-        // Opened at its widest: a method with wider parameters (ToMe's) cannot widen it and make
-        // the image jump.
-        egui::Panel::left("controls").size_range(260.0..=CONTROLS_WIDTH).default_size(CONTROLS_WIDTH).show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| controls::controls_ui(self, ui));
-        });
+        self.controls_panel(ui);
         match self.settings.tab {
             Tab::Compare if self.vlm.is_some() => {
                 self.central_panel(ui, vlm_compare::compare_ui);
@@ -1110,6 +1125,13 @@ impl eframe::App for TokenlensApp {
 }
 
 impl TokenlensApp {
+    /// The left panel, opened at its widest: a method with wider parameters (ToMe's) cannot
+    /// widen it and make the image jump. Its rectangle.
+    fn controls_panel(&mut self, ui: &mut egui::Ui) -> egui::Rect {
+        let panel = egui::Panel::left("controls").size_range(260.0..=CONTROLS_WIDTH).default_size(CONTROLS_WIDTH);
+        panel.show(ui, |ui| egui::ScrollArea::vertical().show(ui, |ui| controls::controls_ui(self, ui))).response.rect
+    }
+
     /// Writes changed settings at most every 2 s (sliders change them every frame), or now.
     fn persist_settings(&mut self, now: bool) {
         let file = &self.settings_file;
@@ -1223,12 +1245,15 @@ pub fn run(
             .with_drag_and_drop(true),
         ..Default::default()
     };
+    let failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let capture_failed = failed.clone();
     eframe::run_native(
         "tokenlens",
         options,
         Box::new(move |cc| {
             let persist = screenshot.is_none();
             let mut app = TokenlensApp::new(&cc.egui_ctx, model, image, settings);
+            app.capture.failed = capture_failed;
             app.capture.path = screenshot;
             app.capture.press = press;
             app.capture.export_to = export_to.map(|path| ExportTo { path, submitted: false, done: false });
@@ -1236,7 +1261,11 @@ pub fn run(
             Ok(Box::new(app))
         }),
     )
-    .map_err(|e| format!("could not open a window: {e}"))
+    .map_err(|e| format!("could not open a window: {e}"))?;
+    match failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        Some(error) => Err(format!("--screenshot: no result to capture: {error}")),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -1344,5 +1373,47 @@ mod tests {
         let partial: Settings = serde_json::from_str(r#"{"opacity": 0.25}"#).unwrap();
         assert_eq!(partial.opacity, 0.25);
         assert_eq!(partial.compare.len(), 4);
+    }
+
+    #[test]
+    fn settings_without_a_vision_method_get_the_default_one() {
+        let mut s = Settings { opacity: 0.3, ..Settings::default() };
+        s.spec.method = None;
+        let fixed = s.clone().with_a_method();
+        assert_eq!(fixed.spec.method, Settings::default().spec.method);
+        assert_eq!(fixed.opacity, 0.3, "the rest kept");
+        // A language-side method is no encoder's method either.
+        s.spec.method = Some(crate::reduce::Method::from_name("fastv").unwrap());
+        assert_eq!(s.with_a_method().spec.method, Settings::default().spec.method);
+        let tome = Settings {
+            spec: RunSpec::vision(ReducerConfig::from_name("tome").unwrap(), Budget::default()),
+            ..Settings::default()
+        };
+        assert_eq!(tome.clone().with_a_method(), tome, "a vision method stays");
+    }
+
+    /// Picking ToMe (the widest parameters) leaves the left panel as wide as it was: it made the
+    /// panel wider for good and the image jumped (issue 16).
+    #[test]
+    fn picking_tome_does_not_widen_the_left_panel() {
+        let ctx = egui::Context::default();
+        let mut app = TokenlensApp::new(&ctx, ModelSource::Default, None, Settings::default());
+        let screen = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1360.0, 820.0));
+        let width = |app: &mut TokenlensApp| {
+            let mut rect = egui::Rect::NOTHING;
+            for _ in 0..4 {
+                let input = egui::RawInput { screen_rect: Some(screen), ..Default::default() };
+                let _ = ctx.run_ui(input, |ui| rect = app.controls_panel(ui));
+            }
+            rect.width()
+        };
+        let method = |name: &str| Some(crate::reduce::Method::Vision(ReducerConfig::from_name(name).unwrap()));
+        let first = width(&mut app);
+        app.settings.spec.method = method("tome");
+        let tome = width(&mut app);
+        app.settings.spec.method = method("cls_topk");
+        let back = width(&mut app);
+        assert!(first > 0.0, "{first}");
+        assert_eq!((tome, back), (first, first), "the panel's width with CLS top-K, ToMe, CLS top-K again");
     }
 }

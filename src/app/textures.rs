@@ -41,6 +41,12 @@ impl Textures {
         tex
     }
 
+    /// The texture last made for `slot` (tests find it among a frame's shapes).
+    #[cfg(test)]
+    pub fn handle(&self, slot: &str) -> Option<&TextureHandle> {
+        self.slots.get(slot).map(|(_, tex)| tex)
+    }
+
     /// No texture changed in the last full frame (what is on screen is final).
     pub fn is_settled(&self) -> bool {
         !self.rebuilt_last_frame && !self.rebuilt_this_frame

@@ -53,8 +53,9 @@ pub fn main_view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             let merged: usize = r.groups.iter().filter(|g| g.len() > 1).count();
             let dropped = r.num_patches - r.groups.iter().map(Vec::len).sum::<usize>();
             ui.label(format!(
-                "· kept {} · merged {merged} groups · dropped {dropped} of {}",
+                "· kept {} · merged {} · dropped {dropped} of {}",
                 r.kept.len(),
+                crate::render::text::count(merged, "group", "groups"),
                 r.num_patches
             ));
         }

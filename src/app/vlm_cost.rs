@@ -31,7 +31,9 @@ pub fn layer_bars(cost: &VlmCost, offset: f64, who: &str) -> Vec<Bar> {
         .zip(&cost.decoder_tokens)
         .enumerate()
         .map(|(l, (&f, &n))| {
-            Bar::new(l as f64 + offset, f / 1e6).width(0.38).name(format!("{who}, layer {l}: {n} tokens"))
+            Bar::new(l as f64 + offset, f / 1e6)
+                .width(0.38)
+                .name(format!("{who}, layer {l}: {}", crate::render::text::count(n, "token", "tokens")))
         })
         .collect()
 }
@@ -93,12 +95,12 @@ pub fn cost_ui(app: &TokenlensApp, ui: &mut egui::Ui) {
 pub fn memory_line(m: &Estimate) -> String {
     let on = m.device.as_ref().map_or(String::new(), |d| format!(" on {d} (host {})", gb(m.host_bytes())));
     format!(
-        "weights {} ({}, {:.2} B parameters) · KV cache {} ({} tokens, {}) · estimate {}{on}",
+        "weights {} ({}, {:.2} B parameters) · KV cache {} ({}, {}) · estimate {}{on}",
         gb(m.weight_bytes()),
         m.format(),
         m.parameters as f64 / 1e9,
         gb(m.kv_bytes()),
-        m.kv_tokens,
+        crate::render::text::count(m.kv_tokens, "token", "tokens"),
         m.kv_dtype(),
         gb(m.total())
     )

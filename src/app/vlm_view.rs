@@ -92,10 +92,11 @@ pub fn view_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
             let dropped = r.num_image_tokens - r.groups.iter().map(Vec::len).sum::<usize>();
             ui.strong(run_label(r));
             ui.label(format!(
-                "· {}×{} image tokens · kept {} · merged {merged} groups · dropped {dropped} · stage {}",
+                "· {}×{} image tokens · kept {} · merged {} · dropped {dropped} · stage {}",
                 opened.grid[0],
                 opened.grid[1],
                 r.kept.len(),
+                crate::render::text::count(merged, "group", "groups"),
                 r.stage
             ));
         }

@@ -55,6 +55,9 @@ pub struct LookArgs {
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
+    /// `figure`: each method's metrics under its panels, the best per column highlighted.
+    #[arg(long)]
+    pub metrics: bool,
 }
 
 impl LookArgs {
@@ -76,6 +79,7 @@ impl LookArgs {
             panel_px: self.size,
             dpi: self.dpi,
             width_in: self.width_in,
+            metrics: self.metrics,
         };
         spec.with_look(&look).context("--size, --dpi, --width-in, --opacity or --font-scale")
     }

@@ -61,10 +61,10 @@ pub fn run(image: &Path, model: &ModelArgs, spec: &RunSpec, colormap: Colormap, 
 
     let f = &result.fidelity;
     println!(
-        "{}: kept {} tokens; output L1 {:.4}, Pearson {:.3}, top-20% IoU {:.3}; CLS cosine {:.4}; \
+        "{}: kept {}; output L1 {:.4}, Pearson {:.3}, top-20% IoU {:.3}; CLS cosine {:.4}; \
          {:.2} of {:.2} GFLOPs; {:.0} ms (full run {:.0} ms). Wrote run.json, tokens.png, {}{}to {}",
         figures::run_title(result),
-        result.groups.len(),
+        tokenlens::render::text::count(result.groups.len(), "token", "tokens"),
         f.output_l1,
         f.output_pearson,
         f.output_iou_top20,

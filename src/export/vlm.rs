@@ -301,8 +301,8 @@ impl Draw<'_> {
         let attention = looked.answer.image_attention.get(token.index).ok_or_else(|| Error::Config {
             field: "token",
             reason: format!(
-                "the {side} answer has {} tokens: there is no token {}",
-                looked.answer.ids.len(),
+                "the {side} answer has {}: there is no token {}",
+                crate::render::text::count(looked.answer.ids.len(), "token", "tokens"),
                 token.index
             ),
         })?;
@@ -345,7 +345,7 @@ impl Draw<'_> {
             None => verdict.to_string(),
         }));
         let title = Some(self.made_title(""));
-        self.finish(AnswerFigure { title, columns, below, key: s.colorbar, label_px: None })
+        self.finish(AnswerFigure { title, columns, below, key: s.colorbar, shared_key: false, label_px: None })
     }
 
     /// The full model and each run side by side: token grid, answer marked against the full one,
@@ -353,8 +353,7 @@ impl Draw<'_> {
     fn compare(&self, runs: &[VlmRun]) -> Result<Vec<u8>> {
         let s = self.spec;
         let (rows, cols) = self.grid();
-        let all: Vec<Vec<u32>> = (0..(rows * cols) as u32).map(|t| vec![t]).collect();
-        let every = TokenGroups::from_groups(rows, cols, &all).expect("one group per token");
+        let every = figures::every_patch_kept([rows, cols]);
         let groups: Vec<(TokenGroups, GroupStyle)> =
             runs.iter().map(|r| figures::vlm_token_groups(self.grid(), r)).collect();
         let own = self.full_log_prob();
@@ -395,7 +394,9 @@ impl Draw<'_> {
             self.full.prompt.question
         ))];
         let title = Some(self.made_title(&format!(" · {budget}")));
-        self.finish(AnswerFigure { title, columns, below, key: s.colorbar, label_px: None })
+        // One legend for the figure (revision 2 on): every column shows tokens.
+        let shared_key = s.revision >= 2;
+        self.finish(AnswerFigure { title, columns, below, key: s.colorbar, shared_key, label_px: None })
     }
 }
 

@@ -50,6 +50,9 @@ pub struct AnswerFigure<'a> {
     pub below: Vec<TextBlock>,
     /// Each panel's key: colour bar (maps) or kept / merged / dropped legend (tokens).
     pub key: bool,
+    /// The token legend once for the figure, under the panels, instead of under each panel (a
+    /// compare figure's columns all show tokens).
+    pub shared_key: bool,
     /// Label size in px; `None`: sized for the panels.
     pub label_px: Option<f32>,
 }
@@ -64,28 +67,44 @@ pub fn answer_scene(fig: &AnswerFigure, panel_px: u32) -> Scene {
     let label_px = fig.label_px.unwrap_or_else(|| super::heat::default_label_px(panel_px.saturating_mul(2)));
     let frame = Frame::with_label(label_px, fig.title.is_some());
     let (label_px, pad) = (frame.label_px, frame.pad);
+    let panel_key = fig.key && !fig.shared_key;
     let panels: Vec<Scene> = fig
         .columns
         .iter()
-        .map(|c| scene::panel_scene_sized(&c.panel, panel_px, fig.key, scene::OUTLINE_RGB, Some(label_px)))
+        .map(|c| scene::panel_scene_sized(&c.panel, panel_px, panel_key, scene::OUTLINE_RGB, Some(label_px)))
         .collect();
     let width = panels.iter().map(|s| s.width).sum::<u32>().max(label_px as u32 * 12 + 2 * pad);
-    let header_px = label_px * 1.15;
-    let headers: Vec<Vec<String>> = fig
-        .columns
-        .iter()
-        .zip(&panels)
-        .map(|(c, sub)| {
-            let avail = sub.width.saturating_sub(2 * pad) as f32 / 1.25; // room for a wider font
-            c.header.as_ref().map_or_else(Vec::new, |h| text::wrap(header_px, h, avail, 2))
-        })
-        .collect();
+    let (header_px, headers) = headers(fig, &panels, label_px, pad);
     let header_lines = headers.iter().map(Vec::len).max().unwrap_or(0);
     let header_h =
         if header_lines > 0 { pad + (text::line_height(header_px) * header_lines as f32).ceil() as u32 } else { 0 };
     let top = frame.title_h;
-    let panels_h = header_h + panels.iter().map(|s| s.height).max().unwrap_or(0);
+    let mut panels_h = header_h + panels.iter().map(|s| s.height).max().unwrap_or(0);
     let mut items = Vec::new();
+    // The shared key: one row of swatches across the figure, under the panels.
+    if fig.key && fig.shared_key {
+        let mut kinds: Vec<scene::LegendKind> = fig
+            .columns
+            .iter()
+            .filter_map(|c| match &c.panel.content {
+                scene::PanelContent::Tokens { groups, style, .. } => {
+                    Some(scene::legend_kinds(*style, groups.stats().merged_groups > 0))
+                }
+                scene::PanelContent::Heat { .. } => None,
+            })
+            .flatten()
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        let key_top = (top + panels_h) as f32;
+        let avail = width.saturating_sub(2 * pad) as f32;
+        let (key, key_h) =
+            scene::legend_key_items(&kinds, (pad as f32, key_top), label_px, avail, scene::OUTLINE_RGB, panel_px);
+        items.extend(key);
+        if key_h > 0 {
+            panels_h += key_h + (label_px * 0.6).round() as u32;
+        }
+    }
     let (mut x, mut columns_text_h) = (0u32, 0u32);
     for ((column, sub), header) in fig.columns.iter().zip(&panels).zip(&headers) {
         for (i, line) in header.iter().enumerate() {
@@ -114,6 +133,34 @@ pub fn answer_scene(fig: &AnswerFigure, panel_px: u32) -> Scene {
     }
     let height = below_top + below_h + if below_h + columns_text_h > 0 { pad } else { 0 };
     Scene { width, height: height.max(1), background: BACKGROUND, items }
+}
+
+/// The column headers' size and lines: at the header size on at most two lines if every header
+/// fits so, else with long words hyphenated ("Sparse-" "VLM"), else at the label size on up to
+/// three lines (never under the figure's smallest text), rather than cut with "…".
+fn headers(fig: &AnswerFigure, panels: &[Scene], label_px: f32, pad: u32) -> (f32, Vec<Vec<String>>) {
+    type Wrap = fn(f32, &str, f32, usize) -> Vec<String>;
+    let header_px = label_px * 1.15;
+    let tries: [(f32, Wrap, usize); 3] =
+        [(header_px, text::wrap, 2), (header_px, text::wrap_hyphenated, 2), (label_px, text::wrap_hyphenated, 3)];
+    let lay = |(px, wrap, lines): (f32, Wrap, usize)| -> Vec<Vec<String>> {
+        fig.columns
+            .iter()
+            .zip(panels)
+            .map(|(c, sub)| {
+                let avail = sub.width.saturating_sub(2 * pad) as f32 / 1.25; // room for a wider font
+                c.header.as_ref().map_or_else(Vec::new, |h| wrap(px, h, avail, lines))
+            })
+            .collect()
+    };
+    let cut = |h: &[Vec<String>]| h.iter().flatten().any(|l| l.ends_with('…'));
+    for t in &tries[..2] {
+        let h = lay(*t);
+        if !cut(&h) {
+            return (t.0, h);
+        }
+    }
+    (label_px, lay(tries[2]))
 }
 
 /// `blocks` laid out one under the other from (`left`, `top`), each line at most `max_w` wide;

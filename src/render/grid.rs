@@ -10,8 +10,8 @@
 use image::RgbImage;
 
 use super::colormap::Colormap;
-use super::heat::{BACKGROUND, ColorBar, Frame, INK, scaled_size};
-use super::scene::{self, Anchor, Item, Scene, TextItem, font_slack};
+use super::heat::{BACKGROUND, ColorBar, Frame, INK, MUTED_INK, scaled_size};
+use super::scene::{self, Anchor, Item, MarkItem, Rect, Scene, TextItem, font_slack};
 use super::scene::{LegendKind, Panel, PanelContent};
 use super::{raster, text};
 
@@ -30,13 +30,39 @@ pub struct GridFigure<'a> {
     /// Drawn above everything, centred over the panels.
     pub title: Option<String>,
     /// Colour bars on the right, side by side, each shared by the Heat panels of one kind (a
-    /// grid's maps, its outputs): colormap, lo, hi, name. Those panels must use
-    /// `Norm::Range { lo, hi }` with these values (the caller guarantees it). The names go under
-    /// the bars, each a line below the one before, so they never overlap.
-    pub colorbars: Vec<(Colormap, f32, f32, &'static str)>,
+    /// grid's maps, its outputs). The names go under the bars, each a line below the one
+    /// before, so they never overlap.
+    pub colorbars: Vec<SharedBar>,
     /// Label size in px; `None`: sized for the panels (see [`super::heat::default_label_px`]).
     pub label_px: Option<f32>,
+    /// Lines of text under row `r`'s panels (a method's metrics), one value per column; rows
+    /// past the end have none.
+    pub tables: Vec<Vec<TableLine>>,
 }
+
+/// A colour bar shared by Heat panels, which must use `Norm::Range { lo, hi }` with these
+/// values (the caller guarantees it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SharedBar {
+    pub colormap: Colormap,
+    pub lo: f32,
+    pub hi: f32,
+    pub name: &'static str,
+    /// The panels hold the log10 of their maps (`export::share_scale` with a log scale): the
+    /// ticks are labelled in the maps' own units.
+    pub log10: bool,
+}
+
+/// One line of a row's table: its name at the left edge, a value per column (`None`: blank),
+/// each with whether it is the best of its column (drawn in green and underlined).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableLine {
+    pub name: String,
+    pub cells: Vec<Option<(String, bool)>>,
+}
+
+/// The ink of a table's best values: green, and underlined so it survives grey-scale printing.
+pub const BEST_INK: [u8; 3] = [20, 120, 50];
 
 /// Where everything of a grid goes, in output px.
 struct GridLayout {
@@ -47,7 +73,7 @@ struct GridLayout {
     /// Left edge and width of each column of panels.
     col_x: Vec<u32>,
     col_w: Vec<u32>,
-    /// Top edge and height of each row of panels.
+    /// Top edge and height of each row of panels (a row's table, if any, lies under it).
     row_y: Vec<u32>,
     row_h: Vec<u32>,
     /// Panels area.
@@ -55,6 +81,8 @@ struct GridLayout {
     area_w: u32,
     /// Row labels end this far left of the panels; column labels' line top.
     label_gap: u32,
+    /// Between rows and columns of panels.
+    gap: u32,
     col_label_top: u32,
     /// Row labels, shortened to fit their column; column labels as wrapped lines.
     row_labels: Vec<Vec<String>>,
@@ -95,8 +123,15 @@ impl GridLayout {
         let row_labels: Vec<Vec<String>> = (0..n_rows)
             .map(|r| fig.row_labels.get(r).map_or(Vec::new(), |l| text::wrap(label_px, l, max_label_w, 2)))
             .collect();
-        let row_label_w =
-            row_labels.iter().flatten().map(|l| text::text_width(label_px, l).ceil() as u32).max().unwrap_or(0);
+        let table_names = fig.tables.iter().flatten().map(|t| t.name.as_str());
+        let row_label_w = row_labels
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .chain(table_names)
+            .map(|l| text::text_width(label_px, l).ceil() as u32)
+            .max()
+            .unwrap_or(0);
         // Right-aligned labels grow leftwards in a wider substitute font: leave room.
         let row_label_w = row_label_w + font_slack(row_label_w);
 
@@ -123,23 +158,35 @@ impl GridLayout {
         let offsets = |sizes: &[u32], start: u32| -> Vec<u32> {
             sizes.iter().scan(start, |at, &s| Some(std::mem::replace(at, *at + s + gap))).collect()
         };
+        // A table's lines under its row, a small gap above them and a wider one below, so it
+        // reads with the panels above it, not the next row's.
+        let table_h: Vec<u32> = (0..n_rows)
+            .map(|r| match fig.tables.get(r).map_or(0, Vec::len) {
+                0 => 0,
+                n => 2 * gap + (text::line_height(label_px) * n as f32).ceil() as u32 + label_px.round() as u32,
+            })
+            .collect();
+        let row_span: Vec<u32> = row_h.iter().zip(&table_h).map(|(h, t)| h + t).collect();
         let col_x = offsets(&col_w, area_x);
-        let row_y = offsets(&row_h, area_y);
+        let row_y = offsets(&row_span, area_y);
         let span = |sizes: &[u32]| (sizes.iter().sum::<u32>() + gap * sizes.len().saturating_sub(1) as u32).max(1);
-        let (area_w, area_h) = (span(&col_w), span(&row_h));
+        let (area_w, area_h) = (span(&col_w), span(&row_span));
 
         // Each bar right of the one before; the figure ends after the last.
         let mut right = area_x + area_w;
         let bars: Vec<(ColorBar, Colormap, u32, u32)> = fig
             .colorbars
             .iter()
-            .map(|&(cmap, lo, hi, name)| {
-                let (lo, hi) = (lo.min(hi), lo.max(hi));
+            .map(|b| {
+                let (lo, hi) = (b.lo.min(b.hi), b.lo.max(b.hi));
                 let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 0.5, lo + 0.5) };
-                let bar = ColorBar::layout(lo, hi, name, label_px, area_h);
+                let bar = match b.log10 {
+                    true => ColorBar::layout_log10(lo, hi, b.name, label_px, area_h),
+                    false => ColorBar::layout(lo, hi, b.name, label_px, area_h),
+                };
                 let x = right + bar.gap();
                 right = x + bar.width() + font_slack(bar.label_w);
-                (bar, cmap, x, area_y)
+                (bar, b.colormap, x, area_y)
             })
             .collect();
         // The title is shortened to fit (it never widens the figure, which would shrink its text
@@ -149,7 +196,7 @@ impl GridLayout {
         let key_top = area_y + area_h + gap.max((label_px * 0.5).round() as u32);
         // The bars' names sit under them, right-aligned, a line apart: the key keeps clear of
         // the leftmost reach of any (measured from the figure's right, as for one bar).
-        let line = text::line_height(label_px);
+        let line = name_step(label_px);
         let mut norm_w = 0;
         let mut norm_bottom = 0;
         for (i, (b, _, x, y)) in bars.iter().enumerate() {
@@ -179,6 +226,7 @@ impl GridLayout {
             area_x,
             area_w,
             label_gap,
+            gap,
             col_label_top,
             row_labels,
             col_labels,
@@ -254,6 +302,7 @@ pub fn grid_scene(fig: &GridFigure, cell_px: u32) -> Scene {
             items.push(text(l.clone(), left.round(), top, Anchor::Middle, "col-label"));
         }
     }
+    table_items(fig, &lay, &mut items);
     if let Some(title) = &fig.title {
         items.push(Item::Text(lay.frame.title_item(title, lay.width, lay.area_x, lay.area_w)));
     }
@@ -261,12 +310,66 @@ pub fn grid_scene(fig: &GridFigure, cell_px: u32) -> Scene {
         let mut item = bar.item(*x, *y, *cmap);
         // Each name a line under the one before (the first where a lone bar's goes).
         if let Some(name) = item.labels.iter_mut().find(|l| l.class == "norm") {
-            name.top += (line_h * i as f32).round();
+            name.top += (name_step(px) * i as f32).ceil();
         }
         items.push(Item::ColorBar(item));
     }
     items.extend(lay.key.iter().cloned());
     Scene { width: lay.width, height: lay.height, background: BACKGROUND, items }
+}
+
+/// How far each bar's name sits under the one before: a line, and never less than the text's
+/// size (the line box of the font is a little smaller at some sizes).
+fn name_step(label_px: f32) -> f32 {
+    text::line_height(label_px).max(label_px)
+}
+
+/// Each row's table under its panels: names right-aligned as the row labels, values centred in
+/// their columns, the best in [`BEST_INK`] over an underline.
+fn table_items(fig: &GridFigure, lay: &GridLayout, items: &mut Vec<Item>) {
+    let px = lay.label_px;
+    let line_h = text::line_height(px);
+    for (r, lines) in fig.tables.iter().enumerate().take(lay.row_y.len()) {
+        let top = (lay.row_y[r] + lay.row_h[r] + 2 * lay.gap) as f32;
+        for (i, line) in lines.iter().enumerate() {
+            let y = (top + i as f32 * line_h).round();
+            let name_left = (lay.area_x - lay.label_gap) as f32 - text::text_width(px, &line.name);
+            items.push(Item::Text(TextItem {
+                text: line.name.clone(),
+                left: name_left.round(),
+                top: y,
+                px,
+                rgb: MUTED_INK,
+                anchor: Anchor::End,
+                class: "table-name",
+            }));
+            for (c, cell) in line.cells.iter().enumerate().take(lay.col_x.len()) {
+                let Some((value, best)) = cell else { continue };
+                let w = text::text_width(px, value);
+                let left = (lay.col_x[c] as f32 + (lay.col_w[c] as f32 - w) / 2.0).round();
+                let (rgb, class) = if *best { (BEST_INK, "table-best") } else { (INK, "table-value") };
+                items.push(Item::Text(TextItem {
+                    text: value.clone(),
+                    left,
+                    top: y,
+                    px,
+                    rgb,
+                    anchor: Anchor::Middle,
+                    class,
+                }));
+                if *best {
+                    let base = y + text::ascent(px) + (px * 0.08).max(1.0);
+                    let rect = Rect {
+                        x0: left as i64,
+                        y0: base.round() as i64,
+                        x1: (left + w).round() as i64,
+                        y1: (base + (px / 14.0).max(1.0)).round() as i64,
+                    };
+                    items.push(Item::Mark(MarkItem { rect, rgb: BEST_INK, class: "underline" }));
+                }
+            }
+        }
+    }
 }
 
 /// The grid as a raster image: panels drawn as the app draws them, labels with [`text`].
@@ -332,8 +435,15 @@ mod tests {
             col_labels: vec!["66.7 %".into(), "77.8 %".into(), "88.9 %".into()],
             compact_col_labels: Vec::new(),
             title: Some("Token reduction & <friends>".into()),
-            colorbars: vec![(Colormap::Magma, 0.0, 1.0, "fixed range")],
+            colorbars: vec![SharedBar {
+                colormap: Colormap::Magma,
+                lo: 0.0,
+                hi: 1.0,
+                name: "fixed range",
+                log10: false,
+            }],
             label_px: None,
+            tables: Vec::new(),
         }
     }
 
@@ -403,6 +513,7 @@ mod tests {
             title: None,
             colorbars: Vec::new(),
             label_px: None,
+            tables: Vec::new(),
         };
         assert!(grid_png(&empty, 64).width() > 0);
         roxmltree::Document::parse(&grid_svg(&empty, 64)).unwrap();
@@ -412,8 +523,15 @@ mod tests {
             col_labels: vec!["x".into(), "y".into()],
             compact_col_labels: vec![],
             title: Some("t".into()),
-            colorbars: vec![(Colormap::Gray, 1.0, 1.0, "fixed range")],
+            colorbars: vec![SharedBar {
+                colormap: Colormap::Gray,
+                lo: 1.0,
+                hi: 1.0,
+                name: "fixed range",
+                log10: false,
+            }],
             label_px: None,
+            tables: vec![vec![TableLine { name: "r".into(), cells: vec![None, Some(("0.5".into(), true))] }]; 3],
         };
         grid_png(&labels_only, 0);
         roxmltree::Document::parse(&grid_svg(&labels_only, 0)).unwrap();

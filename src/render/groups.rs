@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use super::text::count;
+
 /// Which group each patch of the grid belongs to (`None` = dropped), row-major.
 ///
 /// Built with [`TokenGroups::from_groups`], which rejects a patch listed in two
@@ -146,7 +148,11 @@ pub(crate) fn legend_lines(s: &TokenStats, style: GroupStyle) -> [String; 2] {
     };
     let (long_merged, short_merged) = if s.merged_groups > 0 {
         (
-            format!(" · {word} {} groups ({} patches)", s.merged_groups, s.merged_patches),
+            format!(
+                " · {word} {} ({})",
+                count(s.merged_groups, "group", "groups"),
+                count(s.merged_patches, "patch", "patches")
+            ),
             format!(" · {word} {} ({})", s.merged_groups, s.merged_patches),
         )
     } else {

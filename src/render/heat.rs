@@ -306,6 +306,22 @@ impl ColorBar {
         Self::layout_as(lo, hi, norm.name(), *norm, label_px, height)
     }
 
+    /// The bar of maps whose values were replaced by their log10 (`lo..hi` in decades, see
+    /// `export::share_scale`): ticks labelled in the maps' own units, at whole decades where
+    /// two to five of them lie on the bar ("0.001", "0.01", "0.1"), else evenly.
+    pub(crate) fn layout_log10(lo: f32, hi: f32, norm_label: &str, label_px: f32, height: u32) -> Self {
+        let mut bar = Self::layout_as(lo, hi, norm_label, Norm::MinMax, label_px, height);
+        let n = bar.ticks.len();
+        let decades: Vec<i32> = (lo.ceil() as i32..=hi.floor() as i32).collect();
+        bar.ticks = if (2..=n.max(2)).contains(&decades.len()) {
+            decades.iter().map(|&k| (k as f32, decade_label(k))).collect()
+        } else {
+            bar.ticks.iter().map(|&(v, _)| (v, log_tick_label(10f32.powf(v)))).collect()
+        };
+        bar.label_w = bar.ticks.iter().map(|(_, l)| text::text_width(label_px, l).ceil() as u32).max().unwrap_or(0);
+        bar
+    }
+
     fn layout_as(lo: f32, hi: f32, norm_label: &str, scale: Norm, label_px: f32, height: u32) -> Self {
         let bar_h = height.max(8);
         // As many ticks (5..3) as fit with comfortable spacing.
@@ -362,8 +378,17 @@ impl ColorBar {
     }
 }
 
+/// 10^`k` as printed: "0.001" to "1000", else "1e-4", "1e5".
+fn decade_label(k: i32) -> String {
+    match k {
+        -3..=-1 => format!("0.{}1", "0".repeat((-k - 1) as usize)),
+        0..=3 => format!("1{}", "0".repeat(k as usize)),
+        _ => format!("1e{k}"),
+    }
+}
+
 /// A log bar's tick: three significant digits, scientific past 1e4 or under 1e-3.
-fn log_tick_label(v: f32) -> String {
+pub fn log_tick_label(v: f32) -> String {
     if !(1e-3..1e4).contains(&v.abs()) {
         return format!("{v:.2e}");
     }
@@ -397,4 +422,25 @@ pub fn tick_labels(values: &[f32]) -> Vec<String> {
         decimals = decimals.max(3);
     }
     values.iter().map(|v| clean(format!("{v:.decimals$}"))).collect()
+}
+
+#[cfg(test)]
+mod log_bar_tests {
+    use super::*;
+
+    #[test]
+    fn a_log10_bar_is_labelled_in_the_maps_units() {
+        // Values 10^-3.2 ..= 10^0.1: the decades 0.001, 0.01, 0.1, 1 on the bar.
+        let bar = ColorBar::layout_log10(-3.2, 0.1, "log", 12.0, 400);
+        let labels: Vec<&str> = bar.ticks.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(labels, ["0.001", "0.01", "0.1", "1"]);
+        assert!(bar.ticks.iter().all(|(v, _)| (-3.2..=0.1).contains(v)));
+        // Less than two decades: evenly spaced, in units (never a negative log10).
+        let bar = ColorBar::layout_log10(-2.5, -2.1, "log", 12.0, 400);
+        for (v, l) in &bar.ticks {
+            let printed: f32 = l.parse().unwrap();
+            assert!((printed / 10f32.powf(*v) - 1.0).abs() < 0.01, "{v} printed {l}");
+        }
+        assert_eq!((decade_label(-4), decade_label(4), decade_label(2)), ("1e-4".into(), "1e4".into(), "100".into()));
+    }
 }

@@ -129,6 +129,37 @@ pub fn wrap(px_size: f32, s: &str, max_width: f32, max_lines: usize) -> Vec<Stri
     lines.iter().map(|l| fit_text(px_size, l, max_width)).collect()
 }
 
+/// `n` and the noun, singular for one: "1 group", "3 groups", "1 patch", "0 patches".
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// [`wrap`], but a word too wide for a line is split with a hyphen (at a change from lower to
+/// upper case where one fits, "Sparse-" "VLM", else after the most letters that fit) instead of
+/// being cut with "…". Lines still number at most `max_lines` (the last cut if words are left).
+pub fn wrap_hyphenated(px_size: f32, s: &str, max_width: f32, max_lines: usize) -> Vec<String> {
+    let pieces: Vec<String> =
+        s.split([' ', '\n', '\t']).filter(|w| !w.is_empty()).flat_map(|w| hyphenate(px_size, w, max_width)).collect();
+    // A hyphenated word's pieces never share a line: together they are wider than the word,
+    // which did not fit.
+    wrap(px_size, &pieces.join(" "), max_width, max_lines)
+}
+
+/// `word` in pieces at most `max_width` wide, each but the last ending in "-".
+fn hyphenate(px_size: f32, word: &str, max_width: f32) -> Vec<String> {
+    if text_width(px_size, word) <= max_width {
+        return vec![word.to_owned()];
+    }
+    let chars: Vec<char> = word.chars().collect();
+    let fits = |n: usize| text_width(px_size, &format!("{}-", chars[..n].iter().collect::<String>())) <= max_width;
+    // The last case change that fits, else the most letters that fit (at least one).
+    let camel = (1..chars.len()).rev().find(|&i| chars[i - 1].is_lowercase() && chars[i].is_uppercase() && fits(i));
+    let cut = camel.unwrap_or_else(|| (1..chars.len()).rev().find(|&i| fits(i)).unwrap_or(1));
+    let mut out = vec![format!("{}-", chars[..cut].iter().collect::<String>())];
+    out.extend(hyphenate(px_size, &chars[cut..].iter().collect::<String>(), max_width));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +208,18 @@ mod tests {
         assert_eq!(wrap(14.0, "a b c d e f g h", 10.0, 2).len(), 2);
         assert!(wrap(14.0, "", 50.0, 3).is_empty());
         assert_eq!(wrap(14.0, "66.7\u{a0}% removed", 60.0, 3)[0], "66.7\u{a0}%");
+    }
+
+    #[test]
+    fn long_words_are_hyphenated_not_cut() {
+        let w = text_width(14.0, "SparseVLM") * 0.8;
+        assert!(wrap(14.0, "SparseVLM", w, 2)[0].ends_with('…'));
+        assert_eq!(wrap_hyphenated(14.0, "SparseVLM", w, 2), ["Sparse-", "VLM"]);
+        assert_eq!(wrap_hyphenated(14.0, "Full model", 1000.0, 2), ["Full model"]);
+        // No case change: as many letters as fit, every line within the width.
+        let lines = wrap_hyphenated(14.0, "abcdefghij", text_width(14.0, "abcd-"), 3);
+        assert_eq!(lines.concat().replace('-', ""), "abcdefghij");
+        assert!(lines.iter().all(|l| text_width(14.0, l) <= text_width(14.0, "abcd-")), "{lines:?}");
+        assert_eq!((count(1, "group", "groups"), count(2, "group", "groups")), ("1 group".into(), "2 groups".into()));
     }
 }

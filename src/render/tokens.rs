@@ -131,6 +131,11 @@ mod tests {
         assert_eq!(legend_lines(&pruned, GroupStyle::KeptDropped)[0], "kept 85 · dropped 171 of 256 patches");
         let evit = TokenStats { kept: 20, merged_groups: 1, merged_patches: 236, dropped: 0, total: 256 };
         assert_eq!(legend_lines(&evit, GroupStyle::KeptDropped)[1], "kept 20 · fused 1 (236) · dropped 0/256");
+        // One group is one group (it said "fused 1 groups").
+        assert_eq!(
+            legend_lines(&evit, GroupStyle::KeptDropped)[0],
+            "kept 20 · fused 1 group (236 patches) · dropped 0 of 256 patches"
+        );
     }
 
     #[test]

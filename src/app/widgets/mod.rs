@@ -11,8 +11,8 @@ use eframe::egui;
 use serde_json::Value;
 
 pub use scene::{
-    Fate, GridFrame, ValueMap, colorbar_ui, highlight, image_scene_ui, map_of, mark_role, patch_at, patch_info,
-    token_legend,
+    Fate, GridFrame, ValueMap, colorbar_range_ui, colorbar_ui, highlight, image_scene_ui, map_of, mark_role, patch_at,
+    patch_info, token_legend,
 };
 pub use tokens::{Mark, Pick, shown_piece, side_of_diff, tokens_ui};
 

@@ -12,6 +12,7 @@ use crate::render::{Colormap, Placement};
 use crate::session::ImageInput;
 
 /// A per-patch value map for the current overlay, with a legend title.
+#[derive(Clone)]
 pub struct ValueMap {
     pub title: String,
     pub values: Vec<f32>,
@@ -296,7 +297,6 @@ pub fn finite_range(values: &[f32]) -> Option<(f32, f32)> {
     (lo <= hi).then_some((lo, hi))
 }
 
-/// A horizontal colour bar with its end values (min-max normalisation, as the overlay).
 /// The colour scale of a map of `values` under `scale`: the range it spans, its colours, its name.
 pub fn colorbar_ui(ui: &mut egui::Ui, colormap: Colormap, scale: MapScale, values: &[f32]) {
     if finite_range(values).is_none() {
@@ -304,7 +304,32 @@ pub fn colorbar_ui(ui: &mut egui::Ui, colormap: Colormap, scale: MapScale, value
     }
     let heat = crate::render::Heatmap::new(1, values.len(), values.to_vec());
     let (lo, hi) = scale.norm().resolve(&heat);
-    ui.label(egui::RichText::new(format!("{lo:.3}")).small().monospace());
+    let (ends, name) = (bar_ends(lo, hi, scale == MapScale::Log), scale.label());
+    bar_ui(ui, colormap, ends, name);
+}
+
+/// A colour bar over `lo..hi` (with `log10`: the log10 of the maps' values, as the compare view
+/// shares a log scale), its ends in the maps' own units.
+pub fn colorbar_range_ui(ui: &mut egui::Ui, colormap: Colormap, (lo, hi): (f32, f32), log10: bool, name: &str) {
+    let ends = if log10 { bar_ends(10f32.powf(lo), 10f32.powf(hi), true) } else { bar_ends(lo, hi, false) };
+    bar_ui(ui, colormap, ends, name);
+}
+
+/// The end labels of a bar from `lo` to `hi` (values, not their logs): a log scale's as its
+/// ticks in exports (0.00012, 0.250), a linear one's with the decimals that tell them apart.
+pub fn bar_ends(lo: f32, hi: f32, log: bool) -> [String; 2] {
+    match log {
+        true => [crate::render::heat::log_tick_label(lo), crate::render::heat::log_tick_label(hi)],
+        false => {
+            let labels = crate::render::tick_labels(&[lo, hi]);
+            [labels[0].clone(), labels[1].clone()]
+        }
+    }
+}
+
+/// A horizontal colour bar between its end labels, then the scale's name.
+fn bar_ui(ui: &mut egui::Ui, colormap: Colormap, [lo, hi]: [String; 2], name: &str) {
+    ui.label(egui::RichText::new(lo).small().monospace());
     let (rect, _) = ui.allocate_exact_size(egui::vec2(160.0, 12.0), egui::Sense::hover());
     let steps = 64;
     for i in 0..steps {
@@ -318,8 +343,8 @@ pub fn colorbar_ui(ui: &mut egui::Ui, colormap: Colormap, scale: MapScale, value
             Color32::from_rgb(r, g, b),
         );
     }
-    ui.label(egui::RichText::new(format!("{hi:.3}")).small().monospace());
-    ui.label(egui::RichText::new(scale.label()).small().weak());
+    ui.label(egui::RichText::new(hi).small().monospace());
+    ui.label(egui::RichText::new(name).small().weak());
 }
 
 #[cfg(test)]
@@ -404,6 +429,13 @@ mod tests {
         let text = patch_info(0, [2, 2], None, Some(fate));
         assert!(text.contains("HiPrune score: 0.50000  (rank 3 of 3)"), "{text}");
         assert!(text.contains("HiPrune: kept (token 0), anchor"), "{text}");
+    }
+
+    #[test]
+    fn colour_bar_ends_read_in_the_maps_units() {
+        // A log scale's small end read "0.000" (three decimals): now three significant digits.
+        assert_eq!(bar_ends(0.000_123_4, 0.5, true), ["1.23e-4", "0.500"]);
+        assert_eq!(bar_ends(0.0, 0.25, false), ["0.000", "0.250"]);
     }
 
     #[test]

@@ -343,7 +343,10 @@ pub fn resume(
     if base.rows_per_layer.len() != layers || full.inputs.len() != layers || view_layer >= layers {
         return Err(Error::Config {
             field: "view_layer",
-            reason: format!("the full prefill has {} layers; view layer {view_layer}", base.rows_per_layer.len()),
+            reason: format!(
+                "the full prefill has {}; view layer {view_layer}",
+                crate::render::text::count(base.rows_per_layer.len(), "layer", "layers")
+            ),
         });
     }
     let cache = base.cache.truncated(k + 1);
