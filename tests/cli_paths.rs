@@ -78,13 +78,18 @@ fn bench_runs_on_an_encoder_and_on_a_vision_language_model() {
     assert_eq!(rows[1].last().unwrap(), "2", "{out}");
     // VLM: Random prunes before the decoder; FastV at its default K = 2 of 2 layers removes nothing.
     let out = ok(tokenlens()
-        .args(["bench", "--reducers", "fastv,random", "--repeats", "1", "--model"])
+        .args(["bench", "--reducers", "fastv,random", "--repeats", "1", "--decode-tokens", "2", "--model"])
         .arg(fixture("vlm/llava"))
         .output()
         .unwrap());
-    assert!(out.contains("prefill") && out.contains("KV"), "{out}");
+    assert!(out.contains("prefill") && out.contains("KV") && out.contains("(2 steps)"), "{out}");
     let rows = bench_rows(&out, &["fastv", "random"]);
     assert_eq!(rows[1][1], "pre_llm", "{out}");
+    // The decode column: tokens/s, or "-" where the answer ended before its two steps.
+    for row in &rows {
+        let decode = row.last().unwrap();
+        assert!(decode == "-" || decode.parse::<f64>().is_ok_and(|r| r > 0.0), "{out}");
+    }
     assert!(rows[0][1..].join(" ").starts_with("none (nothing removed)"), "{out}");
 }
 

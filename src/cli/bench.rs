@@ -174,6 +174,15 @@ struct VlmRow {
     revisit: Vec<f64>,
     last: Option<std::sync::Arc<VlmRun>>,
     skipped: Option<String>,
+    /// With `--decode-tokens`: the method's decode speed, tokens/s (see [`decode_rate`]).
+    decode: Option<f64>,
+}
+
+/// Greedy decode speed after a run's prefill: `run` answered `1 + steps` tokens, the first from
+/// the prefill's last row, so its decode time is `steps` one-token forward passes. `None` when
+/// the answer stopped early (end of sequence), which would time fewer steps.
+fn decode_rate(run: &VlmRun, steps: usize) -> Option<f64> {
+    (run.answer.ids.len() == steps + 1 && run.cost.decode_ms > 0.0).then(|| steps as f64 / (run.cost.decode_ms / 1e3))
 }
 
 /// The VLM bench: per method at the default budget, what a ratio change costs (`Session::run`,
@@ -181,7 +190,15 @@ struct VlmRow {
 /// against the full prefill (the unreduced decoder from layer 0), both timed as whole runs with
 /// a one-token answer (picked from the prefill's logits: no decoding step), alternating in one
 /// process; medians over `repeats`.
-pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeats: usize) -> anyhow::Result<()> {
+/// `decode`: when set, each method (and the full model) also answers `1 + decode` tokens once,
+/// after the timed runs, for its decode speed.
+pub fn bench_vlm(
+    image: &Path,
+    session: &mut Session,
+    methods: &[Method],
+    repeats: usize,
+    decode: Option<usize>,
+) -> anyhow::Result<()> {
     let vlm = session.vlm_mut()?;
     let split = std::mem::replace(&mut vlm.split_image, false); // vision-side methods need one image
     let image_in = vlm.open_image(image)?;
@@ -204,6 +221,7 @@ pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeat
             revisit: Vec::new(),
             last: None,
             skipped: None,
+            decode: None,
         })
         .collect();
     let mut full_ms = Vec::new();
@@ -228,13 +246,25 @@ pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeat
             row.scratch.push(time_ms(|| drop(scratch(&*session, &s))));
         }
     }
+    // Decode speed, apart from the timed runs (which answer one token, as the slider's).
+    let mut full_decode = None;
+    if let Some(steps) = decode.filter(|&d| d > 0) {
+        let long = |s: &RunSpec| RunSpec { max_new_tokens: 1 + steps, ..s.clone() };
+        full_decode = decode_rate(&scratch(&*session, &long(&full_spec))?, steps);
+        for row in rows.iter_mut().filter(|r| r.skipped.is_none()) {
+            let s = long(&RunSpec { method: Some(row.method.clone()), ..spec.clone() });
+            let run = session.run(&s, &mut |_| {}, &cancel)?;
+            row.decode = run.answer().and_then(|run| decode_rate(run, steps));
+        }
+    }
+    let rate = |r: Option<f64>| r.map_or_else(|| "-".to_string(), |r| format!("{r:.3}"));
     let (full_med, full_p95) = summary(full_ms);
     let vlm = session.vlm()?;
     let layers = vlm.num_layers();
     println!(
         "{} on {}, {} image tokens{}, {} decoder layers, {repeats} repeats, {} threads, default budget; \
          full prefill (the unreduced decoder from layer 0): median {full_med:.1} ms, p95 {full_p95:.1} ms; \
-         full model KV {:.1} KiB, {:.2} GFLOPs",
+         full model KV {:.1} KiB, {:.2} GFLOPs{}",
         vlm.id,
         image.display(),
         full.vision.num_image_tokens(),
@@ -242,16 +272,19 @@ pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeat
         layers,
         candle_core::utils::get_num_threads(),
         full.run.cost.kv_bytes_prefill as f64 / 1024.0,
-        full.run.cost.total_flops() / 1e9
+        full.run.cost.total_flops() / 1e9,
+        decode.map_or_else(String::new, |d| format!(", decode {} tokens/s ({d} steps)", rate(full_decode)))
     );
     println!(
         "timed: ratio change = Session::run, as the app's slider calls it, to a ratio not visited yet (vision side \
          from the cached full run, decoder resumed from the first layer whose input changes), from scratch = the \
          same run prefilled from layer 0; both whole runs with a one-token answer, as the full prefill; revisit = \
-         Session::run back to a visited ratio (the session's recent runs); medians"
+         Session::run back to a visited ratio (the session's recent runs); medians; decode = greedy tokens/s \
+         after the method's prefill (--decode-tokens; one run each, - when not asked for or the answer ended \
+         early)"
     );
     println!(
-        "{:<12} {:>10} {:>6} {:>6} {:>13} {:>8} {:>13} {:>8} {:>7} {:>7} {:>10}",
+        "{:<12} {:>10} {:>6} {:>6} {:>13} {:>8} {:>13} {:>8} {:>7} {:>7} {:>10} {:>8}",
         "method",
         "stage",
         "tower",
@@ -262,7 +295,8 @@ pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeat
         "vs full",
         "KV",
         "FLOPs",
-        "revisit"
+        "revisit",
+        "decode"
     );
     for row in rows {
         let name = row.method.name();
@@ -275,7 +309,7 @@ pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeat
         let (revisit, _) = summary(row.revisit);
         let tower = run.tower_recomputed_from.map_or_else(|| "-".into(), |b| b.to_string());
         println!(
-            "{:<12} {:>10} {:>6} {:>6} {:>10.1} ms {:>7.3}x {:>10.1} ms {:>7.3}x {:>6.2}x {:>6.2}x {:>7.3} ms",
+            "{:<12} {:>10} {:>6} {:>6} {:>10.1} ms {:>7.3}x {:>10.1} ms {:>7.3}x {:>6.2}x {:>6.2}x {:>7.3} ms {:>8}",
             name,
             run.stage,
             tower,
@@ -286,7 +320,8 @@ pub fn bench_vlm(image: &Path, session: &mut Session, methods: &[Method], repeat
             scratch / full_med,
             run.cost.kv_bytes_prefill as f64 / full.run.cost.kv_bytes_prefill as f64,
             run.cost.total_flops() / full.run.cost.total_flops(),
-            revisit
+            revisit,
+            rate(row.decode)
         );
         if name == "fastv" && run.recomputed_from_layer < layers {
             let ideal = (layers - run.recomputed_from_layer) as f64 / layers as f64;

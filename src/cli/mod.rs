@@ -350,8 +350,11 @@ enum Command {
         /// `--part decoder`: prompt tokens prefilled, then tokens decoded one at a time.
         #[arg(long, default_value_t = 128)]
         prefill_tokens: usize,
-        #[arg(long, default_value_t = 16)]
-        decode_tokens: usize,
+        /// Greedy decode steps: `--part decoder` times them after its prefill (default 16); with a
+        /// VLM's methods, each method and the full model answer this many more tokens once, for
+        /// a decode tokens/s column (default: not timed).
+        #[arg(long)]
+        decode_tokens: Option<usize>,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -519,7 +522,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     bench::bench_tower(&image, session.vlm()?, repeats.max(1))
                 }
                 session if session.is_vlm() && part == bench::VlmPart::Decoder => {
-                    bench::bench_decoder(session.vlm()?, prefill_tokens, decode_tokens, repeats.max(1))
+                    bench::bench_decoder(session.vlm()?, prefill_tokens, decode_tokens.unwrap_or(16), repeats.max(1))
                 }
                 mut session if session.is_vlm() => {
                     let methods = if reducers.is_empty() {
@@ -530,7 +533,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                             .map(|r| tokenlens::reduce::Method::from_name(r.trim()))
                             .collect::<Result<_, _>>()?
                     };
-                    bench::bench_vlm(&image, &mut session, &methods, repeats.max(1))
+                    bench::bench_vlm(&image, &mut session, &methods, repeats.max(1), decode_tokens)
                 }
                 mut session => bench::bench(&image, &mut session, &reducer_list(&reducers)?, repeats.max(1), json),
             }

@@ -205,10 +205,13 @@ impl Session {
                 let how = options.quantize.map_or(String::new(), |q| format!(" ({q} linear layers)"));
                 say(&format!("Loading the vision-language model in {}{how}…", dir.display()));
                 let cache = options.quantize.and_then(|_| crate::model::quant_cache::process_dir());
+                let start = std::time::Instant::now();
                 let vlm = Vlm::load_cached(&dir, options, cache.as_deref())?;
                 if let Some(line) = &vlm.quant_cache {
                     say(line);
                 }
+                // A 7B load takes minutes without the quantized cache: say what it took.
+                say(&format!("Loaded in {:.1} s.", start.elapsed().as_secs_f64()));
                 Backend::Vlm(vlm)
             }
             _ if options.quantize.is_some() => {
