@@ -30,8 +30,12 @@ const BN_EPS: f64 = 1e-5;
 /// rows shifted by the row `ky` lands on. The last stage (whose taps would be 16 MB) runs
 /// band by band: each rayon task computes its band's taps single-threaded into a buffer that
 /// stays in its core's L2 and turns them into projected output rows at once (no halo rows are
-/// recomputed). Checked against onnxruntime in `tests/reference.rs` and against a direct
-/// scatter ConvTranspose in the unit tests below.
+/// recomputed). The first two stages keep one threaded GEMM over the whole image (4 and 8 MB of
+/// taps): computed by row bands (their outputs stored row-major by output row) or by blocks of
+/// 8-16 output channels they were measured no faster, the smaller GEMMs losing what the col2im
+/// gained; the GEMMs of one band run one after the other (spreading the four over the pool
+/// instead was no faster either). Checked against onnxruntime in `tests/reference.rs` and
+/// against a direct scatter ConvTranspose in the unit tests below.
 struct UpStage {
     /// `[K][c_out·K][c_in]`: the kernel's taps as rows, grouped by kernel row `ky`, then output
     /// channel, then kernel column `kx`.
