@@ -47,6 +47,15 @@ impl<'a> View<'a> {
     pub fn t(self) -> Self {
         Self { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
     }
+
+    /// Columns `start..start + len` (a narrower window on the same memory).
+    pub fn columns(self, start: usize, len: usize) -> Self {
+        assert!(start + len <= self.cols, "matrix view columns out of bounds");
+        if len == 0 {
+            return Self { cols: 0, ..self };
+        }
+        Self { data: &self.data[start * self.cs..], cols: len, ..self }
+    }
 }
 
 /// `dst[i * dst_rs + j] (+)= Σ_k a[i, k] · b[k, j]`; accumulates into `dst` when `accumulate`.
