@@ -300,14 +300,29 @@ pub type RopeTables<'a> = (&'a [f32], &'a [f32]);
 /// the same pass when `rope` is given (rotate-half layout, as LLaMA and candle's `rope`:
 /// `(x₁, x₂) -> (x₁ cos - x₂ sin, x₁ sin + x₂ cos)`).
 pub fn split_heads(x: &[f32], n: usize, heads: usize, hd: usize, rope: Option<RopeTables<'_>>, out: &mut [f32]) {
+    split_heads_strided(x, heads * hd, n, heads, hd, rope, out);
+}
+
+/// [`split_heads`] of the first `heads · hd` values of rows `stride` values apart: one part of a
+/// joined projection's output (q, k and v side by side in each row).
+pub fn split_heads_strided(
+    x: &[f32],
+    stride: usize,
+    n: usize,
+    heads: usize,
+    hd: usize,
+    rope: Option<RopeTables<'_>>,
+    out: &mut [f32],
+) {
     let half = hd / 2;
-    assert!(x.len() >= n * heads * hd && out.len() >= n * heads * hd, "split_heads: buffers too small");
+    let last = if n == 0 { 0 } else { (n - 1) * stride + heads * hd };
+    assert!(stride >= heads * hd && x.len() >= last && out.len() >= n * heads * hd, "split_heads: buffers too small");
     if let Some((cos, sin)) = rope {
         assert!(hd.is_multiple_of(2) && cos.len() >= n * half && sin.len() >= n * half, "split_heads: rotary tables");
     }
     let head = |h: usize, out: &mut [f32]| {
         for (t, o) in out.chunks_mut(hd).enumerate() {
-            let src = &x[(t * heads + h) * hd..][..hd];
+            let src = &x[t * stride + h * hd..][..hd];
             let Some((cos, sin)) = rope else {
                 o.copy_from_slice(src);
                 continue;
