@@ -1249,7 +1249,7 @@ mod tests {
             );
             assert!(max_diff(&j, &a) < 1e-5, "rows {n}, bias {bias}: {}", max_diff(&j, &a));
             for act in [DecoderAct::Silu, DecoderAct::GeluTanh] {
-                let parts = vec![random_proj(d, inter, bias), random_proj(d, inter, bias), random_proj(inter, d, bias)];
+                let parts = [random_proj(d, inter, bias), random_proj(d, inter, bias), random_proj(inter, d, bias)];
                 let mlp = |gate_up, down_proj| Mlp { gate_up, down_proj, act };
                 let joined = mlp(
                     Group::new(parts[..2].to_vec(), &Device::Cpu).unwrap(),
