@@ -309,14 +309,38 @@ pub type RopeTables<'a> = (&'a [f32], &'a [f32]);
 /// the same pass when `rope` is given (rotate-half layout, as LLaMA and candle's `rope`:
 /// `(x₁, x₂) -> (x₁ cos - x₂ sin, x₁ sin + x₂ cos)`).
 pub fn split_heads(x: &[f32], n: usize, heads: usize, hd: usize, rope: Option<RopeTables<'_>>, out: &mut [f32]) {
+    split_heads_strided(x, (heads * hd, 1), n, heads, hd, rope, out);
+}
+
+/// [`split_heads`] of a strided input: value `c` of row `t` at `x[t · rs + c · cs]` (one part of a
+/// joined projection's output, rows `rs` apart; or of its transpose, `cs` = the row count).
+#[allow(clippy::too_many_arguments)]
+pub fn split_heads_strided(
+    x: &[f32],
+    (rs, cs): (usize, usize),
+    n: usize,
+    heads: usize,
+    hd: usize,
+    rope: Option<RopeTables<'_>>,
+    out: &mut [f32],
+) {
     let half = hd / 2;
-    assert!(x.len() >= n * heads * hd && out.len() >= n * heads * hd, "split_heads: buffers too small");
+    let last = if n == 0 || heads * hd == 0 { 0 } else { (n - 1) * rs + (heads * hd - 1) * cs + 1 };
+    assert!(x.len() >= last && out.len() >= n * heads * hd, "split_heads: buffers too small");
     if let Some((cos, sin)) = rope {
         assert!(hd.is_multiple_of(2) && cos.len() >= n * half && sin.len() >= n * half, "split_heads: rotary tables");
     }
     let head = |h: usize, out: &mut [f32]| {
+        // A strided row is gathered here first.
+        let mut gathered = vec![0f32; if cs == 1 { 0 } else { hd }];
         for (t, o) in out.chunks_mut(hd).enumerate() {
-            let src = &x[(t * heads + h) * hd..][..hd];
+            let at = t * rs + h * hd * cs;
+            let src: &[f32] = if cs == 1 {
+                &x[at..][..hd]
+            } else {
+                gathered.iter_mut().enumerate().for_each(|(j, g)| *g = x[at + j * cs]);
+                &gathered
+            };
             let Some((cos, sin)) = rope else {
                 o.copy_from_slice(src);
                 continue;

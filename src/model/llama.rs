@@ -30,12 +30,13 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder, embedding};
+use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::config::{MAX_HEADS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, check_eps, check_sizes, check_stack, unsupported};
 use super::hf_config::{Class, resolve};
 use super::hooks::{HookPoint, Probe, Trace};
-use super::kernels::{self, with_slice};
+use super::kernels::{self, Act, View, gemm, with_scratch, with_slice};
 use super::layers::AttnRecord;
 use super::quant::{Linears, Proj};
 use super::vit::{Intervene, Needs, NoIntervention};
@@ -205,11 +206,201 @@ impl LlamaConfig {
     }
 }
 
+/// Linear layers reading one input (q, k and v; gate and up), in that order, or one layer (o,
+/// down).
+///
+/// # Design
+/// Question: SmolVLM-256M's decoder projections are small (576 wide; k and v 192), so each is a
+/// GEMM with its own pool dispatch and packing of the input, and its prefill trailed transformers'.
+/// Decision: on the fused CPU path, layers with f32 weights are joined at load into one
+/// `[Σ out, in]` weight (the parts' weights freed: no more bytes), multiplied by one GEMM
+/// computed transposed ([`Joined::product_t`]: the weight is read in place, not packed), whose
+/// parts the steps after it read in place (heads split, SwiGLU, the residual add turning it).
+/// Trade-off: quantized layers (the quantized cache keeps each under its own name),
+/// half-precision ones and the tensor-op path stay apart.
+enum Group {
+    Joined(Joined),
+    Apart(Vec<Proj>),
+}
+
+/// Joined f32 layers: `weight` `[Σ widths, in]`, `bias` `[Σ widths]` where the layers have one.
+struct Joined {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    widths: Vec<usize>,
+}
+
+impl Group {
+    /// `parts` joined where the fused CPU kernels run on `device` and all are f32 layers with
+    /// biases alike, else kept apart.
+    fn new(parts: Vec<Proj>, device: &Device) -> Result<Self> {
+        let linears: Vec<&candle_nn::Linear> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Proj::F32(l) if l.weight().dtype() == DType::F32 => Some(l),
+                _ => None,
+            })
+            .collect();
+        let biases = linears.iter().filter(|l| l.bias().is_some()).count();
+        if !kernels::fused(device) || linears.len() != parts.len() || !(biases == 0 || biases == parts.len()) {
+            return Ok(Self::Apart(parts));
+        }
+        let widths = linears.iter().map(|l| l.weight().dim(0)).collect::<candle_core::Result<_>>()?;
+        let weight = Tensor::cat(&linears.iter().map(|l| l.weight()).collect::<Vec<_>>(), 0)?;
+        let bias = match biases {
+            0 => None,
+            _ => Some(Tensor::cat(&linears.iter().filter_map(|l| l.bias()).collect::<Vec<_>>(), 0)?),
+        };
+        Ok(Self::Joined(Joined { weight, bias, widths }))
+    }
+
+    /// `x` plus the output of this one layer on `input` (`[1, n, in]`); joined, from the
+    /// transposed product, turned in the same pass.
+    fn residual(&self, x: &Tensor, input: &Tensor) -> Result<Tensor> {
+        let j = match self {
+            Group::Joined(j) if j.widths.len() == 1 => j,
+            _ => {
+                let mut parts = self.forward(input)?;
+                let y = match parts.len() {
+                    1 => parts.remove(0),
+                    _ => Tensor::cat(&parts, input.rank() - 1)?,
+                };
+                return add(x, &y);
+            }
+        };
+        let (n, out) = (j.rows_of(input)?, j.out());
+        with_slice(input, |input| {
+            with_scratch(out * n, |yt| {
+                j.product_t(View::rows(input, n, j.inp()), n, yt)?;
+                add_transposed(x, yt)
+            })
+        })
+    }
+
+    /// Each layer's output, in order (the joined product's columns as views).
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Group::Apart(parts) => Ok(parts.iter().map(|p| p.forward(x)).collect::<candle_core::Result<_>>()?),
+            Group::Joined(j) => {
+                let y = j.rows(x, |y, _| Ok(y.to_vec()))?;
+                let mut dims = x.dims().to_vec();
+                *dims.last_mut().expect("checked by rows") = j.widths.iter().sum();
+                let y = Tensor::from_vec(y, dims, x.device())?;
+                let last = y.rank() - 1;
+                let mut at = 0;
+                let mut out = Vec::with_capacity(j.widths.len());
+                for &w in &j.widths {
+                    out.push(y.narrow(last, at, w)?);
+                    at += w;
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl Joined {
+    /// Rows of `x` (its values over the input width), after checking its last dimension.
+    fn rows_of(&self, x: &Tensor) -> Result<usize> {
+        let inp = self.weight.dim(1)?;
+        if x.dims().last() != Some(&inp) {
+            return Err(Error::Config {
+                field: "decoder",
+                reason: format!("a projection from {inp} on {:?}", x.dims()),
+            });
+        }
+        Ok(x.elem_count() / inp)
+    }
+
+    fn inp(&self) -> usize {
+        self.weight.dim(1).unwrap_or(0)
+    }
+
+    fn out(&self) -> usize {
+        self.widths.iter().sum()
+    }
+
+    /// `W xᵀ + b`, the product transposed (`[Σ widths, rows]`), of the `rows` rows of `x`
+    /// (`[rows, in]`, any strides) into `yt`.
+    ///
+    /// Why transposed: gemm computes a row-major product `x Wᵀ` as its transpose with `W` on
+    /// the left, which it packs (the whole weight, on every thread that uses it) before each
+    /// product: 16 % of the 256M-shaped decoder's prefill. With `W` on the left of a product it
+    /// is asked for as it is, gemm reads the weight in place and packs `x`, the smaller operand.
+    fn product_t(&self, x: View<'_>, rows: usize, yt: &mut [f32]) -> Result<()> {
+        let (out, inp) = (self.out(), self.inp());
+        with_slice(&self.weight, |w| {
+            gemm(yt, rows, View::rows(w, out, inp), x.t(), false, kernels::threads());
+            Ok(())
+        })?;
+        if let Some(b) = &self.bias {
+            with_slice(b, |b| {
+                for (row, &b) in yt.chunks_mut(rows.max(1)).zip(b) {
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `f` on `x Wᵀ + b` (`[rows, Σ widths]`, in a scratch buffer) and the row count.
+    fn rows<R>(&self, x: &Tensor, f: impl FnOnce(&[f32], usize) -> Result<R>) -> Result<R> {
+        let n = self.rows_of(x)?;
+        let (out, inp) = self.weight.dims2()?;
+        with_slice(x, |x| {
+            with_slice(&self.weight, |w| {
+                with_scratch(n * out, |y| {
+                    gemm(y, out, View::rows(x, n, inp), View::rows(w, out, inp).t(), false, kernels::threads());
+                    if let Some(b) = &self.bias {
+                        with_slice(b, |b| {
+                            kernels::bias_activation(y, b, Act::None);
+                            Ok(())
+                        })?;
+                    }
+                    f(y, n)
+                })
+            })
+        })
+    }
+}
+
+/// `x` (`[1, n, d]`) plus `yt` (`[d, n]`, a transposed product) turned, in bands of rows.
+fn add_transposed(x: &Tensor, yt: &[f32]) -> Result<Tensor> {
+    let d = x.dims().last().copied().unwrap_or(0);
+    let n = x.elem_count() / d.max(1);
+    if yt.len() != n * d {
+        return Err(Error::Config {
+            field: "decoder",
+            reason: format!("{} values to add to {:?}", yt.len(), x.dims()),
+        });
+    }
+    const BAND: usize = 16;
+    let mut out = vec![0f32; n * d];
+    with_slice(x, |x| {
+        let band = |(b, (out, x)): (usize, (&mut [f32], &[f32]))| {
+            let (t0, rows) = (b * BAND, out.len() / d.max(1));
+            for c in 0..d {
+                let col = &yt[c * n + t0..][..rows];
+                for (t, &y) in col.iter().enumerate() {
+                    out[t * d + c] = x[t * d + c] + y;
+                }
+            }
+        };
+        if out.len() <= 16_384 {
+            out.chunks_mut(BAND * d).zip(x.chunks(BAND * d)).enumerate().for_each(band);
+        } else {
+            out.par_chunks_mut(BAND * d).zip(x.par_chunks(BAND * d)).enumerate().for_each(band);
+        }
+        Ok(())
+    })?;
+    Ok(Tensor::from_vec(out, x.shape(), x.device())?)
+}
+
 struct Attention {
-    q_proj: Proj,
-    k_proj: Proj,
-    v_proj: Proj,
-    o_proj: Proj,
+    /// q, k and v.
+    qkv: Group,
+    o_proj: Group,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -250,9 +441,60 @@ impl Attention {
         Ok(Tensor::from_vec(out, (1, count, n, hd), t.device())?)
     }
 
-    /// Rotated queries `[1, heads, n, head_dim]` of the normed input `h`.
+    /// Rotated queries `[1, heads, n, head_dim]` of the normed input `h` (joined, the whole
+    /// product: the queries the layer ran on, bit for bit).
     fn queries(&self, h: &Tensor, rope: &Rope) -> Result<Tensor> {
-        self.heads(&self.q_proj.forward(h)?, self.num_heads, Some(rope))
+        match &self.qkv {
+            Group::Apart(p) => self.heads(&p[0].forward(h)?, self.num_heads, Some(rope)),
+            Group::Joined(_) => Ok(self.project(h, rope)?.0),
+        }
+    }
+
+    /// Rotated queries, rotated keys and values `[1, heads, n, head_dim]` of the normed input
+    /// `h`; joined, each read from the transposed product in place.
+    fn project(&self, h: &Tensor, rope: &Rope) -> Result<(Tensor, Tensor, Tensor)> {
+        let j = match &self.qkv {
+            Group::Apart(p) => {
+                let (q, k, v) = (p[0].forward(h)?, p[1].forward(h)?, p[2].forward(h)?);
+                return Ok((
+                    self.heads(&q, self.num_heads, Some(rope))?,
+                    self.heads(&k, self.num_kv_heads, Some(rope))?,
+                    self.heads(&v, self.num_kv_heads, None)?,
+                ));
+            }
+            Group::Joined(j) => j,
+        };
+        let hd = self.head_dim;
+        let counts = [self.num_heads, self.num_kv_heads, self.num_kv_heads];
+        let n = j.rows_of(h)?;
+        if j.widths != counts.map(|c| c * hd) || rope.0.dims() != [n, hd / 2] {
+            return Err(Error::Config {
+                field: "decoder",
+                reason: format!(
+                    "q, k, v of {:?} columns for {counts:?} heads of {hd}, {n} rows: shapes disagree",
+                    j.widths
+                ),
+            });
+        }
+        with_slice(&rope.0, |cos| {
+            with_slice(&rope.1, |sin| {
+                with_slice(h, |x| {
+                    with_scratch(j.out() * n, |yt| {
+                        j.product_t(View::rows(x, n, j.inp()), n, yt)?;
+                        let mut at = 0;
+                        let mut part = |count: usize, rope: Option<kernels::RopeTables<'_>>| -> Result<Tensor> {
+                            let mut out = vec![0f32; n * count * hd];
+                            let yt = yt.get(at * n..).unwrap_or(&[]);
+                            kernels::split_heads_strided(yt, (1, n), n, count, hd, rope, &mut out);
+                            at += count * hd;
+                            Ok(Tensor::from_vec(out, (1, count, n, hd), h.device())?)
+                        };
+                        let rope = Some((cos, sin));
+                        Ok((part(counts[0], rope)?, part(counts[1], rope)?, part(counts[2], None)?))
+                    })
+                })
+            })
+        })
     }
 
     /// Post-softmax attention `[1, heads, n, past + n]` of queries `q` over keys `k` (repeated
@@ -284,10 +526,51 @@ impl Attention {
 }
 
 struct Mlp {
-    gate_proj: Proj,
-    up_proj: Proj,
-    down_proj: Proj,
+    /// gate and up.
+    gate_up: Group,
+    down_proj: Group,
     act: DecoderAct,
+}
+
+impl Mlp {
+    /// `x` plus the MLP's output on the normed input `h`. Joined under SiLU, in the transposed
+    /// domain: gate and up come out as two blocks (`[width, n]` each), SwiGLU is one pass over
+    /// them, the down projection reads its product in place and the residual add turns it.
+    fn residual(&self, x: &Tensor, h: &Tensor) -> Result<Tensor> {
+        let (gu, down) = match (&self.gate_up, &self.down_proj, self.act) {
+            (Group::Joined(gu), Group::Joined(down), DecoderAct::Silu)
+                if gu.widths.len() == 2 && gu.widths[0] == gu.widths[1] && down.inp() == gu.widths[0] =>
+            {
+                (gu, down)
+            }
+            _ => return self.down_proj.residual(x, &self.gated(h)?),
+        };
+        let (n, width) = (gu.rows_of(h)?, gu.widths[0]);
+        with_slice(h, |h| {
+            with_scratch(2 * width * n, |yt| {
+                gu.product_t(View::rows(h, n, gu.inp()), n, yt)?;
+                with_scratch(width * n, |gated_t| {
+                    let (gate, up) = yt.split_at(width * n);
+                    kernels::silu_mul(gate, up, gated_t);
+                    with_scratch(down.out() * n, |out_t| {
+                        down.product_t(View::rows(gated_t, width, n).t(), n, out_t)?;
+                        add_transposed(x, out_t)
+                    })
+                })
+            })
+        })
+    }
+
+    /// `act(gate) · up` of the normed input `h`.
+    fn gated(&self, h: &Tensor) -> Result<Tensor> {
+        let parts = self.gate_up.forward(h)?;
+        let (gate, up) = (&parts[0], &parts[1]);
+        Ok(match self.act {
+            DecoderAct::Silu => silu_mul(gate, up)?,
+            DecoderAct::Gelu => (gate.gelu_erf()? * up)?,
+            DecoderAct::GeluTanh => (gate.gelu()? * up)?,
+        })
+    }
 }
 
 /// RMSNorm on `kernels::rms_norm` on the CPU (candle's op waits on its spinning thread pool),
@@ -558,19 +841,35 @@ impl Llama {
                 Ok(Layer {
                     input_layernorm: RmsNorm::load(d, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
                     self_attn: Attention {
-                        q_proj: linears.linear(d, cfg.num_attention_heads * hd, ab, attn.pp("q_proj"))?,
-                        k_proj: linears.linear(d, cfg.kv_heads() * hd, ab, attn.pp("k_proj"))?,
-                        v_proj: linears.linear(d, cfg.kv_heads() * hd, ab, attn.pp("v_proj"))?,
-                        o_proj: linears.linear(cfg.num_attention_heads * hd, d, ab, attn.pp("o_proj"))?,
+                        qkv: Group::new(
+                            vec![
+                                linears.linear(d, cfg.num_attention_heads * hd, ab, attn.pp("q_proj"))?,
+                                linears.linear(d, cfg.kv_heads() * hd, ab, attn.pp("k_proj"))?,
+                                linears.linear(d, cfg.kv_heads() * hd, ab, attn.pp("v_proj"))?,
+                            ],
+                            linears.device(),
+                        )?,
+                        o_proj: Group::new(
+                            vec![linears.linear(cfg.num_attention_heads * hd, d, ab, attn.pp("o_proj"))?],
+                            linears.device(),
+                        )?,
                         num_heads: cfg.num_attention_heads,
                         num_kv_heads: cfg.kv_heads(),
                         head_dim: hd,
                     },
                     post_attention_layernorm: RmsNorm::load(d, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
                     mlp: Mlp {
-                        gate_proj: linears.linear(d, cfg.intermediate_size, mb, mlp.pp("gate_proj"))?,
-                        up_proj: linears.linear(d, cfg.intermediate_size, mb, mlp.pp("up_proj"))?,
-                        down_proj: linears.linear(cfg.intermediate_size, d, mb, mlp.pp("down_proj"))?,
+                        gate_up: Group::new(
+                            vec![
+                                linears.linear(d, cfg.intermediate_size, mb, mlp.pp("gate_proj"))?,
+                                linears.linear(d, cfg.intermediate_size, mb, mlp.pp("up_proj"))?,
+                            ],
+                            linears.device(),
+                        )?,
+                        down_proj: Group::new(
+                            vec![linears.linear(cfg.intermediate_size, d, mb, mlp.pp("down_proj"))?],
+                            linears.device(),
+                        )?,
                         act,
                     },
                 })
@@ -760,8 +1059,8 @@ impl Llama {
     /// Layer `l`'s post-softmax attention `[1, heads, n, cached]` for the rows `x` (`[1, n, d]`,
     /// that layer's input at `positions`, the last `n` rows `cache` holds at `l`), recomputed
     /// from the cached keys: what [`Llama::run_layers`] would have recorded there, bit for bit,
-    /// at the cost of the query projection. How a resumed prefill gets the attention of a layer
-    /// it does not rerun.
+    /// at the cost of the query projection (on the CPU, the joined q, k and v one). How a
+    /// resumed prefill gets the attention of a layer it does not rerun.
     pub fn attention_from_cache(&self, l: usize, x: &Tensor, positions: &[u32], cache: &KvCache) -> Result<Tensor> {
         let (_, n, _) = x.dims3()?;
         let seen = cache.len_at(l);
@@ -801,9 +1100,7 @@ impl Llama {
         let layer = &self.layers[l];
         let a = &layer.self_attn;
         let h = layer.input_layernorm.forward(x)?;
-        let q = a.queries(&h, rope)?;
-        let k = a.heads(&a.k_proj.forward(&h)?, a.num_kv_heads, Some(rope))?;
-        let v = a.heads(&a.v_proj.forward(&h)?, a.num_kv_heads, None)?;
+        let (q, k, v) = a.project(&h, rope)?;
         cache.layers[l].push((k.to_dtype(self.cache_dtype)?, v.to_dtype(self.cache_dtype)?));
         let (k, v) = cache.joined(l)?.expect("pushed above");
         let keys = needs.keys.then(|| k.clone());
@@ -815,17 +1112,9 @@ impl Llama {
         let probs = a.probs(&q, &k, past, |n, past| self.causal_mask(n, past, x.device()))?;
         let n = q.dim(2)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((1, n, a.num_heads * a.head_dim))?;
-        let x = add(x, &a.o_proj.forward(&ctx)?)?;
+        let x = a.o_proj.residual(x, &ctx)?;
         let h = layer.post_attention_layernorm.forward(&x)?;
-        let m = &layer.mlp;
-        let gate = m.gate_proj.forward(&h)?;
-        let up = m.up_proj.forward(&h)?;
-        let gated = match m.act {
-            DecoderAct::Silu => silu_mul(&gate, &up)?,
-            DecoderAct::Gelu => (gate.gelu_erf()? * up)?,
-            DecoderAct::GeluTanh => (gate.gelu()? * up)?,
-        };
-        let x = add(&x, &m.down_proj.forward(&gated)?)?;
+        let x = layer.mlp.residual(&x, &h)?;
         Ok((x, AttnRecord { probs: needs.probs.then_some(probs), keys }))
     }
 
@@ -838,6 +1127,7 @@ impl Llama {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::quant::{QuantWeight, Quantize};
     use candle_core::DType;
     use candle_nn::VarMap;
 
@@ -906,6 +1196,85 @@ mod tests {
             }
         }
     }
+    /// A random f32 layer `[out, inp]`, with a bias when asked.
+    fn random_proj(inp: usize, out: usize, bias: bool) -> Proj {
+        let w = Tensor::randn(0f32, 1.0, (out, inp), &Device::Cpu).unwrap();
+        let b = bias.then(|| Tensor::randn(0f32, 1.0, out, &Device::Cpu).unwrap());
+        Proj::F32(candle_nn::Linear::new(w, b))
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn joined_projections_equal_the_separate_ones() {
+        let (d, hd, heads, kv, inter) = (64, 16, 4, 2, 96);
+        // 200 rows: the SwiGLU pass runs on the pool; 1 row: a decode step.
+        for (n, bias) in [(200, false), (200, true), (1, false)] {
+            let x = Tensor::randn(0f32, 1.0, (1, n, d), &Device::Cpu).unwrap();
+            let parts =
+                vec![random_proj(d, heads * hd, bias), random_proj(d, kv * hd, bias), random_proj(d, kv * hd, bias)];
+            let joined = Group::new(parts.clone(), &Device::Cpu).unwrap();
+            assert!(matches!(joined, Group::Joined(_)), "f32 layers on the CPU are joined");
+            let apart = Group::Apart(parts);
+            for (a, b) in joined.forward(&x).unwrap().iter().zip(apart.forward(&x).unwrap()) {
+                assert!(max_diff(a, &b) < 1e-5, "rows {n}, bias {bias}: {}", max_diff(a, &b));
+            }
+            // Heads read in place from the joined rows, rotated, as from the separate outputs.
+            let attention = |qkv| Attention {
+                qkv,
+                o_proj: Group::Apart(vec![random_proj(heads * hd, d, false)]),
+                num_heads: heads,
+                num_kv_heads: kv,
+                head_dim: hd,
+            };
+            let (joined, apart) = (attention(joined), attention(apart));
+            let rope = (
+                Tensor::randn(0f32, 1.0, (n, hd / 2), &Device::Cpu).unwrap(),
+                Tensor::randn(0f32, 1.0, (n, hd / 2), &Device::Cpu).unwrap(),
+            );
+            let (j, a) = (joined.project(&x, &rope).unwrap(), apart.project(&x, &rope).unwrap());
+            for (j, a) in [(&j.0, &a.0), (&j.1, &a.1), (&j.2, &a.2)] {
+                assert!(max_diff(j, a) < 1e-5, "rows {n}, bias {bias}: {}", max_diff(j, a));
+            }
+            assert!(max_diff(&joined.queries(&x, &rope).unwrap(), &a.0) < 1e-5);
+            // A residual branch of one layer, turned from the transposed product.
+            let o = vec![random_proj(d, d, bias)];
+            let resid = Tensor::randn(0f32, 1.0, (1, n, d), &Device::Cpu).unwrap();
+            let (j, a) = (
+                Group::new(o.clone(), &Device::Cpu).unwrap().residual(&resid, &x).unwrap(),
+                Group::Apart(o).residual(&resid, &x).unwrap(),
+            );
+            assert!(max_diff(&j, &a) < 1e-5, "rows {n}, bias {bias}: {}", max_diff(&j, &a));
+            for act in [DecoderAct::Silu, DecoderAct::GeluTanh] {
+                let parts = [random_proj(d, inter, bias), random_proj(d, inter, bias), random_proj(inter, d, bias)];
+                let mlp = |gate_up, down_proj| Mlp { gate_up, down_proj, act };
+                let joined = mlp(
+                    Group::new(parts[..2].to_vec(), &Device::Cpu).unwrap(),
+                    Group::new(parts[2..].to_vec(), &Device::Cpu).unwrap(),
+                );
+                let apart = mlp(Group::Apart(parts[..2].to_vec()), Group::Apart(parts[2..].to_vec()));
+                let (j, a) = (joined.gated(&x).unwrap(), apart.gated(&x).unwrap());
+                assert!(max_diff(&j, &a) < 1e-5, "rows {n}, {act:?}: {}", max_diff(&j, &a));
+                let (j, a) = (joined.residual(&resid, &x).unwrap(), apart.residual(&resid, &x).unwrap());
+                assert!(max_diff(&j, &a) < 1e-4, "rows {n}, {act:?}: {}", max_diff(&j, &a));
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_layers_stay_apart() {
+        let q = Proj::Quantized {
+            weight: QuantWeight::quantize(&Tensor::randn(0f32, 1.0, (32, 64), &Device::Cpu).unwrap(), Quantize::Q8_0)
+                .unwrap(),
+            bias: None,
+        };
+        let group = Group::new(vec![random_proj(64, 32, false), q], &Device::Cpu).unwrap();
+        assert!(matches!(group, Group::Apart(_)));
+    }
+
     #[test]
     fn hook_points_are_named_like_the_encoders() {
         assert_eq!(HookPoint::LlmAttnProbs(3).to_string(), "llm.3.attn.probs");
