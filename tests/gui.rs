@@ -174,6 +174,22 @@ fn a_long_vlm_header_wraps_inside_the_view() {
     assert_eq!(s["central_overflow"], 0.0, "the view is wider than its panel: {s}");
 }
 
+/// A folder whose processor splits the image (as the published SmolVLM folders do) opens on
+/// the default settings with a result, not an error: the vision-side default method (refused on
+/// a split image's tiles) is swapped for FastV.
+#[test]
+fn a_splitting_smolvlm_opens_on_a_method_that_runs() {
+    let Some(x) = Xvfb::start_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::fixture("vlm/idefics3_split");
+    let out = dir.path().join("split.png");
+    let args = ["--model".as_ref(), model.as_os_str(), "--max-answer-tokens".as_ref(), "4".as_ref()];
+    run_app(&x, &asset("chelsea.png"), &args, &out);
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
+    assert!(s["reduced_label"].as_str().is_some_and(|l| l.starts_with("FastV")), "{s}");
+    assert!(s["reduced_answer"].as_array().is_some_and(|a| !a.is_empty()), "{s}");
+}
+
 /// The compare view with a VLM: the full model and the four default methods at one budget, each
 /// with its answer and the full answer's log-probability under it, drawn side by side.
 #[test]

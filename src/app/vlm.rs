@@ -85,6 +85,39 @@ impl Default for VlmSettings {
     }
 }
 
+impl VlmSettings {
+    /// Swaps the vision-side methods (the single one and the compare view's) for language-side
+    /// ones, for a split image whose tiles are not one grid (the session refuses them there:
+    /// opening a SmolVLM folder, which splits by default, would otherwise start on an error).
+    /// Says what was swapped, or None when nothing was.
+    fn language_side_only(&mut self) -> Option<String> {
+        let mut swapped = Vec::new();
+        if matches!(self.method, Method::Vision(_)) {
+            swapped.push(format!("{} became FastV", self.method.label()));
+            self.method = Method::from_name("fastv").expect("a built-in method");
+        }
+        let mut spare = ["fastv", "sparsevlm", "text_guided", "mmtok", "todre"]
+            .into_iter()
+            .map(|n| Method::from_name(n).expect("a built-in method"))
+            .filter(|m| !self.compare.contains(m))
+            .collect::<Vec<_>>()
+            .into_iter();
+        let mut compare_swapped = 0;
+        for m in self.compare.iter_mut().filter(|m| matches!(m, Method::Vision(_))) {
+            let Some(next) = spare.next() else { break };
+            *m = next;
+            compare_swapped += 1;
+        }
+        if compare_swapped > 0 {
+            swapped.push(format!(
+                "{} in the compare view",
+                crate::render::text::count(compare_swapped, "method", "methods")
+            ));
+        }
+        (!swapped.is_empty()).then(|| swapped.join(", "))
+    }
+}
+
 /// What the full run depends on: changing any of it runs the full model again.
 #[derive(Debug, Clone, PartialEq)]
 struct FullKey {
@@ -318,6 +351,13 @@ impl TokenlensApp {
     pub(super) fn vlm_ready(&mut self, id: String, num_layers: usize, context: Option<usize>, split_image: bool) {
         self.settings.vlm.split_image = split_image;
         self.screen.status = format!("Vision-language model ready: {id}");
+        if split_image && let Some(swapped) = self.settings.vlm.language_side_only() {
+            self.screen.status = format!(
+                "{} ready. Its processor splits the image into tiles, where only language-side methods run: \
+                 {swapped}. Turn splitting off (Answer) for the vision-side ones.",
+                id
+            );
+        }
         self.model.id = Some(id.clone());
         self.results.opening = false;
         self.results.opened = None;
@@ -497,6 +537,21 @@ pub fn method_label(method: &Method) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_split_image_swaps_vision_side_methods_for_language_side_ones() {
+        let names = |s: &VlmSettings| s.compare.iter().map(|m| m.name().to_string()).collect::<Vec<_>>();
+        // The defaults: CLS top-K, and fastv, sparsevlm, divprune, random to compare.
+        let mut s = VlmSettings::default();
+        let said = s.language_side_only().expect("the defaults hold vision-side methods");
+        assert_eq!(s.method, Method::from_name("fastv").unwrap());
+        assert_eq!(names(&s), ["fastv", "sparsevlm", "text_guided", "mmtok"]);
+        assert!(said.contains("became FastV") && said.contains("2 methods in the compare view"), "{said}");
+        // Nothing vision-side left: nothing to say, nothing changed.
+        let before = s.clone();
+        assert_eq!(s.language_side_only(), None);
+        assert_eq!(s, before);
+    }
 
     #[test]
     fn tokens_stream_into_the_request_they_belong_to() {
