@@ -124,10 +124,15 @@ fn the_window_draws_the_attention_overlay() {
 /// Runs the app on a tiny VLM fixture until the full answer, a reduced run and the whole ratio
 /// sweep are on screen; returns the frame and what the answer panels showed.
 fn vlm_screenshot(x: &Xvfb, model: &str, reducer: &str, out: &Path) -> (image::RgbImage, serde_json::Value) {
+    vlm_app(x, model, &["--reducer", reducer, "--max-answer-tokens", "12"], out)
+}
+
+/// The app on the VLM fixture `model` with `flags`: the frame and the screenshot's summary.
+fn vlm_app(x: &Xvfb, model: &str, flags: &[&str], out: &Path) -> (image::RgbImage, serde_json::Value) {
     let model = common::fixture(&format!("vlm/{model}"));
     let args = ["--model".as_ref(), model.as_os_str()]
         .into_iter()
-        .chain(["--reducer", reducer, "--max-answer-tokens", "12"].map(std::ffi::OsStr::new))
+        .chain(flags.iter().map(std::ffi::OsStr::new))
         .collect::<Vec<_>>();
     let frame = run_app(x, &asset("chelsea.png"), &args, out);
     let summary = serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
@@ -181,11 +186,7 @@ fn a_long_vlm_header_wraps_inside_the_view() {
 fn a_splitting_smolvlm_opens_on_a_method_that_runs() {
     let Some(x) = Xvfb::start_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let model = common::fixture("vlm/idefics3_split");
-    let out = dir.path().join("split.png");
-    let args = ["--model".as_ref(), model.as_os_str(), "--max-answer-tokens".as_ref(), "4".as_ref()];
-    run_app(&x, &asset("chelsea.png"), &args, &out);
-    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
+    let (_, s) = vlm_app(&x, "idefics3_split", &["--max-answer-tokens", "4"], &dir.path().join("split.png"));
     assert!(s["reduced_label"].as_str().is_some_and(|l| l.starts_with("FastV")), "{s}");
     assert!(s["reduced_answer"].as_array().is_some_and(|a| !a.is_empty()), "{s}");
 }

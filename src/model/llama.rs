@@ -1196,6 +1196,7 @@ mod tests {
             }
         }
     }
+
     /// A random f32 layer `[out, inp]`, with a bias when asked.
     fn random_proj(inp: usize, out: usize, bias: bool) -> Proj {
         let w = Tensor::randn(0f32, 1.0, (out, inp), &Device::Cpu).unwrap();
