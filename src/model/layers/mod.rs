@@ -191,3 +191,65 @@ fn tokens(xs: &Tensor, d: usize) -> Result<usize> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::VarBuilder;
+
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// The fused block, whose attention runs queries in tiles, against the tensor-op block on
+    /// the same random weights: 600 tokens (a tile and a larger last one), no bias, one bias
+    /// row for every query or a row per query, probabilities recorded or not.
+    #[test]
+    fn fused_attention_matches_tensor_ops_across_tiles() {
+        let dev = Device::Cpu;
+        let cfg =
+            VitConfig { hidden_size: 128, num_attention_heads: 2, intermediate_size: 256, ..VitConfig::dinov2_small() };
+        let (d, n) = (cfg.hidden_size, 600);
+        let randn = |shape: &[usize], std: f32| Tensor::randn(0f32, std, shape, &dev).unwrap();
+        let mut w: HashMap<String, Tensor> = HashMap::new();
+        // Weights scaled so the states stay near unit size, where 1e-4 is a tight tolerance.
+        let mut dense = |name: &str, out: usize, inp: usize| {
+            w.insert(format!("{name}.weight"), randn(&[out, inp], (inp as f32).powf(-0.5)));
+            w.insert(format!("{name}.bias"), randn(&[out], 0.1));
+        };
+        for part in ["query", "key", "value"] {
+            dense(&format!("attention.attention.{part}"), d, d);
+        }
+        dense("attention.output.dense", d, d);
+        dense("mlp.fc1", cfg.intermediate_size, d);
+        dense("mlp.fc2", d, cfg.intermediate_size);
+        for name in
+            ["norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "layer_scale1.lambda1", "layer_scale2.lambda1"]
+        {
+            w.insert(name.into(), randn(&[d], 1.0));
+        }
+        let vb = VarBuilder::from_tensors(w, DType::F32, &dev);
+        let fused = fused::Block::new(&cfg, vb.clone(), &|_, _| None).unwrap();
+        let ops = ops::Block::new(&cfg, vb).unwrap();
+        let xs = randn(&[1, n, d], 1.0);
+        let (row, per_query) = (randn(&[1, 1, 1, n], 1.0), randn(&[1, 1, n, n], 1.0));
+        for bias in [None, Some(&row), Some(&per_query)] {
+            for want_probs in [true, false] {
+                let (a, rec_a) = fused.attend(&xs, bias, want_probs, true).unwrap();
+                let (b, rec_b) = ops.attend(&xs, bias, want_probs, true).unwrap();
+                assert!(max_diff(&a, &b) < 1e-4, "states differ by {}", max_diff(&a, &b));
+                assert!(max_diff(rec_a.keys.as_ref().unwrap(), rec_b.keys.as_ref().unwrap()) < 1e-4);
+                match (rec_a.probs, rec_b.probs) {
+                    (Some(pa), Some(pb)) => assert!(max_diff(&pa, &pb) < 1e-5, "probabilities differ"),
+                    (None, None) => assert!(!want_probs),
+                    _ => panic!("one path recorded probabilities, the other did not"),
+                }
+            }
+        }
+        assert!(max_diff(&fused.feed_forward(&xs).unwrap(), &ops.feed_forward(&xs).unwrap()) < 1e-4);
+    }
+}
