@@ -436,7 +436,7 @@ impl TokenlensApp {
 /// The left panel's method, parameters, answer and view settings in VLM mode.
 pub fn controls_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     let Some(vlm) = app.vlm.as_ref() else { return };
-    let caps = vlm.capabilities;
+    let caps = vlm.capabilities.with_split_image(app.settings.vlm.split_image);
     let decoder_layers = vlm.num_layers;
     let tower_layers = vlm.opened().map_or(1, |o| o.tower_layers);
     // The compare view picks its methods in its columns and shows their tokens: the single

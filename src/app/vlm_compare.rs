@@ -19,7 +19,7 @@ pub use crate::export::vlm::best_run;
 pub fn compare_ui(app: &mut TokenlensApp, ui: &mut egui::Ui) {
     app.runtime.textures.begin_frame();
     let Some(vlm) = app.vlm.as_ref() else { return };
-    let caps = vlm.capabilities;
+    let caps = vlm.capabilities.with_split_image(app.settings.vlm.split_image);
     let Some(opened) = vlm.opened().cloned() else {
         ui.label("Open an image: the full model answers first, then each method at the shared budget.");
         return;

@@ -63,11 +63,20 @@ pub struct Capabilities {
     pub language_model: bool,
     /// Why tokens cannot be removed inside the vision encoder, where they cannot.
     pub fixed_encoder: Option<&'static str>,
+    /// Whether the image is split into tiles (SmolVLM's image splitting), whose tokens are not
+    /// one grid: vision-side methods need one image. None: the model never splits.
+    pub split_image: Option<bool>,
 }
 
 impl Capabilities {
     /// An image encoder with its output head (ViT, DINOv2, CLIP, SigLIP).
-    pub const ENCODER: Capabilities = Capabilities { language_model: false, fixed_encoder: None };
+    pub const ENCODER: Capabilities = Capabilities { language_model: false, fixed_encoder: None, split_image: None };
+
+    /// The same model with image splitting on (`split`) or off; unchanged for a model that never
+    /// splits.
+    pub fn with_split_image(self, split: bool) -> Self {
+        Self { split_image: self.split_image.map(|_| split), ..self }
+    }
 }
 
 /// A vision-side method's config: its facts, its main encoder block and its reducer.
@@ -284,6 +293,12 @@ impl Method {
                 info.name
             ));
         }
+        if caps.split_image == Some(true) && info.side == Side::Vision {
+            return Some(format!(
+                "{} is a vision-side method and needs one image: turn image splitting off, or use a language-side method",
+                info.name
+            ));
+        }
         let in_encoder = info.acts_on.contains(&Part::VisionEncoder);
         match caps.fixed_encoder {
             Some(why) if in_encoder => {
@@ -339,14 +354,25 @@ mod tests {
 
     #[test]
     fn refusals_follow_the_capabilities() {
-        let smolvlm = Capabilities { language_model: true, fixed_encoder: Some("the pixel shuffle needs every patch") };
-        let llava = Capabilities { language_model: true, fixed_encoder: None };
+        let smolvlm = Capabilities {
+            language_model: true,
+            fixed_encoder: Some("the pixel shuffle needs every patch"),
+            split_image: Some(false),
+        };
+        let llava = Capabilities { language_model: true, fixed_encoder: None, split_image: None };
         let refused = |caps: &Capabilities| -> Vec<&str> {
             Method::all().into_iter().filter(|m| m.refusal(caps).is_some()).map(|m| m.name()).collect()
         };
         assert_eq!(refused(&smolvlm), ["tome", "pitome", "evit"]);
         assert!(refused(&llava).is_empty());
         assert_eq!(refused(&Capabilities::ENCODER), ["fastv", "text_guided", "sparsevlm", "mmtok", "todre"]);
+        // A split image refuses every vision-side method, pre-LLM ones too, and nothing else.
+        let vision: Vec<&str> = Method::all().into_iter().filter(|m| !m.is_language_side()).map(|m| m.name()).collect();
+        assert_eq!(refused(&smolvlm.with_split_image(true)), vision);
+        let why = Method::from_name("cls_topk").unwrap().refusal(&smolvlm.with_split_image(true)).unwrap();
+        assert!(why.contains("turn image splitting off"), "{why}");
+        // A model that never splits ignores the setting.
+        assert!(refused(&llava.with_split_image(true)).is_empty());
         let why = Method::from_name("tome").unwrap().refusal(&smolvlm).unwrap();
         assert!(why.contains("pre-LLM method (cls_topk, hiprune, divprune, random, pool)"), "{why}");
         let err = Method::from_name("fastv").unwrap().for_encoder().unwrap_err().to_string();

@@ -28,7 +28,7 @@ use crate::model::llava::{Llava, LlavaSettings};
 use crate::model::quant::{Linears, LoadOptions, QuantCount, Quantize};
 use crate::model::quant_cache::QuantCache;
 use crate::model::{HookPoint, Probe, TokenState, Trace, chat, fetch, memory, preprocess};
-use crate::reduce::{Capabilities, Context, PositionMode, Reducer, ReducerConfig};
+use crate::reduce::{Capabilities, Context, Method, PositionMode, Reducer, ReducerConfig};
 use crate::session::{EncoderCache, ReducedEncoder, encoder_states, reduce_encoder};
 use crate::{Cancel, Error, Result};
 
@@ -409,27 +409,21 @@ impl Arch {
         }
     }
 
-    /// Refuses a vision-side method on a split image (its tokens are not one grid), with the reason.
+    /// Refuses a vision-side method on a split image (its tokens are not one grid), with the
+    /// reason the method pickers give.
     pub fn check_unsplit(&self, cfg: &ReducerConfig, vision: &VisionRun) -> Result<()> {
-        if vision.is_split() {
-            return Err(Error::Config {
-                field: "reducer",
-                reason: format!(
-                    "{} is a vision-side method and needs one image: turn image splitting off, or use a language-side method",
-                    cfg.name()
-                ),
-            });
-        }
-        Ok(())
+        Method::Vision(cfg.clone()).check(&self.capabilities().with_split_image(vision.is_split()))
     }
 
     /// What this architecture offers a method (the registry's refusals follow from it).
     pub fn capabilities(&self) -> Capabilities {
         match self {
-            Arch::Llava(_) => Capabilities { language_model: true, fixed_encoder: None },
-            Arch::Idefics3(_) => {
-                Capabilities { language_model: true, fixed_encoder: Some("SmolVLM's pixel shuffle needs every patch") }
-            }
+            Arch::Llava(_) => Capabilities { language_model: true, fixed_encoder: None, split_image: None },
+            Arch::Idefics3(_) => Capabilities {
+                language_model: true,
+                fixed_encoder: Some("SmolVLM's pixel shuffle needs every patch"),
+                split_image: Some(false),
+            },
         }
     }
 
