@@ -171,8 +171,10 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     let chunk = rows_per_task(d) * d;
     out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(out, x)| {
         for (o, x) in out.chunks_mut(d).zip(x.chunks(d)) {
-            let mean = sum_lanes(x, |v| v) / d as f32;
-            let var = sum_lanes(x, |v| (v - mean) * (v - mean)) / d as f32;
+            // One accumulator, in order: summed in lanes the statistics move by an ulp, and
+            // figures re-made from older sidecars would no longer match byte for byte.
+            let mean = x.iter().sum::<f32>() / d as f32;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
             let inv = 1.0 / (var + eps).sqrt();
             for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
                 *o = (x - mean) * inv * w + b;
@@ -405,21 +407,6 @@ pub fn softmax_row(row: &mut [f32], bias: Option<&[f32]>) {
     let sum = exp_shifted(row, max);
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// `Σ f(v)` over `x`, in 8 lanes so the compiler vectorises it (one accumulator cannot be
-/// reordered, and waits on each add: 1.5 % of the SigLIP tower in its LayerNorms).
-#[inline(always)]
-fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (s, &v) in lanes.iter_mut().zip(c) {
-            *s += f(v);
-        }
-    }
-    lanes.iter().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
 }
 
 /// The largest value of `x` (NaNs ignored, as `f32::max` does; `-inf` when empty), kept in 8
