@@ -168,19 +168,48 @@ fn rows_per_task(width: usize) -> usize {
 /// LayerNorm of each row of `x` (`[rows, d]`) into `out`: `(x - mean) / sqrt(var + eps) · w + b`.
 pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
-    let chunk = rows_per_task(d) * d;
+    let chunk = rows_per_task(d).next_multiple_of(NORM_ROWS) * d;
     out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(out, x)| {
-        for (o, x) in out.chunks_mut(d).zip(x.chunks(d)) {
-            // One accumulator, in order: summed in lanes the statistics move by an ulp, and
-            // figures re-made from older sidecars would no longer match byte for byte.
-            let mean = x.iter().sum::<f32>() / d as f32;
-            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-            let inv = 1.0 / (var + eps).sqrt();
-            for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                *o = (x - mean) * inv * w + b;
+        for (out, x) in out.chunks_mut(NORM_ROWS * d).zip(x.chunks(NORM_ROWS * d)) {
+            if x.len() == NORM_ROWS * d {
+                layer_norm_rows::<NORM_ROWS>(x, w, b, eps, out);
+            } else {
+                for (out, x) in out.chunks_mut(d).zip(x.chunks(d)) {
+                    layer_norm_rows::<1>(x, w, b, eps, out);
+                }
             }
         }
     });
+}
+
+/// Rows whose LayerNorm sums run side by side.
+const NORM_ROWS: usize = 8;
+
+/// [`layer_norm`] of exactly `R` rows, their sums side by side. Each row's sum is still one
+/// accumulator in order from -0.0, as `Iterator::sum` adds: the statistics stay what they were,
+/// and figures re-made from older sidecars still match byte for byte (summed in lanes they moved
+/// by an ulp). Interleaved, the rows' additions no longer leave the core waiting one add latency
+/// per value.
+#[inline(always)]
+fn layer_norm_rows<const R: usize>(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    let sums = |f: &dyn Fn(usize, f32) -> f32| {
+        let mut sums = [-0.0f32; R];
+        for j in 0..d {
+            for (r, s) in sums.iter_mut().enumerate() {
+                *s += f(r, x[r * d + j]);
+            }
+        }
+        sums.map(|s| s / d as f32)
+    };
+    let mean = sums(&|_, v| v);
+    let var = sums(&|r, v| (v - mean[r]) * (v - mean[r]));
+    for (r, (o, x)) in out.chunks_mut(d).zip(x.chunks(d)).enumerate() {
+        let inv = 1.0 / (var[r] + eps).sqrt();
+        for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+            *o = (x - mean[r]) * inv * w + b;
+        }
+    }
 }
 
 /// `x[r, c] += bias[c]` for each row, then the activation, in one pass.
@@ -393,6 +422,24 @@ pub fn causal_softmax(x: &mut [f32], n: usize, seen: usize, past: usize, scale: 
 
 /// Softmax of one row in place, after adding `bias` (when given) to the logits.
 pub fn softmax_row(row: &mut [f32], bias: Option<&[f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: AVX-512F (with AVX2 and FMA) was detected at run time.
+        return unsafe { x86::softmax_row_avx512(row, bias) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { x86::softmax_row(row, bias) };
+    }
+    softmax_row_with(row, bias, exp_shifted);
+}
+
+/// [`softmax_row`]'s passes, `exp` doing the exponentials and their sum. Inlined into the AVX2
+/// and AVX-512 entries, so the bias, max and scale passes are compiled at their widths (the
+/// crate's baseline is SSE2, 4 wide): the same operation on each value, so the same results.
+#[inline(always)]
+fn softmax_row_with(row: &mut [f32], bias: Option<&[f32]>, exp: impl FnOnce(&mut [f32], f32) -> f32) {
     if let Some(bias) = bias {
         for (v, &b) in row.iter_mut().zip(bias) {
             *v += b;
@@ -404,7 +451,7 @@ pub fn softmax_row(row: &mut [f32], bias: Option<&[f32]>) {
         row.fill(f32::NAN);
         return;
     }
-    let sum = exp_shifted(row, max);
+    let sum = exp(row, max);
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|v| *v *= inv);
 }
@@ -412,6 +459,7 @@ pub fn softmax_row(row: &mut [f32], bias: Option<&[f32]>) {
 /// The largest value of `x` (NaNs ignored, as `f32::max` does; `-inf` when empty), kept in 8
 /// lanes so the compiler vectorises it: a float fold in one accumulator cannot be reordered, and
 /// ran one value a cycle (1.5 % of the SigLIP tower).
+#[inline(always)]
 fn max_lanes(x: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let chunks = x.chunks_exact(8);
@@ -456,6 +504,14 @@ fn avx2() -> bool {
     use std::sync::OnceLock;
     static AVX2: OnceLock<bool> = OnceLock::new();
     *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// AVX-512F as well as AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    use std::sync::OnceLock;
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(|| avx2() && is_x86_feature_detected!("avx512f"))
 }
 
 // exp: x = n·ln2 + r with |r| <= ln2/2 (ln2 split in two parts for an exact product), then
@@ -536,10 +592,56 @@ mod x86 {
         _mm256_andnot_ps(below, y)
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
-        let s = _mm256_set1_ps(shift);
+    /// [`exp8`] on 16 values: the same operations, so the same results.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn exp16(x: __m512) -> __m512 {
+        let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_LO));
+        let x = _mm512_min_ps(_mm512_set1_ps(EXP_HI), x); // NaN stays NaN
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(LOG2E),
+        ));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(EXP_P[0]);
+        for c in &EXP_P[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+        }
+        let n = _mm512_max_ps(_mm512_set1_ps(-126.0), n);
+        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
+        let y = _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+        _mm512_maskz_mov_ps(!below, y)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) fn softmax_row_avx512(row: &mut [f32], bias: Option<&[f32]>) {
+        softmax_row_with(row, bias, |x, shift| exp_shifted_avx512(x, shift));
+    }
+
+    /// [`exp_shifted`] 16 values a step. The sum takes each step's two halves in turn into the
+    /// same 8-lane accumulator, so it adds what the AVX2 loop adds, in its order.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn exp_shifted_avx512(x: &mut [f32], shift: f32) -> f32 {
+        let s = _mm512_set1_ps(shift);
         let mut acc = _mm256_setzero_ps();
+        let mut chunks = x.chunks_exact_mut(16);
+        for c in &mut chunks {
+            // SAFETY: `c` holds exactly 16 values.
+            unsafe {
+                let y = exp16(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), s));
+                _mm512_storeu_ps(c.as_mut_ptr(), y);
+                acc = _mm256_add_ps(acc, _mm512_castps512_ps256(y));
+                acc = _mm256_add_ps(acc, _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(y))));
+            }
+        }
+        finish_exp_sum(chunks.into_remainder(), shift, acc)
+    }
+
+    /// The last values of [`exp_shifted`]: 8 at a time into `acc`, then one at a time after
+    /// the lanes are summed in order.
+    #[target_feature(enable = "avx2,fma")]
+    fn finish_exp_sum(x: &mut [f32], shift: f32, mut acc: __m256) -> f32 {
+        let s = _mm256_set1_ps(shift);
         let mut chunks = x.chunks_exact_mut(8);
         for c in &mut chunks {
             // SAFETY: `c` holds exactly 8 values.
@@ -558,6 +660,33 @@ mod x86 {
             sum += *v;
         }
         sum
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn softmax_row(row: &mut [f32], bias: Option<&[f32]>) {
+        softmax_row_with(row, bias, |x, shift| exp_shifted(x, shift));
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
+        let s = _mm256_set1_ps(shift);
+        let mut acc = _mm256_setzero_ps();
+        // Four vectors a step, so the cores have independent exps to run while each one's long
+        // chain of dependent FMAs completes. The sum still takes the vectors one after another
+        // into one accumulator, so it is the same sum.
+        let mut quads = x.chunks_exact_mut(32);
+        for q in &mut quads {
+            // SAFETY: `q` holds exactly 32 values.
+            unsafe {
+                let p = q.as_mut_ptr();
+                let y = [0, 8, 16, 24].map(|i| exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), s)));
+                for (i, y) in [0, 8, 16, 24].into_iter().zip(y) {
+                    _mm256_storeu_ps(p.add(i), y);
+                    acc = _mm256_add_ps(acc, y);
+                }
+            }
+        }
+        finish_exp_sum(quads.into_remainder(), shift, acc)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -707,6 +836,59 @@ mod tests {
         assert!(edges[..2].iter().all(|v| *v <= 0.0 && v.abs() < 1e-8), "{edges:?}");
         assert_eq!(&edges[2..5], &[100.0, 1e30, f32::INFINITY]);
         assert!(edges[5].is_nan());
+    }
+
+    #[test]
+    fn layer_norm_keeps_the_in_order_sums_bit_for_bit() {
+        // The statistics as one in-order sum per row (what figures from older sidecars were made
+        // with): rows side by side must give the same bits, a partial last group included.
+        for (d, rows) in [(384, 13), (768, 21), (7, 9), (3, 1)] {
+            let mut x: Vec<f32> = (0..rows * d).map(|i| ((i * 2_654_435_761) % 10_007) as f32 / 997.0 - 5.0).collect();
+            // A row of negative zeros with a -0.0 bias: the sums' starting value shows in the
+            // outputs' signs.
+            x[..d].fill(-0.0);
+            let w: Vec<f32> = (0..d).map(|i| 1.0 + i as f32 * 0.01).collect();
+            let b: Vec<f32> = (0..d).map(|i| if i % 2 == 0 { -0.0 } else { -0.3 }).collect();
+            let mut out = vec![0f32; rows * d];
+            layer_norm(&x, &w, &b, 1e-6, &mut out);
+            for (row, got) in x.chunks(d).zip(out.chunks(d)) {
+                let mean = row.iter().sum::<f32>() / d as f32;
+                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                let inv = 1.0 / (var + 1e-6f32).sqrt();
+                for (((&g, &x), &w), &b) in got.iter().zip(row).zip(&w).zip(&b) {
+                    assert_eq!(g.to_bits(), ((x - mean) * inv * w + b).to_bits(), "width {d}");
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 softmax gives the AVX2 one's bits (so a figure does not depend on which the
+    /// machine runs), over lengths around both widths, with masked keys and a bias.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn softmax_widths_agree_bit_for_bit() {
+        if !avx512() {
+            return; // nothing to compare on this machine
+        }
+        for len in [1, 7, 8, 9, 15, 16, 17, 24, 31, 33, 257, 1024, 1031] {
+            for seed in 0..8 {
+                let mut row: Vec<f32> =
+                    (0..len).map(|i| ((i * 2_654_435_761 + seed * 97) % 10_007) as f32 / 500.0 - 10.0).collect();
+                if seed % 3 == 1 {
+                    row[len / 2] = f32::NEG_INFINITY;
+                }
+                let bias: Vec<f32> = (0..len).map(|i| if i % 3 == 0 { -1e9 } else { i as f32 * 0.01 }).collect();
+                let bias = (seed % 2 == 0).then_some(&bias[..]);
+                let (mut wide, mut narrow) = (row.clone(), row);
+                // SAFETY: AVX-512F, AVX2 and FMA were detected.
+                unsafe {
+                    x86::softmax_row_avx512(&mut wide, bias);
+                    x86::softmax_row(&mut narrow, bias);
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&wide), bits(&narrow), "length {len}, seed {seed}");
+            }
+        }
     }
 
     #[test]
