@@ -115,6 +115,18 @@ pub fn threads() -> usize {
     *THREADS.get_or_init(candle_core::utils::get_num_threads)
 }
 
+/// Runs `f` on a thread of rayon's pool (directly when already on one). Called from any other
+/// thread (the CLI's main thread, the app's worker), that thread would be a third beside the
+/// pool's two: it runs the steps between parallel regions while the pool's threads spin and
+/// yield, and each region must wake it again. On a pool thread the steps between run where the
+/// next region starts, and that thread takes its share of it.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match rayon::current_thread_index() {
+        Some(_) => f(),
+        None => rayon::scope(|_| f()),
+    }
+}
+
 static FUSED: AtomicBool = AtomicBool::new(true);
 
 /// Whether models on `device` run these fused CPU kernels (the CPU, unless [`set_fused`] turned

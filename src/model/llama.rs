@@ -1027,7 +1027,27 @@ impl Llama {
         until: usize,
         probe: &Probe,
         trace: &mut Trace,
-        intervene: &mut dyn Intervene<DecoderState>,
+        intervene: &mut (dyn Intervene<DecoderState> + Send),
+        cancel: &Cancel,
+    ) -> Result<()> {
+        // On the CPU the layers run on a pool thread (see `kernels::in_pool`: the 128-token
+        // prefill 0.89x the time); a GPU's context stays on the calling thread.
+        if self.device().is_cpu() {
+            return kernels::in_pool(|| self.run_layers_here(state, cache, until, probe, trace, intervene, cancel));
+        }
+        self.run_layers_here(state, cache, until, probe, trace, intervene, cancel)
+    }
+
+    /// [`Llama::run_layers`] on the calling thread.
+    #[allow(clippy::too_many_arguments)]
+    fn run_layers_here(
+        &self,
+        state: &mut DecoderState,
+        cache: &mut KvCache,
+        until: usize,
+        probe: &Probe,
+        trace: &mut Trace,
+        intervene: &mut (dyn Intervene<DecoderState> + Send),
         cancel: &Cancel,
     ) -> Result<()> {
         let until = until.min(self.layers.len());

@@ -151,7 +151,9 @@ impl SiteView<'_> {
     }
 }
 
-pub trait Reducer {
+/// `Send`: a decoder run's layers, and the reducer acting between them, run on rayon's pool
+/// ([`crate::model::kernels::in_pool`]).
+pub trait Reducer: Send {
     /// Sites where [`Reducer::plan`] is called, in forward order.
     fn sites(&self) -> Vec<Site>;
     /// What must be recorded at block (vision side) or decoder layer (language side) `layer`
