@@ -24,7 +24,7 @@ the values.
 
 Usage:
     /opt/pyenv/bin/python scripts/make_random_smolvlm.py      # once: target/smolvlm-256m-random
-    python scripts/bench_smolvlm.py [--part tower|decoder|both] [--rounds 4] [--repeats 3]
+    python scripts/bench_smolvlm.py [--part tower|decoder|both] [--rounds 4] [--repeats 3] [--ort-profile]
     (also: python scripts/bench_vs_onnxruntime.py --smolvlm [DIR] ...)
 """
 
@@ -96,10 +96,13 @@ def export_tower(model, image_size, path):
         )
 
 
-def ort_session(path, threads, spin):
+def ort_session(path, threads, spin, profile=False):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(os.environ.get("TMPDIR", "/tmp")) / "tokenlens_ort_profile")
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -107,6 +110,24 @@ def ort_session(path, threads, spin):
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def ort_op_times(path, threads, spin, x, calls):
+    """onnxruntime's own profile of `calls` tower calls: milliseconds per call by operator type
+    (after its graph optimisations fused what they fuse), largest first, and the whole run."""
+    sess = ort_session(path, threads, spin, profile=True)
+    sess.run(None, {"pixel_values": x})  # warm-up, profiled too: dropped below
+    for _ in range(calls):
+        sess.run(None, {"pixel_values": x})
+    with open(sess.end_profiling()) as f:
+        events = json.load(f)
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][1:]
+    start = runs[0]["ts"]
+    ops = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
+            ops[e["args"]["op_name"]] = ops.get(e["args"]["op_name"], 0) + e["dur"] / 1e3 / len(runs)
+    return sorted(ops.items(), key=lambda kv: -kv[1]), statistics.median(e["dur"] / 1e3 for e in runs)
 
 
 def tower_pixels(image, size):
@@ -157,6 +178,9 @@ def main():
     ap.add_argument("--prefill-tokens", type=int, default=128)
     ap.add_argument("--decode-tokens", type=int, default=16)
     ap.add_argument("--ort-no-spin", action="store_true", help="onnxruntime workers sleep instead of spinning")
+    ap.add_argument(
+        "--ort-profile", action="store_true", help="after the rounds, onnxruntime's time per operator type"
+    )
     ap.add_argument("--binary", default=str(REPO / "target" / "release" / "tokenlens"))
     args = ap.parse_args()
     if not (args.model / "model.safetensors").is_file():
@@ -216,6 +240,11 @@ def main():
             f"4. tower, tokenlens / onnxruntime {onnxruntime.__version__} (time):   {spread(tower)}   "
             f"target <= 1.0x  (onnxruntime median {statistics.median(ref_tower):.0f} ms this run)"
         )
+    if tower and args.ort_profile:
+        ops, whole = ort_op_times(onnx_path, args.threads, not args.ort_no_spin, x, args.repeats)
+        print(f"onnxruntime's profile, ms per tower call ({args.repeats} calls; model_run median {whole:.0f} ms):")
+        for op, ms in ops:
+            print(f"  {op:28s} {ms:8.1f}")
     if prefill:
         print(
             f"4. decoder prefill ({args.prefill_tokens} tokens), tokenlens / transformers {transformers.__version__} "
