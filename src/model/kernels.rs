@@ -449,7 +449,7 @@ pub fn softmax_row(row: &mut [f32], bias: Option<&[f32]>) {
         // SAFETY: AVX2 and FMA were detected at run time.
         return unsafe { x86::softmax_row(row, bias) };
     }
-    softmax_row_with(row, bias, exp_shifted);
+    softmax_row_with(row, bias, exp_shifted_scalar);
 }
 
 /// [`softmax_row`]'s passes, `exp` doing the exponentials and their sum. Inlined into the AVX2
@@ -489,13 +489,9 @@ fn max_lanes(x: &[f32]) -> f32 {
     rest.iter().chain(&lanes).copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// `x = exp(x - shift)` over `x`; returns the sum of the results.
-fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: AVX2 and FMA were detected at run time.
-        return unsafe { x86::exp_shifted(x, shift) };
-    }
+/// `x = exp(x - shift)` over `x`, one value at a time; returns the sum of the results. The
+/// portable path of [`softmax_row`] (its vector entries have their own).
+fn exp_shifted_scalar(x: &mut [f32], shift: f32) -> f32 {
     let mut sum = 0.0;
     for v in x.iter_mut() {
         *v = exp_scalar(*v - shift);
@@ -685,7 +681,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
+    fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
         let s = _mm256_set1_ps(shift);
         let mut acc = _mm256_setzero_ps();
         // Four vectors a step, so the cores have independent exps to run while each one's long
