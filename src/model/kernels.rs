@@ -64,7 +64,9 @@ impl<'a> View<'a> {
 }
 
 /// `dst[i * dst_rs + j] (+)= Σ_k a[i, k] · b[k, j]`; accumulates into `dst` when `accumulate`.
-/// `threads > 1` lets gemm split the work over the rayon pool.
+/// `threads > 1` splits the output columns over the rayon pool (see [`COLUMN_BLOCK`]), or
+/// lets gemm split the work where there are too few columns. Every split gives the same bits:
+/// each output's sum runs over `k` in the same order.
 pub fn gemm(dst: &mut [f32], dst_rs: usize, a: View<'_>, b: View<'_>, accumulate: bool, threads: usize) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "gemm: inner dimensions differ");
@@ -80,15 +82,56 @@ pub fn gemm(dst: &mut [f32], dst_rs: usize, a: View<'_>, b: View<'_>, accumulate
         }
         return;
     }
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the asserts above keep every index of all three matrices inside its slice, and
-    // `dst` is borrowed mutably, so it aliases neither input.
+    if threads > 1 && n >= COLUMN_BLOCK * threads {
+        let block = n.div_ceil(threads).next_multiple_of(16);
+        let dst = SendPtr(dst.as_mut_ptr());
+        (0..n.div_ceil(block)).into_par_iter().for_each(|i| {
+            let first = i * block;
+            // SAFETY: the blocks' columns are disjoint, and each lies inside `dst` (asserted
+            // above for the whole product), which is borrowed mutably, so it aliases neither
+            // input.
+            unsafe { gemm_raw(dst.add(first), dst_rs, a, b.columns(first, block.min(n - first)), accumulate, 1) };
+        });
+        return;
+    }
+    // SAFETY: as above, for the whole product.
+    unsafe { gemm_raw(dst.as_mut_ptr(), dst_rs, a, b, accumulate, threads) }
+}
+
+/// The fewest output columns per thread for which [`gemm`] gives each thread its own columns
+/// (the full depth, one gemm call without threads each) instead of letting gemm share the work.
+/// gemm's own split meets the threads at a barrier for every block of the depth (512 here) and after
+/// packing each block; column blocks meet once. Measured on 2 threads, alternating in one
+/// process: the SigLIP tower (1,024 tokens, 768 wide) 0.96–0.99× its time, the DINOv2-S encoder
+/// 0.98×, the 256M decoder's 128-token prefill 0.87–0.96×, decode unchanged. On many cores a
+/// narrow product keeps gemm's split, which also divides the rows.
+const COLUMN_BLOCK: usize = 128;
+
+/// A destination handed to the pool's threads, each writing its own columns.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the threads that share one write disjoint elements (see `gemm`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// SAFETY: as `pointer::add`. (A method, so closures capture the wrapper, not its pointer.)
+    unsafe fn add(self, count: usize) -> *mut f32 {
+        unsafe { self.0.add(count) }
+    }
+}
+
+/// One gemm call; `threads > 1` lets gemm split the work over the pool.
+/// SAFETY: `dst` must hold `a.rows` rows of stride `dst_rs` and `b.cols` columns that nothing
+/// else reads or writes during the call.
+unsafe fn gemm_raw(dst: *mut f32, dst_rs: usize, a: View<'_>, b: View<'_>, accumulate: bool, threads: usize) {
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
+            a.rows,
+            b.cols,
+            a.cols,
+            dst,
             1,
             dst_rs as isize,
             accumulate,
@@ -103,7 +146,7 @@ pub fn gemm(dst: &mut [f32], dst_rs: usize, a: View<'_>, b: View<'_>, accumulate
             false,
             false,
             false,
-            parallelism,
+            par,
         );
     }
 }
@@ -1030,6 +1073,30 @@ mod tests {
                 assert!((dst[i * 4 + j] - want).abs() < 1e-4);
             }
             assert_eq!(dst[i * 4 + 3], 1.0, "the padding column is untouched");
+        }
+    }
+
+    /// Column blocks ([`COLUMN_BLOCK`]) must give one call's bits, in a strided destination
+    /// with padding, overwriting and accumulating, over a depth of several gemm blocks.
+    #[test]
+    fn column_blocks_give_one_calls_bits() {
+        let (m, k, n, rs) = (37, 1100, 2 * COLUMN_BLOCK + 45, 2 * COLUMN_BLOCK + 50);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5).collect(); // [n, k]
+        let (a, b) = (View::rows(&a, m, k), View::rows(&b, n, k).t());
+        for accumulate in [false, true] {
+            let start: Vec<f32> = (0..m * rs).map(|i| (i % 13) as f32 * 0.25).collect();
+            let (mut one, mut blocks) = (start.clone(), start.clone());
+            gemm(&mut one, rs, a, b, accumulate, 1);
+            gemm(&mut blocks, rs, a, b, accumulate, 2);
+            assert!(one.iter().zip(&blocks).all(|(x, y)| x.to_bits() == y.to_bits()), "accumulate {accumulate}");
+            for (row, start) in blocks.chunks(rs).zip(start.chunks(rs)) {
+                assert_eq!(row[n..], start[n..], "the padding columns are untouched");
+            }
+            let (i, j) = (m - 1, n - 1); // the last block's last output, against a plain sum
+            let want: f64 = (0..k).map(|t| a.data[i * k + t] as f64 * b.data[j * k + t] as f64).sum::<f64>()
+                + if accumulate { start[i * rs + j] as f64 } else { 0.0 };
+            assert!((blocks[i * rs + j] as f64 - want).abs() < 1e-3, "{} vs {want}", blocks[i * rs + j]);
         }
     }
 }
