@@ -170,12 +170,6 @@ pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// [`in_pool`] for work on `device`'s CPU path; any other device keeps the calling thread (a
-/// CUDA context is per thread).
-pub fn in_pool_on<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
-    if device.is_cpu() { in_pool(f) } else { f() }
-}
-
 static FUSED: AtomicBool = AtomicBool::new(true);
 
 /// Whether models on `device` run these fused CPU kernels (the CPU, unless [`set_fused`] turned

@@ -1032,7 +1032,7 @@ impl Llama {
     ) -> Result<()> {
         // On the CPU the layers run on a pool thread (see `kernels::in_pool`: the 128-token
         // prefill 0.86x the time); a GPU's context stays on the calling thread.
-        let run = move || -> Result<()> {
+        let mut run = move || -> Result<()> {
             let until = until.min(self.layers.len());
             // The rotary tables of the positions they were made for (remade when a hook moved rows).
             let mut rope: Option<(Vec<u32>, Rope)> = None;
@@ -1058,7 +1058,7 @@ impl Llama {
             }
             Ok(())
         };
-        kernels::in_pool_on(self.device(), run)
+        if self.device().is_cpu() { kernels::in_pool(run) } else { run() }
     }
 
     /// Layer `l`'s post-softmax attention `[1, heads, n, cached]` for the rows `x` (`[1, n, d]`,

@@ -10,7 +10,7 @@
 //! resumes from any state (a `TokenState` is cheap to clone: tensors are reference-counted).
 //! Trade-off: batch size is 1, which is what an interactive tool needs.
 
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder, layer_norm};
 
 use super::config::{BlockNames, VitConfig};
@@ -249,11 +249,6 @@ impl VisionTransformer {
         let mut state = self.embed(pixels)?;
         self.run_blocks(&mut state, until, &Probe::default(), &mut Trace::default(), &mut NoIntervention, cancel)?;
         Ok(state)
-    }
-
-    /// The device the weights live on.
-    pub fn device(&self) -> &Device {
-        self.embeddings.position.device()
     }
 
     /// The final LayerNorm over all tokens: `[1, tokens, dim]`.

@@ -19,7 +19,7 @@ use crate::analysis::cost::{BlockTokens, encoder_flops};
 use crate::analysis::metrics::{self, Fidelity};
 use crate::model::layers::AttnRecord;
 use crate::model::{
-    HookPoint, Intervene, Needs, NoIntervention, OutputHead, Probe, TokenState, Trace, VisionTransformer, kernels,
+    HookPoint, Intervene, Needs, NoIntervention, OutputHead, Probe, TokenState, Trace, VisionTransformer,
 };
 use crate::reduce::{
     Budget, Capabilities, Context, Method, PositionMode, Reducer, ReducerConfig, Site, SiteView, Stage,
@@ -271,68 +271,61 @@ pub struct RunTimings {
 
 impl Session {
     /// Runs the unreduced model, keeping every intermediate state, attention and keys.
-    /// On the CPU on a rayon pool thread ([`kernels::in_pool`]; 0.97-0.98x the time of
-    /// DINOv2-S's full run from the CLI's main thread, alternating in one process).
     pub fn full_run(&self, pixels: &Tensor, cancel: &Cancel) -> Result<FullRun> {
         let start = Instant::now();
         let enc = &self.model()?.encoder;
-        kernels::in_pool_on(enc.device(), || {
-            let (states, trace) = encoder_states(enc, pixels, enc.num_layers(), cancel)?;
-            let state = states.last().expect("the embedding state").clone();
-            let features = enc.final_norm(&state)?;
-            let encoder_ms = ms_since(start);
-            let mut normed = state.clone();
-            normed.hidden = features.clone();
-            let output = self.output(&features, &normed)?;
-            Ok(FullRun { states, trace, features, output, encoder_ms, time_ms: ms_since(start) })
-        })
+        let (states, trace) = encoder_states(enc, pixels, enc.num_layers(), cancel)?;
+        let state = states.last().expect("the embedding state").clone();
+        let features = enc.final_norm(&state)?;
+        let encoder_ms = ms_since(start);
+        let mut normed = state.clone();
+        normed.hidden = features.clone();
+        let output = self.output(&features, &normed)?;
+        Ok(FullRun { states, trace, features, output, encoder_ms, time_ms: ms_since(start) })
     }
 
     /// Runs `spec` on an encoder against `full`, re-computing only what follows the reducer's
-    /// first site (uncached: [`Session::run`] serves the open image from its cache). On the CPU
-    /// on a rayon pool thread, as [`Session::full_run`].
+    /// first site (uncached: [`Session::run`] serves the open image from its cache).
     pub fn run_against(&self, full: &FullRun, spec: &RunSpec, cancel: &Cancel) -> Result<EncoderRun> {
         let start = Instant::now();
         let enc = &self.model()?.encoder;
-        kernels::in_pool_on(enc.device(), || {
-            let layers = full.num_layers();
-            let first = &full.states[0];
-            let ctx = Context::encoder(layers, first.grid, first.num_special);
-            let keep = spec.budget.resolve(ctx.num_patches())?;
-            let mut reducer = spec.encoder_reducer()?.build(keep, &ctx)?;
-            let cached = EncoderCache { states: &full.states, trace: &full.trace, features: &full.features };
-            let reduced = reduce_encoder(enc, &cached, reducer.as_mut(), spec.positions, true, true, cancel)?;
-            // A method acting on the encoder output changes no block: its maps are the full model's.
-            let maps = match reduced.resume_at < layers {
-                true => Some(self.maps_of(full, reduced.resume_at, reduced.seen)?),
-                false => None,
-            };
-            let (out, stage, resume_at, blocks) = (reduced.out, reduced.stage, reduced.resume_at, reduced.blocks);
-            let grid_features = scatter(&out, spec.fill)?;
-            let output = self.output(&grid_features, &out)?;
-            let (fidelity, patch_cosine) = fidelity(full, &out, &grid_features, &output)?;
-            let cfg = &enc.cfg;
-            let groups: Vec<Vec<u32>> = out.source[out.num_special..].to_vec();
-            let mut kept: Vec<u32> = groups.iter().filter(|g| g.len() == 1).map(|g| g[0]).collect();
-            kept.sort_unstable();
-            Ok(EncoderRun {
-                spec: spec.clone(),
-                stage,
-                keep,
-                num_patches: ctx.num_patches(),
-                scores: reduced.patch_scores,
-                groups,
-                kept,
-                tokens_per_layer: blocks.iter().map(|b| b.attn).collect(),
-                recomputed_from_block: resume_at,
-                flops: encoder_flops(&blocks, cfg.hidden_size, cfg.intermediate_size),
-                flops_full: encoder_flops(&vec![full.block_tokens(); layers], cfg.hidden_size, cfg.intermediate_size),
-                output,
-                fidelity,
-                patch_cosine,
-                timings_ms: RunTimings { run_ms: ms_since(start), full_ms: full.time_ms },
-                maps,
-            })
+        let layers = full.num_layers();
+        let first = &full.states[0];
+        let ctx = Context::encoder(layers, first.grid, first.num_special);
+        let keep = spec.budget.resolve(ctx.num_patches())?;
+        let mut reducer = spec.encoder_reducer()?.build(keep, &ctx)?;
+        let cached = EncoderCache { states: &full.states, trace: &full.trace, features: &full.features };
+        let reduced = reduce_encoder(enc, &cached, reducer.as_mut(), spec.positions, true, true, cancel)?;
+        // A method acting on the encoder output changes no block: its maps are the full model's.
+        let maps = match reduced.resume_at < layers {
+            true => Some(self.maps_of(full, reduced.resume_at, reduced.seen)?),
+            false => None,
+        };
+        let (out, stage, resume_at, blocks) = (reduced.out, reduced.stage, reduced.resume_at, reduced.blocks);
+        let grid_features = scatter(&out, spec.fill)?;
+        let output = self.output(&grid_features, &out)?;
+        let (fidelity, patch_cosine) = fidelity(full, &out, &grid_features, &output)?;
+        let cfg = &enc.cfg;
+        let groups: Vec<Vec<u32>> = out.source[out.num_special..].to_vec();
+        let mut kept: Vec<u32> = groups.iter().filter(|g| g.len() == 1).map(|g| g[0]).collect();
+        kept.sort_unstable();
+        Ok(EncoderRun {
+            spec: spec.clone(),
+            stage,
+            keep,
+            num_patches: ctx.num_patches(),
+            scores: reduced.patch_scores,
+            groups,
+            kept,
+            tokens_per_layer: blocks.iter().map(|b| b.attn).collect(),
+            recomputed_from_block: resume_at,
+            flops: encoder_flops(&blocks, cfg.hidden_size, cfg.intermediate_size),
+            flops_full: encoder_flops(&vec![full.block_tokens(); layers], cfg.hidden_size, cfg.intermediate_size),
+            output,
+            fidelity,
+            patch_cosine,
+            timings_ms: RunTimings { run_ms: ms_since(start), full_ms: full.time_ms },
+            maps,
         })
     }
 
