@@ -45,6 +45,7 @@ fn main() {
     // thread; each head's two attention products run single-threaded, the heads spread over the
     // threads (a layer costs HEADS / threads of them in sequence), as `Attention::heads` does.
     let per_head = HEADS as f64 / threads as f64;
+    let peak_before = fma_peak(threads);
     let products: [(&str, View, View, usize, f64); 6] = [
         ("qkv", View::rows(&x, PATCHES, WIDTH), View::rows(&w_qkv, 3 * WIDTH, WIDTH).t(), threads, 1.0),
         ("out", View::rows(&x, PATCHES, WIDTH), View::rows(&w_out, WIDTH, WIDTH).t(), threads, 1.0),
@@ -68,8 +69,70 @@ fn main() {
                 .collect(),
         );
         let gflops = 2.0 * (m * k * n) as f64 / ms / 1e6;
-        println!("{name:>15}: [{m}, {k}] x [{k}, {n}], {t} thread(s): {ms:7.2} ms, {gflops:5.0} GFLOP/s");
+        // The peak on the product's own thread count: one core's chains times `t`.
+        let share = peak_before
+            .map_or(String::new(), |p| format!(", {:3.0} % of the FMA rate", 100.0 * gflops / (p * t as f64)));
+        println!("{name:>15}: [{m}, {k}] x [{k}, {n}], {t} thread(s): {ms:7.2} ms, {gflops:5.0} GFLOP/s{share}");
         tower_ms += ms * per_layer * LAYERS as f64;
     }
     println!("the blocks' products in one tower call at these rates: {tower_ms:.0} ms");
+    if let (Some(before), Some(after)) = (peak_before, fma_peak(threads)) {
+        println!(
+            "FMA rate, every thread at once: {:.0} GFLOP/s a thread before the products, {:.0} after",
+            before, after
+        );
+    }
+}
+
+/// The f32 FMA rate per thread in GFLOP/s, `threads` threads running at once (they share the
+/// machine as a product's threads do); `None` without FMA.
+fn fma_peak(threads: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        let rates: Vec<f64> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        const STEPS: usize = 50_000_000;
+                        let start = Instant::now();
+                        // SAFETY: FMA (and so AVX) was detected above.
+                        std::hint::black_box(unsafe { fma_chains(STEPS) });
+                        (STEPS * FMA_CHAINS * 16) as f64 / start.elapsed().as_secs_f64() / 1e9
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("FMA thread")).collect()
+        });
+        return Some(rates.iter().sum::<f64>() / threads as f64);
+    }
+    let _ = threads;
+    None
+}
+
+/// Independent 8-lane multiply-add chains: enough to cover the FMA latency on both of a core's
+/// FMA pipes (4 cycles x 2 needs 8), so the loop runs at the issue rate.
+#[cfg(target_arch = "x86_64")]
+const FMA_CHAINS: usize = 12;
+
+/// `steps` rounds of one FMA on each chain; the sum keeps them from being optimised away.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,fma")]
+unsafe fn fma_chains(steps: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (b, c) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-6));
+    // Opaque starting values, so the compiler cannot merge or fold any chain.
+    let mut acc = [_mm256_setzero_ps(); FMA_CHAINS];
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = _mm256_set1_ps(std::hint::black_box(i as f32));
+    }
+    for _ in 0..steps {
+        for a in &mut acc {
+            *a = _mm256_fmadd_ps(*a, b, c);
+        }
+    }
+    let mut lanes = [0f32; 8];
+    let sum = acc.iter().fold(_mm256_setzero_ps(), |s, a| _mm256_add_ps(s, *a));
+    // SAFETY: `lanes` holds 8 f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+    lanes.iter().sum()
 }
