@@ -12,9 +12,15 @@ Issue 17, target 4, on a random-weight checkpoint with SmolVLM-256M-Instruct's p
              vocab) plus the head's last row, then D greedy decode steps against the KV cache,
              in transformers (torch, CPU) against `tokenlens bench --part decoder`
 
-Each round runs the reference side, then tokenlens (a subprocess: its load is not timed) with
-the same thread count, so both see the same machine load. Ratios are computed per round from
-medians, then the median over rounds (with the spread). Tower: tokenlens ms / onnxruntime ms
+Each round starts tokenlens as a subprocess (its load is not timed) with the same thread count.
+The tower alternates call by call: `tokenlens bench --part tower --paced` waits after its
+warm-up and runs one call per line it is sent, so each of a round's calls is paired with an
+onnxruntime call made just before or after it (the order swapping pair by pair, a pause of
+PAUSE_S between calls so neither side's threads still spin). This machine's load comes in
+bursts of seconds that slow every operator alike; two calls next to each other see the same
+burst, where two sets of calls made a few seconds apart did not. A round's ratio is the median
+of its pairs' ratios. The decoder runs the reference side, then tokenlens. Ratios are computed
+per round, then the median over rounds (with the spread). Tower: tokenlens ms / onnxruntime ms
 (below 1.0 tokenlens is faster). Decoder: tokenlens tokens/s / transformers tokens/s (above 1.0
 tokenlens is faster), for the prefill (P / prefill time) and the decode (D / decode time).
 
@@ -40,6 +46,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+# Between two paired tower calls: onnxruntime's intra-op threads spin for up to ~50 ms of CPU
+# after a run (measured here), which would otherwise land on the tokenlens call after it.
+PAUSE_S = 0.2
 DEFAULT_DIR = REPO / "target" / "smolvlm-256m-random"
 
 
@@ -146,6 +155,44 @@ def tokenlens(args, *extra):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def tower_round(args, ort_call):
+    """One round of the tower, call by call: `args.repeats` (onnxruntime ms, tokenlens ms) pairs,
+    onnxruntime first in even pairs and second in odd ones."""
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    cmd = [args.binary, "bench", "--model", str(args.model), "--repeats", str(args.repeats)]
+    cmd += ["--part", "tower", "--paced", args.image]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+
+    def ours():
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        return float(proc.stdout.readline())
+
+    def theirs():
+        return time_ms(ort_call)
+
+    try:
+        if not any(line.strip() == "ready" for line in proc.stdout):  # loaded and warmed up
+            sys.exit(f"{' '.join(cmd)} ended before it was ready (exit {proc.wait()})")
+        pairs = []
+        for i in range(args.repeats):
+            ms = {}
+            for side in (theirs, ours) if i % 2 == 0 else (ours, theirs):
+                ms[side] = side()
+                time.sleep(PAUSE_S)
+            pairs.append((ms[theirs], ms[ours]))
+        proc.stdin.close()
+        proc.stdout.read()
+    except BaseException:
+        proc.kill()
+        raise
+    if proc.wait() != 0:
+        sys.exit(f"{' '.join(cmd)} failed (exit {proc.returncode})")
+    return pairs
+
+
 def torch_decoder_round(model, ids, decode, repeats):
     import torch
 
@@ -217,11 +264,11 @@ def main():
     for r in range(args.rounds):
         line = f"round {r + 1}/{args.rounds}:"
         if "tower" in parts:
-            o = statistics.median(time_ms(lambda: ort.run(None, {"pixel_values": x})) for _ in range(args.repeats))
-            t = statistics.median(tokenlens(args, "--part", "tower", args.image)["tower"])
-            tower.append(t / o)
+            pairs = tower_round(args, lambda: ort.run(None, {"pixel_values": x}))
+            o, t = (statistics.median(side) for side in zip(*pairs))
+            tower.append(statistics.median(b / a for a, b in pairs))
             ref_tower.append(o)
-            line += f" tower onnxruntime {o:.0f} ms, tokenlens {t:.0f} ms ({tower[-1]:.2f}x);"
+            line += f" tower onnxruntime {o:.0f} ms, tokenlens {t:.0f} ms (pairs {tower[-1]:.2f}x);"
         if "decoder" in parts:
             p_ms, d_ms = torch_decoder_round(model, ids, args.decode_tokens, args.repeats)
             tl = tokenlens(args, *dec)
@@ -233,7 +280,7 @@ def main():
 
     print(
         f"SmolVLM-256M shapes, random weights ({args.model.name}); {args.threads} threads each; "
-        f"{args.rounds} rounds x {args.repeats} calls, alternating; load average {os.getloadavg()[0]:.1f}"
+        f"{args.rounds} rounds x {args.repeats} calls, alternating (the tower call by call); load average {os.getloadavg()[0]:.1f}"
     )
     if tower:
         print(

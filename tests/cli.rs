@@ -391,3 +391,36 @@ fn a_decoder_bench_longer_than_the_context_is_refused_before_allocating() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("exceed the model's context of 64 tokens"), "{stderr}");
 }
+
+#[test]
+fn a_paced_tower_bench_runs_one_call_per_line_and_stops_at_the_end_of_input() {
+    use std::io::Write;
+    let mut child = tokenlens()
+        .args(["bench", "--part", "tower", "--paced", "--repeats", "5", "--model"])
+        .arg(fixture("vlm/idefics3"))
+        .arg(asset("chelsea.png"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Two calls asked for of the five allowed, then the end of input.
+    child.stdin.take().unwrap().write_all(b"\n\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines[0], "ready");
+    let calls: Vec<f64> = lines[1..3].iter().map(|l| l.parse().unwrap()).collect();
+    let json: serde_json::Value = serde_json::from_str(lines[3]).unwrap();
+    let samples: Vec<f64> = json["tower"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(samples.len(), 2);
+    for (printed, sample) in calls.iter().zip(&samples) {
+        assert!(*printed > 0.0 && (printed - sample).abs() < 1e-3, "{printed} against {sample}");
+    }
+
+    let refused = tokenlens().args(["bench", "--paced", "--model"]).arg(fixture("vlm/idefics3")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--paced times --part tower calls only"), "{stderr}");
+}

@@ -352,18 +352,31 @@ pub enum VlmPart {
 
 /// The vision tower alone on the image's global square (SmolVLM: not split), as
 /// `scripts/bench_smolvlm.py` times the same tower exported to ONNX: one JSON line of samples
-/// (ms), after a warm-up call.
-pub fn bench_tower(image: &Path, vlm: &Vlm, repeats: usize) -> anyhow::Result<()> {
+/// (ms), after a warm-up call. `paced`: `ready` after the warm-up, then one call per line on
+/// standard input, each call's ms on its own line as it ends (the JSON line still closes).
+pub fn bench_tower(image: &Path, vlm: &Vlm, repeats: usize, paced: bool) -> anyhow::Result<()> {
     let Arch::Idefics3(m) = &vlm.arch else { anyhow::bail!("--part tower times SmolVLM (idefics3) towers") };
     let bytes = std::fs::read(image)?;
     let pixels = vlm.arch.image_from_bytes(&bytes, image, false)?.pixels.remove(0);
     let cancel = Cancel::default();
     drop(m.vision_features(&pixels, &cancel)?); // warm-up
+    let mut go = paced.then(|| {
+        println!("ready");
+        std::io::stdin().lines()
+    });
     let mut tower = Vec::with_capacity(repeats);
     for _ in 0..repeats {
+        if let Some(lines) = &mut go
+            && lines.next().transpose()?.is_none()
+        {
+            break; // the pacing script is done
+        }
         let mut out = None;
         tower.push(time_ms(|| out = Some(m.vision_features(&pixels, &cancel))));
         out.expect("timed")?;
+        if paced {
+            println!("{:.3}", tower[tower.len() - 1]);
+        }
     }
     let shape = pixels.dims().to_vec();
     println!(

@@ -347,6 +347,11 @@ enum Command {
         /// (scripts/bench_smolvlm.py compares both with onnxruntime and transformers).
         #[arg(long, value_enum, default_value = "methods")]
         part: bench::VlmPart,
+        /// `--part tower`: after the warm-up print `ready`, then time one call per line read on
+        /// standard input and print its milliseconds, until `--repeats` calls or the end of
+        /// input (scripts/bench_smolvlm.py alternates them with onnxruntime's, call by call).
+        #[arg(long)]
+        paced: bool,
         /// `--part decoder`: prompt tokens prefilled, then tokens decoded one at a time.
         #[arg(long, default_value_t = 128)]
         prefill_tokens: usize,
@@ -516,10 +521,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let columns = export::Columns { budgets: ratios, layers };
             export::figure_grid(&image, &model, reducer_list(&reducers)?, columns, output_row, fill, &look, &out)
         }
-        Command::Bench { image, reducers, repeats, json, part, prefill_tokens, decode_tokens, model } => {
+        Command::Bench { image, reducers, repeats, json, part, paced, prefill_tokens, decode_tokens, model } => {
+            if paced && part != bench::VlmPart::Tower {
+                anyhow::bail!("--paced times --part tower calls only");
+            }
             match model.load()? {
                 session if session.is_vlm() && part == bench::VlmPart::Tower => {
-                    bench::bench_tower(&image, session.vlm()?, repeats.max(1))
+                    bench::bench_tower(&image, session.vlm()?, repeats.max(1), paced)
                 }
                 session if session.is_vlm() && part == bench::VlmPart::Decoder => {
                     bench::bench_decoder(session.vlm()?, prefill_tokens, decode_tokens.unwrap_or(16), repeats.max(1))
