@@ -73,9 +73,9 @@ impl<'a> View<'a> {
 }
 
 /// `dst[i * dst_rs + j] (+)= Σ_k a[i, k] · b[k, j]`; accumulates into `dst` when `accumulate`.
-/// `threads > 1` splits the output columns over the rayon pool (see [`COLUMN_BLOCK`]), or
-/// lets gemm split the work where there are too few columns. Every split gives the same bits:
-/// each output's sum runs over `k` in the same order.
+/// `threads > 1` splits the output columns over the rayon pool (see [`COLUMN_BLOCK`]), the rows
+/// of a matrix-vector product (see [`GEMV_ROWS`]), or else lets gemm split the work. Every split
+/// gives the same bits: each output's sum runs over `k` in the same order.
 pub fn gemm(dst: &mut [f32], dst_rs: usize, a: View<'_>, b: View<'_>, accumulate: bool, threads: usize) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "gemm: inner dimensions differ");
@@ -91,33 +91,30 @@ pub fn gemm(dst: &mut [f32], dst_rs: usize, a: View<'_>, b: View<'_>, accumulate
         }
         return;
     }
+    // SAFETY (every call below): the blocks' rows or columns are disjoint, and each lies inside
+    // `dst` (asserted above for the whole product), which is borrowed mutably, so it aliases
+    // neither input.
+    let out = SendPtr(dst.as_mut_ptr());
     if threads > 1 && n == 1 && m >= GEMV_ROWS * threads {
         // gemm computes a matrix-vector product on one thread, whatever it is given.
-        let block = m.div_ceil(threads);
-        let dst = SendPtr(dst.as_mut_ptr());
-        (0..m.div_ceil(block)).into_par_iter().for_each(|i| {
-            let first = i * block;
-            // SAFETY: the blocks' rows are disjoint, each inside `dst` (asserted above).
-            unsafe {
-                gemm_raw(dst.add(first * dst_rs), dst_rs, a.row_range(first, block.min(m - first)), b, accumulate, 1)
-            };
+        in_blocks(m, m.div_ceil(threads), |first, rows| unsafe {
+            gemm_raw(out.add(first * dst_rs), dst_rs, a.row_range(first, rows), b, accumulate, 1)
         });
-        return;
-    }
-    if threads > 1 && n >= COLUMN_BLOCK * threads {
-        let block = n.div_ceil(threads).next_multiple_of(16);
-        let dst = SendPtr(dst.as_mut_ptr());
-        (0..n.div_ceil(block)).into_par_iter().for_each(|i| {
-            let first = i * block;
-            // SAFETY: the blocks' columns are disjoint, and each lies inside `dst` (asserted
-            // above for the whole product), which is borrowed mutably, so it aliases neither
-            // input.
-            unsafe { gemm_raw(dst.add(first), dst_rs, a, b.columns(first, block.min(n - first)), accumulate, 1) };
+    } else if threads > 1 && n >= COLUMN_BLOCK * threads {
+        in_blocks(n, n.div_ceil(threads).next_multiple_of(16), |first, cols| unsafe {
+            gemm_raw(out.add(first), dst_rs, a, b.columns(first, cols), accumulate, 1)
         });
-        return;
+    } else {
+        unsafe { gemm_raw(out.0, dst_rs, a, b, accumulate, threads) }
     }
-    // SAFETY: as above, for the whole product.
-    unsafe { gemm_raw(dst.as_mut_ptr(), dst_rs, a, b, accumulate, threads) }
+}
+
+/// `f(first, len)` on each block of `block` out of `total`, the blocks in parallel.
+fn in_blocks(total: usize, block: usize, f: impl Fn(usize, usize) + Sync) {
+    (0..total.div_ceil(block)).into_par_iter().for_each(|i| {
+        let first = i * block;
+        f(first, block.min(total - first));
+    });
 }
 
 /// The fewest output columns per thread for which [`gemm`] gives each thread its own columns
@@ -136,7 +133,7 @@ const COLUMN_BLOCK: usize = 128;
 /// on SmolVLM-256M's shapes).
 const GEMV_ROWS: usize = 64;
 
-/// A destination handed to the pool's threads, each writing its own columns.
+/// A destination handed to the pool's threads, each writing its own rows or columns.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: the threads that share one write disjoint elements (see `gemm`).
