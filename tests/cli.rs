@@ -423,4 +423,10 @@ fn a_paced_tower_bench_runs_one_call_per_line_and_stops_at_the_end_of_input() {
     let refused = tokenlens().args(["bench", "--paced", "--model"]).arg(fixture("vlm/idefics3")).output().unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("--paced times --part tower calls only"), "{stderr}");
+
+    // An image encoder has no tower or decoder to time alone: refused, not a methods bench instead.
+    let encoder = tokenlens().args(["bench", "--part", "tower", "--model"]).arg(fixture("encoders/dinov2")).output();
+    let encoder = encoder.unwrap();
+    let stderr = String::from_utf8_lossy(&encoder.stderr);
+    assert!(!encoder.status.success() && stderr.contains("time a vision-language model's parts"), "{stderr}");
 }

@@ -543,6 +543,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     };
                     bench::bench_vlm(&image, &mut session, &methods, repeats.max(1), decode_tokens)
                 }
+                _ if part != bench::VlmPart::Methods => {
+                    anyhow::bail!(
+                        "--part tower and --part decoder time a vision-language model's parts: give a SmolVLM or LLaVA folder as --model"
+                    )
+                }
                 mut session => bench::bench(&image, &mut session, &reducer_list(&reducers)?, repeats.max(1), json),
             }
         }
