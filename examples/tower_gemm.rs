@@ -35,22 +35,23 @@ fn main() {
     let x = values(PATCHES * MLP, 1); // a layer's input (or fc2's: the MLP's hidden states)
     let qkv = values(PATCHES * 3 * WIDTH, 2); // the fused projection's output, heads read in place
     let probs = values(PATCHES * PATCHES, 3);
+    // Dense weights as `Dense` stores them: transposed, `[in, out]`.
     let weight = |out: usize, inp: usize| values(out * inp, out + inp);
     let (w_qkv, w_out, w_fc1, w_fc2) =
         (weight(3 * WIDTH, WIDTH), weight(WIDTH, WIDTH), weight(MLP, WIDTH), weight(WIDTH, MLP));
     // A head's queries, keys or values: `[PATCHES, HEAD_DIM]` columns of the
     // `[PATCHES, 3 · WIDTH]` rows.
     let part = |p: usize| View::new(&qkv[p * WIDTH..], PATCHES, HEAD_DIM, 3 * WIDTH, 1);
-    // Dense layers read the checkpoint's `[out, in]` weight transposed, as `Dense` does, on every
-    // thread; each head's two attention products run single-threaded, the heads spread over the
+    // Dense layers read the `[in, out]` weight as it is, as `Dense` does, on every thread; each
+    // head's two attention products run single-threaded, the heads spread over the
     // threads (a layer costs HEADS / threads of them in sequence), as `Attention::heads` does.
     let per_head = HEADS as f64 / threads as f64;
     let peak_before = fma_peak(threads);
     let products: [(&str, View, View, usize, f64); 6] = [
-        ("qkv", View::rows(&x, PATCHES, WIDTH), View::rows(&w_qkv, 3 * WIDTH, WIDTH).t(), threads, 1.0),
-        ("out", View::rows(&x, PATCHES, WIDTH), View::rows(&w_out, WIDTH, WIDTH).t(), threads, 1.0),
-        ("fc1", View::rows(&x, PATCHES, WIDTH), View::rows(&w_fc1, MLP, WIDTH).t(), threads, 1.0),
-        ("fc2", View::rows(&x, PATCHES, MLP), View::rows(&w_fc2, WIDTH, MLP).t(), threads, 1.0),
+        ("qkv", View::rows(&x, PATCHES, WIDTH), View::rows(&w_qkv, WIDTH, 3 * WIDTH), threads, 1.0),
+        ("out", View::rows(&x, PATCHES, WIDTH), View::rows(&w_out, WIDTH, WIDTH), threads, 1.0),
+        ("fc1", View::rows(&x, PATCHES, WIDTH), View::rows(&w_fc1, WIDTH, MLP), threads, 1.0),
+        ("fc2", View::rows(&x, PATCHES, MLP), View::rows(&w_fc2, MLP, WIDTH), threads, 1.0),
         ("q·kᵀ, one head", part(0), part(1).t(), 1, per_head),
         ("p·v, one head", View::rows(&probs, PATCHES, PATCHES), part(2), 1, per_head),
     ];

@@ -11,10 +11,13 @@ use super::super::quant::{Linears, QuantCount, QuantWeight, Quantize};
 use super::{AttnRecord, Cached, Names, bias_shape, tokens};
 use crate::Result;
 
-/// A linear layer's weight `[out, in]` (row-major, as checkpoints store it) and bias `[out]`;
-/// once [`Dense::quantize`]d, the weight is its GGML blocks alone.
+/// A linear layer's weight, stored transposed as `[in, out]` (checkpoints store `[out, in]`), and
+/// bias `[out]`; once [`Dense::quantize`]d, the weight is its GGML blocks alone.
 struct Dense {
-    weight: Vec<f32>,
+    /// `Wᵀ`, `[in, out]` row-major: gemm's micro-kernel runs along the output columns, and with a
+    /// unit stride there (and a width a multiple of 16) it packs the weight into its per-thread
+    /// buffer instead of allocating a copy of the whole weight on every call.
+    weight_t: Vec<f32>,
     /// Boxed: most towers are never quantized, and `Dense` sits in several enums' variants.
     quantized: Option<Box<QuantWeight>>,
     bias: Vec<f32>,
@@ -27,9 +30,9 @@ impl Dense {
     fn load(inp: usize, out: usize, bias: bool, vb: VarBuilder, cached: Option<QuantWeight>) -> Result<Self> {
         let (weight, quantized) = match cached {
             Some(q) => (Vec::new(), Some(Box::new(q))),
-            None => (vb.get((out, inp), "weight")?.flatten_all()?.to_vec1()?, None),
+            None => (transposed(&vb.get((out, inp), "weight")?.flatten_all()?.to_vec1()?, out, inp), None),
         };
-        Ok(Self { weight, quantized, bias: load_bias(out, bias, &vb)?, out, inp })
+        Ok(Self { weight_t: weight, quantized, bias: load_bias(out, bias, &vb)?, out, inp })
     }
 
     /// The weight quantized to `format` (its f32 values freed), or read from the cache by
@@ -38,7 +41,7 @@ impl Dense {
         if let Some(q) = &self.quantized {
             return Ok(QuantCount { quantized: 1, bytes: q.size_in_bytes() as u64, ..QuantCount::default() });
         }
-        let weight = std::mem::take(&mut self.weight);
+        let weight = transposed(&std::mem::take(&mut self.weight_t), self.inp, self.out);
         let q = linears.quantized(name, format, (self.out, self.inp), || {
             QuantWeight::quantize(&Tensor::from_vec(weight, (self.out, self.inp), &Device::Cpu)?, format)
         })?;
@@ -52,7 +55,7 @@ impl Dense {
         if let Some(q) = &self.quantized {
             return q.matmul_into(x, rows, y);
         }
-        let w = View::rows(&self.weight, self.out, self.inp).t();
+        let w = View::rows(&self.weight_t, self.inp, self.out);
         gemm(y, self.out, View::rows(x, rows, self.inp), w, false, kernels::threads());
     }
 
@@ -61,6 +64,17 @@ impl Dense {
         self.matmul_into(x, rows, &mut y);
         y
     }
+}
+
+/// `m` (`rows × cols`, row-major) transposed.
+fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for (r, row) in m.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
 }
 
 /// The bias `[out]` at `vb`, zeros where the layer has none.
@@ -111,19 +125,23 @@ impl Attention {
         let scale = (cfg.head_dim() as f64).powf(-0.5) as f32;
         let fused = cached("qkv", (3 * d, d));
         let mut qkv = Dense {
-            weight: Vec::with_capacity(if fused.is_some() { 0 } else { 3 * d * d }),
+            weight_t: Vec::new(),
             quantized: fused.map(Box::new),
             bias: Vec::with_capacity(3 * d),
             out: 3 * d,
             inp: d,
         };
+        let mut rows = Vec::with_capacity(if qkv.quantized.is_some() { 0 } else { 3 * d * d });
         for (i, vb) in [q, k, v].into_iter().enumerate() {
             let s = if i == 0 { scale } else { 1.0 };
             if qkv.quantized.is_none() {
                 let weight = vb.get((d, d), "weight")?.flatten_all()?.to_vec1::<f32>()?;
-                qkv.weight.extend(weight.iter().map(|w| w * s));
+                rows.extend(weight.iter().map(|w| w * s));
             }
             qkv.bias.extend(load_bias(d, cfg.qkv_bias, &vb)?.iter().map(|b| b * s));
+        }
+        if qkv.quantized.is_none() {
+            qkv.weight_t = transposed(&rows, 3 * d, d);
         }
         Ok(Self {
             qkv,
@@ -323,7 +341,7 @@ impl Block {
                 true => count.add(dense.quantize(format, &format!("{prefix}.{part}"), linears)?),
                 false => count.add(QuantCount {
                     kept_f32: 1,
-                    bytes: (dense.weight.len() * 4) as u64,
+                    bytes: (dense.weight_t.len() * 4) as u64,
                     ..QuantCount::default()
                 }),
             }
