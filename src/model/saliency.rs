@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::kernels::{self, View, gemm, with_scratch, with_slice};
+use super::kernels::{View, gemm, with_scratch, with_slice};
 use super::resize::{Kernel, resize2d};
 use crate::{Error, Result};
 
@@ -27,15 +27,15 @@ const BN_EPS: f64 = 1e-5;
 ///
 /// The taps are stored grouped by kernel row `ky` (`[ky][co][kx]`), so the taps one band of
 /// input rows contributes are four GEMMs, one per `ky`, each over a contiguous run of input
-/// rows shifted by the row `ky` lands on. The last stage (whose taps would be 16 MB) runs
-/// band by band: each rayon task computes its band's taps single-threaded into a buffer that
-/// stays in its core's L2 and turns them into projected output rows at once (no halo rows are
-/// recomputed). The first two stages keep one threaded GEMM over the whole image (4 and 8 MB of
-/// taps): computed by row bands (their outputs stored row-major by output row) or by blocks of
-/// 8-16 output channels they were measured no faster, the smaller GEMMs losing what the col2im
-/// gained; the GEMMs of one band run one after the other (spreading the four over the pool
-/// instead was no faster either). Checked against onnxruntime in `tests/reference.rs` and
-/// against a direct scatter ConvTranspose in the unit tests below.
+/// rows shifted by the row `ky` lands on. Every stage runs band by band ([`BAND`] input rows):
+/// each rayon task computes its band's taps single-threaded into a buffer that stays in its
+/// core's L2 and turns them into output rows at once (no halo rows are recomputed); the last
+/// stage projects its rows to the one output channel as it goes, so its `[64, 2h, 2w]` output
+/// is never stored. Whole-image taps for the first two stages (one threaded GEMM) took 4 and
+/// 8 MB of scratch that the thread's pool then kept for the process's life; in bands the head
+/// ran 0.97× their time (six alternating rounds) and `tokenlens gui`'s peak memory fell by
+/// about 10 MB. Checked against onnxruntime in `tests/reference.rs` and against a direct
+/// scatter ConvTranspose in the unit tests below.
 struct UpStage {
     /// `[K][c_out·K][c_in]`: the kernel's taps as rows, grouped by kernel row `ky`, then output
     /// channel, then kernel column `kx`.
@@ -49,9 +49,9 @@ struct UpStage {
 
 const K: usize = 4;
 
-/// Input rows per task of the banded last stage: its taps take `c_out·16·BAND·w` values
-/// (256 KB per row at 64 channels, 64 wide), which with the stage's 512 KB kernel stays in a
-/// 1 MB L2.
+/// Input rows per task of every stage: its taps take `c_out·16·BAND·w` values (256 KB a row
+/// at each of the three stages: 256 channels 16 wide, 128 by 32, 64 by 64), which with the
+/// stage's kernel stays in a 1-2 MB L2.
 const BAND: usize = 1;
 
 /// The taps of a band of `rows` input rows: for kernel row `ky`, a `[c_out·K, rows·w]` block
@@ -103,13 +103,13 @@ impl UpStage {
     }
 
     /// The taps of input rows `a0..a0 + rows` of `x` (`[c_in, h·w]`, any strides) as the output
-    /// rows `2·a0..2·(a0 + rows)` need them, into `buf` (`c_out·16·rows·w` values).
+    /// rows `2·a0..2·(a0 + rows)` need them, into `buf` (`c_out·16·rows·w` values), on this
+    /// thread (the bands run in parallel).
     fn band_taps<'a>(
         &self,
         x: View<'_>,
         (h, w): (usize, usize),
         (a0, rows): (usize, usize),
-        threads: usize,
         buf: &'a mut [f32],
     ) -> TapBand<'a> {
         // Output row 2a takes ky = 1 at input row a and ky = 3 at a - 1; row 2a + 1 takes ky = 2
@@ -124,20 +124,37 @@ impl UpStage {
                 continue;
             }
             let skip = (lo as isize - first[ky]) as usize * w;
-            gemm(&mut dst[skip..], rows * w, self.taps_of_row(ky), x.columns(lo * w, (hi - lo) * w), false, threads);
+            gemm(&mut dst[skip..], rows * w, self.taps_of_row(ky), x.columns(lo * w, (hi - lo) * w), false, 1);
         }
         TapBand { data: buf, c_out: self.c_out, rows, w, first }
     }
 
     /// `x` (`[c_in, h·w]`, any strides) -> `out`: `[c_out, 2h, 2w]` row-major.
     fn forward(&self, x: View<'_>, h: usize, w: usize, out: &mut [f32]) {
+        self.forward_in_bands(x, (h, w), BAND, out)
+    }
+
+    /// [`Self::forward`] with `band` input rows per task: each task computes its band's taps
+    /// single-threaded into its own scratch and writes the band's output rows of every channel.
+    fn forward_in_bands(&self, x: View<'_>, (h, w): (usize, usize), band: usize, out: &mut [f32]) {
         let (oh, ow) = (2 * h, 2 * w);
-        with_scratch(self.c_out * K * K * h * w, |cols| {
-            let taps = &self.band_taps(x, (h, w), (0, h), kernels::threads(), cols);
-            out[..self.c_out * oh * ow].par_chunks_mut(oh * ow).enumerate().for_each(|(co, plane)| {
-                let mut halves = vec![0f32; 2 * w];
-                for (oy, row) in plane.chunks_mut(ow).enumerate() {
-                    self.output_row(taps, co, oy, h, &mut halves, row);
+        // Per band, its rows of every channel's plane (disjoint slices of `out`).
+        let mut bands: Vec<Vec<&mut [f32]>> = (0..h.div_ceil(band)).map(|_| Vec::with_capacity(self.c_out)).collect();
+        for plane in out[..self.c_out * oh * ow].chunks_mut(oh * ow) {
+            for (rows, dst) in plane.chunks_mut(2 * band * ow).zip(bands.iter_mut()) {
+                dst.push(rows);
+            }
+        }
+        bands.into_par_iter().enumerate().for_each(|(b, mut planes)| {
+            let rows = planes[0].len() / (2 * ow);
+            let taps_len = self.c_out * K * K * rows * w;
+            with_scratch(taps_len + 2 * w, |buf| {
+                let (taps, halves) = buf.split_at_mut(taps_len);
+                let taps = &self.band_taps(x, (h, w), (b * band, rows), taps);
+                for (co, dst) in planes.iter_mut().enumerate() {
+                    for (i, row) in dst.chunks_mut(ow).enumerate() {
+                        self.output_row(taps, co, 2 * b * band + i, h, halves, row);
+                    }
                 }
             });
         });
@@ -203,7 +220,7 @@ impl UpStage {
             with_scratch(taps_len + 2 * w + ow, |buf| {
                 let (taps, rest) = buf.split_at_mut(taps_len);
                 let (halves, row) = rest.split_at_mut(2 * w);
-                let taps = &self.band_taps(x, (h, w), (b * band, rows), 1, taps);
+                let taps = &self.band_taps(x, (h, w), (b * band, rows), taps);
                 for (i, acc) in out.chunks_mut(ow).enumerate() {
                     for (co, &weight) in project.weight.iter().enumerate() {
                         self.output_row(taps, co, 2 * b * band + i, h, halves, row);
@@ -335,15 +352,17 @@ mod tests {
     }
 
     #[test]
-    fn stage_matches_a_scatter_conv_transpose() {
+    fn stage_matches_a_scatter_conv_transpose_in_any_band_size() {
         let (c_in, c_out, h, w) = (5, 3, 5, 6);
         let (weight, stage) = random_stage(c_in, c_out);
         let x = values(c_in * h * w, 3);
         let expected = scatter_reference(&weight, &x, (c_in, c_out, h, w), &stage);
-        let mut out = vec![f32::NAN; c_out * 4 * h * w];
-        stage.forward(View::rows(&x, c_in, h * w), h, w, &mut out);
-        for (i, (&got, &want)) in out.iter().zip(&expected).enumerate() {
-            assert!((got as f64 - want).abs() < 1e-5, "value {i}: {got} vs {want}");
+        for band in [1, 2, 3, 5, 8] {
+            let mut out = vec![f32::NAN; c_out * 4 * h * w];
+            stage.forward_in_bands(View::rows(&x, c_in, h * w), (h, w), band, &mut out);
+            for (i, (&got, &want)) in out.iter().zip(&expected).enumerate() {
+                assert!((got as f64 - want).abs() < 1e-5, "band {band}, value {i}: {got} vs {want}");
+            }
         }
     }
 
