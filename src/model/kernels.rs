@@ -240,6 +240,35 @@ pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     r
 }
 
+/// `m` (`rows × cols`, row-major) transposed, `cols × rows`: a dense layer's weight, once at
+/// load. Each task fills a band of [`TILE`] output rows a square tile at a time through a buffer
+/// on the stack, so every write is a run of [`TILE`] values (written one value at a time, the
+/// band's rows, a power of two apart, would evict each other from L1).
+pub fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    assert_eq!(m.len(), rows * cols, "transposed: {} values are not {rows} x {cols}", m.len());
+    let mut t = vec![0f32; m.len()];
+    if rows == 0 {
+        return t;
+    }
+    t.par_chunks_mut(TILE * rows).enumerate().for_each(|(b, band)| {
+        let (first, width) = (b * TILE, band.len() / rows);
+        let mut tile = [[0f32; TILE]; TILE];
+        for r0 in (0..rows).step_by(TILE) {
+            let height = TILE.min(rows - r0);
+            for (j, row) in m[r0 * cols..].chunks(cols).take(height).enumerate() {
+                for (i, &v) in row[first..first + width].iter().enumerate() {
+                    tile[i][j] = v;
+                }
+            }
+            for (i, out) in band.chunks_mut(rows).enumerate() {
+                out[r0..r0 + height].copy_from_slice(&tile[i][..height]);
+            }
+        }
+    });
+    t
+}
+
 /// Rows per rayon task for an element-wise pass over rows of `width` values: enough work per
 /// task (~16k values) that scheduling costs little.
 fn rows_per_task(width: usize) -> usize {
@@ -996,6 +1025,19 @@ mod tests {
                     x86::gelu_tanh(&mut narrow);
                 }
                 assert_eq!(bits(&wide), bits(&narrow), "GELU, length {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_matches_the_definition() {
+        for (rows, cols) in [(37, 70), (1, 5), (5, 1), (64, 33), (3, 0), (0, 4)] {
+            let m: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = transposed(&m, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(t[c * rows + r], m[r * cols + c], "{rows} x {cols} at ({r}, {c})");
+                }
             }
         }
     }

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::super::config::{Activation, VitConfig};
-use super::super::kernels::{self, Act, View, gemm, with_scratch, with_slice};
+use super::super::kernels::{self, Act, View, gemm, transposed, with_scratch, with_slice};
 use super::super::quant::{Linears, QuantCount, QuantWeight, Quantize};
 use super::{AttnRecord, Cached, Names, bias_shape, tokens};
 use crate::Result;
@@ -64,17 +64,6 @@ impl Dense {
         self.matmul_into(x, rows, &mut y);
         y
     }
-}
-
-/// `m` (`rows × cols`, row-major) transposed.
-fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; m.len()];
-    for (r, row) in m.chunks_exact(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            t[c * rows + r] = v;
-        }
-    }
-    t
 }
 
 /// The bias `[out]` at `vb`, zeros where the layer has none.
