@@ -41,9 +41,10 @@ impl Dense {
         if let Some(q) = &self.quantized {
             return Ok(QuantCount { quantized: 1, bytes: q.size_in_bytes() as u64, ..QuantCount::default() });
         }
-        let weight = transposed(&std::mem::take(&mut self.weight_t), self.inp, self.out);
-        let q = linears.quantized(name, format, (self.out, self.inp), || {
-            QuantWeight::quantize(&Tensor::from_vec(weight, (self.out, self.inp), &Device::Cpu)?, format)
+        let (weight_t, shape) = (std::mem::take(&mut self.weight_t), (self.out, self.inp));
+        let q = linears.quantized(name, format, shape, || {
+            let weight = transposed(&weight_t, shape.1, shape.0); // back to `[out, in]` rows
+            QuantWeight::quantize(&Tensor::from_vec(weight, shape, &Device::Cpu)?, format)
         })?;
         let count = QuantCount { quantized: 1, bytes: q.size_in_bytes() as u64, ..QuantCount::default() };
         self.quantized = Some(Box::new(q));
