@@ -102,9 +102,25 @@ impl UpStage {
         View::rows(&self.taps[ky * n..][..n], self.c_out * K, self.c_in)
     }
 
-    /// The taps of input rows `a0..a0 + rows` of `x` (`[c_in, h·w]`, any strides) as the output
-    /// rows `2·a0..2·(a0 + rows)` need them, into `buf` (`c_out·16·rows·w` values), on this
-    /// thread (the bands run in parallel).
+    /// `f` on the taps of input rows `a0..a0 + rows` of `x` (`[c_in, h·w]`, any strides) as the
+    /// output rows `2·a0..2·(a0 + rows)` need them, and `extra` values of scratch; both from
+    /// this thread's scratch pool, the taps computed on this thread (the bands run in parallel).
+    fn with_band_taps<R>(
+        &self,
+        x: View<'_>,
+        (h, w): (usize, usize),
+        (a0, rows): (usize, usize),
+        extra: usize,
+        f: impl FnOnce(&TapBand<'_>, &mut [f32]) -> R,
+    ) -> R {
+        let block = self.c_out * K * rows * w;
+        with_scratch(K * block + extra, |buf| {
+            let (taps, rest) = buf.split_at_mut(K * block);
+            f(&self.band_taps(x, (h, w), (a0, rows), taps), rest)
+        })
+    }
+
+    /// [`Self::with_band_taps`]'s taps into `buf` (`c_out·16·rows·w` values).
     fn band_taps<'a>(
         &self,
         x: View<'_>,
@@ -147,10 +163,7 @@ impl UpStage {
         }
         bands.into_par_iter().enumerate().for_each(|(b, mut planes)| {
             let rows = planes[0].len() / (2 * ow);
-            let taps_len = self.c_out * K * K * rows * w;
-            with_scratch(taps_len + 2 * w, |buf| {
-                let (taps, halves) = buf.split_at_mut(taps_len);
-                let taps = &self.band_taps(x, (h, w), (b * band, rows), taps);
+            self.with_band_taps(x, (h, w), (b * band, rows), 2 * w, |taps, halves| {
                 for (co, dst) in planes.iter_mut().enumerate() {
                     for (i, row) in dst.chunks_mut(ow).enumerate() {
                         self.output_row(taps, co, 2 * b * band + i, h, halves, row);
@@ -216,11 +229,8 @@ impl UpStage {
         let mut logits = vec![project.bias; 2 * h * ow];
         logits.par_chunks_mut(2 * band * ow).enumerate().for_each(|(b, out)| {
             let rows = out.len() / (2 * ow);
-            let taps_len = self.c_out * K * K * rows * w;
-            with_scratch(taps_len + 2 * w + ow, |buf| {
-                let (taps, rest) = buf.split_at_mut(taps_len);
+            self.with_band_taps(x, (h, w), (b * band, rows), 2 * w + ow, |taps, rest| {
                 let (halves, row) = rest.split_at_mut(2 * w);
-                let taps = &self.band_taps(x, (h, w), (b * band, rows), taps);
                 for (i, acc) in out.chunks_mut(ow).enumerate() {
                     for (co, &weight) in project.weight.iter().enumerate() {
                         self.output_row(taps, co, 2 * b * band + i, h, halves, row);
